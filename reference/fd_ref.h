@@ -34,7 +34,14 @@ typedef struct fd_ref_row_info {
 
 void fd_ref_opts_default(fd_ref_opts *o);
 
-/* o receives head_dim doubles. Returns 0, or -1 with err filled (bad arguments, no memory). */
+/* 1 when MPFR keeps its flags and caches per thread (mpfr_buildopt_tls_p), so that
+ * fd_ref_row may run on several threads at once; 0 otherwise. */
+int fd_ref_thread_safe(void);
+/* Frees this thread's MPFR caches (mpfr_free_cache); call before a worker thread exits. */
+void fd_ref_thread_cleanup(void);
+
+/* o receives head_dim doubles; info may be NULL, opt NULL means the defaults.
+ * Returns 0, or -1 with err filled (bad arguments, non-finite inputs, no memory). */
 int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float *v, int b, int h,
                int i, const fd_ref_opts *opt, double *o, fd_ref_row_info *info, char *err,
                size_t errlen);

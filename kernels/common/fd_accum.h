@@ -13,6 +13,7 @@
 #ifndef FD_ACCUM_H
 #define FD_ACCUM_H
 #include <stddef.h>
+#include "fd_problem.h"
 
 typedef enum { FD_ACC_SEQ = 0, FD_ACC_TC16 = 1 } fd_accum_model;
 
@@ -25,4 +26,11 @@ float fd_tc16_block(const float *a, const float *b, float c);
 
 float fd_dot_acc(fd_accum_model m, const float *a, size_t sa, const float *b, size_t sb, int n,
                  float c);
+
+/* The same with the input dtype given (FD_DT_FP16 or FD_DT_BF16), so that inputs below
+ * 2^-14 are placed as the tensor core does for that format rather than guessed from
+ * the block's values. SEQ ignores t. Kernels should call these. */
+float fd_tc16_block_dt(const float *a, const float *b, float c, fd_dtype t);
+float fd_dot_acc_dt(fd_accum_model m, const float *a, size_t sa, const float *b, size_t sb, int n,
+                    float c, fd_dtype t);
 #endif

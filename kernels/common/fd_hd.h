@@ -7,4 +7,15 @@
 #else
 #define FD_HD static inline
 #endif
+
+/* Exact floating-point equality, on purpose (-Wfloat-equal flags accidental uses). */
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wfloat-equal"
+#endif
+FD_HD int fd_eqf(float a, float b) { return a == b; }
+FD_HD int fd_eq(double a, double b) { return a == b; }
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#pragma GCC diagnostic pop
+#endif
 #endif

@@ -14,7 +14,10 @@
  * (r % 8) * 4 + (c % 8) / 2, value v = (r / 8) * 2 + c % 2 of MMA n-atom a = c / 8,
  * and takes byte 4 * a + v of the little-endian uint4 (convert_layout_acc_dropout
  * groups two n-atoms per 8 values, the loop over j takes two such groups).
- * Keep when byte <= floor((1 - p) * 255); kept values are scaled by 1 / (1 - p). */
+ * Keep when byte <= floor((1 - p) * 255), 1 - p rounded to float first (see
+ * fd_fa2_threshold); kept values are scaled by the float 1.f / (1.f - p). Checked against
+ * flash-attention 2.8.4 (commit 0251105a2fb19d2957484b7f023cd8c115286ced): see
+ * docs/tensor-cores.md and tests/test_philox.c. */
 #ifndef FD_PHILOX_H
 #define FD_PHILOX_H
 #include <stdint.h>
@@ -52,8 +55,17 @@ FD_HD fd_u32x4 fd_fa2_philox(uint64_t seed, uint64_t subsequence, uint64_t offse
     return fd_philox4x32(c, (uint32_t)seed, (uint32_t)(seed >> 32), 7);
 }
 
-/* The byte threshold FA2 stores as p_dropout_in_uint8_t: floor((1 - p) * 255). */
-FD_HD uint8_t fd_fa2_threshold(double p) { double t = (1.0 - p) * 255.0; return (uint8_t)t; }
+/* The byte threshold FA2 stores as p_dropout_in_uint8_t: floor((1 - p) * 255), with
+ * 1 - p computed in float as flash_api.cpp does (p arrives as a float;
+ * params.p_dropout = 1.f - p_dropout; uint8_t(std::floor(params.p_dropout * 255.0))).
+ * Not the same as the double formula: p = 0.6 gives 101 here, 102 in double. The
+ * product of a float and 255 is exact in double, and truncation is floor for t >= 0. */
+FD_HD uint8_t fd_fa2_threshold(double p)
+{
+    float keep = 1.0f - (float)p;
+    double t = (double)keep * 255.0;
+    return (uint8_t)t;
+}
 
 /* The random byte FA2 compares for element (row, col) of (batch b, head h). */
 FD_HD uint8_t fd_fa2_dropout_byte(uint64_t seed, uint64_t offset, int nheads, int b, int h,

@@ -1,0 +1,534 @@
+/* fd_case.c: case file parsing (jansson) and expansion; see fd_case.h. */
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_case.h"
+
+#define FD_MAX_LIST 64
+#define FD_MAX_CASES 100000
+#define FD_MAX_ELEMS ((size_t)1 << 31) /* per tensor: keeps index arithmetic and memory sane */
+
+const char *fd_dist_name(fd_dist d)
+{
+    switch (d) {
+    case FD_DIST_NORMAL: return "normal";
+    case FD_DIST_UNIFORM: return "uniform";
+    case FD_DIST_LARGE_LOGIT: return "large_logit";
+    case FD_DIST_OUTLIER_ROWS: return "outlier_rows";
+    }
+    return "?";
+}
+
+void fd_policy_default(fd_policy *p)
+{
+    p->fa_ratio = 2.0;
+    p->atol = 1e-5;
+    p->max_ulp[FD_DT_FP16] = 0.0;
+    p->max_ulp[FD_DT_BF16] = 0.0;
+    p->max_ulp[FD_DT_FP32] = 0.0;
+    p->max_lse_abs = 0.0;
+    p->marginal = 0.75;
+    p->keep_sigma = 5.0;
+}
+
+typedef struct {
+    const char *file;
+    char *err;
+    size_t errlen;
+} fd_ctx;
+
+static int fail(fd_ctx *cx, const char *path, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(cx->err, cx->errlen, "%s: %s: %s", cx->file, path, msg);
+    return -1;
+}
+
+static const char *jtype(const json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE: case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+/* Rejects keys not in the allowed list (a typo must not be silently ignored). */
+static int check_keys(fd_ctx *cx, const char *path, json_t *obj, const char *const *allowed)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val) {
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++)
+            if (!strcmp(*a, key)) ok = 1;
+        if (!ok) {
+            char list[512] = "";
+            for (const char *const *a = allowed; *a; a++) {
+                strncat(list, *a, sizeof list - strlen(list) - 1);
+                if (a[1]) strncat(list, ", ", sizeof list - strlen(list) - 1);
+            }
+            return fail(cx, path, "unknown field \"%s\" (expected one of: %s)", key, list);
+        }
+    }
+    return 0;
+}
+
+static int get_int(fd_ctx *cx, const char *path, json_t *j, long lo, long hi, long *out)
+{
+    if (!json_is_integer(j))
+        return fail(cx, path, "expected an integer in [%ld, %ld], got %s", lo, hi, jtype(j));
+    json_int_t v = json_integer_value(j);
+    if (v < lo || v > hi)
+        return fail(cx, path, "expected an integer in [%ld, %ld], got %lld", lo, hi, (long long)v);
+    *out = (long)v;
+    return 0;
+}
+
+static int get_num(fd_ctx *cx, const char *path, json_t *j, double *out)
+{
+    if (!json_is_number(j)) return fail(cx, path, "expected a number, got %s", jtype(j));
+    *out = json_number_value(j);
+    if (!isfinite(*out)) return fail(cx, path, "expected a finite number");
+    return 0;
+}
+
+/* A list field: an array of values or a single value. Calls fn on each element. */
+typedef int (*elem_fn)(fd_ctx *cx, const char *path, json_t *j, void *out, int idx);
+
+static int get_list(fd_ctx *cx, const char *path, json_t *j, elem_fn fn, void *out, int *n)
+{
+    char p[256];
+    if (!json_is_array(j)) {
+        *n = 1;
+        return fn(cx, path, j, out, 0);
+    }
+    size_t len = json_array_size(j);
+    if (len == 0) return fail(cx, path, "expected a non-empty list");
+    if (len > FD_MAX_LIST) return fail(cx, path, "at most %d values per list", FD_MAX_LIST);
+    for (size_t i = 0; i < len; i++) {
+        snprintf(p, sizeof p, "%s[%zu]", path, i);
+        if (fn(cx, p, json_array_get(j, i), out, (int)i)) return -1;
+    }
+    *n = (int)len;
+    return 0;
+}
+
+static int e_size(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    long v = 0;
+    if (get_int(cx, path, j, 1, 1L << 20, &v)) return -1;
+    ((int *)out)[idx] = (int)v;
+    return 0;
+}
+static int e_headdim(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    long v = 0;
+    if (!json_is_integer(j)) return fail(cx, path, "expected an integer head dim in [1, 256], got %s", jtype(j));
+    if (get_int(cx, path, j, 1, 256, &v))
+        return fail(cx, path, "head_dim %lld unsupported: FlashAttention supports 1..256",
+                    (long long)json_integer_value(j));
+    ((int *)out)[idx] = (int)v;
+    return 0;
+}
+static int e_seed(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    long v = 0;
+    if (get_int(cx, path, j, 0, 0x7fffffffL, &v)) return -1;
+    ((uint64_t *)out)[idx] = (uint64_t)v;
+    return 0;
+}
+static int e_dropout(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    double v;
+    if (get_num(cx, path, j, &v)) return -1;
+    if (!(v >= 0.0 && v < 1.0)) return fail(cx, path, "dropout p must be in [0, 1), got %g", v);
+    ((double *)out)[idx] = v;
+    return 0;
+}
+static int e_dtype(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    const char *s = json_string_value(j);
+    fd_dtype *o = out;
+    if (s && !strcmp(s, "fp16")) o[idx] = FD_DT_FP16;
+    else if (s && !strcmp(s, "bf16")) o[idx] = FD_DT_BF16;
+    else if (s && !strcmp(s, "fp32")) o[idx] = FD_DT_FP32;
+    else return fail(cx, path, "expected \"fp16\", \"bf16\" or \"fp32\"%s%s", s ? ", got " : "", s ? s : "");
+    return 0;
+}
+static int e_mask(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    const char *s = json_string_value(j);
+    fd_mask *o = out;
+    if (s && !strcmp(s, "none")) o[idx] = FD_MASK_NONE;
+    else if (s && !strcmp(s, "causal_tl")) o[idx] = FD_MASK_CAUSAL_TL;
+    else if (s && !strcmp(s, "causal_br")) o[idx] = FD_MASK_CAUSAL_BR;
+    else return fail(cx, path, "expected \"none\", \"causal_tl\" or \"causal_br\"%s%s", s ? ", got " : "", s ? s : "");
+    return 0;
+}
+static int e_dist(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    const char *s = json_string_value(j);
+    fd_dist *o = out;
+    for (int d = 0; d <= FD_DIST_OUTLIER_ROWS; d++)
+        if (s && !strcmp(s, fd_dist_name((fd_dist)d))) {
+            o[idx] = (fd_dist)d;
+            return 0;
+        }
+    return fail(cx, path, "expected \"normal\", \"uniform\", \"large_logit\" or \"outlier_rows\"%s%s",
+                s ? ", got " : "", s ? s : "");
+}
+/* seqlen: a number (seqlen_q = seqlen_k) or a pair [seqlen_q, seqlen_k]. */
+static int e_seqlen(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    int *o = out;
+    char p[256];
+    if (json_is_integer(j)) {
+        if (e_size(cx, path, j, o, 2 * idx)) return -1;
+        o[2 * idx + 1] = o[2 * idx];
+        return 0;
+    }
+    if (!json_is_array(j) || json_array_size(j) != 2)
+        return fail(cx, path, "expected a sequence length or a pair [seqlen_q, seqlen_k]");
+    snprintf(p, sizeof p, "%s[0]", path);
+    if (e_size(cx, p, json_array_get(j, 0), o, 2 * idx)) return -1;
+    snprintf(p, sizeof p, "%s[1]", path);
+    return e_size(cx, p, json_array_get(j, 1), o, 2 * idx + 1);
+}
+
+typedef struct {
+    int batch[FD_MAX_LIST], nbatch;
+    int heads[FD_MAX_LIST], nheads;
+    int kvh[FD_MAX_LIST], nkvh; /* 0 in kvh means "= heads" */
+    int seq[2 * FD_MAX_LIST], nseq;
+    int hd[FD_MAX_LIST], nhd;
+    fd_dtype dt[FD_MAX_LIST]; int ndt;
+    fd_mask mask[FD_MAX_LIST]; int nmask;
+    double drop[FD_MAX_LIST]; int ndrop;
+    fd_dist dist[FD_MAX_LIST]; int ndist;
+    uint64_t seed[FD_MAX_LIST]; int nseed;
+} fd_sweep;
+
+static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
+{
+    static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen", "head_dim", "dtype",
+                                       "mask", "dropout", "dist", "seed", NULL};
+    char p[256];
+    if (!json_is_object(j)) return fail(cx, path, "expected an object (a sweep), got %s", jtype(j));
+    if (check_keys(cx, path, j, keys)) return -1;
+    memset(s, 0, sizeof *s);
+    s->batch[0] = 1; s->nbatch = 1;
+    s->heads[0] = 1; s->nheads = 1;
+    s->kvh[0] = 0; s->nkvh = 1;
+    s->dt[0] = FD_DT_FP16; s->ndt = 1;
+    s->mask[0] = FD_MASK_NONE; s->nmask = 1;
+    s->drop[0] = 0.0; s->ndrop = 1;
+    s->dist[0] = FD_DIST_NORMAL; s->ndist = 1;
+    s->seed[0] = 0; s->nseed = 1;
+#define FIELD(name, fn, arr, n)                                                              \
+    do {                                                                                     \
+        json_t *f = json_object_get(j, name);                                                \
+        snprintf(p, sizeof p, "%s.%s", path, name);                                          \
+        if (f && get_list(cx, p, f, fn, s->arr, &s->n)) return -1;                           \
+    } while (0)
+    FIELD("batch", e_size, batch, nbatch);
+    FIELD("heads", e_size, heads, nheads);
+    FIELD("kv_heads", e_size, kvh, nkvh);
+    FIELD("head_dim", e_headdim, hd, nhd);
+    FIELD("dtype", e_dtype, dt, ndt);
+    FIELD("mask", e_mask, mask, nmask);
+    FIELD("dropout", e_dropout, drop, ndrop);
+    FIELD("dist", e_dist, dist, ndist);
+    FIELD("seed", e_seed, seed, nseed);
+#undef FIELD
+    json_t *f = json_object_get(j, "seqlen");
+    snprintf(p, sizeof p, "%s.seqlen", path);
+    if (!f) return fail(cx, path, "missing required field \"seqlen\"");
+    if (get_list(cx, p, f, e_seqlen, s->seq, &s->nseq)) return -1;
+    if (!json_object_get(j, "head_dim")) return fail(cx, path, "missing required field \"head_dim\"");
+    return 0;
+}
+
+/* An exclusion: an object whose fields (a subset of a sweep's) all match the case. */
+typedef struct {
+    int has[12];
+    long ival[12];
+    double dval;
+    fd_dtype dt; fd_mask mask; fd_dist dist;
+} fd_excl;
+enum { X_BATCH, X_HEADS, X_KVH, X_SQ, X_SK, X_HD, X_DT, X_MASK, X_DROP, X_DIST, X_SEED };
+
+static int parse_excl(fd_ctx *cx, const char *path, json_t *j, fd_excl *x)
+{
+    static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen_q", "seqlen_k",
+                                       "head_dim", "dtype", "mask", "dropout", "dist", "seed", NULL};
+    static const int ikeys[] = {X_BATCH, X_HEADS, X_KVH, X_SQ, X_SK, X_HD};
+    char p[256];
+    memset(x, 0, sizeof *x);
+    if (!json_is_object(j) || json_object_size(j) == 0)
+        return fail(cx, path, "expected a non-empty object of fields to match");
+    if (check_keys(cx, path, j, keys)) return -1;
+    for (int t = 0; t < 6; t++) {
+        json_t *f = json_object_get(j, keys[t]);
+        snprintf(p, sizeof p, "%s.%s", path, keys[t]);
+        if (f) {
+            if (get_int(cx, p, f, 0, 1L << 30, &x->ival[ikeys[t]])) return -1;
+            x->has[ikeys[t]] = 1;
+        }
+    }
+    json_t *f;
+    if ((f = json_object_get(j, "dtype"))) { snprintf(p, sizeof p, "%s.dtype", path); if (e_dtype(cx, p, f, &x->dt, 0)) return -1; x->has[X_DT] = 1; }
+    if ((f = json_object_get(j, "mask"))) { snprintf(p, sizeof p, "%s.mask", path); if (e_mask(cx, p, f, &x->mask, 0)) return -1; x->has[X_MASK] = 1; }
+    if ((f = json_object_get(j, "dist"))) { snprintf(p, sizeof p, "%s.dist", path); if (e_dist(cx, p, f, &x->dist, 0)) return -1; x->has[X_DIST] = 1; }
+    if ((f = json_object_get(j, "dropout"))) { snprintf(p, sizeof p, "%s.dropout", path); if (e_dropout(cx, p, f, &x->dval, 0)) return -1; x->has[X_DROP] = 1; }
+    if ((f = json_object_get(j, "seed"))) { snprintf(p, sizeof p, "%s.seed", path); if (get_int(cx, p, f, 0, 0x7fffffffL, &x->ival[X_SEED])) return -1; x->has[X_SEED] = 1; }
+    return 0;
+}
+
+static int excl_match(const fd_excl *x, const fd_case *c)
+{
+    const fd_problem *p = &c->prob;
+    if (x->has[X_BATCH] && x->ival[X_BATCH] != p->batch) return 0;
+    if (x->has[X_HEADS] && x->ival[X_HEADS] != p->heads) return 0;
+    if (x->has[X_KVH] && x->ival[X_KVH] != p->kv_heads) return 0;
+    if (x->has[X_SQ] && x->ival[X_SQ] != p->seqlen_q) return 0;
+    if (x->has[X_SK] && x->ival[X_SK] != p->seqlen_k) return 0;
+    if (x->has[X_HD] && x->ival[X_HD] != p->head_dim) return 0;
+    if (x->has[X_DT] && x->dt != p->dtype) return 0;
+    if (x->has[X_MASK] && x->mask != p->mask) return 0;
+    if (x->has[X_DROP] && fabs(x->dval - p->dropout_p) > 1e-12) return 0;
+    if (x->has[X_DIST] && x->dist != c->dist) return 0;
+    if (x->has[X_SEED] && (uint64_t)x->ival[X_SEED] != c->input_seed) return 0;
+    return 1;
+}
+
+void fd_case_make_id(const fd_case *c, char *buf, size_t len)
+{
+    const fd_problem *p = &c->prob;
+    snprintf(buf, len, "b%dh%dk%d-q%dk%d-d%d-%s-%s-p%g-%s-s%llu", p->batch, p->heads, p->kv_heads,
+             p->seqlen_q, p->seqlen_k, p->head_dim, fd_dtype_name(p->dtype), fd_mask_name(p->mask),
+             p->dropout_p, fd_dist_name(c->dist), (unsigned long long)c->input_seed);
+}
+
+static int sizes_ok(fd_ctx *cx, const char *path, const fd_problem *p)
+{
+    double q = (double)p->batch * p->seqlen_q * p->heads * p->head_dim;
+    double kv = (double)p->batch * p->seqlen_k * p->kv_heads * p->head_dim;
+    if (q > (double)FD_MAX_ELEMS || kv > (double)FD_MAX_ELEMS)
+        return fail(cx, path, "case b%d h%d q%d k%d d%d is too large (%.3g elements; limit 2^31 per tensor)",
+                    p->batch, p->heads, p->seqlen_q, p->seqlen_k, p->head_dim, q > kv ? q : kv);
+    if (p->heads % p->kv_heads)
+        return fail(cx, path, "heads (%d) must be a multiple of kv_heads (%d)", p->heads, p->kv_heads);
+    return 0;
+}
+
+static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl *ex, int nex,
+                  fd_casefile *cf, int *cap)
+{
+    for (int a = 0; a < s->nbatch; a++)
+    for (int b = 0; b < s->nheads; b++)
+    for (int c = 0; c < s->nkvh; c++)
+    for (int d = 0; d < s->nseq; d++)
+    for (int e = 0; e < s->nhd; e++)
+    for (int f = 0; f < s->ndt; f++)
+    for (int g = 0; g < s->nmask; g++)
+    for (int h = 0; h < s->ndrop; h++)
+    for (int i = 0; i < s->ndist; i++)
+    for (int k = 0; k < s->nseed; k++) {
+        fd_case cs;
+        memset(&cs, 0, sizeof cs);
+        fd_problem *p = &cs.prob;
+        p->batch = s->batch[a];
+        p->heads = s->heads[b];
+        p->kv_heads = s->kvh[c] ? s->kvh[c] : p->heads;
+        p->seqlen_q = s->seq[2 * d];
+        p->seqlen_k = s->seq[2 * d + 1];
+        p->head_dim = s->hd[e];
+        p->dtype = s->dt[f];
+        p->mask = s->mask[g];
+        p->dropout_p = s->drop[h];
+        p->softmax_scale = (float)(1.0 / sqrt((double)p->head_dim));
+        p->seed = s->seed[k];
+        p->offset = 0;
+        cs.dist = s->dist[i];
+        cs.input_seed = s->seed[k];
+        if (p->kv_heads > p->heads) continue; /* kv_heads list larger than this heads value */
+        if (sizes_ok(cx, path, p)) return -1;
+        int skip = 0;
+        for (int x = 0; x < nex && !skip; x++) skip = excl_match(&ex[x], &cs);
+        if (skip) continue;
+        fd_case_make_id(&cs, cs.id, sizeof cs.id);
+        for (int x = 0; x < cf->ncases && !skip; x++) skip = !strcmp(cf->cases[x].id, cs.id);
+        if (skip) continue;
+        if (cf->ncases >= FD_MAX_CASES)
+            return fail(cx, path, "more than %d cases after expansion", FD_MAX_CASES);
+        if (cf->ncases == *cap) {
+            *cap = *cap ? 2 * *cap : 64;
+            fd_case *nc = realloc(cf->cases, sizeof(fd_case) * (size_t)*cap);
+            if (!nc) return fail(cx, path, "out of memory");
+            cf->cases = nc;
+        }
+        cf->cases[cf->ncases++] = cs;
+    }
+    return 0;
+}
+
+static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
+{
+    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", NULL};
+    if (!json_is_object(j)) return fail(cx, "flash", "expected an object, got %s", jtype(j));
+    if (check_keys(cx, "flash", j, keys)) return -1;
+    json_t *f;
+    long v = 0;
+    if ((f = json_object_get(j, "br"))) { if (get_int(cx, "flash.br", f, 16, 256, &v)) return -1; fc->br = (int)v; }
+    if ((f = json_object_get(j, "bc"))) {
+        if (get_int(cx, "flash.bc", f, 16, 256, &v)) return -1;
+        if (v % 16) return fail(cx, "flash.bc", "expected a multiple of 16, got %ld", v);
+        fc->bc = (int)v;
+    }
+    const char *names[2] = {"qk_order", "pv_order"};
+    fd_accum_model *dst[2] = {&fc->qk_order, &fc->pv_order};
+    for (int t = 0; t < 2; t++)
+        if ((f = json_object_get(j, names[t]))) {
+            char p[64];
+            snprintf(p, sizeof p, "flash.%s", names[t]);
+            if (!json_is_string(f) || fd_accum_parse(json_string_value(f), dst[t]))
+                return fail(cx, p, "expected \"seq\" or \"tc16\"");
+        }
+    if ((f = json_object_get(j, "exp2"))) {
+        const char *s = json_string_value(f);
+        if (s && !strcmp(s, "libm")) fc->exp2_mode = FD_EXP2_LIBM;
+        else if (s && !strcmp(s, "portable")) fc->exp2_mode = FD_EXP2_PORTABLE;
+        else return fail(cx, "flash.exp2", "expected \"libm\" or \"portable\"");
+    }
+    if ((f = json_object_get(j, "p_fp32"))) {
+        if (!json_is_boolean(f)) return fail(cx, "flash.p_fp32", "expected true or false");
+        fc->p_fp32 = json_is_true(f);
+    }
+    return 0;
+}
+
+static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
+{
+    static const char *const keys[] = {"fa_ratio", "atol", "max_ulp", "max_lse_abs", "marginal",
+                                       "keep_sigma", NULL};
+    if (!json_is_object(j)) return fail(cx, "policy", "expected an object, got %s", jtype(j));
+    if (check_keys(cx, "policy", j, keys)) return -1;
+    json_t *f;
+    if ((f = json_object_get(j, "fa_ratio")) && get_num(cx, "policy.fa_ratio", f, &po->fa_ratio)) return -1;
+    if ((f = json_object_get(j, "atol")) && get_num(cx, "policy.atol", f, &po->atol)) return -1;
+    if ((f = json_object_get(j, "max_lse_abs")) && get_num(cx, "policy.max_lse_abs", f, &po->max_lse_abs)) return -1;
+    if ((f = json_object_get(j, "marginal")) && get_num(cx, "policy.marginal", f, &po->marginal)) return -1;
+    if ((f = json_object_get(j, "keep_sigma")) && get_num(cx, "policy.keep_sigma", f, &po->keep_sigma)) return -1;
+    if (po->fa_ratio <= 0) return fail(cx, "policy.fa_ratio", "expected a positive number");
+    if (po->atol < 0) return fail(cx, "policy.atol", "expected a number >= 0");
+    if (!(po->marginal > 0 && po->marginal <= 1)) return fail(cx, "policy.marginal", "expected a number in (0, 1]");
+    if (po->keep_sigma <= 0) return fail(cx, "policy.keep_sigma", "expected a positive number");
+    if ((f = json_object_get(j, "max_ulp"))) {
+        static const char *const dk[] = {"fp16", "bf16", "fp32", NULL};
+        if (!json_is_object(f)) return fail(cx, "policy.max_ulp", "expected an object {\"fp16\": N, ...}");
+        if (check_keys(cx, "policy.max_ulp", f, dk)) return -1;
+        for (int t = 0; t < 3; t++) {
+            json_t *u = json_object_get(f, dk[t]);
+            char p[64];
+            snprintf(p, sizeof p, "policy.max_ulp.%s", dk[t]);
+            if (u && get_num(cx, p, u, &po->max_ulp[t])) return -1;
+        }
+    }
+    return 0;
+}
+
+int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen)
+{
+    fd_ctx cx = {path, err, errlen};
+    json_error_t je;
+    memset(cf, 0, sizeof *cf);
+    snprintf(cf->path, sizeof cf->path, "%s", path);
+    fd_flash_cfg_default(&cf->flash);
+    fd_policy_default(&cf->policy);
+    cf->rows_per_head = 32;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        if (je.line > 0)
+            snprintf(err, errlen, "%s:%d:%d: invalid JSON: %s", path, je.line, je.column, je.text);
+        else
+            snprintf(err, errlen, "%s: %s", path, je.text);
+        return -1;
+    }
+    static const char *const keys[] = {"schema", "name", "description", "sweeps", "exclude",
+                                       "rows_per_head", "flash", "policy", NULL};
+    int rc = -1, cap = 0;
+    fd_excl *ex = NULL;
+    if (!json_is_object(root)) { fail(&cx, "(top)", "expected an object, got %s", jtype(root)); goto out; }
+    if (check_keys(&cx, "(top)", root, keys)) goto out;
+    json_t *f = json_object_get(root, "schema");
+    if (!f || !json_is_string(f) || strcmp(json_string_value(f), "flashdrift-cases/1")) {
+        fail(&cx, "schema", "expected \"flashdrift-cases/1\"");
+        goto out;
+    }
+    f = json_object_get(root, "name");
+    if (!f || !json_is_string(f) || !json_string_length(f)) { fail(&cx, "name", "expected a non-empty string"); goto out; }
+    snprintf(cf->name, sizeof cf->name, "%s", json_string_value(f));
+    if ((f = json_object_get(root, "description"))) {
+        if (!json_is_string(f)) { fail(&cx, "description", "expected a string"); goto out; }
+        snprintf(cf->description, sizeof cf->description, "%s", json_string_value(f));
+    }
+    if ((f = json_object_get(root, "rows_per_head"))) {
+        long v = 0;
+        if (get_int(&cx, "rows_per_head", f, 0, 1L << 20, &v)) goto out;
+        cf->rows_per_head = (int)v;
+    }
+    if ((f = json_object_get(root, "flash")) && parse_flash(&cx, f, &cf->flash)) goto out;
+    if ((f = json_object_get(root, "policy")) && parse_policy(&cx, f, &cf->policy)) goto out;
+    int nex = 0;
+    if ((f = json_object_get(root, "exclude"))) {
+        if (!json_is_array(f)) { fail(&cx, "exclude", "expected a list of objects"); goto out; }
+        nex = (int)json_array_size(f);
+        ex = calloc((size_t)(nex ? nex : 1), sizeof *ex);
+        if (!ex) { fail(&cx, "exclude", "out of memory"); goto out; }
+        for (int i = 0; i < nex; i++) {
+            char p[64];
+            snprintf(p, sizeof p, "exclude[%d]", i);
+            if (parse_excl(&cx, p, json_array_get(f, (size_t)i), &ex[i])) goto out;
+        }
+    }
+    json_t *sw = json_object_get(root, "sweeps");
+    if (!sw || !json_is_array(sw) || json_array_size(sw) == 0) {
+        fail(&cx, "sweeps", "expected a non-empty list of sweeps");
+        goto out;
+    }
+    for (size_t i = 0; i < json_array_size(sw); i++) {
+        char p[64];
+        fd_sweep s;
+        snprintf(p, sizeof p, "sweeps[%zu]", i);
+        if (parse_sweep(&cx, p, json_array_get(sw, i), &s)) goto out;
+        if (expand(&cx, p, &s, ex, nex, cf, &cap)) goto out;
+    }
+    if (cf->ncases == 0) { fail(&cx, "sweeps", "no case left after exclusions"); goto out; }
+    rc = 0;
+out:
+    free(ex);
+    json_decref(root);
+    if (rc) fd_casefile_free(cf);
+    return rc;
+}
+
+void fd_casefile_free(fd_casefile *cf)
+{
+    free(cf->cases);
+    cf->cases = NULL;
+    cf->ncases = 0;
+}

@@ -1,0 +1,58 @@
+/* fd_case.h: case files (JSON) and their expansion into concrete cases.
+ *
+ * A case file declares one or more sweeps (each a matrix of lists), exclusions, the
+ * flash kernel's knobs, the number of query rows checked per (batch, head) and the
+ * tolerance policy; docs/case-files.md is the format's reference. Expansion is the
+ * cartesian product of each sweep's lists, in a fixed order, minus excluded cases and
+ * duplicates; each case gets a stable, readable id built from its parameters alone.
+ * Every error names the file, the JSON path (and line for syntax errors) and what was
+ * expected. */
+#ifndef FD_CASE_H
+#define FD_CASE_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fd_cpu_attn.h"
+#include "fd_problem.h"
+
+typedef enum {
+    FD_DIST_NORMAL = 0,      /* q, k, v ~ N(0, 1) */
+    FD_DIST_UNIFORM = 1,     /* U(-1, 1) */
+    FD_DIST_LARGE_LOGIT = 2, /* q, k ~ N(0, 16): logits of order 16 * sqrt(d) / sqrt(d) */
+    FD_DIST_OUTLIER_ROWS = 3 /* N(0, 1) with every 17th row of Q and K scaled by 24 */
+} fd_dist;
+
+typedef struct fd_policy {
+    double fa_ratio;        /* flash max abs error <= fa_ratio * standard's + atol */
+    double atol;
+    double max_ulp[3];      /* per dtype (fp16, bf16, fp32): max ulp error of the flash output; <= 0 off */
+    double max_lse_abs;     /* max abs LSE error; <= 0 off */
+    double marginal;        /* a metric above marginal * limit makes PASS MARGINAL */
+    double keep_sigma;      /* |z| of the keep rate against the byte threshold's probability */
+} fd_policy;
+
+typedef struct fd_case {
+    char id[160];
+    fd_problem prob;
+    fd_dist dist;
+    uint64_t input_seed;
+} fd_case;
+
+typedef struct fd_casefile {
+    char path[1024];
+    char name[128];
+    char description[512];
+    int rows_per_head;      /* query rows checked against the reference per (batch, head); 0: all */
+    fd_flash_cfg flash;
+    fd_policy policy;
+    fd_case *cases;
+    int ncases;
+} fd_casefile;
+
+const char *fd_dist_name(fd_dist d);
+void fd_policy_default(fd_policy *p);
+/* Loads and expands; 0 ok, -1 with err ("FILE: PATH: expected ..."). */
+int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen);
+void fd_casefile_free(fd_casefile *cf);
+/* The id of a case from its parameters. */
+void fd_case_make_id(const fd_case *c, char *buf, size_t len);
+#endif

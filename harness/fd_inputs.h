@@ -1,0 +1,22 @@
+/* fd_inputs.h: seeded input generation and query-row sampling.
+ *
+ * fd_inputs_make draws Q, K, V for a case from Philox4x32-10 keyed by the case's input
+ * seed (counter = element index, tensor id), maps them to the case's distribution in
+ * binary64 and rounds each value once to the dtype (round to nearest even), so every
+ * backend and the reference see the same bits. Deterministic across runs and machines
+ * that share a libm (the normal draws use log, sqrt and cos).
+ *
+ * fd_sample_rows picks the query rows checked against the reference: all rows when
+ * seqlen_q <= max_rows (or max_rows == 0); otherwise the first and last rows, the rows
+ * where the causal edge falls (first row with a visible key and the one before it,
+ * first row that sees every key), rows on both sides of 64- and 128-row tile
+ * boundaries, then evenly spaced rows up to max_rows. Sorted, unique. */
+#ifndef FD_INPUTS_H
+#define FD_INPUTS_H
+#include <stddef.h>
+#include "fd_case.h"
+
+int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err, size_t errlen);
+/* rows must hold max(max_rows, 16) + 16 ints (or seqlen_q when max_rows == 0); returns the count. */
+int fd_sample_rows(const fd_problem *p, int max_rows, int *rows);
+#endif

@@ -1,0 +1,255 @@
+/* fd_run.c: one case through the reference and the backends; see fd_run.h. */
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fd_inputs.h"
+#include "fd_philox.h"
+#include "fd_ref.h"
+#include "fd_run.h"
+
+volatile sig_atomic_t fd_interrupted = 0;
+
+const char *fd_verdict_name(fd_verdict v)
+{
+    switch (v) {
+    case FD_PASS: return "PASS";
+    case FD_MARGINAL: return "MARGINAL";
+    case FD_FAIL: return "FAIL";
+    case FD_UNDECIDED: return "UNDECIDED";
+    }
+    return "?";
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void add_reason(fd_case_result *r, const char *fmt, ...)
+{
+    size_t n = strlen(r->reasons);
+    if (n + 4 >= sizeof r->reasons) return;
+    if (n) { strcat(r->reasons, "; "); n += 2; }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->reasons + n, sizeof r->reasons - n, fmt, ap);
+    va_end(ap);
+}
+
+static void worsen(fd_verdict *v, fd_verdict w)
+{
+    /* FAIL > UNDECIDED > MARGINAL > PASS */
+    static const int rank[] = {0, 1, 3, 2};
+    if (rank[w] > rank[*v]) *v = w;
+}
+
+void fd_judge(const fd_policy *po, fd_case_result *r)
+{
+    fd_verdict v = FD_PASS;
+    r->reasons[0] = 0;
+    const fd_dtype dt = r->c.prob.dtype;
+    for (int t = 0; t < r->nbe; t++) {
+        fd_backend_result *b = &r->be[t];
+        if (!b->ok) {
+            worsen(&v, FD_FAIL);
+            add_reason(r, "%s failed: %s", b->be->name, b->error);
+            continue;
+        }
+        if (b->be->role != FD_ROLE_FLASH) continue;
+        if (b->m.nan_count || b->m.inf_count) {
+            worsen(&v, FD_FAIL);
+            add_reason(r, "%s: %ld NaN and %ld Inf outputs", b->be->name, b->m.nan_count, b->m.inf_count);
+        }
+        if (b->fa_ratio >= 0) {
+            if (b->m.max_abs > b->fa_limit) {
+                worsen(&v, FD_FAIL);
+                add_reason(r, "%s: max_abs %.3g > %g x standard + %g = %.3g", b->be->name,
+                           b->m.max_abs, po->fa_ratio, po->atol, b->fa_limit);
+            } else if (b->m.max_abs > po->marginal * b->fa_limit) {
+                worsen(&v, FD_MARGINAL);
+                add_reason(r, "%s: max_abs %.3g above %g of the limit %.3g", b->be->name,
+                           b->m.max_abs, po->marginal, b->fa_limit);
+            }
+        }
+        const double ul = po->max_ulp[dt];
+        if (ul > 0) {
+            if (b->m.max_ulp > ul) {
+                worsen(&v, FD_FAIL);
+                add_reason(r, "%s: max_ulp %.3g > %g", b->be->name, b->m.max_ulp, ul);
+            } else if (b->m.max_ulp > po->marginal * ul) {
+                worsen(&v, FD_MARGINAL);
+                add_reason(r, "%s: max_ulp %.3g above %g of %g", b->be->name, b->m.max_ulp, po->marginal, ul);
+            }
+        }
+        if (po->max_lse_abs > 0 && b->m.lse_max_abs > po->max_lse_abs) {
+            worsen(&v, FD_FAIL);
+            add_reason(r, "%s: LSE error %.3g > %g", b->be->name, b->m.lse_max_abs, po->max_lse_abs);
+        }
+    }
+    if (r->drop.active && r->drop.total > 0 && fabs(r->drop.z_threshold) > po->keep_sigma) {
+        worsen(&v, FD_FAIL);
+        add_reason(r, "keep rate %.5f is %.1f sigma from the threshold's %.5f", r->drop.keep_rate,
+                   r->drop.z_threshold, r->drop.keep_threshold);
+    }
+    if (r->ref_undecided) {
+        worsen(&v, FD_UNDECIDED);
+        add_reason(r, "reference undecided for %d values at %d bits", r->ref_undecided, r->ref_prec_max);
+    }
+    r->verdict = v;
+}
+
+static void dropout_stats(const fd_problem *p, const int *rows, int nrows, const int *nvis,
+                          fd_dropout_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    if (!(p->dropout_p > 0.0)) return;
+    s->active = 1;
+    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
+    s->threshold = thr;
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int r = 0; r < nrows; r++)
+                for (int j = 0; j < nvis[r]; j++) {
+                    s->kept += fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, rows[r], j);
+                    s->total++;
+                }
+    const double n = (double)s->total;
+    s->keep_nominal = 1.0 - p->dropout_p;
+    s->keep_threshold = ((double)thr + 1.0) / 256.0;
+    s->scale_bias = s->keep_threshold / s->keep_nominal - 1.0;
+    if (s->total) {
+        s->keep_rate = (double)s->kept / n;
+        const double qt = s->keep_threshold, qn = s->keep_nominal;
+        s->z_threshold = qt < 1.0 ? ((double)s->kept - n * qt) / sqrt(n * qt * (1.0 - qt)) : 0.0;
+        s->z_nominal = ((double)s->kept - n * qn) / sqrt(n * qn * (1.0 - qn));
+    }
+}
+
+int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
+                int jobs, fd_case_result *res, char *err, size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    const double t0 = now_s();
+    memset(res, 0, sizeof *res);
+    res->c = *c;
+    float *q, *k, *v;
+    if (fd_inputs_make(c, &q, &k, &v, err, errlen)) return -1;
+    const int D = p->head_dim;
+    int cap = (cf->rows_per_head <= 0 || p->seqlen_q <= cf->rows_per_head) ? p->seqlen_q
+                                                                          : cf->rows_per_head + 16;
+    res->rows = malloc(sizeof(int) * (size_t)(cap + 16));
+    int *nvis = malloc(sizeof(int) * (size_t)(cap + 16));
+    const size_t nbhr = (size_t)p->batch * (size_t)p->heads * (size_t)(cap + 16);
+    double *ref_o = malloc(sizeof(double) * nbhr * (size_t)D);
+    double *ref_lse = malloc(sizeof(double) * nbhr);
+    float *o = malloc(sizeof(float) * fd_q_numel(p));
+    float *lse = malloc(sizeof(float) * fd_lse_numel(p));
+    int rc = -1;
+    if (!res->rows || !nvis || !ref_o || !ref_lse || !o || !lse) {
+        snprintf(err, errlen, "out of memory for case %s", c->id);
+        goto out;
+    }
+    res->nrows = fd_sample_rows(p, cf->rows_per_head, res->rows);
+    const int nrows = res->nrows;
+    for (int r = 0; r < nrows; r++) {
+        nvis[r] = fd_mask_visible_count(p->mask, res->rows[r], p->seqlen_q, p->seqlen_k);
+        if (nvis[r] == 0) res->empty_rows++;
+    }
+
+    /* The reference, one row per task. */
+    fd_ref_opts ro;
+    fd_ref_opts_default(&ro);
+    const long ntask = (long)p->batch * p->heads * nrows;
+    int undecided = 0, precmax = 0, failed = 0;
+    char ref_err[256] = "";
+    const double tr = now_s();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs) reduction(+ : undecided) reduction(max : precmax)
+    for (long t = 0; t < ntask; t++) {
+        if (fd_interrupted || failed) continue;
+        const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
+        fd_ref_row_info info;
+        char e2[256];
+        if (fd_ref_row(p, q, k, v, b, h, res->rows[r], &ro, ref_o + (size_t)t * (size_t)D, &info, e2, sizeof e2)) {
+#pragma omp critical
+            {
+                failed = 1;
+                snprintf(ref_err, sizeof ref_err, "%s", e2);
+            }
+            continue;
+        }
+        ref_lse[t] = info.lse;
+        undecided += info.undecided;
+        if (info.prec_used > precmax) precmax = info.prec_used;
+    }
+    res->ref_seconds = now_s() - tr;
+    if (fd_interrupted) {
+        snprintf(err, errlen, "interrupted");
+        goto out;
+    }
+    if (failed) {
+        snprintf(err, errlen, "reference failed on case %s: %s", c->id, ref_err);
+        goto out;
+    }
+    res->ref_undecided = undecided;
+    res->ref_prec_max = precmax;
+
+    res->nbe = nbe;
+    for (int t = 0; t < nbe; t++) {
+        fd_backend_result *br = &res->be[t];
+        br->be = bes[t];
+        br->fa_ratio = -1.0;
+        for (size_t x = 0; x < fd_q_numel(p); x++) o[x] = NAN;
+        for (size_t x = 0; x < fd_lse_numel(p); x++) lse[x] = NAN;
+        double ms = 0.0;
+        const double tb = now_s();
+        if (bes[t]->run(cf, c, q, k, v, res->rows, nrows, o, lse, &ms, br->error, sizeof br->error)) {
+            br->ok = 0;
+            continue;
+        }
+        br->ok = 1;
+        if (fd_metrics_compute(p, res->rows, nrows, nvis, ref_o, ref_lse, o, lse,
+                               bes[t]->role == FD_ROLE_STANDARD, &br->m)) {
+            snprintf(err, errlen, "out of memory computing metrics for case %s", c->id);
+            goto out;
+        }
+        br->m.ms = ms > 0.0 ? ms : 1e3 * (now_s() - tb);
+    }
+    /* FlashAttention's rule, flash against standard of the same family. */
+    for (int t = 0; t < nbe; t++) {
+        fd_backend_result *f = &res->be[t];
+        if (!f->ok || f->be->role != FD_ROLE_FLASH) continue;
+        for (int u = 0; u < nbe; u++) {
+            fd_backend_result *s = &res->be[u];
+            if (s->ok && s->be->role == FD_ROLE_STANDARD && !strcmp(s->be->family, f->be->family)) {
+                f->fa_limit = cf->policy.fa_ratio * s->m.max_abs + cf->policy.atol;
+                f->fa_ratio = s->m.max_abs > 0 ? f->m.max_abs / s->m.max_abs
+                                               : (f->m.max_abs > 0 ? (double)INFINITY : 1.0);
+                break;
+            }
+        }
+    }
+    dropout_stats(p, res->rows, nrows, nvis, &res->drop);
+    fd_judge(&cf->policy, res);
+    res->seconds = now_s() - t0;
+    rc = 0;
+out:
+    free(q); free(k); free(v); free(nvis); free(ref_o); free(ref_lse); free(o); free(lse);
+    if (rc) {
+        free(res->rows);
+        res->rows = NULL;
+    }
+    return rc;
+}
+
+void fd_case_result_free(fd_case_result *r)
+{
+    free(r->rows);
+    r->rows = NULL;
+}

@@ -1,0 +1,247 @@
+/* fd_accum.c: accumulation-order models for fp32-accumulated dot products.
+ *
+ * FD_ACC_TC16 models one H100 `mma.sync` block FMA, d = c + sum_{i<16} a_i b_i, with
+ * fp16 or bf16 inputs and binary32 accumulation (Khattak & Mikaitis, arXiv 2512.07004;
+ * their models/H100TC.m with models/tools/Generic_BFMA_TC.m). It reproduces all 5000 fp16
+ * and all 5000 bf16 H100 results in tests/data/tensor-core-h100 bit for bit.
+ *
+ *   1. Each input x = m * 2^(e - 23) with m an integer below 2^24 and e = floor(log2|x|),
+ *      but never below the input format's minimum exponent (-14 for fp16, -126 for bf16),
+ *      so a subnormal input has m < 2^23 at that exponent. Products are exact and are not
+ *      normalised: m_a m_b < 2^48 is the significand in [1, 4) * 2^46 at exponent
+ *      e_a + e_b. Zero products take no part (not in the maximum either).
+ *   2. c enters as its binary32 significand at its own exponent (-126 when subnormal);
+ *      c = 0 takes no part.
+ *   3. E = max of these exponents, but not below -133.
+ *   4. Every term is truncated (magnitude, so toward zero) to a multiple of 2^(E - 25),
+ *      i.e. 23 + 2 fraction bits at exponent E; no sticky bit.
+ *   5. The signed integer sum is normalised and truncated to 24 bits (round toward zero),
+ *      to the subnormal grid 2^-149 below 2^-126. An exact zero sum gives +0.
+ *
+ * Special values (not covered by the hardware data; IEEE-style choices): a NaN input,
+ * Inf * 0, or Infs of both signs among the products and c give NaN (bits 0x7fffffff,
+ * NVIDIA's canonical binary32 NaN; payloads are not propagated); otherwise an infinite
+ * product or c gives Inf of its sign. A finite sum whose exponent exceeds 127 (possible
+ * only for bf16 inputs) gives Inf of its sign, as the reference model does, although
+ * round-toward-zero in IEEE terms would give FLT_MAX.
+ *
+ * Integer bounds (why int64 suffices, no 128-bit type): after step 4 a product term is
+ * below 4 * 2^25 = 2^27 units and c below 2 * 2^25 = 2^26, so 16 products plus c stay
+ * below 17 * 2^27 < 2^32 in magnitude. The only wider intermediate is m_a m_b < 2^48,
+ * a uint64_t, shifted right by at least 21 before it is added. */
+#include "fd_accum.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "fd_dtype.h"
+#include "fd_problem.h"
+
+const char *fd_accum_name(fd_accum_model m)
+{
+    switch (m) {
+    case FD_ACC_SEQ: return "seq";
+    case FD_ACC_TC16: return "tc16";
+    }
+    return "?";
+}
+
+int fd_accum_parse(const char *s, fd_accum_model *out)
+{
+    if (s == NULL) return -1;
+    if (strcmp(s, "seq") == 0) { if (out) *out = FD_ACC_SEQ; return 0; }
+    if (strcmp(s, "tc16") == 0) { if (out) *out = FD_ACC_TC16; return 0; }
+    return -1;
+}
+
+/* Model parameters: the hardware is {2, 0}; tests use other values to show that the
+ * data rejects them. */
+typedef struct {
+    int extra_bits;        /* alignment bits beyond 23 fraction bits: 2 on H100 */
+    int normalise_products; /* 1: products in [1, 2) (exponent + 1 when >= 2): not H100 */
+} fd_tc_params;
+
+/* |x| = m * 2^(e - 23), 0 < m < 2^24, e >= emin_in. x finite and non-zero. */
+static void fd_split(float x, int emin_in, uint64_t *m, int *e)
+{
+    uint32_t u = fd_f32_bits(x) & 0x7fffffffu;
+    uint32_t be = u >> 23;
+    uint64_t mm = u & 0x7fffffu;
+    int ee;
+    if (be == 0) {
+        ee = -126; /* binary32 subnormal: fraction at the minimum exponent */
+    } else {
+        mm |= 0x800000u;
+        ee = (int)be - 127;
+    }
+    /* Below the input format's minimum exponent (fp16 subnormals): fixed exponent, smaller
+     * significand. The shift is exact because the value is a multiple of the format's
+     * subnormal unit. */
+    if (ee < emin_in) {
+        mm >>= (unsigned)(emin_in - ee);
+        ee = emin_in;
+    }
+    *m = mm;
+    *e = ee;
+}
+
+static float fd_nan32(void) { return fd_bits_f32(0x7fffffffu); }
+
+/* The block FMA with explicit input minimum exponent and model parameters. */
+static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t sb, int n,
+                               float c, int emin_in, fd_tc_params prm)
+{
+    uint64_t pm[16];
+    int pe[16], pa[16], ps[16]; /* value exponent, alignment exponent, sign */
+    int np = 0;
+    int pos_inf = 0, neg_inf = 0;
+
+    /* Specials first. */
+    if (isnan(c)) return fd_nan32();
+    if (isinf(c)) { if (c > 0.0f) pos_inf = 1; else neg_inf = 1; }
+    for (int i = 0; i < n; i++) {
+        float x = a[(size_t)i * sa], y = b[(size_t)i * sb];
+        if (isnan(x) || isnan(y)) return fd_nan32();
+        int sgn = signbit(x) ? 1 : 0;
+        if (signbit(y)) sgn ^= 1;
+        if (isinf(x) || isinf(y)) {
+            if (fd_f32_bits(x) << 1 == 0 || fd_f32_bits(y) << 1 == 0) return fd_nan32();
+            if (sgn) neg_inf = 1; else pos_inf = 1;
+        }
+    }
+    if (pos_inf && neg_inf) return fd_nan32();
+    if (pos_inf) return fd_bits_f32(0x7f800000u);
+    if (neg_inf) return fd_bits_f32(0xff800000u);
+
+    /* Exact products, in [1, 4) * 2^46 at exponent e_a + e_b (step 1). */
+    for (int i = 0; i < n && i < 16; i++) {
+        float x = a[(size_t)i * sa], y = b[(size_t)i * sb];
+        if ((fd_f32_bits(x) << 1) == 0 || (fd_f32_bits(y) << 1) == 0) continue;
+        uint64_t mx, my;
+        int ex, ey;
+        fd_split(x, emin_in, &mx, &ex);
+        fd_split(y, emin_in, &my, &ey);
+        pm[np] = mx * my;
+        pe[np] = ex + ey;
+        /* Normalising a product in [2, 4) moves only its exponent for the alignment: the
+         * halved significand keeps every bit (at most 21 fraction bits for fp16). */
+        pa[np] = pe[np] + (prm.normalise_products && pm[np] >= ((uint64_t)1 << 47) ? 1 : 0);
+        ps[np] = (signbit(x) ? 1 : 0) ^ (signbit(y) ? 1 : 0);
+        np++;
+    }
+
+    int have_c = (fd_f32_bits(c) << 1) != 0;
+    uint64_t cm = 0;
+    int ce = 0;
+    if (have_c) fd_split(c, -126, &cm, &ce);
+    if (np == 0 && !have_c) return 0.0f;
+
+    /* Alignment exponent (step 3). */
+    int E = -133;
+    for (int i = 0; i < np; i++)
+        if (pa[i] > E) E = pa[i];
+    if (have_c && ce > E) E = ce;
+
+    /* Truncated terms in units of 2^(E - 23 - extra_bits) (step 4). A product is
+     * m_a m_b * 2^(pe - 46): in those units m_a m_b * 2^(pe - 46 - E + 23 + extra), a right
+     * shift by 23 - extra + (E - pe) >= 20 for extra <= 3. c is cm * 2^(ce - 23): a shift
+     * by (E - ce) - extra, which may be a left shift by at most extra (cm < 2^24). */
+    int64_t sum = 0;
+    for (int i = 0; i < np; i++) {
+        int sh = 23 - prm.extra_bits + (E - pe[i]);
+        uint64_t t = sh >= 64 ? 0u : pm[i] >> (unsigned)sh;
+        sum += ps[i] ? -(int64_t)t : (int64_t)t;
+    }
+    if (have_c) {
+        int sh = (E - ce) - prm.extra_bits;
+        uint64_t t;
+        if (sh >= 64) t = 0u;
+        else if (sh >= 0) t = cm >> (unsigned)sh;
+        else t = cm << (unsigned)(-sh);
+        sum += signbit(c) ? -(int64_t)t : (int64_t)t;
+    }
+    if (sum == 0) return 0.0f;
+
+    /* Normalise and truncate to 24 bits (step 5). |sum| * 2^q with q the unit's exponent. */
+    uint32_t sign = sum < 0 ? 0x80000000u : 0u;
+    uint64_t s = sum < 0 ? (uint64_t)(-sum) : (uint64_t)sum;
+    int q = E - 23 - prm.extra_bits;
+    int k = 0; /* s in [2^k, 2^(k+1)) */
+    while ((s >> (unsigned)k) > 1u) k++;
+    int ex = q + k;                      /* exponent of the result before truncation */
+    int u = ex - 23 < -149 ? -149 : ex - 23; /* exponent of the result's last bit */
+    uint64_t m;
+    if (u >= q) {
+        int sh = u - q;
+        m = sh >= 64 ? 0u : s >> (unsigned)sh;
+    } else {
+        m = s << (unsigned)(q - u); /* q - u <= 23 - k: m < 2^24 */
+    }
+    if (m == 0) return fd_bits_f32(sign); /* truncated below the smallest subnormal */
+    if (m < ((uint64_t)1 << 23)) return fd_bits_f32(sign | (uint32_t)m); /* subnormal */
+    if (ex > 127) return fd_bits_f32(sign | 0x7f800000u);
+    return fd_bits_f32(sign | ((uint32_t)(ex + 127) << 23) | ((uint32_t)m & 0x7fffffu));
+}
+
+/* Is x a bfloat16 value (at most 8 significant bits; every binary32 exponent is one)? */
+static int fd_is_bf16(float x) { return (fd_f32_bits(x) & 0xffffu) == 0; }
+
+/* The dtype-less entry points cannot tell an fp16 block from a bf16 block, which matters
+ * only for inputs below 2^-14 (fp16 subnormals sit at exponent -14, bf16 values at their
+ * own). They take a block as bf16 when every input in it is a bf16 value, else as fp16:
+ * every bf16 value in [2^-17, 65504] is also an fp16 value, so the opposite guess would
+ * misread bf16 blocks with small inputs, while an fp16 block passes for bf16 only when
+ * all 32 inputs have at most 8 significant bits. The _dt entry points do not guess. */
+static int fd_block_emin(const float *a, size_t sa, const float *b, size_t sb, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!fd_is_bf16(a[(size_t)i * sa]) || !fd_is_bf16(b[(size_t)i * sb])) return -14;
+    return -126;
+}
+
+static const fd_tc_params fd_tc_h100 = {2, 0};
+#define FD_EMIN_GUESS 1 /* fd_dot_tc16: guess the input format per block */
+
+float fd_tc16_block(const float *a, const float *b, float c)
+{
+    return fd_tc_block_model(a, 1, b, 1, 16, c, fd_block_emin(a, 1, b, 1, 16), fd_tc_h100);
+}
+
+/* With the input dtype given (FD_DT_FP16 or FD_DT_BF16): no guessing. Not yet declared
+ * in fd_accum.h. */
+float fd_tc16_block_dt(const float *a, const float *b, float c, fd_dtype t)
+{
+    return fd_tc_block_model(a, 1, b, 1, 16, c, fd_dtype_emin(t), fd_tc_h100);
+}
+
+static float fd_dot_tc16(const float *a, size_t sa, const float *b, size_t sb, int n, float c,
+                         int emin_in)
+{
+    /* A short last block is the hardware block padded with zeros; zero products take no
+     * part, so it is the model applied to the remaining terms. */
+    for (int k = 0; k < n; k += 16) {
+        int len = n - k < 16 ? n - k : 16;
+        const float *ak = a + (size_t)k * sa, *bk = b + (size_t)k * sb;
+        int e = emin_in != FD_EMIN_GUESS ? emin_in : fd_block_emin(ak, sa, bk, sb, len);
+        c = fd_tc_block_model(ak, sa, bk, sb, len, c, e, fd_tc_h100);
+    }
+    return c;
+}
+
+float fd_dot_acc(fd_accum_model m, const float *a, size_t sa, const float *b, size_t sb, int n,
+                 float c)
+{
+    if (m == FD_ACC_TC16) return fd_dot_tc16(a, sa, b, sb, n, c, FD_EMIN_GUESS);
+    for (int i = 0; i < n; i++) c = fmaf(a[(size_t)i * sa], b[(size_t)i * sb], c);
+    return c;
+}
+
+/* fd_dot_acc with the input dtype given; the SEQ model ignores it. Not yet declared in
+ * fd_accum.h. */
+float fd_dot_acc_dt(fd_accum_model m, const float *a, size_t sa, const float *b, size_t sb,
+                    int n, float c, fd_dtype t)
+{
+    if (m == FD_ACC_TC16) return fd_dot_tc16(a, sa, b, sb, n, c, fd_dtype_emin(t));
+    return fd_dot_acc(m, a, sa, b, sb, n, c);
+}

@@ -1,0 +1,73 @@
+/* fd_cpu_standard.c: standard (eager) attention in binary32 (see fd_cpu_attn.h).
+ *
+ * As PyTorch's eager path runs it for fp16/bf16: S = Q K^T from a GEMM with fp32
+ * accumulation, scaled and masked in fp32, softmax in fp32 (max-subtracted expf,
+ * sequential sum, division), P cast to the dtype, dropout on the cast P computed in
+ * fp32 and cast again, O = P V with fp32 accumulation cast to the dtype. A row with no
+ * visible key gives NaN, as softmax over all -inf does in eager frameworks. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "fd_cpu_attn.h"
+#include "fd_dtype.h"
+#include "fd_philox.h"
+
+int fd_cpu_check_problem(const fd_problem *p, char *err, size_t errlen);
+
+int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const float *q,
+                            const float *k, const float *v, const int *rows, int nrows,
+                            float *o, float *lse, char *err, size_t errlen)
+{
+    if (fd_cpu_check_problem(p, err, errlen)) return -1;
+    const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k;
+    const int dropout = p->dropout_p > 0.0;
+    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
+    const float rp = (float)(1.0 / (1.0 - p->dropout_p));
+    const size_t kvstride = (size_t)p->kv_heads * (size_t)D;
+    const int n_rows = rows ? nrows : sq;
+    if (p->dtype == FD_DT_FP32) order = FD_ACC_SEQ; /* tensor-core model: fp16/bf16 only */
+    float *s = malloc(sizeof(float) * (size_t)sk);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++) {
+            const int hk = fd_kv_head(p, h);
+            for (int r = 0; r < n_rows; r++) {
+                const int i = rows ? rows[r] : r;
+                const float *qi = q + fd_q_index(p, b, i, h, 0);
+                float *oi = o + fd_q_index(p, b, i, h, 0);
+                float m = -INFINITY;
+                for (int j = 0; j < sk; j++) {
+                    const float *kj = k + fd_kv_index(p, b, j, hk, 0);
+                    float x = fd_dot_acc_dt(order, qi, 1, kj, 1, D, 0.0f, p->dtype) * p->softmax_scale;
+                    if (!fd_mask_visible(p->mask, i, j, sq, sk)) x = -INFINITY;
+                    s[j] = x;
+                    if (x > m) m = x;
+                }
+                float sum = 0.0f;
+                for (int j = 0; j < sk; j++) {
+                    s[j] = expf(s[j] - m); /* all -inf: NaN, as eager softmax gives */
+                    sum += s[j];
+                }
+                for (int j = 0; j < sk; j++) {
+                    float pj = fd_round_to_dtype(s[j] / sum, p->dtype);
+                    if (dropout) {
+                        int keep = fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, i, j);
+                        pj = fd_round_to_dtype(keep ? pj * rp : 0.0f, p->dtype);
+                    }
+                    s[j] = pj;
+                }
+                for (int d = 0; d < D; d++) {
+                    const float *vd = v + fd_kv_index(p, b, 0, hk, d);
+                    oi[d] = fd_round_to_dtype(fd_dot_acc_dt(order, s, 1, vd, kvstride, sk, 0.0f, p->dtype),
+                                              p->dtype);
+                }
+                lse[fd_lse_index(p, b, h, i)] = m + logf(sum);
+            }
+        }
+    free(s);
+    return 0;
+}

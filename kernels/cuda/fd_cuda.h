@@ -1,0 +1,76 @@
+/* fd_cuda.h: the CUDA attention kernels under test, behind a C API.
+ *
+ * fd_cuda_flash_forward: a FlashAttention-2 style forward (mma.sync m16n8k16, fp16/bf16
+ *   in, fp32 accumulate; ldmatrix; K/V through shared memory, cp.async double buffered;
+ *   Q in registers for head_dim <= 128). Numerics, exactly as fd_cpu_flash_forward
+ *   replays them: K/V tiles visited from the last visible one down to 0 (FA2's order);
+ *   S = Q K^T chained 16-term mma blocks in head-dim order from c = 0; P =
+ *   exp2(fmaf(S, scale_log2, -m*scale_log2)); O rescaled by exp2((m_old - m_new) *
+ *   scale_log2) every visited tile after the first; P rounded to the dtype, dropout
+ *   (FA2 Philox, fd_philox.h) zeroes dropped entries, O += P V chained 16-key mma blocks
+ *   in key order onto the rescaled O; O *= (1/l) * (1/(1-p)) rounded to the dtype;
+ *   LSE = fmaf(m, softmax_scale, logf(l)), +Inf (and O = 0) for rows with no visible key.
+ *   The row sum l is FA2's: each of the 4 threads of a quad keeps a partial sum over its
+ *   columns {8a + 2t, 8a + 2t + 1} of each tile (a ascending, 2t before 2t+1), partial
+ *   sums rescaled with O, combined once at the end as (l0 + l2) + (l1 + l3).
+ *   fp32 inputs take fd_cuda_fp32_path() instead (no tensor cores).
+ * fd_cuda_standard_forward: eager attention through cuBLAS (see fd_cpu_standard_forward).
+ * fd_cuda_splitkv_forward: flash-decoding; `splits` chunks of K/V tiles, partial O (fp32)
+ *   and LSE per chunk, LSE-weighted combine, then rounding to the dtype.
+ *
+ * Host arrays hold exact dtype values as floats, in fd_problem.h's layouts. All entry
+ * points return 0, or -1 with err filled (unsupported config, CUDA error with file:line,
+ * out of device memory). None creates state that outlives the call. */
+#ifndef FD_CUDA_H
+#define FD_CUDA_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fd_problem.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fd_cuda_cfg {
+    int br, bc;     /* tile: (64, 64), (128, 64) or (128, 32); 0, 0 picks the default */
+    int exp2_mode;  /* 0: hardware exp2f (ex2.approx.f32), 1: fd_exp2_portable */
+    int p_fp32;     /* 1: O += P V with P kept in binary32, by fp32 FMAs (see docs/cuda.md) */
+    int splits;     /* split-KV only: number of K/V chunks (>= 1) */
+    int repeats;    /* timed runs after one warm-up; 0: run once, untimed */
+} fd_cuda_cfg;
+
+typedef struct fd_cuda_timing {
+    float ms_median, ms_min;
+    int repeats;
+} fd_cuda_timing;
+
+/* Number of CUDA devices; 0 when there is no GPU or no driver (never fails loudly). */
+int fd_cuda_device_count(void);
+/* "gpu name, sm_XY, driver N" of device 0 into buf; 0 or -1. */
+int fd_cuda_device_name(char *buf, size_t len);
+void fd_cuda_cfg_default(fd_cuda_cfg *cfg);
+/* Path taken for fp32 inputs, in words. */
+const char *fd_cuda_fp32_path(void);
+
+/* dmask (optional, may be NULL): [B][H][Sq][Sk], 1 kept, 0 dropped, decoded from the
+ * kernel's sign-encoded debug output (FA2's return_attn_probs); needs dropout_p > 0.
+ * t (optional): timing over cfg->repeats runs. */
+int fd_cuda_flash_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const float *q,
+                          const float *k, const float *v, float *o, float *lse, uint8_t *dmask,
+                          fd_cuda_timing *t, char *err, size_t errlen);
+int fd_cuda_standard_forward(const fd_problem *p, int repeats, const float *q, const float *k,
+                             const float *v, float *o, float *lse, fd_cuda_timing *t, char *err,
+                             size_t errlen);
+int fd_cuda_splitkv_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const float *q,
+                            const float *k, const float *v, float *o, float *lse,
+                            fd_cuda_timing *t, char *err, size_t errlen);
+
+/* out[i] = fd_exp2_portable(x[i]) computed on the device (host/device bit-identity test). */
+int fd_cuda_exp2_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
+/* out[i] = exp2f(x[i]) on the device (the hardware ex2.approx.f32 path). */
+int fd_cuda_exp2_hw_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

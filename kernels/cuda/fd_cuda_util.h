@@ -1,0 +1,78 @@
+/* fd_cuda_util.h: error checking, device buffers and timing shared by the CUDA backends
+ * (internal to kernels/cuda). Every CUDA call and launch goes through FD_CU, which
+ * records file and line in err and makes the calling function return -1. */
+#ifndef FD_CUDA_UTIL_H
+#define FD_CUDA_UTIL_H
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <vector>
+#include <algorithm>
+
+#define FD_CU(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t fd_e_ = (call);                                                          \
+        if (fd_e_ != cudaSuccess) {                                                          \
+            snprintf(err, errlen, "%s:%d: %s failed: %s (%s)", __FILE__, __LINE__, #call,    \
+                     cudaGetErrorString(fd_e_), cudaGetErrorName(fd_e_));                    \
+            cudaGetLastError(); /* clear a non-sticky error */                               \
+            return -1;                                                                       \
+        }                                                                                    \
+    } while (0)
+/* After every <<<>>> launch: launch-configuration errors and, with sync, faults. */
+#define FD_LAUNCH_CHECK() FD_CU(cudaGetLastError())
+
+#define FD_FAIL(...)                                                                         \
+    do {                                                                                     \
+        snprintf(err, errlen, __VA_ARGS__);                                                  \
+        return -1;                                                                           \
+    } while (0)
+
+/* A device allocation freed on scope exit. */
+struct fd_dbuf {
+    void *p = nullptr;
+    size_t bytes = 0;
+    fd_dbuf() = default;
+    fd_dbuf(const fd_dbuf &) = delete;
+    fd_dbuf &operator=(const fd_dbuf &) = delete;
+    ~fd_dbuf() { if (p) cudaFree(p); }
+    template <typename X> X *as() const { return static_cast<X *>(p); }
+};
+
+/* cudaMalloc with a message that names the buffer, the size and what was free. */
+static inline int fd_dalloc(fd_dbuf &b, size_t bytes, const char *what, char *err, size_t errlen)
+{
+    if (bytes == 0) bytes = 16;
+    cudaError_t e = cudaMalloc(&b.p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        b.p = nullptr;
+        snprintf(err, errlen,
+                 "out of device memory: %s needs %zu bytes (%.2f GiB), %zu of %zu bytes free (%s)",
+                 what, bytes, (double)bytes / 1073741824.0, fr, tot, cudaGetErrorString(e));
+        return -1;
+    }
+    b.bytes = bytes;
+    return 0;
+}
+
+static inline float fd_median(std::vector<float> v)
+{
+    std::sort(v.begin(), v.end());
+    size_t n = v.size();
+    if (n == 0) return 0.0f;
+    return (n & 1) ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
+}
+
+#include "fd_problem.h"
+/* Shared by the CUDA backends (fd_cuda_flash.cu). */
+int fd_cu_padded_dim(int d); /* 32, 64, 96, 128, 256, or -1 above 256 */
+int fd_cu_check_problem(const fd_problem *p, char *err, size_t errlen);
+/* Host floats -> device dtype [B][S][H][dp] (head dim zero-padded from d to dp). */
+int fd_cu_upload(fd_dbuf &buf, const float *x, int B, int S, int H, int d, int dp, fd_dtype dt,
+                 const char *what, char *err, size_t errlen);
+int fd_cu_download_o(float *o, const fd_dbuf &buf, int B, int S, int H, int d, int dp,
+                     fd_dtype dt, char *err, size_t errlen);
+#endif

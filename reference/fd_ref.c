@@ -1,0 +1,665 @@
+/* fd_ref.c: the decisive MPFR reference for one attention row; see fd_ref.h.
+ *
+ * Computation at working precision P (all MPFR roundings to nearest, u = 2^-P):
+ *
+ *   dot_j  exact: the products q_d k_jd of binary32 values are exact binary64
+ *          numbers (<= 48 significant bits, exponents in [-298, 256)), so they
+ *          are added exactly in a fixed-point integer accumulator (a small
+ *          Kulisch accumulator, 24 limbs of 32 bits). This replaces mpfr_set_d +
+ *          mpfr_sum, which measured ~10 us per 128-term dot here, with ~1 us.
+ *   s'_j = RN(sigma * dot_j)         sigma = softmax_scale, exact binary32; the
+ *                                    product is formed exactly as an integer, so
+ *                                    this is the only rounding of s_j
+ *   m'   = max_j s'_j                (an exact constant shift, see below)
+ *   a'_j = RN(s'_j - m')
+ *   e'_j = RN(exp(a'_j))             e'_j = 0 for "truncated" keys (see below)
+ *   L'   = mpfr_sum_j e'_j           over visible keys (correctly rounded)
+ *   t_jd = e'_j * v_jd               EXACT: precision P + 24 >= P + bits(v_jd)
+ *   N'_d = mpfr_sum_j t_jd           over visible keys kept by dropout
+ *   th'  = RN(1 - p),  D' = RN(th' L'),  O'_d = RN(N'_d / D')
+ *   LSE' = RN(m' + RN(log L'))
+ *
+ * Error bound (rigorous; every term below is an upper bound).
+ * Notation: for an MPFR rounding y = RN(x) with ternary t, |y - x| <= [t != 0] 2^(E(y)-P-1)
+ * where E(y) is MPFR's exponent (|y| < 2^E(y)): half an ulp of y, and 0 when MPFR
+ * says the operation was exact. This "ternary-aware" form is what lets exact cases
+ * (identical keys, one visible key, columns of V that cancel exactly) be decided.
+ *
+ * 1. The shift cancels. For ANY constant c, O_d = sum_j exp(s_j - c) v_jd /
+ *    ((1 - p) sum_j exp(s_j - c)) and LSE = c + log sum_j exp(s_j - c). We take
+ *    c = m' (the computed maximum, an exact number), so the true quantities are
+ *    a_j = s_j - m', e_j = exp(a_j), L = sum e_j, N_d = sum_kept e_j v_jd, and
+ *    only the errors in a'_j matter, not whether m' is the true maximum.
+ * 2. Argument error. |a'_j - a_j| <= |s'_j - s_j| + |a'_j - (s'_j - m')|
+ *    <= [t_s] 2^(E(s'_j)-P-1) + [t_a] 2^(E(a'_j)-P-1) =: alpha_j. It is kept as a
+ *    power of two 2^A_j >= alpha_j (a sum of two powers of two is < 2^(max+1)).
+ * 3. exp. |e'_j - e_j| <= |e'_j - exp(a'_j)| + exp(a'_j) |1 - exp(a_j - a'_j)|
+ *    <= [t_e] u e'_j + exp(a'_j) (exp(alpha_j) - 1). With exp(a'_j) <= (1 + u) e'_j
+ *    and, for alpha_j <= 1/2, exp(alpha) - 1 <= alpha + alpha^2 <= 1.5 alpha:
+ *    |e'_j - e_j| <= e'_j ([t_e] 2^-P + 2^(A_j+1)) <= 2^(H_j + E(e'_j)) =: beta_j,
+ *    H_j the exponent of the (at most two) powers of two in brackets, plus one if
+ *    both are present. A key with alpha_j > 1/2 that is not truncated makes the
+ *    whole row fail at this precision (it is redone at 2P).
+ * 4. Truncation. With T0 = P + 64, a key with a'_j < -(T0+1) and alpha_j <= 1, or
+ *    a'_j < -2 T0 and alpha_j <= |a'_j|/2, has a_j <= a'_j + alpha_j <= -T0, so
+ *    0 < e_j <= exp(-(P+64)) <= 2^(-P-92) =: beta_j, and e'_j := 0 (no exp call).
+ *    This also keeps MPFR away from underflow for huge negative logits.
+ * 5. Sums. |L' - L| <= [t_L] 2^(E(L')-P-1) + sum_visible beta_j =: dL;
+ *    |N'_d - N_d| <= [t_N] 2^(E(N'_d)-P-1) + sum_kept beta_j |v_jd| =: dN_d
+ *    (the products t_jd are exact, so only e'_j's errors and mpfr_sum's final
+ *    rounding enter). The beta sums are evaluated in binary64 (see 7).
+ * 6. Division and log. dth = [t_th] 2^(E(th')-P-1);
+ *    dD = [t_D] 2^(E(D')-P-1) + th' dL + (L' + dL) dth    (|th' L' - th L| expanded);
+ *    |O'_d - O_d| <= [t_O] 2^(E(O')-P-1) + dN_d / D' + (|N'_d| + dN_d) dD / (D' (D' - dD))
+ *    from N'/D' - N/D = (N' - N)/D' + N (D - D') / (D D'), |N| <= |N'| + dN, D >= D' - dD > 0.
+ *    |LSE' - LSE| <= [t_LSE] 2^(E(LSE')-P-1) + [t_lg] 2^(E(lg')-P-1) + dL / (L' - dL)
+ *    by the mean value theorem for log between L and L' (both >= L' - dL > 0).
+ *    These few operations per value are done in MPFR at 64 bits rounding upward
+ *    (denominators downward), so they are themselves rigorous.
+ * 7. The beta sums. beta_j are powers of two 2^B_j. They are scaled to
+ *    w_j = 2^(B_j - Bmax + 150) (raised to 2^-450 when smaller: an upper bound),
+ *    and sum_j w_j |v_jd| is computed in binary64 with round-to-nearest. Every
+ *    product is exact (power of two times a binary32, result in [2^-599, 2^278]),
+ *    every partial sum is a normal number below 2^310, so the computed sum of
+ *    n < 2^31 nonnegative terms is >= exact * (1 - 2^-53)^n >= exact (1 - 2^-22);
+ *    multiplying by (1 + 2^-20), upward, restores an upper bound.
+ * 8. Decision. With an upward bound Delta < 2^E(Delta), x = the P-bit value is
+ *    within 2^(E(x) - err) of the truth, err = E(x) - E(Delta), strictly inside
+ *    that interval. mpfr_can_round(x, err, RNDN, RNDZ, 54) then proves that no
+ *    54-bit number (no binary64 number and no midpoint between two) lies in the
+ *    interval, so RN(x) to binary64 (mpfr_get_d, subnormals included) is the
+ *    correctly rounded truth. (The strictness excludes a truth that is itself a
+ *    54-bit number, the caveat of that idiom.) Delta = 0 means x is exact.
+ *    A computed 0 with Delta > 0 cannot be decided: the row is redone at 2P and
+ *    finally counted as undecided. Exact zeros are returned as +0.
+ *
+ * Thread safety: no static mutable state; every MPFR object is local to the call.
+ * MPFR's flags and constant caches are per thread only when mpfr_buildopt_tls_p()
+ * (fd_ref_thread_safe()). The exponent range is read, never changed. */
+#include <limits.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <gmp.h>
+#include <mpfr.h>
+
+#include "fd_philox.h"
+#include "fd_ref.h"
+
+#if GMP_LIMB_BITS != 64 || GMP_NAIL_BITS != 0
+#error "fd_ref.c assumes 64-bit GMP limbs without nails"
+#endif
+
+#define FD_NOEXP LONG_MIN       /* "this error term is zero" */
+#define FD_ACC_LIMBS 24         /* 768 bits: products span bits [2, 608), plus carries */
+#define FD_ACC_BASE (-352)      /* exponent of bit 0 of the accumulator */
+#define FD_BND_PREC 64          /* precision of the error-bound arithmetic */
+#define FD_PREC_LIMIT 65536     /* largest prec_max accepted */
+#define FD_HEAD_DIM_LIMIT 65536 /* keeps the int64 accumulator limbs far from overflow */
+
+void fd_ref_opts_default(fd_ref_opts *o)
+{
+    o->prec0 = 128;
+    o->prec_max = 2048;
+}
+
+int fd_ref_thread_safe(void) { return mpfr_buildopt_tls_p() != 0; }
+
+void fd_ref_thread_cleanup(void) { mpfr_free_cache(); }
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Arrays of mpfr_t on one limb buffer (MPFR's custom interface): no malloc per term. */
+typedef struct {
+    mpfr_t *x;
+    mpfr_ptr *ptr;
+    void *limbs;
+    size_t n;
+} fd_mparr;
+
+static void mparr_free(fd_mparr *a)
+{
+    free(a->x);
+    free(a->ptr);
+    free(a->limbs);
+    memset(a, 0, sizeof *a);
+}
+
+static int mparr_alloc(fd_mparr *a, size_t n, mpfr_prec_t prec)
+{
+    size_t sz = mpfr_custom_get_size(prec);
+    memset(a, 0, sizeof *a);
+    if (n == 0) n = 1;
+    a->x = malloc(n * sizeof(mpfr_t));
+    a->ptr = malloc(n * sizeof(mpfr_ptr));
+    a->limbs = malloc(n * sz);
+    if (!a->x || !a->ptr || !a->limbs) {
+        mparr_free(a);
+        return -1;
+    }
+    a->n = n;
+    for (size_t i = 0; i < n; i++) {
+        void *m = (char *)a->limbs + i * sz;
+        mpfr_custom_init(m, prec);
+        mpfr_custom_init_set(a->x[i], MPFR_ZERO_KIND, 0, prec, m);
+        a->ptr[i] = a->x[i];
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Exact dot product of binary32 vectors, times the exact binary32 sigma, rounded once. */
+
+/* A finite binary32 as M * 2^E with |M| < 2^24. */
+static void f32_split(float x, long *m, long *e)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t ex = (u >> 23) & 0xffu, man = u & 0x7fffffu;
+    long mm = ex ? (long)(man | 0x800000u) : (long)man;
+    *e = ex ? (long)ex - 150 : -149;
+    *m = (u >> 31) ? -mm : mm;
+}
+
+typedef struct {
+    int64_t acc[FD_ACC_LIMBS];
+    mp_limb_t limb[FD_ACC_LIMBS / 2 + 2];
+} fd_dotacc;
+
+/* s = RN(sigma * sum_d q_d k_d) at s's precision, sigma = (sig_neg ? -1 : 1) sig_m 2^sig_e;
+ * returns the ternary value. The accumulator holds 32-bit digits in int64 lanes so that
+ * carries are deferred (each lane takes < 2^33 per term, D <= 2^16 terms). */
+static int dot_exact(mpfr_ptr s, const float *q, const float *k, int D, mp_limb_t sig_m,
+                     int sig_neg, long sig_e, fd_dotacc *a)
+{
+    int64_t *acc = a->acc;
+    int lmin = FD_ACC_LIMBS, lmax = -1;
+    memset(acc, 0, sizeof a->acc);
+    for (int d = 0; d < D; d++) {
+        double x = (double)q[d] * (double)k[d]; /* exact: 48 bits, no under/overflow */
+        uint64_t bits;
+        memcpy(&bits, &x, 8);
+        unsigned ex = (unsigned)(bits >> 52) & 0x7ffu;
+        if (ex == 0) continue; /* zero: a binary32 product is never binary64-subnormal */
+        uint64_t m = (bits & 0xfffffffffffffull) | 0x10000000000000ull;
+        int pos = (int)ex - 1075 - FD_ACC_BASE; /* in [2, 556) */
+        int li = pos >> 5, sh = pos & 31;
+        uint64_t lo = (m & 0xffffffffu) << sh, hi = (m >> 32) << sh;
+        int64_t sg = -(int64_t)(bits >> 63); /* 0 or -1: branch-free negation */
+        acc[li] += ((int64_t)(lo & 0xffffffffu) ^ sg) - sg;
+        acc[li + 1] += ((int64_t)((lo >> 32) + (hi & 0xffffffffu)) ^ sg) - sg;
+        acc[li + 2] += ((int64_t)(hi >> 32) ^ sg) - sg;
+        lmin = li < lmin ? li : lmin;
+        lmax = li > lmax ? li : lmax;
+    }
+    if (lmax < 0 || sig_m == 0) {
+        mpfr_set_zero(s, 1);
+        return 0;
+    }
+    /* |sum| < 2^16 * 2^(32 lmax + 85): digits lmin .. lmax+3 hold it with its sign. */
+    int i0 = lmin & ~1, top = lmax + 3;
+    int neg = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = i0; i < top; i++) {
+            int64_t low = acc[i] & (int64_t)0xffffffff;
+            acc[i + 1] += (acc[i] - low) / ((int64_t)1 << 32);
+            acc[i] = low;
+        }
+        if (acc[top] >= 0) break;
+        neg = 1; /* negative: negate every digit and normalise again */
+        for (int i = i0; i <= top; i++) acc[i] = -acc[i];
+    }
+    int nl = 0;
+    for (int i = i0; i <= top; i += 2)
+        a->limb[nl++] = (mp_limb_t)acc[i] | ((mp_limb_t)(i + 1 <= top ? acc[i + 1] : 0) << 32);
+    a->limb[nl] = mpn_mul_1(a->limb, a->limb, nl, sig_m);
+    nl++;
+    while (nl > 0 && a->limb[nl - 1] == 0) nl--;
+    if (nl == 0) {
+        mpfr_set_zero(s, 1);
+        return 0;
+    }
+    mpz_t z;
+    mpz_roinit_n(z, a->limb, (neg ^ sig_neg) ? -(mp_size_t)nl : (mp_size_t)nl);
+    return mpfr_set_z_2exp(s, z, (mpfr_exp_t)(FD_ACC_BASE + 32 * i0) + sig_e, MPFR_RNDN);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Error-bound helpers: exponents of powers of two, FD_NOEXP meaning "no error". */
+static long half_ulp_exp(int ternary, mpfr_srcptr y, mpfr_prec_t P)
+{
+    return ternary ? (long)mpfr_get_exp(y) - (long)P - 1 : FD_NOEXP;
+}
+/* An exponent of a power of two >= 2^a + 2^b. */
+static long exp_add(long a, long b)
+{
+    if (a == FD_NOEXP) return b;
+    if (b == FD_NOEXP) return a;
+    return (a > b ? a : b) + 1;
+}
+/* r += 2^e (upward); tmp is scratch. */
+static void bnd_add_pow2(mpfr_ptr r, long e, mpfr_ptr tmp)
+{
+    if (e == FD_NOEXP) return;
+    mpfr_set_ui_2exp(tmp, 1, (mpfr_exp_t)e, MPFR_RNDU);
+    mpfr_add(r, r, tmp, MPFR_RNDU);
+}
+
+/* Is x, with |x - truth| <= delta, correctly rounded to binary64 by mpfr_get_d? */
+static int decided(mpfr_srcptr x, mpfr_srcptr delta)
+{
+    if (!mpfr_number_p(delta)) return 0;
+    if (mpfr_zero_p(delta)) return 1;
+    if (!mpfr_regular_p(x)) return 0;
+    mpfr_exp_t err = mpfr_get_exp(x) - mpfr_get_exp(delta);
+    if (err <= 0) return 0;
+    return mpfr_can_round(x, err, MPFR_RNDN, MPFR_RNDZ, 54) != 0;
+}
+
+static double to_double(mpfr_srcptr x)
+{
+    if (mpfr_zero_p(x)) return 0.0;
+    return mpfr_get_d(x, MPFR_RNDN);
+}
+
+/* ---------------------------------------------------------------------------------
+ * One row at one precision. */
+typedef struct {
+    /* the row, fixed for all precisions */
+    const fd_problem *p;
+    const float *qrow;
+    const float **krow; /* visible keys */
+    int n, D;
+    int *kept; /* indices of visible keys kept by dropout */
+    int nkept;
+    float *vcol; /* V of the kept keys, column-major: vcol[d * nkept + kk] */
+    long ymin, ymax; /* exponent range of the nonzero vcol as M 2^y, |M| < 2^24 */
+    mp_limb_t sig_m;
+    int sig_neg;
+    long sig_e;
+    /* per precision */
+    fd_mparr s, e;
+    long *B;   /* beta_j exponent, FD_NOEXP for beta_j = 0 */
+    double *w; /* scaled beta_j */
+    const mp_limb_t **ksig; /* significand of e'_kept[kk], NULL when e' = 0 */
+    long *kx;  /* e'_kept[kk] = ksig * 2^kx (ksig read as an integer) */
+    mp_limb_t *nacc; /* numerator accumulator */
+    size_t nacc_cap;
+    fd_dotacc dot;
+} fd_rowws;
+
+/* N = RN(sum_kk e'_kk v_kk,d) at N's precision, exactly summed in a two's complement
+ * fixed-point accumulator of L limbs with bit 0 at 2^base (mpfr_sum over exact
+ * products measured ~30 ns a term here; this is ~10). Also returns in *wsum the
+ * binary64 sum of w_j |v_jd| for the bound. */
+static int numer_exact(fd_rowws *ws, int d, int k, long base, size_t L, mpfr_ptr N, double *wsum)
+{
+    mp_limb_t *acc = ws->nacc, tmp[FD_PREC_LIMIT / 64 + 4];
+    const float *vc = ws->vcol + (size_t)d * (size_t)ws->nkept;
+    double sw = 0.0;
+    memset(acc, 0, L * sizeof(mp_limb_t));
+    for (int kk = 0; kk < ws->nkept; kk++) {
+        uint32_t u;
+        memcpy(&u, &vc[kk], 4);
+        if ((u & 0x7fffffffu) == 0) continue;
+        sw += ws->w[ws->kept[kk]] * fabs((double)vc[kk]);
+        const mp_limb_t *S = ws->ksig[kk];
+        if (!S) continue;
+        long vm, ve;
+        f32_split(vc[kk], &vm, &ve);
+        long off = ws->kx[kk] + ve - base; /* >= 0 by the choice of base */
+        size_t lo = (size_t)off / 64;
+        unsigned sh = (unsigned)((size_t)off % 64);
+        tmp[k] = mpn_mul_1(tmp, S, k, (mp_limb_t)(vm < 0 ? -vm : vm));
+        tmp[k + 1] = sh ? mpn_lshift(tmp, tmp, k + 1, sh) : 0;
+        size_t i = lo + (size_t)k + 2;
+        if (vm > 0) {
+            mp_limb_t c = mpn_add_n(acc + lo, acc + lo, tmp, k + 2);
+            for (; c && i < L; i++) c = (++acc[i] == 0);
+        } else {
+            mp_limb_t c = mpn_sub_n(acc + lo, acc + lo, tmp, k + 2);
+            for (; c && i < L; i++) c = (acc[i]-- == 0);
+        }
+    }
+    *wsum = sw;
+    int neg = (int)(acc[L - 1] >> 63);
+    if (neg) mpn_neg(acc, acc, (mp_size_t)L);
+    size_t size = L;
+    while (size > 0 && acc[size - 1] == 0) size--;
+    if (size == 0) {
+        mpfr_set_zero(N, 1);
+        return 0;
+    }
+    mpz_t z;
+    mpz_roinit_n(z, acc, neg ? -(mp_size_t)size : (mp_size_t)size);
+    return mpfr_set_z_2exp(N, z, (mpfr_exp_t)base, MPFR_RNDN);
+}
+
+/* Returns the number of undecided outputs (0..D+1), or -1 for no memory. */
+static int row_at(fd_rowws *ws, mpfr_prec_t P, double *o, double *lse)
+{
+    const int n = ws->n, D = ws->D;
+    const fd_problem *p = ws->p;
+    int undecided = 0, row_ok = 1;
+
+    mparr_free(&ws->s);
+    mparr_free(&ws->e);
+    if (mparr_alloc(&ws->s, (size_t)n, P) || mparr_alloc(&ws->e, (size_t)n, P)) return -1;
+
+    mpfr_t a, L, th, Dn, N, O, lg, LSE, pm;
+    mpfr_t dL, dth, dD, dN, dO, dLSE, bt, bt2, lowD, fudge;
+    mpfr_inits2(P, a, L, th, Dn, N, O, lg, LSE, (mpfr_ptr)0);
+    mpfr_init2(pm, 53);
+    mpfr_inits2(FD_BND_PREC, dL, dth, dD, dN, dO, dLSE, bt, bt2, lowD, fudge, (mpfr_ptr)0);
+    mpfr_set_ui_2exp(fudge, (1ul << 20) + 1ul, -20, MPFR_RNDU); /* 1 + 2^-20, exact */
+
+    /* s'_j and their error exponents; m' = max. */
+    int jm = 0;
+    long *ES = ws->B; /* reuse: error exponent of s'_j, overwritten by beta below */
+    for (int j = 0; j < n; j++) {
+        int ts = dot_exact(ws->s.x[j], ws->qrow, ws->krow[j], D, ws->sig_m, ws->sig_neg, ws->sig_e,
+                           &ws->dot);
+        ES[j] = half_ulp_exp(ts, ws->s.x[j], P);
+        if (mpfr_cmp(ws->s.x[j], ws->s.x[jm]) > 0) jm = j;
+    }
+    mpfr_srcptr m = ws->s.x[jm];
+    const long T0 = (long)P + 64;
+
+    /* e'_j and beta_j. */
+    long Bmax = FD_NOEXP;
+    for (int j = 0; j < n; j++) {
+        int ta = mpfr_sub(a, ws->s.x[j], m, MPFR_RNDN);
+        long A = exp_add(ES[j], half_ulp_exp(ta, a, P));
+        long Bj;
+        int trunc = 0;
+        if (mpfr_cmp_si(a, -(T0 + 1)) < 0 && (A == FD_NOEXP || A <= 0)) trunc = 1;
+        else if (mpfr_cmp_si(a, -2 * T0) < 0 && (A == FD_NOEXP || A <= (long)mpfr_get_exp(a) - 2))
+            trunc = 1;
+        if (trunc) {
+            mpfr_set_zero(ws->e.x[j], 1);
+            Bj = -(long)P - 92;
+        } else {
+            if (A != FD_NOEXP && A > -1) row_ok = 0; /* alpha_j may exceed 1/2 */
+            int te = mpfr_exp(ws->e.x[j], a, MPFR_RNDN);
+            long H = exp_add(te ? -(long)P : FD_NOEXP, A == FD_NOEXP ? FD_NOEXP : A + 1);
+            Bj = H == FD_NOEXP ? FD_NOEXP : H + (long)mpfr_get_exp(ws->e.x[j]);
+        }
+        ws->B[j] = Bj;
+        if (Bj != FD_NOEXP && (Bmax == FD_NOEXP || Bj > Bmax)) Bmax = Bj;
+    }
+    double sumw = 0.0;
+    for (int j = 0; j < n; j++) {
+        long Bj = ws->B[j];
+        if (Bj == FD_NOEXP) ws->w[j] = 0.0;
+        else if (Bj - Bmax < -600) ws->w[j] = 0x1p-450;
+        else ws->w[j] = ldexp(1.0, (int)(Bj - Bmax + 150));
+        sumw += ws->w[j];
+    }
+
+    /* L', dL. */
+    int tL = mpfr_sum(L, ws->e.ptr, (unsigned long)n, MPFR_RNDN);
+    mpfr_set_d(dL, sumw, MPFR_RNDU);
+    if (Bmax != FD_NOEXP) mpfr_mul_2si(dL, dL, Bmax - 150, MPFR_RNDU);
+    mpfr_mul(dL, dL, fudge, MPFR_RNDU);
+    bnd_add_pow2(dL, half_ulp_exp(tL, L, P), bt2);
+
+    /* th' = RN(1 - p), D' = RN(th' L'), dD. */
+    mpfr_set_d(pm, p->dropout_p, MPFR_RNDN); /* exact */
+    int tth = mpfr_ui_sub(th, 1, pm, MPFR_RNDN);
+    mpfr_set_zero(dth, 1);
+    bnd_add_pow2(dth, half_ulp_exp(tth, th, P), bt2);
+    int tD = mpfr_mul(Dn, th, L, MPFR_RNDN);
+    mpfr_set_zero(dD, 1);
+    bnd_add_pow2(dD, half_ulp_exp(tD, Dn, P), bt2);
+    mpfr_mul(bt, th, dL, MPFR_RNDU);
+    mpfr_add(dD, dD, bt, MPFR_RNDU);
+    mpfr_add(bt, L, dL, MPFR_RNDU);
+    mpfr_mul(bt, bt, dth, MPFR_RNDU);
+    mpfr_add(dD, dD, bt, MPFR_RNDU);
+    mpfr_sub(lowD, Dn, dD, MPFR_RNDD); /* lower bound of the true denominator */
+    if (mpfr_sgn(lowD) <= 0) row_ok = 0;
+
+    /* The numerator accumulator: term kk,d is S_kk |M| 2^(kx_kk + y), S_kk < 2^(64 k),
+     * |M| < 2^24; bit 0 at 2^base, room above for the carries of nkept < 2^31 terms
+     * and the sign. */
+    const int klimbs = (int)((P + 63) / 64);
+    long xmin = LONG_MAX, xmax = LONG_MIN;
+    for (int kk = 0; kk < ws->nkept; kk++) {
+        mpfr_ptr ej = ws->e.x[ws->kept[kk]];
+        if (mpfr_zero_p(ej)) {
+            ws->ksig[kk] = NULL;
+            continue;
+        }
+        ws->ksig[kk] = (const mp_limb_t *)mpfr_custom_get_significand(ej);
+        ws->kx[kk] = (long)mpfr_get_exp(ej) - 64L * klimbs;
+        if (ws->kx[kk] < xmin) xmin = ws->kx[kk];
+        if (ws->kx[kk] > xmax) xmax = ws->kx[kk];
+    }
+    const int any_terms = xmin <= xmax && ws->ymin <= ws->ymax;
+    const long base = any_terms ? xmin + ws->ymin : 0;
+    const size_t Lacc = any_terms ? (size_t)((xmax + ws->ymax - base) / 64) + (size_t)klimbs + 4 : 1;
+    if (Lacc > ws->nacc_cap) {
+        free(ws->nacc);
+        ws->nacc = malloc(Lacc * sizeof(mp_limb_t));
+        ws->nacc_cap = ws->nacc ? Lacc : 0;
+        if (!ws->nacc) {
+            mpfr_clears(a, L, th, Dn, N, O, lg, LSE, pm, (mpfr_ptr)0);
+            mpfr_clears(dL, dth, dD, dN, dO, dLSE, bt, bt2, lowD, fudge, (mpfr_ptr)0);
+            return -1;
+        }
+    }
+
+    /* O_d. */
+    for (int d = 0; d < D; d++) {
+        double wsum = 0.0;
+        int tN = numer_exact(ws, d, klimbs, base, Lacc, N, &wsum);
+        mpfr_set_d(dN, wsum, MPFR_RNDU);
+        if (Bmax != FD_NOEXP) mpfr_mul_2si(dN, dN, Bmax - 150, MPFR_RNDU);
+        mpfr_mul(dN, dN, fudge, MPFR_RNDU);
+        bnd_add_pow2(dN, half_ulp_exp(tN, N, P), bt2);
+        int tO = mpfr_div(O, N, Dn, MPFR_RNDN);
+        o[d] = to_double(O);
+        if (!row_ok) {
+            undecided++;
+            continue;
+        }
+        /* dO = half ulp + dN / D' + (|N'| + dN) dD / (D' (D' - dD)) */
+        mpfr_div(dO, dN, Dn, MPFR_RNDU);
+        mpfr_abs(bt, N, MPFR_RNDU);
+        mpfr_add(bt, bt, dN, MPFR_RNDU);
+        mpfr_mul(bt, bt, dD, MPFR_RNDU);
+        mpfr_mul(bt2, Dn, lowD, MPFR_RNDD);
+        mpfr_div(bt, bt, bt2, MPFR_RNDU);
+        mpfr_add(dO, dO, bt, MPFR_RNDU);
+        bnd_add_pow2(dO, half_ulp_exp(tO, O, P), bt2);
+        if (!decided(O, dO)) undecided++;
+    }
+
+    /* LSE = m' + log L. */
+    int tlg = mpfr_log(lg, L, MPFR_RNDN);
+    int tlse = mpfr_add(LSE, m, lg, MPFR_RNDN);
+    *lse = to_double(LSE);
+    mpfr_sub(bt, L, dL, MPFR_RNDD);
+    if (!row_ok || mpfr_sgn(bt) <= 0) {
+        undecided++;
+    } else {
+        mpfr_div(dLSE, dL, bt, MPFR_RNDU);
+        bnd_add_pow2(dLSE, half_ulp_exp(tlg, lg, P), bt2);
+        bnd_add_pow2(dLSE, half_ulp_exp(tlse, LSE, P), bt2);
+        if (!decided(LSE, dLSE)) undecided++;
+    }
+
+    mpfr_clears(a, L, th, Dn, N, O, lg, LSE, pm, (mpfr_ptr)0);
+    mpfr_clears(dL, dth, dD, dN, dO, dLSE, bt, bt2, lowD, fudge, (mpfr_ptr)0);
+    return undecided;
+}
+
+static int all_finite(const float *x, int D)
+{
+    for (int d = 0; d < D; d++)
+        if (!isfinite(x[d])) return 0;
+    return 1;
+}
+
+int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float *v, int b, int h,
+               int i, const fd_ref_opts *opt, double *o, fd_ref_row_info *info, char *err,
+               size_t errlen)
+{
+    if (!p || !q || !k || !v || !o) {
+        seterr(err, errlen, "fd_ref_row: NULL argument (problem %p, q %p, k %p, v %p, o %p)",
+               (const void *)p, (const void *)q, (const void *)k, (const void *)v, (void *)o);
+        return -1;
+    }
+    if (p->batch <= 0 || p->heads <= 0 || p->kv_heads <= 0 || p->seqlen_q <= 0 ||
+        p->seqlen_k <= 0 || p->head_dim <= 0 || p->head_dim > FD_HEAD_DIM_LIMIT ||
+        p->heads % p->kv_heads != 0) {
+        seterr(err, errlen,
+               "fd_ref_row: bad shape batch=%d heads=%d kv_heads=%d seqlen_q=%d seqlen_k=%d "
+               "head_dim=%d (all > 0, heads a multiple of kv_heads, head_dim <= %d)",
+               p->batch, p->heads, p->kv_heads, p->seqlen_q, p->seqlen_k, p->head_dim,
+               FD_HEAD_DIM_LIMIT);
+        return -1;
+    }
+    if (b < 0 || b >= p->batch || h < 0 || h >= p->heads || i < 0 || i >= p->seqlen_q) {
+        seterr(err, errlen,
+               "fd_ref_row: row out of range: b=%d (batch %d), h=%d (heads %d), i=%d (seqlen_q %d)",
+               b, p->batch, h, p->heads, i, p->seqlen_q);
+        return -1;
+    }
+    if ((unsigned)p->mask > (unsigned)FD_MASK_CAUSAL_BR || (unsigned)p->dtype > (unsigned)FD_DT_FP32) {
+        seterr(err, errlen, "fd_ref_row: bad mask %d or dtype %d", (int)p->mask, (int)p->dtype);
+        return -1;
+    }
+    if (!(p->dropout_p >= 0.0 && p->dropout_p < 1.0)) {
+        seterr(err, errlen, "fd_ref_row: dropout_p = %g (%a) is not in [0, 1)", p->dropout_p,
+               p->dropout_p);
+        return -1;
+    }
+    if (!isfinite(p->softmax_scale)) {
+        seterr(err, errlen, "fd_ref_row: softmax_scale is not finite (%a)", (double)p->softmax_scale);
+        return -1;
+    }
+    fd_ref_opts dflt;
+    fd_ref_opts_default(&dflt);
+    if (!opt) opt = &dflt;
+    if (opt->prec0 < 64 || opt->prec_max < opt->prec0 || opt->prec_max > FD_PREC_LIMIT) {
+        seterr(err, errlen, "fd_ref_row: bad precisions prec0=%d prec_max=%d (need 64 <= prec0 <= "
+               "prec_max <= %d)", opt->prec0, opt->prec_max, FD_PREC_LIMIT);
+        return -1;
+    }
+    if (mpfr_get_emin() > -(1L << 20) || mpfr_get_emax() < (1L << 20)) {
+        seterr(err, errlen, "fd_ref_row: MPFR exponent range [%ld, %ld] is too narrow (someone "
+               "changed it with mpfr_set_emin/emax in this thread)",
+               (long)mpfr_get_emin(), (long)mpfr_get_emax());
+        return -1;
+    }
+
+    const int D = p->head_dim;
+    const int n = fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k);
+    const int hk = fd_kv_head(p, h);
+    fd_ref_row_info inf;
+    memset(&inf, 0, sizeof inf);
+    inf.nvisible = n;
+    if (n == 0) {
+        for (int d = 0; d < D; d++) o[d] = 0.0;
+        inf.lse = INFINITY;
+        if (info) *info = inf;
+        return 0;
+    }
+
+    fd_rowws ws;
+    memset(&ws, 0, sizeof ws);
+    ws.p = p;
+    ws.n = n;
+    ws.D = D;
+    ws.qrow = q + fd_q_index(p, b, i, h, 0);
+    ws.krow = malloc((size_t)n * sizeof(float *));
+    ws.kept = malloc((size_t)n * sizeof(int));
+    ws.B = malloc((size_t)n * sizeof(long));
+    ws.w = malloc((size_t)n * sizeof(double));
+    ws.ksig = malloc((size_t)n * sizeof(mp_limb_t *));
+    ws.kx = malloc((size_t)n * sizeof(long));
+    int rc = -1;
+    if (!ws.krow || !ws.kept || !ws.B || !ws.w || !ws.ksig || !ws.kx) {
+        seterr(err, errlen, "fd_ref_row: out of memory for %d keys", n);
+        goto out;
+    }
+    if (!all_finite(ws.qrow, D)) {
+        seterr(err, errlen, "fd_ref_row: non-finite q in row b=%d i=%d h=%d", b, i, h);
+        goto out;
+    }
+    const int drop = p->dropout_p > 0.0;
+    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
+    for (int j = 0; j < n; j++) {
+        ws.krow[j] = k + fd_kv_index(p, b, j, hk, 0);
+        if (!all_finite(ws.krow[j], D) || !all_finite(v + fd_kv_index(p, b, j, hk, 0), D)) {
+            seterr(err, errlen, "fd_ref_row: non-finite k or v at b=%d key %d kv head %d", b, j, hk);
+            goto out;
+        }
+        if (!drop || fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, i, j))
+            ws.kept[ws.nkept++] = j;
+    }
+    inf.nkept = ws.nkept;
+    /* V of the kept keys, transposed once so that the per-d loops run contiguously. */
+    ws.vcol = malloc(((size_t)ws.nkept * (size_t)D + 1) * sizeof(float));
+    if (!ws.vcol) {
+        seterr(err, errlen, "fd_ref_row: out of memory for %d x %d values of V", ws.nkept, D);
+        goto out;
+    }
+    ws.ymin = LONG_MAX;
+    ws.ymax = LONG_MIN;
+    for (int kk = 0; kk < ws.nkept; kk++) {
+        const float *vr = v + fd_kv_index(p, b, ws.kept[kk], hk, 0);
+        for (int d = 0; d < D; d++) {
+            float x = vr[d];
+            ws.vcol[(size_t)d * (size_t)ws.nkept + (size_t)kk] = x;
+            long vm, ve;
+            f32_split(x, &vm, &ve);
+            if (vm == 0) continue;
+            if (ve < ws.ymin) ws.ymin = ve;
+            if (ve > ws.ymax) ws.ymax = ve;
+        }
+    }
+    long sm;
+    f32_split(p->softmax_scale, &sm, &ws.sig_e);
+    ws.sig_neg = sm < 0;
+    ws.sig_m = (mp_limb_t)(sm < 0 ? -sm : sm);
+
+    for (long P = opt->prec0;; P *= 2) {
+        if (P > opt->prec_max) P = opt->prec_max;
+        int u = row_at(&ws, (mpfr_prec_t)P, o, &inf.lse);
+        if (u < 0) {
+            seterr(err, errlen, "fd_ref_row: out of memory at precision %ld (%d keys)", P, n);
+            goto out;
+        }
+        inf.undecided = u;
+        inf.prec_used = (int)P;
+        if (u == 0 || P >= opt->prec_max) break;
+    }
+    if (info) *info = inf;
+    rc = 0;
+out:
+    mparr_free(&ws.s);
+    mparr_free(&ws.e);
+    free(ws.krow);
+    free(ws.kept);
+    free(ws.B);
+    free(ws.w);
+    free(ws.ksig);
+    free(ws.kx);
+    free(ws.vcol);
+    free(ws.nacc);
+    return rc;
+}

@@ -1,0 +1,210 @@
+/* fd_report.c: see fd_report.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <mpfr.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fd_report.h"
+
+#ifndef FD_VERSION
+#define FD_VERSION "0.0.0"
+#endif
+#ifndef FD_GIT_COMMIT
+#define FD_GIT_COMMIT "unknown"
+#endif
+
+json_t *fd_json_num(double x)
+{
+    if (isnan(x)) return json_string("nan");
+    if (isinf(x)) return json_string(x > 0 ? "inf" : "-inf");
+    return json_real(x);
+}
+
+static void cpu_model(char *buf, size_t len)
+{
+    snprintf(buf, len, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "model name", 10)) {
+            char *c = strchr(line, ':');
+            if (c) {
+                c += 2;
+                c[strcspn(c, "\n")] = 0;
+                snprintf(buf, len, "%s", c);
+            }
+            break;
+        }
+    fclose(f);
+}
+
+json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
+{
+    char host[256] = "unknown", cpu[256], when[64];
+    struct utsname u;
+    time_t t = time(NULL);
+    struct tm tmv;
+    gethostname(host, sizeof host - 1);
+    cpu_model(cpu, sizeof cpu);
+    gmtime_r(&t, &tmv);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+    json_t *machine = json_pack("{s:s, s:s, s:i}", "hostname", host, "cpu", cpu, "cpu_count",
+                                (int)sysconf(_SC_NPROCESSORS_ONLN));
+    if (uname(&u) == 0) {
+        char os[600];
+        snprintf(os, sizeof os, "%s %s %s", u.sysname, u.release, u.machine);
+        json_object_set_new(machine, "os", json_string(os));
+    }
+    json_object_set_new(machine, "gpu", json_null());
+    json_object_set_new(machine, "mpfr", json_string(mpfr_get_version()));
+    const fd_flash_cfg *fc = &cf->flash;
+    const fd_policy *po = &cf->policy;
+    json_t *root = json_pack(
+        "{s:i, s:s, s:s, s:s, s:s, s:o, s:{s:s, s:s, s:s, s:i, s:i}, s:s, s:i, "
+        "s:{s:i, s:i, s:s, s:s, s:s, s:b}, s:{s:o, s:o, s:{s:o, s:o, s:o}, s:o, s:o, s:o}, s:[], s:b}",
+        "schema_version", FD_REPORT_SCHEMA_VERSION, "tool", "flashdrift", "version", FD_VERSION,
+        "git_commit", FD_GIT_COMMIT, "created", when, "machine", machine,
+        "case_file", "path", cf->path, "name", cf->name, "description", cf->description,
+        "cases", cf->ncases, "rows_per_head", cf->rows_per_head,
+        "backends", backends, "jobs", jobs,
+        "flash_config", "br", fc->br, "bc", fc->bc, "qk_order", fd_accum_name(fc->qk_order),
+        "pv_order", fd_accum_name(fc->pv_order), "exp2",
+        fc->exp2_mode == FD_EXP2_PORTABLE ? "portable" : "libm", "p_fp32", fc->p_fp32,
+        "policy", "fa_ratio", fd_json_num(po->fa_ratio), "atol", fd_json_num(po->atol), "max_ulp",
+        "fp16", fd_json_num(po->max_ulp[0]), "bf16", fd_json_num(po->max_ulp[1]), "fp32",
+        fd_json_num(po->max_ulp[2]), "max_lse_abs", fd_json_num(po->max_lse_abs), "marginal",
+        fd_json_num(po->marginal), "keep_sigma", fd_json_num(po->keep_sigma),
+        "cases", "complete", 0);
+    return root;
+}
+
+static json_t *metrics_json(const fd_backend_result *b)
+{
+    if (!b->ok) return json_pack("{s:b, s:s}", "ok", 0, "error", b->error);
+    const fd_metrics *m = &b->m;
+    json_t *j = json_pack(
+        "{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:o, s:{s:i, s:i, s:i, s:i, s:o, s:o}}",
+        "ok", 1, "max_abs", fd_json_num(m->max_abs), "max_rel", fd_json_num(m->max_rel), "rel_l2",
+        fd_json_num(m->rel_l2), "max_ulp", fd_json_num(m->max_ulp), "p99_ulp",
+        fd_json_num(m->p99_ulp), "lse_max_abs", fd_json_num(m->lse_max_abs), "elements",
+        (json_int_t)m->n_elems, "nan", (json_int_t)m->nan_count, "inf", (json_int_t)m->inf_count,
+        "empty_rows_skipped", (json_int_t)m->empty_rows_skipped, "ms", fd_json_num(m->ms), "worst",
+        "b", m->worst_b, "h", m->worst_h, "row", m->worst_i, "d", m->worst_d, "got",
+        fd_json_num(m->worst_got), "ref", fd_json_num(m->worst_ref));
+    if (b->fa_ratio >= 0) {
+        json_object_set_new(j, "fa_ratio", fd_json_num(b->fa_ratio));
+        json_object_set_new(j, "fa_limit", fd_json_num(b->fa_limit));
+    }
+    return j;
+}
+
+json_t *fd_report_case_json(const fd_case_result *r)
+{
+    const fd_problem *p = &r->c.prob;
+    json_t *rows = json_array();
+    for (int i = 0; i < r->nrows; i++) json_array_append_new(rows, json_integer(r->rows[i]));
+    json_t *bes = json_object();
+    for (int t = 0; t < r->nbe; t++) json_object_set_new(bes, r->be[t].be->name, metrics_json(&r->be[t]));
+    json_t *j = json_pack(
+        "{s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i}, s:s, s:s, s:o, s:s, s:I, s:I, s:I, s:o, "
+        "s:o, s:I, s:{s:i, s:i, s:o}, s:o, s:s, s:s, s:o}",
+        "id", r->c.id, "shape", "batch", p->batch, "heads", p->heads, "kv_heads", p->kv_heads,
+        "seqlen_q", p->seqlen_q, "seqlen_k", p->seqlen_k, "head_dim", p->head_dim, "dtype",
+        fd_dtype_name(p->dtype), "mask", fd_mask_name(p->mask), "dropout", fd_json_num(p->dropout_p),
+        "dist", fd_dist_name(r->c.dist), "input_seed", (json_int_t)r->c.input_seed,
+        "dropout_seed", (json_int_t)p->seed, "dropout_offset", (json_int_t)p->offset,
+        "softmax_scale", fd_json_num((double)p->softmax_scale), "rows_checked", rows,
+        "empty_rows", (json_int_t)r->empty_rows, "reference", "undecided", r->ref_undecided,
+        "max_precision", r->ref_prec_max, "seconds", fd_json_num(r->ref_seconds), "backends", bes,
+        "verdict", fd_verdict_name(r->verdict), "reasons", r->reasons, "seconds",
+        fd_json_num(r->seconds));
+    if (r->drop.active) {
+        const fd_dropout_stats *d = &r->drop;
+        json_object_set_new(j, "dropout_stats",
+            json_pack("{s:i, s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o}", "threshold", d->threshold,
+                      "kept", (json_int_t)d->kept, "total", (json_int_t)d->total, "keep_rate",
+                      fd_json_num(d->keep_rate), "keep_nominal", fd_json_num(d->keep_nominal),
+                      "keep_threshold", fd_json_num(d->keep_threshold), "z_threshold",
+                      fd_json_num(d->z_threshold), "z_nominal", fd_json_num(d->z_nominal),
+                      "scale_bias", fd_json_num(d->scale_bias)));
+    }
+    return j;
+}
+
+void fd_report_add_case(json_t *report, json_t *case_json)
+{
+    json_array_append_new(json_object_get(report, "cases"), case_json);
+}
+
+void fd_report_finish(json_t *report, int complete)
+{
+    json_t *cases = json_object_get(report, "cases");
+    int n[4] = {0, 0, 0, 0};
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        const char *v = json_string_value(json_object_get(c, "verdict"));
+        for (int t = 0; t < 4; t++)
+            if (v && !strcmp(v, fd_verdict_name((fd_verdict)t))) n[t]++;
+    }
+    json_object_set_new(report, "totals",
+        json_pack("{s:i, s:i, s:i, s:i, s:i}", "cases", (int)json_array_size(cases), "pass", n[0],
+                  "marginal", n[1], "fail", n[2], "undecided", n[3]));
+    json_object_set_new(report, "complete", json_boolean(complete));
+}
+
+int fd_write_text_atomic(const char *path, const char *text, size_t len, char *err, size_t errlen)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot create a temporary file: %s", path, strerror(errno));
+        return -1;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+            close(fd);
+            unlink(tmp);
+            return -1;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        snprintf(err, errlen, "%s: flush failed: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    chmod(tmp, 0644);
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: rename failed: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int fd_write_json_atomic(const char *path, const json_t *root, char *err, size_t errlen)
+{
+    char *s = json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    if (!s) {
+        snprintf(err, errlen, "%s: cannot serialise the report", path);
+        return -1;
+    }
+    size_t n = strlen(s);
+    int rc = fd_write_text_atomic(path, s, n, err, errlen);
+    free(s);
+    return rc;
+}

@@ -1,0 +1,89 @@
+/* fd_summary.c: summary.md rendered from report.json (a table a person reads in a CI log). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_report.h"
+
+static const char *s_of(const json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static void num(FILE *f, const json_t *j)
+{
+    if (json_is_number(j)) fprintf(f, "%.3g", json_number_value(j));
+    else if (json_is_string(j)) fprintf(f, "%s", json_string_value(j));
+    else fprintf(f, "-");
+}
+
+int fd_render_summary_md(const json_t *report, const char *path, char *err, size_t errlen)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    const json_t *cf = json_object_get(report, "case_file");
+    const json_t *tot = json_object_get(report, "totals");
+    const json_t *mach = json_object_get(report, "machine");
+    fprintf(f, "# flashdrift: %s\n\n", s_of(cf, "name"));
+    fprintf(f, "%s%s\n\n", json_is_true(json_object_get(report, "complete")) ? "" : "**INCOMPLETE RUN** · ",
+            s_of(cf, "path"));
+    fprintf(f, "flashdrift %s (%s) · %s · %s · backends %s\n\n", s_of(report, "version"),
+            s_of(report, "git_commit"), s_of(report, "created"), s_of(mach, "cpu"),
+            s_of(report, "backends"));
+    fprintf(f, "**%lld cases: %lld PASS, %lld MARGINAL, %lld FAIL, %lld UNDECIDED**\n\n",
+            json_integer_value(json_object_get(tot, "cases")),
+            json_integer_value(json_object_get(tot, "pass")),
+            json_integer_value(json_object_get(tot, "marginal")),
+            json_integer_value(json_object_get(tot, "fail")),
+            json_integer_value(json_object_get(tot, "undecided")));
+    fprintf(f, "| case | verdict | backend | max abs | rel l2 | max ulp | p99 ulp | LSE err | flash/std | keep rate (expected) |\n");
+    fprintf(f, "|---|---|---|---|---|---|---|---|---|---|\n");
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const char *key;
+        json_t *b;
+        int first = 1;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            fprintf(f, "| %s | %s | %s | ", first ? s_of(c, "id") : "", first ? s_of(c, "verdict") : "", key);
+            if (!json_is_true(json_object_get(b, "ok"))) {
+                fprintf(f, "error: %s | | | | | | |\n", s_of(b, "error"));
+                first = 0;
+                continue;
+            }
+            num(f, json_object_get(b, "max_abs")); fprintf(f, " | ");
+            num(f, json_object_get(b, "rel_l2")); fprintf(f, " | ");
+            num(f, json_object_get(b, "max_ulp")); fprintf(f, " | ");
+            num(f, json_object_get(b, "p99_ulp")); fprintf(f, " | ");
+            num(f, json_object_get(b, "lse_max_abs")); fprintf(f, " | ");
+            num(f, json_object_get(b, "fa_ratio")); fprintf(f, " | ");
+            const json_t *d = json_object_get(c, "dropout_stats");
+            if (first && d) {
+                num(f, json_object_get(d, "keep_rate"));
+                fprintf(f, " (");
+                num(f, json_object_get(d, "keep_threshold"));
+                fprintf(f, ")");
+            }
+            fprintf(f, " |\n");
+            first = 0;
+        }
+    }
+    int nreason = 0;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const char *r = s_of(c, "reasons");
+        if (*r) {
+            if (!nreason++) fprintf(f, "\n## Why\n\n");
+            fprintf(f, "- `%s` %s: %s\n", s_of(c, "id"), s_of(c, "verdict"), r);
+        }
+    }
+    fclose(f);
+    int rc = fd_write_text_atomic(path, buf, len, err, errlen);
+    free(buf);
+    return rc;
+}

@@ -1,0 +1,182 @@
+/* test_cpu_flash.c: the CPU flash replay and standard attention against the MPFR
+ * reference, and the replay's own invariants. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_case.h"
+#include "fd_cpu_attn.h"
+#include "fd_dtype.h"
+#include "fd_inputs.h"
+#include "fd_ref.h"
+
+static fd_case mk(int B, int H, int Hk, int sq, int sk, int D, fd_dtype dt, fd_mask mask, double p,
+                  fd_dist dist, uint64_t seed)
+{
+    fd_case c;
+    memset(&c, 0, sizeof c);
+    fd_problem *pr = &c.prob;
+    pr->batch = B; pr->heads = H; pr->kv_heads = Hk; pr->seqlen_q = sq; pr->seqlen_k = sk;
+    pr->head_dim = D; pr->dtype = dt; pr->mask = mask; pr->dropout_p = p;
+    pr->softmax_scale = (float)(1.0 / sqrt((double)D));
+    pr->seed = seed; pr->offset = 0;
+    c.dist = dist;
+    c.input_seed = seed;
+    fd_case_make_id(&c, c.id, sizeof c.id);
+    return c;
+}
+
+/* Relative l2 error of o against the reference over all rows; also checks empty rows. */
+static double rel_l2_vs_ref(const fd_problem *p, const float *q, const float *k, const float *v,
+                            const float *o)
+{
+    fd_ref_opts ro;
+    fd_ref_opts_default(&ro);
+    double *ref = malloc(sizeof(double) * (size_t)p->head_dim);
+    double se = 0, sr = 0;
+    char err[256];
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int i = 0; i < p->seqlen_q; i++) {
+                fd_ref_row_info info;
+                cr_assert(fd_ref_row(p, q, k, v, b, h, i, &ro, ref, &info, err, sizeof err) == 0, "%s", err);
+                for (int d = 0; d < p->head_dim; d++) {
+                    double g = (double)o[fd_q_index(p, b, i, h, d)];
+                    se += (g - ref[d]) * (g - ref[d]);
+                    sr += ref[d] * ref[d];
+                }
+            }
+    free(ref);
+    return sqrt(se / sr);
+}
+
+/* Bound: output rounding (u = 2^-11 fp16, 2^-8 bf16, 2^-24 fp32) plus the rounding of P
+ * to the dtype before PV (another u) plus fp32 accumulation; 3u covers it with margin
+ * for these short rows, and an unscaled or mis-masked kernel is off by O(1). */
+static double bound_for(fd_dtype t)
+{
+    return t == FD_DT_FP16 ? 3 * 0x1p-11 : t == FD_DT_BF16 ? 3 * 0x1p-8 : 0x1p-16;
+}
+
+static void check_case(fd_case c)
+{
+    const fd_problem *p = &c.prob;
+    float *q, *k, *v;
+    char err[256];
+    cr_assert(fd_inputs_make(&c, &q, &k, &v, err, sizeof err) == 0, "%s", err);
+    float *o = malloc(sizeof(float) * fd_q_numel(p)), *lse = malloc(sizeof(float) * fd_lse_numel(p));
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    cfg.bc = 32;
+    cr_assert(fd_cpu_flash_forward(p, &cfg, q, k, v, NULL, 0, o, lse, err, sizeof err) == 0, "%s", err);
+    double e = rel_l2_vs_ref(p, q, k, v, o);
+    cr_assert(e <= bound_for(p->dtype), "case %s: cpu-flash rel l2 error %.3g above the bound %.3g",
+              c.id, e, bound_for(p->dtype));
+    free(q); free(k); free(v); free(o); free(lse);
+}
+
+Test(cpu_flash, within_bound_each_dtype_and_mask)
+{
+    const fd_dtype dts[] = {FD_DT_FP16, FD_DT_BF16, FD_DT_FP32};
+    const fd_mask ms[] = {FD_MASK_NONE, FD_MASK_CAUSAL_TL, FD_MASK_CAUSAL_BR};
+    for (int a = 0; a < 3; a++)
+        for (int m = 0; m < 3; m++) check_case(mk(1, 2, 1, 37, 75, 24, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 3));
+}
+
+Test(cpu_flash, within_bound_with_dropout_and_hard_inputs)
+{
+    check_case(mk(2, 2, 2, 40, 40, 16, FD_DT_FP16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 5));
+    check_case(mk(1, 2, 2, 40, 40, 16, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_OUTLIER_ROWS, 6));
+    check_case(mk(1, 2, 2, 33, 65, 32, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_LARGE_LOGIT, 7));
+}
+
+Test(cpu_flash, empty_rows_are_zero_with_infinite_lse)
+{
+    fd_case c = mk(1, 1, 1, 50, 20, 16, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 9);
+    const fd_problem *p = &c.prob;
+    float *q, *k, *v;
+    char err[256];
+    cr_assert(fd_inputs_make(&c, &q, &k, &v, err, sizeof err) == 0);
+    float o[50 * 16], lse[50], os[50 * 16], lses[50];
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    cr_assert(fd_cpu_flash_forward(p, &cfg, q, k, v, NULL, 0, o, lse, err, sizeof err) == 0);
+    cr_assert(fd_cpu_standard_forward(p, FD_ACC_SEQ, q, k, v, NULL, 0, os, lses, err, sizeof err) == 0);
+    for (int i = 0; i < 30; i++) {
+        cr_assert(isinf(lse[i]) && lse[i] > 0, "row %d has no visible key: LSE must be +Inf", i);
+        for (int d = 0; d < 16; d++) {
+            cr_assert(fd_eqf(o[i * 16 + d], 0.0f), "flash row %d: %a, want 0", i, (double)o[i * 16 + d]);
+            cr_assert(isnan(os[i * 16 + d]), "standard (eager) gives NaN on an empty row %d", i);
+        }
+    }
+    cr_assert(!isinf(lse[30]), "row 30 sees key 0");
+    free(q); free(k); free(v);
+}
+
+Test(cpu_flash, row_subset_gives_the_same_bits)
+{
+    fd_case c = mk(1, 2, 1, 70, 90, 24, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 10);
+    const fd_problem *p = &c.prob;
+    float *q, *k, *v;
+    char err[256];
+    cr_assert(fd_inputs_make(&c, &q, &k, &v, err, sizeof err) == 0);
+    size_t n = fd_q_numel(p);
+    float *o1 = malloc(n * sizeof(float)), *o2 = malloc(n * sizeof(float));
+    float l1[140], l2[140];
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    int rows[] = {0, 17, 63, 64, 69};
+    cr_assert(fd_cpu_flash_forward(p, &cfg, q, k, v, NULL, 0, o1, l1, err, sizeof err) == 0);
+    cr_assert(fd_cpu_flash_forward(p, &cfg, q, k, v, rows, 5, o2, l2, err, sizeof err) == 0);
+    for (int h = 0; h < 2; h++)
+        for (int r = 0; r < 5; r++)
+            for (int d = 0; d < 24; d++) {
+                size_t x = fd_q_index(p, 0, rows[r], h, d);
+                cr_assert(fd_f32_bits(o1[x]) == fd_f32_bits(o2[x]), "row %d d %d", rows[r], d);
+            }
+    free(o1); free(o2); free(q); free(k); free(v);
+}
+
+Test(cpu_flash, tile_size_changes_order_not_accuracy)
+{
+    /* Different bc visits keys in another order: results may differ in the last bits,
+     * but both stay within the bound and a single tile equals bc >= seqlen_k. */
+    fd_case c = mk(1, 1, 1, 16, 200, 32, FD_DT_FP32, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 12);
+    const fd_problem *p = &c.prob;
+    float *q, *k, *v;
+    char err[256];
+    cr_assert(fd_inputs_make(&c, &q, &k, &v, err, sizeof err) == 0);
+    float o16[16 * 32], o256[16 * 32], o208[16 * 32], lse[16];
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    cfg.bc = 16;
+    cr_assert(fd_cpu_flash_forward(p, &cfg, q, k, v, NULL, 0, o16, lse, err, sizeof err) == 0);
+    cfg.bc = 256;
+    cr_assert(fd_cpu_flash_forward(p, &cfg, q, k, v, NULL, 0, o256, lse, err, sizeof err) == 0);
+    cfg.bc = 208;
+    cr_assert(fd_cpu_flash_forward(p, &cfg, q, k, v, NULL, 0, o208, lse, err, sizeof err) == 0);
+    int differ = 0;
+    for (int x = 0; x < 16 * 32; x++) {
+        differ += fd_f32_bits(o16[x]) != fd_f32_bits(o256[x]);
+        cr_assert(fd_f32_bits(o208[x]) == fd_f32_bits(o256[x]), "one tile either way: same bits");
+    }
+    cr_assert(differ > 0, "16-key tiles rescale 13 times: some fp32 output must change");
+    cr_assert(rel_l2_vs_ref(p, q, k, v, o16) <= 0x1p-18);
+    free(q); free(k); free(v);
+}
+
+Test(cpu_flash, rejects_bad_problems)
+{
+    fd_case c = mk(1, 3, 2, 8, 8, 8, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 1);
+    float x[3 * 8 * 8] = {0}, o[3 * 8 * 8], l[24];
+    char err[256] = "";
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    cr_assert(fd_cpu_flash_forward(&c.prob, &cfg, x, x, x, NULL, 0, o, l, err, sizeof err) == -1);
+    cr_assert(strstr(err, "multiple of kv_heads"), "%s", err);
+    c.prob.heads = 2;
+    c.prob.dropout_p = 1.0;
+    cr_assert(fd_cpu_flash_forward(&c.prob, &cfg, x, x, x, NULL, 0, o, l, err, sizeof err) == -1);
+    cr_assert(strstr(err, "dropout"), "%s", err);
+}
