@@ -153,7 +153,7 @@ static int e_seed(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 }
 static int e_dropout(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 {
-    double v;
+    double v = 0.0;
     if (get_num(cx, path, j, &v)) return -1;
     if (!(v >= 0.0 && v < 1.0)) return fail(cx, path, "dropout p must be in [0, 1), got %g", v);
     ((double *)out)[idx] = v;

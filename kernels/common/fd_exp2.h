@@ -32,7 +32,7 @@
 
 FD_HD float fd_exp2_portable(float x)
 {
-    if (x != x) return x;                 /* NaN */
+    if (isnan(x)) return x;               /* NaN */
     if (x < -150.0f) return 0.0f;         /* below half the smallest subnormal */
     if (x >= 128.0f) return (float)INFINITY;
     /* n = rint(x): exact since |x| < 2^22; the adds are not contractible. */
