@@ -8,6 +8,7 @@
  * counted apart when skip_empty is set (eager softmax gives NaN there by design). */
 #ifndef FD_METRICS_H
 #define FD_METRICS_H
+#include <stdint.h>
 #include "fd_problem.h"
 
 typedef struct fd_metrics {
@@ -16,6 +17,7 @@ typedef struct fd_metrics {
     long n_elems, nan_count, inf_count, empty_rows_skipped;
     int worst_b, worst_h, worst_i, worst_d;
     double worst_got, worst_ref;
+    uint64_t hash; /* FNV-1a 64 of the bits of every checked output and LSE value */
     double ms; /* backend time for the case (CPU wall or GPU median), milliseconds */
 } fd_metrics;
 

@@ -99,6 +99,9 @@ static json_t *metrics_json(const fd_backend_result *b)
         "empty_rows_skipped", (json_int_t)m->empty_rows_skipped, "ms", fd_json_num(m->ms), "worst",
         "b", m->worst_b, "h", m->worst_h, "row", m->worst_i, "d", m->worst_d, "got",
         fd_json_num(m->worst_got), "ref", fd_json_num(m->worst_ref));
+    char hx[20];
+    snprintf(hx, sizeof hx, "%016llx", (unsigned long long)m->hash);
+    json_object_set_new(j, "output_hash", json_string(hx));
     if (b->fa_ratio >= 0) {
         json_object_set_new(j, "fa_ratio", fd_json_num(b->fa_ratio));
         json_object_set_new(j, "fa_limit", fd_json_num(b->fa_limit));

@@ -31,7 +31,8 @@ static pid_t spawn(char *const argv[], const char *errfile)
 
 static int run(char *const argv[])
 {
-    const char *ef = "/tmp/fd_cli_stderr.txt";
+    char ef[64];
+    snprintf(ef, sizeof ef, "/tmp/fd_cli_stderr.%d.txt", (int)getpid());
     int st;
     waitpid(spawn(argv, ef), &st, 0);
     FILE *f = fopen(ef, "r");
@@ -157,7 +158,9 @@ Test(cli, interrupt_keeps_finished_cases_and_the_old_report)
     snprintf(pp, sizeof pp, "%s/report.partial.json", out);
     write_file(rp, "OLD REPORT");
     char *a[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/default.json", "--out", out, "--backend", "cpu", "--jobs", "1", NULL};
-    pid_t pid = spawn(a, "/tmp/fd_cli_int.txt");
+    char ef[64];
+    snprintf(ef, sizeof ef, "/tmp/fd_cli_int.%d.txt", (int)getpid());
+    pid_t pid = spawn(a, ef);
     /* wait for the first finished case in the journal, then interrupt */
     struct stat st;
     for (int t = 0; t < 1200; t++) {

@@ -1,0 +1,23 @@
+/* fd_cmds.h: the subcommands of flashdrift. Each takes the arguments after its name
+ * and returns the process exit code:
+ * 0 pass, 1 gate failed (a case failed), 2 usage or input error, 3 internal or GPU error,
+ * 130 interrupted. */
+#ifndef FD_CMDS_H
+#define FD_CMDS_H
+#include <stddef.h>
+#include <stdio.h>
+
+enum {
+    FD_EXIT_PASS = 0,
+    FD_EXIT_GATE = 1,
+    FD_EXIT_USAGE = 2,
+    FD_EXIT_INTERNAL = 3,
+    FD_EXIT_INTERRUPTED = 130
+};
+
+void fd_usage(FILE *f);
+int fd_cmd_run(int argc, char **argv);
+int fd_cmd_list(int argc, char **argv);
+/* Creates DIR (and parents) and checks it is a writable directory. */
+int fd_mkdir_p(const char *path, char *err, size_t errlen);
+#endif

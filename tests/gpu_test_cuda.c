@@ -1,0 +1,348 @@
+/* gpu_test_cuda.c: the CUDA backends (kernels/cuda/fd_cuda.h) against a binary64
+ * computation done here, on small shapes. Every test that needs a GPU first checks
+ * fd_cuda_device_count() and skips when it is 0 (CI builds with nvcc but has no GPU).
+ * Criterion forks per test, so each test creates its own CUDA context.
+ * Judged as FlashAttention's tests judge: flash's max error vs the binary64 result at
+ * most 2x standard attention's (same precision) plus 1e-6; outputs poisoned with NaN
+ * must come back fully written; the debug dropout mask must equal fd_fa2_keep bit for
+ * bit; fd_exp2_portable must give the same bits on host and device; repeated runs must
+ * be bitwise identical. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_cuda.h"
+#include "fd_dtype.h"
+#include "fd_exp2.h"
+#include "fd_philox.h"
+#include "fd_problem.h"
+
+#define SKIP_WITHOUT_GPU()                                                     \
+    do {                                                                       \
+        if (fd_cuda_device_count() <= 0) cr_skip_test("no CUDA GPU present");  \
+    } while (0)
+
+typedef struct {
+    fd_problem p;
+    float *q, *k, *v;
+    double *ro, *rl; /* binary64 reference O and LSE */
+} tcase;
+
+static uint64_t rng_state;
+static double urand(void) /* xorshift64*, uniform in [0, 1) */
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (double)((rng_state * 2685821657736338717ull) >> 11) * 0x1.0p-53;
+}
+static float nrand(fd_dtype dt) /* roughly normal, rounded to the dtype */
+{
+    double s = urand() + urand() + urand() + urand() - 2.0;
+    return fd_round_to_dtype((float)(s * 1.7), dt);
+}
+
+static void reference(tcase *c)
+{
+    const fd_problem *p = &c->p;
+    const int D = p->head_dim;
+    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
+    double *s = malloc(sizeof(double) * (size_t)p->seqlen_k);
+    cr_assert_not_null(s);
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++) {
+            const int hk = fd_kv_head(p, h);
+            for (int i = 0; i < p->seqlen_q; i++) {
+                const int nv = fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k);
+                const size_t li = fd_lse_index(p, b, h, i);
+                for (int d = 0; d < D; d++) c->ro[fd_q_index(p, b, i, h, d)] = 0.0;
+                if (nv == 0) { c->rl[li] = INFINITY; continue; }
+                double mx = -INFINITY, sum = 0.0;
+                for (int j = 0; j < nv; j++) {
+                    double a = 0.0;
+                    for (int d = 0; d < D; d++)
+                        a += (double)c->q[fd_q_index(p, b, i, h, d)] * (double)c->k[fd_kv_index(p, b, j, hk, d)];
+                    s[j] = a * (double)p->softmax_scale;
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j < nv; j++) { s[j] = exp(s[j] - mx); sum += s[j]; }
+                c->rl[li] = mx + log(sum);
+                for (int j = 0; j < nv; j++) {
+                    double pj = s[j] / sum;
+                    if (p->dropout_p > 0.0)
+                        pj = fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, i, j) ? pj / (1.0 - p->dropout_p) : 0.0;
+                    for (int d = 0; d < D; d++)
+                        c->ro[fd_q_index(p, b, i, h, d)] += pj * (double)c->v[fd_kv_index(p, b, j, hk, d)];
+                }
+            }
+        }
+    free(s);
+}
+
+static void make_case(tcase *c, int B, int H, int Hk, int sq, int sk, int d, fd_dtype dt,
+                      fd_mask mask, double pdrop, uint64_t seed)
+{
+    memset(c, 0, sizeof *c);
+    fd_problem *p = &c->p;
+    p->batch = B; p->heads = H; p->kv_heads = Hk; p->seqlen_q = sq; p->seqlen_k = sk;
+    p->head_dim = d; p->dtype = dt; p->mask = mask;
+    p->softmax_scale = (float)(1.0 / sqrt((double)d));
+    p->dropout_p = pdrop; p->seed = 0x5eed0000ull + seed; p->offset = 32u * seed;
+    rng_state = 0x9E3779B97F4A7C15ull ^ seed;
+    const size_t nq = fd_q_numel(p), nk = fd_kv_numel(p);
+    c->q = malloc(sizeof(float) * nq); c->k = malloc(sizeof(float) * nk); c->v = malloc(sizeof(float) * nk);
+    c->ro = malloc(sizeof(double) * nq); c->rl = malloc(sizeof(double) * fd_lse_numel(p));
+    cr_assert(c->q && c->k && c->v && c->ro && c->rl);
+    for (size_t x = 0; x < nq; x++) c->q[x] = nrand(dt);
+    for (size_t x = 0; x < nk; x++) { c->k[x] = nrand(dt); c->v[x] = nrand(dt); }
+    reference(c);
+}
+
+static void free_case(tcase *c)
+{
+    free(c->q); free(c->k); free(c->v); free(c->ro); free(c->rl);
+}
+
+static float *poisoned(size_t n)
+{
+    float *x = malloc(sizeof(float) * n);
+    cr_assert_not_null(x);
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+
+/* Max |o - ref| over O; counts NaN (unwritten or broken) entries; checks LSE. */
+static double o_error(const tcase *c, const float *o, const float *lse, size_t *nans, double *lse_err)
+{
+    const size_t nq = fd_q_numel(&c->p), nl = fd_lse_numel(&c->p);
+    double e = 0.0, le = 0.0;
+    size_t nn = 0;
+    for (size_t x = 0; x < nq; x++) {
+        if (isnan(o[x])) { nn++; continue; }
+        double d = fabs((double)o[x] - c->ro[x]);
+        if (d > e) e = d;
+    }
+    for (size_t x = 0; x < nl; x++) {
+        if (isinf(c->rl[x])) {
+            if (!(isinf(lse[x]) && lse[x] > 0.0f)) nn++;
+            continue;
+        }
+        if (isnan(lse[x])) { nn++; continue; }
+        double d = fabs((double)lse[x] - c->rl[x]);
+        if (d > le) le = d;
+    }
+    *nans = nn;
+    if (lse_err) *lse_err = le;
+    return e;
+}
+
+typedef struct {
+    int B, H, Hk, sq, sk, d;
+    fd_dtype dt;
+    fd_mask mask;
+    double p;
+    int br, bc, exp2_mode, p_fp32, splits;
+} spec;
+
+static const spec specs[] = {
+    {1, 2, 2, 128, 128, 64, FD_DT_FP16, FD_MASK_NONE, 0.0, 128, 64, 0, 0, 1},
+    {1, 2, 2, 128, 128, 64, FD_DT_BF16, FD_MASK_NONE, 0.0, 64, 64, 0, 0, 2},
+    {2, 4, 2, 200, 333, 128, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, 128, 64, 0, 0, 3},
+    {1, 4, 1, 113, 203, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, 64, 64, 1, 0, 2},
+    {1, 2, 2, 300, 100, 32, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0, 64, 64, 0, 0, 2},
+    {1, 2, 1, 77, 1023, 96, FD_DT_FP16, FD_MASK_NONE, 0.0, 128, 64, 1, 0, 4},
+    {1, 2, 2, 129, 257, 256, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 128, 64, 0, 0, 2},
+    {1, 1, 1, 65, 65, 72, FD_DT_FP16, FD_MASK_NONE, 0.0, 64, 64, 0, 0, 1},
+    {1, 2, 2, 100, 100, 40, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, 128, 64, 0, 1, 1},
+    {2, 2, 2, 256, 256, 64, FD_DT_FP16, FD_MASK_NONE, 0.17, 128, 64, 0, 0, 2},
+    {1, 4, 2, 97, 250, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.3, 64, 64, 1, 0, 3},
+    {1, 2, 2, 128, 128, 128, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.1, 128, 64, 1, 1, 1},
+};
+
+static void cfg_of(const spec *s, fd_cuda_cfg *cfg)
+{
+    fd_cuda_cfg_default(cfg);
+    cfg->br = s->br; cfg->bc = s->bc; cfg->exp2_mode = s->exp2_mode;
+    cfg->p_fp32 = s->p_fp32; cfg->splits = s->splits;
+}
+
+/* Runs flash, split-KV and standard on every spec; checks the 2x rule and writes. */
+Test(gpu_cuda, backends_vs_binary64_2x_rule)
+{
+    SKIP_WITHOUT_GPU();
+    for (size_t si = 0; si < sizeof specs / sizeof specs[0]; si++) {
+        const spec *s = &specs[si];
+        tcase c;
+        make_case(&c, s->B, s->H, s->Hk, s->sq, s->sk, s->d, s->dt, s->mask, s->p, 100 + si);
+        const size_t nq = fd_q_numel(&c.p), nl = fd_lse_numel(&c.p);
+        float *of = poisoned(nq), *lf = poisoned(nl), *os = poisoned(nq), *ls = poisoned(nl);
+        float *ok = poisoned(nq), *lk = poisoned(nl);
+        fd_cuda_cfg cfg;
+        cfg_of(s, &cfg);
+        char err[512] = "";
+        cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, of, lf, NULL, NULL, err, sizeof err), 0,
+                     "case %zu flash: %s", si, err);
+        cr_assert_eq(fd_cuda_standard_forward(&c.p, 0, c.q, c.k, c.v, os, ls, NULL, err, sizeof err), 0,
+                     "case %zu standard: %s", si, err);
+        cr_assert_eq(fd_cuda_splitkv_forward(&c.p, &cfg, c.q, c.k, c.v, ok, lk, NULL, err, sizeof err), 0,
+                     "case %zu split-KV: %s", si, err);
+        size_t nf, ns, nk;
+        double lef, les, lek;
+        const double ef = o_error(&c, of, lf, &nf, &lef), es = o_error(&c, os, ls, &ns, &les),
+                     ek = o_error(&c, ok, lk, &nk, &lek);
+        cr_log_info("case %zu (%s d%d %dx%d mask %d p %.2f): max err flash %.3e split %.3e standard %.3e",
+                    si, fd_dtype_name(s->dt), s->d, s->sq, s->sk, (int)s->mask, s->p, ef, ek, es);
+        cr_expect_eq(nf + ns + nk, 0, "case %zu: %zu/%zu/%zu NaN or unwritten entries (flash/standard/split)",
+                     si, nf, ns, nk);
+        cr_expect(ef <= 2.0 * es + 1e-6, "case %zu: flash max error %.3e > 2 x standard %.3e", si, ef, es);
+        cr_expect(ek <= 2.0 * es + 1e-6, "case %zu: split-KV max error %.3e > 2 x standard %.3e", si, ek, es);
+        cr_expect(es < (s->dt == FD_DT_BF16 ? 3e-2 : 4e-3), "case %zu: standard error %.3e too large", si, es);
+        cr_expect(lef < 1e-4 && lek < 1e-4, "case %zu: LSE error flash %.3e split %.3e", si, lef, lek);
+        free(of); free(lf); free(os); free(ls); free(ok); free(lk);
+        free_case(&c);
+    }
+}
+
+Test(gpu_cuda, fp32_path_vs_binary64)
+{
+    SKIP_WITHOUT_GPU();
+    tcase c;
+    make_case(&c, 1, 2, 1, 100, 150, 64, FD_DT_FP32, FD_MASK_CAUSAL_TL, 0.2, 7);
+    const size_t nq = fd_q_numel(&c.p), nl = fd_lse_numel(&c.p);
+    float *o = poisoned(nq), *l = poisoned(nl);
+    char err[512] = "";
+    cr_assert_eq(fd_cuda_flash_forward(&c.p, NULL, c.q, c.k, c.v, o, l, NULL, NULL, err, sizeof err), 0, "%s", err);
+    size_t nn;
+    double le, e = o_error(&c, o, l, &nn, &le);
+    cr_expect_eq(nn, 0, "%zu unwritten entries", nn);
+    cr_expect(e < 1e-5, "fp32 path (%s) max error %.3e", fd_cuda_fp32_path(), e);
+    free(o); free(l);
+    free_case(&c);
+}
+
+Test(gpu_cuda, dmask_equals_fa2_keep)
+{
+    SKIP_WITHOUT_GPU();
+    const fd_dtype dts[2] = {FD_DT_FP16, FD_DT_BF16};
+    for (int t = 0; t < 2; t++) {
+        tcase c;
+        /* causal bottom-right with sq > sk: fully masked rows and tiles still carry bits */
+        make_case(&c, 2, 3, 3, 150, 97, 64, dts[t], FD_MASK_CAUSAL_BR, t ? 0.5 : 0.17, 40u + (unsigned)t);
+        const size_t nq = fd_q_numel(&c.p), nl = fd_lse_numel(&c.p);
+        const size_t nm = (size_t)c.p.batch * (size_t)c.p.heads * (size_t)c.p.seqlen_q * (size_t)c.p.seqlen_k;
+        float *o = poisoned(nq), *l = poisoned(nl);
+        uint8_t *dm = malloc(nm);
+        cr_assert_not_null(dm);
+        memset(dm, 7, nm);
+        fd_cuda_cfg cfg;
+        fd_cuda_cfg_default(&cfg);
+        cfg.br = t ? 64 : 128;
+        char err[512] = "";
+        cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, o, l, dm, NULL, err, sizeof err), 0, "%s", err);
+        const uint8_t thr = fd_fa2_threshold(c.p.dropout_p);
+        size_t bad = 0, kept = 0;
+        for (int b = 0; b < c.p.batch; b++)
+            for (int h = 0; h < c.p.heads; h++)
+                for (int i = 0; i < c.p.seqlen_q; i++)
+                    for (int j = 0; j < c.p.seqlen_k; j++) {
+                        size_t x = (((size_t)b * (size_t)c.p.heads + (size_t)h) * (size_t)c.p.seqlen_q + (size_t)i) *
+                                       (size_t)c.p.seqlen_k + (size_t)j;
+                        int want = fd_fa2_keep(c.p.seed, c.p.offset, thr, c.p.heads, b, h, i, j);
+                        if (dm[x] != want) {
+                            if (bad < 3)
+                                cr_log_error("b %d h %d row %d col %d: kernel %d, fd_fa2_keep %d", b, h, i, j, dm[x], want);
+                            bad++;
+                        }
+                        kept += dm[x] == 1;
+                    }
+        cr_expect_eq(bad, 0, "%zu of %zu mask entries differ from fd_fa2_keep (p %.2f)", bad, nm, c.p.dropout_p);
+        const double frac = 1.0 - (double)kept / (double)nm;
+        cr_expect(fabs(frac - c.p.dropout_p) < 0.02, "drop fraction %.4f for p %.2f", frac, c.p.dropout_p);
+        free(o); free(l); free(dm);
+        free_case(&c);
+    }
+}
+
+Test(gpu_cuda, exp2_portable_bit_identical_host_device)
+{
+    SKIP_WITHOUT_GPU();
+    const size_t n = (size_t)1 << 22;
+    float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
+    cr_assert(x && y);
+    rng_state = 12345u;
+    for (size_t i = 0; i < n; i++) {
+        if (i < 1000000) x[i] = -150.0f + 150.0f * (float)i / 1000000.0f; /* even sweep */
+        else x[i] = (float)(-160.0 + 170.0 * urand());
+    }
+    x[0] = -INFINITY; x[1] = 0.0f; x[2] = -149.5f; x[3] = -126.0f; x[4] = NAN; x[5] = 200.0f;
+    char err[512] = "";
+    cr_assert_eq(fd_cuda_exp2_portable_batch(x, y, n, err, sizeof err), 0, "%s", err);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float h = fd_exp2_portable(x[i]);
+        if (memcmp(&h, &y[i], sizeof h) != 0) {
+            if (bad < 3) cr_log_error("x = %a: host %a, device %a", (double)x[i], (double)h, (double)y[i]);
+            bad++;
+        }
+    }
+    cr_expect_eq(bad, 0, "fd_exp2_portable differs between host and device on %zu of %zu inputs", bad, n);
+    free(x); free(y);
+}
+
+Test(gpu_cuda, flash_bitwise_deterministic)
+{
+    SKIP_WITHOUT_GPU();
+    tcase c;
+    make_case(&c, 2, 4, 2, 257, 300, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, 77);
+    const size_t nq = fd_q_numel(&c.p), nl = fd_lse_numel(&c.p);
+    float *o0 = poisoned(nq), *l0 = poisoned(nl), *o = poisoned(nq), *l = poisoned(nl);
+    fd_cuda_cfg cfg;
+    fd_cuda_cfg_default(&cfg);
+    char err[512] = "";
+    cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, o0, l0, NULL, NULL, err, sizeof err), 0, "%s", err);
+    for (int r = 0; r < 25; r++) {
+        for (size_t x = 0; x < nq; x++) o[x] = NAN;
+        cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, o, l, NULL, NULL, err, sizeof err), 0, "%s", err);
+        cr_assert(memcmp(o, o0, sizeof(float) * nq) == 0 && memcmp(l, l0, sizeof(float) * nl) == 0,
+                  "run %d differs bitwise from run 0", r + 1);
+    }
+    /* and the timed path (repeats) leaves the same bits */
+    cfg.repeats = 20;
+    fd_cuda_timing t;
+    cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, o, l, NULL, &t, err, sizeof err), 0, "%s", err);
+    cr_expect(memcmp(o, o0, sizeof(float) * nq) == 0, "timed run differs bitwise");
+    cr_expect(t.repeats == 20 && t.ms_median > 0.0f && t.ms_min <= t.ms_median, "timing %f %f %d",
+              (double)t.ms_median, (double)t.ms_min, t.repeats);
+    free(o0); free(l0); free(o); free(l);
+    free_case(&c);
+}
+
+/* Rejections happen before any launch and need no GPU. */
+Test(gpu_cuda, unsupported_configs_rejected_clearly)
+{
+    fd_problem p;
+    memset(&p, 0, sizeof p);
+    p.batch = 1; p.heads = 2; p.kv_heads = 2; p.seqlen_q = 8; p.seqlen_k = 8; p.head_dim = 300;
+    p.dtype = FD_DT_FP16; p.softmax_scale = 0.1f;
+    float buf[8 * 2 * 300], o[8 * 2 * 300], l[16];
+    for (size_t i = 0; i < sizeof buf / sizeof buf[0]; i++) buf[i] = 0.25f;
+    char err[512] = "";
+    cr_expect_eq(fd_cuda_flash_forward(&p, NULL, buf, buf, buf, o, l, NULL, NULL, err, sizeof err), -1);
+    cr_expect(strstr(err, "head_dim 300 unsupported") != NULL, "message: %s", err);
+    p.head_dim = 64; p.kv_heads = 3;
+    cr_expect_eq(fd_cuda_standard_forward(&p, 0, buf, buf, buf, o, l, NULL, err, sizeof err), -1);
+    cr_expect(strstr(err, "multiple of kv_heads") != NULL, "message: %s", err);
+    p.kv_heads = 2;
+    fd_cuda_cfg cfg;
+    fd_cuda_cfg_default(&cfg);
+    cfg.br = 96;
+    cr_expect_eq(fd_cuda_flash_forward(&p, &cfg, buf, buf, buf, o, l, NULL, NULL, err, sizeof err), -1);
+    cr_expect(strstr(err, "tile 96x64 unsupported") != NULL, "message: %s", err);
+    fd_cuda_cfg_default(&cfg);
+    cfg.splits = 0;
+    cr_expect_eq(fd_cuda_splitkv_forward(&p, &cfg, buf, buf, buf, o, l, NULL, err, sizeof err), -1);
+    cr_expect(strstr(err, "splits 0") != NULL, "message: %s", err);
+}
