@@ -388,7 +388,7 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 
 static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
 {
-    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", NULL};
+    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", NULL};
     if (!json_is_object(j)) return fail(cx, "flash", "expected an object, got %s", jtype(j));
     if (check_keys(cx, "flash", j, keys)) return -1;
     json_t *f;
@@ -413,6 +413,12 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
         if (s && !strcmp(s, "libm")) fc->exp2_mode = FD_EXP2_LIBM;
         else if (s && !strcmp(s, "portable")) fc->exp2_mode = FD_EXP2_PORTABLE;
         else return fail(cx, "flash.exp2", "expected \"libm\" or \"portable\"");
+    }
+    if ((f = json_object_get(j, "rowsum"))) {
+        const char *s = json_string_value(f);
+        if (s && !strcmp(s, "seq")) fc->rowsum = FD_ROWSUM_SEQ;
+        else if (s && !strcmp(s, "fa2")) fc->rowsum = FD_ROWSUM_FA2;
+        else return fail(cx, "flash.rowsum", "expected \"seq\" or \"fa2\"");
     }
     if ((f = json_object_get(j, "p_fp32"))) {
         if (!json_is_boolean(f)) return fail(cx, "flash.p_fp32", "expected true or false");

@@ -1,4 +1,6 @@
-/* fd_cmd_run.c: `flashdrift run` and `flashdrift list`; see fd_cmds.h. */
+/* fd_cmd_run.c: `flashdrift run` and `flashdrift list` (fd_cmds.h), and the case-file run
+ * loop they and `gate` share (fd_runfile.h). */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -10,22 +12,43 @@
 
 #include "fd_case.h"
 #include "fd_cmds.h"
+#include "fd_html.h"
+#include "fd_json.h"
 #include "fd_report.h"
 #include "fd_run.h"
+#include "fd_runfile.h"
 
 void fd_usage(FILE *f)
 {
     fprintf(f,
             "usage: flashdrift run CASEFILE [--backend auto|cpu|cuda|NAME[,NAME...]] [--out DIR]\n"
-            "                       [--jobs N] [--filter SUBSTRING] [--quiet]\n"
+            "                       [--jobs N] [--filter SUBSTRING] [--repeat N] [--resume] [--quiet]\n"
+            "       flashdrift gate CASEFILE|REPORT --policy FILE [--baseline FILE] [--junit FILE]\n"
+            "                       [--markdown FILE] [--out DIR] [--backend B] [--jobs N] [--repeat N]\n"
+            "                       [--filter SUBSTRING] [--resume] [--quiet]\n"
+            "       flashdrift diff OLD NEW [--markdown FILE] [--json FILE] [--html FILE] [--fail-on-regression]\n"
+            "       flashdrift baseline update REPORT --name NAME [--force] [--dir DIR]\n"
+            "       flashdrift html REPORT [--baseline FILE] [--out FILE]\n"
             "       flashdrift list CASEFILE\n"
             "       flashdrift --help | --version\n\n"
-            "run   runs every case of CASEFILE through the backends and the MPFR reference and\n"
-            "      writes DIR/report.json (canonical) and DIR/summary.md (default DIR: out).\n"
-            "list  prints the expanded cases, one id per line.\n\n"
+            "run       runs every case of CASEFILE through the backends and the MPFR reference and\n"
+            "          writes DIR/report.json (canonical), DIR/summary.md and DIR/report.html\n"
+            "          (default DIR: out). --repeat N runs each case's backends N times and fails a\n"
+            "          case whose outputs are not bitwise identical; --resume continues an\n"
+            "          interrupted run from DIR/cases.partial.jsonl.\n"
+            "gate      applies a tolerance policy (docs/gate.md) to a report, or to the report of a\n"
+            "          run of CASEFILE; prints one line per failing case; JUnit XML and Markdown.\n"
+            "diff      compares two reports case by case (metrics moved, new failures, fixed\n"
+            "          cases, cases on one side only, bitwise-identical outputs).\n"
+            "baseline  stores REPORT as DIR/NAME.json (default DIR: reports/baselines); refuses to\n"
+            "          overwrite without --force.\n"
+            "html      renders a report (and a baseline comparison) as one self-contained HTML file\n"
+            "          with gnuplot plots.\n"
+            "list      prints the expanded cases, one id per line.\n\n"
             "backends: cpu-flash, cpu-standard (the CPU replay; 'cpu' runs both);\n"
             "          'auto' picks the GPU backends when a GPU is present, else 'cpu'.\n"
-            "exit: 0 all pass, 1 a case failed, 2 usage or input error, 3 internal error,\n"
+            "exit: 0 all pass, 1 a case failed (gate: the policy failed; diff: a regression with\n"
+            "      --fail-on-regression), 2 usage or input error, 3 internal error,\n"
             "      130 interrupted (finished cases are in DIR/report.partial.json).\n");
 }
 
@@ -98,35 +121,443 @@ int fd_cmd_list(int argc, char **argv)
     return FD_EXIT_PASS;
 }
 
+/* --- the run loop --------------------------------------------------------------------- */
+
+/* FNV-1a 64 over the expanded case ids: identifies the case list of a journal. */
+static uint64_t ids_hash(const fd_casefile *cf)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < cf->ncases; i++)
+        for (const char *s = cf->cases[i].id; ; s++) {
+            h ^= (unsigned char)*s;
+            h *= 0x100000001b3ull;
+            if (!*s) break;
+        }
+    return h;
+}
+
+/* The journal's first line: what the cases below it were computed from. */
+static json_t *journal_header(const fd_casefile *cf, const json_t *report, const fd_run_opts *o)
+{
+    char real[4096], hx[20];
+    if (!realpath(cf->path, real)) snprintf(real, sizeof real, "%s", cf->path);
+    snprintf(hx, sizeof hx, "%016llx", (unsigned long long)ids_hash(cf));
+    return json_pack("{s:s, s:s, s:s, s:i, s:s, s:O, s:O, s:i, s:s, s:i}", "journal", "flashdrift-journal/1",
+                     "case_file", real, "name", cf->name, "cases", cf->ncases, "case_ids_fnv", hx,
+                     "flash_config", json_object_get(report, "flash_config"), "policy",
+                     json_object_get(report, "policy"), "rows_per_head", cf->rows_per_head, "backends",
+                     json_string_value(json_object_get(report, "backends")), "repeat", o->repeat);
+}
+
+/* Why a journal header does not match this run, or NULL. */
+static const char *header_mismatch(const json_t *have, const json_t *want, char *buf, size_t len)
+{
+    static const char *const keys[] = {"journal", "case_file", "name", "cases", "case_ids_fnv", "rows_per_head",
+                                       "flash_config", "policy", "backends", "repeat", NULL};
+    for (int i = 0; keys[i]; i++) {
+        const json_t *a = json_object_get(have, keys[i]), *b = json_object_get(want, keys[i]);
+        if (a && json_equal((json_t *)a, (json_t *)b)) continue;
+        char *sa = a ? json_dumps(a, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        char *sb = json_dumps(b, JSON_ENCODE_ANY | JSON_COMPACT);
+        snprintf(buf, len, "%s is %s in the journal but %s now", keys[i], sa ? sa : "missing", sb ? sb : "?");
+        free(sa);
+        free(sb);
+        return buf;
+    }
+    return NULL;
+}
+
+/* Reads DIR/cases.partial.jsonl into done[] (by case index). 0 ok (or no journal: *found = 0),
+ * -1 with err when it belongs to another run or is damaged before its last line. */
+static int journal_read(const char *jpath, const fd_casefile *cf, const json_t *want, json_t **done,
+                        int *found, char *err, size_t errlen)
+{
+    *found = 0;
+    FILE *f = fopen(jpath, "r");
+    if (!f) {
+        if (errno == ENOENT) return 0;
+        snprintf(err, errlen, "%s: cannot read: %s", jpath, strerror(errno));
+        return -1;
+    }
+    *found = 1;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int lineno = 0, rc = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        const int complete_line = line[n - 1] == '\n';
+        json_error_t je;
+        json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &je);
+        if (!j) {
+            if (!complete_line && lineno > 1) {
+                /* a kill in the middle of a write: the last case is lost, not the journal */
+                fprintf(stderr, "flashdrift: %s:%d: ignoring the truncated last line\n", jpath, lineno);
+                break;
+            }
+            snprintf(err, errlen, "%s:%d: not a flashdrift journal line (%s); remove it to start over", jpath,
+                     lineno, je.text);
+            rc = -1;
+            break;
+        }
+        if (lineno == 1) {
+            char why[512];
+            const char *m;
+            if (!json_is_object(j) || !json_object_get(j, "journal")) {
+                snprintf(err, errlen, "%s:1: no journal header (not written by this flashdrift, or by an older "
+                         "one); remove it to start over", jpath);
+                rc = -1;
+            } else if ((m = header_mismatch(j, want, why, sizeof why))) {
+                snprintf(err, errlen, "%s: belongs to another run, refusing to resume: %s "
+                         "(use another --out or remove the journal)", jpath, m);
+                rc = -1;
+            }
+            json_decref(j);
+            if (rc) break;
+            continue;
+        }
+        const char *id = json_string_value(json_object_get(j, "id"));
+        int idx = -1;
+        for (int i = 0; id && i < cf->ncases; i++)
+            if (!strcmp(cf->cases[i].id, id)) idx = i;
+        if (idx < 0 || !json_is_object(json_object_get(j, "backends")) ||
+            !json_is_string(json_object_get(j, "verdict"))) {
+            snprintf(err, errlen, "%s:%d: case %s is not a case of %s; refusing to resume", jpath, lineno,
+                     id ? id : "(no id)", cf->path);
+            json_decref(j);
+            rc = -1;
+            break;
+        }
+        json_decref(done[idx]);
+        done[idx] = j;
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+static int write_line(FILE *f, const json_t *j)
+{
+    char *line = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    if (!line) return -1;
+    fprintf(f, "%s\n", line);
+    fflush(f);
+    free(line);
+    return 0;
+}
+
+/* Repeats the backends of a finished case; a differing hash fails the case. */
+static int repeat_case(const fd_casefile *cf, const fd_backend *const *bes, int nbe, int repeat,
+                       fd_case_result *res, json_t *cj, char *err, size_t errlen)
+{
+    uint64_t hs[FD_MAX_BACKENDS][64];
+    int oks[FD_MAX_BACKENDS][64];
+    for (int t = 0; t < nbe; t++) {
+        hs[t][0] = res->be[t].m.hash;
+        oks[t][0] = res->be[t].ok;
+    }
+    for (int r = 1; r < repeat; r++) {
+        uint64_t h[FD_MAX_BACKENDS];
+        int ok[FD_MAX_BACKENDS];
+        if (fd_repeat_hashes(cf, &res->c, bes, nbe, res->rows, res->nrows, h, ok, err, errlen)) return -1;
+        for (int t = 0; t < nbe; t++) {
+            hs[t][r] = h[t];
+            oks[t][r] = ok[t];
+        }
+    }
+    json_t *bj = json_object_get(cj, "backends");
+    for (int t = 0; t < nbe; t++) {
+        json_t *hashes = json_array();
+        int distinct = 0, failed = 0;
+        for (int r = 0; r < repeat; r++) {
+            if (!oks[t][r]) {
+                failed++;
+                continue;
+            }
+            int seen = 0;
+            for (int u = 0; u < r; u++) seen |= oks[t][u] && hs[t][u] == hs[t][r];
+            if (seen) continue;
+            char hx[20];
+            snprintf(hx, sizeof hx, "%016llx", (unsigned long long)hs[t][r]);
+            json_array_append_new(hashes, json_string(hx));
+            distinct++;
+        }
+        const int identical = distinct <= 1 && !failed;
+        json_object_set_new(json_object_get(bj, bes[t]->name), "repeat",
+                            json_pack("{s:i, s:b, s:o, s:i}", "runs", repeat, "identical", identical, "hashes",
+                                      hashes, "failed_runs", failed));
+        if (!identical) {
+            char why[256];
+            snprintf(why, sizeof why, "%s: outputs not bitwise identical: %d distinct hashes%s over %d runs",
+                     bes[t]->name, distinct, failed ? " and failed runs" : "", repeat);
+            size_t n = strlen(res->reasons);
+            snprintf(res->reasons + n, sizeof res->reasons - n, "%s%s", n ? "; " : "", why);
+            res->verdict = FD_FAIL;
+        }
+    }
+    json_object_set_new(cj, "verdict", json_string(fd_verdict_name(res->verdict)));
+    json_object_set_new(cj, "reasons", json_string(res->reasons));
+    return 0;
+}
+
+int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report_out,
+                    fd_run_outcome *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    *report_out = NULL;
+    const fd_backend *bes[FD_MAX_BACKENDS];
+    int nbe = fd_backends_select(o->backend, bes, err, errlen);
+    if (nbe < 0) {
+        out->status = FD_EXIT_USAGE;
+        return -1;
+    }
+    if (o->repeat < 1 || o->repeat > 64) {
+        snprintf(err, errlen, "--repeat expects an integer in [1, 64]");
+        out->status = FD_EXIT_USAGE;
+        return -1;
+    }
+    char names[256] = "";
+    for (int i = 0; i < nbe; i++) {
+        if (i) strncat(names, ",", sizeof names - strlen(names) - 1);
+        strncat(names, bes[i]->name, sizeof names - strlen(names) - 1);
+    }
+    json_t *report = fd_report_new(cf, names, o->jobs);
+    json_t *header = journal_header(cf, report, o);
+    json_t **done = calloc((size_t)cf->ncases, sizeof *done);
+    char jpath[4200];
+    snprintf(jpath, sizeof jpath, "%s/cases.partial.jsonl", o->out);
+    FILE *journal = NULL;
+    int header_written = 0;
+    if (!done) {
+        snprintf(err, errlen, "out of memory");
+        out->status = FD_EXIT_INTERNAL;
+        goto fail;
+    }
+    if (o->resume) {
+        int found = 0;
+        if (journal_read(jpath, cf, header, done, &found, err, errlen)) {
+            out->status = FD_EXIT_USAGE;
+            goto fail;
+        }
+        if (!found) fprintf(stderr, "flashdrift: nothing to resume in %s; starting from the first case\n", o->out);
+        /* Rewrite the journal with what is kept (drops a truncated tail), atomically. */
+        char tmp[4300];
+        snprintf(tmp, sizeof tmp, "%s.tmp", jpath);
+        FILE *t = fopen(tmp, "w");
+        int bad = !t;
+        if (t) {
+            bad |= write_line(t, header);
+            for (int i = 0; i < cf->ncases; i++)
+                if (done[i]) bad |= write_line(t, done[i]);
+            bad |= fsync(fileno(t)) != 0;
+            bad |= fclose(t) != 0;
+            bad |= rename(tmp, jpath) != 0;
+        }
+        if (bad) {
+            snprintf(err, errlen, "%s: cannot rewrite the journal: %s", jpath, strerror(errno));
+            out->status = FD_EXIT_USAGE;
+            goto fail;
+        }
+        header_written = 1;
+    }
+    journal = fopen(jpath, o->resume ? "a" : "w");
+    if (!journal) {
+        snprintf(err, errlen, "%s: cannot write: %s", jpath, strerror(errno));
+        out->status = FD_EXIT_USAGE;
+        goto fail;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    const int bar = !o->quiet && isatty(2);
+    out->status = FD_EXIT_PASS;
+    for (int i = 0; i < cf->ncases; i++) out->total += !o->filter || strstr(cf->cases[i].id, o->filter);
+    for (int i = 0; i < cf->ncases && !fd_interrupted; i++) {
+        const fd_case *c = &cf->cases[i];
+        if (o->filter && !strstr(c->id, o->filter)) continue;
+        json_t *cj;
+        if (done[i]) {
+            cj = json_incref(done[i]);
+            out->nresumed++;
+            const char *v = json_string_value(json_object_get(cj, "verdict"));
+            if (!strcmp(v, "FAIL")) {
+                out->nfail++;
+                fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id,
+                        json_string_value(json_object_get(cj, "reasons")));
+            }
+        } else {
+            if (bar) progress(out->nrun, out->total, c->id);
+            fd_case_result res;
+            if (fd_run_case(cf, c, bes, nbe, o->jobs, &res, err, errlen)) {
+                if (fd_interrupted) break;
+                if (bar) fputc('\n', stderr);
+                out->status = FD_EXIT_INTERNAL;
+                break;
+            }
+            cj = fd_report_case_json(&res);
+            if (o->repeat > 1 && repeat_case(cf, bes, nbe, o->repeat, &res, cj, err, errlen)) {
+                fd_case_result_free(&res);
+                json_decref(cj);
+                if (fd_interrupted) break;
+                out->status = FD_EXIT_INTERNAL;
+                break;
+            }
+            if (!header_written) header_written = !write_line(journal, header);
+            write_line(journal, cj);
+            if (res.verdict == FD_FAIL) {
+                out->nfail++;
+                fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id, res.reasons);
+            }
+            fd_case_result_free(&res);
+        }
+        fd_report_add_case(report, cj);
+        out->nrun++;
+    }
+    if (bar) progress(out->nrun, out->total, "");
+    fclose(journal);
+    if (fd_interrupted) out->status = FD_EXIT_INTERRUPTED;
+    fd_report_finish(report, out->status == FD_EXIT_PASS);
+    for (int i = 0; i < cf->ncases; i++) json_decref(done[i]);
+    free(done);
+    json_decref(header);
+    *report_out = report;
+    if (out->status == FD_EXIT_PASS) return 0;
+    if (out->status == FD_EXIT_INTERRUPTED) snprintf(err, errlen, "interrupted");
+    return -1;
+fail:
+    if (done)
+        for (int i = 0; i < cf->ncases; i++) json_decref(done[i]);
+    free(done);
+    json_decref(header);
+    json_decref(report);
+    return -1;
+}
+
+int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char *err, size_t errlen)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/report.json", dir);
+    if (fd_write_json_atomic(path, report, err, errlen)) return -1;
+    snprintf(path, sizeof path, "%s/summary.md", dir);
+    if (fd_render_summary_md(report, path, err, errlen)) return -1;
+    snprintf(path, sizeof path, "%s/cases.partial.jsonl", dir);
+    unlink(path);
+    /* The HTML report is a convenience: never fail a run for it. */
+    char herr[1024];
+    snprintf(path, sizeof path, "%s/report.html", dir);
+    int h = fd_render_html(report, NULL, path, herr, sizeof herr);
+    if (h && !quiet) fprintf(stderr, "flashdrift: warning: %s; report.html not written\n", herr);
+    return 0;
+}
+
+/* Keeps a partial report beside a previous complete one; prints what happened. */
+static void write_partial(const json_t *report, const char *out, const fd_run_outcome *oc)
+{
+    char path[4200], err[1024];
+    snprintf(path, sizeof path, "%s/report.partial.json", out);
+    if (fd_write_json_atomic(path, report, err, sizeof err))
+        fprintf(stderr, "flashdrift: %s\n", err);
+    else
+        fprintf(stderr, "flashdrift: %s after %d of %d cases; finished cases in %s\n",
+                oc->status == FD_EXIT_INTERRUPTED ? "interrupted" : "stopped", oc->nrun, oc->total, path);
+}
+
+/* Shared by run and gate: parses the run options; returns -1 (and prints) on a usage
+ * error, 0 when argv[i] was consumed (i advanced), 1 when it is not a run option. */
+int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o)
+{
+    const char *a = argv[*i];
+    const char **dst = NULL;
+    if (!strcmp(a, "--out")) dst = &o->out;
+    else if (!strcmp(a, "--backend")) dst = &o->backend;
+    else if (!strcmp(a, "--filter")) dst = &o->filter;
+    if (dst) {
+        if (*i + 1 >= argc) {
+            fprintf(stderr, "flashdrift: %s needs a value\n", a);
+            return -1;
+        }
+        *dst = argv[++*i];
+        return 0;
+    }
+    if (!strcmp(a, "--jobs") || !strcmp(a, "--repeat")) {
+        const int jobs = !strcmp(a, "--jobs");
+        const long hi = jobs ? 1024 : 64;
+        char *end = NULL;
+        long v = *i + 1 < argc ? strtol(argv[*i + 1], &end, 10) : 0;
+        if (*i + 1 >= argc || *end || v < 1 || v > hi) {
+            fprintf(stderr, "flashdrift: %s expects an integer in [1, %ld]\n", a, hi);
+            return -1;
+        }
+        if (jobs) o->jobs = (int)v;
+        else o->repeat = (int)v;
+        ++*i;
+        return 0;
+    }
+    if (!strcmp(a, "--quiet")) o->quiet = 1;
+    else if (!strcmp(a, "--resume")) o->resume = 1;
+    else return 1;
+    return 0;
+}
+
+void fd_run_opts_default(fd_run_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->out = "out";
+    o->backend = "auto";
+    o->jobs = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    o->repeat = 1;
+}
+
+/* Runs a case file for run and gate: loads it, runs it, writes the outputs. Returns an
+ * exit code; *report gets the complete report (caller frees) when it returns PASS/GATE. */
+int fd_run_and_write(const char *casefile, const fd_run_opts *o, json_t **report_out)
+{
+    char err[1024];
+    fd_casefile cf;
+    *report_out = NULL;
+    if (fd_casefile_load(casefile, &cf, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        return FD_EXIT_USAGE;
+    }
+    const fd_backend *probe[FD_MAX_BACKENDS];
+    if (fd_backends_select(o->backend, probe, err, sizeof err) < 0 || fd_mkdir_p(o->out, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        fd_casefile_free(&cf);
+        return FD_EXIT_USAGE;
+    }
+    json_t *report = NULL;
+    fd_run_outcome oc;
+    if (fd_run_casefile(&cf, o, &report, &oc, err, sizeof err)) {
+        if (oc.status != FD_EXIT_INTERRUPTED) fprintf(stderr, "flashdrift: %s\n", err);
+        if (report) write_partial(report, o->out, &oc);
+        json_decref(report);
+        fd_casefile_free(&cf);
+        return oc.status;
+    }
+    fd_casefile_free(&cf);
+    if (fd_run_write_outputs(report, o->out, o->quiet, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        json_decref(report);
+        return FD_EXIT_INTERNAL;
+    }
+    *report_out = report;
+    return oc.nfail ? FD_EXIT_GATE : FD_EXIT_PASS;
+}
+
 int fd_cmd_run(int argc, char **argv)
 {
-    const char *casefile = NULL, *out = "out", *backend = "auto", *filter = NULL;
-    int jobs = (int)sysconf(_SC_NPROCESSORS_ONLN), quiet = 0;
-    char err[1024];
+    const char *casefile = NULL;
+    fd_run_opts o;
+    fd_run_opts_default(&o);
     for (int i = 0; i < argc; i++) {
+        int r = fd_parse_run_option(argc, argv, &i, &o);
+        if (r < 0) return FD_EXIT_USAGE;
+        if (r == 0) continue;
         const char *a = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(a, "--out")) dst = &out;
-        else if (!strcmp(a, "--backend")) dst = &backend;
-        else if (!strcmp(a, "--filter")) dst = &filter;
-        if (dst) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "flashdrift: %s needs a value\n", a);
-                return FD_EXIT_USAGE;
-            }
-            *dst = argv[++i];
-        } else if (!strcmp(a, "--jobs")) {
-            char *end;
-            long v = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
-            if (i + 1 >= argc || *end || v < 1 || v > 1024) {
-                fprintf(stderr, "flashdrift: --jobs expects an integer in [1, 1024]\n");
-                return FD_EXIT_USAGE;
-            }
-            jobs = (int)v;
-            i++;
-        } else if (!strcmp(a, "--quiet")) {
-            quiet = 1;
-        } else if (a[0] == '-') {
+        if (a[0] == '-') {
             fprintf(stderr, "flashdrift: unknown option %s\n", a);
             fd_usage(stderr);
             return FD_EXIT_USAGE;
@@ -141,107 +572,15 @@ int fd_cmd_run(int argc, char **argv)
         fd_usage(stderr);
         return FD_EXIT_USAGE;
     }
-    fd_casefile cf;
-    if (fd_casefile_load(casefile, &cf, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        return FD_EXIT_USAGE;
-    }
-    const fd_backend *bes[FD_MAX_BACKENDS];
-    int nbe = fd_backends_select(backend, bes, err, sizeof err);
-    if (nbe < 0 || fd_mkdir_p(out, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        fd_casefile_free(&cf);
-        return FD_EXIT_USAGE;
-    }
-    char names[256] = "";
-    for (int i = 0; i < nbe; i++) {
-        if (i) strncat(names, ",", sizeof names - strlen(names) - 1);
-        strncat(names, bes[i]->name, sizeof names - strlen(names) - 1);
-    }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-
-    char path[4200], jpath[4200];
-    snprintf(jpath, sizeof jpath, "%s/cases.partial.jsonl", out);
-    FILE *journal = fopen(jpath, "w");
-    if (!journal) {
-        fprintf(stderr, "flashdrift: %s: cannot write: %s\n", jpath, strerror(errno));
-        fd_casefile_free(&cf);
-        return FD_EXIT_USAGE;
-    }
-    json_t *report = fd_report_new(&cf, names, jobs);
-    const int bar = !quiet && isatty(2);
-    int nfail = 0, nrun = 0, rc = FD_EXIT_PASS;
-    int total = 0;
-    for (int i = 0; i < cf.ncases; i++) total += !filter || strstr(cf.cases[i].id, filter);
-    for (int i = 0; i < cf.ncases && !fd_interrupted; i++) {
-        const fd_case *c = &cf.cases[i];
-        if (filter && !strstr(c->id, filter)) continue;
-        if (bar) progress(nrun, total, c->id);
-        fd_case_result res;
-        if (fd_run_case(&cf, c, bes, nbe, jobs, &res, err, sizeof err)) {
-            if (fd_interrupted) break;
-            fprintf(stderr, "%sflashdrift: %s\n", bar ? "\n" : "", err);
-            rc = FD_EXIT_INTERNAL;
-            break;
-        }
-        json_t *cj = fd_report_case_json(&res);
-        char *line = json_dumps(cj, JSON_COMPACT | JSON_REAL_PRECISION(17));
-        if (line) {
-            fprintf(journal, "%s\n", line);
-            fflush(journal);
-            free(line);
-        }
-        fd_report_add_case(report, cj);
-        if (res.verdict == FD_FAIL) {
-            nfail++;
-            fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id, res.reasons);
-        }
-        fd_case_result_free(&res);
-        nrun++;
-    }
-    if (bar) progress(nrun, total, "");
-    fclose(journal);
-    int complete = !fd_interrupted && rc == FD_EXIT_PASS;
-    fd_report_finish(report, complete);
-    if (!complete) {
-        /* Keep what finished; leave a previous complete report.json untouched. */
-        snprintf(path, sizeof path, "%s/report.partial.json", out);
-        if (fd_write_json_atomic(path, report, err, sizeof err))
-            fprintf(stderr, "flashdrift: %s\n", err);
-        else
-            fprintf(stderr, "flashdrift: %s after %d of %d cases; finished cases in %s\n",
-                    fd_interrupted ? "interrupted" : "stopped", nrun, total, path);
-        json_decref(report);
-        fd_casefile_free(&cf);
-        return fd_interrupted ? FD_EXIT_INTERRUPTED : rc;
-    }
-    snprintf(path, sizeof path, "%s/report.json", out);
-    if (fd_write_json_atomic(path, report, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        rc = FD_EXIT_INTERNAL;
-    } else {
-        char md[4200];
-        snprintf(md, sizeof md, "%s/summary.md", out);
-        if (fd_render_summary_md(report, md, err, sizeof err)) {
-            fprintf(stderr, "flashdrift: %s\n", err);
-            rc = FD_EXIT_INTERNAL;
-        }
-        unlink(jpath);
+    json_t *report = NULL;
+    int rc = fd_run_and_write(casefile, &o, &report);
+    if (report && !o.quiet) {
         json_t *t = json_object_get(report, "totals");
-        if (!quiet)
-            printf("%d cases: %lld PASS, %lld MARGINAL, %lld FAIL, %lld UNDECIDED -> %s\n", nrun,
-                   json_integer_value(json_object_get(t, "pass")),
-                   json_integer_value(json_object_get(t, "marginal")),
-                   json_integer_value(json_object_get(t, "fail")),
-                   json_integer_value(json_object_get(t, "undecided")), path);
-        if (rc == FD_EXIT_PASS && nfail) rc = FD_EXIT_GATE;
+        printf("%lld cases: %lld PASS, %lld MARGINAL, %lld FAIL, %lld UNDECIDED -> %s/report.json\n",
+               json_integer_value(json_object_get(t, "cases")), json_integer_value(json_object_get(t, "pass")),
+               json_integer_value(json_object_get(t, "marginal")), json_integer_value(json_object_get(t, "fail")),
+               json_integer_value(json_object_get(t, "undecided")), o.out);
     }
     json_decref(report);
-    fd_casefile_free(&cf);
     return rc;
 }
-

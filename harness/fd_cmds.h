@@ -18,6 +18,14 @@ enum {
 void fd_usage(FILE *f);
 int fd_cmd_run(int argc, char **argv);
 int fd_cmd_list(int argc, char **argv);
+int fd_cmd_gate(int argc, char **argv);
+int fd_cmd_diff(int argc, char **argv);
+int fd_cmd_baseline(int argc, char **argv);
+int fd_cmd_html(int argc, char **argv);
+/* flashdrift explain: attribution of one case or of a report's failing cases; fd_cmd_explain.c. */
+int fd_cmd_explain(int argc, char **argv);
+/* flashdrift check --tensors PATH: imported tensors (fd_import.h); fd_cmd_check.c. */
+int fd_cmd_check(int argc, char **argv);
 /* Creates DIR (and parents) and checks it is a writable directory. */
 int fd_mkdir_p(const char *path, char *err, size_t errlen);
 #endif

@@ -31,22 +31,43 @@ static double draw(uint64_t seed, uint32_t tensor, uint64_t idx, fd_dist dist, i
     return z;
 }
 
-static int fill(const fd_case *c, float **out, uint32_t tensor, int seqlen, int nh, char *err,
-                size_t errlen)
+/* Fills a float tensor (rounded to the dtype) or, when outd is given, a double tensor of
+ * the unrounded draws. */
+static int fill(const fd_case *c, float **out, double **outd, uint32_t tensor, int seqlen, int nh,
+                char *err, size_t errlen)
 {
     const fd_problem *p = &c->prob;
     size_t n = (size_t)p->batch * (size_t)seqlen * (size_t)nh * (size_t)p->head_dim;
-    float *x = malloc(n * sizeof(float));
-    if (!x) {
+    float *x = outd ? NULL : malloc(n * sizeof(float));
+    double *xd = outd ? malloc(n * sizeof(double)) : NULL;
+    if (!x && !xd) {
         snprintf(err, errlen, "out of memory allocating %zu inputs for case %s", n, c->id);
         return -1;
     }
     size_t per_row = (size_t)nh * (size_t)p->head_dim;
     for (size_t e = 0; e < n; e++) {
         int row = (int)((e / per_row) % (size_t)seqlen);
-        x[e] = fd_round_to_dtype((float)draw(c->input_seed, tensor, e, c->dist, row), p->dtype);
+        double z = draw(c->input_seed, tensor, e, c->dist, row);
+        if (xd) xd[e] = z;
+        else x[e] = fd_round_to_dtype((float)z, p->dtype);
     }
-    *out = x;
+    if (outd) *outd = xd;
+    else *out = x;
+    return 0;
+}
+
+int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **v, char *err,
+                             size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    *q = *k = *v = NULL;
+    if (fill(c, NULL, q, 0, p->seqlen_q, p->heads, err, errlen) ||
+        fill(c, NULL, k, 1, p->seqlen_k, p->kv_heads, err, errlen) ||
+        fill(c, NULL, v, 2, p->seqlen_k, p->kv_heads, err, errlen)) {
+        free(*q); free(*k); free(*v);
+        *q = *k = *v = NULL;
+        return -1;
+    }
     return 0;
 }
 
@@ -54,9 +75,9 @@ int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err,
 {
     const fd_problem *p = &c->prob;
     *q = *k = *v = NULL;
-    if (fill(c, q, 0, p->seqlen_q, p->heads, err, errlen) ||
-        fill(c, k, 1, p->seqlen_k, p->kv_heads, err, errlen) ||
-        fill(c, v, 2, p->seqlen_k, p->kv_heads, err, errlen)) {
+    if (fill(c, q, NULL, 0, p->seqlen_q, p->heads, err, errlen) ||
+        fill(c, k, NULL, 1, p->seqlen_k, p->kv_heads, err, errlen) ||
+        fill(c, v, NULL, 2, p->seqlen_k, p->kv_heads, err, errlen)) {
         free(*q); free(*k); free(*v);
         *q = *k = *v = NULL;
         return -1;

@@ -17,6 +17,10 @@
 #include "fd_case.h"
 
 int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err, size_t errlen);
+/* The same draws before rounding to the dtype (binary64), for the input-rounding part of
+ * the error budget. */
+int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **v, char *err,
+                             size_t errlen);
 /* rows must hold max(max_rows, 16) + 16 ints (or seqlen_q when max_rows == 0); returns the count. */
 int fd_sample_rows(const fd_problem *p, int max_rows, int *rows);
 #endif

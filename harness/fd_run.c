@@ -105,8 +105,8 @@ void fd_judge(const fd_policy *po, fd_case_result *r)
     r->verdict = v;
 }
 
-static void dropout_stats(const fd_problem *p, const int *rows, int nrows, const int *nvis,
-                          fd_dropout_stats *s)
+void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
+                             fd_dropout_stats *s)
 {
     memset(s, 0, sizeof *s);
     if (!(p->dropout_p > 0.0)) return;
@@ -130,6 +130,47 @@ static void dropout_stats(const fd_problem *p, const int *rows, int nrows, const
         s->z_threshold = qt < 1.0 ? ((double)s->kept - n * qt) / sqrt(n * qt * (1.0 - qt)) : 0.0;
         s->z_nominal = ((double)s->kept - n * qn) / sqrt(n * qn * (1.0 - qn));
     }
+}
+
+int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const float *v,
+                      const int *rows, int nrows, int jobs, double *ref_o, double *ref_lse,
+                      int *undecided_out, int *precmax_out, char *err, size_t errlen)
+{
+    fd_ref_opts ro;
+    fd_ref_opts_default(&ro);
+    const int D = p->head_dim;
+    const long ntask = (long)p->batch * p->heads * nrows;
+    int undecided = 0, precmax = 0, failed = 0;
+    char ref_err[256] = "";
+#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs) reduction(+ : undecided) reduction(max : precmax)
+    for (long t = 0; t < ntask; t++) {
+        if (fd_interrupted || failed) continue;
+        const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
+        fd_ref_row_info info;
+        char e2[256];
+        if (fd_ref_row(p, q, k, v, b, h, rows[r], &ro, ref_o + (size_t)t * (size_t)D, &info, e2, sizeof e2)) {
+#pragma omp critical
+            {
+                failed = 1;
+                snprintf(ref_err, sizeof ref_err, "%s", e2);
+            }
+            continue;
+        }
+        ref_lse[t] = info.lse;
+        undecided += info.undecided;
+        if (info.prec_used > precmax) precmax = info.prec_used;
+    }
+    *undecided_out = undecided;
+    *precmax_out = precmax;
+    if (fd_interrupted) {
+        snprintf(err, errlen, "interrupted");
+        return -1;
+    }
+    if (failed) {
+        snprintf(err, errlen, "reference failed: %s", ref_err);
+        return -1;
+    }
+    return 0;
 }
 
 int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
@@ -164,39 +205,12 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
     }
 
     /* The reference, one row per task. */
-    fd_ref_opts ro;
-    fd_ref_opts_default(&ro);
-    const long ntask = (long)p->batch * p->heads * nrows;
-    int undecided = 0, precmax = 0, failed = 0;
-    char ref_err[256] = "";
+    int undecided = 0, precmax = 0;
     const double tr = now_s();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs) reduction(+ : undecided) reduction(max : precmax)
-    for (long t = 0; t < ntask; t++) {
-        if (fd_interrupted || failed) continue;
-        const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
-        fd_ref_row_info info;
-        char e2[256];
-        if (fd_ref_row(p, q, k, v, b, h, res->rows[r], &ro, ref_o + (size_t)t * (size_t)D, &info, e2, sizeof e2)) {
-#pragma omp critical
-            {
-                failed = 1;
-                snprintf(ref_err, sizeof ref_err, "%s", e2);
-            }
-            continue;
-        }
-        ref_lse[t] = info.lse;
-        undecided += info.undecided;
-        if (info.prec_used > precmax) precmax = info.prec_used;
-    }
+    int rrc = fd_reference_rows(p, q, k, v, res->rows, nrows, jobs, ref_o, ref_lse, &undecided,
+                                &precmax, err, errlen);
     res->ref_seconds = now_s() - tr;
-    if (fd_interrupted) {
-        snprintf(err, errlen, "interrupted");
-        goto out;
-    }
-    if (failed) {
-        snprintf(err, errlen, "reference failed on case %s: %s", c->id, ref_err);
-        goto out;
-    }
+    if (rrc) goto out;
     res->ref_undecided = undecided;
     res->ref_prec_max = precmax;
 
@@ -235,7 +249,7 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
             }
         }
     }
-    dropout_stats(p, res->rows, nrows, nvis, &res->drop);
+    fd_dropout_stats_compute(p, res->rows, nrows, nvis, &res->drop);
     fd_judge(&cf->policy, res);
     res->seconds = now_s() - t0;
     rc = 0;

@@ -72,5 +72,13 @@ const char *fd_verdict_name(fd_verdict v);
 int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
                 int jobs, fd_case_result *res, char *err, size_t errlen);
 void fd_case_result_free(fd_case_result *r);
+/* Keep-rate statistics of the FA2 mask over the visible elements of the listed rows. */
+void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
+                              fd_dropout_stats *s);
+/* The MPFR reference for the listed rows of every (batch, head), OpenMP over rows:
+ * ref_o [b][h][r][d], ref_lse [b][h][r]. */
+int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const float *v,
+                      const int *rows, int nrows, int jobs, double *ref_o, double *ref_lse,
+                      int *undecided, int *precmax, char *err, size_t errlen);
 void fd_judge(const fd_policy *po, fd_case_result *r);
 #endif

@@ -14,6 +14,12 @@ static const struct {
 } fd_commands[] = {
     {"run", fd_cmd_run},
     {"list", fd_cmd_list},
+    {"gate", fd_cmd_gate},
+    {"diff", fd_cmd_diff},
+    {"baseline", fd_cmd_baseline},
+    {"html", fd_cmd_html},
+    {"explain", fd_cmd_explain},
+    {"check", fd_cmd_check},
 };
 
 int main(int argc, char **argv)

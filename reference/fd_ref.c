@@ -6,7 +6,8 @@
  *          numbers (<= 48 significant bits, exponents in [-298, 256)), so they
  *          are added exactly in a fixed-point integer accumulator (a small
  *          Kulisch accumulator, 24 limbs of 32 bits). This replaces mpfr_set_d +
- *          mpfr_sum, which measured ~10 us per 128-term dot here, with ~1 us.
+ *          mpfr_sum, which measured ~10 us per 128-term dot on the 2-core dev VM
+ *          (2026-11-21), with ~1.3 us.
  *   s'_j = RN(sigma * dot_j)         sigma = softmax_scale, exact binary32; the
  *                                    product is formed exactly as an integer, so
  *                                    this is the only rounding of s_j
@@ -14,8 +15,11 @@
  *   a'_j = RN(s'_j - m')
  *   e'_j = RN(exp(a'_j))             e'_j = 0 for "truncated" keys (see below)
  *   L'   = mpfr_sum_j e'_j           over visible keys (correctly rounded)
- *   t_jd = e'_j * v_jd               EXACT: precision P + 24 >= P + bits(v_jd)
- *   N'_d = mpfr_sum_j t_jd           over visible keys kept by dropout
+ *   N'_d = RN(sum_j e'_j v_jd)       over visible keys kept by dropout; the products
+ *                                    (P + 24 bits) and their sum are EXACT, in a
+ *                                    fixed-point accumulator (mpfr_sum of exact
+ *                                    products when the exponents span > 131072 bits),
+ *                                    rounded once
  *   th'  = RN(1 - p),  D' = RN(th' L'),  O'_d = RN(N'_d / D')
  *   LSE' = RN(m' + RN(log L'))
  *
@@ -40,14 +44,17 @@
  *    H_j the exponent of the (at most two) powers of two in brackets, plus one if
  *    both are present. A key with alpha_j > 1/2 that is not truncated makes the
  *    whole row fail at this precision (it is redone at 2P).
- * 4. Truncation. With T0 = P + 64, a key with a'_j < -(T0+1) and alpha_j <= 1, or
- *    a'_j < -2 T0 and alpha_j <= |a'_j|/2, has a_j <= a'_j + alpha_j <= -T0, so
- *    0 < e_j <= exp(-(P+64)) <= 2^(-P-92) =: beta_j, and e'_j := 0 (no exp call).
- *    This also keeps MPFR away from underflow for huge negative logits.
+ * 4. Truncation. With T0 = P + 64 (first attempt) or T0 = 2^24 (retries: only where
+ *    MPFR's exponent range could underflow), a key with a'_j < -(T0+1) and
+ *    alpha_j <= 1, or a'_j < -2 T0 and alpha_j <= |a'_j|/2, has
+ *    a_j <= a'_j + alpha_j <= -T0, so 0 < e_j <= exp(-(P+64)) <= 2^(-P-92) =: beta_j,
+ *    and e'_j := 0 (no exp call). Retries compute the tiny weights, so that a row
+ *    whose large weights are all dropped gets its true, tiny, signed O.
  * 5. Sums. |L' - L| <= [t_L] 2^(E(L')-P-1) + sum_visible beta_j =: dL;
  *    |N'_d - N_d| <= [t_N] 2^(E(N'_d)-P-1) + sum_kept beta_j |v_jd| =: dN_d
- *    (the products t_jd are exact, so only e'_j's errors and mpfr_sum's final
- *    rounding enter). The beta sums are evaluated in binary64 (see 7).
+ *    (the products e'_j v_jd are exact and summed exactly, then rounded once, so only
+ *    e'_j's errors and that final rounding enter). The beta sums are evaluated in
+ *    binary64 (see 7).
  * 6. Division and log. dth = [t_th] 2^(E(th')-P-1);
  *    dD = [t_D] 2^(E(D')-P-1) + th' dL + (L' + dL) dth    (|th' L' - th L| expanded);
  *    |O'_d - O_d| <= [t_O] 2^(E(O')-P-1) + dN_d / D' + (|N'_d| + dN_d) dD / (D' (D' - dD))
@@ -57,21 +64,28 @@
  *    These few operations per value are done in MPFR at 64 bits rounding upward
  *    (denominators downward), so they are themselves rigorous.
  * 7. The beta sums. beta_j are powers of two 2^B_j. They are scaled to
- *    w_j = 2^(B_j - Bmax + 150) (raised to 2^-450 when smaller: an upper bound),
- *    and sum_j w_j |v_jd| is computed in binary64 with round-to-nearest. Every
- *    product is exact (power of two times a binary32, result in [2^-599, 2^278]),
- *    every partial sum is a normal number below 2^310, so the computed sum of
- *    n < 2^31 nonnegative terms is >= exact * (1 - 2^-53)^n >= exact (1 - 2^-22);
- *    multiplying by (1 + 2^-20), upward, restores an upper bound.
+ *    w_j = 2^(B_j - Bmax + 150) (raised to 2^-450 when smaller: an upper bound), with
+ *    Bmax the largest B_j over the visible keys for dL and over the kept keys for dN
+ *    (so that N's bound stays relative when the dominant keys are dropped), and
+ *    sum_j w_j |v_jd| is computed in binary64 with round-to-nearest. Every product is
+ *    exact (power of two times a binary32, result in [2^-599, 2^278]), every partial
+ *    sum is a normal number below 2^310, so the computed sum of n < 2^31 nonnegative
+ *    terms is >= exact * (1 - 2^-53)^n >= exact (1 - 2^-22); multiplying by
+ *    (1 + 2^-20), upward, restores an upper bound.
  * 8. Decision. With an upward bound Delta < 2^E(Delta), x = the P-bit value is
  *    within 2^(E(x) - err) of the truth, err = E(x) - E(Delta), strictly inside
  *    that interval. mpfr_can_round(x, err, RNDN, RNDZ, 54) then proves that no
  *    54-bit number (no binary64 number and no midpoint between two) lies in the
  *    interval, so RN(x) to binary64 (mpfr_get_d, subnormals included) is the
  *    correctly rounded truth. (The strictness excludes a truth that is itself a
- *    54-bit number, the caveat of that idiom.) Delta = 0 means x is exact.
- *    A computed 0 with Delta > 0 cannot be decided: the row is redone at 2P and
- *    finally counted as undecided. Exact zeros are returned as +0.
+ *    54-bit number, the caveat of that idiom.) That idiom refuses every interval
+ *    that contains a double, which is the normal case for O = v* + tiny (one
+ *    dominant key); then the ends x - Delta (RNDD) and x + Delta (RNDU) are each
+ *    rounded to binary64, and equal bits prove the answer (RN is monotone).
+ *    Delta = 0 means x is exact. A computed 0 with Delta > 0 has ends of opposite
+ *    signs, so it is never decided: the row is redone at 2P and finally counted as
+ *    undecided. Exact zeros are returned as +0; a nonzero value below the binary64
+ *    range rounds to a zero of its own sign.
  *
  * Thread safety: no static mutable state; every MPFR object is local to the call.
  * MPFR's flags and constant caches are per thread only when mpfr_buildopt_tls_p()
@@ -99,7 +113,8 @@
 #define FD_ACC_BASE (-352)      /* exponent of bit 0 of the accumulator */
 #define FD_BND_PREC 64          /* precision of the error-bound arithmetic */
 #define FD_PREC_LIMIT 65536     /* largest prec_max accepted */
-#define FD_HEAD_DIM_LIMIT 65536 /* keeps the int64 accumulator limbs far from overflow */
+#define FD_HEAD_DIM_LIMIT 65536
+#define FD_LANES_MAX 4096       /* wider numerators (tiny weights on retries) use mpfr_sum */ /* keeps the int64 accumulator limbs far from overflow */
 
 void fd_ref_opts_default(fd_ref_opts *o)
 {
@@ -164,7 +179,7 @@ static int mparr_alloc(fd_mparr *a, size_t n, mpfr_prec_t prec)
 
 /* 2^0 .. 2^31. Shifting by a multiply: `x << sh` with sh in a register is a shift by
  * %cl, which on x86 carries a dependency on the flags and serialised these loops
- * (measured 2x slower on the numerator loop). */
+ * (the numerator loop measured about 2x slower with shifts on the dev VM). */
 static const uint64_t fd_pow2[32] = {
     1ull << 0,  1ull << 1,  1ull << 2,  1ull << 3,  1ull << 4,  1ull << 5,  1ull << 6,  1ull << 7,
     1ull << 8,  1ull << 9,  1ull << 10, 1ull << 11, 1ull << 12, 1ull << 13, 1ull << 14, 1ull << 15,
@@ -267,15 +282,32 @@ static void bnd_add_pow2(mpfr_ptr r, long e, mpfr_ptr tmp)
     mpfr_add(r, r, tmp, MPFR_RNDU);
 }
 
-/* Is x, with |x - truth| <= delta, correctly rounded to binary64 by mpfr_get_d? */
+/* Is x, with |x - truth| <= delta, correctly rounded to binary64 by mpfr_get_d?
+ * First the standard idiom, mpfr_can_round(x, err, RNDN, RNDZ, 54). It cannot accept
+ * an interval that contains a binary64 number, which is exactly the case of a truth
+ * within 2^-P of a double (one dominant key, whose weight is 1 - tiny: O = v* + tiny).
+ * So, when it refuses, the interval's ends are rounded outward (RNDD / RNDU) and each
+ * rounded to binary64: RN is monotone, so if both give the same bits (signed zeros
+ * included), every point between them, the truth too, rounds to those bits. */
 static int decided(mpfr_srcptr x, mpfr_srcptr delta)
 {
     if (!mpfr_number_p(delta)) return 0;
     if (mpfr_zero_p(delta)) return 1;
-    if (!mpfr_regular_p(x)) return 0;
-    mpfr_exp_t err = mpfr_get_exp(x) - mpfr_get_exp(delta);
-    if (err <= 0) return 0;
-    return mpfr_can_round(x, err, MPFR_RNDN, MPFR_RNDZ, 54) != 0;
+    if (mpfr_regular_p(x)) {
+        mpfr_exp_t err = mpfr_get_exp(x) - mpfr_get_exp(delta);
+        if (err > 0 && mpfr_can_round(x, err, MPFR_RNDN, MPFR_RNDZ, 54)) return 1;
+    }
+    mpfr_t lo, hi;
+    mpfr_prec_t w = mpfr_get_prec(x) + 64;
+    mpfr_inits2(w, lo, hi, (mpfr_ptr)0);
+    mpfr_sub(lo, x, delta, MPFR_RNDD);
+    mpfr_add(hi, x, delta, MPFR_RNDU);
+    double a = mpfr_get_d(lo, MPFR_RNDN), b = mpfr_get_d(hi, MPFR_RNDN);
+    mpfr_clears(lo, hi, (mpfr_ptr)0);
+    uint64_t ua, ub;
+    memcpy(&ua, &a, 8);
+    memcpy(&ub, &b, 8);
+    return ua == ub;
 }
 
 static double to_double(mpfr_srcptr x)
@@ -300,9 +332,10 @@ typedef struct {
     int sig_neg;
     long sig_e;
     /* per precision */
-    fd_mparr s, e;
+    fd_mparr s, e, t; /* t: exact products, only for the wide-range fallback */
     long *B;   /* beta_j exponent, FD_NOEXP for beta_j = 0 */
-    double *w; /* scaled beta_j */
+    double *w;  /* scaled beta_j, relative to the largest over visible keys (for L) */
+    double *wk; /* the same for kept key kk, relative to the largest over kept keys (for N) */
     uint32_t *ksd;     /* significand of e'_kept[kk] as 32-bit digits, nd per key */
     unsigned char *knz; /* e'_kept[kk] != 0 */
     long *kx;          /* e'_kept[kk] = (integer ksd) 2^kx */
@@ -337,8 +370,9 @@ static size_t lanes_to_limbs(int64_t *lane, size_t nl, mp_limb_t *limb, int *neg
 /* N = RN(sum_kk e'_kk v_kk,d) at N's precision, summed exactly: e'_kk = S 2^kx with S
  * given as nd 32-bit digits (ksd), v = M 2^y with |M| < 2^24, so each term is a short
  * integer product placed at bit kx + y - base of a deferred-carry accumulator of nl
- * lanes (32-bit digits in int64, < 2^35 added per lane and term). mpfr_set_d-free
- * and call-free: mpfr_mul_si + mpfr_sum measured ~45 ns a term here, this ~5.
+ * lanes (32-bit digits in int64, < 2^34 added per lane and term), with no library
+ * call per term: mpfr_mul_si + mpfr_mul_2si + mpfr_sum measured ~45 ns a term on the
+ * 2-core dev VM, this loop ~15.
  * Also returns in *wsum the binary64 sum of w_j |v_jd| for the bound. */
 static int numer_exact(fd_rowws *ws, int d, int nd, long base, size_t nl, mpfr_ptr N, double *wsum)
 {
@@ -351,7 +385,7 @@ static int numer_exact(fd_rowws *ws, int d, int nd, long base, size_t nl, mpfr_p
         uint32_t u;
         memcpy(&u, &vc[kk], 4);
         if ((u & 0x7fffffffu) == 0) continue;
-        sw += ws->w[ws->kept[kk]] * fabs((double)vc[kk]);
+        sw += ws->wk[kk] * fabs((double)vc[kk]);
         if (!ws->knz[kk]) continue;
         const uint32_t *S = ws->ksd + (size_t)kk * (size_t)nd;
         uint32_t ex = (u >> 23) & 0xffu;
@@ -361,8 +395,7 @@ static int numer_exact(fd_rowws *ws, int d, int nd, long base, size_t nl, mpfr_p
         uint64_t p2 = fd_pow2[off % 32];
         int64_t sg = -(int64_t)(u >> 31);
         /* Each lane is read and written once per term: the carries between a term's
-         * digits stay in registers (c1, c2), which measured 5x faster than adding
-         * three pieces per digit straight into memory. */
+         * digits stay in registers (c1, c2). */
         uint64_t c1 = 0, c2 = 0;
         for (int t = 0; t < nd; t++) {
             uint64_t pr = (uint64_t)S[t] * M; /* < 2^56 */
@@ -395,8 +428,30 @@ static int numer_exact(fd_rowws *ws, int d, int nd, long base, size_t nl, mpfr_p
     return mpfr_set_z_2exp(N, z, (mpfr_exp_t)base, MPFR_RNDN);
 }
 
+/* The same sum for rows whose terms span more than FD_LANES_MAX * 32 bits: exact
+ * products (precision P + 24 >= P + bits(M)) and mpfr_sum, which handles any spread. */
+static int numer_sum(fd_rowws *ws, int d, mpfr_ptr N, double *wsum)
+{
+    const float *vc = ws->vcol + (size_t)d * (size_t)ws->nkept;
+    double sw = 0.0;
+    for (int kk = 0; kk < ws->nkept; kk++) {
+        mpfr_ptr t = ws->t.x[kk];
+        long vm, ve;
+        f32_split(vc[kk], &vm, &ve);
+        if (vm != 0) sw += ws->wk[kk] * fabs((double)vc[kk]);
+        if (vm == 0 || !ws->knz[kk]) {
+            mpfr_set_zero(t, 1);
+            continue;
+        }
+        mpfr_mul_si(t, ws->e.x[ws->kept[kk]], vm, MPFR_RNDN); /* exact */
+        mpfr_mul_2si(t, t, ve, MPFR_RNDN);                    /* exact */
+    }
+    *wsum = sw;
+    return mpfr_sum(N, ws->t.ptr, (unsigned long)ws->nkept, MPFR_RNDN);
+}
+
 /* Returns the number of undecided outputs (0..D+1), or -1 for no memory. */
-static int row_at(fd_rowws *ws, mpfr_prec_t P, double *o, double *lse)
+static int row_at(fd_rowws *ws, mpfr_prec_t P, int first, double *o, double *lse)
 {
     const int n = ws->n, D = ws->D;
     const fd_problem *p = ws->p;
@@ -404,6 +459,7 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, double *o, double *lse)
 
     mparr_free(&ws->s);
     mparr_free(&ws->e);
+    mparr_free(&ws->t);
     if (mparr_alloc(&ws->s, (size_t)n, P) || mparr_alloc(&ws->e, (size_t)n, P)) return -1;
 
     mpfr_t a, L, th, Dn, N, O, lg, LSE, pm;
@@ -423,7 +479,10 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, double *o, double *lse)
         if (mpfr_cmp(ws->s.x[j], ws->s.x[jm]) > 0) jm = j;
     }
     mpfr_srcptr m = ws->s.x[jm];
-    const long T0 = (long)P + 64;
+    /* Truncate at T0 = P + 64 on the first attempt; on retries only where MPFR's
+     * exponent range would underflow, so that rows whose every kept key is tiny (the
+     * dominant key dropped) get their true, tiny, signed O. */
+    const long T0 = first ? (long)P + 64 : (1L << 24);
 
     /* e'_j and beta_j. */
     long Bmax = FD_NOEXP;
@@ -454,6 +513,19 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, double *o, double *lse)
         else if (Bj - Bmax < -600) ws->w[j] = 0x1p-450;
         else ws->w[j] = ldexp(1.0, (int)(Bj - Bmax + 150));
         sumw += ws->w[j];
+    }
+    /* The numerator's own scale: when the keys that dominate L are dropped, N may be
+     * far smaller than L, and its bound must be relative to the kept keys' errors. */
+    long BmaxK = FD_NOEXP;
+    for (int kk = 0; kk < ws->nkept; kk++) {
+        long Bj = ws->B[ws->kept[kk]];
+        if (Bj != FD_NOEXP && (BmaxK == FD_NOEXP || Bj > BmaxK)) BmaxK = Bj;
+    }
+    for (int kk = 0; kk < ws->nkept; kk++) {
+        long Bj = ws->B[ws->kept[kk]];
+        if (Bj == FD_NOEXP) ws->wk[kk] = 0.0;
+        else if (Bj - BmaxK < -600) ws->wk[kk] = 0x1p-450;
+        else ws->wk[kk] = ldexp(1.0, (int)(Bj - BmaxK + 150));
     }
 
     /* L', dL. */
@@ -508,7 +580,12 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, double *o, double *lse)
     const int any_terms = xmin <= xmax && ws->ymin <= ws->ymax;
     const long base = any_terms ? xmin + ws->ymin : 0;
     const size_t Lacc = any_terms ? (size_t)((xmax + ws->ymax - base) / 32) + (size_t)nd + 6 : 2;
-    if (Lacc > ws->nacc_cap) {
+    if (Lacc > FD_LANES_MAX && !ws->t.x && mparr_alloc(&ws->t, (size_t)ws->nkept, P + 24)) {
+        mpfr_clears(a, L, th, Dn, N, O, lg, LSE, pm, (mpfr_ptr)0);
+        mpfr_clears(dL, dth, dD, dN, dO, dLSE, bt, bt2, lowD, fudge, (mpfr_ptr)0);
+        return -1;
+    }
+    if (Lacc <= FD_LANES_MAX && Lacc > ws->nacc_cap) {
         free(ws->nacc);
         free(ws->nlimb);
         ws->nacc = malloc(Lacc * sizeof(int64_t));
@@ -524,9 +601,10 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, double *o, double *lse)
     /* O_d. */
     for (int d = 0; d < D; d++) {
         double wsum = 0.0;
-        int tN = numer_exact(ws, d, nd, base, Lacc, N, &wsum);
+        int tN = Lacc <= FD_LANES_MAX ? numer_exact(ws, d, nd, base, Lacc, N, &wsum)
+                                      : numer_sum(ws, d, N, &wsum);
         mpfr_set_d(dN, wsum, MPFR_RNDU);
-        if (Bmax != FD_NOEXP) mpfr_mul_2si(dN, dN, Bmax - 150, MPFR_RNDU);
+        if (BmaxK != FD_NOEXP) mpfr_mul_2si(dN, dN, BmaxK - 150, MPFR_RNDU);
         mpfr_mul(dN, dN, fudge, MPFR_RNDU);
         bnd_add_pow2(dN, half_ulp_exp(tN, N, P), bt2);
         int tO = mpfr_div(O, N, Dn, MPFR_RNDN);
@@ -649,10 +727,11 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     ws.kept = malloc((size_t)n * sizeof(int));
     ws.B = malloc((size_t)n * sizeof(long));
     ws.w = malloc((size_t)n * sizeof(double));
+    ws.wk = malloc((size_t)n * sizeof(double));
     ws.knz = malloc((size_t)n);
     ws.kx = malloc((size_t)n * sizeof(long));
     int rc = -1;
-    if (!ws.krow || !ws.kept || !ws.B || !ws.w || !ws.knz || !ws.kx) {
+    if (!ws.krow || !ws.kept || !ws.B || !ws.w || !ws.wk || !ws.knz || !ws.kx) {
         seterr(err, errlen, "fd_ref_row: out of memory for %d keys", n);
         goto out;
     }
@@ -699,7 +778,7 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
 
     for (long P = opt->prec0;; P *= 2) {
         if (P > opt->prec_max) P = opt->prec_max;
-        int u = row_at(&ws, (mpfr_prec_t)P, o, &inf.lse);
+        int u = row_at(&ws, (mpfr_prec_t)P, P == opt->prec0, o, &inf.lse);
         if (u < 0) {
             seterr(err, errlen, "fd_ref_row: out of memory at precision %ld (%d keys)", P, n);
             goto out;
@@ -713,10 +792,12 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
 out:
     mparr_free(&ws.s);
     mparr_free(&ws.e);
+    mparr_free(&ws.t);
     free(ws.krow);
     free(ws.kept);
     free(ws.B);
     free(ws.w);
+    free(ws.wk);
     free(ws.knz);
     free(ws.kx);
     free(ws.ksd);

@@ -69,7 +69,7 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
     const fd_policy *po = &cf->policy;
     json_t *root = json_pack(
         "{s:i, s:s, s:s, s:s, s:s, s:o, s:{s:s, s:s, s:s, s:i, s:i}, s:s, s:i, "
-        "s:{s:i, s:i, s:s, s:s, s:s, s:b}, s:{s:o, s:o, s:{s:o, s:o, s:o}, s:o, s:o, s:o}, s:[], s:b}",
+        "s:{s:i, s:i, s:s, s:s, s:s, s:b, s:s}, s:{s:o, s:o, s:{s:o, s:o, s:o}, s:o, s:o, s:o}, s:[], s:b}",
         "schema_version", FD_REPORT_SCHEMA_VERSION, "tool", "flashdrift", "version", FD_VERSION,
         "git_commit", FD_GIT_COMMIT, "created", when, "machine", machine,
         "case_file", "path", cf->path, "name", cf->name, "description", cf->description,
@@ -77,7 +77,7 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
         "backends", backends, "jobs", jobs,
         "flash_config", "br", fc->br, "bc", fc->bc, "qk_order", fd_accum_name(fc->qk_order),
         "pv_order", fd_accum_name(fc->pv_order), "exp2",
-        fc->exp2_mode == FD_EXP2_PORTABLE ? "portable" : "libm", "p_fp32", fc->p_fp32,
+        fc->exp2_mode == FD_EXP2_PORTABLE ? "portable" : "libm", "p_fp32", fc->p_fp32, "rowsum", fc->rowsum == FD_ROWSUM_FA2 ? "fa2" : "seq",
         "policy", "fa_ratio", fd_json_num(po->fa_ratio), "atol", fd_json_num(po->atol), "max_ulp",
         "fp16", fd_json_num(po->max_ulp[0]), "bf16", fd_json_num(po->max_ulp[1]), "fp32",
         fd_json_num(po->max_ulp[2]), "max_lse_abs", fd_json_num(po->max_lse_abs), "marginal",

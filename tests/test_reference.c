@@ -400,6 +400,72 @@ Test(reference, exact_cancellation_is_decided)
     tcase_free(&c);
 }
 
+/* Regression: with a logit gap of thousands every other key is truncated (weight
+ * below 2^-(P+92)), so O' = v* exactly and the truth is v* + tiny. mpfr_can_round's
+ * RNDZ idiom refuses any interval containing a double, which left every O_d
+ * UNDECIDED at every precision; the outward-rounded-ends test decides them. */
+Test(reference, regression_dominant_key_with_truncated_others_is_decided)
+{
+    const int D = 64, sk = 30, star = 4;
+    uint64_t seed = 0x7a11ull, s = seed;
+    tcase c;
+    tcase_alloc(&c, make_problem(1, 1, 1, 1, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.0));
+    for (int d = 0; d < D; d++) c.q[d] = (rng_next(&s) & 1) ? 1.0f : -1.0f;
+    for (size_t x = 0; x < fd_kv_numel(&c.p); x++) {
+        c.k[x] = (float)(rng_unit(&s) - 0.5);
+        c.v[x] = (float)(rng_normal(&s) + 3.0);
+    }
+    for (int d = 0; d < D; d++) c.k[(size_t)star * (size_t)D + (size_t)d] = 1024.0f * c.q[d]; /* s* = 8192 */
+    double o[64];
+    fd_ref_row_info info;
+    ref_row(&c, 0, 0, 0, 128, o, &info);
+    cr_expect_eq(info.undecided, 0, "%d undecided", info.undecided);
+    cr_expect_eq(info.prec_used, 128, "needed precision %d", info.prec_used);
+    for (int d = 0; d < D; d++) {
+        double want = (double)c.v[(size_t)star * (size_t)D + (size_t)d];
+        cr_expect(same_bits(o[d], want), "seed %#llx d=%d: got %a, v* %a", (unsigned long long)seed, d, o[d], want);
+    }
+    tcase_free(&c);
+}
+
+/* Regression: the dominant keys dropped by dropout leave only weights ~e^-40000, so the
+ * true O_d are tiny and round to zeros of their own sign. The bound was scaled to the
+ * largest error over all visible keys (the dropped one), which swamped N; it is now
+ * scaled over the kept keys, and retries compute the tiny weights instead of
+ * truncating them. Expected: decided, bit-equal to the brute force (signed zeros). */
+Test(reference, regression_dominant_key_dropped_gives_signed_tiny_o)
+{
+    const int D = 24, sk = 64;
+    uint64_t seed = 0xd40bull, s = seed;
+    tcase c;
+    tcase_alloc(&c, make_problem(1, 1, 1, 1, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.5));
+    unsigned char *keep = keep_mask(&c.p, 0, 0, 0);
+    int star = -1, star2 = -1; /* two dropped keys: exact weight 1 and an inexact one */
+    for (int j = 0; j < sk && star2 < 0; j++)
+        if (!keep[j]) {
+            if (star < 0) star = j;
+            else star2 = j;
+        }
+    cr_assert(star2 >= 0, "fewer than two dropped keys in row 0 (seed %#llx)", (unsigned long long)seed);
+    for (int d = 0; d < D; d++) c.q[d] = (rng_next(&s) & 1) ? 1.0f : -1.0f;
+    for (size_t x = 0; x < fd_kv_numel(&c.p); x++) {
+        c.k[x] = (float)(rng_unit(&s) - 0.5);
+        c.v[x] = (float)rng_normal(&s);
+    }
+    for (int d = 0; d < D; d++) {
+        c.k[(size_t)star * (size_t)D + (size_t)d] = 8192.0f * c.q[d]; /* s* ~ 40132 */
+        c.k[(size_t)star2 * (size_t)D + (size_t)d] = (d ? 8192.0f : 8191.0f) * c.q[d]; /* s* - sigma */
+    }
+    double o[24], bo[24], blse;
+    fd_ref_row_info info;
+    ref_row(&c, 0, 0, 0, 128, o, &info);
+    brute_row(&c, 0, 0, 0, keep, bo, &blse);
+    cr_expect_eq(info.undecided, 0, "%d undecided", info.undecided);
+    expect_row_equal("dominant dropped", seed, 0, 0, 0, o, info.lse, bo, blse, D);
+    free(keep);
+    tcase_free(&c);
+}
+
 /* ---------------------------------------------------------------- random rows */
 
 typedef struct {

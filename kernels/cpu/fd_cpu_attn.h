@@ -26,12 +26,29 @@
 
 typedef enum { FD_EXP2_LIBM = 0, FD_EXP2_PORTABLE = 1 } fd_exp2_mode;
 
+/* Order of the row sum l: FD_ROWSUM_SEQ adds each key's P in key order; FD_ROWSUM_FA2
+ * keeps four per-thread partial sums (thread t of a quad owns columns 8a + 2t and
+ * 8a + 2t + 1 of every 8-column MMA n-atom a, added in that order, rescaled with O),
+ * combined once at the end as (l0 + l2) + (l1 + l3), FA2's quad_allreduce. */
+typedef enum { FD_ROWSUM_SEQ = 0, FD_ROWSUM_FA2 = 1 } fd_rowsum_order;
+
+/* Stages the attribution replay can make exact (binary64 instead of the kernel's
+ * arithmetic); see fd_cpu_flash_stages. */
+#define FD_STAGE_QK 0x01u        /* S = Q K^T: one rounding of the exact dot instead of fp32 accumulation */
+#define FD_STAGE_SOFTMAX 0x02u   /* max, exp2, rescale factors and row sum in binary64 */
+#define FD_STAGE_PROUND 0x04u    /* P not rounded to the dtype before PV */
+#define FD_STAGE_PV 0x08u        /* O accumulation (and its rescaling) in binary64 */
+#define FD_STAGE_FINAL 0x10u     /* 1/l, the final scaling and the output rounding */
+#define FD_STAGE_DROPSCALE 0x20u /* 1/(1-p) exact instead of binary32 */
+#define FD_STAGE_ALL 0x3fu
+
 typedef struct fd_flash_cfg {
     int br, bc;                /* tile sizes (rows of Q, keys of K/V) */
     fd_accum_model qk_order;   /* order model of S = Q K^T */
     fd_accum_model pv_order;   /* order model of O += P V */
     fd_exp2_mode exp2_mode;    /* libm exp2f (correctly rounded on glibc) or portable */
     int p_fp32;                /* 1: P stays binary32 before PV (the P-precision knob) */
+    fd_rowsum_order rowsum;    /* order of the row sum (default FD_ROWSUM_FA2) */
 } fd_flash_cfg;
 
 void fd_flash_cfg_default(fd_flash_cfg *cfg);
@@ -39,6 +56,21 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg);
 int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,
                          const float *k, const float *v, const int *rows, int nrows, float *o,
                          float *lse, char *err, size_t errlen);
+
+/* The replay with the stages in `exact` computed in binary64 (0: identical bits to
+ * fd_cpu_flash_forward). Outputs are binary64: with FD_STAGE_FINAL the output is not
+ * rounded to the dtype. Used by attribution: the change of the output when one stage
+ * alone is exact is that stage's contribution to the error. */
+int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
+                        const float *q, const float *k, const float *v, const int *rows,
+                        int nrows, double *o, double *lse, char *err, size_t errlen);
+
+/* Split-KV (flash-decoding) replay: keys split into `splits` contiguous chunks (each a
+ * multiple of bc), each chunk runs the flash replay and yields (O_i, LSE_i) in fp32;
+ * the combine weights each by exp(LSE_i - max LSE) in fp32 (as FA2's combine kernel). */
+int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
+                           const float *q, const float *k, const float *v, const int *rows,
+                           int nrows, float *o, float *lse, char *err, size_t errlen);
 
 int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const float *q,
                             const float *k, const float *v, const int *rows, int nrows,

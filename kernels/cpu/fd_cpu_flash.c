@@ -1,9 +1,12 @@
-/* fd_cpu_flash.c: the FlashAttention-2 forward replayed in binary32 (see fd_cpu_attn.h).
+/* fd_cpu_flash.c: the FlashAttention-2 forward replayed in binary32 (see fd_cpu_attn.h),
+ * with every stage switchable to binary64 for attribution.
  *
  * Mirrors flash_fwd_kernel.h / softmax.h of FA2: K/V tiles are visited from the last
  * visible tile down to the first (FA2's n_block loop runs backwards), the first visited
  * tile initialises max and sum, later tiles rescale. Built with -ffp-contract=off:
- * every fused multiply-add the GPU performs is written as fmaf here, nothing else fuses. */
+ * every fused multiply-add the GPU performs is written as fmaf here, nothing else fuses.
+ * Values flow as double; a stage that is not exact rounds to binary32 exactly where the
+ * kernel does, so with no exact stage the result is the binary32 kernel bit for bit. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,9 +27,10 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg)
     cfg->pv_order = FD_ACC_SEQ;
     cfg->exp2_mode = FD_EXP2_LIBM;
     cfg->p_fp32 = 0;
+    cfg->rowsum = FD_ROWSUM_FA2;
 }
 
-static float fd_exp2_mode_eval(fd_exp2_mode m, float x)
+static float fexp2(fd_exp2_mode m, float x)
 {
     return m == FD_EXP2_PORTABLE ? fd_exp2_portable(x) : exp2f(x);
 }
@@ -58,43 +62,259 @@ int fd_cpu_check_problem(const fd_problem *p, char *err, size_t errlen)
     return 0;
 }
 
-int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,
-                         const float *k, const float *v, const int *rows, int nrows, float *o,
-                         float *lse, char *err, size_t errlen)
+typedef struct {
+    const fd_problem *p;
+    const fd_flash_cfg *cfg;
+    unsigned exact;
+    fd_accum_model qk, pv;
+    float scale_log2;
+    double scale_log2_d;
+    int dropout;
+    uint8_t thr;
+    const float *q, *k, *v;
+    double *s, *pt;
+    float *ptf;
+} fd_flash_ctx;
+
+/* One query row over key blocks [nb_lo, nb_hi) visited backwards. Leaves the unnormalised
+ * accumulator in acc, the row sum in *l_out and the raw row max in *m_out. */
+static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi, int nv,
+                      double *acc, double *l_out, double *m_out)
 {
+    const fd_problem *p = x->p;
+    const int D = p->head_dim, sk = p->seqlen_k, bc = x->cfg->bc;
+    const int hk = fd_kv_head(p, h);
+    const unsigned ex = x->exact;
+    const int xqk = !!(ex & FD_STAGE_QK), xsm = !!(ex & FD_STAGE_SOFTMAX);
+    const int xpr = !!(ex & FD_STAGE_PROUND), xpv = !!(ex & FD_STAGE_PV);
+    const int fa2sum = x->cfg->rowsum == FD_ROWSUM_FA2;
+    const size_t kvstride = (size_t)p->kv_heads * (size_t)D;
+    const float *qi = x->q + fd_q_index(p, b, i, h, 0);
+    double m = -INFINITY, l = 0.0, lp[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int d = 0; d < D; d++) acc[d] = 0.0;
+    for (int nb = nb_hi - 1; nb >= nb_lo; nb--) {
+        const int j0 = nb * bc;
+        double tmax = -INFINITY;
+        for (int c = 0; c < bc; c++) {
+            const int j = j0 + c;
+            double sv = -INFINITY; /* masked or beyond seqlen_k */
+            if (j < nv) {
+                const float *kj = x->k + fd_kv_index(p, b, j, hk, 0);
+                if (xqk) {
+                    sv = 0.0; /* exact products; a binary64 sum is exact to ~d 2^-53 */
+                    for (int d = 0; d < D; d++) sv += (double)qi[d] * (double)kj[d];
+                } else {
+                    sv = (double)fd_dot_acc_dt(x->qk, qi, 1, kj, 1, D, 0.0f, p->dtype);
+                }
+            }
+            x->s[c] = sv;
+            if (sv > tmax) tmax = sv;
+        }
+        const double m_prev = m;
+        if (tmax > m) m = tmax;
+        const int m_inf = isinf(m) && m < 0;
+        if (nb != nb_hi - 1) {
+            /* softmax_rescale_o: Check_inf maps a -inf max to 0 */
+            double sc;
+            if (xsm)
+                sc = exp2((m_prev - (m_inf ? 0.0 : m)) * x->scale_log2_d);
+            else
+                sc = (double)fexp2(x->cfg->exp2_mode,
+                                   ((float)m_prev - (m_inf ? 0.0f : (float)m)) * x->scale_log2);
+            if (xsm) {
+                l *= sc;
+                for (int t = 0; t < 4; t++) lp[t] *= sc;
+            } else {
+                l = (double)((float)l * (float)sc);
+                for (int t = 0; t < 4; t++) lp[t] = (double)((float)lp[t] * (float)sc);
+            }
+            for (int d = 0; d < D; d++)
+                acc[d] = xpv ? acc[d] * sc : (double)((float)acc[d] * (float)sc);
+        }
+        const double msd = m_inf ? 0.0 : m * x->scale_log2_d;
+        const float msf = m_inf ? 0.0f : (float)m * x->scale_log2;
+        for (int c = 0; c < bc; c++) {
+            const double sv = x->s[c];
+            double e;
+            if (isinf(sv) && sv < 0) e = 0.0;
+            else if (xsm) e = exp2(sv * x->scale_log2_d - msd);
+            /* exp2f(s * scale_log2 - max_scaled): nvcc emits one FFMA */
+            else e = (double)fexp2(x->cfg->exp2_mode, fmaf((float)sv, x->scale_log2, -msf));
+            /* row sum from the fp32 P, before rounding and dropout */
+            double *acc_l = fa2sum ? &lp[(c & 7) >> 1] : &l;
+            *acc_l = xsm ? *acc_l + e : (double)((float)*acc_l + (float)e);
+            double pv = (x->cfg->p_fp32 || xpr) ? e : (double)fd_round_to_dtype((float)e, p->dtype);
+            if (x->dropout && j0 + c < nv &&
+                !fd_fa2_keep(p->seed, p->offset, x->thr, p->heads, b, h, i, j0 + c))
+                pv = 0.0;
+            x->pt[c] = pv;
+            x->ptf[c] = (float)pv;
+        }
+        const int nk = (j0 + bc <= sk) ? bc : sk - j0; /* keys present in memory */
+        for (int d = 0; d < D; d++) {
+            const float *vd = x->v + fd_kv_index(p, b, j0, hk, d);
+            if (xpv) {
+                double a = acc[d];
+                for (int c = 0; c < nk; c++) a += x->pt[c] * (double)vd[(size_t)c * kvstride];
+                acc[d] = a;
+            } else {
+                acc[d] = (double)fd_dot_acc_dt(x->pv, x->ptf, 1, vd, kvstride, nk, (float)acc[d],
+                                               p->dtype);
+            }
+        }
+    }
+    if (fa2sum) /* quad_allreduce: x += shfl_xor(x, 2); x += shfl_xor(x, 1) */
+        l = xsm ? (lp[0] + lp[2]) + (lp[1] + lp[3])
+                : (double)(((float)lp[0] + (float)lp[2]) + ((float)lp[1] + (float)lp[3]));
+    *l_out = l;
+    *m_out = m;
+}
+
+static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
+                    const float *q, const float *k, const float *v, char *err, size_t errlen)
+{
+    memset(x, 0, sizeof *x);
     if (fd_cpu_check_problem(p, err, errlen)) return -1;
     if (cfg->bc <= 0 || cfg->br <= 0 || (cfg->bc % 16) != 0) {
         snprintf(err, errlen, "tile sizes must be positive and bc a multiple of 16 (br %d, bc %d)",
                  cfg->br, cfg->bc);
         return -1;
     }
-    const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k, bc = cfg->bc;
-    const float scale_log2 = (float)((double)p->softmax_scale * FD_LOG2E);
-    const int dropout = p->dropout_p > 0.0;
-    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
-    const float rp = dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
-    const size_t kvstride = (size_t)p->kv_heads * (size_t)D;
-    const int n_rows = rows ? nrows : sq;
+    x->p = p;
+    x->cfg = cfg;
+    x->exact = exact;
     /* The tensor-core model applies to fp16/bf16 inputs; fp32 accumulates sequentially. */
-    const fd_accum_model qk = p->dtype == FD_DT_FP32 ? FD_ACC_SEQ : cfg->qk_order;
-    const fd_accum_model pv = (p->dtype == FD_DT_FP32 || cfg->p_fp32) ? FD_ACC_SEQ : cfg->pv_order;
+    x->qk = p->dtype == FD_DT_FP32 ? FD_ACC_SEQ : cfg->qk_order;
+    x->pv = (p->dtype == FD_DT_FP32 || cfg->p_fp32) ? FD_ACC_SEQ : cfg->pv_order;
+    /* FA2: params.scale_softmax_log2 = softmax_scale * M_LOG2E (double product, stored as float) */
+    x->scale_log2_d = (double)p->softmax_scale * FD_LOG2E;
+    x->scale_log2 = (float)x->scale_log2_d;
+    x->dropout = p->dropout_p > 0.0;
+    x->thr = fd_fa2_threshold(p->dropout_p);
+    x->q = q; x->k = k; x->v = v;
+    x->s = malloc(sizeof(double) * (size_t)cfg->bc);
+    x->pt = malloc(sizeof(double) * (size_t)cfg->bc);
+    x->ptf = malloc(sizeof(float) * (size_t)cfg->bc);
+    if (!x->s || !x->pt || !x->ptf) {
+        free(x->s); free(x->pt); free(x->ptf);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
 
-    float *s = malloc(sizeof(float) * (size_t)bc);
-    float *pt = malloc(sizeof(float) * (size_t)bc);
-    float *acc = malloc(sizeof(float) * (size_t)D);
-    if (!s || !pt || !acc) {
-        free(s); free(pt); free(acc);
+static void ctx_free(fd_flash_ctx *x)
+{
+    free(x->s); free(x->pt); free(x->ptf);
+}
+
+int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
+                        const float *q, const float *k, const float *v, const int *rows,
+                        int nrows, double *o, double *lse, char *err, size_t errlen)
+{
+    fd_flash_ctx x;
+    if (ctx_init(&x, p, cfg, exact, q, k, v, err, errlen)) return -1;
+    const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k, bc = cfg->bc;
+    const int xfin = !!(exact & FD_STAGE_FINAL), xds = !!(exact & FD_STAGE_DROPSCALE);
+    const int xsm = !!(exact & FD_STAGE_SOFTMAX);
+    const float rp = x.dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
+    const double rp_d = x.dropout ? 1.0 / (1.0 - p->dropout_p) : 1.0;
+    const int n_rows = rows ? nrows : sq;
+    double *acc = malloc(sizeof(double) * (size_t)D);
+    if (!acc) {
+        ctx_free(&x);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
     for (int b = 0; b < p->batch; b++)
-        for (int h = 0; h < p->heads; h++) {
-            const int hk = fd_kv_head(p, h);
-            /* Q tiles of br rows: with per-row independence the tile only groups rows;
-             * it is kept so the visiting order matches the kernel's. */
+        for (int h = 0; h < p->heads; h++)
             for (int r = 0; r < n_rows; r++) {
                 const int i = rows ? rows[r] : r;
-                const float *qi = q + fd_q_index(p, b, i, h, 0);
+                double *oi = o + fd_q_index(p, b, i, h, 0);
+                const int nv = fd_mask_visible_count(p->mask, i, sq, sk);
+                if (nv == 0) {
+                    for (int d = 0; d < D; d++) oi[d] = 0.0;
+                    lse[fd_lse_index(p, b, h, i)] = INFINITY;
+                    continue;
+                }
+                double l, m;
+                flash_row(&x, b, h, i, 0, (nv + bc - 1) / bc, nv, acc, &l, &m);
+                const int empty = fd_eq(l, 0.0) || isnan(l);
+                /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
+                if (xfin) {
+                    const double sc = (empty ? 1.0 : 1.0 / l) * (xds ? rp_d : (double)rp);
+                    for (int d = 0; d < D; d++) oi[d] = acc[d] * sc;
+                } else {
+                    const float inv = empty ? 1.0f : 1.0f / (float)l;
+                    const float sc = xds ? (float)((double)inv * rp_d) : inv * rp;
+                    for (int d = 0; d < D; d++)
+                        oi[d] = (double)fd_round_to_dtype((float)acc[d] * sc, p->dtype);
+                }
+                lse[fd_lse_index(p, b, h, i)] =
+                    empty ? (double)INFINITY
+                          : (xsm || xfin) ? m * (double)p->softmax_scale + log(l)
+                                          : (double)fmaf((float)m, p->softmax_scale, logf((float)l));
+            }
+    free(acc);
+    ctx_free(&x);
+    return 0;
+}
+
+int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,
+                         const float *k, const float *v, const int *rows, int nrows, float *o,
+                         float *lse, char *err, size_t errlen)
+{
+    double *od = malloc(sizeof(double) * fd_q_numel(p));
+    double *ld = malloc(sizeof(double) * fd_lse_numel(p));
+    if (!od || !ld) {
+        free(od); free(ld);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = fd_cpu_flash_stages(p, cfg, 0u, q, k, v, rows, nrows, od, ld, err, errlen);
+    if (!rc) {
+        const int n_rows = rows ? nrows : p->seqlen_q;
+        for (int b = 0; b < p->batch; b++)
+            for (int h = 0; h < p->heads; h++)
+                for (int r = 0; r < n_rows; r++) {
+                    const int i = rows ? rows[r] : r;
+                    for (int d = 0; d < p->head_dim; d++) {
+                        size_t ix = fd_q_index(p, b, i, h, d);
+                        o[ix] = (float)od[ix];
+                    }
+                    lse[fd_lse_index(p, b, h, i)] = (float)ld[fd_lse_index(p, b, h, i)];
+                }
+    }
+    free(od); free(ld);
+    return rc;
+}
+
+int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
+                           const float *q, const float *k, const float *v, const int *rows,
+                           int nrows, float *o, float *lse, char *err, size_t errlen)
+{
+    if (splits < 1 || splits > 128) {
+        snprintf(err, errlen, "split count must be in [1, 128], got %d", splits);
+        return -1;
+    }
+    fd_flash_ctx x;
+    if (ctx_init(&x, p, cfg, 0u, q, k, v, err, errlen)) return -1;
+    const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k, bc = cfg->bc;
+    const float rp = x.dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
+    const int n_rows = rows ? nrows : sq;
+    double *acc = malloc(sizeof(double) * (size_t)D);
+    float *oacc = malloc(sizeof(float) * (size_t)D * (size_t)splits);
+    float *lacc = malloc(sizeof(float) * (size_t)splits);
+    if (!acc || !oacc || !lacc) {
+        free(acc); free(oacc); free(lacc);
+        ctx_free(&x);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int r = 0; r < n_rows; r++) {
+                const int i = rows ? rows[r] : r;
                 float *oi = o + fd_q_index(p, b, i, h, 0);
                 const int nv = fd_mask_visible_count(p->mask, i, sq, sk);
                 if (nv == 0) {
@@ -103,58 +323,34 @@ int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const flo
                     continue;
                 }
                 const int nblocks = (nv + bc - 1) / bc;
-                float m = -INFINITY, l = 0.0f;
-                for (int d = 0; d < D; d++) acc[d] = 0.0f;
-                for (int nb = nblocks - 1; nb >= 0; nb--) {
-                    const int j0 = nb * bc;
-                    float tmax = -INFINITY;
-                    for (int c = 0; c < bc; c++) {
-                        const int j = j0 + c;
-                        if (j < nv) {
-                            const float *kj = k + fd_kv_index(p, b, j, hk, 0);
-                            s[c] = fd_dot_acc_dt(qk, qi, 1, kj, 1, D, 0.0f, p->dtype);
-                        } else {
-                            s[c] = -INFINITY; /* masked or beyond seqlen_k */
-                        }
-                        if (s[c] > tmax) tmax = s[c];
-                    }
-                    const float m_prev = m;
-                    if (tmax > m) m = tmax;
-                    if (nb != nblocks - 1) {
-                        /* softmax_rescale_o: Check_inf maps a -inf max to 0 */
-                        const float m_cur = fd_eqf(m, -INFINITY) ? 0.0f : m;
-                        const float sc = fd_exp2_mode_eval(cfg->exp2_mode, (m_prev - m_cur) * scale_log2);
-                        l *= sc;
-                        for (int d = 0; d < D; d++) acc[d] *= sc;
-                    }
-                    const float max_scaled = fd_eqf(m, -INFINITY) ? 0.0f : m * scale_log2;
-                    for (int c = 0; c < bc; c++) {
-                        /* exp2f(s * scale_log2 - max_scaled): nvcc emits one FFMA */
-                        const float e = fd_eqf(s[c], -INFINITY)
-                                            ? 0.0f
-                                            : fd_exp2_mode_eval(cfg->exp2_mode,
-                                                                fmaf(s[c], scale_log2, -max_scaled));
-                        l += e; /* row sum from the fp32 P, before rounding and dropout */
-                        float pv = cfg->p_fp32 ? e : fd_round_to_dtype(e, p->dtype);
-                        if (dropout && j0 + c < nv &&
-                            !fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, i, j0 + c))
-                            pv = 0.0f;
-                        pt[c] = pv;
-                    }
-                    const int nk = (j0 + bc <= sk) ? bc : sk - j0; /* keys present in memory */
-                    for (int d = 0; d < D; d++) {
-                        const float *vd = v + fd_kv_index(p, b, j0, hk, d);
-                        acc[d] = fd_dot_acc_dt(pv, pt, 1, vd, kvstride, nk, acc[d], p->dtype);
-                    }
+                const int per = (nblocks + splits - 1) / splits;
+                int ns = 0;
+                for (int sp = 0; sp < splits; sp++) {
+                    const int lo = sp * per, hi = lo + per < nblocks ? lo + per : nblocks;
+                    if (lo >= hi) break;
+                    double l, m;
+                    flash_row(&x, b, h, i, lo, hi, nv, acc, &l, &m);
+                    /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
+                    const float inv = 1.0f / (float)l, sc = inv * rp;
+                    for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;
+                    lacc[ns] = fmaf((float)m, p->softmax_scale, logf((float)l));
+                    ns++;
                 }
-                /* normalize_softmax_lse: one reciprocal, dropout scale folded in */
-                const float inv = (fd_eqf(l, 0.0f) || isnan(l)) ? 1.0f : 1.0f / l;
-                const float fscale = dropout ? inv * rp : inv;
-                for (int d = 0; d < D; d++) oi[d] = fd_round_to_dtype(acc[d] * fscale, p->dtype);
-                lse[fd_lse_index(p, b, h, i)] =
-                    (fd_eqf(l, 0.0f) || isnan(l)) ? (float)INFINITY : fmaf(m, p->softmax_scale, logf(l));
+                /* combine_attn_seqk_parallel: LSE-weighted sum in fp32 */
+                float lmax = -INFINITY;
+                for (int t = 0; t < ns; t++) lmax = lacc[t] > lmax ? lacc[t] : lmax;
+                float sum = 0.0f;
+                for (int t = 0; t < ns; t++) sum += expf(lacc[t] - lmax);
+                const float lse_all = logf(sum) + lmax;
+                for (int d = 0; d < D; d++) {
+                    float a = 0.0f;
+                    for (int t = 0; t < ns; t++)
+                        a = fmaf(expf(lacc[t] - lse_all), oacc[(size_t)t * (size_t)D + (size_t)d], a);
+                    oi[d] = fd_round_to_dtype(a, p->dtype);
+                }
+                lse[fd_lse_index(p, b, h, i)] = lse_all;
             }
-        }
-    free(s); free(pt); free(acc);
+    free(acc); free(oacc); free(lacc);
+    ctx_free(&x);
     return 0;
 }

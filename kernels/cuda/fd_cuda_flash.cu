@@ -133,7 +133,9 @@ __device__ __forceinline__ void load_tile(T *sm, const T *g, int r0, int nrows, 
     }
 }
 
-template <typename T, int D, int BR, int BC>
+/* GEN = false: the fast path, compiled without dropout, debug output, fp32 P and the
+ * portable exp2 (the host sends those cases to GEN = true). Same arithmetic otherwise. */
+template <typename T, int D, int BR, int BC, bool GEN>
 __global__ void __launch_bounds__(BR * 2)
 flash_fwd_kernel(const FlashParams P)
 {
@@ -157,7 +159,7 @@ flash_fwd_kernel(const FlashParams P)
 
     /* K/V tiles [n_lo, n_hi) this CTA visits. */
     int n_hi = (sk + BC - 1) / BC;
-    if (P.mask != FD_MASK_NONE && !P.dbg) {
+    if (P.mask != FD_MASK_NONE && !(GEN && P.dbg)) {
         long last_row = (long)min(m0 + BR, sq) - 1;
         long vis = last_row + diag + 1;
         if (vis < 0) vis = 0;
@@ -212,7 +214,9 @@ flash_fwd_kernel(const FlashParams P)
     uint32_t qf[Q_IN_REGS ? D / 16 : 1][4];
 
     const float sl2 = P.scale_log2;
-    const int emode = P.exp2_mode;
+    const int emode = GEN ? P.exp2_mode : 0;
+    const bool dropout = GEN && P.dropout, p_fp32 = GEN && P.p_fp32;
+    void *const dbg = GEN ? P.dbg : nullptr;
     const uint64_t rng_off = P.offset + ((uint64_t)b * P.H + h) * 32u + lane;
 
     int stage = 0;
@@ -316,7 +320,7 @@ flash_fwd_kernel(const FlashParams P)
             pk[a][0] = DT<T>::pack(s[a][0], s[a][1]);
             pk[a][1] = DT<T>::pack(s[a][2], s[a][3]);
         }
-        if (P.dropout) {
+        if (dropout) {
 #pragma unroll
             for (int cb = 0; cb < BC / 32; cb++) {
                 uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
@@ -331,24 +335,24 @@ flash_fwd_kernel(const FlashParams P)
                         bool keep = byte <= P.thr;
                         uint32_t &w = pk[a][e >> 1];
                         const uint32_t sh = 16 * (e & 1);
-                        if (P.dbg) {
+                        if (dbg) {
                             int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
                             if (i < sq && j < sk) {
                                 uint16_t bits = (uint16_t)((w >> sh) & 0xffffu);
                                 if (!keep) bits ^= 0x8000u; /* FA2: dropped written as -P */
-                                reinterpret_cast<uint16_t *>(P.dbg)[(((size_t)b * P.H + h) * sq + i) * sk + j] = bits;
+                                reinterpret_cast<uint16_t *>(dbg)[(((size_t)b * P.H + h) * sq + i) * sk + j] = bits;
                             }
                         }
                         if (!keep) {
                             w &= ~(0xffffu << sh);
-                            if (P.p_fp32) s[a][e] = 0.0f;
+                            if (p_fp32) s[a][e] = 0.0f;
                         }
                     }
                 }
             }
         }
 
-        if (!P.p_fp32) {
+        if (!p_fp32) {
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) {
                 uint32_t af[4] = {pk[2 * kk][0], pk[2 * kk][1], pk[2 * kk + 1][0], pk[2 * kk + 1][1]};
@@ -396,7 +400,7 @@ flash_fwd_kernel(const FlashParams P)
         l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
         const bool empty = (l == 0.0f || l != l);
         const float inv = empty ? 1.0f : __frcp_rn(l);
-        const float fs = P.dropout ? __fmul_rn(inv, P.rp) : inv;
+        const float fs = dropout ? __fmul_rn(inv, P.rp) : inv;
         const int i = row_base + g + 8 * r;
         if (i >= sq) continue;
         if (P.splits) {
@@ -543,7 +547,8 @@ __global__ void exp2_batch_kernel(const float *x, float *y, size_t n, int mode)
 template <typename T, int D, int BR, int BC>
 int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err, size_t errlen)
 {
-    auto kern = flash_fwd_kernel<T, D, BR, BC>;
+    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode;
+    auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((unsigned)((P.sq + BR - 1) / BR), (unsigned)(P.B * P.H), (unsigned)(P.splits ? P.splits : 1));
     kern<<<grid, BR * 2, smem, st>>>(P);

@@ -1,0 +1,159 @@
+/* fd_attn64.c: see fd_attn64.h. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "fd_attn64.h"
+#include "fd_philox.h"
+
+void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va)
+{
+    va->scale = (double)p->softmax_scale;
+    va->mask = p->mask;
+    va->causal_shift = 0;
+    va->dropout = p->dropout_p > 0.0;
+    va->seed = p->seed;
+    va->offset = p->offset;
+    va->p = p->dropout_p;
+    va->drop_scale = p->dropout_p > 0.0 ? 1.0 / (1.0 - p->dropout_p) : 1.0;
+    va->wrong_axis = 0;
+}
+
+double *fd_to_f64(const float *x, size_t n)
+{
+    double *y = malloc((n ? n : 1) * sizeof(double));
+    if (y)
+        for (size_t i = 0; i < n; i++) y[i] = (double)x[i];
+    return y;
+}
+
+static int visible(const fd_problem *p, const fd_attn_variant *va, int i, int j)
+{
+    long lim;
+    if (va->mask == FD_MASK_NONE) return 1;
+    lim = va->mask == FD_MASK_CAUSAL_TL ? (long)i : (long)i + p->seqlen_k - p->seqlen_q;
+    return (long)j <= lim + va->causal_shift;
+}
+
+static double dot(const double *a, const double *b, int n)
+{
+    double s = 0.0;
+    for (int d = 0; d < n; d++) s += a[d] * b[d];
+    return s;
+}
+
+/* The weights of query row i: softmax over visible keys (or over queries with the column
+ * statistics when wrong_axis), times the dropout factor. Returns 0 when no key is visible. */
+static int row_weights(const fd_problem *p, const fd_attn_variant *va, const double *q,
+                       const double *k, int b, int h, int i, uint8_t thr, const double *colmax,
+                       const double *colsum, double *w)
+{
+    const int D = p->head_dim, sk = p->seqlen_k, hk = fd_kv_head(p, h);
+    const double *qi = q + fd_q_index(p, b, i, h, 0);
+    double m = -INFINITY, l = 0.0;
+    for (int j = 0; j < sk; j++) {
+        w[j] = visible(p, va, i, j) ? va->scale * dot(qi, k + fd_kv_index(p, b, j, hk, 0), D)
+                                    : -(double)INFINITY;
+        if (w[j] > m) m = w[j];
+    }
+    for (int j = 0; j < sk; j++) {
+        if (isinf(w[j])) {
+            w[j] = 0.0;
+            continue;
+        }
+        w[j] = va->wrong_axis ? exp(w[j] - colmax[j]) / colsum[j] : exp(w[j] - m);
+        l += w[j];
+    }
+    if (!(l > 0.0)) return 0; /* no visible key: 0, as FA2 */
+    if (va->wrong_axis) l = 1.0;
+    for (int j = 0; j < sk; j++) {
+        w[j] /= l;
+        if (va->dropout && w[j] > 0.0)
+            w[j] *= fd_fa2_keep(va->seed, va->offset, thr, p->heads, b, h, i, j) ? va->drop_scale : 0.0;
+    }
+    return 1;
+}
+
+int fd_attn64(const fd_problem *p, const fd_attn_variant *va, const double *q, const double *k,
+              const double *v, const int *rows, int nrows, double *o, char *err, size_t errlen)
+{
+    const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k;
+    const uint8_t thr = fd_fa2_threshold(va->p);
+    double *w = malloc(sizeof(double) * (size_t)sk);
+    double *colmax = NULL, *colsum = NULL;
+    if (va->wrong_axis) {
+        colmax = malloc(sizeof(double) * (size_t)sk);
+        colsum = malloc(sizeof(double) * (size_t)sk);
+    }
+    if (!w || (va->wrong_axis && (!colmax || !colsum))) {
+        free(w); free(colmax); free(colsum);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++) {
+            const int hk = fd_kv_head(p, h);
+            if (va->wrong_axis) {
+                /* column statistics over every query row */
+                for (int j = 0; j < sk; j++) { colmax[j] = -INFINITY; colsum[j] = 0.0; }
+                for (int i = 0; i < sq; i++)
+                    for (int j = 0; j < sk; j++)
+                        if (visible(p, va, i, j)) {
+                            double s = va->scale * dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D);
+                            if (s > colmax[j]) colmax[j] = s;
+                        }
+                for (int i = 0; i < sq; i++)
+                    for (int j = 0; j < sk; j++)
+                        if (visible(p, va, i, j))
+                            colsum[j] += exp(va->scale * dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D) - colmax[j]);
+            }
+            for (int r = 0; r < nrows; r++) {
+                const int i = rows ? rows[r] : r;
+                double *oi = o + fd_q_index(p, b, i, h, 0);
+                for (int d = 0; d < D; d++) oi[d] = 0.0;
+                if (!row_weights(p, va, q, k, b, h, i, thr, colmax, colsum, w)) continue;
+                for (int j = 0; j < sk; j++) {
+                    if (fd_eq(w[j], 0.0)) continue;
+                    const double *vj = v + fd_kv_index(p, b, j, hk, 0);
+                    for (int d = 0; d < D; d++) oi[d] += w[j] * vj[d];
+                }
+            }
+        }
+    free(w); free(colmax); free(colsum);
+    return 0;
+}
+
+int fd_attn64_condition(const fd_problem *p, const double *q, const double *k, const double *v,
+                        const int *rows, int nrows, double *sumabs, double *kappa, char *err,
+                        size_t errlen)
+{
+    const int D = p->head_dim, sk = p->seqlen_k;
+    fd_attn_variant va;
+    fd_attn_variant_default(p, &va);
+    const uint8_t thr = fd_fa2_threshold(va.p);
+    double *w = malloc(sizeof(double) * (size_t)sk);
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    size_t t = 0;
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++) {
+            const int hk = fd_kv_head(p, h);
+            for (int r = 0; r < nrows; r++, t += (size_t)D) {
+                int any = row_weights(p, &va, q, k, b, h, rows[r], thr, NULL, NULL, w);
+                for (int d = 0; d < D; d++) {
+                    double s1 = 0.0, s0 = 0.0;
+                    for (int j = 0; any && j < sk; j++) {
+                        double x = w[j] * v[fd_kv_index(p, b, j, hk, d)];
+                        s0 += x;
+                        s1 += fabs(x);
+                    }
+                    sumabs[t + (size_t)d] = s1;
+                    kappa[t + (size_t)d] = s1 > 0.0 ? s1 / fabs(s0) : 1.0;
+                }
+            }
+        }
+    free(w);
+    return 0;
+}

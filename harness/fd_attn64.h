@@ -1,0 +1,41 @@
+/* fd_attn64.h: attention in binary64 with deliberate deviations, the engine of the bug
+ * hypotheses (and of the input-rounding and conditioning parts of the error budget).
+ *
+ * fd_attn64 computes softmax(scale * Q K^T + mask) V with FA2's dropout mask, in plain
+ * binary64 arithmetic (not the MPFR reference: its error, ~1e-15 relative, is far below
+ * anything it is used to detect), for the listed query rows of every batch and head,
+ * under a variant that may change the scale, the causal alignment and offset, the
+ * dropout seed/offset/scale, or normalise over the wrong axis. Inputs are doubles in the
+ * fd_problem layouts; o is a full [b][s][h][d] array (only listed rows written). */
+#ifndef FD_ATTN64_H
+#define FD_ATTN64_H
+#include <stddef.h>
+#include <stdint.h>
+#include "fd_problem.h"
+
+typedef struct fd_attn_variant {
+    double scale;       /* softmax scale applied to Q K^T */
+    fd_mask mask;
+    int causal_shift;   /* added to the causal limit: +1 sees one key more, -1 one less */
+    int dropout;        /* apply the FA2 mask */
+    uint64_t seed, offset;
+    double p;           /* dropout probability deciding the threshold */
+    double drop_scale;  /* factor on kept values: 1/(1-p) correct, 1 missing, 1/(1-p)^2 twice */
+    int wrong_axis;     /* normalise over queries (softmax(dim=-2)) instead of keys */
+} fd_attn_variant;
+
+void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va);
+
+int fd_attn64(const fd_problem *p, const fd_attn_variant *va, const double *q, const double *k,
+              const double *v, const int *rows, int nrows, double *o, char *err, size_t errlen);
+
+/* Per checked element ([b][h][r][d]): sumabs = sum_j |w_j v_jd| (w: normalised, dropped
+ * weights) and the condition number kappa = sumabs / |sum_j w_j v_jd| (1 when all terms
+ * are 0, +Inf when they cancel exactly). */
+int fd_attn64_condition(const fd_problem *p, const double *q, const double *k, const double *v,
+                        const int *rows, int nrows, double *sumabs, double *kappa, char *err,
+                        size_t errlen);
+
+/* Copies a float tensor into a new double array (NULL when out of memory). */
+double *fd_to_f64(const float *x, size_t n);
+#endif

@@ -1,0 +1,172 @@
+/* fd_cmd_explain.c: `flashdrift explain`.
+ *
+ * flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR] [--jobs N]
+ * flashdrift explain REPORT [--out DIR] [--jobs N]   (every FAIL case of a report)
+ * Prints the explanation; with --out writes DIR/explain.json and DIR/explain.md. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fd_cmds.h"
+#include "fd_explain.h"
+#include "fd_report.h"
+
+static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_opts *o,
+                       json_t *arr, FILE *md)
+{
+    char err[1024];
+    for (int i = 0; i < cf->ncases; i++) {
+        if (strcmp(cf->cases[i].id, id)) continue;
+        fd_explanation ex;
+        if (fd_explain_case(cf, &cf->cases[i], o, &ex, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            return strstr(err, "unknown") ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
+        }
+        fd_explain_text(&ex, stdout);
+        printf("\n");
+        if (arr) json_array_append_new(arr, fd_explain_json(&ex));
+        if (md) {
+            fprintf(md, "## %s\n\n```\n", id);
+            fd_explain_text(&ex, md);
+            fprintf(md, "```\n\n");
+        }
+        int gross = ex.gross;
+        fd_explanation_free(&ex);
+        return gross ? FD_EXIT_GATE : FD_EXIT_PASS;
+    }
+    fprintf(stderr, "flashdrift: %s: no case with id \"%s\" (flashdrift list shows them)\n", cf->path, id);
+    return FD_EXIT_USAGE;
+}
+
+int fd_cmd_explain(int argc, char **argv)
+{
+    const char *file = NULL, *id = NULL, *out = NULL;
+    fd_explain_opts o = {"cpu-flash", NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if ((!strcmp(a, "--case") || !strcmp(a, "--backend") || !strcmp(a, "--inject") ||
+             !strcmp(a, "--out") || !strcmp(a, "--jobs")) && i + 1 >= argc) {
+            fprintf(stderr, "flashdrift: %s needs a value\n", a);
+            return FD_EXIT_USAGE;
+        }
+        if (!strcmp(a, "--case")) id = argv[++i];
+        else if (!strcmp(a, "--backend")) o.backend = argv[++i];
+        else if (!strcmp(a, "--inject")) o.inject = argv[++i];
+        else if (!strcmp(a, "--out")) out = argv[++i];
+        else if (!strcmp(a, "--jobs")) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1024) {
+                fprintf(stderr, "flashdrift: --jobs expects an integer in [1, 1024]\n");
+                return FD_EXIT_USAGE;
+            }
+            o.jobs = (int)v;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "flashdrift: explain: unknown option %s\n", a);
+            return FD_EXIT_USAGE;
+        } else if (!file) file = a;
+        else {
+            fprintf(stderr, "flashdrift: explain: one case file or report expected\n");
+            return FD_EXIT_USAGE;
+        }
+    }
+    if (!file) {
+        fprintf(stderr, "usage: flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
+                        "       flashdrift explain REPORT [--out DIR]\n");
+        return FD_EXIT_USAGE;
+    }
+    if (o.inject) {
+        int ok = 0;
+        for (const char *const *b = fd_explain_bugs; *b; b++) ok |= !strcmp(*b, o.inject);
+        if (!ok) {
+            fprintf(stderr, "flashdrift: --inject: unknown bug \"%s\" (expected one of:", o.inject);
+            for (const char *const *b = fd_explain_bugs; *b; b++) fprintf(stderr, " %s", *b);
+            fprintf(stderr, ")\n");
+            return FD_EXIT_USAGE;
+        }
+    }
+    char err[1024];
+    /* a report: explain its failing cases, from the case file it names */
+    json_t *ids = json_array();
+    char cfpath[1024];
+    snprintf(cfpath, sizeof cfpath, "%s", file);
+    json_error_t je;
+    json_t *rep = id ? NULL : json_load_file(file, 0, &je);
+    if (!id) {
+        json_t *cases = rep ? json_object_get(rep, "cases") : NULL;
+        const char *cp = rep ? json_string_value(json_object_get(json_object_get(rep, "case_file"), "path")) : NULL;
+        if (!rep || !json_is_integer(json_object_get(rep, "schema_version")) || !json_is_array(cases) || !cp) {
+            fprintf(stderr, "flashdrift: %s: %s\n", file,
+                    rep ? "not a flashdrift report (expected schema_version, case_file.path and cases); give a case file with --case ID"
+                        : "not readable as JSON; give a report or a case file with --case ID");
+            json_decref(rep);
+            json_decref(ids);
+            return FD_EXIT_USAGE;
+        }
+        snprintf(cfpath, sizeof cfpath, "%s", cp);
+        size_t i;
+        json_t *c;
+        json_array_foreach(cases, i, c) {
+            const char *v = json_string_value(json_object_get(c, "verdict"));
+            if (v && !strcmp(v, "FAIL")) json_array_append(ids, json_object_get(c, "id"));
+        }
+        json_decref(rep);
+        if (json_array_size(ids) == 0) {
+            printf("%s: no failing case to explain\n", file);
+            json_decref(ids);
+            return FD_EXIT_PASS;
+        }
+    } else {
+        json_array_append_new(ids, json_string(id));
+    }
+    fd_casefile cf;
+    if (fd_casefile_load(cfpath, &cf, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        json_decref(ids);
+        return FD_EXIT_USAGE;
+    }
+    if (out && fd_mkdir_p(out, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        fd_casefile_free(&cf);
+        json_decref(ids);
+        return FD_EXIT_USAGE;
+    }
+    json_t *arr = json_array();
+    char *mdbuf = NULL;
+    size_t mdlen = 0;
+    FILE *md = out ? open_memstream(&mdbuf, &mdlen) : NULL;
+    if (md) fprintf(md, "# flashdrift explain: %s\n\n", cf.name);
+    int rc = FD_EXIT_PASS;
+    size_t i;
+    json_t *idv;
+    json_array_foreach(ids, i, idv) {
+        int r = explain_one(&cf, json_string_value(idv), &o, arr, md);
+        if (r > rc) rc = r;
+        if (r == FD_EXIT_USAGE || r == FD_EXIT_INTERNAL) break;
+    }
+    if (md) fclose(md);
+    if (out && rc != FD_EXIT_USAGE && rc != FD_EXIT_INTERNAL) {
+        char path[4200];
+        json_t *root = json_pack("{s:i, s:s, s:s, s:o}", "schema_version", FD_REPORT_SCHEMA_VERSION,
+                                 "tool", "flashdrift", "case_file", cfpath, "explain", arr);
+        snprintf(path, sizeof path, "%s/explain.json", out);
+        if (fd_write_json_atomic(path, root, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            rc = FD_EXIT_INTERNAL;
+        }
+        snprintf(path, sizeof path, "%s/explain.md", out);
+        if (fd_write_text_atomic(path, mdbuf, mdlen, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            rc = FD_EXIT_INTERNAL;
+        }
+        json_decref(root);
+    } else {
+        json_decref(arr);
+    }
+    free(mdbuf);
+    json_decref(ids);
+    fd_casefile_free(&cf);
+    return rc;
+}

@@ -1,0 +1,525 @@
+/* fd_explain.c: see fd_explain.h. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_attn64.h"
+#include "fd_cpu_attn.h"
+#include "fd_dtype.h"
+#include "fd_explain.h"
+#include "fd_inputs.h"
+#include "fd_metrics.h"
+
+const char *const fd_explain_bugs[] = {"layout_bhsd", "scale_missing", "scale_doubled",
+                                       "causal_swap", "mask_missing", "dropout_seed",
+                                       "dropout_scale_missing", "softmax_wrong_axis", NULL};
+
+typedef struct {
+    const fd_problem *p;
+    const int *rows;
+    int nrows;
+    size_t n; /* checked elements */
+} fd_chk;
+
+/* full [b][s][h][d] array -> checked vector [b][h][r][d] */
+static void gather_d(const fd_chk *c, const double *full, double *out)
+{
+    const fd_problem *p = c->p;
+    size_t t = 0;
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int r = 0; r < c->nrows; r++)
+                for (int d = 0; d < p->head_dim; d++) out[t++] = full[fd_q_index(p, b, c->rows[r], h, d)];
+}
+static void gather_f(const fd_chk *c, const float *full, double *out)
+{
+    const fd_problem *p = c->p;
+    size_t t = 0;
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int r = 0; r < c->nrows; r++)
+                for (int d = 0; d < p->head_dim; d++) out[t++] = (double)full[fd_q_index(p, b, c->rows[r], h, d)];
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double max_abs_diff(const double *a, const double *b, size_t n)
+{
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs(a[i] - b[i]);
+        if (isnan(e)) return INFINITY;
+        if (e > m) m = e;
+    }
+    return m;
+}
+static double l2_diff(const double *a, const double *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (a[i] - b[i]) * (a[i] - b[i]);
+    return sqrt(s);
+}
+static double l2(const double *a, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += a[i] * a[i];
+    return sqrt(s);
+}
+
+/* Source index of element f of a [b][s][h][d] buffer when the data was laid out the other
+ * way: kind 0: written (b, h, s, d), read as (b, s, h, d) (FA's output permuted as if it
+ * were (b, h, s, d) before a reshape: the ViT accuracy drop); kind 1: the inverse. */
+static size_t perm_src(const fd_problem *p, int kind, size_t f)
+{
+    const size_t D = (size_t)p->head_dim, S = (size_t)p->seqlen_q, H = (size_t)p->heads;
+    const size_t d = f % D;
+    if (kind == 0) {
+        const size_t s = (f / D) % S, h = (f / (D * S)) % H, b = f / (D * S * H);
+        return fd_q_index(p, (int)b, (int)s, (int)h, (int)d);
+    }
+    const size_t h = (f / D) % H, s = (f / (D * H)) % S, b = f / (D * H * S);
+    return (((b * H + h) * S + s) * D + d);
+}
+
+typedef struct {
+    const fd_casefile *cf;
+    const fd_case *c;
+    const fd_backend *be;
+    const float *q, *k, *v;
+    const int *rows;
+    int nrows;
+} fd_kctx;
+
+/* The backend's output on a (possibly modified) case, into a full float array. */
+static int run_backend(const fd_kctx *x, const fd_case *c, const int *rows, int nrows, float *o,
+                       float *lse, char *err, size_t errlen)
+{
+    double ms;
+    for (size_t i = 0; i < fd_q_numel(&c->prob); i++) o[i] = NAN;
+    return x->be->run(x->cf, c, x->q, x->k, x->v, rows, nrows, o, lse, &ms, err, errlen);
+}
+
+static int kernel_output(const fd_kctx *x, const char *inject, const double *qd, const double *kd,
+                         const double *vd, float *o, float *lse, char *err, size_t errlen)
+{
+    fd_case c = *x->c;
+    fd_problem *p = &c.prob;
+    if (!inject) return run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
+    if (!strcmp(inject, "layout_bhsd")) {
+        size_t n = fd_q_numel(p);
+        float *full = malloc(n * sizeof(float));
+        float *fl = malloc(fd_lse_numel(p) * sizeof(float));
+        if (!full || !fl) {
+            free(full); free(fl);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        int rc = run_backend(x, &c, NULL, 0, full, fl, err, errlen);
+        for (size_t f = 0; !rc && f < n; f++) o[f] = full[perm_src(p, 0, f)];
+        memcpy(lse, fl, fd_lse_numel(p) * sizeof(float));
+        free(full); free(fl);
+        return rc;
+    }
+    if (!strcmp(inject, "softmax_wrong_axis")) {
+        fd_attn_variant va;
+        fd_attn_variant_default(p, &va);
+        va.wrong_axis = 1;
+        double *od = calloc(fd_q_numel(p), sizeof(double));
+        if (!od) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        int rc = fd_attn64(p, &va, qd, kd, vd, x->rows, x->nrows, od, err, errlen);
+        for (size_t f = 0; !rc && f < fd_q_numel(p); f++) o[f] = fd_round_to_dtype((float)od[f], p->dtype);
+        free(od);
+        return rc;
+    }
+    int post_scale = 0;
+    if (!strcmp(inject, "scale_missing")) p->softmax_scale = 1.0f;
+    else if (!strcmp(inject, "scale_doubled")) p->softmax_scale = p->softmax_scale * p->softmax_scale;
+    else if (!strcmp(inject, "causal_swap"))
+        p->mask = p->mask == FD_MASK_CAUSAL_TL ? FD_MASK_CAUSAL_BR : FD_MASK_CAUSAL_TL;
+    else if (!strcmp(inject, "mask_missing")) p->mask = FD_MASK_NONE;
+    else if (!strcmp(inject, "dropout_seed")) p->seed += 1;
+    else if (!strcmp(inject, "dropout_scale_missing")) post_scale = 1;
+    else {
+        snprintf(err, errlen, "--inject: unknown bug \"%s\"", inject);
+        return -1;
+    }
+    int rc = run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
+    if (!rc && post_scale)
+        for (size_t f = 0; f < fd_q_numel(p); f++)
+            if (!isnan(o[f])) o[f] = fd_round_to_dtype(o[f] * (float)(1.0 - p->dropout_p), p->dtype);
+    return rc;
+}
+
+static int add_variant(fd_explanation *ex, const char *name, const double *out, const double *base,
+                       const double *ref, size_t n)
+{
+    if (ex->nvar >= FD_EX_MAX_VARIANTS) return 0;
+    fd_ex_variant *v = &ex->var[ex->nvar++];
+    snprintf(v->name, sizeof v->name, "%s", name);
+    v->max_abs_vs_base = max_abs_diff(out, base, n);
+    v->l2_vs_base = l2_diff(out, base, n);
+    v->err_max_abs = max_abs_diff(out, ref, n);
+    v->identical = fd_eq(v->max_abs_vs_base, 0.0);
+    if (v->max_abs_vs_base > ex->order_spread_max_abs) ex->order_spread_max_abs = v->max_abs_vs_base;
+    return 0;
+}
+
+static void add_hypo(fd_explanation *ex, const char *name, const char *what, const double *cand,
+                     const double *kout, size_t n)
+{
+    if (ex->nhypo >= FD_EX_MAX_HYPO) return;
+    fd_ex_hypo *h = &ex->hypo[ex->nhypo++];
+    snprintf(h->name, sizeof h->name, "%s", name);
+    snprintf(h->what, sizeof h->what, "%s", what);
+    h->residual_max_abs = max_abs_diff(kout, cand, n);
+    h->explains = h->residual_max_abs <= ex->hypo_limit;
+}
+
+void fd_explanation_free(fd_explanation *ex)
+{
+    for (int i = 0; i < ex->nparts; i++) {
+        free(ex->part[i].diff);
+        ex->part[i].diff = NULL;
+    }
+}
+
+#define FD_FAIL_OOM()                                  \
+    do {                                               \
+        snprintf(err, errlen, "out of memory");        \
+        goto out;                                      \
+    } while (0)
+
+int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
+                    fd_explanation *ex, char *err, size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    memset(ex, 0, sizeof *ex);
+    snprintf(ex->case_id, sizeof ex->case_id, "%s", c->id);
+    snprintf(ex->backend, sizeof ex->backend, "%s", o->backend ? o->backend : "cpu-flash");
+    snprintf(ex->inject, sizeof ex->inject, "%s", o->inject ? o->inject : "");
+    ex->dtype = p->dtype;
+    ex->best = -1;
+    const fd_backend *be = fd_backend_find(ex->backend);
+    if (!be) {
+        snprintf(err, errlen, "--backend: unknown backend \"%s\"", ex->backend);
+        return -1;
+    }
+    int rc = -1;
+    float *q = NULL, *k = NULL, *v = NULL, *of = NULL, *lf = NULL;
+    double *qu = NULL, *ku = NULL, *vu = NULL, *qd = NULL, *kd = NULL, *vd = NULL;
+    double *full = NULL, *lfull = NULL, *ref = NULL, *rlse = NULL, *kout = NULL, *base = NULL;
+    double *fin = NULL, *tmp = NULL, *sumabs = NULL, *kappa = NULL, *e = NULL, *acc = NULL;
+    int *rows = NULL, *nvis = NULL;
+    if (fd_inputs_make(c, &q, &k, &v, err, errlen)) return -1;
+    if (fd_inputs_make_unrounded(c, &qu, &ku, &vu, err, errlen)) goto out;
+    const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
+    int cap = (cf->rows_per_head <= 0 || p->seqlen_q <= cf->rows_per_head) ? p->seqlen_q : cf->rows_per_head + 16;
+    rows = malloc(sizeof(int) * (size_t)(cap + 16));
+    nvis = malloc(sizeof(int) * (size_t)(cap + 16));
+    if (!rows || !nvis) FD_FAIL_OOM();
+    const int nrows = fd_sample_rows(p, cf->rows_per_head, rows);
+    for (int r = 0; r < nrows; r++) nvis[r] = fd_mask_visible_count(p->mask, rows[r], p->seqlen_q, p->seqlen_k);
+    fd_chk ck = {p, rows, nrows, (size_t)p->batch * (size_t)p->heads * (size_t)nrows * (size_t)p->head_dim};
+    const size_t n = ck.n;
+    ex->nchecked = (long)n;
+    qd = fd_to_f64(q, nq); kd = fd_to_f64(k, nkv); vd = fd_to_f64(v, nkv);
+    of = malloc(nq * sizeof(float)); lf = malloc(fd_lse_numel(p) * sizeof(float));
+    full = malloc(nq * sizeof(double)); lfull = malloc(fd_lse_numel(p) * sizeof(double));
+    ref = malloc(n * sizeof(double)); rlse = malloc((size_t)p->batch * (size_t)p->heads * (size_t)nrows * sizeof(double));
+    kout = malloc(n * sizeof(double)); base = malloc(n * sizeof(double)); fin = malloc(n * sizeof(double));
+    tmp = malloc(n * sizeof(double)); e = malloc(n * sizeof(double)); acc = calloc(n, sizeof(double));
+    sumabs = malloc(n * sizeof(double)); kappa = malloc(n * sizeof(double));
+    if (!qd || !kd || !vd || !of || !lf || !full || !lfull || !ref || !rlse || !kout || !base ||
+        !fin || !tmp || !e || !acc || !sumabs || !kappa)
+        FD_FAIL_OOM();
+
+    /* 1. the reference */
+    int und, pmax;
+    if (fd_reference_rows(p, q, k, v, rows, nrows, o->jobs, ref, rlse, &und, &pmax, err, errlen)) goto out;
+    ex->ref_max_abs = 0.0;
+    for (size_t i = 0; i < n; i++) ex->ref_max_abs = fmax(ex->ref_max_abs, fabs(ref[i]));
+    const double refl2 = l2(ref, n);
+
+    /* 2. the kernel's output */
+    fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
+    if (kernel_output(&kx, o->inject, qd, kd, vd, of, lf, err, errlen)) goto out;
+    gather_f(&ck, of, kout);
+    ex->k_err_max_abs = max_abs_diff(kout, ref, n);
+    ex->k_err_l2 = refl2 > 0 ? l2_diff(kout, ref, n) / refl2 : l2_diff(kout, ref, n);
+
+    /* 3. the replay's error budget by stage */
+    const fd_flash_cfg *cfg = &cf->flash;
+    if (fd_cpu_flash_stages(p, cfg, 0u, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
+    gather_d(&ck, full, base);
+    for (size_t i = 0; i < n; i++) e[i] = base[i] - ref[i];
+    ex->r_err_max_abs = max_abs_diff(base, ref, n);
+    ex->r_err_l2 = refl2 > 0 ? l2_diff(base, ref, n) / refl2 : 0.0;
+    ex->replay_mismatches = 0;
+    for (size_t i = 0; i < n; i++)
+        ex->replay_mismatches += fd_f32_bits((float)base[i]) != fd_f32_bits((float)kout[i]);
+    ex->replay_matches_kernel = ex->replay_mismatches == 0;
+    const double ee = l2(e, n) * l2(e, n);
+    if (fd_cpu_flash_stages(p, cfg, FD_STAGE_FINAL, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
+    gather_d(&ck, full, fin);
+    static const struct { unsigned bit; const char *name; } stages[] = {
+        {FD_STAGE_QK, "QK^T accumulation"},
+        {FD_STAGE_SOFTMAX, "softmax (max, exp2, rescaling, row sum)"},
+        {FD_STAGE_PROUND, "rounding of P to the dtype"},
+        {FD_STAGE_PV, "PV accumulation"},
+        {FD_STAGE_DROPSCALE, "dropout scale 1/(1-p) in fp32"},
+    };
+    for (int s = -1; s < (int)(sizeof stages / sizeof stages[0]); s++) {
+        if (s >= 0 && stages[s].bit == FD_STAGE_DROPSCALE && !(p->dropout_p > 0.0)) continue;
+        if (s >= 0 && stages[s].bit == FD_STAGE_PROUND && (p->dtype == FD_DT_FP32 || cfg->p_fp32)) continue;
+        fd_ex_part *pt = &ex->part[ex->nparts];
+        pt->diff = malloc(n * sizeof(double));
+        if (!pt->diff) FD_FAIL_OOM();
+        ex->nparts++;
+        if (s < 0) {
+            snprintf(pt->name, sizeof pt->name, "final normalisation and output rounding");
+            for (size_t i = 0; i < n; i++) pt->diff[i] = base[i] - fin[i];
+        } else {
+            snprintf(pt->name, sizeof pt->name, "%s", stages[s].name);
+            if (fd_cpu_flash_stages(p, cfg, FD_STAGE_FINAL | stages[s].bit, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
+            gather_d(&ck, full, tmp);
+            for (size_t i = 0; i < n; i++) pt->diff[i] = fin[i] - tmp[i];
+        }
+        double dot = 0.0, mx = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            dot += pt->diff[i] * e[i];
+            mx = fmax(mx, fabs(pt->diff[i]));
+            acc[i] += pt->diff[i];
+        }
+        pt->max_abs = mx;
+        pt->l2 = refl2 > 0 ? l2(pt->diff, n) / refl2 : 0.0;
+        pt->share = ee > 0 ? dot / ee : 0.0;
+    }
+    if (fd_cpu_flash_stages(p, cfg, FD_STAGE_ALL, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
+    gather_d(&ck, full, tmp);
+    ex->allexact_max_abs = max_abs_diff(tmp, ref, n);
+    {
+        double dot = 0.0, s2 = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double it = (base[i] - tmp[i]) - acc[i];
+            dot += it * e[i];
+            s2 += it * it;
+        }
+        ex->interaction_l2 = refl2 > 0 ? sqrt(s2) / refl2 : 0.0;
+        ex->interaction_share = ee > 0 ? dot / ee : 0.0;
+    }
+    /* input rounding: the exact output moves when the inputs are rounded to the dtype */
+    {
+        fd_attn_variant va;
+        fd_attn_variant_default(p, &va);
+        double *o1 = full, *o2 = malloc(nq * sizeof(double));
+        if (!o2) FD_FAIL_OOM();
+        int r1 = fd_attn64(p, &va, qu, ku, vu, rows, nrows, o1, err, errlen);
+        if (!r1) {
+            gather_d(&ck, o1, tmp);
+            r1 = fd_attn64(p, &va, qd, kd, vd, rows, nrows, o2, err, errlen);
+        }
+        if (!r1) {
+            gather_d(&ck, o2, acc);
+            ex->input_rounding_max_abs = max_abs_diff(tmp, acc, n);
+            ex->input_rounding_l2 = refl2 > 0 ? l2_diff(tmp, acc, n) / refl2 : 0.0;
+        }
+        free(o2);
+        if (r1) goto out;
+    }
+
+    /* 4. accumulation order on the same inputs */
+    {
+        fd_flash_cfg vc;
+        char name[40];
+        static const int bcs[] = {16, 32, 64, 128, 256};
+        for (int t = 0; t < 5; t++) {
+            if (bcs[t] == cfg->bc) continue;
+            vc = *cfg;
+            vc.bc = bcs[t];
+            if (fd_cpu_flash_forward(p, &vc, q, k, v, rows, nrows, of, lf, err, errlen)) goto out;
+            gather_f(&ck, of, tmp);
+            snprintf(name, sizeof name, "tile bc=%d", bcs[t]);
+            add_variant(ex, name, tmp, base, ref, n);
+        }
+        if (p->dtype != FD_DT_FP32) {
+            vc = *cfg;
+            vc.qk_order = vc.pv_order = cfg->qk_order == FD_ACC_SEQ ? FD_ACC_TC16 : FD_ACC_SEQ;
+            if (fd_cpu_flash_forward(p, &vc, q, k, v, rows, nrows, of, lf, err, errlen)) goto out;
+            gather_f(&ck, of, tmp);
+            snprintf(name, sizeof name, "dot order %s", fd_accum_name(vc.qk_order));
+            add_variant(ex, name, tmp, base, ref, n);
+        }
+        vc = *cfg;
+        vc.rowsum = cfg->rowsum == FD_ROWSUM_FA2 ? FD_ROWSUM_SEQ : FD_ROWSUM_FA2;
+        if (fd_cpu_flash_forward(p, &vc, q, k, v, rows, nrows, of, lf, err, errlen)) goto out;
+        gather_f(&ck, of, tmp);
+        add_variant(ex, vc.rowsum == FD_ROWSUM_SEQ ? "row sum sequential" : "row sum fa2 quad", tmp, base, ref, n);
+        static const int splits[] = {2, 4, 8};
+        for (int t = 0; t < 3; t++) {
+            if (fd_cpu_splitkv_forward(p, cfg, splits[t], q, k, v, rows, nrows, of, lf, err, errlen)) goto out;
+            gather_f(&ck, of, tmp);
+            snprintf(name, sizeof name, "split-KV %d", splits[t]);
+            add_variant(ex, name, tmp, base, ref, n);
+        }
+        /* standard attention: errors on rows with no key are NaN by construction; skip them */
+        if (fd_cpu_standard_forward(p, cfg->qk_order, q, k, v, rows, nrows, of, lf, err, errlen)) goto out;
+        gather_f(&ck, of, tmp);
+        for (size_t i = 0; i < n; i++)
+            if (isnan(tmp[i])) tmp[i] = ref[i];
+        double se = 0, sf = 0, sd = 0, sfs = 0;
+        for (size_t i = 0; i < n; i++) {
+            double ef = base[i] - ref[i], es = tmp[i] - ref[i];
+            sf += ef * ef; se += es * es; sfs += ef * es;
+            sd += (base[i] - tmp[i]) * (base[i] - tmp[i]);
+        }
+        ex->std_err_max_abs = max_abs_diff(tmp, ref, n);
+        ex->flash_std_diff_max_abs = max_abs_diff(tmp, base, n);
+        ex->flash_std_diff_l2 = sqrt(sd);
+        ex->flash_err_l2_abs = sqrt(sf);
+        ex->std_err_l2_abs = sqrt(se);
+        ex->flash_std_corr = (sf > 0 && se > 0) ? sfs / sqrt(sf * se) : 0.0;
+    }
+
+    /* 5. conditioning of PV against the classic bound for fp32 recursive summation */
+    if (fd_attn64_condition(p, qd, kd, vd, rows, nrows, sumabs, kappa, err, errlen)) goto out;
+    {
+        const fd_ex_part *pv = NULL;
+        for (int t = 0; t < ex->nparts; t++)
+            if (!strcmp(ex->part[t].name, "PV accumulation")) pv = &ex->part[t];
+        size_t t = 0, nk = 0;
+        double *ks = tmp;
+        for (int b = 0; b < p->batch; b++)
+            for (int h = 0; h < p->heads; h++)
+                for (int r = 0; r < nrows; r++)
+                    for (int d = 0; d < p->head_dim; d++, t++) {
+                        /* n additions plus one rescaling multiply per tile */
+                        const double nn = (double)nvis[r] + (double)((nvis[r] + cfg->bc - 1) / cfg->bc);
+                        const double u = 0x1p-24, gam = nn * u / (1.0 - nn * u);
+                        const double bound = gam * sumabs[t];
+                        if (pv && bound > 0) {
+                            const double ratio = fabs(pv->diff[t]) / bound;
+                            if (ratio > ex->pv_bound_worst_ratio) ex->pv_bound_worst_ratio = ratio;
+                            if (ratio > 1.0) ex->pv_bound_violations++;
+                        }
+                        if (isfinite(kappa[t])) {
+                            ks[nk++] = kappa[t];
+                            if (kappa[t] > ex->kappa_max) ex->kappa_max = kappa[t];
+                        }
+                    }
+        qsort(ks, nk, sizeof(double), cmp_dbl);
+        ex->kappa_median = nk ? ks[nk / 2] : 1.0;
+    }
+
+    /* 6. dropout */
+    fd_dropout_stats_compute(p, rows, nrows, nvis, &ex->drop);
+    if (ex->drop.active) ex->drop_bias_max_abs = fabs(ex->drop.scale_bias) * ex->ref_max_abs;
+
+    /* 7. bug hypotheses when the error is far above the rounding budget */
+    ex->budget = fmax(ex->r_err_max_abs, ex->std_err_max_abs);
+    ex->limit = cf->policy.fa_ratio * ex->budget + cf->policy.atol;
+    ex->gross = !(ex->k_err_max_abs <= ex->limit);
+    if (ex->gross) {
+        /* a buggy kernel rounds its own (different) outputs: allow two ulps of the dtype at
+         * the output's magnitude besides the rounding limit of the correct computation */
+        double kmax = 0.0;
+        for (size_t i = 0; i < n; i++)
+            if (isfinite(kout[i])) kmax = fmax(kmax, fabs(kout[i]));
+        ex->hypo_limit = fmax(ex->limit, 2.0 * fd_ulp_in_dtype(kmax, p->dtype));
+        fd_attn_variant va;
+        double *cand = malloc(nq * sizeof(double));
+        if (!cand) FD_FAIL_OOM();
+#define HYPO(NAME, WHAT, SETUP)                                                        \
+    do {                                                                               \
+        fd_attn_variant_default(p, &va);                                               \
+        SETUP;                                                                         \
+        if (fd_attn64(p, &va, qd, kd, vd, rows, nrows, cand, err, errlen)) {           \
+            free(cand);                                                                \
+            goto out;                                                                  \
+        }                                                                              \
+        gather_d(&ck, cand, tmp);                                                      \
+        add_hypo(ex, NAME, WHAT, tmp, kout, n);                                        \
+    } while (0)
+        HYPO("scale_missing", "softmax scale not applied (scale 1)", va.scale = 1.0);
+        HYPO("scale_doubled", "softmax scale applied twice (scale^2)", va.scale = va.scale * va.scale);
+        if (p->mask != FD_MASK_NONE) {
+            HYPO("mask_missing", "causal mask not applied", va.mask = FD_MASK_NONE);
+            if (p->seqlen_q != p->seqlen_k) {
+                if (p->mask == FD_MASK_CAUSAL_BR)
+                    HYPO("causal_top_left", "causal mask aligned top-left (PyTorch is_causal) instead of bottom-right (FA >= 2.1)", va.mask = FD_MASK_CAUSAL_TL);
+                else
+                    HYPO("causal_bottom_right", "causal mask aligned bottom-right (FA >= 2.1) instead of top-left", va.mask = FD_MASK_CAUSAL_BR);
+            }
+            HYPO("causal_off_by_one_plus", "causal mask lets each query see one key too many", va.causal_shift = 1);
+            HYPO("causal_off_by_one_minus", "causal mask hides the diagonal key", va.causal_shift = -1);
+        } else {
+            HYPO("causal_added", "a causal (top-left) mask applied to a non-causal call", va.mask = FD_MASK_CAUSAL_TL);
+        }
+        if (p->dropout_p > 0.0) {
+            HYPO("dropout_not_applied", "dropout not applied (or p = 0)", va.dropout = 0);
+            HYPO("dropout_scale_missing", "kept values not scaled by 1/(1-p)", va.drop_scale = 1.0);
+            HYPO("dropout_scale_twice", "kept values scaled by 1/(1-p) twice", va.drop_scale = va.drop_scale * va.drop_scale);
+            HYPO("dropout_seed_plus_one", "dropout mask drawn with seed + 1", va.seed = va.seed + 1);
+            HYPO("dropout_offset_plus_one", "dropout mask drawn with Philox offset + 1", va.offset = va.offset + 1);
+            HYPO("dropout_next_call", "dropout mask of the next call (offset + batch*heads*32, PyTorch's increment)",
+                 va.offset = va.offset + (uint64_t)p->batch * (uint64_t)p->heads * 32u);
+        }
+        HYPO("softmax_wrong_axis", "softmax normalised over queries instead of keys", va.wrong_axis = 1);
+#undef HYPO
+        /* layouts: need the whole output */
+        if ((double)p->batch * p->heads * p->seqlen_q * (double)p->seqlen_k * p->head_dim <= 4e9) {
+            fd_attn_variant_default(p, &va);
+            if (fd_attn64(p, &va, qd, kd, vd, NULL, p->seqlen_q, full, err, errlen)) {
+                free(cand);
+                goto out;
+            }
+            for (int kind = 0; kind < 2; kind++) {
+                for (size_t f = 0; f < nq; f++) cand[f] = full[perm_src(p, kind, f)];
+                gather_d(&ck, cand, tmp);
+                add_hypo(ex, kind == 0 ? "layout_bhsd_as_bshd" : "layout_bshd_as_bhsd",
+                         kind == 0 ? "output (batch, seq, heads, dim) permuted as if (batch, heads, seq, dim) before a reshape (or written bhsd, read bshd)"
+                                   : "output written (batch, seq, heads, dim), read as (batch, heads, seq, dim)",
+                         tmp, kout, n);
+            }
+        }
+        free(cand);
+        for (int t = 0; t < ex->nhypo; t++)
+            if (ex->best < 0 || ex->hypo[t].residual_max_abs < ex->hypo[ex->best].residual_max_abs) ex->best = t;
+    }
+
+    /* 8. one-line summary */
+    if (!ex->gross) {
+        snprintf(ex->summary, sizeof ex->summary,
+                 "rounding and accumulation order only: max abs error %.3g is within %.3g "
+                 "(%g x the larger of the replay's %.3g and standard attention's %.3g, + %g)",
+                 ex->k_err_max_abs, ex->limit, cf->policy.fa_ratio, ex->r_err_max_abs,
+                 ex->std_err_max_abs, cf->policy.atol);
+    } else if (ex->best >= 0 && ex->hypo[ex->best].explains) {
+        snprintf(ex->summary, sizeof ex->summary,
+                 "a bug, not rounding: max abs error %.3g is %.0fx the rounding budget; "
+                 "hypothesis %s (%s) explains it: %.3g left", ex->k_err_max_abs,
+                 ex->budget > 0 ? ex->k_err_max_abs / ex->budget : (double)INFINITY, ex->hypo[ex->best].name,
+                 ex->hypo[ex->best].what, ex->hypo[ex->best].residual_max_abs);
+    } else {
+        snprintf(ex->summary, sizeof ex->summary,
+                 "a bug, not rounding: max abs error %.3g is %.0fx the rounding budget; no named "
+                 "hypothesis explains it (closest: %s, %.3g left)", ex->k_err_max_abs,
+                 ex->budget > 0 ? ex->k_err_max_abs / ex->budget : (double)INFINITY,
+                 ex->best >= 0 ? ex->hypo[ex->best].name : "none",
+                 ex->best >= 0 ? ex->hypo[ex->best].residual_max_abs : 0.0);
+    }
+    rc = 0;
+out:
+    free(q); free(k); free(v); free(qu); free(ku); free(vu); free(qd); free(kd); free(vd);
+    free(of); free(lf); free(full); free(lfull); free(ref); free(rlse); free(kout); free(base);
+    free(fin); free(tmp); free(e); free(acc); free(sumabs); free(kappa); free(rows); free(nvis);
+    if (rc) fd_explanation_free(ex);
+    return rc;
+}

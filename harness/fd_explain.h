@@ -1,0 +1,98 @@
+/* fd_explain.h: attribution of a kernel's error on one case, behind `flashdrift explain`.
+ *
+ * For the checked rows of a case: the MPFR reference; the output of the backend being
+ * explained (optionally with a named bug injected, for demonstrations and tests); the
+ * CPU replay's error budget by stage; the spread of the output over accumulation orders;
+ * conditioning of each output against the classic summation bound; dropout findings;
+ * and, when the error is far above the rounding budget, named bug hypotheses ranked by
+ * how much error each leaves when the output is compared with that bug's prediction.
+ *
+ * Stage parts (each a vector over the checked elements, kept in memory):
+ *   final   = O(replay) - O(replay, final normalisation and output rounding exact)
+ *   s       = O(final exact) - O(final exact and stage s exact), for s in
+ *             QK^T accumulation, softmax, P rounding, PV accumulation, dropout scale
+ *   interaction = (O(replay) - O(all exact)) - sum of the parts
+ * share(s) = <part_s, e> / <e, e> with e = O(replay) - reference: the shares and the
+ * interaction's share add up to 1 (up to the ~1e-16 of the all-exact replay). */
+#ifndef FD_EXPLAIN_H
+#define FD_EXPLAIN_H
+#include <jansson.h>
+#include <stdio.h>
+#include "fd_case.h"
+#include "fd_run.h"
+
+#define FD_EX_MAX_STAGES 8
+#define FD_EX_MAX_VARIANTS 24
+#define FD_EX_MAX_HYPO 24
+
+typedef struct fd_explain_opts {
+    const char *backend; /* backend explained (default cpu-flash) */
+    const char *inject;  /* NULL, or a bug injected into the backend's output (fd_explain_bugs) */
+    int jobs;
+} fd_explain_opts;
+
+typedef struct fd_ex_part {
+    char name[40];
+    double max_abs, l2, share;
+    double *diff; /* [checked elements]: the part itself */
+} fd_ex_part;
+
+typedef struct fd_ex_variant {
+    char name[40];
+    double max_abs_vs_base, l2_vs_base; /* change of the output against the replay's order */
+    double err_max_abs;                 /* that order's own error against the reference */
+    int identical;                      /* bitwise identical to the replay */
+} fd_ex_variant;
+
+typedef struct fd_ex_hypo {
+    char name[40];
+    char what[160];
+    double residual_max_abs; /* max |kernel - prediction| */
+    int explains;
+} fd_ex_hypo;
+
+typedef struct fd_explanation {
+    char case_id[160], backend[32], inject[40];
+    fd_dtype dtype;
+    long nchecked;
+    double ref_max_abs;
+    /* the kernel's output */
+    double k_err_max_abs, k_err_l2; /* against the reference (l2 relative to ||ref||) */
+    double budget, limit;           /* rounding budget (max abs) and the gross-error limit */
+    double hypo_limit;              /* residual under which a hypothesis explains the output */
+    int gross;
+    /* the replay's budget */
+    double r_err_max_abs, r_err_l2, allexact_max_abs;
+    int replay_matches_kernel;      /* bitwise, on the checked elements */
+    long replay_mismatches;
+    fd_ex_part part[FD_EX_MAX_STAGES];
+    int nparts;
+    double interaction_l2, interaction_share;
+    double input_rounding_max_abs, input_rounding_l2;
+    /* accumulation order */
+    fd_ex_variant var[FD_EX_MAX_VARIANTS];
+    int nvar;
+    double order_spread_max_abs;
+    double std_err_max_abs, flash_std_diff_max_abs, flash_std_diff_l2, flash_std_corr;
+    double flash_err_l2_abs, std_err_l2_abs;
+    /* conditioning */
+    double kappa_max, kappa_median, pv_bound_worst_ratio;
+    long pv_bound_violations;
+    /* dropout */
+    fd_dropout_stats drop;
+    double drop_bias_max_abs;
+    /* hypotheses */
+    fd_ex_hypo hypo[FD_EX_MAX_HYPO];
+    int nhypo, best;
+    char summary[512];
+} fd_explanation;
+
+/* Names of the bugs --inject accepts (NULL-terminated). */
+extern const char *const fd_explain_bugs[];
+
+int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
+                    fd_explanation *ex, char *err, size_t errlen);
+void fd_explanation_free(fd_explanation *ex);
+void fd_explain_text(const fd_explanation *ex, FILE *f);
+json_t *fd_explain_json(const fd_explanation *ex);
+#endif

@@ -1,0 +1,465 @@
+/* fd_gate.c: policy files and their evaluation; see fd_gate.h and docs/gate.md. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_gate.h"
+#include "fd_json.h"
+#include "fd_report_read.h"
+
+const char *const fd_gate_metric_names[FD_GM_N] = {"max_abs", "max_rel", "rel_l2", "max_ulp",
+                                                   "p99_ulp", "lse_max_abs"};
+static const char *const dtype_keys[] = {"fp16", "bf16", "fp32", "default", NULL};
+
+static int metric_index(const char *s)
+{
+    for (int m = 0; m < FD_GM_N; m++)
+        if (!strcmp(s, fd_gate_metric_names[m])) return m;
+    return -1;
+}
+static int is_ulp_metric(int m) { return m == FD_GM_MAX_ULP || m == FD_GM_P99_ULP; }
+
+static int get_nonneg(fd_jctx *cx, const char *path, const json_t *j, double *out)
+{
+    if (fd_jget_num(cx, path, j, out)) return -1;
+    if (*out < 0) return fd_jfail(cx, path, "expected a number >= 0, got %g", *out);
+    return 0;
+}
+
+static int get_bool(fd_jctx *cx, const char *path, const json_t *j, int *out)
+{
+    if (!json_is_boolean(j)) return fd_jfail(cx, path, "expected true or false, got %s", fd_jtype(j));
+    *out = json_is_true(j);
+    return 0;
+}
+
+static int parse_limits(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
+{
+    static const char *const mk[] = {"max_abs", "max_rel", "rel_l2", "max_ulp", "p99_ulp", "lse_max_abs", NULL};
+    if (!json_is_object(j)) return fd_jfail(cx, "limits", "expected an object keyed by dtype, got %s", fd_jtype(j));
+    if (fd_jcheck_keys(cx, "limits", j, dtype_keys)) return -1;
+    for (int t = 0; t < 4; t++) {
+        const json_t *d = json_object_get(j, dtype_keys[t]);
+        char path[96];
+        snprintf(path, sizeof path, "limits.%s", dtype_keys[t]);
+        if (!d) continue;
+        if (!json_is_object(d))
+            return fd_jfail(cx, path, "expected an object of metric limits {\"max_abs\": X, ...}, got %s", fd_jtype(d));
+        if (fd_jcheck_keys(cx, path, d, mk)) return -1;
+        for (int m = 0; m < FD_GM_N; m++) {
+            const json_t *v = json_object_get(d, mk[m]);
+            char mp[128];
+            snprintf(mp, sizeof mp, "%s.%s", path, mk[m]);
+            if (v && get_nonneg(cx, mp, v, &p->limit[t][m])) return -1;
+        }
+    }
+    return 0;
+}
+
+static int parse_backends(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
+{
+    const char *s = json_string_value(j);
+    if (s && !strcmp(s, "flash")) return 0;
+    if (s && !strcmp(s, "all")) {
+        p->apply_all = 1;
+        return 0;
+    }
+    if (!json_is_array(j) || !json_array_size(j))
+        return fd_jfail(cx, "backends", "expected \"flash\", \"all\" or a non-empty list of backend names");
+    size_t i;
+    json_t *e;
+    json_array_foreach((json_t *)j, i, e) {
+        char path[64];
+        snprintf(path, sizeof path, "backends[%zu]", i);
+        const char *n = json_string_value(e);
+        if (!n || !*n || strchr(n, ','))
+            return fd_jfail(cx, path, "expected a backend name such as \"cpu-flash\", got %s", fd_jtype(e));
+        if (strlen(p->backends) + strlen(n) + 2 >= sizeof p->backends)
+            return fd_jfail(cx, path, "too many backends");
+        if (*p->backends) strcat(p->backends, ",");
+        strcat(p->backends, n);
+    }
+    return 0;
+}
+
+static int parse_baseline(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
+{
+    static const char *const keys[] = {"metrics", "factor", "abs", "ulps", "missing_cases", NULL};
+    if (!json_is_object(j)) return fd_jfail(cx, "baseline", "expected an object, got %s", fd_jtype(j));
+    if (fd_jcheck_keys(cx, "baseline", j, keys)) return -1;
+    p->base_on = 1;
+    const json_t *f = json_object_get(j, "metrics");
+    if (!json_is_array(f) || !json_array_size(f))
+        return fd_jfail(cx, "baseline.metrics", "expected a non-empty list of metric names (max_abs, max_rel, rel_l2, max_ulp, p99_ulp, lse_max_abs)");
+    size_t i;
+    json_t *e;
+    json_array_foreach((json_t *)f, i, e) {
+        char path[64];
+        snprintf(path, sizeof path, "baseline.metrics[%zu]", i);
+        const char *s = json_string_value(e);
+        int m = s ? metric_index(s) : -1;
+        if (m < 0)
+            return fd_jfail(cx, path, "expected one of max_abs, max_rel, rel_l2, max_ulp, p99_ulp, lse_max_abs%s%s",
+                            s ? ", got " : "", s ? s : "");
+        p->base_metric[m] = 1;
+    }
+    if ((f = json_object_get(j, "factor"))) {
+        if (fd_jget_num(cx, "baseline.factor", f, &p->base_factor)) return -1;
+        if (p->base_factor < 1.0)
+            return fd_jfail(cx, "baseline.factor", "expected a number >= 1 (1 = no worse than the baseline), got %g", p->base_factor);
+    }
+    if ((f = json_object_get(j, "abs")) && get_nonneg(cx, "baseline.abs", f, &p->base_abs)) return -1;
+    if ((f = json_object_get(j, "ulps")) && get_nonneg(cx, "baseline.ulps", f, &p->base_ulps)) return -1;
+    if (p->base_factor < 0 && p->base_ulps < 0)
+        return fd_jfail(cx, "baseline", "expected \"factor\" and/or \"ulps\" (how much worse a case may get)");
+    int ulp_any = 0, other_any = 0;
+    for (int m = 0; m < FD_GM_N; m++) {
+        if (!p->base_metric[m]) continue;
+        if (is_ulp_metric(m)) ulp_any = 1;
+        else other_any = 1;
+    }
+    if (other_any && p->base_factor < 0)
+        return fd_jfail(cx, "baseline", "\"ulps\" only covers max_ulp and p99_ulp: the other metrics listed need \"factor\"");
+    (void)ulp_any;
+    if ((f = json_object_get(j, "missing_cases"))) {
+        const char *s = json_string_value(f);
+        if (s && !strcmp(s, "fail")) p->base_missing_fails = 1;
+        else if (!(s && !strcmp(s, "ignore")))
+            return fd_jfail(cx, "baseline.missing_cases", "expected \"ignore\" or \"fail\"");
+    }
+    return 0;
+}
+
+int fd_gate_policy_parse(const char *file, const json_t *root, fd_gate_policy *p, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"schema", "description", "backends", "limits", "fa_rule", "marginal",
+                                       "fail_on_marginal", "fail_on_undecided", "dropout", "baseline", NULL};
+    fd_jctx cx = {file, err, errlen};
+    memset(p, 0, sizeof *p);
+    snprintf(p->path, sizeof p->path, "%s", file);
+    for (int t = 0; t < 4; t++)
+        for (int m = 0; m < FD_GM_N; m++) p->limit[t][m] = -1.0;
+    p->marginal = 1.0;
+    p->base_factor = -1.0;
+    p->base_ulps = -1.0;
+    if (!json_is_object(root)) return fd_jfail(&cx, "(top)", "expected an object, got %s", fd_jtype(root));
+    const json_t *f = json_object_get(root, "schema");
+    if (!json_is_string(f) || strcmp(json_string_value(f), "flashdrift-policy/1"))
+        return fd_jfail(&cx, "schema", "expected \"flashdrift-policy/1\"%s", json_object_get(root, "schema_version")
+                        ? " (this looks like a report, not a policy)" : "");
+    if (fd_jcheck_keys(&cx, "(top)", root, keys)) return -1;
+    if ((f = json_object_get(root, "description"))) {
+        if (!json_is_string(f)) return fd_jfail(&cx, "description", "expected a string, got %s", fd_jtype(f));
+        snprintf(p->description, sizeof p->description, "%s", json_string_value(f));
+    }
+    if ((f = json_object_get(root, "backends")) && parse_backends(&cx, f, p)) return -1;
+    if ((f = json_object_get(root, "limits")) && parse_limits(&cx, f, p)) return -1;
+    if ((f = json_object_get(root, "fa_rule"))) {
+        static const char *const fk[] = {"fa_ratio", "atol", NULL};
+        if (!json_is_object(f)) return fd_jfail(&cx, "fa_rule", "expected {\"fa_ratio\": K, \"atol\": A}, got %s", fd_jtype(f));
+        if (fd_jcheck_keys(&cx, "fa_rule", f, fk)) return -1;
+        const json_t *r = json_object_get(f, "fa_ratio");
+        if (!r) return fd_jfail(&cx, "fa_rule.fa_ratio", "required: flash error <= fa_ratio x standard's + atol");
+        if (fd_jget_num(&cx, "fa_rule.fa_ratio", r, &p->fa_ratio)) return -1;
+        if (p->fa_ratio <= 0) return fd_jfail(&cx, "fa_rule.fa_ratio", "expected a positive number, got %g", p->fa_ratio);
+        if ((r = json_object_get(f, "atol")) && get_nonneg(&cx, "fa_rule.atol", r, &p->fa_atol)) return -1;
+    }
+    if ((f = json_object_get(root, "marginal"))) {
+        if (fd_jget_num(&cx, "marginal", f, &p->marginal)) return -1;
+        if (!(p->marginal > 0 && p->marginal <= 1))
+            return fd_jfail(&cx, "marginal", "expected a number in (0, 1] (fraction of a limit above which a case is MARGINAL), got %g", p->marginal);
+    }
+    if ((f = json_object_get(root, "fail_on_marginal")) && get_bool(&cx, "fail_on_marginal", f, &p->fail_on_marginal)) return -1;
+    if ((f = json_object_get(root, "fail_on_undecided")) && get_bool(&cx, "fail_on_undecided", f, &p->fail_on_undecided)) return -1;
+    if ((f = json_object_get(root, "dropout"))) {
+        static const char *const dk[] = {"keep_sigma", "against", NULL};
+        if (!json_is_object(f)) return fd_jfail(&cx, "dropout", "expected {\"keep_sigma\": S, \"against\": \"threshold\"}, got %s", fd_jtype(f));
+        if (fd_jcheck_keys(&cx, "dropout", f, dk)) return -1;
+        const json_t *r = json_object_get(f, "keep_sigma");
+        if (!r) return fd_jfail(&cx, "dropout.keep_sigma", "required: allowed |z| of the keep rate");
+        if (fd_jget_num(&cx, "dropout.keep_sigma", r, &p->keep_sigma)) return -1;
+        if (p->keep_sigma <= 0) return fd_jfail(&cx, "dropout.keep_sigma", "expected a positive number, got %g", p->keep_sigma);
+        if ((r = json_object_get(f, "against"))) {
+            const char *s = json_string_value(r);
+            if (s && !strcmp(s, "nominal")) p->keep_nominal = 1;
+            else if (!(s && !strcmp(s, "threshold")))
+                return fd_jfail(&cx, "dropout.against", "expected \"threshold\" ((floor((1-p)*255)+1)/256) or \"nominal\" (1-p)");
+        }
+    }
+    if ((f = json_object_get(root, "baseline")) && parse_baseline(&cx, f, p)) return -1;
+    return 0;
+}
+
+int fd_gate_policy_load(const char *path, fd_gate_policy *p, char *err, size_t errlen)
+{
+    json_t *root = fd_jload(path, err, errlen);
+    if (!root) return -1;
+    int rc = fd_gate_policy_parse(path, root, p, err, errlen);
+    json_decref(root);
+    return rc;
+}
+
+int fd_gate_backend_gated(const fd_gate_policy *p, const char *name, const json_t *be)
+{
+    if (*p->backends) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", p->backends);
+        char *save = NULL;
+        for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            if (!strcmp(t, name)) return 1;
+        return 0;
+    }
+    return p->apply_all || fd_report_backend_is_flash(name, be);
+}
+
+static void worsen(fd_verdict *v, fd_verdict w)
+{
+    static const int rank[] = {0, 1, 3, 2}; /* FAIL > UNDECIDED > MARGINAL > PASS */
+    if (rank[w] > rank[*v]) *v = w;
+}
+
+static int add_item(fd_gate_result *g, int ci, const char *be, const char *metric, double value,
+                    double limit, fd_verdict level, const char *fmt, ...)
+{
+    if (g->nitems == g->cap) {
+        int nc = g->cap ? 2 * g->cap : 64;
+        fd_gate_item *n = realloc(g->items, sizeof *n * (size_t)nc);
+        if (!n) return -1;
+        g->items = n;
+        g->cap = nc;
+    }
+    fd_gate_item *it = &g->items[g->nitems++];
+    memset(it, 0, sizeof *it);
+    it->case_idx = ci;
+    snprintf(it->backend, sizeof it->backend, "%s", be);
+    snprintf(it->metric, sizeof it->metric, "%s", metric);
+    it->value = value;
+    it->limit = limit;
+    it->level = level;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(it->text, sizeof it->text, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+static int dtype_index(const char *s)
+{
+    for (int t = 0; t < 3; t++)
+        if (!strcmp(s, dtype_keys[t])) return t;
+    return 3;
+}
+
+/* The standard backend of name's family (the part before the first '-') in the case. */
+static const json_t *standard_of(const char *name, const json_t *bes)
+{
+    size_t fl = strcspn(name, "-");
+    const char *key;
+    json_t *b;
+    json_object_foreach((json_t *)bes, key, b) {
+        if (strncmp(key, name, fl) || key[fl] != '-' || fd_report_backend_is_flash(key, b)) continue;
+        if (json_is_true(json_object_get(b, "ok"))) return b;
+    }
+    return NULL;
+}
+
+static void note_backend(fd_gate_result *g, const char *name)
+{
+    for (int i = 0; i < g->nbackends; i++)
+        if (!strcmp(g->backends[i], name)) return;
+    if (g->nbackends < 8) snprintf(g->backends[g->nbackends++], sizeof g->backends[0], "%s", name);
+}
+
+#define TRY(x) do { if ((x)) goto oom; } while (0)
+
+static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, const json_t *c,
+                        const char *name, const json_t *b, const json_t *base_case, fd_verdict *v)
+{
+    const char *dt = json_string_value(json_object_get(c, "dtype"));
+    const int t = dtype_index(dt);
+    if (!json_is_true(json_object_get(b, "ok"))) {
+        worsen(v, FD_FAIL);
+        return add_item(g, ci, name, "error", NAN, NAN, FD_FAIL, "%s failed: %s", name,
+                        json_string_value(json_object_get(b, "error")));
+    }
+    const json_int_t nn = json_integer_value(json_object_get(b, "nan")), ni = json_integer_value(json_object_get(b, "inf"));
+    if (nn || ni) {
+        worsen(v, FD_FAIL);
+        TRY(add_item(g, ci, name, "nonfinite", (double)(nn + ni), 0, FD_FAIL,
+                     "%s %lld NaN and %lld Inf outputs", name, (long long)nn, (long long)ni));
+    }
+    for (int m = 0; m < FD_GM_N; m++) {
+        double lim = p->limit[t][m] >= 0 ? p->limit[t][m] : p->limit[3][m];
+        if (lim < 0) continue;
+        const double x = fd_json_number(json_object_get(b, fd_gate_metric_names[m]));
+        const char *src = p->limit[t][m] >= 0 ? dt : "default";
+        if (!(x <= lim)) {
+            worsen(v, FD_FAIL);
+            TRY(add_item(g, ci, name, fd_gate_metric_names[m], x, lim, FD_FAIL, "%s %s %.4g > %.4g (%s limit)",
+                         name, fd_gate_metric_names[m], x, lim, src));
+        } else if (x > p->marginal * lim) {
+            worsen(v, FD_MARGINAL);
+            TRY(add_item(g, ci, name, fd_gate_metric_names[m], x, lim, FD_MARGINAL,
+                         "%s %s %.4g above %g of the %s limit %.4g", name, fd_gate_metric_names[m], x,
+                         p->marginal, src, lim));
+        }
+    }
+    if (p->fa_ratio > 0 && fd_report_backend_is_flash(name, b)) {
+        const json_t *s = standard_of(name, json_object_get(c, "backends"));
+        if (s) {
+            const double se = fd_json_number(json_object_get(s, "max_abs"));
+            const double x = fd_json_number(json_object_get(b, "max_abs"));
+            const double lim = p->fa_ratio * se + p->fa_atol;
+            if (!(x <= lim)) {
+                worsen(v, FD_FAIL);
+                TRY(add_item(g, ci, name, "fa_rule", x, lim, FD_FAIL,
+                             "%s max_abs %.4g > %g x standard %.4g + %g = %.4g (FlashAttention rule)", name, x,
+                             p->fa_ratio, se, p->fa_atol, lim));
+            } else if (x > p->marginal * lim) {
+                worsen(v, FD_MARGINAL);
+                TRY(add_item(g, ci, name, "fa_rule", x, lim, FD_MARGINAL,
+                             "%s max_abs %.4g above %g of the FlashAttention limit %.4g", name, x, p->marginal, lim));
+            }
+        }
+    }
+    const json_t *rep = json_object_get(b, "repeat");
+    if (rep && json_is_false(json_object_get(rep, "identical"))) {
+        const size_t nh = json_array_size(json_object_get(rep, "hashes"));
+        const json_int_t runs = json_integer_value(json_object_get(rep, "runs"));
+        worsen(v, FD_FAIL);
+        TRY(add_item(g, ci, name, "determinism", (double)nh, 1, FD_FAIL,
+                     "%s not deterministic: %zu distinct output hashes over %lld runs", name, nh, (long long)runs));
+    }
+    if (p->base_on && base_case) {
+        const json_t *bb = json_object_get(json_object_get(base_case, "backends"), name);
+        if (bb && json_is_true(json_object_get(bb, "ok"))) {
+            for (int m = 0; m < FD_GM_N; m++) {
+                if (!p->base_metric[m]) continue;
+                const double x0 = fd_json_number(json_object_get(bb, fd_gate_metric_names[m]));
+                const double x = fd_json_number(json_object_get(b, fd_gate_metric_names[m]));
+                double lim = -1.0;
+                if (p->base_factor >= 0) lim = p->base_factor * x0 + p->base_abs;
+                if (p->base_ulps >= 0 && is_ulp_metric(m) && x0 + p->base_ulps > lim) lim = x0 + p->base_ulps;
+                if (lim < 0 || isnan(x0)) continue;
+                if (!(x <= lim)) {
+                    worsen(v, FD_FAIL);
+                    TRY(add_item(g, ci, name, fd_gate_metric_names[m], x, lim, FD_FAIL,
+                                 "%s %s %.4g > %.4g (baseline %.4g: worse than allowed)", name,
+                                 fd_gate_metric_names[m], x, lim, x0));
+                }
+            }
+        }
+    }
+    return 0;
+oom:
+    return -1;
+}
+
+int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *baseline,
+                 fd_gate_result *g, char *err, size_t errlen)
+{
+    memset(g, 0, sizeof *g);
+    g->report = report;
+    const json_t *cases = json_object_get(report, "cases");
+    g->ncases = (int)json_array_size(cases);
+    g->verdict = calloc((size_t)(g->ncases ? g->ncases : 1), sizeof *g->verdict);
+    if (!g->verdict) goto oom;
+    for (int ci = 0; ci < g->ncases; ci++) {
+        const json_t *c = json_array_get(cases, (size_t)ci);
+        const char *id = json_string_value(json_object_get(c, "id"));
+        const json_t *base_case = baseline ? fd_report_find_case(baseline, id) : NULL;
+        if (baseline && !base_case) g->baseline_new++;
+        fd_verdict v = FD_PASS;
+        const char *key;
+        json_t *b;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            if (!fd_gate_backend_gated(p, key, b)) continue;
+            note_backend(g, key);
+            if (eval_backend(p, g, ci, c, key, b, base_case, &v)) goto oom;
+        }
+        const json_t *ds = json_object_get(c, "dropout_stats");
+        if (p->keep_sigma > 0 && ds && json_integer_value(json_object_get(ds, "total")) > 0) {
+            const double z = fd_json_number(json_object_get(ds, p->keep_nominal ? "z_nominal" : "z_threshold"));
+            const double kr = fd_json_number(json_object_get(ds, "keep_rate"));
+            const double kp = fd_json_number(json_object_get(ds, p->keep_nominal ? "keep_nominal" : "keep_threshold"));
+            const char *what = p->keep_nominal ? "1 - p" : "the byte threshold's";
+            if (!(fabs(z) <= p->keep_sigma)) {
+                worsen(&v, FD_FAIL);
+                if (add_item(g, ci, "", "keep_rate", fabs(z), p->keep_sigma, FD_FAIL,
+                             "keep rate %.5f is %.2f sigma from %s %.5f (limit %g sigma)", kr, z, what, kp, p->keep_sigma))
+                    goto oom;
+            } else if (fabs(z) > p->marginal * p->keep_sigma) {
+                worsen(&v, FD_MARGINAL);
+                if (add_item(g, ci, "", "keep_rate", fabs(z), p->keep_sigma, FD_MARGINAL,
+                             "keep rate %.5f is %.2f sigma from %s %.5f (above %g of %g sigma)", kr, z, what, kp,
+                             p->marginal, p->keep_sigma))
+                    goto oom;
+            }
+        }
+        const json_int_t und = json_integer_value(json_object_get(json_object_get(c, "reference"), "undecided"));
+        if (und > 0) {
+            const fd_verdict l = p->fail_on_undecided ? FD_FAIL : FD_UNDECIDED;
+            worsen(&v, l);
+            if (add_item(g, ci, "", "reference", (double)und, 0, l, "reference undecided for %lld values", (long long)und))
+                goto oom;
+        }
+        if (v == FD_MARGINAL && p->fail_on_marginal) v = FD_FAIL;
+        g->verdict[ci] = v;
+        g->npass += v == FD_PASS;
+        g->nmarginal += v == FD_MARGINAL;
+        g->nfail += v == FD_FAIL;
+        g->nundecided += v == FD_UNDECIDED;
+    }
+    if (baseline) {
+        size_t i;
+        json_t *c;
+        json_array_foreach(json_object_get(baseline, "cases"), i, c) {
+            const char *id = json_string_value(json_object_get(c, "id"));
+            if (fd_report_find_case(report, id)) continue;
+            g->baseline_missing++;
+            if (add_item(g, -1, "", "missing", 0, 0, p->base_missing_fails ? FD_FAIL : FD_MARGINAL,
+                         "baseline case %s is not in the report", id))
+                goto oom;
+        }
+    }
+    g->failed = g->nfail > 0 || (p->base_missing_fails && g->baseline_missing > 0);
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory evaluating the policy");
+    fd_gate_result_free(g);
+    return -1;
+}
+
+void fd_gate_result_free(fd_gate_result *g)
+{
+    free(g->verdict);
+    free(g->items);
+    g->verdict = NULL;
+    g->items = NULL;
+    g->nitems = g->cap = 0;
+}
+
+void fd_gate_print(const fd_gate_result *g, FILE *f)
+{
+    const json_t *cases = json_object_get(g->report, "cases");
+    for (int ci = 0; ci < g->ncases; ci++) {
+        if (g->verdict[ci] == FD_PASS) continue;
+        fprintf(f, "%s %s:", fd_verdict_name(g->verdict[ci]),
+                json_string_value(json_object_get(json_array_get(cases, (size_t)ci), "id")));
+        int first = 1, has_fail = 0;
+        for (int k = 0; k < g->nitems; k++) has_fail |= g->items[k].case_idx == ci && g->items[k].level == FD_FAIL;
+        for (int k = 0; k < g->nitems; k++) {
+            if (g->items[k].case_idx != ci) continue;
+            /* A failing case lists only what failed; the rest is noise on that line. */
+            if (has_fail && g->items[k].level != FD_FAIL) continue;
+            fprintf(f, "%s %s", first ? "" : ";", g->items[k].text);
+            first = 0;
+        }
+        fputc('\n', f);
+    }
+    for (int k = 0; k < g->nitems; k++)
+        if (g->items[k].case_idx < 0)
+            fprintf(f, "%s %s\n", g->items[k].level == FD_FAIL ? "FAIL" : "NOTE", g->items[k].text);
+}

@@ -1,0 +1,847 @@
+/* fd_import.c: see fd_import.h. */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fd_dtype.h"
+#include "fd_import.h"
+#include "fd_npy.h"
+#include "fd_safetensors.h"
+
+typedef struct {
+    char name[64];
+    char label[1200]; /* "DIR/q.npy" or "FILE.safetensors: tensor q" */
+    fd_array a;
+} tens;
+
+typedef struct {
+    tens *t;
+    int n, cap;
+} tlist;
+
+static void tlist_free(tlist *l)
+{
+    for (int i = 0; i < l->n; i++) fd_array_free(&l->t[i].a);
+    free(l->t);
+    l->t = NULL;
+    l->n = l->cap = 0;
+}
+
+static tens *tlist_add(tlist *l)
+{
+    if (l->n == l->cap) {
+        int nc = l->cap ? 2 * l->cap : 16;
+        tens *t = realloc(l->t, sizeof *t * (size_t)nc);
+        if (!t) return NULL;
+        l->t = t;
+        l->cap = nc;
+    }
+    memset(&l->t[l->n], 0, sizeof l->t[0]);
+    return &l->t[l->n++];
+}
+
+static tens *tlist_find(tlist *l, const char *name)
+{
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->t[i].name, name)) return &l->t[i];
+    return NULL;
+}
+
+/* q, k, v, out_X, lse_X, dmask_X with X of [A-Za-z0-9_-], 1..48 chars. */
+static int valid_tensor_name(const char *s)
+{
+    if (!strcmp(s, "q") || !strcmp(s, "k") || !strcmp(s, "v")) return 1;
+    const char *x = NULL;
+    if (!strncmp(s, "out_", 4)) x = s + 4;
+    else if (!strncmp(s, "lse_", 4)) x = s + 4;
+    else if (!strncmp(s, "dmask_", 6)) x = s + 6;
+    if (!x || !*x || strlen(x) > 48) return 0;
+    for (; *x; x++)
+        if (!((*x >= 'a' && *x <= 'z') || (*x >= 'A' && *x <= 'Z') || (*x >= '0' && *x <= '9') ||
+              *x == '_' || *x == '-'))
+            return 0;
+    return 1;
+}
+
+static const char *name_rule = "expected q, k, v, out_NAME, lse_NAME or dmask_NAME, NAME of letters, "
+                               "digits, '_' and '-'";
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int cmp_tens(const void *a, const void *b)
+{
+    return strcmp(((const tens *)a)->name, ((const tens *)b)->name);
+}
+
+static int load_dir(const char *dir, tlist *l, json_t **meta, char *err, size_t errlen)
+{
+    char p[1200];
+    snprintf(p, sizeof p, "%s/meta.json", dir);
+    json_error_t je;
+    *meta = json_load_file(p, JSON_REJECT_DUPLICATES, &je);
+    if (!*meta) {
+        struct stat st;
+        if (stat(p, &st))
+            snprintf(err, errlen, "%s: missing (a bundle declares its layout and mask there; see docs/import.md)", p);
+        else
+            snprintf(err, errlen, "%s:%d: invalid JSON: %s", p, je.line, je.text);
+        return -1;
+    }
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(err, errlen, "%s: cannot open the directory: %s", dir, strerror(errno));
+        return -1;
+    }
+    char **names = NULL;
+    int nn = 0, cap = 0, rc = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 5 || strcmp(e->d_name + n - 4, ".npy")) continue;
+        if (nn == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **nw = realloc(names, sizeof *nw * (size_t)cap);
+            if (!nw) break;
+            names = nw;
+        }
+        names[nn] = malloc(n + 1);
+        if (!names[nn]) break;
+        memcpy(names[nn], e->d_name, n + 1);
+        nn++;
+    }
+    closedir(d);
+    if (nn) qsort(names, (size_t)nn, sizeof *names, cmp_str);
+    for (int i = 0; i < nn; i++) {
+        char stem[64];
+        size_t sl = strlen(names[i]) - 4;
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        if (sl >= sizeof stem) {
+            snprintf(err, errlen, "%s: unexpected tensor file (%s)", p, name_rule);
+            goto out;
+        }
+        memcpy(stem, names[i], sl);
+        stem[sl] = 0;
+        if (!valid_tensor_name(stem)) {
+            snprintf(err, errlen, "%s: unexpected tensor file (%s)", p, name_rule);
+            goto out;
+        }
+        tens *t = tlist_add(l);
+        if (!t) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        snprintf(t->name, sizeof t->name, "%s", stem);
+        snprintf(t->label, sizeof t->label, "%s", p);
+        if (fd_npy_read_file(p, &t->a, err, errlen)) goto out;
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < nn; i++) free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* __metadata__ (all strings) -> the meta.json shape: numbers parsed strictly, roles and
+ * info parsed as JSON text. */
+static int st_meta(const char *path, const json_t *m, json_t **meta, char *err, size_t errlen)
+{
+    *meta = json_object();
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)m, key, val) {
+        const char *s = json_string_value(val);
+        if (!strcmp(key, "scale") || !strcmp(key, "dropout_p")) {
+            char *end;
+            errno = 0;
+            double x = strtod(s, &end);
+            if (!*s || *end || errno) {
+                snprintf(err, errlen, "%s: __metadata__.%s: expected a number, got \"%s\"", path, key, s);
+                return -1;
+            }
+            json_object_set_new(*meta, key, json_real(x));
+        } else if (!strcmp(key, "roles") || !strcmp(key, "info")) {
+            json_error_t je;
+            json_t *j = json_loads(s, JSON_REJECT_DUPLICATES, &je);
+            if (!j) {
+                snprintf(err, errlen, "%s: __metadata__.%s: invalid JSON text: %s", path, key, je.text);
+                return -1;
+            }
+            json_object_set_new(*meta, key, j);
+        } else {
+            json_object_set_new(*meta, key, json_string(s));
+        }
+    }
+    return 0;
+}
+
+static int load_st(const char *path, tlist *l, json_t **meta, char *err, size_t errlen)
+{
+    fd_st_file f;
+    if (fd_st_read_file(path, &f, err, errlen)) return -1;
+    int rc = -1;
+    if (!f.meta) {
+        snprintf(err, errlen, "%s: no __metadata__ (a bundle declares its layout and mask there; see docs/import.md)", path);
+        goto out;
+    }
+    if (st_meta(path, f.meta, meta, err, errlen)) goto out;
+    for (int i = 0; i < f.n; i++) {
+        if (!valid_tensor_name(f.t[i].name)) {
+            snprintf(err, errlen, "%s: unexpected tensor \"%s\" (%s)", path, f.t[i].name, name_rule);
+            goto out;
+        }
+        tens *t = tlist_add(l);
+        if (!t) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        snprintf(t->name, sizeof t->name, "%s", f.t[i].name);
+        snprintf(t->label, sizeof t->label, "%s: tensor %s", path, f.t[i].name);
+        t->a = f.t[i].a; /* take ownership */
+        memset(&f.t[i].a, 0, sizeof f.t[i].a);
+    }
+    rc = 0;
+out:
+    fd_st_free(&f);
+    return rc;
+}
+
+/* ---- meta ---- */
+
+static int meta_u64(const char *ml, json_t *meta, const char *key, uint64_t *out, int *has, char *err,
+                    size_t errlen)
+{
+    json_t *v = json_object_get(meta, key);
+    *has = v != NULL;
+    if (!v) return 0;
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *out = (uint64_t)json_integer_value(v);
+        return 0;
+    }
+    if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(s, &end, 0);
+        if (*s >= '0' && *s <= '9' && !*end && !errno) {
+            *out = (uint64_t)x;
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "%s: %s: expected a non-negative integer below 2^64 (a decimal string for large values)", ml, key);
+    return -1;
+}
+
+static int meta_num(const char *ml, json_t *meta, const char *key, double *out, int *has, char *err,
+                    size_t errlen)
+{
+    json_t *v = json_object_get(meta, key);
+    *has = v != NULL;
+    if (!v) return 0;
+    if (json_is_number(v)) {
+        *out = json_number_value(v);
+        return 0;
+    }
+    if (json_is_string(v)) {
+        char *end;
+        const char *s = json_string_value(v);
+        errno = 0;
+        double x = strtod(s, &end);
+        if (*s && !*end && !errno) {
+            *out = x;
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "%s: %s: expected a number", ml, key);
+    return -1;
+}
+
+static int parse_dtype(const char *s, fd_dtype *t)
+{
+    if (!strcmp(s, "fp16") || !strcmp(s, "float16")) *t = FD_DT_FP16;
+    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) *t = FD_DT_BF16;
+    else if (!strcmp(s, "fp32") || !strcmp(s, "float32")) *t = FD_DT_FP32;
+    else return -1;
+    return 0;
+}
+
+/* ---- conversions ---- */
+
+static int atype_dtype(fd_atype a, fd_dtype *t)
+{
+    if (a == FD_AT_F16) *t = FD_DT_FP16;
+    else if (a == FD_AT_BF16) *t = FD_DT_BF16;
+    else if (a == FD_AT_F32) *t = FD_DT_FP32;
+    else return -1;
+    return 0;
+}
+
+/* 4-d array in declared layout ([B][S][H][D] or [B][H][S][D]) -> [B][S][H][D] floats. */
+static float *to_bshd(const fd_array *a, int bhsd)
+{
+    const int64_t B = a->shape[0], D = a->shape[3];
+    const int64_t S = bhsd ? a->shape[2] : a->shape[1], H = bhsd ? a->shape[1] : a->shape[2];
+    float *o = malloc(sizeof(float) * (a->numel ? a->numel : 1));
+    if (!o) return NULL;
+    if (!bhsd) {
+        for (size_t i = 0; i < a->numel; i++) o[i] = fd_array_get_f32(a, i);
+        return o;
+    }
+    size_t src = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t s = 0; s < S; s++)
+                for (int64_t d = 0; d < D; d++)
+                    o[(size_t)(((b * S + s) * H + h) * D + d)] = fd_array_get_f32(a, src++);
+    return o;
+}
+
+static int check_finite(const tens *t, char *err, size_t errlen)
+{
+    size_t nan = 0, inf = 0, first = (size_t)-1;
+    for (size_t i = 0; i < t->a.numel; i++) {
+        float x = fd_array_get_f32(&t->a, i);
+        if (isnan(x)) nan++;
+        else if (isinf(x)) inf++;
+        else continue;
+        if (first == (size_t)-1) first = i;
+    }
+    if (!nan && !inf) return 0;
+    int64_t idx[FD_ARRAY_MAX_DIMS];
+    size_t r = first;
+    for (int d = t->a.ndim - 1; d >= 0; d--) {
+        idx[d] = (int64_t)(r % (size_t)t->a.shape[d]);
+        r /= (size_t)t->a.shape[d];
+    }
+    char s[160];
+    fd_shape_str(t->a.ndim, idx, s, sizeof s);
+    snprintf(err, errlen, "%s: %zu NaN and %zu Inf input values (first at index %s, value %g); "
+                          "the reference needs finite inputs", t->label, nan, inf, s,
+             (double)fd_array_get_f32(&t->a, first));
+    return -1;
+}
+
+static int shape_is(const fd_array *a, int nd, const int64_t *want)
+{
+    if (a->ndim != nd) return 0;
+    for (int i = 0; i < nd; i++)
+        if (a->shape[i] != want[i]) return 0;
+    return 1;
+}
+
+static void base_name(const char *path, char *out, size_t len)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", path);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/') buf[--n] = 0;
+    const char *b = strrchr(buf, '/');
+    b = b ? b + 1 : buf;
+    snprintf(out, len, "%s", b);
+    n = strlen(out);
+    if (n > 12 && !strcmp(out + n - 12, ".safetensors")) out[n - 12] = 0;
+}
+
+void fd_bundle_free(fd_bundle *b)
+{
+    free(b->q); free(b->k); free(b->v);
+    b->q = b->k = b->v = NULL;
+    for (int i = 0; i < b->nout; i++) {
+        free(b->out[i].o); free(b->out[i].lse); free(b->out[i].keep);
+        b->out[i].o = b->out[i].lse = NULL;
+        b->out[i].keep = NULL;
+    }
+    b->nout = 0;
+    if (b->info) json_decref(b->info);
+    b->info = NULL;
+}
+
+static const char *const meta_keys[] = {"layout", "mask", "dtype", "scale", "dropout_p", "seed",
+                                         "offset", "roles", "info", "format", NULL};
+
+int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
+{
+    memset(b, 0, sizeof *b);
+    snprintf(b->path, sizeof b->path, "%s", path);
+    base_name(path, b->name, sizeof b->name);
+    struct stat st;
+    if (stat(path, &st)) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    tlist l = {NULL, 0, 0};
+    json_t *meta = NULL;
+    char ml[1200];
+    int rc = -1;
+    if (S_ISDIR(st.st_mode)) {
+        snprintf(ml, sizeof ml, "%s/meta.json", path);
+        if (load_dir(path, &l, &meta, err, errlen)) goto out;
+    } else {
+        b->safetensors = 1;
+        snprintf(ml, sizeof ml, "%s: __metadata__", path);
+        if (load_st(path, &l, &meta, err, errlen)) goto out;
+    }
+    if (l.n) qsort(l.t, (size_t)l.n, sizeof *l.t, cmp_tens); /* outputs in name order */
+    if (!json_is_object(meta)) {
+        snprintf(err, errlen, "%s: expected a JSON object", ml);
+        goto out;
+    }
+    {
+        const char *key;
+        json_t *val;
+        json_object_foreach(meta, key, val) {
+            int ok = 0;
+            for (int i = 0; meta_keys[i]; i++) ok |= !strcmp(key, meta_keys[i]);
+            if (!ok) {
+                snprintf(err, errlen, "%s: unknown key \"%s\" (expected layout, mask, dtype, scale, dropout_p, "
+                                      "seed, offset, roles, info, format)", ml, key);
+                goto out;
+            }
+        }
+    }
+    const char *layout = json_string_value(json_object_get(meta, "layout"));
+    if (!layout || (strcmp(layout, "bshd") && strcmp(layout, "bhsd"))) {
+        snprintf(err, errlen, "%s: layout: expected \"bshd\" (batch, seq, heads, dim) or \"bhsd\" "
+                              "(batch, heads, seq, dim); it is never guessed", ml);
+        goto out;
+    }
+    b->bhsd = !strcmp(layout, "bhsd");
+    fd_problem *p = &b->prob;
+    const char *mask = json_string_value(json_object_get(meta, "mask"));
+    if (!mask) {
+        snprintf(err, errlen, "%s: mask: expected \"none\", \"causal\" (top-left, PyTorch is_causal), "
+                              "\"causal_tl\" or \"causal_br\"", ml);
+        goto out;
+    }
+    if (!strcmp(mask, "none")) p->mask = FD_MASK_NONE;
+    else if (!strcmp(mask, "causal") || !strcmp(mask, "causal_tl")) p->mask = FD_MASK_CAUSAL_TL;
+    else if (!strcmp(mask, "causal_br")) p->mask = FD_MASK_CAUSAL_BR;
+    else {
+        snprintf(err, errlen, "%s: mask: \"%s\" is not one of \"none\", \"causal\", \"causal_tl\", \"causal_br\"", ml, mask);
+        goto out;
+    }
+    int has_dt = 0;
+    fd_dtype meta_dt = FD_DT_FP32;
+    json_t *jdt = json_object_get(meta, "dtype");
+    if (jdt) {
+        if (!json_is_string(jdt) || parse_dtype(json_string_value(jdt), &meta_dt)) {
+            snprintf(err, errlen, "%s: dtype: expected \"fp16\", \"bf16\" or \"fp32\"", ml);
+            goto out;
+        }
+        has_dt = 1;
+    }
+
+    /* Resolve raw 16-bit words and check each tensor's type. */
+    for (int i = 0; i < l.n; i++) {
+        tens *t = &l.t[i];
+        const int is_mask = !strncmp(t->name, "dmask_", 6), is_lse = !strncmp(t->name, "lse_", 4);
+        if (t->a.type == FD_AT_U16 && !is_mask && !is_lse) {
+            if (!has_dt || meta_dt != FD_DT_BF16) {
+                snprintf(err, errlen, "%s: 16-bit unsigned words ('<u2'): %s must say \"dtype\": \"bf16\" "
+                                      "(npy has no bf16 type)", t->label, ml);
+                goto out;
+            }
+            t->a.type = FD_AT_BF16;
+        }
+        if (is_mask) {
+            if (t->a.type != FD_AT_U8 && t->a.type != FD_AT_BOOL) {
+                snprintf(err, errlen, "%s: dropout mask of type %s (expected uint8 or bool, 1 = kept)",
+                         t->label, fd_atype_name(t->a.type));
+                goto out;
+            }
+            for (size_t x = 0; x < t->a.numel; x++)
+                if (((const uint8_t *)t->a.data)[x] > 1) {
+                    snprintf(err, errlen, "%s: dropout mask value %u at flat index %zu (expected 0 or 1)",
+                             t->label, ((const uint8_t *)t->a.data)[x], x);
+                    goto out;
+                }
+        } else if (is_lse) {
+            if (t->a.type != FD_AT_F32) {
+                snprintf(err, errlen, "%s: LSE of type %s (expected fp32)", t->label, fd_atype_name(t->a.type));
+                goto out;
+            }
+        } else {
+            fd_dtype dt;
+            if (atype_dtype(t->a.type, &dt)) {
+                snprintf(err, errlen, "%s: unsupported dtype %s (expected fp16, bf16 or fp32)", t->label,
+                         fd_atype_name(t->a.type));
+                goto out;
+            }
+        }
+    }
+    tens *tq = tlist_find(&l, "q"), *tk = tlist_find(&l, "k"), *tv = tlist_find(&l, "v");
+    if (!tq || !tk || !tv) {
+        const char *miss = !tq ? "q" : !tk ? "k" : "v";
+        if (b->safetensors) snprintf(err, errlen, "%s: missing required tensor \"%s\"", path, miss);
+        else snprintf(err, errlen, "%s/%s.npy: missing required tensor", path, miss);
+        goto out;
+    }
+    const char *lay = b->bhsd ? "(batch, heads, seq, dim)" : "(batch, seq, heads, dim)";
+    for (tens *t = tq; t; t = (t == tq ? tk : t == tk ? tv : NULL)) {
+        if (t->a.ndim != 4) {
+            snprintf(err, errlen, "%s: %d dimensions, expected 4 %s as the layout \"%s\" says", t->label,
+                     t->a.ndim, lay, layout);
+            goto out;
+        }
+        for (int d = 0; d < 4; d++)
+            if (t->a.shape[d] < 1 || t->a.shape[d] > INT_MAX / 2) {
+                snprintf(err, errlen, "%s: dimension %d is %lld (expected 1 to %d)", t->label, d,
+                         (long long)t->a.shape[d], INT_MAX / 2);
+                goto out;
+            }
+    }
+    const int sI = b->bhsd ? 2 : 1, hI = b->bhsd ? 1 : 2;
+    p->batch = (int)tq->a.shape[0];
+    p->seqlen_q = (int)tq->a.shape[sI];
+    p->heads = (int)tq->a.shape[hI];
+    p->head_dim = (int)tq->a.shape[3];
+    p->seqlen_k = (int)tk->a.shape[sI];
+    p->kv_heads = (int)tk->a.shape[hI];
+    char s1[160], s2[160];
+    if (!shape_is(&tv->a, 4, tk->a.shape)) {
+        fd_shape_str(4, tk->a.shape, s1, sizeof s1);
+        fd_shape_str(4, tv->a.shape, s2, sizeof s2);
+        snprintf(err, errlen, "%s: shape %s disagrees with k's %s", tv->label, s2, s1);
+        goto out;
+    }
+    if (tk->a.shape[0] != p->batch || tk->a.shape[3] != p->head_dim || p->heads % p->kv_heads) {
+        fd_shape_str(4, tq->a.shape, s1, sizeof s1);
+        fd_shape_str(4, tk->a.shape, s2, sizeof s2);
+        snprintf(err, errlen, "%s: shape %s disagrees with q's %s in layout %s %s: batch and dim must "
+                              "match and q's heads be a multiple of k's", tk->label, s2, s1, layout, lay);
+        goto out;
+    }
+    if (tk->a.type != tq->a.type || tv->a.type != tq->a.type) {
+        const tens *o = tk->a.type != tq->a.type ? tk : tv;
+        snprintf(err, errlen, "%s: dtype %s disagrees with q's %s", o->label, fd_atype_name(o->a.type),
+                 fd_atype_name(tq->a.type));
+        goto out;
+    }
+    atype_dtype(tq->a.type, &p->dtype);
+    if (has_dt && meta_dt != p->dtype) {
+        snprintf(err, errlen, "%s: dtype \"%s\" disagrees with the tensors' %s (%s)", ml, fd_dtype_name(meta_dt),
+                 fd_dtype_name(p->dtype), tq->label);
+        goto out;
+    }
+    double scale = 0.0, dp = 0.0;
+    int has_scale, has_dp, has_seed, has_off;
+    if (meta_num(ml, meta, "scale", &scale, &has_scale, err, errlen) ||
+        meta_num(ml, meta, "dropout_p", &dp, &has_dp, err, errlen) ||
+        meta_u64(ml, meta, "seed", &p->seed, &has_seed, err, errlen) ||
+        meta_u64(ml, meta, "offset", &p->offset, &has_off, err, errlen))
+        goto out;
+    if (has_scale && !(scale > 0.0 && scale < 1e30)) {
+        snprintf(err, errlen, "%s: scale: expected a positive finite number, got %g", ml, scale);
+        goto out;
+    }
+    p->softmax_scale = has_scale ? (float)scale : (float)(1.0 / sqrt((double)p->head_dim));
+    if (!(dp >= 0.0 && dp < 1.0)) {
+        snprintf(err, errlen, "%s: dropout_p: expected a number in [0, 1), got %g", ml, dp);
+        goto out;
+    }
+    p->dropout_p = dp;
+    if (dp > 0.0 && (!has_seed || !has_off)) {
+        snprintf(err, errlen, "%s: dropout_p %g needs seed and offset (the reference regenerates "
+                              "FlashAttention-2's Philox mask from them)", ml, dp);
+        goto out;
+    }
+    if (check_finite(tq, err, errlen) || check_finite(tk, err, errlen) || check_finite(tv, err, errlen)) goto out;
+    b->q = to_bshd(&tq->a, b->bhsd);
+    b->k = to_bshd(&tk->a, b->bhsd);
+    b->v = to_bshd(&tv->a, b->bhsd);
+    if (!b->q || !b->k || !b->v) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto out;
+    }
+
+    /* Outputs, their LSEs and dropout masks. */
+    json_t *roles = json_object_get(meta, "roles");
+    if (roles && !json_is_object(roles)) {
+        snprintf(err, errlen, "%s: roles: expected an object {NAME: \"flash\" | \"standard\"}", ml);
+        goto out;
+    }
+    for (int i = 0; i < l.n; i++) {
+        tens *t = &l.t[i];
+        if (strncmp(t->name, "out_", 4)) continue;
+        if (b->nout == FD_MAX_BACKENDS) {
+            snprintf(err, errlen, "%s: more than %d outputs", t->label, FD_MAX_BACKENDS);
+            goto out;
+        }
+        if (!shape_is(&t->a, 4, tq->a.shape)) {
+            fd_shape_str(t->a.ndim, t->a.shape, s1, sizeof s1);
+            fd_shape_str(4, tq->a.shape, s2, sizeof s2);
+            snprintf(err, errlen, "%s: shape %s disagrees with q's %s", t->label, s1, s2);
+            goto out;
+        }
+        if (t->a.type != tq->a.type) {
+            snprintf(err, errlen, "%s: dtype %s disagrees with q's %s", t->label, fd_atype_name(t->a.type),
+                     fd_atype_name(tq->a.type));
+            goto out;
+        }
+        fd_import_output *o = &b->out[b->nout++];
+        snprintf(o->name, sizeof o->name, "%s", t->name + 4);
+        o->be.name = o->name;
+        o->be.family = "import";
+        o->be.run = NULL;
+        const char *nm = o->name;
+        o->be.role = (strstr(nm, "math") || strstr(nm, "eager") || strstr(nm, "standard") || strstr(nm, "ref"))
+                         ? FD_ROLE_STANDARD : FD_ROLE_FLASH;
+        json_t *r = roles ? json_object_get(roles, nm) : NULL;
+        if (r) {
+            const char *rs = json_string_value(r);
+            if (rs && !strcmp(rs, "flash")) o->be.role = FD_ROLE_FLASH;
+            else if (rs && !strcmp(rs, "standard")) o->be.role = FD_ROLE_STANDARD;
+            else {
+                snprintf(err, errlen, "%s: roles.%s: expected \"flash\" or \"standard\"", ml, nm);
+                goto out;
+            }
+        }
+        if (!(o->o = to_bshd(&t->a, b->bhsd))) {
+            snprintf(err, errlen, "%s: out of memory", path);
+            goto out;
+        }
+    }
+    if (roles) {
+        const char *key;
+        json_t *val;
+        json_object_foreach(roles, key, val) {
+            int found = 0;
+            for (int i = 0; i < b->nout; i++) found |= !strcmp(b->out[i].name, key);
+            if (!found) {
+                snprintf(err, errlen, "%s: roles.%s names no output (no tensor out_%s)", ml, key, key);
+                goto out;
+            }
+        }
+    }
+    for (int i = 0; i < l.n; i++) {
+        tens *t = &l.t[i];
+        const int is_lse = !strncmp(t->name, "lse_", 4), is_mask = !strncmp(t->name, "dmask_", 6);
+        if (!is_lse && !is_mask) continue;
+        const char *nm = t->name + (is_lse ? 4 : 6);
+        fd_import_output *o = NULL;
+        for (int j = 0; j < b->nout; j++)
+            if (!strcmp(b->out[j].name, nm)) o = &b->out[j];
+        if (!o) {
+            snprintf(err, errlen, "%s: belongs to no output (no tensor out_%s)", t->label, nm);
+            goto out;
+        }
+        const int64_t want_lse[3] = {p->batch, p->heads, p->seqlen_q};
+        const int64_t want_mask[4] = {p->batch, p->heads, p->seqlen_q, p->seqlen_k};
+        if (is_lse ? !shape_is(&t->a, 3, want_lse) : !shape_is(&t->a, 4, want_mask)) {
+            fd_shape_str(t->a.ndim, t->a.shape, s1, sizeof s1);
+            fd_shape_str(is_lse ? 3 : 4, is_lse ? want_lse : want_mask, s2, sizeof s2);
+            snprintf(err, errlen, "%s: shape %s, expected %s (%s)", t->label, s1, s2,
+                     is_lse ? "batch, heads, seqlen_q" : "batch, heads, seqlen_q, seqlen_k");
+            goto out;
+        }
+        if (is_lse) {
+            o->lse = malloc(sizeof(float) * t->a.numel);
+            if (!o->lse) goto oom;
+            for (size_t x = 0; x < t->a.numel; x++) o->lse[x] = fd_array_get_f32(&t->a, x);
+        } else {
+            o->keep = malloc(t->a.numel);
+            if (!o->keep) goto oom;
+            memcpy(o->keep, t->a.data, t->a.numel);
+        }
+    }
+    b->info = json_incref(json_object_get(meta, "info"));
+    rc = 0;
+    goto out;
+oom:
+    snprintf(err, errlen, "%s: out of memory", path);
+out:
+    tlist_free(&l);
+    if (meta) json_decref(meta);
+    if (rc) fd_bundle_free(b);
+    return rc;
+}
+
+/* ---- writing ---- */
+
+static int make_array(fd_array *a, fd_atype t, int nd, const int64_t *shape, const float *src, int bhsd,
+                      char *err, size_t errlen)
+{
+    if (fd_array_alloc(a, t, nd, shape, err, errlen)) return -1;
+    uint8_t *d = a->data;
+    for (size_t i = 0; i < a->numel; i++) {
+        size_t s = i;
+        if (bhsd && nd == 4) { /* element i of [B][H][S][D] comes from [B][S][H][D] */
+            const size_t H = (size_t)shape[1], S = (size_t)shape[2], D = (size_t)shape[3];
+            size_t dd = i % D, ss = (i / D) % S, hh = (i / D / S) % H, bb = i / D / S / H;
+            s = ((bb * S + ss) * H + hh) * D + dd;
+        }
+        const float x = src[s];
+        uint32_t u;
+        switch (t) {
+        case FD_AT_F16: u = fd_f32_to_f16_bits(x); d[2 * i] = (uint8_t)u; d[2 * i + 1] = (uint8_t)(u >> 8); break;
+        case FD_AT_BF16: u = fd_f32_to_bf16_bits(x); d[2 * i] = (uint8_t)u; d[2 * i + 1] = (uint8_t)(u >> 8); break;
+        default:
+            u = fd_f32_bits(x);
+            for (int k = 0; k < 4; k++) d[4 * i + (size_t)k] = (uint8_t)(u >> (8 * k));
+        }
+    }
+    return 0;
+}
+
+int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int bhsd, char *err,
+                    size_t errlen)
+{
+    const fd_problem *p = &b->prob;
+    const fd_atype at = p->dtype == FD_DT_FP16 ? FD_AT_F16 : p->dtype == FD_DT_BF16 ? FD_AT_BF16 : FD_AT_F32;
+    enum { MAXT = 3 + 3 * FD_MAX_BACKENDS };
+    fd_array arr[MAXT];
+    char names[MAXT][64];
+    const fd_array *ap[MAXT];
+    const char *np[MAXT];
+    int n = 0, rc = -1;
+    memset(arr, 0, sizeof arr);
+    const int64_t qs[4] = {p->batch, bhsd ? p->heads : p->seqlen_q, bhsd ? p->seqlen_q : p->heads, p->head_dim};
+    const int64_t ks[4] = {p->batch, bhsd ? p->kv_heads : p->seqlen_k, bhsd ? p->seqlen_k : p->kv_heads, p->head_dim};
+    const int64_t ls[3] = {p->batch, p->heads, p->seqlen_q};
+    const int64_t ms[4] = {p->batch, p->heads, p->seqlen_q, p->seqlen_k};
+    if (make_array(&arr[n], at, 4, qs, b->q, bhsd, err, errlen)) goto out;
+    snprintf(names[n++], 64, "q");
+    if (make_array(&arr[n], at, 4, ks, b->k, bhsd, err, errlen)) goto out;
+    snprintf(names[n++], 64, "k");
+    if (make_array(&arr[n], at, 4, ks, b->v, bhsd, err, errlen)) goto out;
+    snprintf(names[n++], 64, "v");
+    for (int i = 0; i < b->nout; i++) {
+        const fd_import_output *o = &b->out[i];
+        if (make_array(&arr[n], at, 4, qs, o->o, bhsd, err, errlen)) goto out;
+        snprintf(names[n++], 64, "out_%s", o->name);
+        if (o->lse) {
+            if (make_array(&arr[n], FD_AT_F32, 3, ls, o->lse, 0, err, errlen)) goto out;
+            snprintf(names[n++], 64, "lse_%s", o->name);
+        }
+        if (o->keep) {
+            if (fd_array_alloc(&arr[n], FD_AT_U8, 4, ms, err, errlen)) goto out;
+            memcpy(arr[n].data, o->keep, arr[n].numel);
+            snprintf(names[n++], 64, "dmask_%s", o->name);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        ap[i] = &arr[i];
+        np[i] = names[i];
+    }
+    char sc[64], dp[64], sd[32], of[32];
+    snprintf(sc, sizeof sc, "%.17g", (double)p->softmax_scale);
+    snprintf(dp, sizeof dp, "%.17g", p->dropout_p);
+    snprintf(sd, sizeof sd, "%llu", (unsigned long long)p->seed);
+    snprintf(of, sizeof of, "%llu", (unsigned long long)p->offset);
+    json_t *roles = json_object();
+    for (int i = 0; i < b->nout; i++)
+        json_object_set_new(roles, b->out[i].name,
+                            json_string(b->out[i].be.role == FD_ROLE_FLASH ? "flash" : "standard"));
+    json_t *meta = json_pack("{s:s, s:s, s:s}", "layout", bhsd ? "bhsd" : "bshd", "mask",
+                             fd_mask_name(p->mask), "dtype", fd_dtype_name(p->dtype));
+    if (safetensors) {
+        json_object_set_new(meta, "scale", json_string(sc));
+        json_object_set_new(meta, "dropout_p", json_string(dp));
+        json_object_set_new(meta, "seed", json_string(sd));
+        json_object_set_new(meta, "offset", json_string(of));
+        char *r = json_dumps(roles, JSON_COMPACT);
+        json_object_set_new(meta, "roles", json_string(r ? r : "{}"));
+        free(r);
+        if (b->info) {
+            char *s = json_dumps(b->info, JSON_COMPACT | JSON_ENCODE_ANY);
+            json_object_set_new(meta, "info", json_string(s ? s : "null"));
+            free(s);
+        }
+        json_decref(roles);
+        rc = fd_st_write_file(path, np, ap, n, meta, err, errlen);
+        json_decref(meta);
+        goto out;
+    }
+    json_object_set_new(meta, "scale", json_real((double)p->softmax_scale));
+    json_object_set_new(meta, "dropout_p", json_real(p->dropout_p));
+    json_object_set_new(meta, "seed", json_string(sd));
+    json_object_set_new(meta, "offset", json_string(of));
+    json_object_set_new(meta, "roles", roles);
+    if (b->info) json_object_set(meta, "info", b->info);
+    if (mkdir(path, 0755) && errno != EEXIST) {
+        snprintf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        json_decref(meta);
+        goto out;
+    }
+    char fp[1200];
+    snprintf(fp, sizeof fp, "%s/meta.json", path);
+    if (json_dump_file(meta, fp, JSON_INDENT(1) | JSON_REAL_PRECISION(17))) {
+        snprintf(err, errlen, "%s: cannot write", fp);
+        json_decref(meta);
+        goto out;
+    }
+    json_decref(meta);
+    for (int i = 0; i < n; i++) {
+        snprintf(fp, sizeof fp, "%s/%s.npy", path, names[i]);
+        if (fd_npy_write_file(fp, &arr[i], err, errlen)) goto out;
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < MAXT; i++) fd_array_free(&arr[i]);
+    return rc;
+}
+
+int fd_bundle_list(const char *path, char ***paths, int *n, char *err, size_t errlen)
+{
+    *paths = NULL;
+    *n = 0;
+    struct stat st;
+    if (stat(path, &st)) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    char mp[1200];
+    snprintf(mp, sizeof mp, "%s/meta.json", path);
+    if (!S_ISDIR(st.st_mode) || !stat(mp, &st)) {
+        *paths = malloc(sizeof(char *));
+        if (!*paths || !((*paths)[0] = strdup(path))) return -1;
+        *n = 1;
+        return 0;
+    }
+    DIR *d = opendir(path);
+    if (!d) {
+        snprintf(err, errlen, "%s: cannot open the directory: %s", path, strerror(errno));
+        return -1;
+    }
+    int cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char sub[1200];
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        size_t l = strlen(e->d_name);
+        int take = 0;
+        if (l > 12 && !strcmp(e->d_name + l - 12, ".safetensors") && !stat(sub, &st) && S_ISREG(st.st_mode))
+            take = 1;
+        else {
+            snprintf(mp, sizeof mp, "%s/meta.json", sub);
+            take = !stat(mp, &st);
+        }
+        if (!take) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **np = realloc(*paths, sizeof *np * (size_t)cap);
+            if (!np) break;
+            *paths = np;
+        }
+        if (!((*paths)[*n] = strdup(sub))) break;
+        (*n)++;
+    }
+    closedir(d);
+    if (!*n) {
+        snprintf(err, errlen, "%s: no bundle here (expected meta.json, or subdirectories with meta.json, "
+                              "or .safetensors files)", path);
+        free(*paths);
+        *paths = NULL;
+        return -1;
+    }
+    qsort(*paths, (size_t)*n, sizeof **paths, cmp_str);
+    return 0;
+}

@@ -1,0 +1,69 @@
+/* fd_import.h: bundles of tensors dumped by someone else's attention (PyTorch SDPA,
+ * flash-attn, a user's kernel), read as the `import` backend; docs/import.md is the
+ * format's reference.
+ *
+ * A bundle is a directory (meta.json + one .npy file per tensor) or one .safetensors
+ * file (the same names; meta in "__metadata__", string values). Tensors: q, k, v
+ * (required), out_NAME (an output of path NAME, any number up to FD_MAX_BACKENDS),
+ * lse_NAME ([b][h][s_q] fp32), dmask_NAME (the dropout mask path NAME applied,
+ * [b][h][s_q][s_k] uint8/bool, 1 = kept). Meta: layout "bshd" or "bhsd" (required,
+ * never guessed), mask "none" | "causal" (= "causal_tl", PyTorch is_causal) |
+ * "causal_br" (required), dtype (required for npy '<u2', which then means bf16),
+ * scale (default 1/sqrt(d) as a float), dropout_p (default 0), seed and offset (FA2
+ * Philox; required when dropout_p > 0), roles ({NAME: "flash" | "standard"}; default:
+ * standard when NAME contains math, eager, standard or ref, else flash), info (free).
+ *
+ * fd_bundle_load validates everything (shapes agree, dtypes agree and are supported,
+ * q/k/v finite) and converts tensors to fd_problem's layouts (floats holding the exact
+ * dtype values). Every error names the file and the problem. */
+#ifndef FD_IMPORT_H
+#define FD_IMPORT_H
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "fd_problem.h"
+#include "fd_run.h"
+
+typedef struct fd_import_output {
+    char name[64];
+    fd_backend be;  /* name, family "import", role; run is NULL (the output is given) */
+    float *o;       /* [b][s_q][h][d] */
+    float *lse;     /* [b][h][s_q], or NULL */
+    uint8_t *keep;  /* [b][h][s_q][s_k], 1 kept, or NULL */
+} fd_import_output;
+
+typedef struct fd_bundle {
+    char path[1024];
+    char name[160];      /* the bundle's base name (case id) */
+    int safetensors;     /* 1: one .safetensors file; 0: a directory of .npy */
+    int bhsd;            /* declared layout */
+    fd_problem prob;
+    float *q, *k, *v;    /* fd_problem layouts */
+    int nout;
+    fd_import_output out[FD_MAX_BACKENDS];
+    json_t *info;        /* meta "info" (or NULL) */
+} fd_bundle;
+
+int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen);
+void fd_bundle_free(fd_bundle *b);
+/* Writes b as a bundle: a directory of .npy (bf16 as '<u2' with meta dtype bf16) or one
+ * .safetensors file, in layout bhsd or bshd. info may be NULL. */
+int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int bhsd, char *err,
+                    size_t errlen);
+/* PATH is a bundle, or a directory of bundles (subdirectories with meta.json and
+ * *.safetensors files, sorted by name). Fills *paths (caller frees each and the array). */
+int fd_bundle_list(const char *path, char ***paths, int *n, char *err, size_t errlen);
+
+/* fd_run_import (harness/fd_run_import.c): fd_run_case for a bundle. The MPFR reference
+ * on the bundle's exact inputs for the rows cf->rows_per_head selects; each output
+ * measured against it (as a backend of family "import"); FlashAttention's rule for
+ * each flash output against the first standard output; the regenerated FA2 dropout
+ * mask's keep rate; then cf->policy's verdict. *extra receives what has no place in
+ * fd_case_result: the bundle (path, format, layout, outputs and roles), every pair of
+ * outputs measured against each other (max abs, rel l2, max ulp, identical elements,
+ * over all elements), and per supplied dropout mask its agreement with FA2's
+ * regeneration from (seed, offset) and its own keep rate; a mask that disagrees makes
+ * the case FAIL (the reference then does not model that kernel's dropout). */
+int fd_run_import(const fd_casefile *cf, const fd_bundle *b, int jobs, fd_case_result *res,
+                  json_t **extra, char *err, size_t errlen);
+#endif

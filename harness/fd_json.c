@@ -1,0 +1,95 @@
+/* fd_json.c: see fd_json.h. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fd_json.h"
+
+int fd_jfail(fd_jctx *cx, const char *path, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(cx->err, cx->errlen, "%s: %s: %s", cx->file, path, msg);
+    return -1;
+}
+
+const char *fd_jtype(const json_t *j)
+{
+    if (!j) return "nothing (field missing)";
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE: case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+int fd_jcheck_keys(fd_jctx *cx, const char *path, const json_t *obj, const char *const *allowed)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val) {
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++)
+            if (!strcmp(*a, key)) ok = 1;
+        if (!ok) {
+            char list[512] = "";
+            for (const char *const *a = allowed; *a; a++) {
+                strncat(list, *a, sizeof list - strlen(list) - 1);
+                if (a[1]) strncat(list, ", ", sizeof list - strlen(list) - 1);
+            }
+            return fd_jfail(cx, path, "unknown field \"%s\" (expected one of: %s)", key, list);
+        }
+    }
+    return 0;
+}
+
+int fd_jget_num(fd_jctx *cx, const char *path, const json_t *j, double *out)
+{
+    if (!json_is_number(j)) return fd_jfail(cx, path, "expected a number, got %s", fd_jtype(j));
+    *out = json_number_value(j);
+    if (!isfinite(*out)) return fd_jfail(cx, path, "expected a finite number");
+    return 0;
+}
+
+double fd_json_number(const json_t *j)
+{
+    if (json_is_number(j)) return json_number_value(j);
+    const char *s = json_string_value(j);
+    if (s && !strcmp(s, "inf")) return (double)INFINITY;
+    if (s && !strcmp(s, "-inf")) return -(double)INFINITY;
+    return (double)NAN;
+}
+
+int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out)
+{
+    const char *s = json_string_value(j);
+    if (json_is_number(j) || (s && (!strcmp(s, "inf") || !strcmp(s, "-inf") || !strcmp(s, "nan")))) {
+        *out = fd_json_number(j);
+        return 0;
+    }
+    return fd_jfail(cx, path, "expected a number (or \"inf\", \"-inf\", \"nan\"), got %s", fd_jtype(j));
+}
+
+json_t *fd_jload(const char *path, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (root) return root;
+    if (je.line > 0) {
+        const int eof = strstr(je.text, "end of") != NULL || strstr(je.text, "premature") != NULL;
+        snprintf(err, errlen, "%s:%d:%d: invalid JSON%s: %s", path, je.line, je.column,
+                 eof ? " (truncated file?)" : "", je.text);
+    } else {
+        snprintf(err, errlen, "%s: %s", path, je.text);
+    }
+    return NULL;
+}

@@ -1,0 +1,36 @@
+/* fd_json.h: strict JSON reading helpers shared by the policy, report and journal readers.
+ *
+ * Every error names the file, the JSON path and what was expected, in the style of the
+ * case-file reader (fd_case.c): "FILE: PATH: expected ...". Files are loaded with
+ * duplicate keys rejected; syntax errors name FILE:LINE:COL. Report numbers may be the
+ * strings "inf", "-inf", "nan" (docs/report-schema.md); fd_json_number reads both. */
+#ifndef FD_JSON_H
+#define FD_JSON_H
+#include <jansson.h>
+#include <stddef.h>
+
+typedef struct fd_jctx {
+    const char *file;
+    char *err;
+    size_t errlen;
+} fd_jctx;
+
+/* Fills err with "FILE: PATH: message" and returns -1. */
+int fd_jfail(fd_jctx *cx, const char *path, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+const char *fd_jtype(const json_t *j);
+/* Rejects keys not in allowed (NULL-terminated). */
+int fd_jcheck_keys(fd_jctx *cx, const char *path, const json_t *obj, const char *const *allowed);
+/* A finite number (integer or real). */
+int fd_jget_num(fd_jctx *cx, const char *path, const json_t *j, double *out);
+/* A report number: a JSON number or "inf", "-inf", "nan". */
+int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out);
+/* Value of a report number (NAN when absent or not a number). */
+double fd_json_number(const json_t *j);
+/* Loads a file with duplicate keys rejected; NULL with err on failure. what: "report",
+ * "policy" ... used in the message for an empty/truncated file. */
+json_t *fd_jload(const char *path, char *err, size_t errlen);
+#endif

@@ -1,0 +1,56 @@
+/* fd_runfile.h: running a whole case file (the loop behind `run` and `gate`).
+ *
+ * fd_run_casefile runs every case (those matching filter) through the backends and the
+ * reference, journals each finished case to DIR/cases.partial.jsonl (a header line
+ * naming the case file, then one case per line), and returns the report tree (complete
+ * or partial). With resume it first reads the journal and keeps its cases instead of
+ * recomputing them, refusing a journal written for another case file, other backends
+ * or other knobs. With repeat > 1 each case's backends run repeat - 1 more times
+ * (fd_repeat_hashes) and any output whose hash differs from the first run makes the
+ * case FAIL ("repeat" in each backend's report object). */
+#ifndef FD_RUNFILE_H
+#define FD_RUNFILE_H
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fd_case.h"
+#include "fd_run.h"
+
+typedef struct fd_run_opts {
+    const char *out;     /* directory of the journal (created by the caller) */
+    const char *backend; /* "auto", "cpu", or names */
+    const char *filter;  /* substring of case ids, or NULL */
+    int jobs;
+    int quiet;           /* no progress bar */
+    int repeat;          /* >= 1: runs per case for the determinism check */
+    int resume;          /* continue from out/cases.partial.jsonl */
+} fd_run_opts;
+
+typedef struct fd_run_outcome {
+    int status;          /* FD_EXIT_PASS (complete), FD_EXIT_USAGE, FD_EXIT_INTERNAL, FD_EXIT_INTERRUPTED */
+    int nrun, total, nfail, nresumed;
+} fd_run_outcome;
+
+/* Returns 0 when the run completed (*report complete), -1 otherwise with out->status and
+ * err set; *report is then NULL (bad input) or the partial report. */
+int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report,
+                    fd_run_outcome *out, char *err, size_t errlen);
+/* Writes report.json, summary.md and report.html (skipped with a warning when gnuplot
+ * is missing) into dir; removes the journal. 0 or -1 with err. */
+int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char *err, size_t errlen);
+
+void fd_run_opts_default(fd_run_opts *o);
+/* Parses one run option at argv[*i] (--out --backend --filter --jobs --repeat --quiet
+ * --resume): 0 consumed, 1 not a run option, -1 usage error (printed). */
+int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o);
+/* Loads CASEFILE, runs it, writes the outputs into o->out; returns the exit code (0, 1 a
+ * case failed its case-file policy, 2, 3, 130) and the complete report in *report. */
+int fd_run_and_write(const char *casefile, const fd_run_opts *o, json_t **report);
+
+/* Runs each backend once more on c (same inputs, same rows) and returns the FNV-1a hash
+ * of its checked outputs exactly as fd_metrics computes output_hash; ok[t] = 0 when the
+ * backend failed. 0 or -1 with err. */
+int fd_repeat_hashes(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
+                     const int *rows, int nrows, uint64_t *hash, int *ok, char *err, size_t errlen);
+#endif

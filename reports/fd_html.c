@@ -1,0 +1,565 @@
+/* fd_html.c: report.html with gnuplot plots; see fd_html.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "fd_diff.h"
+#include "fd_html.h"
+#include "fd_json.h"
+#include "fd_report.h"
+#include "fd_report_read.h"
+
+#define MAX_SERIES 24
+#define MAX_POINTS 256
+
+typedef struct {
+    char name[96];
+    int n;
+    double x[MAX_POINTS], y[MAX_POINTS];
+} series;
+
+static const char *str(const json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static void html_esc(FILE *f, const char *s)
+{
+    for (; s && *s; s++) {
+        switch (*s) {
+        case '&': fputs("&amp;", f); break;
+        case '<': fputs("&lt;", f); break;
+        case '>': fputs("&gt;", f); break;
+        case '"': fputs("&quot;", f); break;
+        case '\'': fputs("&#39;", f); break;
+        default: fputc(*s, f);
+        }
+    }
+}
+
+/* gnuplot strings in double quotes: escape backslash and quote. */
+static void gp_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static series *find_series(series *s, int *ns, const char *name)
+{
+    for (int i = 0; i < *ns; i++)
+        if (!strcmp(s[i].name, name)) return &s[i];
+    if (*ns == MAX_SERIES) return NULL;
+    series *n = &s[(*ns)++];
+    memset(n, 0, sizeof *n);
+    snprintf(n->name, sizeof n->name, "%s", name);
+    return n;
+}
+
+/* Keeps the largest y per x (the worst case at that sequence length). */
+static void add_point_max(series *s, double x, double y)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!(s->x[i] < x || s->x[i] > x)) {
+            if (y > s->y[i]) s->y[i] = y;
+            return;
+        }
+    if (s->n < MAX_POINTS) {
+        s->x[s->n] = x;
+        s->y[s->n++] = y;
+    }
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void sort_series(series *s)
+{
+    /* insertion sort by x, n is small */
+    for (int i = 1; i < s->n; i++)
+        for (int j = i; j > 0 && s->x[j - 1] > s->x[j]; j--) {
+            double tx = s->x[j], ty = s->y[j];
+            s->x[j] = s->x[j - 1]; s->y[j] = s->y[j - 1];
+            s->x[j - 1] = tx; s->y[j - 1] = ty;
+        }
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 65536 > cap) {
+            cap = cap ? 2 * cap : 262144;
+            char *nb = realloc(buf, cap);
+            if (!nb) { free(buf); fclose(f); return NULL; }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+static void base64(FILE *f, const unsigned char *p, size_t n)
+{
+    static const char tb[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < n; i += 3) {
+        const unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0u) | (i + 2 < n ? p[i + 2] : 0u);
+        fputc(tb[v >> 18 & 63], f);
+        fputc(tb[v >> 12 & 63], f);
+        fputc(i + 1 < n ? tb[v >> 6 & 63] : '=', f);
+        fputc(i + 2 < n ? tb[v & 63] : '=', f);
+    }
+}
+
+/* Runs gnuplot on script in dir; 0 ok, 1 not found, -1 failed (err holds its log). */
+static int run_gnuplot(const char *dir, char *err, size_t errlen)
+{
+    const char *gp = getenv("FD_GNUPLOT");
+    if (!gp || !*gp) gp = "gnuplot";
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, errlen, "cannot start gnuplot: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        if (chdir(dir)) _exit(126);
+        int fd = open("gnuplot.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execlp(gp, gp, "plots.gp", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 127) {
+        snprintf(err, errlen, "gnuplot not found (%s; install the Debian package gnuplot-nox)", gp);
+        return 1;
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        char lp[4200];
+        size_t n = 0;
+        snprintf(lp, sizeof lp, "%s/gnuplot.log", dir);
+        char *log = slurp(lp, &n);
+        snprintf(err, errlen, "gnuplot failed: %.*s", (int)(n > 300 ? 300 : n), log ? log : "");
+        free(log);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *const plot_files[] = {"seq.svg", "ulp.svg", "keep.svg", "base.svg", "seq.dat", "ulp.dat",
+                                         "keep.dat", "base.dat", "plots.gp", "gnuplot.log", NULL};
+
+static void cleanup(const char *dir)
+{
+    char p[4200];
+    for (int i = 0; plot_files[i]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, plot_files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+static FILE *open_in(const char *dir, const char *name)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return fopen(p, "w");
+}
+
+static const char *const term =
+    "set terminal svg size 760,430 dynamic noenhanced font 'sans,11' background rgb 'white'\n"
+    "set grid\nset key outside right top\n";
+
+/* Writes the data files and the script; flags which plots exist. */
+static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[4])
+{
+    FILE *gp = open_in(dir, "plots.gp");
+    if (!gp) return -1;
+    const json_t *cases = json_object_get(report, "cases");
+    size_t i;
+    json_t *c;
+    static series ss[MAX_SERIES];
+    int ns = 0;
+    /* 1. error vs sequence length per dtype and backend */
+    json_array_foreach(cases, i, c) {
+        const char *key;
+        json_t *b;
+        const double sk = (double)json_integer_value(json_object_get(json_object_get(c, "shape"), "seqlen_k"));
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            const double y = fd_json_number(json_object_get(b, "rel_l2"));
+            if (!json_is_true(json_object_get(b, "ok")) || !(y > 0) || isinf(y)) continue;
+            char name[96];
+            snprintf(name, sizeof name, "%s %s", str(c, "dtype"), key);
+            series *s = find_series(ss, &ns, name);
+            if (s) add_point_max(s, sk, y);
+        }
+    }
+    FILE *d = open_in(dir, "seq.dat");
+    if (!d) { fclose(gp); return -1; }
+    for (int k = 0; k < ns; k++) {
+        sort_series(&ss[k]);
+        fprintf(d, "# %s\n", ss[k].name);
+        for (int p = 0; p < ss[k].n; p++) fprintf(d, "%.17g %.17g\n", ss[k].x[p], ss[k].y[p]);
+        fprintf(d, "\n\n");
+    }
+    fclose(d);
+    have[0] = ns > 0;
+    if (have[0]) {
+        fprintf(gp, "%sset output 'seq.svg'\nset title 'Error vs sequence length (worst case per seqlen_k)'\n"
+                    "set xlabel 'seqlen_k'\nset ylabel 'rel l2 = ||out - ref|| / ||ref||'\nset logscale y\n"
+                    "set format y '%%.0e'\nplot ", term);
+        for (int k = 0; k < ns; k++) {
+            fprintf(gp, "%s'seq.dat' index %d using 1:2 with linespoints lw 2 pt 7 ps 0.8 title ", k ? ", " : "", k);
+            gp_str(gp, ss[k].name);
+        }
+        fprintf(gp, "\nunset logscale y\nunset format y\n");
+    }
+    /* 2. histogram of p99 ulp error per backend */
+    ns = 0;
+    double vmax = 0;
+    json_array_foreach(cases, i, c) {
+        const char *key;
+        json_t *b;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            const double y = fd_json_number(json_object_get(b, "p99_ulp"));
+            if (!json_is_true(json_object_get(b, "ok")) || isnan(y) || isinf(y)) continue;
+            series *s = find_series(ss, &ns, key);
+            if (s && s->n < MAX_POINTS) s->y[s->n++] = y;
+            if (y > vmax) vmax = y;
+        }
+    }
+    d = open_in(dir, "ulp.dat");
+    if (!d) { fclose(gp); return -1; }
+    const int nb = 24;
+    const double w = vmax > 0 ? vmax / nb : 1.0;
+    for (int k = 0; k < ns; k++) {
+        int cnt[24] = {0};
+        qsort(ss[k].y, (size_t)ss[k].n, sizeof(double), cmp_dbl);
+        for (int p = 0; p < ss[k].n; p++) {
+            int bi = (int)(ss[k].y[p] / w);
+            cnt[bi >= nb ? nb - 1 : bi]++;
+        }
+        fprintf(d, "# %s\n", ss[k].name);
+        for (int bi = 0; bi < nb; bi++) fprintf(d, "%.17g %d\n", (bi + 0.5) * w, cnt[bi]);
+        fprintf(d, "\n\n");
+    }
+    fclose(d);
+    have[1] = ns > 0;
+    if (have[1]) {
+        fprintf(gp, "%sset output 'ulp.svg'\nset title 'p99 ulp error per case (histogram)'\n"
+                    "set xlabel '99th percentile of |out - ref| / ulp(ref), output dtype'\nset ylabel 'cases'\n"
+                    "set boxwidth %.17g absolute\nset style fill transparent solid 0.45 border\nset yrange [0:*]\nplot ",
+                term, w * 0.9);
+        for (int k = 0; k < ns; k++) {
+            fprintf(gp, "%s'ulp.dat' index %d using 1:2 with boxes title ", k ? ", " : "", k);
+            gp_str(gp, ss[k].name);
+        }
+        fprintf(gp, "\nset autoscale y\nset style fill empty\n");
+    }
+    /* 3. dropout keep rate vs p, as the deviation from 1 - p */
+    d = open_in(dir, "keep.dat");
+    if (!d) { fclose(gp); return -1; }
+    int nk = 0;
+    double pmax = 0;
+    json_array_foreach(cases, i, c) {
+        const json_t *ds = json_object_get(c, "dropout_stats");
+        const json_int_t tot = json_integer_value(json_object_get(ds, "total"));
+        if (!ds || tot <= 0) continue;
+        const double p = fd_json_number(json_object_get(c, "dropout"));
+        const double kr = fd_json_number(json_object_get(ds, "keep_rate"));
+        const double q = 1.0 - p;
+        fprintf(d, "%.17g %.17g %.17g\n", p, kr - q, 2.0 * sqrt(q * p / (double)tot));
+        if (p > pmax) pmax = p;
+        nk++;
+    }
+    fclose(d);
+    have[2] = nk > 0;
+    if (have[2]) {
+        fprintf(gp, "%sset output 'keep.svg'\nset title 'Dropout keep rate vs p (measured minus 1 - p, +-2 sigma)'\n"
+                    "set xlabel 'dropout p'\nset ylabel 'keep rate - (1 - p)'\nset samples 2000\n"
+                    "set xrange [0:%.17g]\nthr(x) = (floor((1 - x) * 255) + 1) / 256.0 - (1 - x)\n"
+                    "plot 'keep.dat' using 1:2:3 with yerrorbars pt 7 ps 0.8 title 'measured (per case)', "
+                    "thr(x) with lines lw 2 title 'byte threshold: (floor((1-p)*255)+1)/256', "
+                    "0 with lines lw 2 dt 2 title 'nominal 1 - p'\nset autoscale x\n",
+                term, pmax * 1.25 + 0.02);
+    }
+    /* 4. baseline vs current */
+    have[3] = 0;
+    if (baseline) {
+        d = open_in(dir, "base.dat");
+        if (!d) { fclose(gp); return -1; }
+        int npts = 0;
+        json_array_foreach(cases, i, c) {
+            const json_t *bc = fd_report_find_case(baseline, str(c, "id"));
+            if (!bc) continue;
+            const char *key;
+            json_t *b;
+            json_object_foreach(json_object_get(c, "backends"), key, b) {
+                const json_t *bb = json_object_get(json_object_get(bc, "backends"), key);
+                const double x = fd_json_number(json_object_get(bb, "rel_l2"));
+                const double y = fd_json_number(json_object_get(b, "rel_l2"));
+                if (!(x > 0) || !(y > 0) || isinf(x) || isinf(y)) continue;
+                fprintf(d, "%.17g %.17g\n", x, y);
+                npts++;
+            }
+        }
+        fclose(d);
+        have[3] = npts > 0;
+        if (have[3])
+            fprintf(gp, "%sset output 'base.svg'\nset title 'Baseline vs current: rel l2 per case and backend'\n"
+                        "set xlabel 'baseline rel l2'\nset ylabel 'current rel l2'\nset logscale xy\n"
+                        "set format x '%%.0e'\nset format y '%%.0e'\nset size ratio -1\n"
+                        "plot 'base.dat' using 1:2 with points pt 7 ps 0.8 title 'case x backend', "
+                        "x with lines dt 2 title 'no change', 1.25*x with lines dt 3 title '+25%%'\n",
+                    term);
+    }
+    fprintf(gp, "set output\n");
+    fclose(gp);
+    return 0;
+}
+
+static void embed(FILE *f, const char *dir, const char *name, const char *alt)
+{
+    char p[4200];
+    size_t n = 0;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    char *svg = slurp(p, &n);
+    if (!svg || !n) {
+        free(svg);
+        return;
+    }
+    fprintf(f, "<figure><img alt=\"%s\" src=\"data:image/svg+xml;base64,", alt);
+    base64(f, (const unsigned char *)svg, n);
+    fprintf(f, "\"><figcaption>%s</figcaption></figure>\n", alt);
+    free(svg);
+}
+
+static void num(FILE *f, const json_t *j)
+{
+    if (!j) fprintf(f, "–");
+    else if (json_is_number(j)) fprintf(f, "%.3g", json_number_value(j));
+    else html_esc(f, json_string_value(j));
+}
+
+static const char *css =
+    "body{font-family:system-ui,sans-serif;margin:24px;color:#222}h1{margin:0 0 4px}"
+    ".meta{color:#555;font-size:13px}.tot span{display:inline-block;padding:4px 10px;margin:8px 6px 8px 0;"
+    "border-radius:4px;font-weight:600}.PASS{background:#d7f5dd}.MARGINAL{background:#fff1c2}"
+    ".FAIL{background:#ffd4d4}.UNDECIDED{background:#e3e3ff}table{border-collapse:collapse;font-size:12px;"
+    "margin:8px 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child,th:first-child"
+    "{text-align:left;font-family:monospace}.plots{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;"
+    "border:1px solid #ddd;padding:6px}figure img{width:760px;max-width:100%}figcaption{font-size:12px;"
+    "color:#555}details{margin:2px 0;font-size:13px}summary{cursor:pointer;font-family:monospace}";
+
+int fd_render_html(const json_t *report, const json_t *baseline, const char *path, char *err, size_t errlen)
+{
+    const char *tmpd = getenv("TMPDIR");
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/flashdrift-plot-XXXXXX", tmpd && *tmpd ? tmpd : "/tmp");
+    if (!mkdtemp(dir)) {
+        snprintf(err, errlen, "cannot create a temporary directory for the plots: %s", strerror(errno));
+        return -1;
+    }
+    int have[4] = {0, 0, 0, 0};
+    if (write_plots(report, baseline, dir, have)) {
+        snprintf(err, errlen, "%s: cannot write plot data: %s", dir, strerror(errno));
+        cleanup(dir);
+        return -1;
+    }
+    int g = run_gnuplot(dir, err, errlen);
+    if (g) {
+        cleanup(dir);
+        return g;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        cleanup(dir);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    const json_t *cf = json_object_get(report, "case_file"), *mach = json_object_get(report, "machine");
+    const json_t *tot = json_object_get(report, "totals");
+    fprintf(f, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>flashdrift: ");
+    html_esc(f, str(cf, "name"));
+    fprintf(f, "</title><style>%s</style></head><body>\n<h1>flashdrift: ", css);
+    html_esc(f, str(cf, "name"));
+    fprintf(f, "</h1>\n<div class=\"meta\">");
+    html_esc(f, str(cf, "path"));
+    fprintf(f, " · flashdrift ");
+    html_esc(f, str(report, "version"));
+    fprintf(f, " (");
+    html_esc(f, str(report, "git_commit"));
+    fprintf(f, ") · ");
+    html_esc(f, str(report, "created"));
+    fprintf(f, " · ");
+    html_esc(f, str(mach, "hostname"));
+    fprintf(f, " · ");
+    html_esc(f, str(mach, "cpu"));
+    const json_t *gpu = json_object_get(mach, "gpu");
+    if (json_is_object(gpu)) {
+        fprintf(f, " · GPU ");
+        html_esc(f, str(gpu, "name"));
+    }
+    fprintf(f, " · backends ");
+    html_esc(f, str(report, "backends"));
+    if (!json_is_true(json_object_get(report, "complete"))) fprintf(f, " · <b>INCOMPLETE RUN</b>");
+    fprintf(f, "</div>\n<div class=\"tot\"><span>%lld cases</span><span class=\"PASS\">%lld PASS</span>"
+               "<span class=\"MARGINAL\">%lld MARGINAL</span><span class=\"FAIL\">%lld FAIL</span>"
+               "<span class=\"UNDECIDED\">%lld UNDECIDED</span></div>\n",
+            json_integer_value(json_object_get(tot, "cases")), json_integer_value(json_object_get(tot, "pass")),
+            json_integer_value(json_object_get(tot, "marginal")), json_integer_value(json_object_get(tot, "fail")),
+            json_integer_value(json_object_get(tot, "undecided")));
+    fprintf(f, "<h2>Plots</h2><div class=\"plots\">\n");
+    if (have[0]) embed(f, dir, "seq.svg", "Error (rel l2) vs sequence length, per dtype and backend");
+    if (have[1]) embed(f, dir, "ulp.svg", "Histogram of the p99 ulp error per case, per backend");
+    if (have[2]) embed(f, dir, "keep.svg", "Dropout keep rate vs p against 1 - p and the byte threshold");
+    if (have[3]) embed(f, dir, "base.svg", "Baseline vs current (rel l2)");
+    fprintf(f, "</div>\n");
+    cleanup(dir);
+    if (baseline) {
+        json_t *dj = fd_diff_reports(baseline, "baseline", report, "current");
+        if (dj) {
+            fprintf(f, "<h2>Against the baseline</h2>\n<p>");
+            const char *key;
+            json_t *v;
+            json_object_foreach(json_object_get(dj, "summary"), key, v)
+                fprintf(f, "%s: <b>%lld</b> · ", key, (long long)json_integer_value(v));
+            fprintf(f, "</p>\n<table><tr><th>case</th><th>status</th><th>verdict</th></tr>\n");
+            size_t i;
+            json_t *c;
+            int rows = 0;
+            json_array_foreach(json_object_get(dj, "cases"), i, c) {
+                if (!strcmp(str(c, "status"), "identical") || rows++ >= 200) continue;
+                fprintf(f, "<tr><td>");
+                html_esc(f, str(c, "id"));
+                fprintf(f, "</td><td>");
+                html_esc(f, str(c, "status"));
+                fprintf(f, "</td><td>");
+                html_esc(f, str(c, "old_verdict"));
+                fprintf(f, " → ");
+                html_esc(f, str(c, "new_verdict"));
+                fprintf(f, "</td></tr>\n");
+            }
+            fprintf(f, "</table>\n");
+            json_decref(dj);
+        }
+    }
+    fprintf(f, "<h2>Summary</h2>\n<table><tr><th>case</th><th>verdict</th><th>backend</th><th>max abs</th>"
+               "<th>rel l2</th><th>max ulp</th><th>p99 ulp</th><th>LSE err</th><th>flash/std</th><th>hash</th></tr>\n");
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const char *key;
+        json_t *b;
+        int first = 1;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            fprintf(f, "<tr><td>");
+            if (first) html_esc(f, str(c, "id"));
+            fprintf(f, "</td><td class=\"%s\">%s</td><td>", first ? str(c, "verdict") : "", first ? str(c, "verdict") : "");
+            html_esc(f, key);
+            fprintf(f, "</td>");
+            if (!json_is_true(json_object_get(b, "ok"))) {
+                fprintf(f, "<td colspan=\"7\">error: ");
+                html_esc(f, str(b, "error"));
+                fprintf(f, "</td></tr>\n");
+            } else {
+                static const char *const cols[] = {"max_abs", "rel_l2", "max_ulp", "p99_ulp", "lse_max_abs", "fa_ratio", NULL};
+                for (int k = 0; cols[k]; k++) {
+                    fprintf(f, "<td>");
+                    num(f, json_object_get(b, cols[k]));
+                    fprintf(f, "</td>");
+                }
+                fprintf(f, "<td>");
+                html_esc(f, str(b, "output_hash"));
+                fprintf(f, "</td></tr>\n");
+            }
+            first = 0;
+        }
+    }
+    fprintf(f, "</table>\n<h2>Cases</h2>\n");
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const json_t *sh = json_object_get(c, "shape");
+        fprintf(f, "<details><summary>");
+        html_esc(f, str(c, "id"));
+        fprintf(f, " — <span class=\"%s\">%s</span></summary><table>", str(c, "verdict"), str(c, "verdict"));
+        fprintf(f, "<tr><td>shape</td><td>batch %lld, heads %lld, kv_heads %lld, seqlen_q %lld, seqlen_k %lld, head_dim %lld</td></tr>",
+                json_integer_value(json_object_get(sh, "batch")), json_integer_value(json_object_get(sh, "heads")),
+                json_integer_value(json_object_get(sh, "kv_heads")), json_integer_value(json_object_get(sh, "seqlen_q")),
+                json_integer_value(json_object_get(sh, "seqlen_k")), json_integer_value(json_object_get(sh, "head_dim")));
+        fprintf(f, "<tr><td>dtype, mask, dist</td><td>");
+        html_esc(f, str(c, "dtype"));
+        fprintf(f, ", ");
+        html_esc(f, str(c, "mask"));
+        fprintf(f, ", ");
+        html_esc(f, str(c, "dist"));
+        fprintf(f, "</td></tr><tr><td>dropout p, seeds</td><td>");
+        num(f, json_object_get(c, "dropout"));
+        fprintf(f, ", input seed %lld, dropout seed %lld, offset %lld</td></tr>",
+                json_integer_value(json_object_get(c, "input_seed")), json_integer_value(json_object_get(c, "dropout_seed")),
+                json_integer_value(json_object_get(c, "dropout_offset")));
+        fprintf(f, "<tr><td>rows checked</td><td>%zu</td></tr>", json_array_size(json_object_get(c, "rows_checked")));
+        const json_t *ds = json_object_get(c, "dropout_stats");
+        if (ds) {
+            fprintf(f, "<tr><td>keep rate</td><td>");
+            num(f, json_object_get(ds, "keep_rate"));
+            fprintf(f, " (1 - p = ");
+            num(f, json_object_get(ds, "keep_nominal"));
+            fprintf(f, ", threshold ");
+            num(f, json_object_get(ds, "keep_threshold"));
+            fprintf(f, ", z = ");
+            num(f, json_object_get(ds, "z_threshold"));
+            fprintf(f, ")</td></tr>");
+        }
+        const char *key;
+        json_t *b;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            const json_t *wst = json_object_get(b, "worst");
+            if (!wst) continue;
+            fprintf(f, "<tr><td>");
+            html_esc(f, key);
+            fprintf(f, " worst</td><td>b %lld h %lld row %lld d %lld: got ", json_integer_value(json_object_get(wst, "b")),
+                    json_integer_value(json_object_get(wst, "h")), json_integer_value(json_object_get(wst, "row")),
+                    json_integer_value(json_object_get(wst, "d")));
+            num(f, json_object_get(wst, "got"));
+            fprintf(f, ", ref ");
+            num(f, json_object_get(wst, "ref"));
+            fprintf(f, "</td></tr>");
+        }
+        if (*str(c, "reasons")) {
+            fprintf(f, "<tr><td>why</td><td>");
+            html_esc(f, str(c, "reasons"));
+            fprintf(f, "</td></tr>");
+        }
+        fprintf(f, "</table></details>\n");
+    }
+    fprintf(f, "</body></html>\n");
+    fclose(f);
+    int rc = fd_write_text_atomic(path, buf, len, err, errlen);
+    free(buf);
+    return rc;
+}

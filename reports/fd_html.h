@@ -1,0 +1,15 @@
+/* fd_html.h: report.html, one self-contained file (no network): summary table, per-case
+ * details and plots made by gnuplot (error vs sequence length per dtype and backend, a
+ * histogram of p99 ulp errors, the dropout keep rate against 1 - p and the byte
+ * threshold's probability, and with a baseline: baseline vs current and a diff table).
+ * gnuplot runs as a subprocess on data files written to a temporary directory; its SVG
+ * output is embedded as base64 data URIs. The gnuplot binary is $FD_GNUPLOT or
+ * "gnuplot" on PATH. */
+#ifndef FD_HTML_H
+#define FD_HTML_H
+#include <jansson.h>
+#include <stddef.h>
+
+/* 0 written; 1 gnuplot unavailable (err says so, nothing written); -1 error (err). */
+int fd_render_html(const json_t *report, const json_t *baseline, const char *path, char *err, size_t errlen);
+#endif

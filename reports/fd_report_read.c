@@ -1,0 +1,163 @@
+/* fd_report_read.c: see fd_report_read.h. */
+#include <stdio.h>
+#include <string.h>
+
+#include "fd_json.h"
+#include "fd_report.h"
+#include "fd_report_read.h"
+#include "fd_run.h"
+
+const char *const fd_report_metrics[] = {"max_abs", "max_rel", "rel_l2", "max_ulp", "p99_ulp",
+                                         "lse_max_abs", NULL};
+
+static int need_string(fd_jctx *cx, const char *path, const json_t *o, const char *key)
+{
+    const json_t *f = json_object_get(o, key);
+    char p[256];
+    snprintf(p, sizeof p, "%s%s%s", path, *path ? "." : "", key);
+    if (!json_is_string(f)) return fd_jfail(cx, p, "expected a string, got %s", fd_jtype(f));
+    return 0;
+}
+
+static int check_backend(fd_jctx *cx, const char *path, const json_t *b)
+{
+    char p[320];
+    if (!json_is_object(b)) return fd_jfail(cx, path, "expected an object, got %s", fd_jtype(b));
+    const json_t *ok = json_object_get(b, "ok");
+    snprintf(p, sizeof p, "%s.ok", path);
+    if (!json_is_boolean(ok)) return fd_jfail(cx, p, "expected a boolean, got %s", fd_jtype(ok));
+    if (!json_is_true(ok)) return need_string(cx, path, b, "error");
+    for (int m = 0; fd_report_metrics[m]; m++) {
+        double v;
+        snprintf(p, sizeof p, "%s.%s", path, fd_report_metrics[m]);
+        if (fd_jget_rnum(cx, p, json_object_get(b, fd_report_metrics[m]), &v)) return -1;
+    }
+    static const char *const ints[] = {"elements", "nan", "inf", NULL};
+    for (int i = 0; ints[i]; i++) {
+        const json_t *f = json_object_get(b, ints[i]);
+        snprintf(p, sizeof p, "%s.%s", path, ints[i]);
+        if (!json_is_integer(f) || json_integer_value(f) < 0)
+            return fd_jfail(cx, p, "expected an integer >= 0, got %s", fd_jtype(f));
+    }
+    const char *h = json_string_value(json_object_get(b, "output_hash"));
+    snprintf(p, sizeof p, "%s.output_hash", path);
+    if (!h || strlen(h) != 16 || strspn(h, "0123456789abcdef") != 16)
+        return fd_jfail(cx, p, "expected 16 hex digits");
+    return 0;
+}
+
+static int check_case(fd_jctx *cx, const char *path, const json_t *c)
+{
+    char p[320];
+    if (!json_is_object(c)) return fd_jfail(cx, path, "expected a case object, got %s", fd_jtype(c));
+    if (need_string(cx, path, c, "id") || need_string(cx, path, c, "dtype") ||
+        need_string(cx, path, c, "mask") || need_string(cx, path, c, "verdict"))
+        return -1;
+    const char *v = json_string_value(json_object_get(c, "verdict"));
+    int known = 0;
+    for (int t = 0; t < 4; t++) known |= !strcmp(v, fd_verdict_name((fd_verdict)t));
+    snprintf(p, sizeof p, "%s.verdict", path);
+    if (!known) return fd_jfail(cx, p, "expected PASS, MARGINAL, FAIL or UNDECIDED, got \"%s\"", v);
+    const json_t *sh = json_object_get(c, "shape");
+    snprintf(p, sizeof p, "%s.shape", path);
+    if (!json_is_object(sh)) return fd_jfail(cx, p, "expected an object, got %s", fd_jtype(sh));
+    static const char *const dims[] = {"batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "head_dim", NULL};
+    for (int i = 0; dims[i]; i++) {
+        const json_t *f = json_object_get(sh, dims[i]);
+        snprintf(p, sizeof p, "%s.shape.%s", path, dims[i]);
+        if (!json_is_integer(f) || json_integer_value(f) < 0)
+            return fd_jfail(cx, p, "expected an integer >= 0, got %s", fd_jtype(f));
+    }
+    double d;
+    snprintf(p, sizeof p, "%s.dropout", path);
+    if (fd_jget_rnum(cx, p, json_object_get(c, "dropout"), &d)) return -1;
+    const json_t *ds = json_object_get(c, "dropout_stats");
+    if (ds) {
+        static const char *const dk[] = {"keep_rate", "keep_nominal", "keep_threshold", "z_threshold", "z_nominal", NULL};
+        snprintf(p, sizeof p, "%s.dropout_stats", path);
+        if (!json_is_object(ds)) return fd_jfail(cx, p, "expected an object, got %s", fd_jtype(ds));
+        for (int i = 0; dk[i]; i++) {
+            snprintf(p, sizeof p, "%s.dropout_stats.%s", path, dk[i]);
+            if (fd_jget_rnum(cx, p, json_object_get(ds, dk[i]), &d)) return -1;
+        }
+    }
+    const json_t *bes = json_object_get(c, "backends");
+    snprintf(p, sizeof p, "%s.backends", path);
+    if (!json_is_object(bes)) return fd_jfail(cx, p, "expected an object, got %s", fd_jtype(bes));
+    const char *key;
+    json_t *b;
+    json_object_foreach((json_t *)bes, key, b) {
+        snprintf(p, sizeof p, "%s.backends.%s", path, key);
+        if (check_backend(cx, p, b)) return -1;
+    }
+    return 0;
+}
+
+int fd_report_validate(const char *file, const json_t *root, char *err, size_t errlen)
+{
+    fd_jctx cx = {file, err, errlen};
+    if (!json_is_object(root))
+        return fd_jfail(&cx, "(top)", "not a flashdrift report: expected an object, got %s", fd_jtype(root));
+    const json_t *sv = json_object_get(root, "schema_version");
+    if (!sv) {
+        const char *schema = json_string_value(json_object_get(root, "schema"));
+        if (schema)
+            return fd_jfail(&cx, "schema_version", "not a flashdrift report (this is a \"%s\" file)", schema);
+        return fd_jfail(&cx, "schema_version", "not a flashdrift report (no schema_version field)");
+    }
+    if (!json_is_integer(sv))
+        return fd_jfail(&cx, "schema_version", "expected the integer %d, got %s", FD_REPORT_SCHEMA_VERSION, fd_jtype(sv));
+    if (json_integer_value(sv) != FD_REPORT_SCHEMA_VERSION)
+        return fd_jfail(&cx, "schema_version", "version %lld is not supported (this flashdrift reads %d)",
+                        (long long)json_integer_value(sv), FD_REPORT_SCHEMA_VERSION);
+    const char *tool = json_string_value(json_object_get(root, "tool"));
+    if (!tool || strcmp(tool, "flashdrift"))
+        return fd_jfail(&cx, "tool", "expected \"flashdrift\"%s%s", tool ? ", got " : "", tool ? tool : "");
+    const json_t *cf = json_object_get(root, "case_file");
+    if (!json_is_object(cf)) return fd_jfail(&cx, "case_file", "expected an object, got %s", fd_jtype(cf));
+    if (need_string(&cx, "case_file", cf, "name")) return -1;
+    const json_t *cases = json_object_get(root, "cases");
+    if (!json_is_array(cases)) return fd_jfail(&cx, "cases", "expected an array, got %s", fd_jtype(cases));
+    size_t i, k;
+    json_t *c;
+    json_array_foreach((json_t *)cases, i, c) {
+        char p[64];
+        snprintf(p, sizeof p, "cases[%zu]", i);
+        if (check_case(&cx, p, c)) return -1;
+        const char *id = json_string_value(json_object_get(c, "id"));
+        for (k = 0; k < i; k++)
+            if (!strcmp(id, json_string_value(json_object_get(json_array_get(cases, k), "id"))))
+                return fd_jfail(&cx, p, "duplicate case id \"%s\" (also cases[%zu])", id, k);
+    }
+    const json_t *complete = json_object_get(root, "complete");
+    if (!json_is_boolean(complete)) return fd_jfail(&cx, "complete", "expected a boolean, got %s", fd_jtype(complete));
+    return 0;
+}
+
+int fd_report_load(const char *path, json_t **out, char *err, size_t errlen)
+{
+    json_t *root = fd_jload(path, err, errlen);
+    if (!root) return -1;
+    if (fd_report_validate(path, root, err, errlen)) {
+        json_decref(root);
+        return -1;
+    }
+    *out = root;
+    return 0;
+}
+
+json_t *fd_report_find_case(const json_t *report, const char *id)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(report, "cases"), i, c)
+        if (!strcmp(json_string_value(json_object_get(c, "id")), id)) return c;
+    return NULL;
+}
+
+int fd_report_backend_is_flash(const char *name, const json_t *be)
+{
+    const fd_backend *b = fd_backend_find(name);
+    if (b) return b->role == FD_ROLE_FLASH;
+    return strstr(name, "flash") != NULL || json_object_get(be, "fa_ratio") != NULL;
+}

@@ -1,0 +1,27 @@
+/* fd_report_read.h: reading a report.json back (gate, diff, baseline, html).
+ *
+ * fd_report_load parses the file and validates what the readers rely on: a JSON object
+ * with tool "flashdrift", schema_version FD_REPORT_SCHEMA_VERSION, a case_file object,
+ * a cases array whose every case has an id (unique), dtype, verdict, shape and a
+ * backends object whose every backend has ok and, when ok, the numeric metrics and
+ * output_hash (docs/report-schema.md). A corrupt, truncated, foreign or newer file gets
+ * one message naming the file, the JSON path and what was expected. */
+#ifndef FD_REPORT_READ_H
+#define FD_REPORT_READ_H
+#include <jansson.h>
+#include <stddef.h>
+
+/* The metrics every ok backend carries, in report order. */
+extern const char *const fd_report_metrics[];
+#define FD_REPORT_NMETRICS 6
+
+/* 0 and *out (caller json_decref's it), or -1 with err. */
+int fd_report_load(const char *path, json_t **out, char *err, size_t errlen);
+/* Validates a tree already in memory (file names the source in messages). */
+int fd_report_validate(const char *file, const json_t *root, char *err, size_t errlen);
+/* The case with this id, or NULL. */
+json_t *fd_report_find_case(const json_t *report, const char *id);
+/* 1 when a backend is a flash kernel (role known by name, else "flash" in the name or
+ * an fa_ratio field present). */
+int fd_report_backend_is_flash(const char *name, const json_t *be);
+#endif

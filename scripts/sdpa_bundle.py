@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""sdpa_bundle.py: run PyTorch's scaled_dot_product_attention with each available backend
+and the eager formula on the same inputs, and write bundles `flashdrift check` reads
+(docs/import.md).
+
+Per configuration (batch, heads, seqlen, head_dim, dtype, causal, dropout p) it writes a
+directory bundle: meta.json and q, k, v, out_NAME (+ lse_NAME, dmask_NAME) .npy files,
+layout "bhsd" (SDPA's own), bf16 as '<u2' with meta dtype bf16.
+
+  p == 0: out_flash + lse_flash (aten._scaled_dot_product_flash_attention, the kernel
+          SDPA's flash backend calls), out_efficient + lse_efficient, out_math (SDPA with
+          the math backend), out_eager (+ lse_eager): QK^T in the dtype, softmax in fp32,
+          P cast to the dtype, PV in the dtype, as frameworks run attention eagerly.
+  p > 0:  out_flash, lse_flash and dmask_flash from the flash op with
+          return_debug_mask=True (dropped entries of the debug matrix are negative: the
+          sign is the mask) plus the Philox seed and offset it returns; out_eager_fmask:
+          the eager formula with the flash kernel's own mask (other backends draw other
+          random numbers, so their outputs are not comparable and are not written).
+
+Inputs are generated (torch.randn on the GPU from --seed) or loaded (--load DIR: a
+bundle's q.npy, k.npy, v.npy in bhsd). Needs torch and numpy.
+
+  python3 scripts/sdpa_bundle.py --out bundles                       # the default shapes
+  python3 scripts/sdpa_bundle.py --out b --seqlens 113 --head-dims 64 --dtypes fp16 --dropout 0.1
+  build/flashdrift check --tensors bundles --out out/sdpa
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tarfile
+import traceback
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MASK64 = (1 << 64) - 1
+
+
+def npy_save(path, arr):
+    np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def to_np(t):
+    t = t.detach().contiguous().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    if t.dtype == torch.bool:
+        return t.numpy().astype(np.uint8)
+    return t.numpy()
+
+
+def as_u64(t):
+    t = t.detach().cpu().reshape(-1)
+    try:
+        return int(t[0].item()) & MASK64
+    except (RuntimeError, TypeError):
+        return int(t.view(torch.int64)[0].item()) & MASK64
+
+
+def seed_offset(res):
+    """(seed, offset) from the flash op's results: older PyTorch returns philox_seed and
+    philox_offset tensors at 6 and 7, newer a two-element rng_state at 6."""
+    r6, r7 = res[6], res[7]
+    if r6.numel() >= 2:
+        flat = r6.detach().cpu().reshape(-1)
+        try:
+            return int(flat[0].item()) & MASK64, int(flat[1].item()) & MASK64
+        except (RuntimeError, TypeError):
+            f64 = flat.view(torch.int64)
+            return int(f64[0].item()) & MASK64, int(f64[1].item()) & MASK64
+    return as_u64(r6), as_u64(r7)
+
+
+def eager(q, k, v, scale, causal, keep=None, p=0.0):
+    """bhsd inputs; returns (out, lse): QK^T in the dtype, softmax in fp32, P in the dtype."""
+    s = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if causal:
+        sq, sk = s.shape[-2], s.shape[-1]
+        m = torch.ones(sq, sk, dtype=torch.bool, device=s.device).tril()
+        s = s.masked_fill(~m, float("-inf"))
+    sf = s.float()
+    lse = torch.logsumexp(sf, dim=-1)
+    pr = torch.softmax(sf, dim=-1).to(q.dtype)
+    if keep is not None:
+        pr = pr.masked_fill(~keep, 0) * (1.0 / (1.0 - p))
+    return torch.matmul(pr, v), lse
+
+
+def one(args, B, H, S, D, dt, causal, p, gen_seed, outdir):
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dt]
+    name = f"b{B}_h{H}_s{S}_d{D}_{dt}_{'causal' if causal else 'full'}_p{p:g}"
+    path = os.path.join(outdir, name)
+    os.makedirs(path, exist_ok=True)
+    dev = "cuda"
+    if args.load:
+        ld = lambda n: torch.from_numpy(np.load(os.path.join(args.load, n + ".npy")))
+        q, k, v = (ld(n).to(dev) for n in "qkv")
+        if q.dtype == torch.int16 or str(q.dtype) == "torch.uint16":
+            q, k, v = (x.view(torch.bfloat16) for x in (q, k, v))
+    else:
+        g = torch.Generator(device=dev)
+        g.manual_seed(gen_seed)
+        q, k, v = (torch.randn(B, H, S, D, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+    scale = 1.0 / math.sqrt(D)
+    scale_f32 = float(np.float32(scale))
+    outs, info = {}, {"torch": torch.__version__, "cuda": torch.version.cuda,
+                      "gpu": torch.cuda.get_device_name(), "input_seed": gen_seed, "notes": []}
+    meta = {"format": "flashdrift-bundle-1", "layout": "bhsd", "mask": "causal" if causal else "none",
+            "dtype": dt, "scale": scale_f32, "dropout_p": p}
+    # The flash kernel, called as SDPA's flash backend calls it.
+    try:
+        res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, p, causal, p > 0, scale=scale)
+        o, lse = res[0], res[1]
+        outs["flash"] = (o, lse[:, :, :S].float())
+        if p > 0:
+            seed, offset = seed_offset(res)
+            meta["seed"], meta["offset"] = str(seed), str(offset)
+            dm = res[8]
+            info["debug_mask_shape"] = list(dm.shape)
+            keep = ~torch.signbit(dm[:, :, :S, :S])
+            outs["flash"] = outs["flash"] + (keep,)
+            oe, _ = eager(q, k, v, scale, causal, keep, p)
+            outs["eager_fmask"] = (oe, None)
+        else:
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+                o2 = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+            info["flash_op_equals_sdpa_flash"] = bool(torch.equal(o, o2))
+    except Exception as e:  # noqa: BLE001 - report and go on with the other backends
+        info["notes"].append(f"flash unavailable: {type(e).__name__}: {e}")
+    if p == 0:
+        try:
+            r = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)
+            outs["efficient"] = (r[0], r[1][:, :, :S].float())
+        except Exception as e:  # noqa: BLE001
+            info["notes"].append(f"efficient unavailable: {type(e).__name__}: {e}")
+        try:
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+                outs["math"] = (F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale), None)
+        except Exception as e:  # noqa: BLE001
+            info["notes"].append(f"math unavailable: {type(e).__name__}: {e}")
+        oe, le = eager(q, k, v, scale, causal)
+        outs["eager"] = (oe, le)
+    meta["info"] = info
+    if not outs:
+        print(f"{name}: no output from any backend: {info['notes']}", flush=True)
+        return None
+    meta["roles"] = {n: ("standard" if n.startswith(("math", "eager")) else "flash") for n in outs}
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        npy_save(os.path.join(path, n + ".npy"), to_np(t))
+    for n, tup in outs.items():
+        npy_save(os.path.join(path, f"out_{n}.npy"), to_np(tup[0]))
+        if len(tup) > 1 and tup[1] is not None:
+            npy_save(os.path.join(path, f"lse_{n}.npy"), to_np(tup[1]))
+        if len(tup) > 2:
+            npy_save(os.path.join(path, f"dmask_{n}.npy"), to_np(tup[2]))
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return path
+
+
+def pack(dirs, dest, limit):
+    """Bundles into dest/bundles_N.tar.xz, each about `limit` bytes after compression
+    (estimated: random fp16/bf16 data shrinks little, 0/1 dropout masks about 8x)."""
+    groups, cur, size = [], [], 0
+    for d in dirs:
+        n = sum(os.path.getsize(os.path.join(d, f)) * (0.15 if f.startswith("dmask_") else 0.95)
+                for f in os.listdir(d))
+        if cur and size + n > limit:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(d)
+        size += n
+    if cur:
+        groups.append(cur)
+    for i, g in enumerate(groups):
+        with tarfile.open(os.path.join(dest, f"bundles_{i}.tar.xz"), "w:xz", preset=3) as tf:
+            for d in g:
+                tf.add(d, arcname=os.path.basename(d))
+    return len(groups)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seqlens", default="113,1023")
+    ap.add_argument("--head-dims", default="64,128")
+    ap.add_argument("--dtypes", default="fp16,bf16")
+    ap.add_argument("--causal", default="0,1")
+    ap.add_argument("--dropout", default="0,0.1")
+    ap.add_argument("--seed", type=int, default=0, help="input seed (torch.Generator on the GPU)")
+    ap.add_argument("--large-batch", type=int, default=0,
+                    help="batch for seqlens >= 512 (0: --batch); keeps the bundles small enough to ship")
+    ap.add_argument("--load", help="read q, k, v (bhsd .npy) from this bundle instead of generating them")
+    ap.add_argument("--pack", type=int, default=0, help="also tar.xz the bundles, at most N raw bytes per archive")
+    ap.add_argument("--pack-dir", help="where the archives go (default: --out)")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("sdpa_bundle.py: no CUDA device")
+    print(f"torch {torch.__version__} cuda {torch.version.cuda} on {torch.cuda.get_device_name()}", flush=True)
+    os.makedirs(a.out, exist_ok=True)
+    made, n = [], 0
+    for S in map(int, a.seqlens.split(",")):
+        for D in map(int, a.head_dims.split(",")):
+            for dt in a.dtypes.split(","):
+                for c in map(int, a.causal.split(",")):
+                    for p in map(float, a.dropout.split(",")):
+                        B = a.large_batch if (a.large_batch and S >= 512) else a.batch
+                        try:
+                            d = one(a, B, a.heads, S, D, dt, bool(c), p, a.seed + n, a.out)
+                        except Exception:  # noqa: BLE001 - one failing configuration stops no other
+                            traceback.print_exc()
+                            d = None
+                        n += 1
+                        if d:
+                            made.append(d)
+                            print("wrote", d, flush=True)
+    if a.pack:
+        k = pack(made, a.pack_dir or a.out, a.pack)
+        print(f"packed {len(made)} bundles into {k} archives", flush=True)
+
+
+if __name__ == "__main__":
+    main()
