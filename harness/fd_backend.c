@@ -1,5 +1,6 @@
 /* fd_backend.c: the backend registry (CPU replay always, CUDA when built and a GPU is present). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fd_cpu_attn.h"
@@ -22,9 +23,111 @@ static int run_cpu_standard(const fd_casefile *cf, const fd_case *c, const float
                                    err, errlen);
 }
 
+static int run_cpu_splitkv(const fd_casefile *cf, const fd_case *c, const float *q,
+                           const float *k, const float *v, const int *rows, int nrows, float *o,
+                           float *lse, double *ms, char *err, size_t errlen)
+{
+    *ms = 0.0;
+    return fd_cpu_splitkv_forward(&c->prob, &cf->flash, cf->flash.splits, q, k, v, rows, nrows, o,
+                                  lse, err, errlen);
+}
+
+#ifdef FD_HAVE_CUDA
+#include "fd_cuda.h"
+
+#define FD_CUDA_REPEATS 5
+
+static void cuda_cfg(const fd_casefile *cf, fd_cuda_cfg *g)
+{
+    fd_cuda_cfg_default(g);
+    g->br = cf->flash.br;
+    g->bc = cf->flash.bc;
+    g->exp2_mode = cf->flash.exp2_mode == FD_EXP2_PORTABLE ? 1 : 0;
+    g->p_fp32 = cf->flash.p_fp32;
+    g->splits = cf->flash.splits;
+    g->repeats = FD_CUDA_REPEATS;
+}
+
+/* The GPU computes every row; the harness compares the checked ones. */
+static int run_cuda_flash(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                          const float *v, const int *rows, int nrows, float *o, float *lse,
+                          double *ms, char *err, size_t errlen)
+{
+    (void)rows; (void)nrows;
+    fd_cuda_cfg g;
+    fd_cuda_timing t = {0, 0, 0};
+    cuda_cfg(cf, &g);
+    int rc = fd_cuda_flash_forward(&c->prob, &g, q, k, v, o, lse, NULL, &t, err, errlen);
+    *ms = (double)t.ms_median;
+    return rc;
+}
+
+static int run_cuda_standard(const fd_casefile *cf, const fd_case *c, const float *q,
+                             const float *k, const float *v, const int *rows, int nrows, float *o,
+                             float *lse, double *ms, char *err, size_t errlen)
+{
+    (void)cf; (void)rows; (void)nrows;
+    fd_cuda_timing t = {0, 0, 0};
+    int rc = fd_cuda_standard_forward(&c->prob, FD_CUDA_REPEATS, q, k, v, o, lse, &t, err, errlen);
+    *ms = (double)t.ms_median;
+    return rc;
+}
+
+static int run_cuda_splitkv(const fd_casefile *cf, const fd_case *c, const float *q,
+                            const float *k, const float *v, const int *rows, int nrows, float *o,
+                            float *lse, double *ms, char *err, size_t errlen)
+{
+    (void)rows; (void)nrows;
+    fd_cuda_cfg g;
+    fd_cuda_timing t = {0, 0, 0};
+    cuda_cfg(cf, &g);
+    int rc = fd_cuda_splitkv_forward(&c->prob, &g, q, k, v, o, lse, &t, err, errlen);
+    *ms = (double)t.ms_median;
+    return rc;
+}
+
+/* The mask cuda-flash applied, from its sign-encoded debug output (one more untimed run). */
+static int mask_cuda_flash(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                           const float *v, const int *rows, int nrows, uint8_t *mask, char *err,
+                           size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    const size_t full = (size_t)p->batch * (size_t)p->heads * (size_t)p->seqlen_q * (size_t)p->seqlen_k;
+    if (full > ((size_t)1 << 31)) {
+        snprintf(err, errlen, "debug mask of %zu bytes too large to check", full);
+        return -1;
+    }
+    uint8_t *dm = malloc(full);
+    float *o = malloc(sizeof(float) * fd_q_numel(p)), *lse = malloc(sizeof(float) * fd_lse_numel(p));
+    if (!dm || !o || !lse) {
+        free(dm); free(o); free(lse);
+        snprintf(err, errlen, "out of memory for the debug mask");
+        return -1;
+    }
+    fd_cuda_cfg g;
+    cuda_cfg(cf, &g);
+    g.repeats = 0;
+    int rc = fd_cuda_flash_forward(p, &g, q, k, v, o, lse, dm, NULL, err, errlen);
+    for (int b = 0; !rc && b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int r = 0; r < nrows; r++)
+                memcpy(mask + (((size_t)b * (size_t)p->heads + (size_t)h) * (size_t)nrows + (size_t)r) * (size_t)p->seqlen_k,
+                       dm + (((size_t)b * (size_t)p->heads + (size_t)h) * (size_t)p->seqlen_q + (size_t)rows[r]) * (size_t)p->seqlen_k,
+                       (size_t)p->seqlen_k);
+    free(dm); free(o); free(lse);
+    return rc;
+}
+#endif
+
 static const fd_backend fd_backends[] = {
-    {"cpu-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash},
-    {"cpu-standard", "cpu", FD_ROLE_STANDARD, run_cpu_standard},
+    {"cpu-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash, NULL},
+    {"cpu-standard", "cpu", FD_ROLE_STANDARD, run_cpu_standard, NULL},
+    {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL},
+#ifdef FD_HAVE_CUDA
+    {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash},
+    {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL},
+    {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL},
+#endif
 };
 #define FD_NBACKENDS ((int)(sizeof fd_backends / sizeof fd_backends[0]))
 
@@ -35,18 +138,22 @@ const fd_backend *fd_backend_find(const char *name)
     return NULL;
 }
 
-static int gpu_present(void)
+int fd_gpu_present(void)
 {
+#ifdef FD_HAVE_CUDA
+    return fd_cuda_device_count() > 0;
+#else
     return 0;
+#endif
 }
 
 int fd_backends_select(const char *spec, const fd_backend **out, char *err, size_t errlen)
 {
     int n = 0;
-    if (!strcmp(spec, "auto")) spec = gpu_present() ? "cuda" : "cpu";
+    if (!strcmp(spec, "auto")) spec = fd_gpu_present() ? "cuda" : "cpu";
     if (!strcmp(spec, "cpu")) spec = "cpu-flash,cpu-standard";
     if (!strcmp(spec, "cuda")) {
-        if (!gpu_present()) {
+        if (!fd_gpu_present()) {
             snprintf(err, errlen, "--backend cuda: no CUDA GPU is available (built without CUDA or no device)");
             return -1;
         }

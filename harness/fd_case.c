@@ -388,7 +388,7 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 
 static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
 {
-    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", NULL};
+    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", "splits", NULL};
     if (!json_is_object(j)) return fail(cx, "flash", "expected an object, got %s", jtype(j));
     if (check_keys(cx, "flash", j, keys)) return -1;
     json_t *f;
@@ -414,6 +414,7 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
         else if (s && !strcmp(s, "portable")) fc->exp2_mode = FD_EXP2_PORTABLE;
         else return fail(cx, "flash.exp2", "expected \"libm\" or \"portable\"");
     }
+    if ((f = json_object_get(j, "splits"))) { if (get_int(cx, "flash.splits", f, 1, 128, &v)) return -1; fc->splits = (int)v; }
     if ((f = json_object_get(j, "rowsum"))) {
         const char *s = json_string_value(f);
         if (s && !strcmp(s, "seq")) fc->rowsum = FD_ROWSUM_SEQ;

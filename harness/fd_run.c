@@ -67,6 +67,11 @@ void fd_judge(const fd_policy *po, fd_case_result *r)
             worsen(&v, FD_FAIL);
             add_reason(r, "%s: %ld NaN and %ld Inf outputs", b->be->name, b->m.nan_count, b->m.inf_count);
         }
+        if (b->mask_mismatch) {
+            worsen(&v, FD_FAIL);
+            add_reason(r, "%s: dropout mask differs from the regenerated one in %ld of %ld elements, first at b%d h%d row %d key %d; %s",
+                       b->be->name, b->mask_mismatch, b->mask_checked, b->mm_b, b->mm_h, b->mm_i, b->mm_j, b->mask_explained);
+        }
         if (b->fa_ratio >= 0) {
             if (b->m.max_abs > b->fa_limit) {
                 worsen(&v, FD_FAIL);
@@ -173,6 +178,65 @@ int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const
     return 0;
 }
 
+/* Which (seed, offset) near the case's would have produced the applied mask: tries seeds
+ * seed-2..seed+2 and offsets offset-512..offset+512 on the first 4096 visible elements. */
+static void mask_search(const fd_problem *p, const int *rows, int nrows, const int *nvis,
+                        const uint8_t *mask, char *out, size_t len)
+{
+    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
+    out[0] = 0;
+    for (int ds = -2; ds <= 2; ds++)
+        for (long doff = -512; doff <= 512; doff++) {
+            if (ds == 0 && doff == 0) continue;
+            const uint64_t seed = p->seed + (uint64_t)(int64_t)ds, off = p->offset + (uint64_t)(int64_t)doff;
+            long n = 0, bad = 0;
+            for (int b = 0; b < p->batch && n < 4096 && !bad; b++)
+                for (int h = 0; h < p->heads && n < 4096 && !bad; h++)
+                    for (int r = 0; r < nrows && n < 4096 && !bad; r++)
+                        for (int j = 0; j < nvis[r] && n < 4096 && !bad; j++, n++) {
+                            size_t x = (((size_t)b * (size_t)p->heads + (size_t)h) * (size_t)nrows + (size_t)r) * (size_t)p->seqlen_k + (size_t)j;
+                            bad = mask[x] != (uint8_t)fd_fa2_keep(seed, off, thr, p->heads, b, h, rows[r], j);
+                        }
+            if (n > 0 && !bad) {
+                snprintf(out, len, "the applied mask matches seed %llu, offset %llu (case: seed %llu, offset %llu)",
+                         (unsigned long long)seed, (unsigned long long)off,
+                         (unsigned long long)p->seed, (unsigned long long)p->offset);
+                return;
+            }
+        }
+    snprintf(out, len, "no seed within +-2 and offset within +-512 of the case's explains the applied mask");
+}
+
+static int check_mask(const fd_casefile *cf, const fd_case *c, const fd_backend *be, const float *q,
+                      const float *k, const float *v, const int *rows, int nrows, const int *nvis,
+                      fd_backend_result *br)
+{
+    const fd_problem *p = &c->prob;
+    const size_t n = (size_t)p->batch * (size_t)p->heads * (size_t)nrows * (size_t)p->seqlen_k;
+    uint8_t *mask = malloc(n ? n : 1);
+    if (!mask) return -1;
+    if (be->applied_mask(cf, c, q, k, v, rows, nrows, mask, br->error, sizeof br->error)) {
+        free(mask);
+        return -1;
+    }
+    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
+    br->mm_b = br->mm_h = br->mm_i = br->mm_j = -1;
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int r = 0; r < nrows; r++)
+                for (int j = 0; j < nvis[r]; j++) {
+                    size_t x = (((size_t)b * (size_t)p->heads + (size_t)h) * (size_t)nrows + (size_t)r) * (size_t)p->seqlen_k + (size_t)j;
+                    br->mask_checked++;
+                    if (mask[x] != (uint8_t)fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, rows[r], j)) {
+                        if (!br->mask_mismatch) { br->mm_b = b; br->mm_h = h; br->mm_i = rows[r]; br->mm_j = j; }
+                        br->mask_mismatch++;
+                    }
+                }
+    if (br->mask_mismatch) mask_search(p, rows, nrows, nvis, mask, br->mask_explained, sizeof br->mask_explained);
+    free(mask);
+    return 0;
+}
+
 int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
                 int jobs, fd_case_result *res, char *err, size_t errlen)
 {
@@ -234,6 +298,11 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
             goto out;
         }
         br->m.ms = ms > 0.0 ? ms : 1e3 * (now_s() - tb);
+        if (bes[t]->applied_mask && p->dropout_p > 0.0 &&
+            check_mask(cf, c, bes[t], q, k, v, res->rows, nrows, nvis, br)) {
+            br->ok = 0;
+            if (!br->error[0]) snprintf(br->error, sizeof br->error, "out of memory checking the dropout mask");
+        }
     }
     /* FlashAttention's rule, flash against standard of the same family. */
     for (int t = 0; t < nbe; t++) {

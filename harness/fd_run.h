@@ -25,12 +25,20 @@ typedef struct fd_backend {
     int (*run)(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                const float *v, const int *rows, int nrows, float *o, float *lse,
                double *ms, char *err, size_t errlen);
+    /* Optional (NULL: the backend applies fd_philox.h's mask by construction): the dropout
+     * mask the kernel really applied, for the listed rows: mask[((b*H + h)*nrows + r)*Sk + j],
+     * 1 kept, 0 dropped. */
+    int (*applied_mask)(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                        const float *v, const int *rows, int nrows, uint8_t *mask, char *err,
+                        size_t errlen);
 } fd_backend;
 
 /* Fills out with the backends named in spec ("auto", "cpu", "cuda", or a comma list of
  * names). Returns the count, or -1 with err filled (unknown name, no GPU for cuda). */
 int fd_backends_select(const char *spec, const fd_backend **out, char *err, size_t errlen);
 const fd_backend *fd_backend_find(const char *name);
+/* 1 when the CUDA backends are built and a GPU is visible. */
+int fd_gpu_present(void);
 
 typedef struct fd_dropout_stats {
     int active;
@@ -50,6 +58,10 @@ typedef struct fd_backend_result {
     fd_metrics m;
     double fa_ratio;        /* flash only: max abs error / standard's (same family); <0 n/a */
     double fa_limit;
+    /* dropout mask agreement with the regenerated mask (backends with applied_mask) */
+    long mask_checked, mask_mismatch;
+    int mm_b, mm_h, mm_i, mm_j;  /* first mismatch */
+    char mask_explained[160];    /* seed/offset that would explain a mismatching mask, if found */
 } fd_backend_result;
 
 typedef struct fd_case_result {

@@ -69,7 +69,7 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
     const fd_policy *po = &cf->policy;
     json_t *root = json_pack(
         "{s:i, s:s, s:s, s:s, s:s, s:o, s:{s:s, s:s, s:s, s:i, s:i}, s:s, s:i, "
-        "s:{s:i, s:i, s:s, s:s, s:s, s:b, s:s}, s:{s:o, s:o, s:{s:o, s:o, s:o}, s:o, s:o, s:o}, s:[], s:b}",
+        "s:{s:i, s:i, s:s, s:s, s:s, s:b, s:s, s:i}, s:{s:o, s:o, s:{s:o, s:o, s:o}, s:o, s:o, s:o}, s:[], s:b}",
         "schema_version", FD_REPORT_SCHEMA_VERSION, "tool", "flashdrift", "version", FD_VERSION,
         "git_commit", FD_GIT_COMMIT, "created", when, "machine", machine,
         "case_file", "path", cf->path, "name", cf->name, "description", cf->description,
@@ -77,7 +77,7 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
         "backends", backends, "jobs", jobs,
         "flash_config", "br", fc->br, "bc", fc->bc, "qk_order", fd_accum_name(fc->qk_order),
         "pv_order", fd_accum_name(fc->pv_order), "exp2",
-        fc->exp2_mode == FD_EXP2_PORTABLE ? "portable" : "libm", "p_fp32", fc->p_fp32, "rowsum", fc->rowsum == FD_ROWSUM_FA2 ? "fa2" : "seq",
+        fc->exp2_mode == FD_EXP2_PORTABLE ? "portable" : "libm", "p_fp32", fc->p_fp32, "rowsum", fc->rowsum == FD_ROWSUM_FA2 ? "fa2" : "seq", "splits", fc->splits,
         "policy", "fa_ratio", fd_json_num(po->fa_ratio), "atol", fd_json_num(po->atol), "max_ulp",
         "fp16", fd_json_num(po->max_ulp[0]), "bf16", fd_json_num(po->max_ulp[1]), "fp32",
         fd_json_num(po->max_ulp[2]), "max_lse_abs", fd_json_num(po->max_lse_abs), "marginal",
@@ -99,6 +99,16 @@ static json_t *metrics_json(const fd_backend_result *b)
         "empty_rows_skipped", (json_int_t)m->empty_rows_skipped, "ms", fd_json_num(m->ms), "worst",
         "b", m->worst_b, "h", m->worst_h, "row", m->worst_i, "d", m->worst_d, "got",
         fd_json_num(m->worst_got), "ref", fd_json_num(m->worst_ref));
+    if (b->mask_checked) {
+        json_t *mk = json_pack("{s:I, s:I}", "checked", (json_int_t)b->mask_checked, "mismatches",
+                               (json_int_t)b->mask_mismatch);
+        if (b->mask_mismatch) {
+            json_object_set_new(mk, "first", json_pack("{s:i, s:i, s:i, s:i}", "b", b->mm_b, "h", b->mm_h,
+                                                       "row", b->mm_i, "key", b->mm_j));
+            json_object_set_new(mk, "explained", json_string(b->mask_explained));
+        }
+        json_object_set_new(j, "dropout_mask", mk);
+    }
     char hx[20];
     snprintf(hx, sizeof hx, "%016llx", (unsigned long long)m->hash);
     json_object_set_new(j, "output_hash", json_string(hx));

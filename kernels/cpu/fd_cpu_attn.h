@@ -49,6 +49,7 @@ typedef struct fd_flash_cfg {
     fd_exp2_mode exp2_mode;    /* libm exp2f (correctly rounded on glibc) or portable */
     int p_fp32;                /* 1: P stays binary32 before PV (the P-precision knob) */
     fd_rowsum_order rowsum;    /* order of the row sum (default FD_ROWSUM_FA2) */
+    int splits;                /* split-KV backends: number of K/V chunks (default 4) */
 } fd_flash_cfg;
 
 void fd_flash_cfg_default(fd_flash_cfg *cfg);

@@ -28,6 +28,7 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg)
     cfg->exp2_mode = FD_EXP2_LIBM;
     cfg->p_fp32 = 0;
     cfg->rowsum = FD_ROWSUM_FA2;
+    cfg->splits = 4;
 }
 
 static float fexp2(fd_exp2_mode m, float x)

@@ -167,9 +167,10 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
     if (fd_dalloc(wV, (size_t)nbh * sk * d * es, "gathered V", err, errlen)) return -1;
     if (fd_dalloc(wO, (size_t)nbh * sq * d * 4, "standard O workspace", err, errlen)) return -1;
     /* compute-sanitizer's initcheck does not see cuBLAS's sm_90 (TMA) stores and flags every
-     * read of S (seen 2026-11-21, H200); zero S once so initcheck can judge our kernels.
-     * That S is really written is shown by the results (poisoned outputs, reference). */
+     * read of S and of the PV output (seen 2026-11-21, H200); zero both once so initcheck
+     * can judge our kernels. That they are really written is shown by the results. */
     FD_CU(cudaMemset(wS.p, 0, wS.bytes));
+    FD_CU(cudaMemset(wO.p, 0, wO.bytes));
 
     Cublas cb;
     FD_CUBLAS(cublasCreate(&cb.h));

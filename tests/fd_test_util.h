@@ -1,0 +1,106 @@
+/* fd_test_util.h: helpers shared by the CLI-level tests (spawning flashdrift, files,
+ * crafted reports). Header-only, static functions: each test binary includes it once. */
+#ifndef FD_TEST_UTIL_H
+#define FD_TEST_UTIL_H
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_err[16384], g_out[65536];
+
+/* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status. */
+static int tu_run(char *const argv[])
+{
+    char ef[64], of[64];
+    snprintf(ef, sizeof ef, "/tmp/fd_tu_err.%d.txt", (int)getpid());
+    snprintf(of, sizeof of, "/tmp/fd_tu_out.%d.txt", (int)getpid());
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        int fd = open(ef, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 2);
+        int fo = open(of, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fo, 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    FILE *f = fopen(ef, "r");
+    size_t n = f ? fread(g_err, 1, sizeof g_err - 1, f) : 0;
+    g_err[n] = 0;
+    if (f) fclose(f);
+    f = fopen(of, "r");
+    n = f ? fread(g_out, 1, sizeof g_out - 1, f) : 0;
+    g_out[n] = 0;
+    if (f) fclose(f);
+    unlink(ef);
+    unlink(of);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void tu_write(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void tu_dir(char *dir, size_t len)
+{
+    snprintf(dir, len, "/tmp/fd_tu_XXXXXX");
+    cr_assert(mkdtemp(dir));
+}
+
+/* A minimal valid report: cases are added with tu_case. */
+static json_t *tu_report(void)
+{
+    return json_pack("{s:i, s:s, s:s, s:s, s:s, s:{s:s, s:s, s:n}, s:{s:s, s:s}, s:s, s:[], s:b}",
+                     "schema_version", 1, "tool", "flashdrift", "version", "0.1.0", "git_commit", "abc",
+                     "created", "2025-01-01T00:00:00Z", "machine", "hostname", "ci", "cpu", "x", "gpu",
+                     "case_file", "name", "crafted", "path", "crafted.json", "backends", "cpu-flash,cpu-standard",
+                     "cases", "complete", 1);
+}
+
+static json_t *tu_backend(double max_abs, double rel_l2, double p99_ulp, const char *hash)
+{
+    return json_pack("{s:b, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:i, s:s, s:f}", "ok", 1, "max_abs", max_abs,
+                     "max_rel", max_abs * 10, "rel_l2", rel_l2, "max_ulp", p99_ulp * 4, "p99_ulp", p99_ulp,
+                     "lse_max_abs", 1e-7, "elements", 100, "nan", 0, "inf", 0, "output_hash", hash, "ms", 1.0);
+}
+
+/* Adds a case with a flash and a standard backend; returns the case (borrowed). */
+static json_t *tu_case(json_t *report, const char *id, const char *dtype, json_t *flash, json_t *standard)
+{
+    json_t *c = json_pack("{s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i}, s:s, s:s, s:f, s:s, s:{s:i}, s:{}, s:s, s:s}",
+                          "id", id, "shape", "batch", 1, "heads", 1, "kv_heads", 1, "seqlen_q", 64, "seqlen_k", 64,
+                          "head_dim", 32, "dtype", dtype, "mask", "none", "dropout", 0.0, "dist", "normal",
+                          "reference", "undecided", 0, "backends", "verdict", "PASS", "reasons", "");
+    json_object_set_new(json_object_get(c, "backends"), "cpu-flash", flash);
+    if (standard) json_object_set_new(json_object_get(c, "backends"), "cpu-standard", standard);
+    json_array_append_new(json_object_get(report, "cases"), c);
+    return c;
+}
+
+static void tu_save(const json_t *j, const char *path)
+{
+    cr_assert_eq(json_dump_file(j, path, JSON_INDENT(1)), 0, "cannot write %s", path);
+}
+
+static char *tu_slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+#endif
