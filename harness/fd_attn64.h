@@ -15,7 +15,7 @@
 
 typedef struct fd_attn_variant {
     double scale;       /* softmax scale applied to Q K^T */
-    fd_mask mask;
+    fd_mask_kind mask;
     int causal_shift;   /* added to the causal limit: +1 sees one key more, -1 one less */
     int dropout;        /* apply the FA2 mask */
     uint64_t seed, offset;

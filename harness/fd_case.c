@@ -172,7 +172,7 @@ static int e_dtype(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 static int e_mask(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 {
     const char *s = json_string_value(j);
-    fd_mask *o = out;
+    fd_mask_kind *o = out;
     if (s && !strcmp(s, "none")) o[idx] = FD_MASK_NONE;
     else if (s && !strcmp(s, "causal_tl")) o[idx] = FD_MASK_CAUSAL_TL;
     else if (s && !strcmp(s, "causal_br")) o[idx] = FD_MASK_CAUSAL_BR;
@@ -216,7 +216,7 @@ typedef struct {
     int seq[2 * FD_MAX_LIST], nseq;
     int hd[FD_MAX_LIST], nhd;
     fd_dtype dt[FD_MAX_LIST]; int ndt;
-    fd_mask mask[FD_MAX_LIST]; int nmask;
+    fd_mask_kind mask[FD_MAX_LIST]; int nmask;
     double drop[FD_MAX_LIST]; int ndrop;
     fd_dist dist[FD_MAX_LIST]; int ndist;
     uint64_t seed[FD_MAX_LIST]; int nseed;
@@ -267,7 +267,7 @@ typedef struct {
     int has[12];
     long ival[12];
     double dval;
-    fd_dtype dt; fd_mask mask; fd_dist dist;
+    fd_dtype dt; fd_mask_kind mask; fd_dist dist;
 } fd_excl;
 enum { X_BATCH, X_HEADS, X_KVH, X_SQ, X_SK, X_HD, X_DT, X_MASK, X_DROP, X_DIST, X_SEED };
 

@@ -339,7 +339,10 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             out->status = FD_EXIT_USAGE;
             goto fail;
         }
+        int kept = 0;
+        for (int i = 0; i < cf->ncases; i++) kept += done[i] != NULL;
         if (!found) fprintf(stderr, "flashdrift: nothing to resume in %s; starting from the first case\n", o->out);
+        else fprintf(stderr, "flashdrift: resuming: %d finished cases kept from %s\n", kept, jpath);
         /* Rewrite the journal with what is kept (drops a truncated tail), atomically. */
         char tmp[4300];
         snprintf(tmp, sizeof tmp, "%s.tmp", jpath);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fd_dtype.h"
 #include "fd_inputs.h"
 #include "fd_philox.h"
 #include "fd_ref.h"
@@ -256,6 +257,7 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
     double *ref_lse = malloc(sizeof(double) * nbhr);
     float *o = malloc(sizeof(float) * fd_q_numel(p));
     float *lse = malloc(sizeof(float) * fd_lse_numel(p));
+    float *kout = NULL, *rout = NULL; /* checked outputs of cuda-flash and cpu-flash */
     int rc = -1;
     if (!res->rows || !nvis || !ref_o || !ref_lse || !o || !lse) {
         snprintf(err, errlen, "out of memory for case %s", c->id);
@@ -298,11 +300,38 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
             goto out;
         }
         br->m.ms = ms > 0.0 ? ms : 1e3 * (now_s() - tb);
+        float **keep = !strcmp(bes[t]->name, "cuda-flash") ? &kout : !strcmp(bes[t]->name, "cpu-flash") ? &rout : NULL;
+        if (keep && !*keep && (*keep = malloc(sizeof(float) * nbhr * (size_t)D))) {
+            size_t x = 0;
+            for (int b = 0; b < p->batch; b++)
+                for (int h = 0; h < p->heads; h++)
+                    for (int r = 0; r < nrows; r++)
+                        for (int d = 0; d < D; d++) (*keep)[x++] = o[fd_q_index(p, b, res->rows[r], h, d)];
+        }
         if (bes[t]->applied_mask && p->dropout_p > 0.0 &&
             check_mask(cf, c, bes[t], q, k, v, res->rows, nrows, nvis, br)) {
             br->ok = 0;
             if (!br->error[0]) snprintf(br->error, sizeof br->error, "out of memory checking the dropout mask");
         }
+    }
+    /* The GPU kernel against its CPU replay, bit for bit. */
+    if (kout && rout) {
+        res->replay_checked = 1;
+        size_t t = 0;
+        for (int b = 0; b < p->batch; b++)
+            for (int h = 0; h < p->heads; h++)
+                for (int r = 0; r < nrows; r++)
+                    for (int d = 0; d < D; d++, t++) {
+                        res->replay_elems++;
+                        if (fd_f32_bits(kout[t]) == fd_f32_bits(rout[t])) {
+                            res->replay_identical++;
+                        } else if (res->nmis < 16) {
+                            res->mis[res->nmis].b = b; res->mis[res->nmis].h = h;
+                            res->mis[res->nmis].i = res->rows[r]; res->mis[res->nmis].d = d;
+                            res->mis[res->nmis].kernel = kout[t]; res->mis[res->nmis].replay = rout[t];
+                            res->nmis++;
+                        }
+                    }
     }
     /* FlashAttention's rule, flash against standard of the same family. */
     for (int t = 0; t < nbe; t++) {
@@ -324,6 +353,7 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
     rc = 0;
 out:
     free(q); free(k); free(v); free(nvis); free(ref_o); free(ref_lse); free(o); free(lse);
+    free(kout); free(rout);
     if (rc) {
         free(res->rows);
         res->rows = NULL;

@@ -74,6 +74,11 @@ typedef struct fd_case_result {
     int nbe;
     fd_backend_result be[FD_MAX_BACKENDS];
     fd_dropout_stats drop;
+    /* a GPU flash kernel against its CPU replay, bit for bit, on the checked elements */
+    int replay_checked;          /* both cuda-flash and cpu-flash ran */
+    long replay_elems, replay_identical;
+    int nmis;                    /* listed mismatches (at most FD_MAX_MISLIST) */
+    struct { int b, h, i, d; float kernel, replay; } mis[16];
     fd_verdict verdict;
     char reasons[1024];
 } fd_case_result;

@@ -139,6 +139,19 @@ json_t *fd_report_case_json(const fd_case_result *r)
         "max_precision", r->ref_prec_max, "seconds", fd_json_num(r->ref_seconds), "backends", bes,
         "verdict", fd_verdict_name(r->verdict), "reasons", r->reasons, "seconds",
         fd_json_num(r->seconds));
+    if (r->replay_checked) {
+        json_t *mis = json_array();
+        for (int t = 0; t < r->nmis; t++)
+            json_array_append_new(mis, json_pack("{s:i, s:i, s:i, s:i, s:o, s:o}", "b", r->mis[t].b, "h",
+                                                 r->mis[t].h, "row", r->mis[t].i, "d", r->mis[t].d, "kernel",
+                                                 fd_json_num((double)r->mis[t].kernel), "replay",
+                                                 fd_json_num((double)r->mis[t].replay)));
+        json_object_set_new(j, "replay", json_pack("{s:s, s:s, s:I, s:I, s:o, s:o}", "kernel", "cuda-flash",
+                                                   "replay", "cpu-flash", "elements", (json_int_t)r->replay_elems,
+                                                   "identical", (json_int_t)r->replay_identical, "match_rate",
+                                                   fd_json_num(r->replay_elems ? (double)r->replay_identical / (double)r->replay_elems : 1.0),
+                                                   "mismatches", mis));
+    }
     if (r->drop.active) {
         const fd_dropout_stats *d = &r->drop;
         json_object_set_new(j, "dropout_stats",

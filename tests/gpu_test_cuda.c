@@ -83,7 +83,7 @@ static void reference(tcase *c)
 }
 
 static void make_case(tcase *c, int B, int H, int Hk, int sq, int sk, int d, fd_dtype dt,
-                      fd_mask mask, double pdrop, uint64_t seed)
+                      fd_mask_kind mask, double pdrop, uint64_t seed)
 {
     memset(c, 0, sizeof *c);
     fd_problem *p = &c->p;
@@ -142,7 +142,7 @@ static double o_error(const tcase *c, const float *o, const float *lse, size_t *
 typedef struct {
     int B, H, Hk, sq, sk, d;
     fd_dtype dt;
-    fd_mask mask;
+    fd_mask_kind mask;
     double p;
     int br, bc, exp2_mode, p_fp32, splits;
 } spec;

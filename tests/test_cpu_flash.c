@@ -11,7 +11,7 @@
 #include "fd_inputs.h"
 #include "fd_ref.h"
 
-static fd_case mk(int B, int H, int Hk, int sq, int sk, int D, fd_dtype dt, fd_mask mask, double p,
+static fd_case mk(int B, int H, int Hk, int sq, int sk, int D, fd_dtype dt, fd_mask_kind mask, double p,
                   fd_dist dist, uint64_t seed)
 {
     fd_case c;
@@ -79,7 +79,7 @@ static void check_case(fd_case c)
 Test(cpu_flash, within_bound_each_dtype_and_mask)
 {
     const fd_dtype dts[] = {FD_DT_FP16, FD_DT_BF16, FD_DT_FP32};
-    const fd_mask ms[] = {FD_MASK_NONE, FD_MASK_CAUSAL_TL, FD_MASK_CAUSAL_BR};
+    const fd_mask_kind ms[] = {FD_MASK_NONE, FD_MASK_CAUSAL_TL, FD_MASK_CAUSAL_BR};
     for (int a = 0; a < 3; a++)
         for (int m = 0; m < 3; m++) check_case(mk(1, 2, 1, 37, 75, 24, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 3));
 }

@@ -449,7 +449,7 @@ Test(bundle, bad_bundles)
     expect_load_error(d, "disagrees with q's fp32");
     FRESH(FD_DT_FP16);
     save(d, "q", FD_AT_F16, 4, q_shape, NAN);
-    expect_load_error(d, "q.npy: 6 NaN and 0 Inf input values");
+    expect_load_error(d, "q.npy: 12 NaN and 0 Inf input values");
     FRESH(FD_DT_FP16);
     save(d, "v", FD_AT_F16, 4, (const int64_t[]){1, 4, 1, 2}, INFINITY);
     expect_load_error(d, "v.npy: 0 NaN and 8 Inf");
@@ -551,7 +551,7 @@ Test(bundle, exact_output_passes_and_mask_agreement)
     /* flip one visible mask element: the reference no longer models the kernel */
     b.out[0].keep[(size_t)(1 * 9 + 4) * 11 + 2] ^= 1;
     cr_assert_eq(fd_run_import(&cf, &b, 2, &res, &x, err, sizeof err), 0, "%s", err);
-    cr_expect_eq(res.verdict, FD_FAIL);
+    cr_expect_eq(res.verdict, FD_FAIL, "verdict %s: %s", fd_verdict_name(res.verdict), res.reasons);
     cr_expect(strstr(res.reasons, "flash: dropout mask differs") != NULL, "%s", res.reasons);
     cr_expect(strstr(res.reasons, "at 1 of") != NULL && strstr(res.reasons, "h=1 row=4 col=2") != NULL, "%s",
               res.reasons);

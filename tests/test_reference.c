@@ -56,7 +56,7 @@ typedef struct {
 } tcase;
 
 static fd_problem make_problem(int batch, int heads, int kv_heads, int sq, int sk, int d, fd_dtype t,
-                               fd_mask mask, double dropout)
+                               fd_mask_kind mask, double dropout)
 {
     fd_problem p;
     memset(&p, 0, sizeof p);
@@ -314,7 +314,7 @@ Test(reference, causal_tl_and_br_visible_sets)
     const uint64_t seed = 0xca05a1ull;
     for (int mk = 1; mk <= 2; mk++) {
         tcase c;
-        tcase_alloc(&c, make_problem(1, 1, 1, sq, sk, D, FD_DT_BF16, (fd_mask)mk, 0.0));
+        tcase_alloc(&c, make_problem(1, 1, 1, sq, sk, D, FD_DT_BF16, (fd_mask_kind)mk, 0.0));
         tcase_random(&c, seed, 1.0, 0);
         for (int i = 0; i < sq; i++) {
             double o[24], bo[24], blse;
@@ -470,7 +470,7 @@ Test(reference, regression_dominant_key_dropped_gives_signed_tiny_o)
 
 typedef struct {
     fd_dtype t;
-    fd_mask mask;
+    fd_mask_kind mask;
     double dropout;
     int spread; /* exponent spread of the inputs (fp32 only) */
     double sd;

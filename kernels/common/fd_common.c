@@ -11,7 +11,7 @@ const char *fd_dtype_name(fd_dtype t)
     return "?";
 }
 
-const char *fd_mask_name(fd_mask m)
+const char *fd_mask_name(fd_mask_kind m)
 {
     switch (m) {
     case FD_MASK_NONE: return "none";

@@ -17,18 +17,18 @@ typedef enum {
     FD_MASK_NONE = 0,
     FD_MASK_CAUSAL_TL = 1, /* key j visible from query i when j <= i (PyTorch is_causal) */
     FD_MASK_CAUSAL_BR = 2  /* j <= i + seqlen_k - seqlen_q (FlashAttention >= 2.1) */
-} fd_mask;
+} fd_mask_kind;
 
 typedef struct fd_problem {
     int batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim;
     fd_dtype dtype;
-    fd_mask mask;
+    fd_mask_kind mask;
     float softmax_scale;   /* the float the kernel receives (1/sqrt(d) rounded to binary32) */
     double dropout_p;      /* probability of dropping, in [0, 1) */
     uint64_t seed, offset; /* FA2 Philox seed and generator offset */
 } fd_problem;
 
-FD_HD int fd_mask_visible(fd_mask mask, int i, int j, int sq, int sk)
+FD_HD int fd_mask_visible(fd_mask_kind mask, int i, int j, int sq, int sk)
 {
     if (mask == FD_MASK_CAUSAL_TL) return j <= i;
     if (mask == FD_MASK_CAUSAL_BR) return (long)j <= (long)i + sk - sq;
@@ -36,7 +36,7 @@ FD_HD int fd_mask_visible(fd_mask mask, int i, int j, int sq, int sk)
 }
 
 /* Number of keys visible from query row i: keys 0..n-1 (the masks are prefixes). */
-FD_HD int fd_mask_visible_count(fd_mask mask, int i, int sq, int sk)
+FD_HD int fd_mask_visible_count(fd_mask_kind mask, int i, int sq, int sk)
 {
     long n = sk;
     if (mask == FD_MASK_CAUSAL_TL) n = (long)i + 1;
@@ -74,5 +74,5 @@ static inline size_t fd_lse_numel(const fd_problem *p)
     return (size_t)p->batch * (size_t)p->heads * (size_t)p->seqlen_q;
 }
 const char *fd_dtype_name(fd_dtype t);
-const char *fd_mask_name(fd_mask m);
+const char *fd_mask_name(fd_mask_kind m);
 #endif

@@ -3,7 +3,6 @@
  * not; CUDA events around the launches only (no transfers), 1 warm-up, median of
  * `repeats`. FLOPs counted as 4 B H N^2 d (halved with causal), as FA2's benchmarks do.
  * Usage: fd_cuda_bench [out.csv] [repeats] [maxN] */
-#include "fd_cuda_sys.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

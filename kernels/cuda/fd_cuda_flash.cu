@@ -8,7 +8,6 @@
  * row-major with the 16-byte chunks of each row XOR-swizzled by the row so ldmatrix is
  * conflict-free. Compile-time variants: head dim (32, 64, 96, 128, 256) x dtype x tile
  * ((64, 64) with 4 warps, (128, 64) with 8 warps): 20 kernels, dispatched by a switch. */
-#include "fd_cuda_sys.h"
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -31,7 +30,7 @@ struct FlashParams {
     float *o_accum, *lse_accum;  /* split-KV: [splits][B][H][Sq][dp], [splits][B][H][Sq] */
     void *dbg;                   /* dtype [B][H][Sq][Sk]: P, sign set where dropped; or null */
     int B, H, Hk, sq, sk, dp, h_per_kv;
-    int mask;                    /* fd_mask */
+    int mask;                    /* fd_mask_kind */
     float scale, scale_log2;
     int dropout;
     uint32_t thr;

@@ -7,7 +7,6 @@
  * O = 0 and LSE = +Inf (eager PyTorch would give NaN). Heads are gathered into
  * [B*H][S][D] (GQA expanded) and the (batch, head) pairs processed in chunks whose S and
  * P fit a workspace bounded by free memory. */
-#include "fd_cuda_sys.h"
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>

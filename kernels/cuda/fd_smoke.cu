@@ -5,7 +5,6 @@
  * fd_fa2_keep; poisoned outputs must be fully written; two flash runs must be bitwise
  * equal. Also fd_exp2_portable host vs device over many inputs. Prints one line per
  * check; exit 0 when all pass. Usage: fd_cuda_smoke [quick] */
-#include "fd_cuda_sys.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,7 +65,7 @@ static double max_err(const std::vector<float> &o, const std::vector<double> &r,
     return e;
 }
 
-struct Case { const char *name; int B, H, Hk, sq, sk, d; fd_dtype dt; fd_mask mask; double p; int br, bc, exp2_mode, p_fp32, splits; };
+struct Case { const char *name; int B, H, Hk, sq, sk, d; fd_dtype dt; fd_mask_kind mask; double p; int br, bc, exp2_mode, p_fp32, splits; };
 
 static void run_case(const Case &c, unsigned seed)
 {
@@ -163,7 +162,7 @@ int main(int argc, char **argv)
     printf("device: %s\nfp32 path: %s\n", name, fd_cuda_fp32_path());
     exp2_identity(quick ? (1u << 16) : (1u << 24));
     const fd_dtype F = FD_DT_FP16, Bf = FD_DT_BF16;
-    const fd_mask N0 = FD_MASK_NONE, TL = FD_MASK_CAUSAL_TL, BR = FD_MASK_CAUSAL_BR;
+    const fd_mask_kind N0 = FD_MASK_NONE, TL = FD_MASK_CAUSAL_TL, BR = FD_MASK_CAUSAL_BR;
     std::vector<Case> cs = {
         {"fp16 d64 none 128x128", 1, 2, 2, 128, 128, 64, F, N0, 0, 128, 64, 0, 0, 1},
         {"bf16 d64 none 128x128", 1, 2, 2, 128, 128, 64, Bf, N0, 0, 128, 64, 0, 0, 1},
