@@ -384,6 +384,12 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
         snprintf(ml, sizeof ml, "%s/meta.json", path);
         if (load_dir(path, &l, &meta, err, errlen)) goto out;
     } else {
+        const size_t pl = strlen(path);
+        if (pl > 4 && !strcmp(path + pl - 4, ".npy")) {
+            snprintf(err, errlen, "%s: a bundle is a directory (meta.json and .npy files) or a .safetensors "
+                                  "file, not one .npy file", path);
+            goto out;
+        }
         b->safetensors = 1;
         snprintf(ml, sizeof ml, "%s: __metadata__", path);
         if (load_st(path, &l, &meta, err, errlen)) goto out;

@@ -133,8 +133,10 @@ static int hp_fail(hp *h, const char *what)
         near[k++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
     }
     near[k] = 0;
-    snprintf(h->err, h->errlen, "npy header: expected %s at byte %zu (found \"%s\"%s)", what, h->i,
-             near, h->i >= h->n ? "end of header" : "");
+    if (h->i >= h->n)
+        snprintf(h->err, h->errlen, "npy header: expected %s at byte %zu (found the end of the header)", what, h->i);
+    else
+        snprintf(h->err, h->errlen, "npy header: expected %s at byte %zu (found \"%s\")", what, h->i, near);
     return -1;
 }
 

@@ -14,7 +14,7 @@
 static char g_err[16384], g_out[65536];
 
 /* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status. */
-static int tu_run(char *const argv[])
+static inline int tu_run(char *const argv[])
 {
     char ef[64], of[64];
     snprintf(ef, sizeof ef, "/tmp/fd_tu_err.%d.txt", (int)getpid());
@@ -44,7 +44,7 @@ static int tu_run(char *const argv[])
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-static void tu_write(const char *path, const char *text)
+static inline void tu_write(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
     cr_assert(f, "cannot write %s", path);
@@ -52,14 +52,14 @@ static void tu_write(const char *path, const char *text)
     fclose(f);
 }
 
-static void tu_dir(char *dir, size_t len)
+static inline void tu_dir(char *dir, size_t len)
 {
     snprintf(dir, len, "/tmp/fd_tu_XXXXXX");
     cr_assert(mkdtemp(dir));
 }
 
 /* A minimal valid report: cases are added with tu_case. */
-static json_t *tu_report(void)
+static inline json_t *tu_report(void)
 {
     return json_pack("{s:i, s:s, s:s, s:s, s:s, s:{s:s, s:s, s:n}, s:{s:s, s:s}, s:s, s:[], s:b}",
                      "schema_version", 1, "tool", "flashdrift", "version", "0.1.0", "git_commit", "abc",
@@ -68,7 +68,7 @@ static json_t *tu_report(void)
                      "cases", "complete", 1);
 }
 
-static json_t *tu_backend(double max_abs, double rel_l2, double p99_ulp, const char *hash)
+static inline json_t *tu_backend(double max_abs, double rel_l2, double p99_ulp, const char *hash)
 {
     return json_pack("{s:b, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:i, s:s, s:f}", "ok", 1, "max_abs", max_abs,
                      "max_rel", max_abs * 10, "rel_l2", rel_l2, "max_ulp", p99_ulp * 4, "p99_ulp", p99_ulp,
@@ -76,7 +76,7 @@ static json_t *tu_backend(double max_abs, double rel_l2, double p99_ulp, const c
 }
 
 /* Adds a case with a flash and a standard backend; returns the case (borrowed). */
-static json_t *tu_case(json_t *report, const char *id, const char *dtype, json_t *flash, json_t *standard)
+static inline json_t *tu_case(json_t *report, const char *id, const char *dtype, json_t *flash, json_t *standard)
 {
     json_t *c = json_pack("{s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i}, s:s, s:s, s:f, s:s, s:{s:i}, s:{}, s:s, s:s}",
                           "id", id, "shape", "batch", 1, "heads", 1, "kv_heads", 1, "seqlen_q", 64, "seqlen_k", 64,
@@ -88,12 +88,12 @@ static json_t *tu_case(json_t *report, const char *id, const char *dtype, json_t
     return c;
 }
 
-static void tu_save(const json_t *j, const char *path)
+static inline void tu_save(const json_t *j, const char *path)
 {
     cr_assert_eq(json_dump_file(j, path, JSON_INDENT(1)), 0, "cannot write %s", path);
 }
 
-static char *tu_slurp(const char *path)
+static inline char *tu_slurp(const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f) return NULL;

@@ -117,14 +117,35 @@ Test(resume, refuses_a_journal_of_another_case_file)
     tu_write(jp, "{\"id\": \"x\"}\n");
     cr_assert_eq(tu_run(a), 2);
     cr_assert(strstr(g_err, "no journal header"), "%s", g_err);
-    /* same file, then resumed under another name: refused, naming what differs */
-    char *full[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--filter", "q40k72-d16-fp16-none-p0-", NULL};
+    /* a real journal of a.json (killed run), resumed with b.json: refused */
     unlink(jp);
-    cr_assert_eq(tu_run(full), 0, "%s", g_err);
-    tu_write(jp, "");
-    /* build a real journal by resuming nothing, then interrupting is racy; write one from cf instead */
+    char *k[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--quiet", NULL};
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        dup2(nul, 1);
+        dup2(nul, 2);
+        execv(k[0], k);
+        _exit(127);
+    }
+    for (int t = 0; t < 20000 && journal_lines(jp) < 2; t++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    char *b2[] = {FD_BINARY, "run", cf2, "--out", out, "--backend", "cpu", "--resume", NULL};
+    cr_assert_eq(tu_run(b2), 2, "%s", g_err);
+    cr_assert(strstr(g_err, "belongs to another run") && strstr(g_err, "a.json") && strstr(g_err, "b.json"), "%s", g_err);
+    /* other backends: refused too */
+    char *b3[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu-flash", "--resume", NULL};
+    cr_assert_eq(tu_run(b3), 2, "%s", g_err);
+    cr_assert(strstr(g_err, "backends"), "%s", g_err);
+    /* no journal: resume starts over */
+    unlink(jp);
     char *r1[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--resume", "--filter", "q40k72-d16-fp16-none-p0-", NULL};
-    unlink(jp);
     cr_assert_eq(tu_run(r1), 0, "resume without a journal starts over: %s", g_err);
     cr_assert(strstr(g_err, "nothing to resume"), "%s", g_err);
 }
