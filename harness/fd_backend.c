@@ -86,6 +86,13 @@ static int run_cuda_splitkv(const fd_casefile *cf, const fd_case *c, const float
     return rc;
 }
 
+static int supports_cuda_splitkv(const fd_case *c, char *why, size_t len)
+{
+    if (c->prob.dtype != FD_DT_FP32) return 1;
+    snprintf(why, len, "split-KV runs fp16 and bf16 only (fp32 inputs go through cuda-flash's fp32 path)");
+    return 0;
+}
+
 /* The mask cuda-flash applied, from its sign-encoded debug output (one more untimed run). */
 static int mask_cuda_flash(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                            const float *v, const int *rows, int nrows, uint8_t *mask, char *err,
@@ -120,13 +127,13 @@ static int mask_cuda_flash(const fd_casefile *cf, const fd_case *c, const float 
 #endif
 
 static const fd_backend fd_backends[] = {
-    {"cpu-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash, NULL},
-    {"cpu-standard", "cpu", FD_ROLE_STANDARD, run_cpu_standard, NULL},
-    {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL},
+    {"cpu-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash, NULL, NULL},
+    {"cpu-standard", "cpu", FD_ROLE_STANDARD, run_cpu_standard, NULL, NULL},
+    {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL, NULL},
 #ifdef FD_HAVE_CUDA
-    {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash},
-    {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL},
-    {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL},
+    {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash, NULL},
+    {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL, NULL},
+    {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL, supports_cuda_splitkv},
 #endif
 };
 #define FD_NBACKENDS ((int)(sizeof fd_backends / sizeof fd_backends[0]))
@@ -136,6 +143,15 @@ const fd_backend *fd_backend_find(const char *name)
     for (int i = 0; i < FD_NBACKENDS; i++)
         if (!strcmp(fd_backends[i].name, name)) return &fd_backends[i];
     return NULL;
+}
+
+int fd_gpu_describe(char *buf, size_t len)
+{
+#ifdef FD_HAVE_CUDA
+    if (fd_cuda_device_count() > 0) return fd_cuda_device_name(buf, len);
+#endif
+    (void)buf; (void)len;
+    return -1;
 }
 
 int fd_gpu_present(void)

@@ -58,6 +58,7 @@ void fd_judge(const fd_policy *po, fd_case_result *r)
     const fd_dtype dt = r->c.prob.dtype;
     for (int t = 0; t < r->nbe; t++) {
         fd_backend_result *b = &r->be[t];
+        if (b->skipped) continue;
         if (!b->ok) {
             worsen(&v, FD_FAIL);
             add_reason(r, "%s failed: %s", b->be->name, b->error);
@@ -287,6 +288,10 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
         br->fa_ratio = -1.0;
         for (size_t x = 0; x < fd_q_numel(p); x++) o[x] = NAN;
         for (size_t x = 0; x < fd_lse_numel(p); x++) lse[x] = NAN;
+        if (bes[t]->supports && !bes[t]->supports(c, br->error, sizeof br->error)) {
+            br->skipped = 1;
+            continue;
+        }
         double ms = 0.0;
         const double tb = now_s();
         if (bes[t]->run(cf, c, q, k, v, res->rows, nrows, o, lse, &ms, br->error, sizeof br->error)) {

@@ -31,6 +31,9 @@ typedef struct fd_backend {
     int (*applied_mask)(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                         const float *v, const int *rows, int nrows, uint8_t *mask, char *err,
                         size_t errlen);
+    /* Optional (NULL: every case): 0 when the backend does not apply to the case (why in
+     * `why`); such a backend is reported as skipped, not failed. */
+    int (*supports)(const fd_case *c, char *why, size_t len);
 } fd_backend;
 
 /* Fills out with the backends named in spec ("auto", "cpu", "cuda", or a comma list of
@@ -39,6 +42,8 @@ int fd_backends_select(const char *spec, const fd_backend **out, char *err, size
 const fd_backend *fd_backend_find(const char *name);
 /* 1 when the CUDA backends are built and a GPU is visible. */
 int fd_gpu_present(void);
+/* "name, sm_XY, driver N" of GPU 0; -1 when there is none. */
+int fd_gpu_describe(char *buf, size_t len);
 
 typedef struct fd_dropout_stats {
     int active;
@@ -53,7 +58,8 @@ typedef struct fd_dropout_stats {
 
 typedef struct fd_backend_result {
     const fd_backend *be;
-    int ok;                 /* 0: the backend failed; error holds why */
+    int ok;                 /* 0: the backend failed (or was skipped); error holds why */
+    int skipped;            /* the backend does not apply to this case (error says why) */
     char error[256];
     fd_metrics m;
     double fa_ratio;        /* flash only: max abs error / standard's (same family); <0 n/a */

@@ -63,7 +63,12 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
         snprintf(os, sizeof os, "%s %s %s", u.sysname, u.release, u.machine);
         json_object_set_new(machine, "os", json_string(os));
     }
-    json_object_set_new(machine, "gpu", json_null());
+    char gpu[256];
+    /* the GPU only when a GPU backend runs: a CPU-only run on a GPU machine names none */
+    if (strstr(backends, "cuda") && fd_gpu_describe(gpu, sizeof gpu) == 0)
+        json_object_set_new(machine, "gpu", json_string(gpu));
+    else
+        json_object_set_new(machine, "gpu", json_null());
     json_object_set_new(machine, "mpfr", json_string(mpfr_get_version()));
     const fd_flash_cfg *fc = &cf->flash;
     const fd_policy *po = &cf->policy;
@@ -124,8 +129,11 @@ json_t *fd_report_case_json(const fd_case_result *r)
     const fd_problem *p = &r->c.prob;
     json_t *rows = json_array();
     for (int i = 0; i < r->nrows; i++) json_array_append_new(rows, json_integer(r->rows[i]));
-    json_t *bes = json_object();
-    for (int t = 0; t < r->nbe; t++) json_object_set_new(bes, r->be[t].be->name, metrics_json(&r->be[t]));
+    json_t *bes = json_object(), *skipped = json_object();
+    for (int t = 0; t < r->nbe; t++) {
+        if (r->be[t].skipped) json_object_set_new(skipped, r->be[t].be->name, json_string(r->be[t].error));
+        else json_object_set_new(bes, r->be[t].be->name, metrics_json(&r->be[t]));
+    }
     json_t *j = json_pack(
         "{s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i}, s:s, s:s, s:o, s:s, s:I, s:I, s:I, s:o, "
         "s:o, s:I, s:{s:i, s:i, s:o}, s:o, s:s, s:s, s:o}",
@@ -139,6 +147,8 @@ json_t *fd_report_case_json(const fd_case_result *r)
         "max_precision", r->ref_prec_max, "seconds", fd_json_num(r->ref_seconds), "backends", bes,
         "verdict", fd_verdict_name(r->verdict), "reasons", r->reasons, "seconds",
         fd_json_num(r->seconds));
+    if (json_object_size(skipped)) json_object_set_new(j, "skipped_backends", skipped);
+    else json_decref(skipped);
     if (r->replay_checked) {
         json_t *mis = json_array();
         for (int t = 0; t < r->nmis; t++)
