@@ -2,6 +2,8 @@
  *
  * flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR] [--jobs N]
  * flashdrift explain REPORT [--out DIR] [--jobs N]   (every FAIL case of a report)
+ * flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]
+ *   (each flash output of an imported bundle, or the one named; docs/import.md)
  * Prints the explanation; with --out writes DIR/explain.json and DIR/explain.md. */
 #include <jansson.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 
 #include "fd_cmds.h"
 #include "fd_explain.h"
+#include "fd_import.h"
 #include "fd_report.h"
 
 static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_opts *o,
@@ -40,14 +43,89 @@ static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_o
     return FD_EXIT_USAGE;
 }
 
+/* DIR/explain.json and DIR/explain.md, atomically; takes arr. */
+static int write_explain(const char *out, const char *source, json_t *arr, const char *md,
+                         size_t mdlen, int rc)
+{
+    char path[4200], err[1024];
+    json_t *root = json_pack("{s:i, s:s, s:s, s:o}", "schema_version", FD_REPORT_SCHEMA_VERSION,
+                             "tool", "flashdrift", "case_file", source, "explain", arr);
+    snprintf(path, sizeof path, "%s/explain.json", out);
+    if (fd_write_json_atomic(path, root, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        rc = FD_EXIT_INTERNAL;
+    }
+    snprintf(path, sizeof path, "%s/explain.md", out);
+    if (fd_write_text_atomic(path, md ? md : "", md ? mdlen : 0, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        rc = FD_EXIT_INTERNAL;
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* Explains the outputs of an imported bundle with the default replay knobs and policy. */
+static int explain_tensors(const char *path, const char *only, int rows_per_head,
+                           const fd_explain_opts *o, json_t *arr, FILE *md)
+{
+    char err[1024];
+    fd_bundle b;
+    if (fd_bundle_load(path, &b, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        return FD_EXIT_USAGE;
+    }
+    fd_casefile cf;
+    memset(&cf, 0, sizeof cf);
+    snprintf(cf.path, sizeof cf.path, "%s", path);
+    snprintf(cf.name, sizeof cf.name, "%s", b.name);
+    fd_flash_cfg_default(&cf.flash);
+    cf.flash.qk_order = cf.flash.pv_order = FD_ACC_TC16;
+    fd_policy_default(&cf.policy);
+    cf.rows_per_head = rows_per_head;
+    int rc = FD_EXIT_PASS, done = 0;
+    for (int i = 0; i < b.nout; i++) {
+        const fd_import_output *io = &b.out[i];
+        if (only ? strcmp(io->name, only) : io->be.role != FD_ROLE_FLASH) continue;
+        done++;
+        char id[200];
+        snprintf(id, sizeof id, "%s/%s", b.name, io->name);
+        fd_explain_src src = {id, &b.prob, NULL, b.q, b.k, b.v, io->o, io->name};
+        fd_explanation ex;
+        if (fd_explain_run(&cf, &src, o, &ex, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s: %s\n", path, err);
+            rc = FD_EXIT_INTERNAL;
+            break;
+        }
+        fd_explain_text(&ex, stdout);
+        printf("\n");
+        if (arr) json_array_append_new(arr, fd_explain_json(&ex));
+        if (md) {
+            fprintf(md, "## %s\n\n```\n", id);
+            fd_explain_text(&ex, md);
+            fprintf(md, "```\n\n");
+        }
+        if (ex.gross && rc == FD_EXIT_PASS) rc = FD_EXIT_GATE;
+        fd_explanation_free(&ex);
+    }
+    if (!done && rc == FD_EXIT_PASS) {
+        fprintf(stderr, "flashdrift: %s: %s\n", path,
+                only ? "no output with that name (--output)" : "no flash output to explain (name one with --output)");
+        rc = FD_EXIT_USAGE;
+    }
+    fd_bundle_free(&b);
+    return rc;
+}
+
 int fd_cmd_explain(int argc, char **argv)
 {
-    const char *file = NULL, *id = NULL, *out = NULL;
+    const char *file = NULL, *id = NULL, *out = NULL, *tensors = NULL, *only = NULL;
+    int rows_per_head = 32;
     fd_explain_opts o = {"cpu-flash", NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if ((!strcmp(a, "--case") || !strcmp(a, "--backend") || !strcmp(a, "--inject") ||
-             !strcmp(a, "--out") || !strcmp(a, "--jobs")) && i + 1 >= argc) {
+             !strcmp(a, "--out") || !strcmp(a, "--jobs") || !strcmp(a, "--tensors") ||
+             !strcmp(a, "--output") || !strcmp(a, "--rows-per-head")) && i + 1 >= argc) {
             fprintf(stderr, "flashdrift: %s needs a value\n", a);
             return FD_EXIT_USAGE;
         }
@@ -55,6 +133,17 @@ int fd_cmd_explain(int argc, char **argv)
         else if (!strcmp(a, "--backend")) o.backend = argv[++i];
         else if (!strcmp(a, "--inject")) o.inject = argv[++i];
         else if (!strcmp(a, "--out")) out = argv[++i];
+        else if (!strcmp(a, "--tensors")) tensors = argv[++i];
+        else if (!strcmp(a, "--output")) only = argv[++i];
+        else if (!strcmp(a, "--rows-per-head")) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 0 || v > (1L << 20)) {
+                fprintf(stderr, "flashdrift: --rows-per-head expects an integer >= 0 (0: every row)\n");
+                return FD_EXIT_USAGE;
+            }
+            rows_per_head = (int)v;
+        }
         else if (!strcmp(a, "--jobs")) {
             char *end;
             long v = strtol(argv[++i], &end, 10);
@@ -72,10 +161,34 @@ int fd_cmd_explain(int argc, char **argv)
             return FD_EXIT_USAGE;
         }
     }
-    if (!file) {
+    if (!file && !tensors) {
         fprintf(stderr, "usage: flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
-                        "       flashdrift explain REPORT [--out DIR]\n");
+                        "       flashdrift explain REPORT [--out DIR]\n"
+                        "       flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n");
         return FD_EXIT_USAGE;
+    }
+    if (tensors) {
+        char err[1024];
+        if (file || o.inject) {
+            fprintf(stderr, "flashdrift: explain --tensors takes no case file and no --inject\n");
+            return FD_EXIT_USAGE;
+        }
+        if (out && fd_mkdir_p(out, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            return FD_EXIT_USAGE;
+        }
+        json_t *arr = json_array();
+        char *mdbuf = NULL;
+        size_t mdlen = 0;
+        FILE *md = out ? open_memstream(&mdbuf, &mdlen) : NULL;
+        int rc = explain_tensors(tensors, only, rows_per_head, &o, arr, md);
+        if (md) fclose(md);
+        if (out && (rc == FD_EXIT_PASS || rc == FD_EXIT_GATE))
+            rc = write_explain(out, tensors, arr, mdbuf, mdlen, rc);
+        else
+            json_decref(arr);
+        free(mdbuf);
+        return rc;
     }
     if (o.inject) {
         int ok = 0;
@@ -147,24 +260,10 @@ int fd_cmd_explain(int argc, char **argv)
         if (r == FD_EXIT_USAGE || r == FD_EXIT_INTERNAL) break;
     }
     if (md) fclose(md);
-    if (out && rc != FD_EXIT_USAGE && rc != FD_EXIT_INTERNAL) {
-        char path[4200];
-        json_t *root = json_pack("{s:i, s:s, s:s, s:o}", "schema_version", FD_REPORT_SCHEMA_VERSION,
-                                 "tool", "flashdrift", "case_file", cfpath, "explain", arr);
-        snprintf(path, sizeof path, "%s/explain.json", out);
-        if (fd_write_json_atomic(path, root, err, sizeof err)) {
-            fprintf(stderr, "flashdrift: %s\n", err);
-            rc = FD_EXIT_INTERNAL;
-        }
-        snprintf(path, sizeof path, "%s/explain.md", out);
-        if (fd_write_text_atomic(path, mdbuf, mdlen, err, sizeof err)) {
-            fprintf(stderr, "flashdrift: %s\n", err);
-            rc = FD_EXIT_INTERNAL;
-        }
-        json_decref(root);
-    } else {
+    if (out && rc != FD_EXIT_USAGE && rc != FD_EXIT_INTERNAL)
+        rc = write_explain(out, cfpath, arr, mdbuf, mdlen, rc);
+    else
         json_decref(arr);
-    }
     free(mdbuf);
     json_decref(ids);
     fd_casefile_free(&cf);

@@ -200,26 +200,42 @@ void fd_explanation_free(fd_explanation *ex)
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
                     fd_explanation *ex, char *err, size_t errlen)
 {
-    const fd_problem *p = &c->prob;
+    fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL};
+    return fd_explain_run(cf, &src, o, ex, err, errlen);
+}
+
+int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_explain_opts *o,
+                   fd_explanation *ex, char *err, size_t errlen)
+{
+    const fd_problem *p = src->p;
+    const fd_case *c = src->c;
     memset(ex, 0, sizeof *ex);
-    snprintf(ex->case_id, sizeof ex->case_id, "%s", c->id);
-    snprintf(ex->backend, sizeof ex->backend, "%s", o->backend ? o->backend : "cpu-flash");
+    snprintf(ex->case_id, sizeof ex->case_id, "%s", src->id);
+    snprintf(ex->backend, sizeof ex->backend, "%s",
+             src->kernel_o ? (src->kernel_name ? src->kernel_name : "imported") : o->backend ? o->backend : "cpu-flash");
     snprintf(ex->inject, sizeof ex->inject, "%s", o->inject ? o->inject : "");
     ex->dtype = p->dtype;
     ex->best = -1;
-    const fd_backend *be = fd_backend_find(ex->backend);
-    if (!be) {
+    const fd_backend *be = NULL;
+    if (!src->kernel_o && !(be = fd_backend_find(ex->backend))) {
         snprintf(err, errlen, "--backend: unknown backend \"%s\"", ex->backend);
         return -1;
     }
+    if (!c && (o->inject || !src->q || !src->k || !src->v || !src->kernel_o)) {
+        snprintf(err, errlen, "explaining given tensors needs q, k, v and an output, and takes no --inject");
+        return -1;
+    }
     int rc = -1;
-    float *q = NULL, *k = NULL, *v = NULL, *of = NULL, *lf = NULL;
+    float *qo = NULL, *ko = NULL, *vo = NULL, *of = NULL, *lf = NULL;
     double *qu = NULL, *ku = NULL, *vu = NULL, *qd = NULL, *kd = NULL, *vd = NULL;
     double *full = NULL, *lfull = NULL, *ref = NULL, *rlse = NULL, *kout = NULL, *base = NULL;
     double *fin = NULL, *tmp = NULL, *sumabs = NULL, *kappa = NULL, *e = NULL, *acc = NULL;
     int *rows = NULL, *nvis = NULL;
-    if (fd_inputs_make(c, &q, &k, &v, err, errlen)) return -1;
-    if (fd_inputs_make_unrounded(c, &qu, &ku, &vu, err, errlen)) goto out;
+    if (c) {
+        if (fd_inputs_make(c, &qo, &ko, &vo, err, errlen)) return -1;
+        if (fd_inputs_make_unrounded(c, &qu, &ku, &vu, err, errlen)) goto out;
+    }
+    const float *q = c ? qo : src->q, *k = c ? ko : src->k, *v = c ? vo : src->v;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
     int cap = (cf->rows_per_head <= 0 || p->seqlen_q <= cf->rows_per_head) ? p->seqlen_q : cf->rows_per_head + 16;
     rows = malloc(sizeof(int) * (size_t)(cap + 16));
@@ -249,8 +265,12 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
     const double refl2 = l2(ref, n);
 
     /* 2. the kernel's output */
-    fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
-    if (kernel_output(&kx, o->inject, qd, kd, vd, of, lf, err, errlen)) goto out;
+    if (c) {
+        fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
+        if (kernel_output(&kx, o->inject, qd, kd, vd, of, lf, err, errlen)) goto out;
+    } else {
+        memcpy(of, src->kernel_o, nq * sizeof(float));
+    }
     gather_f(&ck, of, kout);
     ex->k_err_max_abs = max_abs_diff(kout, ref, n);
     ex->k_err_l2 = refl2 > 0 ? l2_diff(kout, ref, n) / refl2 : l2_diff(kout, ref, n);
@@ -315,8 +335,10 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
         ex->interaction_l2 = refl2 > 0 ? sqrt(s2) / refl2 : 0.0;
         ex->interaction_share = ee > 0 ? dot / ee : 0.0;
     }
-    /* input rounding: the exact output moves when the inputs are rounded to the dtype */
-    {
+    /* input rounding: the exact output moves when the inputs are rounded to the dtype
+     * (unknown for given tensors: they arrive rounded) */
+    ex->input_rounding_max_abs = ex->input_rounding_l2 = NAN;
+    if (qu) {
         fd_attn_variant va;
         fd_attn_variant_default(p, &va);
         double *o1 = full, *o2 = malloc(nq * sizeof(double));
@@ -517,7 +539,7 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
     }
     rc = 0;
 out:
-    free(q); free(k); free(v); free(qu); free(ku); free(vu); free(qd); free(kd); free(vd);
+    free(qo); free(ko); free(vo); free(qu); free(ku); free(vu); free(qd); free(kd); free(vd);
     free(of); free(lf); free(full); free(lfull); free(ref); free(rlse); free(kout); free(base);
     free(fin); free(tmp); free(e); free(acc); free(sumabs); free(kappa); free(rows); free(nvis);
     if (rc) fd_explanation_free(ex);

@@ -92,6 +92,21 @@ extern const char *const fd_explain_bugs[];
 
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
                     fd_explanation *ex, char *err, size_t errlen);
+
+/* What to explain: a generated case (c: inputs from its seeds, the output from the
+ * backend in opts), or given tensors (c NULL: q, k, v exact dtype values in fd_problem's
+ * layouts and the output to explain, e.g. from an imported bundle). */
+typedef struct fd_explain_src {
+    const char *id;
+    const fd_problem *p;
+    const fd_case *c;
+    const float *q, *k, *v;
+    const float *kernel_o;   /* [b][s][h][d] */
+    const char *kernel_name; /* e.g. the bundle's output name */
+} fd_explain_src;
+
+int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_explain_opts *o,
+                   fd_explanation *ex, char *err, size_t errlen);
 void fd_explanation_free(fd_explanation *ex);
 void fd_explain_text(const fd_explanation *ex, FILE *f);
 json_t *fd_explain_json(const fd_explanation *ex);

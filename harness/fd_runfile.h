@@ -7,7 +7,10 @@
  * recomputing them, refusing a journal written for another case file, other backends
  * or other knobs. With repeat > 1 each case's backends run repeat - 1 more times
  * (fd_repeat_hashes) and any output whose hash differs from the first run makes the
- * case FAIL ("repeat" in each backend's report object). */
+ * case FAIL ("repeat" in each backend's report object). With explain (default: FAIL
+ * cases) each judged case is explained (fd_explain_case on the first flash backend that
+ * ran) and carries fd_explain_json's object as "explain", or "explain_error" when the
+ * explanation failed; cases kept by resume that lack one are explained then. */
 #ifndef FD_RUNFILE_H
 #define FD_RUNFILE_H
 #include <jansson.h>
@@ -17,6 +20,9 @@
 #include "fd_case.h"
 #include "fd_run.h"
 
+/* Which cases `--explain` attributes (docs/attribution.md). */
+typedef enum { FD_EXPLAIN_NONE = 0, FD_EXPLAIN_FAIL = 1, FD_EXPLAIN_ALL = 2 } fd_explain_mode;
+
 typedef struct fd_run_opts {
     const char *out;     /* directory of the journal (created by the caller) */
     const char *backend; /* "auto", "cpu", or names */
@@ -25,6 +31,7 @@ typedef struct fd_run_opts {
     int quiet;           /* no progress bar */
     int repeat;          /* >= 1: runs per case for the determinism check */
     int resume;          /* continue from out/cases.partial.jsonl */
+    fd_explain_mode explain; /* default FD_EXPLAIN_FAIL */
 } fd_run_opts;
 
 typedef struct fd_run_outcome {
@@ -42,7 +49,7 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
 
 void fd_run_opts_default(fd_run_opts *o);
 /* Parses one run option at argv[*i] (--out --backend --filter --jobs --repeat --quiet
- * --resume): 0 consumed, 1 not a run option, -1 usage error (printed). */
+ * --resume --explain): 0 consumed, 1 not a run option, -1 usage error (printed). */
 int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o);
 /* Loads CASEFILE, runs it, writes the outputs into o->out; returns the exit code (0, 1 a
  * case failed its case-file policy, 2, 3, 130) and the complete report in *report. */

@@ -12,9 +12,12 @@ void fd_explain_text(const fd_explanation *ex, FILE *f)
     fprintf(f, "case %s\nbackend %s%s%s, %ld output elements checked against the MPFR reference\n\n",
             ex->case_id, ex->backend, ex->inject[0] ? ", injected bug: " : "", ex->inject, ex->nchecked);
     fprintf(f, "VERDICT: %s\n\n", ex->summary);
-    fprintf(f, "Error budget of the flash algorithm (CPU replay%s), each stage made exact alone:\n",
-            ex->replay_matches_kernel ? ", bitwise equal to the kernel's output here"
-                                      : "; the kernel's output differs from it");
+    if (ex->replay_matches_kernel)
+        fprintf(f, "Error budget of the flash algorithm (CPU replay, bitwise equal to the kernel's output here),\n"
+                   "each stage made exact alone:\n");
+    else
+        fprintf(f, "Error budget of the flash algorithm (CPU replay; it reproduces %ld of the kernel's %ld outputs\n"
+                   "bit for bit), each stage made exact alone:\n", ex->nchecked - ex->replay_mismatches, ex->nchecked);
     fprintf(f, "  %-42s %11s %11s %8s\n", "stage", "max abs", "rel l2", "share");
     for (int i = 0; i < ex->nparts; i++)
         fprintf(f, "  %-42s %11.3g %11.3g %7.1f%%\n", ex->part[i].name, ex->part[i].max_abs,
@@ -22,9 +25,12 @@ void fd_explain_text(const fd_explanation *ex, FILE *f)
     fprintf(f, "  %-42s %11s %11.3g %7.1f%%\n", "interaction (not additive)", "", ex->interaction_l2,
             100.0 * ex->interaction_share);
     fprintf(f, "  %-42s %11.3g %11.3g %7s\n", "total (replay vs exact)", ex->r_err_max_abs, ex->r_err_l2, "100%");
-    fprintf(f, "  (rounding the inputs to %s moves the exact output itself by up to %.3g, rel l2 %.3g;\n"
-               "   it is the same for every kernel fed these inputs and not counted above)\n\n",
-            fd_dtype_name(ex->dtype), ex->input_rounding_max_abs, ex->input_rounding_l2);
+    if (isnan(ex->input_rounding_max_abs))
+        fprintf(f, "  (input rounding: unknown, the given inputs arrive already rounded to %s)\n\n", fd_dtype_name(ex->dtype));
+    else
+        fprintf(f, "  (rounding the inputs to %s moves the exact output itself by up to %.3g, rel l2 %.3g;\n"
+                   "   it is the same for every kernel fed these inputs and not counted above)\n\n",
+                fd_dtype_name(ex->dtype), ex->input_rounding_max_abs, ex->input_rounding_l2);
     fprintf(f, "Accumulation order (same inputs; change of the output against the replay's order):\n");
     for (int i = 0; i < ex->nvar; i++)
         fprintf(f, "  %-24s %s max abs %.3g (its error vs exact %.3g)\n", ex->var[i].name,

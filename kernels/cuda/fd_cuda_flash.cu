@@ -132,21 +132,35 @@ __device__ __forceinline__ void load_tile(T *sm, const T *g, int r0, int nrows, 
     }
 }
 
+/* Row blocks of 16 per warp: 2 (32 rows, FA2's d <= 128 layout: each shared K/V
+ * fragment feeds four mma ops) on the fast path for head dims <= 128, else 1. Per-row
+ * arithmetic and the quad's column ownership do not depend on it. */
+template <int D, bool GEN> struct RowBlocks {
+    static constexpr int value = (!GEN && D <= 128) ? 2 : 1;
+};
+template <int D, int BR, bool GEN> struct KTraits {
+    static constexpr int MB = RowBlocks<D, GEN>::value;
+    static constexpr int NW = BR / (16 * MB), NT = NW * 32;
+    /* 2 CTAs per SM when a warp owns 32 rows (255 registers a thread, 4 warps). */
+    static constexpr int MIN_BLOCKS = MB == 2 ? 2 : 1;
+};
+
 /* GEN = false: the fast path, compiled without dropout, debug output, fp32 P and the
  * portable exp2 (the host sends those cases to GEN = true). Same arithmetic otherwise. */
 template <typename T, int D, int BR, int BC, bool GEN>
-__global__ void __launch_bounds__(BR * 2)
+__global__ void __launch_bounds__(KTraits<D, BR, GEN>::NT, KTraits<D, BR, GEN>::MIN_BLOCKS)
 flash_fwd_kernel(const FlashParams P)
 {
-    constexpr int NW = BR / 16, NT = NW * 32;
-    constexpr bool Q_IN_REGS = D <= 128;
+    constexpr int MB = KTraits<D, BR, GEN>::MB;
+    constexpr int NT = KTraits<D, BR, GEN>::NT;
+    constexpr bool Q_IN_REGS = MB * D <= 128;
     constexpr int NA = BC / 8; /* n-atoms of S per warp row block */
     constexpr int ND = D / 8;  /* n-atoms of O */
     extern __shared__ __align__(128) unsigned char smem_raw[];
     T *sQ = reinterpret_cast<T *>(smem_raw);
     T *sK = sQ + BR * D;           /* 2 stages */
     T *sV = sK + 2 * BC * D;       /* 2 stages */
-    float *sP = reinterpret_cast<float *>(sV + 2 * BC * D); /* p_fp32: [NW][16][BC] */
+    float *sP = reinterpret_cast<float *>(sV + 2 * BC * D); /* p_fp32: [BR/16][16][BC] */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -174,12 +188,14 @@ flash_fwd_kernel(const FlashParams P)
     const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
     const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
 
-    /* Output rows of this thread: r = 0 -> row g, r = 1 -> row g + 8 of the warp. */
-    const int row_base = m0 + warp * 16;
+    /* Row block mi of the warp: rows warp_row0 + 16 mi + (g, g + 8) of the CTA's tile
+     * (r = 0 -> row g, r = 1 -> row g + 8). */
+    const int warp_row0 = m0 + warp * 16 * MB;
 
     if (n_hi <= n_lo) { /* no visible key for any row of this CTA (or an empty split) */
+        for (int mi = 0; mi < MB; mi++)
         for (int r = 0; r < 2; r++) {
-            int i = row_base + g + 8 * r;
+            int i = warp_row0 + 16 * mi + g + 8 * r;
             if (i >= sq) continue;
             for (int a = 0; a < ND; a++) {
                 int d = a * 8 + 2 * t;
@@ -204,13 +220,20 @@ flash_fwd_kernel(const FlashParams P)
     load_tile<T, D, BC, NT>(sV, gV, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid);
     cp_async_commit();
 
-    float o_acc[ND][4];
+    float o_acc[MB][ND][4];
+#pragma unroll
+    for (int mi = 0; mi < MB; mi++)
 #pragma unroll
     for (int a = 0; a < ND; a++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) o_acc[a][e] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-    uint32_t qf[Q_IN_REGS ? D / 16 : 1][4];
+        for (int e = 0; e < 4; e++) o_acc[mi][a][e] = 0.0f;
+    float m_run[MB][2], l_run[MB][2];
+#pragma unroll
+    for (int mi = 0; mi < MB; mi++) {
+        m_run[mi][0] = m_run[mi][1] = -INFINITY;
+        l_run[mi][0] = l_run[mi][1] = 0.0f;
+    }
+    uint32_t qf[Q_IN_REGS ? MB : 1][Q_IN_REGS ? D / 16 : 1][4];
 
     const float sl2 = P.scale_log2;
     const int emode = GEN ? P.exp2_mode : 0;
@@ -233,93 +256,114 @@ flash_fwd_kernel(const FlashParams P)
         if constexpr (Q_IN_REGS) {
             if (nb == n_hi - 1)
 #pragma unroll
+            for (int mi = 0; mi < MB; mi++)
+#pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
-                int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-                ldsm_x4(qf[kk], smem_u32(sQ + swz<D>(row, col)));
+                int row = warp * 16 * MB + mi * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                ldsm_x4(qf[mi][kk], smem_u32(sQ + swz<D>(row, col)));
             }
         }
 
         /* S = Q K^T, 16-term blocks in head-dim order from 0. */
-        float s[NA][4];
+        float s[MB][NA][4];
+#pragma unroll
+        for (int mi = 0; mi < MB; mi++)
 #pragma unroll
         for (int a = 0; a < NA; a++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) s[a][e] = 0.0f;
+            for (int e = 0; e < 4; e++) s[mi][a][e] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t af[4];
-            if constexpr (Q_IN_REGS) {
+            uint32_t af[MB][4];
 #pragma unroll
-                for (int e = 0; e < 4; e++) af[e] = qf[kk][e];
-            } else {
-                int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-                ldsm_x4(af, smem_u32(sQ + swz<D>(row, col)));
+            for (int mi = 0; mi < MB; mi++) {
+                if constexpr (Q_IN_REGS) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) af[mi][e] = qf[mi][kk][e];
+                } else {
+                    int row = warp * 16 * MB + mi * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                    ldsm_x4(af[mi], smem_u32(sQ + swz<D>(row, col)));
+                }
             }
 #pragma unroll
             for (int np = 0; np < NA / 2; np++) {
                 uint32_t bf[4];
-                int mi = lane >> 3;
-                int key = np * 16 + (mi >> 1) * 8 + (lane & 7), col = kk * 16 + (mi & 1) * 8;
+                int mi8 = lane >> 3;
+                int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), col = kk * 16 + (mi8 & 1) * 8;
                 ldsm_x4(bf, smem_u32(cK + swz<D>(key, col)));
-                DT<T>::mma(s[2 * np], af, bf);
-                DT<T>::mma(s[2 * np + 1], af, bf + 2);
+#pragma unroll
+                for (int mi = 0; mi < MB; mi++) {
+                    DT<T>::mma(s[mi][2 * np], af[mi], bf);
+                    DT<T>::mma(s[mi][2 * np + 1], af[mi], bf + 2);
+                }
             }
         }
 
         /* Masking: keys beyond sk, causal diagonal. */
         const int j0 = nb * BC;
-        const bool need_mask = (j0 + BC > sk) ||
-                               (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)row_base + diag);
-        if (need_mask) {
 #pragma unroll
-            for (int a = 0; a < NA; a++)
+        for (int mi = 0; mi < MB; mi++) {
+            const int row_base = warp_row0 + 16 * mi;
+            const bool need_mask = (j0 + BC > sk) ||
+                                   (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)row_base + diag);
+            if (need_mask) {
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
-                    bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
-                    if (!vis) s[a][e] = -INFINITY;
-                }
+                for (int a = 0; a < NA; a++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
+                        bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                        if (!vis) s[mi][a][e] = -INFINITY;
+                    }
+            }
         }
 
         /* Online softmax, FA2's softmax_rescale_o. */
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float mx = m_run[r];
+        for (int mi = 0; mi < MB; mi++)
 #pragma unroll
-            for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[a][2 * r], s[a][2 * r + 1]));
+        for (int r = 0; r < 2; r++) {
+            float mx = m_run[mi][r];
+#pragma unroll
+            for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[mi][a][2 * r], s[mi][a][2 * r + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            const float m_prev = m_run[r];
-            m_run[r] = mx;
+            const float m_prev = m_run[mi][r];
+            m_run[mi][r] = mx;
             const float m_cur = mx == -INFINITY ? 0.0f : mx;
             const float sc = exp2_mode(emode, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
-            l_run[r] = __fmul_rn(l_run[r], sc);
+            l_run[mi][r] = __fmul_rn(l_run[mi][r], sc);
 #pragma unroll
             for (int a = 0; a < ND; a++) {
-                o_acc[a][2 * r] = __fmul_rn(o_acc[a][2 * r], sc);
-                o_acc[a][2 * r + 1] = __fmul_rn(o_acc[a][2 * r + 1], sc);
+                o_acc[mi][a][2 * r] = __fmul_rn(o_acc[mi][a][2 * r], sc);
+                o_acc[mi][a][2 * r + 1] = __fmul_rn(o_acc[mi][a][2 * r + 1], sc);
             }
             const float max_scaled = mx == -INFINITY ? 0.0f : __fmul_rn(mx, sl2);
-            float l = l_run[r];
+            float l = l_run[mi][r];
 #pragma unroll
             for (int a = 0; a < NA; a++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    float pe = exp2_mode(emode, __fmaf_rn(s[a][2 * r + e], sl2, -max_scaled));
-                    s[a][2 * r + e] = pe;
+                    float pe = exp2_mode(emode, __fmaf_rn(s[mi][a][2 * r + e], sl2, -max_scaled));
+                    s[mi][a][2 * r + e] = pe;
                     l = __fadd_rn(l, pe);
                 }
-            l_run[r] = l;
+            l_run[mi][r] = l;
         }
 
         /* P to the dtype, dropout, debug output; then O += P V. */
-        uint32_t pk[NA][2]; /* packed dtype P: [atom][row half] */
+        uint32_t pk[MB][NA][2]; /* packed dtype P: [row block][atom][row half] */
+#pragma unroll
+        for (int mi = 0; mi < MB; mi++)
 #pragma unroll
         for (int a = 0; a < NA; a++) {
-            pk[a][0] = DT<T>::pack(s[a][0], s[a][1]);
-            pk[a][1] = DT<T>::pack(s[a][2], s[a][3]);
+            pk[mi][a][0] = DT<T>::pack(s[mi][a][0], s[mi][a][1]);
+            pk[mi][a][1] = DT<T>::pack(s[mi][a][2], s[mi][a][3]);
         }
         if (dropout) {
+#pragma unroll
+            for (int mi = 0; mi < MB; mi++) {
+            const int row_base = warp_row0 + 16 * mi;
 #pragma unroll
             for (int cb = 0; cb < BC / 32; cb++) {
                 uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
@@ -332,7 +376,7 @@ flash_fwd_kernel(const FlashParams P)
                     for (int e = 0; e < 4; e++) {
                         uint32_t byte = (rnd.v[a4] >> (8 * e)) & 0xffu;
                         bool keep = byte <= P.thr;
-                        uint32_t &w = pk[a][e >> 1];
+                        uint32_t &w = pk[mi][a][e >> 1];
                         const uint32_t sh = 16 * (e & 1);
                         if (dbg) {
                             int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
@@ -344,35 +388,42 @@ flash_fwd_kernel(const FlashParams P)
                         }
                         if (!keep) {
                             w &= ~(0xffffu << sh);
-                            if (p_fp32) s[a][e] = 0.0f;
+                            if (p_fp32) s[mi][a][e] = 0.0f;
                         }
                     }
                 }
+            }
             }
         }
 
         if (!p_fp32) {
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) {
-                uint32_t af[4] = {pk[2 * kk][0], pk[2 * kk][1], pk[2 * kk + 1][0], pk[2 * kk + 1][1]};
 #pragma unroll
                 for (int np = 0; np < ND / 2; np++) {
                     uint32_t bf[4];
-                    int mi = lane >> 3;
-                    int key = kk * 16 + (mi & 1) * 8 + (lane & 7), col = np * 16 + (mi >> 1) * 8;
+                    int mi8 = lane >> 3;
+                    int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
                     ldsm_x4_t(bf, smem_u32(cV + swz<D>(key, col)));
-                    DT<T>::mma(o_acc[2 * np], af, bf);
-                    DT<T>::mma(o_acc[2 * np + 1], af, bf + 2);
+#pragma unroll
+                    for (int mi = 0; mi < MB; mi++) {
+                        uint32_t af[4] = {pk[mi][2 * kk][0], pk[mi][2 * kk][1], pk[mi][2 * kk + 1][0],
+                                          pk[mi][2 * kk + 1][1]};
+                        DT<T>::mma(o_acc[mi][2 * np], af, bf);
+                        DT<T>::mma(o_acc[mi][2 * np + 1], af, bf + 2);
+                    }
                 }
             }
         } else {
             /* P in binary32: O = fmaf(P[j], V[j][d], O) for the tile's keys in order. */
-            float *wP = sP + warp * 16 * BC;
+#pragma unroll
+            for (int mi = 0; mi < MB; mi++) {
+            float *wP = sP + (warp * MB + mi) * 16 * BC;
 #pragma unroll
             for (int a = 0; a < NA; a++)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
-                    wP[(g + 8 * (e >> 1)) * BC + a * 8 + 2 * t + (e & 1)] = s[a][e];
+                    wP[(g + 8 * (e >> 1)) * BC + a * 8 + 2 * t + (e & 1)] = s[mi][a][e];
             __syncwarp();
             for (int j = 0; j < BC; j++) {
                 float p0 = wP[g * BC + j], p1 = wP[(g + 8) * BC + j];
@@ -380,11 +431,12 @@ flash_fwd_kernel(const FlashParams P)
                 for (int a = 0; a < ND; a++) {
                     int d = a * 8 + 2 * t;
                     float v0 = DT<T>::to(cV[swz<D>(j, d)]), v1 = DT<T>::to(cV[swz<D>(j, d + 1)]);
-                    o_acc[a][0] = __fmaf_rn(p0, v0, o_acc[a][0]);
-                    o_acc[a][1] = __fmaf_rn(p0, v1, o_acc[a][1]);
-                    o_acc[a][2] = __fmaf_rn(p1, v0, o_acc[a][2]);
-                    o_acc[a][3] = __fmaf_rn(p1, v1, o_acc[a][3]);
+                    o_acc[mi][a][0] = __fmaf_rn(p0, v0, o_acc[mi][a][0]);
+                    o_acc[mi][a][1] = __fmaf_rn(p0, v1, o_acc[mi][a][1]);
+                    o_acc[mi][a][2] = __fmaf_rn(p1, v0, o_acc[mi][a][2]);
+                    o_acc[mi][a][3] = __fmaf_rn(p1, v1, o_acc[mi][a][3]);
                 }
+            }
             }
         }
         __syncthreads(); /* this stage is refilled by the next iteration's prefetch */
@@ -393,37 +445,39 @@ flash_fwd_kernel(const FlashParams P)
 
     /* normalize_softmax_lse: quad sum (l0 + l2) + (l1 + l3), one reciprocal. */
 #pragma unroll
+    for (int mi = 0; mi < MB; mi++)
+#pragma unroll
     for (int r = 0; r < 2; r++) {
-        float l = l_run[r];
+        float l = l_run[mi][r];
         l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
         l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
         const bool empty = (l == 0.0f || l != l);
         const float inv = empty ? 1.0f : __frcp_rn(l);
         const float fs = dropout ? __fmul_rn(inv, P.rp) : inv;
-        const int i = row_base + g + 8 * r;
+        const int i = warp_row0 + 16 * mi + g + 8 * r;
         if (i >= sq) continue;
         if (P.splits) {
             float *oa = P.o_accum + ((((size_t)split * P.B + b) * P.H + h) * sq + i) * P.dp;
 #pragma unroll
             for (int a = 0; a < ND; a++) {
                 int d = a * 8 + 2 * t;
-                float2 v2 = make_float2(__fmul_rn(o_acc[a][2 * r], fs), __fmul_rn(o_acc[a][2 * r + 1], fs));
+                float2 v2 = make_float2(__fmul_rn(o_acc[mi][a][2 * r], fs), __fmul_rn(o_acc[mi][a][2 * r + 1], fs));
                 *reinterpret_cast<float2 *>(oa + d) = v2;
             }
             if (t == 0)
                 P.lse_accum[(((size_t)split * P.B + b) * P.H + h) * sq + i] =
-                    empty ? -INFINITY : __fmaf_rn(m_run[r], P.scale, logf(l));
+                    empty ? -INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
         } else {
             T *o = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
 #pragma unroll
             for (int a = 0; a < ND; a++) {
                 int d = a * 8 + 2 * t;
-                uint32_t w = DT<T>::pack(__fmul_rn(o_acc[a][2 * r], fs), __fmul_rn(o_acc[a][2 * r + 1], fs));
+                uint32_t w = DT<T>::pack(__fmul_rn(o_acc[mi][a][2 * r], fs), __fmul_rn(o_acc[mi][a][2 * r + 1], fs));
                 *reinterpret_cast<uint32_t *>(o + d) = w;
             }
             if (t == 0)
                 P.lse[((size_t)b * P.H + h) * sq + i] =
-                    empty ? INFINITY : __fmaf_rn(m_run[r], P.scale, logf(l));
+                    empty ? INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
         }
     }
 }
@@ -548,9 +602,10 @@ int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err
 {
     const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode;
     auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
+    const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((unsigned)((P.sq + BR - 1) / BR), (unsigned)(P.B * P.H), (unsigned)(P.splits ? P.splits : 1));
-    kern<<<grid, BR * 2, smem, st>>>(P);
+    kern<<<grid, nt, smem, st>>>(P);
     FD_LAUNCH_CHECK();
     return 0;
 }
