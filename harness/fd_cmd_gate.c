@@ -108,7 +108,7 @@ int fd_cmd_gate(int argc, char **argv)
         }
     } else {
         if (o.repeat > 1 || o.resume || run_opts_given) {
-            fprintf(stderr, "flashdrift: %s is a report: --repeat, --resume, --backend, --jobs, --filter and --out "
+            fprintf(stderr, "flashdrift: %s is a report: --repeat, --resume, --backend, --jobs, --filter, --out and --explain "
                             "need a case file (run it with --repeat to gate on determinism)\n", input);
             json_decref(probe);
             json_decref(base);
@@ -354,6 +354,28 @@ int fd_cmd_html(int argc, char **argv)
         out = def;
     }
     json_t *r = NULL, *b = NULL;
+    /* an explain.json (flashdrift explain --out DIR): its error budgets */
+    json_t *probe = fd_jload(input, err, sizeof err);
+    if (json_is_object(probe) && json_object_get(probe, "explain") && !json_object_get(probe, "cases")) {
+        int bad = baseline != NULL;
+        if (bad) fprintf(stderr, "flashdrift: %s is an explain.json: --baseline needs a report\n", input);
+        else if (!json_is_array(json_object_get(probe, "explain")) ||
+                 json_integer_value(json_object_get(probe, "schema_version")) != FD_REPORT_SCHEMA_VERSION) {
+            fprintf(stderr, "flashdrift: %s: explain: expected an array of explanations and schema_version %d "
+                            "(written by flashdrift explain --out DIR)\n", input, FD_REPORT_SCHEMA_VERSION);
+            bad = 1;
+        }
+        int h = bad ? 0 : fd_render_explain_html(probe, out, err, sizeof err);
+        json_decref(probe);
+        if (bad) return FD_EXIT_USAGE;
+        if (h) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            return h > 0 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
+        }
+        printf("%s\n", out);
+        return FD_EXIT_PASS;
+    }
+    json_decref(probe);
     if (load_report(input, &r)) return FD_EXIT_USAGE;
     if (baseline && load_report(baseline, &b)) {
         json_decref(r);

@@ -12,6 +12,7 @@
 
 #include "fd_case.h"
 #include "fd_cmds.h"
+#include "fd_explain.h"
 #include "fd_html.h"
 #include "fd_json.h"
 #include "fd_report.h"
@@ -23,12 +24,13 @@ void fd_usage(FILE *f)
     fprintf(f,
             "usage: flashdrift run CASEFILE [--backend auto|cpu|cuda|NAME[,NAME...]] [--out DIR]\n"
             "                       [--jobs N] [--filter SUBSTRING] [--repeat N] [--resume] [--quiet]\n"
+            "                       [--explain fail|all|none]\n"
             "       flashdrift gate CASEFILE|REPORT --policy FILE [--baseline FILE] [--junit FILE]\n"
             "                       [--markdown FILE] [--out DIR] [--backend B] [--jobs N] [--repeat N]\n"
-            "                       [--filter SUBSTRING] [--resume] [--quiet]\n"
+            "                       [--filter SUBSTRING] [--resume] [--quiet] [--explain fail|all|none]\n"
             "       flashdrift diff OLD NEW [--markdown FILE] [--json FILE] [--html FILE] [--fail-on-regression]\n"
             "       flashdrift baseline update REPORT --name NAME [--force] [--dir DIR]\n"
-            "       flashdrift html REPORT [--baseline FILE] [--out FILE]\n"
+            "       flashdrift html REPORT|EXPLAIN_JSON [--baseline FILE] [--out FILE]\n"
             "       flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
             "       flashdrift explain REPORT [--out DIR]\n"
             "       flashdrift check --tensors PATH\n"
@@ -38,15 +40,19 @@ void fd_usage(FILE *f)
             "          writes DIR/report.json (canonical), DIR/summary.md and DIR/report.html\n"
             "          (default DIR: out). --repeat N runs each case's backends N times and fails a\n"
             "          case whose outputs are not bitwise identical; --resume continues an\n"
-            "          interrupted run from DIR/cases.partial.jsonl.\n"
+            "          interrupted run from DIR/cases.partial.jsonl. --explain attributes the error\n"
+            "          of the FAIL cases (default 'fail'), of every case ('all') or of none, as\n"
+            "          `explain` does, into each case's \"explain\" object and summary.md.\n"
             "gate      applies a tolerance policy (docs/gate.md) to a report, or to the report of a\n"
             "          run of CASEFILE; prints one line per failing case; JUnit XML and Markdown.\n"
             "diff      compares two reports case by case (metrics moved, new failures, fixed\n"
             "          cases, cases on one side only, bitwise-identical outputs).\n"
             "baseline  stores REPORT as DIR/NAME.json (default DIR: reports/baselines); refuses to\n"
             "          overwrite without --force.\n"
-            "html      renders a report (and a baseline comparison) as one self-contained HTML file\n"
-            "          with gnuplot plots.\n"
+            "html      renders a report (and a baseline comparison), or an explain.json, as one\n"
+            "          self-contained HTML file with gnuplot plots.\n"
+            "explain   why a case's output differs from the exact result: error budget by stage,\n"
+            "          accumulation orders, conditioning, bug hypotheses (docs/attribution.md).\n"
             "list      prints the expanded cases, one id per line.\n\n"
             "backends: cpu-flash, cpu-standard (the CPU replay; 'cpu' runs both);\n"
             "          'auto' picks the GPU backends when a GPU is present, else 'cpu'.\n"
@@ -303,6 +309,60 @@ static int repeat_case(const fd_casefile *cf, const fd_backend *const *bes, int 
     return 0;
 }
 
+/* The first flash backend (in --backend order) that ran on a judged case, or NULL. */
+static const char *explain_backend(const fd_backend *const *bes, int nbe, const json_t *cj)
+{
+    const json_t *bj = json_object_get(cj, "backends");
+    for (int t = 0; t < nbe; t++)
+        if (bes[t]->role == FD_ROLE_FLASH && json_is_true(json_object_get(json_object_get(bj, bes[t]->name), "ok")))
+            return bes[t]->name;
+    return NULL;
+}
+
+/* Whether --explain asks for this judged case and it has no explanation yet. */
+static int wants_explain(const fd_run_opts *o, const json_t *cj)
+{
+    if (o->explain == FD_EXPLAIN_NONE || json_object_get(cj, "explain") || json_object_get(cj, "explain_error"))
+        return 0;
+    const char *v = json_string_value(json_object_get(cj, "verdict"));
+    return o->explain == FD_EXPLAIN_ALL || (v && !strcmp(v, "FAIL"));
+}
+
+/* Explains a judged case into cj: "explain" (fd_explain_json), or "explain_error" when the
+ * explanation failed; the case itself is never lost. Interrupted: nothing is attached (a
+ * resumed run explains the case then). Returns 1 when cj changed. */
+static int explain_into(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
+                        const fd_run_opts *o, json_t *cj)
+{
+    if (!wants_explain(o, cj)) return 0;
+    const char *be = explain_backend(bes, nbe, cj);
+    if (!be) {
+        json_object_set_new(cj, "explain_error", json_string("no flash backend ran on this case"));
+        return 1;
+    }
+    fd_explain_opts eo = {be, NULL, o->jobs};
+    fd_explanation *ex = malloc(sizeof *ex);
+    char err[1024];
+    int rc = ex ? fd_explain_case(cf, c, &eo, ex, err, sizeof err) : -1;
+    if (!ex) snprintf(err, sizeof err, "out of memory");
+    if (rc == 0) {
+        json_t *ej = fd_explain_json(ex);
+        fd_explanation_free(ex);
+        free(ex);
+        if (ej) {
+            json_object_set_new(cj, "explain", ej);
+            return 1;
+        }
+        snprintf(err, sizeof err, "cannot encode the explanation as JSON");
+    } else {
+        free(ex);
+        if (fd_interrupted) return 0;
+    }
+    if (!o->quiet) fprintf(stderr, "flashdrift: warning: explain %s: %s\n", c->id, err);
+    json_object_set_new(cj, "explain_error", json_string(err));
+    return 1;
+}
+
 int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report_out,
                     fd_run_outcome *out, char *err, size_t errlen)
 {
@@ -388,11 +448,16 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         if (done[i]) {
             cj = json_incref(done[i]);
             out->nresumed++;
+            /* kept without the explanation this run asks for: explain it now, journal it again
+             * (a later line of the same case replaces the earlier one) */
+            if (explain_into(cf, c, bes, nbe, o, cj)) write_line(journal, cj);
             const char *v = json_string_value(json_object_get(cj, "verdict"));
             if (!strcmp(v, "FAIL")) {
                 out->nfail++;
                 fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id,
                         json_string_value(json_object_get(cj, "reasons")));
+                const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
+                if (why) fprintf(stderr, "    explain: %s\n", why);
             }
         } else {
             if (bar) progress(out->nrun, out->total, c->id);
@@ -411,11 +476,14 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
                 out->status = FD_EXIT_INTERNAL;
                 break;
             }
+            explain_into(cf, c, bes, nbe, o, cj);
             if (!header_written) header_written = !write_line(journal, header);
             write_line(journal, cj);
             if (res.verdict == FD_FAIL) {
                 out->nfail++;
                 fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id, res.reasons);
+                const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
+                if (why) fprintf(stderr, "    explain: %s\n", why);
             }
             fd_case_result_free(&res);
         }
@@ -502,6 +570,18 @@ int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o)
         ++*i;
         return 0;
     }
+    if (!strcmp(a, "--explain")) {
+        const char *v = *i + 1 < argc ? argv[*i + 1] : "";
+        if (!strcmp(v, "fail")) o->explain = FD_EXPLAIN_FAIL;
+        else if (!strcmp(v, "all")) o->explain = FD_EXPLAIN_ALL;
+        else if (!strcmp(v, "none")) o->explain = FD_EXPLAIN_NONE;
+        else {
+            fprintf(stderr, "flashdrift: --explain expects fail, all or none%s%s\n", *v ? ", got " : "", v);
+            return -1;
+        }
+        ++*i;
+        return 0;
+    }
     if (!strcmp(a, "--quiet")) o->quiet = 1;
     else if (!strcmp(a, "--resume")) o->resume = 1;
     else return 1;
@@ -515,6 +595,7 @@ void fd_run_opts_default(fd_run_opts *o)
     o->backend = "auto";
     o->jobs = (int)sysconf(_SC_NPROCESSORS_ONLN);
     o->repeat = 1;
+    o->explain = FD_EXPLAIN_FAIL;
 }
 
 /* Runs a case file for run and gate: loads it, runs it, writes the outputs. Returns an

@@ -517,7 +517,15 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     }
 
     /* 8. one-line summary */
-    if (!ex->gross) {
+    const double fa_limit = cf->policy.fa_ratio * ex->std_err_max_abs + cf->policy.atol;
+    if (!ex->gross && ex->k_err_max_abs > fa_limit) {
+        snprintf(ex->summary, sizeof ex->summary,
+                 "rounding, but more than FlashAttention's rule allows: max abs error %.3g exceeds "
+                 "%g x standard attention's %.3g + %g = %.3g, yet stays within %.3g, the flash "
+                 "algorithm's own rounding budget (replay %.3g): an accuracy loss of the kernel's "
+                 "arithmetic, not a semantic bug", ex->k_err_max_abs, cf->policy.fa_ratio,
+                 ex->std_err_max_abs, cf->policy.atol, fa_limit, ex->limit, ex->r_err_max_abs);
+    } else if (!ex->gross) {
         snprintf(ex->summary, sizeof ex->summary,
                  "rounding and accumulation order only: max abs error %.3g is within %.3g "
                  "(%g x the larger of the replay's %.3g and standard attention's %.3g, + %g)",

@@ -169,8 +169,9 @@ static int run_gnuplot(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-static const char *const plot_files[] = {"seq.svg", "ulp.svg", "keep.svg", "base.svg", "seq.dat", "ulp.dat",
-                                         "keep.dat", "base.dat", "plots.gp", "gnuplot.log", NULL};
+static const char *const plot_files[] = {"seq.svg", "ulp.svg", "keep.svg", "base.svg", "expl.svg", "seq.dat",
+                                         "ulp.dat", "keep.dat", "base.dat", "expl.dat", "plots.gp", "gnuplot.log",
+                                         NULL};
 
 static void cleanup(const char *dir)
 {
@@ -193,8 +194,231 @@ static const char *const term =
     "set terminal svg size 760,430 dynamic noenhanced font 'sans,11' background rgb 'white'\n"
     "set grid\nset key outside right top\n";
 
+/* --- explanations (run --explain, or an explain.json) ---------------------------------- */
+
+/* One explained case: its explain object (docs/attribution.md) or the error instead. */
+typedef struct {
+    const char *id, *verdict; /* verdict: NULL for an explain.json */
+    const json_t *ex;
+    const char *error;
+} ex_item;
+
+#define MAX_STAGES 12
+#define MAX_EX_BARS 400
+
+/* The explained cases of a report (n capped at cap). */
+static int report_ex_items(const json_t *report, ex_item *it, int cap)
+{
+    int n = 0;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const json_t *ex = json_object_get(c, "explain");
+        const char *xe = json_string_value(json_object_get(c, "explain_error"));
+        if ((!json_is_object(ex) && !xe) || n == cap) continue;
+        it[n++] = (ex_item){str(c, "id"), str(c, "verdict"), json_is_object(ex) ? ex : NULL, xe};
+    }
+    return n;
+}
+
+/* The stacked bars of the stage shares: data file and script. 1 plotted, 0 nothing to
+ * plot, -1 error. Negative shares (a stage that cancels part of the error) are clipped
+ * at 0 in the stack; the interaction is drawn beside the stack as a point, with its sign. */
+static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int n)
+{
+    const char *names[MAX_STAGES];
+    int ns = 0, nb = 0, maxlab = 0;
+    const char *first = NULL;
+    size_t pre = 0, suf = 0; /* parts of the ids every explained case shares, cut at '-' */
+    for (int k = 0; k < n; k++) {
+        if (!it[k].ex) continue;
+        size_t j;
+        json_t *st;
+        json_array_foreach(json_object_get(it[k].ex, "stages"), j, st) {
+            const char *nm = str(st, "stage");
+            if (!strcmp(nm, "interaction")) continue;
+            int seen = 0;
+            for (int q = 0; q < ns; q++) seen |= !strcmp(names[q], nm);
+            if (!seen && ns < MAX_STAGES) names[ns++] = nm;
+        }
+        const char *id = it[k].id;
+        if (!nb++) {
+            first = id;
+            pre = suf = strlen(id);
+        }
+        size_t p = 0, q = 0, li = strlen(id), lf = strlen(first);
+        while (p < pre && p < li && id[p] == first[p]) p++;
+        while (q < suf && q < li && q < lf && id[li - 1 - q] == first[lf - 1 - q]) q++;
+        pre = p;
+        suf = q;
+    }
+    if (!nb || !ns) return 0;
+    /* labels: the ids without their common prefix and suffix (named in the x label) */
+    while (pre > 0 && first[pre - 1] != '-') pre--;
+    while (suf > 0 && first[strlen(first) - suf] != '-') suf--;
+    if (nb == 1 || pre + suf >= strlen(first)) pre = suf = 0;
+    for (int k = 0; k < n; k++)
+        if (it[k].ex && (int)(strlen(it[k].id) - pre - suf) > maxlab) maxlab = (int)(strlen(it[k].id) - pre - suf);
+    char common[256] = "";
+    if (pre || suf)
+        snprintf(common, sizeof common, "explained cases: %.*s*%s", (int)pre, first, first + strlen(first) - suf);
+    const int bylabel = nb <= 24; /* case ids under the bars; else numbers (#k in the details) */
+    FILE *d = open_in(dir, "expl.dat");
+    if (!d) return -1;
+    double ymax = 1.0, ymin = 0.0;
+    int row = 0;
+    for (int k = 0; k < n; k++) {
+        if (!it[k].ex) continue;
+        const json_t *stages = json_object_get(it[k].ex, "stages");
+        row++;
+        if (bylabel) {
+            char lab[200];
+            snprintf(lab, sizeof lab, "%.*s", (int)(strlen(it[k].id) - pre - suf), it[k].id + pre);
+            gp_str(d, lab);
+        }
+        else fprintf(d, "\"#%d\"", row);
+        double stack = 0, inter = 0;
+        for (int q = 0; q < ns; q++) {
+            double v = 0;
+            size_t j;
+            json_t *st;
+            json_array_foreach(stages, j, st)
+                if (!strcmp(str(st, "stage"), names[q])) v = fd_json_number(json_object_get(st, "share"));
+            if (!(v > 0) || isinf(v)) v = 0; /* negative or not a number: clipped */
+            stack += v;
+            fprintf(d, " %.17g", v);
+        }
+        size_t j;
+        json_t *st;
+        json_array_foreach(stages, j, st)
+            if (!strcmp(str(st, "stage"), "interaction")) inter = fd_json_number(json_object_get(st, "share"));
+        if (isnan(inter) || isinf(inter)) inter = 0;
+        fprintf(d, " %.17g\n", inter);
+        if (stack > ymax) ymax = stack;
+        if (inter > ymax) ymax = inter;
+        if (inter < ymin) ymin = inter;
+    }
+    fclose(d);
+    static const char *const colours[MAX_STAGES] = {"#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
+                                                    "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#86bcb6", "#d37295"};
+    const int rot = bylabel && maxlab * nb > 90;
+    const int h = 520 + (rot ? maxlab * 5 : 0) + 18 * ns;
+    fprintf(gp, "set terminal svg size 760,%d dynamic noenhanced font 'sans,11' background rgb 'white'\n"
+                "set output 'expl.svg'\nset title 'Error budget by stage: share of each case''s error (CPU replay)'\n"
+                "set grid ytics\nset key outside below left Left reverse maxcols 2\n"
+                "set style data histograms\nset style histogram rowstacked\nset style fill solid 0.9 border rgb 'white'\n"
+                "set boxwidth 0.7 relative\nset xlabel ''\nset ylabel 'share = <part, e> / <e, e>'\n"
+                "set yrange [%.17g:%.17g]\nset xtics %s\nset arrow 1 from graph 0, first 1 to graph 1, first 1 "
+                "nohead dt 2 lc rgb '#777777'\nset arrow 2 from graph 0, first 0 to graph 1, first 0 nohead lc rgb "
+                "'#333333'\n",
+            h, ymin - 0.05, ymax * 1.05 + 0.02, rot ? "rotate by 90 right font 'sans,9'" : "norotate font 'sans,9'");
+    if (!bylabel) fprintf(gp, "set xlabel 'explained case (#k as in the list below)'\n");
+    else if (*common) {
+        fprintf(gp, "set xlabel ");
+        gp_str(gp, common);
+        fprintf(gp, "\n");
+    }
+    fprintf(gp, "plot ");
+    for (int q = 0; q < ns; q++) {
+        fprintf(gp, "%s'expl.dat' using %d%s lc rgb '%s' title ", q ? ", " : "", q + 2, q ? "" : ":xtic(1)",
+                colours[q]);
+        gp_str(gp, names[q]);
+    }
+    fprintf(gp, ", 'expl.dat' using 0:%d with points pt 9 ps 1.4 lc rgb 'black' title "
+                "'interaction (not stacked; negative shares are clipped at 0 in the bars)'\n"
+                "unset arrow 1\nunset arrow 2\nset xtics norotate font ''\nset style data lines\nset autoscale y\n"
+                "set style fill empty\nset grid\nset xlabel ''\n",
+            ns + 2);
+    return 1;
+}
+
+/* The best hypothesis of an explanation (the one marked "best"), or NULL. */
+static const json_t *best_hypo(const json_t *ex)
+{
+    size_t j;
+    json_t *h;
+    json_array_foreach(json_object_get(ex, "hypotheses"), j, h)
+        if (json_is_true(json_object_get(h, "best"))) return h;
+    return NULL;
+}
+
+static void num(FILE *f, const json_t *j);
+
+/* The explanations section: one collapsible block per explained case. */
+static void explain_section(FILE *f, const ex_item *it, int n)
+{
+    if (!n) return;
+    fprintf(f, "<h2>Explanations</h2>\n<p class=\"meta\">Where each explained case's error comes from "
+               "(<code>flashdrift explain</code>, docs/attribution.md): the CPU replay's error budget by stage; "
+               "the shares and the interaction add up to 1.</p>\n");
+    int row = 0;
+    for (int k = 0; k < n; k++) {
+        const json_t *ex = it[k].ex;
+        fprintf(f, "<details class=\"ex\"%s><summary>", n <= 8 ? " open" : "");
+        if (ex) fprintf(f, "#%d ", ++row);
+        html_esc(f, it[k].id);
+        if (it[k].verdict) fprintf(f, " — <span class=\"%s\">%s</span>", it[k].verdict, it[k].verdict);
+        if (ex) fprintf(f, " — %s", json_is_true(json_object_get(ex, "gross")) ? "<b>not rounding</b>" : "rounding");
+        fprintf(f, "</summary>\n");
+        if (!ex) {
+            fprintf(f, "<p>explanation failed: ");
+            html_esc(f, it[k].error);
+            fprintf(f, "</p></details>\n");
+            continue;
+        }
+        fprintf(f, "<p><b>");
+        html_esc(f, str(ex, "backend"));
+        if (*str(ex, "inject")) {
+            fprintf(f, ", injected ");
+            html_esc(f, str(ex, "inject"));
+        }
+        fprintf(f, "</b>: ");
+        html_esc(f, str(ex, "summary"));
+        fprintf(f, "</p>\n");
+        const json_t *bh = best_hypo(ex);
+        if (bh) {
+            fprintf(f, "<p>hypothesis: <b>");
+            html_esc(f, str(bh, "name"));
+            fprintf(f, "</b> (");
+            html_esc(f, str(bh, "what")); /* NB: cannot hold markup, escaped */
+            fprintf(f, "): max abs error left ");
+            num(f, json_object_get(bh, "residual_max_abs"));
+            fprintf(f, "%s</p>\n", json_is_true(json_object_get(bh, "explains")) ? ", <b>explains it</b>"
+                                                                                 : ", does not explain it");
+        }
+        const json_t *ke = json_object_get(ex, "kernel_error");
+        fprintf(f, "<p>kernel error max abs ");
+        num(f, json_object_get(ke, "max_abs"));
+        fprintf(f, ", rel l2 ");
+        num(f, json_object_get(ke, "rel_l2"));
+        fprintf(f, "; rounding budget ");
+        num(f, json_object_get(ex, "rounding_budget"));
+        fprintf(f, ", limit ");
+        num(f, json_object_get(ex, "limit"));
+        fprintf(f, "</p>\n<table><tr><th>stage</th><th>max abs</th><th>rel l2</th><th>share</th></tr>\n");
+        size_t j;
+        json_t *st;
+        json_array_foreach(json_object_get(ex, "stages"), j, st) {
+            fprintf(f, "<tr><td>");
+            html_esc(f, str(st, "stage"));
+            fprintf(f, "</td><td>");
+            num(f, json_object_get(st, "max_abs"));
+            fprintf(f, "</td><td>");
+            num(f, json_object_get(st, "rel_l2"));
+            const json_t *sh = json_object_get(st, "share");
+            if (json_is_number(sh)) fprintf(f, "</td><td>%.1f%%</td></tr>\n", 100.0 * json_number_value(sh));
+            else {
+                fprintf(f, "</td><td>");
+                num(f, sh);
+                fprintf(f, "</td></tr>\n");
+            }
+        }
+        fprintf(f, "</table></details>\n");
+    }
+}
+
 /* Writes the data files and the script; flags which plots exist. */
-static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[4])
+static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[5])
 {
     FILE *gp = open_in(dir, "plots.gp");
     if (!gp) return -1;
@@ -336,6 +560,11 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
                         "x with lines dt 2 title 'no change', 1.25*x with lines dt 3 title '+25%%'\n",
                     term);
     }
+    /* 5. the error budget of the explained cases */
+    static ex_item items[MAX_EX_BARS];
+    const int nit = report_ex_items(report, items, MAX_EX_BARS);
+    have[4] = write_explain_plot(gp, dir, items, nit);
+    if (have[4] < 0) { fclose(gp); return -1; }
     fprintf(gp, "set output\n");
     fclose(gp);
     return 0;
@@ -383,7 +612,7 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
         snprintf(err, errlen, "cannot create a temporary directory for the plots: %s", strerror(errno));
         return -1;
     }
-    int have[4] = {0, 0, 0, 0};
+    int have[5] = {0, 0, 0, 0, 0};
     if (write_plots(report, baseline, dir, have)) {
         snprintf(err, errlen, "%s: cannot write plot data: %s", dir, strerror(errno));
         cleanup(dir);
@@ -439,6 +668,7 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
     if (have[1]) embed(f, dir, "ulp.svg", "Histogram of the p99 ulp error per case, per backend");
     if (have[2]) embed(f, dir, "keep.svg", "Dropout keep rate vs p against 1 - p and the byte threshold");
     if (have[3]) embed(f, dir, "base.svg", "Baseline vs current (rel l2)");
+    if (have[4]) embed(f, dir, "expl.svg", "Error budget of the explained cases: stage shares stacked, interaction beside");
     fprintf(f, "</div>\n");
     cleanup(dir);
     if (baseline) {
@@ -501,7 +731,12 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
             first = 0;
         }
     }
-    fprintf(f, "</table>\n<h2>Cases</h2>\n");
+    fprintf(f, "</table>\n");
+    {
+        static ex_item items[MAX_EX_BARS];
+        explain_section(f, items, report_ex_items(report, items, MAX_EX_BARS));
+    }
+    fprintf(f, "<h2>Cases</h2>\n");
     json_array_foreach(json_object_get(report, "cases"), i, c) {
         const json_t *sh = json_object_get(c, "shape");
         fprintf(f, "<details><summary>");
@@ -555,8 +790,73 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
             html_esc(f, str(c, "reasons"));
             fprintf(f, "</td></tr>");
         }
+        const json_t *cx = json_object_get(c, "explain");
+        if (json_is_object(cx) || json_is_string(json_object_get(c, "explain_error"))) {
+            fprintf(f, "<tr><td>explanation</td><td>");
+            html_esc(f, json_is_object(cx) ? str(cx, "summary") : str(c, "explain_error"));
+            fprintf(f, "</td></tr>");
+        }
         fprintf(f, "</table></details>\n");
     }
+    fprintf(f, "</body></html>\n");
+    fclose(f);
+    int rc = fd_write_text_atomic(path, buf, len, err, errlen);
+    free(buf);
+    return rc;
+}
+
+int fd_render_explain_html(const json_t *doc, const char *path, char *err, size_t errlen)
+{
+    static ex_item items[MAX_EX_BARS];
+    int n = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(doc, "explain"), i, e)
+        if (json_is_object(e) && n < MAX_EX_BARS) items[n++] = (ex_item){str(e, "case"), NULL, e, NULL};
+    const char *tmpd = getenv("TMPDIR");
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/flashdrift-plot-XXXXXX", tmpd && *tmpd ? tmpd : "/tmp");
+    if (!mkdtemp(dir)) {
+        snprintf(err, errlen, "cannot create a temporary directory for the plots: %s", strerror(errno));
+        return -1;
+    }
+    FILE *gp = open_in(dir, "plots.gp");
+    const int have = gp ? write_explain_plot(gp, dir, items, n) : -1;
+    if (gp) {
+        fprintf(gp, "set output\n");
+        fclose(gp);
+    }
+    if (have < 0) {
+        snprintf(err, errlen, "%s: cannot write plot data: %s", dir, strerror(errno));
+        cleanup(dir);
+        return -1;
+    }
+    int g = run_gnuplot(dir, err, errlen);
+    if (g) {
+        cleanup(dir);
+        return g;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        cleanup(dir);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    const char *cf = str(doc, "case_file");
+    fprintf(f, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>flashdrift explain: ");
+    html_esc(f, cf);
+    fprintf(f, "</title><style>%s</style></head><body>\n<h1>flashdrift explain</h1>\n<div class=\"meta\">", css);
+    html_esc(f, cf);
+    fprintf(f, " · %d explained case%s</div>\n", n, n == 1 ? "" : "s");
+    if (have > 0) {
+        fprintf(f, "<h2>Plots</h2><div class=\"plots\">\n");
+        embed(f, dir, "expl.svg", "Error budget of the explained cases: stage shares stacked, interaction beside");
+        fprintf(f, "</div>\n");
+    }
+    cleanup(dir);
+    explain_section(f, items, n);
     fprintf(f, "</body></html>\n");
     fclose(f);
     int rc = fd_write_text_atomic(path, buf, len, err, errlen);

@@ -10,6 +10,11 @@
 #include <jansson.h>
 #include <stddef.h>
 
-/* 0 written; 1 gnuplot unavailable (err says so, nothing written); -1 error (err). */
+/* 0 written; 1 gnuplot unavailable (err says so, nothing written); -1 error (err).
+ * Cases with an "explain" object (run --explain) add the error-budget plot (stage shares
+ * stacked per case, the interaction beside) and an Explanations section. */
 int fd_render_html(const json_t *report, const json_t *baseline, const char *path, char *err, size_t errlen);
+/* The same plot and section for an explain.json (`flashdrift explain --out DIR`):
+ * {"explain": [explanation, ...], "case_file": ...}. Same return values. */
+int fd_render_explain_html(const json_t *doc, const char *path, char *err, size_t errlen);
 #endif

@@ -82,6 +82,37 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
             fprintf(f, "- `%s` %s: %s\n", s_of(c, "id"), s_of(c, "verdict"), r);
         }
     }
+    /* Explanations (--explain): the one-line verdict and the stage budget per explained case */
+    int nex = 0;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const json_t *ex = json_object_get(c, "explain");
+        const char *xe = json_string_value(json_object_get(c, "explain_error"));
+        if (!json_is_object(ex) && !xe) continue;
+        if (!nex++) fprintf(f, "\n## Explanations\n\nWhere each explained case's error comes from "
+                               "(`flashdrift explain`, docs/attribution.md): shares are projections on the "
+                               "total error and add up to 100%% with the interaction.\n");
+        fprintf(f, "\n### `%s` %s\n\n", s_of(c, "id"), s_of(c, "verdict"));
+        if (!json_is_object(ex)) {
+            fprintf(f, "explanation failed: %s\n", xe);
+            continue;
+        }
+        fprintf(f, "%s%s%s: %s\n\n", s_of(ex, "backend"), *s_of(ex, "inject") ? ", injected " : "",
+                s_of(ex, "inject"), s_of(ex, "summary"));
+        fprintf(f, "| stage | max abs | share |\n|---|---|---|\n");
+        size_t k;
+        json_t *st;
+        json_array_foreach(json_object_get(ex, "stages"), k, st) {
+            fprintf(f, "| %s | ", s_of(st, "stage"));
+            num(f, json_object_get(st, "max_abs"));
+            const json_t *sh = json_object_get(st, "share");
+            if (json_is_number(sh)) fprintf(f, " | %.1f%% |\n", 100.0 * json_number_value(sh));
+            else {
+                fprintf(f, " | ");
+                num(f, sh);
+                fprintf(f, " |\n");
+            }
+        }
+    }
     fclose(f);
     int rc = fd_write_text_atomic(path, buf, len, err, errlen);
     free(buf);

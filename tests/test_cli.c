@@ -89,6 +89,11 @@ Test(cli, help_version_and_usage_errors)
     char *a6[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--backend", "tpu", NULL};
     cr_assert_eq(run(a6), 2);
     cr_assert(strstr(g_err, "unknown backend \"tpu\""), "%s", g_err);
+    char *a7[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--explain", "bogus", NULL};
+    cr_assert_eq(run(a7), 2);
+    cr_assert(strstr(g_err, "--explain expects fail, all or none"), "%s", g_err);
+    char *a8[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--explain", NULL};
+    cr_assert_eq(run(a8), 2, "--explain needs a value");
 }
 
 Test(cli, run_writes_a_complete_report)

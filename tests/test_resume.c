@@ -2,6 +2,7 @@
  * finished cases and ends with every case and the same results as an uninterrupted run;
  * a journal of another case file is refused; --repeat checks determinism; report.html is
  * written (or skipped with a warning without gnuplot) and renders in headless Chromium. */
+#include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -204,4 +205,236 @@ Test(html, written_with_plots_or_skipped_without_gnuplot)
     if (system("command -v chromium >/dev/null 2>&1") != 0) cr_skip_test("chromium not installed: screenshot check skipped");
     snprintf(cmd, sizeof cmd, "%s/scripts/check-html %s %s/shot.png >/dev/null 2>&1", FD_SOURCE_DIR, hp, dir);
     cr_assert_eq(system(cmd), 0, "scripts/check-html: the rendered report is blank");
+}
+
+/* --- run --explain: the explanation of each judged case in report.json, the journal and
+ * summary.md ------------------------------------------------------------------------- */
+
+static const char *cases_ex =
+    "{\"schema\": \"flashdrift-cases/1\", \"name\": \"explain4\", \"rows_per_head\": 8,\n"
+    " \"sweeps\": [{\"heads\": 2, \"kv_heads\": 1, \"seqlen\": [[24, 40]], \"head_dim\": 16,\n"
+    "   \"dtype\": [\"fp16\", \"bf16\"], \"mask\": [\"none\", \"causal_br\"], \"dropout\": [0, 0.17], \"seed\": 3}]}\n";
+
+/* The stage shares of an explain object add up to 1 (the interaction included). */
+static void check_explain(const json_t *c)
+{
+    const char *id = json_string_value(json_object_get(c, "id"));
+    const json_t *ex = json_object_get(c, "explain");
+    cr_assert(json_is_object(ex), "%s: no explain object (explain_error: %s)", id,
+              json_string_value(json_object_get(c, "explain_error")));
+    cr_assert_str_eq(json_string_value(json_object_get(ex, "case")), id);
+    cr_assert_str_eq(json_string_value(json_object_get(ex, "backend")), "cpu-flash", "the flash backend that ran");
+    cr_assert(json_string_length(json_object_get(ex, "summary")) > 0);
+    const json_t *st = json_object_get(ex, "stages");
+    cr_assert(json_array_size(st) >= 5, "%s: stages", id);
+    double sum = 0;
+    int inter = 0;
+    size_t i;
+    json_t *s;
+    json_array_foreach(st, i, s) {
+        cr_assert(json_is_number(json_object_get(s, "share")), "%s: stage %zu share", id, i);
+        sum += json_number_value(json_object_get(s, "share"));
+        inter |= !strcmp(json_string_value(json_object_get(s, "stage")), "interaction");
+    }
+    cr_assert(inter, "%s: the interaction is a stage of the budget", id);
+    cr_assert(fabs(sum - 1.0) < 1e-6, "%s: shares add up to %.9f", id, sum);
+}
+
+Test(explain_run, all_cases_explained_shares_add_up_and_summary_has_them)
+{
+    char dir[64], cf[128], out[128], rp[160], sp[160];
+    tu_dir(dir, sizeof dir);
+    snprintf(cf, sizeof cf, "%s/c.json", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(rp, sizeof rp, "%s/report.json", out);
+    snprintf(sp, sizeof sp, "%s/summary.md", out);
+    tu_write(cf, cases_ex);
+    char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
+    cr_assert_eq(tu_run(a), 0, "%s", g_err);
+    json_t *r = load(rp);
+    cr_assert_eq(json_array_size(json_object_get(r, "cases")), 8);
+    size_t i;
+    json_t *c;
+    char *md = strdup(tu_slurp(sp));
+    cr_assert(md && strstr(md, "\n## Explanations\n"), "summary.md has the Explanations section");
+    json_array_foreach(json_object_get(r, "cases"), i, c) {
+        check_explain(c);
+        char head[256];
+        snprintf(head, sizeof head, "### `%s` PASS", json_string_value(json_object_get(c, "id")));
+        cr_assert(strstr(md, head), "summary.md explains %s", head);
+    }
+    cr_assert(strstr(md, "| stage | max abs | share |") && strstr(md, "| rounding of P to the dtype | "),
+              "the stage table: %s", md);
+    cr_assert(strstr(md, "cpu-flash: rounding and accumulation order only"), "the one-line summary");
+    free(md);
+    json_decref(r);
+    /* --explain none: no explanation anywhere */
+    char *b[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--explain", "none", "--quiet", NULL};
+    cr_assert_eq(tu_run(b), 0, "%s", g_err);
+    r = load(rp);
+    json_array_foreach(json_object_get(r, "cases"), i, c) cr_assert(!json_object_get(c, "explain"));
+    json_decref(r);
+    cr_assert(!strstr(tu_slurp(sp), "## Explanations"));
+    char *bad[] = {FD_BINARY, "run", cf, "--out", out, "--explain", "some", NULL};
+    cr_assert_eq(tu_run(bad), 2);
+    cr_assert(strstr(g_err, "--explain expects fail, all or none"), "%s", g_err);
+}
+
+Test(explain_run, default_explains_the_failing_cases_only)
+{
+    char dir[64], cf[128], out[128], rp[160], gout[128];
+    tu_dir(dir, sizeof dir);
+    snprintf(cf, sizeof cf, "%s/c.json", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(gout, sizeof gout, "%s/gate", dir);
+    snprintf(rp, sizeof rp, "%s/report.json", out);
+    /* flash may not be worse than standard attention at all: about half the cases fail */
+    char text[1024];
+    snprintf(text, sizeof text, "%s", cases_ex);
+    static const char pol[] = " \"policy\": {\"fa_ratio\": 1.0, \"atol\": 0, \"marginal\": 1},\n";
+    char *tail = strstr(text, " \"sweeps\"");
+    memmove(tail + strlen(pol), tail, strlen(tail) + 1);
+    memcpy(tail, pol, strlen(pol));
+    tu_write(cf, text);
+    char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", NULL};
+    cr_assert_eq(tu_run(a), 1, "cases fail the case file's policy: %s", g_err);
+    cr_assert(strstr(g_err, "    explain: "), "the FAIL line is followed by its explanation: %s", g_err);
+    json_t *r = load(rp);
+    int nfail = 0, nother = 0;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r, "cases"), i, c) {
+        if (!strcmp(json_string_value(json_object_get(c, "verdict")), "FAIL")) {
+            nfail++;
+            check_explain(c);
+        } else {
+            nother++;
+            cr_assert(!json_object_get(c, "explain") && !json_object_get(c, "explain_error"),
+                      "%s is not FAIL: not explained", json_string_value(json_object_get(c, "id")));
+        }
+    }
+    cr_assert(nfail >= 1 && nother >= 1, "%d FAIL, %d others: the policy must split the cases", nfail, nother);
+    json_decref(r);
+    /* gate with a case file shares the run loop */
+    char *g[] = {FD_BINARY, "gate", cf, "--policy", FD_SOURCE_DIR "/cases/policy-ci.json", "--out", gout,
+                 "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
+    tu_run(g);
+    snprintf(rp, sizeof rp, "%s/report.json", gout);
+    r = load(rp);
+    json_array_foreach(json_object_get(r, "cases"), i, c) check_explain(c);
+    json_decref(r);
+}
+
+/* Every line of a journal after the header, with its explain object removed. */
+static void strip_explain(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "r"), *o = fopen(to, "w");
+    cr_assert(in && o);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, in)) > 0) {
+        if (line[n - 1] != '\n') break; /* a torn last line */
+        json_error_t je;
+        json_t *j = json_loads(line, 0, &je);
+        cr_assert(j, "%s", je.text);
+        json_object_del(j, "explain");
+        char *s = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        fprintf(o, "%s\n", s);
+        free(s);
+        json_decref(j);
+    }
+    free(line);
+    fclose(in);
+    fclose(o);
+}
+
+Test(explain_run, resume_keeps_explanations_and_adds_missing_ones)
+{
+    char dir[64], cf[128], out[128], out2[128], jp[160], jp2[160], rp[160], rp2[160];
+    tu_dir(dir, sizeof dir);
+    snprintf(cf, sizeof cf, "%s/c.json", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(out2, sizeof out2, "%s/out2", dir);
+    snprintf(jp, sizeof jp, "%s/cases.partial.jsonl", out);
+    snprintf(jp2, sizeof jp2, "%s/cases.partial.jsonl", out2);
+    snprintf(rp, sizeof rp, "%s/report.json", out);
+    snprintf(rp2, sizeof rp2, "%s/report.json", out2);
+    tu_write(cf, cases24);
+    char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--explain", "all", "--quiet", NULL};
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        dup2(nul, 1);
+        dup2(nul, 2);
+        execv(a[0], a);
+        _exit(127);
+    }
+    for (int t = 0; t < 20000 && journal_lines(jp) < 3; t++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFSIGNALED(st), "the run must still be running when killed");
+    const int before = journal_lines(jp) - 1;
+    cr_assert(before >= 2 && before < 24, "journal holds %d finished cases", before);
+    /* the same journal without explanations, for the second half */
+    mkdir(out2, 0755);
+    strip_explain(jp, jp2);
+    /* resumed with --explain none: the kept cases keep their explanations, new ones get none */
+    char *b[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--resume", "--explain", "none", "--quiet", NULL};
+    cr_assert_eq(tu_run(b), 0, "%s", g_err);
+    json_t *r = load(rp);
+    int kept = 0, bare = 0;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r, "cases"), i, c) {
+        if (json_object_get(c, "explain")) {
+            check_explain(c);
+            kept++;
+        } else {
+            bare++;
+        }
+    }
+    json_decref(r);
+    cr_assert(kept >= before && kept + bare == 24, "%d explained cases kept of %d journaled, %d new", kept, before, bare);
+    /* resumed with --explain all from a journal without them: every case is explained */
+    char *d[] = {FD_BINARY, "run", cf, "--out", out2, "--backend", "cpu", "--jobs", "2", "--resume", "--explain", "all", "--quiet", NULL};
+    cr_assert_eq(tu_run(d), 0, "%s", g_err);
+    r = load(rp2);
+    cr_assert_eq(json_array_size(json_object_get(r, "cases")), 24);
+    json_array_foreach(json_object_get(r, "cases"), i, c) check_explain(c);
+    json_decref(r);
+}
+
+Test(explain_run, html_has_the_budget_plot_for_a_report_and_an_explain_json)
+{
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) cr_skip_test("gnuplot not installed");
+    char dir[64], cf[128], out[128], hp[160], ej[160], eh[160];
+    tu_dir(dir, sizeof dir);
+    snprintf(cf, sizeof cf, "%s/c.json", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(hp, sizeof hp, "%s/report.html", out);
+    snprintf(ej, sizeof ej, "%s/explain.json", out);
+    snprintf(eh, sizeof eh, "%s/explain.html", out);
+    tu_write(cf, cases_ex);
+    char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
+    cr_assert_eq(tu_run(a), 0, "%s", g_err);
+    char *h = tu_slurp(hp);
+    cr_assert(h && strstr(h, "<img alt=\"Error budget of the explained cases"), "the budget plot is embedded");
+    cr_assert(strstr(h, "<h2>Explanations</h2>") && strstr(h, "rounding of P to the dtype"), "the details block");
+    char *e[] = {FD_BINARY, "explain", cf, "--case", "b1h2k1-q24k40-d16-bf16-none-p0-normal-s3", "--inject",
+                 "layout_bhsd", "--out", out, "--jobs", "2", NULL};
+    cr_assert_eq(tu_run(e), 1, "a gross error: %s", g_err);
+    char *hh[] = {FD_BINARY, "html", ej, NULL};
+    cr_assert_eq(tu_run(hh), 0, "%s", g_err);
+    h = tu_slurp(eh);
+    cr_assert(h && strstr(h, "<img alt=\"Error budget of the explained cases"), "explain.json renders the bars");
+    cr_assert(strstr(h, "hypothesis: <b>layout_bhsd_as_bshd</b>"), "and the hypothesis");
+    cr_assert(!strstr(h, "http://") && !strstr(h, "https://"), "self-contained");
+    /* (the screenshot check, scripts/check-html, takes ~12 s of Chromium: the html test above
+     * runs it on report.html; run it by hand on explain.html) */
 }

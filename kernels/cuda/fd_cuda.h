@@ -67,6 +67,10 @@ int fd_cuda_splitkv_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const f
 
 /* out[i] = fd_exp2_portable(x[i]) computed on the device (host/device bit-identity test). */
 int fd_cuda_exp2_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
+/* d[w] = hardware mma.sync m16n8k16 block: c[w] + sum_{i<16} a[16w+i] * b[16w+i], fp16 or
+ * bf16 inputs (exact dtype values), fp32 accumulate (fd_cuda_mma.cu). */
+int fd_cuda_mma_blocks(const float *a, const float *b, const float *c, float *d, int n,
+                       fd_dtype t, char *err, size_t errlen);
 /* out[i] = exp2f(x[i]) on the device (the hardware ex2.approx.f32 path). */
 int fd_cuda_exp2_hw_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
 

@@ -1,0 +1,143 @@
+/* fd_tc_data.h: the H100 tensor-core data set (tests/data/tensor-core-h100) and an
+ * independent double-arithmetic implementation of the block-FMA model with its variants,
+ * shared by test_accum.c (CPU) and gpu_test_mma.c (the same model against the GPU's own
+ * mma.sync). Header-only, static functions: include once per test binary. */
+#ifndef FD_TC_DATA_H
+#define FD_TC_DATA_H
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_dtype.h"
+
+#ifndef FD_TEST_DATA
+#error "FD_TEST_DATA must name tests/data"
+#endif
+
+#define NCASES 5000
+
+typedef struct {
+    float a[NCASES][16], b[NCASES][16], c[NCASES];
+    uint32_t d[NCASES];
+    int n;
+} tc_data;
+
+static int read_hex_rows(const char *path, float (*x)[16])
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int i = 0;
+    for (; i < NCASES; i++) {
+        for (int k = 0; k < 16; k++) {
+            unsigned long u;
+            if (fscanf(f, "%lx", &u) != 1) { fclose(f); return i; }
+            x[i][k] = fd_bits_f32((uint32_t)u);
+        }
+    }
+    fclose(f);
+    return i;
+}
+
+static int read_bit_rows(const char *path, uint32_t *x)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char s[64];
+    int i = 0;
+    for (; i < NCASES && fscanf(f, "%63s", s) == 1; i++) {
+        if (strlen(s) != 32) break;
+        x[i] = (uint32_t)strtoul(s, NULL, 2);
+    }
+    fclose(f);
+    return i;
+}
+
+/* Loads fp16/ or bf16/; fails the test when a file is missing or short. */
+static tc_data *load(const char *dt)
+{
+    static tc_data d;
+    char p[512];
+    uint32_t cb[NCASES];
+    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/a_H100_%s.txt", FD_TEST_DATA, dt, dt);
+    cr_assert_eq(read_hex_rows(p, d.a), NCASES, "reading %s", p);
+    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/b_H100_%s.txt", FD_TEST_DATA, dt, dt);
+    cr_assert_eq(read_hex_rows(p, d.b), NCASES, "reading %s", p);
+    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/c_H100_fp32.txt", FD_TEST_DATA, dt);
+    cr_assert_eq(read_bit_rows(p, cb), NCASES, "reading %s", p);
+    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/d_H100_fp32.txt", FD_TEST_DATA, dt);
+    cr_assert_eq(read_bit_rows(p, d.d), NCASES, "reading %s", p);
+    for (int i = 0; i < NCASES; i++) d.c[i] = fd_bits_f32(cb[i]);
+    d.n = NCASES;
+    return &d;
+}
+
+static void print_case(const char *what, const tc_data *d, int i, uint32_t got)
+{
+    fprintf(stderr, "%s: case %d (line %d)\n  a =", what, i, i + 1);
+    for (int k = 0; k < 16; k++) fprintf(stderr, " %08x", (unsigned)fd_f32_bits(d->a[i][k]));
+    fprintf(stderr, "\n  b =");
+    for (int k = 0; k < 16; k++) fprintf(stderr, " %08x", (unsigned)fd_f32_bits(d->b[i][k]));
+    fprintf(stderr, "\n  c = %08x (%a)\n  expected %08x (%a)\n  got      %08x (%a)\n",
+            (unsigned)fd_f32_bits(d->c[i]), (double)d->c[i], (unsigned)d->d[i],
+            (double)fd_bits_f32(d->d[i]), (unsigned)got, (double)fd_bits_f32(got));
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Independent model: the same block FMA written with doubles. Products of fp16/bf16
+ * values are exact in double (at most 22 bits); a term scaled to units of the alignment
+ * grid is below 2^28 and trunc() of it is exact; the sum of 17 such integers is exact.
+ * extra: alignment bits beyond 23; normalise: products in [1, 2) (exponent + 1 when the
+ * significand is in [2, 4)). The H100 is extra = 2, normalise = 0. Finite inputs only. */
+static int expo(double x, int emin) /* floor(log2|x|), not below emin; x != 0 */
+{
+    int e;
+    (void)frexp(x, &e);
+    return e - 1 < emin ? emin : e - 1;
+}
+
+static float rz_to_float(double v) /* v exact; truncate to binary32 */
+{
+    if (fpclassify(v) == FP_ZERO) return 0.0f; /* an exact zero sum is +0 */
+    int e;
+    double f = frexp(fabs(v), &e); /* |v| = f 2^e, f in [0.5, 1) */
+    double r;
+    if (e - 1 >= -126) {
+        if (e - 1 > 127) return v > 0.0 ? INFINITY : -INFINITY;
+        r = ldexp(trunc(ldexp(f, 24)), e - 24);
+    } else {
+        r = ldexp(trunc(ldexp(fabs(v), 149)), -149);
+    }
+    return (float)(v < 0.0 ? -r : r);
+}
+
+static float indep_block(const float *a, const float *b, float c, int emin, int extra,
+                         int normalise)
+{
+    double p[16];
+    int pe[16], np = 0;
+    for (int i = 0; i < 16; i++) {
+        if (fpclassify(a[i]) == FP_ZERO || fpclassify(b[i]) == FP_ZERO)
+            continue; /* zero products take no part */
+        double x = (double)a[i], y = (double)b[i];
+        p[np] = x * y;
+        pe[np] = expo(x, emin) + expo(y, emin);
+        if (normalise && fabs(p[np]) >= ldexp(2.0, pe[np])) pe[np] += 1;
+        np++;
+    }
+    int cz = fpclassify(c) == FP_ZERO;
+    if (np == 0 && cz) return 0.0f;
+    int E = -133;
+    for (int i = 0; i < np; i++)
+        if (pe[i] > E) E = pe[i];
+    if (!cz && expo((double)c, -126) > E) E = expo((double)c, -126);
+    int q = E - 23 - extra; /* exponent of one unit of the aligned sum */
+    double s = 0.0;
+    for (int i = 0; i < np; i++) s += trunc(ldexp(p[i], -q));
+    if (!cz) s += trunc(ldexp((double)c, -q));
+    return rz_to_float(ldexp(s, q));
+}
+
+#endif
