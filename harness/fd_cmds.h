@@ -24,6 +24,8 @@ int fd_cmd_baseline(int argc, char **argv);
 int fd_cmd_html(int argc, char **argv);
 /* flashdrift explain: attribution of one case or of a report's failing cases; fd_cmd_explain.c. */
 int fd_cmd_explain(int argc, char **argv);
+/* flashdrift bench: GPU throughput table; fd_cmd_bench.c. */
+int fd_cmd_bench(int argc, char **argv);
 /* flashdrift check --tensors PATH: imported tensors (fd_import.h); fd_cmd_check.c. */
 int fd_cmd_check(int argc, char **argv);
 /* Creates DIR (and parents) and checks it is a writable directory. */

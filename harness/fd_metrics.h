@@ -18,6 +18,7 @@ typedef struct fd_metrics {
     int worst_b, worst_h, worst_i, worst_d;
     double worst_got, worst_ref;
     uint64_t hash; /* FNV-1a 64 of the bits of every checked output and LSE value */
+    double tflops; /* GPU backends: 4 d (visible query-key pairs) / median time; 0 otherwise */
     double ms; /* backend time for the case (CPU wall or GPU median), milliseconds */
 } fd_metrics;
 

@@ -305,6 +305,13 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
             goto out;
         }
         br->m.ms = ms > 0.0 ? ms : 1e3 * (now_s() - tb);
+        if (ms > 0.0 && !strcmp(bes[t]->family, "cuda")) {
+            /* the GPU computes every row: 2 flops per multiply-add in QK^T and in PV */
+            double pairs = 0.0;
+            for (int i = 0; i < p->seqlen_q; i++)
+                pairs += (double)fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k);
+            br->m.tflops = 4.0 * (double)p->head_dim * pairs * (double)p->batch * (double)p->heads / (ms * 1e-3) / 1e12;
+        }
         float **keep = !strcmp(bes[t]->name, "cuda-flash") ? &kout : !strcmp(bes[t]->name, "cpu-flash") ? &rout : NULL;
         if (keep && !*keep && (*keep = malloc(sizeof(float) * nbhr * (size_t)D))) {
             size_t x = 0;

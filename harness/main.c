@@ -19,6 +19,7 @@ static const struct {
     {"baseline", fd_cmd_baseline},
     {"html", fd_cmd_html},
     {"explain", fd_cmd_explain},
+    {"bench", fd_cmd_bench},
     {"check", fd_cmd_check},
 };
 

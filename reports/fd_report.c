@@ -114,6 +114,7 @@ static json_t *metrics_json(const fd_backend_result *b)
         }
         json_object_set_new(j, "dropout_mask", mk);
     }
+    if (m->tflops > 0) json_object_set_new(j, "tflops", fd_json_num(m->tflops));
     char hx[20];
     snprintf(hx, sizeof hx, "%016llx", (unsigned long long)m->hash);
     json_object_set_new(j, "output_hash", json_string(hx));

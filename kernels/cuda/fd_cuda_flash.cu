@@ -333,10 +333,14 @@ flash_fwd_kernel(const FlashParams P)
             const float m_cur = mx == -INFINITY ? 0.0f : mx;
             const float sc = exp2_mode(emode, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
             l_run[mi][r] = __fmul_rn(l_run[mi][r], sc);
+            /* x * 1.0f == x exactly: when no row of the warp moved its max, the O rescale
+             * is skipped (bitwise the same result, ND * 2 fewer FMULs per row block). */
+            if (__any_sync(0xffffffffu, sc != 1.0f)) {
 #pragma unroll
-            for (int a = 0; a < ND; a++) {
-                o_acc[mi][a][2 * r] = __fmul_rn(o_acc[mi][a][2 * r], sc);
-                o_acc[mi][a][2 * r + 1] = __fmul_rn(o_acc[mi][a][2 * r + 1], sc);
+                for (int a = 0; a < ND; a++) {
+                    o_acc[mi][a][2 * r] = __fmul_rn(o_acc[mi][a][2 * r], sc);
+                    o_acc[mi][a][2 * r + 1] = __fmul_rn(o_acc[mi][a][2 * r + 1], sc);
+                }
             }
             const float max_scaled = mx == -INFINITY ? 0.0f : __fmul_rn(mx, sl2);
             float l = l_run[mi][r];

@@ -1,0 +1,132 @@
+/* fd_cmd_bench.c: `flashdrift bench`: forward throughput of cuda-flash and cuda-standard.
+ *
+ * flashdrift bench [--csv FILE] [--repeats N] [--max-n N]
+ * Shapes: B = 4, H = 16, N in {1024, 4096, 16384} (up to --max-n), d in {64, 128}, fp16
+ * and bf16, causal (top-left, seqlen_q = seqlen_k) and not. Inputs N(0,1) rounded to the
+ * dtype; CUDA events around the kernels only (no transfers), one warm-up, median of the
+ * repeats (3 for cuda-standard at N = 16384: its N^2 scores make it slow). FLOPs counted
+ * as 4 B H N^2 d, halved when causal, as FlashAttention's benchmarks count them.
+ * scripts/bench_torch.py times PyTorch's flash SDPA on the same shapes; docs/benchmarks.md
+ * holds measured tables. Exit 2 where the CUDA backends are not built or no GPU is present. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_cmds.h"
+#include "fd_dtype.h"
+#include "fd_philox.h"
+#include "fd_run.h"
+#ifdef FD_HAVE_CUDA
+#include "fd_cuda.h"
+#endif
+
+int fd_cmd_bench(int argc, char **argv)
+{
+    const char *csv = NULL;
+    int reps = 10, maxn = 16384;
+    for (int i = 0; i < argc; i++) {
+        if ((!strcmp(argv[i], "--csv") || !strcmp(argv[i], "--repeats") || !strcmp(argv[i], "--max-n")) && i + 1 >= argc) {
+            fprintf(stderr, "flashdrift: %s needs a value\n", argv[i]);
+            return FD_EXIT_USAGE;
+        }
+        if (!strcmp(argv[i], "--csv")) csv = argv[++i];
+        else if (!strcmp(argv[i], "--repeats") || !strcmp(argv[i], "--max-n")) {
+            char *end;
+            const char *opt = argv[i];
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1000000) {
+                fprintf(stderr, "flashdrift: %s expects a positive integer\n", opt);
+                return FD_EXIT_USAGE;
+            }
+            if (!strcmp(opt, "--repeats")) reps = (int)v;
+            else maxn = (int)v;
+        } else {
+            fprintf(stderr, "flashdrift: bench: unknown argument %s\n", argv[i]);
+            return FD_EXIT_USAGE;
+        }
+    }
+#ifndef FD_HAVE_CUDA
+    (void)csv; (void)reps; (void)maxn;
+    fprintf(stderr, "flashdrift: bench times the CUDA backends; this build has none (no nvcc at build time)\n");
+    return FD_EXIT_USAGE;
+#else
+    if (!fd_gpu_present()) {
+        fprintf(stderr, "flashdrift: bench: no CUDA GPU is visible\n");
+        return FD_EXIT_USAGE;
+    }
+    char name[256] = "?";
+    fd_gpu_describe(name, sizeof name);
+    FILE *f = csv ? fopen(csv, "w") : NULL;
+    if (csv && !f) {
+        fprintf(stderr, "flashdrift: %s: cannot write\n", csv);
+        return FD_EXIT_USAGE;
+    }
+    if (f) fprintf(f, "# %s\nbackend,dtype,B,H,N,d,causal,ms_median,ms_min,tflops\n", name);
+    printf("device: %s\n%-14s %-5s %6s %4s %6s %10s %8s\n", name, "backend", "dtype", "N", "d", "causal", "ms", "TFLOP/s");
+    const int B = 4, H = 16, Ns[] = {1024, 4096, 16384}, ds[] = {64, 128};
+    int fails = 0;
+    for (int ni = 0; ni < 3; ni++) {
+        const int N = Ns[ni];
+        if (N > maxn) continue;
+        for (int di = 0; di < 2; di++) {
+            const int d = ds[di];
+            const size_t n = (size_t)B * (size_t)N * (size_t)H * (size_t)d;
+            float *x[3], *o = malloc(n * sizeof(float)), *l = malloc((size_t)B * H * (size_t)N * sizeof(float));
+            for (int t = 0; t < 3; t++) x[t] = malloc(n * sizeof(float));
+            if (!o || !l || !x[0] || !x[1] || !x[2]) {
+                fprintf(stderr, "flashdrift: bench: out of host memory for N=%d d=%d\n", N, d);
+                return FD_EXIT_INTERNAL;
+            }
+            for (int dt = 0; dt < 2; dt++) {
+                const fd_dtype t = dt ? FD_DT_BF16 : FD_DT_FP16;
+                for (int a = 0; a < 3; a++)
+                    for (size_t e = 0; e < n; e++) {
+                        fd_u32x4 c = {{(uint32_t)e, (uint32_t)(e >> 32), (uint32_t)a, 7u}};
+                        fd_u32x4 r = fd_philox4x32(c, 2026u, 11u, 10);
+                        double u1 = ((double)(r.v[0] >> 8) + 1.0) / 16777217.0, u2 = (double)(r.v[1] >> 8) / 16777216.0;
+                        x[a][e] = fd_round_to_dtype((float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)), t);
+                    }
+                for (int causal = 0; causal < 2; causal++) {
+                    fd_problem p;
+                    memset(&p, 0, sizeof p);
+                    p.batch = B; p.heads = H; p.kv_heads = H; p.seqlen_q = N; p.seqlen_k = N; p.head_dim = d;
+                    p.dtype = t;
+                    p.mask = causal ? FD_MASK_CAUSAL_TL : FD_MASK_NONE;
+                    p.softmax_scale = (float)(1.0 / sqrt((double)d));
+                    const double flops = 4.0 * B * H * (double)N * N * d * (causal ? 0.5 : 1.0);
+                    for (int be = 0; be < 2; be++) {
+                        char err[512] = "";
+                        fd_cuda_timing tm = {0, 0, 0};
+                        int rc;
+                        const char *bn = be ? "cuda-standard" : "cuda-flash";
+                        if (!be) {
+                            fd_cuda_cfg cfg;
+                            fd_cuda_cfg_default(&cfg);
+                            cfg.repeats = reps;
+                            rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, &tm, err, sizeof err);
+                        } else {
+                            rc = fd_cuda_standard_forward(&p, N >= 16384 ? 3 : reps, x[0], x[1], x[2], o, l, &tm, err, sizeof err);
+                        }
+                        const char *dn = fd_dtype_name(t);
+                        if (rc) {
+                            printf("%s %s N=%d d=%d: %s\n", bn, dn, N, d, err);
+                            fails++;
+                            continue;
+                        }
+                        const double tf = flops / ((double)tm.ms_median * 1e-3) / 1e12;
+                        printf("%-14s %-5s %6d %4d %6d %10.3f %8.1f\n", bn, dn, N, d, causal, (double)tm.ms_median, tf);
+                        if (f) fprintf(f, "%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.2f\n", bn, dn, B, H, N, d, causal,
+                                       (double)tm.ms_median, (double)tm.ms_min, tf);
+                        fflush(stdout);
+                    }
+                }
+            }
+            for (int t = 0; t < 3; t++) free(x[t]);
+            free(o); free(l);
+        }
+    }
+    if (f) fclose(f);
+    return fails ? FD_EXIT_INTERNAL : FD_EXIT_PASS;
+#endif
+}
