@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "fd_case.h"
+#include "fd_json.h"
 
 #define FD_MAX_LIST 64
 #define FD_MAX_CASES 100000
@@ -35,76 +36,22 @@ void fd_policy_default(fd_policy *p)
     p->keep_sigma = 5.0;
 }
 
-typedef struct {
-    const char *file;
-    char *err;
-    size_t errlen;
-} fd_ctx;
+typedef fd_jctx fd_ctx;
 
-static int fail(fd_ctx *cx, const char *path, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    snprintf(cx->err, cx->errlen, "%s: %s: %s", cx->file, path, msg);
-    return -1;
-}
 
-static const char *jtype(const json_t *j)
-{
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE: case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "?";
-}
 
-/* Rejects keys not in the allowed list (a typo must not be silently ignored). */
-static int check_keys(fd_ctx *cx, const char *path, json_t *obj, const char *const *allowed)
-{
-    const char *key;
-    json_t *val;
-    json_object_foreach(obj, key, val) {
-        int ok = 0;
-        for (const char *const *a = allowed; *a; a++)
-            if (!strcmp(*a, key)) ok = 1;
-        if (!ok) {
-            char list[512] = "";
-            for (const char *const *a = allowed; *a; a++) {
-                strncat(list, *a, sizeof list - strlen(list) - 1);
-                if (a[1]) strncat(list, ", ", sizeof list - strlen(list) - 1);
-            }
-            return fail(cx, path, "unknown field \"%s\" (expected one of: %s)", key, list);
-        }
-    }
-    return 0;
-}
 
 static int get_int(fd_ctx *cx, const char *path, json_t *j, long lo, long hi, long *out)
 {
     if (!json_is_integer(j))
-        return fail(cx, path, "expected an integer in [%ld, %ld], got %s", lo, hi, jtype(j));
+        return fd_jfail(cx, path, "expected an integer in [%ld, %ld], got %s", lo, hi, fd_jtype(j));
     json_int_t v = json_integer_value(j);
     if (v < lo || v > hi)
-        return fail(cx, path, "expected an integer in [%ld, %ld], got %lld", lo, hi, (long long)v);
+        return fd_jfail(cx, path, "expected an integer in [%ld, %ld], got %lld", lo, hi, (long long)v);
     *out = (long)v;
     return 0;
 }
 
-static int get_num(fd_ctx *cx, const char *path, json_t *j, double *out)
-{
-    if (!json_is_number(j)) return fail(cx, path, "expected a number, got %s", jtype(j));
-    *out = json_number_value(j);
-    if (!isfinite(*out)) return fail(cx, path, "expected a finite number");
-    return 0;
-}
 
 /* A list field: an array of values or a single value. Calls fn on each element. */
 typedef int (*elem_fn)(fd_ctx *cx, const char *path, json_t *j, void *out, int idx);
@@ -117,8 +64,8 @@ static int get_list(fd_ctx *cx, const char *path, json_t *j, elem_fn fn, void *o
         return fn(cx, path, j, out, 0);
     }
     size_t len = json_array_size(j);
-    if (len == 0) return fail(cx, path, "expected a non-empty list");
-    if (len > FD_MAX_LIST) return fail(cx, path, "at most %d values per list", FD_MAX_LIST);
+    if (len == 0) return fd_jfail(cx, path, "expected a non-empty list");
+    if (len > FD_MAX_LIST) return fd_jfail(cx, path, "at most %d values per list", FD_MAX_LIST);
     for (size_t i = 0; i < len; i++) {
         snprintf(p, sizeof p, "%s[%zu]", path, i);
         if (fn(cx, p, json_array_get(j, i), out, (int)i)) return -1;
@@ -137,9 +84,9 @@ static int e_size(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 static int e_headdim(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 {
     long v = 0;
-    if (!json_is_integer(j)) return fail(cx, path, "expected an integer head dim in [1, 256], got %s", jtype(j));
+    if (!json_is_integer(j)) return fd_jfail(cx, path, "expected an integer head dim in [1, 256], got %s", fd_jtype(j));
     if (get_int(cx, path, j, 1, 256, &v))
-        return fail(cx, path, "head_dim %lld unsupported: FlashAttention supports 1..256",
+        return fd_jfail(cx, path, "head_dim %lld unsupported: FlashAttention supports 1..256",
                     (long long)json_integer_value(j));
     ((int *)out)[idx] = (int)v;
     return 0;
@@ -154,8 +101,8 @@ static int e_seed(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 static int e_dropout(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 {
     double v = 0.0;
-    if (get_num(cx, path, j, &v)) return -1;
-    if (!(v >= 0.0 && v < 1.0)) return fail(cx, path, "dropout p must be in [0, 1), got %g", v);
+    if (fd_jget_num(cx, path, j, &v)) return -1;
+    if (!(v >= 0.0 && v < 1.0)) return fd_jfail(cx, path, "dropout p must be in [0, 1), got %g", v);
     ((double *)out)[idx] = v;
     return 0;
 }
@@ -166,7 +113,7 @@ static int e_dtype(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
     if (s && !strcmp(s, "fp16")) o[idx] = FD_DT_FP16;
     else if (s && !strcmp(s, "bf16")) o[idx] = FD_DT_BF16;
     else if (s && !strcmp(s, "fp32")) o[idx] = FD_DT_FP32;
-    else return fail(cx, path, "expected \"fp16\", \"bf16\" or \"fp32\"%s%s", s ? ", got " : "", s ? s : "");
+    else return fd_jfail(cx, path, "expected \"fp16\", \"bf16\" or \"fp32\"%s%s", s ? ", got " : "", s ? s : "");
     return 0;
 }
 static int e_mask(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
@@ -176,7 +123,7 @@ static int e_mask(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
     if (s && !strcmp(s, "none")) o[idx] = FD_MASK_NONE;
     else if (s && !strcmp(s, "causal_tl")) o[idx] = FD_MASK_CAUSAL_TL;
     else if (s && !strcmp(s, "causal_br")) o[idx] = FD_MASK_CAUSAL_BR;
-    else return fail(cx, path, "expected \"none\", \"causal_tl\" or \"causal_br\"%s%s", s ? ", got " : "", s ? s : "");
+    else return fd_jfail(cx, path, "expected \"none\", \"causal_tl\" or \"causal_br\"%s%s", s ? ", got " : "", s ? s : "");
     return 0;
 }
 static int e_dist(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
@@ -188,7 +135,7 @@ static int e_dist(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
             o[idx] = (fd_dist)d;
             return 0;
         }
-    return fail(cx, path, "expected \"normal\", \"uniform\", \"large_logit\" or \"outlier_rows\"%s%s",
+    return fd_jfail(cx, path, "expected \"normal\", \"uniform\", \"large_logit\" or \"outlier_rows\"%s%s",
                 s ? ", got " : "", s ? s : "");
 }
 /* seqlen: a number (seqlen_q = seqlen_k) or a pair [seqlen_q, seqlen_k]. */
@@ -202,7 +149,7 @@ static int e_seqlen(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
         return 0;
     }
     if (!json_is_array(j) || json_array_size(j) != 2)
-        return fail(cx, path, "expected a sequence length or a pair [seqlen_q, seqlen_k]");
+        return fd_jfail(cx, path, "expected a sequence length or a pair [seqlen_q, seqlen_k]");
     snprintf(p, sizeof p, "%s[0]", path);
     if (e_size(cx, p, json_array_get(j, 0), o, 2 * idx)) return -1;
     snprintf(p, sizeof p, "%s[1]", path);
@@ -227,8 +174,8 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen", "head_dim", "dtype",
                                        "mask", "dropout", "dist", "seed", NULL};
     char p[256];
-    if (!json_is_object(j)) return fail(cx, path, "expected an object (a sweep), got %s", jtype(j));
-    if (check_keys(cx, path, j, keys)) return -1;
+    if (!json_is_object(j)) return fd_jfail(cx, path, "expected an object (a sweep), got %s", fd_jtype(j));
+    if (fd_jcheck_keys(cx, path, j, keys)) return -1;
     memset(s, 0, sizeof *s);
     s->batch[0] = 1; s->nbatch = 1;
     s->heads[0] = 1; s->nheads = 1;
@@ -256,9 +203,9 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
 #undef FIELD
     json_t *f = json_object_get(j, "seqlen");
     snprintf(p, sizeof p, "%s.seqlen", path);
-    if (!f) return fail(cx, path, "missing required field \"seqlen\"");
+    if (!f) return fd_jfail(cx, path, "missing required field \"seqlen\"");
     if (get_list(cx, p, f, e_seqlen, s->seq, &s->nseq)) return -1;
-    if (!json_object_get(j, "head_dim")) return fail(cx, path, "missing required field \"head_dim\"");
+    if (!json_object_get(j, "head_dim")) return fd_jfail(cx, path, "missing required field \"head_dim\"");
     return 0;
 }
 
@@ -279,8 +226,8 @@ static int parse_excl(fd_ctx *cx, const char *path, json_t *j, fd_excl *x)
     char p[256];
     memset(x, 0, sizeof *x);
     if (!json_is_object(j) || json_object_size(j) == 0)
-        return fail(cx, path, "expected a non-empty object of fields to match");
-    if (check_keys(cx, path, j, keys)) return -1;
+        return fd_jfail(cx, path, "expected a non-empty object of fields to match");
+    if (fd_jcheck_keys(cx, path, j, keys)) return -1;
     for (int t = 0; t < 6; t++) {
         json_t *f = json_object_get(j, keys[t]);
         snprintf(p, sizeof p, "%s.%s", path, keys[t]);
@@ -328,10 +275,10 @@ static int sizes_ok(fd_ctx *cx, const char *path, const fd_problem *p)
     double q = (double)p->batch * p->seqlen_q * p->heads * p->head_dim;
     double kv = (double)p->batch * p->seqlen_k * p->kv_heads * p->head_dim;
     if (q > (double)FD_MAX_ELEMS || kv > (double)FD_MAX_ELEMS)
-        return fail(cx, path, "case b%d h%d q%d k%d d%d is too large (%.3g elements; limit 2^31 per tensor)",
+        return fd_jfail(cx, path, "case b%d h%d q%d k%d d%d is too large (%.3g elements; limit 2^31 per tensor)",
                     p->batch, p->heads, p->seqlen_q, p->seqlen_k, p->head_dim, q > kv ? q : kv);
     if (p->heads % p->kv_heads)
-        return fail(cx, path, "heads (%d) must be a multiple of kv_heads (%d)", p->heads, p->kv_heads);
+        return fd_jfail(cx, path, "heads (%d) must be a multiple of kv_heads (%d)", p->heads, p->kv_heads);
     return 0;
 }
 
@@ -374,11 +321,11 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
         for (int x = 0; x < cf->ncases && !skip; x++) skip = !strcmp(cf->cases[x].id, cs.id);
         if (skip) continue;
         if (cf->ncases >= FD_MAX_CASES)
-            return fail(cx, path, "more than %d cases after expansion", FD_MAX_CASES);
+            return fd_jfail(cx, path, "more than %d cases after expansion", FD_MAX_CASES);
         if (cf->ncases == *cap) {
             *cap = *cap ? 2 * *cap : 64;
             fd_case *nc = realloc(cf->cases, sizeof(fd_case) * (size_t)*cap);
-            if (!nc) return fail(cx, path, "out of memory");
+            if (!nc) return fd_jfail(cx, path, "out of memory");
             cf->cases = nc;
         }
         cf->cases[cf->ncases++] = cs;
@@ -389,14 +336,14 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
 {
     static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", "splits", NULL};
-    if (!json_is_object(j)) return fail(cx, "flash", "expected an object, got %s", jtype(j));
-    if (check_keys(cx, "flash", j, keys)) return -1;
+    if (!json_is_object(j)) return fd_jfail(cx, "flash", "expected an object, got %s", fd_jtype(j));
+    if (fd_jcheck_keys(cx, "flash", j, keys)) return -1;
     json_t *f;
     long v = 0;
     if ((f = json_object_get(j, "br"))) { if (get_int(cx, "flash.br", f, 16, 256, &v)) return -1; fc->br = (int)v; }
     if ((f = json_object_get(j, "bc"))) {
         if (get_int(cx, "flash.bc", f, 16, 256, &v)) return -1;
-        if (v % 16) return fail(cx, "flash.bc", "expected a multiple of 16, got %ld", v);
+        if (v % 16) return fd_jfail(cx, "flash.bc", "expected a multiple of 16, got %ld", v);
         fc->bc = (int)v;
     }
     const char *names[2] = {"qk_order", "pv_order"};
@@ -406,23 +353,23 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
             char p[64];
             snprintf(p, sizeof p, "flash.%s", names[t]);
             if (!json_is_string(f) || fd_accum_parse(json_string_value(f), dst[t]))
-                return fail(cx, p, "expected \"seq\" or \"tc16\"");
+                return fd_jfail(cx, p, "expected \"seq\" or \"tc16\"");
         }
     if ((f = json_object_get(j, "exp2"))) {
         const char *s = json_string_value(f);
         if (s && !strcmp(s, "libm")) fc->exp2_mode = FD_EXP2_LIBM;
         else if (s && !strcmp(s, "portable")) fc->exp2_mode = FD_EXP2_PORTABLE;
-        else return fail(cx, "flash.exp2", "expected \"libm\" or \"portable\"");
+        else return fd_jfail(cx, "flash.exp2", "expected \"libm\" or \"portable\"");
     }
     if ((f = json_object_get(j, "splits"))) { if (get_int(cx, "flash.splits", f, 1, 128, &v)) return -1; fc->splits = (int)v; }
     if ((f = json_object_get(j, "rowsum"))) {
         const char *s = json_string_value(f);
         if (s && !strcmp(s, "seq")) fc->rowsum = FD_ROWSUM_SEQ;
         else if (s && !strcmp(s, "fa2")) fc->rowsum = FD_ROWSUM_FA2;
-        else return fail(cx, "flash.rowsum", "expected \"seq\" or \"fa2\"");
+        else return fd_jfail(cx, "flash.rowsum", "expected \"seq\" or \"fa2\"");
     }
     if ((f = json_object_get(j, "p_fp32"))) {
-        if (!json_is_boolean(f)) return fail(cx, "flash.p_fp32", "expected true or false");
+        if (!json_is_boolean(f)) return fd_jfail(cx, "flash.p_fp32", "expected true or false");
         fc->p_fp32 = json_is_true(f);
     }
     return 0;
@@ -432,27 +379,27 @@ static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
 {
     static const char *const keys[] = {"fa_ratio", "atol", "max_ulp", "max_lse_abs", "marginal",
                                        "keep_sigma", NULL};
-    if (!json_is_object(j)) return fail(cx, "policy", "expected an object, got %s", jtype(j));
-    if (check_keys(cx, "policy", j, keys)) return -1;
+    if (!json_is_object(j)) return fd_jfail(cx, "policy", "expected an object, got %s", fd_jtype(j));
+    if (fd_jcheck_keys(cx, "policy", j, keys)) return -1;
     json_t *f;
-    if ((f = json_object_get(j, "fa_ratio")) && get_num(cx, "policy.fa_ratio", f, &po->fa_ratio)) return -1;
-    if ((f = json_object_get(j, "atol")) && get_num(cx, "policy.atol", f, &po->atol)) return -1;
-    if ((f = json_object_get(j, "max_lse_abs")) && get_num(cx, "policy.max_lse_abs", f, &po->max_lse_abs)) return -1;
-    if ((f = json_object_get(j, "marginal")) && get_num(cx, "policy.marginal", f, &po->marginal)) return -1;
-    if ((f = json_object_get(j, "keep_sigma")) && get_num(cx, "policy.keep_sigma", f, &po->keep_sigma)) return -1;
-    if (po->fa_ratio <= 0) return fail(cx, "policy.fa_ratio", "expected a positive number");
-    if (po->atol < 0) return fail(cx, "policy.atol", "expected a number >= 0");
-    if (!(po->marginal > 0 && po->marginal <= 1)) return fail(cx, "policy.marginal", "expected a number in (0, 1]");
-    if (po->keep_sigma <= 0) return fail(cx, "policy.keep_sigma", "expected a positive number");
+    if ((f = json_object_get(j, "fa_ratio")) && fd_jget_num(cx, "policy.fa_ratio", f, &po->fa_ratio)) return -1;
+    if ((f = json_object_get(j, "atol")) && fd_jget_num(cx, "policy.atol", f, &po->atol)) return -1;
+    if ((f = json_object_get(j, "max_lse_abs")) && fd_jget_num(cx, "policy.max_lse_abs", f, &po->max_lse_abs)) return -1;
+    if ((f = json_object_get(j, "marginal")) && fd_jget_num(cx, "policy.marginal", f, &po->marginal)) return -1;
+    if ((f = json_object_get(j, "keep_sigma")) && fd_jget_num(cx, "policy.keep_sigma", f, &po->keep_sigma)) return -1;
+    if (po->fa_ratio <= 0) return fd_jfail(cx, "policy.fa_ratio", "expected a positive number");
+    if (po->atol < 0) return fd_jfail(cx, "policy.atol", "expected a number >= 0");
+    if (!(po->marginal > 0 && po->marginal <= 1)) return fd_jfail(cx, "policy.marginal", "expected a number in (0, 1]");
+    if (po->keep_sigma <= 0) return fd_jfail(cx, "policy.keep_sigma", "expected a positive number");
     if ((f = json_object_get(j, "max_ulp"))) {
         static const char *const dk[] = {"fp16", "bf16", "fp32", NULL};
-        if (!json_is_object(f)) return fail(cx, "policy.max_ulp", "expected an object {\"fp16\": N, ...}");
-        if (check_keys(cx, "policy.max_ulp", f, dk)) return -1;
+        if (!json_is_object(f)) return fd_jfail(cx, "policy.max_ulp", "expected an object {\"fp16\": N, ...}");
+        if (fd_jcheck_keys(cx, "policy.max_ulp", f, dk)) return -1;
         for (int t = 0; t < 3; t++) {
             json_t *u = json_object_get(f, dk[t]);
             char p[64];
             snprintf(p, sizeof p, "policy.max_ulp.%s", dk[t]);
-            if (u && get_num(cx, p, u, &po->max_ulp[t])) return -1;
+            if (u && fd_jget_num(cx, p, u, &po->max_ulp[t])) return -1;
         }
     }
     return 0;
@@ -479,18 +426,18 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
                                        "rows_per_head", "flash", "policy", NULL};
     int rc = -1, cap = 0;
     fd_excl *ex = NULL;
-    if (!json_is_object(root)) { fail(&cx, "(top)", "expected an object, got %s", jtype(root)); goto out; }
-    if (check_keys(&cx, "(top)", root, keys)) goto out;
+    if (!json_is_object(root)) { fd_jfail(&cx, "(top)", "expected an object, got %s", fd_jtype(root)); goto out; }
+    if (fd_jcheck_keys(&cx, "(top)", root, keys)) goto out;
     json_t *f = json_object_get(root, "schema");
     if (!f || !json_is_string(f) || strcmp(json_string_value(f), "flashdrift-cases/1")) {
-        fail(&cx, "schema", "expected \"flashdrift-cases/1\"");
+        fd_jfail(&cx, "schema", "expected \"flashdrift-cases/1\"");
         goto out;
     }
     f = json_object_get(root, "name");
-    if (!f || !json_is_string(f) || !json_string_length(f)) { fail(&cx, "name", "expected a non-empty string"); goto out; }
+    if (!f || !json_is_string(f) || !json_string_length(f)) { fd_jfail(&cx, "name", "expected a non-empty string"); goto out; }
     snprintf(cf->name, sizeof cf->name, "%s", json_string_value(f));
     if ((f = json_object_get(root, "description"))) {
-        if (!json_is_string(f)) { fail(&cx, "description", "expected a string"); goto out; }
+        if (!json_is_string(f)) { fd_jfail(&cx, "description", "expected a string"); goto out; }
         snprintf(cf->description, sizeof cf->description, "%s", json_string_value(f));
     }
     if ((f = json_object_get(root, "rows_per_head"))) {
@@ -502,10 +449,10 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
     if ((f = json_object_get(root, "policy")) && parse_policy(&cx, f, &cf->policy)) goto out;
     int nex = 0;
     if ((f = json_object_get(root, "exclude"))) {
-        if (!json_is_array(f)) { fail(&cx, "exclude", "expected a list of objects"); goto out; }
+        if (!json_is_array(f)) { fd_jfail(&cx, "exclude", "expected a list of objects"); goto out; }
         nex = (int)json_array_size(f);
         ex = calloc((size_t)(nex ? nex : 1), sizeof *ex);
-        if (!ex) { fail(&cx, "exclude", "out of memory"); goto out; }
+        if (!ex) { fd_jfail(&cx, "exclude", "out of memory"); goto out; }
         for (int i = 0; i < nex; i++) {
             char p[64];
             snprintf(p, sizeof p, "exclude[%d]", i);
@@ -514,7 +461,7 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
     }
     json_t *sw = json_object_get(root, "sweeps");
     if (!sw || !json_is_array(sw) || json_array_size(sw) == 0) {
-        fail(&cx, "sweeps", "expected a non-empty list of sweeps");
+        fd_jfail(&cx, "sweeps", "expected a non-empty list of sweeps");
         goto out;
     }
     for (size_t i = 0; i < json_array_size(sw); i++) {
@@ -524,7 +471,7 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
         if (parse_sweep(&cx, p, json_array_get(sw, i), &s)) goto out;
         if (expand(&cx, p, &s, ex, nex, cf, &cap)) goto out;
     }
-    if (cf->ncases == 0) { fail(&cx, "sweeps", "no case left after exclusions"); goto out; }
+    if (cf->ncases == 0) { fd_jfail(&cx, "sweeps", "no case left after exclusions"); goto out; }
     rc = 0;
 out:
     free(ex);

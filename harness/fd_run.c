@@ -26,14 +26,14 @@ const char *fd_verdict_name(fd_verdict v)
     return "?";
 }
 
-static double now_s(void)
+double fd_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void add_reason(fd_case_result *r, const char *fmt, ...)
+void fd_add_reason(fd_case_result *r, const char *fmt, ...)
 {
     size_t n = strlen(r->reasons);
     if (n + 4 >= sizeof r->reasons) return;
@@ -44,7 +44,7 @@ static void add_reason(fd_case_result *r, const char *fmt, ...)
     va_end(ap);
 }
 
-static void worsen(fd_verdict *v, fd_verdict w)
+void fd_worsen(fd_verdict *v, fd_verdict w)
 {
     /* FAIL > UNDECIDED > MARGINAL > PASS */
     static const int rank[] = {0, 1, 3, 2};
@@ -60,54 +60,54 @@ void fd_judge(const fd_policy *po, fd_case_result *r)
         fd_backend_result *b = &r->be[t];
         if (b->skipped) continue;
         if (!b->ok) {
-            worsen(&v, FD_FAIL);
-            add_reason(r, "%s failed: %s", b->be->name, b->error);
+            fd_worsen(&v, FD_FAIL);
+            fd_add_reason(r, "%s failed: %s", b->be->name, b->error);
             continue;
         }
         if (b->be->role != FD_ROLE_FLASH) continue;
         if (b->m.nan_count || b->m.inf_count) {
-            worsen(&v, FD_FAIL);
-            add_reason(r, "%s: %ld NaN and %ld Inf outputs", b->be->name, b->m.nan_count, b->m.inf_count);
+            fd_worsen(&v, FD_FAIL);
+            fd_add_reason(r, "%s: %ld NaN and %ld Inf outputs", b->be->name, b->m.nan_count, b->m.inf_count);
         }
         if (b->mask_mismatch) {
-            worsen(&v, FD_FAIL);
-            add_reason(r, "%s: dropout mask differs from the regenerated one in %ld of %ld elements, first at b%d h%d row %d key %d; %s",
+            fd_worsen(&v, FD_FAIL);
+            fd_add_reason(r, "%s: dropout mask differs from the regenerated one in %ld of %ld elements, first at b%d h%d row %d key %d; %s",
                        b->be->name, b->mask_mismatch, b->mask_checked, b->mm_b, b->mm_h, b->mm_i, b->mm_j, b->mask_explained);
         }
         if (b->fa_ratio >= 0) {
             if (b->m.max_abs > b->fa_limit) {
-                worsen(&v, FD_FAIL);
-                add_reason(r, "%s: max_abs %.3g > %g x standard + %g = %.3g", b->be->name,
+                fd_worsen(&v, FD_FAIL);
+                fd_add_reason(r, "%s: max_abs %.3g > %g x standard + %g = %.3g", b->be->name,
                            b->m.max_abs, po->fa_ratio, po->atol, b->fa_limit);
             } else if (b->m.max_abs > po->marginal * b->fa_limit) {
-                worsen(&v, FD_MARGINAL);
-                add_reason(r, "%s: max_abs %.3g above %g of the limit %.3g", b->be->name,
+                fd_worsen(&v, FD_MARGINAL);
+                fd_add_reason(r, "%s: max_abs %.3g above %g of the limit %.3g", b->be->name,
                            b->m.max_abs, po->marginal, b->fa_limit);
             }
         }
         const double ul = po->max_ulp[dt];
         if (ul > 0) {
             if (b->m.max_ulp > ul) {
-                worsen(&v, FD_FAIL);
-                add_reason(r, "%s: max_ulp %.3g > %g", b->be->name, b->m.max_ulp, ul);
+                fd_worsen(&v, FD_FAIL);
+                fd_add_reason(r, "%s: max_ulp %.3g > %g", b->be->name, b->m.max_ulp, ul);
             } else if (b->m.max_ulp > po->marginal * ul) {
-                worsen(&v, FD_MARGINAL);
-                add_reason(r, "%s: max_ulp %.3g above %g of %g", b->be->name, b->m.max_ulp, po->marginal, ul);
+                fd_worsen(&v, FD_MARGINAL);
+                fd_add_reason(r, "%s: max_ulp %.3g above %g of %g", b->be->name, b->m.max_ulp, po->marginal, ul);
             }
         }
         if (po->max_lse_abs > 0 && b->m.lse_max_abs > po->max_lse_abs) {
-            worsen(&v, FD_FAIL);
-            add_reason(r, "%s: LSE error %.3g > %g", b->be->name, b->m.lse_max_abs, po->max_lse_abs);
+            fd_worsen(&v, FD_FAIL);
+            fd_add_reason(r, "%s: LSE error %.3g > %g", b->be->name, b->m.lse_max_abs, po->max_lse_abs);
         }
     }
     if (r->drop.active && r->drop.total > 0 && fabs(r->drop.z_threshold) > po->keep_sigma) {
-        worsen(&v, FD_FAIL);
-        add_reason(r, "keep rate %.5f is %.1f sigma from the threshold's %.5f", r->drop.keep_rate,
+        fd_worsen(&v, FD_FAIL);
+        fd_add_reason(r, "keep rate %.5f is %.1f sigma from the threshold's %.5f", r->drop.keep_rate,
                    r->drop.z_threshold, r->drop.keep_threshold);
     }
     if (r->ref_undecided) {
-        worsen(&v, FD_UNDECIDED);
-        add_reason(r, "reference undecided for %d values at %d bits", r->ref_undecided, r->ref_prec_max);
+        fd_worsen(&v, FD_UNDECIDED);
+        fd_add_reason(r, "reference undecided for %d values at %d bits", r->ref_undecided, r->ref_prec_max);
     }
     r->verdict = v;
 }
@@ -136,6 +136,24 @@ void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, c
         const double qt = s->keep_threshold, qn = s->keep_nominal;
         s->z_threshold = qt < 1.0 ? ((double)s->kept - n * qt) / sqrt(n * qt * (1.0 - qt)) : 0.0;
         s->z_nominal = ((double)s->kept - n * qn) / sqrt(n * qn * (1.0 - qn));
+    }
+}
+
+void fd_apply_fa_rule(const fd_policy *po, fd_case_result *res, int same_family)
+{
+    for (int t = 0; t < res->nbe; t++) {
+        fd_backend_result *f = &res->be[t];
+        if (!f->ok || f->be->role != FD_ROLE_FLASH) continue;
+        for (int u = 0; u < res->nbe; u++) {
+            fd_backend_result *s = &res->be[u];
+            if (s->ok && s->be->role == FD_ROLE_STANDARD &&
+                (!same_family || !strcmp(s->be->family, f->be->family))) {
+                f->fa_limit = po->fa_ratio * s->m.max_abs + po->atol;
+                f->fa_ratio = s->m.max_abs > 0 ? f->m.max_abs / s->m.max_abs
+                                               : (f->m.max_abs > 0 ? (double)INFINITY : 1.0);
+                break;
+            }
+        }
     }
 }
 
@@ -243,7 +261,7 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
                 int jobs, fd_case_result *res, char *err, size_t errlen)
 {
     const fd_problem *p = &c->prob;
-    const double t0 = now_s();
+    const double t0 = fd_now_s();
     memset(res, 0, sizeof *res);
     res->c = *c;
     float *q, *k, *v;
@@ -273,10 +291,10 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
 
     /* The reference, one row per task. */
     int undecided = 0, precmax = 0;
-    const double tr = now_s();
+    const double tr = fd_now_s();
     int rrc = fd_reference_rows(p, q, k, v, res->rows, nrows, jobs, ref_o, ref_lse, &undecided,
                                 &precmax, err, errlen);
-    res->ref_seconds = now_s() - tr;
+    res->ref_seconds = fd_now_s() - tr;
     if (rrc) goto out;
     res->ref_undecided = undecided;
     res->ref_prec_max = precmax;
@@ -293,7 +311,7 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
             continue;
         }
         double ms = 0.0;
-        const double tb = now_s();
+        const double tb = fd_now_s();
         if (bes[t]->run(cf, c, q, k, v, res->rows, nrows, o, lse, &ms, br->error, sizeof br->error)) {
             br->ok = 0;
             continue;
@@ -304,7 +322,7 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
             snprintf(err, errlen, "out of memory computing metrics for case %s", c->id);
             goto out;
         }
-        br->m.ms = ms > 0.0 ? ms : 1e3 * (now_s() - tb);
+        br->m.ms = ms > 0.0 ? ms : 1e3 * (fd_now_s() - tb);
         if (ms > 0.0 && !strcmp(bes[t]->family, "cuda")) {
             /* the GPU computes every row: 2 flops per multiply-add in QK^T and in PV */
             double pairs = 0.0;
@@ -345,23 +363,10 @@ int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const
                         }
                     }
     }
-    /* FlashAttention's rule, flash against standard of the same family. */
-    for (int t = 0; t < nbe; t++) {
-        fd_backend_result *f = &res->be[t];
-        if (!f->ok || f->be->role != FD_ROLE_FLASH) continue;
-        for (int u = 0; u < nbe; u++) {
-            fd_backend_result *s = &res->be[u];
-            if (s->ok && s->be->role == FD_ROLE_STANDARD && !strcmp(s->be->family, f->be->family)) {
-                f->fa_limit = cf->policy.fa_ratio * s->m.max_abs + cf->policy.atol;
-                f->fa_ratio = s->m.max_abs > 0 ? f->m.max_abs / s->m.max_abs
-                                               : (f->m.max_abs > 0 ? (double)INFINITY : 1.0);
-                break;
-            }
-        }
-    }
+    fd_apply_fa_rule(&cf->policy, res, 1);
     fd_dropout_stats_compute(p, res->rows, nrows, nvis, &res->drop);
     fd_judge(&cf->policy, res);
-    res->seconds = now_s() - t0;
+    res->seconds = fd_now_s() - t0;
     rc = 0;
 out:
     free(q); free(k); free(v); free(nvis); free(ref_o); free(ref_lse); free(o); free(lse);

@@ -95,6 +95,13 @@ const char *fd_verdict_name(fd_verdict v);
 int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
                 int jobs, fd_case_result *res, char *err, size_t errlen);
 void fd_case_result_free(fd_case_result *r);
+/* Building blocks of a judged case, shared with the import backend. */
+double fd_now_s(void);
+void fd_add_reason(fd_case_result *r, const char *fmt, ...);
+void fd_worsen(fd_verdict *v, fd_verdict w); /* FAIL > UNDECIDED > MARGINAL > PASS */
+/* FlashAttention's rule: each flash backend against the first standard one (of its own
+ * family when same_family). */
+void fd_apply_fa_rule(const fd_policy *po, fd_case_result *res, int same_family);
 /* Keep-rate statistics of the FA2 mask over the visible elements of the listed rows. */
 void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
                               fd_dropout_stats *s);

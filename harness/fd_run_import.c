@@ -15,56 +15,6 @@
 #include "fd_ref.h"
 #include "fd_report.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void add_reason(fd_case_result *r, const char *fmt, ...)
-{
-    size_t n = strlen(r->reasons);
-    if (n + 4 >= sizeof r->reasons) return;
-    if (n) { strcat(r->reasons, "; "); n += 2; }
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->reasons + n, sizeof r->reasons - n, fmt, ap);
-    va_end(ap);
-}
-
-static void worsen(fd_verdict *v, fd_verdict w)
-{
-    static const int rank[] = {0, 1, 3, 2}; /* FAIL > UNDECIDED > MARGINAL > PASS */
-    if (rank[w] > rank[*v]) *v = w;
-}
-
-static void dropout_stats(const fd_problem *p, const int *rows, int nrows, const int *nvis,
-                          fd_dropout_stats *s)
-{
-    memset(s, 0, sizeof *s);
-    if (!(p->dropout_p > 0.0)) return;
-    s->active = 1;
-    const uint8_t thr = fd_fa2_threshold(p->dropout_p);
-    s->threshold = thr;
-    for (int b = 0; b < p->batch; b++)
-        for (int h = 0; h < p->heads; h++)
-            for (int r = 0; r < nrows; r++)
-                for (int j = 0; j < nvis[r]; j++) {
-                    s->kept += fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, rows[r], j);
-                    s->total++;
-                }
-    const double n = (double)s->total;
-    s->keep_nominal = 1.0 - p->dropout_p;
-    s->keep_threshold = ((double)thr + 1.0) / 256.0;
-    s->scale_bias = s->keep_threshold / s->keep_nominal - 1.0;
-    if (s->total) {
-        s->keep_rate = (double)s->kept / n;
-        const double qt = s->keep_threshold, qn = s->keep_nominal;
-        s->z_threshold = qt < 1.0 ? ((double)s->kept - n * qt) / sqrt(n * qt * (1.0 - qt)) : 0.0;
-        s->z_nominal = ((double)s->kept - n * qn) / sqrt(n * qn * (1.0 - qn));
-    }
-}
 
 /* Two outputs against each other over every element. */
 static json_t *pair_json(const fd_problem *p, const fd_import_output *a, const fd_import_output *c)
@@ -140,7 +90,7 @@ int fd_run_import(const fd_casefile *cf, const fd_bundle *bd, int jobs, fd_case_
                   json_t **extra, char *err, size_t errlen)
 {
     const fd_problem *p = &bd->prob;
-    const double t0 = now_s();
+    const double t0 = fd_now_s();
     memset(res, 0, sizeof *res);
     *extra = NULL;
     snprintf(res->c.id, sizeof res->c.id, "%s", bd->name);
@@ -166,38 +116,14 @@ int fd_run_import(const fd_casefile *cf, const fd_bundle *bd, int jobs, fd_case_
         nvis[r] = fd_mask_visible_count(p->mask, res->rows[r], p->seqlen_q, p->seqlen_k);
         if (nvis[r] == 0) res->empty_rows++;
     }
-    fd_ref_opts ro;
-    fd_ref_opts_default(&ro);
-    const long ntask = (long)p->batch * p->heads * nrows;
-    int undecided = 0, precmax = 0, failed = 0;
-    char ref_err[256] = "";
-    const double tr = now_s();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs) reduction(+ : undecided) reduction(max : precmax)
-    for (long t = 0; t < ntask; t++) {
-        if (fd_interrupted || failed) continue;
-        const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
-        fd_ref_row_info info;
-        char e2[256];
-        if (fd_ref_row(p, bd->q, bd->k, bd->v, b, h, res->rows[r], &ro, ref_o + (size_t)t * (size_t)D, &info,
-                       e2, sizeof e2)) {
-#pragma omp critical
-            {
-                failed = 1;
-                snprintf(ref_err, sizeof ref_err, "%s", e2);
-            }
-            continue;
-        }
-        ref_lse[t] = info.lse;
-        undecided += info.undecided;
-        if (info.prec_used > precmax) precmax = info.prec_used;
-    }
-    res->ref_seconds = now_s() - tr;
-    if (fd_interrupted) {
-        snprintf(err, errlen, "interrupted");
-        goto out;
-    }
-    if (failed) {
-        snprintf(err, errlen, "reference failed on bundle %s: %s", bd->path, ref_err);
+    int undecided = 0, precmax = 0;
+    const double tr = fd_now_s();
+    char rerr[512];
+    int rrc = fd_reference_rows(p, bd->q, bd->k, bd->v, res->rows, nrows, jobs, ref_o, ref_lse,
+                                &undecided, &precmax, rerr, sizeof rerr);
+    res->ref_seconds = fd_now_s() - tr;
+    if (rrc) {
+        snprintf(err, errlen, "bundle %s: %s", bd->path, rerr);
         goto out;
     }
     res->ref_undecided = undecided;
@@ -225,19 +151,8 @@ int fd_run_import(const fd_casefile *cf, const fd_bundle *bd, int jobs, fd_case_
         br->m.ms = 0.0;
     }
     /* FlashAttention's rule: each flash output against the first standard one. */
-    for (int t = 0; t < res->nbe; t++) {
-        fd_backend_result *f = &res->be[t];
-        if (f->be->role != FD_ROLE_FLASH) continue;
-        for (int u = 0; u < res->nbe; u++) {
-            fd_backend_result *s = &res->be[u];
-            if (s->be->role != FD_ROLE_STANDARD) continue;
-            f->fa_limit = cf->policy.fa_ratio * s->m.max_abs + cf->policy.atol;
-            f->fa_ratio = s->m.max_abs > 0 ? f->m.max_abs / s->m.max_abs
-                                           : (f->m.max_abs > 0 ? (double)INFINITY : 1.0);
-            break;
-        }
-    }
-    dropout_stats(p, res->rows, nrows, nvis, &res->drop);
+    fd_apply_fa_rule(&cf->policy, res, 0);
+    fd_dropout_stats_compute(p, res->rows, nrows, nvis, &res->drop);
     fd_judge(&cf->policy, res);
 
     json_t *x = json_object();
@@ -276,8 +191,8 @@ int fd_run_import(const fd_casefile *cf, const fd_bundle *bd, int jobs, fd_case_
             json_object_set_new(mj, "first_disagreement",
                                 json_pack("{s:i, s:i, s:i, s:i, s:i}", "b", mc.fb, "h", mc.fh, "row", mc.fi,
                                           "col", mc.fj, "kernel_kept", mc.fgot));
-            worsen(&v, FD_FAIL);
-            add_reason(res, "%s: dropout mask differs from FA2's regeneration from (seed %llu, offset %llu) at "
+            fd_worsen(&v, FD_FAIL);
+            fd_add_reason(res, "%s: dropout mask differs from FA2's regeneration from (seed %llu, offset %llu) at "
                             "%ld of %ld visible elements (first b=%d h=%d row=%d col=%d): the reference does not "
                             "model this kernel's dropout",
                        io->name, (unsigned long long)p->seed, (unsigned long long)p->offset, mc.total - mc.agree,
@@ -288,7 +203,7 @@ int fd_run_import(const fd_casefile *cf, const fd_bundle *bd, int jobs, fd_case_
     json_object_set_new(x, "dropout_masks", masks);
     res->verdict = v;
     *extra = x;
-    res->seconds = now_s() - t0;
+    res->seconds = fd_now_s() - t0;
     rc = 0;
 out:
     free(nvis); free(ref_o); free(ref_lse); free(nanlse);
