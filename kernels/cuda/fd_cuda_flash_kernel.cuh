@@ -1,0 +1,528 @@
+/* fd_cuda_flash_kernel.cuh: the templated FlashAttention-2 forward kernel, its launch
+ * dispatch and device helpers (internal to kernels/cuda). Instantiated per dtype in
+ * fd_cuda_flash_f16.cu and fd_cuda_flash_bf16.cu so that the two compile in parallel;
+ * fd_cuda_flash.cu holds the host side. Numerics and orders: fd_cuda.h; design: docs/cuda.md. */
+#ifndef FD_CUDA_FLASH_KERNEL_CUH
+#define FD_CUDA_FLASH_KERNEL_CUH
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <math.h>
+#include <string.h>
+
+#include "fd_cuda.h"
+#include "fd_cuda_util.h"
+#include "fd_dtype.h"
+#include "fd_exp2.h"
+#include "fd_philox.h"
+
+namespace fd_flash {
+
+struct FlashParams {
+    const void *q, *k, *v;       /* dtype, [B][S][H][dp] with dp the padded head dim */
+    void *o;                     /* dtype [B][Sq][H][dp] */
+    float *lse;                  /* [B][H][Sq] */
+    float *o_accum, *lse_accum;  /* split-KV: [splits][B][H][Sq][dp], [splits][B][H][Sq] */
+    void *dbg;                   /* dtype [B][H][Sq][Sk]: P, sign set where dropped; or null */
+    int B, H, Hk, sq, sk, dp, h_per_kv;
+    int mask;                    /* fd_mask_kind */
+    float scale, scale_log2;
+    int dropout;
+    uint32_t thr;
+    float rp;
+    uint64_t seed, offset;
+    int exp2_mode, p_fp32;
+    int splits, tiles_per_split; /* splits == 0: plain forward */
+};
+
+template <typename T> struct DT;
+template <> struct DT<__half> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b)
+    {
+        __half2 h = __floats2half2_rn(a, b); /* low half = a (lower column) */
+        uint32_t u;
+        memcpy(&u, &h, 4);
+        return u;
+    }
+    static __device__ __forceinline__ __half from(float a) { return __float2half_rn(a); }
+    static __device__ __forceinline__ float to(__half a) { return __half2float(a); }
+    static __device__ __forceinline__ void mma(float *d, const uint32_t *a, const uint32_t *b)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+};
+template <> struct DT<__nv_bfloat16> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+        uint32_t u;
+        memcpy(&u, &h, 4);
+        return u;
+    }
+    static __device__ __forceinline__ __nv_bfloat16 from(float a) { return __float2bfloat16_rn(a); }
+    static __device__ __forceinline__ float to(__nv_bfloat16 a) { return __bfloat162float(a); }
+    static __device__ __forceinline__ void mma(float *d, const uint32_t *a, const uint32_t *b)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+/* 16-byte async copy; src_bytes 0 zero-fills the destination (out-of-range rows). */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ float exp2_mode(int mode, float x)
+{
+    return mode ? fd_exp2_portable(x) : exp2f(x);
+}
+
+/* Element offset of (row, col) in a [rows][D] tile with swizzled 16-byte chunks. */
+template <int D> __device__ __forceinline__ int swz(int row, int col)
+{
+    constexpr int CH = D / 8;
+    constexpr int M = (CH % 8 == 0) ? 7 : 3;
+    return row * D + ((((col >> 3) ^ (row & M))) << 3) + (col & 7);
+}
+
+/* Copies rows [r0, r0 + ROWS) of a [.][H][dp] tensor (head hh) into a swizzled tile. */
+template <typename T, int D, int ROWS, int NT>
+__device__ __forceinline__ void load_tile(T *sm, const T *g, int r0, int nrows, int H, int hh,
+                                          int dp, int tid)
+{
+    constexpr int CH = D / 8;
+    for (int idx = tid; idx < ROWS * CH; idx += NT) {
+        int row = idx / CH, ch = idx % CH;
+        int gr = r0 + row;
+        bool ok = gr < nrows;
+        const T *src = g + ((size_t)(ok ? gr : 0) * H + hh) * dp + ch * 8;
+        cp_async16(smem_u32(sm + swz<D>(row, ch * 8)), src, ok ? 16 : 0);
+    }
+}
+
+/* Row blocks of 16 per warp: 2 (32 rows, FA2's d = 64 / 128 layout: each shared K/V
+ * fragment feeds four mma ops) on the fast path for head dims 64 and 128, else 1 (d = 32
+ * and 96 stay at 16 rows to keep the build time of this file down). Per-row arithmetic
+ * and the quad's column ownership do not depend on it. */
+template <int D, bool GEN> struct RowBlocks {
+    static constexpr int value = (!GEN && (D == 64 || D == 128)) ? 2 : 1;
+};
+template <int D, int BR, bool GEN> struct KTraits {
+    static constexpr int MB = RowBlocks<D, GEN>::value;
+    static constexpr int NW = BR / (16 * MB), NT = NW * 32;
+    /* 2 CTAs per SM when a warp owns 32 rows (255 registers a thread, 4 warps). */
+    static constexpr int MIN_BLOCKS = MB == 2 ? 2 : 1;
+};
+
+/* GEN = false: the fast path, compiled without dropout, debug output, fp32 P and the
+ * portable exp2 (the host sends those cases to GEN = true). Same arithmetic otherwise. */
+template <typename T, int D, int BR, int BC, bool GEN>
+__global__ void __launch_bounds__(KTraits<D, BR, GEN>::NT, KTraits<D, BR, GEN>::MIN_BLOCKS)
+flash_fwd_kernel(const FlashParams P)
+{
+    constexpr int MB = KTraits<D, BR, GEN>::MB;
+    constexpr int NT = KTraits<D, BR, GEN>::NT;
+    constexpr bool Q_IN_REGS = MB * D <= 128;
+    constexpr int NA = BC / 8; /* n-atoms of S per warp row block */
+    constexpr int ND = D / 8;  /* n-atoms of O */
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T *sQ = reinterpret_cast<T *>(smem_raw);
+    T *sK = sQ + BR * D;           /* 2 stages */
+    T *sV = sK + 2 * BC * D;       /* 2 stages */
+    float *sP = reinterpret_cast<float *>(sV + 2 * BC * D); /* p_fp32: [BR/16][16][BC] */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int m_block = blockIdx.x, bh = blockIdx.y, split = blockIdx.z;
+    const int b = bh / P.H, h = bh % P.H, hk = h / P.h_per_kv;
+    const int m0 = m_block * BR;
+    const int sq = P.sq, sk = P.sk;
+    const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0; /* j <= i + diag */
+
+    /* K/V tiles [n_lo, n_hi) this CTA visits. */
+    int n_hi = (sk + BC - 1) / BC;
+    if (P.mask != FD_MASK_NONE && !(GEN && P.dbg)) {
+        long last_row = (long)min(m0 + BR, sq) - 1;
+        long vis = last_row + diag + 1;
+        if (vis < 0) vis = 0;
+        if (vis < sk) n_hi = (int)((vis + BC - 1) / BC);
+    }
+    int n_lo = 0;
+    if (P.splits) {
+        n_lo = split * P.tiles_per_split;
+        n_hi = min(n_hi, n_lo + P.tiles_per_split);
+    }
+
+    const T *gQ = static_cast<const T *>(P.q) + (size_t)b * sq * P.H * P.dp;
+    const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
+    const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
+
+    /* Row block mi of the warp: rows warp_row0 + 16 mi + (g, g + 8) of the CTA's tile
+     * (r = 0 -> row g, r = 1 -> row g + 8). */
+    const int warp_row0 = m0 + warp * 16 * MB;
+
+    if (n_hi <= n_lo) { /* no visible key for any row of this CTA (or an empty split) */
+        for (int mi = 0; mi < MB; mi++)
+        for (int r = 0; r < 2; r++) {
+            int i = warp_row0 + 16 * mi + g + 8 * r;
+            if (i >= sq) continue;
+            for (int a = 0; a < ND; a++) {
+                int d = a * 8 + 2 * t;
+                if (P.splits) {
+                    float *oa = P.o_accum + ((((size_t)split * P.B + b) * P.H + h) * sq + i) * P.dp + d;
+                    oa[0] = 0.0f; oa[1] = 0.0f;
+                } else {
+                    T *o = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp + d;
+                    o[0] = DT<T>::from(0.0f); o[1] = DT<T>::from(0.0f);
+                }
+            }
+            if (t == 0) {
+                if (P.splits) P.lse_accum[(((size_t)split * P.B + b) * P.H + h) * sq + i] = -INFINITY;
+                else P.lse[((size_t)b * P.H + h) * sq + i] = INFINITY;
+            }
+        }
+        return;
+    }
+
+    load_tile<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
+    load_tile<T, D, BC, NT>(sK, gK, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+    load_tile<T, D, BC, NT>(sV, gV, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+    cp_async_commit();
+
+    float o_acc[MB][ND][4];
+#pragma unroll
+    for (int mi = 0; mi < MB; mi++)
+#pragma unroll
+    for (int a = 0; a < ND; a++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o_acc[mi][a][e] = 0.0f;
+    float m_run[MB][2], l_run[MB][2];
+#pragma unroll
+    for (int mi = 0; mi < MB; mi++) {
+        m_run[mi][0] = m_run[mi][1] = -INFINITY;
+        l_run[mi][0] = l_run[mi][1] = 0.0f;
+    }
+    uint32_t qf[Q_IN_REGS ? MB : 1][Q_IN_REGS ? D / 16 : 1][4];
+
+    const float sl2 = P.scale_log2;
+    const int emode = GEN ? P.exp2_mode : 0;
+    const bool dropout = GEN && P.dropout, p_fp32 = GEN && P.p_fp32;
+    void *const dbg = GEN ? P.dbg : nullptr;
+    const uint64_t rng_off = P.offset + ((uint64_t)b * P.H + h) * 32u + lane;
+
+    int stage = 0;
+    for (int nb = n_hi - 1; nb >= n_lo; nb--, stage ^= 1) {
+        if (nb - 1 >= n_lo) {
+            load_tile<T, D, BC, NT>(sK + (stage ^ 1) * BC * D, gK, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+            load_tile<T, D, BC, NT>(sV + (stage ^ 1) * BC * D, gV, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const T *cK = sK + stage * BC * D;
+        const T *cV = sV + stage * BC * D;
+
+        if constexpr (Q_IN_REGS) {
+            if (nb == n_hi - 1)
+#pragma unroll
+            for (int mi = 0; mi < MB; mi++)
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                int row = warp * 16 * MB + mi * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                ldsm_x4(qf[mi][kk], smem_u32(sQ + swz<D>(row, col)));
+            }
+        }
+
+        /* S = Q K^T, 16-term blocks in head-dim order from 0. */
+        float s[MB][NA][4];
+#pragma unroll
+        for (int mi = 0; mi < MB; mi++)
+#pragma unroll
+        for (int a = 0; a < NA; a++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[mi][a][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t af[MB][4];
+#pragma unroll
+            for (int mi = 0; mi < MB; mi++) {
+                if constexpr (Q_IN_REGS) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) af[mi][e] = qf[mi][kk][e];
+                } else {
+                    int row = warp * 16 * MB + mi * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                    ldsm_x4(af[mi], smem_u32(sQ + swz<D>(row, col)));
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < NA / 2; np++) {
+                uint32_t bf[4];
+                int mi8 = lane >> 3;
+                int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), col = kk * 16 + (mi8 & 1) * 8;
+                ldsm_x4(bf, smem_u32(cK + swz<D>(key, col)));
+#pragma unroll
+                for (int mi = 0; mi < MB; mi++) {
+                    DT<T>::mma(s[mi][2 * np], af[mi], bf);
+                    DT<T>::mma(s[mi][2 * np + 1], af[mi], bf + 2);
+                }
+            }
+        }
+
+        /* Masking: keys beyond sk, causal diagonal. */
+        const int j0 = nb * BC;
+#pragma unroll
+        for (int mi = 0; mi < MB; mi++) {
+            const int row_base = warp_row0 + 16 * mi;
+            const bool need_mask = (j0 + BC > sk) ||
+                                   (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)row_base + diag);
+            if (need_mask) {
+#pragma unroll
+                for (int a = 0; a < NA; a++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
+                        bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                        if (!vis) s[mi][a][e] = -INFINITY;
+                    }
+            }
+        }
+
+        /* Online softmax, FA2's softmax_rescale_o. */
+#pragma unroll
+        for (int mi = 0; mi < MB; mi++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = m_run[mi][r];
+#pragma unroll
+            for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[mi][a][2 * r], s[mi][a][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            const float m_prev = m_run[mi][r];
+            m_run[mi][r] = mx;
+            const float m_cur = mx == -INFINITY ? 0.0f : mx;
+            const float sc = exp2_mode(emode, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
+            l_run[mi][r] = __fmul_rn(l_run[mi][r], sc);
+            /* x * 1.0f == x exactly: when no row of the warp moved its max, the O rescale
+             * is skipped (bitwise the same result, ND * 2 fewer FMULs per row block). */
+            if (__any_sync(0xffffffffu, sc != 1.0f)) {
+#pragma unroll
+                for (int a = 0; a < ND; a++) {
+                    o_acc[mi][a][2 * r] = __fmul_rn(o_acc[mi][a][2 * r], sc);
+                    o_acc[mi][a][2 * r + 1] = __fmul_rn(o_acc[mi][a][2 * r + 1], sc);
+                }
+            }
+            const float max_scaled = mx == -INFINITY ? 0.0f : __fmul_rn(mx, sl2);
+            float l = l_run[mi][r];
+#pragma unroll
+            for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float pe = exp2_mode(emode, __fmaf_rn(s[mi][a][2 * r + e], sl2, -max_scaled));
+                    s[mi][a][2 * r + e] = pe;
+                    l = __fadd_rn(l, pe);
+                }
+            l_run[mi][r] = l;
+        }
+
+        /* P to the dtype, dropout, debug output; then O += P V. */
+        uint32_t pk[MB][NA][2]; /* packed dtype P: [row block][atom][row half] */
+#pragma unroll
+        for (int mi = 0; mi < MB; mi++)
+#pragma unroll
+        for (int a = 0; a < NA; a++) {
+            pk[mi][a][0] = DT<T>::pack(s[mi][a][0], s[mi][a][1]);
+            pk[mi][a][1] = DT<T>::pack(s[mi][a][2], s[mi][a][3]);
+        }
+        if (dropout) {
+#pragma unroll
+            for (int mi = 0; mi < MB; mi++) {
+            const int row_base = warp_row0 + 16 * mi;
+#pragma unroll
+            for (int cb = 0; cb < BC / 32; cb++) {
+                uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
+                               ((uint64_t)(uint32_t)((j0 + cb * 32) >> 5) << 32);
+                fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
+#pragma unroll
+                for (int a4 = 0; a4 < 4; a4++) {
+                    const int a = cb * 4 + a4;
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        uint32_t byte = (rnd.v[a4] >> (8 * e)) & 0xffu;
+                        bool keep = byte <= P.thr;
+                        uint32_t &w = pk[mi][a][e >> 1];
+                        const uint32_t sh = 16 * (e & 1);
+                        if (dbg) {
+                            int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
+                            if (i < sq && j < sk) {
+                                uint16_t bits = (uint16_t)((w >> sh) & 0xffffu);
+                                if (!keep) bits ^= 0x8000u; /* FA2: dropped written as -P */
+                                reinterpret_cast<uint16_t *>(dbg)[(((size_t)b * P.H + h) * sq + i) * sk + j] = bits;
+                            }
+                        }
+                        if (!keep) {
+                            w &= ~(0xffffu << sh);
+                            if (p_fp32) s[mi][a][e] = 0.0f;
+                        }
+                    }
+                }
+            }
+            }
+        }
+
+        if (!p_fp32) {
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+#pragma unroll
+                for (int np = 0; np < ND / 2; np++) {
+                    uint32_t bf[4];
+                    int mi8 = lane >> 3;
+                    int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
+                    ldsm_x4_t(bf, smem_u32(cV + swz<D>(key, col)));
+#pragma unroll
+                    for (int mi = 0; mi < MB; mi++) {
+                        uint32_t af[4] = {pk[mi][2 * kk][0], pk[mi][2 * kk][1], pk[mi][2 * kk + 1][0],
+                                          pk[mi][2 * kk + 1][1]};
+                        DT<T>::mma(o_acc[mi][2 * np], af, bf);
+                        DT<T>::mma(o_acc[mi][2 * np + 1], af, bf + 2);
+                    }
+                }
+            }
+        } else {
+            /* P in binary32: O = fmaf(P[j], V[j][d], O) for the tile's keys in order. */
+#pragma unroll
+            for (int mi = 0; mi < MB; mi++) {
+            float *wP = sP + (warp * MB + mi) * 16 * BC;
+#pragma unroll
+            for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    wP[(g + 8 * (e >> 1)) * BC + a * 8 + 2 * t + (e & 1)] = s[mi][a][e];
+            __syncwarp();
+            for (int j = 0; j < BC; j++) {
+                float p0 = wP[g * BC + j], p1 = wP[(g + 8) * BC + j];
+#pragma unroll
+                for (int a = 0; a < ND; a++) {
+                    int d = a * 8 + 2 * t;
+                    float v0 = DT<T>::to(cV[swz<D>(j, d)]), v1 = DT<T>::to(cV[swz<D>(j, d + 1)]);
+                    o_acc[mi][a][0] = __fmaf_rn(p0, v0, o_acc[mi][a][0]);
+                    o_acc[mi][a][1] = __fmaf_rn(p0, v1, o_acc[mi][a][1]);
+                    o_acc[mi][a][2] = __fmaf_rn(p1, v0, o_acc[mi][a][2]);
+                    o_acc[mi][a][3] = __fmaf_rn(p1, v1, o_acc[mi][a][3]);
+                }
+            }
+            }
+        }
+        __syncthreads(); /* this stage is refilled by the next iteration's prefetch */
+    }
+    cp_async_wait<0>();
+
+    /* normalize_softmax_lse: quad sum (l0 + l2) + (l1 + l3), one reciprocal. */
+#pragma unroll
+    for (int mi = 0; mi < MB; mi++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = l_run[mi][r];
+        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
+        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
+        const bool empty = (l == 0.0f || l != l);
+        const float inv = empty ? 1.0f : __frcp_rn(l);
+        const float fs = dropout ? __fmul_rn(inv, P.rp) : inv;
+        const int i = warp_row0 + 16 * mi + g + 8 * r;
+        if (i >= sq) continue;
+        if (P.splits) {
+            float *oa = P.o_accum + ((((size_t)split * P.B + b) * P.H + h) * sq + i) * P.dp;
+#pragma unroll
+            for (int a = 0; a < ND; a++) {
+                int d = a * 8 + 2 * t;
+                float2 v2 = make_float2(__fmul_rn(o_acc[mi][a][2 * r], fs), __fmul_rn(o_acc[mi][a][2 * r + 1], fs));
+                *reinterpret_cast<float2 *>(oa + d) = v2;
+            }
+            if (t == 0)
+                P.lse_accum[(((size_t)split * P.B + b) * P.H + h) * sq + i] =
+                    empty ? -INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
+        } else {
+            T *o = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
+#pragma unroll
+            for (int a = 0; a < ND; a++) {
+                int d = a * 8 + 2 * t;
+                uint32_t w = DT<T>::pack(__fmul_rn(o_acc[mi][a][2 * r], fs), __fmul_rn(o_acc[mi][a][2 * r + 1], fs));
+                *reinterpret_cast<uint32_t *>(o + d) = w;
+            }
+            if (t == 0)
+                P.lse[((size_t)b * P.H + h) * sq + i] =
+                    empty ? INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
+        }
+    }
+}
+
+template <typename T, int D, int BR, int BC>
+int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err, size_t errlen)
+{
+    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode;
+    auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
+    const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
+    FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)((P.sq + BR - 1) / BR), (unsigned)(P.B * P.H), (unsigned)(P.splits ? P.splits : 1));
+    kern<<<grid, nt, smem, st>>>(P);
+    FD_LAUNCH_CHECK();
+    return 0;
+}
+
+template <typename T, int D>
+int launch_d(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, size_t errlen)
+{
+    const size_t sm = ((size_t)br * D + 4 * (size_t)bc * D) * sizeof(T) +
+                      (P.p_fp32 ? (size_t)(br / 16) * 16 * bc * sizeof(float) : 0);
+    if (br == 64 && bc == 64) return launch_variant<T, D, 64, 64>(P, sm, st, err, errlen);
+    if (br == 128 && bc == 64) return launch_variant<T, D, 128, 64>(P, sm, st, err, errlen);
+    FD_FAIL("tile %dx%d unsupported: supported (br, bc) = (64, 64), (128, 64)", br, bc);
+    return -1;
+}
+
+template <typename T>
+int launch_t(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, size_t errlen)
+{
+    switch (P.dp) {
+    case 32: return launch_d<T, 32>(P, br, bc, st, err, errlen);
+    case 64: return launch_d<T, 64>(P, br, bc, st, err, errlen);
+    case 96: return launch_d<T, 96>(P, br, bc, st, err, errlen);
+    case 128: return launch_d<T, 128>(P, br, bc, st, err, errlen);
+    case 256: return launch_d<T, 256>(P, br, bc, st, err, errlen);
+    default: FD_FAIL("internal: padded head_dim %d", P.dp);
+    }
+    return -1;
+}
+
+/* Defined in fd_cuda_flash_f16.cu / fd_cuda_flash_bf16.cu: launch_t for one dtype. */
+int launch_f16(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, size_t errlen);
+int launch_bf16(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, size_t errlen);
+
+} // namespace fd_flash
+#endif
