@@ -302,29 +302,7 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     };
     if (launch(0)) return -1;
     FD_CU(cudaDeviceSynchronize());
-    if (tm) { tm->ms_median = tm->ms_min = 0.0f; tm->repeats = 0; }
-    if (cfg.repeats > 0) {
-        cudaEvent_t e0, e1;
-        FD_CU(cudaEventCreate(&e0));
-        FD_CU(cudaEventCreate(&e1));
-        std::vector<float> ms;
-        for (int r = 0; r < cfg.repeats; r++) {
-            FD_CU(cudaEventRecord(e0));
-            if (launch(0)) { cudaEventDestroy(e0); cudaEventDestroy(e1); return -1; }
-            FD_CU(cudaEventRecord(e1));
-            FD_CU(cudaEventSynchronize(e1));
-            float x = 0.0f;
-            FD_CU(cudaEventElapsedTime(&x, e0, e1));
-            ms.push_back(x);
-        }
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
-        if (tm) {
-            tm->ms_median = fd_median(ms);
-            tm->ms_min = *std::min_element(ms.begin(), ms.end());
-            tm->repeats = cfg.repeats;
-        }
-    }
+    if (fd_time_repeats(cfg.repeats, [&] { return launch(0); }, tm, err, errlen)) return -1;
     if (fd_cu_download_o(o, dO, B, sq, H, d, dp, p->dtype, err, errlen)) return -1;
     FD_CU(cudaMemcpy(lse, dl.p, dl.bytes, cudaMemcpyDeviceToHost));
     if (dmask) {

@@ -214,29 +214,7 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
     };
     if (run_once()) return -1;
     FD_CU(cudaDeviceSynchronize());
-    if (tm) { tm->ms_median = tm->ms_min = 0.0f; tm->repeats = 0; }
-    if (repeats > 0) {
-        cudaEvent_t e0, e1;
-        FD_CU(cudaEventCreate(&e0));
-        FD_CU(cudaEventCreate(&e1));
-        std::vector<float> ms;
-        for (int r = 0; r < repeats; r++) {
-            FD_CU(cudaEventRecord(e0));
-            if (run_once()) { cudaEventDestroy(e0); cudaEventDestroy(e1); return -1; }
-            FD_CU(cudaEventRecord(e1));
-            FD_CU(cudaEventSynchronize(e1));
-            float x = 0.0f;
-            FD_CU(cudaEventElapsedTime(&x, e0, e1));
-            ms.push_back(x);
-        }
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
-        if (tm) {
-            tm->ms_median = fd_median(ms);
-            tm->ms_min = *std::min_element(ms.begin(), ms.end());
-            tm->repeats = repeats;
-        }
-    }
+    if (fd_time_repeats(repeats, run_once, tm, err, errlen)) return -1;
     if (fd_cu_download_o(o, dO, B, sq, H, d, d, p->dtype, err, errlen)) return -1;
     FD_CU(cudaMemcpy(lse, dl.p, dl.bytes, cudaMemcpyDeviceToHost));
     return 0;

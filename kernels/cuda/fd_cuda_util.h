@@ -9,6 +9,8 @@
 #include <vector>
 #include <algorithm>
 
+#include "fd_cuda.h"
+
 #define FD_CU(call)                                                                          \
     do {                                                                                     \
         cudaError_t fd_e_ = (call);                                                          \
@@ -75,4 +77,47 @@ int fd_cu_upload(fd_dbuf &buf, const float *x, int B, int S, int H, int d, int d
                  const char *what, char *err, size_t errlen);
 int fd_cu_download_o(float *o, const fd_dbuf &buf, int B, int S, int H, int d, int dp,
                      fd_dtype dt, char *err, size_t errlen);
+/* CUDA events destroyed on scope exit. */
+struct fd_events {
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    fd_events() = default;
+    fd_events(const fd_events &) = delete;
+    fd_events &operator=(const fd_events &) = delete;
+    ~fd_events()
+    {
+        if (e0) cudaEventDestroy(e0);
+        if (e1) cudaEventDestroy(e1);
+    }
+};
+
+/* Times `repeats` calls of launch() (an int() callable: 0, or -1 with err filled) between
+ * CUDA events, after the caller's untimed warm-up; tm (optional) gets the median and the
+ * minimum in milliseconds, zeros when repeats <= 0. */
+template <typename F>
+static inline int fd_time_repeats(int repeats, F &&launch, fd_cuda_timing *tm, char *err,
+                                  size_t errlen)
+{
+    if (tm) { tm->ms_median = tm->ms_min = 0.0f; tm->repeats = 0; }
+    if (repeats <= 0) return 0;
+    fd_events ev;
+    FD_CU(cudaEventCreate(&ev.e0));
+    FD_CU(cudaEventCreate(&ev.e1));
+    std::vector<float> ms;
+    for (int r = 0; r < repeats; r++) {
+        FD_CU(cudaEventRecord(ev.e0));
+        if (launch()) return -1;
+        FD_CU(cudaEventRecord(ev.e1));
+        FD_CU(cudaEventSynchronize(ev.e1));
+        float x = 0.0f;
+        FD_CU(cudaEventElapsedTime(&x, ev.e0, ev.e1));
+        ms.push_back(x);
+    }
+    if (tm) {
+        tm->ms_median = fd_median(ms);
+        tm->ms_min = *std::min_element(ms.begin(), ms.end());
+        tm->repeats = repeats;
+    }
+    return 0;
+}
+
 #endif
