@@ -32,6 +32,32 @@ static json_t *load(const char *path)
     return r;
 }
 
+/* Starts argv (a run of the 24-case file), waits for the journal's header and at least two
+ * finished cases, then kills it with SIGKILL (no handler runs). Returns the finished cases. */
+static int run_and_kill(char *const argv[], const char *jp)
+{
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        dup2(nul, 1);
+        dup2(nul, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    for (int t = 0; t < 20000 && journal_lines(jp) < 3; t++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFSIGNALED(st), "the run must still be running when killed (it finished too fast)");
+    const int before = journal_lines(jp) - 1;
+    cr_assert(before >= 2 && before < 24, "journal holds %d finished cases", before);
+    return before;
+}
+
 Test(resume, sigkill_then_resume_finishes_with_the_same_results)
 {
     char dir[64], cf[128], out[128], ref[128], jp[160], rp[160], rr[160];
@@ -44,26 +70,7 @@ Test(resume, sigkill_then_resume_finishes_with_the_same_results)
     snprintf(rr, sizeof rr, "%s/report.json", ref);
     tu_write(cf, cases24);
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--quiet", NULL};
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        execv(a[0], a);
-        _exit(127);
-    }
-    /* header + at least two finished cases, then kill -9: no handler runs */
-    for (int t = 0; t < 20000 && journal_lines(jp) < 3; t++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
-    cr_assert(WIFSIGNALED(st), "the run must still be running when killed (it finished too fast)");
-    const int before = journal_lines(jp) - 1;
-    cr_assert(before >= 2 && before < 24, "journal holds %d finished cases", before);
+    const int before = run_and_kill(a, jp);
     struct stat sb;
     cr_assert(stat(rp, &sb) != 0, "a killed run writes no report.json");
     char *b[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--resume", NULL};
@@ -362,25 +369,7 @@ Test(explain_run, resume_keeps_explanations_and_adds_missing_ones)
     snprintf(rp2, sizeof rp2, "%s/report.json", out2);
     tu_write(cf, cases24);
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--explain", "all", "--quiet", NULL};
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        execv(a[0], a);
-        _exit(127);
-    }
-    for (int t = 0; t < 20000 && journal_lines(jp) < 3; t++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
-    cr_assert(WIFSIGNALED(st), "the run must still be running when killed");
-    const int before = journal_lines(jp) - 1;
-    cr_assert(before >= 2 && before < 24, "journal holds %d finished cases", before);
+    const int before = run_and_kill(a, jp);
     /* the same journal without explanations, for the second half */
     mkdir(out2, 0755);
     strip_explain(jp, jp2);
