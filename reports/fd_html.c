@@ -603,6 +603,25 @@ static const char *css =
     "border:1px solid #ddd;padding:6px}figure img{width:760px;max-width:100%}figcaption{font-size:12px;"
     "color:#555}details{margin:2px 0;font-size:13px}summary{cursor:pointer;font-family:monospace}";
 
+/* Runs gnuplot on the scripts in dir and opens the in-memory page it is embedded in; on
+ * failure removes dir and returns run_gnuplot's code (or -1, out of memory). */
+static int plot_then_open(const char *dir, const char *path, FILE **f, char **buf, size_t *len,
+                          char *err, size_t errlen)
+{
+    int g = run_gnuplot(dir, err, errlen);
+    if (g) {
+        cleanup(dir);
+        return g;
+    }
+    *f = open_memstream(buf, len);
+    if (!*f) {
+        cleanup(dir);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    return 0;
+}
+
 int fd_render_html(const json_t *report, const json_t *baseline, const char *path, char *err, size_t errlen)
 {
     const char *tmpd = getenv("TMPDIR");
@@ -618,19 +637,11 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
         cleanup(dir);
         return -1;
     }
-    int g = run_gnuplot(dir, err, errlen);
-    if (g) {
-        cleanup(dir);
-        return g;
-    }
     char *buf = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        cleanup(dir);
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
+    FILE *f = NULL;
+    int g = plot_then_open(dir, path, &f, &buf, &len, err, errlen);
+    if (g) return g;
     const json_t *cf = json_object_get(report, "case_file"), *mach = json_object_get(report, "machine");
     const json_t *tot = json_object_get(report, "totals");
     fprintf(f, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>flashdrift: ");
@@ -831,19 +842,11 @@ int fd_render_explain_html(const json_t *doc, const char *path, char *err, size_
         cleanup(dir);
         return -1;
     }
-    int g = run_gnuplot(dir, err, errlen);
-    if (g) {
-        cleanup(dir);
-        return g;
-    }
     char *buf = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        cleanup(dir);
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
+    FILE *f = NULL;
+    int g = plot_then_open(dir, path, &f, &buf, &len, err, errlen);
+    if (g) return g;
     const char *cf = str(doc, "case_file");
     fprintf(f, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>flashdrift explain: ");
     html_esc(f, cf);
