@@ -14,6 +14,7 @@
 #include "fd_cmds.h"
 #include "fd_explain.h"
 #include "fd_import.h"
+#include "fd_json.h"
 #include "fd_report.h"
 
 static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_opts *o,
@@ -205,15 +206,16 @@ int fd_cmd_explain(int argc, char **argv)
     json_t *ids = json_array();
     char cfpath[1024];
     snprintf(cfpath, sizeof cfpath, "%s", file);
-    json_error_t je;
-    json_t *rep = id ? NULL : json_load_file(file, 0, &je);
+    json_t *rep = id ? NULL : fd_jload(file, err, sizeof err);
     if (!id) {
         json_t *cases = rep ? json_object_get(rep, "cases") : NULL;
         const char *cp = rep ? json_string_value(json_object_get(json_object_get(rep, "case_file"), "path")) : NULL;
         if (!rep || !json_is_integer(json_object_get(rep, "schema_version")) || !json_is_array(cases) || !cp) {
-            fprintf(stderr, "flashdrift: %s: %s\n", file,
-                    rep ? "not a flashdrift report (expected schema_version, case_file.path and cases); give a case file with --case ID"
-                        : "not readable as JSON; give a report or a case file with --case ID");
+            if (rep)
+                fprintf(stderr, "flashdrift: %s: not a flashdrift report (expected schema_version, case_file.path "
+                                "and cases); give a case file with --case ID\n", file);
+            else
+                fprintf(stderr, "flashdrift: %s (give a report, or a case file with --case ID)\n", err);
             json_decref(rep);
             json_decref(ids);
             return FD_EXIT_USAGE;

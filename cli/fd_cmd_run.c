@@ -13,6 +13,7 @@
 #include "fd_case.h"
 #include "fd_cmds.h"
 #include "fd_explain.h"
+#include "fd_file.h"
 #include "fd_html.h"
 #include "fd_json.h"
 #include "fd_report.h"
@@ -188,12 +189,8 @@ static int journal_read(const char *jpath, const fd_casefile *cf, const json_t *
                         int *found, char *err, size_t errlen)
 {
     *found = 0;
-    FILE *f = fopen(jpath, "r");
-    if (!f) {
-        if (errno == ENOENT) return 0;
-        snprintf(err, errlen, "%s: cannot read: %s", jpath, strerror(errno));
-        return -1;
-    }
+    FILE *f = fd_fopen_input(jpath, err, errlen); /* a FIFO or a directory: an error, not a hang */
+    if (!f) return errno == ENOENT ? 0 : -1;
     *found = 1;
     char *line = NULL;
     size_t cap = 0;

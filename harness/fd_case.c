@@ -408,20 +408,14 @@ static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
 int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen)
 {
     fd_ctx cx = {path, err, errlen};
-    json_error_t je;
     memset(cf, 0, sizeof *cf);
     snprintf(cf->path, sizeof cf->path, "%s", path);
     fd_flash_cfg_default(&cf->flash);
     fd_policy_default(&cf->policy);
     cf->rows_per_head = 32;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        if (je.line > 0)
-            snprintf(err, errlen, "%s:%d:%d: invalid JSON: %s", path, je.line, je.column, je.text);
-        else
-            snprintf(err, errlen, "%s: %s", path, je.text);
-        return -1;
-    }
+    /* not a regular file (a directory, a FIFO) is an error here, never a hang */
+    json_t *root = fd_jload(path, err, errlen);
+    if (!root) return -1;
     static const char *const keys[] = {"schema", "name", "description", "sweeps", "exclude",
                                        "rows_per_head", "flash", "policy", NULL};
     int rc = -1, cap = 0;

@@ -10,6 +10,7 @@
 
 #include "fd_dtype.h"
 #include "fd_import.h"
+#include "fd_json.h"
 #include "fd_npy.h"
 #include "fd_safetensors.h"
 
@@ -85,14 +86,11 @@ static int load_dir(const char *dir, tlist *l, json_t **meta, char *err, size_t 
 {
     char p[1200];
     snprintf(p, sizeof p, "%s/meta.json", dir);
-    json_error_t je;
-    *meta = json_load_file(p, JSON_REJECT_DUPLICATES, &je);
+    /* fd_jload refuses a directory or a FIFO named meta.json (fd_file.h) */
+    *meta = fd_jload(p, err, errlen);
     if (!*meta) {
-        struct stat st;
-        if (stat(p, &st))
+        if (errno == ENOENT)
             snprintf(err, errlen, "%s: missing (a bundle declares its layout and mask there; see docs/import.md)", p);
-        else
-            snprintf(err, errlen, "%s:%d: invalid JSON: %s", p, je.line, je.text);
         return -1;
     }
     DIR *d = opendir(dir);

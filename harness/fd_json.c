@@ -3,7 +3,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "fd_file.h"
 #include "fd_json.h"
 
 int fd_jfail(fd_jctx *cx, const char *path, const char *fmt, ...)
@@ -82,7 +84,10 @@ int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out)
 json_t *fd_jload(const char *path, char *err, size_t errlen)
 {
     json_error_t je;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    int fd = fd_open_input(path, err, errlen);
+    if (fd < 0) return NULL;
+    json_t *root = json_loadfd(fd, JSON_REJECT_DUPLICATES, &je);
+    close(fd);
     if (root) return root;
     if (je.line > 0) {
         const int eof = strstr(je.text, "end of") != NULL || strstr(je.text, "premature") != NULL;

@@ -30,7 +30,8 @@ int fd_jget_num(fd_jctx *cx, const char *path, const json_t *j, double *out);
 int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out);
 /* Value of a report number (NAN when absent or not a number). */
 double fd_json_number(const json_t *j);
-/* Loads a file with duplicate keys rejected; NULL with err on failure. what: "report",
- * "policy" ... used in the message for an empty/truncated file. */
+/* Loads a file with duplicate keys rejected; NULL with err on failure. The file is opened
+ * with fd_open_input (fd_file.h): a directory or a FIFO is an error, never a hang; errno
+ * is ENOENT when the file is missing. */
 json_t *fd_jload(const char *path, char *err, size_t errlen);
 #endif

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "fd_dtype.h"
+#include "fd_file.h"
 #include "fd_npy.h"
 
 #define FD_NPY_MAX_FILE ((size_t)1 << 34)
@@ -350,14 +351,12 @@ int fd_read_whole_file(const char *path, uint8_t **buf, size_t *len, char *err, 
 {
     *buf = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return -1;
-    }
+    /* a FIFO or a directory is refused before anything is read (fd_file.h) */
+    FILE *f = fd_fopen_input(path, err, errlen);
+    if (!f) return -1;
     struct stat st;
-    if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
+    if (fstat(fileno(f), &st)) {
+        snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         fclose(f);
         return -1;
     }

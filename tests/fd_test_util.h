@@ -5,16 +5,23 @@
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 static char g_err[16384], g_out[65536];
 
-/* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status. */
-static inline int tu_run(char *const argv[])
+/* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status
+ * (128 + signal when killed). Guards for tests of hangs and full disks: seconds > 0 kills
+ * the command with SIGALRM after that long (alarm() survives exec), so that a regression
+ * fails the test instead of hanging it; fsize > 0 limits every file the command writes to
+ * fsize bytes (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, as on
+ * a full disk; a child may raise the soft limit again). */
+static inline int tu_run_limited(char *const argv[], unsigned seconds, long fsize)
 {
     char ef[64], of[64];
     snprintf(ef, sizeof ef, "/tmp/fd_tu_err.%d.txt", (int)getpid());
@@ -26,6 +33,14 @@ static inline int tu_run(char *const argv[])
         dup2(fd, 2);
         int fo = open(of, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fo, 1);
+        if (fsize > 0) {
+            struct rlimit rl;
+            getrlimit(RLIMIT_FSIZE, &rl);
+            rl.rlim_cur = (rlim_t)fsize;
+            signal(SIGXFSZ, SIG_IGN);
+            if (setrlimit(RLIMIT_FSIZE, &rl)) _exit(126);
+        }
+        if (seconds) alarm(seconds);
         execv(argv[0], argv);
         _exit(127);
     }
@@ -42,6 +57,12 @@ static inline int tu_run(char *const argv[])
     unlink(ef);
     unlink(of);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status. */
+static inline int tu_run(char *const argv[])
+{
+    return tu_run_limited(argv, 0, 0);
 }
 
 static inline void tu_write(const char *path, const char *text)
