@@ -248,14 +248,20 @@ static int journal_read(const char *jpath, const fd_casefile *cf, const json_t *
     return rc;
 }
 
+/* One journal line, flushed to the kernel so that a kill loses at most the line being
+ * written; -1 with errno when it could not be written (a full disk: ENOSPC). */
 static int write_line(FILE *f, const json_t *j)
 {
     char *line = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17));
-    if (!line) return -1;
-    fprintf(f, "%s\n", line);
-    fflush(f);
+    if (!line) {
+        errno = ENOMEM;
+        return -1;
+    }
+    const size_t n = strlen(line);
+    line[n] = '\n'; /* json_dumps's terminator becomes the line's end */
+    const int bad = fwrite(line, 1, n + 1, f) != n + 1 || fflush(f) != 0;
     free(line);
-    return 0;
+    return bad ? -1 : 0;
 }
 
 /* Repeats the backends of a finished case; a differing hash fails the case. */
@@ -423,8 +429,10 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             bad |= rename(tmp, jpath) != 0;
         }
         if (bad) {
-            snprintf(err, errlen, "%s: cannot rewrite the journal: %s", jpath, strerror(errno));
-            out->status = FD_EXIT_USAGE;
+            snprintf(err, errlen, "%s: cannot rewrite the journal: %s (the journal is unchanged)", jpath,
+                     strerror(errno));
+            unlink(tmp);
+            out->status = FD_EXIT_INTERNAL;
             goto fail;
         }
         header_written = 1;
@@ -444,7 +452,8 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
     const int bar = !o->quiet && isatty(2);
     out->status = FD_EXIT_PASS;
     for (int i = 0; i < cf->ncases; i++) out->total += !o->filter || strstr(cf->cases[i].id, o->filter);
-    for (int i = 0; i < cf->ncases && !fd_interrupted; i++) {
+    int jbad = 0; /* a journal line could not be written: stop, keeping what is finished */
+    for (int i = 0; i < cf->ncases && !fd_interrupted && !jbad; i++) {
         const fd_case *c = &cf->cases[i];
         if (o->filter && !strstr(c->id, o->filter)) continue;
         json_t *cj;
@@ -453,7 +462,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             out->nresumed++;
             /* kept without the explanation this run asks for: explain it now, journal it again
              * (a later line of the same case replaces the earlier one) */
-            if (explain_into(cf, c, bes, nbe, o, cj)) write_line(journal, cj);
+            if (explain_into(cf, c, bes, nbe, o, cj)) jbad = write_line(journal, cj) != 0;
             const char *v = json_string_value(json_object_get(cj, "verdict"));
             if (!strcmp(v, "FAIL")) {
                 out->nfail++;
@@ -480,8 +489,11 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
                 break;
             }
             explain_into(cf, c, bes, nbe, o, cj);
-            if (!header_written) header_written = !write_line(journal, header);
-            write_line(journal, cj);
+            if (!header_written) {
+                jbad = write_line(journal, header) != 0;
+                header_written = !jbad;
+            }
+            jbad = jbad || write_line(journal, cj) != 0;
             if (res.verdict == FD_FAIL) {
                 out->nfail++;
                 fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id, res.reasons);
@@ -492,9 +504,24 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         }
         fd_report_add_case(report, cj);
         out->nrun++;
+        if (jbad) {
+            /* the case is in the report (and report.partial.json); lines already in the
+             * journal stay there for --resume */
+            if (bar) fputc('\n', stderr);
+            snprintf(err, errlen, "%s: cannot write the journal: %s; stopping after %d of %d cases", jpath,
+                     strerror(errno), out->nrun, out->total);
+            out->status = FD_EXIT_INTERNAL;
+        }
     }
-    if (bar) progress(out->nrun, out->total, "");
-    fclose(journal);
+    if (bar && !jbad) progress(out->nrun, out->total, "");
+    /* the journal is the run's only copy until the reports are written: it must be on disk */
+    const int jsync = fsync(fileno(journal)) != 0 && errno != EINVAL; /* EINVAL: cannot sync this file */
+    const int jerr = errno;
+    const int jclose = fclose(journal) != 0;
+    if ((jsync || jclose) && !jbad && out->status == FD_EXIT_PASS) {
+        snprintf(err, errlen, "%s: cannot write the journal: %s", jpath, strerror(jsync ? jerr : errno));
+        out->status = FD_EXIT_INTERNAL;
+    }
     if (fd_interrupted) out->status = FD_EXIT_INTERRUPTED;
     fd_report_finish(report, out->status == FD_EXIT_PASS);
     for (int i = 0; i < cf->ncases; i++) json_decref(done[i]);
@@ -513,20 +540,54 @@ fail:
     return -1;
 }
 
+/* The outputs of a finished run, in the order they are written. */
+static const char *const run_outputs[] = {"report.json", "summary.md", "report.html", NULL};
+
 int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char *err, size_t errlen)
 {
+    /* Each file is replaced atomically (fd_write_text_atomic). When one cannot be written,
+     * it and the outputs after it are removed, so that no file of an earlier run is left
+     * beside this run's: the folder holds this run's outputs or none, and the journal is
+     * kept, so that `run --resume` writes them again without recomputing a case. */
     char path[4200];
+    int failed = -1;
     snprintf(path, sizeof path, "%s/report.json", dir);
-    if (fd_write_json_atomic(path, report, err, errlen)) return -1;
+    if (fd_write_json_atomic(path, report, err, errlen)) failed = 0;
     snprintf(path, sizeof path, "%s/summary.md", dir);
-    if (fd_render_summary_md(report, path, err, errlen)) return -1;
+    if (failed < 0 && fd_render_summary_md(report, path, err, errlen)) failed = 1;
+    snprintf(path, sizeof path, "%s/report.html", dir);
+    if (failed < 0) {
+        /* gnuplot missing is the one failure that is only a warning: the HTML report is a
+         * convenience; a stale report.html is removed all the same */
+        char herr[1024];
+        int h = fd_render_html(report, NULL, path, herr, sizeof herr);
+        if (h > 0) {
+            if (!quiet) fprintf(stderr, "flashdrift: warning: %s; report.html not written\n", herr);
+            if (unlink(path) != 0 && errno != ENOENT) {
+                snprintf(err, errlen, "%s: cannot remove the earlier run's file: %s", path, strerror(errno));
+                return -1;
+            }
+        } else if (h < 0) {
+            snprintf(err, errlen, "%s", herr);
+            failed = 2;
+        }
+    }
+    if (failed >= 0) {
+        for (int i = failed; run_outputs[i]; i++) {
+            snprintf(path, sizeof path, "%s/%s", dir, run_outputs[i]);
+            unlink(path);
+        }
+        size_t n = strlen(err);
+        snprintf(err + n, errlen - n, " (finished cases kept in %s/cases.partial.jsonl: run --resume to write "
+                 "the reports again)", dir);
+        return -1;
+    }
+    /* the run is complete: the journal and a partial report of an earlier, interrupted run
+     * would only be mistaken for this one's */
     snprintf(path, sizeof path, "%s/cases.partial.jsonl", dir);
     unlink(path);
-    /* The HTML report is a convenience: never fail a run for it. */
-    char herr[1024];
-    snprintf(path, sizeof path, "%s/report.html", dir);
-    int h = fd_render_html(report, NULL, path, herr, sizeof herr);
-    if (h && !quiet) fprintf(stderr, "flashdrift: warning: %s; report.html not written\n", herr);
+    snprintf(path, sizeof path, "%s/report.partial.json", dir);
+    unlink(path);
     return 0;
 }
 

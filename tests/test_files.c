@@ -20,6 +20,11 @@ static const char *one_case =
     "{\"schema\": \"flashdrift-cases/1\", \"name\": \"one\", \"rows_per_head\": 4,\n"
     " \"sweeps\": [{\"seqlen\": 24, \"head_dim\": 16, \"seed\": 3}]}\n";
 
+/* Two cases, each finished case is one journal line. */
+static const char *two_cases =
+    "{\"schema\": \"flashdrift-cases/1\", \"name\": \"two\", \"rows_per_head\": 4,\n"
+    " \"sweeps\": [{\"seqlen\": 24, \"head_dim\": 16, \"seed\": [3, 4]}]}\n";
+
 static void path_in(char *buf, size_t len, const char *dir, const char *name)
 {
     snprintf(buf, len, "%s/%s", dir, name);
@@ -142,5 +147,205 @@ Test(files, directory_as_case_file_or_meta_json_says_so)
     rc = tu_run(a2);
     cr_assert_eq(rc, 2, "exit %d, stderr: %s", rc, g_err);
     cr_assert(strstr(g_err, "meta.json: is a directory") && !strstr(g_err, "invalid JSON"), "stderr: %s", g_err);
+}
+
+/* --- outputs: atomically or not at all, and never beside an earlier run's ------------- */
+
+/* A gnuplot stand-in that writes a 300 kB plot: report.html (base64, > 400 kB) is then the
+ * only output larger than the file-size limit of the run below. */
+static void big_plot_gnuplot(const char *dir, char *gp, size_t len)
+{
+    path_in(gp, len, dir, "fake-gnuplot");
+    tu_write(gp, "#!/bin/sh\nulimit -f unlimited 2>/dev/null\n"
+                 "head -c 300000 /dev/zero | tr '\\000' x > seq.svg\n");
+    cr_assert_eq(chmod(gp, 0755), 0);
+}
+
+static void write_stale(const char *out, const char *name)
+{
+    char p[256];
+    path_in(p, sizeof p, out, name);
+    tu_write(p, "STALE: from an earlier run\n");
+}
+
+/* Defect: the disk filling up only for report.html exited 0 and left the previous run's
+ * report.html beside the new report.json. */
+Test(files, failed_report_html_write_fails_the_run_and_leaves_no_stale_file)
+{
+    char d[64], cf[128], out[128], gp[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "out");
+    cr_assert_eq(mkdir(out, 0755), 0);
+    write_stale(out, "report.html");
+    write_stale(out, "summary.md");
+    big_plot_gnuplot(d, gp, sizeof gp);
+    setenv("FD_GNUPLOT", gp, 1);
+    char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
+    int rc = tu_run_limited(a, GUARD_S, 256 * 1024);
+    cr_assert_eq(rc, 3, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "report.html") && strstr(g_err, "File too large"), "names the file and why: %s", g_err);
+    path_in(p, sizeof p, out, "report.html");
+    cr_assert(!exists(p), "the earlier run's report.html must not stay beside this run's report.json");
+    path_in(p, sizeof p, out, "report.json");
+    json_error_t je;
+    json_t *r = json_load_file(p, 0, &je);
+    cr_assert(r, "report.json of this run is written: %s", je.text);
+    cr_assert(json_is_true(json_object_get(r, "complete")));
+    json_decref(r);
+    path_in(p, sizeof p, out, "summary.md");
+    char *md = tu_slurp(p);
+    cr_assert(md && !strstr(md, "STALE"), "summary.md is this run's");
+    path_in(p, sizeof p, out, "cases.partial.jsonl");
+    cr_assert(exists(p), "the journal is kept until every output is written");
+    cr_assert(strstr(g_err, "--resume"), "says how to write the outputs again: %s", g_err);
+
+    /* without the limit, --resume writes them from the journal */
+    char *b[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", "--resume", NULL};
+    rc = tu_run_limited(b, GUARD_S, 0);
+    cr_assert_eq(rc, 0, "exit %d, stderr: %s", rc, g_err);
+    path_in(p, sizeof p, out, "report.html");
+    cr_assert(exists(p), "report.html written");
+    path_in(p, sizeof p, out, "cases.partial.jsonl");
+    cr_assert(!exists(p), "journal removed once every output is written");
+}
+
+/* A report.json that cannot be written: no output of the earlier run survives beside the
+ * journal, and the exit is 3 naming the file. */
+Test(files, failed_report_json_write_removes_the_earlier_outputs)
+{
+    char d[64], cf[128], out[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "out");
+    cr_assert_eq(mkdir(out, 0755), 0);
+    write_stale(out, "summary.md");
+    write_stale(out, "report.html");
+    /* rename(tmp, report.json) fails on a non-empty directory of that name */
+    path_in(p, sizeof p, out, "report.json");
+    cr_assert_eq(mkdir(p, 0755), 0);
+    path_in(p, sizeof p, out, "report.json/keep");
+    tu_write(p, "x");
+    setenv("FD_GNUPLOT", "/nonexistent/gnuplot", 1);
+    char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
+    int rc = tu_run_limited(a, GUARD_S, 0);
+    cr_assert_eq(rc, 3, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "report.json"), "stderr: %s", g_err);
+    path_in(p, sizeof p, out, "summary.md");
+    cr_assert(!exists(p), "stale summary.md removed");
+    path_in(p, sizeof p, out, "report.html");
+    cr_assert(!exists(p), "stale report.html removed");
+    path_in(p, sizeof p, out, "cases.partial.jsonl");
+    cr_assert(exists(p), "journal kept");
+}
+
+/* No gnuplot: report.html cannot be rendered, which only warns, but the earlier run's
+ * report.html (and an earlier interrupted run's report.partial.json) must go. */
+Test(files, no_gnuplot_removes_the_earlier_report_html)
+{
+    char d[64], cf[128], out[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "out");
+    cr_assert_eq(mkdir(out, 0755), 0);
+    write_stale(out, "report.html");
+    write_stale(out, "report.partial.json");
+    setenv("FD_GNUPLOT", "/nonexistent/gnuplot", 1);
+    char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, NULL};
+    int rc = tu_run_limited(a, GUARD_S, 0);
+    cr_assert_eq(rc, 0, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "gnuplot not found") && strstr(g_err, "report.html not written"), "stderr: %s", g_err);
+    path_in(p, sizeof p, out, "report.html");
+    cr_assert(!exists(p), "the earlier run's report.html is removed");
+    path_in(p, sizeof p, out, "report.partial.json");
+    cr_assert(!exists(p), "the earlier run's report.partial.json is removed");
+    path_in(p, sizeof p, out, "report.json");
+    cr_assert(exists(p));
+}
+
+/* Defect: write errors on the journal were ignored. A journal that cannot take a line
+ * (/dev/full) stops the run with exit 3; the finished case is in report.partial.json. */
+Test(files, journal_write_failure_stops_the_run)
+{
+    char d[64], cf[128], out[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "two.json");
+    tu_write(cf, two_cases);
+    path_in(out, sizeof out, d, "out");
+    cr_assert_eq(mkdir(out, 0755), 0);
+    path_in(p, sizeof p, out, "cases.partial.jsonl");
+    cr_assert_eq(symlink("/dev/full", p), 0);
+    char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
+    int rc = tu_run_limited(a, GUARD_S, 0);
+    cr_assert_eq(rc, 3, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "cases.partial.jsonl: cannot write the journal: No space left on device"),
+              "stderr: %s", g_err);
+    cr_assert(strstr(g_err, "stopping after 1 of 2 cases"), "stops at once: %s", g_err);
+    path_in(p, sizeof p, out, "report.json");
+    cr_assert(!exists(p), "no complete report from a run that failed");
+    path_in(p, sizeof p, out, "report.partial.json");
+    json_error_t je;
+    json_t *r = json_load_file(p, 0, &je);
+    cr_assert(r, "the finished case is kept in report.partial.json: %s", je.text);
+    cr_assert_eq(json_array_size(json_object_get(r, "cases")), 1);
+    json_decref(r);
+}
+
+/* The disk fills up in the middle of the journal: the lines written before stay, each one
+ * whole but perhaps the last, and the run fails with exit 3. */
+Test(files, journal_lines_written_before_a_full_disk_stay)
+{
+    char d[64], cf[128], out[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "two.json");
+    tu_write(cf, two_cases);
+    path_in(out, sizeof out, d, "out");
+    /* the sizes of the journal's lines, from a run whose report.json cannot be written (a
+     * directory of that name): its journal is kept */
+    cr_assert_eq(mkdir(out, 0755), 0);
+    path_in(p, sizeof p, out, "report.json");
+    cr_assert_eq(mkdir(p, 0755), 0);
+    path_in(p, sizeof p, out, "report.json/keep");
+    tu_write(p, "x");
+    char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
+    cr_assert_eq(tu_run(a), 3, "%s", g_err);
+    path_in(p, sizeof p, out, "cases.partial.jsonl");
+    FILE *f = fopen(p, "r");
+    cr_assert(f);
+    long len[3] = {0, 0, 0};
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    for (int i = 0; i < 3; i++) {
+        n = getline(&line, &cap, f);
+        cr_assert(n > 0, "journal line %d", i + 1);
+        len[i] = (long)n;
+    }
+    fclose(f);
+    /* room for the header and the first case's line, not the second's */
+    const long limit = len[0] + len[1] + len[2] / 2;
+    char out2[128];
+    path_in(out2, sizeof out2, d, "out2");
+    char *b[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out2, "--quiet", NULL};
+    int rc = tu_run_limited(b, GUARD_S, limit);
+    cr_assert_eq(rc, 3, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "cases.partial.jsonl: cannot write the journal"), "stderr: %s", g_err);
+    path_in(p, sizeof p, out2, "cases.partial.jsonl");
+    f = fopen(p, "r");
+    cr_assert(f, "the journal stays");
+    int whole = 0;
+    while (getline(&line, &cap, f) > 0)
+        if (line[strlen(line) - 1] == '\n') {
+            json_t *j = json_loads(line, 0, NULL);
+            cr_assert(j, "a whole journal line is JSON");
+            json_decref(j);
+            whole++;
+        }
+    free(line);
+    fclose(f);
+    cr_assert_eq(whole, 2, "header and first case kept (%d whole lines)", whole);
 }
 
