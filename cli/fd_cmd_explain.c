@@ -44,6 +44,34 @@ static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_o
     return FD_EXIT_USAGE;
 }
 
+/* Usage errors of explaining ids of cf, printed: an unknown id, an unknown backend, an
+ * --inject that would change nothing on a case (fd_explain_inject_noop). */
+static int check_ids(const fd_casefile *cf, const json_t *ids, const fd_explain_opts *o)
+{
+    if (!fd_backend_find(o->backend)) {
+        fprintf(stderr, "flashdrift: --backend: unknown backend \"%s\"\n", o->backend);
+        return -1;
+    }
+    size_t k;
+    const json_t *idv;
+    json_array_foreach(ids, k, idv) {
+        const char *id = json_string_value(idv);
+        const fd_case *c = NULL;
+        for (int i = 0; i < cf->ncases && !c; i++)
+            if (!strcmp(cf->cases[i].id, id)) c = &cf->cases[i];
+        if (!c) {
+            fprintf(stderr, "flashdrift: %s: no case with id \"%s\" (flashdrift list shows them)\n", cf->path, id);
+            return -1;
+        }
+        const char *noop = fd_explain_inject_noop(&c->prob, o->inject);
+        if (noop) {
+            fprintf(stderr, "flashdrift: --inject %s changes nothing on case %s: %s\n", o->inject, id, noop);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* DIR/explain.json and DIR/explain.md, atomically; takes arr. */
 static int write_explain(const char *out, const char *source, json_t *arr, const char *md,
                          size_t mdlen, int rc)
@@ -242,8 +270,10 @@ int fd_cmd_explain(int argc, char **argv)
         json_decref(ids);
         return FD_EXIT_USAGE;
     }
-    if (out && fd_mkdir_p(out, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
+    /* every usage error is found before --out DIR is created */
+    const int bad = check_ids(&cf, ids, &o);
+    if (bad || (out && fd_mkdir_p(out, err, sizeof err))) {
+        if (!bad) fprintf(stderr, "flashdrift: %s\n", err);
         fd_casefile_free(&cf);
         json_decref(ids);
         return FD_EXIT_USAGE;

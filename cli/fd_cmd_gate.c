@@ -10,6 +10,7 @@
 
 #include "fd_cmds.h"
 #include "fd_diff.h"
+#include "fd_file.h"
 #include "fd_gate.h"
 #include "fd_html.h"
 #include "fd_json.h"
@@ -352,6 +353,11 @@ int fd_cmd_html(int argc, char **argv)
         if (dot && (!slash || dot > slash)) *dot = 0;
         strncat(def, ".html", sizeof def - strlen(def) - 1);
         out = def;
+    }
+    /* a directory given as --out is a usage error, found before anything is rendered */
+    if (fd_check_output_file(out, "--out", err, sizeof err)) {
+        fprintf(stderr, "flashdrift: html: %s\n", err);
+        return FD_EXIT_USAGE;
     }
     json_t *r = NULL, *b = NULL;
     /* an explain.json (flashdrift explain --out DIR): its error budgets */

@@ -15,6 +15,25 @@ const char *const fd_explain_bugs[] = {"layout_bhsd", "scale_missing", "scale_do
                                        "causal_swap", "mask_missing", "dropout_seed",
                                        "dropout_scale_missing", "softmax_wrong_axis", NULL};
 
+const char *fd_explain_inject_noop(const fd_problem *p, const char *bug)
+{
+    if (!bug) return NULL;
+    const int masked = p->mask != FD_MASK_NONE, dropout = p->dropout_p > 0.0;
+    const int unit_scale = !(p->softmax_scale < 1.0f || p->softmax_scale > 1.0f);
+    if (!strcmp(bug, "mask_missing") && !masked) return "it has no causal mask";
+    if (!strcmp(bug, "causal_swap")) {
+        if (!masked) return "it has no causal mask";
+        if (p->seqlen_q == p->seqlen_k) return "seqlen_q = seqlen_k, where causal_tl and causal_br are the same mask";
+    }
+    if ((!strcmp(bug, "dropout_seed") || !strcmp(bug, "dropout_scale_missing")) && !dropout)
+        return "it has no dropout (p = 0)";
+    if ((!strcmp(bug, "scale_missing") || !strcmp(bug, "scale_doubled")) && unit_scale)
+        return "its softmax scale is 1 (head_dim 1)";
+    if (!strcmp(bug, "layout_bhsd") && (p->heads == 1 || p->seqlen_q == 1))
+        return "with one head or one query row, BHSD and BSHD are the same layout";
+    return NULL;
+}
+
 typedef struct {
     const fd_problem *p;
     const int *rows;
@@ -223,6 +242,11 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     }
     if (!c && (o->inject || !src->q || !src->k || !src->v || !src->kernel_o)) {
         snprintf(err, errlen, "explaining given tensors needs q, k, v and an output, and takes no --inject");
+        return -1;
+    }
+    const char *noop = c ? fd_explain_inject_noop(p, o->inject) : NULL;
+    if (noop) {
+        snprintf(err, errlen, "--inject %s changes nothing on case %s: %s", o->inject, src->id, noop);
         return -1;
     }
     int rc = -1;

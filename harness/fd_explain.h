@@ -89,6 +89,11 @@ typedef struct fd_explanation {
 
 /* Names of the bugs --inject accepts (NULL-terminated). */
 extern const char *const fd_explain_bugs[];
+/* Why injecting bug into a case of problem p would leave the kernel's output unchanged
+ * (a mask bug on an unmasked case, a dropout bug at p = 0, ...), or NULL when it changes
+ * it. fd_explain_run refuses such an injection: explaining an unchanged kernel as if it
+ * had the bug would mislead. */
+const char *fd_explain_inject_noop(const fd_problem *p, const char *bug);
 
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
                     fd_explanation *ex, char *err, size_t errlen);

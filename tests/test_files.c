@@ -349,3 +349,75 @@ Test(files, journal_lines_written_before_a_full_disk_stay)
     cr_assert_eq(whole, 2, "header and first case kept (%d whole lines)", whole);
 }
 
+/* --- usage errors found before anything is created ------------------------------------ */
+
+/* Defect: `html --out EXISTING_DIR` exited 3 (a failed rename) instead of 2. */
+Test(files, html_out_directory_is_a_usage_error)
+{
+    char d[64], rp[128];
+    tu_dir(d, sizeof d);
+    path_in(rp, sizeof rp, d, "report.json");
+    json_t *r = tu_report();
+    tu_save(r, rp);
+    json_decref(r);
+    char *a[] = {FD_BINARY, "html", rp, "--out", d, NULL};
+    int rc = tu_run(a);
+    cr_assert_eq(rc, 2, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "is a directory"), "stderr: %s", g_err);
+}
+
+/* Defect: `explain --case UNKNOWN --out D` exited 2 but created D. */
+Test(files, explain_unknown_case_creates_nothing)
+{
+    char d[64], cf[128], out[128];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "explained");
+    char *a[] = {FD_BINARY, "explain", cf, "--case", "no-such-case", "--out", out, NULL};
+    int rc = tu_run(a);
+    cr_assert_eq(rc, 2, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "no case with id \"no-such-case\""), "stderr: %s", g_err);
+    cr_assert(!exists(out), "--out DIR must not be created for a usage error");
+    char *b[] = {FD_BINARY, "explain", cf, "--case", "b1h1k1-q24k24-d16-fp16-none-p0-normal-s3", "--backend",
+                 "cpu-flsh", "--out", out, NULL};
+    rc = tu_run(b);
+    cr_assert_eq(rc, 2, "unknown backend: exit %d, stderr: %s", rc, g_err);
+    cr_assert(!exists(out), "--out DIR must not be created for an unknown backend");
+}
+
+/* Defect: an --inject that changes nothing (a mask bug on an unmasked case, a dropout bug
+ * at p = 0) silently explained the unchanged kernel. It is a usage error (exit 2) that
+ * says why, and nothing is created. */
+Test(files, inject_that_changes_nothing_is_a_usage_error)
+{
+    char d[64], cf[128], out[128];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "explained");
+    static const struct { const char *bug, *why; } t[] = {
+        {"mask_missing", "it has no causal mask"},
+        {"causal_swap", "it has no causal mask"},
+        {"dropout_seed", "it has no dropout (p = 0)"},
+        {"dropout_scale_missing", "it has no dropout (p = 0)"},
+        {"layout_bhsd", "with one head or one query row, BHSD and BSHD are the same layout"},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        char *a[] = {FD_BINARY, "explain", cf, "--case", "b1h1k1-q24k24-d16-fp16-none-p0-normal-s3", "--inject",
+                     (char *)t[i].bug, "--out", out, "--jobs", "1", NULL};
+        int rc = tu_run(a);
+        cr_assert_eq(rc, 2, "%s: exit %d, stderr: %s", t[i].bug, rc, g_err);
+        char want[256];
+        snprintf(want, sizeof want, "--inject %s changes nothing on case b1h1k1-q24k24-d16-fp16-none-p0-normal-s3: %s",
+                 t[i].bug, t[i].why);
+        cr_assert(strstr(g_err, want), "%s: stderr: %s", t[i].bug, g_err);
+        cr_assert(!exists(out));
+    }
+    /* a bug that does change this case is still explained */
+    char *b[] = {FD_BINARY, "explain", cf, "--case", "b1h1k1-q24k24-d16-fp16-none-p0-normal-s3", "--inject",
+                 "scale_missing", "--jobs", "1", NULL};
+    int rc = tu_run(b);
+    cr_assert_eq(rc, 1, "scale_missing is a gross error: exit %d, stderr: %s", rc, g_err);
+}
+
