@@ -421,3 +421,55 @@ Test(files, inject_that_changes_nothing_is_a_usage_error)
     cr_assert_eq(rc, 1, "scale_missing is a gross error: exit %d, stderr: %s", rc, g_err);
 }
 
+/* --- duplicate case ids -------------------------------------------------------------- */
+
+/* Duplicates are still dropped (first kept, expansion order unchanged) now that they are
+ * found by sorting the ids instead of comparing every pair. */
+Test(files, duplicate_cases_across_sweeps_are_kept_once_in_order)
+{
+    char d[64], p[128], err[1024];
+    tu_dir(d, sizeof d);
+    path_in(p, sizeof p, d, "dups.json");
+    tu_write(p, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"dups\",\n"
+                " \"sweeps\": [{\"seqlen\": [32, 16], \"head_dim\": 16, \"seed\": [2, 1]},\n"
+                "              {\"seqlen\": [64, 16], \"head_dim\": 16, \"seed\": [1, 5, 1]}]}\n");
+    fd_casefile cf;
+    cr_assert_eq(fd_casefile_load(p, &cf, err, sizeof err), 0, "%s", err);
+    static const char *const want[] = {
+        "b1h1k1-q32k32-d16-fp16-none-p0-normal-s2", "b1h1k1-q32k32-d16-fp16-none-p0-normal-s1",
+        "b1h1k1-q16k16-d16-fp16-none-p0-normal-s2", "b1h1k1-q16k16-d16-fp16-none-p0-normal-s1",
+        "b1h1k1-q64k64-d16-fp16-none-p0-normal-s1", "b1h1k1-q64k64-d16-fp16-none-p0-normal-s5",
+        "b1h1k1-q16k16-d16-fp16-none-p0-normal-s5"};
+    cr_assert_eq(cf.ncases, 7, "7 distinct cases, got %d", cf.ncases);
+    for (int i = 0; i < 7; i++) cr_assert_str_eq(cf.cases[i].id, want[i], "case %d", i);
+    fd_casefile_free(&cf);
+}
+
+/* 100,001 distinct cases (and 125,000 more duplicates, which force a dedupe in the middle
+ * of the expansion) is still "more than 100000 cases"; 100,000 is fine and quick. */
+Test(files, case_limit_counts_distinct_cases, .timeout = 60)
+{
+    char d[64], p[128], err[1024];
+    tu_dir(d, sizeof d);
+    path_in(p, sizeof p, d, "big.json");
+    /* 10^5 distinct cases, then a sweep repeating half of them, twice */
+    const char *ten = "[1,2,3,4,5,6,7,8,9,10]";
+    char text[4096], s1[1024], s2[1024];
+    snprintf(s1, sizeof s1, "{\"batch\": %s, \"heads\": %s, \"seqlen\": [16,32,48,64,80,96,112,128,144,160], "
+             "\"head_dim\": [8,16,24,32,40,48,56,64,72,80], \"seed\": %s}", ten, ten, ten);
+    snprintf(s2, sizeof s2, "{\"batch\": [1,2,3,4,5], \"heads\": %s, \"seqlen\": [16,32,48,64,80,96,112,128,144,160], "
+             "\"head_dim\": [8,16,24,32,40,48,56,64,72,80], \"seed\": %s}", ten, ten);
+    snprintf(text, sizeof text, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"big\", \"sweeps\": [%s, %s, %s]}",
+             s1, s2, s2);
+    tu_write(p, text);
+    fd_casefile cf;
+    cr_assert_eq(fd_casefile_load(p, &cf, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cf.ncases, 100000);
+    fd_casefile_free(&cf);
+    /* one more distinct case */
+    snprintf(text, sizeof text, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"big\", \"sweeps\": [%s, %s, %s, "
+             "{\"seqlen\": 16, \"head_dim\": 9}]}", s1, s2, s2);
+    tu_write(p, text);
+    cr_assert_neq(fd_casefile_load(p, &cf, err, sizeof err), 0);
+    cr_assert(strstr(err, "more than 100000 cases after expansion"), "%s", err);
+}
