@@ -72,7 +72,9 @@ static int check_ids(const fd_casefile *cf, const json_t *ids, const fd_explain_
     return 0;
 }
 
-/* DIR/explain.json and DIR/explain.md, atomically; takes arr. */
+/* DIR/explain.json and DIR/explain.md, each atomically; takes arr. When one cannot be
+ * written it and the one after it are removed (exit 3), so that an earlier explanation is
+ * never left beside this one. */
 static int write_explain(const char *out, const char *source, json_t *arr, const char *md,
                          size_t mdlen, int rc)
 {
@@ -80,12 +82,12 @@ static int write_explain(const char *out, const char *source, json_t *arr, const
     json_t *root = json_pack("{s:i, s:s, s:s, s:o}", "schema_version", FD_REPORT_SCHEMA_VERSION,
                              "tool", "flashdrift", "case_file", source, "explain", arr);
     snprintf(path, sizeof path, "%s/explain.json", out);
-    if (fd_write_json_atomic(path, root, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        rc = FD_EXIT_INTERNAL;
-    }
+    int bad = fd_write_json_atomic(path, root, err, sizeof err);
+    if (bad) unlink(path);
     snprintf(path, sizeof path, "%s/explain.md", out);
-    if (fd_write_text_atomic(path, md ? md : "", md ? mdlen : 0, err, sizeof err)) {
+    if (!bad && fd_write_text_atomic(path, md ? md : "", md ? mdlen : 0, err, sizeof err)) bad = 1;
+    if (bad) {
+        unlink(path);
         fprintf(stderr, "flashdrift: %s\n", err);
         rc = FD_EXIT_INTERNAL;
     }

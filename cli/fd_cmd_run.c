@@ -437,9 +437,8 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         }
         header_written = 1;
     }
-    journal = fopen(jpath, o->resume ? "a" : "w");
+    journal = fd_fopen_output(jpath, o->resume, err, errlen);
     if (!journal) {
-        snprintf(err, errlen, "%s: cannot write: %s", jpath, strerror(errno));
         out->status = FD_EXIT_USAGE;
         goto fail;
     }

@@ -58,6 +58,22 @@ FILE *fd_fopen_input(const char *path, char *err, size_t errlen)
     return f;
 }
 
+FILE *fd_fopen_output(const char *path, int append, char *err, size_t errlen)
+{
+    const int fd = open(path, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0644);
+    int fl;
+    FILE *f = NULL;
+    if (fd >= 0 && (fl = fcntl(fd, F_GETFL)) >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0)
+        f = fdopen(fd, append ? "a" : "w");
+    if (!f) {
+        const int e = errno;
+        snprintf(err, errlen, "%s: cannot write: %s", path, strerror(e));
+        if (fd >= 0) close(fd);
+        errno = e;
+    }
+    return f;
+}
+
 int fd_check_output_file(const char *path, const char *what, char *err, size_t errlen)
 {
     struct stat st;

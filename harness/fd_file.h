@@ -17,6 +17,10 @@
 int fd_open_input(const char *path, char *err, size_t errlen);
 /* The same as a stdio stream ("rb"). */
 FILE *fd_fopen_input(const char *path, char *err, size_t errlen);
+/* A stream that appends to (append) or truncates path, created 0644 when missing. Opened
+ * with O_NONBLOCK, then cleared: a FIFO with no reader is an error (ENXIO), not a hang.
+ * NULL with err ("FILE: cannot write: ...") and errno. */
+FILE *fd_fopen_output(const char *path, int append, char *err, size_t errlen);
 /* An output path that must name a file: -1 with err when it is an existing directory or
  * an existing non-regular file (a usage error), 0 otherwise (missing is fine). */
 int fd_check_output_file(const char *path, const char *what, char *err, size_t errlen);

@@ -349,6 +349,52 @@ Test(files, journal_lines_written_before_a_full_disk_stay)
     cr_assert_eq(whole, 2, "header and first case kept (%d whole lines)", whole);
 }
 
+/* A FIFO in place of the journal: a run (which writes it) and a --resume (which reads it
+ * first) refuse it at once instead of waiting for a reader or a writer. */
+Test(files, fifo_journal_is_refused_not_waited_on)
+{
+    char d[64], cf[128], out[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "out");
+    cr_assert_eq(mkdir(out, 0755), 0);
+    path_in(p, sizeof p, out, "cases.partial.jsonl");
+    make_fifo(p);
+    char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
+    int rc = tu_run_limited(a, GUARD_S, 0);
+    cr_assert_eq(rc, 2, "run: exit %d (142: hung), stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "cases.partial.jsonl: cannot write"), "stderr: %s", g_err);
+    char *b[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", "--resume", NULL};
+    rc = tu_run_limited(b, GUARD_S, 0);
+    cr_assert_eq(rc, 2, "--resume: exit %d (142: hung), stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "cases.partial.jsonl: is not a regular file"), "stderr: %s", g_err);
+}
+
+/* explain --out: an explain.json that cannot be written is exit 3, and the explain.md of
+ * an earlier explanation does not stay beside it. */
+Test(files, failed_explain_json_write_removes_the_earlier_explain_md)
+{
+    char d[64], cf[128], out[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "explained");
+    cr_assert_eq(mkdir(out, 0755), 0);
+    write_stale(out, "explain.md");
+    path_in(p, sizeof p, out, "explain.json");
+    cr_assert_eq(mkdir(p, 0755), 0);
+    path_in(p, sizeof p, out, "explain.json/keep");
+    tu_write(p, "x");
+    char *a[] = {FD_BINARY, "explain", cf, "--case", "b1h1k1-q24k24-d16-fp16-none-p0-normal-s3", "--out", out,
+                 "--jobs", "1", NULL};
+    int rc = tu_run_limited(a, GUARD_S, 0);
+    cr_assert_eq(rc, 3, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "explain.json"), "names the file: %s", g_err);
+    path_in(p, sizeof p, out, "explain.md");
+    cr_assert(!exists(p), "the earlier explain.md is removed");
+}
+
 /* --- usage errors found before anything is created ------------------------------------ */
 
 /* Defect: `html --out EXISTING_DIR` exited 3 (a failed rename) instead of 2. */
