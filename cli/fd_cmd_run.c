@@ -451,7 +451,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
     const int bar = !o->quiet && isatty(2);
     out->status = FD_EXIT_PASS;
     for (int i = 0; i < cf->ncases; i++) out->total += !o->filter || strstr(cf->cases[i].id, o->filter);
-    int jbad = 0; /* a journal line could not be written: stop, keeping what is finished */
+    int jbad = 0, jerrno = 0; /* a journal line could not be written: stop, keeping what is finished */
     for (int i = 0; i < cf->ncases && !fd_interrupted && !jbad; i++) {
         const fd_case *c = &cf->cases[i];
         if (o->filter && !strstr(c->id, o->filter)) continue;
@@ -461,7 +461,10 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             out->nresumed++;
             /* kept without the explanation this run asks for: explain it now, journal it again
              * (a later line of the same case replaces the earlier one) */
-            if (explain_into(cf, c, bes, nbe, o, cj)) jbad = write_line(journal, cj) != 0;
+            if (explain_into(cf, c, bes, nbe, o, cj) && write_line(journal, cj)) {
+                jbad = 1;
+                jerrno = errno;
+            }
             const char *v = json_string_value(json_object_get(cj, "verdict"));
             if (!strcmp(v, "FAIL")) {
                 out->nfail++;
@@ -488,11 +491,11 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
                 break;
             }
             explain_into(cf, c, bes, nbe, o, cj);
-            if (!header_written) {
-                jbad = write_line(journal, header) != 0;
-                header_written = !jbad;
+            if ((!header_written && write_line(journal, header)) || write_line(journal, cj)) {
+                jbad = 1;
+                jerrno = errno;
             }
-            jbad = jbad || write_line(journal, cj) != 0;
+            header_written = 1;
             if (res.verdict == FD_FAIL) {
                 out->nfail++;
                 fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id, res.reasons);
@@ -508,7 +511,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
              * journal stay there for --resume */
             if (bar) fputc('\n', stderr);
             snprintf(err, errlen, "%s: cannot write the journal: %s; stopping after %d of %d cases", jpath,
-                     strerror(errno), out->nrun, out->total);
+                     strerror(jerrno), out->nrun, out->total);
             out->status = FD_EXIT_INTERNAL;
         }
     }
