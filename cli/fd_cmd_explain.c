@@ -16,6 +16,24 @@
 #include "fd_import.h"
 #include "fd_report.h"
 
+/* Prints an explanation, adds it to the JSON and Markdown, frees it; returns rc worsened
+ * by its outcome: the judging pipeline's verdict (FAIL or UNJUDGED: 1, as run and check
+ * exit), or a gross error the attribution found. */
+static int explain_emit(fd_explanation *ex, json_t *arr, FILE *md, int rc)
+{
+    fd_explain_text(ex, stdout);
+    printf("\n");
+    if (arr) json_array_append_new(arr, fd_explain_json(ex));
+    if (md) {
+        fprintf(md, "## %s\n\n```\n", ex->case_id);
+        fd_explain_text(ex, md);
+        fprintf(md, "```\n\n");
+    }
+    const int bad = ex->verdict == FD_FAIL || ex->verdict == FD_UNJUDGED || ex->gross;
+    fd_explanation_free(ex);
+    return bad && rc == FD_EXIT_PASS ? FD_EXIT_GATE : rc;
+}
+
 static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_opts *o,
                        json_t *arr, FILE *md)
 {
@@ -27,17 +45,7 @@ static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_o
             fprintf(stderr, "flashdrift: %s\n", err);
             return strstr(err, "unknown") ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
         }
-        fd_explain_text(&ex, stdout);
-        printf("\n");
-        if (arr) json_array_append_new(arr, fd_explain_json(&ex));
-        if (md) {
-            fprintf(md, "## %s\n\n```\n", id);
-            fd_explain_text(&ex, md);
-            fprintf(md, "```\n\n");
-        }
-        int gross = ex.gross;
-        fd_explanation_free(&ex);
-        return gross ? FD_EXIT_GATE : FD_EXIT_PASS;
+        return explain_emit(&ex, arr, md, FD_EXIT_PASS);
     }
     fprintf(stderr, "flashdrift: %s: no case with id \"%s\" (flashdrift list shows them)\n", cf->path, id);
     return FD_EXIT_USAGE;
@@ -64,55 +72,50 @@ static int write_explain(const char *out, const char *source, json_t *arr, const
     return rc;
 }
 
-/* Explains the outputs of an imported bundle with the default replay knobs and policy. */
+/* Explains the flash outputs of imported bundles (or the one named), each judged beside
+ * the bundle's standard outputs with check's case file (fd_casefile_bundles). */
 static int explain_tensors(const char *path, const char *only, int rows_per_head,
                            const fd_explain_opts *o, json_t *arr, FILE *md)
 {
     char err[1024];
-    fd_bundle b;
-    if (fd_bundle_load(path, &b, err, sizeof err)) {
+    char **paths = NULL;
+    int np = 0;
+    if (fd_bundle_list(path, &paths, &np, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }
     fd_casefile cf;
-    memset(&cf, 0, sizeof cf);
-    snprintf(cf.path, sizeof cf.path, "%s", path);
-    snprintf(cf.name, sizeof cf.name, "%s", b.name);
-    fd_flash_cfg_default(&cf.flash);
-    cf.flash.qk_order = cf.flash.pv_order = FD_ACC_TC16;
-    fd_policy_default(&cf.policy);
-    cf.rows_per_head = rows_per_head;
-    int rc = FD_EXIT_PASS, done = 0;
-    for (int i = 0; i < b.nout; i++) {
-        const fd_import_output *io = &b.out[i];
-        if (only ? strcmp(io->name, only) : io->be.role != FD_ROLE_FLASH) continue;
-        done++;
-        char id[200];
-        snprintf(id, sizeof id, "%s/%s", b.name, io->name);
-        fd_explain_src src = {id, &b.prob, NULL, b.q, b.k, b.v, io->o, io->name};
-        fd_explanation ex;
-        if (fd_explain_run(&cf, &src, o, &ex, err, sizeof err)) {
-            fprintf(stderr, "flashdrift: %s: %s\n", path, err);
-            rc = FD_EXIT_INTERNAL;
+    fd_casefile_bundles(&cf, path, paths, np, rows_per_head);
+    int rc = cf.ncases == np ? FD_EXIT_PASS : FD_EXIT_INTERNAL, done = 0;
+    for (int c = 0; c < cf.ncases && rc != FD_EXIT_USAGE && rc != FD_EXIT_INTERNAL; c++) {
+        fd_bundle b;
+        if (fd_bundle_load(cf.cases[c].bundle, &b, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            rc = FD_EXIT_USAGE;
             break;
         }
-        fd_explain_text(&ex, stdout);
-        printf("\n");
-        if (arr) json_array_append_new(arr, fd_explain_json(&ex));
-        if (md) {
-            fprintf(md, "## %s\n\n```\n", id);
-            fd_explain_text(&ex, md);
-            fprintf(md, "```\n\n");
+        for (int i = 0; i < b.nout; i++) {
+            const fd_import_output *io = &b.out[i];
+            if (only ? strcmp(io->name, only) : io->be.role != FD_ROLE_FLASH) continue;
+            done++;
+            fd_explain_opts eo = *o;
+            eo.backend = io->name;
+            fd_explanation ex;
+            if (fd_explain_case(&cf, &cf.cases[c], &eo, &ex, err, sizeof err)) {
+                fprintf(stderr, "flashdrift: %s: %s\n", cf.cases[c].bundle, err);
+                rc = FD_EXIT_INTERNAL;
+                break;
+            }
+            rc = explain_emit(&ex, arr, md, rc);
         }
-        if (ex.gross && rc == FD_EXIT_PASS) rc = FD_EXIT_GATE;
-        fd_explanation_free(&ex);
+        fd_bundle_free(&b);
     }
     if (!done && rc == FD_EXIT_PASS) {
         fprintf(stderr, "flashdrift: %s: %s\n", path,
                 only ? "no output with that name (--output)" : "no flash output to explain (name one with --output)");
         rc = FD_EXIT_USAGE;
     }
-    fd_bundle_free(&b);
+    fd_casefile_free(&cf);
     return rc;
 }
 

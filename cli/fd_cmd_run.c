@@ -261,67 +261,23 @@ static int write_line(FILE *f, const json_t *j)
     return 0;
 }
 
-/* Repeats the backends of a finished case; a differing hash fails the case. */
-static int repeat_case(const fd_casefile *cf, const fd_backend *const *bes, int nbe, int repeat,
-                       fd_case_result *res, json_t *cj, char *err, size_t errlen)
-{
-    uint64_t hs[FD_MAX_BACKENDS][64];
-    int oks[FD_MAX_BACKENDS][64];
-    for (int t = 0; t < nbe; t++) {
-        hs[t][0] = res->be[t].m.hash;
-        oks[t][0] = res->be[t].ok;
-    }
-    for (int r = 1; r < repeat; r++) {
-        uint64_t h[FD_MAX_BACKENDS];
-        int ok[FD_MAX_BACKENDS];
-        if (fd_repeat_hashes(cf, &res->c, bes, nbe, res->rows, res->nrows, h, ok, err, errlen)) return -1;
-        for (int t = 0; t < nbe; t++) {
-            hs[t][r] = h[t];
-            oks[t][r] = ok[t];
-        }
-    }
-    json_t *bj = json_object_get(cj, "backends");
-    for (int t = 0; t < nbe; t++) {
-        json_t *hashes = json_array();
-        int distinct = 0, failed = 0;
-        for (int r = 0; r < repeat; r++) {
-            if (!oks[t][r]) {
-                failed++;
-                continue;
-            }
-            int seen = 0;
-            for (int u = 0; u < r; u++) seen |= oks[t][u] && hs[t][u] == hs[t][r];
-            if (seen) continue;
-            char hx[20];
-            snprintf(hx, sizeof hx, "%016llx", (unsigned long long)hs[t][r]);
-            json_array_append_new(hashes, json_string(hx));
-            distinct++;
-        }
-        const int identical = distinct <= 1 && !failed;
-        json_object_set_new(json_object_get(bj, bes[t]->name), "repeat",
-                            json_pack("{s:i, s:b, s:o, s:i}", "runs", repeat, "identical", identical, "hashes",
-                                      hashes, "failed_runs", failed));
-        if (!identical) {
-            char why[256];
-            snprintf(why, sizeof why, "%s: outputs not bitwise identical: %d distinct hashes%s over %d runs",
-                     bes[t]->name, distinct, failed ? " and failed runs" : "", repeat);
-            size_t n = strlen(res->reasons);
-            snprintf(res->reasons + n, sizeof res->reasons - n, "%s%s", n ? "; " : "", why);
-            res->verdict = FD_FAIL;
-        }
-    }
-    json_object_set_new(cj, "verdict", json_string(fd_verdict_name(res->verdict)));
-    json_object_set_new(cj, "reasons", json_string(res->reasons));
-    return 0;
-}
-
-/* The first flash backend (in --backend order) that ran on a judged case, or NULL. */
+/* The first flash output that ran on a judged case (a kernel in --backend order, or a
+ * given output in report order), or NULL. */
 static const char *explain_backend(const fd_backend *const *bes, int nbe, const json_t *cj)
 {
     const json_t *bj = json_object_get(cj, "backends");
     for (int t = 0; t < nbe; t++)
         if (bes[t]->role == FD_ROLE_FLASH && json_is_true(json_object_get(json_object_get(bj, bes[t]->name), "ok")))
             return bes[t]->name;
+    const char *name;
+    const json_t *b;
+    json_object_foreach((json_t *)bj, name, b) {
+        const char *role = json_string_value(json_object_get(b, "role"));
+        const char *origin = json_string_value(json_object_get(b, "origin"));
+        if (json_is_true(json_object_get(b, "ok")) && role && !strcmp(role, "flash") && origin &&
+            !strcmp(origin, "given"))
+            return name;
+    }
     return NULL;
 }
 
@@ -390,7 +346,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         if (i) strncat(names, ",", sizeof names - strlen(names) - 1);
         strncat(names, bes[i]->name, sizeof names - strlen(names) - 1);
     }
-    json_t *report = fd_report_new(cf, names, o->jobs);
+    json_t *report = fd_report_new(cf, nbe ? names : o->backend, o->jobs);
     json_t *header = journal_header(cf, report, o);
     json_t **done = calloc((size_t)cf->ncases, sizeof *done);
     char jpath[4200];
@@ -458,9 +414,9 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
              * (a later line of the same case replaces the earlier one) */
             if (explain_into(cf, c, bes, nbe, o, cj)) write_line(journal, cj);
             const char *v = json_string_value(json_object_get(cj, "verdict"));
-            if (!strcmp(v, "FAIL")) {
+            if (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED")) {
                 out->nfail++;
-                fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id,
+                fprintf(stderr, "%s%s %s: %s\n", bar ? "\n" : "", v, c->id,
                         json_string_value(json_object_get(cj, "reasons")));
                 const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
                 if (why) fprintf(stderr, "    explain: %s\n", why);
@@ -468,26 +424,19 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         } else {
             if (bar) progress(out->nrun, out->total, c->id);
             fd_case_result res;
-            if (fd_run_case(cf, c, bes, nbe, o->jobs, &res, err, errlen)) {
+            if (fd_run_case(cf, c, bes, nbe, NULL, o->jobs, o->repeat, &res, err, errlen)) {
                 if (fd_interrupted) break;
                 if (bar) fputc('\n', stderr);
                 out->status = FD_EXIT_INTERNAL;
                 break;
             }
             cj = fd_report_case_json(&res);
-            if (o->repeat > 1 && repeat_case(cf, bes, nbe, o->repeat, &res, cj, err, errlen)) {
-                fd_case_result_free(&res);
-                json_decref(cj);
-                if (fd_interrupted) break;
-                out->status = FD_EXIT_INTERNAL;
-                break;
-            }
             explain_into(cf, c, bes, nbe, o, cj);
             if (!header_written) header_written = !write_line(journal, header);
             write_line(journal, cj);
-            if (res.verdict == FD_FAIL) {
+            if (res.verdict == FD_FAIL || res.verdict == FD_UNJUDGED) {
                 out->nfail++;
-                fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id, res.reasons);
+                fprintf(stderr, "%s%s %s: %s\n", bar ? "\n" : "", fd_verdict_name(res.verdict), c->id, res.reasons);
                 const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
                 if (why) fprintf(stderr, "    explain: %s\n", why);
             }
@@ -604,6 +553,34 @@ void fd_run_opts_default(fd_run_opts *o)
     o->explain = FD_EXPLAIN_FAIL;
 }
 
+/* Runs a loaded case file and writes the outputs; returns an exit code as
+ * fd_run_and_write. */
+int fd_run_and_write_cf(const fd_casefile *cf, const fd_run_opts *o, json_t **report_out)
+{
+    char err[1024];
+    *report_out = NULL;
+    const fd_backend *probe[FD_MAX_BACKENDS];
+    if (fd_backends_select(o->backend, probe, err, sizeof err) < 0 || fd_mkdir_p(o->out, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        return FD_EXIT_USAGE;
+    }
+    json_t *report = NULL;
+    fd_run_outcome oc;
+    if (fd_run_casefile(cf, o, &report, &oc, err, sizeof err)) {
+        if (oc.status != FD_EXIT_INTERRUPTED) fprintf(stderr, "flashdrift: %s\n", err);
+        if (report) write_partial(report, o->out, &oc);
+        json_decref(report);
+        return oc.status;
+    }
+    if (fd_run_write_outputs(report, o->out, o->quiet, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        json_decref(report);
+        return FD_EXIT_INTERNAL;
+    }
+    *report_out = report;
+    return oc.nfail ? FD_EXIT_GATE : FD_EXIT_PASS;
+}
+
 /* Runs a case file for run and gate: loads it, runs it, writes the outputs. Returns an
  * exit code; *report gets the complete report (caller frees) when it returns PASS/GATE. */
 int fd_run_and_write(const char *casefile, const fd_run_opts *o, json_t **report_out)
@@ -615,29 +592,9 @@ int fd_run_and_write(const char *casefile, const fd_run_opts *o, json_t **report
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }
-    const fd_backend *probe[FD_MAX_BACKENDS];
-    if (fd_backends_select(o->backend, probe, err, sizeof err) < 0 || fd_mkdir_p(o->out, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        fd_casefile_free(&cf);
-        return FD_EXIT_USAGE;
-    }
-    json_t *report = NULL;
-    fd_run_outcome oc;
-    if (fd_run_casefile(&cf, o, &report, &oc, err, sizeof err)) {
-        if (oc.status != FD_EXIT_INTERRUPTED) fprintf(stderr, "flashdrift: %s\n", err);
-        if (report) write_partial(report, o->out, &oc);
-        json_decref(report);
-        fd_casefile_free(&cf);
-        return oc.status;
-    }
+    int rc = fd_run_and_write_cf(&cf, o, report_out);
     fd_casefile_free(&cf);
-    if (fd_run_write_outputs(report, o->out, o->quiet, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        json_decref(report);
-        return FD_EXIT_INTERNAL;
-    }
-    *report_out = report;
-    return oc.nfail ? FD_EXIT_GATE : FD_EXIT_PASS;
+    return rc;
 }
 
 int fd_cmd_run(int argc, char **argv)

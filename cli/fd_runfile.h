@@ -5,9 +5,9 @@
  * naming the case file, then one case per line), and returns the report tree (complete
  * or partial). With resume it first reads the journal and keeps its cases instead of
  * recomputing them, refusing a journal written for another case file, other backends
- * or other knobs. With repeat > 1 each case's backends run repeat - 1 more times
- * (fd_repeat_hashes) and any output whose hash differs from the first run makes the
- * case FAIL ("repeat" in each backend's report object). With explain (default: FAIL
+ * or other knobs. With repeat > 1 each case's kernels run repeat - 1 more times in the
+ * judging pipeline (fd_run_case) and any output whose hash differs from the first run
+ * makes the case FAIL ("repeat" in each backend's report object). With explain (default: FAIL
  * cases) each judged case is explained (fd_explain_case on the first flash backend that
  * ran) and carries fd_explain_json's object as "explain", or "explain_error" when the
  * explanation failed; cases kept by resume that lack one are explained then. */
@@ -54,10 +54,7 @@ int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o);
 /* Loads CASEFILE, runs it, writes the outputs into o->out; returns the exit code (0, 1 a
  * case failed its case-file policy, 2, 3, 130) and the complete report in *report. */
 int fd_run_and_write(const char *casefile, const fd_run_opts *o, json_t **report);
+/* The same for a case file already loaded (check: a case file of bundles). */
+int fd_run_and_write_cf(const fd_casefile *cf, const fd_run_opts *o, json_t **report);
 
-/* Runs each backend once more on c (same inputs, same rows) and returns the FNV-1a hash
- * of its checked outputs exactly as fd_metrics computes output_hash; ok[t] = 0 when the
- * backend failed. 0 or -1 with err. */
-int fd_repeat_hashes(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                     const int *rows, int nrows, uint64_t *hash, int *ok, char *err, size_t errlen);
 #endif

@@ -8,6 +8,7 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_explain.h"
+#include "fd_import.h"
 #include "fd_inputs.h"
 #include "fd_metrics.h"
 
@@ -200,8 +201,47 @@ void fd_explanation_free(fd_explanation *ex)
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
                     fd_explanation *ex, char *err, size_t errlen)
 {
-    fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL};
-    return fd_explain_run(cf, &src, o, ex, err, errlen);
+    if (!c->bundle) {
+        fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        return fd_explain_run(cf, &src, o, ex, err, errlen);
+    }
+    fd_bundle *b = malloc(sizeof *b);
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (fd_bundle_load(c->bundle, b, err, errlen)) {
+        free(b);
+        return -1;
+    }
+    int pick = -1, rc = -1;
+    for (int i = 0; i < b->nout && pick < 0; i++)
+        if (o->backend ? !strcmp(b->out[i].name, o->backend) : b->out[i].be.role == FD_ROLE_FLASH) pick = i;
+    if (pick < 0) {
+        snprintf(err, errlen, "%s: %s", c->bundle, o->backend ? "no output with that name" : "no flash output to explain");
+    } else {
+        /* judged beside the bundle's standard outputs, as check judges it */
+        fd_given beside;
+        memset(&beside, 0, sizeof beside);
+        for (int i = 0; i < b->nout; i++) {
+            if (i == pick || b->out[i].be.role != FD_ROLE_STANDARD) continue;
+            beside.out[beside.nout].be = &b->out[i].be;
+            beside.out[beside.nout].o = b->out[i].o;
+            beside.out[beside.nout].lse = b->out[i].lse;
+            beside.out[beside.nout].keep = b->out[i].keep;
+            beside.nout++;
+        }
+        char id[200];
+        snprintf(id, sizeof id, "%s/%s", c->id, b->out[pick].name);
+        fd_explain_src src = {id, &b->prob, NULL, b->q, b->k, b->v, b->out[pick].o, b->out[pick].lse,
+                              b->out[pick].name, &beside};
+        fd_explain_opts eo = *o;
+        eo.backend = NULL;
+        rc = fd_explain_run(cf, &src, &eo, ex, err, errlen);
+    }
+    fd_bundle_free(b);
+    free(b);
+    return rc;
 }
 
 int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_explain_opts *o,
@@ -226,9 +266,10 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         return -1;
     }
     int rc = -1;
+    fd_case_result *jr = NULL; /* the pipeline's judgement of the explained output */
     float *qo = NULL, *ko = NULL, *vo = NULL, *of = NULL, *lf = NULL;
     double *qu = NULL, *ku = NULL, *vu = NULL, *qd = NULL, *kd = NULL, *vd = NULL;
-    double *full = NULL, *lfull = NULL, *ref = NULL, *rlse = NULL, *kout = NULL, *base = NULL;
+    double *full = NULL, *lfull = NULL, *kout = NULL, *base = NULL;
     double *fin = NULL, *tmp = NULL, *sumabs = NULL, *kappa = NULL, *e = NULL, *acc = NULL;
     int *rows = NULL, *nvis = NULL;
     if (c) {
@@ -249,29 +290,56 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     qd = fd_to_f64(q, nq); kd = fd_to_f64(k, nkv); vd = fd_to_f64(v, nkv);
     of = malloc(nq * sizeof(float)); lf = malloc(fd_lse_numel(p) * sizeof(float));
     full = malloc(nq * sizeof(double)); lfull = malloc(fd_lse_numel(p) * sizeof(double));
-    ref = malloc(n * sizeof(double)); rlse = malloc((size_t)p->batch * (size_t)p->heads * (size_t)nrows * sizeof(double));
     kout = malloc(n * sizeof(double)); base = malloc(n * sizeof(double)); fin = malloc(n * sizeof(double));
     tmp = malloc(n * sizeof(double)); e = malloc(n * sizeof(double)); acc = calloc(n, sizeof(double));
     sumabs = malloc(n * sizeof(double)); kappa = malloc(n * sizeof(double));
-    if (!qd || !kd || !vd || !of || !lf || !full || !lfull || !ref || !rlse || !kout || !base ||
-        !fin || !tmp || !e || !acc || !sumabs || !kappa)
+    jr = malloc(sizeof *jr);
+    if (!qd || !kd || !vd || !of || !lf || !full || !lfull || !kout || !base ||
+        !fin || !tmp || !e || !acc || !sumabs || !kappa || !jr)
         FD_FAIL_OOM();
+    memset(jr, 0, sizeof *jr);
 
-    /* 1. the reference */
-    int und, pmax;
-    if (fd_reference_rows(p, q, k, v, rows, nrows, o->jobs, ref, rlse, &und, &pmax, err, errlen)) goto out;
-    ex->ref_max_abs = 0.0;
-    for (size_t i = 0; i < n; i++) ex->ref_max_abs = fmax(ex->ref_max_abs, fabs(ref[i]));
-    const double refl2 = l2(ref, n);
-
-    /* 2. the kernel's output */
+    /* 1. the kernel's output */
+    const float *klse = lf;
     if (c) {
         fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
         if (kernel_output(&kx, o->inject, qd, kd, vd, of, lf, err, errlen)) goto out;
     } else {
         memcpy(of, src->kernel_o, nq * sizeof(float));
+        klse = src->kernel_lse;
     }
     gather_f(&ck, of, kout);
+
+    /* 2. judged by the one pipeline, as a given output beside any supplied standard ones:
+     * the verdict run and check give it, and the reference on the same rows */
+    {
+        fd_backend kb = {ex->backend, be ? be->family : "import", FD_ROLE_FLASH, NULL, NULL, NULL};
+        fd_given g;
+        memset(&g, 0, sizeof g);
+        g.q = q;
+        g.k = k;
+        g.v = v;
+        g.out[0].be = &kb;
+        g.out[0].o = of;
+        g.out[0].lse = klse;
+        g.nout = 1;
+        for (int i = 0; src->beside && i < src->beside->nout && g.nout < FD_MAX_BACKENDS - 1; i++)
+            g.out[g.nout++] = src->beside->out[i];
+        fd_case jc;
+        memset(&jc, 0, sizeof jc);
+        if (c) jc = *c;
+        snprintf(jc.id, sizeof jc.id, "%s", src->id);
+        jc.prob = *p;
+        jc.bundle = NULL;
+        if (!c) jc.dist = FD_DIST_GIVEN;
+        if (fd_run_case_given(cf, &jc, NULL, 0, &g, o->jobs, 1, jr, err, errlen)) goto out;
+        ex->verdict = jr->verdict;
+        snprintf(ex->reasons, sizeof ex->reasons, "%s", jr->reasons);
+    }
+    const double *ref = jr->ref_o;
+    ex->ref_max_abs = 0.0;
+    for (size_t i = 0; i < n; i++) ex->ref_max_abs = fmax(ex->ref_max_abs, fabs(ref[i]));
+    const double refl2 = l2(ref, n);
     ex->k_err_max_abs = max_abs_diff(kout, ref, n);
     ex->k_err_l2 = refl2 > 0 ? l2_diff(kout, ref, n) / refl2 : l2_diff(kout, ref, n);
 
@@ -548,7 +616,9 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     rc = 0;
 out:
     free(qo); free(ko); free(vo); free(qu); free(ku); free(vu); free(qd); free(kd); free(vd);
-    free(of); free(lf); free(full); free(lfull); free(ref); free(rlse); free(kout); free(base);
+    free(of); free(lf); free(full); free(lfull); free(kout); free(base);
+    if (jr) fd_case_result_free(jr);
+    free(jr);
     free(fin); free(tmp); free(e); free(acc); free(sumabs); free(kappa); free(rows); free(nvis);
     if (rc) fd_explanation_free(ex);
     return rc;

@@ -52,7 +52,10 @@ typedef struct fd_ex_hypo {
 } fd_ex_hypo;
 
 typedef struct fd_explanation {
-    char case_id[160], backend[32], inject[40];
+    char case_id[160], backend[64], inject[40];
+    /* the judging pipeline's verdict on the explained output (fd_run_case), and why */
+    fd_verdict verdict;
+    char reasons[1024];
     fd_dtype dtype;
     long nchecked;
     double ref_max_abs;
@@ -90,6 +93,8 @@ typedef struct fd_explanation {
 /* Names of the bugs --inject accepts (NULL-terminated). */
 extern const char *const fd_explain_bugs[];
 
+/* Explains backend o->backend on case c (an imported case, c->bundle: the bundle's output
+ * named o->backend, NULL: its first flash output, judged beside its standard outputs). */
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
                     fd_explanation *ex, char *err, size_t errlen);
 
@@ -102,8 +107,13 @@ typedef struct fd_explain_src {
     const fd_case *c;
     const float *q, *k, *v;
     const float *kernel_o;   /* [b][s][h][d] */
+    const float *kernel_lse; /* [b][h][s] or NULL */
     const char *kernel_name; /* e.g. the bundle's output name */
+    const fd_given *beside;  /* supplied standard outputs judged beside it (or NULL) */
 } fd_explain_src;
+
+/* The output is first judged by the one pipeline (fd_run_case: the same verdict as run
+ * and check give it, in ex->verdict and ex->reasons), then attributed. */
 
 int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_explain_opts *o,
                    fd_explanation *ex, char *err, size_t errlen);

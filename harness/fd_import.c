@@ -349,6 +349,28 @@ static void base_name(const char *path, char *out, size_t len)
     if (n > 12 && !strcmp(out + n - 12, ".safetensors")) out[n - 12] = 0;
 }
 
+void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int n, int rows_per_head)
+{
+    memset(cf, 0, sizeof *cf);
+    snprintf(cf->path, sizeof cf->path, "%s", source);
+    snprintf(cf->name, sizeof cf->name, "check");
+    snprintf(cf->description, sizeof cf->description, "imported tensors (flashdrift check --tensors)");
+    cf->rows_per_head = rows_per_head;
+    fd_flash_cfg_default(&cf->flash);
+    cf->flash.qk_order = cf->flash.pv_order = FD_ACC_TC16;
+    fd_policy_default(&cf->policy);
+    cf->bundles = paths;
+    cf->cases = calloc((size_t)(n > 0 ? n : 1), sizeof *cf->cases);
+    if (!cf->cases) return;
+    cf->ncases = n;
+    for (int i = 0; i < n; i++) {
+        fd_case *c = &cf->cases[i];
+        base_name(paths[i], c->id, sizeof c->id);
+        c->dist = FD_DIST_GIVEN;
+        c->bundle = paths[i];
+    }
+}
+
 void fd_bundle_free(fd_bundle *b)
 {
     free(b->q); free(b->k); free(b->v);
