@@ -123,7 +123,8 @@ int fd_cmd_explain(int argc, char **argv)
 {
     const char *file = NULL, *id = NULL, *out = NULL, *tensors = NULL, *only = NULL;
     int rows_per_head = 32;
-    fd_explain_opts o = {"cpu-flash", NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
+    /* backend NULL: cpu-flash for generated cases, the first flash output of a bundle */
+    fd_explain_opts o = {NULL, NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if ((!strcmp(a, "--case") || !strcmp(a, "--backend") || !strcmp(a, "--inject") ||
@@ -206,6 +207,7 @@ int fd_cmd_explain(int argc, char **argv)
     char err[1024];
     /* a report: explain its failing cases, from the case file it names */
     json_t *ids = json_array();
+    int imported = 0; /* a check report: its case file is the bundles it judged */
     char cfpath[1024];
     snprintf(cfpath, sizeof cfpath, "%s", file);
     json_error_t je;
@@ -222,11 +224,16 @@ int fd_cmd_explain(int argc, char **argv)
             return FD_EXIT_USAGE;
         }
         snprintf(cfpath, sizeof cfpath, "%s", cp);
+        const char *bk = json_string_value(json_object_get(rep, "backends"));
+        imported = bk && !strcmp(bk, "import");
+        json_t *rph = json_object_get(json_object_get(rep, "case_file"), "rows_per_head");
+        if (json_is_integer(rph) && json_integer_value(rph) >= 0 && json_integer_value(rph) <= (1 << 20))
+            rows_per_head = (int)json_integer_value(rph);
         size_t i;
         json_t *c;
         json_array_foreach(cases, i, c) {
             const char *v = json_string_value(json_object_get(c, "verdict"));
-            if (v && !strcmp(v, "FAIL")) json_array_append(ids, json_object_get(c, "id"));
+            if (v && (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED"))) json_array_append(ids, json_object_get(c, "id"));
         }
         json_decref(rep);
         if (json_array_size(ids) == 0) {
@@ -238,7 +245,16 @@ int fd_cmd_explain(int argc, char **argv)
         json_array_append_new(ids, json_string(id));
     }
     fd_casefile cf;
-    if (fd_casefile_load(cfpath, &cf, err, sizeof err)) {
+    if (imported) {
+        char **paths = NULL;
+        int np = 0;
+        if (fd_bundle_list(cfpath, &paths, &np, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            json_decref(ids);
+            return FD_EXIT_USAGE;
+        }
+        fd_casefile_bundles(&cf, cfpath, paths, np, rows_per_head);
+    } else if (fd_casefile_load(cfpath, &cf, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         json_decref(ids);
         return FD_EXIT_USAGE;
