@@ -14,6 +14,7 @@
 #include "fd_cmds.h"
 #include "fd_explain.h"
 #include "fd_import.h"
+#include "fd_opt.h"
 #include "fd_report.h"
 
 static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_opts *o,
@@ -121,52 +122,49 @@ int fd_cmd_explain(int argc, char **argv)
     const char *file = NULL, *id = NULL, *out = NULL, *tensors = NULL, *only = NULL;
     int rows_per_head = 32;
     fd_explain_opts o = {"cpu-flash", NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if ((!strcmp(a, "--case") || !strcmp(a, "--backend") || !strcmp(a, "--inject") ||
-             !strcmp(a, "--out") || !strcmp(a, "--jobs") || !strcmp(a, "--tensors") ||
-             !strcmp(a, "--output") || !strcmp(a, "--rows-per-head")) && i + 1 >= argc) {
-            fprintf(stderr, "flashdrift: %s needs a value\n", a);
-            return FD_EXIT_USAGE;
-        }
-        if (!strcmp(a, "--case")) id = argv[++i];
-        else if (!strcmp(a, "--backend")) o.backend = argv[++i];
-        else if (!strcmp(a, "--inject")) o.inject = argv[++i];
-        else if (!strcmp(a, "--out")) out = argv[++i];
-        else if (!strcmp(a, "--tensors")) tensors = argv[++i];
-        else if (!strcmp(a, "--output")) only = argv[++i];
-        else if (!strcmp(a, "--rows-per-head")) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 0 || v > (1L << 20)) {
-                fprintf(stderr, "flashdrift: --rows-per-head expects an integer >= 0 (0: every row)\n");
-                return FD_EXIT_USAGE;
-            }
+    enum { CASE = FD_OPT_CMD, BACKEND, INJECT, OUT, JOBS, TENSORS, OUTPUT, ROWS };
+    static const struct option lo[] = {{"case", required_argument, NULL, CASE},
+                                       {"backend", required_argument, NULL, BACKEND},
+                                       {"inject", required_argument, NULL, INJECT},
+                                       {"out", required_argument, NULL, OUT},
+                                       {"jobs", required_argument, NULL, JOBS},
+                                       {"tensors", required_argument, NULL, TENSORS},
+                                       {"output", required_argument, NULL, OUTPUT},
+                                       {"rows-per-head", required_argument, NULL, ROWS},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "explain", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        char *end = NULL;
+        long v = 0;
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case CASE: id = g.arg; break;
+        case BACKEND: o.backend = g.arg; break;
+        case INJECT: o.inject = g.arg; break;
+        case OUT: out = g.arg; break;
+        case TENSORS: tensors = g.arg; break;
+        case OUTPUT: only = g.arg; break;
+        case ROWS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 0 || v > (1L << 20))
+                return fd_usage_error("explain", "--rows-per-head expects an integer >= 0 (0: every row), got '%s'", g.arg);
             rows_per_head = (int)v;
-        }
-        else if (!strcmp(a, "--jobs")) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "flashdrift: --jobs expects an integer in [1, 1024]\n");
-                return FD_EXIT_USAGE;
-            }
+            break;
+        case JOBS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 1 || v > 1024)
+                return fd_usage_error("explain", "--jobs expects an integer in [1, 1024], got '%s'", g.arg);
             o.jobs = (int)v;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: explain: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (!file) file = a;
-        else {
-            fprintf(stderr, "flashdrift: explain: one case file or report expected\n");
-            return FD_EXIT_USAGE;
+            break;
+        case FD_OPT_POSITIONAL:
+            if (file) return fd_usage_error("explain", "one case file or report expected, got also %s", g.arg);
+            file = g.arg;
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (!file && !tensors) {
-        fprintf(stderr, "usage: flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
-                        "       flashdrift explain REPORT [--out DIR]\n"
-                        "       flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!file && !tensors) return fd_usage_error("explain", "a CASEFILE (with --case ID), a REPORT or --tensors BUNDLE is required");
     if (tensors) {
         char err[1024];
         if (file || o.inject) {
