@@ -230,7 +230,7 @@ int fd_cmd_baseline(int argc, char **argv)
                                        {"force", no_argument, NULL, FORCE},
                                        {NULL, 0, NULL, 0}};
     fd_getopt g;
-    if (fd_getopt_init(&g, "baseline update", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    if (fd_getopt_init(&g, "baseline", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
     for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
         switch (c) {
         case FD_OPT_HELP: return FD_EXIT_PASS;
@@ -243,7 +243,7 @@ int fd_cmd_baseline(int argc, char **argv)
                     return fd_usage_error("baseline", "unknown action '%s' (expected: update)", g.arg);
                 update = 1;
             } else if (input) {
-                return fd_usage_error("baseline update", "one report expected, got also %s", g.arg);
+                return fd_usage_error("baseline", "one report expected, got also %s", g.arg);
             } else {
                 input = g.arg;
             }
@@ -252,7 +252,7 @@ int fd_cmd_baseline(int argc, char **argv)
         }
     }
     if (!update) return fd_usage_error("baseline", "an action is required: update");
-    if (!input || !name) return fd_usage_error("baseline update", "REPORT and --name NAME are required");
+    if (!input || !name) return fd_usage_error("baseline", "REPORT and --name NAME are required");
     if (!valid_name(name)) {
         fprintf(stderr, "flashdrift: --name %s: expected letters, digits, '.', '_' or '-' (a file name)\n", name);
         return FD_EXIT_USAGE;
