@@ -22,8 +22,8 @@
 #define PROGRESS                                                                                        \
     "Progress goes to stderr: on a terminal a bar with elapsed time and an ETA weighted by\n"           \
     "case cost; elsewhere (CI logs) a line \"k/n cases, elapsed 1m23s, ETA 2m10s\" when a case\n"       \
-    "finishes, at most one every 10 s, and always the last. FAIL lines and diagnostics go to\n"        \
-    "stderr, results to stdout.\n"
+    "finishes, at most one every 10 s, and always the last. The run's FAIL lines and\n"              \
+    "diagnostics go to stderr too; results (the totals, gate's verdict lines) to stdout.\n"
 
 #define EXIT_RUN                                                                                        \
     "exit: 0 all pass, 1 a case failed, 2 usage or input error, 3 internal error, 130 interrupted\n"   \
@@ -156,7 +156,8 @@ void fd_usage(FILE *f)
         fprintf(f, "%-9s %s\n", usages[i].name, usages[i].summary);
     fprintf(f, "\n%s"
                "options: --opt VALUE or --opt=VALUE; options and arguments in any order; '--' ends\n"
-               "         the options. Progress, FAIL lines and diagnostics go to stderr.\n"
+               "         the options. Progress, a run's FAIL lines and diagnostics go to stderr;\n"
+               "         results (totals, gate's verdict lines, diff, explain) to stdout.\n"
                "exit: 0 all pass, 1 a case failed (gate: the policy failed; diff: a regression with\n"
                "      --fail-on-regression), 2 usage or input error, 3 internal error,\n"
                "      130 interrupted (SIGINT), 143 terminated (SIGTERM); finished cases are in\n"
