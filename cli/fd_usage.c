@@ -17,7 +17,7 @@
     "  --resume           continue an interrupted run from DIR/cases.partial.jsonl\n"                   \
     "  --explain MODE     attribute the error of the FAIL cases (fail, default), of every case\n"       \
     "                     (all) or of none (none), as `explain` does\n"                                 \
-    "  --quiet            no progress and no backends line\n"
+    "  --quiet            no progress, backends line or totals line\n"
 
 #define PROGRESS                                                                                        \
     "Progress goes to stderr: on a terminal a bar with elapsed time and an ETA weighted by\n"           \
