@@ -26,10 +26,10 @@ int fd_cmd_bench(int argc, char **argv)
 {
     const char *csv = NULL;
     int reps = 10, maxn = 16384;
-    enum { CSV = FD_OPT_CMD, REPEATS, MAXN };
-    static const struct option lo[] = {{"csv", required_argument, NULL, CSV},
-                                       {"repeats", required_argument, NULL, REPEATS},
-                                       {"max-n", required_argument, NULL, MAXN},
+    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN };
+    static const struct option lo[] = {{"csv", required_argument, NULL, OPT_CSV},
+                                       {"repeats", required_argument, NULL, OPT_REPEATS},
+                                       {"max-n", required_argument, NULL, OPT_MAXN},
                                        {NULL, 0, NULL, 0}};
     fd_getopt g;
     if (fd_getopt_init(&g, "bench", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
@@ -37,15 +37,15 @@ int fd_cmd_bench(int argc, char **argv)
         if (c == FD_OPT_HELP) return FD_EXIT_PASS;
         if (c == FD_OPT_ERROR) return FD_EXIT_USAGE;
         if (c == FD_OPT_POSITIONAL) return fd_usage_error("bench", "unexpected argument %s", g.arg);
-        if (c == CSV) {
+        if (c == OPT_CSV) {
             csv = g.arg;
             continue;
         }
         char *end;
         long v = strtol(g.arg, &end, 10);
         if (!*g.arg || *end || v < 1 || v > 1000000)
-            return fd_usage_error("bench", "--%s expects a positive integer, got '%s'", c == REPEATS ? "repeats" : "max-n", g.arg);
-        if (c == REPEATS) reps = (int)v;
+            return fd_usage_error("bench", "--%s expects a positive integer, got '%s'", c == OPT_REPEATS ? "repeats" : "max-n", g.arg);
+        if (c == OPT_REPEATS) reps = (int)v;
         else maxn = (int)v;
     }
 #ifndef FD_HAVE_CUDA

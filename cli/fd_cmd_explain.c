@@ -122,15 +122,15 @@ int fd_cmd_explain(int argc, char **argv)
     const char *file = NULL, *id = NULL, *out = NULL, *tensors = NULL, *only = NULL;
     int rows_per_head = 32;
     fd_explain_opts o = {"cpu-flash", NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
-    enum { CASE = FD_OPT_CMD, BACKEND, INJECT, OUT, JOBS, TENSORS, OUTPUT, ROWS };
-    static const struct option lo[] = {{"case", required_argument, NULL, CASE},
-                                       {"backend", required_argument, NULL, BACKEND},
-                                       {"inject", required_argument, NULL, INJECT},
-                                       {"out", required_argument, NULL, OUT},
-                                       {"jobs", required_argument, NULL, JOBS},
-                                       {"tensors", required_argument, NULL, TENSORS},
-                                       {"output", required_argument, NULL, OUTPUT},
-                                       {"rows-per-head", required_argument, NULL, ROWS},
+    enum { OPT_CASE = FD_OPT_CMD, OPT_BACKEND, OPT_INJECT, OPT_OUT, OPT_JOBS, OPT_TENSORS, OPT_OUTPUT, OPT_ROWS };
+    static const struct option lo[] = {{"case", required_argument, NULL, OPT_CASE},
+                                       {"backend", required_argument, NULL, OPT_BACKEND},
+                                       {"inject", required_argument, NULL, OPT_INJECT},
+                                       {"out", required_argument, NULL, OPT_OUT},
+                                       {"jobs", required_argument, NULL, OPT_JOBS},
+                                       {"tensors", required_argument, NULL, OPT_TENSORS},
+                                       {"output", required_argument, NULL, OPT_OUTPUT},
+                                       {"rows-per-head", required_argument, NULL, OPT_ROWS},
                                        {NULL, 0, NULL, 0}};
     fd_getopt g;
     if (fd_getopt_init(&g, "explain", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
@@ -139,19 +139,19 @@ int fd_cmd_explain(int argc, char **argv)
         long v = 0;
         switch (c) {
         case FD_OPT_HELP: return FD_EXIT_PASS;
-        case CASE: id = g.arg; break;
-        case BACKEND: o.backend = g.arg; break;
-        case INJECT: o.inject = g.arg; break;
-        case OUT: out = g.arg; break;
-        case TENSORS: tensors = g.arg; break;
-        case OUTPUT: only = g.arg; break;
-        case ROWS:
+        case OPT_CASE: id = g.arg; break;
+        case OPT_BACKEND: o.backend = g.arg; break;
+        case OPT_INJECT: o.inject = g.arg; break;
+        case OPT_OUT: out = g.arg; break;
+        case OPT_TENSORS: tensors = g.arg; break;
+        case OPT_OUTPUT: only = g.arg; break;
+        case OPT_ROWS:
             v = strtol(g.arg, &end, 10);
             if (!*g.arg || *end || v < 0 || v > (1L << 20))
                 return fd_usage_error("explain", "--rows-per-head expects an integer >= 0 (0: every row), got '%s'", g.arg);
             rows_per_head = (int)v;
             break;
-        case JOBS:
+        case OPT_JOBS:
             v = strtol(g.arg, &end, 10);
             if (!*g.arg || *end || v < 1 || v > 1024)
                 return fd_usage_error("explain", "--jobs expects an integer in [1, 1024], got '%s'", g.arg);

@@ -34,11 +34,11 @@ int fd_cmd_gate(int argc, char **argv)
     fd_run_opts o;
     fd_run_opts_default(&o);
     int run_opts_given = 0;
-    enum { POLICY = FD_OPT_CMD, BASELINE, JUNIT, MARKDOWN };
-    static const struct option lo[] = {{"policy", required_argument, NULL, POLICY},
-                                       {"baseline", required_argument, NULL, BASELINE},
-                                       {"junit", required_argument, NULL, JUNIT},
-                                       {"markdown", required_argument, NULL, MARKDOWN},
+    enum { OPT_POLICY = FD_OPT_CMD, OPT_BASELINE, OPT_JUNIT, OPT_MARKDOWN };
+    static const struct option lo[] = {{"policy", required_argument, NULL, OPT_POLICY},
+                                       {"baseline", required_argument, NULL, OPT_BASELINE},
+                                       {"junit", required_argument, NULL, OPT_JUNIT},
+                                       {"markdown", required_argument, NULL, OPT_MARKDOWN},
                                        {NULL, 0, NULL, 0}};
     fd_getopt go;
     if (fd_getopt_init(&go, "gate", argc, argv, fd_run_longopts, lo)) return FD_EXIT_USAGE;
@@ -46,10 +46,10 @@ int fd_cmd_gate(int argc, char **argv)
         switch (c) {
         case FD_OPT_HELP: return FD_EXIT_PASS;
         case FD_OPT_ERROR: return FD_EXIT_USAGE;
-        case POLICY: policy = go.arg; break;
-        case BASELINE: baseline = go.arg; break;
-        case JUNIT: junit = go.arg; break;
-        case MARKDOWN: md = go.arg; break;
+        case OPT_POLICY: policy = go.arg; break;
+        case OPT_BASELINE: baseline = go.arg; break;
+        case OPT_JUNIT: junit = go.arg; break;
+        case OPT_MARKDOWN: md = go.arg; break;
         case FD_OPT_POSITIONAL:
             if (input) return fd_usage_error("gate", "one case file or report expected, got also %s", go.arg);
             input = go.arg;
@@ -153,21 +153,21 @@ int fd_cmd_diff(int argc, char **argv)
 {
     const char *files[2] = {NULL, NULL}, *md = NULL, *js = NULL, *html = NULL;
     int nf = 0, fail_on_reg = 0;
-    enum { MARKDOWN = FD_OPT_CMD, JSON, HTML, FAIL_ON_REGRESSION };
-    static const struct option lo[] = {{"markdown", required_argument, NULL, MARKDOWN},
-                                       {"json", required_argument, NULL, JSON},
-                                       {"html", required_argument, NULL, HTML},
-                                       {"fail-on-regression", no_argument, NULL, FAIL_ON_REGRESSION},
+    enum { OPT_MARKDOWN = FD_OPT_CMD, OPT_JSON, OPT_HTML, OPT_FAIL_ON_REGRESSION };
+    static const struct option lo[] = {{"markdown", required_argument, NULL, OPT_MARKDOWN},
+                                       {"json", required_argument, NULL, OPT_JSON},
+                                       {"html", required_argument, NULL, OPT_HTML},
+                                       {"fail-on-regression", no_argument, NULL, OPT_FAIL_ON_REGRESSION},
                                        {NULL, 0, NULL, 0}};
     fd_getopt g;
     if (fd_getopt_init(&g, "diff", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
     for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
         switch (c) {
         case FD_OPT_HELP: return FD_EXIT_PASS;
-        case MARKDOWN: md = g.arg; break;
-        case JSON: js = g.arg; break;
-        case HTML: html = g.arg; break;
-        case FAIL_ON_REGRESSION: fail_on_reg = 1; break;
+        case OPT_MARKDOWN: md = g.arg; break;
+        case OPT_JSON: js = g.arg; break;
+        case OPT_HTML: html = g.arg; break;
+        case OPT_FAIL_ON_REGRESSION: fail_on_reg = 1; break;
         case FD_OPT_POSITIONAL:
             if (nf == 2) return fd_usage_error("diff", "two reports expected, got also %s", g.arg);
             files[nf++] = g.arg;
@@ -224,19 +224,19 @@ int fd_cmd_baseline(int argc, char **argv)
 {
     const char *input = NULL, *name = NULL, *dir = "reports/baselines";
     int force = 0, update = 0;
-    enum { NAME = FD_OPT_CMD, DIR, FORCE };
-    static const struct option lo[] = {{"name", required_argument, NULL, NAME},
-                                       {"dir", required_argument, NULL, DIR},
-                                       {"force", no_argument, NULL, FORCE},
+    enum { OPT_NAME = FD_OPT_CMD, OPT_DIR, OPT_FORCE };
+    static const struct option lo[] = {{"name", required_argument, NULL, OPT_NAME},
+                                       {"dir", required_argument, NULL, OPT_DIR},
+                                       {"force", no_argument, NULL, OPT_FORCE},
                                        {NULL, 0, NULL, 0}};
     fd_getopt g;
     if (fd_getopt_init(&g, "baseline", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
     for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
         switch (c) {
         case FD_OPT_HELP: return FD_EXIT_PASS;
-        case NAME: name = g.arg; break;
-        case DIR: dir = g.arg; break;
-        case FORCE: force = 1; break;
+        case OPT_NAME: name = g.arg; break;
+        case OPT_DIR: dir = g.arg; break;
+        case OPT_FORCE: force = 1; break;
         case FD_OPT_POSITIONAL:
             if (!update) {
                 if (strcmp(g.arg, "update"))
@@ -309,17 +309,17 @@ int fd_cmd_baseline(int argc, char **argv)
 int fd_cmd_html(int argc, char **argv)
 {
     const char *input = NULL, *out = NULL, *baseline = NULL;
-    enum { OUT = FD_OPT_CMD, BASELINE };
-    static const struct option lo[] = {{"out", required_argument, NULL, OUT},
-                                       {"baseline", required_argument, NULL, BASELINE},
+    enum { OPT_OUT = FD_OPT_CMD, OPT_BASELINE };
+    static const struct option lo[] = {{"out", required_argument, NULL, OPT_OUT},
+                                       {"baseline", required_argument, NULL, OPT_BASELINE},
                                        {NULL, 0, NULL, 0}};
     fd_getopt g;
     if (fd_getopt_init(&g, "html", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
     for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
         switch (c) {
         case FD_OPT_HELP: return FD_EXIT_PASS;
-        case OUT: out = g.arg; break;
-        case BASELINE: baseline = g.arg; break;
+        case OPT_OUT: out = g.arg; break;
+        case OPT_BASELINE: baseline = g.arg; break;
         case FD_OPT_POSITIONAL:
             if (input) return fd_usage_error("html", "one report expected, got also %s", g.arg);
             input = g.arg;
