@@ -3,7 +3,6 @@
  * --repeat, --explain): each bundle is a case whose inputs and outputs are given
  * (fd_import.h, docs/import.md). Every bundle is validated before anything runs or is
  * written, so bad input exits 2 with nothing written. */
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,28 +11,10 @@
 
 #include "fd_cmds.h"
 #include "fd_import.h"
+#include "fd_opt.h"
 #include "fd_report.h"
 #include "fd_run.h"
 #include "fd_runfile.h"
-
-static void check_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: flashdrift check --tensors PATH [--out DIR] [--jobs N] [--rows-per-head N] [--filter S]\n"
-            "                        [--resume] [--repeat N] [--explain fail|all|none] [--quiet]\n\n"
-            "Judges tensors dumped by another kernel (a directory with meta.json and .npy files, a\n"
-            ".safetensors file, or a directory of such bundles) with the same pipeline as `run`:\n"
-            "the MPFR reference on the bundle's exact inputs, every supplied output measured against\n"
-            "it; each flash output against a supplied standard output, or, when none is supplied,\n"
-            "against standard attention of the same dtype that flashdrift computes from the same\n"
-            "inputs (FlashAttention's rule); supplied dropout masks against FA2's regeneration. A\n"
-            "metric that was not supplied (no LSE, no mask) is not measured and never judged.\n"
-            "Writes DIR/report.json, DIR/summary.md and DIR/report.html (default DIR: out/check).\n"
-            "--rows-per-head: query rows checked per (batch, head), 0 = all (default 32). --resume,\n"
-            "--repeat, --explain and --filter work as for `run`. docs/import.md has the format.\n"
-            "exit: 0 all pass, 1 a case failed (or could not be judged), 2 usage or input error,\n"
-            "3 internal error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).\n");
-}
 
 /* summary.md gets the imported outputs against each other. */
 static int append_import_md(const json_t *report, const char *md, char *err, size_t errlen)
@@ -82,68 +63,34 @@ int fd_cmd_check(int argc, char **argv)
     fd_run_opts_default(&o);
     o.out = "out/check";
     o.backend = "import";
-    static const struct option longopts[] = {
-        {"tensors", required_argument, NULL, 't'}, {"out", required_argument, NULL, 'o'},
-        {"jobs", required_argument, NULL, 'j'},    {"rows-per-head", required_argument, NULL, 'r'},
-        {"filter", required_argument, NULL, 'f'},  {"repeat", required_argument, NULL, 'R'},
-        {"explain", required_argument, NULL, 'e'}, {"resume", no_argument, NULL, 'u'},
-        {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    optind = 0;
-    opterr = 0;
-    int ch;
-    while ((ch = getopt_long(argc + 1, argv - 1, ":ho:j:", longopts, NULL)) != -1) {
+    enum { OPT_TENSORS = FD_OPT_CMD, OPT_ROWS };
+    static const struct option lo[] = {{"tensors", required_argument, NULL, OPT_TENSORS},
+                                       {"rows-per-head", required_argument, NULL, OPT_ROWS},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "check", argc, argv, fd_run_longopts, lo)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
         char *end = NULL;
         long v;
-        switch (ch) {
-        case 'h':
-            check_usage(stdout);
-            return FD_EXIT_PASS;
-        case 't': tensors = optarg; break;
-        case 'o': o.out = optarg; break;
-        case 'f': o.filter = optarg; break;
-        case 'u': o.resume = 1; break;
-        case 'q': o.quiet = 1; break;
-        case 'j':
-        case 'r':
-        case 'R': {
-            const long lo = ch == 'r' ? 0 : 1, hi = ch == 'j' ? 1024 : ch == 'R' ? 64 : 1L << 20;
-            v = strtol(optarg, &end, 10);
-            if (!optarg[0] || *end || v < lo || v > hi) {
-                fprintf(stderr, "flashdrift check: --%s expects an integer in [%ld, %ld], got \"%s\"\n",
-                        ch == 'j' ? "jobs" : ch == 'R' ? "repeat" : "rows-per-head", lo, hi, optarg);
-                return FD_EXIT_USAGE;
-            }
-            if (ch == 'j') o.jobs = (int)v;
-            else if (ch == 'R') o.repeat = (int)v;
-            else rows = (int)v;
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case FD_OPT_ERROR: return FD_EXIT_USAGE;
+        case FD_OPT_POSITIONAL:
+            return fd_usage_error("check", "unexpected argument '%s' (the bundles go after --tensors)", g.arg);
+        case OPT_TENSORS: tensors = g.arg; break;
+        case OPT_ROWS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 0 || v > (1L << 20))
+                return fd_usage_error("check", "--rows-per-head expects an integer >= 0 (0: every row), got '%s'", g.arg);
+            rows = (int)v;
             break;
-        }
-        case 'e':
-            if (!strcmp(optarg, "fail")) o.explain = FD_EXPLAIN_FAIL;
-            else if (!strcmp(optarg, "all")) o.explain = FD_EXPLAIN_ALL;
-            else if (!strcmp(optarg, "none")) o.explain = FD_EXPLAIN_NONE;
-            else {
-                fprintf(stderr, "flashdrift check: --explain expects fail, all or none, got \"%s\"\n", optarg);
-                return FD_EXIT_USAGE;
-            }
-            break;
-        case ':':
-            fprintf(stderr, "flashdrift check: option %s needs a value (flashdrift check --help)\n", argv[optind - 2]);
-            return FD_EXIT_USAGE;
+        case FD_OPT_RUN_BACKEND:
+            return fd_usage_error("check", "--backend does not apply: check judges the outputs the bundles give");
         default:
-            fprintf(stderr, "flashdrift check: unrecognized option '%s' (flashdrift check --help)\n", argv[optind - 2]);
-            return FD_EXIT_USAGE;
+            if (fd_run_option("check", c, g.arg, &o)) return FD_EXIT_USAGE;
         }
     }
-    if (optind - 1 < argc) {
-        fprintf(stderr, "flashdrift check: unexpected argument %s (the bundles go after --tensors)\n", argv[optind - 1]);
-        return FD_EXIT_USAGE;
-    }
-    if (!tensors) {
-        fprintf(stderr, "flashdrift check: --tensors PATH is required (flashdrift check --help)\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!tensors) return fd_usage_error("check", "--tensors PATH is required");
     char err[2048];
     char **paths = NULL;
     int np = 0;

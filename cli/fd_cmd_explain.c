@@ -14,6 +14,7 @@
 #include "fd_cmds.h"
 #include "fd_explain.h"
 #include "fd_import.h"
+#include "fd_opt.h"
 #include "fd_report.h"
 
 /* Prints an explanation, adds it to the JSON and Markdown, frees it; returns rc worsened
@@ -125,52 +126,49 @@ int fd_cmd_explain(int argc, char **argv)
     int rows_per_head = 32;
     /* backend NULL: cpu-flash for generated cases, the first flash output of a bundle */
     fd_explain_opts o = {NULL, NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if ((!strcmp(a, "--case") || !strcmp(a, "--backend") || !strcmp(a, "--inject") ||
-             !strcmp(a, "--out") || !strcmp(a, "--jobs") || !strcmp(a, "--tensors") ||
-             !strcmp(a, "--output") || !strcmp(a, "--rows-per-head")) && i + 1 >= argc) {
-            fprintf(stderr, "flashdrift: %s needs a value\n", a);
-            return FD_EXIT_USAGE;
-        }
-        if (!strcmp(a, "--case")) id = argv[++i];
-        else if (!strcmp(a, "--backend")) o.backend = argv[++i];
-        else if (!strcmp(a, "--inject")) o.inject = argv[++i];
-        else if (!strcmp(a, "--out")) out = argv[++i];
-        else if (!strcmp(a, "--tensors")) tensors = argv[++i];
-        else if (!strcmp(a, "--output")) only = argv[++i];
-        else if (!strcmp(a, "--rows-per-head")) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 0 || v > (1L << 20)) {
-                fprintf(stderr, "flashdrift: --rows-per-head expects an integer >= 0 (0: every row)\n");
-                return FD_EXIT_USAGE;
-            }
+    enum { OPT_CASE = FD_OPT_CMD, OPT_BACKEND, OPT_INJECT, OPT_OUT, OPT_JOBS, OPT_TENSORS, OPT_OUTPUT, OPT_ROWS };
+    static const struct option lo[] = {{"case", required_argument, NULL, OPT_CASE},
+                                       {"backend", required_argument, NULL, OPT_BACKEND},
+                                       {"inject", required_argument, NULL, OPT_INJECT},
+                                       {"out", required_argument, NULL, OPT_OUT},
+                                       {"jobs", required_argument, NULL, OPT_JOBS},
+                                       {"tensors", required_argument, NULL, OPT_TENSORS},
+                                       {"output", required_argument, NULL, OPT_OUTPUT},
+                                       {"rows-per-head", required_argument, NULL, OPT_ROWS},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "explain", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        char *end = NULL;
+        long v = 0;
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_CASE: id = g.arg; break;
+        case OPT_BACKEND: o.backend = g.arg; break;
+        case OPT_INJECT: o.inject = g.arg; break;
+        case OPT_OUT: out = g.arg; break;
+        case OPT_TENSORS: tensors = g.arg; break;
+        case OPT_OUTPUT: only = g.arg; break;
+        case OPT_ROWS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 0 || v > (1L << 20))
+                return fd_usage_error("explain", "--rows-per-head expects an integer >= 0 (0: every row), got '%s'", g.arg);
             rows_per_head = (int)v;
-        }
-        else if (!strcmp(a, "--jobs")) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "flashdrift: --jobs expects an integer in [1, 1024]\n");
-                return FD_EXIT_USAGE;
-            }
+            break;
+        case OPT_JOBS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 1 || v > 1024)
+                return fd_usage_error("explain", "--jobs expects an integer in [1, 1024], got '%s'", g.arg);
             o.jobs = (int)v;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: explain: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (!file) file = a;
-        else {
-            fprintf(stderr, "flashdrift: explain: one case file or report expected\n");
-            return FD_EXIT_USAGE;
+            break;
+        case FD_OPT_POSITIONAL:
+            if (file) return fd_usage_error("explain", "one case file or report expected, got also %s", g.arg);
+            file = g.arg;
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (!file && !tensors) {
-        fprintf(stderr, "usage: flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
-                        "       flashdrift explain REPORT [--out DIR]\n"
-                        "       flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!file && !tensors) return fd_usage_error("explain", "a CASEFILE (with --case ID), a REPORT or --tensors BUNDLE is required");
     if (tensors) {
         char err[1024];
         if (file || o.inject) {

@@ -13,19 +13,10 @@
 #include "fd_gate.h"
 #include "fd_html.h"
 #include "fd_json.h"
+#include "fd_opt.h"
 #include "fd_report.h"
 #include "fd_report_read.h"
 #include "fd_runfile.h"
-
-/* An option's value, or NULL after printing the error. */
-static const char *value(int argc, char **argv, int *i)
-{
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "flashdrift: %s needs a value\n", argv[*i]);
-        return NULL;
-    }
-    return argv[++*i];
-}
 
 static int load_report(const char *path, json_t **r)
 {
@@ -43,38 +34,32 @@ int fd_cmd_gate(int argc, char **argv)
     fd_run_opts o;
     fd_run_opts_default(&o);
     int run_opts_given = 0;
-    for (int i = 0; i < argc; i++) {
-        const int i0 = i;
-        int r = fd_parse_run_option(argc, argv, &i, &o);
-        if (r < 0) return FD_EXIT_USAGE;
-        if (r == 0) {
-            run_opts_given |= strcmp(argv[i0], "--quiet") != 0;
-            continue;
-        }
-        const char *a = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(a, "--policy")) dst = &policy;
-        else if (!strcmp(a, "--baseline")) dst = &baseline;
-        else if (!strcmp(a, "--junit")) dst = &junit;
-        else if (!strcmp(a, "--markdown")) dst = &md;
-        if (dst) {
-            if (!(*dst = value(argc, argv, &i))) return FD_EXIT_USAGE;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: gate: unknown option %s\n", a);
-            fd_usage(stderr);
-            return FD_EXIT_USAGE;
-        } else if (!input) {
-            input = a;
-        } else {
-            fprintf(stderr, "flashdrift: gate: one case file or report expected, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    enum { OPT_POLICY = FD_OPT_CMD, OPT_BASELINE, OPT_JUNIT, OPT_MARKDOWN };
+    static const struct option lo[] = {{"policy", required_argument, NULL, OPT_POLICY},
+                                       {"baseline", required_argument, NULL, OPT_BASELINE},
+                                       {"junit", required_argument, NULL, OPT_JUNIT},
+                                       {"markdown", required_argument, NULL, OPT_MARKDOWN},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt go;
+    if (fd_getopt_init(&go, "gate", argc, argv, fd_run_longopts, lo)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&go)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case FD_OPT_ERROR: return FD_EXIT_USAGE;
+        case OPT_POLICY: policy = go.arg; break;
+        case OPT_BASELINE: baseline = go.arg; break;
+        case OPT_JUNIT: junit = go.arg; break;
+        case OPT_MARKDOWN: md = go.arg; break;
+        case FD_OPT_POSITIONAL:
+            if (input) return fd_usage_error("gate", "one case file or report expected, got also %s", go.arg);
+            input = go.arg;
+            break;
+        default:
+            if (fd_run_option("gate", c, go.arg, &o)) return FD_EXIT_USAGE;
+            run_opts_given |= c != FD_OPT_RUN_QUIET;
         }
     }
-    if (!input || !policy) {
-        fprintf(stderr, "flashdrift: gate needs CASEFILE|REPORT and --policy FILE\n");
-        fd_usage(stderr);
-        return FD_EXIT_USAGE;
-    }
+    if (!input || !policy) return fd_usage_error("gate", "CASEFILE|REPORT and --policy FILE are required");
     char err[1024];
     fd_gate_policy pol;
     if (fd_gate_policy_load(policy, &pol, err, sizeof err)) {
@@ -168,30 +153,29 @@ int fd_cmd_diff(int argc, char **argv)
 {
     const char *files[2] = {NULL, NULL}, *md = NULL, *js = NULL, *html = NULL;
     int nf = 0, fail_on_reg = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(a, "--markdown")) dst = &md;
-        else if (!strcmp(a, "--json")) dst = &js;
-        else if (!strcmp(a, "--html")) dst = &html;
-        if (dst) {
-            if (!(*dst = value(argc, argv, &i))) return FD_EXIT_USAGE;
-        } else if (!strcmp(a, "--fail-on-regression")) {
-            fail_on_reg = 1;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: diff: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (nf < 2) {
-            files[nf++] = a;
-        } else {
-            fprintf(stderr, "flashdrift: diff expects two reports, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    enum { OPT_MARKDOWN = FD_OPT_CMD, OPT_JSON, OPT_HTML, OPT_FAIL_ON_REGRESSION };
+    static const struct option lo[] = {{"markdown", required_argument, NULL, OPT_MARKDOWN},
+                                       {"json", required_argument, NULL, OPT_JSON},
+                                       {"html", required_argument, NULL, OPT_HTML},
+                                       {"fail-on-regression", no_argument, NULL, OPT_FAIL_ON_REGRESSION},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "diff", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_MARKDOWN: md = g.arg; break;
+        case OPT_JSON: js = g.arg; break;
+        case OPT_HTML: html = g.arg; break;
+        case OPT_FAIL_ON_REGRESSION: fail_on_reg = 1; break;
+        case FD_OPT_POSITIONAL:
+            if (nf == 2) return fd_usage_error("diff", "two reports expected, got also %s", g.arg);
+            files[nf++] = g.arg;
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (nf != 2) {
-        fprintf(stderr, "flashdrift: diff expects two reports: OLD NEW\n");
-        return FD_EXIT_USAGE;
-    }
+    if (nf != 2) return fd_usage_error("diff", "two reports expected: OLD NEW");
     json_t *old = NULL, *nw = NULL;
     if (load_report(files[0], &old)) return FD_EXIT_USAGE;
     if (load_report(files[1], &nw)) {
@@ -238,35 +222,37 @@ static int valid_name(const char *s)
 
 int fd_cmd_baseline(int argc, char **argv)
 {
-    if (argc < 1 || strcmp(argv[0], "update")) {
-        fprintf(stderr, "flashdrift: usage: flashdrift baseline update REPORT --name NAME [--force] [--dir DIR]\n");
-        return FD_EXIT_USAGE;
-    }
     const char *input = NULL, *name = NULL, *dir = "reports/baselines";
-    int force = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--name") || !strcmp(a, "--dir")) {
-            const char *v = value(argc, argv, &i);
-            if (!v) return FD_EXIT_USAGE;
-            if (a[2] == 'n') name = v;
-            else dir = v;
-        } else if (!strcmp(a, "--force")) {
-            force = 1;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: baseline update: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (!input) {
-            input = a;
-        } else {
-            fprintf(stderr, "flashdrift: baseline update: one report expected, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    int force = 0, update = 0;
+    enum { OPT_NAME = FD_OPT_CMD, OPT_DIR, OPT_FORCE };
+    static const struct option lo[] = {{"name", required_argument, NULL, OPT_NAME},
+                                       {"dir", required_argument, NULL, OPT_DIR},
+                                       {"force", no_argument, NULL, OPT_FORCE},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "baseline", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_NAME: name = g.arg; break;
+        case OPT_DIR: dir = g.arg; break;
+        case OPT_FORCE: force = 1; break;
+        case FD_OPT_POSITIONAL:
+            if (!update) {
+                if (strcmp(g.arg, "update"))
+                    return fd_usage_error("baseline", "unknown action '%s' (expected: update)", g.arg);
+                update = 1;
+            } else if (input) {
+                return fd_usage_error("baseline", "one report expected, got also %s", g.arg);
+            } else {
+                input = g.arg;
+            }
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (!input || !name) {
-        fprintf(stderr, "flashdrift: baseline update needs REPORT and --name NAME\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!update) return fd_usage_error("baseline", "an action is required: update");
+    if (!input || !name) return fd_usage_error("baseline", "REPORT and --name NAME are required");
     if (!valid_name(name)) {
         fprintf(stderr, "flashdrift: --name %s: expected letters, digits, '.', '_' or '-' (a file name)\n", name);
         return FD_EXIT_USAGE;
@@ -323,27 +309,25 @@ int fd_cmd_baseline(int argc, char **argv)
 int fd_cmd_html(int argc, char **argv)
 {
     const char *input = NULL, *out = NULL, *baseline = NULL;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--out") || !strcmp(a, "--baseline")) {
-            const char *v = value(argc, argv, &i);
-            if (!v) return FD_EXIT_USAGE;
-            if (a[2] == 'o') out = v;
-            else baseline = v;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: html: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (!input) {
-            input = a;
-        } else {
-            fprintf(stderr, "flashdrift: html: one report expected, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    enum { OPT_OUT = FD_OPT_CMD, OPT_BASELINE };
+    static const struct option lo[] = {{"out", required_argument, NULL, OPT_OUT},
+                                       {"baseline", required_argument, NULL, OPT_BASELINE},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "html", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_OUT: out = g.arg; break;
+        case OPT_BASELINE: baseline = g.arg; break;
+        case FD_OPT_POSITIONAL:
+            if (input) return fd_usage_error("html", "one report expected, got also %s", g.arg);
+            input = g.arg;
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (!input) {
-        fprintf(stderr, "flashdrift: html needs a REPORT\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!input) return fd_usage_error("html", "a REPORT (or an explain.json) is required");
     char def[4200], err[1024];
     if (!out) {
         /* report.json -> report.html beside it */

@@ -3,7 +3,6 @@
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,63 +14,12 @@
 #include "fd_explain.h"
 #include "fd_html.h"
 #include "fd_json.h"
+#include "fd_opt.h"
+#include "fd_progress.h"
 #include "fd_report.h"
 #include "fd_run.h"
 #include "fd_runfile.h"
-
-void fd_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: flashdrift run CASEFILE [--backend auto|cpu|cuda|NAME[,NAME...]] [--out DIR]\n"
-            "                       [--jobs N] [--filter SUBSTRING] [--repeat N] [--resume] [--quiet]\n"
-            "                       [--explain fail|all|none]\n"
-            "       flashdrift gate CASEFILE|REPORT --policy FILE [--baseline FILE] [--junit FILE]\n"
-            "                       [--markdown FILE] [--out DIR] [--backend B] [--jobs N] [--repeat N]\n"
-            "                       [--filter SUBSTRING] [--resume] [--quiet] [--explain fail|all|none]\n"
-            "       flashdrift diff OLD NEW [--markdown FILE] [--json FILE] [--html FILE] [--fail-on-regression]\n"
-            "       flashdrift baseline update REPORT --name NAME [--force] [--dir DIR]\n"
-            "       flashdrift html REPORT|EXPLAIN_JSON [--baseline FILE] [--out FILE]\n"
-            "       flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
-            "       flashdrift explain REPORT [--out DIR]\n"
-            "       flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n"
-            "       flashdrift check --tensors PATH [--out DIR] [--jobs N] [--rows-per-head N] [--quiet]\n"
-            "       flashdrift bench [--csv FILE] [--repeats N] [--max-n N]\n"
-            "       flashdrift list CASEFILE\n"
-            "       flashdrift --help | --version\n\n"
-            "run       runs every case of CASEFILE through the backends and the MPFR reference and\n"
-            "          writes DIR/report.json (canonical), DIR/summary.md and DIR/report.html\n"
-            "          (default DIR: out). --repeat N runs each case's backends N times and fails a\n"
-            "          case whose outputs are not bitwise identical; --resume continues an\n"
-            "          interrupted run from DIR/cases.partial.jsonl. --explain attributes the error\n"
-            "          of the FAIL cases (default 'fail'), of every case ('all') or of none, as\n"
-            "          `explain` does, into each case's \"explain\" object and summary.md.\n"
-            "gate      applies a tolerance policy (docs/gate.md) to a report, or to the report of a\n"
-            "          run of CASEFILE; prints one line per failing case; JUnit XML and Markdown.\n"
-            "diff      compares two reports case by case (metrics moved, new failures, fixed\n"
-            "          cases, cases on one side only, bitwise-identical outputs).\n"
-            "baseline  stores REPORT as DIR/NAME.json (default DIR: reports/baselines); refuses to\n"
-            "          overwrite without --force.\n"
-            "html      renders a report (and a baseline comparison), or an explain.json, as one\n"
-            "          self-contained HTML file with gnuplot plots.\n"
-            "explain   why a case's output differs from the exact result: error budget by stage,\n"
-            "          accumulation orders, conditioning, bug hypotheses (docs/attribution.md).\n"
-            "check     verifies tensors dumped by another kernel (PyTorch SDPA, ...) against the\n"
-            "          reference: a bundle of .npy files or one .safetensors (docs/import.md).\n"
-            "bench     forward throughput of cuda-flash and cuda-standard (docs/benchmarks.md).\n"
-            "list      prints the expanded cases, one id per line.\n\n"
-            "backends: cpu-flash, cpu-standard, cpu-splitkv (the CPU replay; 'cpu' runs the first\n"
-            "          two); cuda-flash, cuda-standard, cuda-splitkv ('cuda' runs all three) where\n"
-            "          built with CUDA; 'auto' picks 'cuda' when a GPU is present, else 'cpu'.\n"
-            "exit: 0 all pass, 1 a case failed (gate: the policy failed; diff: a regression with\n"
-            "      --fail-on-regression), 2 usage or input error, 3 internal error,\n"
-            "      130 interrupted (finished cases are in DIR/report.partial.json).\n");
-}
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    fd_interrupted = 1;
-}
+#include "fd_signal.h"
 
 int fd_mkdir_p(const char *path, char *err, size_t errlen)
 {
@@ -107,26 +55,21 @@ int fd_mkdir_p(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-static void progress(int done, int total, const char *id)
-{
-    const int w = 30;
-    int fill = total ? done * w / total : w;
-    fprintf(stderr, "\r[");
-    for (int i = 0; i < w; i++) fputc(i < fill ? '=' : ' ', stderr);
-    fprintf(stderr, "] %d/%d %-60.60s", done, total, id);
-    if (done == total) fputc('\n', stderr);
-    fflush(stderr);
-}
-
 int fd_cmd_list(int argc, char **argv)
 {
     char err[1024];
     fd_casefile cf;
-    if (argc < 1) {
-        fd_usage(stderr);
-        return FD_EXIT_USAGE;
+    const char *casefile = NULL;
+    fd_getopt g;
+    if (fd_getopt_init(&g, "list", argc, argv, NULL, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        if (c == FD_OPT_HELP) return FD_EXIT_PASS;
+        if (c != FD_OPT_POSITIONAL) return FD_EXIT_USAGE;
+        if (casefile) return fd_usage_error("list", "one case file expected, got also %s", g.arg);
+        casefile = g.arg;
     }
-    if (fd_casefile_load(argv[0], &cf, err, sizeof err)) {
+    if (!casefile) return fd_usage_error("list", "a CASEFILE is required");
+    if (fd_casefile_load(casefile, &cf, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }
@@ -325,6 +268,25 @@ static int explain_into(const fd_casefile *cf, const fd_case *c, const fd_backen
     return 1;
 }
 
+/* One stderr line: the backends that run, and why when --backend auto chose them. */
+static void say_backends(const char *spec, const char *names)
+{
+    fprintf(stderr, "backends: ");
+    for (const char *s = names; *s; s++) {
+        if (*s == ',') fputs(", ", stderr);
+        else fputc(*s, stderr);
+    }
+    if (!strcmp(spec, "auto")) {
+#ifdef FD_HAVE_CUDA
+        const char *why = fd_gpu_present() ? "GPU present" : "no GPU, CPU replay";
+#else
+        const char *why = "built without CUDA, CPU replay";
+#endif
+        fprintf(stderr, " (auto: %s)", why);
+    }
+    fputc('\n', stderr);
+}
+
 int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report_out,
                     fd_run_outcome *out, char *err, size_t errlen)
 {
@@ -394,15 +356,18 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         out->status = FD_EXIT_USAGE;
         goto fail;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    fd_signals_catch();
+    if (!o->quiet) say_backends(o->backend, names);
 
-    const int bar = !o->quiet && isatty(2);
     out->status = FD_EXIT_PASS;
-    for (int i = 0; i < cf->ncases; i++) out->total += !o->filter || strstr(cf->cases[i].id, o->filter);
+    double cost = 0.0;
+    for (int i = 0; i < cf->ncases; i++)
+        if (!o->filter || strstr(cf->cases[i].id, o->filter)) {
+            out->total++;
+            if (!done[i]) cost += fd_progress_cost(cf, &cf->cases[i]);
+        }
+    fd_progress pg;
+    fd_progress_begin(&pg, !o->quiet, out->total, cost);
     for (int i = 0; i < cf->ncases && !fd_interrupted; i++) {
         const fd_case *c = &cf->cases[i];
         if (o->filter && !strstr(c->id, o->filter)) continue;
@@ -412,31 +377,33 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             out->nresumed++;
             /* kept without the explanation this run asks for: explain it now, journal it again
              * (a later line of the same case replaces the earlier one) */
+            if (wants_explain(o, cj)) fd_progress_clear(&pg); /* its warning must not land in the bar */
             if (explain_into(cf, c, bes, nbe, o, cj)) write_line(journal, cj);
             const char *v = json_string_value(json_object_get(cj, "verdict"));
             if (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED")) {
                 out->nfail++;
-                fprintf(stderr, "%s%s %s: %s\n", bar ? "\n" : "", v, c->id,
-                        json_string_value(json_object_get(cj, "reasons")));
+                fd_progress_clear(&pg);
+                fprintf(stderr, "%s %s: %s\n", v, c->id, json_string_value(json_object_get(cj, "reasons")));
                 const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
                 if (why) fprintf(stderr, "    explain: %s\n", why);
             }
         } else {
-            if (bar) progress(out->nrun, out->total, c->id);
+            fd_progress_start(&pg, c->id);
             fd_case_result res;
             if (fd_run_case(cf, c, bes, nbe, NULL, o->jobs, o->repeat, &res, err, errlen)) {
                 if (fd_interrupted) break;
-                if (bar) fputc('\n', stderr);
                 out->status = FD_EXIT_INTERNAL;
                 break;
             }
             cj = fd_report_case_json(&res);
+            if (wants_explain(o, cj)) fd_progress_clear(&pg);
             explain_into(cf, c, bes, nbe, o, cj);
             if (!header_written) header_written = !write_line(journal, header);
             write_line(journal, cj);
             if (res.verdict == FD_FAIL || res.verdict == FD_UNJUDGED) {
                 out->nfail++;
-                fprintf(stderr, "%s%s %s: %s\n", bar ? "\n" : "", fd_verdict_name(res.verdict), c->id, res.reasons);
+                fd_progress_clear(&pg);
+                fprintf(stderr, "%s %s: %s\n", fd_verdict_name(res.verdict), c->id, res.reasons);
                 const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
                 if (why) fprintf(stderr, "    explain: %s\n", why);
             }
@@ -444,8 +411,9 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         }
         fd_report_add_case(report, cj);
         out->nrun++;
+        fd_progress_done(&pg, done[i] ? 0.0 : fd_progress_cost(cf, c), !done[i]);
     }
-    if (bar) progress(out->nrun, out->total, "");
+    fd_progress_end(&pg);
     fclose(journal);
     if (fd_interrupted) out->status = FD_EXIT_INTERRUPTED;
     fd_report_finish(report, out->status == FD_EXIT_PASS);
@@ -494,53 +462,52 @@ static void write_partial(const json_t *report, const char *out, const fd_run_ou
                 oc->status == FD_EXIT_INTERRUPTED ? "interrupted" : "stopped", oc->nrun, oc->total, path);
 }
 
-/* Shared by run and gate: parses the run options; returns -1 (and prints) on a usage
- * error, 0 when argv[i] was consumed (i advanced), 1 when it is not a run option. */
-int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o)
+const struct option fd_run_longopts[] = {
+    {"out", required_argument, NULL, FD_OPT_RUN_OUT},
+    {"backend", required_argument, NULL, FD_OPT_RUN_BACKEND},
+    {"filter", required_argument, NULL, FD_OPT_RUN_FILTER},
+    {"jobs", required_argument, NULL, FD_OPT_RUN_JOBS},
+    {"repeat", required_argument, NULL, FD_OPT_RUN_REPEAT},
+    {"quiet", no_argument, NULL, FD_OPT_RUN_QUIET},
+    {"resume", no_argument, NULL, FD_OPT_RUN_RESUME},
+    {"explain", required_argument, NULL, FD_OPT_RUN_EXPLAIN},
+    {NULL, 0, NULL, 0},
+};
+
+int fd_run_option(const char *cmd, int opt, const char *arg, fd_run_opts *o)
 {
-    const char *a = argv[*i];
-    const char **dst = NULL;
-    if (!strcmp(a, "--out")) dst = &o->out;
-    else if (!strcmp(a, "--backend")) dst = &o->backend;
-    else if (!strcmp(a, "--filter")) dst = &o->filter;
-    if (dst) {
-        if (*i + 1 >= argc) {
-            fprintf(stderr, "flashdrift: %s needs a value\n", a);
-            return -1;
-        }
-        *dst = argv[++*i];
-        return 0;
-    }
-    if (!strcmp(a, "--jobs") || !strcmp(a, "--repeat")) {
-        const int jobs = !strcmp(a, "--jobs");
+    switch (opt) {
+    case FD_OPT_RUN_OUT: o->out = arg; return 0;
+    case FD_OPT_RUN_BACKEND: o->backend = arg; return 0;
+    case FD_OPT_RUN_FILTER: o->filter = arg; return 0;
+    case FD_OPT_RUN_QUIET: o->quiet = 1; return 0;
+    case FD_OPT_RUN_RESUME: o->resume = 1; return 0;
+    case FD_OPT_RUN_JOBS:
+    case FD_OPT_RUN_REPEAT: {
+        const int jobs = opt == FD_OPT_RUN_JOBS;
         const long hi = jobs ? 1024 : 64;
         char *end = NULL;
-        long v = *i + 1 < argc ? strtol(argv[*i + 1], &end, 10) : 0;
-        if (*i + 1 >= argc || *end || v < 1 || v > hi) {
-            fprintf(stderr, "flashdrift: %s expects an integer in [1, %ld]\n", a, hi);
+        long v = strtol(arg, &end, 10);
+        if (!*arg || *end || v < 1 || v > hi) {
+            fd_usage_error(cmd, "--%s expects an integer in [1, %ld], got '%s'", jobs ? "jobs" : "repeat", hi, arg);
             return -1;
         }
         if (jobs) o->jobs = (int)v;
         else o->repeat = (int)v;
-        ++*i;
         return 0;
     }
-    if (!strcmp(a, "--explain")) {
-        const char *v = *i + 1 < argc ? argv[*i + 1] : "";
-        if (!strcmp(v, "fail")) o->explain = FD_EXPLAIN_FAIL;
-        else if (!strcmp(v, "all")) o->explain = FD_EXPLAIN_ALL;
-        else if (!strcmp(v, "none")) o->explain = FD_EXPLAIN_NONE;
+    case FD_OPT_RUN_EXPLAIN:
+        if (!strcmp(arg, "fail")) o->explain = FD_EXPLAIN_FAIL;
+        else if (!strcmp(arg, "all")) o->explain = FD_EXPLAIN_ALL;
+        else if (!strcmp(arg, "none")) o->explain = FD_EXPLAIN_NONE;
         else {
-            fprintf(stderr, "flashdrift: --explain expects fail, all or none%s%s\n", *v ? ", got " : "", v);
+            fd_usage_error(cmd, "--explain expects fail, all or none, got '%s'", arg);
             return -1;
         }
-        ++*i;
         return 0;
+    default:
+        return 1;
     }
-    if (!strcmp(a, "--quiet")) o->quiet = 1;
-    else if (!strcmp(a, "--resume")) o->resume = 1;
-    else return 1;
-    return 0;
 }
 
 void fd_run_opts_default(fd_run_opts *o)
@@ -602,26 +569,19 @@ int fd_cmd_run(int argc, char **argv)
     const char *casefile = NULL;
     fd_run_opts o;
     fd_run_opts_default(&o);
-    for (int i = 0; i < argc; i++) {
-        int r = fd_parse_run_option(argc, argv, &i, &o);
-        if (r < 0) return FD_EXIT_USAGE;
-        if (r == 0) continue;
-        const char *a = argv[i];
-        if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: unknown option %s\n", a);
-            fd_usage(stderr);
-            return FD_EXIT_USAGE;
-        } else if (!casefile) {
-            casefile = a;
-        } else {
-            fprintf(stderr, "flashdrift: one case file expected, got also %s\n", a);
+    fd_getopt g;
+    if (fd_getopt_init(&g, "run", argc, argv, fd_run_longopts, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        if (c == FD_OPT_HELP) return FD_EXIT_PASS;
+        if (c == FD_OPT_ERROR) return FD_EXIT_USAGE;
+        if (c == FD_OPT_POSITIONAL) {
+            if (casefile) return fd_usage_error("run", "one case file expected, got also %s", g.arg);
+            casefile = g.arg;
+        } else if (fd_run_option("run", c, g.arg, &o)) {
             return FD_EXIT_USAGE;
         }
     }
-    if (!casefile) {
-        fd_usage(stderr);
-        return FD_EXIT_USAGE;
-    }
+    if (!casefile) return fd_usage_error("run", "a CASEFILE is required");
     json_t *report = NULL;
     int rc = fd_run_and_write(casefile, &o, &report);
     if (report && !o.quiet) {
