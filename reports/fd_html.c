@@ -57,6 +57,13 @@ static void dat_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* A number for the gnuplot program: finite, else gnuplot reads "inf" or "nan" as an
+ * undefined variable and the page is lost (ranges computed from a crafted report). */
+static double gp_num(double v)
+{
+    return isnan(v) ? 0.0 : v > 1e300 ? 1e300 : v < -1e300 ? -1e300 : v;
+}
+
 /* The verdict as a span (or td) whose class is the verdict only when it is one of ours. */
 static void verdict_el(FILE *f, const char *tag, const char *v)
 {
@@ -313,6 +320,8 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
             json_array_foreach(stages, j, st)
                 if (!strcmp(str(st, "stage"), names[q])) v = fd_json_number(json_object_get(st, "share"));
             if (!(v > 0) || isinf(v)) v = 0; /* negative or not a number: clipped */
+            if (v > 1e6) v = 1e6; /* shares add up to 1; 1e308s (a crafted file) overflow the stack
+                                     in gnuplot and lose the page (the table has the value) */
             stack += v;
             fprintf(d, " %.17g", v);
         }
@@ -321,6 +330,7 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
         json_array_foreach(stages, j, st)
             if (!strcmp(str(st, "stage"), "interaction")) inter = fd_json_number(json_object_get(st, "share"));
         if (isnan(inter) || isinf(inter)) inter = 0;
+        inter = inter > 1e6 ? 1e6 : inter < -1e6 ? -1e6 : inter;
         fprintf(d, " %.17g\n", inter);
         if (stack > ymax) ymax = stack;
         if (inter > ymax) ymax = inter;
@@ -339,7 +349,7 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
                 "set yrange [%.17g:%.17g]\nset xtics %s\nset arrow 1 from graph 0, first 1 to graph 1, first 1 "
                 "nohead dt 2 lc rgb '#777777'\nset arrow 2 from graph 0, first 0 to graph 1, first 0 nohead lc rgb "
                 "'#333333'\n",
-            ymin - 0.05, ymax * 1.05 + 0.02, rot ? "rotate by 90 right font 'sans,9'" : "norotate font 'sans,9'");
+            gp_num(ymin - 0.05), gp_num(ymax * 1.05 + 0.02), rot ? "rotate by 90 right font 'sans,9'" : "norotate font 'sans,9'");
     if (!bylabel) fprintf(gp, "set xlabel 'explained case (#k as in the list below)'\n");
     else if (*common) fprintf(gp, "set xlabel 'explained case (the part all ids share is under the plot)'\n");
     fprintf(gp, "plot ");
@@ -509,8 +519,9 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
         int cnt[24] = {0};
         qsort(ss[k].y, (size_t)ss[k].n, sizeof(double), cmp_dbl);
         for (int p = 0; p < ss[k].n; p++) {
-            int bi = (int)(ss[k].y[p] / w);
-            cnt[bi >= nb ? nb - 1 : bi]++;
+            /* in double: a negative or huge value of a crafted report stays in the bins */
+            const double q = ss[k].y[p] / w;
+            cnt[q < 1 ? 0 : q >= nb ? nb - 1 : (int)q]++;
         }
         dat_str(d, ss[k].name);
         fputs(" \"cases\"\n", d);
@@ -524,7 +535,7 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
         fprintf(gp, "set grid\nset key outside right top\nset title 'p99 ulp error per case (histogram)'\n"
                     "set xlabel '99th percentile of |out - ref| / ulp(ref), output dtype'\nset ylabel 'cases'\n"
                     "set boxwidth %.17g absolute\nset style fill transparent solid 0.45 border\nset yrange [0:*]\nplot ",
-                w * 0.9);
+                gp_num(w * 0.9));
         for (int k = 0; k < ns; k++)
             fprintf(gp, "%s'ulp.dat' index %d using 1:2 with boxes title columnheader(1)", k ? ", " : "", k);
         fprintf(gp, "\n");
@@ -556,7 +567,7 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
                     "plot 'keep.dat' using 1:2:3 with yerrorbars pt 7 ps 0.8 title 'measured (per case)', "
                     "thr(x) with lines lw 2 title 'byte threshold: (floor((1-p)*255)+1)/256', "
                     "0 with lines lw 2 dt 2 title 'nominal 1 - p'\n",
-                pmax * 1.25 + 0.02);
+                gp_num(pmax * 1.25 + 0.02));
     }
     /* 4. baseline vs current */
     have[3] = 0;

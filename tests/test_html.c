@@ -331,3 +331,38 @@ Test(html_baseline, report_with_explanations_renders_both_plots)
         cr_assert(strstr(page, "explained cases: b1h1-q64-*-d32-fp16-none-p0-normal-s5"), "%s: caption", pages[k]);
     }
 }
+
+/* Numbers of a crafted report: a negative p99 ulp indexed the histogram's bins out of
+ * bounds (SIGSEGV), and huge shares or a huge dropout p reached the program as "inf" or
+ * overflowed gnuplot's stack (gnuplot failed, exit 3, nothing written). */
+Test(html_numbers, crafted_values_render)
+{
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) cr_skip_test("gnuplot not installed (gnuplot-nox)");
+    char dir[64], rp[160], hp[160];
+    tu_dir(dir, sizeof dir);
+    snprintf(rp, sizeof rp, "%s/report.json", dir);
+    snprintf(hp, sizeof hp, "%s/report.html", dir);
+    json_t *r = tu_report();
+    for (int k = 0; k < 3; k++) {
+        char id[64];
+        snprintf(id, sizeof id, "case-%d", k);
+        json_t *c = tu_case(r, id, "fp16", tu_backend(1e-3, 1e-4, k ? -1e9 : -1e300, "00000000000000d1"), NULL);
+        json_t *ex = explanation(id, "cpu-flash", "QK^T accumulation", "PV accumulation");
+        json_t *st;
+        size_t j;
+        json_array_foreach(json_object_get(ex, "stages"), j, st) json_object_set_new(st, "share", json_real(1e308));
+        json_object_set_new(c, "explain", ex);
+        json_object_set_new(c, "dropout", json_real(1e308));
+        json_object_set_new(c, "dropout_stats", json_pack("{s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "keep_rate", 1e308,
+                                                          "keep_nominal", 0.5, "keep_threshold", 0.5, "z_threshold",
+                                                          0.0, "z_nominal", 0.0, "kept", 10, "total", 20));
+    }
+    tu_save(r, rp);
+    json_decref(r);
+    char *a[] = {FD_BINARY, "html", rp, "--out", hp, NULL};
+    const int rc = tu_run(a);
+    cr_assert_eq(rc, 0, "exit %d (139: SIGSEGV): %s", rc, g_err);
+    char *page = tu_slurp(hp);
+    cr_assert(page && strstr(page, "<img alt=\"Histogram of the p99 ulp error") &&
+              strstr(page, "<img alt=\"Error budget of the explained cases"), "plots missing");
+}
