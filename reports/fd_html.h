@@ -2,9 +2,11 @@
  * details and plots made by gnuplot (error vs sequence length per dtype and backend, a
  * histogram of p99 ulp errors, the dropout keep rate against 1 - p and the byte
  * threshold's probability, and with a baseline: baseline vs current and a diff table).
- * gnuplot runs as a subprocess on data files written to a temporary directory; its SVG
- * output is embedded as base64 data URIs. The gnuplot binary is $FD_GNUPLOT or
- * "gnuplot" on PATH. */
+ * gnuplot runs as a subprocess (no shell) on data files written to a temporary directory;
+ * its SVG output is embedded as base64 data URIs. The gnuplot binary is $FD_GNUPLOT or
+ * "gnuplot" on PATH. Reports are data: the gnuplot program is fixed text, every string
+ * from the input reaches gnuplot only as a data-file field (never evaluated), and is
+ * HTML-escaped in the page (docs/gate.md, "Reports are data"). */
 #ifndef FD_HTML_H
 #define FD_HTML_H
 #include <jansson.h>
