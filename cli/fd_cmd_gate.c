@@ -193,6 +193,12 @@ int fd_cmd_gate(int argc, char **argv)
             return FD_EXIT_USAGE;
         }
     }
+    if (!json_array_size(json_object_get(report, "cases"))) { /* gating nothing is not a pass */
+        fprintf(stderr, "flashdrift: %s: no case matches: the report has no case\n", input);
+        json_decref(report);
+        json_decref(base);
+        return FD_EXIT_USAGE;
+    }
     if (!allow_missing_backend && fd_gate_check_backends(&pol, report, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s; --allow-missing-backend gates the others\n", err);
         json_decref(report);

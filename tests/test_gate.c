@@ -575,6 +575,13 @@ Test(gate, no_case_matches_is_an_error)
     cr_assert_eq(tu_run(b), 2, "%s%s", g_out, g_err);
     cr_assert(strstr(g_err, "no case matches"), "%s", g_err);
     cr_assert(access(in(out, "report.json"), F_OK) != 0, "no report for nothing");
+    /* a report without cases */
+    json_t *r = tu_report();
+    tu_save(r, in(dir, "empty.json"));
+    char *c[] = {FD_BINARY, "gate", (char *)in(dir, "empty.json"), "--policy", pp, NULL};
+    cr_assert_eq(tu_run(c), 2, "%s%s", g_out, g_err);
+    cr_assert(strstr(g_err, "no case matches"), "%s", g_err);
+    json_decref(r);
 }
 
 /* --junit / --markdown paths that cannot be written are refused before the run starts. */
