@@ -28,14 +28,55 @@ static int load_report(const char *path, json_t **r)
     return 0;
 }
 
+/* An output file of the gate (--junit, --markdown), checked before any work: not a
+ * directory, its folder exists (made here when missing) and can be written into. */
+static int check_out_file(const char *opt, const char *path)
+{
+    struct stat st;
+    if (!*path || (!stat(path, &st) && S_ISDIR(st.st_mode))) {
+        fprintf(stderr, "flashdrift: %s %s: is a directory (expected a file name)\n", opt, path);
+        return -1;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    for (char *p = dir + 1; ; p++) {
+        const int end = !*p;
+        if (*p && *p != '/') continue;
+        *p = 0;
+        if (mkdir(dir, 0755) && errno != EEXIST) {
+            fprintf(stderr, "flashdrift: %s %s: cannot create the folder %s: %s\n", opt, path, dir, strerror(errno));
+            return -1;
+        }
+        if (end) break;
+        *p = '/';
+    }
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "flashdrift: %s %s: %s is not a directory\n", opt, path, dir);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK)) {
+        fprintf(stderr, "flashdrift: %s %s: cannot write into %s: %s\n", opt, path, dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int fd_cmd_gate(int argc, char **argv)
 {
     const char *input = NULL, *policy = NULL, *baseline = NULL, *junit = NULL, *md = NULL;
     fd_run_opts o;
     fd_run_opts_default(&o);
-    int run_opts_given = 0;
-    enum { OPT_POLICY = FD_OPT_CMD, OPT_BASELINE, OPT_JUNIT, OPT_MARKDOWN };
+    int run_opts_given = 0, allow_partial = 0, no_baseline = 0, allow_missing_backend = 0;
+    enum { OPT_POLICY = FD_OPT_CMD, OPT_BASELINE, OPT_JUNIT, OPT_MARKDOWN, OPT_ALLOW_PARTIAL, OPT_NO_BASELINE,
+           OPT_ALLOW_MISSING };
     static const struct option lo[] = {{"policy", required_argument, NULL, OPT_POLICY},
+                                       {"allow-partial", no_argument, NULL, OPT_ALLOW_PARTIAL},
+                                       {"no-baseline", no_argument, NULL, OPT_NO_BASELINE},
+                                       {"allow-missing-backend", no_argument, NULL, OPT_ALLOW_MISSING},
                                        {"baseline", required_argument, NULL, OPT_BASELINE},
                                        {"junit", required_argument, NULL, OPT_JUNIT},
                                        {"markdown", required_argument, NULL, OPT_MARKDOWN},
@@ -50,6 +91,9 @@ int fd_cmd_gate(int argc, char **argv)
         case OPT_BASELINE: baseline = go.arg; break;
         case OPT_JUNIT: junit = go.arg; break;
         case OPT_MARKDOWN: md = go.arg; break;
+        case OPT_ALLOW_PARTIAL: allow_partial = 1; break;
+        case OPT_NO_BASELINE: no_baseline = 1; break;
+        case OPT_ALLOW_MISSING: allow_missing_backend = 1; break;
         case FD_OPT_POSITIONAL:
             if (input) return fd_usage_error("gate", "one case file or report expected, got also %s", go.arg);
             input = go.arg;
@@ -67,6 +111,17 @@ int fd_cmd_gate(int argc, char **argv)
         return FD_EXIT_USAGE;
     }
     json_t *base = NULL, *report = NULL;
+    if (baseline && no_baseline) {
+        fprintf(stderr, "flashdrift: gate: --baseline and --no-baseline exclude each other\n");
+        return FD_EXIT_USAGE;
+    }
+    if (pol.base_on && !baseline && !no_baseline) {
+        fprintf(stderr, "flashdrift: %s has a baseline rule: give --baseline FILE, or --no-baseline to gate without it\n",
+                policy);
+        return FD_EXIT_USAGE;
+    }
+    if ((junit && check_out_file("--junit", junit)) || (md && check_out_file("--markdown", md)))
+        return FD_EXIT_USAGE;
     if (baseline) {
         if (!pol.base_on) {
             fprintf(stderr, "flashdrift: %s: --baseline given but the policy has no \"baseline\" rule (docs/gate.md)\n", policy);
@@ -86,6 +141,11 @@ int fd_cmd_gate(int argc, char **argv)
     int rc = FD_EXIT_PASS;
     if (is_casefile) {
         json_decref(probe);
+        if (fd_mkdir_p(o.out, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            json_decref(base);
+            return FD_EXIT_USAGE;
+        }
         rc = fd_run_and_write(input, &o, &report);
         if (!report) {
             json_decref(base);
@@ -110,9 +170,26 @@ int fd_cmd_gate(int argc, char **argv)
             return FD_EXIT_USAGE;
         }
         report = probe;
-        if (!json_is_true(json_object_get(report, "complete")))
-            fprintf(stderr, "flashdrift: warning: %s is an incomplete run (%zu cases)\n", input,
+        if (!json_is_true(json_object_get(report, "complete")) && !allow_partial) {
+            fprintf(stderr, "flashdrift: %s is a partial report (an interrupted run, %zu cases): the gate refuses it; "
+                            "resume the run, or --allow-partial to gate the finished cases\n", input,
                     json_array_size(json_object_get(report, "cases")));
+            json_decref(report);
+            json_decref(base);
+            return FD_EXIT_USAGE;
+        }
+    }
+    if (!json_array_size(json_object_get(report, "cases"))) { /* gating nothing is not a pass */
+        fprintf(stderr, "flashdrift: %s: no case matches: the report has no case\n", input);
+        json_decref(report);
+        json_decref(base);
+        return FD_EXIT_USAGE;
+    }
+    if (!allow_missing_backend && fd_gate_check_backends(&pol, report, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s; --allow-missing-backend gates the others\n", err);
+        json_decref(report);
+        json_decref(base);
+        return FD_EXIT_USAGE;
     }
     fd_gate_result g;
     if (fd_gate_eval(&pol, report, base, &g, err, sizeof err)) {
@@ -127,7 +204,9 @@ int fd_cmd_gate(int argc, char **argv)
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    fd_gate_print(&g, stdout);
+    g.partial = !json_is_true(json_object_get(report, "complete"));
+    g.baseline_skipped = pol.base_on && !baseline;
+    fd_gate_print(&g, stderr);
     if (junit && fd_gate_junit(&g, &pol, junit, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         rc = FD_EXIT_USAGE;
@@ -138,9 +217,12 @@ int fd_cmd_gate(int argc, char **argv)
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    printf("gate %s: %d cases: %d PASS, %d MARGINAL, %d FAIL, %d UNDECIDED (policy %s%s%s)\n",
-           g.failed ? "FAIL" : "PASS", g.ncases, g.npass, g.nmarginal, g.nfail, g.nundecided, policy,
-           baseline ? ", baseline " : "", baseline ? baseline : "");
+    char totals[256];
+    fd_gate_totals(&g, totals, sizeof totals);
+    printf("gate %s: %s (policy %s%s%s%s%s)\n", g.failed ? "FAIL" : "PASS", totals, policy,
+           baseline ? ", baseline " : "", baseline ? baseline : "",
+           g.baseline_skipped ? ", baseline rule not checked: --no-baseline" : "",
+           g.partial ? ", partial report: --allow-partial" : "");
     rc = g.failed ? FD_EXIT_GATE : FD_EXIT_PASS;
 out:
     fd_gate_result_free(&g);

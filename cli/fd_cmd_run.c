@@ -292,6 +292,14 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
 {
     memset(out, 0, sizeof *out);
     *report_out = NULL;
+    int nmatch = 0;
+    for (int i = 0; i < cf->ncases; i++) nmatch += !o->filter || strstr(cf->cases[i].id, o->filter);
+    if (!nmatch) { /* running nothing is not a pass */
+        snprintf(err, errlen, "%s: no case matches%s%s (%d cases in the file)", cf->path, o->filter ? " --filter " : "",
+                 o->filter ? o->filter : "", cf->ncases);
+        out->status = FD_EXIT_USAGE;
+        return -1;
+    }
     const fd_backend *bes[FD_MAX_BACKENDS];
     int nbe = fd_backends_select(o->backend, bes, err, errlen);
     if (nbe < 0) {
@@ -441,6 +449,8 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
     snprintf(path, sizeof path, "%s/summary.md", dir);
     if (fd_render_summary_md(report, path, err, errlen)) return -1;
     snprintf(path, sizeof path, "%s/cases.partial.jsonl", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/report.partial.json", dir); /* an earlier interrupted run's */
     unlink(path);
     /* The HTML report is a convenience: never fail a run for it. */
     char herr[1024];

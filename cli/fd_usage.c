@@ -46,7 +46,8 @@ static const struct {
     {"gate",
      "flashdrift gate CASEFILE|REPORT --policy FILE [--baseline FILE] [--junit FILE]\n"
      "                      [--markdown FILE] [--out DIR] [--backend B] [--jobs N] [--repeat N]\n"
-     "                      [--filter SUBSTRING] [--resume] [--quiet] [--explain fail|all|none]\n",
+     "                      [--filter SUBSTRING] [--resume] [--quiet] [--explain fail|all|none]\n"
+     "                      [--no-baseline] [--allow-partial] [--allow-missing-backend]\n",
      "applies a tolerance policy (docs/gate.md) to a report or to a run of CASEFILE",
      "Prints one line per failing case; writes JUnit XML and Markdown when asked. The run\n"
      "options need a CASEFILE (a report is gated as it is).\n\n"
@@ -54,7 +55,10 @@ static const struct {
      "  --policy FILE      the tolerance policy (required; docs/gate.md)\n"
      "  --baseline FILE    a stored report the policy's \"baseline\" rule compares with\n"
      "  --junit FILE       JUnit XML of the verdicts\n"
-     "  --markdown FILE    Markdown summary (for a CI job summary)\n" RUN_OPTIONS "\n" PROGRESS
+     "  --markdown FILE    Markdown summary (for a CI job summary)\n"
+     "  --no-baseline      gate without the policy's baseline rule (said in every output)\n"
+     "  --allow-partial    gate the finished cases of a partial report (said in every output)\n"
+     "  --allow-missing-backend  a backend the policy names may be absent from the report\n" RUN_OPTIONS "\n" PROGRESS
      "exit: 0 the policy passes, 1 it fails, 2 usage or input error, 3 internal error,\n"
      "      130 interrupted (SIGINT), 143 terminated (SIGTERM).\n"},
     {"diff",

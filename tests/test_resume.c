@@ -323,7 +323,7 @@ Test(explain_run, default_explains_the_failing_cases_only)
     cr_assert(nfail >= 1 && nother >= 1, "%d FAIL, %d others: the policy must split the cases", nfail, nother);
     json_decref(r);
     /* gate with a case file shares the run loop */
-    char *g[] = {FD_BINARY, "gate", cf, "--policy", FD_SOURCE_DIR "/cases/policy-ci.json", "--out", gout,
+    char *g[] = {FD_BINARY, "gate", cf, "--policy", FD_SOURCE_DIR "/cases/policy-ci.json", "--no-baseline", "--out", gout,
                  "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
     tu_run(g);
     snprintf(rp, sizeof rp, "%s/report.json", gout);
