@@ -257,6 +257,16 @@ Test(catalogue, check_and_explain_agree, .timeout = 900)
         const int fail = !strcmp(v, "FAIL");
         cr_expect_eq(crc, fail ? 1 : 0, "%s: check alone exits %d (verdict %s): %s", id, crc, v, g_err);
         cr_expect_eq(erc, crc, "%s: explain exits %d, check %d", id, erc, crc);
+        /* gate, with each shipped policy, on check's report: the same answer */
+        char rj[360];
+        snprintf(rj, sizeof rj, "%s.one/report.json", eo);
+        static const char *const policies[] = {FD_SOURCE_DIR "/cases/policy-ci.json",
+                                               FD_SOURCE_DIR "/cases/policy-strict.json"};
+        for (int pi = 0; pi < 2; pi++) {
+            int grc = run_fd("gate", rj, "--policy", policies[pi], "--no-baseline", NULL);
+            cr_expect_eq(grc, crc, "%s: gate with %s exits %d, check %d: %s%s", id, policies[pi], grc, crc, g_out,
+                         g_err);
+        }
         char ep[340];
         snprintf(ep, sizeof ep, "%s/explain.json", eo);
         json_t *ej = json_load_file(ep, 0, &je);
