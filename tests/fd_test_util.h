@@ -13,6 +13,23 @@
 
 static char g_err[16384], g_out[65536];
 
+/* The roots a test reads files from: the source tree (cases/, scripts/) and tests/data. */
+typedef enum { TU_SOURCE, TU_DATA } tu_root;
+
+/* ROOT/rel. The root is $FD_SOURCE_DIR or $FD_TEST_DATA when set, so that a test binary
+ * built in one checkout runs in another (the GPU machine), else the path compiled in.
+ * Returns one of 8 rotating buffers: enough for the paths of one argv. */
+static inline char *tu_path(tu_root root, const char *rel)
+{
+    static char buf[8][4096];
+    static unsigned k;
+    const char *dir = getenv(root == TU_DATA ? "FD_TEST_DATA" : "FD_SOURCE_DIR");
+    if (!dir || !*dir) dir = root == TU_DATA ? FD_TEST_DATA : FD_SOURCE_DIR;
+    char *p = buf[k++ % 8];
+    snprintf(p, sizeof buf[0], "%s/%s", dir, rel);
+    return p;
+}
+
 /* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status. */
 static inline int tu_run(char *const argv[])
 {

@@ -6,13 +6,14 @@
 
 #include "fd_case.h"
 #include "fd_explain.h"
+#include "fd_test_util.h"
 
 static fd_casefile g_cf;
 
 static void load(void)
 {
     char err[1024];
-    cr_assert(fd_casefile_load(FD_SOURCE_DIR "/cases/smoke.json", &g_cf, err, sizeof err) == 0, "%s", err);
+    cr_assert(fd_casefile_load(tu_path(TU_SOURCE, "cases/smoke.json"), &g_cf, err, sizeof err) == 0, "%s", err);
 }
 
 static const fd_case *find(const char *id)

@@ -39,8 +39,8 @@ Test(policy, parses_every_field)
     parse_policy("{\"schema\": \"flashdrift-policy/1\"}", &q, 1, err, sizeof err);
     cr_assert(q.limit[0][FD_GM_MAX_ABS] < 0 && q.fa_ratio <= 0 && !q.base_on, "an empty policy gates nothing but errors");
     char e2[1024];
-    cr_assert_eq(fd_gate_policy_load(FD_SOURCE_DIR "/cases/policy-ci.json", &q, e2, sizeof e2), 0, "%s", e2);
-    cr_assert_eq(fd_gate_policy_load(FD_SOURCE_DIR "/cases/policy-strict.json", &q, e2, sizeof e2), 0, "%s", e2);
+    cr_assert_eq(fd_gate_policy_load(tu_path(TU_SOURCE, "cases/policy-ci.json"), &q, e2, sizeof e2), 0, "%s", e2);
+    cr_assert_eq(fd_gate_policy_load(tu_path(TU_SOURCE, "cases/policy-strict.json"), &q, e2, sizeof e2), 0, "%s", e2);
 }
 
 Test(policy, errors_name_file_path_and_expectation)
@@ -190,7 +190,7 @@ Test(gate, cli_exit_codes_lines_junit_and_markdown)
     cr_assert_eq(tu_run(a), 1, "a failing case fails the gate: %s%s", g_out, g_err);
     cr_assert(strstr(g_out, "FAIL bad-case: cpu-flash max_abs 0.005 > 0.004 (fp16 limit)"), "one line naming metric, value, limit: %s", g_out);
     cr_assert(!strstr(g_out, "FAIL good"), "%s", g_out);
-    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s/junit.xsd %s 2>&1", FD_TEST_DATA, jp);
+    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s %s 2>&1", tu_path(TU_DATA, "junit.xsd"), jp);
     cr_assert_eq(system(cmd), 0, "junit.xml must validate against tests/data/junit.xsd (xmllint from libxml2-utils)");
     char *x = tu_slurp(jp);
     cr_assert(strstr(x, "name=\"good-&lt;&amp;&quot;&apos;&gt;-case\""), "ids are XML-escaped");

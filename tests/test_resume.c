@@ -210,7 +210,7 @@ Test(html, written_with_plots_or_skipped_without_gnuplot)
     cr_assert(strstr(h, "data:image/svg+xml;base64,") && strstr(h, "Dropout keep rate"), "plots are inline data URIs");
     cr_assert(!strstr(h, "http://") && !strstr(h, "https://"), "self-contained: no network references");
     if (system("command -v chromium >/dev/null 2>&1") != 0) cr_skip_test("chromium not installed: screenshot check skipped");
-    snprintf(cmd, sizeof cmd, "%s/scripts/check-html %s %s/shot.png >/dev/null 2>&1", FD_SOURCE_DIR, hp, dir);
+    snprintf(cmd, sizeof cmd, "%s %s %s/shot.png >/dev/null 2>&1", tu_path(TU_SOURCE, "scripts/check-html"), hp, dir);
     cr_assert_eq(system(cmd), 0, "scripts/check-html: the rendered report is blank");
 }
 
@@ -323,7 +323,7 @@ Test(explain_run, default_explains_the_failing_cases_only)
     cr_assert(nfail >= 1 && nother >= 1, "%d FAIL, %d others: the policy must split the cases", nfail, nother);
     json_decref(r);
     /* gate with a case file shares the run loop */
-    char *g[] = {FD_BINARY, "gate", cf, "--policy", FD_SOURCE_DIR "/cases/policy-ci.json", "--out", gout,
+    char *g[] = {FD_BINARY, "gate", cf, "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"), "--out", gout,
                  "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
     tu_run(g);
     snprintf(rp, sizeof rp, "%s/report.json", gout);
