@@ -416,7 +416,7 @@ Test(explain_run, html_has_the_budget_plot_for_a_report_and_an_explain_json)
     cr_assert(h && strstr(h, "<img alt=\"Error budget of the explained cases"), "the budget plot is embedded");
     cr_assert(strstr(h, "<h2>Explanations</h2>") && strstr(h, "rounding of P to the dtype"), "the details block");
     char *e[] = {FD_BINARY, "explain", cf, "--case", "b1h2k1-q24k40-d16-bf16-none-p0-normal-s3", "--inject",
-                 "layout_bhsd", "--out", out, "--jobs", "2", NULL};
+                 "layout_bhsd_as_bshd", "--out", out, "--jobs", "2", NULL};
     cr_assert_eq(tu_run(e), 1, "a gross error: %s", g_err);
     char *hh[] = {FD_BINARY, "html", ej, NULL};
     cr_assert_eq(tu_run(hh), 0, "%s", g_err);
