@@ -156,8 +156,8 @@ Test(explain, given_tensors_from_a_bundle, .init = load)
         size_t d = f % D, s = (f / D) % S, h = (f / (D * S)) % H, b = f / (D * S * H);
         io->o[f] = o[fd_q_index(p, (int)b, (int)s, (int)h, (int)d)];
     }
-    char path[] = "/tmp/fd_explain_bundle_XXXXXX";
-    cr_assert(mkdtemp(path));
+    char path[64];
+    tu_dir(path, sizeof path);
     char file[128];
     snprintf(file, sizeof file, "%s/scrambled.safetensors", path);
     cr_assert(fd_bundle_write(&w, file, 1, 0, err, sizeof err) == 0, "%s", err);

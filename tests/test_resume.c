@@ -24,27 +24,11 @@ static int journal_lines(const char *path)
     return n;
 }
 
-static json_t *load(const char *path)
-{
-    json_error_t je;
-    json_t *r = json_load_file(path, 0, &je);
-    cr_assert(r, "%s: %s", path, je.text);
-    return r;
-}
-
 /* Starts argv (a run of the 24-case file), waits for the journal's header and at least two
  * finished cases, then kills it with SIGKILL (no handler runs). Returns the finished cases. */
 static int run_and_kill(char *const argv[], const char *jp)
 {
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
+    pid_t pid = tu_spawn(argv, NULL, NULL);
     for (int t = 0; t < 20000 && journal_lines(jp) < 3; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
@@ -81,7 +65,7 @@ Test(resume, sigkill_then_resume_finishes_with_the_same_results)
     cr_assert(stat(jp, &sb) != 0, "the journal is removed after a complete run");
     char *c[] = {FD_BINARY, "run", cf, "--out", ref, "--backend", "cpu", "--jobs", "2", NULL};
     cr_assert_eq(tu_run(c), 0, "%s", g_err);
-    json_t *r1 = load(rp), *r2 = load(rr);
+    json_t *r1 = tu_load_json(rp), *r2 = tu_load_json(rr);
     cr_assert(json_is_true(json_object_get(r1, "complete")));
     json_t *c1 = json_object_get(r1, "cases"), *c2 = json_object_get(r2, "cases");
     cr_assert_eq(json_array_size(c1), 24);
@@ -128,15 +112,7 @@ Test(resume, refuses_a_journal_of_another_case_file)
     /* a real journal of a.json (killed run), resumed with b.json: refused */
     unlink(jp);
     char *k[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--quiet", NULL};
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        execv(k[0], k);
-        _exit(127);
-    }
+    pid_t pid = tu_spawn(k, NULL, NULL);
     for (int t = 0; t < 20000 && journal_lines(jp) < 2; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
@@ -168,7 +144,7 @@ Test(resume, repeat_records_identical_hashes)
     tu_write(cf, cases24);
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--repeat", "3", "--filter", "-q64k64-", NULL};
     cr_assert_eq(tu_run(a), 0, "%s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     size_t i;
     json_t *c;
     json_array_foreach(json_object_get(r, "cases"), i, c) {
@@ -258,7 +234,7 @@ Test(explain_run, all_cases_explained_shares_add_up_and_summary_has_them)
     tu_write(cf, cases_ex);
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
     cr_assert_eq(tu_run(a), 0, "%s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     cr_assert_eq(json_array_size(json_object_get(r, "cases")), 8);
     size_t i;
     json_t *c;
@@ -278,7 +254,7 @@ Test(explain_run, all_cases_explained_shares_add_up_and_summary_has_them)
     /* --explain none: no explanation anywhere */
     char *b[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--explain", "none", "--quiet", NULL};
     cr_assert_eq(tu_run(b), 0, "%s", g_err);
-    r = load(rp);
+    r = tu_load_json(rp);
     json_array_foreach(json_object_get(r, "cases"), i, c) cr_assert(!json_object_get(c, "explain"));
     json_decref(r);
     cr_assert(!strstr(tu_slurp(sp), "## Explanations"));
@@ -306,7 +282,7 @@ Test(explain_run, default_explains_the_failing_cases_only)
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", NULL};
     cr_assert_eq(tu_run(a), 1, "cases fail the case file's policy: %s", g_err);
     cr_assert(strstr(g_err, "    explain: "), "the FAIL line is followed by its explanation: %s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     int nfail = 0, nother = 0;
     size_t i;
     json_t *c;
@@ -327,7 +303,7 @@ Test(explain_run, default_explains_the_failing_cases_only)
                  "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
     tu_run(g);
     snprintf(rp, sizeof rp, "%s/report.json", gout);
-    r = load(rp);
+    r = tu_load_json(rp);
     json_array_foreach(json_object_get(r, "cases"), i, c) check_explain(c);
     json_decref(r);
 }
@@ -376,7 +352,7 @@ Test(explain_run, resume_keeps_explanations_and_adds_missing_ones)
     /* resumed with --explain none: the kept cases keep their explanations, new ones get none */
     char *b[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--resume", "--explain", "none", "--quiet", NULL};
     cr_assert_eq(tu_run(b), 0, "%s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     int kept = 0, bare = 0;
     size_t i;
     json_t *c;
@@ -393,7 +369,7 @@ Test(explain_run, resume_keeps_explanations_and_adds_missing_ones)
     /* resumed with --explain all from a journal without them: every case is explained */
     char *d[] = {FD_BINARY, "run", cf, "--out", out2, "--backend", "cpu", "--jobs", "2", "--resume", "--explain", "all", "--quiet", NULL};
     cr_assert_eq(tu_run(d), 0, "%s", g_err);
-    r = load(rp2);
+    r = tu_load_json(rp2);
     cr_assert_eq(json_array_size(json_object_get(r, "cases")), 24);
     json_array_foreach(json_object_get(r, "cases"), i, c) check_explain(c);
     json_decref(r);
