@@ -195,6 +195,17 @@ int fd_cmd_explain(int argc, char **argv)
     if (o.inject) {
         int ok = 0;
         for (const char *const *b = fd_explain_bugs; *b; b++) ok |= !strcmp(*b, o.inject);
+        const char *br = fd_explain_bug_renamed(o.inject, FD_MASK_CAUSAL_BR);
+        const char *tl = fd_explain_bug_renamed(o.inject, FD_MASK_CAUSAL_TL);
+        if (br) {
+            ok = 1;
+            if (strcmp(br, tl))
+                fprintf(stderr, "flashdrift: note: --inject %s is now %s (causal_br cases) or %s (causal_tl cases); "
+                                "the old name goes in the next release\n", o.inject, br, tl);
+            else
+                fprintf(stderr, "flashdrift: note: --inject %s is now %s; the old name goes in the next release\n",
+                        o.inject, br);
+        }
         if (!ok) {
             fprintf(stderr, "flashdrift: --inject: unknown bug \"%s\" (expected one of:", o.inject);
             for (const char *const *b = fd_explain_bugs; *b; b++) fprintf(stderr, " %s", *b);

@@ -279,7 +279,7 @@ int fd_cmd_diff(int argc, char **argv)
         goto out;
     }
     if (html) {
-        int h = fd_render_html(nw, old, html, err, sizeof err);
+        int h = fd_render_html(nw, files[1], old, files[0], html, err, sizeof err);
         if (h) {
             fprintf(stderr, "flashdrift: %s\n", err);
             rc = h > 0 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
@@ -447,7 +447,7 @@ int fd_cmd_html(int argc, char **argv)
         json_decref(r);
         return FD_EXIT_USAGE;
     }
-    int h = fd_render_html(r, b, out, err, sizeof err);
+    int h = fd_render_html(r, input, b, baseline, out, err, sizeof err);
     json_decref(r);
     json_decref(b);
     if (h) {

@@ -455,7 +455,7 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
     /* The HTML report is a convenience: never fail a run for it. */
     char herr[1024];
     snprintf(path, sizeof path, "%s/report.html", dir);
-    int h = fd_render_html(report, NULL, path, herr, sizeof herr);
+    int h = fd_render_html(report, NULL, NULL, NULL, path, herr, sizeof herr);
     if (h && !quiet) fprintf(stderr, "flashdrift: warning: %s; report.html not written\n", herr);
     return 0;
 }

@@ -12,9 +12,19 @@
 #include "fd_inputs.h"
 #include "fd_metrics.h"
 
-const char *const fd_explain_bugs[] = {"layout_bhsd", "scale_missing", "scale_doubled",
-                                       "causal_swap", "mask_missing", "dropout_seed",
-                                       "dropout_scale_missing", "softmax_wrong_axis", NULL};
+const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "scale_doubled",
+                                       "causal_top_left", "causal_bottom_right", "mask_missing",
+                                       "dropout_seed_plus_one", "dropout_scale_missing",
+                                       "softmax_wrong_axis", NULL};
+
+const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask)
+{
+    if (!strcmp(name, "layout_bhsd")) return "layout_bhsd_as_bshd";
+    if (!strcmp(name, "dropout_seed")) return "dropout_seed_plus_one";
+    /* causal_swap swapped the alignment: the bug is named by the one it produced */
+    if (!strcmp(name, "causal_swap")) return mask == FD_MASK_CAUSAL_TL ? "causal_bottom_right" : "causal_top_left";
+    return NULL;
+}
 
 typedef struct {
     const fd_problem *p;
@@ -111,7 +121,7 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
     fd_case c = *x->c;
     fd_problem *p = &c.prob;
     if (!inject) return run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
-    if (!strcmp(inject, "layout_bhsd")) {
+    if (!strcmp(inject, "layout_bhsd_as_bshd")) {
         size_t n = fd_q_numel(p);
         float *full = malloc(n * sizeof(float));
         float *fl = malloc(fd_lse_numel(p) * sizeof(float));
@@ -143,10 +153,10 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
     int post_scale = 0;
     if (!strcmp(inject, "scale_missing")) p->softmax_scale = 1.0f;
     else if (!strcmp(inject, "scale_doubled")) p->softmax_scale = p->softmax_scale * p->softmax_scale;
-    else if (!strcmp(inject, "causal_swap"))
-        p->mask = p->mask == FD_MASK_CAUSAL_TL ? FD_MASK_CAUSAL_BR : FD_MASK_CAUSAL_TL;
+    else if (!strcmp(inject, "causal_top_left")) p->mask = FD_MASK_CAUSAL_TL;
+    else if (!strcmp(inject, "causal_bottom_right")) p->mask = FD_MASK_CAUSAL_BR;
     else if (!strcmp(inject, "mask_missing")) p->mask = FD_MASK_NONE;
-    else if (!strcmp(inject, "dropout_seed")) p->seed += 1;
+    else if (!strcmp(inject, "dropout_seed_plus_one")) p->seed += 1;
     else if (!strcmp(inject, "dropout_scale_missing")) post_scale = 1;
     else {
         snprintf(err, errlen, "--inject: unknown bug \"%s\"", inject);
@@ -253,7 +263,10 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     snprintf(ex->case_id, sizeof ex->case_id, "%s", src->id);
     snprintf(ex->backend, sizeof ex->backend, "%s",
              src->kernel_o ? (src->kernel_name ? src->kernel_name : "imported") : o->backend ? o->backend : "cpu-flash");
-    snprintf(ex->inject, sizeof ex->inject, "%s", o->inject ? o->inject : "");
+    /* an old bug name runs, and is recorded, as the bug it names now */
+    const char *inject = o->inject && fd_explain_bug_renamed(o->inject, p->mask)
+                             ? fd_explain_bug_renamed(o->inject, p->mask) : o->inject;
+    snprintf(ex->inject, sizeof ex->inject, "%s", inject ? inject : "");
     ex->dtype = p->dtype;
     ex->best = -1;
     const fd_backend *be = NULL;
@@ -303,7 +316,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     const float *klse = lf;
     if (c) {
         fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
-        if (kernel_output(&kx, o->inject, qd, kd, vd, of, lf, err, errlen)) goto out;
+        if (kernel_output(&kx, inject, qd, kd, vd, of, lf, err, errlen)) goto out;
     } else {
         memcpy(of, src->kernel_o, nq * sizeof(float));
         klse = src->kernel_lse;

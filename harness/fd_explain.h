@@ -90,8 +90,14 @@ typedef struct fd_explanation {
     char summary[512];
 } fd_explanation;
 
-/* Names of the bugs --inject accepts (NULL-terminated). */
+/* Names of the bugs --inject accepts (NULL-terminated). Each is the name of the bug
+ * hypothesis that names it: `--inject causal_top_left` on a causal_br case with
+ * seqlen_q != seqlen_k is explained by hypothesis causal_top_left (a test holds this). */
 extern const char *const fd_explain_bugs[];
+/* The name a bug had in 0.1.0 (layout_bhsd, causal_swap, dropout_seed) -> its name now,
+ * on a case with mask `mask` (causal_swap named the other alignment); NULL for any other
+ * name. The old names are accepted until the next release (docs/attribution.md). */
+const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask);
 
 /* Explains backend o->backend on case c (an imported case, c->bundle: the bundle's output
  * named o->backend, NULL: its first flash output, judged beside its standard outputs). */

@@ -669,7 +669,53 @@ static int plot_then_open(const char *dir, const char *path, FILE **f, char **bu
     return 0;
 }
 
-int fd_render_html(const json_t *report, const json_t *baseline, const char *path, char *err, size_t errlen)
+/* Which two reports the baseline section compares and what differs between the runs
+ * (flash_config, policy, case file, machine, GPU, version, commit): HTML only, escaped;
+ * none of it reaches the gnuplot program. */
+static void runs_table(FILE *f, const json_t *dj)
+{
+    fprintf(f, "<table><tr><th></th><th>report</th><th>flashdrift</th><th>commit</th><th>host</th><th>GPU</th>"
+               "<th>created</th></tr>\n");
+    for (int k = 0; k < 2; k++) {
+        const json_t *sd = json_object_get(dj, k ? "new" : "old"), *gpu = json_object_get(sd, "gpu");
+        const char *const cells[] = {str(sd, "path"), str(sd, "version"), str(sd, "git_commit"),
+                                     str(sd, "hostname"), json_is_string(gpu) ? json_string_value(gpu) : "none",
+                                     str(sd, "created")};
+        fprintf(f, "<tr><td>%s</td>", k ? "new" : "old");
+        for (int i = 0; i < 6; i++) {
+            fprintf(f, "<td>");
+            html_esc(f, cells[i]);
+            fprintf(f, "</td>");
+        }
+        fprintf(f, "</tr>\n");
+    }
+    fprintf(f, "</table>\n");
+    const json_t *ch = json_object_get(dj, "changes");
+    if (!json_array_size(ch)) {
+        fprintf(f, "<p>Same %s in both runs.</p>\n", fd_diff_settings);
+        return;
+    }
+    fprintf(f, "<p>Changed between the runs:</p>\n<table class=\"changes\"><tr><th>setting</th><th>old</th>"
+               "<th>new</th></tr>\n");
+    size_t i;
+    json_t *c;
+    json_array_foreach(ch, i, c) {
+        char a[512], b[512];
+        fd_diff_value_str(c, "old", a, sizeof a);
+        fd_diff_value_str(c, "new", b, sizeof b);
+        fprintf(f, "<tr><td>");
+        html_esc(f, str(c, "what"));
+        fprintf(f, "</td><td>");
+        html_esc(f, a);
+        fprintf(f, "</td><td>");
+        html_esc(f, b);
+        fprintf(f, "</td></tr>\n");
+    }
+    fprintf(f, "</table>\n");
+}
+
+int fd_render_html(const json_t *report, const char *report_name, const json_t *baseline, const char *baseline_name,
+                   const char *path, char *err, size_t errlen)
 {
     const char *tmpd = getenv("TMPDIR");
     char dir[4200];
@@ -733,9 +779,12 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
     fprintf(f, "</div>\n");
     cleanup(dir);
     if (baseline) {
-        json_t *dj = fd_diff_reports(baseline, "baseline", report, "current");
+        json_t *dj = fd_diff_reports(baseline, baseline_name ? baseline_name : "baseline", report,
+                                     report_name ? report_name : "current");
         if (dj) {
-            fprintf(f, "<h2>Against the baseline</h2>\n<p>");
+            fprintf(f, "<h2>Against the baseline</h2>\n");
+            runs_table(f, dj);
+            fprintf(f, "<p>");
             const char *key;
             json_t *v;
             json_object_foreach(json_object_get(dj, "summary"), key, v)

@@ -260,10 +260,9 @@ Test(catalogue, check_and_explain_agree, .timeout = 900)
         /* gate, with each shipped policy, on check's report: the same answer */
         char rj[360];
         snprintf(rj, sizeof rj, "%s.one/report.json", eo);
-        static const char *const policies[] = {FD_SOURCE_DIR "/cases/policy-ci.json",
-                                               FD_SOURCE_DIR "/cases/policy-strict.json"};
+        const char *const policies[] = {"cases/policy-ci.json", "cases/policy-strict.json"};
         for (int pi = 0; pi < 2; pi++) {
-            int grc = run_fd("gate", rj, "--policy", policies[pi], "--no-baseline", NULL);
+            int grc = run_fd("gate", rj, "--policy", tu_path(TU_SOURCE, policies[pi]), "--no-baseline", NULL);
             cr_expect_eq(grc, crc, "%s: gate with %s exits %d, check %d: %s%s", id, policies[pi], grc, crc, g_out,
                          g_err);
         }

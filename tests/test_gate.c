@@ -46,8 +46,8 @@ Test(policy, parses_every_field)
     parse_policy("{\"schema\": \"flashdrift-policy/1\"}", &q, 1, err, sizeof err);
     cr_assert(q.limit[0][FD_GM_MAX_ABS] < 0 && q.fa_ratio <= 0 && !q.base_on, "an empty policy gates nothing but errors");
     char e2[1024];
-    cr_assert_eq(fd_gate_policy_load(FD_SOURCE_DIR "/cases/policy-ci.json", &q, e2, sizeof e2), 0, "%s", e2);
-    cr_assert_eq(fd_gate_policy_load(FD_SOURCE_DIR "/cases/policy-strict.json", &q, e2, sizeof e2), 0, "%s", e2);
+    cr_assert_eq(fd_gate_policy_load(tu_path(TU_SOURCE, "cases/policy-ci.json"), &q, e2, sizeof e2), 0, "%s", e2);
+    cr_assert_eq(fd_gate_policy_load(tu_path(TU_SOURCE, "cases/policy-strict.json"), &q, e2, sizeof e2), 0, "%s", e2);
 }
 
 Test(policy, errors_name_file_path_and_expectation)
@@ -198,7 +198,7 @@ Test(gate, cli_exit_codes_lines_junit_and_markdown)
     cr_assert(strstr(g_err, "FAIL bad-case: cpu-flash max_abs 0.005 > 0.004 (fp16 limit)"),
               "one line naming metric, value, limit, on stderr as in run and check: %s", g_err);
     cr_assert(!strstr(g_err, "FAIL good") && !strstr(g_out, "FAIL bad"), "%s%s", g_out, g_err);
-    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s/junit.xsd %s 2>&1", FD_TEST_DATA, jp);
+    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s %s 2>&1", tu_path(TU_DATA, "junit.xsd"), jp);
     cr_assert_eq(system(cmd), 0, "junit.xml must validate against tests/data/junit.xsd (xmllint from libxml2-utils)");
     char *x = tu_slurp(jp);
     cr_assert(strstr(x, "name=\"good-&lt;&amp;&quot;&apos;&gt;-case\""), "ids are XML-escaped");
@@ -432,7 +432,7 @@ Test(gate, unmeasured_metrics_are_not_compared_and_not_a_pass)
     char *a[] = {FD_BINARY, "gate", rp, "--policy", pp, "--junit", jp, "--markdown", mp, NULL};
     cr_assert_eq(tu_run(a), 1, "%s%s", g_out, g_err);
     char cmd[512];
-    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s/junit.xsd %s 2>&1", FD_TEST_DATA, jp);
+    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s %s 2>&1", tu_path(TU_DATA, "junit.xsd"), jp);
     cr_assert_eq(system(cmd), 0, "junit.xml must validate");
     const char *x = tu_slurp(jp);
     cr_assert(strstr(x, "lse_max_abs -, output_hash 0000000000000001") && !strstr(x, " nan"), "%s", x);
@@ -471,7 +471,7 @@ Test(gate, import_report_with_the_default_policy)
     char dir[64], rp[256];
     tu_dir(dir, sizeof dir);
     snprintf(rp, sizeof rp, "%s", in(dir, "report.json"));
-    char *a[] = {FD_BINARY, "gate", rp, "--policy", FD_SOURCE_DIR "/cases/policy-ci.json", "--no-baseline", NULL};
+    char *a[] = {FD_BINARY, "gate", rp, "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"), "--no-baseline", NULL};
     for (int style = 0; style < 2; style++) {
         for (int wrong = 0; wrong < 2; wrong++) {
             json_t *r = tu_report();
@@ -544,7 +544,7 @@ Test(gate, totals_agree_across_outputs)
     cr_assert(so && !strncmp(so, "<system-out>cpu-flash gate FAIL&#10;FAIL: cpu-flash max_abs 0.005 &gt; 0.004", 76),
               "the gate's verdict and items: %.200s", so);
     char cmd[512];
-    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s/junit.xsd %s 2>&1", FD_TEST_DATA, jp);
+    snprintf(cmd, sizeof cmd, "xmllint --noout --schema %s %s 2>&1", tu_path(TU_DATA, "junit.xsd"), jp);
     cr_assert_eq(system(cmd), 0, "junit.xml must validate");
     /* missing cases ignored: not counted as failures anywhere, skipped in the JUnit */
     tu_write(pp, "{\"schema\": \"flashdrift-policy/1\", \"limits\": {\"fp16\": {\"max_abs\": 4e-3}}, \"marginal\": 0.8,"
@@ -565,12 +565,12 @@ Test(gate, no_case_matches_is_an_error)
     snprintf(out, sizeof out, "%s", in(dir, "out"));
     snprintf(pp, sizeof pp, "%s", in(dir, "p.json"));
     tu_write(pp, limits_policy);
-    char *a[] = {FD_BINARY, "gate", FD_SOURCE_DIR "/cases/smoke.json", "--policy", pp, "--backend", "cpu", "--out", out,
+    char *a[] = {FD_BINARY, "gate", tu_path(TU_SOURCE, "cases/smoke.json"), "--policy", pp, "--backend", "cpu", "--out", out,
                  "--filter", "no-such-case", "--quiet", NULL};
     cr_assert_eq(tu_run(a), 2, "%s%s", g_out, g_err);
     cr_assert(strstr(g_err, "no case matches --filter no-such-case"), "%s", g_err);
     cr_assert(!strstr(g_out, "PASS"), "%s", g_out);
-    char *b[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--backend", "cpu", "--out", out,
+    char *b[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--backend", "cpu", "--out", out,
                  "--filter", "no-such-case", "--quiet", NULL};
     cr_assert_eq(tu_run(b), 2, "%s%s", g_out, g_err);
     cr_assert(strstr(g_err, "no case matches"), "%s", g_err);
@@ -595,12 +595,12 @@ Test(gate, output_paths_checked_before_work)
     snprintf(jp, sizeof jp, "%s/sub/junit.xml", file); /* under a regular file: cannot exist */
     tu_write(pp, limits_policy);
     tu_write(file, "x");
-    char *a[] = {FD_BINARY, "gate", FD_SOURCE_DIR "/cases/smoke.json", "--policy", pp, "--backend", "cpu", "--out", out,
+    char *a[] = {FD_BINARY, "gate", tu_path(TU_SOURCE, "cases/smoke.json"), "--policy", pp, "--backend", "cpu", "--out", out,
                  "--junit", jp, "--quiet", NULL};
     cr_assert_eq(tu_run(a), 2, "%s%s", g_out, g_err);
     cr_assert(strstr(g_err, "--junit") && strstr(g_err, jp), "%s", g_err);
     cr_assert(access(out, F_OK) != 0, "refused before any work: %s exists", out);
-    char *b[] = {FD_BINARY, "gate", FD_SOURCE_DIR "/cases/smoke.json", "--policy", pp, "--backend", "cpu", "--out", out,
+    char *b[] = {FD_BINARY, "gate", tu_path(TU_SOURCE, "cases/smoke.json"), "--policy", pp, "--backend", "cpu", "--out", out,
                  "--markdown", dir, "--quiet", NULL};
     cr_assert_eq(tu_run(b), 2, "a directory as --markdown: %s%s", g_out, g_err);
     cr_assert(strstr(g_err, "is a directory"), "%s", g_err);
@@ -625,7 +625,7 @@ Test(gate, resume_leaves_no_stale_partial_report)
     snprintf(out, sizeof out, "%s", in(dir, "out"));
     cr_assert_eq(mkdir(out, 0755), 0);
     tu_write(in(out, "report.partial.json"), "{\"stale\": true}");
-    char *a[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--backend", "cpu", "--out", out, "--filter",
+    char *a[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--backend", "cpu", "--out", out, "--filter",
                  "b1h2k1-q64k64-d32-fp16-none-p0-normal-s1", "--resume", "--quiet", NULL};
     cr_assert_eq(tu_run(a), 0, "%s%s", g_out, g_err);
     cr_assert_eq(access(in(out, "report.json"), F_OK), 0);
@@ -683,7 +683,7 @@ Test(gate, check_bundle_then_gate_with_policy_ci)
         char *c[] = {FD_BINARY, "check", "--tensors", bp, "--out", out, "--quiet", NULL};
         tu_run(c);
         cr_assert_eq(access(rp, F_OK), 0, "check wrote no report: %s", g_err);
-        char *g[] = {FD_BINARY, "gate", rp, "--policy", FD_SOURCE_DIR "/cases/policy-ci.json", "--no-baseline", NULL};
+        char *g[] = {FD_BINARY, "gate", rp, "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"), "--no-baseline", NULL};
         const int rc = tu_run(g);
         cr_assert_eq(rc, wrong, "%s output: gate exit %d: %s%s", wrong ? "scale-missing" : "correct", rc, g_out, g_err);
         cr_assert(!strstr(g_err, "lse_max_abs"), "a missing LSE is not judged: %s", g_err);
