@@ -15,6 +15,7 @@
 
 #include "fd_cmds.h"
 #include "fd_dtype.h"
+#include "fd_opt.h"
 #include "fd_philox.h"
 #include "fd_run.h"
 #ifdef FD_HAVE_CUDA
@@ -25,26 +26,27 @@ int fd_cmd_bench(int argc, char **argv)
 {
     const char *csv = NULL;
     int reps = 10, maxn = 16384;
-    for (int i = 0; i < argc; i++) {
-        if ((!strcmp(argv[i], "--csv") || !strcmp(argv[i], "--repeats") || !strcmp(argv[i], "--max-n")) && i + 1 >= argc) {
-            fprintf(stderr, "flashdrift: %s needs a value\n", argv[i]);
-            return FD_EXIT_USAGE;
+    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN };
+    static const struct option lo[] = {{"csv", required_argument, NULL, OPT_CSV},
+                                       {"repeats", required_argument, NULL, OPT_REPEATS},
+                                       {"max-n", required_argument, NULL, OPT_MAXN},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "bench", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        if (c == FD_OPT_HELP) return FD_EXIT_PASS;
+        if (c == FD_OPT_ERROR) return FD_EXIT_USAGE;
+        if (c == FD_OPT_POSITIONAL) return fd_usage_error("bench", "unexpected argument %s", g.arg);
+        if (c == OPT_CSV) {
+            csv = g.arg;
+            continue;
         }
-        if (!strcmp(argv[i], "--csv")) csv = argv[++i];
-        else if (!strcmp(argv[i], "--repeats") || !strcmp(argv[i], "--max-n")) {
-            char *end;
-            const char *opt = argv[i];
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 1000000) {
-                fprintf(stderr, "flashdrift: %s expects a positive integer\n", opt);
-                return FD_EXIT_USAGE;
-            }
-            if (!strcmp(opt, "--repeats")) reps = (int)v;
-            else maxn = (int)v;
-        } else {
-            fprintf(stderr, "flashdrift: bench: unknown argument %s\n", argv[i]);
-            return FD_EXIT_USAGE;
-        }
+        char *end;
+        long v = strtol(g.arg, &end, 10);
+        if (!*g.arg || *end || v < 1 || v > 1000000)
+            return fd_usage_error("bench", "--%s expects a positive integer, got '%s'", c == OPT_REPEATS ? "repeats" : "max-n", g.arg);
+        if (c == OPT_REPEATS) reps = (int)v;
+        else maxn = (int)v;
     }
 #ifndef FD_HAVE_CUDA
     (void)csv; (void)reps; (void)maxn;

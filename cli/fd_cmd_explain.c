@@ -15,7 +15,26 @@
 #include "fd_explain.h"
 #include "fd_import.h"
 #include "fd_json.h"
+#include "fd_opt.h"
 #include "fd_report.h"
+
+/* Prints an explanation, adds it to the JSON and Markdown, frees it; returns rc worsened
+ * by its outcome: the judging pipeline's verdict (FAIL or UNJUDGED: 1, as run and check
+ * exit), or a gross error the attribution found. */
+static int explain_emit(fd_explanation *ex, json_t *arr, FILE *md, int rc)
+{
+    fd_explain_text(ex, stdout);
+    printf("\n");
+    if (arr) json_array_append_new(arr, fd_explain_json(ex));
+    if (md) {
+        fprintf(md, "## %s\n\n```\n", ex->case_id);
+        fd_explain_text(ex, md);
+        fprintf(md, "```\n\n");
+    }
+    const int bad = ex->verdict == FD_FAIL || ex->verdict == FD_UNJUDGED || ex->gross;
+    fd_explanation_free(ex);
+    return bad && rc == FD_EXIT_PASS ? FD_EXIT_GATE : rc;
+}
 
 static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_opts *o,
                        json_t *arr, FILE *md)
@@ -28,17 +47,7 @@ static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_o
             fprintf(stderr, "flashdrift: %s\n", err);
             return strstr(err, "unknown") ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
         }
-        fd_explain_text(&ex, stdout);
-        printf("\n");
-        if (arr) json_array_append_new(arr, fd_explain_json(&ex));
-        if (md) {
-            fprintf(md, "## %s\n\n```\n", id);
-            fd_explain_text(&ex, md);
-            fprintf(md, "```\n\n");
-        }
-        int gross = ex.gross;
-        fd_explanation_free(&ex);
-        return gross ? FD_EXIT_GATE : FD_EXIT_PASS;
+        return explain_emit(&ex, arr, md, FD_EXIT_PASS);
     }
     fprintf(stderr, "flashdrift: %s: no case with id \"%s\" (flashdrift list shows them)\n", cf->path, id);
     return FD_EXIT_USAGE;
@@ -46,9 +55,10 @@ static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_o
 
 /* Usage errors of explaining ids of cf, printed: an unknown id, an unknown backend, an
  * --inject that would change nothing on a case (fd_explain_inject_noop). */
-static int check_ids(const fd_casefile *cf, const json_t *ids, const fd_explain_opts *o)
+static int check_ids(const fd_casefile *cf, const json_t *ids, const fd_explain_opts *o, int imported)
 {
-    if (!fd_backend_find(o->backend)) {
+    /* a bundle's --backend names one of its outputs, checked when it is loaded */
+    if (!imported && o->backend && !fd_backend_find(o->backend)) {
         fprintf(stderr, "flashdrift: --backend: unknown backend \"%s\"\n", o->backend);
         return -1;
     }
@@ -95,55 +105,50 @@ static int write_explain(const char *out, const char *source, json_t *arr, const
     return rc;
 }
 
-/* Explains the outputs of an imported bundle with the default replay knobs and policy. */
+/* Explains the flash outputs of imported bundles (or the one named), each judged beside
+ * the bundle's standard outputs with check's case file (fd_casefile_bundles). */
 static int explain_tensors(const char *path, const char *only, int rows_per_head,
                            const fd_explain_opts *o, json_t *arr, FILE *md)
 {
     char err[1024];
-    fd_bundle b;
-    if (fd_bundle_load(path, &b, err, sizeof err)) {
+    char **paths = NULL;
+    int np = 0;
+    if (fd_bundle_list(path, &paths, &np, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }
     fd_casefile cf;
-    memset(&cf, 0, sizeof cf);
-    snprintf(cf.path, sizeof cf.path, "%s", path);
-    snprintf(cf.name, sizeof cf.name, "%s", b.name);
-    fd_flash_cfg_default(&cf.flash);
-    cf.flash.qk_order = cf.flash.pv_order = FD_ACC_TC16;
-    fd_policy_default(&cf.policy);
-    cf.rows_per_head = rows_per_head;
-    int rc = FD_EXIT_PASS, done = 0;
-    for (int i = 0; i < b.nout; i++) {
-        const fd_import_output *io = &b.out[i];
-        if (only ? strcmp(io->name, only) : io->be.role != FD_ROLE_FLASH) continue;
-        done++;
-        char id[200];
-        snprintf(id, sizeof id, "%s/%s", b.name, io->name);
-        fd_explain_src src = {id, &b.prob, NULL, b.q, b.k, b.v, io->o, io->name};
-        fd_explanation ex;
-        if (fd_explain_run(&cf, &src, o, &ex, err, sizeof err)) {
-            fprintf(stderr, "flashdrift: %s: %s\n", path, err);
-            rc = FD_EXIT_INTERNAL;
+    fd_casefile_bundles(&cf, path, paths, np, rows_per_head);
+    int rc = cf.ncases == np ? FD_EXIT_PASS : FD_EXIT_INTERNAL, done = 0;
+    for (int c = 0; c < cf.ncases && rc != FD_EXIT_USAGE && rc != FD_EXIT_INTERNAL; c++) {
+        fd_bundle b;
+        if (fd_bundle_load(cf.cases[c].bundle, &b, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            rc = FD_EXIT_USAGE;
             break;
         }
-        fd_explain_text(&ex, stdout);
-        printf("\n");
-        if (arr) json_array_append_new(arr, fd_explain_json(&ex));
-        if (md) {
-            fprintf(md, "## %s\n\n```\n", id);
-            fd_explain_text(&ex, md);
-            fprintf(md, "```\n\n");
+        for (int i = 0; i < b.nout; i++) {
+            const fd_import_output *io = &b.out[i];
+            if (only ? strcmp(io->name, only) : io->be.role != FD_ROLE_FLASH) continue;
+            done++;
+            fd_explain_opts eo = *o;
+            eo.backend = io->name;
+            fd_explanation ex;
+            if (fd_explain_case(&cf, &cf.cases[c], &eo, &ex, err, sizeof err)) {
+                fprintf(stderr, "flashdrift: %s: %s\n", cf.cases[c].bundle, err);
+                rc = FD_EXIT_INTERNAL;
+                break;
+            }
+            rc = explain_emit(&ex, arr, md, rc);
         }
-        if (ex.gross && rc == FD_EXIT_PASS) rc = FD_EXIT_GATE;
-        fd_explanation_free(&ex);
+        fd_bundle_free(&b);
     }
     if (!done && rc == FD_EXIT_PASS) {
         fprintf(stderr, "flashdrift: %s: %s\n", path,
                 only ? "no output with that name (--output)" : "no flash output to explain (name one with --output)");
         rc = FD_EXIT_USAGE;
     }
-    fd_bundle_free(&b);
+    fd_casefile_free(&cf);
     return rc;
 }
 
@@ -151,53 +156,51 @@ int fd_cmd_explain(int argc, char **argv)
 {
     const char *file = NULL, *id = NULL, *out = NULL, *tensors = NULL, *only = NULL;
     int rows_per_head = 32;
-    fd_explain_opts o = {"cpu-flash", NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if ((!strcmp(a, "--case") || !strcmp(a, "--backend") || !strcmp(a, "--inject") ||
-             !strcmp(a, "--out") || !strcmp(a, "--jobs") || !strcmp(a, "--tensors") ||
-             !strcmp(a, "--output") || !strcmp(a, "--rows-per-head")) && i + 1 >= argc) {
-            fprintf(stderr, "flashdrift: %s needs a value\n", a);
-            return FD_EXIT_USAGE;
-        }
-        if (!strcmp(a, "--case")) id = argv[++i];
-        else if (!strcmp(a, "--backend")) o.backend = argv[++i];
-        else if (!strcmp(a, "--inject")) o.inject = argv[++i];
-        else if (!strcmp(a, "--out")) out = argv[++i];
-        else if (!strcmp(a, "--tensors")) tensors = argv[++i];
-        else if (!strcmp(a, "--output")) only = argv[++i];
-        else if (!strcmp(a, "--rows-per-head")) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 0 || v > (1L << 20)) {
-                fprintf(stderr, "flashdrift: --rows-per-head expects an integer >= 0 (0: every row)\n");
-                return FD_EXIT_USAGE;
-            }
+    /* backend NULL: cpu-flash for generated cases, the first flash output of a bundle */
+    fd_explain_opts o = {NULL, NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
+    enum { OPT_CASE = FD_OPT_CMD, OPT_BACKEND, OPT_INJECT, OPT_OUT, OPT_JOBS, OPT_TENSORS, OPT_OUTPUT, OPT_ROWS };
+    static const struct option lo[] = {{"case", required_argument, NULL, OPT_CASE},
+                                       {"backend", required_argument, NULL, OPT_BACKEND},
+                                       {"inject", required_argument, NULL, OPT_INJECT},
+                                       {"out", required_argument, NULL, OPT_OUT},
+                                       {"jobs", required_argument, NULL, OPT_JOBS},
+                                       {"tensors", required_argument, NULL, OPT_TENSORS},
+                                       {"output", required_argument, NULL, OPT_OUTPUT},
+                                       {"rows-per-head", required_argument, NULL, OPT_ROWS},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "explain", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        char *end = NULL;
+        long v = 0;
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_CASE: id = g.arg; break;
+        case OPT_BACKEND: o.backend = g.arg; break;
+        case OPT_INJECT: o.inject = g.arg; break;
+        case OPT_OUT: out = g.arg; break;
+        case OPT_TENSORS: tensors = g.arg; break;
+        case OPT_OUTPUT: only = g.arg; break;
+        case OPT_ROWS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 0 || v > (1L << 20))
+                return fd_usage_error("explain", "--rows-per-head expects an integer >= 0 (0: every row), got '%s'", g.arg);
             rows_per_head = (int)v;
-        }
-        else if (!strcmp(a, "--jobs")) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "flashdrift: --jobs expects an integer in [1, 1024]\n");
-                return FD_EXIT_USAGE;
-            }
+            break;
+        case OPT_JOBS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 1 || v > 1024)
+                return fd_usage_error("explain", "--jobs expects an integer in [1, 1024], got '%s'", g.arg);
             o.jobs = (int)v;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: explain: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (!file) file = a;
-        else {
-            fprintf(stderr, "flashdrift: explain: one case file or report expected\n");
-            return FD_EXIT_USAGE;
+            break;
+        case FD_OPT_POSITIONAL:
+            if (file) return fd_usage_error("explain", "one case file or report expected, got also %s", g.arg);
+            file = g.arg;
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (!file && !tensors) {
-        fprintf(stderr, "usage: flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
-                        "       flashdrift explain REPORT [--out DIR]\n"
-                        "       flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!file && !tensors) return fd_usage_error("explain", "a CASEFILE (with --case ID), a REPORT or --tensors BUNDLE is required");
     if (tensors) {
         char err[1024];
         if (file || o.inject) {
@@ -224,6 +227,17 @@ int fd_cmd_explain(int argc, char **argv)
     if (o.inject) {
         int ok = 0;
         for (const char *const *b = fd_explain_bugs; *b; b++) ok |= !strcmp(*b, o.inject);
+        const char *br = fd_explain_bug_renamed(o.inject, FD_MASK_CAUSAL_BR);
+        const char *tl = fd_explain_bug_renamed(o.inject, FD_MASK_CAUSAL_TL);
+        if (br) {
+            ok = 1;
+            if (strcmp(br, tl))
+                fprintf(stderr, "flashdrift: note: --inject %s is now %s (causal_br cases) or %s (causal_tl cases); "
+                                "the old name goes in the next release\n", o.inject, br, tl);
+            else
+                fprintf(stderr, "flashdrift: note: --inject %s is now %s; the old name goes in the next release\n",
+                        o.inject, br);
+        }
         if (!ok) {
             fprintf(stderr, "flashdrift: --inject: unknown bug \"%s\" (expected one of:", o.inject);
             for (const char *const *b = fd_explain_bugs; *b; b++) fprintf(stderr, " %s", *b);
@@ -234,6 +248,7 @@ int fd_cmd_explain(int argc, char **argv)
     char err[1024];
     /* a report: explain its failing cases, from the case file it names */
     json_t *ids = json_array();
+    int imported = 0; /* a check report: its case file is the bundles it judged */
     char cfpath[1024];
     snprintf(cfpath, sizeof cfpath, "%s", file);
     json_t *rep = id ? NULL : fd_jload(file, err, sizeof err);
@@ -251,11 +266,16 @@ int fd_cmd_explain(int argc, char **argv)
             return FD_EXIT_USAGE;
         }
         snprintf(cfpath, sizeof cfpath, "%s", cp);
+        const char *bk = json_string_value(json_object_get(rep, "backends"));
+        imported = bk && !strcmp(bk, "import");
+        json_t *rph = json_object_get(json_object_get(rep, "case_file"), "rows_per_head");
+        if (json_is_integer(rph) && json_integer_value(rph) >= 0 && json_integer_value(rph) <= (1 << 20))
+            rows_per_head = (int)json_integer_value(rph);
         size_t i;
         json_t *c;
         json_array_foreach(cases, i, c) {
             const char *v = json_string_value(json_object_get(c, "verdict"));
-            if (v && !strcmp(v, "FAIL")) json_array_append(ids, json_object_get(c, "id"));
+            if (v && (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED"))) json_array_append(ids, json_object_get(c, "id"));
         }
         json_decref(rep);
         if (json_array_size(ids) == 0) {
@@ -267,13 +287,22 @@ int fd_cmd_explain(int argc, char **argv)
         json_array_append_new(ids, json_string(id));
     }
     fd_casefile cf;
-    if (fd_casefile_load(cfpath, &cf, err, sizeof err)) {
+    if (imported) {
+        char **paths = NULL;
+        int np = 0;
+        if (fd_bundle_list(cfpath, &paths, &np, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            json_decref(ids);
+            return FD_EXIT_USAGE;
+        }
+        fd_casefile_bundles(&cf, cfpath, paths, np, rows_per_head);
+    } else if (fd_casefile_load(cfpath, &cf, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         json_decref(ids);
         return FD_EXIT_USAGE;
     }
     /* every usage error is found before --out DIR is created */
-    const int bad = check_ids(&cf, ids, &o);
+    const int bad = check_ids(&cf, ids, &o, imported);
     if (bad || (out && fd_mkdir_p(out, err, sizeof err))) {
         if (!bad) fprintf(stderr, "flashdrift: %s\n", err);
         fd_casefile_free(&cf);

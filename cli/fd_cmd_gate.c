@@ -14,19 +14,10 @@
 #include "fd_gate.h"
 #include "fd_html.h"
 #include "fd_json.h"
+#include "fd_opt.h"
 #include "fd_report.h"
 #include "fd_report_read.h"
 #include "fd_runfile.h"
-
-/* An option's value, or NULL after printing the error. */
-static const char *value(int argc, char **argv, int *i)
-{
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "flashdrift: %s needs a value\n", argv[*i]);
-        return NULL;
-    }
-    return argv[++*i];
-}
 
 static int load_report(const char *path, json_t **r)
 {
@@ -38,44 +29,82 @@ static int load_report(const char *path, json_t **r)
     return 0;
 }
 
+/* An output file of the gate (--junit, --markdown), checked before any work: not a
+ * directory, its folder exists (made here when missing) and can be written into. */
+static int check_out_file(const char *opt, const char *path)
+{
+    struct stat st;
+    if (!*path || (!stat(path, &st) && S_ISDIR(st.st_mode))) {
+        fprintf(stderr, "flashdrift: %s %s: is a directory (expected a file name)\n", opt, path);
+        return -1;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    for (char *p = dir + 1; ; p++) {
+        const int end = !*p;
+        if (*p && *p != '/') continue;
+        *p = 0;
+        if (mkdir(dir, 0755) && errno != EEXIST) {
+            fprintf(stderr, "flashdrift: %s %s: cannot create the folder %s: %s\n", opt, path, dir, strerror(errno));
+            return -1;
+        }
+        if (end) break;
+        *p = '/';
+    }
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "flashdrift: %s %s: %s is not a directory\n", opt, path, dir);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK)) {
+        fprintf(stderr, "flashdrift: %s %s: cannot write into %s: %s\n", opt, path, dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int fd_cmd_gate(int argc, char **argv)
 {
     const char *input = NULL, *policy = NULL, *baseline = NULL, *junit = NULL, *md = NULL;
     fd_run_opts o;
     fd_run_opts_default(&o);
-    int run_opts_given = 0;
-    for (int i = 0; i < argc; i++) {
-        const int i0 = i;
-        int r = fd_parse_run_option(argc, argv, &i, &o);
-        if (r < 0) return FD_EXIT_USAGE;
-        if (r == 0) {
-            run_opts_given |= strcmp(argv[i0], "--quiet") != 0;
-            continue;
-        }
-        const char *a = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(a, "--policy")) dst = &policy;
-        else if (!strcmp(a, "--baseline")) dst = &baseline;
-        else if (!strcmp(a, "--junit")) dst = &junit;
-        else if (!strcmp(a, "--markdown")) dst = &md;
-        if (dst) {
-            if (!(*dst = value(argc, argv, &i))) return FD_EXIT_USAGE;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: gate: unknown option %s\n", a);
-            fd_usage(stderr);
-            return FD_EXIT_USAGE;
-        } else if (!input) {
-            input = a;
-        } else {
-            fprintf(stderr, "flashdrift: gate: one case file or report expected, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    int run_opts_given = 0, allow_partial = 0, no_baseline = 0, allow_missing_backend = 0;
+    enum { OPT_POLICY = FD_OPT_CMD, OPT_BASELINE, OPT_JUNIT, OPT_MARKDOWN, OPT_ALLOW_PARTIAL, OPT_NO_BASELINE,
+           OPT_ALLOW_MISSING };
+    static const struct option lo[] = {{"policy", required_argument, NULL, OPT_POLICY},
+                                       {"allow-partial", no_argument, NULL, OPT_ALLOW_PARTIAL},
+                                       {"no-baseline", no_argument, NULL, OPT_NO_BASELINE},
+                                       {"allow-missing-backend", no_argument, NULL, OPT_ALLOW_MISSING},
+                                       {"baseline", required_argument, NULL, OPT_BASELINE},
+                                       {"junit", required_argument, NULL, OPT_JUNIT},
+                                       {"markdown", required_argument, NULL, OPT_MARKDOWN},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt go;
+    if (fd_getopt_init(&go, "gate", argc, argv, fd_run_longopts, lo)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&go)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case FD_OPT_ERROR: return FD_EXIT_USAGE;
+        case OPT_POLICY: policy = go.arg; break;
+        case OPT_BASELINE: baseline = go.arg; break;
+        case OPT_JUNIT: junit = go.arg; break;
+        case OPT_MARKDOWN: md = go.arg; break;
+        case OPT_ALLOW_PARTIAL: allow_partial = 1; break;
+        case OPT_NO_BASELINE: no_baseline = 1; break;
+        case OPT_ALLOW_MISSING: allow_missing_backend = 1; break;
+        case FD_OPT_POSITIONAL:
+            if (input) return fd_usage_error("gate", "one case file or report expected, got also %s", go.arg);
+            input = go.arg;
+            break;
+        default:
+            if (fd_run_option("gate", c, go.arg, &o)) return FD_EXIT_USAGE;
+            run_opts_given |= c != FD_OPT_RUN_QUIET;
         }
     }
-    if (!input || !policy) {
-        fprintf(stderr, "flashdrift: gate needs CASEFILE|REPORT and --policy FILE\n");
-        fd_usage(stderr);
-        return FD_EXIT_USAGE;
-    }
+    if (!input || !policy) return fd_usage_error("gate", "CASEFILE|REPORT and --policy FILE are required");
     char err[1024];
     fd_gate_policy pol;
     if (fd_gate_policy_load(policy, &pol, err, sizeof err)) {
@@ -83,6 +112,17 @@ int fd_cmd_gate(int argc, char **argv)
         return FD_EXIT_USAGE;
     }
     json_t *base = NULL, *report = NULL;
+    if (baseline && no_baseline) {
+        fprintf(stderr, "flashdrift: gate: --baseline and --no-baseline exclude each other\n");
+        return FD_EXIT_USAGE;
+    }
+    if (pol.base_on && !baseline && !no_baseline) {
+        fprintf(stderr, "flashdrift: %s has a baseline rule: give --baseline FILE, or --no-baseline to gate without it\n",
+                policy);
+        return FD_EXIT_USAGE;
+    }
+    if ((junit && check_out_file("--junit", junit)) || (md && check_out_file("--markdown", md)))
+        return FD_EXIT_USAGE;
     if (baseline) {
         if (!pol.base_on) {
             fprintf(stderr, "flashdrift: %s: --baseline given but the policy has no \"baseline\" rule (docs/gate.md)\n", policy);
@@ -102,6 +142,11 @@ int fd_cmd_gate(int argc, char **argv)
     int rc = FD_EXIT_PASS;
     if (is_casefile) {
         json_decref(probe);
+        if (fd_mkdir_p(o.out, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            json_decref(base);
+            return FD_EXIT_USAGE;
+        }
         rc = fd_run_and_write(input, &o, &report);
         if (!report) {
             json_decref(base);
@@ -126,9 +171,26 @@ int fd_cmd_gate(int argc, char **argv)
             return FD_EXIT_USAGE;
         }
         report = probe;
-        if (!json_is_true(json_object_get(report, "complete")))
-            fprintf(stderr, "flashdrift: warning: %s is an incomplete run (%zu cases)\n", input,
+        if (!json_is_true(json_object_get(report, "complete")) && !allow_partial) {
+            fprintf(stderr, "flashdrift: %s is a partial report (an interrupted run, %zu cases): the gate refuses it; "
+                            "resume the run, or --allow-partial to gate the finished cases\n", input,
                     json_array_size(json_object_get(report, "cases")));
+            json_decref(report);
+            json_decref(base);
+            return FD_EXIT_USAGE;
+        }
+    }
+    if (!json_array_size(json_object_get(report, "cases"))) { /* gating nothing is not a pass */
+        fprintf(stderr, "flashdrift: %s: no case matches: the report has no case\n", input);
+        json_decref(report);
+        json_decref(base);
+        return FD_EXIT_USAGE;
+    }
+    if (!allow_missing_backend && fd_gate_check_backends(&pol, report, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s; --allow-missing-backend gates the others\n", err);
+        json_decref(report);
+        json_decref(base);
+        return FD_EXIT_USAGE;
     }
     fd_gate_result g;
     if (fd_gate_eval(&pol, report, base, &g, err, sizeof err)) {
@@ -143,7 +205,9 @@ int fd_cmd_gate(int argc, char **argv)
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    fd_gate_print(&g, stdout);
+    g.partial = !json_is_true(json_object_get(report, "complete"));
+    g.baseline_skipped = pol.base_on && !baseline;
+    fd_gate_print(&g, stderr);
     if (junit && fd_gate_junit(&g, &pol, junit, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         rc = FD_EXIT_USAGE;
@@ -154,9 +218,12 @@ int fd_cmd_gate(int argc, char **argv)
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    printf("gate %s: %d cases: %d PASS, %d MARGINAL, %d FAIL, %d UNDECIDED (policy %s%s%s)\n",
-           g.failed ? "FAIL" : "PASS", g.ncases, g.npass, g.nmarginal, g.nfail, g.nundecided, policy,
-           baseline ? ", baseline " : "", baseline ? baseline : "");
+    char totals[256];
+    fd_gate_totals(&g, totals, sizeof totals);
+    printf("gate %s: %s (policy %s%s%s%s%s)\n", g.failed ? "FAIL" : "PASS", totals, policy,
+           baseline ? ", baseline " : "", baseline ? baseline : "",
+           g.baseline_skipped ? ", baseline rule not checked: --no-baseline" : "",
+           g.partial ? ", partial report: --allow-partial" : "");
     rc = g.failed ? FD_EXIT_GATE : FD_EXIT_PASS;
 out:
     fd_gate_result_free(&g);
@@ -169,30 +236,29 @@ int fd_cmd_diff(int argc, char **argv)
 {
     const char *files[2] = {NULL, NULL}, *md = NULL, *js = NULL, *html = NULL;
     int nf = 0, fail_on_reg = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(a, "--markdown")) dst = &md;
-        else if (!strcmp(a, "--json")) dst = &js;
-        else if (!strcmp(a, "--html")) dst = &html;
-        if (dst) {
-            if (!(*dst = value(argc, argv, &i))) return FD_EXIT_USAGE;
-        } else if (!strcmp(a, "--fail-on-regression")) {
-            fail_on_reg = 1;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: diff: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (nf < 2) {
-            files[nf++] = a;
-        } else {
-            fprintf(stderr, "flashdrift: diff expects two reports, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    enum { OPT_MARKDOWN = FD_OPT_CMD, OPT_JSON, OPT_HTML, OPT_FAIL_ON_REGRESSION };
+    static const struct option lo[] = {{"markdown", required_argument, NULL, OPT_MARKDOWN},
+                                       {"json", required_argument, NULL, OPT_JSON},
+                                       {"html", required_argument, NULL, OPT_HTML},
+                                       {"fail-on-regression", no_argument, NULL, OPT_FAIL_ON_REGRESSION},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "diff", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_MARKDOWN: md = g.arg; break;
+        case OPT_JSON: js = g.arg; break;
+        case OPT_HTML: html = g.arg; break;
+        case OPT_FAIL_ON_REGRESSION: fail_on_reg = 1; break;
+        case FD_OPT_POSITIONAL:
+            if (nf == 2) return fd_usage_error("diff", "two reports expected, got also %s", g.arg);
+            files[nf++] = g.arg;
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (nf != 2) {
-        fprintf(stderr, "flashdrift: diff expects two reports: OLD NEW\n");
-        return FD_EXIT_USAGE;
-    }
+    if (nf != 2) return fd_usage_error("diff", "two reports expected: OLD NEW");
     json_t *old = NULL, *nw = NULL;
     if (load_report(files[0], &old)) return FD_EXIT_USAGE;
     if (load_report(files[1], &nw)) {
@@ -214,7 +280,7 @@ int fd_cmd_diff(int argc, char **argv)
         goto out;
     }
     if (html) {
-        int h = fd_render_html(nw, old, html, err, sizeof err);
+        int h = fd_render_html(nw, files[1], old, files[0], html, err, sizeof err);
         if (h) {
             fprintf(stderr, "flashdrift: %s\n", err);
             rc = h > 0 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
@@ -239,35 +305,37 @@ static int valid_name(const char *s)
 
 int fd_cmd_baseline(int argc, char **argv)
 {
-    if (argc < 1 || strcmp(argv[0], "update")) {
-        fprintf(stderr, "flashdrift: usage: flashdrift baseline update REPORT --name NAME [--force] [--dir DIR]\n");
-        return FD_EXIT_USAGE;
-    }
     const char *input = NULL, *name = NULL, *dir = "reports/baselines";
-    int force = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--name") || !strcmp(a, "--dir")) {
-            const char *v = value(argc, argv, &i);
-            if (!v) return FD_EXIT_USAGE;
-            if (a[2] == 'n') name = v;
-            else dir = v;
-        } else if (!strcmp(a, "--force")) {
-            force = 1;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: baseline update: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (!input) {
-            input = a;
-        } else {
-            fprintf(stderr, "flashdrift: baseline update: one report expected, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    int force = 0, update = 0;
+    enum { OPT_NAME = FD_OPT_CMD, OPT_DIR, OPT_FORCE };
+    static const struct option lo[] = {{"name", required_argument, NULL, OPT_NAME},
+                                       {"dir", required_argument, NULL, OPT_DIR},
+                                       {"force", no_argument, NULL, OPT_FORCE},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "baseline", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_NAME: name = g.arg; break;
+        case OPT_DIR: dir = g.arg; break;
+        case OPT_FORCE: force = 1; break;
+        case FD_OPT_POSITIONAL:
+            if (!update) {
+                if (strcmp(g.arg, "update"))
+                    return fd_usage_error("baseline", "unknown action '%s' (expected: update)", g.arg);
+                update = 1;
+            } else if (input) {
+                return fd_usage_error("baseline", "one report expected, got also %s", g.arg);
+            } else {
+                input = g.arg;
+            }
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (!input || !name) {
-        fprintf(stderr, "flashdrift: baseline update needs REPORT and --name NAME\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!update) return fd_usage_error("baseline", "an action is required: update");
+    if (!input || !name) return fd_usage_error("baseline", "REPORT and --name NAME are required");
     if (!valid_name(name)) {
         fprintf(stderr, "flashdrift: --name %s: expected letters, digits, '.', '_' or '-' (a file name)\n", name);
         return FD_EXIT_USAGE;
@@ -324,27 +392,25 @@ int fd_cmd_baseline(int argc, char **argv)
 int fd_cmd_html(int argc, char **argv)
 {
     const char *input = NULL, *out = NULL, *baseline = NULL;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--out") || !strcmp(a, "--baseline")) {
-            const char *v = value(argc, argv, &i);
-            if (!v) return FD_EXIT_USAGE;
-            if (a[2] == 'o') out = v;
-            else baseline = v;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: html: unknown option %s\n", a);
-            return FD_EXIT_USAGE;
-        } else if (!input) {
-            input = a;
-        } else {
-            fprintf(stderr, "flashdrift: html: one report expected, got also %s\n", a);
-            return FD_EXIT_USAGE;
+    enum { OPT_OUT = FD_OPT_CMD, OPT_BASELINE };
+    static const struct option lo[] = {{"out", required_argument, NULL, OPT_OUT},
+                                       {"baseline", required_argument, NULL, OPT_BASELINE},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "html", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case OPT_OUT: out = g.arg; break;
+        case OPT_BASELINE: baseline = g.arg; break;
+        case FD_OPT_POSITIONAL:
+            if (input) return fd_usage_error("html", "one report expected, got also %s", g.arg);
+            input = g.arg;
+            break;
+        default: return FD_EXIT_USAGE;
         }
     }
-    if (!input) {
-        fprintf(stderr, "flashdrift: html needs a REPORT\n");
-        return FD_EXIT_USAGE;
-    }
+    if (!input) return fd_usage_error("html", "a REPORT (or an explain.json) is required");
     char def[4200], err[1024];
     if (!out) {
         /* report.json -> report.html beside it */
@@ -387,7 +453,7 @@ int fd_cmd_html(int argc, char **argv)
         json_decref(r);
         return FD_EXIT_USAGE;
     }
-    int h = fd_render_html(r, b, out, err, sizeof err);
+    int h = fd_render_html(r, input, b, baseline, out, err, sizeof err);
     json_decref(r);
     json_decref(b);
     if (h) {

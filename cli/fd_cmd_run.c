@@ -3,7 +3,6 @@
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,63 +15,12 @@
 #include "fd_file.h"
 #include "fd_html.h"
 #include "fd_json.h"
+#include "fd_opt.h"
+#include "fd_progress.h"
 #include "fd_report.h"
 #include "fd_run.h"
 #include "fd_runfile.h"
-
-void fd_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: flashdrift run CASEFILE [--backend auto|cpu|cuda|NAME[,NAME...]] [--out DIR]\n"
-            "                       [--jobs N] [--filter SUBSTRING] [--repeat N] [--resume] [--quiet]\n"
-            "                       [--explain fail|all|none]\n"
-            "       flashdrift gate CASEFILE|REPORT --policy FILE [--baseline FILE] [--junit FILE]\n"
-            "                       [--markdown FILE] [--out DIR] [--backend B] [--jobs N] [--repeat N]\n"
-            "                       [--filter SUBSTRING] [--resume] [--quiet] [--explain fail|all|none]\n"
-            "       flashdrift diff OLD NEW [--markdown FILE] [--json FILE] [--html FILE] [--fail-on-regression]\n"
-            "       flashdrift baseline update REPORT --name NAME [--force] [--dir DIR]\n"
-            "       flashdrift html REPORT|EXPLAIN_JSON [--baseline FILE] [--out FILE]\n"
-            "       flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR]\n"
-            "       flashdrift explain REPORT [--out DIR]\n"
-            "       flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n"
-            "       flashdrift check --tensors PATH [--out DIR] [--jobs N] [--rows-per-head N] [--quiet]\n"
-            "       flashdrift bench [--csv FILE] [--repeats N] [--max-n N]\n"
-            "       flashdrift list CASEFILE\n"
-            "       flashdrift --help | --version\n\n"
-            "run       runs every case of CASEFILE through the backends and the MPFR reference and\n"
-            "          writes DIR/report.json (canonical), DIR/summary.md and DIR/report.html\n"
-            "          (default DIR: out). --repeat N runs each case's backends N times and fails a\n"
-            "          case whose outputs are not bitwise identical; --resume continues an\n"
-            "          interrupted run from DIR/cases.partial.jsonl. --explain attributes the error\n"
-            "          of the FAIL cases (default 'fail'), of every case ('all') or of none, as\n"
-            "          `explain` does, into each case's \"explain\" object and summary.md.\n"
-            "gate      applies a tolerance policy (docs/gate.md) to a report, or to the report of a\n"
-            "          run of CASEFILE; prints one line per failing case; JUnit XML and Markdown.\n"
-            "diff      compares two reports case by case (metrics moved, new failures, fixed\n"
-            "          cases, cases on one side only, bitwise-identical outputs).\n"
-            "baseline  stores REPORT as DIR/NAME.json (default DIR: reports/baselines); refuses to\n"
-            "          overwrite without --force.\n"
-            "html      renders a report (and a baseline comparison), or an explain.json, as one\n"
-            "          self-contained HTML file with gnuplot plots.\n"
-            "explain   why a case's output differs from the exact result: error budget by stage,\n"
-            "          accumulation orders, conditioning, bug hypotheses (docs/attribution.md).\n"
-            "check     verifies tensors dumped by another kernel (PyTorch SDPA, ...) against the\n"
-            "          reference: a bundle of .npy files or one .safetensors (docs/import.md).\n"
-            "bench     forward throughput of cuda-flash and cuda-standard (docs/benchmarks.md).\n"
-            "list      prints the expanded cases, one id per line.\n\n"
-            "backends: cpu-flash, cpu-standard, cpu-splitkv (the CPU replay; 'cpu' runs the first\n"
-            "          two); cuda-flash, cuda-standard, cuda-splitkv ('cuda' runs all three) where\n"
-            "          built with CUDA; 'auto' picks 'cuda' when a GPU is present, else 'cpu'.\n"
-            "exit: 0 all pass, 1 a case failed (gate: the policy failed; diff: a regression with\n"
-            "      --fail-on-regression), 2 usage or input error, 3 internal error,\n"
-            "      130 interrupted (finished cases are in DIR/report.partial.json).\n");
-}
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    fd_interrupted = 1;
-}
+#include "fd_signal.h"
 
 int fd_mkdir_p(const char *path, char *err, size_t errlen)
 {
@@ -108,26 +56,21 @@ int fd_mkdir_p(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-static void progress(int done, int total, const char *id)
-{
-    const int w = 30;
-    int fill = total ? done * w / total : w;
-    fprintf(stderr, "\r[");
-    for (int i = 0; i < w; i++) fputc(i < fill ? '=' : ' ', stderr);
-    fprintf(stderr, "] %d/%d %-60.60s", done, total, id);
-    if (done == total) fputc('\n', stderr);
-    fflush(stderr);
-}
-
 int fd_cmd_list(int argc, char **argv)
 {
     char err[1024];
     fd_casefile cf;
-    if (argc < 1) {
-        fd_usage(stderr);
-        return FD_EXIT_USAGE;
+    const char *casefile = NULL;
+    fd_getopt g;
+    if (fd_getopt_init(&g, "list", argc, argv, NULL, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        if (c == FD_OPT_HELP) return FD_EXIT_PASS;
+        if (c != FD_OPT_POSITIONAL) return FD_EXIT_USAGE;
+        if (casefile) return fd_usage_error("list", "one case file expected, got also %s", g.arg);
+        casefile = g.arg;
     }
-    if (fd_casefile_load(argv[0], &cf, err, sizeof err)) {
+    if (!casefile) return fd_usage_error("list", "a CASEFILE is required");
+    if (fd_casefile_load(casefile, &cf, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }
@@ -264,67 +207,23 @@ static int write_line(FILE *f, const json_t *j)
     return bad ? -1 : 0;
 }
 
-/* Repeats the backends of a finished case; a differing hash fails the case. */
-static int repeat_case(const fd_casefile *cf, const fd_backend *const *bes, int nbe, int repeat,
-                       fd_case_result *res, json_t *cj, char *err, size_t errlen)
-{
-    uint64_t hs[FD_MAX_BACKENDS][64];
-    int oks[FD_MAX_BACKENDS][64];
-    for (int t = 0; t < nbe; t++) {
-        hs[t][0] = res->be[t].m.hash;
-        oks[t][0] = res->be[t].ok;
-    }
-    for (int r = 1; r < repeat; r++) {
-        uint64_t h[FD_MAX_BACKENDS];
-        int ok[FD_MAX_BACKENDS];
-        if (fd_repeat_hashes(cf, &res->c, bes, nbe, res->rows, res->nrows, h, ok, err, errlen)) return -1;
-        for (int t = 0; t < nbe; t++) {
-            hs[t][r] = h[t];
-            oks[t][r] = ok[t];
-        }
-    }
-    json_t *bj = json_object_get(cj, "backends");
-    for (int t = 0; t < nbe; t++) {
-        json_t *hashes = json_array();
-        int distinct = 0, failed = 0;
-        for (int r = 0; r < repeat; r++) {
-            if (!oks[t][r]) {
-                failed++;
-                continue;
-            }
-            int seen = 0;
-            for (int u = 0; u < r; u++) seen |= oks[t][u] && hs[t][u] == hs[t][r];
-            if (seen) continue;
-            char hx[20];
-            snprintf(hx, sizeof hx, "%016llx", (unsigned long long)hs[t][r]);
-            json_array_append_new(hashes, json_string(hx));
-            distinct++;
-        }
-        const int identical = distinct <= 1 && !failed;
-        json_object_set_new(json_object_get(bj, bes[t]->name), "repeat",
-                            json_pack("{s:i, s:b, s:o, s:i}", "runs", repeat, "identical", identical, "hashes",
-                                      hashes, "failed_runs", failed));
-        if (!identical) {
-            char why[256];
-            snprintf(why, sizeof why, "%s: outputs not bitwise identical: %d distinct hashes%s over %d runs",
-                     bes[t]->name, distinct, failed ? " and failed runs" : "", repeat);
-            size_t n = strlen(res->reasons);
-            snprintf(res->reasons + n, sizeof res->reasons - n, "%s%s", n ? "; " : "", why);
-            res->verdict = FD_FAIL;
-        }
-    }
-    json_object_set_new(cj, "verdict", json_string(fd_verdict_name(res->verdict)));
-    json_object_set_new(cj, "reasons", json_string(res->reasons));
-    return 0;
-}
-
-/* The first flash backend (in --backend order) that ran on a judged case, or NULL. */
+/* The first flash output that ran on a judged case (a kernel in --backend order, or a
+ * given output in report order), or NULL. */
 static const char *explain_backend(const fd_backend *const *bes, int nbe, const json_t *cj)
 {
     const json_t *bj = json_object_get(cj, "backends");
     for (int t = 0; t < nbe; t++)
         if (bes[t]->role == FD_ROLE_FLASH && json_is_true(json_object_get(json_object_get(bj, bes[t]->name), "ok")))
             return bes[t]->name;
+    const char *name;
+    const json_t *b;
+    json_object_foreach((json_t *)bj, name, b) {
+        const char *role = json_string_value(json_object_get(b, "role"));
+        const char *origin = json_string_value(json_object_get(b, "origin"));
+        if (json_is_true(json_object_get(b, "ok")) && role && !strcmp(role, "flash") && origin &&
+            !strcmp(origin, "given"))
+            return name;
+    }
     return NULL;
 }
 
@@ -372,11 +271,38 @@ static int explain_into(const fd_casefile *cf, const fd_case *c, const fd_backen
     return 1;
 }
 
+/* One stderr line: the backends that run, and why when --backend auto chose them. */
+static void say_backends(const char *spec, const char *names)
+{
+    fprintf(stderr, "backends: ");
+    for (const char *s = names; *s; s++) {
+        if (*s == ',') fputs(", ", stderr);
+        else fputc(*s, stderr);
+    }
+    if (!strcmp(spec, "auto")) {
+#ifdef FD_HAVE_CUDA
+        const char *why = fd_gpu_present() ? "GPU present" : "no GPU, CPU replay";
+#else
+        const char *why = "built without CUDA, CPU replay";
+#endif
+        fprintf(stderr, " (auto: %s)", why);
+    }
+    fputc('\n', stderr);
+}
+
 int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report_out,
                     fd_run_outcome *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     *report_out = NULL;
+    int nmatch = 0;
+    for (int i = 0; i < cf->ncases; i++) nmatch += !o->filter || strstr(cf->cases[i].id, o->filter);
+    if (!nmatch) { /* running nothing is not a pass */
+        snprintf(err, errlen, "%s: no case matches%s%s (%d cases in the file)", cf->path, o->filter ? " --filter " : "",
+                 o->filter ? o->filter : "", cf->ncases);
+        out->status = FD_EXIT_USAGE;
+        return -1;
+    }
     const fd_backend *bes[FD_MAX_BACKENDS];
     int nbe = fd_backends_select(o->backend, bes, err, errlen);
     if (nbe < 0) {
@@ -393,7 +319,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         if (i) strncat(names, ",", sizeof names - strlen(names) - 1);
         strncat(names, bes[i]->name, sizeof names - strlen(names) - 1);
     }
-    json_t *report = fd_report_new(cf, names, o->jobs);
+    json_t *report = fd_report_new(cf, nbe ? names : o->backend, o->jobs);
     json_t *header = journal_header(cf, report, o);
     json_t **done = calloc((size_t)cf->ncases, sizeof *done);
     char jpath[4200];
@@ -442,15 +368,18 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         out->status = FD_EXIT_USAGE;
         goto fail;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    fd_signals_catch();
+    if (!o->quiet) say_backends(o->backend, names);
 
-    const int bar = !o->quiet && isatty(2);
     out->status = FD_EXIT_PASS;
-    for (int i = 0; i < cf->ncases; i++) out->total += !o->filter || strstr(cf->cases[i].id, o->filter);
+    double cost = 0.0;
+    for (int i = 0; i < cf->ncases; i++)
+        if (!o->filter || strstr(cf->cases[i].id, o->filter)) {
+            out->total++;
+            if (!done[i]) cost += fd_progress_cost(cf, &cf->cases[i]);
+        }
+    fd_progress pg;
+    fd_progress_begin(&pg, !o->quiet, out->total, cost);
     int jbad = 0, jerrno = 0; /* a journal line could not be written: stop, keeping what is finished */
     for (int i = 0; i < cf->ncases && !fd_interrupted && !jbad; i++) {
         const fd_case *c = &cf->cases[i];
@@ -461,44 +390,39 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             out->nresumed++;
             /* kept without the explanation this run asks for: explain it now, journal it again
              * (a later line of the same case replaces the earlier one) */
+            if (wants_explain(o, cj)) fd_progress_clear(&pg); /* its warning must not land in the bar */
             if (explain_into(cf, c, bes, nbe, o, cj) && write_line(journal, cj)) {
                 jbad = 1;
                 jerrno = errno;
             }
             const char *v = json_string_value(json_object_get(cj, "verdict"));
-            if (!strcmp(v, "FAIL")) {
+            if (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED")) {
                 out->nfail++;
-                fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id,
-                        json_string_value(json_object_get(cj, "reasons")));
+                fd_progress_clear(&pg);
+                fprintf(stderr, "%s %s: %s\n", v, c->id, json_string_value(json_object_get(cj, "reasons")));
                 const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
                 if (why) fprintf(stderr, "    explain: %s\n", why);
             }
         } else {
-            if (bar) progress(out->nrun, out->total, c->id);
+            fd_progress_start(&pg, c->id);
             fd_case_result res;
-            if (fd_run_case(cf, c, bes, nbe, o->jobs, &res, err, errlen)) {
+            if (fd_run_case(cf, c, bes, nbe, NULL, o->jobs, o->repeat, &res, err, errlen)) {
                 if (fd_interrupted) break;
-                if (bar) fputc('\n', stderr);
                 out->status = FD_EXIT_INTERNAL;
                 break;
             }
             cj = fd_report_case_json(&res);
-            if (o->repeat > 1 && repeat_case(cf, bes, nbe, o->repeat, &res, cj, err, errlen)) {
-                fd_case_result_free(&res);
-                json_decref(cj);
-                if (fd_interrupted) break;
-                out->status = FD_EXIT_INTERNAL;
-                break;
-            }
+            if (wants_explain(o, cj)) fd_progress_clear(&pg);
             explain_into(cf, c, bes, nbe, o, cj);
             if ((!header_written && write_line(journal, header)) || write_line(journal, cj)) {
                 jbad = 1;
                 jerrno = errno;
             }
             header_written = 1;
-            if (res.verdict == FD_FAIL) {
+            if (res.verdict == FD_FAIL || res.verdict == FD_UNJUDGED) {
                 out->nfail++;
-                fprintf(stderr, "%sFAIL %s: %s\n", bar ? "\n" : "", c->id, res.reasons);
+                fd_progress_clear(&pg);
+                fprintf(stderr, "%s %s: %s\n", fd_verdict_name(res.verdict), c->id, res.reasons);
                 const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
                 if (why) fprintf(stderr, "    explain: %s\n", why);
             }
@@ -506,16 +430,17 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         }
         fd_report_add_case(report, cj);
         out->nrun++;
+        fd_progress_done(&pg, done[i] ? 0.0 : fd_progress_cost(cf, c), !done[i]);
         if (jbad) {
             /* the case is in the report (and report.partial.json); lines already in the
              * journal stay there for --resume */
-            if (bar) fputc('\n', stderr);
+            fd_progress_clear(&pg);
             snprintf(err, errlen, "%s: cannot write the journal: %s; stopping after %d of %d cases", jpath,
                      strerror(jerrno), out->nrun, out->total);
             out->status = FD_EXIT_INTERNAL;
         }
     }
-    if (bar && !jbad) progress(out->nrun, out->total, "");
+    fd_progress_end(&pg);
     /* the journal is the run's only copy until the reports are written: it must be on disk */
     const int jsync = fsync(fileno(journal)) != 0 && errno != EINVAL; /* EINVAL: cannot sync this file */
     const int jerr = errno;
@@ -562,7 +487,7 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
         /* gnuplot missing is the one failure that is only a warning: the HTML report is a
          * convenience; a stale report.html is removed all the same */
         char herr[1024];
-        int h = fd_render_html(report, NULL, path, herr, sizeof herr);
+        int h = fd_render_html(report, NULL, NULL, NULL, path, herr, sizeof herr);
         if (h > 0) {
             if (!quiet) fprintf(stderr, "flashdrift: warning: %s; report.html not written\n", herr);
             if (unlink(path) != 0 && errno != ENOENT) {
@@ -605,53 +530,52 @@ static void write_partial(const json_t *report, const char *out, const fd_run_ou
                 oc->status == FD_EXIT_INTERRUPTED ? "interrupted" : "stopped", oc->nrun, oc->total, path);
 }
 
-/* Shared by run and gate: parses the run options; returns -1 (and prints) on a usage
- * error, 0 when argv[i] was consumed (i advanced), 1 when it is not a run option. */
-int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o)
+const struct option fd_run_longopts[] = {
+    {"out", required_argument, NULL, FD_OPT_RUN_OUT},
+    {"backend", required_argument, NULL, FD_OPT_RUN_BACKEND},
+    {"filter", required_argument, NULL, FD_OPT_RUN_FILTER},
+    {"jobs", required_argument, NULL, FD_OPT_RUN_JOBS},
+    {"repeat", required_argument, NULL, FD_OPT_RUN_REPEAT},
+    {"quiet", no_argument, NULL, FD_OPT_RUN_QUIET},
+    {"resume", no_argument, NULL, FD_OPT_RUN_RESUME},
+    {"explain", required_argument, NULL, FD_OPT_RUN_EXPLAIN},
+    {NULL, 0, NULL, 0},
+};
+
+int fd_run_option(const char *cmd, int opt, const char *arg, fd_run_opts *o)
 {
-    const char *a = argv[*i];
-    const char **dst = NULL;
-    if (!strcmp(a, "--out")) dst = &o->out;
-    else if (!strcmp(a, "--backend")) dst = &o->backend;
-    else if (!strcmp(a, "--filter")) dst = &o->filter;
-    if (dst) {
-        if (*i + 1 >= argc) {
-            fprintf(stderr, "flashdrift: %s needs a value\n", a);
-            return -1;
-        }
-        *dst = argv[++*i];
-        return 0;
-    }
-    if (!strcmp(a, "--jobs") || !strcmp(a, "--repeat")) {
-        const int jobs = !strcmp(a, "--jobs");
+    switch (opt) {
+    case FD_OPT_RUN_OUT: o->out = arg; return 0;
+    case FD_OPT_RUN_BACKEND: o->backend = arg; return 0;
+    case FD_OPT_RUN_FILTER: o->filter = arg; return 0;
+    case FD_OPT_RUN_QUIET: o->quiet = 1; return 0;
+    case FD_OPT_RUN_RESUME: o->resume = 1; return 0;
+    case FD_OPT_RUN_JOBS:
+    case FD_OPT_RUN_REPEAT: {
+        const int jobs = opt == FD_OPT_RUN_JOBS;
         const long hi = jobs ? 1024 : 64;
         char *end = NULL;
-        long v = *i + 1 < argc ? strtol(argv[*i + 1], &end, 10) : 0;
-        if (*i + 1 >= argc || *end || v < 1 || v > hi) {
-            fprintf(stderr, "flashdrift: %s expects an integer in [1, %ld]\n", a, hi);
+        long v = strtol(arg, &end, 10);
+        if (!*arg || *end || v < 1 || v > hi) {
+            fd_usage_error(cmd, "--%s expects an integer in [1, %ld], got '%s'", jobs ? "jobs" : "repeat", hi, arg);
             return -1;
         }
         if (jobs) o->jobs = (int)v;
         else o->repeat = (int)v;
-        ++*i;
         return 0;
     }
-    if (!strcmp(a, "--explain")) {
-        const char *v = *i + 1 < argc ? argv[*i + 1] : "";
-        if (!strcmp(v, "fail")) o->explain = FD_EXPLAIN_FAIL;
-        else if (!strcmp(v, "all")) o->explain = FD_EXPLAIN_ALL;
-        else if (!strcmp(v, "none")) o->explain = FD_EXPLAIN_NONE;
+    case FD_OPT_RUN_EXPLAIN:
+        if (!strcmp(arg, "fail")) o->explain = FD_EXPLAIN_FAIL;
+        else if (!strcmp(arg, "all")) o->explain = FD_EXPLAIN_ALL;
+        else if (!strcmp(arg, "none")) o->explain = FD_EXPLAIN_NONE;
         else {
-            fprintf(stderr, "flashdrift: --explain expects fail, all or none%s%s\n", *v ? ", got " : "", v);
+            fd_usage_error(cmd, "--explain expects fail, all or none, got '%s'", arg);
             return -1;
         }
-        ++*i;
         return 0;
+    default:
+        return 1;
     }
-    if (!strcmp(a, "--quiet")) o->quiet = 1;
-    else if (!strcmp(a, "--resume")) o->resume = 1;
-    else return 1;
-    return 0;
 }
 
 void fd_run_opts_default(fd_run_opts *o)
@@ -662,6 +586,34 @@ void fd_run_opts_default(fd_run_opts *o)
     o->jobs = (int)sysconf(_SC_NPROCESSORS_ONLN);
     o->repeat = 1;
     o->explain = FD_EXPLAIN_FAIL;
+}
+
+/* Runs a loaded case file and writes the outputs; returns an exit code as
+ * fd_run_and_write. */
+int fd_run_and_write_cf(const fd_casefile *cf, const fd_run_opts *o, json_t **report_out)
+{
+    char err[1024];
+    *report_out = NULL;
+    const fd_backend *probe[FD_MAX_BACKENDS];
+    if (fd_backends_select(o->backend, probe, err, sizeof err) < 0 || fd_mkdir_p(o->out, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        return FD_EXIT_USAGE;
+    }
+    json_t *report = NULL;
+    fd_run_outcome oc;
+    if (fd_run_casefile(cf, o, &report, &oc, err, sizeof err)) {
+        if (oc.status != FD_EXIT_INTERRUPTED) fprintf(stderr, "flashdrift: %s\n", err);
+        if (report) write_partial(report, o->out, &oc);
+        json_decref(report);
+        return oc.status;
+    }
+    if (fd_run_write_outputs(report, o->out, o->quiet, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        json_decref(report);
+        return FD_EXIT_INTERNAL;
+    }
+    *report_out = report;
+    return oc.nfail ? FD_EXIT_GATE : FD_EXIT_PASS;
 }
 
 /* Runs a case file for run and gate: loads it, runs it, writes the outputs. Returns an
@@ -675,29 +627,9 @@ int fd_run_and_write(const char *casefile, const fd_run_opts *o, json_t **report
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }
-    const fd_backend *probe[FD_MAX_BACKENDS];
-    if (fd_backends_select(o->backend, probe, err, sizeof err) < 0 || fd_mkdir_p(o->out, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        fd_casefile_free(&cf);
-        return FD_EXIT_USAGE;
-    }
-    json_t *report = NULL;
-    fd_run_outcome oc;
-    if (fd_run_casefile(&cf, o, &report, &oc, err, sizeof err)) {
-        if (oc.status != FD_EXIT_INTERRUPTED) fprintf(stderr, "flashdrift: %s\n", err);
-        if (report) write_partial(report, o->out, &oc);
-        json_decref(report);
-        fd_casefile_free(&cf);
-        return oc.status;
-    }
+    int rc = fd_run_and_write_cf(&cf, o, report_out);
     fd_casefile_free(&cf);
-    if (fd_run_write_outputs(report, o->out, o->quiet, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        json_decref(report);
-        return FD_EXIT_INTERNAL;
-    }
-    *report_out = report;
-    return oc.nfail ? FD_EXIT_GATE : FD_EXIT_PASS;
+    return rc;
 }
 
 int fd_cmd_run(int argc, char **argv)
@@ -705,26 +637,19 @@ int fd_cmd_run(int argc, char **argv)
     const char *casefile = NULL;
     fd_run_opts o;
     fd_run_opts_default(&o);
-    for (int i = 0; i < argc; i++) {
-        int r = fd_parse_run_option(argc, argv, &i, &o);
-        if (r < 0) return FD_EXIT_USAGE;
-        if (r == 0) continue;
-        const char *a = argv[i];
-        if (a[0] == '-') {
-            fprintf(stderr, "flashdrift: unknown option %s\n", a);
-            fd_usage(stderr);
-            return FD_EXIT_USAGE;
-        } else if (!casefile) {
-            casefile = a;
-        } else {
-            fprintf(stderr, "flashdrift: one case file expected, got also %s\n", a);
+    fd_getopt g;
+    if (fd_getopt_init(&g, "run", argc, argv, fd_run_longopts, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        if (c == FD_OPT_HELP) return FD_EXIT_PASS;
+        if (c == FD_OPT_ERROR) return FD_EXIT_USAGE;
+        if (c == FD_OPT_POSITIONAL) {
+            if (casefile) return fd_usage_error("run", "one case file expected, got also %s", g.arg);
+            casefile = g.arg;
+        } else if (fd_run_option("run", c, g.arg, &o)) {
             return FD_EXIT_USAGE;
         }
     }
-    if (!casefile) {
-        fd_usage(stderr);
-        return FD_EXIT_USAGE;
-    }
+    if (!casefile) return fd_usage_error("run", "a CASEFILE is required");
     json_t *report = NULL;
     int rc = fd_run_and_write(casefile, &o, &report);
     if (report && !o.quiet) {

@@ -1,7 +1,8 @@
 /* fd_cmds.h: the subcommands of flashdrift. Each takes the arguments after its name
  * and returns the process exit code:
  * 0 pass, 1 gate failed (a case failed), 2 usage or input error, 3 internal or GPU error,
- * 130 interrupted. */
+ * 130 interrupted (main turns it into 143 when the signal was SIGTERM: fd_signal.h).
+ * Options are parsed with fd_getopt (fd_opt.h); the usage texts live in fd_usage.c. */
 #ifndef FD_CMDS_H
 #define FD_CMDS_H
 #include <stddef.h>
@@ -15,7 +16,10 @@ enum {
     FD_EXIT_INTERRUPTED = 130
 };
 
+/* flashdrift's usage: every command's synopsis and one line each. */
 void fd_usage(FILE *f);
+/* One command's usage (synopsis, what it does, options, exit codes); -1 for an unknown name. */
+int fd_cmd_usage(const char *cmd, FILE *f);
 int fd_cmd_run(int argc, char **argv);
 int fd_cmd_list(int argc, char **argv);
 int fd_cmd_gate(int argc, char **argv);

@@ -5,9 +5,9 @@
  * naming the case file, then one case per line), and returns the report tree (complete
  * or partial). With resume it first reads the journal and keeps its cases instead of
  * recomputing them, refusing a journal written for another case file, other backends
- * or other knobs. With repeat > 1 each case's backends run repeat - 1 more times
- * (fd_repeat_hashes) and any output whose hash differs from the first run makes the
- * case FAIL ("repeat" in each backend's report object). With explain (default: FAIL
+ * or other knobs. With repeat > 1 each case's kernels run repeat - 1 more times in the
+ * judging pipeline (fd_run_case) and any output whose hash differs from the first run
+ * makes the case FAIL ("repeat" in each backend's report object). With explain (default: FAIL
  * cases) each judged case is explained (fd_explain_case on the first flash backend that
  * ran) and carries fd_explain_json's object as "explain", or "explain_error" when the
  * explanation failed; cases kept by resume that lack one are explained then. */
@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "fd_case.h"
+#include "fd_opt.h"
 #include "fd_run.h"
 
 /* Which cases `--explain` attributes (docs/attribution.md). */
@@ -28,7 +29,7 @@ typedef struct fd_run_opts {
     const char *backend; /* "auto", "cpu", or names */
     const char *filter;  /* substring of case ids, or NULL */
     int jobs;
-    int quiet;           /* no progress bar */
+    int quiet;           /* no progress and no backends line */
     int repeat;          /* >= 1: runs per case for the determinism check */
     int resume;          /* continue from out/cases.partial.jsonl */
     fd_explain_mode explain; /* default FD_EXPLAIN_FAIL */
@@ -48,16 +49,21 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
 int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char *err, size_t errlen);
 
 void fd_run_opts_default(fd_run_opts *o);
-/* Parses one run option at argv[*i] (--out --backend --filter --jobs --repeat --quiet
- * --resume --explain): 0 consumed, 1 not a run option, -1 usage error (printed). */
-int fd_parse_run_option(int argc, char **argv, int *i, fd_run_opts *o);
+/* The run options (--out --backend --filter --jobs --repeat --quiet --resume --explain) as
+ * getopt_long entries, ended by a zero entry: a command passes them to fd_getopt_init (fd_opt.h)
+ * beside its own table, and hands the vals that come back to fd_run_option. */
+enum {
+    FD_OPT_RUN_OUT = FD_OPT_RUN, FD_OPT_RUN_BACKEND, FD_OPT_RUN_FILTER, FD_OPT_RUN_JOBS,
+    FD_OPT_RUN_REPEAT, FD_OPT_RUN_QUIET, FD_OPT_RUN_RESUME, FD_OPT_RUN_EXPLAIN
+};
+extern const struct option fd_run_longopts[];
+/* Applies run option opt (a val of fd_run_longopts) with its value arg: 0 done, 1 not a run
+ * option, -1 a bad value (one line printed, naming cmd: --jobs and --repeat ranges, --explain). */
+int fd_run_option(const char *cmd, int opt, const char *arg, fd_run_opts *o);
 /* Loads CASEFILE, runs it, writes the outputs into o->out; returns the exit code (0, 1 a
  * case failed its case-file policy, 2, 3, 130) and the complete report in *report. */
 int fd_run_and_write(const char *casefile, const fd_run_opts *o, json_t **report);
+/* The same for a case file already loaded (check: a case file of bundles). */
+int fd_run_and_write_cf(const fd_casefile *cf, const fd_run_opts *o, json_t **report);
 
-/* Runs each backend once more on c (same inputs, same rows) and returns the FNV-1a hash
- * of its checked outputs exactly as fd_metrics computes output_hash; ok[t] = 0 when the
- * backend failed. 0 or -1 with err. */
-int fd_repeat_hashes(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                     const int *rows, int nrows, uint64_t *hash, int *ok, char *err, size_t errlen);
 #endif

@@ -1,8 +1,10 @@
-/* main.c: the flashdrift command line: dispatches to the commands in fd_cmds.h. */
+/* main.c: the flashdrift command line: dispatches to the commands in fd_cmds.h (their usage
+ * texts: fd_usage.c; their option parsing: fd_opt.h). */
 #include <stdio.h>
 #include <string.h>
 
 #include "fd_cmds.h"
+#include "fd_signal.h"
 
 #ifndef FD_VERSION
 #define FD_VERSION "0.0.0"
@@ -30,6 +32,7 @@ int main(int argc, char **argv)
         return FD_EXIT_USAGE;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        if (argc > 2 && !strcmp(argv[1], "help") && !fd_cmd_usage(argv[2], stdout)) return FD_EXIT_PASS;
         fd_usage(stdout);
         return FD_EXIT_PASS;
     }
@@ -38,8 +41,7 @@ int main(int argc, char **argv)
         return FD_EXIT_PASS;
     }
     for (size_t i = 0; i < sizeof fd_commands / sizeof fd_commands[0]; i++)
-        if (!strcmp(argv[1], fd_commands[i].name)) return fd_commands[i].fn(argc - 2, argv + 2);
-    fprintf(stderr, "flashdrift: unknown command \"%s\"\n", argv[1]);
-    fd_usage(stderr);
+        if (!strcmp(argv[1], fd_commands[i].name)) return fd_signal_exit(fd_commands[i].fn(argc - 2, argv + 2));
+    fprintf(stderr, "flashdrift: unknown command \"%s\" (flashdrift --help lists them)\n", argv[1]);
     return FD_EXIT_USAGE;
 }

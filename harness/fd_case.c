@@ -20,6 +20,7 @@ const char *fd_dist_name(fd_dist d)
     case FD_DIST_UNIFORM: return "uniform";
     case FD_DIST_LARGE_LOGIT: return "large_logit";
     case FD_DIST_OUTLIER_ROWS: return "outlier_rows";
+    case FD_DIST_GIVEN: return "given";
     }
     return "?";
 }
@@ -521,7 +522,11 @@ out:
 
 void fd_casefile_free(fd_casefile *cf)
 {
+    for (int i = 0; cf->bundles && i < cf->ncases; i++) free(cf->bundles[i]);
+    free(cf->bundles);
+    cf->bundles = NULL;
     free(cf->cases);
     cf->cases = NULL;
     cf->ncases = 0;
 }
+

@@ -18,7 +18,8 @@ typedef enum {
     FD_DIST_NORMAL = 0,      /* q, k, v ~ N(0, 1) */
     FD_DIST_UNIFORM = 1,     /* U(-1, 1) */
     FD_DIST_LARGE_LOGIT = 2, /* q, k ~ N(0, 16): logits of order 16 * sqrt(d) / sqrt(d) */
-    FD_DIST_OUTLIER_ROWS = 3 /* N(0, 1) with every 17th row of Q and K scaled by 24 */
+    FD_DIST_OUTLIER_ROWS = 3, /* N(0, 1) with every 17th row of Q and K scaled by 24 */
+    FD_DIST_GIVEN = 4        /* imported: the inputs are given (a bundle), not generated */
 } fd_dist;
 
 typedef struct fd_policy {
@@ -35,6 +36,8 @@ typedef struct fd_case {
     fd_problem prob;
     fd_dist dist;
     uint64_t input_seed;
+    const char *bundle;     /* imported tensors: the bundle holding inputs and outputs (owned
+                             * by the case file), or NULL: inputs from the seeds */
 } fd_case;
 
 typedef struct fd_casefile {
@@ -46,6 +49,7 @@ typedef struct fd_casefile {
     fd_policy policy;
     fd_case *cases;
     int ncases;
+    char **bundles;         /* fd_casefile_bundles: the paths the cases point into */
 } fd_casefile;
 
 const char *fd_dist_name(fd_dist d);

@@ -31,10 +31,72 @@ static json_t *side(const json_t *r, const char *path)
 {
     const json_t *m = json_object_get(r, "machine");
     const json_t *gpu = json_object_get(m, "gpu");
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:O, s:s}", "path", path, "case_file",
-                     str(json_object_get(r, "case_file"), "name"), "git_commit", str(r, "git_commit"), "created",
-                     str(r, "created"), "hostname", str(m, "hostname"), "gpu", gpu ? gpu : json_null(), "backends",
-                     str(r, "backends"));
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:s}", "path", path, "case_file",
+                     str(json_object_get(r, "case_file"), "name"), "version", str(r, "version"), "git_commit",
+                     str(r, "git_commit"), "created", str(r, "created"), "hostname", str(m, "hostname"), "gpu",
+                     gpu ? gpu : json_null(), "backends", str(r, "backends"));
+}
+
+/* Equal values; numbers by value (an integer and a real of the same value are equal). */
+static int same_value(const json_t *a, const json_t *b)
+{
+    if (json_is_number(a) && json_is_number(b)) {
+        const double x = json_number_value(a), y = json_number_value(b);
+        return !(x < y || x > y);
+    }
+    return json_equal((json_t *)a, (json_t *)b);
+}
+
+/* Appends {"what": "PREFIX.KEY", "old", "new"} for every leaf that differs between a and b
+ * (an absent side has no "old"/"new" member). Objects are walked key by key, so a GPU
+ * that appears (null -> "H200") or a policy limit that moved is named exactly. */
+static void run_changes(json_t *out, const char *what, const json_t *a, const json_t *b)
+{
+    if ((json_is_object(a) && (!b || json_is_object(b))) || (!a && json_is_object(b))) {
+        const char *key;
+        json_t *v;
+        char sub[256];
+        json_object_foreach((json_t *)a, key, v) {
+            snprintf(sub, sizeof sub, "%s.%s", what, key);
+            run_changes(out, sub, v, json_object_get(b, key));
+        }
+        json_object_foreach((json_t *)b, key, v) {
+            if (json_object_get(a, key)) continue;
+            snprintf(sub, sizeof sub, "%s.%s", what, key);
+            run_changes(out, sub, NULL, v);
+        }
+        return;
+    }
+    if ((!a && !b) || (a && b && same_value(a, b))) return;
+    json_t *c = json_pack("{s:s}", "what", what);
+    if (a) json_object_set(c, "old", (json_t *)a);
+    if (b) json_object_set(c, "new", (json_t *)b);
+    json_array_append_new(out, c);
+}
+
+/* The settings of the two runs that can explain a difference, in the order a reader
+ * looks for them: the kernel's knobs, the limits, the cases, then where it ran. */
+static json_t *changes(const json_t *old, const json_t *new_)
+{
+    static const char *const top[] = {"flash_config", "policy", "case_file", "backends", "version",
+                                      "git_commit", "machine", NULL};
+    json_t *out = json_array();
+    for (int i = 0; top[i]; i++) run_changes(out, top[i], json_object_get(old, top[i]), json_object_get(new_, top[i]));
+    return out;
+}
+
+void fd_diff_value_str(const json_t *change, const char *side_, char *buf, size_t len)
+{
+    const json_t *v = json_object_get(change, side_);
+    if (!v) snprintf(buf, len, "absent");
+    else if (json_is_string(v)) snprintf(buf, len, "%s", json_string_value(v));
+    else if (json_is_integer(v)) snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v)) snprintf(buf, len, "%.6g", json_real_value(v));
+    else {
+        char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        snprintf(buf, len, "%s", t ? t : "?");
+        free(t);
+    }
 }
 
 /* Compares one backend; returns its status and updates *score (largest relative move). */
@@ -165,8 +227,8 @@ json_t *fd_diff_reports(const json_t *old, const char *old_path, const json_t *n
     free(list);
     json_t *sum = json_object();
     for (int s = ST_N - 1; s >= 0; s--) json_object_set_new(sum, st_name[s], json_integer(counts[s]));
-    return json_pack("{s:s, s:o, s:o, s:o, s:o}", "schema", "flashdrift-diff/1", "old", side(old, old_path), "new",
-                     side(new_, new_path), "summary", sum, "cases", arr);
+    return json_pack("{s:s, s:o, s:o, s:o, s:o, s:o}", "schema", "flashdrift-diff/1", "old", side(old, old_path),
+                     "new", side(new_, new_path), "changes", changes(old, new_), "summary", sum, "cases", arr);
 }
 
 int fd_diff_has_regression(const json_t *diff)
@@ -192,6 +254,17 @@ static void moved(FILE *f, const json_t *bj, const char *sep)
     }
 }
 
+/* "old: PATH: flashdrift 0.1.0 (abc), host ci, GPU none, created ..." */
+static void print_side(FILE *f, const char *label, const json_t *sd)
+{
+    const json_t *gpu = json_object_get(sd, "gpu");
+    fprintf(f, "%s: %s: flashdrift %s (%s), host %s, GPU %s, created %s\n", label, str(sd, "path"), str(sd, "version"),
+            str(sd, "git_commit"), str(sd, "hostname"), json_is_string(gpu) ? json_string_value(gpu) : "none",
+            str(sd, "created"));
+}
+
+const char *const fd_diff_settings = "flash_config, policy, case file, backends, version, commit, machine and GPU";
+
 void fd_diff_print(const json_t *diff, FILE *f)
 {
     const json_t *s = json_object_get(diff, "summary");
@@ -206,8 +279,19 @@ void fd_diff_print(const json_t *diff, FILE *f)
         first = 0;
     }
     fputc('\n', f);
+    print_side(f, "old", json_object_get(diff, "old"));
+    print_side(f, "new", json_object_get(diff, "new"));
+    const json_t *ch = json_object_get(diff, "changes");
+    if (!json_array_size(ch)) fprintf(f, "same %s in both runs\n", fd_diff_settings);
+    else fprintf(f, "changed between the runs:\n");
     size_t i;
     json_t *c;
+    json_array_foreach(ch, i, c) {
+        char a[512], b[512];
+        fd_diff_value_str(c, "old", a, sizeof a);
+        fd_diff_value_str(c, "new", b, sizeof b);
+        fprintf(f, "    %s: %s -> %s\n", str(c, "what"), a, b);
+    }
     json_array_foreach(json_object_get(diff, "cases"), i, c) {
         const char *st = str(c, "status");
         if (!strcmp(st, "identical")) continue;
@@ -228,6 +312,17 @@ void fd_diff_print(const json_t *diff, FILE *f)
     }
 }
 
+/* A Markdown table cell from file text: a '|' or a newline would end the cell or the row. */
+static void md_cell(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|') fputs("\\|", f);
+        else if (*s == '\n' || *s == '\r') fputc(' ', f);
+        else if (*s == '`') fputc('\'', f);
+        else fputc(*s, f);
+    }
+}
+
 int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t errlen)
 {
     char *buf = NULL;
@@ -239,15 +334,45 @@ int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t err
     }
     const json_t *o = json_object_get(diff, "old"), *nw = json_object_get(diff, "new");
     fprintf(f, "## flashdrift diff: %s\n\n", fd_diff_has_regression(diff) ? "regressions found" : "no regression");
-    fprintf(f, "| | report | commit | host | created |\n|---|---|---|---|---|\n");
-    fprintf(f, "| old | `%s` | %s | %s | %s |\n", str(o, "path"), str(o, "git_commit"), str(o, "hostname"), str(o, "created"));
-    fprintf(f, "| new | `%s` | %s | %s | %s |\n\n", str(nw, "path"), str(nw, "git_commit"), str(nw, "hostname"), str(nw, "created"));
+    fprintf(f, "| | report | version | commit | host | GPU | created |\n|---|---|---|---|---|---|---|\n");
+    for (int k = 0; k < 2; k++) {
+        const json_t *sd = k ? nw : o, *gpu = json_object_get(sd, "gpu");
+        fprintf(f, "| %s | `", k ? "new" : "old");
+        md_cell(f, str(sd, "path"));
+        fprintf(f, "` | ");
+        md_cell(f, str(sd, "version"));
+        fprintf(f, " | ");
+        md_cell(f, str(sd, "git_commit"));
+        fprintf(f, " | ");
+        md_cell(f, str(sd, "hostname"));
+        fprintf(f, " | ");
+        md_cell(f, json_is_string(gpu) ? json_string_value(gpu) : "none");
+        fprintf(f, " | ");
+        md_cell(f, str(sd, "created"));
+        fprintf(f, " |\n");
+    }
+    const json_t *ch = json_object_get(diff, "changes");
+    if (!json_array_size(ch)) fprintf(f, "\nSame %s in both runs.\n\n", fd_diff_settings);
+    else fprintf(f, "\n### Changed between the runs\n\n| setting | old | new |\n|---|---|---|\n");
+    size_t i;
+    json_t *c;
+    json_array_foreach(ch, i, c) {
+        char a[512], b[512];
+        fd_diff_value_str(c, "old", a, sizeof a);
+        fd_diff_value_str(c, "new", b, sizeof b);
+        fprintf(f, "| `");
+        md_cell(f, str(c, "what"));
+        fprintf(f, "` | ");
+        md_cell(f, a);
+        fprintf(f, " | ");
+        md_cell(f, b);
+        fprintf(f, " |\n");
+    }
+    if (json_array_size(ch)) fputc('\n', f);
     const char *key;
     json_t *v;
     json_object_foreach(json_object_get(diff, "summary"), key, v) fprintf(f, "%s: **%lld** · ", key, (long long)json_integer_value(v));
     fprintf(f, "\n\n| status | case | verdict | backend | what moved |\n|---|---|---|---|---|\n");
-    size_t i;
-    json_t *c;
     int rows = 0;
     json_array_foreach(json_object_get(diff, "cases"), i, c) {
         const char *st = str(c, "status");

@@ -8,28 +8,45 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_explain.h"
+#include "fd_import.h"
 #include "fd_inputs.h"
 #include "fd_metrics.h"
 
-const char *const fd_explain_bugs[] = {"layout_bhsd", "scale_missing", "scale_doubled",
-                                       "causal_swap", "mask_missing", "dropout_seed",
-                                       "dropout_scale_missing", "softmax_wrong_axis", NULL};
+const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "scale_doubled",
+                                       "causal_top_left", "causal_bottom_right", "mask_missing",
+                                       "dropout_seed_plus_one", "dropout_scale_missing",
+                                       "softmax_wrong_axis", NULL};
+
+const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask)
+{
+    if (!strcmp(name, "layout_bhsd")) return "layout_bhsd_as_bshd";
+    if (!strcmp(name, "dropout_seed")) return "dropout_seed_plus_one";
+    /* causal_swap swapped the alignment: the bug is named by the one it produced */
+    if (!strcmp(name, "causal_swap")) return mask == FD_MASK_CAUSAL_TL ? "causal_bottom_right" : "causal_top_left";
+    return NULL;
+}
 
 const char *fd_explain_inject_noop(const fd_problem *p, const char *bug)
 {
     if (!bug) return NULL;
-    const int masked = p->mask != FD_MASK_NONE, dropout = p->dropout_p > 0.0;
+    const char *now = fd_explain_bug_renamed(bug, p->mask);
+    if (now) bug = now;
+    const int dropout = p->dropout_p > 0.0, square = p->seqlen_q == p->seqlen_k;
     const int unit_scale = !(p->softmax_scale < 1.0f || p->softmax_scale > 1.0f);
-    if (!strcmp(bug, "mask_missing") && !masked) return "it has no causal mask";
-    if (!strcmp(bug, "causal_swap")) {
-        if (!masked) return "it has no causal mask";
-        if (p->seqlen_q == p->seqlen_k) return "seqlen_q = seqlen_k, where causal_tl and causal_br are the same mask";
-    }
-    if ((!strcmp(bug, "dropout_seed") || !strcmp(bug, "dropout_scale_missing")) && !dropout)
+    if (!strcmp(bug, "mask_missing") && p->mask == FD_MASK_NONE) return "it has no causal mask";
+    /* the two alignments are one mask when seqlen_q = seqlen_k */
+    if (!strcmp(bug, "causal_top_left") && (p->mask == FD_MASK_CAUSAL_TL || (p->mask == FD_MASK_CAUSAL_BR && square)))
+        return square ? "its causal mask is already top-left (seqlen_q = seqlen_k: both alignments are one mask)"
+                      : "its causal mask is already top-left";
+    if (!strcmp(bug, "causal_bottom_right") &&
+        (p->mask == FD_MASK_CAUSAL_BR || (p->mask == FD_MASK_CAUSAL_TL && square)))
+        return square ? "its causal mask is already bottom-right (seqlen_q = seqlen_k: both alignments are one mask)"
+                      : "its causal mask is already bottom-right";
+    if ((!strcmp(bug, "dropout_seed_plus_one") || !strcmp(bug, "dropout_scale_missing")) && !dropout)
         return "it has no dropout (p = 0)";
     if ((!strcmp(bug, "scale_missing") || !strcmp(bug, "scale_doubled")) && unit_scale)
         return "its softmax scale is 1 (head_dim 1)";
-    if (!strcmp(bug, "layout_bhsd") && (p->heads == 1 || p->seqlen_q == 1))
+    if (!strcmp(bug, "layout_bhsd_as_bshd") && (p->heads == 1 || p->seqlen_q == 1))
         return "with one head or one query row, BHSD and BSHD are the same layout";
     return NULL;
 }
@@ -129,7 +146,7 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
     fd_case c = *x->c;
     fd_problem *p = &c.prob;
     if (!inject) return run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
-    if (!strcmp(inject, "layout_bhsd")) {
+    if (!strcmp(inject, "layout_bhsd_as_bshd")) {
         size_t n = fd_q_numel(p);
         float *full = malloc(n * sizeof(float));
         float *fl = malloc(fd_lse_numel(p) * sizeof(float));
@@ -161,10 +178,10 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
     int post_scale = 0;
     if (!strcmp(inject, "scale_missing")) p->softmax_scale = 1.0f;
     else if (!strcmp(inject, "scale_doubled")) p->softmax_scale = p->softmax_scale * p->softmax_scale;
-    else if (!strcmp(inject, "causal_swap"))
-        p->mask = p->mask == FD_MASK_CAUSAL_TL ? FD_MASK_CAUSAL_BR : FD_MASK_CAUSAL_TL;
+    else if (!strcmp(inject, "causal_top_left")) p->mask = FD_MASK_CAUSAL_TL;
+    else if (!strcmp(inject, "causal_bottom_right")) p->mask = FD_MASK_CAUSAL_BR;
     else if (!strcmp(inject, "mask_missing")) p->mask = FD_MASK_NONE;
-    else if (!strcmp(inject, "dropout_seed")) p->seed += 1;
+    else if (!strcmp(inject, "dropout_seed_plus_one")) p->seed += 1;
     else if (!strcmp(inject, "dropout_scale_missing")) post_scale = 1;
     else {
         snprintf(err, errlen, "--inject: unknown bug \"%s\"", inject);
@@ -219,8 +236,47 @@ void fd_explanation_free(fd_explanation *ex)
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
                     fd_explanation *ex, char *err, size_t errlen)
 {
-    fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL};
-    return fd_explain_run(cf, &src, o, ex, err, errlen);
+    if (!c->bundle) {
+        fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        return fd_explain_run(cf, &src, o, ex, err, errlen);
+    }
+    fd_bundle *b = malloc(sizeof *b);
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (fd_bundle_load(c->bundle, b, err, errlen)) {
+        free(b);
+        return -1;
+    }
+    int pick = -1, rc = -1;
+    for (int i = 0; i < b->nout && pick < 0; i++)
+        if (o->backend ? !strcmp(b->out[i].name, o->backend) : b->out[i].be.role == FD_ROLE_FLASH) pick = i;
+    if (pick < 0) {
+        snprintf(err, errlen, "%s: %s", c->bundle, o->backend ? "no output with that name" : "no flash output to explain");
+    } else {
+        /* judged beside the bundle's standard outputs, as check judges it */
+        fd_given beside;
+        memset(&beside, 0, sizeof beside);
+        for (int i = 0; i < b->nout; i++) {
+            if (i == pick || b->out[i].be.role != FD_ROLE_STANDARD) continue;
+            beside.out[beside.nout].be = &b->out[i].be;
+            beside.out[beside.nout].o = b->out[i].o;
+            beside.out[beside.nout].lse = b->out[i].lse;
+            beside.out[beside.nout].keep = b->out[i].keep;
+            beside.nout++;
+        }
+        char id[200];
+        snprintf(id, sizeof id, "%s/%s", c->id, b->out[pick].name);
+        fd_explain_src src = {id, &b->prob, NULL, b->q, b->k, b->v, b->out[pick].o, b->out[pick].lse,
+                              b->out[pick].name, &beside};
+        fd_explain_opts eo = *o;
+        eo.backend = NULL;
+        rc = fd_explain_run(cf, &src, &eo, ex, err, errlen);
+    }
+    fd_bundle_free(b);
+    free(b);
+    return rc;
 }
 
 int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_explain_opts *o,
@@ -232,7 +288,10 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     snprintf(ex->case_id, sizeof ex->case_id, "%s", src->id);
     snprintf(ex->backend, sizeof ex->backend, "%s",
              src->kernel_o ? (src->kernel_name ? src->kernel_name : "imported") : o->backend ? o->backend : "cpu-flash");
-    snprintf(ex->inject, sizeof ex->inject, "%s", o->inject ? o->inject : "");
+    /* an old bug name runs, and is recorded, as the bug it names now */
+    const char *inject = o->inject && fd_explain_bug_renamed(o->inject, p->mask)
+                             ? fd_explain_bug_renamed(o->inject, p->mask) : o->inject;
+    snprintf(ex->inject, sizeof ex->inject, "%s", inject ? inject : "");
     ex->dtype = p->dtype;
     ex->best = -1;
     const fd_backend *be = NULL;
@@ -244,15 +303,16 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         snprintf(err, errlen, "explaining given tensors needs q, k, v and an output, and takes no --inject");
         return -1;
     }
-    const char *noop = c ? fd_explain_inject_noop(p, o->inject) : NULL;
+    const char *noop = c ? fd_explain_inject_noop(p, inject) : NULL;
     if (noop) {
         snprintf(err, errlen, "--inject %s changes nothing on case %s: %s", o->inject, src->id, noop);
         return -1;
     }
     int rc = -1;
+    fd_case_result *jr = NULL; /* the pipeline's judgement of the explained output */
     float *qo = NULL, *ko = NULL, *vo = NULL, *of = NULL, *lf = NULL;
     double *qu = NULL, *ku = NULL, *vu = NULL, *qd = NULL, *kd = NULL, *vd = NULL;
-    double *full = NULL, *lfull = NULL, *ref = NULL, *rlse = NULL, *kout = NULL, *base = NULL;
+    double *full = NULL, *lfull = NULL, *kout = NULL, *base = NULL;
     double *fin = NULL, *tmp = NULL, *sumabs = NULL, *kappa = NULL, *e = NULL, *acc = NULL;
     int *rows = NULL, *nvis = NULL;
     if (c) {
@@ -273,29 +333,56 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     qd = fd_to_f64(q, nq); kd = fd_to_f64(k, nkv); vd = fd_to_f64(v, nkv);
     of = malloc(nq * sizeof(float)); lf = malloc(fd_lse_numel(p) * sizeof(float));
     full = malloc(nq * sizeof(double)); lfull = malloc(fd_lse_numel(p) * sizeof(double));
-    ref = malloc(n * sizeof(double)); rlse = malloc((size_t)p->batch * (size_t)p->heads * (size_t)nrows * sizeof(double));
     kout = malloc(n * sizeof(double)); base = malloc(n * sizeof(double)); fin = malloc(n * sizeof(double));
     tmp = malloc(n * sizeof(double)); e = malloc(n * sizeof(double)); acc = calloc(n, sizeof(double));
     sumabs = malloc(n * sizeof(double)); kappa = malloc(n * sizeof(double));
-    if (!qd || !kd || !vd || !of || !lf || !full || !lfull || !ref || !rlse || !kout || !base ||
-        !fin || !tmp || !e || !acc || !sumabs || !kappa)
+    jr = malloc(sizeof *jr);
+    if (!qd || !kd || !vd || !of || !lf || !full || !lfull || !kout || !base ||
+        !fin || !tmp || !e || !acc || !sumabs || !kappa || !jr)
         FD_FAIL_OOM();
+    memset(jr, 0, sizeof *jr);
 
-    /* 1. the reference */
-    int und, pmax;
-    if (fd_reference_rows(p, q, k, v, rows, nrows, o->jobs, ref, rlse, &und, &pmax, err, errlen)) goto out;
+    /* 1. the kernel's output */
+    const float *klse = lf;
+    if (c) {
+        fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
+        if (kernel_output(&kx, inject, qd, kd, vd, of, lf, err, errlen)) goto out;
+    } else {
+        memcpy(of, src->kernel_o, nq * sizeof(float));
+        klse = src->kernel_lse;
+    }
+    gather_f(&ck, of, kout);
+
+    /* 2. judged by the one pipeline, as a given output beside any supplied standard ones:
+     * the verdict run and check give it, and the reference on the same rows */
+    {
+        fd_backend kb = {ex->backend, be ? be->family : "import", FD_ROLE_FLASH, NULL, NULL, NULL};
+        fd_given g;
+        memset(&g, 0, sizeof g);
+        g.q = q;
+        g.k = k;
+        g.v = v;
+        g.out[0].be = &kb;
+        g.out[0].o = of;
+        g.out[0].lse = klse;
+        g.nout = 1;
+        for (int i = 0; src->beside && i < src->beside->nout && g.nout < FD_MAX_BACKENDS - 1; i++)
+            g.out[g.nout++] = src->beside->out[i];
+        fd_case jc;
+        memset(&jc, 0, sizeof jc);
+        if (c) jc = *c;
+        snprintf(jc.id, sizeof jc.id, "%s", src->id);
+        jc.prob = *p;
+        jc.bundle = NULL;
+        if (!c) jc.dist = FD_DIST_GIVEN;
+        if (fd_run_case_given(cf, &jc, NULL, 0, &g, o->jobs, 1, jr, err, errlen)) goto out;
+        ex->verdict = jr->verdict;
+        snprintf(ex->reasons, sizeof ex->reasons, "%s", jr->reasons);
+    }
+    const double *ref = jr->ref_o;
     ex->ref_max_abs = 0.0;
     for (size_t i = 0; i < n; i++) ex->ref_max_abs = fmax(ex->ref_max_abs, fabs(ref[i]));
     const double refl2 = l2(ref, n);
-
-    /* 2. the kernel's output */
-    if (c) {
-        fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
-        if (kernel_output(&kx, o->inject, qd, kd, vd, of, lf, err, errlen)) goto out;
-    } else {
-        memcpy(of, src->kernel_o, nq * sizeof(float));
-    }
-    gather_f(&ck, of, kout);
     ex->k_err_max_abs = max_abs_diff(kout, ref, n);
     ex->k_err_l2 = refl2 > 0 ? l2_diff(kout, ref, n) / refl2 : l2_diff(kout, ref, n);
 
@@ -572,7 +659,9 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     rc = 0;
 out:
     free(qo); free(ko); free(vo); free(qu); free(ku); free(vu); free(qd); free(kd); free(vd);
-    free(of); free(lf); free(full); free(lfull); free(ref); free(rlse); free(kout); free(base);
+    free(of); free(lf); free(full); free(lfull); free(kout); free(base);
+    if (jr) fd_case_result_free(jr);
+    free(jr);
     free(fin); free(tmp); free(e); free(acc); free(sumabs); free(kappa); free(rows); free(nvis);
     if (rc) fd_explanation_free(ex);
     return rc;

@@ -52,7 +52,10 @@ typedef struct fd_ex_hypo {
 } fd_ex_hypo;
 
 typedef struct fd_explanation {
-    char case_id[160], backend[32], inject[40];
+    char case_id[160], backend[64], inject[40];
+    /* the judging pipeline's verdict on the explained output (fd_run_case), and why */
+    fd_verdict verdict;
+    char reasons[1024];
     fd_dtype dtype;
     long nchecked;
     double ref_max_abs;
@@ -87,14 +90,22 @@ typedef struct fd_explanation {
     char summary[512];
 } fd_explanation;
 
-/* Names of the bugs --inject accepts (NULL-terminated). */
+/* Names of the bugs --inject accepts (NULL-terminated). Each is the name of the bug
+ * hypothesis that names it: `--inject causal_top_left` on a causal_br case with
+ * seqlen_q != seqlen_k is explained by hypothesis causal_top_left (a test holds this). */
 extern const char *const fd_explain_bugs[];
-/* Why injecting bug into a case of problem p would leave the kernel's output unchanged
- * (a mask bug on an unmasked case, a dropout bug at p = 0, ...), or NULL when it changes
- * it. fd_explain_run refuses such an injection: explaining an unchanged kernel as if it
- * had the bug would mislead. */
+/* The name a bug had in 0.1.0 (layout_bhsd, causal_swap, dropout_seed) -> its name now,
+ * on a case with mask `mask` (causal_swap named the other alignment); NULL for any other
+ * name. The old names are accepted until the next release (docs/attribution.md). */
+const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask);
+/* Why injecting bug (a name of fd_explain_bugs, or an old one) into a case of problem p
+ * would leave the kernel's output unchanged (a mask bug on an unmasked case, a dropout bug
+ * at p = 0, ...), or NULL when it changes it. fd_explain_run refuses such an injection:
+ * explaining an unchanged kernel as if it had the bug would mislead. */
 const char *fd_explain_inject_noop(const fd_problem *p, const char *bug);
 
+/* Explains backend o->backend on case c (an imported case, c->bundle: the bundle's output
+ * named o->backend, NULL: its first flash output, judged beside its standard outputs). */
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
                     fd_explanation *ex, char *err, size_t errlen);
 
@@ -107,8 +118,13 @@ typedef struct fd_explain_src {
     const fd_case *c;
     const float *q, *k, *v;
     const float *kernel_o;   /* [b][s][h][d] */
+    const float *kernel_lse; /* [b][h][s] or NULL */
     const char *kernel_name; /* e.g. the bundle's output name */
+    const fd_given *beside;  /* supplied standard outputs judged beside it (or NULL) */
 } fd_explain_src;
+
+/* The output is first judged by the one pipeline (fd_run_case: the same verdict as run
+ * and check give it, in ex->verdict and ex->reasons), then attributed. */
 
 int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_explain_opts *o,
                    fd_explanation *ex, char *err, size_t errlen);

@@ -214,6 +214,57 @@ int fd_gate_backend_gated(const fd_gate_policy *p, const char *name, const json_
     return p->apply_all || fd_report_backend_is_flash(name, be);
 }
 
+/* Does some case of the report have a result of backend name? */
+static int in_report(const json_t *report, const char *name)
+{
+    size_t i;
+    const json_t *c;
+    json_array_foreach(json_object_get(report, "cases"), i, c)
+        if (json_object_get(json_object_get(c, "backends"), name)) return 1;
+    return 0;
+}
+
+int fd_gate_check_backends(const fd_gate_policy *p, const json_t *report, char *err, size_t errlen)
+{
+    char want[256];
+    snprintf(want, sizeof want, "%s", p->backends);
+    char *save = NULL;
+    for (char *t = strtok_r(want, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (in_report(report, t)) continue;
+        /* the names the report has, each once, in first-seen order */
+        char have[512] = "";
+        size_t i;
+        const json_t *c;
+        json_array_foreach(json_object_get(report, "cases"), i, c) {
+            const char *key;
+            json_t *b;
+            json_object_foreach(json_object_get(c, "backends"), key, b) {
+                int seen = 0;
+                for (size_t k = 0; k < i && !seen; k++)
+                    seen = json_object_get(json_object_get(json_array_get(json_object_get(report, "cases"), k), "backends"), key) != NULL;
+                if (seen) continue;
+                if (*have) strncat(have, ", ", sizeof have - strlen(have) - 1);
+                strncat(have, key, sizeof have - strlen(have) - 1);
+            }
+        }
+        snprintf(err, errlen, "%s: policy names backend %s, which is not in the report (has: %s)", p->path, t,
+                 *have ? have : "no backend");
+        return -1;
+    }
+    return 0;
+}
+
+void fd_gate_totals(const fd_gate_result *g, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "%d cases: %d PASS, %d MARGINAL, %d FAIL, %d UNDECIDED", g->ncases + g->nmissing_fail,
+                     g->npass, g->nmarginal, g->nfail + g->nmissing_fail, g->nundecided);
+    if (n < 0 || (size_t)n >= len) return;
+    if (g->nmissing_fail)
+        snprintf(buf + n, len - (size_t)n, " (%d of the FAILs: baseline cases missing from the report)", g->nmissing_fail);
+    else if (g->baseline_missing)
+        snprintf(buf + n, len - (size_t)n, " (%d baseline cases missing from the report, ignored)", g->baseline_missing);
+}
+
 static void worsen(fd_verdict *v, fd_verdict w)
 {
     static const int rank[] = {0, 1, 3, 2}; /* FAIL > UNDECIDED > MARGINAL > PASS */
@@ -252,17 +303,40 @@ static int dtype_index(const char *s)
     return 3;
 }
 
-/* The standard backend of name's family (the part before the first '-') in the case. */
-static const json_t *standard_of(const char *name, const json_t *bes)
+/* The standard output FlashAttention's rule compares a flash backend with: the case's
+ * "baseline" backend when the report names one (supplied or computed by the harness),
+ * else the standard backend of name's family (the part before the first '-'), else the
+ * case's only standard output (imported outputs: "flash" beside "math"). */
+static const json_t *standard_of(const char *name, const json_t *c)
 {
+    const json_t *bes = json_object_get(c, "backends");
+    const char *bn = json_string_value(json_object_get(json_object_get(c, "baseline"), "backend"));
+    const json_t *b = bn && strcmp(bn, name) ? json_object_get(bes, bn) : NULL;
+    if (b && json_is_true(json_object_get(b, "ok"))) return b;
     size_t fl = strcspn(name, "-");
     const char *key;
-    json_t *b;
+    const json_t *only = NULL;
+    int nstd = 0;
     json_object_foreach((json_t *)bes, key, b) {
-        if (strncmp(key, name, fl) || key[fl] != '-' || fd_report_backend_is_flash(key, b)) continue;
-        if (json_is_true(json_object_get(b, "ok"))) return b;
+        if (fd_report_backend_is_flash(key, b) || !json_is_true(json_object_get(b, "ok"))) continue;
+        if (name[fl] == '-' && !strncmp(key, name, fl) && key[fl] == '-') return b;
+        only = b;
+        nstd++;
     }
-    return NULL;
+    return nstd == 1 ? only : NULL;
+}
+
+/* A metric's value: 0 when it was not measured (null; or, in reports written before null,
+ * the string "nan" on a backend whose outputs are all finite: a NaN there can only mean
+ * "no data", such as no LSE supplied). */
+static int measured(const json_t *b, const char *metric, double *x)
+{
+    const json_t *j = json_object_get(b, metric);
+    if (!j || json_is_null(j)) return 0;
+    *x = fd_json_number(j);
+    if (isnan(*x) && !json_integer_value(json_object_get(b, "nan")) && !json_integer_value(json_object_get(b, "inf")))
+        return 0;
+    return 1;
 }
 
 static void note_backend(fd_gate_result *g, const char *name)
@@ -270,6 +344,12 @@ static void note_backend(fd_gate_result *g, const char *name)
     for (int i = 0; i < g->nbackends; i++)
         if (!strcmp(g->backends[i], name)) return;
     if (g->nbackends < 8) snprintf(g->backends[g->nbackends++], sizeof g->backends[0], "%s", name);
+}
+
+static void add_word(char *buf, size_t len, const char *w)
+{
+    if (*buf) strncat(buf, ", ", len - strlen(buf) - 1);
+    strncat(buf, w, len - strlen(buf) - 1);
 }
 
 #define TRY(x) do { if ((x)) goto oom; } while (0)
@@ -290,10 +370,20 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
         TRY(add_item(g, ci, name, "nonfinite", (double)(nn + ni), 0, FD_FAIL,
                      "%s %lld NaN and %lld Inf outputs", name, (long long)nn, (long long)ni));
     }
+    /* Rules that apply to this backend, and those whose numbers were measured: a backend
+     * none of whose rules could be measured is not judged, so it does not pass. */
+    int nrules = 0, nmeasured = 0;
+    char unmeasured[160] = "";
     for (int m = 0; m < FD_GM_N; m++) {
         double lim = p->limit[t][m] >= 0 ? p->limit[t][m] : p->limit[3][m];
         if (lim < 0) continue;
-        const double x = fd_json_number(json_object_get(b, fd_gate_metric_names[m]));
+        double x;
+        nrules++;
+        if (!measured(b, fd_gate_metric_names[m], &x)) {
+            add_word(unmeasured, sizeof unmeasured, fd_gate_metric_names[m]);
+            continue;
+        }
+        nmeasured++;
         const char *src = p->limit[t][m] >= 0 ? dt : "default";
         if (!(x <= lim)) {
             worsen(v, FD_FAIL);
@@ -307,10 +397,13 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
         }
     }
     if (p->fa_ratio > 0 && fd_report_backend_is_flash(name, b)) {
-        const json_t *s = standard_of(name, json_object_get(c, "backends"));
-        if (s) {
-            const double se = fd_json_number(json_object_get(s, "max_abs"));
-            const double x = fd_json_number(json_object_get(b, "max_abs"));
+        const json_t *s = standard_of(name, c);
+        double se, x;
+        nrules++;
+        if (!s || !measured(s, "max_abs", &se) || !measured(b, "max_abs", &x)) {
+            add_word(unmeasured, sizeof unmeasured, "FlashAttention's rule (no standard output)");
+        } else {
+            nmeasured++;
             const double lim = p->fa_ratio * se + p->fa_atol;
             if (!(x <= lim)) {
                 worsen(v, FD_FAIL);
@@ -337,12 +430,14 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
         if (bb && json_is_true(json_object_get(bb, "ok"))) {
             for (int m = 0; m < FD_GM_N; m++) {
                 if (!p->base_metric[m]) continue;
-                const double x0 = fd_json_number(json_object_get(bb, fd_gate_metric_names[m]));
-                const double x = fd_json_number(json_object_get(b, fd_gate_metric_names[m]));
+                double x0, x;
+                if (!measured(bb, fd_gate_metric_names[m], &x0) || !measured(b, fd_gate_metric_names[m], &x)) continue;
                 double lim = -1.0;
                 if (p->base_factor >= 0) lim = p->base_factor * x0 + p->base_abs;
                 if (p->base_ulps >= 0 && is_ulp_metric(m) && x0 + p->base_ulps > lim) lim = x0 + p->base_ulps;
                 if (lim < 0 || isnan(x0)) continue;
+                nrules++;
+                nmeasured++;
                 if (!(x <= lim)) {
                     worsen(v, FD_FAIL);
                     TRY(add_item(g, ci, name, fd_gate_metric_names[m], x, lim, FD_FAIL,
@@ -351,6 +446,11 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
                 }
             }
         }
+    }
+    if (nrules && !nmeasured) {
+        worsen(v, FD_FAIL);
+        TRY(add_item(g, ci, name, "unjudged", NAN, NAN, FD_FAIL, "%s not judged: no rule of the policy could be "
+                     "measured (not measured: %s)", name, unmeasured));
     }
     return 0;
 oom:
@@ -378,6 +478,14 @@ int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *ba
             if (!fd_gate_backend_gated(p, key, b)) continue;
             note_backend(g, key);
             if (eval_backend(p, g, ci, c, key, b, base_case, &v)) goto oom;
+        }
+        /* The run could apply no rule at all (no standard output, no reference): a failure. */
+        if (!strcmp(json_string_value(json_object_get(c, "verdict")), "UNJUDGED")) {
+            const char *why = json_string_value(json_object_get(c, "reasons"));
+            worsen(&v, FD_FAIL);
+            if (add_item(g, ci, "", "unjudged", NAN, NAN, FD_FAIL, "UNJUDGED by the run: %s",
+                         why && *why ? why : "no rule could be applied"))
+                goto oom;
         }
         const json_t *ds = json_object_get(c, "dropout_stats");
         if (p->keep_sigma > 0 && ds && json_integer_value(json_object_get(ds, "total")) > 0) {
@@ -424,7 +532,8 @@ int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *ba
                 goto oom;
         }
     }
-    g->failed = g->nfail > 0 || (p->base_missing_fails && g->baseline_missing > 0);
+    g->nmissing_fail = p->base_missing_fails ? g->baseline_missing : 0;
+    g->failed = g->nfail > 0 || g->nmissing_fail > 0;
     return 0;
 oom:
     snprintf(err, errlen, "out of memory evaluating the policy");

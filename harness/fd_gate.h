@@ -6,7 +6,9 @@
  * of a validated report (fd_report_read.h), optionally against a baseline report, and
  * collects one item per broken rule with the value and the limit. A case FAILs when
  * any gated backend breaks a limit, has NaN/Inf outputs, failed to run, gave outputs
- * that differ between repeats (--repeat), or when its dropout keep rate is off. */
+ * that differ between repeats (--repeat), could not be judged (none of the rules that
+ * apply to it could be measured, or the run said UNJUDGED), or when its dropout keep
+ * rate is off. A metric that was not measured (null) is never compared with a limit. */
 #ifndef FD_GATE_H
 #define FD_GATE_H
 #include <jansson.h>
@@ -56,7 +58,11 @@ typedef struct fd_gate_result {
     int npass, nmarginal, nfail, nundecided;
     int baseline_missing;       /* baseline cases not in the report */
     int baseline_new;           /* report cases not in the baseline */
+    int nmissing_fail;          /* missing baseline cases that fail (missing_cases "fail") */
     int failed;                 /* the gate's outcome: 1 when any case (or a missing baseline case) fails */
+    /* Set by the caller, said in the JUnit and Markdown: */
+    int partial;                /* the report is of an interrupted run (--allow-partial) */
+    int baseline_skipped;       /* the policy's baseline rule was not checked (--no-baseline) */
 } fd_gate_result;
 
 extern const char *const fd_gate_metric_names[FD_GM_N];
@@ -68,9 +74,17 @@ int fd_gate_policy_parse(const char *file, const json_t *root, fd_gate_policy *p
 int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *baseline,
                  fd_gate_result *g, char *err, size_t errlen);
 void fd_gate_result_free(fd_gate_result *g);
+/* 0, or -1 with err naming the first backend the policy lists that is in no case of the
+ * report: "policy names backend X, which is not in the report (has: A, B)". */
+int fd_gate_check_backends(const fd_gate_policy *p, const json_t *report, char *err, size_t errlen);
+/* The totals every output prints (summary line, gate.md, and the JUnit's failures with
+ * one gated backend): "N cases: a PASS, b MARGINAL, c FAIL, d UNDECIDED", where the
+ * cases and FAILs include the missing baseline cases the policy fails on. */
+void fd_gate_totals(const fd_gate_result *g, char *buf, size_t len);
 /* Is backend name gated by the policy (be: its report object)? */
 int fd_gate_backend_gated(const fd_gate_policy *p, const char *name, const json_t *be);
-/* One line per failing/marginal case: "FAIL id: item; item". */
+/* One line per failing/marginal case: "FAIL id: item; item" (the CLI prints them on
+ * stderr, like run and check). */
 void fd_gate_print(const fd_gate_result *g, FILE *f);
 /* JUnit XML: one testsuite per gated backend, one testcase per case. */
 int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *path, char *err, size_t errlen);

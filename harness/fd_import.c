@@ -213,8 +213,7 @@ out:
 
 /* ---- meta ---- */
 
-static int meta_u64(const char *ml, json_t *meta, const char *key, uint64_t *out, int *has, char *err,
-                    size_t errlen)
+static int meta_u64(fd_jctx *cx, const json_t *meta, const char *key, uint64_t *out, int *has)
 {
     json_t *v = json_object_get(meta, key);
     *has = v != NULL;
@@ -233,12 +232,11 @@ static int meta_u64(const char *ml, json_t *meta, const char *key, uint64_t *out
             return 0;
         }
     }
-    snprintf(err, errlen, "%s: %s: expected a non-negative integer below 2^64 (a decimal string for large values)", ml, key);
-    return -1;
+    return fd_jfail(cx, key, "expected a non-negative integer below 2^64 (a decimal string for large values)");
 }
 
-static int meta_num(const char *ml, json_t *meta, const char *key, double *out, int *has, char *err,
-                    size_t errlen)
+/* A number, or a string holding one. */
+static int meta_num(fd_jctx *cx, const json_t *meta, const char *key, double *out, int *has)
 {
     json_t *v = json_object_get(meta, key);
     *has = v != NULL;
@@ -257,8 +255,7 @@ static int meta_num(const char *ml, json_t *meta, const char *key, double *out, 
             return 0;
         }
     }
-    snprintf(err, errlen, "%s: %s: expected a number", ml, key);
-    return -1;
+    return fd_jfail(cx, key, "expected a number");
 }
 
 static int parse_dtype(const char *s, fd_dtype *t)
@@ -347,6 +344,28 @@ static void base_name(const char *path, char *out, size_t len)
     if (n > 12 && !strcmp(out + n - 12, ".safetensors")) out[n - 12] = 0;
 }
 
+void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int n, int rows_per_head)
+{
+    memset(cf, 0, sizeof *cf);
+    snprintf(cf->path, sizeof cf->path, "%s", source);
+    snprintf(cf->name, sizeof cf->name, "check");
+    snprintf(cf->description, sizeof cf->description, "imported tensors (flashdrift check --tensors)");
+    cf->rows_per_head = rows_per_head;
+    fd_flash_cfg_default(&cf->flash);
+    cf->flash.qk_order = cf->flash.pv_order = FD_ACC_TC16;
+    fd_policy_default(&cf->policy);
+    cf->bundles = paths;
+    cf->cases = calloc((size_t)(n > 0 ? n : 1), sizeof *cf->cases);
+    if (!cf->cases) return;
+    cf->ncases = n;
+    for (int i = 0; i < n; i++) {
+        fd_case *c = &cf->cases[i];
+        base_name(paths[i], c->id, sizeof c->id);
+        c->dist = FD_DIST_GIVEN;
+        c->bundle = paths[i];
+    }
+}
+
 void fd_bundle_free(fd_bundle *b)
 {
     free(b->q); free(b->k); free(b->v);
@@ -363,6 +382,19 @@ void fd_bundle_free(fd_bundle *b)
 
 static const char *const meta_keys[] = {"layout", "mask", "dtype", "scale", "dropout_p", "seed",
                                          "offset", "roles", "info", "format", NULL};
+
+/* What meta.json (or __metadata__) declares before any tensor is read. */
+typedef struct {
+    const char *layout; /* "bshd" or "bhsd" */
+    int has_dt;
+    fd_dtype dt; /* the declared dtype, when has_dt */
+} bmeta;
+
+static int bundle_meta(fd_jctx *cx, const json_t *meta, fd_bundle *b, bmeta *m);
+static int check_types(fd_jctx *cx, tlist *l, const bmeta *m);
+static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist *l, fd_bundle *b,
+                         const tens **q_out);
+static int bundle_outputs(fd_jctx *cx, const json_t *meta, const tens *tq, tlist *l, fd_bundle *b);
 
 int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
 {
@@ -393,112 +425,136 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
         if (load_st(path, &l, &meta, err, errlen)) goto out;
     }
     if (l.n) qsort(l.t, (size_t)l.n, sizeof *l.t, cmp_tens); /* outputs in name order */
-    if (!json_is_object(meta)) {
-        snprintf(err, errlen, "%s: expected a JSON object", ml);
+    /* messages about the meta read "META: KEY: what was expected" */
+    fd_jctx cx = {ml, err, errlen};
+    bmeta m;
+    const tens *tq = NULL;
+    if (bundle_meta(&cx, meta, b, &m) || check_types(&cx, &l, &m) || bundle_inputs(&cx, meta, &m, &l, b, &tq) ||
+        bundle_outputs(&cx, meta, tq, &l, b))
         goto out;
+    b->info = json_incref(json_object_get(meta, "info"));
+    rc = 0;
+out:
+    tlist_free(&l);
+    if (meta) json_decref(meta);
+    if (rc) fd_bundle_free(b);
+    return rc;
+}
+
+/* The declarations: known keys only, the layout and the mask (never guessed), the dtype. */
+static int bundle_meta(fd_jctx *cx, const json_t *meta, fd_bundle *b, bmeta *m)
+{
+    if (!json_is_object(meta)) {
+        snprintf(cx->err, cx->errlen, "%s: expected a JSON object", cx->file);
+        return -1;
     }
-    {
-        const char *key;
-        json_t *val;
-        json_object_foreach(meta, key, val) {
-            int ok = 0;
-            for (int i = 0; meta_keys[i]; i++) ok |= !strcmp(key, meta_keys[i]);
-            if (!ok) {
-                snprintf(err, errlen, "%s: unknown key \"%s\" (expected layout, mask, dtype, scale, dropout_p, "
-                                      "seed, offset, roles, info, format)", ml, key);
-                goto out;
-            }
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)meta, key, val) {
+        int ok = 0;
+        for (int i = 0; meta_keys[i]; i++) ok |= !strcmp(key, meta_keys[i]);
+        if (!ok) {
+            snprintf(cx->err, cx->errlen, "%s: unknown key \"%s\" (expected layout, mask, dtype, scale, dropout_p, "
+                                          "seed, offset, roles, info, format)", cx->file, key);
+            return -1;
         }
     }
-    const char *layout = json_string_value(json_object_get(meta, "layout"));
-    if (!layout || (strcmp(layout, "bshd") && strcmp(layout, "bhsd"))) {
-        snprintf(err, errlen, "%s: layout: expected \"bshd\" (batch, seq, heads, dim) or \"bhsd\" "
-                              "(batch, heads, seq, dim); it is never guessed", ml);
-        goto out;
-    }
-    b->bhsd = !strcmp(layout, "bhsd");
+    m->layout = json_string_value(json_object_get(meta, "layout"));
+    if (!m->layout || (strcmp(m->layout, "bshd") && strcmp(m->layout, "bhsd")))
+        return fd_jfail(cx, "layout", "expected \"bshd\" (batch, seq, heads, dim) or \"bhsd\" "
+                                      "(batch, heads, seq, dim); it is never guessed");
+    b->bhsd = !strcmp(m->layout, "bhsd");
     fd_problem *p = &b->prob;
     const char *mask = json_string_value(json_object_get(meta, "mask"));
-    if (!mask) {
-        snprintf(err, errlen, "%s: mask: expected \"none\", \"causal\" (top-left, PyTorch is_causal), "
-                              "\"causal_tl\" or \"causal_br\"", ml);
-        goto out;
-    }
+    if (!mask)
+        return fd_jfail(cx, "mask", "expected \"none\", \"causal\" (top-left, PyTorch is_causal), "
+                                    "\"causal_tl\" or \"causal_br\"");
     if (!strcmp(mask, "none")) p->mask = FD_MASK_NONE;
     else if (!strcmp(mask, "causal") || !strcmp(mask, "causal_tl")) p->mask = FD_MASK_CAUSAL_TL;
     else if (!strcmp(mask, "causal_br")) p->mask = FD_MASK_CAUSAL_BR;
-    else {
-        snprintf(err, errlen, "%s: mask: \"%s\" is not one of \"none\", \"causal\", \"causal_tl\", \"causal_br\"", ml, mask);
-        goto out;
-    }
-    int has_dt = 0;
-    fd_dtype meta_dt = FD_DT_FP32;
+    else return fd_jfail(cx, "mask", "\"%s\" is not one of \"none\", \"causal\", \"causal_tl\", \"causal_br\"", mask);
+    m->has_dt = 0;
+    m->dt = FD_DT_FP32;
     json_t *jdt = json_object_get(meta, "dtype");
     if (jdt) {
-        if (!json_is_string(jdt) || parse_dtype(json_string_value(jdt), &meta_dt)) {
-            snprintf(err, errlen, "%s: dtype: expected \"fp16\", \"bf16\" or \"fp32\"", ml);
-            goto out;
-        }
-        has_dt = 1;
+        if (!json_is_string(jdt) || parse_dtype(json_string_value(jdt), &m->dt))
+            return fd_jfail(cx, "dtype", "expected \"fp16\", \"bf16\" or \"fp32\"");
+        m->has_dt = 1;
     }
+    return 0;
+}
 
-    /* Resolve raw 16-bit words and check each tensor's type. */
-    for (int i = 0; i < l.n; i++) {
-        tens *t = &l.t[i];
+/* Resolves raw 16-bit words (bf16 by the declared dtype) and checks each tensor's type. */
+static int check_types(fd_jctx *cx, tlist *l, const bmeta *m)
+{
+    for (int i = 0; i < l->n; i++) {
+        tens *t = &l->t[i];
         const int is_mask = !strncmp(t->name, "dmask_", 6), is_lse = !strncmp(t->name, "lse_", 4);
         if (t->a.type == FD_AT_U16 && !is_mask && !is_lse) {
-            if (!has_dt || meta_dt != FD_DT_BF16) {
-                snprintf(err, errlen, "%s: 16-bit unsigned words ('<u2'): %s must say \"dtype\": \"bf16\" "
-                                      "(npy has no bf16 type)", t->label, ml);
-                goto out;
+            if (!m->has_dt || m->dt != FD_DT_BF16) {
+                snprintf(cx->err, cx->errlen, "%s: 16-bit unsigned words ('<u2'): %s must say \"dtype\": \"bf16\" "
+                                              "(npy has no bf16 type)", t->label, cx->file);
+                return -1;
             }
             t->a.type = FD_AT_BF16;
         }
         if (is_mask) {
             if (t->a.type != FD_AT_U8 && t->a.type != FD_AT_BOOL) {
-                snprintf(err, errlen, "%s: dropout mask of type %s (expected uint8 or bool, 1 = kept)",
+                snprintf(cx->err, cx->errlen, "%s: dropout mask of type %s (expected uint8 or bool, 1 = kept)",
                          t->label, fd_atype_name(t->a.type));
-                goto out;
+                return -1;
             }
             for (size_t x = 0; x < t->a.numel; x++)
                 if (((const uint8_t *)t->a.data)[x] > 1) {
-                    snprintf(err, errlen, "%s: dropout mask value %u at flat index %zu (expected 0 or 1)",
+                    snprintf(cx->err, cx->errlen, "%s: dropout mask value %u at flat index %zu (expected 0 or 1)",
                              t->label, ((const uint8_t *)t->a.data)[x], x);
-                    goto out;
+                    return -1;
                 }
         } else if (is_lse) {
             if (t->a.type != FD_AT_F32) {
-                snprintf(err, errlen, "%s: LSE of type %s (expected fp32)", t->label, fd_atype_name(t->a.type));
-                goto out;
+                snprintf(cx->err, cx->errlen, "%s: LSE of type %s (expected fp32)", t->label,
+                         fd_atype_name(t->a.type));
+                return -1;
             }
         } else {
             fd_dtype dt;
             if (atype_dtype(t->a.type, &dt)) {
-                snprintf(err, errlen, "%s: unsupported dtype %s (expected fp16, bf16 or fp32)", t->label,
+                snprintf(cx->err, cx->errlen, "%s: unsupported dtype %s (expected fp16, bf16 or fp32)", t->label,
                          fd_atype_name(t->a.type));
-                goto out;
+                return -1;
             }
         }
     }
-    tens *tq = tlist_find(&l, "q"), *tk = tlist_find(&l, "k"), *tv = tlist_find(&l, "v");
+    return 0;
+}
+
+/* q, k, v and the problem they define: shapes and dtype from the tensors, scale, dropout
+ * and Philox seed/offset from the meta; the inputs converted to (batch, seq, heads, dim). */
+static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist *l, fd_bundle *b,
+                         const tens **q_out)
+{
+    char *err = cx->err;
+    const size_t errlen = cx->errlen;
+    fd_problem *p = &b->prob;
+    tens *tq = tlist_find(l, "q"), *tk = tlist_find(l, "k"), *tv = tlist_find(l, "v");
     if (!tq || !tk || !tv) {
         const char *miss = !tq ? "q" : !tk ? "k" : "v";
-        if (b->safetensors) snprintf(err, errlen, "%s: missing required tensor \"%s\"", path, miss);
-        else snprintf(err, errlen, "%s/%s.npy: missing required tensor", path, miss);
-        goto out;
+        if (b->safetensors) snprintf(err, errlen, "%s: missing required tensor \"%s\"", b->path, miss);
+        else snprintf(err, errlen, "%s/%s.npy: missing required tensor", b->path, miss);
+        return -1;
     }
     const char *lay = b->bhsd ? "(batch, heads, seq, dim)" : "(batch, seq, heads, dim)";
     for (tens *t = tq; t; t = (t == tq ? tk : t == tk ? tv : NULL)) {
         if (t->a.ndim != 4) {
             snprintf(err, errlen, "%s: %d dimensions, expected 4 %s as the layout \"%s\" says", t->label,
-                     t->a.ndim, lay, layout);
-            goto out;
+                     t->a.ndim, lay, m->layout);
+            return -1;
         }
         for (int d = 0; d < 4; d++)
             if (t->a.shape[d] < 1 || t->a.shape[d] > INT_MAX / 2) {
                 snprintf(err, errlen, "%s: dimension %d is %lld (expected 1 to %d)", t->label, d,
                          (long long)t->a.shape[d], INT_MAX / 2);
-                goto out;
+                return -1;
             }
     }
     const int sI = b->bhsd ? 2 : 1, hI = b->bhsd ? 1 : 2;
@@ -513,81 +569,82 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
         fd_shape_str(4, tk->a.shape, s1, sizeof s1);
         fd_shape_str(4, tv->a.shape, s2, sizeof s2);
         snprintf(err, errlen, "%s: shape %s disagrees with k's %s", tv->label, s2, s1);
-        goto out;
+        return -1;
     }
     if (tk->a.shape[0] != p->batch || tk->a.shape[3] != p->head_dim || p->heads % p->kv_heads) {
         fd_shape_str(4, tq->a.shape, s1, sizeof s1);
         fd_shape_str(4, tk->a.shape, s2, sizeof s2);
         snprintf(err, errlen, "%s: shape %s disagrees with q's %s in layout %s %s: batch and dim must "
-                              "match and q's heads be a multiple of k's", tk->label, s2, s1, layout, lay);
-        goto out;
+                              "match and q's heads be a multiple of k's", tk->label, s2, s1, m->layout, lay);
+        return -1;
     }
     if (tk->a.type != tq->a.type || tv->a.type != tq->a.type) {
         const tens *o = tk->a.type != tq->a.type ? tk : tv;
         snprintf(err, errlen, "%s: dtype %s disagrees with q's %s", o->label, fd_atype_name(o->a.type),
                  fd_atype_name(tq->a.type));
-        goto out;
+        return -1;
     }
     atype_dtype(tq->a.type, &p->dtype);
-    if (has_dt && meta_dt != p->dtype) {
-        snprintf(err, errlen, "%s: dtype \"%s\" disagrees with the tensors' %s (%s)", ml, fd_dtype_name(meta_dt),
-                 fd_dtype_name(p->dtype), tq->label);
-        goto out;
+    if (m->has_dt && m->dt != p->dtype) {
+        snprintf(err, errlen, "%s: dtype \"%s\" disagrees with the tensors' %s (%s)", cx->file,
+                 fd_dtype_name(m->dt), fd_dtype_name(p->dtype), tq->label);
+        return -1;
     }
     double scale = 0.0, dp = 0.0;
     int has_scale, has_dp, has_seed, has_off;
-    if (meta_num(ml, meta, "scale", &scale, &has_scale, err, errlen) ||
-        meta_num(ml, meta, "dropout_p", &dp, &has_dp, err, errlen) ||
-        meta_u64(ml, meta, "seed", &p->seed, &has_seed, err, errlen) ||
-        meta_u64(ml, meta, "offset", &p->offset, &has_off, err, errlen))
-        goto out;
-    if (has_scale && !(scale > 0.0 && scale < 1e30)) {
-        snprintf(err, errlen, "%s: scale: expected a positive finite number, got %g", ml, scale);
-        goto out;
-    }
+    if (meta_num(cx, meta, "scale", &scale, &has_scale) || meta_num(cx, meta, "dropout_p", &dp, &has_dp) ||
+        meta_u64(cx, meta, "seed", &p->seed, &has_seed) || meta_u64(cx, meta, "offset", &p->offset, &has_off))
+        return -1;
+    if (has_scale && !(scale > 0.0 && scale < 1e30))
+        return fd_jfail(cx, "scale", "expected a positive finite number, got %g", scale);
     p->softmax_scale = has_scale ? (float)scale : (float)(1.0 / sqrt((double)p->head_dim));
-    if (!(dp >= 0.0 && dp < 1.0)) {
-        snprintf(err, errlen, "%s: dropout_p: expected a number in [0, 1), got %g", ml, dp);
-        goto out;
-    }
+    if (!(dp >= 0.0 && dp < 1.0)) return fd_jfail(cx, "dropout_p", "expected a number in [0, 1), got %g", dp);
     p->dropout_p = dp;
     if (dp > 0.0 && (!has_seed || !has_off)) {
         snprintf(err, errlen, "%s: dropout_p %g needs seed and offset (the reference regenerates "
-                              "FlashAttention-2's Philox mask from them)", ml, dp);
-        goto out;
+                              "FlashAttention-2's Philox mask from them)", cx->file, dp);
+        return -1;
     }
-    if (check_finite(tq, err, errlen) || check_finite(tk, err, errlen) || check_finite(tv, err, errlen)) goto out;
+    if (check_finite(tq, err, errlen) || check_finite(tk, err, errlen) || check_finite(tv, err, errlen)) return -1;
     b->q = to_bshd(&tq->a, b->bhsd);
     b->k = to_bshd(&tk->a, b->bhsd);
     b->v = to_bshd(&tv->a, b->bhsd);
     if (!b->q || !b->k || !b->v) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        goto out;
+        snprintf(err, errlen, "%s: out of memory", b->path);
+        return -1;
     }
+    *q_out = tq;
+    return 0;
+}
 
-    /* Outputs, their LSEs and dropout masks. */
+/* The outputs (out_NAME, the same shape and dtype as q) with their roles, and each one's
+ * LSE (lse_NAME) and dropout mask (dmask_NAME). */
+static int bundle_outputs(fd_jctx *cx, const json_t *meta, const tens *tq, tlist *l, fd_bundle *b)
+{
+    char *err = cx->err;
+    const size_t errlen = cx->errlen;
+    const fd_problem *p = &b->prob;
+    char s1[160], s2[160];
     json_t *roles = json_object_get(meta, "roles");
-    if (roles && !json_is_object(roles)) {
-        snprintf(err, errlen, "%s: roles: expected an object {NAME: \"flash\" | \"standard\"}", ml);
-        goto out;
-    }
-    for (int i = 0; i < l.n; i++) {
-        tens *t = &l.t[i];
+    if (roles && !json_is_object(roles))
+        return fd_jfail(cx, "roles", "expected an object {NAME: \"flash\" | \"standard\"}");
+    for (int i = 0; i < l->n; i++) {
+        tens *t = &l->t[i];
         if (strncmp(t->name, "out_", 4)) continue;
         if (b->nout == FD_MAX_BACKENDS) {
             snprintf(err, errlen, "%s: more than %d outputs", t->label, FD_MAX_BACKENDS);
-            goto out;
+            return -1;
         }
         if (!shape_is(&t->a, 4, tq->a.shape)) {
             fd_shape_str(t->a.ndim, t->a.shape, s1, sizeof s1);
             fd_shape_str(4, tq->a.shape, s2, sizeof s2);
             snprintf(err, errlen, "%s: shape %s disagrees with q's %s", t->label, s1, s2);
-            goto out;
+            return -1;
         }
         if (t->a.type != tq->a.type) {
             snprintf(err, errlen, "%s: dtype %s disagrees with q's %s", t->label, fd_atype_name(t->a.type),
                      fd_atype_name(tq->a.type));
-            goto out;
+            return -1;
         }
         fd_import_output *o = &b->out[b->nout++];
         snprintf(o->name, sizeof o->name, "%s", t->name + 4);
@@ -603,13 +660,14 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
             if (rs && !strcmp(rs, "flash")) o->be.role = FD_ROLE_FLASH;
             else if (rs && !strcmp(rs, "standard")) o->be.role = FD_ROLE_STANDARD;
             else {
-                snprintf(err, errlen, "%s: roles.%s: expected \"flash\" or \"standard\"", ml, nm);
-                goto out;
+                char rp[128];
+                snprintf(rp, sizeof rp, "roles.%s", nm);
+                return fd_jfail(cx, rp, "expected \"flash\" or \"standard\"");
             }
         }
         if (!(o->o = to_bshd(&t->a, b->bhsd))) {
-            snprintf(err, errlen, "%s: out of memory", path);
-            goto out;
+            snprintf(err, errlen, "%s: out of memory", b->path);
+            return -1;
         }
     }
     if (roles) {
@@ -619,13 +677,13 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
             int found = 0;
             for (int i = 0; i < b->nout; i++) found |= !strcmp(b->out[i].name, key);
             if (!found) {
-                snprintf(err, errlen, "%s: roles.%s names no output (no tensor out_%s)", ml, key, key);
-                goto out;
+                snprintf(err, errlen, "%s: roles.%s names no output (no tensor out_%s)", cx->file, key, key);
+                return -1;
             }
         }
     }
-    for (int i = 0; i < l.n; i++) {
-        tens *t = &l.t[i];
+    for (int i = 0; i < l->n; i++) {
+        tens *t = &l->t[i];
         const int is_lse = !strncmp(t->name, "lse_", 4), is_mask = !strncmp(t->name, "dmask_", 6);
         if (!is_lse && !is_mask) continue;
         const char *nm = t->name + (is_lse ? 4 : 6);
@@ -634,7 +692,7 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
             if (!strcmp(b->out[j].name, nm)) o = &b->out[j];
         if (!o) {
             snprintf(err, errlen, "%s: belongs to no output (no tensor out_%s)", t->label, nm);
-            goto out;
+            return -1;
         }
         const int64_t want_lse[3] = {p->batch, p->heads, p->seqlen_q};
         const int64_t want_mask[4] = {p->batch, p->heads, p->seqlen_q, p->seqlen_k};
@@ -643,7 +701,7 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
             fd_shape_str(is_lse ? 3 : 4, is_lse ? want_lse : want_mask, s2, sizeof s2);
             snprintf(err, errlen, "%s: shape %s, expected %s (%s)", t->label, s1, s2,
                      is_lse ? "batch, heads, seqlen_q" : "batch, heads, seqlen_q, seqlen_k");
-            goto out;
+            return -1;
         }
         if (is_lse) {
             o->lse = malloc(sizeof(float) * t->a.numel);
@@ -655,16 +713,10 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
             memcpy(o->keep, t->a.data, t->a.numel);
         }
     }
-    b->info = json_incref(json_object_get(meta, "info"));
-    rc = 0;
-    goto out;
+    return 0;
 oom:
-    snprintf(err, errlen, "%s: out of memory", path);
-out:
-    tlist_free(&l);
-    if (meta) json_decref(meta);
-    if (rc) fd_bundle_free(b);
-    return rc;
+    snprintf(err, errlen, "%s: out of memory", b->path);
+    return -1;
 }
 
 /* ---- writing ---- */

@@ -21,6 +21,7 @@
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "fd_case.h"
 #include "fd_problem.h"
 #include "fd_run.h"
 
@@ -54,16 +55,10 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
  * *.safetensors files, sorted by name). Fills *paths (caller frees each and the array). */
 int fd_bundle_list(const char *path, char ***paths, int *n, char *err, size_t errlen);
 
-/* fd_run_import (harness/fd_run_import.c): fd_run_case for a bundle. The MPFR reference
- * on the bundle's exact inputs for the rows cf->rows_per_head selects; each output
- * measured against it (as a backend of family "import"); FlashAttention's rule for
- * each flash output against the first standard output; the regenerated FA2 dropout
- * mask's keep rate; then cf->policy's verdict. *extra receives what has no place in
- * fd_case_result: the bundle (path, format, layout, outputs and roles), every pair of
- * outputs measured against each other (max abs, rel l2, max ulp, identical elements,
- * over all elements), and per supplied dropout mask its agreement with FA2's
- * regeneration from (seed, offset) and its own keep rate; a mask that disagrees makes
- * the case FAIL (the reference then does not model that kernel's dropout). */
-int fd_run_import(const fd_casefile *cf, const fd_bundle *b, int jobs, fd_case_result *res,
-                  json_t **extra, char *err, size_t errlen);
+/* A case file over imported tensors (`check`, `explain --tensors`): one case per bundle
+ * (paths and the array are taken over: freed by fd_casefile_free), id = the bundle's name,
+ * inputs and outputs given (fd_run_case loads the bundle). The replay's knobs are the
+ * tensor-core order (imported outputs come from GPUs); the policy is the default one.
+ * cf->ncases is 0 when out of memory. */
+void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int n, int rows_per_head);
 #endif

@@ -25,6 +25,28 @@ static int cmp_dbl(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+uint64_t fd_output_hash(const fd_problem *p, const int *rows, int nrows, const int *nvis,
+                        int skip_empty, const float *o, const float *lse)
+{
+    const int D = p->head_dim;
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (int b = 0; b < p->batch; b++)
+        for (int h = 0; h < p->heads; h++)
+            for (int r = 0; r < nrows; r++) {
+                const int i = rows[r];
+                if (nvis[r] == 0 && skip_empty) continue;
+                for (int d = 0; d <= D; d++) {
+                    if (d == D && !lse) break;
+                    uint32_t u = fd_f32_bits(d < D ? o[fd_q_index(p, b, i, h, d)] : lse[fd_lse_index(p, b, h, i)]);
+                    for (int t = 0; t < 4; t++) {
+                        hash ^= (u >> (8 * t)) & 0xffu;
+                        hash *= 0x100000001b3ull;
+                    }
+                }
+            }
+    return hash;
+}
+
 int fd_metrics_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
                        const double *ref_o, const double *ref_lse, const float *o,
                        const float *lse, int skip_empty, fd_metrics *m)
@@ -36,7 +58,8 @@ int fd_metrics_compute(const fd_problem *p, const int *rows, int nrows, const in
     double *ulps = malloc((cap ? cap : 1) * sizeof(double));
     if (!ulps) return -1;
     size_t nu = 0;
-    uint64_t hash = 0xcbf29ce484222325ull;
+    m->lse_measured = lse != NULL;
+    if (!lse) m->lse_max_abs = NAN;
     double se = 0.0, sr = 0.0;
     for (int b = 0; b < p->batch; b++)
         for (int h = 0; h < p->heads; h++)
@@ -47,18 +70,13 @@ int fd_metrics_compute(const fd_problem *p, const int *rows, int nrows, const in
                     m->empty_rows_skipped++;
                     continue;
                 }
-                for (int d = 0; d <= D; d++) {
-                    uint32_t u = fd_f32_bits(d < D ? o[fd_q_index(p, b, i, h, d)] : lse[fd_lse_index(p, b, h, i)]);
-                    for (int t = 0; t < 4; t++) {
-                        hash ^= (u >> (8 * t)) & 0xffu;
-                        hash *= 0x100000001b3ull;
-                    }
+                if (lse) {
+                    const double lr = ref_lse[rix];
+                    const double lg = (double)lse[fd_lse_index(p, b, h, i)];
+                    double le = (isinf(lr) && isinf(lg) && (lr > 0) == (lg > 0)) ? 0.0 : fabs(lg - lr);
+                    if (isnan(le)) le = INFINITY;
+                    if (le > m->lse_max_abs) m->lse_max_abs = le;
                 }
-                const double lr = ref_lse[rix];
-                const double lg = (double)lse[fd_lse_index(p, b, h, i)];
-                double le = (isinf(lr) && isinf(lg) && (lr > 0) == (lg > 0)) ? 0.0 : fabs(lg - lr);
-                if (isnan(le)) le = INFINITY;
-                if (le > m->lse_max_abs) m->lse_max_abs = le;
                 for (int d = 0; d < D; d++) {
                     const double ref = ref_o[rix * (size_t)D + (size_t)d];
                     const double got = (double)o[fd_q_index(p, b, i, h, d)];
@@ -77,7 +95,7 @@ int fd_metrics_compute(const fd_problem *p, const int *rows, int nrows, const in
                     ulps[nu++] = ae / fd_ulp_in_dtype(ref, p->dtype);
                 }
             }
-    m->hash = hash;
+    m->hash = fd_output_hash(p, rows, nrows, nvis, skip_empty, o, lse);
     m->rel_l2 = sr > 0.0 ? sqrt(se / sr) : sqrt(se);
     if (nu) {
         qsort(ulps, nu, sizeof(double), cmp_dbl);

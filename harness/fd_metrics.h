@@ -13,6 +13,7 @@
 
 typedef struct fd_metrics {
     int valid;
+    int lse_measured; /* 0: no LSE was given; lse_max_abs is NaN and neither shown nor judged */
     double max_abs, max_rel, rel_l2, max_ulp, p99_ulp, lse_max_abs;
     long n_elems, nan_count, inf_count, empty_rows_skipped;
     int worst_b, worst_h, worst_i, worst_d;
@@ -23,9 +24,14 @@ typedef struct fd_metrics {
 } fd_metrics;
 
 /* ref_o: [b][h][r][d] doubles for the nrows checked rows; ref_lse: [b][h][r];
- * nvis: [r] visible keys per row. o, lse: full backend outputs (fd_problem layouts). */
+ * nvis: [r] visible keys per row. o, lse: full backend outputs (fd_problem layouts); lse
+ * may be NULL (not supplied: not measured). */
 int fd_metrics_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
                        const double *ref_o, const double *ref_lse, const float *o,
                        const float *lse, int skip_empty, fd_metrics *m);
+/* FNV-1a 64 of the bits of the checked outputs (and LSE values when lse is not NULL), row
+ * by row as fd_metrics_compute visits them: the identity of an output for --repeat. */
+uint64_t fd_output_hash(const fd_problem *p, const int *rows, int nrows, const int *nvis,
+                        int skip_empty, const float *o, const float *lse);
 double fd_ulp_in_dtype(double ref, fd_dtype t);
 #endif

@@ -1,9 +1,17 @@
-/* fd_run.h: running cases through backends and the reference, and judging them.
+/* fd_run.h: the one judging pipeline: every command that judges (run, check, explain,
+ * gate's runs, --repeat) goes through fd_run_case.
  *
- * fd_run_case: inputs -> sampled rows -> MPFR reference (OpenMP over rows) -> each
- * backend (outputs poisoned with NaN first, so unwritten values show) -> metrics ->
- * FlashAttention's relative rule (flash error <= k * standard's + atol, per backend
- * family) -> dropout keep-rate statistics -> verdict by the case file's policy. */
+ * fd_run_case: inputs (from the case's seeds, or given) -> sampled rows -> MPFR
+ * reference (OpenMP over rows) -> each backend's outputs (a kernel run, outputs poisoned
+ * with NaN first so unwritten values show; or outputs given: an imported output is a
+ * backend whose outputs were given) -> repeats (--repeat: bitwise identity) -> metrics ->
+ * baselines (a flash output is compared with a standard output of its family, else with
+ * a supplied standard output, else with standard attention the harness computes itself
+ * from the same inputs, origin "computed", together with the replay's rounding budget)
+ * -> rules (FlashAttention's relative rule, ulp and LSE limits, the applied dropout mask
+ * against the regenerated one, keep-rate statistics) -> verdict. A metric that was not
+ * measured (no LSE given, no mask given) is never compared with a limit. A case where no
+ * rule could be applied to a flash output is UNJUDGED, never PASS. */
 #ifndef FD_RUN_H
 #define FD_RUN_H
 #include <signal.h>
@@ -11,10 +19,15 @@
 #include "fd_case.h"
 #include "fd_metrics.h"
 
-typedef enum { FD_PASS = 0, FD_MARGINAL = 1, FD_FAIL = 2, FD_UNDECIDED = 3 } fd_verdict;
+/* UNJUDGED: no rule could be applied (no flash output, or no baseline for it); gates as a failure. */
+typedef enum { FD_PASS = 0, FD_MARGINAL = 1, FD_FAIL = 2, FD_UNDECIDED = 3, FD_UNJUDGED = 4 } fd_verdict;
+#define FD_NVERDICTS 5
 typedef enum { FD_ROLE_FLASH = 0, FD_ROLE_STANDARD = 1 } fd_role;
+/* Where a backend's outputs came from: a kernel run, given (imported, or the output that
+ * explain attributes), or computed by the harness as a baseline. */
+typedef enum { FD_ORIGIN_KERNEL = 0, FD_ORIGIN_GIVEN = 1, FD_ORIGIN_COMPUTED = 2 } fd_origin;
 
-#define FD_MAX_BACKENDS 6
+#define FD_MAX_BACKENDS 8
 
 typedef struct fd_backend {
     const char *name;   /* "cpu-flash", "cuda-standard", ... */
@@ -37,7 +50,8 @@ typedef struct fd_backend {
 } fd_backend;
 
 /* Fills out with the backends named in spec ("auto", "cpu", "cuda", or a comma list of
- * names). Returns the count, or -1 with err filled (unknown name, no GPU for cuda). */
+ * names; "import": none, the outputs are given). Returns the count, or -1 with err filled
+ * (unknown name, no GPU for cuda). */
 int fd_backends_select(const char *spec, const fd_backend **out, char *err, size_t errlen);
 const fd_backend *fd_backend_find(const char *name);
 /* 1 when the CUDA backends are built and a GPU is visible. */
@@ -58,12 +72,17 @@ typedef struct fd_dropout_stats {
 
 typedef struct fd_backend_result {
     const fd_backend *be;
+    fd_origin origin;
     int ok;                 /* 0: the backend failed (or was skipped); error holds why */
     int skipped;            /* the backend does not apply to this case (error says why) */
     char error[256];
     fd_metrics m;
-    double fa_ratio;        /* flash only: max abs error / standard's (same family); <0 n/a */
+    double fa_ratio;        /* flash only: max abs error / its baseline's; <0 n/a */
     double fa_limit;
+    int baseline;           /* flash only: index of the standard result it was compared with, or -1 */
+    /* --repeat: runs, distinct output hashes (the first few), runs that failed */
+    int repeat_runs, repeat_distinct, repeat_failed;
+    uint64_t repeat_hash[8];
     /* dropout mask agreement with the regenerated mask (backends with applied_mask) */
     long mask_checked, mask_mismatch;
     int mm_b, mm_h, mm_i, mm_j;  /* first mismatch */
@@ -80,6 +99,19 @@ typedef struct fd_case_result {
     int nbe;
     fd_backend_result be[FD_MAX_BACKENDS];
     fd_dropout_stats drop;
+    /* the rounding budget, recorded when the baseline was computed: max abs errors of the
+     * computed standard attention and of the CPU replay of the flash algorithm (NaN: not
+     * computed) */
+    double budget_standard, budget_replay;
+    /* the reference on the checked rows, kept for the stages after judging (explain):
+     * ref_o [b][h][r][d], ref_lse [b][h][r] */
+    double *ref_o, *ref_lse;
+    /* given inputs only (imports): what has no place above (the bundle, its outputs
+     * against each other); owned, attached to the report's case as "import" */
+    void *extra;
+    /* what the given backends point into (an imported bundle), released with the result */
+    void *owned;
+    void (*owned_free)(void *);
     /* a GPU flash kernel against its CPU replay, bit for bit, on the checked elements */
     int replay_checked;          /* both cuda-flash and cpu-flash ran */
     long replay_elems, replay_identical;
@@ -89,19 +121,43 @@ typedef struct fd_case_result {
     char reasons[1024];
 } fd_case_result;
 
+/* Outputs handed to the pipeline instead of computed: the given inputs (exact dtype values
+ * in fd_problem's layouts; NULL: generated from the case's seeds) and outputs, each a
+ * backend whose outputs were given (be->run is not called; lse and keep may be NULL:
+ * not measured). */
+typedef struct fd_given {
+    const float *q, *k, *v;
+    int nout;
+    struct {
+        const fd_backend *be;
+        const float *o;      /* [b][s_q][h][d] */
+        const float *lse;    /* [b][h][s_q] or NULL */
+        const uint8_t *keep; /* [b][h][s_q][s_k], 1 kept, or NULL */
+    } out[FD_MAX_BACKENDS];
+} fd_given;
+
 extern volatile sig_atomic_t fd_interrupted;
 
 const char *fd_verdict_name(fd_verdict v);
+/* The pipeline for one case: the kernels in bes, then the given outputs (given may be
+ * NULL); each kernel runs `repeat` times in all (>= 1). A case of imported tensors
+ * (c->bundle) loads its bundle and judges its outputs as given ones (fd_run_import.c).
+ * 0, or -1 with err (the case could not be judged: bad input, out of memory, interrupted). */
 int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                int jobs, fd_case_result *res, char *err, size_t errlen);
+                const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err,
+                size_t errlen);
 void fd_case_result_free(fd_case_result *r);
+/* Imported tensors: fd_run_case for a case whose c->bundle names a bundle (fd_run_import.c). */
+int fd_run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
+                       int jobs, int repeat, fd_case_result *res, char *err, size_t errlen);
+/* The pipeline with given outputs and inputs (fd_run_case's body). */
+int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
+                      const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err,
+                      size_t errlen);
 /* Building blocks of a judged case, shared with the import backend. */
 double fd_now_s(void);
 void fd_add_reason(fd_case_result *r, const char *fmt, ...);
-void fd_worsen(fd_verdict *v, fd_verdict w); /* FAIL > UNDECIDED > MARGINAL > PASS */
-/* FlashAttention's rule: each flash backend against the first standard one (of its own
- * family when same_family). */
-void fd_apply_fa_rule(const fd_policy *po, fd_case_result *res, int same_family);
+void fd_worsen(fd_verdict *v, fd_verdict w); /* FAIL > UNJUDGED > UNDECIDED > MARGINAL > PASS */
 /* Keep-rate statistics of the FA2 mask over the visible elements of the listed rows. */
 void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
                               fd_dropout_stats *s);
@@ -110,5 +166,4 @@ void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, c
 int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const float *v,
                       const int *rows, int nrows, int jobs, double *ref_o, double *ref_lse,
                       int *undecided, int *precmax, char *err, size_t errlen);
-void fd_judge(const fd_policy *po, fd_case_result *r);
 #endif

@@ -11,6 +11,7 @@ void fd_explain_text(const fd_explanation *ex, FILE *f)
 {
     fprintf(f, "case %s\nbackend %s%s%s, %ld output elements checked against the MPFR reference\n\n",
             ex->case_id, ex->backend, ex->inject[0] ? ", injected bug: " : "", ex->inject, ex->nchecked);
+    fprintf(f, "JUDGED: %s%s%s\n", fd_verdict_name(ex->verdict), ex->reasons[0] ? ": " : "", ex->reasons);
     fprintf(f, "VERDICT: %s\n\n", ex->summary);
     if (ex->replay_matches_kernel)
         fprintf(f, "Error budget of the flash algorithm (CPU replay, bitwise equal to the kernel's output here),\n"
@@ -101,6 +102,8 @@ json_t *fd_explain_json(const fd_explanation *ex)
         fd_json_num(ex->kappa_median), "kappa_max", fd_json_num(ex->kappa_max), "pv_bound_worst_ratio",
         fd_json_num(ex->pv_bound_worst_ratio), "pv_bound_violations", (json_int_t)ex->pv_bound_violations,
         "hypotheses", hyps);
+    json_object_set_new(j, "verdict", json_string(fd_verdict_name(ex->verdict)));
+    json_object_set_new(j, "reasons", json_string(ex->reasons));
     if (ex->drop.active)
         json_object_set_new(j, "dropout", json_pack("{s:o, s:o, s:o, s:o}", "keep_rate", fd_json_num(ex->drop.keep_rate),
                                                     "keep_threshold", fd_json_num(ex->drop.keep_threshold),

@@ -33,6 +33,14 @@ static const char *str(const json_t *o, const char *k)
     return s ? s : "";
 }
 
+/* A metric as the outputs show it: "-" when it was not measured (null, or NaN: the gate
+ * never takes a NaN for a number it compared). */
+static void num(char *buf, size_t len, double x)
+{
+    if (isnan(x)) snprintf(buf, len, "-");
+    else snprintf(buf, len, "%.4g", x);
+}
+
 /* Items of case ci that concern backend be (its own and the case-level ones). */
 static int items_for(const fd_gate_result *g, int ci, const char *be, fd_verdict level, char *buf, size_t len,
                      const char **first_metric)
@@ -74,8 +82,14 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
             const double ms = fd_json_number(json_object_get(b, "ms"));
             if (!isnan(ms)) total_time += ms / 1e3;
         }
+    /* Missing baseline cases are testcases of their own suite: failures when the policy
+     * fails on them, skipped when it ignores them. */
+    tests += g->baseline_missing;
+    failures += g->nmissing_fail;
+    skipped += g->baseline_missing - g->nmissing_fail;
     fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"flashdrift gate: ");
     xml_esc(f, cfname);
+    if (g->partial) fprintf(f, " (partial report: interrupted run)");
     fprintf(f, "\" tests=\"%d\" failures=\"%d\" errors=\"0\" skipped=\"%d\" time=\"%.3f\">\n", tests, failures,
             skipped, total_time);
     for (int t = 0; t < g->nbackends; t++) {
@@ -102,7 +116,11 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
                                   {"git_commit", str(r, "git_commit")},
                                   {"flashdrift_version", str(r, "version")},
                                   {"policy", p->path},
-                                  {"cpu", str(json_object_get(r, "machine"), "cpu")}};
+                                  {"cpu", str(json_object_get(r, "machine"), "cpu")},
+                                  {"report", g->partial ? "partial: an interrupted run, gated with --allow-partial"
+                                                        : "complete"},
+                                  {"baseline_rule", !p->base_on ? "none in the policy"
+                                                    : g->baseline_skipped ? "not checked (--no-baseline)" : "checked"}};
         for (size_t k = 0; k < sizeof props / sizeof props[0]; k++) {
             fprintf(f, "      <property name=\"%s\" value=\"", props[k][0]);
             xml_esc(f, props[k][1]);
@@ -142,21 +160,22 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
                 xml_esc(f, msg);
                 fprintf(f, "\"/>\n");
             }
-            /* The numbers, for whoever opens the test case. */
-            char out[1024];
-            if (json_is_true(json_object_get(b, "ok")))
-                snprintf(out, sizeof out,
-                         "%s %s: max_abs %.4g, max_rel %.4g, rel_l2 %.4g, max_ulp %.4g, p99_ulp %.4g, "
-                         "lse_max_abs %.4g, output_hash %s",
-                         be, str(c, "verdict"), fd_json_number(json_object_get(b, "max_abs")),
-                         fd_json_number(json_object_get(b, "max_rel")), fd_json_number(json_object_get(b, "rel_l2")),
-                         fd_json_number(json_object_get(b, "max_ulp")), fd_json_number(json_object_get(b, "p99_ulp")),
-                         fd_json_number(json_object_get(b, "lse_max_abs")), str(b, "output_hash"));
-            else
-                snprintf(out, sizeof out, "%s error: %s", be, str(b, "error"));
-            if (items_for(g, ci, be, FD_MARGINAL, msg, sizeof msg, NULL) && g->verdict[ci] != FD_FAIL) {
-                strncat(out, "\nMARGINAL: ", sizeof out - strlen(out) - 1);
-                strncat(out, msg, sizeof out - strlen(out) - 1);
+            /* The gate's verdict and items, then the numbers, for whoever opens the test case. */
+            char out[6144];
+            snprintf(out, sizeof out, "%s gate %s", be, fd_verdict_name(g->verdict[ci]));
+            for (int lv = 0; lv < 4; lv++) {
+                static const fd_verdict order[] = {FD_FAIL, FD_UNDECIDED, FD_MARGINAL, FD_PASS};
+                if (order[lv] == FD_PASS || !items_for(g, ci, be, order[lv], msg, sizeof msg, NULL)) continue;
+                snprintf(out + strlen(out), sizeof out - strlen(out), "\n%s: %s", fd_verdict_name(order[lv]), msg);
+            }
+            if (json_is_true(json_object_get(b, "ok"))) {
+                char m[6][32];
+                for (int k = 0; k < 6; k++) num(m[k], sizeof m[k], fd_json_number(json_object_get(b, fd_gate_metric_names[k])));
+                snprintf(out + strlen(out), sizeof out - strlen(out),
+                         "\nmax_abs %s, max_rel %s, rel_l2 %s, max_ulp %s, p99_ulp %s, lse_max_abs %s, output_hash %s",
+                         m[0], m[1], m[2], m[3], m[4], m[5], str(b, "output_hash"));
+            } else {
+                snprintf(out + strlen(out), sizeof out - strlen(out), "\nerror: %s", str(b, "error"));
             }
             fprintf(f, "      <system-out>");
             xml_esc(f, out);
@@ -165,21 +184,18 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
         fprintf(f, "  </testsuite>\n");
     }
     if (g->baseline_missing) {
-        int nf = 0;
-        for (int k = 0; k < g->nitems; k++) nf += g->items[k].case_idx < 0 && g->items[k].level == FD_FAIL;
-        fprintf(f, "  <testsuite name=\"baseline\" tests=\"%d\" failures=\"%d\" errors=\"0\" skipped=\"0\" time=\"0\">\n",
-                g->baseline_missing, nf);
+        fprintf(f, "  <testsuite name=\"baseline\" tests=\"%d\" failures=\"%d\" errors=\"0\" skipped=\"%d\" time=\"0\">\n",
+                g->baseline_missing, g->nmissing_fail, g->baseline_missing - g->nmissing_fail);
         for (int k = 0; k < g->nitems; k++) {
             const fd_gate_item *it = &g->items[k];
             if (it->case_idx >= 0) continue;
             fprintf(f, "    <testcase name=\"");
             xml_esc(f, it->text);
             fprintf(f, "\" classname=\"flashdrift.baseline\" time=\"0\">");
-            if (it->level == FD_FAIL) {
-                fprintf(f, "<failure type=\"missing\" message=\"");
-                xml_esc(f, it->text);
-                fprintf(f, "\"/>");
-            }
+            fprintf(f, it->level == FD_FAIL ? "<failure type=\"missing\" message=\"" : "<skipped message=\"");
+            xml_esc(f, it->text);
+            if (it->level != FD_FAIL) fprintf(f, " (the policy ignores missing cases)");
+            fprintf(f, "\"/>");
             fprintf(f, "</testcase>\n");
         }
         fprintf(f, "  </testsuite>\n");
@@ -214,8 +230,14 @@ int fd_gate_markdown(const fd_gate_result *g, const fd_gate_policy *p, const cha
     const json_t *r = g->report, *cases = json_object_get(r, "cases");
     fprintf(f, "## flashdrift gate: %s %s\n\n", g->failed ? "❌ FAIL" : "✅ PASS",
             str(json_object_get(r, "case_file"), "name"));
-    fprintf(f, "**%d cases: %d PASS, %d MARGINAL, %d FAIL, %d UNDECIDED** · backends gated: ", g->ncases, g->npass,
-            g->nmarginal, g->nfail, g->nundecided);
+    char totals[256];
+    fd_gate_totals(g, totals, sizeof totals);
+    if (g->partial)
+        fprintf(f, "> **Partial report**: an interrupted run (%d cases), gated with `--allow-partial`; the cases "
+                   "that did not run are not judged.\n\n", g->ncases);
+    if (p->base_on && g->baseline_skipped)
+        fprintf(f, "> **Baseline rule not checked** (`--no-baseline`): no case was compared with a baseline.\n\n");
+    fprintf(f, "**%s** · backends gated: ", totals);
     for (int t = 0; t < g->nbackends; t++) fprintf(f, "%s`%s`", t ? ", " : "", g->backends[t]);
     fprintf(f, "%s\n\n", g->nbackends ? "" : "none");
     fprintf(f, "policy `%s`", p->path);
@@ -230,9 +252,12 @@ int fd_gate_markdown(const fd_gate_result *g, const fd_gate_policy *p, const cha
             for (int k = 0; k < g->nitems && shown < 60; k++) {
                 const fd_gate_item *it = &g->items[k];
                 if (it->case_idx < 0 || (pass == 0) != (it->level == FD_FAIL)) continue;
-                fprintf(f, "| `%s` | %s | %s | %s | %.4g | %.4g | ",
+                char v[32], l[32];
+                num(v, sizeof v, it->value);
+                num(l, sizeof l, it->limit);
+                fprintf(f, "| `%s` | %s | %s | %s | %s | %s | ",
                         str(json_array_get(cases, (size_t)it->case_idx), "id"), fd_verdict_name(it->level),
-                        *it->backend ? it->backend : "(case)", it->metric, it->value, it->limit);
+                        *it->backend ? it->backend : "(case)", it->metric, v, l);
                 md_cell(f, it->text);
                 fprintf(f, " |\n");
                 shown++;

@@ -44,15 +44,36 @@ static void html_esc(FILE *f, const char *s)
     }
 }
 
-/* gnuplot strings in double quotes: escape backslash and quote. */
-static void gp_str(FILE *f, const char *s)
+/* A text field of a gnuplot data file, in double quotes. Gnuplot reads such a field as
+ * plain text (`title columnheader`, `xtic(1)`): no escapes, no backquote or macro
+ * substitution (checked with gnuplot 5.4.4, tests/test_html.c). It ends at the next '"' and
+ * a newline ends the record, so those and every byte outside printable ASCII become '?'
+ * (which also keeps a truncated UTF-8 sequence out of the SVG). */
+static void dat_str(FILE *f, const char *s)
 {
     fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\') fputc('\\', f);
-        fputc(*s, f);
-    }
+    if (!*s) fputs("(empty)", f);
+    for (; *s; s++) fputc(*s >= 0x20 && *s < 0x7f && *s != '"' ? *s : '?', f);
     fputc('"', f);
+}
+
+/* A number for the gnuplot program: finite, else gnuplot reads "inf" or "nan" as an
+ * undefined variable and the page is lost (ranges computed from a crafted report). */
+static double gp_num(double v)
+{
+    return isnan(v) ? 0.0 : v > 1e300 ? 1e300 : v < -1e300 ? -1e300 : v;
+}
+
+/* The verdict as a span (or td) whose class is the verdict only when it is one of ours. */
+static void verdict_el(FILE *f, const char *tag, const char *v)
+{
+    static const char *const known[] = {"PASS", "MARGINAL", "FAIL", "UNDECIDED", NULL};
+    const char *cls = "";
+    for (int k = 0; known[k]; k++)
+        if (!strcmp(v, known[k])) cls = known[k];
+    fprintf(f, "<%s class=\"%s\">", tag, cls);
+    html_esc(f, v);
+    fprintf(f, "</%s>", tag);
 }
 
 static series *find_series(series *s, int *ns, const char *name)
@@ -190,9 +211,15 @@ static FILE *open_in(const char *dir, const char *name)
     return fopen(p, "w");
 }
 
-static const char *const term =
-    "set terminal svg size 760,430 dynamic noenhanced font 'sans,11' background rgb 'white'\n"
-    "set grid\nset key outside right top\n";
+/* Starts one plot of plots.gp. Each plot begins with `reset`, so that no setting of an
+ * earlier plot leaks into it (a baseline plot's `set logscale xy` once broke the stacked
+ * bars after it). The program text is fixed: every input string reaches gnuplot through a
+ * data file (dat_str), never through the script. */
+static void plot_head(FILE *gp, int height, const char *svg)
+{
+    fprintf(gp, "reset\nset terminal svg size 760,%d dynamic noenhanced font 'sans,11' background rgb 'white'\n"
+                "set output '%s'\n", height, svg);
+}
 
 /* --- explanations (run --explain, or an explain.json) ---------------------------------- */
 
@@ -222,9 +249,11 @@ static int report_ex_items(const json_t *report, ex_item *it, int cap)
 }
 
 /* The stacked bars of the stage shares: data file and script. 1 plotted, 0 nothing to
- * plot, -1 error. Negative shares (a stage that cancels part of the error) are clipped
+ * plot, -1 error. The stage names head the columns of expl.dat (the key's titles), the case
+ * labels are its first column; common gets the part of the ids cut from the labels, for the
+ * caption (HTML), "" when none. Negative shares (a stage that cancels part of the error) are clipped
  * at 0 in the stack; the interaction is drawn beside the stack as a point, with its sign. */
-static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int n)
+static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int n, char *common, size_t clen)
 {
     const char *names[MAX_STAGES];
     int ns = 0, nb = 0, maxlab = 0;
@@ -259,12 +288,18 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
     if (nb == 1 || pre + suf >= strlen(first)) pre = suf = 0;
     for (int k = 0; k < n; k++)
         if (it[k].ex && (int)(strlen(it[k].id) - pre - suf) > maxlab) maxlab = (int)(strlen(it[k].id) - pre - suf);
-    char common[256] = "";
+    common[0] = 0;
     if (pre || suf)
-        snprintf(common, sizeof common, "explained cases: %.*s*%s", (int)pre, first, first + strlen(first) - suf);
+        snprintf(common, clen, "explained cases: %.*s*%s", (int)pre, first, first + strlen(first) - suf);
     const int bylabel = nb <= 24; /* case ids under the bars; else numbers (#k in the details) */
     FILE *d = open_in(dir, "expl.dat");
     if (!d) return -1;
+    fputs("\"case\"", d);
+    for (int q = 0; q < ns; q++) {
+        fputc(' ', d);
+        dat_str(d, names[q]);
+    }
+    fputs(" \"interaction\"\n", d);
     double ymax = 1.0, ymin = 0.0;
     int row = 0;
     for (int k = 0; k < n; k++) {
@@ -274,7 +309,7 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
         if (bylabel) {
             char lab[200];
             snprintf(lab, sizeof lab, "%.*s", (int)(strlen(it[k].id) - pre - suf), it[k].id + pre);
-            gp_str(d, lab);
+            dat_str(d, lab);
         }
         else fprintf(d, "\"#%d\"", row);
         double stack = 0, inter = 0;
@@ -285,6 +320,8 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
             json_array_foreach(stages, j, st)
                 if (!strcmp(str(st, "stage"), names[q])) v = fd_json_number(json_object_get(st, "share"));
             if (!(v > 0) || isinf(v)) v = 0; /* negative or not a number: clipped */
+            if (v > 1e6) v = 1e6; /* shares add up to 1; 1e308s (a crafted file) overflow the stack
+                                     in gnuplot and lose the page (the table has the value) */
             stack += v;
             fprintf(d, " %.17g", v);
         }
@@ -293,6 +330,7 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
         json_array_foreach(stages, j, st)
             if (!strcmp(str(st, "stage"), "interaction")) inter = fd_json_number(json_object_get(st, "share"));
         if (isnan(inter) || isinf(inter)) inter = 0;
+        inter = inter > 1e6 ? 1e6 : inter < -1e6 ? -1e6 : inter;
         fprintf(d, " %.17g\n", inter);
         if (stack > ymax) ymax = stack;
         if (inter > ymax) ymax = inter;
@@ -303,31 +341,22 @@ static int write_explain_plot(FILE *gp, const char *dir, const ex_item *it, int 
                                                     "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#86bcb6", "#d37295"};
     const int rot = bylabel && maxlab * nb > 90;
     const int h = 520 + (rot ? maxlab * 5 : 0) + 18 * ns;
-    fprintf(gp, "set terminal svg size 760,%d dynamic noenhanced font 'sans,11' background rgb 'white'\n"
-                "set output 'expl.svg'\nset title 'Error budget by stage: share of each case''s error (CPU replay)'\n"
-                "set grid ytics\nset key outside below left Left reverse maxcols 2\n"
+    plot_head(gp, h, "expl.svg");
+    fprintf(gp, "set title 'Error budget by stage: share of each case''s error (CPU replay)'\n"
+                "set grid ytics\nset key outside below left Left reverse maxcols 2\nset key autotitle columnheader\n"
                 "set style data histograms\nset style histogram rowstacked\nset style fill solid 0.9 border rgb 'white'\n"
-                "set boxwidth 0.7 relative\nset xlabel ''\nset ylabel 'share = <part, e> / <e, e>'\n"
+                "set boxwidth 0.7 relative\nset ylabel 'share = <part, e> / <e, e>'\n"
                 "set yrange [%.17g:%.17g]\nset xtics %s\nset arrow 1 from graph 0, first 1 to graph 1, first 1 "
                 "nohead dt 2 lc rgb '#777777'\nset arrow 2 from graph 0, first 0 to graph 1, first 0 nohead lc rgb "
                 "'#333333'\n",
-            h, ymin - 0.05, ymax * 1.05 + 0.02, rot ? "rotate by 90 right font 'sans,9'" : "norotate font 'sans,9'");
+            gp_num(ymin - 0.05), gp_num(ymax * 1.05 + 0.02), rot ? "rotate by 90 right font 'sans,9'" : "norotate font 'sans,9'");
     if (!bylabel) fprintf(gp, "set xlabel 'explained case (#k as in the list below)'\n");
-    else if (*common) {
-        fprintf(gp, "set xlabel ");
-        gp_str(gp, common);
-        fprintf(gp, "\n");
-    }
+    else if (*common) fprintf(gp, "set xlabel 'explained case (the part all ids share is under the plot)'\n");
     fprintf(gp, "plot ");
-    for (int q = 0; q < ns; q++) {
-        fprintf(gp, "%s'expl.dat' using %d%s lc rgb '%s' title ", q ? ", " : "", q + 2, q ? "" : ":xtic(1)",
-                colours[q]);
-        gp_str(gp, names[q]);
-    }
+    for (int q = 0; q < ns; q++) /* titles: the column heads (the stage names) */
+        fprintf(gp, "%s'expl.dat' using %d%s lc rgb '%s'", q ? ", " : "", q + 2, q ? "" : ":xtic(1)", colours[q]);
     fprintf(gp, ", 'expl.dat' using 0:%d with points pt 9 ps 1.4 lc rgb 'black' title "
-                "'interaction (not stacked; negative shares are clipped at 0 in the bars)'\n"
-                "unset arrow 1\nunset arrow 2\nset xtics norotate font ''\nset style data lines\nset autoscale y\n"
-                "set style fill empty\nset grid\nset xlabel ''\n",
+                "'interaction (not stacked; negative shares are clipped at 0 in the bars)'\n",
             ns + 2);
     return 1;
 }
@@ -357,7 +386,10 @@ static void explain_section(FILE *f, const ex_item *it, int n)
         fprintf(f, "<details class=\"ex\"%s><summary>", n <= 8 ? " open" : "");
         if (ex) fprintf(f, "#%d ", ++row);
         html_esc(f, it[k].id);
-        if (it[k].verdict) fprintf(f, " — <span class=\"%s\">%s</span>", it[k].verdict, it[k].verdict);
+        if (it[k].verdict) {
+            fprintf(f, " — ");
+            verdict_el(f, "span", it[k].verdict);
+        }
         if (ex) fprintf(f, " — %s", json_is_true(json_object_get(ex, "gross")) ? "<b>not rounding</b>" : "rounding");
         fprintf(f, "</summary>\n");
         if (!ex) {
@@ -417,8 +449,10 @@ static void explain_section(FILE *f, const ex_item *it, int n)
     }
 }
 
-/* Writes the data files and the script; flags which plots exist. */
-static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[5])
+/* Writes the data files and the script; flags which plots exist; common as in
+ * write_explain_plot. */
+static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[5], char *common,
+                       size_t clen)
 {
     FILE *gp = open_in(dir, "plots.gp");
     if (!gp) return -1;
@@ -445,21 +479,23 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
     if (!d) { fclose(gp); return -1; }
     for (int k = 0; k < ns; k++) {
         sort_series(&ss[k]);
-        fprintf(d, "# %s\n", ss[k].name);
+        dat_str(d, ss[k].name); /* the block's column head: its title in the key */
+        fputs(" \"rel_l2\"\n", d);
         for (int p = 0; p < ss[k].n; p++) fprintf(d, "%.17g %.17g\n", ss[k].x[p], ss[k].y[p]);
         fprintf(d, "\n\n");
     }
     fclose(d);
     have[0] = ns > 0;
     if (have[0]) {
-        fprintf(gp, "%sset output 'seq.svg'\nset title 'Error vs sequence length (worst case per seqlen_k)'\n"
+        plot_head(gp, 430, "seq.svg");
+        fprintf(gp, "set grid\nset key outside right top\n"
+                    "set title 'Error vs sequence length (worst case per seqlen_k)'\n"
                     "set xlabel 'seqlen_k'\nset ylabel 'rel l2 = ||out - ref|| / ||ref||'\nset logscale y\n"
-                    "set format y '%%.0e'\nplot ", term);
-        for (int k = 0; k < ns; k++) {
-            fprintf(gp, "%s'seq.dat' index %d using 1:2 with linespoints lw 2 pt 7 ps 0.8 title ", k ? ", " : "", k);
-            gp_str(gp, ss[k].name);
-        }
-        fprintf(gp, "\nunset logscale y\nunset format y\n");
+                    "set format y '%%.0e'\nplot ");
+        for (int k = 0; k < ns; k++)
+            fprintf(gp, "%s'seq.dat' index %d using 1:2 with linespoints lw 2 pt 7 ps 0.8 title columnheader(1)",
+                    k ? ", " : "", k);
+        fprintf(gp, "\n");
     }
     /* 2. histogram of p99 ulp error per backend */
     ns = 0;
@@ -483,25 +519,26 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
         int cnt[24] = {0};
         qsort(ss[k].y, (size_t)ss[k].n, sizeof(double), cmp_dbl);
         for (int p = 0; p < ss[k].n; p++) {
-            int bi = (int)(ss[k].y[p] / w);
-            cnt[bi >= nb ? nb - 1 : bi]++;
+            /* in double: a negative or huge value of a crafted report stays in the bins */
+            const double q = ss[k].y[p] / w;
+            cnt[q < 1 ? 0 : q >= nb ? nb - 1 : (int)q]++;
         }
-        fprintf(d, "# %s\n", ss[k].name);
+        dat_str(d, ss[k].name);
+        fputs(" \"cases\"\n", d);
         for (int bi = 0; bi < nb; bi++) fprintf(d, "%.17g %d\n", (bi + 0.5) * w, cnt[bi]);
         fprintf(d, "\n\n");
     }
     fclose(d);
     have[1] = ns > 0;
     if (have[1]) {
-        fprintf(gp, "%sset output 'ulp.svg'\nset title 'p99 ulp error per case (histogram)'\n"
+        plot_head(gp, 430, "ulp.svg");
+        fprintf(gp, "set grid\nset key outside right top\nset title 'p99 ulp error per case (histogram)'\n"
                     "set xlabel '99th percentile of |out - ref| / ulp(ref), output dtype'\nset ylabel 'cases'\n"
                     "set boxwidth %.17g absolute\nset style fill transparent solid 0.45 border\nset yrange [0:*]\nplot ",
-                term, w * 0.9);
-        for (int k = 0; k < ns; k++) {
-            fprintf(gp, "%s'ulp.dat' index %d using 1:2 with boxes title ", k ? ", " : "", k);
-            gp_str(gp, ss[k].name);
-        }
-        fprintf(gp, "\nset autoscale y\nset style fill empty\n");
+                gp_num(w * 0.9));
+        for (int k = 0; k < ns; k++)
+            fprintf(gp, "%s'ulp.dat' index %d using 1:2 with boxes title columnheader(1)", k ? ", " : "", k);
+        fprintf(gp, "\n");
     }
     /* 3. dropout keep rate vs p, as the deviation from 1 - p */
     d = open_in(dir, "keep.dat");
@@ -522,13 +559,15 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
     fclose(d);
     have[2] = nk > 0;
     if (have[2]) {
-        fprintf(gp, "%sset output 'keep.svg'\nset title 'Dropout keep rate vs p (measured minus 1 - p, +-2 sigma)'\n"
+        plot_head(gp, 430, "keep.svg");
+        fprintf(gp, "set grid\nset key outside right top\n"
+                    "set title 'Dropout keep rate vs p (measured minus 1 - p, +-2 sigma)'\n"
                     "set xlabel 'dropout p'\nset ylabel 'keep rate - (1 - p)'\nset samples 2000\n"
                     "set xrange [0:%.17g]\nthr(x) = (floor((1 - x) * 255) + 1) / 256.0 - (1 - x)\n"
                     "plot 'keep.dat' using 1:2:3 with yerrorbars pt 7 ps 0.8 title 'measured (per case)', "
                     "thr(x) with lines lw 2 title 'byte threshold: (floor((1-p)*255)+1)/256', "
-                    "0 with lines lw 2 dt 2 title 'nominal 1 - p'\nset autoscale x\n",
-                term, pmax * 1.25 + 0.02);
+                    "0 with lines lw 2 dt 2 title 'nominal 1 - p'\n",
+                gp_num(pmax * 1.25 + 0.02));
     }
     /* 4. baseline vs current */
     have[3] = 0;
@@ -552,25 +591,28 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
         }
         fclose(d);
         have[3] = npts > 0;
-        if (have[3])
-            fprintf(gp, "%sset output 'base.svg'\nset title 'Baseline vs current: rel l2 per case and backend'\n"
+        if (have[3]) {
+            plot_head(gp, 430, "base.svg");
+            fprintf(gp, "set grid\nset key outside right top\n"
+                        "set title 'Baseline vs current: rel l2 per case and backend'\n"
                         "set xlabel 'baseline rel l2'\nset ylabel 'current rel l2'\nset logscale xy\n"
                         "set format x '%%.0e'\nset format y '%%.0e'\nset size ratio -1\n"
                         "plot 'base.dat' using 1:2 with points pt 7 ps 0.8 title 'case x backend', "
-                        "x with lines dt 2 title 'no change', 1.25*x with lines dt 3 title '+25%%'\n",
-                    term);
+                        "x with lines dt 2 title 'no change', 1.25*x with lines dt 3 title '+25%%'\n");
+        }
     }
     /* 5. the error budget of the explained cases */
     static ex_item items[MAX_EX_BARS];
     const int nit = report_ex_items(report, items, MAX_EX_BARS);
-    have[4] = write_explain_plot(gp, dir, items, nit);
+    have[4] = write_explain_plot(gp, dir, items, nit, common, clen);
     if (have[4] < 0) { fclose(gp); return -1; }
     fprintf(gp, "set output\n");
     fclose(gp);
     return 0;
 }
 
-static void embed(FILE *f, const char *dir, const char *name, const char *alt)
+/* alt: fixed text; note: text from the input (HTML-escaped) added to the caption, or "". */
+static void embed(FILE *f, const char *dir, const char *name, const char *alt, const char *note)
 {
     char p[4200];
     size_t n = 0;
@@ -582,7 +624,12 @@ static void embed(FILE *f, const char *dir, const char *name, const char *alt)
     }
     fprintf(f, "<figure><img alt=\"%s\" src=\"data:image/svg+xml;base64,", alt);
     base64(f, (const unsigned char *)svg, n);
-    fprintf(f, "\"><figcaption>%s</figcaption></figure>\n", alt);
+    fprintf(f, "\"><figcaption>%s", alt);
+    if (*note) {
+        fprintf(f, "<br>");
+        html_esc(f, note);
+    }
+    fprintf(f, "</figcaption></figure>\n");
     free(svg);
 }
 
@@ -622,7 +669,53 @@ static int plot_then_open(const char *dir, const char *path, FILE **f, char **bu
     return 0;
 }
 
-int fd_render_html(const json_t *report, const json_t *baseline, const char *path, char *err, size_t errlen)
+/* Which two reports the baseline section compares and what differs between the runs
+ * (flash_config, policy, case file, machine, GPU, version, commit): HTML only, escaped;
+ * none of it reaches the gnuplot program. */
+static void runs_table(FILE *f, const json_t *dj)
+{
+    fprintf(f, "<table><tr><th></th><th>report</th><th>flashdrift</th><th>commit</th><th>host</th><th>GPU</th>"
+               "<th>created</th></tr>\n");
+    for (int k = 0; k < 2; k++) {
+        const json_t *sd = json_object_get(dj, k ? "new" : "old"), *gpu = json_object_get(sd, "gpu");
+        const char *const cells[] = {str(sd, "path"), str(sd, "version"), str(sd, "git_commit"),
+                                     str(sd, "hostname"), json_is_string(gpu) ? json_string_value(gpu) : "none",
+                                     str(sd, "created")};
+        fprintf(f, "<tr><td>%s</td>", k ? "new" : "old");
+        for (int i = 0; i < 6; i++) {
+            fprintf(f, "<td>");
+            html_esc(f, cells[i]);
+            fprintf(f, "</td>");
+        }
+        fprintf(f, "</tr>\n");
+    }
+    fprintf(f, "</table>\n");
+    const json_t *ch = json_object_get(dj, "changes");
+    if (!json_array_size(ch)) {
+        fprintf(f, "<p>Same %s in both runs.</p>\n", fd_diff_settings);
+        return;
+    }
+    fprintf(f, "<p>Changed between the runs:</p>\n<table class=\"changes\"><tr><th>setting</th><th>old</th>"
+               "<th>new</th></tr>\n");
+    size_t i;
+    json_t *c;
+    json_array_foreach(ch, i, c) {
+        char a[512], b[512];
+        fd_diff_value_str(c, "old", a, sizeof a);
+        fd_diff_value_str(c, "new", b, sizeof b);
+        fprintf(f, "<tr><td>");
+        html_esc(f, str(c, "what"));
+        fprintf(f, "</td><td>");
+        html_esc(f, a);
+        fprintf(f, "</td><td>");
+        html_esc(f, b);
+        fprintf(f, "</td></tr>\n");
+    }
+    fprintf(f, "</table>\n");
+}
+
+int fd_render_html(const json_t *report, const char *report_name, const json_t *baseline, const char *baseline_name,
+                   const char *path, char *err, size_t errlen)
 {
     const char *tmpd = getenv("TMPDIR");
     char dir[4200];
@@ -632,7 +725,8 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
         return -1;
     }
     int have[5] = {0, 0, 0, 0, 0};
-    if (write_plots(report, baseline, dir, have)) {
+    char common[256];
+    if (write_plots(report, baseline, dir, have, common, sizeof common)) {
         snprintf(err, errlen, "%s: cannot write plot data: %s", dir, strerror(errno));
         cleanup(dir);
         return -1;
@@ -675,21 +769,29 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
             json_integer_value(json_object_get(tot, "marginal")), json_integer_value(json_object_get(tot, "fail")),
             json_integer_value(json_object_get(tot, "undecided")));
     fprintf(f, "<h2>Plots</h2><div class=\"plots\">\n");
-    if (have[0]) embed(f, dir, "seq.svg", "Error (rel l2) vs sequence length, per dtype and backend");
-    if (have[1]) embed(f, dir, "ulp.svg", "Histogram of the p99 ulp error per case, per backend");
-    if (have[2]) embed(f, dir, "keep.svg", "Dropout keep rate vs p against 1 - p and the byte threshold");
-    if (have[3]) embed(f, dir, "base.svg", "Baseline vs current (rel l2)");
-    if (have[4]) embed(f, dir, "expl.svg", "Error budget of the explained cases: stage shares stacked, interaction beside");
+    if (have[0]) embed(f, dir, "seq.svg", "Error (rel l2) vs sequence length, per dtype and backend", "");
+    if (have[1]) embed(f, dir, "ulp.svg", "Histogram of the p99 ulp error per case, per backend", "");
+    if (have[2]) embed(f, dir, "keep.svg", "Dropout keep rate vs p against 1 - p and the byte threshold", "");
+    if (have[3]) embed(f, dir, "base.svg", "Baseline vs current (rel l2)", "");
+    if (have[4])
+        embed(f, dir, "expl.svg", "Error budget of the explained cases: stage shares stacked, interaction beside",
+              common);
     fprintf(f, "</div>\n");
     cleanup(dir);
     if (baseline) {
-        json_t *dj = fd_diff_reports(baseline, "baseline", report, "current");
+        json_t *dj = fd_diff_reports(baseline, baseline_name ? baseline_name : "baseline", report,
+                                     report_name ? report_name : "current");
         if (dj) {
-            fprintf(f, "<h2>Against the baseline</h2>\n<p>");
+            fprintf(f, "<h2>Against the baseline</h2>\n");
+            runs_table(f, dj);
+            fprintf(f, "<p>");
             const char *key;
             json_t *v;
             json_object_foreach(json_object_get(dj, "summary"), key, v)
-                fprintf(f, "%s: <b>%lld</b> · ", key, (long long)json_integer_value(v));
+            {
+                html_esc(f, key);
+                fprintf(f, ": <b>%lld</b> · ", (long long)json_integer_value(v));
+            }
             fprintf(f, "</p>\n<table><tr><th>case</th><th>status</th><th>verdict</th></tr>\n");
             size_t i;
             json_t *c;
@@ -721,7 +823,9 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
         json_object_foreach(json_object_get(c, "backends"), key, b) {
             fprintf(f, "<tr><td>");
             if (first) html_esc(f, str(c, "id"));
-            fprintf(f, "</td><td class=\"%s\">%s</td><td>", first ? str(c, "verdict") : "", first ? str(c, "verdict") : "");
+            fprintf(f, "</td>");
+            verdict_el(f, "td", first ? str(c, "verdict") : "");
+            fprintf(f, "<td>");
             html_esc(f, key);
             fprintf(f, "</td>");
             if (!json_is_true(json_object_get(b, "ok"))) {
@@ -752,7 +856,9 @@ int fd_render_html(const json_t *report, const json_t *baseline, const char *pat
         const json_t *sh = json_object_get(c, "shape");
         fprintf(f, "<details><summary>");
         html_esc(f, str(c, "id"));
-        fprintf(f, " — <span class=\"%s\">%s</span></summary><table>", str(c, "verdict"), str(c, "verdict"));
+        fprintf(f, " — ");
+        verdict_el(f, "span", str(c, "verdict"));
+        fprintf(f, "</summary><table>");
         fprintf(f, "<tr><td>shape</td><td>batch %lld, heads %lld, kv_heads %lld, seqlen_q %lld, seqlen_k %lld, head_dim %lld</td></tr>",
                 json_integer_value(json_object_get(sh, "batch")), json_integer_value(json_object_get(sh, "heads")),
                 json_integer_value(json_object_get(sh, "kv_heads")), json_integer_value(json_object_get(sh, "seqlen_q")),
@@ -832,7 +938,8 @@ int fd_render_explain_html(const json_t *doc, const char *path, char *err, size_
         return -1;
     }
     FILE *gp = open_in(dir, "plots.gp");
-    const int have = gp ? write_explain_plot(gp, dir, items, n) : -1;
+    char common[256];
+    const int have = gp ? write_explain_plot(gp, dir, items, n, common, sizeof common) : -1;
     if (gp) {
         fprintf(gp, "set output\n");
         fclose(gp);
@@ -855,7 +962,8 @@ int fd_render_explain_html(const json_t *doc, const char *path, char *err, size_
     fprintf(f, " · %d explained case%s</div>\n", n, n == 1 ? "" : "s");
     if (have > 0) {
         fprintf(f, "<h2>Plots</h2><div class=\"plots\">\n");
-        embed(f, dir, "expl.svg", "Error budget of the explained cases: stage shares stacked, interaction beside");
+        embed(f, dir, "expl.svg", "Error budget of the explained cases: stage shares stacked, interaction beside",
+              common);
         fprintf(f, "</div>\n");
     }
     cleanup(dir);

@@ -91,15 +91,20 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
     return root;
 }
 
-static json_t *metrics_json(const fd_backend_result *b)
+static const char *const fd_origin_names[] = {"kernel", "given", "computed"};
+
+static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
 {
-    if (!b->ok) return json_pack("{s:b, s:s}", "ok", 0, "error", b->error);
+    const char *role = b->be->role == FD_ROLE_FLASH ? "flash" : "standard";
+    if (!b->ok)
+        return json_pack("{s:b, s:s, s:s, s:s}", "ok", 0, "error", b->error, "role", role, "origin",
+                         fd_origin_names[b->origin]);
     const fd_metrics *m = &b->m;
     json_t *j = json_pack(
         "{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:o, s:{s:i, s:i, s:i, s:i, s:o, s:o}}",
         "ok", 1, "max_abs", fd_json_num(m->max_abs), "max_rel", fd_json_num(m->max_rel), "rel_l2",
         fd_json_num(m->rel_l2), "max_ulp", fd_json_num(m->max_ulp), "p99_ulp",
-        fd_json_num(m->p99_ulp), "lse_max_abs", fd_json_num(m->lse_max_abs), "elements",
+        fd_json_num(m->p99_ulp), "lse_max_abs", m->lse_measured ? fd_json_num(m->lse_max_abs) : json_null(), "elements",
         (json_int_t)m->n_elems, "nan", (json_int_t)m->nan_count, "inf", (json_int_t)m->inf_count,
         "empty_rows_skipped", (json_int_t)m->empty_rows_skipped, "ms", fd_json_num(m->ms), "worst",
         "b", m->worst_b, "h", m->worst_h, "row", m->worst_i, "d", m->worst_d, "got",
@@ -118,9 +123,23 @@ static json_t *metrics_json(const fd_backend_result *b)
     char hx[20];
     snprintf(hx, sizeof hx, "%016llx", (unsigned long long)m->hash);
     json_object_set_new(j, "output_hash", json_string(hx));
+    json_object_set_new(j, "role", json_string(role));
+    json_object_set_new(j, "origin", json_string(fd_origin_names[b->origin]));
     if (b->fa_ratio >= 0) {
         json_object_set_new(j, "fa_ratio", fd_json_num(b->fa_ratio));
         json_object_set_new(j, "fa_limit", fd_json_num(b->fa_limit));
+        json_object_set_new(j, "fa_baseline", json_string(r->be[b->baseline].be->name));
+    }
+    if (b->repeat_runs > 1) {
+        json_t *hashes = json_array();
+        for (int u = 0; u < b->repeat_distinct && u < 8; u++) {
+            char hx[20];
+            snprintf(hx, sizeof hx, "%016llx", (unsigned long long)b->repeat_hash[u]);
+            json_array_append_new(hashes, json_string(hx));
+        }
+        json_object_set_new(j, "repeat", json_pack("{s:i, s:b, s:o, s:i}", "runs", b->repeat_runs, "identical",
+                                                   b->repeat_distinct <= 1 && !b->repeat_failed, "hashes", hashes,
+                                                   "failed_runs", b->repeat_failed));
     }
     return j;
 }
@@ -133,7 +152,7 @@ json_t *fd_report_case_json(const fd_case_result *r)
     json_t *bes = json_object(), *skipped = json_object();
     for (int t = 0; t < r->nbe; t++) {
         if (r->be[t].skipped) json_object_set_new(skipped, r->be[t].be->name, json_string(r->be[t].error));
-        else json_object_set_new(bes, r->be[t].be->name, metrics_json(&r->be[t]));
+        else json_object_set_new(bes, r->be[t].be->name, metrics_json(r, &r->be[t]));
     }
     json_t *j = json_pack(
         "{s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i}, s:s, s:s, s:o, s:s, s:I, s:I, s:I, s:o, "
@@ -150,6 +169,21 @@ json_t *fd_report_case_json(const fd_case_result *r)
         fd_json_num(r->seconds));
     if (json_object_size(skipped)) json_object_set_new(j, "skipped_backends", skipped);
     else json_decref(skipped);
+    /* where the baseline of FlashAttention's rule came from (the first judged flash output's) */
+    for (int t = 0; t < r->nbe; t++) {
+        const fd_backend_result *f = &r->be[t];
+        if (!f->ok || f->be->role != FD_ROLE_FLASH || f->baseline < 0) continue;
+        const fd_backend_result *s = &r->be[f->baseline];
+        json_object_set_new(j, "baseline", json_pack("{s:s, s:s}", "backend", s->be->name, "origin",
+                                                     s->origin == FD_ORIGIN_COMPUTED ? "computed" : "supplied"));
+        break;
+    }
+    if (!isnan(r->budget_standard))
+        json_object_set_new(j, "budget", json_pack("{s:o, s:o, s:o}", "standard_max_abs", fd_json_num(r->budget_standard),
+                                                   "replay_max_abs", isnan(r->budget_replay) ? json_null() : fd_json_num(r->budget_replay),
+                                                   "max_abs", fd_json_num(isnan(r->budget_replay) ? r->budget_standard
+                                                                          : fmax(r->budget_standard, r->budget_replay))));
+    if (r->extra) json_object_set(j, "import", (json_t *)r->extra);
     if (r->replay_checked) {
         json_t *mis = json_array();
         for (int t = 0; t < r->nmis; t++)
@@ -184,17 +218,17 @@ void fd_report_add_case(json_t *report, json_t *case_json)
 void fd_report_finish(json_t *report, int complete)
 {
     json_t *cases = json_object_get(report, "cases");
-    int n[4] = {0, 0, 0, 0};
+    int n[FD_NVERDICTS] = {0};
     size_t i;
     json_t *c;
     json_array_foreach(cases, i, c) {
         const char *v = json_string_value(json_object_get(c, "verdict"));
-        for (int t = 0; t < 4; t++)
+        for (int t = 0; t < FD_NVERDICTS; t++)
             if (v && !strcmp(v, fd_verdict_name((fd_verdict)t))) n[t]++;
     }
     json_object_set_new(report, "totals",
-        json_pack("{s:i, s:i, s:i, s:i, s:i}", "cases", (int)json_array_size(cases), "pass", n[0],
-                  "marginal", n[1], "fail", n[2], "undecided", n[3]));
+        json_pack("{s:i, s:i, s:i, s:i, s:i, s:i}", "cases", (int)json_array_size(cases), "pass", n[0],
+                  "marginal", n[1], "fail", n[2], "undecided", n[3], "unjudged", n[4]));
     json_object_set_new(report, "complete", json_boolean(complete));
 }
 

@@ -5,10 +5,19 @@
 #include "fd_json.h"
 #include "fd_report.h"
 #include "fd_report_read.h"
-#include "fd_run.h"
 
 const char *const fd_report_metrics[] = {"max_abs", "max_rel", "rel_l2", "max_ulp", "p99_ulp",
                                          "lse_max_abs", NULL};
+
+/* Case verdicts a report may carry: the run's four and UNJUDGED (no rule could be applied). */
+static const char *const verdicts[] = {"PASS", "MARGINAL", "FAIL", "UNDECIDED", "UNJUDGED", NULL};
+
+static int one_of(const char *s, const char *const *set)
+{
+    for (int i = 0; s && set[i]; i++)
+        if (!strcmp(s, set[i])) return 1;
+    return 0;
+}
 
 static int need_string(fd_jctx *cx, const char *path, const json_t *o, const char *key)
 {
@@ -19,6 +28,8 @@ static int need_string(fd_jctx *cx, const char *path, const json_t *o, const cha
     return 0;
 }
 
+static const char *const roles[] = {"flash", "standard", NULL};
+
 static int check_backend(fd_jctx *cx, const char *path, const json_t *b)
 {
     char p[320];
@@ -26,11 +37,17 @@ static int check_backend(fd_jctx *cx, const char *path, const json_t *b)
     const json_t *ok = json_object_get(b, "ok");
     snprintf(p, sizeof p, "%s.ok", path);
     if (!json_is_boolean(ok)) return fd_jfail(cx, p, "expected a boolean, got %s", fd_jtype(ok));
+    const json_t *role = json_object_get(b, "role");
+    snprintf(p, sizeof p, "%s.role", path);
+    if (role && !one_of(json_string_value(role), roles))
+        return fd_jfail(cx, p, "expected \"flash\" or \"standard\", got %s", fd_jtype(role));
     if (!json_is_true(ok)) return need_string(cx, path, b, "error");
     for (int m = 0; fd_report_metrics[m]; m++) {
         double v;
+        const json_t *f = json_object_get(b, fd_report_metrics[m]);
         snprintf(p, sizeof p, "%s.%s", path, fd_report_metrics[m]);
-        if (fd_jget_rnum(cx, p, json_object_get(b, fd_report_metrics[m]), &v)) return -1;
+        if (json_is_null(f)) continue; /* not measured (no LSE supplied, ...) */
+        if (fd_jget_rnum(cx, p, f, &v)) return -1;
     }
     static const char *const ints[] = {"elements", "nan", "inf", NULL};
     for (int i = 0; ints[i]; i++) {
@@ -54,10 +71,9 @@ static int check_case(fd_jctx *cx, const char *path, const json_t *c)
         need_string(cx, path, c, "mask") || need_string(cx, path, c, "verdict"))
         return -1;
     const char *v = json_string_value(json_object_get(c, "verdict"));
-    int known = 0;
-    for (int t = 0; t < 4; t++) known |= !strcmp(v, fd_verdict_name((fd_verdict)t));
     snprintf(p, sizeof p, "%s.verdict", path);
-    if (!known) return fd_jfail(cx, p, "expected PASS, MARGINAL, FAIL or UNDECIDED, got \"%s\"", v);
+    if (!one_of(v, verdicts))
+        return fd_jfail(cx, p, "expected PASS, MARGINAL, FAIL, UNDECIDED or UNJUDGED, got \"%s\"", v);
     const json_t *sh = json_object_get(c, "shape");
     snprintf(p, sizeof p, "%s.shape", path);
     if (!json_is_object(sh)) return fd_jfail(cx, p, "expected an object, got %s", fd_jtype(sh));
@@ -84,6 +100,16 @@ static int check_case(fd_jctx *cx, const char *path, const json_t *c)
     const json_t *bes = json_object_get(c, "backends");
     snprintf(p, sizeof p, "%s.backends", path);
     if (!json_is_object(bes)) return fd_jfail(cx, p, "expected an object, got %s", fd_jtype(bes));
+    const json_t *base = json_object_get(c, "baseline");
+    if (base) {
+        static const char *const origins[] = {"supplied", "computed", NULL};
+        snprintf(p, sizeof p, "%s.baseline", path);
+        if (!json_is_object(base)) return fd_jfail(cx, p, "expected an object {backend, origin}, got %s", fd_jtype(base));
+        if (need_string(cx, p, base, "backend")) return -1;
+        snprintf(p, sizeof p, "%s.baseline.origin", path);
+        if (!one_of(json_string_value(json_object_get(base, "origin")), origins))
+            return fd_jfail(cx, p, "expected \"supplied\" or \"computed\"");
+    }
     const char *key;
     json_t *b;
     json_object_foreach((json_t *)bes, key, b) {
@@ -157,7 +183,14 @@ json_t *fd_report_find_case(const json_t *report, const char *id)
 
 int fd_report_backend_is_flash(const char *name, const json_t *be)
 {
-    const fd_backend *b = fd_backend_find(name);
-    if (b) return b->role == FD_ROLE_FLASH;
-    return strstr(name, "flash") != NULL || json_object_get(be, "fa_ratio") != NULL;
+    const char *role = json_string_value(json_object_get(be, "role"));
+    if (role) return !strcmp(role, "flash");
+    /* Reports written before "role": only flash backends carry fa_ratio; otherwise the
+     * names: the built-in standard kernels are *-standard, and imported outputs follow
+     * fd_import's rule (math, eager, standard, ref: standard; anything else: flash). */
+    if (json_object_get(be, "fa_ratio")) return 1;
+    static const char *const std_words[] = {"standard", "math", "eager", "ref", NULL};
+    for (int i = 0; std_words[i]; i++)
+        if (strstr(name, std_words[i])) return 0;
+    return 1;
 }

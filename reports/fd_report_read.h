@@ -2,9 +2,11 @@
  *
  * fd_report_load parses the file and validates what the readers rely on: a JSON object
  * with tool "flashdrift", schema_version FD_REPORT_SCHEMA_VERSION, a case_file object,
- * a cases array whose every case has an id (unique), dtype, verdict, shape and a
- * backends object whose every backend has ok and, when ok, the numeric metrics and
- * output_hash (docs/report-schema.md). A corrupt, truncated, foreign or newer file gets
+ * a cases array whose every case has an id (unique), dtype, verdict (PASS, MARGINAL,
+ * FAIL, UNDECIDED or UNJUDGED), shape and a backends object whose every backend has ok
+ * and, when ok, the metrics (a number, "inf"/"-inf"/"nan", or null: not measured) and
+ * output_hash; an optional role ("flash"/"standard") per backend and baseline
+ * ({backend, origin: "supplied"|"computed"}) per case (docs/report-schema.md). A corrupt, truncated, foreign or newer file gets
  * one message naming the file, the JSON path and what was expected. */
 #ifndef FD_REPORT_READ_H
 #define FD_REPORT_READ_H
@@ -21,7 +23,9 @@ int fd_report_load(const char *path, json_t **out, char *err, size_t errlen);
 int fd_report_validate(const char *file, const json_t *root, char *err, size_t errlen);
 /* The case with this id, or NULL. */
 json_t *fd_report_find_case(const json_t *report, const char *id);
-/* 1 when a backend is a flash kernel (role known by name, else "flash" in the name or
- * an fa_ratio field present). */
+/* 1 when a backend is a flash kernel: its "role" when the report records it; for older
+ * reports, an fa_ratio field, else its name (standard, math, eager or ref in the name:
+ * standard; anything else, cpu-splitkv and imported outputs included: flash). Reads
+ * the report only: no backend registry. */
 int fd_report_backend_is_flash(const char *name, const json_t *be);
 #endif

@@ -36,12 +36,16 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
     fprintf(f, "flashdrift %s (%s) · %s · %s · backends %s\n\n", s_of(report, "version"),
             s_of(report, "git_commit"), s_of(report, "created"), s_of(mach, "cpu"),
             s_of(report, "backends"));
-    fprintf(f, "**%lld cases: %lld PASS, %lld MARGINAL, %lld FAIL, %lld UNDECIDED**\n\n",
+    fprintf(f, "**%lld cases: %lld PASS, %lld MARGINAL, %lld FAIL, %lld UNDECIDED, %lld UNJUDGED**\n\n",
             json_integer_value(json_object_get(tot, "cases")),
             json_integer_value(json_object_get(tot, "pass")),
             json_integer_value(json_object_get(tot, "marginal")),
             json_integer_value(json_object_get(tot, "fail")),
-            json_integer_value(json_object_get(tot, "undecided")));
+            json_integer_value(json_object_get(tot, "undecided")),
+            json_integer_value(json_object_get(tot, "unjudged")));
+    fprintf(f, "A `-` is a metric that was not measured (no LSE or mask supplied): it is never judged. "
+               "A backend marked *(computed)* is standard attention flashdrift computed as the baseline "
+               "of FlashAttention's rule because none was supplied.\n\n");
     fprintf(f, "| case | verdict | backend | max abs | rel l2 | max ulp | p99 ulp | LSE err | flash/std | keep rate (expected) |\n");
     fprintf(f, "|---|---|---|---|---|---|---|---|---|---|\n");
     size_t i;
@@ -51,7 +55,8 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
         json_t *b;
         int first = 1;
         json_object_foreach(json_object_get(c, "backends"), key, b) {
-            fprintf(f, "| %s | %s | %s | ", first ? s_of(c, "id") : "", first ? s_of(c, "verdict") : "", key);
+            fprintf(f, "| %s | %s | %s%s | ", first ? s_of(c, "id") : "", first ? s_of(c, "verdict") : "", key,
+                    !strcmp(s_of(b, "origin"), "computed") ? " *(computed)*" : "");
             if (!json_is_true(json_object_get(b, "ok"))) {
                 fprintf(f, "error: %s | | | | | | |\n", s_of(b, "error"));
                 first = 0;

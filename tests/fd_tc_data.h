@@ -12,10 +12,7 @@
 #include <string.h>
 
 #include "fd_dtype.h"
-
-#ifndef FD_TEST_DATA
-#error "FD_TEST_DATA must name tests/data"
-#endif
+#include "fd_test_util.h"
 
 #define NCASES 5000
 
@@ -59,15 +56,20 @@ static int read_bit_rows(const char *path, uint32_t *x)
 static tc_data *load(const char *dt)
 {
     static tc_data d;
-    char p[512];
+    char rel[128];
+    const char *p;
     uint32_t cb[NCASES];
-    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/a_H100_%s.txt", FD_TEST_DATA, dt, dt);
+    snprintf(rel, sizeof rel, "tensor-core-h100/%s/a_H100_%s.txt", dt, dt);
+    p = tu_path(TU_DATA, rel);
     cr_assert_eq(read_hex_rows(p, d.a), NCASES, "reading %s", p);
-    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/b_H100_%s.txt", FD_TEST_DATA, dt, dt);
+    snprintf(rel, sizeof rel, "tensor-core-h100/%s/b_H100_%s.txt", dt, dt);
+    p = tu_path(TU_DATA, rel);
     cr_assert_eq(read_hex_rows(p, d.b), NCASES, "reading %s", p);
-    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/c_H100_fp32.txt", FD_TEST_DATA, dt);
+    snprintf(rel, sizeof rel, "tensor-core-h100/%s/c_H100_fp32.txt", dt);
+    p = tu_path(TU_DATA, rel);
     cr_assert_eq(read_bit_rows(p, cb), NCASES, "reading %s", p);
-    snprintf(p, sizeof p, "%s/tensor-core-h100/%s/d_H100_fp32.txt", FD_TEST_DATA, dt);
+    snprintf(rel, sizeof rel, "tensor-core-h100/%s/d_H100_fp32.txt", dt);
+    p = tu_path(TU_DATA, rel);
     cr_assert_eq(read_bit_rows(p, d.d), NCASES, "reading %s", p);
     for (int i = 0; i < NCASES; i++) d.c[i] = fd_bits_f32(cb[i]);
     d.n = NCASES;

@@ -1,11 +1,15 @@
-/* fd_test_util.h: helpers shared by the CLI-level tests (spawning flashdrift, files,
- * crafted reports). Header-only, static functions: each test binary includes it once. */
+/* fd_test_util.h: helpers shared by the tests: where test data lives (tu_path), running
+ * flashdrift (tu_run, tu_spawn), temporary directories and files (tu_dir, tu_write,
+ * tu_slurp, tu_load_json, tu_save), .npy tensors (tu_npy_fill) and crafted reports
+ * (tu_report, tu_case, tu_backend). Header-only, static functions: each test binary
+ * includes it once. */
 #ifndef FD_TEST_UTIL_H
 #define FD_TEST_UTIL_H
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,25 +17,42 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fd_dtype.h"
+#include "fd_npy.h"
+
 static char g_err[16384], g_out[65536];
 
-/* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status
- * (128 + signal when killed). Guards for tests of hangs and full disks: seconds > 0 kills
- * the command with SIGALRM after that long (alarm() survives exec), so that a regression
- * fails the test instead of hanging it; fsize > 0 limits every file the command writes to
- * fsize bytes (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, as on
- * a full disk; a child may raise the soft limit again). */
-static inline int tu_run_limited(char *const argv[], unsigned seconds, long fsize)
+/* The roots a test reads files from: the source tree (cases/, scripts/) and tests/data. */
+typedef enum { TU_SOURCE, TU_DATA } tu_root;
+
+/* ROOT/rel. The root is $FD_SOURCE_DIR or $FD_TEST_DATA when set, so that a test binary
+ * built in one checkout runs in another (the GPU machine), else the path compiled in.
+ * Returns one of 8 rotating buffers: enough for the paths of one argv. */
+static inline char *tu_path(tu_root root, const char *rel)
 {
-    char ef[64], of[64];
-    snprintf(ef, sizeof ef, "/tmp/fd_tu_err.%d.txt", (int)getpid());
-    snprintf(of, sizeof of, "/tmp/fd_tu_out.%d.txt", (int)getpid());
+    static char buf[8][4096];
+    static unsigned k;
+    const char *dir = getenv(root == TU_DATA ? "FD_TEST_DATA" : "FD_SOURCE_DIR");
+    if (!dir || !*dir) dir = root == TU_DATA ? FD_TEST_DATA : FD_SOURCE_DIR;
+    char *p = buf[k++ % 8];
+    snprintf(p, sizeof buf[0], "%s/%s", dir, rel);
+    return p;
+}
+
+/* tu_spawn with guards for tests of hangs and full disks: seconds > 0 kills the command
+ * with SIGALRM after that long (alarm() survives exec), so that a regression fails the
+ * test instead of hanging it; fsize > 0 limits every file the command writes to fsize
+ * bytes (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, as on a
+ * full disk; a child may raise the soft limit again). */
+static inline pid_t tu_spawn_limited(char *const argv[], const char *out_file, const char *err_file,
+                                     unsigned seconds, long fsize)
+{
     pid_t pid = fork();
     cr_assert(pid >= 0);
     if (pid == 0) {
-        int fd = open(ef, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 2);
-        int fo = open(of, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fe = open(err_file ? err_file : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fe, 2);
+        int fo = open(out_file ? out_file : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fo, 1);
         if (fsize > 0) {
             struct rlimit rl;
@@ -44,6 +65,24 @@ static inline int tu_run_limited(char *const argv[], unsigned seconds, long fsiz
         execv(argv[0], argv);
         _exit(127);
     }
+    return pid;
+}
+
+/* Starts argv (NULL-terminated) with stdout and stderr written to the files named (NULL:
+ * /dev/null) and returns its pid, for a test that signals or kills it. */
+static inline pid_t tu_spawn(char *const argv[], const char *out_file, const char *err_file)
+{
+    return tu_spawn_limited(argv, out_file, err_file, 0, 0);
+}
+
+/* Runs argv (NULL-terminated) under tu_spawn_limited's guards, capturing stdout in g_out
+ * and stderr in g_err; returns the exit status (128 + the signal when killed). */
+static inline int tu_run_limited(char *const argv[], unsigned seconds, long fsize)
+{
+    char ef[64], of[64];
+    snprintf(ef, sizeof ef, "/tmp/fd_tu_err.%d.txt", (int)getpid());
+    snprintf(of, sizeof of, "/tmp/fd_tu_out.%d.txt", (int)getpid());
+    pid_t pid = tu_spawn_limited(argv, of, ef, seconds, fsize);
     int st;
     waitpid(pid, &st, 0);
     FILE *f = fopen(ef, "r");
@@ -59,7 +98,8 @@ static inline int tu_run_limited(char *const argv[], unsigned seconds, long fsiz
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-/* Runs argv (NULL-terminated), capturing stdout and stderr; returns the exit status. */
+/* Runs argv (NULL-terminated), capturing stdout in g_out and stderr in g_err; returns the
+ * exit status (128 + the signal when killed). */
 static inline int tu_run(char *const argv[])
 {
     return tu_run_limited(argv, 0, 0);
@@ -112,6 +152,32 @@ static inline json_t *tu_case(json_t *report, const char *id, const char *dtype,
 static inline void tu_save(const json_t *j, const char *path)
 {
     cr_assert_eq(json_dump_file(j, path, JSON_INDENT(1)), 0, "cannot write %s", path);
+}
+
+/* A JSON file that must parse. */
+static inline json_t *tu_load_json(const char *path)
+{
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    cr_assert(j, "%s: %s", path, je.text);
+    return j;
+}
+
+/* DIR/NAME.npy of type t (f32, f16 or u8) and the given shape, every element `fill`: bundle
+ * tensors for the import tests. */
+static inline void tu_npy_fill(const char *dir, const char *name, fd_atype t, int nd, const int64_t *shape, float fill)
+{
+    fd_array a;
+    char err[512], p[1024];
+    cr_assert_eq(fd_array_alloc(&a, t, nd, shape, err, sizeof err), 0);
+    for (size_t i = 0; i < a.numel; i++) {
+        if (t == FD_AT_F32) memcpy((char *)a.data + 4 * i, &fill, 4);
+        else if (t == FD_AT_F16) { uint16_t h = fd_f32_to_f16_bits(fill); memcpy((char *)a.data + 2 * i, &h, 2); }
+        else if (t == FD_AT_U8) ((uint8_t *)a.data)[i] = (uint8_t)fill;
+    }
+    snprintf(p, sizeof p, "%s/%s.npy", dir, name);
+    cr_assert_eq(fd_npy_write_file(p, &a, err, sizeof err), 0, "%s", err);
+    fd_array_free(&a);
 }
 
 static inline char *tu_slurp(const char *path)

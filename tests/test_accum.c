@@ -17,10 +17,6 @@
 #include "fd_accum.h"
 #include "fd_dtype.h"
 
-#ifndef FD_TEST_DATA
-#error "FD_TEST_DATA must name tests/data"
-#endif
-
 #include "fd_tc_data.h"
 
 /* ------------------------------------------------------------------------------------ */

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "fd_case.h"
+#include "fd_test_util.h"
 
 static char g_path[256];
 
@@ -39,7 +40,7 @@ Test(cases, smoke_expands_with_exclusions)
 {
     fd_casefile cf;
     char err[1024];
-    cr_assert(fd_casefile_load(FD_SOURCE_DIR "/cases/smoke.json", &cf, err, sizeof err) == 0, "%s", err);
+    cr_assert(fd_casefile_load(tu_path(TU_SOURCE, "cases/smoke.json"), &cf, err, sizeof err) == 0, "%s", err);
     /* sweep 1: 2*3*2*3*3*2 = 216, minus kv1&fp32 (36), kv1&d59 (54), plus their overlap (18);
      * sweep 2: 2 dtypes x 3 distributions */
     cr_assert_eq(cf.ncases, 216 - 36 - 54 + 18 + 6);

@@ -1,110 +1,49 @@
 /* test_cli.c: the flashdrift command as a user meets it: exit codes, reports, bad input
  * that overwrites nothing, an interrupted run that keeps its finished cases. */
-#include <criterion/criterion.h>
-#include <fcntl.h>
-#include <jansson.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
-static char g_err[8192];
-
-static pid_t spawn(char *const argv[], const char *errfile)
-{
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int fd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 2);
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static int run(char *const argv[])
-{
-    char ef[64];
-    snprintf(ef, sizeof ef, "/tmp/fd_cli_stderr.%d.txt", (int)getpid());
-    int st;
-    waitpid(spawn(argv, ef), &st, 0);
-    FILE *f = fopen(ef, "r");
-    size_t n = f ? fread(g_err, 1, sizeof g_err - 1, f) : 0;
-    g_err[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert(f, "cannot write %s", path);
-    fputs(text, f);
-    fclose(f);
-}
-
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
+#include "fd_test_util.h"
 
 static const char *tiny =
     "{\"schema\": \"flashdrift-cases/1\", \"name\": \"tiny\", \"rows_per_head\": 8,\n"
     " \"sweeps\": [{\"heads\": 2, \"kv_heads\": 1, \"seqlen\": [[24, 40]], \"head_dim\": 16,\n"
     "   \"dtype\": [\"fp16\", \"bf16\"], \"mask\": [\"none\", \"causal_br\"], \"dropout\": [0, 0.17], \"seed\": 3}]}\n";
 
-static void fresh_dir(char *dir)
-{
-    strcpy(dir, "/tmp/fd_cli_XXXXXX");
-    cr_assert(mkdtemp(dir));
-}
-
 Test(cli, help_version_and_usage_errors)
 {
     char *a1[] = {FD_BINARY, "--help", NULL};
-    cr_assert_eq(run(a1), 0);
+    cr_assert_eq(tu_run(a1), 0);
     char *a2[] = {FD_BINARY, "--version", NULL};
-    cr_assert_eq(run(a2), 0);
+    cr_assert_eq(tu_run(a2), 0);
     char *a3[] = {FD_BINARY, "frobnicate", NULL};
-    cr_assert_eq(run(a3), 2);
+    cr_assert_eq(tu_run(a3), 2);
     cr_assert(strstr(g_err, "unknown command"), "%s", g_err);
     char *a4[] = {FD_BINARY, "run", NULL};
-    cr_assert_eq(run(a4), 2);
-    char *a5[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--jobs", "0", NULL};
-    cr_assert_eq(run(a5), 2);
+    cr_assert_eq(tu_run(a4), 2);
+    char *a5[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--jobs", "0", NULL};
+    cr_assert_eq(tu_run(a5), 2);
     cr_assert(strstr(g_err, "--jobs"), "%s", g_err);
-    char *a6[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--backend", "tpu", NULL};
-    cr_assert_eq(run(a6), 2);
+    char *a6[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--backend", "tpu", NULL};
+    cr_assert_eq(tu_run(a6), 2);
     cr_assert(strstr(g_err, "unknown backend \"tpu\""), "%s", g_err);
-    char *a7[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--explain", "bogus", NULL};
-    cr_assert_eq(run(a7), 2);
+    char *a7[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--explain", "bogus", NULL};
+    cr_assert_eq(tu_run(a7), 2);
     cr_assert(strstr(g_err, "--explain expects fail, all or none"), "%s", g_err);
-    char *a8[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--explain", NULL};
-    cr_assert_eq(run(a8), 2, "--explain needs a value");
+    char *a8[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--explain", NULL};
+    cr_assert_eq(tu_run(a8), 2, "--explain needs a value");
 }
 
 Test(cli, run_writes_a_complete_report)
 {
     char dir[64], cf[128], out[128], rp[160];
-    fresh_dir(dir);
+    tu_dir(dir, sizeof dir);
     snprintf(cf, sizeof cf, "%s/tiny.json", dir);
     snprintf(out, sizeof out, "%s/out", dir);
-    write_file(cf, tiny);
+    tu_write(cf, tiny);
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", NULL};
-    int rc = run(a);
+    int rc = tu_run(a);
     cr_assert_eq(rc, 0, "tiny sweep should pass, got exit %d: %s", rc, g_err);
     snprintf(rp, sizeof rp, "%s/report.json", out);
     json_error_t je;
@@ -127,45 +66,45 @@ Test(cli, run_writes_a_complete_report)
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(c1, "dropout_stats"), "threshold")), 211);
     json_decref(r);
     snprintf(rp, sizeof rp, "%s/summary.md", out);
-    char *md = read_file(rp);
+    char *md = tu_slurp(rp);
     cr_assert(md && strstr(md, "| case | verdict |"), "summary.md has the table");
 }
 
 Test(cli, bad_input_overwrites_nothing)
 {
     char dir[64], cf[128], out[128], rp[160];
-    fresh_dir(dir);
+    tu_dir(dir, sizeof dir);
     snprintf(cf, sizeof cf, "%s/bad.json", dir);
     snprintf(out, sizeof out, "%s/out", dir);
     mkdir(out, 0755);
     snprintf(rp, sizeof rp, "%s/report.json", out);
-    write_file(rp, "SENTINEL");
-    write_file(cf, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"b\", \"sweeps\": [{\"seqlen\": 8, \"head_dim\": 8, \"dtype\": \"fp8\"}]}");
+    tu_write(rp, "SENTINEL");
+    tu_write(cf, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"b\", \"sweeps\": [{\"seqlen\": 8, \"head_dim\": 8, \"dtype\": \"fp8\"}]}");
     char *a[] = {FD_BINARY, "run", cf, "--out", out, NULL};
-    cr_assert_eq(run(a), 2);
+    cr_assert_eq(tu_run(a), 2);
     cr_assert(strstr(g_err, cf) && strstr(g_err, "sweeps[0].dtype"), "message names file and field: %s", g_err);
-    cr_assert_str_eq(read_file(rp), "SENTINEL");
+    cr_assert_str_eq(tu_slurp(rp), "SENTINEL");
     /* an output path that is a file */
-    char *b[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/smoke.json", "--out", rp, NULL};
-    cr_assert_eq(run(b), 2);
+    char *b[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--out", rp, NULL};
+    cr_assert_eq(tu_run(b), 2);
     cr_assert(strstr(g_err, "--out"), "%s", g_err);
-    cr_assert_str_eq(read_file(rp), "SENTINEL");
+    cr_assert_str_eq(tu_slurp(rp), "SENTINEL");
 }
 
 Test(cli, interrupt_keeps_finished_cases_and_the_old_report)
 {
     char dir[64], out[128], rp[160], jp[160], pp[160];
-    fresh_dir(dir);
+    tu_dir(dir, sizeof dir);
     snprintf(out, sizeof out, "%s/out", dir);
     mkdir(out, 0755);
     snprintf(rp, sizeof rp, "%s/report.json", out);
     snprintf(jp, sizeof jp, "%s/cases.partial.jsonl", out);
     snprintf(pp, sizeof pp, "%s/report.partial.json", out);
-    write_file(rp, "OLD REPORT");
-    char *a[] = {FD_BINARY, "run", FD_SOURCE_DIR "/cases/default.json", "--out", out, "--backend", "cpu", "--jobs", "1", NULL};
+    tu_write(rp, "OLD REPORT");
+    char *a[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/default.json"), "--out", out, "--backend", "cpu", "--jobs", "1", NULL};
     char ef[64];
     snprintf(ef, sizeof ef, "/tmp/fd_cli_int.%d.txt", (int)getpid());
-    pid_t pid = spawn(a, ef);
+    pid_t pid = tu_spawn(a, NULL, ef);
     /* wait for the first finished case in the journal, then interrupt */
     struct stat st;
     for (int t = 0; t < 1200; t++) {
@@ -178,7 +117,7 @@ Test(cli, interrupt_keeps_finished_cases_and_the_old_report)
     int status;
     waitpid(pid, &status, 0);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 130, "interrupted run exits 130");
-    cr_assert_str_eq(read_file(rp), "OLD REPORT", "the previous report is left intact");
+    cr_assert_str_eq(tu_slurp(rp), "OLD REPORT", "the previous report is left intact");
     json_error_t je;
     json_t *r = json_load_file(pp, 0, &je);
     cr_assert(r, "report.partial.json: %s", je.text);

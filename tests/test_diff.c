@@ -1,6 +1,9 @@
 /* test_diff.c: `flashdrift diff` on crafted pairs (moved metrics, new failures, fixed
- * cases, cases on one side, identical outputs, severity order), `baseline update`
+ * cases, cases on one side, identical outputs, severity order, the settings that changed
+ * between the runs in text, Markdown, JSON and HTML), `baseline update`
  * (atomic, refuses to overwrite without --force) and `html` (self-contained). */
+#include <sys/stat.h>
+
 #include "fd_diff.h"
 #include "fd_test_util.h"
 
@@ -94,6 +97,139 @@ Test(diff, cli_outputs_and_exit_codes)
     char *c[] = {FD_BINARY, "diff", op, op, "--fail-on-regression", NULL};
     cr_assert_eq(tu_run(c), 0, "a report against itself: no regression");
     cr_assert(strstr(g_out, "6 identical"), "%s", g_out);
+    json_decref(old);
+    json_decref(nw);
+}
+
+/* Two runs of the same cases with other settings: the kernel's tiles and order, a policy
+ * limit, the GPU, the host, the commit and the version. The host name carries markup. */
+static void settings_pair(json_t **old, json_t **nw)
+{
+    pair(old, nw);
+    json_object_set_new(*old, "flash_config", json_pack("{s:i, s:i, s:s, s:s, s:s, s:b, s:s, s:i}", "br", 64, "bc",
+                                                        64, "qk_order", "seq", "pv_order", "seq", "exp2", "libm",
+                                                        "p_fp32", 1, "rowsum", "fa2", "splits", 1));
+    json_t *fc = json_deep_copy(json_object_get(*old, "flash_config"));
+    json_object_set_new(fc, "br", json_integer(128));
+    json_object_set_new(fc, "qk_order", json_string("tc16"));
+    json_object_set_new(*nw, "flash_config", fc);
+    json_object_set_new(*old, "policy", json_pack("{s:f, s:{s:f}}", "fa_ratio", 2.0, "max_ulp", "fp16", 0.0));
+    json_object_set_new(*nw, "policy", json_pack("{s:f, s:{s:f}}", "fa_ratio", 2.0, "max_ulp", "fp16", 4.0));
+    json_t *m = json_object_get(*nw, "machine");
+    json_object_set_new(m, "gpu", json_string("NVIDIA H200"));
+    json_object_set_new(m, "hostname", json_string("gpu<b>\"box"));
+    json_object_set_new(*nw, "git_commit", json_string("def"));
+    json_object_set_new(*nw, "version", json_string("0.2.0"));
+}
+
+static const json_t *change(const json_t *d, const char *what)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(d, "changes"), i, c)
+        if (!strcmp(json_string_value(json_object_get(c, "what")), what)) return c;
+    return NULL;
+}
+
+Test(diff, names_what_changed_between_the_runs)
+{
+    json_t *old, *nw;
+    settings_pair(&old, &nw);
+    json_t *d = fd_diff_reports(old, "old.json", nw, "new.json");
+    cr_assert(d);
+    const json_t *br = change(d, "flash_config.br");
+    cr_assert(br, "flash_config.br moved 64 -> 128");
+    cr_assert_eq(json_integer_value(json_object_get(br, "old")), 64);
+    cr_assert_eq(json_integer_value(json_object_get(br, "new")), 128);
+    cr_assert_str_eq(json_string_value(json_object_get(change(d, "flash_config.qk_order"), "new")), "tc16");
+    cr_assert_null(change(d, "flash_config.bc"), "unchanged knobs are not listed");
+    cr_assert(change(d, "policy.max_ulp.fp16"), "a nested policy limit is named exactly");
+    cr_assert_null(change(d, "policy.fa_ratio"));
+    const json_t *g = change(d, "machine.gpu");
+    cr_assert(g && json_is_null(json_object_get(g, "old")), "CPU run (gpu null) -> H200");
+    cr_assert_str_eq(json_string_value(json_object_get(g, "new")), "NVIDIA H200");
+    cr_assert(change(d, "machine.hostname") && change(d, "git_commit") && change(d, "version"));
+    cr_assert_null(change(d, "case_file.name"), "same case file");
+    cr_assert_eq(json_array_size(json_object_get(d, "changes")), 7, "br, qk_order, max_ulp.fp16, version, commit, host, gpu");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(d, "old"), "path")), "old.json");
+    json_decref(d);
+    d = fd_diff_reports(old, "a.json", old, "b.json");
+    cr_assert_eq(json_array_size(json_object_get(d, "changes")), 0, "a report against itself: no setting changed");
+    json_decref(d);
+    /* a key one report lacks (an older report without flash_config) is shown as absent */
+    json_object_del(old, "flash_config");
+    d = fd_diff_reports(old, "old.json", nw, "new.json");
+    char buf[64];
+    fd_diff_value_str(change(d, "flash_config.splits"), "old", buf, sizeof buf);
+    cr_assert_str_eq(buf, "absent");
+    fd_diff_value_str(change(d, "flash_config.splits"), "new", buf, sizeof buf);
+    cr_assert_str_eq(buf, "1");
+    json_decref(d);
+    json_decref(old);
+    json_decref(nw);
+}
+
+/* A stand-in gnuplot that keeps a copy of the program it was given, then runs gnuplot. */
+static const char *gp_spy = "#!/bin/sh\ncp plots.gp \"$FD_GP_COPY\"\nexec gnuplot \"$@\"\n";
+
+Test(diff, text_markdown_json_and_html_name_both_reports_and_the_changed_settings)
+{
+    char dir[64], op[128], np[128], mp[128], jp[128], hp[128], spy[128], gpc[128];
+    tu_dir(dir, sizeof dir);
+    snprintf(op, sizeof op, "%s/old.json", dir);
+    snprintf(np, sizeof np, "%s/new.json", dir);
+    snprintf(mp, sizeof mp, "%s/diff.md", dir);
+    snprintf(jp, sizeof jp, "%s/diff.json", dir);
+    snprintf(hp, sizeof hp, "%s/diff.html", dir);
+    json_t *old, *nw;
+    settings_pair(&old, &nw);
+    tu_save(old, op);
+    tu_save(nw, np);
+    char *a[] = {FD_BINARY, "diff", op, np, "--markdown", mp, "--json", jp, NULL};
+    cr_assert_eq(tu_run(a), 0, "%s", g_err);
+    char want[256];
+    snprintf(want, sizeof want, "old: %s: flashdrift 0.1.0 (abc), host ci, GPU none", op);
+    cr_assert(strstr(g_out, want), "the OLD report is named: %s", g_out);
+    snprintf(want, sizeof want, "new: %s: flashdrift 0.2.0 (def), host gpu<b>\"box, GPU NVIDIA H200", np);
+    cr_assert(strstr(g_out, want), "%s", g_out);
+    cr_assert(strstr(g_out, "    flash_config.br: 64 -> 128\n"), "%s", g_out);
+    cr_assert(strstr(g_out, "    flash_config.qk_order: seq -> tc16\n"), "%s", g_out);
+    cr_assert(strstr(g_out, "    machine.gpu: null -> NVIDIA H200\n"), "%s", g_out);
+    cr_assert(strstr(g_out, "    policy.max_ulp.fp16: 0 -> 4\n"), "%s", g_out);
+    const char *md = tu_slurp(mp);
+    snprintf(want, sizeof want, "| old | `%s` | 0.1.0 | abc | ci | none |", op);
+    cr_assert(strstr(md, want), "%s", md);
+    cr_assert(strstr(md, "| `flash_config.br` | 64 | 128 |"), "%s", md);
+    cr_assert(strstr(md, "| `machine.gpu` | null | NVIDIA H200 |"), "%s", md);
+    json_error_t je;
+    json_t *dj = json_load_file(jp, 0, &je);
+    cr_assert(dj, "%s", je.text);
+    cr_assert_eq(json_integer_value(json_object_get(change(dj, "flash_config.br"), "new")), 128, "--json has the changes");
+    json_decref(dj);
+    char *same[] = {FD_BINARY, "diff", op, op, "--markdown", mp, NULL};
+    cr_assert_eq(tu_run(same), 0, "%s", g_err);
+    cr_assert(strstr(g_out, "same flash_config, policy, case file, backends, version, commit, machine and GPU in both runs"),
+              "%s", g_out);
+    cr_assert(strstr(tu_slurp(mp), "Same flash_config, policy,"), "%s", tu_slurp(mp));
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) cr_skip_test("gnuplot not installed: the HTML part is skipped");
+    snprintf(spy, sizeof spy, "%s/gnuplot-spy", dir);
+    snprintf(gpc, sizeof gpc, "%s/plots.gp.copy", dir);
+    tu_write(spy, gp_spy);
+    cr_assert_eq(chmod(spy, 0755), 0);
+    setenv("FD_GNUPLOT", spy, 1);
+    setenv("FD_GP_COPY", gpc, 1);
+    char *h[] = {FD_BINARY, "diff", op, np, "--html", hp, NULL};
+    cr_assert_eq(tu_run(h), 0, "%s", g_err);
+    const char *html = tu_slurp(hp);
+    cr_assert(html, "diff --html wrote %s", hp);
+    snprintf(want, sizeof want, "<tr><td>old</td><td>%s</td><td>0.1.0</td><td>abc</td><td>ci</td><td>none</td>", op);
+    cr_assert(strstr(html, want), "the OLD report is named in the HTML");
+    cr_assert(strstr(html, "<tr><td>flash_config.br</td><td>64</td><td>128</td></tr>"), "the changed knob in the HTML");
+    cr_assert(strstr(html, "<td>gpu&lt;b&gt;&quot;box</td>") && !strstr(html, "gpu<b>"), "file text is escaped in the HTML");
+    const char *gp = tu_slurp(gpc);
+    cr_assert(gp && strstr(gp, "set terminal"), "the spy saw the gnuplot program");
+    cr_assert(!strstr(gp, "gpu<b>") && !strstr(gp, "tc16") && !strstr(gp, "old.json"),
+              "nothing of the run settings reaches the gnuplot program");
     json_decref(old);
     json_decref(nw);
 }

@@ -444,10 +444,10 @@ Test(files, inject_that_changes_nothing_is_a_usage_error)
     path_in(out, sizeof out, d, "explained");
     static const struct { const char *bug, *why; } t[] = {
         {"mask_missing", "it has no causal mask"},
-        {"causal_swap", "it has no causal mask"},
-        {"dropout_seed", "it has no dropout (p = 0)"},
+        {"dropout_seed_plus_one", "it has no dropout (p = 0)"},
         {"dropout_scale_missing", "it has no dropout (p = 0)"},
-        {"layout_bhsd", "with one head or one query row, BHSD and BSHD are the same layout"},
+        {"dropout_seed", "it has no dropout (p = 0)"}, /* the 0.1.0 name of dropout_seed_plus_one */
+        {"layout_bhsd_as_bshd", "with one head or one query row, BHSD and BSHD are the same layout"},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         char *a[] = {FD_BINARY, "explain", cf, "--case", "b1h1k1-q24k24-d16-fp16-none-p0-normal-s3", "--inject",
@@ -460,10 +460,22 @@ Test(files, inject_that_changes_nothing_is_a_usage_error)
         cr_assert(strstr(g_err, want), "%s: stderr: %s", t[i].bug, g_err);
         cr_assert(!exists(out));
     }
+    /* a square causal_br case: top-left is the same mask */
+    char sq[128];
+    path_in(sq, sizeof sq, d, "square.json");
+    tu_write(sq, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"sq\", \"rows_per_head\": 4,\n"
+                 " \"sweeps\": [{\"seqlen\": 24, \"head_dim\": 16, \"mask\": \"causal_br\", \"seed\": 3}]}\n");
+    char *c[] = {FD_BINARY, "explain", sq, "--case", "b1h1k1-q24k24-d16-fp16-causal_br-p0-normal-s3", "--inject",
+                 "causal_top_left", "--out", out, "--jobs", "1", NULL};
+    int rc = tu_run(c);
+    cr_assert_eq(rc, 2, "causal_top_left on a square causal_br case: exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "changes nothing on case b1h1k1-q24k24-d16-fp16-causal_br-p0-normal-s3: its causal mask "
+                            "is already top-left (seqlen_q = seqlen_k: both alignments are one mask)"), "stderr: %s", g_err);
+    cr_assert(!exists(out));
     /* a bug that does change this case is still explained */
     char *b[] = {FD_BINARY, "explain", cf, "--case", "b1h1k1-q24k24-d16-fp16-none-p0-normal-s3", "--inject",
                  "scale_missing", "--jobs", "1", NULL};
-    int rc = tu_run(b);
+    rc = tu_run(b);
     cr_assert_eq(rc, 1, "scale_missing is a gross error: exit %d, stderr: %s", rc, g_err);
 }
 

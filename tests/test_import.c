@@ -19,14 +19,9 @@
 #include "fd_philox.h"
 #include "fd_ref.h"
 #include "fd_safetensors.h"
+#include "fd_test_util.h"
 
 static char tmpdir[256];
-
-static void mk_tmp(void)
-{
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/fd_test_import_XXXXXX");
-    cr_assert_not_null(mkdtemp(tmpdir));
-}
 
 static int hdr(const char *h, fd_atype *t, int *nd, int64_t *shape, char *err)
 {
@@ -148,7 +143,7 @@ Test(npy_file, bad_files)
     cr_expect_eq(fd_npy_parse(b2, 12 + hl + sizeof d, &a, err, sizeof err), 0, "%s", err);
     fd_array_free(&a);
     /* a file reader error names the file */
-    mk_tmp();
+    tu_dir(tmpdir, sizeof tmpdir);
     char p[512];
     snprintf(p, sizeof p, "%s/x.npy", tmpdir);
     FILE *f = fopen(p, "wb");
@@ -161,7 +156,7 @@ Test(npy_file, bad_files)
 
 Test(npy_file, round_trip_every_type)
 {
-    mk_tmp();
+    tu_dir(tmpdir, sizeof tmpdir);
     const fd_atype types[] = {FD_AT_F16, FD_AT_BF16, FD_AT_F32, FD_AT_F64, FD_AT_U8, FD_AT_BOOL};
     uint64_t s = 12345;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
@@ -194,7 +189,7 @@ Test(npy_file, round_trip_every_type)
 Test(npy_file, numpy_written)
 {
     if (system("python3 -c 'import numpy' >/dev/null 2>&1") != 0) cr_skip_test("numpy not installed");
-    mk_tmp();
+    tu_dir(tmpdir, sizeof tmpdir);
     char cmd[1024], p[512], err[512];
     snprintf(p, sizeof p, "%s/np.npy", tmpdir);
     snprintf(cmd, sizeof cmd,
@@ -332,7 +327,7 @@ static int same_bits(const float *a, const float *b, size_t n)
 
 Test(bundle, round_trip_every_dtype_layout_format)
 {
-    mk_tmp();
+    tu_dir(tmpdir, sizeof tmpdir);
     for (int t = 0; t < 3; t++)
         for (int bhsd = 0; bhsd < 2; bhsd++)
             for (int st = 0; st < 2; st++) {
@@ -387,32 +382,9 @@ static void expect_load_error(const char *path, const char *msg)
     cr_expect(strstr(err, msg) != NULL, "message \"%s\" lacks \"%s\"", err, msg);
 }
 
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static void save(const char *dir, const char *name, fd_atype t, int nd, const int64_t *shape, float fill)
-{
-    fd_array a;
-    char err[512], p[1024];
-    cr_assert_eq(fd_array_alloc(&a, t, nd, shape, err, sizeof err), 0);
-    for (size_t i = 0; i < a.numel; i++) {
-        if (t == FD_AT_F32) memcpy((char *)a.data + 4 * i, &fill, 4);
-        else if (t == FD_AT_F16) { uint16_t h = fd_f32_to_f16_bits(fill); memcpy((char *)a.data + 2 * i, &h, 2); }
-        else if (t == FD_AT_U8) ((uint8_t *)a.data)[i] = (uint8_t)fill;
-    }
-    snprintf(p, sizeof p, "%s/%s.npy", dir, name);
-    cr_assert_eq(fd_npy_write_file(p, &a, err, sizeof err), 0, "%s", err);
-    fd_array_free(&a);
-}
-
 Test(bundle, bad_bundles)
 {
-    mk_tmp();
+    tu_dir(tmpdir, sizeof tmpdir);
     char d[600], p[1200];
     int n = 0;
 #define FRESH(t) do { snprintf(d, sizeof d, "%s/d%d", tmpdir, n++); good_dir(d, t); } while (0)
@@ -427,52 +399,52 @@ Test(bundle, bad_bundles)
     expect_load_error(d, "meta.json: missing");
     FRESH(FD_DT_FP16);
     snprintf(p, sizeof p, "%s/meta.json", d);
-    write_text(p, "{\"mask\": \"none\"}");
+    tu_write(p, "{\"mask\": \"none\"}");
     expect_load_error(d, "never guessed");
     FRESH(FD_DT_FP16);
-    write_text(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"dropout_p\": 0.1}");
+    tu_write(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"dropout_p\": 0.1}");
     snprintf(p, sizeof p, "%s/meta.json", d);
-    write_text(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"dropout_p\": 0.1}");
+    tu_write(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"dropout_p\": 0.1}");
     expect_load_error(d, "needs seed and offset");
     FRESH(FD_DT_FP16);
     snprintf(p, sizeof p, "%s/meta.json", d);
-    write_text(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"layot\": 1}");
+    tu_write(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"layot\": 1}");
     expect_load_error(d, "unknown key \"layot\"");
     FRESH(FD_DT_FP16);
-    save(d, "k", FD_AT_F16, 4, k_bad, 1.0f);
+    tu_npy_fill(d, "k", FD_AT_F16, 4, k_bad, 1.0f);
     expect_load_error(d, "v.npy: shape (1, 4, 1, 2) disagrees with k's (1, 4, 1, 3)");
     FRESH(FD_DT_FP16);
-    save(d, "out_flash", FD_AT_F16, 4, o_bad, 1.0f);
+    tu_npy_fill(d, "out_flash", FD_AT_F16, 4, o_bad, 1.0f);
     expect_load_error(d, "out_flash.npy: shape (1, 3, 2, 3) disagrees with q's (1, 3, 2, 2)");
     FRESH(FD_DT_FP16);
-    save(d, "q", FD_AT_F32, 4, q_shape, 1.0f);
+    tu_npy_fill(d, "q", FD_AT_F32, 4, q_shape, 1.0f);
     expect_load_error(d, "disagrees with q's fp32");
     FRESH(FD_DT_FP16);
-    save(d, "q", FD_AT_F16, 4, q_shape, NAN);
+    tu_npy_fill(d, "q", FD_AT_F16, 4, q_shape, NAN);
     expect_load_error(d, "q.npy: 12 NaN and 0 Inf input values");
     FRESH(FD_DT_FP16);
-    save(d, "v", FD_AT_F16, 4, (const int64_t[]){1, 4, 1, 2}, INFINITY);
+    tu_npy_fill(d, "v", FD_AT_F16, 4, (const int64_t[]){1, 4, 1, 2}, INFINITY);
     expect_load_error(d, "v.npy: 0 NaN and 8 Inf");
     FRESH(FD_DT_FP16);
-    save(d, "Q", FD_AT_F16, 4, q_shape, 1.0f);
+    tu_npy_fill(d, "Q", FD_AT_F16, 4, q_shape, 1.0f);
     expect_load_error(d, "Q.npy: unexpected tensor file");
     FRESH(FD_DT_FP16);
-    save(d, "lse_flash", FD_AT_F32, 3, (const int64_t[]){1, 3, 2}, 0.0f);
+    tu_npy_fill(d, "lse_flash", FD_AT_F32, 3, (const int64_t[]){1, 3, 2}, 0.0f);
     expect_load_error(d, "lse_flash.npy: shape (1, 3, 2), expected (1, 2, 3)");
     FRESH(FD_DT_FP16);
-    save(d, "dmask_flash", FD_AT_U8, 4, (const int64_t[]){1, 2, 3, 4}, 2.0f);
+    tu_npy_fill(d, "dmask_flash", FD_AT_U8, 4, (const int64_t[]){1, 2, 3, 4}, 2.0f);
     expect_load_error(d, "dropout mask value 2");
     FRESH(FD_DT_FP16);
-    save(d, "lse_nobody", FD_AT_F32, 3, (const int64_t[]){1, 2, 3}, 0.0f);
+    tu_npy_fill(d, "lse_nobody", FD_AT_F32, 3, (const int64_t[]){1, 2, 3}, 0.0f);
     expect_load_error(d, "belongs to no output");
     /* bf16 as '<u2' needs the meta to say so */
     FRESH(FD_DT_BF16);
     snprintf(p, sizeof p, "%s/meta.json", d);
-    write_text(p, "{\"layout\": \"bshd\", \"mask\": \"none\"}");
+    tu_write(p, "{\"layout\": \"bshd\", \"mask\": \"none\"}");
     expect_load_error(d, "must say \"dtype\": \"bf16\"");
     FRESH(FD_DT_FP16);
     snprintf(p, sizeof p, "%s/meta.json", d);
-    write_text(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"dtype\": \"bf16\"}");
+    tu_write(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"dtype\": \"bf16\"}");
     expect_load_error(d, "disagrees with the tensors' fp16");
     /* unsupported dtype, big-endian, Fortran order, truncated, wrong magic: file named */
     FRESH(FD_DT_FP16);
@@ -532,52 +504,62 @@ Test(bundle, exact_output_passes_and_mask_agreement)
                             (uint8_t)fd_fa2_keep(p->seed, p->offset, thr, p->heads, bb, h, i, j);
                 }
     }
-    fd_casefile cf;
-    memset(&cf, 0, sizeof cf);
-    cf.rows_per_head = 0;
-    fd_policy_default(&cf.policy);
-    fd_case_result res;
-    json_t *x;
+    /* through the one pipeline, as check runs it: the bundle on disk, a case pointing at it */
+    char dir[] = "/tmp/fd_bundle_mask_XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/masked", dir);
     char err[1024];
-    cr_assert_eq(fd_run_import(&cf, &b, 2, &res, &x, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_bundle_write(&b, path, 0, 0, err, sizeof err), 0, "%s", err);
+    char **paths = malloc(sizeof(char *));
+    paths[0] = strdup(path);
+    fd_casefile cf;
+    fd_casefile_bundles(&cf, path, paths, 1, 0);
+    fd_case_result res;
+    cr_assert_eq(fd_run_case(&cf, &cf.cases[0], NULL, 0, NULL, 2, 1, &res, err, sizeof err), 0, "%s", err);
     cr_expect_eq(res.verdict, FD_PASS, "verdict %s: %s", fd_verdict_name(res.verdict), res.reasons);
     cr_expect(res.be[0].m.max_ulp <= 0.5, "max ulp %g", res.be[0].m.max_ulp);
-    json_t *m = json_object_get(json_object_get(x, "dropout_masks"), "flash");
-    cr_expect_eq(json_integer_value(json_object_get(m, "agree")), json_integer_value(json_object_get(m, "visible")));
-    json_t *pr = json_array_get(json_object_get(x, "pairs"), 0);
+    cr_expect(res.be[0].mask_checked > 0 && res.be[0].mask_mismatch == 0, "mask %ld of %ld differ",
+              res.be[0].mask_mismatch, res.be[0].mask_checked);
+    json_t *pr = json_array_get(json_object_get((json_t *)res.extra, "pairs"), 0);
     cr_expect_eq(json_integer_value(json_object_get(pr, "identical")), (json_int_t)fd_q_numel(p));
-    json_decref(x);
     fd_case_result_free(&res);
     /* flip one visible mask element: the reference no longer models the kernel */
     b.out[0].keep[(size_t)(1 * 9 + 4) * 11 + 2] ^= 1;
-    cr_assert_eq(fd_run_import(&cf, &b, 2, &res, &x, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_bundle_write(&b, path, 0, 0, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&cf, &cf.cases[0], NULL, 0, NULL, 2, 1, &res, err, sizeof err), 0, "%s", err);
     cr_expect_eq(res.verdict, FD_FAIL, "verdict %s: %s", fd_verdict_name(res.verdict), res.reasons);
     cr_expect(strstr(res.reasons, "flash: dropout mask differs") != NULL, "%s", res.reasons);
-    cr_expect(strstr(res.reasons, "at 1 of") != NULL && strstr(res.reasons, "h=1 row=4 col=2") != NULL, "%s",
-              res.reasons);
-    json_decref(x);
+    cr_expect(strstr(res.reasons, "in 1 of") != NULL && strstr(res.reasons, "first at b0 h1 row 4 key 2") != NULL,
+              "%s", res.reasons);
     fd_case_result_free(&res);
+    fd_casefile_free(&cf);
     fd_bundle_free(&b);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
 }
 
 /* ---- the command ---- */
 
+/* flashdrift check ARGS (split at spaces); stderr in errbuf. */
 static int run_cli(const char *args, char *errbuf, size_t len)
 {
-    char cmd[2048], ef[600];
-    snprintf(ef, sizeof ef, "%s/stderr.txt", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s check %s >/dev/null 2>%s", FD_BINARY, args, ef);
-    int st = system(cmd);
-    FILE *f = fopen(ef, "r");
-    size_t n = f ? fread(errbuf, 1, len - 1, f) : 0;
-    errbuf[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char buf[2048], *argv[64];
+    int n = 0;
+    argv[n++] = FD_BINARY;
+    argv[n++] = "check";
+    snprintf(buf, sizeof buf, "%s", args);
+    for (char *t = strtok(buf, " "); t && n < 63; t = strtok(NULL, " ")) argv[n++] = t;
+    argv[n] = NULL;
+    const int rc = tu_run(argv);
+    snprintf(errbuf, len, "%s", g_err);
+    return rc;
 }
 
 Test(cli, check_exit_codes_and_report)
 {
-    mk_tmp();
+    tu_dir(tmpdir, sizeof tmpdir);
     char d[600], args[2048], e[4096], p[1200];
     snprintf(d, sizeof d, "%s/good", tmpdir);
     good_dir(d, FD_DT_FP16);

@@ -24,27 +24,11 @@ static int journal_lines(const char *path)
     return n;
 }
 
-static json_t *load(const char *path)
-{
-    json_error_t je;
-    json_t *r = json_load_file(path, 0, &je);
-    cr_assert(r, "%s: %s", path, je.text);
-    return r;
-}
-
 /* Starts argv (a run of the 24-case file), waits for the journal's header and at least two
  * finished cases, then kills it with SIGKILL (no handler runs). Returns the finished cases. */
 static int run_and_kill(char *const argv[], const char *jp)
 {
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
+    pid_t pid = tu_spawn(argv, NULL, NULL);
     for (int t = 0; t < 20000 && journal_lines(jp) < 3; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
@@ -81,7 +65,7 @@ Test(resume, sigkill_then_resume_finishes_with_the_same_results)
     cr_assert(stat(jp, &sb) != 0, "the journal is removed after a complete run");
     char *c[] = {FD_BINARY, "run", cf, "--out", ref, "--backend", "cpu", "--jobs", "2", NULL};
     cr_assert_eq(tu_run(c), 0, "%s", g_err);
-    json_t *r1 = load(rp), *r2 = load(rr);
+    json_t *r1 = tu_load_json(rp), *r2 = tu_load_json(rr);
     cr_assert(json_is_true(json_object_get(r1, "complete")));
     json_t *c1 = json_object_get(r1, "cases"), *c2 = json_object_get(r2, "cases");
     cr_assert_eq(json_array_size(c1), 24);
@@ -128,15 +112,7 @@ Test(resume, refuses_a_journal_of_another_case_file)
     /* a real journal of a.json (killed run), resumed with b.json: refused */
     unlink(jp);
     char *k[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--quiet", NULL};
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        execv(k[0], k);
-        _exit(127);
-    }
+    pid_t pid = tu_spawn(k, NULL, NULL);
     for (int t = 0; t < 20000 && journal_lines(jp) < 2; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
@@ -168,7 +144,7 @@ Test(resume, repeat_records_identical_hashes)
     tu_write(cf, cases24);
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--repeat", "3", "--filter", "-q64k64-", NULL};
     cr_assert_eq(tu_run(a), 0, "%s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     size_t i;
     json_t *c;
     json_array_foreach(json_object_get(r, "cases"), i, c) {
@@ -210,7 +186,7 @@ Test(html, written_with_plots_or_skipped_without_gnuplot)
     cr_assert(strstr(h, "data:image/svg+xml;base64,") && strstr(h, "Dropout keep rate"), "plots are inline data URIs");
     cr_assert(!strstr(h, "http://") && !strstr(h, "https://"), "self-contained: no network references");
     if (system("command -v chromium >/dev/null 2>&1") != 0) cr_skip_test("chromium not installed: screenshot check skipped");
-    snprintf(cmd, sizeof cmd, "%s/scripts/check-html %s %s/shot.png >/dev/null 2>&1", FD_SOURCE_DIR, hp, dir);
+    snprintf(cmd, sizeof cmd, "%s %s %s/shot.png >/dev/null 2>&1", tu_path(TU_SOURCE, "scripts/check-html"), hp, dir);
     cr_assert_eq(system(cmd), 0, "scripts/check-html: the rendered report is blank");
 }
 
@@ -258,7 +234,7 @@ Test(explain_run, all_cases_explained_shares_add_up_and_summary_has_them)
     tu_write(cf, cases_ex);
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
     cr_assert_eq(tu_run(a), 0, "%s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     cr_assert_eq(json_array_size(json_object_get(r, "cases")), 8);
     size_t i;
     json_t *c;
@@ -278,7 +254,7 @@ Test(explain_run, all_cases_explained_shares_add_up_and_summary_has_them)
     /* --explain none: no explanation anywhere */
     char *b[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--explain", "none", "--quiet", NULL};
     cr_assert_eq(tu_run(b), 0, "%s", g_err);
-    r = load(rp);
+    r = tu_load_json(rp);
     json_array_foreach(json_object_get(r, "cases"), i, c) cr_assert(!json_object_get(c, "explain"));
     json_decref(r);
     cr_assert(!strstr(tu_slurp(sp), "## Explanations"));
@@ -306,7 +282,7 @@ Test(explain_run, default_explains_the_failing_cases_only)
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", NULL};
     cr_assert_eq(tu_run(a), 1, "cases fail the case file's policy: %s", g_err);
     cr_assert(strstr(g_err, "    explain: "), "the FAIL line is followed by its explanation: %s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     int nfail = 0, nother = 0;
     size_t i;
     json_t *c;
@@ -323,11 +299,11 @@ Test(explain_run, default_explains_the_failing_cases_only)
     cr_assert(nfail >= 1 && nother >= 1, "%d FAIL, %d others: the policy must split the cases", nfail, nother);
     json_decref(r);
     /* gate with a case file shares the run loop */
-    char *g[] = {FD_BINARY, "gate", cf, "--policy", FD_SOURCE_DIR "/cases/policy-ci.json", "--out", gout,
+    char *g[] = {FD_BINARY, "gate", cf, "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"), "--no-baseline", "--out", gout,
                  "--backend", "cpu", "--jobs", "2", "--explain", "all", "--quiet", NULL};
     tu_run(g);
     snprintf(rp, sizeof rp, "%s/report.json", gout);
-    r = load(rp);
+    r = tu_load_json(rp);
     json_array_foreach(json_object_get(r, "cases"), i, c) check_explain(c);
     json_decref(r);
 }
@@ -376,7 +352,7 @@ Test(explain_run, resume_keeps_explanations_and_adds_missing_ones)
     /* resumed with --explain none: the kept cases keep their explanations, new ones get none */
     char *b[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--resume", "--explain", "none", "--quiet", NULL};
     cr_assert_eq(tu_run(b), 0, "%s", g_err);
-    json_t *r = load(rp);
+    json_t *r = tu_load_json(rp);
     int kept = 0, bare = 0;
     size_t i;
     json_t *c;
@@ -393,7 +369,7 @@ Test(explain_run, resume_keeps_explanations_and_adds_missing_ones)
     /* resumed with --explain all from a journal without them: every case is explained */
     char *d[] = {FD_BINARY, "run", cf, "--out", out2, "--backend", "cpu", "--jobs", "2", "--resume", "--explain", "all", "--quiet", NULL};
     cr_assert_eq(tu_run(d), 0, "%s", g_err);
-    r = load(rp2);
+    r = tu_load_json(rp2);
     cr_assert_eq(json_array_size(json_object_get(r, "cases")), 24);
     json_array_foreach(json_object_get(r, "cases"), i, c) check_explain(c);
     json_decref(r);
@@ -416,7 +392,7 @@ Test(explain_run, html_has_the_budget_plot_for_a_report_and_an_explain_json)
     cr_assert(h && strstr(h, "<img alt=\"Error budget of the explained cases"), "the budget plot is embedded");
     cr_assert(strstr(h, "<h2>Explanations</h2>") && strstr(h, "rounding of P to the dtype"), "the details block");
     char *e[] = {FD_BINARY, "explain", cf, "--case", "b1h2k1-q24k40-d16-bf16-none-p0-normal-s3", "--inject",
-                 "layout_bhsd", "--out", out, "--jobs", "2", NULL};
+                 "layout_bhsd_as_bshd", "--out", out, "--jobs", "2", NULL};
     cr_assert_eq(tu_run(e), 1, "a gross error: %s", g_err);
     char *hh[] = {FD_BINARY, "html", ej, NULL};
     cr_assert_eq(tu_run(hh), 0, "%s", g_err);

@@ -1,0 +1,196 @@
+/* fd_usage.c: the usage texts of flashdrift and of each command (fd_cmds.h), beside main:
+ * `flashdrift --help` prints every synopsis and a line per command, `flashdrift CMD --help`
+ * (fd_opt.h) that command's synopsis, what it does and its options. */
+#include <stdio.h>
+#include <string.h>
+
+#include "fd_cmds.h"
+
+/* The run options shared by run and gate (fd_runfile.h: fd_run_longopts). */
+#define RUN_OPTIONS                                                                                     \
+    "  --backend B        auto (default), cpu, cuda, or names: NAME[,NAME...]\n"                        \
+    "  --out DIR          where the report, summary and journal go (default out)\n"                     \
+    "  --jobs N           threads, 1..1024 (default: the online CPUs)\n"                                \
+    "  --filter S         only the cases whose id contains S\n"                                         \
+    "  --repeat N         run each case's backends N times (1..64); outputs that are not bitwise\n"     \
+    "                     identical fail the case\n"                                                    \
+    "  --resume           continue an interrupted run from DIR/cases.partial.jsonl\n"                   \
+    "  --explain MODE     attribute the error of the FAIL cases (fail, default), of every case\n"       \
+    "                     (all) or of none (none), as `explain` does\n"                                 \
+    "  --quiet            no progress, backends line or totals line\n"
+
+#define PROGRESS                                                                                        \
+    "Progress goes to stderr: on a terminal a bar with elapsed time and an ETA weighted by\n"           \
+    "case cost; elsewhere (CI logs) a line \"k/n cases, elapsed 1m23s, ETA 2m10s\" when a case\n"       \
+    "finishes, at most one every 10 s, and always the last. The run's FAIL lines and\n"              \
+    "diagnostics go to stderr too; results (the totals, gate's verdict lines) to stdout.\n"
+
+#define EXIT_RUN                                                                                        \
+    "exit: 0 all pass, 1 a case failed, 2 usage or input error, 3 internal error, 130 interrupted\n"   \
+    "      (SIGINT), 143 terminated (SIGTERM); finished cases stay in DIR/report.partial.json.\n"
+
+static const struct {
+    const char *name;
+    const char *synopsis; /* lines; a line starting with a space continues the one above */
+    const char *summary;  /* one line for `flashdrift --help` */
+    const char *details;  /* what `flashdrift CMD --help` adds */
+} usages[] = {
+    {"run",
+     "flashdrift run CASEFILE [--backend auto|cpu|cuda|NAME[,NAME...]] [--out DIR]\n"
+     "                      [--jobs N] [--filter SUBSTRING] [--repeat N] [--resume] [--quiet]\n"
+     "                      [--explain fail|all|none]\n",
+     "runs every case of CASEFILE through the backends and the MPFR reference",
+     "Writes DIR/report.json (canonical), DIR/summary.md and DIR/report.html (default DIR:\n"
+     "out); each finished case is journaled to DIR/cases.partial.jsonl as it finishes.\n\n"
+     "options:\n" RUN_OPTIONS "\n" PROGRESS EXIT_RUN},
+    {"gate",
+     "flashdrift gate CASEFILE|REPORT --policy FILE [--baseline FILE] [--junit FILE]\n"
+     "                      [--markdown FILE] [--out DIR] [--backend B] [--jobs N] [--repeat N]\n"
+     "                      [--filter SUBSTRING] [--resume] [--quiet] [--explain fail|all|none]\n"
+     "                      [--no-baseline] [--allow-partial] [--allow-missing-backend]\n",
+     "applies a tolerance policy (docs/gate.md) to a report or to a run of CASEFILE",
+     "Prints one line per failing case; writes JUnit XML and Markdown when asked. The run\n"
+     "options need a CASEFILE (a report is gated as it is).\n\n"
+     "options:\n"
+     "  --policy FILE      the tolerance policy (required; docs/gate.md)\n"
+     "  --baseline FILE    a stored report the policy's \"baseline\" rule compares with\n"
+     "  --junit FILE       JUnit XML of the verdicts\n"
+     "  --markdown FILE    Markdown summary (for a CI job summary)\n"
+     "  --no-baseline      gate without the policy's baseline rule (said in every output)\n"
+     "  --allow-partial    gate the finished cases of a partial report (said in every output)\n"
+     "  --allow-missing-backend  a backend the policy names may be absent from the report\n" RUN_OPTIONS "\n" PROGRESS
+     "exit: 0 the policy passes, 1 it fails, 2 usage or input error, 3 internal error,\n"
+     "      130 interrupted (SIGINT), 143 terminated (SIGTERM).\n"},
+    {"diff",
+     "flashdrift diff OLD NEW [--markdown FILE] [--json FILE] [--html FILE] [--fail-on-regression]\n",
+     "compares two reports case by case",
+     "Metrics that moved, new failures, fixed cases, cases on one side only, bitwise-identical\n"
+     "outputs; printed on stdout.\n\n"
+     "options:\n"
+     "  --markdown FILE    the comparison as Markdown\n"
+     "  --json FILE        the comparison as JSON\n"
+     "  --html FILE        NEW rendered as HTML with OLD as its baseline\n"
+     "  --fail-on-regression  exit 1 when a case regressed\n\n"
+     "exit: 0, 1 a regression with --fail-on-regression, 2 usage or input error, 3 internal.\n"},
+    {"baseline",
+     "flashdrift baseline update REPORT --name NAME [--force] [--dir DIR]\n",
+     "stores a complete report as a named baseline",
+     "Writes DIR/NAME.json (default DIR: reports/baselines) with where and when it came from.\n\n"
+     "options:\n"
+     "  --name NAME        the baseline's name: letters, digits, '.', '_', '-' (required)\n"
+     "  --dir DIR          where baselines live (default reports/baselines)\n"
+     "  --force            overwrite an existing baseline of that name\n\n"
+     "exit: 0 stored, 2 usage or input error (or it exists without --force), 3 internal error.\n"},
+    {"html",
+     "flashdrift html REPORT|EXPLAIN_JSON [--baseline FILE] [--out FILE]\n",
+     "renders a report or an explain.json as one self-contained HTML page",
+     "gnuplot draws the plots; without --out the page goes beside the input (X.json -> X.html).\n\n"
+     "options:\n"
+     "  --baseline FILE    compare with this report\n"
+     "  --out FILE         where the page goes\n\n"
+     "exit: 0 written, 2 usage or input error, 3 internal error.\n"},
+    {"explain",
+     "flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR] [--jobs N]\n"
+     "flashdrift explain REPORT [--out DIR] [--jobs N]\n"
+     "flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n",
+     "why an output differs from the exact result (docs/attribution.md)",
+     "Error budget by stage, accumulation orders, conditioning and bug hypotheses, for one\n"
+     "case, for every FAIL case of a report, or for the outputs of an imported bundle.\n\n"
+     "options:\n"
+     "  --case ID          the case of CASEFILE to explain (flashdrift list shows the ids)\n"
+     "  --backend B        the backend explained (default cpu-flash)\n"
+     "  --inject BUG       play a known bug into the output (docs/attribution.md lists them)\n"
+     "  --tensors BUNDLE   explain imported outputs (docs/import.md)\n"
+     "  --output NAME      only this output of the bundle\n"
+     "  --rows-per-head N  query rows checked per (batch, head), 0 = all (default 32)\n"
+     "  --jobs N           threads, 1..1024 (default: the online CPUs)\n"
+     "  --out DIR          also write DIR/explain.json and DIR/explain.md\n\n"
+     "The output is first judged by the pipeline run and check use (JUDGED line), then\n"
+     "attributed.\n\n"
+     "exit: 0 the output passes, 1 it fails or is UNJUDGED (as run/check would exit) or a gross\n"
+     "error was found, 2 usage or input error, 3 internal.\n"},
+    {"check",
+     "flashdrift check --tensors PATH [--out DIR] [--jobs N] [--rows-per-head N] [--filter S]\n"
+     "                        [--resume] [--repeat N] [--explain fail|all|none] [--quiet]\n",
+     "judges tensors dumped by another kernel with the run's pipeline (docs/import.md)",
+     "Judges tensors dumped by another kernel (a directory with meta.json and .npy files, a\n"
+     ".safetensors file, or a directory of such bundles) with the same pipeline and run loop\n"
+     "as `run`: the MPFR reference on the bundle's exact inputs, every supplied output against\n"
+     "it; each flash output against a supplied standard output or, when none is supplied,\n"
+     "against standard attention of the same dtype computed from the same inputs\n"
+     "(FlashAttention's rule); supplied dropout masks against FA2's regeneration. A metric\n"
+     "that was not supplied (no LSE, no mask) is not measured and never judged. Writes\n"
+     "DIR/report.json, DIR/summary.md and DIR/report.html (default DIR: out/check).\n\n"
+     "options:\n"
+     "  --tensors PATH     the bundle(s) (required)\n"
+     "  --out DIR          where the report goes (default out/check)\n"
+     "  --jobs N           threads, 1..1024\n"
+     "  --rows-per-head N  query rows checked per (batch, head), 0 = all (default 32)\n"
+     "  --filter S         only bundles whose name contains S\n"
+     "  --resume           continue an interrupted check from DIR/cases.partial.jsonl\n"
+     "  --repeat N         accepted as for run; given outputs are fixed, nothing is re-run\n"
+     "  --explain WHICH    fail (default), all or none: attribute the judged outputs\n"
+     "  --quiet            no progress\n\n"
+     "exit: 0 all pass, 1 a bundle failed or could not be judged (UNJUDGED), 2 usage or input\n"
+     "error (nothing written), 3 internal error, 130/143 interrupted (SIGINT/SIGTERM).\n"},
+    {"bench",
+     "flashdrift bench [--csv FILE] [--repeats N] [--max-n N]\n",
+     "forward throughput of cuda-flash and cuda-standard (docs/benchmarks.md)",
+     "Needs a CUDA build and a GPU.\n\n"
+     "options:\n"
+     "  --csv FILE         also write the table as CSV\n"
+     "  --repeats N        timed repeats per shape (default 10)\n"
+     "  --max-n N          largest sequence length (default 16384)\n\n"
+     "exit: 0, 2 no GPU or usage error, 3 a kernel failed.\n"},
+    {"list",
+     "flashdrift list CASEFILE\n",
+     "prints the expanded cases of CASEFILE, one id per line",
+     "The ids go to stdout, the count to stderr.\n\n"
+     "exit: 0, 2 the case file is invalid.\n"},
+};
+
+static const char *const backends_text =
+    "backends: cpu-flash, cpu-standard, cpu-splitkv (the CPU replay; 'cpu' runs the first\n"
+    "          two); cuda-flash, cuda-standard, cuda-splitkv ('cuda' runs all three) where\n"
+    "          built with CUDA; 'auto' picks 'cuda' when a GPU is present, else 'cpu'.\n";
+
+static void print_synopsis(FILE *f, const char *s, int *first)
+{
+    while (*s) {
+        const size_t n = strcspn(s, "\n");
+        fprintf(f, "%s%.*s\n", *s == ' ' ? "" : (*first ? "usage: " : "       "), (int)n, s);
+        if (*s != ' ') *first = 0;
+        s += n + (s[n] == '\n');
+    }
+}
+
+void fd_usage(FILE *f)
+{
+    int first = 1;
+    for (size_t i = 0; i < sizeof usages / sizeof usages[0]; i++) print_synopsis(f, usages[i].synopsis, &first);
+    fprintf(f, "       flashdrift --help | --version\n       flashdrift COMMAND --help\n\n");
+    for (size_t i = 0; i < sizeof usages / sizeof usages[0]; i++)
+        fprintf(f, "%-9s %s\n", usages[i].name, usages[i].summary);
+    fprintf(f, "\n%s"
+               "options: --opt VALUE or --opt=VALUE; options and arguments in any order; '--' ends\n"
+               "         the options. Progress, a run's FAIL lines and diagnostics go to stderr;\n"
+               "         results (totals, gate's verdict lines, diff, explain) to stdout.\n"
+               "exit: 0 all pass, 1 a case failed (gate: the policy failed; diff: a regression with\n"
+               "      --fail-on-regression), 2 usage or input error, 3 internal error,\n"
+               "      130 interrupted (SIGINT), 143 terminated (SIGTERM); finished cases are in\n"
+               "      DIR/report.partial.json.\n",
+            backends_text);
+}
+
+int fd_cmd_usage(const char *cmd, FILE *f)
+{
+    for (size_t i = 0; i < sizeof usages / sizeof usages[0]; i++) {
+        if (strcmp(usages[i].name, cmd)) continue;
+        int first = 1;
+        print_synopsis(f, usages[i].synopsis, &first);
+        fprintf(f, "\n%s: %s.\n%s", cmd, usages[i].summary, usages[i].details);
+        if (!strcmp(cmd, "run") || !strcmp(cmd, "gate")) fprintf(f, "\n%s", backends_text);
+        return 0;
+    }
+    return -1;
+}
