@@ -484,8 +484,9 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
     if (failed < 0 && fd_render_summary_md(report, path, err, errlen)) failed = 1;
     snprintf(path, sizeof path, "%s/report.html", dir);
     if (failed < 0) {
-        /* gnuplot missing is the one failure that is only a warning: the HTML report is a
-         * convenience; a stale report.html is removed all the same */
+        /* gnuplot missing is the one failure that is only a warning (the HTML report is a
+         * convenience, and gnuplot an optional package); a stale report.html is removed all
+         * the same */
         char herr[1024];
         int h = fd_render_html(report, NULL, NULL, NULL, path, herr, sizeof herr);
         if (h > 0) {
@@ -495,7 +496,8 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
                 return -1;
             }
         } else if (h < 0) {
-            snprintf(err, errlen, "%s", herr);
+            /* a full disk, or gnuplot failing: either way this run has no report.html */
+            snprintf(err, errlen, "report.html not written: %s", herr);
             failed = 2;
         }
     }

@@ -266,6 +266,28 @@ Test(files, no_gnuplot_removes_the_earlier_report_html)
     cr_assert(exists(p));
 }
 
+/* gnuplot present but failing: this run has no report.html, so the run fails (exit 3)
+ * naming it, and the earlier run's report.html goes. */
+Test(files, failing_gnuplot_fails_the_run_and_removes_the_earlier_report_html)
+{
+    char d[64], cf[128], out[128], p[256];
+    tu_dir(d, sizeof d);
+    path_in(cf, sizeof cf, d, "one.json");
+    tu_write(cf, one_case);
+    path_in(out, sizeof out, d, "out");
+    cr_assert_eq(mkdir(out, 0755), 0);
+    write_stale(out, "report.html");
+    setenv("FD_GNUPLOT", "/bin/false", 1);
+    char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
+    int rc = tu_run_limited(a, GUARD_S, 0);
+    cr_assert_eq(rc, 3, "exit %d, stderr: %s", rc, g_err);
+    cr_assert(strstr(g_err, "report.html not written: gnuplot failed"), "stderr: %s", g_err);
+    path_in(p, sizeof p, out, "report.html");
+    cr_assert(!exists(p), "the earlier run's report.html is removed");
+    path_in(p, sizeof p, out, "report.json");
+    cr_assert(exists(p), "this run's report.json is written");
+}
+
 /* Defect: write errors on the journal were ignored. A journal that cannot take a line
  * (/dev/full) stops the run with exit 3; the finished case is in report.partial.json. */
 Test(files, journal_write_failure_stops_the_run)
