@@ -74,7 +74,7 @@ int fd_cmd_bench(int argc, char **argv)
         for (int di = 0; di < 2; di++) {
             const int d = ds[di];
             const size_t n = (size_t)B * (size_t)N * (size_t)H * (size_t)d;
-            float *x[3], *o = malloc(n * sizeof(float)), *l = malloc((size_t)B * H * (size_t)N * sizeof(float));
+            float *x[3], *o = malloc(n * sizeof(float)), *l = malloc((size_t)B * (size_t)H * (size_t)N * sizeof(float));
             for (int t = 0; t < 3; t++) x[t] = malloc(n * sizeof(float));
             if (!o || !l || !x[0] || !x[1] || !x[2]) {
                 fprintf(stderr, "flashdrift: bench: out of host memory for N=%d d=%d\n", N, d);

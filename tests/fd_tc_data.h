@@ -76,7 +76,7 @@ static tc_data *load(const char *dt)
     return &d;
 }
 
-static void print_case(const char *what, const tc_data *d, int i, uint32_t got)
+static inline void print_case(const char *what, const tc_data *d, int i, uint32_t got)
 {
     fprintf(stderr, "%s: case %d (line %d)\n  a =", what, i, i + 1);
     for (int k = 0; k < 16; k++) fprintf(stderr, " %08x", (unsigned)fd_f32_bits(d->a[i][k]));
