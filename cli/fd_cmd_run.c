@@ -271,10 +271,12 @@ static int explain_into(const fd_casefile *cf, const fd_case *c, const fd_backen
     return 1;
 }
 
-/* One stderr line: the backends that run, and why when --backend auto chose them. */
+/* One stderr line: the backends that run, and why when --backend auto chose them (a
+ * computed baseline, when one is needed, is named in each case's report). */
 static void say_backends(const char *spec, const char *names)
 {
     fprintf(stderr, "backends: ");
+    if (!*names) fputs("none, the outputs are given (imported tensors)", stderr);
     for (const char *s = names; *s; s++) {
         if (*s == ',') fputs(", ", stderr);
         else fputc(*s, stderr);
