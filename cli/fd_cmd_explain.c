@@ -43,9 +43,10 @@ static int explain_one(const fd_casefile *cf, const char *id, const fd_explain_o
     for (int i = 0; i < cf->ncases; i++) {
         if (strcmp(cf->cases[i].id, id)) continue;
         fd_explanation ex;
-        if (fd_explain_case(cf, &cf->cases[i], o, &ex, err, sizeof err)) {
+        const int erc = fd_explain_case(cf, &cf->cases[i], o, &ex, err, sizeof err);
+        if (erc) {
             fprintf(stderr, "flashdrift: %s\n", err);
-            return strstr(err, "unknown") ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
+            return erc == FD_EX_EUSAGE ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
         }
         return explain_emit(&ex, arr, md, FD_EXIT_PASS);
     }
@@ -134,9 +135,10 @@ static int explain_tensors(const char *path, const char *only, int rows_per_head
             fd_explain_opts eo = *o;
             eo.backend = io->name;
             fd_explanation ex;
-            if (fd_explain_case(&cf, &cf.cases[c], &eo, &ex, err, sizeof err)) {
+            const int erc = fd_explain_case(&cf, &cf.cases[c], &eo, &ex, err, sizeof err);
+            if (erc) {
                 fprintf(stderr, "flashdrift: %s: %s\n", cf.cases[c].bundle, err);
-                rc = FD_EXIT_INTERNAL;
+                rc = erc == FD_EX_EUSAGE ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
                 break;
             }
             rc = explain_emit(&ex, arr, md, rc);

@@ -247,9 +247,9 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
     }
     if (fd_bundle_load(c->bundle, b, err, errlen)) {
         free(b);
-        return -1;
+        return FD_EX_EUSAGE;
     }
-    int pick = -1, rc = -1;
+    int pick = -1, rc = FD_EX_EUSAGE;
     for (int i = 0; i < b->nout && pick < 0; i++)
         if (o->backend ? !strcmp(b->out[i].name, o->backend) : b->out[i].be.role == FD_ROLE_FLASH) pick = i;
     if (pick < 0) {
@@ -297,16 +297,16 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     const fd_backend *be = NULL;
     if (!src->kernel_o && !(be = fd_backend_find(ex->backend))) {
         snprintf(err, errlen, "--backend: unknown backend \"%s\"", ex->backend);
-        return -1;
+        return FD_EX_EUSAGE;
     }
     if (!c && (o->inject || !src->q || !src->k || !src->v || !src->kernel_o)) {
         snprintf(err, errlen, "explaining given tensors needs q, k, v and an output, and takes no --inject");
-        return -1;
+        return FD_EX_EUSAGE;
     }
     const char *noop = c ? fd_explain_inject_noop(p, inject) : NULL;
     if (noop) {
         snprintf(err, errlen, "--inject %s changes nothing on case %s: %s", o->inject, src->id, noop);
-        return -1;
+        return FD_EX_EUSAGE;
     }
     int rc = -1;
     fd_case_result *jr = NULL; /* the pipeline's judgement of the explained output */

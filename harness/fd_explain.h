@@ -104,6 +104,11 @@ const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask);
  * explaining an unchanged kernel as if it had the bug would mislead. */
 const char *fd_explain_inject_noop(const fd_problem *p, const char *bug);
 
+/* fd_explain_case and fd_explain_run return 0, FD_EX_EUSAGE when the request is at fault
+ * (an unknown backend or output, an --inject that changes nothing, a bad bundle), or -1
+ * (out of memory, a kernel or the reference failed, interrupted). */
+#define FD_EX_EUSAGE (-2)
+
 /* Explains backend o->backend on case c (an imported case, c->bundle: the bundle's output
  * named o->backend, NULL: its first flash output, judged beside its standard outputs). */
 int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_opts *o,
