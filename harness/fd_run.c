@@ -447,6 +447,15 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
                 pairs += (double)fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k);
             br->m.tflops = 4.0 * (double)p->head_dim * pairs * (double)p->batch * (double)p->heads / (ms * 1e-3) / 1e12;
         }
+        float **keep = br->origin != FD_ORIGIN_KERNEL ? NULL
+                     : !strcmp(br->be->name, "cuda-flash") ? &kout : !strcmp(br->be->name, "cpu-flash") ? &rout : NULL;
+        if (keep && !*keep && (*keep = malloc(sizeof(float) * nbhr * (size_t)D))) {
+            size_t x = 0;
+            for (int b = 0; b < p->batch; b++)
+                for (int h = 0; h < p->heads; h++)
+                    for (int r = 0; r < nrows; r++)
+                        for (int d = 0; d < D; d++) (*keep)[x++] = o[fd_q_index(p, b, res->rows[r], h, d)];
+        }
         /* --repeat: a kernel run again on the same inputs must give the same bits */
         if (!go && br->origin == FD_ORIGIN_KERNEL && repeat > 1) {
             br->repeat_runs = repeat;
@@ -471,15 +480,6 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
                 snprintf(err, errlen, "interrupted");
                 goto out;
             }
-        }
-        float **keep = br->origin != FD_ORIGIN_KERNEL ? NULL
-                     : !strcmp(br->be->name, "cuda-flash") ? &kout : !strcmp(br->be->name, "cpu-flash") ? &rout : NULL;
-        if (keep && !*keep && (*keep = malloc(sizeof(float) * nbhr * (size_t)D))) {
-            size_t x = 0;
-            for (int b = 0; b < p->batch; b++)
-                for (int h = 0; h < p->heads; h++)
-                    for (int r = 0; r < nrows; r++)
-                        for (int d = 0; d < D; d++) (*keep)[x++] = o[fd_q_index(p, b, res->rows[r], h, d)];
         }
         if ((gk || (!go && br->be->applied_mask)) && p->dropout_p > 0.0 &&
             check_mask(cf, c, br->be, gk, q, k, v, res->rows, nrows, nvis, br)) {
