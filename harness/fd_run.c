@@ -186,13 +186,14 @@ static int baseline_of(const fd_case_result *res, const fd_backend_result *f)
     return -1;
 }
 
-/* FlashAttention's rule: flash max abs error <= fa_ratio x its baseline's + atol. */
+/* FlashAttention's rule: flash max abs error <= fa_ratio x its baseline's + atol (off
+ * when fa_ratio <= 0, which case files refuse but a caller of the engine may set). */
 static void apply_fa_rule(const fd_policy *po, fd_case_result *res)
 {
     for (int t = 0; t < res->nbe; t++) {
         fd_backend_result *f = &res->be[t];
         f->baseline = -1;
-        if (!f->ok || f->be->role != FD_ROLE_FLASH) continue;
+        if (!(po->fa_ratio > 0) || !f->ok || f->be->role != FD_ROLE_FLASH) continue;
         const int u = baseline_of(res, f);
         if (u < 0) continue;
         const fd_backend_result *s = &res->be[u];
