@@ -13,6 +13,7 @@
 
 #include "fd_case.h"
 #include "fd_fuzz.h"
+#include "fd_html.h"
 #include "fd_report.h"
 #include "fd_report_read.h"
 #include "fd_runfile.h"
@@ -30,6 +31,7 @@ static json_t *want, *empty; /* the expected header; an empty report (fd_report_
 static void init(void)
 {
     char err[1024];
+    setenv("FD_GNUPLOT", "true", 1);
     if (fd_casefile_load(FD_FUZZ_ROOT "/cases/smoke.json", &cf, err, sizeof err)) {
         fprintf(stderr, "fuzz_journal: %s\n", err);
         abort();
@@ -66,6 +68,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char md[1200];
         snprintf(md, sizeof md, "%s/summary.md", fd_fuzz_dir());
         if (fd_render_summary_md(report, md, err, sizeof err)) abort();
+        snprintf(md, sizeof md, "%s/report.html", fd_fuzz_dir());
+        if (fd_render_html(report, NULL, NULL, NULL, md, err, sizeof err)) abort();
         err[0] = 0;
         if (fd_report_validate("report.json", report, err, sizeof err) && !err[0]) abort();
         json_decref(report);

@@ -14,6 +14,7 @@
 #include "fd_diff.h"
 #include "fd_fuzz.h"
 #include "fd_gate.h"
+#include "fd_html.h"
 #include "fd_report_read.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -25,6 +26,7 @@ static void init(void)
 {
     static const char *const files[2] = {FD_FUZZ_ROOT "/cases/policy-ci.json", FD_FUZZ_ROOT "/cases/policy-strict.json"};
     char err[1024];
+    setenv("FD_GNUPLOT", "true", 1);
     for (int i = 0; i < 2; i++)
         if (fd_gate_policy_load(files[i], &pol[i], err, sizeof err)) {
             fprintf(stderr, "fuzz_report: %s\n", err);
@@ -80,6 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char err[1024], path[1200];
         snprintf(path, sizeof path, "%s/diff.md", fd_fuzz_dir());
         if (fd_diff_markdown(d, path, err, sizeof err)) abort();
+        snprintf(path, sizeof path, "%s/report.html", fd_fuzz_dir());
+        if (fd_render_html(nw, "new.json", old, "old.json", path, err, sizeof err)) abort();
         json_decref(d);
     }
     json_decref(old);
