@@ -126,10 +126,9 @@ static const char *header_mismatch(const json_t *have, const json_t *want, char 
     return NULL;
 }
 
-/* Reads DIR/cases.partial.jsonl into done[] (by case index). 0 ok (or no journal: *found = 0),
- * -1 with err when it belongs to another run or is damaged before its last line. */
-static int journal_read(const char *jpath, const fd_casefile *cf, const json_t *want, json_t **done,
-                        int *found, char *err, size_t errlen)
+/* See fd_runfile.h. */
+int fd_journal_read(const char *jpath, const fd_casefile *cf, const json_t *want, json_t **done,
+                    int *found, char *err, size_t errlen)
 {
     *found = 0;
     FILE *f = fd_fopen_input(jpath, err, errlen); /* a FIFO or a directory: an error, not a hang */
@@ -335,7 +334,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
     }
     if (o->resume) {
         int found = 0;
-        if (journal_read(jpath, cf, header, done, &found, err, errlen)) {
+        if (fd_journal_read(jpath, cf, header, done, &found, err, errlen)) {
             out->status = FD_EXIT_USAGE;
             goto fail;
         }

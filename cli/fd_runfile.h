@@ -48,6 +48,14 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
  * is missing) into dir; removes the journal. 0 or -1 with err. */
 int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char *err, size_t errlen);
 
+/* Reads a journal (jpath, e.g. DIR/cases.partial.jsonl) into done[] (cf->ncases slots, by
+ * case index; a later line of a case replaces an earlier one). want is the header this run
+ * would write; a journal whose header differs is refused. 0 ok (or no journal: *found = 0),
+ * -1 with err when it belongs to another run or is damaged before its last line. Exposed
+ * for fuzz/fuzz_journal.c. */
+int fd_journal_read(const char *jpath, const fd_casefile *cf, const json_t *want, json_t **done,
+                    int *found, char *err, size_t errlen);
+
 void fd_run_opts_default(fd_run_opts *o);
 /* The run options (--out --backend --filter --jobs --repeat --quiet --resume --explain) as
  * getopt_long entries, ended by a zero entry: a command passes them to fd_getopt_init (fd_opt.h)

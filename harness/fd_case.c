@@ -333,6 +333,12 @@ static int dedupe(fd_ctx *cx, const char *path, fd_casefile *cf)
 static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl *ex, int nex,
                   fd_casefile *cf, int *cap)
 {
+    /* before exclusions and duplicates: lists repeating one value made 64^10 iterations */
+    const double combos = (double)s->nbatch * s->nheads * s->nkvh * s->nseq * s->nhd * s->ndt * s->nmask *
+                          s->ndrop * s->ndist * s->nseed;
+    if (combos > FD_MAX_CASES)
+        return fd_jfail(cx, path, "%.0f combinations (at most %d per sweep, before exclusions)", combos,
+                        FD_MAX_CASES);
     for (int a = 0; a < s->nbatch; a++)
     for (int b = 0; b < s->nheads; b++)
     for (int c = 0; c < s->nkvh; c++)

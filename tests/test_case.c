@@ -115,3 +115,23 @@ Test(cases, missing_file_is_an_error)
     cr_assert(fd_casefile_load("/nonexistent/x.json", &cf, err, sizeof err) == -1);
     cr_assert(strstr(err, "/nonexistent/x.json"), "%s", err);
 }
+
+/* Regression (found writing the case-file fuzz target, issue 10): a sweep whose lists repeat
+ * one value 64 times was expanded into 64^5 = 2^30 combinations (an id and a dedupe for
+ * each) before anything was refused, and loading ran for minutes; it is now refused before
+ * expansion, naming the sweep. */
+Test(cases, regression_repeated_list_values_refused_before_expansion)
+{
+    char text[4096];
+    int n = snprintf(text, sizeof text, HEAD "\"sweeps\": [{\"seqlen\": 8, \"head_dim\": 8");
+    static const char *const fields[] = {"batch", "heads", "kv_heads", "dtype", "dropout"};
+    static const char *const value[] = {"1", "1", "1", "\"fp16\"", "0"};
+    for (int f = 0; f < 5; f++) {
+        n += snprintf(text + n, sizeof text - (size_t)n, ", \"%s\": [", fields[f]);
+        for (int i = 0; i < 64; i++) n += snprintf(text + n, sizeof text - (size_t)n, "%s%s", i ? "," : "", value[f]);
+        n += snprintf(text + n, sizeof text - (size_t)n, "]");
+    }
+    snprintf(text + n, sizeof text - (size_t)n, "}]}");
+    expect_error(text, "sweeps[0]: 1073741824 combinations (at most 100000 per sweep");
+}
+
