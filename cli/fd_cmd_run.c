@@ -232,7 +232,7 @@ static int wants_explain(const fd_run_opts *o, const json_t *cj)
     if (o->explain == FD_EXPLAIN_NONE || json_object_get(cj, "explain") || json_object_get(cj, "explain_error"))
         return 0;
     const char *v = json_string_value(json_object_get(cj, "verdict"));
-    return o->explain == FD_EXPLAIN_ALL || (v && !strcmp(v, "FAIL"));
+    return o->explain == FD_EXPLAIN_ALL || (v && (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED")));
 }
 
 /* Explains a judged case into cj: "explain" (fd_explain_json), or "explain_error" when the
@@ -400,7 +400,8 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             if (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED")) {
                 out->nfail++;
                 fd_progress_clear(&pg);
-                fprintf(stderr, "%s %s: %s\n", v, c->id, json_string_value(json_object_get(cj, "reasons")));
+                const char *why_not = json_string_value(json_object_get(cj, "reasons"));
+                fprintf(stderr, "%s %s: %s\n", v, c->id, why_not ? why_not : "(no reasons in the journal)");
                 const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
                 if (why) fprintf(stderr, "    explain: %s\n", why);
             }
