@@ -366,3 +366,39 @@ Test(html_numbers, crafted_values_render)
     cr_assert(page && strstr(page, "<img alt=\"Histogram of the p99 ulp error") &&
               strstr(page, "<img alt=\"Error budget of the explained cases"), "plots missing");
 }
+
+/* A policy whose description and backend names are hostile, gating a hostile report with
+ * JUnit and Markdown: nothing runs, whatever the gate decides. */
+Test(html_hostile, policy_names_never_run_through_gate)
+{
+    hostile h;
+    hostile_init(&h);
+    char rp[200], pp[200], jp[200], mp[200];
+    snprintf(rp, sizeof rp, "%s/report.json", h.dir);
+    snprintf(pp, sizeof pp, "%s/policy.json", h.dir);
+    snprintf(jp, sizeof jp, "%s/junit.xml", h.dir);
+    snprintf(mp, sizeof mp, "%s/gate.md", h.dir);
+    json_t *r = hostile_report(&h, 1.0);
+    tu_save(r, rp);
+    json_decref(r);
+    for (int k = 0; k < NHOSTILE; k++) {
+        char names[900];
+        snprintf(names, sizeof names, "%s,cpu-flash", h.name[k]);
+        json_t *po = json_pack("{s:s, s:s, s:s, s:{s:{s:f}}, s:{s:f, s:f}}", "schema", "flashdrift-policy/1",
+                               "description", h.name[(k + 1) % NHOSTILE], "backends", names, "limits", "default",
+                               "max_abs", 1e-2, "fa_rule", "fa_ratio", 2.0, "atol", 1e-5);
+        tu_save(po, pp);
+        json_decref(po);
+        char *a[] = {FD_BINARY, "gate", rp, "--policy", pp, "--junit", jp, "--markdown", mp, NULL};
+        const int rc = run_hostile(&h, a);
+        cr_assert(rc == 0 || rc == 1 || rc == 2, "gate exit %d: %s", rc, g_err);
+        char *b[] = {FD_BINARY, "gate", rp, "--policy", pp, "--allow-missing-backend", "--junit", jp, "--markdown", mp,
+                     NULL};
+        const int rc2 = run_hostile(&h, b);
+        /* a name the policy reader refuses is a one-line input error naming the field */
+        cr_assert(rc2 == 0 || rc2 == 1 || (rc2 == 2 && strstr(g_err, "backends: expected")),
+                  "gate --allow-missing-backend exit %d: %s", rc2, g_err);
+        char *x = tu_slurp(jp);
+        cr_assert(!x || !strstr(x, "<script>"), "markup from the input reached the JUnit unescaped");
+    }
+}
