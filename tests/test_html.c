@@ -381,6 +381,17 @@ Test(html_hostile, policy_names_never_run_through_gate)
     json_t *r = hostile_report(&h, 1.0);
     tu_save(r, rp);
     json_decref(r);
+    /* a hostile description under the default backends: the gate runs and writes both files */
+    json_t *p0 = json_pack("{s:s, s:s, s:s, s:{s:{s:f}}}", "schema", "flashdrift-policy/1", "description", h.name[5],
+                           "backends", "all", "limits", "default", "max_abs", 1.5e-3);
+    tu_save(p0, pp);
+    json_decref(p0);
+    char *a0[] = {FD_BINARY, "gate", rp, "--policy", pp, "--junit", jp, "--markdown", mp, NULL};
+    const int rc0 = run_hostile(&h, a0);
+    cr_assert(rc0 == 1, "the 2e-3 backends break the 1.5e-3 limit: exit %d: %s", rc0, g_err);
+    char *j0 = tu_slurp(jp);
+    cr_assert(j0 && strstr(j0, "bq`touch ") && !strstr(j0, "<script>"), "hostile names in the JUnit, escaped");
+    cr_assert(tu_slurp(mp), "Markdown written");
     for (int k = 0; k < NHOSTILE; k++) {
         char names[900];
         snprintf(names, sizeof names, "%s,cpu-flash", h.name[k]);
