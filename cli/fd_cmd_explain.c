@@ -16,6 +16,7 @@
 #include "fd_import.h"
 #include "fd_json.h"
 #include "fd_opt.h"
+#include "fd_out.h"
 #include "fd_report.h"
 
 /* Prints an explanation, adds it to the JSON and Markdown, frees it; returns rc worsened

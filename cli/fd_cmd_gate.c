@@ -15,6 +15,7 @@
 #include "fd_html.h"
 #include "fd_json.h"
 #include "fd_opt.h"
+#include "fd_out.h"
 #include "fd_report.h"
 #include "fd_report_read.h"
 #include "fd_runfile.h"

@@ -16,11 +16,13 @@
 #include "fd_html.h"
 #include "fd_json.h"
 #include "fd_opt.h"
+#include "fd_out.h"
 #include "fd_progress.h"
 #include "fd_report.h"
 #include "fd_run.h"
 #include "fd_runfile.h"
 #include "fd_signal.h"
+#include "fd_summary.h"
 
 int fd_mkdir_p(const char *path, char *err, size_t errlen)
 {

@@ -6,7 +6,7 @@
 
 #include "fd_diff.h"
 #include "fd_json.h"
-#include "fd_report.h"
+#include "fd_out.h"
 #include "fd_report_read.h"
 
 enum { ST_IDENTICAL, ST_CHANGED, ST_BETTER, ST_FIXED, ST_ONLY_NEW, ST_ONLY_OLD, ST_WORSE, ST_NEW_FAILURE, ST_N };

@@ -7,6 +7,7 @@
 
 #include "fd_gate.h"
 #include "fd_json.h"
+#include "fd_out.h"
 #include "fd_report_read.h"
 
 const char *const fd_gate_metric_names[FD_GM_N] = {"max_abs", "max_rel", "rel_l2", "max_ulp",

@@ -11,9 +11,9 @@
 #include "fd_dtype.h"
 #include "fd_import.h"
 #include "fd_inputs.h"
+#include "fd_out.h"
 #include "fd_philox.h"
 #include "fd_ref.h"
-#include "fd_report.h"
 
 
 /* Two outputs against each other over every element. */

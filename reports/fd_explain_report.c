@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "fd_explain.h"
-#include "fd_report.h"
+#include "fd_out.h"
 
 void fd_explain_text(const fd_explanation *ex, FILE *f)
 {

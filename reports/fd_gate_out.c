@@ -6,7 +6,7 @@
 
 #include "fd_gate.h"
 #include "fd_json.h"
-#include "fd_report.h"
+#include "fd_out.h"
 
 /* XML attribute/text escaping; characters XML 1.0 forbids become '?'. */
 static void xml_esc(FILE *f, const char *s)

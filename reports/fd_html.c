@@ -12,7 +12,7 @@
 #include "fd_diff.h"
 #include "fd_html.h"
 #include "fd_json.h"
-#include "fd_report.h"
+#include "fd_out.h"
 #include "fd_report_read.h"
 
 #define MAX_SERIES 24
