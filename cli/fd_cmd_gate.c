@@ -12,6 +12,7 @@
 #include "fd_diff.h"
 #include "fd_file.h"
 #include "fd_gate.h"
+#include "fd_gate_out.h"
 #include "fd_html.h"
 #include "fd_json.h"
 #include "fd_opt.h"
@@ -194,6 +195,7 @@ int fd_cmd_gate(int argc, char **argv)
         return FD_EXIT_USAGE;
     }
     fd_gate_result g;
+    json_t *model = NULL;
     if (fd_gate_eval(&pol, report, base, &g, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         json_decref(report);
@@ -208,25 +210,28 @@ int fd_cmd_gate(int argc, char **argv)
     }
     g.partial = !json_is_true(json_object_get(report, "complete"));
     g.baseline_skipped = pol.base_on && !baseline;
-    fd_gate_print(&g, stderr);
-    if (junit && fd_gate_junit(&g, &pol, junit, err, sizeof err)) {
+    /* the outputs render the gate's model, never the engine's structs */
+    model = fd_gate_model(&g, &pol, baseline);
+    if (!model) {
+        fprintf(stderr, "flashdrift: out of memory\n");
+        rc = FD_EXIT_INTERNAL;
+        goto out;
+    }
+    fd_gate_print(model, stderr);
+    if (junit && fd_gate_junit(model, junit, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    if (md && fd_gate_markdown(&g, &pol, baseline, md, err, sizeof err)) {
+    if (md && fd_gate_markdown(model, md, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    char totals[256];
-    fd_gate_totals(&g, totals, sizeof totals);
-    printf("gate %s: %s (policy %s%s%s%s%s)\n", g.failed ? "FAIL" : "PASS", totals, policy,
-           baseline ? ", baseline " : "", baseline ? baseline : "",
-           g.baseline_skipped ? ", baseline rule not checked: --no-baseline" : "",
-           g.partial ? ", partial report: --allow-partial" : "");
+    fd_gate_summary(model, stdout);
     rc = g.failed ? FD_EXIT_GATE : FD_EXIT_PASS;
 out:
+    json_decref(model);
     fd_gate_result_free(&g);
     json_decref(report);
     json_decref(base);
