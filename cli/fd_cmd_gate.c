@@ -10,6 +10,7 @@
 
 #include "fd_cmds.h"
 #include "fd_diff.h"
+#include "fd_diff_out.h"
 #include "fd_file.h"
 #include "fd_gate.h"
 #include "fd_gate_out.h"
@@ -286,7 +287,7 @@ int fd_cmd_diff(int argc, char **argv)
         goto out;
     }
     if (html) {
-        int h = fd_render_html(nw, files[1], old, files[0], html, err, sizeof err);
+        int h = fd_render_html(nw, old, d, html, err, sizeof err);
         if (h) {
             fprintf(stderr, "flashdrift: %s\n", err);
             rc = h > 0 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
@@ -459,7 +460,12 @@ int fd_cmd_html(int argc, char **argv)
         json_decref(r);
         return FD_EXIT_USAGE;
     }
-    int h = fd_render_html(r, input, b, baseline, out, err, sizeof err);
+    /* the baseline section shows the diff baseline -> report */
+    json_t *d = b ? fd_diff_reports(b, baseline, r, input) : NULL;
+    int h = -1;
+    if (b && !d) snprintf(err, sizeof err, "out of memory");
+    else h = fd_render_html(r, b, d, out, err, sizeof err);
+    json_decref(d);
     json_decref(r);
     json_decref(b);
     if (h) {

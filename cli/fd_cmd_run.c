@@ -492,7 +492,7 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
          * convenience, and gnuplot an optional package); a stale report.html is removed all
          * the same */
         char herr[1024];
-        int h = fd_render_html(report, NULL, NULL, NULL, path, herr, sizeof herr);
+        int h = fd_render_html(report, NULL, NULL, path, herr, sizeof herr);
         if (h > 0) {
             if (!quiet) fprintf(stderr, "flashdrift: warning: %s; report.html not written\n", herr);
             if (unlink(path) != 0 && errno != ENOENT) {
