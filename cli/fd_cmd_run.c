@@ -20,6 +20,7 @@
 #include "fd_progress.h"
 #include "fd_report.h"
 #include "fd_run.h"
+#include "fd_run_import.h"
 #include "fd_runfile.h"
 #include "fd_signal.h"
 #include "fd_summary.h"
