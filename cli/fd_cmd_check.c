@@ -12,7 +12,7 @@
 #include "fd_cmds.h"
 #include "fd_import.h"
 #include "fd_opt.h"
-#include "fd_report.h"
+#include "fd_out.h"
 #include "fd_run.h"
 #include "fd_runfile.h"
 

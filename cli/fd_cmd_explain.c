@@ -13,9 +13,11 @@
 
 #include "fd_cmds.h"
 #include "fd_explain.h"
+#include "fd_explain_report.h"
 #include "fd_import.h"
 #include "fd_json.h"
 #include "fd_opt.h"
+#include "fd_out.h"
 #include "fd_report.h"
 
 /* Prints an explanation, adds it to the JSON and Markdown, frees it; returns rc worsened
@@ -23,16 +25,22 @@
  * exit), or a gross error the attribution found. */
 static int explain_emit(fd_explanation *ex, json_t *arr, FILE *md, int rc)
 {
-    fd_explain_text(ex, stdout);
-    printf("\n");
-    if (arr) json_array_append_new(arr, fd_explain_json(ex));
-    if (md) {
-        fprintf(md, "## %s\n\n```\n", ex->case_id);
-        fd_explain_text(ex, md);
-        fprintf(md, "```\n\n");
-    }
+    json_t *j = fd_explain_json(ex);
     const int bad = ex->verdict == FD_FAIL || ex->verdict == FD_UNJUDGED || ex->gross;
     fd_explanation_free(ex);
+    if (!j) {
+        fprintf(stderr, "flashdrift: out of memory encoding the explanation\n");
+        return FD_EXIT_INTERNAL;
+    }
+    fd_explain_text(j, stdout);
+    printf("\n");
+    if (md) {
+        fprintf(md, "## %s\n\n```\n", json_string_value(json_object_get(j, "case")));
+        fd_explain_text(j, md);
+        fprintf(md, "```\n\n");
+    }
+    if (arr) json_array_append_new(arr, j);
+    else json_decref(j);
     return bad && rc == FD_EXIT_PASS ? FD_EXIT_GATE : rc;
 }
 

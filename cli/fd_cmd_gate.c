@@ -10,11 +10,14 @@
 
 #include "fd_cmds.h"
 #include "fd_diff.h"
+#include "fd_diff_out.h"
 #include "fd_file.h"
 #include "fd_gate.h"
+#include "fd_gate_out.h"
 #include "fd_html.h"
 #include "fd_json.h"
 #include "fd_opt.h"
+#include "fd_out.h"
 #include "fd_report.h"
 #include "fd_report_read.h"
 #include "fd_runfile.h"
@@ -193,6 +196,7 @@ int fd_cmd_gate(int argc, char **argv)
         return FD_EXIT_USAGE;
     }
     fd_gate_result g;
+    json_t *model = NULL;
     if (fd_gate_eval(&pol, report, base, &g, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         json_decref(report);
@@ -207,25 +211,28 @@ int fd_cmd_gate(int argc, char **argv)
     }
     g.partial = !json_is_true(json_object_get(report, "complete"));
     g.baseline_skipped = pol.base_on && !baseline;
-    fd_gate_print(&g, stderr);
-    if (junit && fd_gate_junit(&g, &pol, junit, err, sizeof err)) {
+    /* the outputs render the gate's model, never the engine's structs */
+    model = fd_gate_model(&g, &pol, baseline);
+    if (!model) {
+        fprintf(stderr, "flashdrift: out of memory\n");
+        rc = FD_EXIT_INTERNAL;
+        goto out;
+    }
+    fd_gate_print(model, stderr);
+    if (junit && fd_gate_junit(model, junit, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    if (md && fd_gate_markdown(&g, &pol, baseline, md, err, sizeof err)) {
+    if (md && fd_gate_markdown(model, md, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    char totals[256];
-    fd_gate_totals(&g, totals, sizeof totals);
-    printf("gate %s: %s (policy %s%s%s%s%s)\n", g.failed ? "FAIL" : "PASS", totals, policy,
-           baseline ? ", baseline " : "", baseline ? baseline : "",
-           g.baseline_skipped ? ", baseline rule not checked: --no-baseline" : "",
-           g.partial ? ", partial report: --allow-partial" : "");
+    fd_gate_summary(model, stdout);
     rc = g.failed ? FD_EXIT_GATE : FD_EXIT_PASS;
 out:
+    json_decref(model);
     fd_gate_result_free(&g);
     json_decref(report);
     json_decref(base);
@@ -280,7 +287,7 @@ int fd_cmd_diff(int argc, char **argv)
         goto out;
     }
     if (html) {
-        int h = fd_render_html(nw, files[1], old, files[0], html, err, sizeof err);
+        int h = fd_render_html(nw, old, d, html, err, sizeof err);
         if (h) {
             fprintf(stderr, "flashdrift: %s\n", err);
             rc = h > 0 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
@@ -453,7 +460,12 @@ int fd_cmd_html(int argc, char **argv)
         json_decref(r);
         return FD_EXIT_USAGE;
     }
-    int h = fd_render_html(r, input, b, baseline, out, err, sizeof err);
+    /* the baseline section shows the diff baseline -> report */
+    json_t *d = b ? fd_diff_reports(b, baseline, r, input) : NULL;
+    int h = -1;
+    if (b && !d) snprintf(err, sizeof err, "out of memory");
+    else h = fd_render_html(r, b, d, out, err, sizeof err);
+    json_decref(d);
     json_decref(r);
     json_decref(b);
     if (h) {

@@ -16,11 +16,14 @@
 #include "fd_html.h"
 #include "fd_json.h"
 #include "fd_opt.h"
+#include "fd_out.h"
 #include "fd_progress.h"
 #include "fd_report.h"
 #include "fd_run.h"
+#include "fd_run_import.h"
 #include "fd_runfile.h"
 #include "fd_signal.h"
+#include "fd_summary.h"
 
 int fd_mkdir_p(const char *path, char *err, size_t errlen)
 {
@@ -490,7 +493,7 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
          * convenience, and gnuplot an optional package); a stale report.html is removed all
          * the same */
         char herr[1024];
-        int h = fd_render_html(report, NULL, NULL, NULL, path, herr, sizeof herr);
+        int h = fd_render_html(report, NULL, NULL, path, herr, sizeof herr);
         if (h > 0) {
             if (!quiet) fprintf(stderr, "flashdrift: warning: %s; report.html not written\n", herr);
             if (unlink(path) != 0 && errno != ENOENT) {

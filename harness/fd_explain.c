@@ -11,6 +11,7 @@
 #include "fd_import.h"
 #include "fd_inputs.h"
 #include "fd_metrics.h"
+#include "fd_out.h"
 
 const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "scale_doubled",
                                        "causal_top_left", "causal_bottom_right", "mask_missing",
@@ -665,4 +666,60 @@ out:
     free(fin); free(tmp); free(e); free(acc); free(sumabs); free(kappa); free(rows); free(nvis);
     if (rc) fd_explanation_free(ex);
     return rc;
+}
+
+json_t *fd_explain_json(const fd_explanation *ex)
+{
+    json_t *parts = json_array(), *vars = json_array(), *hyps = json_array();
+    for (int i = 0; i < ex->nparts; i++)
+        json_array_append_new(parts, json_pack("{s:s, s:o, s:o, s:o}", "stage", ex->part[i].name,
+                                               "max_abs", fd_json_num(ex->part[i].max_abs), "rel_l2",
+                                               fd_json_num(ex->part[i].l2), "share", fd_json_num(ex->part[i].share)));
+    json_array_append_new(parts, json_pack("{s:s, s:o, s:o}", "stage", "interaction", "rel_l2",
+                                           fd_json_num(ex->interaction_l2), "share", fd_json_num(ex->interaction_share)));
+    for (int i = 0; i < ex->nvar; i++)
+        json_array_append_new(vars, json_pack("{s:s, s:o, s:o, s:o, s:b}", "order", ex->var[i].name,
+                                              "max_abs_vs_kernel_order", fd_json_num(ex->var[i].max_abs_vs_base),
+                                              "rel_l2_vs_kernel_order", fd_json_num(ex->var[i].l2_vs_base),
+                                              "err_max_abs", fd_json_num(ex->var[i].err_max_abs),
+                                              "identical", ex->var[i].identical));
+    for (int i = 0; i < ex->nhypo; i++)
+        json_array_append_new(hyps, json_pack("{s:s, s:s, s:o, s:b, s:b}", "name", ex->hypo[i].name,
+                                              "what", ex->hypo[i].what, "residual_max_abs",
+                                              fd_json_num(ex->hypo[i].residual_max_abs), "explains",
+                                              ex->hypo[i].explains, "best", i == ex->best));
+    json_t *j = json_pack(
+        "{s:s, s:s, s:s, s:I, s:s, s:b, s:{s:o, s:o}, s:o, s:o, s:{s:o, s:o, s:o, s:b, s:I}, "
+        "s:o, s:{s:o, s:o}, s:o, s:{s:o, s:o, s:o, s:o, s:o}, s:{s:o, s:o, s:o, s:I}, s:o}",
+        "case", ex->case_id, "backend", ex->backend, "inject", ex->inject, "checked", (json_int_t)ex->nchecked,
+        "summary", ex->summary, "gross", ex->gross, "kernel_error", "max_abs", fd_json_num(ex->k_err_max_abs),
+        "rel_l2", fd_json_num(ex->k_err_l2), "rounding_budget", fd_json_num(ex->budget), "limit",
+        fd_json_num(ex->limit), "replay", "err_max_abs", fd_json_num(ex->r_err_max_abs), "err_rel_l2",
+        fd_json_num(ex->r_err_l2), "all_exact_err_max_abs", fd_json_num(ex->allexact_max_abs),
+        "bitwise_equal_to_kernel", ex->replay_matches_kernel, "mismatches", (json_int_t)ex->replay_mismatches,
+        "stages", parts, "input_rounding", "max_abs", fd_json_num(ex->input_rounding_max_abs), "rel_l2",
+        fd_json_num(ex->input_rounding_l2), "orders", vars, "flash_vs_standard", "diff_max_abs",
+        fd_json_num(ex->flash_std_diff_max_abs), "diff_l2", fd_json_num(ex->flash_std_diff_l2),
+        "flash_err_l2", fd_json_num(ex->flash_err_l2_abs), "standard_err_l2", fd_json_num(ex->std_err_l2_abs),
+        "error_correlation", fd_json_num(ex->flash_std_corr), "conditioning", "kappa_median",
+        fd_json_num(ex->kappa_median), "kappa_max", fd_json_num(ex->kappa_max), "pv_bound_worst_ratio",
+        fd_json_num(ex->pv_bound_worst_ratio), "pv_bound_violations", (json_int_t)ex->pv_bound_violations,
+        "hypotheses", hyps);
+    json_object_set_new(j, "verdict", json_string(fd_verdict_name(ex->verdict)));
+    json_object_set_new(j, "reasons", json_string(ex->reasons));
+    json_object_set_new(j, "dtype", json_string(fd_dtype_name(ex->dtype)));
+    json_object_set_new(j, "hypothesis_limit", fd_json_num(ex->hypo_limit));
+    json_object_set_new(json_object_get(j, "flash_vs_standard"), "standard_err_max_abs",
+                        fd_json_num(ex->std_err_max_abs));
+    if (ex->drop.active) {
+        const fd_dropout_stats *d = &ex->drop;
+        json_object_set_new(j, "dropout",
+            json_pack("{s:o, s:o, s:o, s:o, s:I, s:I, s:i, s:o, s:o, s:o}", "keep_rate", fd_json_num(d->keep_rate),
+                      "keep_threshold", fd_json_num(d->keep_threshold), "scale_bias", fd_json_num(d->scale_bias),
+                      "bias_max_abs", fd_json_num(ex->drop_bias_max_abs), "kept", (json_int_t)d->kept,
+                      "total", (json_int_t)d->total, "threshold", d->threshold, "keep_nominal",
+                      fd_json_num(d->keep_nominal), "z_threshold", fd_json_num(d->z_threshold), "z_nominal",
+                      fd_json_num(d->z_nominal)));
+    }
+    return j;
 }

@@ -17,7 +17,6 @@
 #ifndef FD_EXPLAIN_H
 #define FD_EXPLAIN_H
 #include <jansson.h>
-#include <stdio.h>
 #include "fd_case.h"
 #include "fd_run.h"
 
@@ -134,6 +133,7 @@ typedef struct fd_explain_src {
 int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_explain_opts *o,
                    fd_explanation *ex, char *err, size_t errlen);
 void fd_explanation_free(fd_explanation *ex);
-void fd_explain_text(const fd_explanation *ex, FILE *f);
+/* The explanation as JSON (docs/attribution.md), or NULL out of memory: report.json's
+ * "explain", explain.json's entries, and what reports/fd_explain_report.h renders. */
 json_t *fd_explain_json(const fd_explanation *ex);
 #endif

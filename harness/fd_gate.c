@@ -7,6 +7,7 @@
 
 #include "fd_gate.h"
 #include "fd_json.h"
+#include "fd_out.h"
 #include "fd_report_read.h"
 
 const char *const fd_gate_metric_names[FD_GM_N] = {"max_abs", "max_rel", "rel_l2", "max_ulp",
@@ -252,17 +253,6 @@ int fd_gate_check_backends(const fd_gate_policy *p, const json_t *report, char *
         return -1;
     }
     return 0;
-}
-
-void fd_gate_totals(const fd_gate_result *g, char *buf, size_t len)
-{
-    int n = snprintf(buf, len, "%d cases: %d PASS, %d MARGINAL, %d FAIL, %d UNDECIDED", g->ncases + g->nmissing_fail,
-                     g->npass, g->nmarginal, g->nfail + g->nmissing_fail, g->nundecided);
-    if (n < 0 || (size_t)n >= len) return;
-    if (g->nmissing_fail)
-        snprintf(buf + n, len - (size_t)n, " (%d of the FAILs: baseline cases missing from the report)", g->nmissing_fail);
-    else if (g->baseline_missing)
-        snprintf(buf + n, len - (size_t)n, " (%d baseline cases missing from the report, ignored)", g->baseline_missing);
 }
 
 static void worsen(fd_verdict *v, fd_verdict w)
@@ -550,25 +540,37 @@ void fd_gate_result_free(fd_gate_result *g)
     g->nitems = g->cap = 0;
 }
 
-void fd_gate_print(const fd_gate_result *g, FILE *f)
+static json_t *item_json(const fd_gate_item *it)
 {
-    const json_t *cases = json_object_get(g->report, "cases");
+    return json_pack("{s:s, s:s, s:o, s:o, s:s, s:s}", "backend", it->backend, "metric", it->metric, "value",
+                     fd_json_num(it->value), "limit", fd_json_num(it->limit), "level", fd_verdict_name(it->level),
+                     "text", it->text);
+}
+
+json_t *fd_gate_model(const fd_gate_result *g, const fd_gate_policy *p, const char *baseline_path)
+{
+    const json_t *rcases = json_object_get(g->report, "cases");
+    json_t *cases = json_array(), *missing = json_array(), *backends = json_array();
     for (int ci = 0; ci < g->ncases; ci++) {
-        if (g->verdict[ci] == FD_PASS) continue;
-        fprintf(f, "%s %s:", fd_verdict_name(g->verdict[ci]),
-                json_string_value(json_object_get(json_array_get(cases, (size_t)ci), "id")));
-        int first = 1, has_fail = 0;
-        for (int k = 0; k < g->nitems; k++) has_fail |= g->items[k].case_idx == ci && g->items[k].level == FD_FAIL;
-        for (int k = 0; k < g->nitems; k++) {
-            if (g->items[k].case_idx != ci) continue;
-            /* A failing case lists only what failed; the rest is noise on that line. */
-            if (has_fail && g->items[k].level != FD_FAIL) continue;
-            fprintf(f, "%s %s", first ? "" : ";", g->items[k].text);
-            first = 0;
-        }
-        fputc('\n', f);
+        json_t *items = json_array();
+        /* items are added case by case, so each case's keep the order of fd_gate_eval's list */
+        for (int k = 0; k < g->nitems; k++)
+            if (g->items[k].case_idx == ci) json_array_append_new(items, item_json(&g->items[k]));
+        json_array_append_new(cases, json_pack("{s:s, s:s, s:o}", "id",
+                                               json_string_value(json_object_get(json_array_get(rcases, (size_t)ci), "id")),
+                                               "verdict", fd_verdict_name(g->verdict[ci]), "items", items));
     }
     for (int k = 0; k < g->nitems; k++)
-        if (g->items[k].case_idx < 0)
-            fprintf(f, "%s %s\n", g->items[k].level == FD_FAIL ? "FAIL" : "NOTE", g->items[k].text);
+        if (g->items[k].case_idx < 0) json_array_append_new(missing, item_json(&g->items[k]));
+    for (int t = 0; t < g->nbackends; t++) json_array_append_new(backends, json_string(g->backends[t]));
+    json_t *m = json_pack(
+        "{s:O, s:b, s:b, s:b, s:{s:s, s:s, s:b, s:b}, s:o, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i}, s:o, s:o, s:o}",
+        "report", (json_t *)g->report, "failed", g->failed, "partial", g->partial, "baseline_skipped",
+        g->baseline_skipped, "policy", "path", p->path, "description", p->description, "baseline_rule", p->base_on,
+        "missing_cases_fail", p->base_missing_fails, "baseline",
+        baseline_path ? json_pack("{s:s}", "path", baseline_path) : json_null(), "totals", "cases", g->ncases,
+        "pass", g->npass, "marginal", g->nmarginal, "fail", g->nfail, "undecided", g->nundecided,
+        "baseline_missing", g->baseline_missing, "baseline_missing_fail", g->nmissing_fail, "baseline_new",
+        g->baseline_new, "backends", backends, "cases", cases, "missing", missing);
+    return m;
 }

@@ -8,12 +8,12 @@
  * any gated backend breaks a limit, has NaN/Inf outputs, failed to run, gave outputs
  * that differ between repeats (--repeat), could not be judged (none of the rules that
  * apply to it could be measured, or the run said UNJUDGED), or when its dropout keep
- * rate is off. A metric that was not measured (null) is never compared with a limit. */
+ * rate is off. A metric that was not measured (null) is never compared with a limit.
+ * fd_gate_model turns the outcome into the JSON tree every output is rendered from. */
 #ifndef FD_GATE_H
 #define FD_GATE_H
 #include <jansson.h>
 #include <stddef.h>
-#include <stdio.h>
 
 #include "fd_run.h"
 
@@ -60,7 +60,7 @@ typedef struct fd_gate_result {
     int baseline_new;           /* report cases not in the baseline */
     int nmissing_fail;          /* missing baseline cases that fail (missing_cases "fail") */
     int failed;                 /* the gate's outcome: 1 when any case (or a missing baseline case) fails */
-    /* Set by the caller, said in the JUnit and Markdown: */
+    /* Set by the caller, carried into the model (fd_gate_model): */
     int partial;                /* the report is of an interrupted run (--allow-partial) */
     int baseline_skipped;       /* the policy's baseline rule was not checked (--no-baseline) */
 } fd_gate_result;
@@ -77,18 +77,22 @@ void fd_gate_result_free(fd_gate_result *g);
 /* 0, or -1 with err naming the first backend the policy lists that is in no case of the
  * report: "policy names backend X, which is not in the report (has: A, B)". */
 int fd_gate_check_backends(const fd_gate_policy *p, const json_t *report, char *err, size_t errlen);
-/* The totals every output prints (summary line, gate.md, and the JUnit's failures with
- * one gated backend): "N cases: a PASS, b MARGINAL, c FAIL, d UNDECIDED", where the
- * cases and FAILs include the missing baseline cases the policy fails on. */
-void fd_gate_totals(const fd_gate_result *g, char *buf, size_t len);
 /* Is backend name gated by the policy (be: its report object)? */
 int fd_gate_backend_gated(const fd_gate_policy *p, const char *name, const json_t *be);
-/* One line per failing/marginal case: "FAIL id: item; item" (the CLI prints them on
- * stderr, like run and check). */
-void fd_gate_print(const fd_gate_result *g, FILE *f);
-/* JUnit XML: one testsuite per gated backend, one testcase per case. */
-int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *path, char *err, size_t errlen);
-/* Markdown summary for a CI job summary. */
-int fd_gate_markdown(const fd_gate_result *g, const fd_gate_policy *p, const char *baseline_path,
-                     const char *path, char *err, size_t errlen);
+/* The gate's outcome as a JSON tree, the model reports/fd_gate_out.h renders (summary
+ * line, FAIL lines, JUnit, Markdown); g's partial and baseline_skipped set. baseline_path:
+ * the baseline report's file, or NULL. NULL when out of memory.
+ *   report              the gated report (a reference to g->report)
+ *   failed, partial, baseline_skipped
+ *   policy              {path, description, baseline_rule, missing_cases_fail}
+ *   baseline            {path}, or null
+ *   totals              {cases, pass, marginal, fail, undecided (the report's cases, by
+ *                        the gate's verdict), baseline_missing, baseline_missing_fail,
+ *                        baseline_new}
+ *   backends            the gated backends, in first-seen order
+ *   cases               per case of the report, in its order: {id, verdict, items}
+ *   missing             the baseline cases missing from the report, as items
+ * An item: {backend ("" for a case-level rule), metric, value, limit (report numbers),
+ * level (FAIL, MARGINAL or UNDECIDED), text}. */
+json_t *fd_gate_model(const fd_gate_result *g, const fd_gate_policy *p, const char *baseline_path);
 #endif

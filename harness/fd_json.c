@@ -7,6 +7,7 @@
 
 #include "fd_file.h"
 #include "fd_json.h"
+#include "fd_out.h"
 
 int fd_jfail(fd_jctx *cx, const char *path, const char *fmt, ...)
 {
@@ -60,15 +61,6 @@ int fd_jget_num(fd_jctx *cx, const char *path, const json_t *j, double *out)
     *out = json_number_value(j);
     if (!isfinite(*out)) return fd_jfail(cx, path, "expected a finite number");
     return 0;
-}
-
-double fd_json_number(const json_t *j)
-{
-    if (json_is_number(j)) return json_number_value(j);
-    const char *s = json_string_value(j);
-    if (s && !strcmp(s, "inf")) return (double)INFINITY;
-    if (s && !strcmp(s, "-inf")) return -(double)INFINITY;
-    return (double)NAN;
 }
 
 int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out)

@@ -3,7 +3,7 @@
  * Every error names the file, the JSON path and what was expected, in the style of the
  * case-file reader (fd_case.c): "FILE: PATH: expected ...". Files are loaded with
  * duplicate keys rejected; syntax errors name FILE:LINE:COL. Report numbers may be the
- * strings "inf", "-inf", "nan" (docs/report-schema.md); fd_json_number reads both. */
+ * strings "inf", "-inf", "nan" (docs/report-schema.md); fd_jget_rnum reads both (fd_out.h: fd_json_number). */
 #ifndef FD_JSON_H
 #define FD_JSON_H
 #include <jansson.h>
@@ -28,8 +28,6 @@ int fd_jcheck_keys(fd_jctx *cx, const char *path, const json_t *obj, const char 
 int fd_jget_num(fd_jctx *cx, const char *path, const json_t *j, double *out);
 /* A report number: a JSON number or "inf", "-inf", "nan". */
 int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out);
-/* Value of a report number (NAN when absent or not a number). */
-double fd_json_number(const json_t *j);
 /* Loads a file with duplicate keys rejected; NULL with err on failure. The file is opened
  * with fd_open_input (fd_file.h): a directory or a FIFO is an error, never a hang; errno
  * is ENOENT when the file is missing. */

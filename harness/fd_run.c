@@ -338,13 +338,6 @@ static const fd_backend *computed_standard(const char *family)
     return b ? b : fd_backend_find("cpu-standard");
 }
 
-int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err, size_t errlen)
-{
-    if (c->bundle && !given) return fd_run_bundle_case(cf, c, bes, nbe, jobs, repeat, res, err, errlen);
-    return fd_run_case_given(cf, c, bes, nbe, given, jobs, repeat, res, err, errlen);
-}
-
 int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
                       const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err,
                       size_t errlen)

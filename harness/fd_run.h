@@ -139,18 +139,11 @@ typedef struct fd_given {
 extern volatile sig_atomic_t fd_interrupted;
 
 const char *fd_verdict_name(fd_verdict v);
-/* The pipeline for one case: the kernels in bes, then the given outputs (given may be
- * NULL); each kernel runs `repeat` times in all (>= 1). A case of imported tensors
- * (c->bundle) loads its bundle and judges its outputs as given ones (fd_run_import.c).
- * 0, or -1 with err (the case could not be judged: bad input, out of memory, interrupted). */
-int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err,
-                size_t errlen);
 void fd_case_result_free(fd_case_result *r);
-/* Imported tensors: fd_run_case for a case whose c->bundle names a bundle (fd_run_import.c). */
-int fd_run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                       int jobs, int repeat, fd_case_result *res, char *err, size_t errlen);
-/* The pipeline with given outputs and inputs (fd_run_case's body). */
+/* The pipeline for one case: the kernels in bes, then the given outputs (given may be
+ * NULL); each kernel runs `repeat` times in all (>= 1). 0, or -1 with err (the case could
+ * not be judged: bad input, out of memory, interrupted). A case of a case file enters
+ * through fd_run_case (fd_run_import.h), which loads an imported case's bundle first. */
 int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
                       const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err,
                       size_t errlen);

@@ -1,6 +1,6 @@
-/* fd_run_import.c: a case of imported tensors through the one judging pipeline: loads the
- * bundle, hands its inputs and outputs to fd_run_case_given as given ones, and adds what
- * only a bundle has (where it came from, its outputs against each other). */
+/* fd_run_import.c: see fd_run_import.h. A case of imported tensors: loads the bundle, hands
+ * its inputs and outputs to fd_run_case_given as given ones, and adds what only a bundle
+ * has (where it came from, its outputs against each other). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,9 +11,10 @@
 #include "fd_dtype.h"
 #include "fd_import.h"
 #include "fd_inputs.h"
+#include "fd_out.h"
 #include "fd_philox.h"
 #include "fd_ref.h"
-#include "fd_report.h"
+#include "fd_run_import.h"
 
 
 /* Two outputs against each other over every element. */
@@ -49,8 +50,8 @@ static void bundle_release(void *p)
     free(p);
 }
 
-int fd_run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                       int jobs, int repeat, fd_case_result *res, char *err, size_t errlen)
+static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
+                           int jobs, int repeat, fd_case_result *res, char *err, size_t errlen)
 {
     memset(res, 0, sizeof *res);
     /* on the heap: the given backends' results point into it, so it lives as long as the
@@ -107,4 +108,11 @@ int fd_run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_backend
     json_object_set_new(x, "pairs", pairs);
     res->extra = x;
     return 0;
+}
+
+int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
+                const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err, size_t errlen)
+{
+    if (c->bundle && !given) return run_bundle_case(cf, c, bes, nbe, jobs, repeat, res, err, errlen);
+    return fd_run_case_given(cf, c, bes, nbe, given, jobs, repeat, res, err, errlen);
 }

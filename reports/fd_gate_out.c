@@ -1,12 +1,12 @@
-/* fd_gate_out.c: the gate's JUnit XML and Markdown summary; see fd_gate.h. */
+/* fd_gate_out.c: the gate's summary line, FAIL lines, JUnit XML and Markdown, rendered
+ * from the gate model; see fd_gate_out.h. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "fd_gate.h"
-#include "fd_json.h"
-#include "fd_report.h"
+#include "fd_gate_out.h"
+#include "fd_out.h"
 
 /* XML attribute/text escaping; characters XML 1.0 forbids become '?'. */
 static void xml_esc(FILE *f, const char *s)
@@ -33,6 +33,9 @@ static const char *str(const json_t *o, const char *k)
     return s ? s : "";
 }
 
+/* The metrics a JUnit testcase's output lists, in this order. */
+static const char *const metrics[6] = {"max_abs", "max_rel", "rel_l2", "max_ulp", "p99_ulp", "lse_max_abs"};
+
 /* A metric as the outputs show it: "-" when it was not measured (null, or NaN: the gate
  * never takes a NaN for a number it compared). */
 static void num(char *buf, size_t len, double x)
@@ -41,23 +44,79 @@ static void num(char *buf, size_t len, double x)
     else snprintf(buf, len, "%.4g", x);
 }
 
-/* Items of case ci that concern backend be (its own and the case-level ones). */
-static int items_for(const fd_gate_result *g, int ci, const char *be, fd_verdict level, char *buf, size_t len,
+static int flag(const json_t *o, const char *k) { return json_is_true(json_object_get(o, k)); }
+
+static int count(const json_t *o, const char *k) { return (int)json_integer_value(json_object_get(o, k)); }
+
+/* The gate's verdict of case ci ("PASS", "MARGINAL", "FAIL", "UNDECIDED"). */
+static const char *verdict(const json_t *gate, size_t ci)
+{
+    return str(json_array_get(json_object_get(gate, "cases"), ci), "verdict");
+}
+
+/* Items of a case (the model's) that concern backend be (its own and the case-level ones). */
+static int items_for(const json_t *gc, const char *be, const char *level, char *buf, size_t len,
                      const char **first_metric)
 {
     int n = 0;
+    size_t k;
+    const json_t *it;
     buf[0] = 0;
-    for (int k = 0; k < g->nitems; k++) {
-        const fd_gate_item *it = &g->items[k];
-        if (it->case_idx != ci || it->level != level || (*it->backend && strcmp(it->backend, be))) continue;
+    json_array_foreach(json_object_get(gc, "items"), k, it) {
+        if (strcmp(str(it, "level"), level) || (*str(it, "backend") && strcmp(str(it, "backend"), be))) continue;
         if (n++) strncat(buf, "; ", len - strlen(buf) - 1);
-        else if (first_metric) *first_metric = it->metric;
-        strncat(buf, it->text, len - strlen(buf) - 1);
+        else if (first_metric) *first_metric = str(it, "metric");
+        strncat(buf, str(it, "text"), len - strlen(buf) - 1);
     }
     return n;
 }
 
-int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *path, char *err, size_t errlen)
+void fd_gate_totals(const json_t *gate, char *buf, size_t len)
+{
+    const json_t *t = json_object_get(gate, "totals");
+    const int missing = count(t, "baseline_missing"), missing_fail = count(t, "baseline_missing_fail");
+    int n = snprintf(buf, len, "%d cases: %d PASS, %d MARGINAL, %d FAIL, %d UNDECIDED", count(t, "cases") + missing_fail,
+                     count(t, "pass"), count(t, "marginal"), count(t, "fail") + missing_fail, count(t, "undecided"));
+    if (n < 0 || (size_t)n >= len) return;
+    if (missing_fail)
+        snprintf(buf + n, len - (size_t)n, " (%d of the FAILs: baseline cases missing from the report)", missing_fail);
+    else if (missing)
+        snprintf(buf + n, len - (size_t)n, " (%d baseline cases missing from the report, ignored)", missing);
+}
+
+void fd_gate_summary(const json_t *gate, FILE *f)
+{
+    char totals[256];
+    const json_t *base = json_object_get(gate, "baseline");
+    fd_gate_totals(gate, totals, sizeof totals);
+    fprintf(f, "gate %s: %s (policy %s%s%s%s%s)\n", flag(gate, "failed") ? "FAIL" : "PASS", totals,
+            str(json_object_get(gate, "policy"), "path"), json_is_object(base) ? ", baseline " : "", str(base, "path"),
+            flag(gate, "baseline_skipped") ? ", baseline rule not checked: --no-baseline" : "",
+            flag(gate, "partial") ? ", partial report: --allow-partial" : "");
+}
+
+void fd_gate_print(const json_t *gate, FILE *f)
+{
+    size_t ci, k;
+    const json_t *gc, *it;
+    json_array_foreach(json_object_get(gate, "cases"), ci, gc) {
+        if (!strcmp(str(gc, "verdict"), "PASS")) continue;
+        fprintf(f, "%s %s:", str(gc, "verdict"), str(gc, "id"));
+        int first = 1, has_fail = 0;
+        json_array_foreach(json_object_get(gc, "items"), k, it) has_fail |= !strcmp(str(it, "level"), "FAIL");
+        json_array_foreach(json_object_get(gc, "items"), k, it) {
+            /* A failing case lists only what failed; the rest is noise on that line. */
+            if (has_fail && strcmp(str(it, "level"), "FAIL")) continue;
+            fprintf(f, "%s %s", first ? "" : ";", str(it, "text"));
+            first = 0;
+        }
+        fputc('\n', f);
+    }
+    json_array_foreach(json_object_get(gate, "missing"), k, it)
+        fprintf(f, "%s %s\n", !strcmp(str(it, "level"), "FAIL") ? "FAIL" : "NOTE", str(it, "text"));
+}
+
+int fd_gate_junit(const json_t *gate, const char *path, char *err, size_t errlen)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -66,42 +125,48 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
         snprintf(err, errlen, "%s: out of memory", path);
         return -1;
     }
-    const json_t *r = g->report, *cases = json_object_get(r, "cases");
+    const json_t *r = json_object_get(gate, "report"), *cases = json_object_get(r, "cases");
+    const json_t *pol = json_object_get(gate, "policy"), *tot = json_object_get(gate, "totals");
+    const json_t *gbes = json_object_get(gate, "backends"), *gb;
+    const size_t ncases = json_array_size(cases);
+    const int partial = flag(gate, "partial"), nmissing = count(tot, "baseline_missing");
+    const int nmissing_fail = count(tot, "baseline_missing_fail");
     const char *cfname = str(json_object_get(r, "case_file"), "name");
     const char *host = str(json_object_get(r, "machine"), "hostname");
     int tests = 0, failures = 0, skipped = 0;
     double total_time = 0;
+    size_t t;
     /* Counts first: the testsuites element carries them. */
-    for (int t = 0; t < g->nbackends; t++)
-        for (int ci = 0; ci < g->ncases; ci++) {
-            const json_t *b = json_object_get(json_object_get(json_array_get(cases, (size_t)ci), "backends"), g->backends[t]);
+    json_array_foreach(gbes, t, gb)
+        for (size_t ci = 0; ci < ncases; ci++) {
+            const json_t *b = json_object_get(json_object_get(json_array_get(cases, ci), "backends"), json_string_value(gb));
             if (!b) continue;
             tests++;
-            if (g->verdict[ci] == FD_FAIL) failures++;
-            else if (g->verdict[ci] == FD_UNDECIDED) skipped++;
+            if (!strcmp(verdict(gate, ci), "FAIL")) failures++;
+            else if (!strcmp(verdict(gate, ci), "UNDECIDED")) skipped++;
             const double ms = fd_json_number(json_object_get(b, "ms"));
             if (!isnan(ms)) total_time += ms / 1e3;
         }
     /* Missing baseline cases are testcases of their own suite: failures when the policy
      * fails on them, skipped when it ignores them. */
-    tests += g->baseline_missing;
-    failures += g->nmissing_fail;
-    skipped += g->baseline_missing - g->nmissing_fail;
+    tests += nmissing;
+    failures += nmissing_fail;
+    skipped += nmissing - nmissing_fail;
     fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"flashdrift gate: ");
     xml_esc(f, cfname);
-    if (g->partial) fprintf(f, " (partial report: interrupted run)");
+    if (partial) fprintf(f, " (partial report: interrupted run)");
     fprintf(f, "\" tests=\"%d\" failures=\"%d\" errors=\"0\" skipped=\"%d\" time=\"%.3f\">\n", tests, failures,
             skipped, total_time);
-    for (int t = 0; t < g->nbackends; t++) {
-        const char *be = g->backends[t];
+    json_array_foreach(gbes, t, gb) {
+        const char *be = json_string_value(gb);
         int nt = 0, nf = 0, ns = 0;
         double tt = 0;
-        for (int ci = 0; ci < g->ncases; ci++) {
-            const json_t *b = json_object_get(json_object_get(json_array_get(cases, (size_t)ci), "backends"), be);
+        for (size_t ci = 0; ci < ncases; ci++) {
+            const json_t *b = json_object_get(json_object_get(json_array_get(cases, ci), "backends"), be);
             if (!b) continue;
             nt++;
-            nf += g->verdict[ci] == FD_FAIL;
-            ns += g->verdict[ci] == FD_UNDECIDED;
+            nf += !strcmp(verdict(gate, ci), "FAIL");
+            ns += !strcmp(verdict(gate, ci), "UNDECIDED");
             const double ms = fd_json_number(json_object_get(b, "ms"));
             if (!isnan(ms)) tt += ms / 1e3;
         }
@@ -115,21 +180,23 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
         const char *props[][2] = {{"case_file", str(json_object_get(r, "case_file"), "path")},
                                   {"git_commit", str(r, "git_commit")},
                                   {"flashdrift_version", str(r, "version")},
-                                  {"policy", p->path},
+                                  {"policy", str(pol, "path")},
                                   {"cpu", str(json_object_get(r, "machine"), "cpu")},
-                                  {"report", g->partial ? "partial: an interrupted run, gated with --allow-partial"
-                                                        : "complete"},
-                                  {"baseline_rule", !p->base_on ? "none in the policy"
-                                                    : g->baseline_skipped ? "not checked (--no-baseline)" : "checked"}};
+                                  {"report", partial ? "partial: an interrupted run, gated with --allow-partial"
+                                                     : "complete"},
+                                  {"baseline_rule", !flag(pol, "baseline_rule") ? "none in the policy"
+                                                    : flag(gate, "baseline_skipped") ? "not checked (--no-baseline)"
+                                                                                     : "checked"}};
         for (size_t k = 0; k < sizeof props / sizeof props[0]; k++) {
             fprintf(f, "      <property name=\"%s\" value=\"", props[k][0]);
             xml_esc(f, props[k][1]);
             fprintf(f, "\"/>\n");
         }
         fprintf(f, "    </properties>\n");
-        for (int ci = 0; ci < g->ncases; ci++) {
-            const json_t *c = json_array_get(cases, (size_t)ci);
+        for (size_t ci = 0; ci < ncases; ci++) {
+            const json_t *c = json_array_get(cases, ci), *gc = json_array_get(json_object_get(gate, "cases"), ci);
             const json_t *b = json_object_get(json_object_get(c, "backends"), be);
+            const char *v = str(gc, "verdict");
             if (!b) continue;
             const double ms = fd_json_number(json_object_get(b, "ms"));
             fprintf(f, "    <testcase name=\"");
@@ -141,10 +208,10 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
             fprintf(f, "\" time=\"%.4f\">\n", !isnan(ms) ? ms / 1e3 : 0.0);
             char msg[4096];
             const char *metric = "policy";
-            if (g->verdict[ci] == FD_FAIL) {
-                if (!items_for(g, ci, be, FD_FAIL, msg, sizeof msg, &metric)) {
+            if (!strcmp(v, "FAIL")) {
+                if (!items_for(gc, be, "FAIL", msg, sizeof msg, &metric)) {
                     /* the case failed on another backend or through fail_on_marginal */
-                    if (!items_for(g, ci, be, FD_MARGINAL, msg, sizeof msg, &metric))
+                    if (!items_for(gc, be, "MARGINAL", msg, sizeof msg, &metric))
                         snprintf(msg, sizeof msg, "case failed on another backend (see its testsuite)");
                 }
                 fprintf(f, "      <failure type=\"");
@@ -154,23 +221,23 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
                 fprintf(f, "\">");
                 xml_esc(f, msg);
                 fprintf(f, "</failure>\n");
-            } else if (g->verdict[ci] == FD_UNDECIDED) {
-                items_for(g, ci, be, FD_UNDECIDED, msg, sizeof msg, NULL);
+            } else if (!strcmp(v, "UNDECIDED")) {
+                items_for(gc, be, "UNDECIDED", msg, sizeof msg, NULL);
                 fprintf(f, "      <skipped message=\"");
                 xml_esc(f, msg);
                 fprintf(f, "\"/>\n");
             }
             /* The gate's verdict and items, then the numbers, for whoever opens the test case. */
             char out[6144];
-            snprintf(out, sizeof out, "%s gate %s", be, fd_verdict_name(g->verdict[ci]));
-            for (int lv = 0; lv < 4; lv++) {
-                static const fd_verdict order[] = {FD_FAIL, FD_UNDECIDED, FD_MARGINAL, FD_PASS};
-                if (order[lv] == FD_PASS || !items_for(g, ci, be, order[lv], msg, sizeof msg, NULL)) continue;
-                snprintf(out + strlen(out), sizeof out - strlen(out), "\n%s: %s", fd_verdict_name(order[lv]), msg);
+            snprintf(out, sizeof out, "%s gate %s", be, v);
+            static const char *const order[] = {"FAIL", "UNDECIDED", "MARGINAL"};
+            for (int lv = 0; lv < 3; lv++) {
+                if (!items_for(gc, be, order[lv], msg, sizeof msg, NULL)) continue;
+                snprintf(out + strlen(out), sizeof out - strlen(out), "\n%s: %s", order[lv], msg);
             }
             if (json_is_true(json_object_get(b, "ok"))) {
                 char m[6][32];
-                for (int k = 0; k < 6; k++) num(m[k], sizeof m[k], fd_json_number(json_object_get(b, fd_gate_metric_names[k])));
+                for (int k = 0; k < 6; k++) num(m[k], sizeof m[k], fd_json_number(json_object_get(b, metrics[k])));
                 snprintf(out + strlen(out), sizeof out - strlen(out),
                          "\nmax_abs %s, max_rel %s, rel_l2 %s, max_ulp %s, p99_ulp %s, lse_max_abs %s, output_hash %s",
                          m[0], m[1], m[2], m[3], m[4], m[5], str(b, "output_hash"));
@@ -183,18 +250,19 @@ int fd_gate_junit(const fd_gate_result *g, const fd_gate_policy *p, const char *
         }
         fprintf(f, "  </testsuite>\n");
     }
-    if (g->baseline_missing) {
+    if (nmissing) {
         fprintf(f, "  <testsuite name=\"baseline\" tests=\"%d\" failures=\"%d\" errors=\"0\" skipped=\"%d\" time=\"0\">\n",
-                g->baseline_missing, g->nmissing_fail, g->baseline_missing - g->nmissing_fail);
-        for (int k = 0; k < g->nitems; k++) {
-            const fd_gate_item *it = &g->items[k];
-            if (it->case_idx >= 0) continue;
+                nmissing, nmissing_fail, nmissing - nmissing_fail);
+        size_t k;
+        const json_t *it;
+        json_array_foreach(json_object_get(gate, "missing"), k, it) {
+            const int fails = !strcmp(str(it, "level"), "FAIL");
             fprintf(f, "    <testcase name=\"");
-            xml_esc(f, it->text);
+            xml_esc(f, str(it, "text"));
             fprintf(f, "\" classname=\"flashdrift.baseline\" time=\"0\">");
-            fprintf(f, it->level == FD_FAIL ? "<failure type=\"missing\" message=\"" : "<skipped message=\"");
-            xml_esc(f, it->text);
-            if (it->level != FD_FAIL) fprintf(f, " (the policy ignores missing cases)");
+            fprintf(f, fails ? "<failure type=\"missing\" message=\"" : "<skipped message=\"");
+            xml_esc(f, str(it, "text"));
+            if (!fails) fprintf(f, " (the policy ignores missing cases)");
             fprintf(f, "\"/>");
             fprintf(f, "</testcase>\n");
         }
@@ -217,8 +285,7 @@ static void md_cell(FILE *f, const char *s)
     }
 }
 
-int fd_gate_markdown(const fd_gate_result *g, const fd_gate_policy *p, const char *baseline_path,
-                     const char *path, char *err, size_t errlen)
+int fd_gate_markdown(const json_t *gate, const char *path, char *err, size_t errlen)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -227,38 +294,40 @@ int fd_gate_markdown(const fd_gate_result *g, const fd_gate_policy *p, const cha
         snprintf(err, errlen, "%s: out of memory", path);
         return -1;
     }
-    const json_t *r = g->report, *cases = json_object_get(r, "cases");
-    fprintf(f, "## flashdrift gate: %s %s\n\n", g->failed ? "❌ FAIL" : "✅ PASS",
+    const json_t *r = json_object_get(gate, "report"), *gcases = json_object_get(gate, "cases");
+    const json_t *pol = json_object_get(gate, "policy"), *tot = json_object_get(gate, "totals");
+    const json_t *gbes = json_object_get(gate, "backends"), *base = json_object_get(gate, "baseline");
+    fprintf(f, "## flashdrift gate: %s %s\n\n", flag(gate, "failed") ? "❌ FAIL" : "✅ PASS",
             str(json_object_get(r, "case_file"), "name"));
     char totals[256];
-    fd_gate_totals(g, totals, sizeof totals);
-    if (g->partial)
+    fd_gate_totals(gate, totals, sizeof totals);
+    if (flag(gate, "partial"))
         fprintf(f, "> **Partial report**: an interrupted run (%d cases), gated with `--allow-partial`; the cases "
-                   "that did not run are not judged.\n\n", g->ncases);
-    if (p->base_on && g->baseline_skipped)
+                   "that did not run are not judged.\n\n", count(tot, "cases"));
+    if (flag(pol, "baseline_rule") && flag(gate, "baseline_skipped"))
         fprintf(f, "> **Baseline rule not checked** (`--no-baseline`): no case was compared with a baseline.\n\n");
     fprintf(f, "**%s** · backends gated: ", totals);
-    for (int t = 0; t < g->nbackends; t++) fprintf(f, "%s`%s`", t ? ", " : "", g->backends[t]);
-    fprintf(f, "%s\n\n", g->nbackends ? "" : "none");
-    fprintf(f, "policy `%s`", p->path);
-    if (baseline_path) fprintf(f, " · baseline `%s`", baseline_path);
+    size_t t, ci, k;
+    const json_t *e, *gc, *it;
+    json_array_foreach(gbes, t, e) fprintf(f, "%s`%s`", t ? ", " : "", json_string_value(e));
+    fprintf(f, "%s\n\n", json_array_size(gbes) ? "" : "none");
+    fprintf(f, "policy `%s`", str(pol, "path"));
+    if (json_is_object(base)) fprintf(f, " · baseline `%s`", str(base, "path"));
     fprintf(f, " · flashdrift %s (%s) · %s\n\n", str(r, "version"), str(r, "git_commit"), str(r, "created"));
     int shown = 0, total = 0;
-    for (int k = 0; k < g->nitems; k++) total += g->items[k].case_idx >= 0;
+    json_array_foreach(gcases, ci, gc) total += (int)json_array_size(json_object_get(gc, "items"));
     if (total) {
         fprintf(f, "| case | verdict | backend | rule | value | limit | detail |\n|---|---|---|---|---|---|---|\n");
         /* failures first, then the rest */
         for (int pass = 0; pass < 2; pass++)
-            for (int k = 0; k < g->nitems && shown < 60; k++) {
-                const fd_gate_item *it = &g->items[k];
-                if (it->case_idx < 0 || (pass == 0) != (it->level == FD_FAIL)) continue;
+            json_array_foreach(gcases, ci, gc) json_array_foreach(json_object_get(gc, "items"), k, it) {
+                if (shown >= 60 || (pass == 0) != !strcmp(str(it, "level"), "FAIL")) continue;
                 char v[32], l[32];
-                num(v, sizeof v, it->value);
-                num(l, sizeof l, it->limit);
-                fprintf(f, "| `%s` | %s | %s | %s | %s | %s | ",
-                        str(json_array_get(cases, (size_t)it->case_idx), "id"), fd_verdict_name(it->level),
-                        *it->backend ? it->backend : "(case)", it->metric, v, l);
-                md_cell(f, it->text);
+                num(v, sizeof v, fd_json_number(json_object_get(it, "value")));
+                num(l, sizeof l, fd_json_number(json_object_get(it, "limit")));
+                fprintf(f, "| `%s` | %s | %s | %s | %s | %s | ", str(gc, "id"), str(it, "level"),
+                        *str(it, "backend") ? str(it, "backend") : "(case)", str(it, "metric"), v, l);
+                md_cell(f, str(it, "text"));
                 fprintf(f, " |\n");
                 shown++;
             }
@@ -266,10 +335,10 @@ int fd_gate_markdown(const fd_gate_result *g, const fd_gate_policy *p, const cha
     } else {
         fprintf(f, "Every case is within the policy.\n");
     }
-    if (g->baseline_missing)
-        fprintf(f, "\n%d baseline case(s) are not in this report%s.\n", g->baseline_missing,
-                p->base_missing_fails ? " (the policy fails on that)" : "");
-    if (g->baseline_new) fprintf(f, "\n%d case(s) have no baseline yet.\n", g->baseline_new);
+    if (count(tot, "baseline_missing"))
+        fprintf(f, "\n%d baseline case(s) are not in this report%s.\n", count(tot, "baseline_missing"),
+                flag(pol, "missing_cases_fail") ? " (the policy fails on that)" : "");
+    if (count(tot, "baseline_new")) fprintf(f, "\n%d case(s) have no baseline yet.\n", count(tot, "baseline_new"));
     fclose(f);
     int rc = fd_write_text_atomic(path, buf, len, err, errlen);
     free(buf);

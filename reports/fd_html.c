@@ -9,11 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "fd_diff.h"
+#include "fd_diff_out.h"
 #include "fd_html.h"
-#include "fd_json.h"
-#include "fd_report.h"
-#include "fd_report_read.h"
+#include "fd_out.h"
 
 #define MAX_SERIES 24
 #define MAX_POINTS 256
@@ -28,6 +26,16 @@ static const char *str(const json_t *o, const char *k)
 {
     const char *s = json_string_value(json_object_get(o, k));
     return s ? s : "";
+}
+
+/* The case of report with this id, or NULL. */
+static const json_t *find_case(const json_t *report, const char *id)
+{
+    size_t i;
+    const json_t *c;
+    json_array_foreach(json_object_get(report, "cases"), i, c)
+        if (!strcmp(str(c, "id"), id)) return c;
+    return NULL;
 }
 
 static void html_esc(FILE *f, const char *s)
@@ -576,7 +584,7 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
         if (!d) { fclose(gp); return -1; }
         int npts = 0;
         json_array_foreach(cases, i, c) {
-            const json_t *bc = fd_report_find_case(baseline, str(c, "id"));
+            const json_t *bc = find_case(baseline, str(c, "id"));
             if (!bc) continue;
             const char *key;
             json_t *b;
@@ -714,8 +722,40 @@ static void runs_table(FILE *f, const json_t *dj)
     fprintf(f, "</table>\n");
 }
 
-int fd_render_html(const json_t *report, const char *report_name, const json_t *baseline, const char *baseline_name,
-                   const char *path, char *err, size_t errlen)
+/* The diff against the baseline (harness/fd_diff.h's tree): the two runs, the counts by
+ * status, and every case that is not identical (the first 200). */
+static void baseline_section(FILE *f, const json_t *dj)
+{
+    fprintf(f, "<h2>Against the baseline</h2>\n");
+    runs_table(f, dj);
+    fprintf(f, "<p>");
+    const char *key;
+    json_t *v;
+    json_object_foreach(json_object_get(dj, "summary"), key, v) {
+        html_esc(f, key);
+        fprintf(f, ": <b>%lld</b> · ", (long long)json_integer_value(v));
+    }
+    fprintf(f, "</p>\n<table><tr><th>case</th><th>status</th><th>verdict</th></tr>\n");
+    size_t i;
+    json_t *c;
+    int rows = 0;
+    json_array_foreach(json_object_get(dj, "cases"), i, c) {
+        if (!strcmp(str(c, "status"), "identical") || rows++ >= 200) continue;
+        fprintf(f, "<tr><td>");
+        html_esc(f, str(c, "id"));
+        fprintf(f, "</td><td>");
+        html_esc(f, str(c, "status"));
+        fprintf(f, "</td><td>");
+        html_esc(f, str(c, "old_verdict"));
+        fprintf(f, " → ");
+        html_esc(f, str(c, "new_verdict"));
+        fprintf(f, "</td></tr>\n");
+    }
+    fprintf(f, "</table>\n");
+}
+
+int fd_render_html(const json_t *report, const json_t *baseline, const json_t *diff, const char *path, char *err,
+                   size_t errlen)
 {
     const char *tmpd = getenv("TMPDIR");
     char dir[4200];
@@ -778,40 +818,7 @@ int fd_render_html(const json_t *report, const char *report_name, const json_t *
               common);
     fprintf(f, "</div>\n");
     cleanup(dir);
-    if (baseline) {
-        json_t *dj = fd_diff_reports(baseline, baseline_name ? baseline_name : "baseline", report,
-                                     report_name ? report_name : "current");
-        if (dj) {
-            fprintf(f, "<h2>Against the baseline</h2>\n");
-            runs_table(f, dj);
-            fprintf(f, "<p>");
-            const char *key;
-            json_t *v;
-            json_object_foreach(json_object_get(dj, "summary"), key, v)
-            {
-                html_esc(f, key);
-                fprintf(f, ": <b>%lld</b> · ", (long long)json_integer_value(v));
-            }
-            fprintf(f, "</p>\n<table><tr><th>case</th><th>status</th><th>verdict</th></tr>\n");
-            size_t i;
-            json_t *c;
-            int rows = 0;
-            json_array_foreach(json_object_get(dj, "cases"), i, c) {
-                if (!strcmp(str(c, "status"), "identical") || rows++ >= 200) continue;
-                fprintf(f, "<tr><td>");
-                html_esc(f, str(c, "id"));
-                fprintf(f, "</td><td>");
-                html_esc(f, str(c, "status"));
-                fprintf(f, "</td><td>");
-                html_esc(f, str(c, "old_verdict"));
-                fprintf(f, " → ");
-                html_esc(f, str(c, "new_verdict"));
-                fprintf(f, "</td></tr>\n");
-            }
-            fprintf(f, "</table>\n");
-            json_decref(dj);
-        }
-    }
+    if (baseline && diff) baseline_section(f, diff);
     fprintf(f, "<h2>Summary</h2>\n<table><tr><th>case</th><th>verdict</th><th>backend</th><th>max abs</th>"
                "<th>rel l2</th><th>max ulp</th><th>p99 ulp</th><th>LSE err</th><th>flash/std</th><th>hash</th></tr>\n");
     size_t i;

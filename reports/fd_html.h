@@ -14,11 +14,12 @@
 
 /* 0 written; 1 gnuplot unavailable (err says so, nothing written); -1 error (err).
  * Cases with an "explain" object (run --explain) add the error-budget plot (stage shares
- * stacked per case, the interaction beside) and an Explanations section. With a baseline,
- * report_name and baseline_name (file names; NULL: "current", "baseline") head the diff
- * section, with what differs between the two runs. */
-int fd_render_html(const json_t *report, const char *report_name, const json_t *baseline, const char *baseline_name,
-                   const char *path, char *err, size_t errlen);
+ * stacked per case, the interaction beside) and an Explanations section. With a baseline
+ * report and diff, the diff of baseline -> report (harness/fd_diff.h, whose "old" and
+ * "new" name the two files), the baseline-vs-current plot and a section on what differs
+ * between the two runs; baseline and diff NULL: none. */
+int fd_render_html(const json_t *report, const json_t *baseline, const json_t *diff, const char *path, char *err,
+                   size_t errlen);
 /* The same plot and section for an explain.json (`flashdrift explain --out DIR`):
  * {"explain": [explanation, ...], "case_file": ...}. Same return values. */
 int fd_render_explain_html(const json_t *doc, const char *path, char *err, size_t errlen);

@@ -3,7 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fd_report.h"
+#include "fd_out.h"
+#include "fd_summary.h"
 
 static const char *s_of(const json_t *o, const char *k)
 {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "fd_diff.h"
+#include "fd_diff_out.h"
 #include "fd_test_util.h"
 
 static void pair(json_t **old, json_t **nw)

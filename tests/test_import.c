@@ -18,6 +18,7 @@
 #include "fd_npy.h"
 #include "fd_philox.h"
 #include "fd_ref.h"
+#include "fd_run_import.h"
 #include "fd_safetensors.h"
 #include "fd_test_util.h"
 

@@ -1,0 +1,74 @@
+/* fd_out.c: see fd_out.h. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fd_out.h"
+
+json_t *fd_json_num(double x)
+{
+    if (isnan(x)) return json_string("nan");
+    if (isinf(x)) return json_string(x > 0 ? "inf" : "-inf");
+    return json_real(x);
+}
+
+double fd_json_number(const json_t *j)
+{
+    if (json_is_number(j)) return json_number_value(j);
+    const char *s = json_string_value(j);
+    if (s && !strcmp(s, "inf")) return (double)INFINITY;
+    if (s && !strcmp(s, "-inf")) return -(double)INFINITY;
+    return (double)NAN;
+}
+
+int fd_write_text_atomic(const char *path, const char *text, size_t len, char *err, size_t errlen)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot create a temporary file: %s", path, strerror(errno));
+        return -1;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+            close(fd);
+            unlink(tmp);
+            return -1;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        snprintf(err, errlen, "%s: flush failed: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    chmod(tmp, 0644);
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: rename failed: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int fd_write_json_atomic(const char *path, const json_t *root, char *err, size_t errlen)
+{
+    char *s = json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    if (!s) {
+        snprintf(err, errlen, "%s: cannot serialise the report", path);
+        return -1;
+    }
+    size_t n = strlen(s);
+    int rc = fd_write_text_atomic(path, s, n, err, errlen);
+    free(s);
+    return rc;
+}
