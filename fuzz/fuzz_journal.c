@@ -17,6 +17,7 @@
 #include "fd_report.h"
 #include "fd_report_read.h"
 #include "fd_runfile.h"
+#include "fd_summary.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -69,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(md, sizeof md, "%s/summary.md", fd_fuzz_dir());
         if (fd_render_summary_md(report, md, err, sizeof err)) abort();
         snprintf(md, sizeof md, "%s/report.html", fd_fuzz_dir());
-        if (fd_render_html(report, NULL, NULL, NULL, md, err, sizeof err)) abort();
+        if (fd_render_html(report, NULL, NULL, md, err, sizeof err)) abort();
         err[0] = 0;
         if (fd_report_validate("report.json", report, err, sizeof err) && !err[0]) abort();
         json_decref(report);

@@ -11,6 +11,7 @@
 
 #include "fd_fuzz.h"
 #include "fd_gate.h"
+#include "fd_gate_out.h"
 #include "fd_report_read.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -42,13 +43,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int base = 0; base < 2; base++) {
             fd_gate_result g;
             if (fd_gate_eval(&p, report, base ? report : NULL, &g, err, sizeof err)) abort();
-            fd_gate_print(&g, devnull);
+            json_t *gm = fd_gate_model(&g, &p, base ? "base.json" : NULL);
+        if (!gm) abort();
+        fd_gate_print(gm, devnull);
+        fd_gate_summary(gm, devnull);
             char path[1200];
             snprintf(path, sizeof path, "%s/gate.md", fd_fuzz_dir());
-            if (fd_gate_markdown(&g, &p, base ? "base.json" : NULL, path, err, sizeof err)) abort();
+            if (fd_gate_markdown(gm, path, err, sizeof err)) abort();
             snprintf(path, sizeof path, "%s/junit.xml", fd_fuzz_dir());
-            if (fd_gate_junit(&g, &p, path, err, sizeof err)) abort();
-            fd_gate_result_free(&g);
+            if (fd_gate_junit(gm, path, err, sizeof err)) abort();
+            json_decref(gm);
+        fd_gate_result_free(&g);
         }
     } else if (!err[0]) {
         abort();

@@ -12,8 +12,10 @@
 #include <string.h>
 
 #include "fd_diff.h"
+#include "fd_diff_out.h"
 #include "fd_fuzz.h"
 #include "fd_gate.h"
+#include "fd_gate_out.h"
 #include "fd_html.h"
 #include "fd_report_read.h"
 
@@ -57,11 +59,15 @@ static void gate(const json_t *report, const json_t *base)
     for (int i = 0; i < 2; i++) {
         fd_gate_result g;
         if (fd_gate_eval(&pol[i], report, base, &g, err, sizeof err)) abort();
-        fd_gate_print(&g, devnull);
+        json_t *gm = fd_gate_model(&g, &pol[i], base ? "old.json" : NULL);
+        if (!gm) abort();
+        fd_gate_print(gm, devnull);
+        fd_gate_summary(gm, devnull);
         snprintf(path, sizeof path, "%s/gate.md", fd_fuzz_dir());
-        if (fd_gate_markdown(&g, &pol[i], base ? "old.json" : NULL, path, err, sizeof err)) abort();
+        if (fd_gate_markdown(gm, path, err, sizeof err)) abort();
         snprintf(path, sizeof path, "%s/junit.xml", fd_fuzz_dir());
-        if (fd_gate_junit(&g, &pol[i], path, err, sizeof err)) abort();
+        if (fd_gate_junit(gm, path, err, sizeof err)) abort();
+        json_decref(gm);
         fd_gate_result_free(&g);
     }
 }
@@ -83,7 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(path, sizeof path, "%s/diff.md", fd_fuzz_dir());
         if (fd_diff_markdown(d, path, err, sizeof err)) abort();
         snprintf(path, sizeof path, "%s/report.html", fd_fuzz_dir());
-        if (fd_render_html(nw, "new.json", old, "old.json", path, err, sizeof err)) abort();
+        if (fd_render_html(nw, old, d, path, err, sizeof err)) abort();
         json_decref(d);
     }
     json_decref(old);

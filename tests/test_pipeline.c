@@ -15,6 +15,7 @@
 #include "fd_dtype.h"
 #include "fd_inputs.h"
 #include "fd_run.h"
+#include "fd_run_import.h"
 
 static fd_casefile g_cf;
 static fd_case g_case;
