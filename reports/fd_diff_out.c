@@ -101,17 +101,6 @@ void fd_diff_print(const json_t *diff, FILE *f)
     }
 }
 
-/* A Markdown table cell from file text: a '|' or a newline would end the cell or the row. */
-static void md_cell(FILE *f, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '|') fputs("\\|", f);
-        else if (*s == '\n' || *s == '\r') fputc(' ', f);
-        else if (*s == '`') fputc('\'', f);
-        else fputc(*s, f);
-    }
-}
-
 int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t errlen)
 {
     char *buf = NULL;
@@ -127,17 +116,17 @@ int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t err
     for (int k = 0; k < 2; k++) {
         const json_t *sd = k ? nw : o, *gpu = json_object_get(sd, "gpu");
         fprintf(f, "| %s | `", k ? "new" : "old");
-        md_cell(f, str(sd, "path"));
+        fd_md_text(f, str(sd, "path"));
         fprintf(f, "` | ");
-        md_cell(f, str(sd, "version"));
+        fd_md_text(f, str(sd, "version"));
         fprintf(f, " | ");
-        md_cell(f, str(sd, "git_commit"));
+        fd_md_text(f, str(sd, "git_commit"));
         fprintf(f, " | ");
-        md_cell(f, str(sd, "hostname"));
+        fd_md_text(f, str(sd, "hostname"));
         fprintf(f, " | ");
-        md_cell(f, json_is_string(gpu) ? json_string_value(gpu) : "none");
+        fd_md_text(f, json_is_string(gpu) ? json_string_value(gpu) : "none");
         fprintf(f, " | ");
-        md_cell(f, str(sd, "created"));
+        fd_md_text(f, str(sd, "created"));
         fprintf(f, " |\n");
     }
     const json_t *ch = json_object_get(diff, "changes");
@@ -150,11 +139,11 @@ int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t err
         fd_diff_value_str(c, "old", a, sizeof a);
         fd_diff_value_str(c, "new", b, sizeof b);
         fprintf(f, "| `");
-        md_cell(f, str(c, "what"));
+        fd_md_text(f, str(c, "what"));
         fprintf(f, "` | ");
-        md_cell(f, a);
+        fd_md_text(f, a);
         fprintf(f, " | ");
-        md_cell(f, b);
+        fd_md_text(f, b);
         fprintf(f, " |\n");
     }
     if (json_array_size(ch)) fputc('\n', f);
@@ -169,12 +158,23 @@ int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t err
         char verdict[64];
         snprintf(verdict, sizeof verdict, "%s → %s", json_object_get(c, "old_verdict") ? str(c, "old_verdict") : "—",
                  json_object_get(c, "new_verdict") ? str(c, "new_verdict") : "—");
-        if (!json_object_size(json_object_get(c, "backends")))
-            fprintf(f, "| %s | `%s` | %s | | |\n", st, str(c, "id"), verdict);
+        if (!json_object_size(json_object_get(c, "backends"))) {
+            fprintf(f, "| %s | `", st);
+            fd_md_text(f, str(c, "id"));
+            fprintf(f, "` | ");
+            fd_md_text(f, verdict);
+            fprintf(f, " | | |\n");
+        }
         json_t *b;
         json_object_foreach(json_object_get(c, "backends"), key, b) {
             if (!strcmp(str(b, "status"), "identical")) continue;
-            fprintf(f, "| %s | `%s` | %s | %s | ", st, str(c, "id"), verdict, key);
+            fprintf(f, "| %s | `", st);
+            fd_md_text(f, str(c, "id"));
+            fprintf(f, "` | ");
+            fd_md_text(f, verdict);
+            fprintf(f, " | ");
+            fd_md_text(f, key);
+            fprintf(f, " | ");
             if (json_object_size(json_object_get(b, "metrics"))) moved(f, b, "<br>");
             else fprintf(f, "%s", str(b, "status"));
             fprintf(f, " |\n");

@@ -276,15 +276,6 @@ int fd_gate_junit(const json_t *gate, const char *path, char *err, size_t errlen
 }
 
 /* Markdown table cells must not contain '|' or newlines. */
-static void md_cell(FILE *f, const char *s)
-{
-    for (; s && *s; s++) {
-        if (*s == '|') fputs("\\|", f);
-        else if (*s == '\n') fputc(' ', f);
-        else fputc(*s, f);
-    }
-}
-
 int fd_gate_markdown(const json_t *gate, const char *path, char *err, size_t errlen)
 {
     char *buf = NULL;
@@ -297,8 +288,9 @@ int fd_gate_markdown(const json_t *gate, const char *path, char *err, size_t err
     const json_t *r = json_object_get(gate, "report"), *gcases = json_object_get(gate, "cases");
     const json_t *pol = json_object_get(gate, "policy"), *tot = json_object_get(gate, "totals");
     const json_t *gbes = json_object_get(gate, "backends"), *base = json_object_get(gate, "baseline");
-    fprintf(f, "## flashdrift gate: %s %s\n\n", flag(gate, "failed") ? "❌ FAIL" : "✅ PASS",
-            str(json_object_get(r, "case_file"), "name"));
+    fprintf(f, "## flashdrift gate: %s ", flag(gate, "failed") ? "❌ FAIL" : "✅ PASS");
+    fd_md_text(f, str(json_object_get(r, "case_file"), "name"));
+    fprintf(f, "\n\n");
     char totals[256];
     fd_gate_totals(gate, totals, sizeof totals);
     if (flag(gate, "partial"))
@@ -309,11 +301,27 @@ int fd_gate_markdown(const json_t *gate, const char *path, char *err, size_t err
     fprintf(f, "**%s** · backends gated: ", totals);
     size_t t, ci, k;
     const json_t *e, *gc, *it;
-    json_array_foreach(gbes, t, e) fprintf(f, "%s`%s`", t ? ", " : "", json_string_value(e));
+    json_array_foreach(gbes, t, e) {
+        fprintf(f, "%s`", t ? ", " : "");
+        fd_md_text(f, json_string_value(e));
+        fputc('`', f);
+    }
     fprintf(f, "%s\n\n", json_array_size(gbes) ? "" : "none");
-    fprintf(f, "policy `%s`", str(pol, "path"));
-    if (json_is_object(base)) fprintf(f, " · baseline `%s`", str(base, "path"));
-    fprintf(f, " · flashdrift %s (%s) · %s\n\n", str(r, "version"), str(r, "git_commit"), str(r, "created"));
+    fprintf(f, "policy `");
+    fd_md_text(f, str(pol, "path"));
+    fputc('`', f);
+    if (json_is_object(base)) {
+        fprintf(f, " · baseline `");
+        fd_md_text(f, str(base, "path"));
+        fputc('`', f);
+    }
+    fprintf(f, " · flashdrift ");
+    fd_md_text(f, str(r, "version"));
+    fprintf(f, " (");
+    fd_md_text(f, str(r, "git_commit"));
+    fprintf(f, ") · ");
+    fd_md_text(f, str(r, "created"));
+    fprintf(f, "\n\n");
     int shown = 0, total = 0;
     json_array_foreach(gcases, ci, gc) total += (int)json_array_size(json_object_get(gc, "items"));
     if (total) {
@@ -325,9 +333,14 @@ int fd_gate_markdown(const json_t *gate, const char *path, char *err, size_t err
                 char v[32], l[32];
                 num(v, sizeof v, fd_json_number(json_object_get(it, "value")));
                 num(l, sizeof l, fd_json_number(json_object_get(it, "limit")));
-                fprintf(f, "| `%s` | %s | %s | %s | %s | %s | ", str(gc, "id"), str(it, "level"),
-                        *str(it, "backend") ? str(it, "backend") : "(case)", str(it, "metric"), v, l);
-                md_cell(f, str(it, "text"));
+                fprintf(f, "| `");
+                fd_md_text(f, str(gc, "id"));
+                fprintf(f, "` | %s | ", str(it, "level"));
+                fd_md_text(f, *str(it, "backend") ? str(it, "backend") : "(case)");
+                fprintf(f, " | ");
+                fd_md_text(f, str(it, "metric"));
+                fprintf(f, " | %s | %s | ", v, l);
+                fd_md_text(f, str(it, "text"));
                 fprintf(f, " |\n");
                 shown++;
             }

@@ -72,3 +72,32 @@ int fd_write_json_atomic(const char *path, const json_t *root, char *err, size_t
     free(s);
     return rc;
 }
+
+void fd_md_text(FILE *f, const char *s)
+{
+    for (; s && *s; s++) {
+        switch (*s) {
+        case '|': fputs("\\|", f); break;
+        case '\n':
+        case '\r': fputc(' ', f); break;
+        case '`': fputc('\'', f); break;
+        case '<': fputs("&lt;", f); break;
+        case '>': fputs("&gt;", f); break;
+        case '&': fputs("&amp;", f); break;
+        default: fputc(*s, f);
+        }
+    }
+}
+
+const char *fd_md(const char *s, char *buf, size_t len)
+{
+    if (!len) return "";
+    buf[0] = 0;
+    FILE *f = fmemopen(buf, len, "w");
+    if (!f) return "";
+    setvbuf(f, NULL, _IONBF, 0);
+    fd_md_text(f, s);
+    fclose(f);
+    buf[len - 1] = 0;
+    return buf;
+}

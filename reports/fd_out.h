@@ -9,6 +9,7 @@
 #define FD_OUT_H
 #include <jansson.h>
 #include <stddef.h>
+#include <stdio.h>
 
 /* x as a report number: a JSON real, or "nan", "inf", "-inf". */
 json_t *fd_json_num(double x);
@@ -18,4 +19,10 @@ double fd_json_number(const json_t *j);
 int fd_write_text_atomic(const char *path, const char *text, size_t len, char *err, size_t errlen);
 /* root as indented JSON (reals with 17 significant digits, so they read back exactly). */
 int fd_write_json_atomic(const char *path, const json_t *root, char *err, size_t errlen);
+/* s (text from a report, a policy, a journal: data) into Markdown, as a table cell or inside
+ * a code span: '|' escaped, newlines as spaces, '`' as '\'', and '<', '>', '&' as entities,
+ * so that no input text ends a cell, a row or a span, or becomes markup. NULL writes nothing. */
+void fd_md_text(FILE *f, const char *s);
+/* The same into buf (cut to len - 1 bytes); returns buf, for printf arguments. */
+const char *fd_md(const char *s, char *buf, size_t len);
 #endif

@@ -31,12 +31,13 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
     const json_t *cf = json_object_get(report, "case_file");
     const json_t *tot = json_object_get(report, "totals");
     const json_t *mach = json_object_get(report, "machine");
-    fprintf(f, "# flashdrift: %s\n\n", s_of(cf, "name"));
+    char m1[1024], m2[1024], m3[1024], m4[4096];
+    fprintf(f, "# flashdrift: %s\n\n", fd_md(s_of(cf, "name"), m1, sizeof m1));
     fprintf(f, "%s%s\n\n", json_is_true(json_object_get(report, "complete")) ? "" : "**INCOMPLETE RUN** · ",
-            s_of(cf, "path"));
-    fprintf(f, "flashdrift %s (%s) · %s · %s · backends %s\n\n", s_of(report, "version"),
-            s_of(report, "git_commit"), s_of(report, "created"), s_of(mach, "cpu"),
-            s_of(report, "backends"));
+            fd_md(s_of(cf, "path"), m4, sizeof m4));
+    fprintf(f, "flashdrift %s (", fd_md(s_of(report, "version"), m1, sizeof m1));
+    fprintf(f, "%s) · %s · ", fd_md(s_of(report, "git_commit"), m1, sizeof m1), fd_md(s_of(report, "created"), m2, sizeof m2));
+    fprintf(f, "%s · backends %s\n\n", fd_md(s_of(mach, "cpu"), m1, sizeof m1), fd_md(s_of(report, "backends"), m4, sizeof m4));
     fprintf(f, "**%lld cases: %lld PASS, %lld MARGINAL, %lld FAIL, %lld UNDECIDED, %lld UNJUDGED**\n\n",
             json_integer_value(json_object_get(tot, "cases")),
             json_integer_value(json_object_get(tot, "pass")),
@@ -56,10 +57,11 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
         json_t *b;
         int first = 1;
         json_object_foreach(json_object_get(c, "backends"), key, b) {
-            fprintf(f, "| %s | %s | %s%s | ", first ? s_of(c, "id") : "", first ? s_of(c, "verdict") : "", key,
+            fprintf(f, "| %s | %s | %s%s | ", first ? fd_md(s_of(c, "id"), m1, sizeof m1) : "",
+                    first ? fd_md(s_of(c, "verdict"), m2, sizeof m2) : "", fd_md(key, m3, sizeof m3),
                     !strcmp(s_of(b, "origin"), "computed") ? " *(computed)*" : "");
             if (!json_is_true(json_object_get(b, "ok"))) {
-                fprintf(f, "error: %s | | | | | | |\n", s_of(b, "error"));
+                fprintf(f, "error: %s | | | | | | |\n", fd_md(s_of(b, "error"), m4, sizeof m4));
                 first = 0;
                 continue;
             }
@@ -85,7 +87,8 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
         const char *r = s_of(c, "reasons");
         if (*r) {
             if (!nreason++) fprintf(f, "\n## Why\n\n");
-            fprintf(f, "- `%s` %s: %s\n", s_of(c, "id"), s_of(c, "verdict"), r);
+            fprintf(f, "- `%s` %s: %s\n", fd_md(s_of(c, "id"), m1, sizeof m1), fd_md(s_of(c, "verdict"), m2, sizeof m2),
+                    fd_md(r, m4, sizeof m4));
         }
     }
     /* Explanations (--explain): the one-line verdict and the stage budget per explained case */
@@ -97,18 +100,18 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
         if (!nex++) fprintf(f, "\n## Explanations\n\nWhere each explained case's error comes from "
                                "(`flashdrift explain`, docs/attribution.md): shares are projections on the "
                                "total error and add up to 100%% with the interaction.\n");
-        fprintf(f, "\n### `%s` %s\n\n", s_of(c, "id"), s_of(c, "verdict"));
+        fprintf(f, "\n### `%s` %s\n\n", fd_md(s_of(c, "id"), m1, sizeof m1), fd_md(s_of(c, "verdict"), m2, sizeof m2));
         if (!json_is_object(ex)) {
-            fprintf(f, "explanation failed: %s\n", xe);
+            fprintf(f, "explanation failed: %s\n", fd_md(xe, m4, sizeof m4));
             continue;
         }
-        fprintf(f, "%s%s%s: %s\n\n", s_of(ex, "backend"), *s_of(ex, "inject") ? ", injected " : "",
-                s_of(ex, "inject"), s_of(ex, "summary"));
+        fprintf(f, "%s%s", fd_md(s_of(ex, "backend"), m1, sizeof m1), *s_of(ex, "inject") ? ", injected " : "");
+        fprintf(f, "%s: %s\n\n", fd_md(s_of(ex, "inject"), m1, sizeof m1), fd_md(s_of(ex, "summary"), m4, sizeof m4));
         fprintf(f, "| stage | max abs | share |\n|---|---|---|\n");
         size_t k;
         json_t *st;
         json_array_foreach(json_object_get(ex, "stages"), k, st) {
-            fprintf(f, "| %s | ", s_of(st, "stage"));
+            fprintf(f, "| %s | ", fd_md(s_of(st, "stage"), m1, sizeof m1));
             num(f, json_object_get(st, "max_abs"));
             const json_t *sh = json_object_get(st, "share");
             if (json_is_number(sh)) fprintf(f, " | %.1f%% |\n", 100.0 * json_number_value(sh));

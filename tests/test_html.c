@@ -391,7 +391,15 @@ Test(html_hostile, policy_names_never_run_through_gate)
     cr_assert(rc0 == 1, "the 2e-3 backends break the 1.5e-3 limit: exit %d: %s", rc0, g_err);
     char *j0 = tu_slurp(jp);
     cr_assert(j0 && strstr(j0, "bq`touch ") && !strstr(j0, "<script>"), "hostile names in the JUnit, escaped");
-    cr_assert(tu_slurp(mp), "Markdown written");
+    char *m0 = tu_slurp(mp);
+    cr_assert(m0, "Markdown written");
+    cr_assert(!strstr(m0, "<script>") && strstr(m0, "&lt;script&gt;"), "markup from the input in gate.md: %s", m0);
+    for (const char *line = m0; (line = strstr(line, "\n| `case-")); line++) {
+        const char *end = strchr(line + 1, '\n');
+        int bars = 0;
+        for (const char *c = line + 1; c < end; c++) bars += *c == '|' && c[-1] != '\\';
+        cr_assert_eq(bars, 8, "a hostile name broke a gate.md table row: %.*s", (int)(end - line), line);
+    }
     for (int k = 0; k < NHOSTILE; k++) {
         char names[900];
         snprintf(names, sizeof names, "%s,cpu-flash", h.name[k]);
