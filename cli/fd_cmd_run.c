@@ -411,7 +411,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         } else {
             fd_progress_start(&pg, c->id);
             fd_case_result res;
-            if (fd_run_case(cf, c, bes, nbe, NULL, o->jobs, o->repeat, &res, err, errlen)) {
+            if (fd_run_case(cf, c, bes, nbe, o->jobs, o->repeat, &res, err, errlen)) {
                 if (fd_interrupted) break;
                 out->status = FD_EXIT_INTERNAL;
                 break;

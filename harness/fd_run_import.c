@@ -110,9 +110,9 @@ static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_bac
     return 0;
 }
 
-int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err, size_t errlen)
+int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe, int jobs,
+                int repeat, fd_case_result *res, char *err, size_t errlen)
 {
-    if (c->bundle && !given) return run_bundle_case(cf, c, bes, nbe, jobs, repeat, res, err, errlen);
-    return fd_run_case_given(cf, c, bes, nbe, given, jobs, repeat, res, err, errlen);
+    if (c->bundle) return run_bundle_case(cf, c, bes, nbe, jobs, repeat, res, err, errlen);
+    return fd_run_case_given(cf, c, bes, nbe, NULL, jobs, repeat, res, err, errlen);
 }

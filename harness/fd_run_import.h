@@ -9,10 +9,10 @@
 #include "fd_case.h"
 #include "fd_run.h"
 
-/* The kernels in bes, then the given outputs (given may be NULL; for a bundle case, NULL
- * loads the bundle's); each kernel runs `repeat` times in all (>= 1). 0, or -1 with err
- * (the case could not be judged: bad input, out of memory, interrupted). */
-int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe,
-                const fd_given *given, int jobs, int repeat, fd_case_result *res, char *err,
-                size_t errlen);
+/* The kernels in bes (and, for a bundle case, the bundle's outputs as given ones); each
+ * kernel runs `repeat` times in all (>= 1). 0, or -1 with err (the case could not be
+ * judged: bad input, out of memory, interrupted). Outputs a caller holds itself go to
+ * fd_run_case_given (fd_run.h). */
+int fd_run_case(const fd_casefile *cf, const fd_case *c, const fd_backend *const *bes, int nbe, int jobs,
+                int repeat, fd_case_result *res, char *err, size_t errlen);
 #endif

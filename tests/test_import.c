@@ -517,7 +517,7 @@ Test(bundle, exact_output_passes_and_mask_agreement)
     fd_casefile cf;
     fd_casefile_bundles(&cf, path, paths, 1, 0);
     fd_case_result res;
-    cr_assert_eq(fd_run_case(&cf, &cf.cases[0], NULL, 0, NULL, 2, 1, &res, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&cf, &cf.cases[0], NULL, 0, 2, 1, &res, err, sizeof err), 0, "%s", err);
     cr_expect_eq(res.verdict, FD_PASS, "verdict %s: %s", fd_verdict_name(res.verdict), res.reasons);
     cr_expect(res.be[0].m.max_ulp <= 0.5, "max ulp %g", res.be[0].m.max_ulp);
     cr_expect(res.be[0].mask_checked > 0 && res.be[0].mask_mismatch == 0, "mask %ld of %ld differ",
@@ -528,7 +528,7 @@ Test(bundle, exact_output_passes_and_mask_agreement)
     /* flip one visible mask element: the reference no longer models the kernel */
     b.out[0].keep[(size_t)(1 * 9 + 4) * 11 + 2] ^= 1;
     cr_assert_eq(fd_bundle_write(&b, path, 0, 0, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(fd_run_case(&cf, &cf.cases[0], NULL, 0, NULL, 2, 1, &res, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&cf, &cf.cases[0], NULL, 0, 2, 1, &res, err, sizeof err), 0, "%s", err);
     cr_expect_eq(res.verdict, FD_FAIL, "verdict %s: %s", fd_verdict_name(res.verdict), res.reasons);
     cr_expect(strstr(res.reasons, "flash: dropout mask differs") != NULL, "%s", res.reasons);
     cr_expect(strstr(res.reasons, "in 1 of") != NULL && strstr(res.reasons, "first at b0 h1 row 4 key 2") != NULL,

@@ -52,7 +52,7 @@ Test(pipeline, flash_alone_gets_a_computed_baseline)
     const fd_backend *bes[] = {be("cpu-flash")};
     fd_case_result r;
     char err[512];
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, bes, 1, NULL, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&g_cf, &g_case, bes, 1, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_assert_eq(r.nbe, 2, "the computed standard is added as a second result");
     cr_expect_str_eq(r.be[1].be->name, "cpu-standard");
@@ -64,7 +64,7 @@ Test(pipeline, flash_alone_gets_a_computed_baseline)
     fd_case_result_free(&r);
     /* with a standard kernel of the family beside it, none is computed */
     const fd_backend *both[] = {be("cpu-flash"), be("cpu-standard")};
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, both, 2, NULL, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&g_cf, &g_case, both, 2, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.nbe, 2);
     cr_expect_eq(r.be[1].origin, FD_ORIGIN_KERNEL);
     cr_expect(isnan(r.budget_standard), "no budget without a computed baseline");
@@ -76,7 +76,7 @@ Test(pipeline, standard_alone_is_unjudged)
     const fd_backend *bes[] = {be("cpu-standard")};
     fd_case_result r;
     char err[512];
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, bes, 1, NULL, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&g_cf, &g_case, bes, 1, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_UNJUDGED, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect(strstr(r.reasons, "no flash output to judge") != NULL, "%s", r.reasons);
     fd_case_result_free(&r);
@@ -109,14 +109,14 @@ Test(pipeline, given_output_without_lse_is_not_judged_on_lse)
     g_cf.policy.max_lse_abs = 1e-30; /* any measured LSE error would break it */
     fd_case_result r;
     char err[512];
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case_given(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect(!r.be[0].m.lse_measured && isnan(r.be[0].m.lse_max_abs), "no LSE given: not measured");
     cr_expect_eq(r.be[1].origin, FD_ORIGIN_COMPUTED, "the baseline of a lone given output is computed");
     fd_case_result_free(&r);
     /* the same output with its LSE: measured, and the absurd limit breaks */
     g.out[0].lse = lse;
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case_given(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect(r.be[0].m.lse_measured);
     cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect(strstr(r.reasons, "LSE error") != NULL, "%s", r.reasons);
@@ -127,7 +127,7 @@ Test(pipeline, given_output_without_lse_is_not_judged_on_lse)
     free(o);
     o = replay_output(1.03, &lse);
     g.out[0].o = o;
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case_given(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect(strstr(r.reasons, "computed cpu-standard") != NULL, "the reason names the baseline: %s", r.reasons);
     fd_case_result_free(&r);
@@ -150,7 +150,7 @@ Test(pipeline, flash_with_no_rule_is_unjudged)
     g.out[1].o = o;
     fd_case_result r;
     char err[512];
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case_given(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect_eq(r.nbe, 2, "a supplied standard: nothing computed");
     cr_expect_eq(r.be[0].baseline, 1);
@@ -159,13 +159,13 @@ Test(pipeline, flash_with_no_rule_is_unjudged)
      * rule off; no ulp limit): the same correct output is UNJUDGED, never PASS */
     fd_casefile nf = g_cf;
     nf.policy.fa_ratio = 0.0;
-    cr_assert_eq(fd_run_case(&nf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case_given(&nf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_UNJUDGED, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect(strstr(r.reasons, "given-flash: no rule could be applied") != NULL, "%s", r.reasons);
     fd_case_result_free(&r);
     /* an ulp limit is a rule: judged again */
     nf.policy.max_ulp[FD_DT_FP16] = 1e6;
-    cr_assert_eq(fd_run_case(&nf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case_given(&nf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     fd_case_result_free(&r);
     free(o);
@@ -191,7 +191,7 @@ Test(pipeline, repeat_fails_a_kernel_that_wobbles)
     fd_case_result r;
     char err[512];
     g_calls = 0;
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, bes, 2, NULL, 2, 3, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&g_cf, &g_case, bes, 2, 2, 3, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect_eq(r.be[0].repeat_runs, 3);
     cr_expect_eq(r.be[0].repeat_distinct, 3, "three runs, three hashes");
@@ -201,7 +201,7 @@ Test(pipeline, repeat_fails_a_kernel_that_wobbles)
     fd_case_result_free(&r);
     /* the deterministic replay repeated: PASS */
     const fd_backend *det[] = {be("cpu-flash"), be("cpu-standard")};
-    cr_assert_eq(fd_run_case(&g_cf, &g_case, det, 2, NULL, 2, 3, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_run_case(&g_cf, &g_case, det, 2, 2, 3, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect_eq(r.be[0].repeat_distinct, 1);
     fd_case_result_free(&r);
