@@ -1,5 +1,6 @@
 /* fd_report_read.c: see fd_report_read.h. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fd_json.h"
@@ -119,6 +120,18 @@ static int check_case(fd_jctx *cx, const char *path, const json_t *c)
     return 0;
 }
 
+typedef struct {
+    const char *id;
+    size_t idx;
+} id_ref;
+
+static int cmp_id_ref(const void *a, const void *b)
+{
+    const id_ref *x = a, *y = b;
+    const int c = strcmp(x->id, y->id);
+    return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
 int fd_report_validate(const char *file, const json_t *root, char *err, size_t errlen)
 {
     fd_jctx cx = {file, err, errlen};
@@ -144,16 +157,37 @@ int fd_report_validate(const char *file, const json_t *root, char *err, size_t e
     if (need_string(&cx, "case_file", cf, "name")) return -1;
     const json_t *cases = json_object_get(root, "cases");
     if (!json_is_array(cases)) return fd_jfail(&cx, "cases", "expected an array, got %s", fd_jtype(cases));
-    size_t i, k;
+    size_t i;
     json_t *c;
     json_array_foreach((json_t *)cases, i, c) {
         char p[64];
         snprintf(p, sizeof p, "cases[%zu]", i);
         if (check_case(&cx, p, c)) return -1;
-        const char *id = json_string_value(json_object_get(c, "id"));
-        for (k = 0; k < i; k++)
-            if (!strcmp(id, json_string_value(json_object_get(json_array_get(cases, k), "id"))))
-                return fd_jfail(&cx, p, "duplicate case id \"%s\" (also cases[%zu])", id, k);
+    }
+    /* duplicate ids by sorting (a report may hold 100,000 cases): the first case whose id
+     * an earlier case has is named, with that earlier case */
+    const size_t n = json_array_size(cases);
+    id_ref *r = malloc(sizeof *r * (n ? n : 1));
+    if (!r) return fd_jfail(&cx, "cases", "out of memory");
+    for (i = 0; i < n; i++) {
+        r[i].id = json_string_value(json_object_get(json_array_get(cases, i), "id"));
+        r[i].idx = i;
+    }
+    qsort(r, n, sizeof *r, cmp_id_ref);
+    size_t dup = n, first = 0;
+    for (size_t a = 0, b; a < n; a = b) {
+        for (b = a + 1; b < n && !strcmp(r[a].id, r[b].id); b++) {}
+        if (b - a > 1 && r[a + 1].idx < dup) {
+            dup = r[a + 1].idx;
+            first = r[a].idx;
+        }
+    }
+    free(r);
+    if (dup < n) {
+        char p[64];
+        snprintf(p, sizeof p, "cases[%zu]", dup);
+        return fd_jfail(&cx, p, "duplicate case id \"%s\" (also cases[%zu])",
+                        json_string_value(json_object_get(json_array_get(cases, dup), "id")), first);
     }
     const json_t *complete = json_object_get(root, "complete");
     if (!json_is_boolean(complete)) return fd_jfail(&cx, "complete", "expected a boolean, got %s", fd_jtype(complete));

@@ -690,3 +690,21 @@ Test(gate, check_bundle_then_gate_with_policy_ci)
         if (wrong) cr_assert(strstr(g_err, "FAIL bundle1: sdpa max_abs"), "%s", g_err);
     }
 }
+
+/* Duplicate case ids are found by sorting (a report may hold 100,000 cases): the first case
+ * repeating an earlier id is named, with the earlier one. */
+Test(report_read, duplicate_ids_named)
+{
+    json_t *r = tu_report();
+    const char *ids[] = {"c", "a", "b", "d", "a", "b"};
+    for (int i = 0; i < 6; i++) tu_case(r, ids[i], "fp16", tu_backend(1e-3, 1e-4, 2, "00000000000000a1"), NULL);
+    char err[512];
+    cr_assert_eq(fd_report_validate("r.json", r, err, sizeof err), -1);
+    cr_expect(strstr(err, "cases[4]: duplicate case id \"a\" (also cases[1])") != NULL, "%s", err);
+    json_array_remove(json_object_get(r, "cases"), 4);
+    cr_assert_eq(fd_report_validate("r.json", r, err, sizeof err), -1);
+    cr_expect(strstr(err, "cases[4]: duplicate case id \"b\" (also cases[2])") != NULL, "%s", err);
+    json_array_remove(json_object_get(r, "cases"), 4);
+    cr_expect_eq(fd_report_validate("r.json", r, err, sizeof err), 0, "%s", err);
+    json_decref(r);
+}
