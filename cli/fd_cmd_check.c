@@ -19,13 +19,9 @@
 /* summary.md gets the imported outputs against each other. */
 static int append_import_md(const json_t *report, const char *md, char *err, size_t errlen)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        snprintf(err, errlen, "%s: out of memory", md);
-        return -1;
-    }
+    fd_doc doc;
+    if (fd_doc_open(&doc, md, err, errlen)) return -1;
+    FILE *f = doc.f;
     FILE *in = fopen(md, "r");
     if (in) {
         char blk[4096];
@@ -49,10 +45,7 @@ static int append_import_md(const json_t *report, const char *md, char *err, siz
                         (double)json_integer_value(json_object_get(pr, "elements")));
         }
     }
-    fclose(f);
-    int rc = fd_write_text_atomic(md, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return fd_doc_commit(&doc, err, errlen);
 }
 
 int fd_cmd_check(int argc, char **argv)

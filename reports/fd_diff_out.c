@@ -103,13 +103,9 @@ void fd_diff_print(const json_t *diff, FILE *f)
 
 int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t errlen)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
+    fd_doc doc;
+    if (fd_doc_open(&doc, path, err, errlen)) return -1;
+    FILE *f = doc.f;
     const json_t *o = json_object_get(diff, "old"), *nw = json_object_get(diff, "new");
     fprintf(f, "## flashdrift diff: %s\n\n", json_is_true(json_object_get(diff, "regression")) ? "regressions found" : "no regression");
     fprintf(f, "| | report | version | commit | host | GPU | created |\n|---|---|---|---|---|---|---|\n");
@@ -185,8 +181,5 @@ int fd_diff_markdown(const json_t *diff, const char *path, char *err, size_t err
         }
     }
     if (!rows) fprintf(f, "| identical | every case | | | bitwise-identical outputs |\n");
-    fclose(f);
-    int rc = fd_write_text_atomic(path, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return fd_doc_commit(&doc, err, errlen);
 }

@@ -118,13 +118,9 @@ void fd_gate_print(const json_t *gate, FILE *f)
 
 int fd_gate_junit(const json_t *gate, const char *path, char *err, size_t errlen)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
+    fd_doc doc;
+    if (fd_doc_open(&doc, path, err, errlen)) return -1;
+    FILE *f = doc.f;
     const json_t *r = json_object_get(gate, "report"), *cases = json_object_get(r, "cases");
     const json_t *pol = json_object_get(gate, "policy"), *tot = json_object_get(gate, "totals");
     const json_t *gbes = json_object_get(gate, "backends"), *gb;
@@ -269,22 +265,15 @@ int fd_gate_junit(const json_t *gate, const char *path, char *err, size_t errlen
         fprintf(f, "  </testsuite>\n");
     }
     fprintf(f, "</testsuites>\n");
-    fclose(f);
-    int rc = fd_write_text_atomic(path, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return fd_doc_commit(&doc, err, errlen);
 }
 
 /* Markdown table cells must not contain '|' or newlines. */
 int fd_gate_markdown(const json_t *gate, const char *path, char *err, size_t errlen)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
+    fd_doc doc;
+    if (fd_doc_open(&doc, path, err, errlen)) return -1;
+    FILE *f = doc.f;
     const json_t *r = json_object_get(gate, "report"), *gcases = json_object_get(gate, "cases");
     const json_t *pol = json_object_get(gate, "policy"), *tot = json_object_get(gate, "totals");
     const json_t *gbes = json_object_get(gate, "backends"), *base = json_object_get(gate, "baseline");
@@ -352,8 +341,5 @@ int fd_gate_markdown(const json_t *gate, const char *path, char *err, size_t err
         fprintf(f, "\n%d baseline case(s) are not in this report%s.\n", count(tot, "baseline_missing"),
                 flag(pol, "missing_cases_fail") ? " (the policy fails on that)" : "");
     if (count(tot, "baseline_new")) fprintf(f, "\n%d case(s) have no baseline yet.\n", count(tot, "baseline_new"));
-    fclose(f);
-    int rc = fd_write_text_atomic(path, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return fd_doc_commit(&doc, err, errlen);
 }

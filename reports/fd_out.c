@@ -101,3 +101,35 @@ const char *fd_md(const char *s, char *buf, size_t len)
     buf[len - 1] = 0;
     return buf;
 }
+
+int fd_doc_open(fd_doc *d, const char *path, char *err, size_t errlen)
+{
+    d->buf = NULL;
+    d->len = 0;
+    d->path = path;
+    d->f = open_memstream(&d->buf, &d->len);
+    if (!d->f) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    return 0;
+}
+
+int fd_doc_commit(fd_doc *d, char *err, size_t errlen)
+{
+    int rc = -1;
+    if (fclose(d->f) != 0 || !d->buf) snprintf(err, errlen, "%s: out of memory", d->path);
+    else rc = fd_write_text_atomic(d->path, d->buf, d->len, err, errlen);
+    free(d->buf);
+    d->buf = NULL;
+    d->f = NULL;
+    return rc;
+}
+
+void fd_doc_discard(fd_doc *d)
+{
+    if (d->f) fclose(d->f);
+    free(d->buf);
+    d->buf = NULL;
+    d->f = NULL;
+}

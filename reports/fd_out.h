@@ -19,6 +19,19 @@ double fd_json_number(const json_t *j);
 int fd_write_text_atomic(const char *path, const char *text, size_t len, char *err, size_t errlen);
 /* root as indented JSON (reals with 17 significant digits, so they read back exactly). */
 int fd_write_json_atomic(const char *path, const json_t *root, char *err, size_t errlen);
+/* A text file built in memory and written atomically at the end: fd_doc_open (0, or -1
+ * with err: out of memory), write to d->f, then fd_doc_commit (closes, writes path
+ * atomically, frees; 0 or -1 with err) or fd_doc_discard. */
+typedef struct fd_doc {
+    FILE *f;
+    char *buf;
+    size_t len;
+    const char *path;
+} fd_doc;
+int fd_doc_open(fd_doc *d, const char *path, char *err, size_t errlen);
+int fd_doc_commit(fd_doc *d, char *err, size_t errlen);
+void fd_doc_discard(fd_doc *d);
+
 /* s (text from a report, a policy, a journal: data) into Markdown, as a table cell or inside
  * a code span: '|' escaped, newlines as spaces, '`' as '\'', and '<', '>', '&' as entities,
  * so that no input text ends a cell, a row or a span, or becomes markup. NULL writes nothing. */

@@ -21,13 +21,9 @@ static void num(FILE *f, const json_t *j)
 
 int fd_render_summary_md(const json_t *report, const char *path, char *err, size_t errlen)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
+    fd_doc doc;
+    if (fd_doc_open(&doc, path, err, errlen)) return -1;
+    FILE *f = doc.f;
     const json_t *cf = json_object_get(report, "case_file");
     const json_t *tot = json_object_get(report, "totals");
     const json_t *mach = json_object_get(report, "machine");
@@ -122,8 +118,5 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
             }
         }
     }
-    fclose(f);
-    int rc = fd_write_text_atomic(path, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return fd_doc_commit(&doc, err, errlen);
 }
