@@ -258,15 +258,7 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
     } else {
         /* judged beside the bundle's standard outputs, as check judges it */
         fd_given beside;
-        memset(&beside, 0, sizeof beside);
-        for (int i = 0; i < b->nout; i++) {
-            if (i == pick || b->out[i].be.role != FD_ROLE_STANDARD) continue;
-            beside.out[beside.nout].be = &b->out[i].be;
-            beside.out[beside.nout].o = b->out[i].o;
-            beside.out[beside.nout].lse = b->out[i].lse;
-            beside.out[beside.nout].keep = b->out[i].keep;
-            beside.nout++;
-        }
+        fd_bundle_given(b, pick, 1, &beside);
         char id[200];
         snprintf(id, sizeof id, "%s/%s", c->id, b->out[pick].name);
         fd_explain_src src = {id, &b->prob, NULL, b->q, b->k, b->v, b->out[pick].o, b->out[pick].lse,

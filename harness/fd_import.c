@@ -344,6 +344,22 @@ static void base_name(const char *path, char *out, size_t len)
     if (n > 12 && !strcmp(out + n - 12, ".safetensors")) out[n - 12] = 0;
 }
 
+void fd_bundle_given(const fd_bundle *b, int skip, int only_standard, fd_given *g)
+{
+    memset(g, 0, sizeof *g);
+    g->q = b->q;
+    g->k = b->k;
+    g->v = b->v;
+    for (int i = 0; i < b->nout && g->nout < FD_MAX_BACKENDS; i++) {
+        if (i == skip || (only_standard && b->out[i].be.role != FD_ROLE_STANDARD)) continue;
+        g->out[g->nout].be = &b->out[i].be;
+        g->out[g->nout].o = b->out[i].o;
+        g->out[g->nout].lse = b->out[i].lse;
+        g->out[g->nout].keep = b->out[i].keep;
+        g->nout++;
+    }
+}
+
 void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int n, int rows_per_head)
 {
     memset(cf, 0, sizeof *cf);

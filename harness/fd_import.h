@@ -55,6 +55,10 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
  * *.safetensors files, sorted by name). Fills *paths (caller frees each and the array). */
 int fd_bundle_list(const char *path, char ***paths, int *n, char *err, size_t errlen);
 
+/* g: the bundle's inputs and its outputs as given ones (fd_run.h), leaving out output
+ * `skip` (-1: none) and, when only_standard, every flash output. g points into b. */
+void fd_bundle_given(const fd_bundle *b, int skip, int only_standard, fd_given *g);
+
 /* A case file over imported tensors (`check`, `explain --tensors`): one case per bundle
  * (paths and the array are taken over: freed by fd_casefile_free), id = the bundle's name,
  * inputs and outputs given (fd_run_case loads the bundle). The replay's knobs are the

@@ -70,17 +70,7 @@ static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_bac
     bc.dist = FD_DIST_GIVEN;
     bc.input_seed = 0;
     fd_given g;
-    memset(&g, 0, sizeof g);
-    g.q = bd->q;
-    g.k = bd->k;
-    g.v = bd->v;
-    g.nout = bd->nout;
-    for (int t = 0; t < bd->nout; t++) {
-        g.out[t].be = &bd->out[t].be;
-        g.out[t].o = bd->out[t].o;
-        g.out[t].lse = bd->out[t].lse;
-        g.out[t].keep = bd->out[t].keep;
-    }
+    fd_bundle_given(bd, -1, 0, &g);
     char e2[1024];
     if (fd_run_case_given(cf, &bc, bes, nbe, &g, jobs, repeat, res, e2, sizeof e2)) {
         snprintf(err, errlen, "bundle %s: %s", bd->path, e2);
