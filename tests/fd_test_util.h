@@ -180,6 +180,17 @@ static inline void tu_npy_fill(const char *dir, const char *name, fd_atype t, in
     fd_array_free(&a);
 }
 
+/* Lines (newlines) in the file at path; 0 when it cannot be read. */
+static inline int tu_file_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int n = 0, ch;
+    while ((ch = fgetc(f)) != EOF) n += ch == '\n';
+    fclose(f);
+    return n;
+}
+
 static inline char *tu_slurp(const char *path)
 {
     FILE *f = fopen(path, "r");

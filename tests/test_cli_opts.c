@@ -174,16 +174,6 @@ Test(cli_opts, a_bad_option_is_one_line_and_exit_2)
     }
 }
 
-static int journal_lines(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    int n = 0, ch;
-    while ((ch = fgetc(f)) != EOF) n += ch == '\n';
-    fclose(f);
-    return n;
-}
-
 Test(cli_opts, sigterm_exits_143_and_keeps_the_journal, .timeout = 300)
 {
     char dir[64], cf[128], out[128], jp[160], pp[160], ef[160];
@@ -206,17 +196,17 @@ Test(cli_opts, sigterm_exits_143_and_keeps_the_journal, .timeout = 300)
         _exit(127);
     }
     /* the header and one finished case */
-    for (int t = 0; t < 120000 && journal_lines(jp) < 2; t++) {
+    for (int t = 0; t < 120000 && tu_file_lines(jp) < 2; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
-    cr_assert_geq(journal_lines(jp), 2, "no case finished within 120 s");
+    cr_assert_geq(tu_file_lines(jp), 2, "no case finished within 120 s");
     kill(pid, SIGTERM);
     int st;
     waitpid(pid, &st, 0);
     cr_assert(WIFEXITED(st), "the run must catch SIGTERM, not die of it");
     cr_assert_eq(WEXITSTATUS(st), 143, "SIGTERM: exit %d", WEXITSTATUS(st));
-    const int kept = journal_lines(jp) - 1;
+    const int kept = tu_file_lines(jp) - 1;
     cr_assert(kept >= 1 && kept < 32, "the journal keeps the finished cases: %d", kept);
     json_error_t je;
     json_t *r = json_load_file(pp, 0, &je);

@@ -209,16 +209,6 @@ static const char *cases12 =
     " \"sweeps\": [{\"heads\": 2, \"seqlen\": [[40, 72], 64, 96], \"head_dim\": 16,\n"
     "   \"dtype\": [\"fp16\", \"bf16\"], \"mask\": [\"none\", \"causal_br\"], \"dropout\": [0], \"seed\": 5}]}\n";
 
-static int lines_in(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    int n = 0, ch;
-    while ((ch = fgetc(f)) != EOF) n += ch == '\n';
-    fclose(f);
-    return n;
-}
-
 Test(html_hostile, resume_journal_names_never_run, .timeout = 120)
 {
     hostile h;
@@ -240,7 +230,7 @@ Test(html_hostile, resume_journal_names_never_run, .timeout = 120)
         execv(a[0], a);
         _exit(127);
     }
-    for (int t = 0; t < 20000 && lines_in(jp) < 3; t++) {
+    for (int t = 0; t < 20000 && tu_file_lines(jp) < 3; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }

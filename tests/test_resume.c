@@ -14,22 +14,12 @@ static const char *cases24 =
     " \"sweeps\": [{\"heads\": 2, \"seqlen\": [[40, 72], 64, 96], \"head_dim\": 16,\n"
     "   \"dtype\": [\"fp16\", \"bf16\"], \"mask\": [\"none\", \"causal_br\"], \"dropout\": [0, 0.17], \"seed\": 5}]}\n";
 
-static int journal_lines(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    int n = 0, ch;
-    while ((ch = fgetc(f)) != EOF) n += ch == '\n';
-    fclose(f);
-    return n;
-}
-
 /* Starts argv (a run of the 24-case file), waits for the journal's header and at least two
  * finished cases, then kills it with SIGKILL (no handler runs). Returns the finished cases. */
 static int run_and_kill(char *const argv[], const char *jp)
 {
     pid_t pid = tu_spawn(argv, NULL, NULL);
-    for (int t = 0; t < 20000 && journal_lines(jp) < 3; t++) {
+    for (int t = 0; t < 20000 && tu_file_lines(jp) < 3; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
@@ -37,7 +27,7 @@ static int run_and_kill(char *const argv[], const char *jp)
     int st;
     waitpid(pid, &st, 0);
     cr_assert(WIFSIGNALED(st), "the run must still be running when killed (it finished too fast)");
-    const int before = journal_lines(jp) - 1;
+    const int before = tu_file_lines(jp) - 1;
     cr_assert(before >= 2 && before < 24, "journal holds %d finished cases", before);
     return before;
 }
@@ -113,7 +103,7 @@ Test(resume, refuses_a_journal_of_another_case_file)
     unlink(jp);
     char *k[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--quiet", NULL};
     pid_t pid = tu_spawn(k, NULL, NULL);
-    for (int t = 0; t < 20000 && journal_lines(jp) < 2; t++) {
+    for (int t = 0; t < 20000 && tu_file_lines(jp) < 2; t++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
