@@ -30,6 +30,17 @@ static void path_in(char *buf, size_t len, const char *dir, const char *name)
     snprintf(buf, len, "%s/%s", dir, name);
 }
 
+/* A fresh temp dir d with the case file NAME (text) and an empty out/ beside it
+ * (d[64], cf[128], out[128], as every test here declares them). */
+static void run_dirs(char *d, char *cf, char *out, const char *name, const char *text)
+{
+    tu_dir(d, 64);
+    path_in(cf, 128, d, name);
+    tu_write(cf, text);
+    path_in(out, 128, d, "out");
+    cr_assert_eq(mkdir(out, 0755), 0);
+}
+
 static int exists(const char *path)
 {
     struct stat st;
@@ -173,11 +184,7 @@ static void write_stale(const char *out, const char *name)
 Test(files, failed_report_html_write_fails_the_run_and_leaves_no_stale_file)
 {
     char d[64], cf[128], out[128], gp[128], p[256];
-    tu_dir(d, sizeof d);
-    path_in(cf, sizeof cf, d, "one.json");
-    tu_write(cf, one_case);
-    path_in(out, sizeof out, d, "out");
-    cr_assert_eq(mkdir(out, 0755), 0);
+    run_dirs(d, cf, out, "one.json", one_case);
     write_stale(out, "report.html");
     write_stale(out, "summary.md");
     big_plot_gnuplot(d, gp, sizeof gp);
@@ -216,11 +223,7 @@ Test(files, failed_report_html_write_fails_the_run_and_leaves_no_stale_file)
 Test(files, failed_report_json_write_removes_the_earlier_outputs)
 {
     char d[64], cf[128], out[128], p[256];
-    tu_dir(d, sizeof d);
-    path_in(cf, sizeof cf, d, "one.json");
-    tu_write(cf, one_case);
-    path_in(out, sizeof out, d, "out");
-    cr_assert_eq(mkdir(out, 0755), 0);
+    run_dirs(d, cf, out, "one.json", one_case);
     write_stale(out, "summary.md");
     write_stale(out, "report.html");
     /* rename(tmp, report.json) fails on a non-empty directory of that name */
@@ -246,11 +249,7 @@ Test(files, failed_report_json_write_removes_the_earlier_outputs)
 Test(files, no_gnuplot_removes_the_earlier_report_html)
 {
     char d[64], cf[128], out[128], p[256];
-    tu_dir(d, sizeof d);
-    path_in(cf, sizeof cf, d, "one.json");
-    tu_write(cf, one_case);
-    path_in(out, sizeof out, d, "out");
-    cr_assert_eq(mkdir(out, 0755), 0);
+    run_dirs(d, cf, out, "one.json", one_case);
     write_stale(out, "report.html");
     write_stale(out, "report.partial.json");
     setenv("FD_GNUPLOT", "/nonexistent/gnuplot", 1);
@@ -271,11 +270,7 @@ Test(files, no_gnuplot_removes_the_earlier_report_html)
 Test(files, failing_gnuplot_fails_the_run_and_removes_the_earlier_report_html)
 {
     char d[64], cf[128], out[128], p[256];
-    tu_dir(d, sizeof d);
-    path_in(cf, sizeof cf, d, "one.json");
-    tu_write(cf, one_case);
-    path_in(out, sizeof out, d, "out");
-    cr_assert_eq(mkdir(out, 0755), 0);
+    run_dirs(d, cf, out, "one.json", one_case);
     write_stale(out, "report.html");
     setenv("FD_GNUPLOT", "/bin/false", 1);
     char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
@@ -293,11 +288,7 @@ Test(files, failing_gnuplot_fails_the_run_and_removes_the_earlier_report_html)
 Test(files, journal_write_failure_stops_the_run)
 {
     char d[64], cf[128], out[128], p[256];
-    tu_dir(d, sizeof d);
-    path_in(cf, sizeof cf, d, "two.json");
-    tu_write(cf, two_cases);
-    path_in(out, sizeof out, d, "out");
-    cr_assert_eq(mkdir(out, 0755), 0);
+    run_dirs(d, cf, out, "two.json", two_cases);
     path_in(p, sizeof p, out, "cases.partial.jsonl");
     cr_assert_eq(symlink("/dev/full", p), 0);
     char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
@@ -376,11 +367,7 @@ Test(files, journal_lines_written_before_a_full_disk_stay)
 Test(files, fifo_journal_is_refused_not_waited_on)
 {
     char d[64], cf[128], out[128], p[256];
-    tu_dir(d, sizeof d);
-    path_in(cf, sizeof cf, d, "one.json");
-    tu_write(cf, one_case);
-    path_in(out, sizeof out, d, "out");
-    cr_assert_eq(mkdir(out, 0755), 0);
+    run_dirs(d, cf, out, "one.json", one_case);
     path_in(p, sizeof p, out, "cases.partial.jsonl");
     make_fifo(p);
     char *a[] = {FD_BINARY, "run", cf, "--backend", "cpu", "--out", out, "--quiet", NULL};
