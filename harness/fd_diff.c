@@ -144,15 +144,21 @@ json_t *fd_diff_reports(const json_t *old, const char *old_path, const json_t *n
     const json_t *oc = json_object_get(old, "cases"), *nc = json_object_get(new_, "cases");
     const size_t no = json_array_size(oc), nn = json_array_size(nc);
     json_t **list = calloc(no + nn + 1, sizeof *list);
-    if (!list) return NULL;
+    json_t *old_idx = fd_report_case_index(old), *new_idx = fd_report_case_index(new_);
+    if (!list || !old_idx || !new_idx) {
+        free(list);
+        json_decref(old_idx);
+        json_decref(new_idx);
+        return NULL;
+    }
     size_t n = 0;
     int counts[ST_N] = {0};
     for (size_t i = 0; i < nn + no; i++) {
         const int from_new = i < nn;
         const json_t *c = from_new ? json_array_get(nc, i) : json_array_get(oc, i - nn);
         const char *id = str(c, "id");
-        const json_t *o = from_new ? fd_report_find_case(old, id) : c;
-        if (!from_new && fd_report_find_case(new_, id)) continue;
+        const json_t *o = from_new ? json_object_get(old_idx, id) : c;
+        if (!from_new && json_object_get(new_idx, id)) continue;
         const json_t *nw = from_new ? c : NULL;
         json_t *cj = json_pack("{s:s}", "id", id);
         int st;
@@ -210,6 +216,8 @@ json_t *fd_diff_reports(const json_t *old, const char *old_path, const json_t *n
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) json_array_append_new(arr, list[i]);
     free(list);
+    json_decref(old_idx);
+    json_decref(new_idx);
     json_t *sum = json_object();
     for (int s = ST_N - 1; s >= 0; s--) json_object_set_new(sum, st_name[s], json_integer(counts[s]));
     return json_pack("{s:s, s:o, s:o, s:o, s:o, s:b, s:o}", "schema", "flashdrift-diff/1", "old", side(old, old_path),

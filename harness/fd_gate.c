@@ -455,11 +455,14 @@ int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *ba
     const json_t *cases = json_object_get(report, "cases");
     g->ncases = (int)json_array_size(cases);
     g->verdict = calloc((size_t)(g->ncases ? g->ncases : 1), sizeof *g->verdict);
-    if (!g->verdict) goto oom;
+    /* indexes: each case is looked up in the other report once, not by a scan */
+    json_t *base_idx = baseline ? fd_report_case_index(baseline) : NULL;
+    json_t *rep_idx = baseline ? fd_report_case_index(report) : NULL;
+    if (!g->verdict || (baseline && (!base_idx || !rep_idx))) goto oom;
     for (int ci = 0; ci < g->ncases; ci++) {
         const json_t *c = json_array_get(cases, (size_t)ci);
         const char *id = json_string_value(json_object_get(c, "id"));
-        const json_t *base_case = baseline ? fd_report_find_case(baseline, id) : NULL;
+        const json_t *base_case = baseline ? json_object_get(base_idx, id) : NULL;
         if (baseline && !base_case) g->baseline_new++;
         fd_verdict v = FD_PASS;
         const char *key;
@@ -515,7 +518,7 @@ int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *ba
         json_t *c;
         json_array_foreach(json_object_get(baseline, "cases"), i, c) {
             const char *id = json_string_value(json_object_get(c, "id"));
-            if (fd_report_find_case(report, id)) continue;
+            if (json_object_get(rep_idx, id)) continue;
             g->baseline_missing++;
             if (add_item(g, -1, "", "missing", 0, 0, p->base_missing_fails ? FD_FAIL : FD_MARGINAL,
                          "baseline case %s is not in the report", id))
@@ -524,8 +527,12 @@ int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *ba
     }
     g->nmissing_fail = p->base_missing_fails ? g->baseline_missing : 0;
     g->failed = g->nfail > 0 || g->nmissing_fail > 0;
+    json_decref(base_idx);
+    json_decref(rep_idx);
     return 0;
 oom:
+    json_decref(base_idx);
+    json_decref(rep_idx);
     snprintf(err, errlen, "out of memory evaluating the policy");
     fd_gate_result_free(g);
     return -1;

@@ -1,4 +1,5 @@
 /* fd_json.c: see fd_json.h. */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -78,8 +79,16 @@ json_t *fd_jload(const char *path, char *err, size_t errlen)
     json_error_t je;
     int fd = fd_open_input(path, err, errlen);
     if (fd < 0) return NULL;
-    json_t *root = json_loadfd(fd, JSON_REJECT_DUPLICATES, &je);
-    close(fd);
+    /* through a buffered stream: json_loadfd reads one byte per read(2), which made a
+     * 75 MB report (100,000 cases) take a minute of system time to load */
+    FILE *f = fdopen(fd, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
+    fclose(f);
     if (root) return root;
     if (je.line > 0) {
         const int eof = strstr(je.text, "end of") != NULL || strstr(je.text, "premature") != NULL;

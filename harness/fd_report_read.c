@@ -206,6 +206,21 @@ int fd_report_load(const char *path, json_t **out, char *err, size_t errlen)
     return 0;
 }
 
+json_t *fd_report_case_index(const json_t *report)
+{
+    json_t *idx = json_object();
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const char *id = json_string_value(json_object_get(c, "id"));
+        if (idx && id && !json_object_get(idx, id) && json_object_set(idx, id, c)) {
+            json_decref(idx);
+            return NULL;
+        }
+    }
+    return idx;
+}
+
 json_t *fd_report_find_case(const json_t *report, const char *id)
 {
     size_t i;

@@ -21,6 +21,10 @@ extern const char *const fd_report_metrics[];
 int fd_report_load(const char *path, json_t **out, char *err, size_t errlen);
 /* Validates a tree already in memory (file names the source in messages). */
 int fd_report_validate(const char *file, const json_t *root, char *err, size_t errlen);
+/* An index of the report's cases: a new object, id -> case (caller json_decref's it), so
+ * that looking every case of one report up in another is not quadratic; NULL when out of
+ * memory. */
+json_t *fd_report_case_index(const json_t *report);
 /* The case with this id, or NULL. */
 json_t *fd_report_find_case(const json_t *report, const char *id);
 /* 1 when a backend is a flash kernel: its "role" when the report records it; for older

@@ -28,14 +28,16 @@ static const char *str(const json_t *o, const char *k)
     return s ? s : "";
 }
 
-/* The case of report with this id, or NULL. */
-static const json_t *find_case(const json_t *report, const char *id)
+/* The cases of report by id (a new object; NULL when out of memory): every case of one
+ * report is looked up in the other once, not by a scan. */
+static json_t *case_index(const json_t *report)
 {
+    json_t *idx = json_object();
     size_t i;
-    const json_t *c;
+    json_t *c;
     json_array_foreach(json_object_get(report, "cases"), i, c)
-        if (!strcmp(str(c, "id"), id)) return c;
-    return NULL;
+        if (idx && !json_object_get(idx, str(c, "id"))) json_object_set(idx, str(c, "id"), c);
+    return idx;
 }
 
 static void html_esc(FILE *f, const char *s)
@@ -583,8 +585,9 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
         d = open_in(dir, "base.dat");
         if (!d) { fclose(gp); return -1; }
         int npts = 0;
+        json_t *bidx = case_index(baseline);
         json_array_foreach(cases, i, c) {
-            const json_t *bc = find_case(baseline, str(c, "id"));
+            const json_t *bc = json_object_get(bidx, str(c, "id"));
             if (!bc) continue;
             const char *key;
             json_t *b;
@@ -597,6 +600,7 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
                 npts++;
             }
         }
+        json_decref(bidx);
         fclose(d);
         have[3] = npts > 0;
         if (have[3]) {
