@@ -17,6 +17,7 @@
 #include "fd_dtype.h"
 #include "fd_opt.h"
 #include "fd_philox.h"
+#include "fd_out.h"
 #include "fd_run.h"
 #ifdef FD_HAVE_CUDA
 #include "fd_cuda.h"
@@ -59,11 +60,14 @@ int fd_cmd_bench(int argc, char **argv)
     }
     char name[256] = "?";
     fd_gpu_describe(name, sizeof name);
-    FILE *f = csv ? fopen(csv, "w") : NULL;
-    if (csv && !f) {
-        fprintf(stderr, "flashdrift: %s: cannot write\n", csv);
-        return FD_EXIT_USAGE;
+    /* the CSV is built in memory and written atomically at the end (fd_doc) */
+    char derr[1024];
+    fd_doc doc = {NULL, NULL, 0, NULL};
+    if (csv && fd_doc_open(&doc, csv, derr, sizeof derr)) {
+        fprintf(stderr, "flashdrift: %s\n", derr);
+        return FD_EXIT_INTERNAL;
     }
+    FILE *f = doc.f;
     if (f) fprintf(f, "# %s\nbackend,dtype,B,H,N,d,causal,ms_median,ms_min,tflops\n", name);
     printf("device: %s\n%-14s %-5s %6s %4s %6s %10s %8s\n", name, "backend", "dtype", "N", "d", "causal", "ms", "TFLOP/s");
     const int B = 4, H = 16, Ns[] = {1024, 4096, 16384}, ds[] = {64, 128};
@@ -78,6 +82,7 @@ int fd_cmd_bench(int argc, char **argv)
             for (int t = 0; t < 3; t++) x[t] = malloc(n * sizeof(float));
             if (!o || !l || !x[0] || !x[1] || !x[2]) {
                 fprintf(stderr, "flashdrift: bench: out of host memory for N=%d d=%d\n", N, d);
+                if (f) fd_doc_discard(&doc);
                 return FD_EXIT_INTERNAL;
             }
             for (int dt = 0; dt < 2; dt++) {
@@ -128,7 +133,10 @@ int fd_cmd_bench(int argc, char **argv)
             free(o); free(l);
         }
     }
-    if (f) fclose(f);
+    if (f && fd_doc_commit(&doc, derr, sizeof derr)) {
+        fprintf(stderr, "flashdrift: %s\n", derr);
+        return FD_EXIT_INTERNAL;
+    }
     return fails ? FD_EXIT_INTERNAL : FD_EXIT_PASS;
 #endif
 }
