@@ -20,6 +20,20 @@
 #include "fd_out.h"
 #include "fd_report.h"
 
+/* Prints an explanation's JSON, adds it to the Markdown and to arr (taking j). */
+static void emit_json(json_t *j, json_t *arr, FILE *md)
+{
+    fd_explain_text(j, stdout);
+    printf("\n");
+    if (md) {
+        fprintf(md, "## %s\n\n```\n", json_string_value(json_object_get(j, "case")));
+        fd_explain_text(j, md);
+        fprintf(md, "```\n\n");
+    }
+    if (arr) json_array_append_new(arr, j);
+    else json_decref(j);
+}
+
 /* Prints an explanation, adds it to the JSON and Markdown, frees it; returns rc worsened
  * by its outcome: the judging pipeline's verdict (FAIL or UNJUDGED: 1, as run and check
  * exit), or a gross error the attribution found. */
@@ -32,15 +46,7 @@ static int explain_emit(fd_explanation *ex, json_t *arr, FILE *md, int rc)
         fprintf(stderr, "flashdrift: out of memory encoding the explanation\n");
         return FD_EXIT_INTERNAL;
     }
-    fd_explain_text(j, stdout);
-    printf("\n");
-    if (md) {
-        fprintf(md, "## %s\n\n```\n", json_string_value(json_object_get(j, "case")));
-        fd_explain_text(j, md);
-        fprintf(md, "```\n\n");
-    }
-    if (arr) json_array_append_new(arr, j);
-    else json_decref(j);
+    emit_json(j, arr, md);
     return bad && rc == FD_EXIT_PASS ? FD_EXIT_GATE : rc;
 }
 
@@ -168,7 +174,9 @@ int fd_cmd_explain(int argc, char **argv)
     int rows_per_head = 32;
     /* backend NULL: cpu-flash for generated cases, the first flash output of a bundle */
     fd_explain_opts o = {NULL, NULL, (int)sysconf(_SC_NPROCESSORS_ONLN)};
-    enum { OPT_CASE = FD_OPT_CMD, OPT_BACKEND, OPT_INJECT, OPT_OUT, OPT_JOBS, OPT_TENSORS, OPT_OUTPUT, OPT_ROWS };
+    enum { OPT_CASE = FD_OPT_CMD, OPT_BACKEND, OPT_INJECT, OPT_OUT, OPT_JOBS, OPT_TENSORS, OPT_OUTPUT, OPT_ROWS,
+           OPT_RECOMPUTE };
+    int recompute = 0;
     static const struct option lo[] = {{"case", required_argument, NULL, OPT_CASE},
                                        {"backend", required_argument, NULL, OPT_BACKEND},
                                        {"inject", required_argument, NULL, OPT_INJECT},
@@ -177,6 +185,7 @@ int fd_cmd_explain(int argc, char **argv)
                                        {"tensors", required_argument, NULL, OPT_TENSORS},
                                        {"output", required_argument, NULL, OPT_OUTPUT},
                                        {"rows-per-head", required_argument, NULL, OPT_ROWS},
+                                       {"recompute", no_argument, NULL, OPT_RECOMPUTE},
                                        {NULL, 0, NULL, 0}};
     fd_getopt g;
     if (fd_getopt_init(&g, "explain", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
@@ -191,6 +200,7 @@ int fd_cmd_explain(int argc, char **argv)
         case OPT_OUT: out = g.arg; break;
         case OPT_TENSORS: tensors = g.arg; break;
         case OPT_OUTPUT: only = g.arg; break;
+        case OPT_RECOMPUTE: recompute = 1; break;
         case OPT_ROWS:
             v = strtol(g.arg, &end, 10);
             if (!*g.arg || *end || v < 0 || v > (1L << 20))
@@ -258,6 +268,10 @@ int fd_cmd_explain(int argc, char **argv)
     char err[1024];
     /* a report: explain its failing cases, from the case file it names */
     json_t *ids = json_array();
+    /* explanations the report already holds (run --explain): printed as they were made,
+     * where the run ran (a GPU report's, on a machine without one), unless --recompute */
+    json_t *stored = json_array();
+    char cfname[256] = "";
     int imported = 0; /* a check report: its case file is the bundles it judged */
     char cfpath[1024];
     snprintf(cfpath, sizeof cfpath, "%s", file);
@@ -273,9 +287,12 @@ int fd_cmd_explain(int argc, char **argv)
                 fprintf(stderr, "flashdrift: %s (give a report, or a case file with --case ID)\n", err);
             json_decref(rep);
             json_decref(ids);
+            json_decref(stored);
             return FD_EXIT_USAGE;
         }
         snprintf(cfpath, sizeof cfpath, "%s", cp);
+        const char *nm = json_string_value(json_object_get(json_object_get(rep, "case_file"), "name"));
+        snprintf(cfname, sizeof cfname, "%s", nm ? nm : "");
         const char *bk = json_string_value(json_object_get(rep, "backends"));
         imported = bk && !strcmp(bk, "import");
         json_t *rph = json_object_get(json_object_get(rep, "case_file"), "rows_per_head");
@@ -285,38 +302,49 @@ int fd_cmd_explain(int argc, char **argv)
         json_t *c;
         json_array_foreach(cases, i, c) {
             const char *v = json_string_value(json_object_get(c, "verdict"));
-            if (v && (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED"))) json_array_append(ids, json_object_get(c, "id"));
+            if (!v || (strcmp(v, "FAIL") && strcmp(v, "UNJUDGED"))) continue;
+            json_t *ej = json_object_get(c, "explain");
+            if (!recompute && json_is_object(ej) && json_is_string(json_object_get(ej, "case"))) json_array_append(stored, ej);
+            else json_array_append(ids, json_object_get(c, "id"));
         }
         json_decref(rep);
-        if (json_array_size(ids) == 0) {
+        if (json_array_size(ids) == 0 && json_array_size(stored) == 0) {
             printf("%s: no failing case to explain\n", file);
             json_decref(ids);
+            json_decref(stored);
             return FD_EXIT_PASS;
         }
     } else {
         json_array_append_new(ids, json_string(id));
     }
     fd_casefile cf;
-    if (imported) {
+    memset(&cf, 0, sizeof cf);
+    snprintf(cf.name, sizeof cf.name, "%s", cfname);
+    if (json_array_size(ids) == 0) {
+        /* only stored explanations: no case file is needed */
+    } else if (imported) {
         char **paths = NULL;
         int np = 0;
         if (fd_bundle_list(cfpath, &paths, &np, err, sizeof err)) {
             fprintf(stderr, "flashdrift: %s\n", err);
             json_decref(ids);
+            json_decref(stored);
             return FD_EXIT_USAGE;
         }
         fd_casefile_bundles(&cf, cfpath, paths, np, rows_per_head);
     } else if (fd_casefile_load(cfpath, &cf, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         json_decref(ids);
+        json_decref(stored);
         return FD_EXIT_USAGE;
     }
     /* every usage error is found before --out DIR is created */
-    const int bad = check_ids(&cf, ids, &o, imported);
+    const int bad = json_array_size(ids) ? check_ids(&cf, ids, &o, imported) : 0;
     if (bad || (out && fd_mkdir_p(out, err, sizeof err))) {
         if (!bad) fprintf(stderr, "flashdrift: %s\n", err);
         fd_casefile_free(&cf);
         json_decref(ids);
+        json_decref(stored);
         return FD_EXIT_USAGE;
     }
     json_t *arr = json_array();
@@ -327,6 +355,11 @@ int fd_cmd_explain(int argc, char **argv)
     int rc = FD_EXIT_PASS;
     size_t i;
     json_t *idv;
+    json_array_foreach(stored, i, idv) {
+        emit_json(json_incref(idv), arr, md);
+        rc = FD_EXIT_GATE; /* a FAIL or UNJUDGED case of the report */
+    }
+    json_decref(stored);
     json_array_foreach(ids, i, idv) {
         int r = explain_one(&cf, json_string_value(idv), &o, arr, md);
         if (r > rc) rc = r;

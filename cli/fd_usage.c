@@ -91,11 +91,13 @@ static const struct {
      "exit: 0 written, 2 usage or input error, 3 internal error.\n"},
     {"explain",
      "flashdrift explain CASEFILE --case ID [--backend B] [--inject BUG] [--out DIR] [--jobs N]\n"
-     "flashdrift explain REPORT [--out DIR] [--jobs N]\n"
+     "flashdrift explain REPORT [--recompute] [--out DIR] [--jobs N]\n"
      "flashdrift explain --tensors BUNDLE [--output NAME] [--rows-per-head N] [--out DIR]\n",
      "why an output differs from the exact result (docs/attribution.md)",
      "Error budget by stage, accumulation orders, conditioning and bug hypotheses, for one\n"
-     "case, for every FAIL case of a report, or for the outputs of an imported bundle.\n\n"
+     "case, for every FAIL or UNJUDGED case of a report, or for the outputs of an imported\n"
+     "bundle. A report's cases that `run --explain` already explained are printed as stored\n"
+     "(no case file, no GPU needed); --recompute explains them again.\n\n"
      "options:\n"
      "  --case ID          the case of CASEFILE to explain (flashdrift list shows the ids)\n"
      "  --backend B        the backend explained (default cpu-flash)\n"
@@ -104,7 +106,8 @@ static const struct {
      "  --output NAME      only this output of the bundle\n"
      "  --rows-per-head N  query rows checked per (batch, head), 0 = all (default 32)\n"
      "  --jobs N           threads, 1..1024 (default: the online CPUs)\n"
-     "  --out DIR          also write DIR/explain.json and DIR/explain.md\n\n"
+     "  --out DIR          also write DIR/explain.json and DIR/explain.md\n"
+     "  --recompute        REPORT: explain again what the report holds explained\n\n"
      "The output is first judged by the pipeline run and check use (JUDGED line), then\n"
      "attributed.\n\n"
      "exit: 0 the output passes, 1 it fails or is UNJUDGED (as run/check would exit) or a gross\n"

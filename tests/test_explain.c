@@ -182,3 +182,38 @@ Test(explain, given_tensors_from_a_bundle, .init = load)
     unlink(file);
     rmdir(path);
 }
+
+/* explain REPORT prints the explanations a run stored (run --explain) as they were made,
+ * without the case file (a GPU run's report read where there is no GPU); --recompute makes
+ * them again from the case file. */
+Test(explain, report_prints_stored_explanations)
+{
+    char d[64], out[128], rp[160], tp[160], eo[160];
+    tu_dir(d, sizeof d);
+    snprintf(out, sizeof out, "%s/run", d);
+    char *a[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/smoke.json"), "--backend", "cpu", "--out", out,
+                 "--filter", "b1h2k1-q64k64-d32-fp16-none-p0-normal", "--explain", "all", "--quiet", NULL};
+    cr_assert_eq(tu_run(a), 0, "%s", g_err);
+    snprintf(rp, sizeof rp, "%s/report.json", out);
+    json_t *r = tu_load_json(rp);
+    cr_assert_not_null(r);
+    json_t *c = json_array_get(json_object_get(r, "cases"), 0);
+    cr_assert(json_is_object(json_object_get(c, "explain")), "run --explain all stores the explanation");
+    json_object_set_new(c, "verdict", json_string("FAIL"));
+    json_object_set_new(json_object_get(r, "case_file"), "path", json_string("/nonexistent/smoke.json"));
+    snprintf(tp, sizeof tp, "%s/tampered.json", d);
+    tu_save(r, tp);
+    json_decref(r);
+    snprintf(eo, sizeof eo, "%s/e", d);
+    char *b[] = {FD_BINARY, "explain", tp, "--out", eo, NULL};
+    cr_expect_eq(tu_run(b), 1, "a FAIL case explained: exit 1; %s", g_err);
+    cr_expect(strstr(g_out, "JUDGED: PASS") && strstr(g_out, "Error budget"), "the stored explanation printed: %s", g_out);
+    char ep[200];
+    snprintf(ep, sizeof ep, "%s/explain.json", eo);
+    json_t *e = tu_load_json(ep);
+    cr_expect(e && json_array_size(json_object_get(e, "explain")) == 1, "explain.json holds it");
+    json_decref(e);
+    char *x[] = {FD_BINARY, "explain", tp, "--recompute", NULL};
+    cr_expect_eq(tu_run(x), 2, "--recompute needs the case file");
+    cr_expect(strstr(g_err, "/nonexistent/smoke.json") != NULL, "%s", g_err);
+}
