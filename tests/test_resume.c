@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "fd_dtype.h"
+#include "fd_import.h"
 #include "fd_test_util.h"
 
 static const char *cases24 =
@@ -392,4 +394,98 @@ Test(explain_run, html_has_the_budget_plot_for_a_report_and_an_explain_json)
     cr_assert(!strstr(h, "http://") && !strstr(h, "https://"), "self-contained");
     /* (the screenshot check, scripts/check-html, takes ~12 s of Chromium: the html test above
      * runs it on report.html; run it by hand on explain.html) */
+}
+
+/* check runs through the same loop: a check of 8 bundles killed after its first bundles,
+ * then --resume, gives the report a check that was never interrupted gives. */
+static void write_bundles(const char *dir, int n)
+{
+    for (int t = 0; t < n; t++) {
+        fd_bundle b;
+        memset(&b, 0, sizeof b);
+        fd_problem *p = &b.prob;
+        p->batch = 1; p->heads = 4; p->kv_heads = 4; p->seqlen_q = 192; p->seqlen_k = 192; p->head_dim = 64;
+        p->dtype = FD_DT_FP16;
+        p->mask = t % 2 ? FD_MASK_CAUSAL_TL : FD_MASK_NONE;
+        p->softmax_scale = 0.125f;
+        b.q = malloc(sizeof(float) * fd_q_numel(p));
+        b.k = malloc(sizeof(float) * fd_kv_numel(p));
+        b.v = malloc(sizeof(float) * fd_kv_numel(p));
+        b.out[0].o = malloc(sizeof(float) * fd_q_numel(p));
+        uint32_t s = 12345u + (uint32_t)t;
+        for (size_t i = 0; i < fd_q_numel(p); i++) {
+            s = s * 1664525u + 1013904223u;
+            b.q[i] = fd_round_to_dtype((float)(s >> 8) / 16777216.0f - 0.5f, FD_DT_FP16);
+            b.out[0].o[i] = fd_round_to_dtype((float)(s >> 9) / 16777216.0f, FD_DT_FP16);
+        }
+        for (size_t i = 0; i < fd_kv_numel(p); i++) {
+            s = s * 1664525u + 1013904223u;
+            b.k[i] = fd_round_to_dtype((float)(s >> 8) / 16777216.0f - 0.5f, FD_DT_FP16);
+            b.v[i] = fd_round_to_dtype((float)(s >> 7) / 16777216.0f - 0.5f, FD_DT_FP16);
+        }
+        b.nout = 1;
+        snprintf(b.out[0].name, sizeof b.out[0].name, "flash");
+        b.out[0].be.name = b.out[0].name;
+        b.out[0].be.family = "import";
+        b.out[0].be.role = FD_ROLE_FLASH;
+        char path[256], err[512];
+        snprintf(path, sizeof path, "%s/b%02d", dir, t);
+        cr_assert_eq(fd_bundle_write(&b, path, 0, 0, err, sizeof err), 0, "%s", err);
+        fd_bundle_free(&b);
+    }
+}
+
+Test(resume, check_killed_then_resumed_gives_the_same_report, .timeout = 300)
+{
+    char dir[64], bd[128], out[128], ref[128], jp[160];
+    tu_dir(dir, sizeof dir);
+    snprintf(bd, sizeof bd, "%s/bundles", dir);
+    cr_assert_eq(mkdir(bd, 0755), 0);
+    write_bundles(bd, 8);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(ref, sizeof ref, "%s/ref", dir);
+    snprintf(jp, sizeof jp, "%s/cases.partial.jsonl", out);
+    char *a[] = {FD_BINARY, "check", "--tensors", bd, "--out", out, "--rows-per-head", "0", "--jobs", "1", "--quiet",
+                 "--explain", "none", NULL};
+    const pid_t pid = tu_spawn(a, NULL, NULL);
+    for (int k = 0; k < 3000 && tu_file_lines(jp) < 3; k++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFSIGNALED(st), "the check must still be running when killed (it finished too fast)");
+    const int before = tu_file_lines(jp) - 1;
+    cr_assert(before >= 1 && before < 8, "journal holds %d finished bundles", before);
+    char *b[] = {FD_BINARY, "check", "--tensors", bd, "--out", out, "--rows-per-head=0", "--jobs", "2", "--resume",
+                 "--explain", "none", NULL};
+    cr_assert_eq(tu_run(b), 1, "random outputs FAIL: %s", g_err);
+    char want[128];
+    snprintf(want, sizeof want, "resuming: %d finished cases kept", before);
+    cr_assert(strstr(g_err, want), "expected \"%s\": %s", want, g_err);
+    char *c[] = {FD_BINARY, "check", "--tensors", bd, "--out", ref, "--rows-per-head", "0", "--jobs", "2", "--explain",
+                 "none", NULL};
+    cr_assert_eq(tu_run(c), 1, "%s", g_err);
+    char p1[200], p2[200];
+    snprintf(p1, sizeof p1, "%s/report.json", out);
+    snprintf(p2, sizeof p2, "%s/report.json", ref);
+    json_t *r1 = tu_load_json(p1), *r2 = tu_load_json(p2);
+    cr_assert(r1 && r2);
+    json_t *c1 = json_object_get(r1, "cases"), *c2 = json_object_get(r2, "cases");
+    cr_assert_eq(json_array_size(c1), 8);
+    cr_assert_eq(json_array_size(c2), 8);
+    for (size_t i = 0; i < 8; i++) {
+        json_t *x = json_array_get(c1, i), *y = json_array_get(c2, i);
+        cr_assert_str_eq(json_string_value(json_object_get(x, "id")), json_string_value(json_object_get(y, "id")));
+        cr_assert_str_eq(json_string_value(json_object_get(x, "verdict")), json_string_value(json_object_get(y, "verdict")));
+        json_t *fx = json_object_get(json_object_get(x, "backends"), "flash");
+        json_t *fy = json_object_get(json_object_get(y, "backends"), "flash");
+        cr_assert_str_eq(json_string_value(json_object_get(fx, "output_hash")),
+                         json_string_value(json_object_get(fy, "output_hash")));
+        cr_assert(json_equal(json_object_get(fx, "max_abs"), json_object_get(fy, "max_abs")), "case %zu", i);
+        cr_assert_str_eq(json_string_value(json_object_get(json_object_get(x, "baseline"), "origin")), "computed");
+    }
+    json_decref(r1);
+    json_decref(r2);
 }
