@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fd_dtype.h"
@@ -189,6 +190,21 @@ static inline int tu_file_lines(const char *path)
     while ((ch = fgetc(f)) != EOF) n += ch == '\n';
     fclose(f);
     return n;
+}
+
+/* Waits (polling every millisecond, at most timeout_ms) until the file at path has at
+ * least `lines` lines (a journal's header and finished cases), then sends sig to pid and
+ * reaps it; returns its wait status. */
+static inline int tu_signal_after_lines(pid_t pid, const char *path, int lines, int timeout_ms, int sig)
+{
+    for (int t = 0; t < timeout_ms && tu_file_lines(path) < lines; t++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, sig);
+    int st;
+    waitpid(pid, &st, 0);
+    return st;
 }
 
 static inline char *tu_slurp(const char *path)

@@ -185,25 +185,9 @@ Test(cli_opts, sigterm_exits_143_and_keeps_the_journal, .timeout = 300)
     snprintf(ef, sizeof ef, "%s/stderr.txt", dir);
     tu_write(cf, slow);
     char *argv[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", NULL};
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int fd = open(ef, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 2);
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
     /* the header and one finished case */
-    for (int t = 0; t < 120000 && tu_file_lines(jp) < 2; t++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
+    const int st = tu_signal_after_lines(tu_spawn(argv, NULL, ef), jp, 2, 120000, SIGTERM);
     cr_assert_geq(tu_file_lines(jp), 2, "no case finished within 120 s");
-    kill(pid, SIGTERM);
-    int st;
-    waitpid(pid, &st, 0);
     cr_assert(WIFEXITED(st), "the run must catch SIGTERM, not die of it");
     cr_assert_eq(WEXITSTATUS(st), 143, "SIGTERM: exit %d", WEXITSTATUS(st));
     const int kept = tu_file_lines(jp) - 1;

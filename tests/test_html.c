@@ -221,22 +221,7 @@ Test(html_hostile, resume_journal_names_never_run, .timeout = 120)
     tu_write(cf, cases12);
     /* a real journal: a run killed after its first finished cases */
     char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--quiet", NULL};
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        execv(a[0], a);
-        _exit(127);
-    }
-    for (int t = 0; t < 20000 && tu_file_lines(jp) < 3; t++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
+    const int st = tu_signal_after_lines(tu_spawn(a, NULL, NULL), jp, 3, 20000, SIGKILL);
     cr_assert(WIFSIGNALED(st), "the run must still be running when killed (it finished too fast)");
     /* tamper: hostile backend names, dtype and stage names in every finished case */
     FILE *f = fopen(jp, "r");

@@ -20,14 +20,7 @@ static const char *cases24 =
  * finished cases, then kills it with SIGKILL (no handler runs). Returns the finished cases. */
 static int run_and_kill(char *const argv[], const char *jp)
 {
-    pid_t pid = tu_spawn(argv, NULL, NULL);
-    for (int t = 0; t < 20000 && tu_file_lines(jp) < 3; t++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
+    const int st = tu_signal_after_lines(tu_spawn(argv, NULL, NULL), jp, 3, 20000, SIGKILL);
     cr_assert(WIFSIGNALED(st), "the run must still be running when killed (it finished too fast)");
     const int before = tu_file_lines(jp) - 1;
     cr_assert(before >= 2 && before < 24, "journal holds %d finished cases", before);
@@ -104,14 +97,7 @@ Test(resume, refuses_a_journal_of_another_case_file)
     /* a real journal of a.json (killed run), resumed with b.json: refused */
     unlink(jp);
     char *k[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "1", "--quiet", NULL};
-    pid_t pid = tu_spawn(k, NULL, NULL);
-    for (int t = 0; t < 20000 && tu_file_lines(jp) < 2; t++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
+    tu_signal_after_lines(tu_spawn(k, NULL, NULL), jp, 2, 20000, SIGKILL);
     char *b2[] = {FD_BINARY, "run", cf2, "--out", out, "--backend", "cpu", "--resume", NULL};
     cr_assert_eq(tu_run(b2), 2, "%s", g_err);
     cr_assert(strstr(g_err, "belongs to another run") && strstr(g_err, "a.json") && strstr(g_err, "b.json"), "%s", g_err);
@@ -447,14 +433,7 @@ Test(resume, check_killed_then_resumed_gives_the_same_report, .timeout = 300)
     snprintf(jp, sizeof jp, "%s/cases.partial.jsonl", out);
     char *a[] = {FD_BINARY, "check", "--tensors", bd, "--out", out, "--rows-per-head", "0", "--jobs", "1", "--quiet",
                  "--explain", "none", NULL};
-    const pid_t pid = tu_spawn(a, NULL, NULL);
-    for (int k = 0; k < 3000 && tu_file_lines(jp) < 3; k++) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
+    const int st = tu_signal_after_lines(tu_spawn(a, NULL, NULL), jp, 3, 30000, SIGKILL);
     cr_assert(WIFSIGNALED(st), "the check must still be running when killed (it finished too fast)");
     const int before = tu_file_lines(jp) - 1;
     cr_assert(before >= 1 && before < 8, "journal holds %d finished bundles", before);
