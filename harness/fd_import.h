@@ -31,6 +31,7 @@ typedef struct fd_import_output {
     float *o;       /* [b][s_q][h][d] */
     float *lse;     /* [b][h][s_q], or NULL */
     uint8_t *keep;  /* [b][h][s_q][s_k], 1 kept, or NULL */
+    float *dq, *dk, *dv; /* dq_NAME, dk_NAME, dv_NAME (like q, k, v; all three or none), or NULL */
 } fd_import_output;
 
 typedef struct fd_bundle {
@@ -40,6 +41,7 @@ typedef struct fd_bundle {
     int bhsd;            /* declared layout */
     fd_problem prob;
     float *q, *k, *v;    /* fd_problem layouts */
+    float *dout;         /* "do": the output gradient (like q), or NULL; required by gradients */
     int nout;
     fd_import_output out[FD_MAX_BACKENDS];
     json_t *info;        /* meta "info" (or NULL) */

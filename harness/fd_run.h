@@ -127,12 +127,14 @@ typedef struct fd_case_result {
  * not measured). */
 typedef struct fd_given {
     const float *q, *k, *v;
+    const float *dout;       /* backward cases: the output gradient [b][s_q][h][d]; NULL: drawn */
     int nout;
     struct {
         const fd_backend *be;
         const float *o;      /* [b][s_q][h][d] */
         const float *lse;    /* [b][h][s_q] or NULL */
         const uint8_t *keep; /* [b][h][s_q][s_k], 1 kept, or NULL */
+        const float *dq, *dk, *dv; /* gradients for dout (like q, k, v), or NULL: not given */
     } out[FD_MAX_BACKENDS];
 } fd_given;
 

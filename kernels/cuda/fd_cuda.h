@@ -65,6 +65,20 @@ int fd_cuda_splitkv_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const f
                             const float *k, const float *v, float *o, float *lse,
                             fd_cuda_timing *t, char *err, size_t errlen);
 
+/* The backward pass (fd_bwd.h's contract: bit-identical to fd_cpu_flash_backward in
+ * deterministic mode). o and lse: the forward's outputs (host, every row); dout: the
+ * output gradient; dq like q, dk/dv like k. bcfg->dq_mode picks atomicAdd (default) or
+ * the per-key-tile buffers summed in order; bcfg->br/bc 0 take fd_bwd_tile_default. */
+struct fd_bwd_cfg;
+int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cfg, const struct fd_bwd_cfg *bcfg,
+                           const float *q, const float *k, const float *v, const float *o,
+                           const float *lse, const float *dout, float *dq, float *dk, float *dv,
+                           fd_cuda_timing *t, char *err, size_t errlen);
+/* Eager attention's autograd through cuBLAS (fd_cpu_standard_backward's arithmetic). */
+int fd_cuda_standard_backward(const fd_problem *p, int repeats, const float *q, const float *k,
+                              const float *v, const float *dout, float *dq, float *dk, float *dv,
+                              fd_cuda_timing *t, char *err, size_t errlen);
+
 /* out[i] = fd_exp2_portable(x[i]) computed on the device (host/device bit-identity test). */
 int fd_cuda_exp2_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
 /* d[w] = hardware mma.sync m16n8k16 block: c[w] + sum_{i<16} a[16w+i] * b[16w+i], fp16 or

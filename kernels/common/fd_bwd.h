@@ -1,0 +1,82 @@
+/* fd_bwd.h: the attention backward pass: its configuration and the numerics contract
+ * shared by the CPU replay (kernels/cpu/fd_cpu_bwd.h) and the CUDA kernel (fd_cuda.h),
+ * compiled for host and device alike.
+ *
+ * Mathematics (P = softmax(scale S) undropped, Z the FA2 keep mask, r = 1/(1-p)):
+ *   O  = (P o Z r) V,   dV = (P o Z r)^T dO,   dP = (dO V^T) o Z r,
+ *   D_i = sum_j P_ij dP_ij = sum_d dO_id O_id,  dS = P o (dP - D),
+ *   dQ = scale dS K,    dK = scale dS^T Q      (GQA: dK, dV summed over the group's heads).
+ *
+ * Kernel arithmetic (FlashAttention-2's backward; the replay reproduces it bit for bit in
+ * deterministic mode). Inputs: q, k, v, dO in the dtype; O the backend's own forward
+ * output (dtype), lse its forward LSE (binary32, natural log, +Inf for rows with no key).
+ * With pk = (float)(1 - p), rp = 1.0f / pk, srp = rp * scale (binary32 operations; p = 0
+ * gives pk = rp = 1, srp = scale):
+ *  1. D'_i = (fmaf chain over d = 0..D-1 of dO_id * O_id from 0), then D'_i *= pk when p > 0
+ *     (FA2's dot_do_o: D is taken from the *stored, rounded* O).
+ *  2. lse2_i = lse_i * (float)M_LOG2E.
+ *  3. Key tiles n of bc keys; for each, the query tiles m of br rows that see at least one
+ *     key of tile n, visited from the last to the first (FA2's m_block loop). For row i
+ *     of tile m and key j of tile n:
+ *       S_ij  = fd_dot_acc_dt(FD_ACC_TC16, q_i, k_j, D, 0)        (16-term blocks over d)
+ *       P_ij  = visible(i, j) && lse_i finite ? exp2(fmaf(S_ij, scale_log2, -lse2_i)) : 0
+ *               (exp2: cfg exp2_mode, as the forward; scale_log2 = scale * (float)M_LOG2E)
+ *       dP_ij = fd_dot_acc_dt(FD_ACC_TC16, dO_i, v_j, D, 0)
+ *       dS_ij = P_ij * (kept ? dP_ij - D'_i : -D'_i)              (binary32, no fma)
+ *       Pv_ij = round_dtype(kept ? P_ij : 0),  dSr_ij = round_dtype(dS_ij)
+ *     dV_j += sum_i Pv_ij dO_i and dK_j += sum_i dSr_ij q_i: per key j and column d, the
+ *     rows of tile m in ascending order, 16-row TC16 blocks (a short block padded with
+ *     zeros) chained onto the running binary32 accumulator (from 0 at the first tile).
+ *     dQ partial of (m, n): part_id = TC16 chain over the keys of tile n in ascending
+ *     order (16 at a time, padded) of dSr_ij k_jd, from 0.
+ *  4. dQ_id = round_dtype(acc * srp), acc = 0.0f + part(n1) + part(n2) + ... over the key
+ *     tiles that visited tile m, added in binary32 in the dQ order: ascending n in
+ *     deterministic mode (each key tile writes its partial to its own buffer; a second
+ *     pass adds them in order); in atomic mode the kernel adds them with atomicAdd as
+ *     blocks finish, and the replay adds them in the order cfg names (ascending,
+ *     descending, or a permutation drawn from order_seed per query tile).
+ *  5. Per query head h: dK_h = acc_dk * srp, dV_h = acc_dv * rp (binary32); the kv head's
+ *     gradient is g = 0.0f; g += dX_h for the group's heads in ascending order; rounded
+ *     to the dtype once. Rows with no visible key give dQ = 0; keys no row sees give 0.
+ *
+ * Bugs (fd_bwd_cfg.bugs) are deliberate departures used by `explain` and the tests to
+ * model what a broken kernel computes; 0 in every kernel under test. */
+#ifndef FD_BWD_H
+#define FD_BWD_H
+#include <stdint.h>
+#include "fd_hd.h"
+
+typedef enum { FD_DQ_ATOMIC = 0, FD_DQ_DETERMINISTIC = 1 } fd_dq_mode;
+/* Order in which the replay adds the per-key-tile dQ partials (step 4). */
+typedef enum { FD_DQ_ORDER_ASC = 0, FD_DQ_ORDER_DESC = 1, FD_DQ_ORDER_SHUFFLE = 2 } fd_dq_order;
+
+#define FD_BWD_BUG_DQ_NOSCALE 0x01u  /* dQ without the softmax scale (acc * rp) */
+#define FD_BWD_BUG_DK_NOSCALE 0x02u  /* dK without the softmax scale */
+#define FD_BWD_BUG_NO_GQA_SUM 0x04u  /* dK/dV of a kv head = its first query head's only */
+#define FD_BWD_BUG_SWAP_DKDV 0x08u   /* dK and dV written to each other's tensor */
+
+typedef struct fd_bwd_cfg {
+    int br, bc;           /* query rows / keys per tile; 0, 0: fd_bwd_tile_default */
+    fd_dq_mode dq_mode;   /* atomic (default) or deterministic */
+    fd_dq_order dq_order; /* replay of atomic mode: the order of the partials */
+    uint64_t order_seed;  /* FD_DQ_ORDER_SHUFFLE: the permutations' seed */
+    unsigned bugs;        /* FD_BWD_BUG_* (0 for kernels under test) */
+} fd_bwd_cfg;
+
+FD_HD void fd_bwd_cfg_default(fd_bwd_cfg *c)
+{
+    c->br = 0;
+    c->bc = 0;
+    c->dq_mode = FD_DQ_ATOMIC;
+    c->dq_order = FD_DQ_ORDER_ASC;
+    c->order_seed = 0;
+    c->bugs = 0;
+}
+
+/* The tile the CUDA backward kernel uses for head dim d (the replay uses the same). */
+FD_HD void fd_bwd_tile_default(int d, int *br, int *bc)
+{
+    *br = 64;
+    *bc = d > 128 ? 32 : 64;
+}
+#endif
