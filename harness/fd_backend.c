@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "fd_cpu_attn.h"
+#include "fd_cpu_bwd.h"
 #include "fd_run.h"
 
 static int run_cpu_flash(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
@@ -21,6 +22,24 @@ static int run_cpu_standard(const fd_casefile *cf, const fd_case *c, const float
     *ms = 0.0;
     return fd_cpu_standard_forward(&c->prob, cf->flash.qk_order, q, k, v, rows, nrows, o, lse,
                                    err, errlen);
+}
+
+static int bwd_cpu_flash(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                         const float *v, const float *o, const float *lse, const float *dout, float *dq,
+                         float *dk, float *dv, double *ms, char *err, size_t errlen)
+{
+    *ms = 0.0;
+    return fd_cpu_flash_backward(&c->prob, &cf->flash, &cf->bwd, q, k, v, o, lse, dout, dq, dk, dv, err,
+                                 errlen);
+}
+
+static int bwd_cpu_standard(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                            const float *v, const float *o, const float *lse, const float *dout, float *dq,
+                            float *dk, float *dv, double *ms, char *err, size_t errlen)
+{
+    (void)o; (void)lse; /* eager attention's autograd recomputes its forward */
+    *ms = 0.0;
+    return fd_cpu_standard_backward(&c->prob, cf->flash.qk_order, q, k, v, dout, dq, dk, dv, err, errlen);
 }
 
 static int run_cpu_splitkv(const fd_casefile *cf, const fd_case *c, const float *q,
@@ -86,6 +105,29 @@ static int run_cuda_splitkv(const fd_casefile *cf, const fd_case *c, const float
     return rc;
 }
 
+static int bwd_cuda_flash(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                          const float *v, const float *o, const float *lse, const float *dout, float *dq,
+                          float *dk, float *dv, double *ms, char *err, size_t errlen)
+{
+    fd_cuda_cfg g;
+    fd_cuda_timing t = {0, 0, 0};
+    cuda_cfg(cf, &g);
+    int rc = fd_cuda_flash_backward(&c->prob, &g, &cf->bwd, q, k, v, o, lse, dout, dq, dk, dv, &t, err, errlen);
+    *ms = (double)t.ms_median;
+    return rc;
+}
+
+static int bwd_cuda_standard(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                             const float *v, const float *o, const float *lse, const float *dout, float *dq,
+                             float *dk, float *dv, double *ms, char *err, size_t errlen)
+{
+    (void)cf; (void)o; (void)lse;
+    fd_cuda_timing t = {0, 0, 0};
+    int rc = fd_cuda_standard_backward(&c->prob, FD_CUDA_REPEATS, q, k, v, dout, dq, dk, dv, &t, err, errlen);
+    *ms = (double)t.ms_median;
+    return rc;
+}
+
 static int supports_cuda_splitkv(const fd_case *c, char *why, size_t len)
 {
     if (c->prob.dtype != FD_DT_FP32) return 1;
@@ -127,13 +169,13 @@ static int mask_cuda_flash(const fd_casefile *cf, const fd_case *c, const float 
 #endif
 
 static const fd_backend fd_backends[] = {
-    {"cpu-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash, NULL, NULL},
-    {"cpu-standard", "cpu", FD_ROLE_STANDARD, run_cpu_standard, NULL, NULL},
-    {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL, NULL},
+    {"cpu-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash, NULL, NULL, bwd_cpu_flash},
+    {"cpu-standard", "cpu", FD_ROLE_STANDARD, run_cpu_standard, NULL, NULL, bwd_cpu_standard},
+    {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL, NULL, NULL},
 #ifdef FD_HAVE_CUDA
-    {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash, NULL},
-    {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL, NULL},
-    {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL, supports_cuda_splitkv},
+    {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash, NULL, bwd_cuda_flash},
+    {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL, NULL, bwd_cuda_standard},
+    {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL, supports_cuda_splitkv, NULL},
 #endif
 };
 #define FD_NBACKENDS ((int)(sizeof fd_backends / sizeof fd_backends[0]))

@@ -35,6 +35,8 @@ void fd_policy_default(fd_policy *p)
     p->max_lse_abs = 0.0;
     p->marginal = 0.75;
     p->keep_sigma = 5.0;
+    p->grad_fa_ratio[0] = p->grad_fa_ratio[1] = p->grad_fa_ratio[2] = 2.0;
+    p->require_deterministic = 0;
 }
 
 typedef fd_jctx fd_ctx;
@@ -139,6 +141,12 @@ static int e_dist(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
     return fd_jfail(cx, path, "expected \"normal\", \"uniform\", \"large_logit\" or \"outlier_rows\"%s%s",
                 s ? ", got " : "", s ? s : "");
 }
+static int e_bool(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    if (!json_is_boolean(j)) return fd_jfail(cx, path, "expected true or false, got %s", fd_jtype(j));
+    ((int *)out)[idx] = json_is_true(j);
+    return 0;
+}
 /* seqlen: a number (seqlen_q = seqlen_k) or a pair [seqlen_q, seqlen_k]. */
 static int e_seqlen(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 {
@@ -168,12 +176,13 @@ typedef struct {
     double drop[FD_MAX_LIST]; int ndrop;
     fd_dist dist[FD_MAX_LIST]; int ndist;
     uint64_t seed[FD_MAX_LIST]; int nseed;
+    int bwd[FD_MAX_LIST]; int nbwd;
 } fd_sweep;
 
 static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
 {
     static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen", "head_dim", "dtype",
-                                       "mask", "dropout", "dist", "seed", NULL};
+                                       "mask", "dropout", "dist", "seed", "backward", NULL};
     char p[256];
     if (!json_is_object(j)) return fd_jfail(cx, path, "expected an object (a sweep), got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, path, j, keys)) return -1;
@@ -186,6 +195,7 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     s->drop[0] = 0.0; s->ndrop = 1;
     s->dist[0] = FD_DIST_NORMAL; s->ndist = 1;
     s->seed[0] = 0; s->nseed = 1;
+    s->bwd[0] = 0; s->nbwd = 1;
 #define FIELD(name, fn, arr, n)                                                              \
     do {                                                                                     \
         json_t *f = json_object_get(j, name);                                                \
@@ -201,6 +211,7 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     FIELD("dropout", e_dropout, drop, ndrop);
     FIELD("dist", e_dist, dist, ndist);
     FIELD("seed", e_seed, seed, nseed);
+    FIELD("backward", e_bool, bwd, nbwd);
 #undef FIELD
     json_t *f = json_object_get(j, "seqlen");
     snprintf(p, sizeof p, "%s.seqlen", path);
@@ -212,17 +223,17 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
 
 /* An exclusion: an object whose fields (a subset of a sweep's) all match the case. */
 typedef struct {
-    int has[12];
-    long ival[12];
+    int has[13];
+    long ival[13];
     double dval;
     fd_dtype dt; fd_mask_kind mask; fd_dist dist;
 } fd_excl;
-enum { X_BATCH, X_HEADS, X_KVH, X_SQ, X_SK, X_HD, X_DT, X_MASK, X_DROP, X_DIST, X_SEED };
+enum { X_BATCH, X_HEADS, X_KVH, X_SQ, X_SK, X_HD, X_DT, X_MASK, X_DROP, X_DIST, X_SEED, X_BWD };
 
 static int parse_excl(fd_ctx *cx, const char *path, json_t *j, fd_excl *x)
 {
     static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen_q", "seqlen_k",
-                                       "head_dim", "dtype", "mask", "dropout", "dist", "seed", NULL};
+                                       "head_dim", "dtype", "mask", "dropout", "dist", "seed", "backward", NULL};
     static const int ikeys[] = {X_BATCH, X_HEADS, X_KVH, X_SQ, X_SK, X_HD};
     char p[256];
     memset(x, 0, sizeof *x);
@@ -243,6 +254,13 @@ static int parse_excl(fd_ctx *cx, const char *path, json_t *j, fd_excl *x)
     if ((f = json_object_get(j, "dist"))) { snprintf(p, sizeof p, "%s.dist", path); if (e_dist(cx, p, f, &x->dist, 0)) return -1; x->has[X_DIST] = 1; }
     if ((f = json_object_get(j, "dropout"))) { snprintf(p, sizeof p, "%s.dropout", path); if (e_dropout(cx, p, f, &x->dval, 0)) return -1; x->has[X_DROP] = 1; }
     if ((f = json_object_get(j, "seed"))) { snprintf(p, sizeof p, "%s.seed", path); if (get_int(cx, p, f, 0, 0x7fffffffL, &x->ival[X_SEED])) return -1; x->has[X_SEED] = 1; }
+    if ((f = json_object_get(j, "backward"))) {
+        int b = 0;
+        snprintf(p, sizeof p, "%s.backward", path);
+        if (e_bool(cx, p, f, &b, 0)) return -1;
+        x->ival[X_BWD] = b;
+        x->has[X_BWD] = 1;
+    }
     return 0;
 }
 
@@ -260,6 +278,7 @@ static int excl_match(const fd_excl *x, const fd_case *c)
     if (x->has[X_DROP] && fabs(x->dval - p->dropout_p) > 1e-12) return 0;
     if (x->has[X_DIST] && x->dist != c->dist) return 0;
     if (x->has[X_SEED] && (uint64_t)x->ival[X_SEED] != c->input_seed) return 0;
+    if (x->has[X_BWD] && x->ival[X_BWD] != c->backward) return 0;
     return 1;
 }
 
@@ -269,6 +288,10 @@ void fd_case_make_id(const fd_case *c, char *buf, size_t len)
     snprintf(buf, len, "b%dh%dk%d-q%dk%d-d%d-%s-%s-p%g-%s-s%llu", p->batch, p->heads, p->kv_heads,
              p->seqlen_q, p->seqlen_k, p->head_dim, fd_dtype_name(p->dtype), fd_mask_name(p->mask),
              p->dropout_p, fd_dist_name(c->dist), (unsigned long long)c->input_seed);
+    if (c->backward) {
+        const size_t n = strlen(buf);
+        if (n < len) snprintf(buf + n, len - n, "-bwd");
+    }
 }
 
 static int sizes_ok(fd_ctx *cx, const char *path, const fd_problem *p)
@@ -335,7 +358,7 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 {
     /* before exclusions and duplicates: lists repeating one value made 64^10 iterations */
     const double combos = (double)s->nbatch * s->nheads * s->nkvh * s->nseq * s->nhd * s->ndt * s->nmask *
-                          s->ndrop * s->ndist * s->nseed;
+                          s->ndrop * s->ndist * s->nseed * s->nbwd;
     if (combos > FD_MAX_CASES)
         return fd_jfail(cx, path, "%.0f combinations (at most %d per sweep, before exclusions)", combos,
                         FD_MAX_CASES);
@@ -348,7 +371,8 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
     for (int g = 0; g < s->nmask; g++)
     for (int h = 0; h < s->ndrop; h++)
     for (int i = 0; i < s->ndist; i++)
-    for (int k = 0; k < s->nseed; k++) {
+    for (int k = 0; k < s->nseed; k++)
+    for (int w = 0; w < s->nbwd; w++) {
         fd_case cs;
         memset(&cs, 0, sizeof cs);
         fd_problem *p = &cs.prob;
@@ -366,6 +390,7 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
         p->offset = 0;
         cs.dist = s->dist[i];
         cs.input_seed = s->seed[k];
+        cs.backward = s->bwd[w];
         if (p->kv_heads > p->heads) continue; /* kv_heads list larger than this heads value */
         if (sizes_ok(cx, path, p)) return -1;
         int skip = 0;
@@ -384,9 +409,10 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
     return 0;
 }
 
-static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
+static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
 {
-    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", "splits", NULL};
+    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", "splits",
+                                       "dq_mode", "dq_order", NULL};
     if (!json_is_object(j)) return fd_jfail(cx, "flash", "expected an object, got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, "flash", j, keys)) return -1;
     json_t *f;
@@ -423,13 +449,26 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc)
         if (!json_is_boolean(f)) return fd_jfail(cx, "flash.p_fp32", "expected true or false");
         fc->p_fp32 = json_is_true(f);
     }
+    if ((f = json_object_get(j, "dq_mode"))) {
+        const char *s = json_string_value(f);
+        if (s && !strcmp(s, "atomic")) bc->dq_mode = FD_DQ_ATOMIC;
+        else if (s && !strcmp(s, "deterministic")) bc->dq_mode = FD_DQ_DETERMINISTIC;
+        else return fd_jfail(cx, "flash.dq_mode", "expected \"atomic\" or \"deterministic\"");
+    }
+    if ((f = json_object_get(j, "dq_order"))) {
+        const char *s = json_string_value(f);
+        if (s && !strcmp(s, "asc")) bc->dq_order = FD_DQ_ORDER_ASC;
+        else if (s && !strcmp(s, "desc")) bc->dq_order = FD_DQ_ORDER_DESC;
+        else if (s && !strcmp(s, "shuffle")) bc->dq_order = FD_DQ_ORDER_SHUFFLE;
+        else return fd_jfail(cx, "flash.dq_order", "expected \"asc\", \"desc\" or \"shuffle\"");
+    }
     return 0;
 }
 
 static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
 {
     static const char *const keys[] = {"fa_ratio", "atol", "max_ulp", "max_lse_abs", "marginal",
-                                       "keep_sigma", NULL};
+                                       "keep_sigma", "grad_fa_ratio", "require_deterministic", NULL};
     if (!json_is_object(j)) return fd_jfail(cx, "policy", "expected an object, got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, "policy", j, keys)) return -1;
     json_t *f;
@@ -442,6 +481,30 @@ static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
     if (po->atol < 0) return fd_jfail(cx, "policy.atol", "expected a number >= 0");
     if (!(po->marginal > 0 && po->marginal <= 1)) return fd_jfail(cx, "policy.marginal", "expected a number in (0, 1]");
     if (po->keep_sigma <= 0) return fd_jfail(cx, "policy.keep_sigma", "expected a positive number");
+    if ((f = json_object_get(j, "require_deterministic"))) {
+        if (!json_is_boolean(f)) return fd_jfail(cx, "policy.require_deterministic", "expected true or false");
+        po->require_deterministic = json_is_true(f);
+    }
+    /* one number for the three gradients, or {"dq": A, "dk": B, "dv": C} */
+    if ((f = json_object_get(j, "grad_fa_ratio"))) {
+        static const char *const gk[] = {"dq", "dk", "dv", NULL};
+        if (json_is_number(f)) {
+            double r = json_number_value(f);
+            po->grad_fa_ratio[0] = po->grad_fa_ratio[1] = po->grad_fa_ratio[2] = r;
+        } else if (json_is_object(f)) {
+            if (fd_jcheck_keys(cx, "policy.grad_fa_ratio", f, gk)) return -1;
+            for (int t = 0; t < 3; t++) {
+                json_t *u = json_object_get(f, gk[t]);
+                char p[64];
+                snprintf(p, sizeof p, "policy.grad_fa_ratio.%s", gk[t]);
+                if (u && fd_jget_num(cx, p, u, &po->grad_fa_ratio[t])) return -1;
+            }
+        } else {
+            return fd_jfail(cx, "policy.grad_fa_ratio", "expected a number or {\"dq\": N, \"dk\": N, \"dv\": N}, got %s", fd_jtype(f));
+        }
+        for (int t = 0; t < 3; t++)
+            if (!(po->grad_fa_ratio[t] > 0)) return fd_jfail(cx, "policy.grad_fa_ratio", "expected positive numbers");
+    }
     if ((f = json_object_get(j, "max_ulp"))) {
         static const char *const dk[] = {"fp16", "bf16", "fp32", NULL};
         if (!json_is_object(f)) return fd_jfail(cx, "policy.max_ulp", "expected an object {\"fp16\": N, ...}");
@@ -462,6 +525,7 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
     memset(cf, 0, sizeof *cf);
     snprintf(cf->path, sizeof cf->path, "%s", path);
     fd_flash_cfg_default(&cf->flash);
+    fd_bwd_cfg_default(&cf->bwd);
     fd_policy_default(&cf->policy);
     cf->rows_per_head = 32;
     /* not a regular file (a directory, a FIFO) is an error here, never a hang */
@@ -490,7 +554,7 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
         if (get_int(&cx, "rows_per_head", f, 0, 1L << 20, &v)) goto out;
         cf->rows_per_head = (int)v;
     }
-    if ((f = json_object_get(root, "flash")) && parse_flash(&cx, f, &cf->flash)) goto out;
+    if ((f = json_object_get(root, "flash")) && parse_flash(&cx, f, &cf->flash, &cf->bwd)) goto out;
     if ((f = json_object_get(root, "policy")) && parse_policy(&cx, f, &cf->policy)) goto out;
     int nex = 0;
     if ((f = json_object_get(root, "exclude"))) {

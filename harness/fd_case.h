@@ -11,6 +11,7 @@
 #define FD_CASE_H
 #include <stddef.h>
 #include <stdint.h>
+#include "fd_bwd.h"
 #include "fd_cpu_attn.h"
 #include "fd_problem.h"
 
@@ -29,6 +30,8 @@ typedef struct fd_policy {
     double max_lse_abs;     /* max abs LSE error; <= 0 off */
     double marginal;        /* a metric above marginal * limit makes PASS MARGINAL */
     double keep_sigma;      /* |z| of the keep rate against the byte threshold's probability */
+    double grad_fa_ratio[3];    /* dq, dk, dv: flash gradient max abs error <= ratio * standard's + atol */
+    int require_deterministic;  /* backward cases: gradients must be bitwise identical over --repeat */
 } fd_policy;
 
 typedef struct fd_case {
@@ -36,6 +39,7 @@ typedef struct fd_case {
     fd_problem prob;
     fd_dist dist;
     uint64_t input_seed;
+    int backward;           /* 1: the backward pass too (dO drawn from the case's seeds, or given) */
     const char *bundle;     /* imported tensors: the bundle holding inputs and outputs (owned
                              * by the case file), or NULL: inputs from the seeds */
 } fd_case;
@@ -46,6 +50,7 @@ typedef struct fd_casefile {
     char description[512];
     int rows_per_head;      /* query rows checked against the reference per (batch, head); 0: all */
     fd_flash_cfg flash;
+    fd_bwd_cfg bwd;         /* the flash backward's knobs: dQ mode and (replay) order */
     fd_policy policy;
     fd_case *cases;
     int ncases;

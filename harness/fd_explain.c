@@ -349,7 +349,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     /* 2. judged by the one pipeline, as a given output beside any supplied standard ones:
      * the verdict run and check give it, and the reference on the same rows */
     {
-        fd_backend kb = {ex->backend, be ? be->family : "import", FD_ROLE_FLASH, NULL, NULL, NULL};
+        fd_backend kb = {ex->backend, be ? be->family : "import", FD_ROLE_FLASH, NULL, NULL, NULL, NULL};
         fd_given g;
         memset(&g, 0, sizeof g);
         g.q = q;

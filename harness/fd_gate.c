@@ -59,6 +59,67 @@ static int parse_limits(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
     return 0;
 }
 
+static const char *const grad_keys[] = {"dq", "dk", "dv", NULL};
+
+/* "gradients": {"limits": {DTYPE: {GRAD: {METRIC: X}}}, "fa_ratio": K | {GRAD: K}, "atol": A,
+ *               "require_deterministic": B} */
+static int parse_gradients(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
+{
+    static const char *const keys[] = {"limits", "fa_ratio", "atol", "require_deterministic", NULL};
+    static const char *const mk[] = {"max_abs", "max_rel", "rel_l2", "max_ulp", "p99_ulp", NULL};
+    if (!json_is_object(j)) return fd_jfail(cx, "gradients", "expected an object, got %s", fd_jtype(j));
+    if (fd_jcheck_keys(cx, "gradients", j, keys)) return -1;
+    const json_t *f;
+    if ((f = json_object_get(j, "limits"))) {
+        if (!json_is_object(f)) return fd_jfail(cx, "gradients.limits", "expected an object keyed by dtype, got %s", fd_jtype(f));
+        if (fd_jcheck_keys(cx, "gradients.limits", f, dtype_keys)) return -1;
+        for (int t = 0; t < 4; t++) {
+            const json_t *d = json_object_get(f, dtype_keys[t]);
+            char path[128];
+            if (!d) continue;
+            snprintf(path, sizeof path, "gradients.limits.%s", dtype_keys[t]);
+            if (!json_is_object(d)) return fd_jfail(cx, path, "expected {\"dq\": {...}, \"dk\": {...}, \"dv\": {...}}, got %s", fd_jtype(d));
+            if (fd_jcheck_keys(cx, path, d, grad_keys)) return -1;
+            for (int gi = 0; gi < 3; gi++) {
+                const json_t *gm = json_object_get(d, grad_keys[gi]);
+                char gp[160];
+                if (!gm) continue;
+                snprintf(gp, sizeof gp, "%s.%s", path, grad_keys[gi]);
+                if (!json_is_object(gm)) return fd_jfail(cx, gp, "expected an object of metric limits, got %s", fd_jtype(gm));
+                if (fd_jcheck_keys(cx, gp, gm, mk)) return -1;
+                for (int m = 0; mk[m]; m++) {
+                    const json_t *v = json_object_get(gm, mk[m]);
+                    char mp[200];
+                    snprintf(mp, sizeof mp, "%s.%s", gp, mk[m]);
+                    if (v && get_nonneg(cx, mp, v, &p->grad_limit[t][gi][m])) return -1;
+                }
+            }
+        }
+    }
+    if ((f = json_object_get(j, "fa_ratio"))) {
+        if (json_is_number(f)) {
+            p->grad_fa_ratio[0] = p->grad_fa_ratio[1] = p->grad_fa_ratio[2] = json_number_value(f);
+        } else if (json_is_object(f)) {
+            if (fd_jcheck_keys(cx, "gradients.fa_ratio", f, grad_keys)) return -1;
+            for (int gi = 0; gi < 3; gi++) {
+                const json_t *v = json_object_get(f, grad_keys[gi]);
+                char gp[64];
+                snprintf(gp, sizeof gp, "gradients.fa_ratio.%s", grad_keys[gi]);
+                if (v && fd_jget_num(cx, gp, v, &p->grad_fa_ratio[gi])) return -1;
+            }
+        } else {
+            return fd_jfail(cx, "gradients.fa_ratio", "expected a number or {\"dq\": K, \"dk\": K, \"dv\": K}, got %s", fd_jtype(f));
+        }
+        for (int gi = 0; gi < 3; gi++)
+            if (!(p->grad_fa_ratio[gi] >= 0)) return fd_jfail(cx, "gradients.fa_ratio", "expected positive numbers");
+    }
+    if ((f = json_object_get(j, "atol")) && get_nonneg(cx, "gradients.atol", f, &p->grad_atol)) return -1;
+    if ((f = json_object_get(j, "require_deterministic")) &&
+        get_bool(cx, "gradients.require_deterministic", f, &p->require_deterministic))
+        return -1;
+    return 0;
+}
+
 static int parse_backends(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
 {
     const char *s = json_string_value(j);
@@ -135,13 +196,16 @@ static int parse_baseline(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
 
 int fd_gate_policy_parse(const char *file, const json_t *root, fd_gate_policy *p, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"schema", "description", "backends", "limits", "fa_rule", "marginal",
+    static const char *const keys[] = {"schema", "description", "backends", "limits", "gradients", "fa_rule", "marginal",
                                        "fail_on_marginal", "fail_on_undecided", "dropout", "baseline", NULL};
     fd_jctx cx = {file, err, errlen};
     memset(p, 0, sizeof *p);
     snprintf(p->path, sizeof p->path, "%s", file);
     for (int t = 0; t < 4; t++)
-        for (int m = 0; m < FD_GM_N; m++) p->limit[t][m] = -1.0;
+        for (int m = 0; m < FD_GM_N; m++) {
+            p->limit[t][m] = -1.0;
+            for (int gi = 0; gi < 3; gi++) p->grad_limit[t][gi][m] = -1.0;
+        }
     p->marginal = 1.0;
     p->base_factor = -1.0;
     p->base_ulps = -1.0;
@@ -190,6 +254,7 @@ int fd_gate_policy_parse(const char *file, const json_t *root, fd_gate_policy *p
         }
     }
     if ((f = json_object_get(root, "baseline")) && parse_baseline(&cx, f, p)) return -1;
+    if ((f = json_object_get(root, "gradients")) && parse_gradients(&cx, f, p)) return -1;
     return 0;
 }
 
@@ -344,6 +409,86 @@ static void add_word(char *buf, size_t len, const char *w)
 
 #define TRY(x) do { if ((x)) goto oom; } while (0)
 
+/* The gradient rules of a backward case (the backend's "grad" object): limits, the FA rule
+ * against the same standard backend as the output's, determinism. Gradients that were not
+ * measured are named in unmeasured and judged by nothing. */
+static int eval_gradients(const fd_gate_policy *p, fd_gate_result *g, int ci, const json_t *c, const char *name,
+                          const json_t *b, int t, fd_verdict *v, int *nrules, int *nmeasured, char *unmeasured,
+                          size_t ulen)
+{
+    const json_t *gr = json_object_get(b, "grad");
+    if (!json_is_object(gr)) return 0;
+    const int flash = fd_report_backend_is_flash(name, b);
+    const int measured_g = json_is_true(json_object_get(gr, "measured"));
+    const char *mode = json_string_value(json_object_get(json_object_get(c, "backward"), "dq_mode"));
+    const json_t *s = flash ? standard_of(name, c) : NULL;
+    const json_t *sg = s ? json_object_get(s, "grad") : NULL;
+    for (int gi = 0; gi < 3; gi++) {
+        const json_t *e = measured_g ? json_object_get(gr, grad_keys[gi]) : NULL;
+        for (int m = 0; m < FD_GM_N; m++) {
+            const double lim = p->grad_limit[t][gi][m] >= 0 ? p->grad_limit[t][gi][m] : p->grad_limit[3][gi][m];
+            double x;
+            char mname[32];
+            if (lim < 0) continue;
+            (*nrules)++;
+            snprintf(mname, sizeof mname, "%s.%s", grad_keys[gi], fd_gate_metric_names[m]);
+            if (!e || !measured(e, fd_gate_metric_names[m], &x)) {
+                add_word(unmeasured, ulen, mname);
+                continue;
+            }
+            (*nmeasured)++;
+            if (!(x <= lim)) {
+                worsen(v, FD_FAIL);
+                TRY(add_item(g, ci, name, mname, x, lim, FD_FAIL, "%s %s %.4g > %.4g", name, mname, x, lim));
+            } else if (x > p->marginal * lim) {
+                worsen(v, FD_MARGINAL);
+                TRY(add_item(g, ci, name, mname, x, lim, FD_MARGINAL, "%s %s %.4g above %g of the limit %.4g", name,
+                             mname, x, p->marginal, lim));
+            }
+        }
+        if (flash && p->grad_fa_ratio[gi] > 0) {
+            const json_t *se = json_is_true(json_object_get(sg, "measured")) ? json_object_get(sg, grad_keys[gi]) : NULL;
+            double sx, x;
+            char mname[32];
+            snprintf(mname, sizeof mname, "%s.fa_rule", grad_keys[gi]);
+            (*nrules)++;
+            if (!e || !se || !measured(se, "max_abs", &sx) || !measured(e, "max_abs", &x)) {
+                add_word(unmeasured, ulen, mname);
+            } else {
+                (*nmeasured)++;
+                const double lim = p->grad_fa_ratio[gi] * sx + p->grad_atol;
+                if (!(x <= lim)) {
+                    worsen(v, FD_FAIL);
+                    TRY(add_item(g, ci, name, mname, x, lim, FD_FAIL,
+                                 "%s %s max_abs %.4g > %g x standard %.4g + %g = %.4g (FlashAttention rule)", name,
+                                 grad_keys[gi], x, p->grad_fa_ratio[gi], sx, p->grad_atol, lim));
+                } else if (x > p->marginal * lim) {
+                    worsen(v, FD_MARGINAL);
+                    TRY(add_item(g, ci, name, mname, x, lim, FD_MARGINAL,
+                                 "%s %s max_abs %.4g above %g of the FlashAttention limit %.4g", name, grad_keys[gi],
+                                 x, p->marginal, lim));
+                }
+            }
+        }
+        /* the run's determinism rule: dK, dV and a deterministic dQ have no atomics */
+        const json_t *rep = e ? json_object_get(e, "repeat") : NULL;
+        if (rep && json_is_false(json_object_get(rep, "identical")) &&
+            (p->require_deterministic || gi > 0 || !flash || (mode && !strcmp(mode, "deterministic")))) {
+            char mname[32];
+            snprintf(mname, sizeof mname, "%s.determinism", grad_keys[gi]);
+            worsen(v, FD_FAIL);
+            TRY(add_item(g, ci, name, mname, (double)json_integer_value(json_object_get(rep, "distinct")), 1, FD_FAIL,
+                         "%s %s not deterministic: %lld distinct over %lld runs, up to %.3g ulps apart", name,
+                         grad_keys[gi], (long long)json_integer_value(json_object_get(rep, "distinct")),
+                         (long long)json_integer_value(json_object_get(rep, "runs")),
+                         fd_json_number(json_object_get(rep, "max_ulp_spread"))));
+        }
+    }
+    return 0;
+oom:
+    return -1;
+}
+
 static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, const json_t *c,
                         const char *name, const json_t *b, const json_t *base_case, fd_verdict *v)
 {
@@ -437,6 +582,7 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
             }
         }
     }
+    if (eval_gradients(p, g, ci, c, name, b, t, v, &nrules, &nmeasured, unmeasured, sizeof unmeasured)) goto oom;
     if (nrules && !nmeasured) {
         worsen(v, FD_FAIL);
         TRY(add_item(g, ci, name, "unjudged", NAN, NAN, FD_FAIL, "%s not judged: no rule of the policy could be "

@@ -36,6 +36,12 @@ typedef struct fd_gate_policy {
     double base_abs;
     double base_ulps;           /* ulp metrics: current <= baseline + ulps; < 0: not set */
     int base_missing_fails;     /* a baseline case absent from the report fails the gate */
+    /* "gradients" (backward cases): limits per dtype and gradient ([dtype][dq, dk, dv][metric],
+     * < 0 off; lse_max_abs never applies), FlashAttention's rule per gradient (<= 0 off), and
+     * determinism of every gradient over --repeat */
+    double grad_limit[4][3][FD_GM_N];
+    double grad_fa_ratio[3], grad_atol;
+    int require_deterministic;
 } fd_gate_policy;
 
 typedef struct fd_gate_item {

@@ -25,7 +25,7 @@ static double draw(uint64_t seed, uint32_t tensor, uint64_t idx, fd_dist dist, i
     double u1 = u53(r.v[0], r.v[1]), u2 = u53(r.v[2], r.v[3]);
     if (dist == FD_DIST_UNIFORM) return 2.0 * u1 - 1.0;
     double z = sqrt(-2.0 * log(u1)) * cos(FD_TWO_PI * u2);
-    if (tensor == 2) return z; /* V is always N(0, 1) */
+    if (tensor >= 2) return z; /* V (and dO) are always N(0, 1) */
     if (dist == FD_DIST_LARGE_LOGIT) return 4.0 * z;
     if (dist == FD_DIST_OUTLIER_ROWS && row % 17 == 5) return 24.0 * z;
     return z;
@@ -83,6 +83,12 @@ int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err,
         return -1;
     }
     return 0;
+}
+
+int fd_inputs_make_dout(const fd_case *c, float **dout, char *err, size_t errlen)
+{
+    *dout = NULL;
+    return fill(c, dout, NULL, 3, c->prob.seqlen_q, c->prob.heads, err, errlen);
 }
 
 static int cmp_int(const void *a, const void *b)

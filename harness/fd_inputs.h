@@ -21,6 +21,9 @@ int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err,
  * the error budget. */
 int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **v, char *err,
                              size_t errlen);
+/* The output gradient dO of a backward case (layout and dtype of Q): tensor id 3, N(0, 1),
+ * or U(-1, 1) for the uniform distribution (like V). */
+int fd_inputs_make_dout(const fd_case *c, float **dout, char *err, size_t errlen);
 /* rows must hold max(max_rows, 16) + 16 ints (or seqlen_q when max_rows == 0); returns the count. */
 int fd_sample_rows(const fd_problem *p, int max_rows, int *rows);
 #endif

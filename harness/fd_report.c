@@ -79,10 +79,67 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
         fd_json_num(po->max_ulp[2]), "max_lse_abs", fd_json_num(po->max_lse_abs), "marginal",
         fd_json_num(po->marginal), "keep_sigma", fd_json_num(po->keep_sigma),
         "cases", "complete", 0);
+    json_object_set_new(json_object_get(root, "flash_config"), "dq_mode",
+                        json_string(cf->bwd.dq_mode == FD_DQ_DETERMINISTIC ? "deterministic" : "atomic"));
+    json_t *pol = json_object_get(root, "policy");
+    json_object_set_new(pol, "grad_fa_ratio", json_pack("{s:o, s:o, s:o}", "dq", fd_json_num(po->grad_fa_ratio[0]),
+                                                        "dk", fd_json_num(po->grad_fa_ratio[1]), "dv",
+                                                        fd_json_num(po->grad_fa_ratio[2])));
+    json_object_set_new(pol, "require_deterministic", json_boolean(po->require_deterministic));
     return root;
 }
 
 static const char *const fd_origin_names[] = {"kernel", "given", "computed"};
+
+/* The error fields of one output (or gradient) against the reference; an LSE that was not
+ * measured is null. Returns a new object (the caller owns it; json_object_update copies). */
+static json_t *error_fields_new(const fd_metrics *m)
+{
+    return json_pack(
+        "{s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:o, s:{s:i, s:i, s:i, s:i, s:o, s:o}}",
+        "max_abs", fd_json_num(m->max_abs), "max_rel", fd_json_num(m->max_rel), "rel_l2",
+        fd_json_num(m->rel_l2), "max_ulp", fd_json_num(m->max_ulp), "p99_ulp",
+        fd_json_num(m->p99_ulp), "lse_max_abs", m->lse_measured ? fd_json_num(m->lse_max_abs) : json_null(), "elements",
+        (json_int_t)m->n_elems, "nan", (json_int_t)m->nan_count, "inf", (json_int_t)m->inf_count,
+        "empty_rows_skipped", (json_int_t)m->empty_rows_skipped, "ms", fd_json_num(m->ms), "worst",
+        "b", m->worst_b, "h", m->worst_h, "row", m->worst_i, "d", m->worst_d, "got",
+        fd_json_num(m->worst_got), "ref", fd_json_num(m->worst_ref));
+}
+
+/* Per-backend gradients: the same fields as the output's per gradient (no LSE), the rule,
+ * repeats and the replay check. */
+static json_t *grad_json(const fd_case_result *r, const fd_backend_result *b)
+{
+    const fd_grad_result *g = &b->g;
+    if (!g->measured) return json_pack("{s:b, s:s}", "measured", 0, "note", g->note);
+    json_t *j = json_pack("{s:b, s:o}", "measured", 1, "ms", fd_json_num(g->ms));
+    if (g->tflops > 0) json_object_set_new(j, "tflops", fd_json_num(g->tflops));
+    for (int t = 0; t < FD_NGRAD; t++) {
+        json_t *e = error_fields_new(&g->m[t]);
+        json_object_del(e, "lse_max_abs");
+        json_object_del(e, "ms");
+        char hx[20];
+        snprintf(hx, sizeof hx, "%016llx", (unsigned long long)g->m[t].hash);
+        json_object_set_new(e, "hash", json_string(hx));
+        if (g->fa_ratio[t] >= 0) {
+            json_object_set_new(e, "fa_ratio", fd_json_num(g->fa_ratio[t]));
+            json_object_set_new(e, "fa_limit", fd_json_num(g->fa_limit[t]));
+            json_object_set_new(e, "fa_baseline", json_string(r->be[b->baseline].be->name));
+        }
+        if (g->repeat_runs > 1)
+            json_object_set_new(e, "repeat", json_pack("{s:i, s:i, s:b, s:I, s:o}", "runs", g->repeat_runs,
+                                                       "distinct", g->repeat_distinct[t], "identical",
+                                                       g->repeat_distinct[t] <= 1 && !g->repeat_failed,
+                                                       "elements_differing", (json_int_t)g->spread_elems[t],
+                                                       "max_ulp_spread", fd_json_num(g->spread_ulp[t])));
+        if (g->replay_checked)
+            json_object_set_new(e, "replay", json_pack("{s:I, s:I, s:o}", "elements", (json_int_t)g->replay_elems[t],
+                                                       "identical", (json_int_t)g->replay_identical[t], "match_rate",
+                                                       fd_json_num(g->replay_elems[t] ? (double)g->replay_identical[t] / (double)g->replay_elems[t] : 1.0)));
+        json_object_set_new(j, fd_grad_names[t], e);
+    }
+    return j;
+}
 
 static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
 {
@@ -91,15 +148,10 @@ static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
         return json_pack("{s:b, s:s, s:s, s:s}", "ok", 0, "error", b->error, "role", role, "origin",
                          fd_origin_names[b->origin]);
     const fd_metrics *m = &b->m;
-    json_t *j = json_pack(
-        "{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:o, s:{s:i, s:i, s:i, s:i, s:o, s:o}}",
-        "ok", 1, "max_abs", fd_json_num(m->max_abs), "max_rel", fd_json_num(m->max_rel), "rel_l2",
-        fd_json_num(m->rel_l2), "max_ulp", fd_json_num(m->max_ulp), "p99_ulp",
-        fd_json_num(m->p99_ulp), "lse_max_abs", m->lse_measured ? fd_json_num(m->lse_max_abs) : json_null(), "elements",
-        (json_int_t)m->n_elems, "nan", (json_int_t)m->nan_count, "inf", (json_int_t)m->inf_count,
-        "empty_rows_skipped", (json_int_t)m->empty_rows_skipped, "ms", fd_json_num(m->ms), "worst",
-        "b", m->worst_b, "h", m->worst_h, "row", m->worst_i, "d", m->worst_d, "got",
-        fd_json_num(m->worst_got), "ref", fd_json_num(m->worst_ref));
+    json_t *j = json_pack("{s:b}", "ok", 1);
+    json_t *ef = error_fields_new(m);
+    json_object_update(j, ef);
+    json_decref(ef);
     if (b->mask_checked) {
         json_t *mk = json_pack("{s:I, s:I}", "checked", (json_int_t)b->mask_checked, "mismatches",
                                (json_int_t)b->mask_mismatch);
@@ -111,6 +163,7 @@ static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
         json_object_set_new(j, "dropout_mask", mk);
     }
     if (m->tflops > 0) json_object_set_new(j, "tflops", fd_json_num(m->tflops));
+    if (r->bwd.active) json_object_set_new(j, "grad", grad_json(r, b));
     char hx[20];
     snprintf(hx, sizeof hx, "%016llx", (unsigned long long)m->hash);
     json_object_set_new(j, "output_hash", json_string(hx));
@@ -175,6 +228,21 @@ json_t *fd_report_case_json(const fd_case_result *r)
                                                    "max_abs", fd_json_num(isnan(r->budget_replay) ? r->budget_standard
                                                                           : fmax(r->budget_standard, r->budget_replay))));
     if (r->extra) json_object_set(j, "import", (json_t *)r->extra);
+    if (r->bwd.active) {
+        const fd_bwd_result *w = &r->bwd;
+        json_t *kr = json_array();
+        for (int i = 0; i < w->nkrows; i++) json_array_append_new(kr, json_integer(w->krows[i]));
+        json_t *bj = json_pack("{s:s, s:o, s:{s:i, s:i, s:o}}", "dq_mode",
+                               w->dq_mode == FD_DQ_DETERMINISTIC ? "deterministic" : "atomic", "key_rows_checked", kr,
+                               "reference", "undecided", w->ref_undecided, "max_precision", w->ref_prec_max,
+                               "seconds", fd_json_num(w->ref_seconds));
+        if (w->order_checked)
+            json_object_set_new(bj, "dq_order_model",
+                                json_pack("{s:s, s:I, s:I, s:o}", "orders", "desc, shuffle(1), shuffle(2) vs asc",
+                                          "elements", (json_int_t)w->order_elems, "differing",
+                                          (json_int_t)w->order_differ, "max_ulp", fd_json_num(w->order_max_ulp)));
+        json_object_set_new(j, "backward", bj);
+    }
     if (r->replay_checked) {
         json_t *mis = json_array();
         for (int t = 0; t < r->nmis; t++)

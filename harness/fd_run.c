@@ -14,6 +14,7 @@
 #include "fd_philox.h"
 #include "fd_ref.h"
 #include "fd_run.h"
+#include "fd_run_bwd.h"
 
 volatile sig_atomic_t fd_interrupted = 0;
 
@@ -80,6 +81,7 @@ static void judge(const fd_policy *po, fd_case_result *r)
             fd_add_reason(r, "%s: outputs not bitwise identical: %d distinct hashes%s over %d runs", b->be->name,
                           b->repeat_distinct, b->repeat_failed ? " and failed runs" : "", b->repeat_runs);
         }
+        fd_bwd_judge(po, r, b, &v);
         if (b->be->role != FD_ROLE_FLASH) continue;
         flash_ok++;
         int rules = 0;
@@ -142,6 +144,11 @@ static void judge(const fd_policy *po, fd_case_result *r)
     if (r->ref_undecided) {
         fd_worsen(&v, FD_UNDECIDED);
         fd_add_reason(r, "reference undecided for %d values at %d bits", r->ref_undecided, r->ref_prec_max);
+    }
+    if (r->bwd.ref_undecided) {
+        fd_worsen(&v, FD_UNDECIDED);
+        fd_add_reason(r, "gradient reference undecided for %d values at %d bits", r->bwd.ref_undecided,
+                      r->bwd.ref_prec_max);
     }
     r->verdict = v;
 }
@@ -367,6 +374,9 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     float *o = malloc(sizeof(float) * fd_q_numel(p));
     float *lsebuf = malloc(sizeof(float) * fd_lse_numel(p));
     float *kout = NULL, *rout = NULL; /* checked outputs of cuda-flash and cpu-flash */
+    float *dout_owned = NULL;
+    const float *dout = NULL;
+    int *allrows = NULL; /* backward: the forward runs on every row (dK, dV need them all) */
     int rc = -1;
     if (!res->rows || !nvis || !res->ref_o || !res->ref_lse || !o || !lsebuf) {
         snprintf(err, errlen, "out of memory for case %s", c->id);
@@ -388,6 +398,17 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     if (rrc) goto out;
     res->ref_undecided = undecided;
     res->ref_prec_max = precmax;
+    if (c->backward) {
+        if (fd_bwd_prepare(cf, c, q, k, v, given ? given->dout : NULL, jobs, res, &dout_owned, &dout, err, errlen))
+            goto out;
+        if (!(allrows = malloc(sizeof(int) * (size_t)p->seqlen_q))) {
+            snprintf(err, errlen, "out of memory for case %s", c->id);
+            goto out;
+        }
+        for (int i = 0; i < p->seqlen_q; i++) allrows[i] = i;
+    }
+    const int *frows = allrows ? allrows : res->rows;
+    const int nfrows = allrows ? p->seqlen_q : nrows;
 
     /* Every backend's outputs: the kernels, the given outputs, then a computed standard
      * baseline for flash outputs that have none (the last slot, added below). */
@@ -425,13 +446,21 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
         double ms = 0.0;
         float *lse = lsebuf;
         const double tb = fd_now_s();
-        if (obtain(cf, c, br->be, go, gl, q, k, v, res->rows, nrows, o, &lse, &ms, br->error, sizeof br->error))
+        if (obtain(cf, c, br->be, go, gl, q, k, v, frows, nfrows, o, &lse, &ms, br->error, sizeof br->error))
             continue;
         br->ok = 1;
         if (fd_metrics_compute(p, res->rows, nrows, nvis, res->ref_o, res->ref_lse, o, lse,
                                br->be->role == FD_ROLE_STANDARD, &br->m)) {
             snprintf(err, errlen, "out of memory computing metrics for case %s", c->id);
             goto out;
+        }
+        if (c->backward) {
+            const int gi = t - nbe;
+            const int hasg = go && given->out[gi].dq;
+            if (fd_bwd_backend(cf, c, br, q, k, v, o, lse, dout, hasg ? given->out[gi].dq : NULL,
+                               hasg ? given->out[gi].dk : NULL, hasg ? given->out[gi].dv : NULL, repeat, res,
+                               err, errlen))
+                goto out;
         }
         if (!go) br->m.ms = ms > 0.0 ? ms : 1e3 * (fd_now_s() - tb);
         if (!go && ms > 0.0 && !strcmp(br->be->family, "cuda")) {
@@ -458,7 +487,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
             for (int rr = 1; rr < repeat && !fd_interrupted; rr++) {
                 float *l2 = lsebuf;
                 char e2[256];
-                if (obtain(cf, c, br->be, NULL, NULL, q, k, v, res->rows, nrows, o, &l2, &ms, e2, sizeof e2)) {
+                if (obtain(cf, c, br->be, NULL, NULL, q, k, v, frows, nfrows, o, &l2, &ms, e2, sizeof e2)) {
                     br->repeat_failed++;
                     continue;
                 }
@@ -495,7 +524,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
         char e2[256];
         fd_metrics m;
         if (isnan(res->budget_replay) && rb &&
-            !obtain(cf, c, rb, NULL, NULL, q, k, v, res->rows, nrows, o, &lse, &ms, e2, sizeof e2) &&
+            !obtain(cf, c, rb, NULL, NULL, q, k, v, frows, nfrows, o, &lse, &ms, e2, sizeof e2) &&
             !fd_metrics_compute(p, res->rows, nrows, nvis, res->ref_o, res->ref_lse, o, lse, 0, &m))
             res->budget_replay = m.max_abs;
         break;
@@ -520,6 +549,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
                     }
     }
     apply_fa_rule(&cf->policy, res);
+    fd_bwd_fa_rule(&cf->policy, res);
     fd_dropout_stats_compute(p, res->rows, nrows, nvis, &res->drop);
     judge(&cf->policy, res);
     res->seconds = fd_now_s() - t0;
@@ -527,6 +557,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
 out:
     free(qg); free(kg); free(vg); free(nvis); free(o); free(lsebuf);
     free(kout); free(rout);
+    free(dout_owned); free(allrows);
     if (rc) fd_case_result_free(res);
     return rc;
 }
@@ -536,6 +567,7 @@ void fd_case_result_free(fd_case_result *r)
     free(r->rows);
     free(r->ref_o);
     free(r->ref_lse);
+    fd_bwd_free(&r->bwd);
     json_decref((json_t *)r->extra);
     if (r->owned_free) r->owned_free(r->owned);
     r->owned = NULL;

@@ -47,7 +47,35 @@ typedef struct fd_backend {
     /* Optional (NULL: every case): 0 when the backend does not apply to the case (why in
      * `why`); such a backend is reported as skipped, not failed. */
     int (*supports)(const fd_case *c, char *why, size_t len);
+    /* Optional (NULL: the backend has no backward pass; its gradients are not measured):
+     * the backward pass from the backend's own forward outputs o and lse (every row) and
+     * the output gradient dout; dq like q, dk and dv like k. */
+    int (*run_bwd)(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                   const float *v, const float *o, const float *lse, const float *dout, float *dq,
+                   float *dk, float *dv, double *ms, char *err, size_t errlen);
 } fd_backend;
+
+/* The gradients of a backward case: dQ (query rows), dK and dV (key rows). */
+#define FD_NGRAD 3
+extern const char *const fd_grad_names[FD_NGRAD]; /* "dq", "dk", "dv" */
+
+typedef struct fd_grad_result {
+    int measured;              /* the backend's gradients were computed or given */
+    char note[160];            /* why not measured, or why the backward failed */
+    fd_metrics m[FD_NGRAD];    /* against the exact gradients (dk/dv: per kv head, key rows) */
+    double fa_ratio[FD_NGRAD]; /* flash only: max abs error / its baseline's; < 0 n/a */
+    double fa_limit[FD_NGRAD];
+    double ms, tflops;         /* backward time; GPU: 2.5 x the forward's flops / median time */
+    /* --repeat: runs, distinct hashes per gradient, elements that differed from the first
+     * run and the largest difference in ulps of the dtype (at the reference value) */
+    int repeat_runs, repeat_failed, repeat_distinct[FD_NGRAD];
+    long spread_elems[FD_NGRAD];
+    double spread_ulp[FD_NGRAD];
+    /* GPU flash: its gradients against the CPU replay run on the kernel's own forward
+     * outputs, bit for bit, on the checked elements */
+    int replay_checked;
+    long replay_elems[FD_NGRAD], replay_identical[FD_NGRAD];
+} fd_grad_result;
 
 /* Fills out with the backends named in spec ("auto", "cpu", "cuda", or a comma list of
  * names; "import": none, the outputs are given). Returns the count, or -1 with err filled
@@ -87,7 +115,26 @@ typedef struct fd_backend_result {
     long mask_checked, mask_mismatch;
     int mm_b, mm_h, mm_i, mm_j;  /* first mismatch */
     char mask_explained[160];    /* seed/offset that would explain a mismatching mask, if found */
+    fd_grad_result g;            /* backward cases */
 } fd_backend_result;
+
+/* The backward part of a case result. */
+typedef struct fd_bwd_result {
+    int active;
+    fd_dq_mode dq_mode;          /* the flash kernels' dQ mode */
+    int nkrows;
+    int *krows;                  /* checked key rows (every kv head) */
+    /* exact gradients: dq [b][h][r][d] (the checked query rows), dk, dv [b][hk][r][d] */
+    double *ref_dq, *ref_dk, *ref_dv;
+    int ref_undecided, ref_prec_max;
+    double ref_seconds;
+    /* the replay's order model: dQ of the first flash kernel replayed with its partials
+     * added in descending and two shuffled orders, against ascending: elements that
+     * differ and the largest difference in ulps of the dtype */
+    int order_checked;
+    long order_elems, order_differ;
+    double order_max_ulp;
+} fd_bwd_result;
 
 typedef struct fd_case_result {
     fd_case c;
@@ -117,6 +164,7 @@ typedef struct fd_case_result {
     long replay_elems, replay_identical;
     int nmis;                    /* listed mismatches (at most FD_MAX_MISLIST) */
     struct { int b, h, i, d; float kernel, replay; } mis[16];
+    fd_bwd_result bwd;
     fd_verdict verdict;
     char reasons[1024];
 } fd_case_result;

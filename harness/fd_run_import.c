@@ -69,6 +69,7 @@ static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_bac
     bc.prob = bd->prob;
     bc.dist = FD_DIST_GIVEN;
     bc.input_seed = 0;
+    bc.backward = bd->dout != NULL; /* a bundle with "do" asks for its gradients to be judged */
     fd_given g;
     fd_bundle_given(bd, -1, 0, &g);
     char e2[1024];
@@ -82,10 +83,10 @@ static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_bac
     json_t *x = json_object();
     json_t *outs = json_array();
     for (int t = 0; t < bd->nout; t++)
-        json_array_append_new(outs, json_pack("{s:s, s:s, s:b, s:b}", "name", bd->out[t].name, "role",
+        json_array_append_new(outs, json_pack("{s:s, s:s, s:b, s:b, s:b}", "name", bd->out[t].name, "role",
                                               bd->out[t].be.role == FD_ROLE_FLASH ? "flash" : "standard",
                                               "lse", bd->out[t].lse != NULL, "dropout_mask",
-                                              bd->out[t].keep != NULL));
+                                              bd->out[t].keep != NULL, "gradients", bd->out[t].dq != NULL));
     json_object_set_new(x, "bundle", json_string(bd->path));
     json_object_set_new(x, "format", json_string(bd->safetensors ? "safetensors" : "npy"));
     json_object_set_new(x, "layout", json_string(bd->bhsd ? "bhsd" : "bshd"));

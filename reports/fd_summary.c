@@ -78,6 +78,55 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
             first = 0;
         }
     }
+    /* Backward cases: one row per backend and gradient */
+    int ngrad = 0;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const json_t *bw = json_object_get(c, "backward");
+        if (!json_is_object(bw)) continue;
+        if (!ngrad++)
+            fprintf(f, "\n## Gradients\n\nBackward cases: dQ on the checked query rows, dK and dV on the checked "
+                       "key rows, against the exact gradients. *flash/std* is FlashAttention's rule per gradient; "
+                       "*spread* is the run-to-run difference over `--repeat` (elements, max ulps); *replay* "
+                       "the share of a GPU kernel's values bit-identical to the CPU replay.\n\n"
+                       "| case | backend | grad | max abs | rel l2 | max ulp | flash/std | spread | replay |\n"
+                       "|---|---|---|---|---|---|---|---|---|\n");
+        const char *key;
+        json_t *b;
+        int first = 1;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            const json_t *g = json_object_get(b, "grad");
+            if (!json_is_object(g)) continue;
+            if (!json_is_true(json_object_get(g, "measured"))) {
+                fprintf(f, "| %s | %s | - | not measured: %s | | | | | |\n", first ? fd_md(s_of(c, "id"), m1, sizeof m1) : "",
+                        fd_md(key, m3, sizeof m3), fd_md(s_of(g, "note"), m4, sizeof m4));
+                first = 0;
+                continue;
+            }
+            static const char *const gn[3] = {"dq", "dk", "dv"};
+            for (int t = 0; t < 3; t++) {
+                const json_t *e = json_object_get(g, gn[t]);
+                fprintf(f, "| %s | %s | %s | ", first ? fd_md(s_of(c, "id"), m1, sizeof m1) : "",
+                        fd_md(key, m3, sizeof m3), gn[t]);
+                first = 0;
+                num(f, json_object_get(e, "max_abs")); fprintf(f, " | ");
+                num(f, json_object_get(e, "rel_l2")); fprintf(f, " | ");
+                num(f, json_object_get(e, "max_ulp")); fprintf(f, " | ");
+                num(f, json_object_get(e, "fa_ratio")); fprintf(f, " | ");
+                const json_t *rp = json_object_get(e, "repeat");
+                if (json_is_object(rp)) {
+                    fprintf(f, "%lld, ", json_integer_value(json_object_get(rp, "elements_differing")));
+                    num(f, json_object_get(rp, "max_ulp_spread"));
+                } else {
+                    fprintf(f, "-");
+                }
+                fprintf(f, " | ");
+                const json_t *rl = json_object_get(e, "replay");
+                if (json_is_object(rl)) fprintf(f, "%.4f", json_number_value(json_object_get(rl, "match_rate")));
+                else fprintf(f, "-");
+                fprintf(f, " |\n");
+            }
+        }
+    }
     int nreason = 0;
     json_array_foreach(json_object_get(report, "cases"), i, c) {
         const char *r = s_of(c, "reasons");
