@@ -8,6 +8,7 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_explain.h"
+#include "fd_explain_bwd.h"
 #include "fd_import.h"
 #include "fd_inputs.h"
 #include "fd_metrics.h"
@@ -16,7 +17,12 @@
 const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "scale_doubled",
                                        "causal_top_left", "causal_bottom_right", "mask_missing",
                                        "dropout_seed_plus_one", "dropout_scale_missing",
-                                       "softmax_wrong_axis", NULL};
+                                       "softmax_wrong_axis",
+                                       /* backward (a case with "backward": true) */
+                                       "bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
+                                       "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
+                                       "bwd_dropout_seed_plus_one", "bwd_d_zero", "bwd_lse_other_head",
+                                       "bwd_gqa_sum_missing", "bwd_dk_dv_swapped", NULL};
 
 const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask)
 {
@@ -32,6 +38,7 @@ const char *fd_explain_inject_noop(const fd_problem *p, const char *bug)
     if (!bug) return NULL;
     const char *now = fd_explain_bug_renamed(bug, p->mask);
     if (now) bug = now;
+    if (fd_explain_bug_is_bwd(bug)) return fd_explain_bwd_noop(p, bug);
     const int dropout = p->dropout_p > 0.0, square = p->seqlen_q == p->seqlen_k;
     const int unit_scale = !(p->softmax_scale < 1.0f || p->softmax_scale > 1.0f);
     if (!strcmp(bug, "mask_missing") && p->mask == FD_MASK_NONE) return "it has no causal mask";
@@ -146,7 +153,8 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
 {
     fd_case c = *x->c;
     fd_problem *p = &c.prob;
-    if (!inject) return run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
+    /* a backward bug leaves the forward as it is */
+    if (!inject || fd_explain_bug_is_bwd(inject)) return run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
     if (!strcmp(inject, "layout_bhsd_as_bshd")) {
         size_t n = fd_q_numel(p);
         float *full = malloc(n * sizeof(float));
@@ -238,7 +246,7 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
                     fd_explanation *ex, char *err, size_t errlen)
 {
     if (!c->bundle) {
-        fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
         return fd_explain_run(cf, &src, o, ex, err, errlen);
     }
     fd_bundle *b = malloc(sizeof *b);
@@ -262,7 +270,8 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
         char id[200];
         snprintf(id, sizeof id, "%s/%s", c->id, b->out[pick].name);
         fd_explain_src src = {id, &b->prob, NULL, b->q, b->k, b->v, b->out[pick].o, b->out[pick].lse,
-                              b->out[pick].name, &beside};
+                              b->out[pick].name, &beside, b->out[pick].dq ? b->dout : NULL, b->out[pick].dq,
+                              b->out[pick].dk, b->out[pick].dv};
         fd_explain_opts eo = *o;
         eo.backend = NULL;
         rc = fd_explain_run(cf, &src, &eo, ex, err, errlen);
@@ -296,6 +305,15 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         snprintf(err, errlen, "explaining given tensors needs q, k, v and an output, and takes no --inject");
         return FD_EX_EUSAGE;
     }
+    const int backward = c ? c->backward : src->kernel_dq != NULL;
+    if (inject && fd_explain_bug_is_bwd(inject) && !backward) {
+        snprintf(err, errlen, "--inject %s: case %s has no backward pass (\"backward\": true in its sweep)", inject, src->id);
+        return FD_EX_EUSAGE;
+    }
+    if (backward && !src->kernel_o && !be->run_bwd) {
+        snprintf(err, errlen, "--backend %s has no backward pass: case %s asks for one", ex->backend, src->id);
+        return FD_EX_EUSAGE;
+    }
     const char *noop = c ? fd_explain_inject_noop(p, inject) : NULL;
     if (noop) {
         snprintf(err, errlen, "--inject %s changes nothing on case %s: %s", o->inject, src->id, noop);
@@ -308,6 +326,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     double *full = NULL, *lfull = NULL, *kout = NULL, *base = NULL;
     double *fin = NULL, *tmp = NULL, *sumabs = NULL, *kappa = NULL, *e = NULL, *acc = NULL;
     int *rows = NULL, *nvis = NULL;
+    float *dout_own = NULL, *kg[FD_NGRAD] = {NULL, NULL, NULL};
     if (c) {
         if (fd_inputs_make(c, &qo, &ko, &vo, err, errlen)) return -1;
         if (fd_inputs_make_unrounded(c, &qu, &ku, &vu, err, errlen)) goto out;
@@ -335,11 +354,24 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         FD_FAIL_OOM();
     memset(jr, 0, sizeof *jr);
 
-    /* 1. the kernel's output */
+    /* 1. the kernel's output (every row when its gradients are wanted) and gradients */
     const float *klse = lf;
+    const float *dout = src->dout;
+    const float *gq = src->kernel_dq, *gk = src->kernel_dk, *gv = src->kernel_dv;
     if (c) {
-        fd_kctx kx = {cf, c, be, q, k, v, rows, nrows};
+        fd_kctx kx = {cf, c, be, q, k, v, backward ? NULL : rows, backward ? p->seqlen_q : nrows};
         if (kernel_output(&kx, inject, qd, kd, vd, of, lf, err, errlen)) goto out;
+        if (backward) {
+            if (fd_inputs_make_dout(c, &dout_own, err, errlen)) goto out;
+            dout = dout_own;
+            kg[0] = malloc(nq * sizeof(float));
+            kg[1] = malloc(nkv * sizeof(float));
+            kg[2] = malloc(nkv * sizeof(float));
+            if (!kg[0] || !kg[1] || !kg[2]) FD_FAIL_OOM();
+            if (fd_explain_kernel_grads(cf, c, be, inject, q, k, v, of, lf, dout, kg[0], kg[1], kg[2], err, errlen))
+                goto out;
+            gq = kg[0]; gk = kg[1]; gv = kg[2];
+        }
     } else {
         memcpy(of, src->kernel_o, nq * sizeof(float));
         klse = src->kernel_lse;
@@ -358,6 +390,10 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         g.out[0].be = &kb;
         g.out[0].o = of;
         g.out[0].lse = klse;
+        g.out[0].dq = gq;
+        g.out[0].dk = gk;
+        g.out[0].dv = gv;
+        g.dout = dout;
         g.nout = 1;
         for (int i = 0; src->beside && i < src->beside->nout && g.nout < FD_MAX_BACKENDS - 1; i++)
             g.out[g.nout++] = src->beside->out[i];
@@ -367,6 +403,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         snprintf(jc.id, sizeof jc.id, "%s", src->id);
         jc.prob = *p;
         jc.bundle = NULL;
+        jc.backward = backward;
         if (!c) jc.dist = FD_DIST_GIVEN;
         if (fd_run_case_given(cf, &jc, NULL, 0, &g, o->jobs, 1, jr, err, errlen)) goto out;
         ex->verdict = jr->verdict;
@@ -620,7 +657,10 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
             if (ex->best < 0 || ex->hypo[t].residual_max_abs < ex->hypo[ex->best].residual_max_abs) ex->best = t;
     }
 
-    /* 8. one-line summary */
+    /* 8. the gradients' attribution */
+    if (backward && gq && fd_explain_grads(cf, p, q, k, v, dout, gq, gk, gv, jr, ex, err, errlen)) goto out;
+
+    /* 9. one-line summary */
     const double fa_limit = cf->policy.fa_ratio * ex->std_err_max_abs + cf->policy.atol;
     if (!ex->gross && ex->k_err_max_abs > fa_limit) {
         snprintf(ex->summary, sizeof ex->summary,
@@ -649,6 +689,13 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
                  ex->best >= 0 ? ex->hypo[ex->best].name : "none",
                  ex->best >= 0 ? ex->hypo[ex->best].residual_max_abs : 0.0);
     }
+    if (ex->grad.active) {
+        /* a correct forward with wrong gradients is explained by the gradients */
+        char f[512];
+        snprintf(f, sizeof f, "%s", ex->summary);
+        if (!ex->gross && ex->grad.gross) snprintf(ex->summary, sizeof ex->summary, "%s (forward: %.200s)", ex->grad.summary, f);
+        else snprintf(ex->summary, sizeof ex->summary, "%.250s; %.250s", f, ex->grad.summary);
+    }
     rc = 0;
 out:
     free(qo); free(ko); free(vo); free(qu); free(ku); free(vu); free(qd); free(kd); free(vd);
@@ -656,6 +703,7 @@ out:
     if (jr) fd_case_result_free(jr);
     free(jr);
     free(fin); free(tmp); free(e); free(acc); free(sumabs); free(kappa); free(rows); free(nvis);
+    free(dout_own); free(kg[0]); free(kg[1]); free(kg[2]);
     if (rc) fd_explanation_free(ex);
     return rc;
 }
@@ -701,6 +749,7 @@ json_t *fd_explain_json(const fd_explanation *ex)
     json_object_set_new(j, "reasons", json_string(ex->reasons));
     json_object_set_new(j, "dtype", json_string(fd_dtype_name(ex->dtype)));
     json_object_set_new(j, "hypothesis_limit", fd_json_num(ex->hypo_limit));
+    if (ex->grad.active) json_object_set_new(j, "gradients", fd_explain_grad_json(&ex->grad));
     json_object_set_new(json_object_get(j, "flash_vs_standard"), "standard_err_max_abs",
                         fd_json_num(ex->std_err_max_abs));
     if (ex->drop.active) {

@@ -47,8 +47,36 @@ typedef struct fd_ex_hypo {
     char name[40];
     char what[160];
     double residual_max_abs; /* max |kernel - prediction| */
+    double residual_ratio;   /* gradients: the largest residual over its gradient's hypothesis limit */
     int explains;
 } fd_ex_hypo;
+
+/* Gradients (backward cases): the same questions per gradient dq, dk, dv. */
+#define FD_EX_MAX_GPARTS 10
+typedef struct fd_ex_grad {
+    int active;
+    long nchecked[FD_NGRAD];
+    double k_err[FD_NGRAD];       /* the kernel's max abs error against the exact gradient */
+    double r_err[FD_NGRAD];       /* the replay's */
+    double std_err[FD_NGRAD];     /* standard attention's (cpu-standard's autograd) */
+    double budget[FD_NGRAD];      /* max(replay, standard) */
+    double limit[FD_NGRAD];       /* grad_fa_ratio x budget + atol: above it the error is gross */
+    double hypo_limit[FD_NGRAD];  /* residual under which a hypothesis explains a gradient */
+    double allexact[FD_NGRAD];    /* the all-binary64 replay's error */
+    int nparts;
+    struct {
+        char name[48];
+        double max_abs[FD_NGRAD], share[FD_NGRAD];
+    } part[FD_EX_MAX_GPARTS];
+    int order_checked;            /* the pipeline's dQ order model */
+    long order_differ, order_elems;
+    double order_max_ulp;
+    int replay_checked;           /* a GPU kernel against the replay (pipeline) */
+    long replay_identical[FD_NGRAD], replay_elems[FD_NGRAD];
+    fd_ex_hypo hypo[FD_EX_MAX_HYPO];
+    int nhypo, best, gross;
+    char summary[512];
+} fd_ex_grad;
 
 typedef struct fd_explanation {
     char case_id[160], backend[64], inject[40];
@@ -87,6 +115,7 @@ typedef struct fd_explanation {
     fd_ex_hypo hypo[FD_EX_MAX_HYPO];
     int nhypo, best;
     char summary[512];
+    fd_ex_grad grad;  /* backward cases */
 } fd_explanation;
 
 /* Names of the bugs --inject accepts (NULL-terminated). Each is the name of the bug
@@ -125,6 +154,8 @@ typedef struct fd_explain_src {
     const float *kernel_lse; /* [b][h][s] or NULL */
     const char *kernel_name; /* e.g. the bundle's output name */
     const fd_given *beside;  /* supplied standard outputs judged beside it (or NULL) */
+    const float *dout;       /* backward: the output gradient (NULL: none, or drawn for a case) */
+    const float *kernel_dq, *kernel_dk, *kernel_dv; /* given gradients, or NULL */
 } fd_explain_src;
 
 /* The output is first judged by the one pipeline (fd_run_case: the same verdict as run

@@ -416,6 +416,30 @@ int fd_bwd_judge(const fd_policy *po, fd_case_result *r, const fd_backend_result
     return rules;
 }
 
+size_t fd_bwd_count(const fd_case_result *res, int g)
+{
+    const fd_problem *p = &res->c.prob;
+    return (size_t)p->batch * (size_t)(g == 0 ? p->heads : p->kv_heads) *
+           (size_t)(g == 0 ? res->nrows : res->bwd.nkrows) * (size_t)p->head_dim;
+}
+
+size_t fd_bwd_gather(const fd_case_result *res, int g, const float *f, const double *d, double *out)
+{
+    const fd_problem *p = &res->c.prob;
+    const fd_problem view = g == 0 ? *p : key_view(p);
+    const int *rows = g == 0 ? res->rows : res->bwd.krows;
+    const int nrows = g == 0 ? res->nrows : res->bwd.nkrows;
+    size_t x = 0;
+    for (int b = 0; b < view.batch; b++)
+        for (int h = 0; h < view.heads; h++)
+            for (int r = 0; r < nrows; r++)
+                for (int e = 0; e < view.head_dim; e++, x++) {
+                    const size_t i = fd_q_index(&view, b, rows[r], h, e);
+                    out[x] = f ? (double)f[i] : d[i];
+                }
+    return x;
+}
+
 void fd_bwd_free(fd_bwd_result *b)
 {
     free(b->krows);

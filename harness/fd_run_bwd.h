@@ -28,4 +28,9 @@ void fd_bwd_fa_rule(const fd_policy *po, fd_case_result *res);
  * were applied to flash gradients. */
 int fd_bwd_judge(const fd_policy *po, fd_case_result *r, const fd_backend_result *b, fd_verdict *v);
 void fd_bwd_free(fd_bwd_result *b);
+/* The checked elements of gradient g (0 dq, 1 dk, 2 dv) of a full tensor (float f, or
+ * double d when f is NULL) into out, in the order of the reference (res->bwd.ref_*);
+ * returns their count. */
+size_t fd_bwd_gather(const fd_case_result *res, int g, const float *f, const double *d, double *out);
+size_t fd_bwd_count(const fd_case_result *res, int g);
 #endif

@@ -90,4 +90,41 @@ void fd_explain_text(const json_t *ex, FILE *f)
     } else {
         fprintf(f, "Bug hypotheses: not needed, the error is within the rounding budget.\n");
     }
+    const json_t *gr = json_object_get(ex, "gradients");
+    if (!json_is_object(gr)) return;
+    static const char *const gn[3] = {"dq", "dk", "dv"};
+    fprintf(f, "\nGradients (%s)\n", str(gr, "summary"));
+    fprintf(f, "  %-6s %9s %11s %11s %11s %11s\n", "grad", "checked", "kernel err", "replay err", "standard err", "limit");
+    for (int t = 0; t < 3; t++) {
+        const json_t *x = json_object_get(gr, gn[t]);
+        fprintf(f, "  %-6s %9ld %11.3g %11.3g %11.3g %11.3g", gn[t], count(x, "checked"), num(x, "kernel_err_max_abs"),
+                num(x, "replay_err_max_abs"), num(x, "standard_err_max_abs"), num(x, "limit"));
+        const json_t *ri = json_object_get(x, "replay_identical");
+        if (ri) fprintf(f, "  (replay bit-identical: %ld of %ld)", count(ri, "identical"), count(ri, "elements"));
+        fprintf(f, "\n");
+    }
+    fprintf(f, "Error budget of the flash backward (CPU replay), each stage made exact alone (max abs; share):\n");
+    fprintf(f, "  %-40s %19s %19s %19s\n", "stage", "dq", "dk", "dv");
+    json_array_foreach(json_object_get(gr, "stages"), i, e) {
+        fprintf(f, "  %-40s", str(e, "stage"));
+        for (int t = 0; t < 3; t++) {
+            const json_t *x = json_object_get(e, gn[t]);
+            fprintf(f, " %10.3g %6.1f%%", num(x, "max_abs"), 100.0 * num(x, "share"));
+        }
+        fprintf(f, "\n");
+    }
+    const json_t *dqo = json_object_get(gr, "dq_order");
+    if (dqo)
+        fprintf(f, "dQ accumulation order (the replay's partials added descending and shuffled, against ascending):\n"
+                   "  %ld of %ld elements change, by up to %.3g ulps: the run-to-run spread atomicAdd can produce\n",
+                count(dqo, "differing"), count(dqo, "elements"), num(dqo, "max_ulp"));
+    if (json_is_true(json_object_get(gr, "gross"))) {
+        fprintf(f, "Gradient bug hypotheses (largest error left over the hypothesis limit; explains = at most 1):\n");
+        json_array_foreach(json_object_get(gr, "hypotheses"), i, e)
+            fprintf(f, "  %s %-26s %11.3g  %s\n", json_is_true(json_object_get(e, "best")) ? "->" : "  ",
+                    str(e, "name"), num(e, "residual_over_limit"),
+                    json_is_true(json_object_get(e, "explains")) ? "EXPLAINS" : "");
+    } else {
+        fprintf(f, "Gradient bug hypotheses: not needed, every gradient is within its rounding budget.\n");
+    }
 }
