@@ -54,6 +54,7 @@
 
 #include "fd_philox.h"
 #include "fd_ref_bwd.h"
+#include "fd_ref_dot.h"
 
 #define FD_BWD_PREC_LIMIT 65536
 #define FD_BWD_HEAD_DIM_LIMIT 65536
@@ -172,17 +173,56 @@ typedef struct {
     fd_iv dqa;       /* D accumulators for the current row's dQ */
     fd_iv dka, dva;  /* [nk][D] */
     mpfi_t L, N, M, t, r, sc;
-    mpfr_t mid;
+    mpfr_t mid, tr;
     int drop;
     /* decided flags, kept across precisions */
     unsigned char *ok_dq, *ok_dk, *ok_dv, *ok_ds;
 } fd_bwdws;
 
-/* acc = sum_d a_d b_d exactly (see FD_BWD_DOT_PREC); each product is an exact binary64. */
-static void dot_exact(mpfr_ptr acc, const float *a, const float *b, int D)
+/* A finite binary32 as M * 2^E with |M| < 2^24. */
+static void f32_split(float x, long *m, long *e)
 {
-    mpfr_set_zero(acc, 1);
-    for (int d = 0; d < D; d++) mpfr_add_d(acc, acc, (double)a[d] * (double)b[d], MPFR_RNDN);
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t ex = (u >> 23) & 0xffu, man = u & 0x7fffffu;
+    long mm = ex ? (long)(man | 0x800000u) : (long)man;
+    *e = ex ? (long)ex - 150 : -149;
+    *m = (u >> 31) ? -mm : mm;
+}
+
+/* acc += x * c for an interval x and a binary32 c, outward: the lower end takes the
+ * product of the end that is smaller after scaling by c (the left end for c > 0, the
+ * right end for c < 0), rounded down, and adds it rounded down; the upper end likewise
+ * upward. c = M 2^E: mpfr_mul_si (one limb multiply) then an exact power-of-two scaling,
+ * which is 2-3x cheaper than mpfi_mul_d + mpfi_add (a temporary per call). t is scratch
+ * at the working precision. */
+static void iv_addmul_f(mpfi_ptr acc, mpfi_srcptr x, float c, mpfr_ptr t)
+{
+    long m, e;
+    f32_split(c, &m, &e);
+    if (m == 0) return;
+    mpfr_srcptr lo = m > 0 ? &x->left : &x->right, hi = m > 0 ? &x->right : &x->left;
+    mpfr_mul_si(t, lo, m, MPFR_RNDD);
+    mpfr_mul_2si(t, t, e, MPFR_RNDD);
+    mpfr_add(&acc->left, &acc->left, t, MPFR_RNDD);
+    mpfr_mul_si(t, hi, m, MPFR_RNDU);
+    mpfr_mul_2si(t, t, e, MPFR_RNDU);
+    mpfr_add(&acc->right, &acc->right, t, MPFR_RNDU);
+}
+
+/* MPFI's convention for zero ends ([+0, -0]), restored after iv_addmul_f wrote the
+ * ends directly (x + (-x) rounded down is -0), before the interval goes back to MPFI. */
+static void iv_fix_zeros(mpfi_ptr x)
+{
+    if (mpfr_zero_p(&x->left)) mpfr_set_zero(&x->left, 1);
+    if (mpfr_zero_p(&x->right)) mpfr_set_zero(&x->right, -1);
+}
+
+/* s = scale * sum_d a_d b_d, exact (FD_BWD_DOT_PREC bits); -1 if it was not (impossible
+ * by the bound in fd_ref_dot.h; checked because every later step relies on it). */
+static int dot_exact(mpfr_ptr s, const float *a, const float *b, int D, float scale)
+{
+    return fd_ref_dot_exact(s, a, b, D, scale) == 0 ? 0 : -1;
 }
 
 /* Row i of head h, keys j < n. With the shift c = s_max (an exact number: softmax does
@@ -194,7 +234,7 @@ static void dot_exact(mpfr_ptr acc, const float *a, const float *b, int D)
  * Leaves P_ij in e, the dV weight P_ij keep_ij in dl, dS_ij / r in ds, M_i in M; the
  * factor r is applied once per output (r is an interval unless p = 0, and multiplying
  * it into dP before the subtraction would widen dP - D around its exact zeros). */
-static void row_intervals(fd_bwdws *w, int h, int i, int n)
+static int row_intervals(fd_bwdws *w, int h, int i, int n)
 {
     const fd_problem *p = w->p;
     const int D = w->D;
@@ -205,13 +245,13 @@ static void row_intervals(fd_bwdws *w, int h, int i, int n)
     int jm = 0;
     for (int j = 0; j < n; j++) {
         const float *kj = w->k + fd_kv_index(p, w->b, j, w->hk, 0);
-        dot_exact(w->sx[j], qi, kj, D);
-        mpfr_mul_d(w->sx[j], w->sx[j], (double)p->softmax_scale, MPFR_RNDN); /* exact */
+        if (dot_exact(w->sx[j], qi, kj, D, p->softmax_scale)) return -1;
         if (mpfr_cmp(w->sx[j], w->sx[jm]) > 0) jm = j;
         w->kept[j] = (unsigned char)(!w->drop || fd_fa2_keep(p->seed, p->offset, thr, p->heads,
                                                               w->b, h, i, j));
-        if (w->kept[j]) dot_exact(w->gx[j], doi, w->v + fd_kv_index(p, w->b, j, w->hk, 0), D);
-        else mpfr_set_zero(w->gx[j], 1);
+        if (!w->kept[j]) mpfr_set_zero(w->gx[j], 1);
+        else if (dot_exact(w->gx[j], doi, w->v + fd_kv_index(p, w->b, j, w->hk, 0), D, 1.0f))
+            return -1;
     }
     mpfi_set_ui(w->L, 0);
     mpfi_set_ui(w->N, 0);
@@ -236,6 +276,7 @@ static void row_intervals(fd_bwdws *w, int h, int i, int n)
     /* D_i = r (g0 + M_i), into M */
     mpfi_add_fr(w->M, w->M, w->gx[jm]);
     if (w->drop) mpfi_mul(w->M, w->M, w->r);
+    return 0;
 }
 
 /* dQ of row i (head h_in_group hh) into every listed slot of row i; returns undecided. */
@@ -243,14 +284,15 @@ static int row_dq(fd_bwdws *w, int hh, int i, int n, double *dq, double *dsum)
 {
     const int D = w->D;
     int und = 0;
+    for (int d = 0; d < D; d++) mpfi_set_ui(w->dqa.x[d], 0);
+    for (int j = 0; j < n; j++) {
+        if (mpfi_is_zero(w->ds.x[j])) continue;
+        const float *kj = w->k + fd_kv_index(w->p, w->b, j, w->hk, 0);
+        for (int d = 0; d < D; d++) iv_addmul_f(w->dqa.x[d], w->ds.x[j], kj[d], w->tr);
+    }
     for (int d = 0; d < D; d++) {
         mpfi_ptr acc = w->dqa.x[d];
-        mpfi_set_ui(acc, 0);
-        for (int j = 0; j < n; j++) {
-            const float *kj = w->k + fd_kv_index(w->p, w->b, j, w->hk, 0);
-            mpfi_mul_d(w->t, w->ds.x[j], (double)kj[d]);
-            mpfi_add(acc, acc, w->t);
-        }
+        iv_fix_zeros(acc);
         mpfi_mul(acc, acc, w->sc);
         if (w->drop) mpfi_mul(acc, acc, w->r);
     }
@@ -275,14 +317,10 @@ static void row_dkdv(fd_bwdws *w, int h, int i, int n)
         int j = w->krows[t];
         if (j >= n) continue;
         mpfi_t *dk = w->dka.x + (size_t)t * (size_t)D, *dv = w->dva.x + (size_t)t * (size_t)D;
-        for (int d = 0; d < D; d++) {
-            mpfi_mul_d(w->t, w->ds.x[j], (double)qi[d]);
-            mpfi_add(dk[d], dk[d], w->t);
-            if (w->kept[j]) {
-                mpfi_mul_d(w->t, w->dl.x[j], (double)doi[d]);
-                mpfi_add(dv[d], dv[d], w->t);
-            }
-        }
+        if (!mpfi_is_zero(w->ds.x[j]))
+            for (int d = 0; d < D; d++) iv_addmul_f(dk[d], w->ds.x[j], qi[d], w->tr);
+        if (w->kept[j])
+            for (int d = 0; d < D; d++) iv_addmul_f(dv[d], w->dl.x[j], doi[d], w->tr);
     }
 }
 
@@ -301,9 +339,11 @@ static void ws_prec(fd_bwdws *w, mpfr_prec_t P)
     mpfi_set_prec(w->r, P);
     mpfi_set_prec(w->sc, P);
     mpfr_set_prec(w->mid, P);
+    mpfr_set_prec(w->tr, P);
 }
 
-/* The whole group at precision P; returns the number of values still undecided. */
+/* The whole group at precision P; returns the number of values still undecided, or -1
+ * when an exact dot was not exact (an internal error). */
 static int group_at(fd_bwdws *w, mpfr_prec_t P, double *dq, double *dk, double *dv,
                     double *dsum)
 {
@@ -337,12 +377,14 @@ static int group_at(fd_bwdws *w, mpfr_prec_t P, double *dq, double *dk, double *
                 continue;
             }
             if (!listed && w->kmin_listed >= n) continue; /* this row feeds no output */
-            row_intervals(w, h, i, n);
+            if (row_intervals(w, h, i, n)) return -1;
             if (listed) und += row_dq(w, hh, i, n, dq, dsum);
             row_dkdv(w, h, i, n);
         }
     }
     for (size_t x = 0; x < (size_t)w->nk * (size_t)D; x++) {
+        iv_fix_zeros(w->dka.x[x]);
+        iv_fix_zeros(w->dva.x[x]);
         mpfi_mul(w->dka.x[x], w->dka.x[x], w->sc);
         if (w->drop) {
             mpfi_mul(w->dka.x[x], w->dka.x[x], w->r);
@@ -465,6 +507,7 @@ static void ws_free(fd_bwdws *w)
     mpfi_clear(w->sc);
     mpfi_clear(w->a);
     mpfr_clear(w->mid);
+    mpfr_clear(w->tr);
     mpfr_clear(w->x);
     if (w->sx)
         for (int j = 0; j < w->p->seqlen_k; j++) mpfr_clear(w->sx[j]);
@@ -494,6 +537,7 @@ static int ws_alloc(fd_bwdws *w)
     mpfi_init2(w->sc, 64);
     mpfi_init2(w->a, FD_BWD_DOT_PREC);
     mpfr_init2(w->mid, 64);
+    mpfr_init2(w->tr, 64);
     mpfr_init2(w->x, FD_BWD_DOT_PREC);
     mpfr_t *sx = malloc(Sk * sizeof(mpfr_t)), *gx = malloc(Sk * sizeof(mpfr_t));
     if (!sx || !gx) {
@@ -566,6 +610,11 @@ int fd_ref_bwd_group(const fd_problem *p, const float *q, const float *k, const 
     for (long P = opt->prec0;; P *= 2) {
         if (P > opt->prec_max) P = opt->prec_max;
         inf.undecided = group_at(&w, (mpfr_prec_t)P, dq, dk, dv, dsum);
+        if (inf.undecided < 0) {
+            seterr(err, errlen, "fd_ref_bwd_group: internal error: a dot product of b=%d kv head "
+                   "%d was not exact at %d bits, expected exact", b, hk, FD_BWD_DOT_PREC);
+            goto out;
+        }
         inf.prec_used = (int)P;
         if (inf.undecided == 0 || P >= opt->prec_max) break;
     }
