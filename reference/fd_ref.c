@@ -103,6 +103,7 @@
 
 #include "fd_philox.h"
 #include "fd_ref.h"
+#include "fd_ref_dot.h"
 
 #if GMP_LIMB_BITS != 64 || GMP_NAIL_BITS != 0
 #error "fd_ref.c assumes 64-bit GMP limbs without nails"
@@ -259,6 +260,14 @@ static int dot_exact(mpfr_ptr s, const float *q, const float *k, int D, mp_limb_
     mpz_t z;
     mpz_roinit_n(z, a->limb, (neg ^ sig_neg) ? -(mp_size_t)nl : (mp_size_t)nl);
     return mpfr_set_z_2exp(s, z, (mpfr_exp_t)(FD_ACC_BASE + 32 * i0) + sig_e, MPFR_RNDN);
+}
+
+int fd_ref_dot_exact(mpfr_ptr s, const float *a, const float *b, int D, float scale)
+{
+    fd_dotacc acc;
+    long sm, se;
+    f32_split(scale, &sm, &se);
+    return dot_exact(s, a, b, D, (mp_limb_t)(sm < 0 ? -sm : sm), sm < 0, se, &acc);
 }
 
 /* ---------------------------------------------------------------------------------
