@@ -228,15 +228,17 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
     const fd_problem *p = &c->prob;
     fd_grad_result *gr = &br->g;
     for (int g = 0; g < FD_NGRAD; g++) gr->fa_ratio[g] = -1.0;
-    if (br->origin != FD_ORIGIN_KERNEL && !gdq) {
+    /* kernels and computed baselines run their backward; given outputs bring gradients */
+    const int given = br->origin == FD_ORIGIN_GIVEN;
+    if (given && !gdq) {
         snprintf(gr->note, sizeof gr->note, "no gradients given");
         return 0;
     }
-    if (br->origin == FD_ORIGIN_KERNEL && !br->be->run_bwd) {
+    if (!given && !br->be->run_bwd) {
         snprintf(gr->note, sizeof gr->note, "%s has no backward pass", br->be->name);
         return 0;
     }
-    if (br->origin == FD_ORIGIN_KERNEL && br->be->role == FD_ROLE_FLASH && !lse) {
+    if (!given && br->be->role == FD_ROLE_FLASH && !lse) {
         snprintf(gr->note, sizeof gr->note, "no LSE from the forward pass");
         return 0;
     }

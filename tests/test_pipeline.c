@@ -99,7 +99,7 @@ static float *replay_output(double factor, float **lse)
 
 Test(pipeline, given_output_without_lse_is_not_judged_on_lse)
 {
-    fd_backend flash = {"given-flash", "import", FD_ROLE_FLASH, NULL, NULL, NULL};
+    fd_backend flash = {"given-flash", "import", FD_ROLE_FLASH, NULL, NULL, NULL, NULL};
     float *lse, *o = replay_output(1.0, &lse);
     fd_given g;
     memset(&g, 0, sizeof g);
@@ -138,8 +138,8 @@ Test(pipeline, given_output_without_lse_is_not_judged_on_lse)
 Test(pipeline, flash_with_no_rule_is_unjudged)
 {
     /* with a supplied standard output: FlashAttention's rule judges, PASS */
-    fd_backend flash = {"given-flash", "import", FD_ROLE_FLASH, NULL, NULL, NULL};
-    fd_backend std = {"given-eager", "import", FD_ROLE_STANDARD, NULL, NULL, NULL};
+    fd_backend flash = {"given-flash", "import", FD_ROLE_FLASH, NULL, NULL, NULL, NULL};
+    fd_backend std = {"given-eager", "import", FD_ROLE_STANDARD, NULL, NULL, NULL, NULL};
     float *lse, *o = replay_output(1.0, &lse);
     fd_given g;
     memset(&g, 0, sizeof g);
@@ -186,7 +186,7 @@ static int run_wobbly(const fd_casefile *cf, const fd_case *c, const float *q, c
 
 Test(pipeline, repeat_fails_a_kernel_that_wobbles)
 {
-    fd_backend wob = {"wobbly-flash", "cpu", FD_ROLE_FLASH, run_wobbly, NULL, NULL};
+    fd_backend wob = {"wobbly-flash", "cpu", FD_ROLE_FLASH, run_wobbly, NULL, NULL, NULL};
     const fd_backend *bes[] = {&wob, be("cpu-standard")};
     fd_case_result r;
     char err[512];
