@@ -122,6 +122,8 @@ typedef struct fd_explanation {
  * hypothesis that names it: `--inject causal_top_left` on a causal_br case with
  * seqlen_q != seqlen_k is explained by hypothesis causal_top_left (a test holds this). */
 extern const char *const fd_explain_bugs[];
+/* 1 when bug is one of the backward bugs (names starting bwd_; a case with "backward"). */
+int fd_explain_bug_is_bwd(const char *bug);
 /* The name a bug had in 0.1.0 (layout_bhsd, causal_swap, dropout_seed) -> its name now,
  * on a case with mask `mask` (causal_swap named the other alignment); NULL for any other
  * name. The old names are accepted until the next release (docs/attribution.md). */

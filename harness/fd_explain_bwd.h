@@ -14,8 +14,6 @@
 #define FD_EXPLAIN_BWD_H
 #include "fd_explain.h"
 
-/* 1 when bug is one of the backward bugs of fd_explain_bugs. */
-int fd_explain_bug_is_bwd(const char *bug);
 /* Why a backward bug changes nothing on problem p (or NULL when it changes the gradients). */
 const char *fd_explain_bwd_noop(const fd_problem *p, const char *bug);
 
