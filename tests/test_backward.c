@@ -1,0 +1,308 @@
+/* test_backward.c: the backward stage of the one judging pipeline, end to end on the CPU.
+ *
+ * Right and wrong on each path: the CI backward cases pass on the replay and the standard
+ * backward; a kernel with a backward bug fails and `explain` names the bug (every
+ * backward hypothesis injected once); a dK that changes between runs fails --repeat, an
+ * atomic dQ that does not stay bitwise passes unless the policy requires determinism;
+ * gate applies gradient limits and FlashAttention's rule per gradient from report.json;
+ * case-file and policy errors name the field. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_cpu_bwd.h"
+#include "fd_dtype.h"
+#include "fd_explain.h"
+#include "fd_gate.h"
+#include "fd_run.h"
+#include "fd_run_import.h"
+#include "fd_test_util.h"
+
+#define BR_CASE "b1h2k1-q96k160-d32-fp16-causal_br-p0-normal-s21-bwd"   /* GQA, causal_br, sq < sk */
+#define TL_CASE "b1h2k1-q96k160-d32-fp16-causal_tl-p0-normal-s21-bwd"
+#define EMPTY_CASE "b1h2k2-q160k96-d32-fp16-causal_br-p0-normal-s21-bwd" /* 64 rows see no key */
+#define DROP_CASE "b1h2k2-q96k96-d64-bf16-none-p0.17-normal-s22-bwd"
+
+static fd_casefile g_cf;
+
+static void load(void)
+{
+    char err[1024];
+    cr_assert_eq(fd_casefile_load(tu_path(TU_SOURCE, "cases/backward.json"), &g_cf, err, sizeof err), 0, "%s", err);
+}
+static void unload(void) { fd_casefile_free(&g_cf); }
+
+static const fd_case *find(const char *id)
+{
+    for (int i = 0; i < g_cf.ncases; i++)
+        if (!strcmp(g_cf.cases[i].id, id)) return &g_cf.cases[i];
+    cr_assert_fail("case %s not in cases/backward.json", id);
+    return NULL;
+}
+
+static const fd_backend *be(const char *name)
+{
+    const fd_backend *b = fd_backend_find(name);
+    cr_assert_not_null(b, "backend %s", name);
+    return b;
+}
+
+TestSuite(backward, .init = load, .fini = unload);
+
+Test(backward, ci_cases_pass_on_the_replay_and_standard)
+{
+    const char *ids[] = {BR_CASE, EMPTY_CASE, DROP_CASE};
+    const fd_backend *bes[] = {be("cpu-flash"), be("cpu-standard")};
+    for (int t = 0; t < 3; t++) {
+        fd_case_result r;
+        char err[512];
+        cr_assert_eq(fd_run_case(&g_cf, find(ids[t]), bes, 2, 2, 1, &r, err, sizeof err), 0, "%s", err);
+        cr_expect(r.verdict == FD_PASS || r.verdict == FD_MARGINAL, "%s: %s: %s", ids[t], fd_verdict_name(r.verdict),
+                  r.reasons);
+        cr_assert(r.bwd.active && r.bwd.nkrows > 0);
+        cr_expect_eq(r.bwd.ref_undecided, 0);
+        for (int g = 0; g < FD_NGRAD; g++) {
+            cr_assert(r.be[0].g.measured && r.be[1].g.measured);
+            cr_expect(r.be[0].g.fa_ratio[g] >= 0 && r.be[0].g.fa_ratio[g] <= 2.0, "%s %s ratio %g", ids[t],
+                      fd_grad_names[g], r.be[0].g.fa_ratio[g]);
+            cr_expect(r.be[0].g.m[g].max_abs > 0 && r.be[0].g.m[g].max_abs < 0.05, "%s %s: %g", ids[t],
+                      fd_grad_names[g], r.be[0].g.m[g].max_abs);
+            cr_expect_eq(r.be[0].g.m[g].nan_count, 0);
+        }
+        fd_case_result_free(&r);
+    }
+}
+
+/* Rows that see no key have dQ = 0 in the exact gradient and in the replay. */
+Test(backward, rows_without_keys_have_zero_dq)
+{
+    const fd_case *c = find(EMPTY_CASE);
+    const fd_backend *bes[] = {be("cpu-flash")};
+    fd_case_result r;
+    char err[512];
+    cr_assert_eq(fd_run_case(&g_cf, c, bes, 1, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    int empty = 0;
+    for (int i = 0; i < r.nrows; i++) {
+        if (fd_mask_visible_count(c->prob.mask, r.rows[i], c->prob.seqlen_q, c->prob.seqlen_k)) continue;
+        empty++;
+        for (int d = 0; d < c->prob.head_dim; d++)
+            cr_assert(fd_eq(r.bwd.ref_dq[(size_t)i * (size_t)c->prob.head_dim + (size_t)d], 0.0));
+    }
+    cr_assert(empty > 0, "the sample holds rows with no key");
+    fd_case_result_free(&r);
+}
+
+/* A backward kernel with a bug: dK and dV written to each other's tensor. */
+static int bwd_swapped(const fd_casefile *cf, const fd_case *c, const float *q, const float *k, const float *v,
+                       const float *o, const float *lse, const float *dout, float *dq, float *dk, float *dv,
+                       double *ms, char *err, size_t errlen)
+{
+    *ms = 0.0;
+    return fd_cpu_flash_backward(&c->prob, &cf->flash, &cf->bwd, q, k, v, o, lse, dout, dq, dv, dk, err, errlen);
+}
+
+/* A backward kernel whose gradient g changes by one ulp on every other call. */
+static int g_calls, g_wobble;
+static int bwd_wobbly(const fd_casefile *cf, const fd_case *c, const float *q, const float *k, const float *v,
+                      const float *o, const float *lse, const float *dout, float *dq, float *dk, float *dv,
+                      double *ms, char *err, size_t errlen)
+{
+    *ms = 0.0;
+    int rc = fd_cpu_flash_backward(&c->prob, &cf->flash, &cf->bwd, q, k, v, o, lse, dout, dq, dk, dv, err, errlen);
+    float *x = g_wobble == 0 ? dq : dk;
+    const size_t n = g_wobble == 0 ? fd_q_numel(&c->prob) : fd_kv_numel(&c->prob);
+    if (g_calls++ % 2)
+        for (size_t i = 0; i < n; i++) x[i] = fd_bits_f32(fd_f32_bits(x[i]) ^ 1u);
+    return rc;
+}
+
+static int run_cpu_flash_fwd(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                             const float *v, const int *rows, int nrows, float *o, float *lse, double *ms,
+                             char *err, size_t errlen)
+{
+    *ms = 0.0;
+    return fd_cpu_flash_forward(&c->prob, &cf->flash, q, k, v, rows, nrows, o, lse, err, errlen);
+}
+
+Test(backward, a_wrong_backward_fails)
+{
+    fd_backend bad = {"swapped-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash_fwd, NULL, NULL, bwd_swapped};
+    const fd_backend *bes[] = {&bad, be("cpu-standard")};
+    fd_case_result r;
+    char err[512];
+    cr_assert_eq(fd_run_case(&g_cf, find(BR_CASE), bes, 2, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    cr_expect(strstr(r.reasons, "swapped-flash: dk max_abs") && strstr(r.reasons, "swapped-flash: dv max_abs"), "%s",
+              r.reasons);
+    cr_expect(r.be[0].m.max_abs < 0.01, "the forward itself is right");
+    fd_case_result_free(&r);
+}
+
+Test(backward, repeat_judges_determinism_per_gradient)
+{
+    fd_backend wob = {"wobbly-flash", "cpu", FD_ROLE_FLASH, run_cpu_flash_fwd, NULL, NULL, bwd_wobbly};
+    const fd_backend *bes[] = {&wob, be("cpu-standard")};
+    fd_casefile cf = g_cf;
+    cf.bwd.dq_mode = FD_DQ_ATOMIC;
+    fd_case_result r;
+    char err[512];
+    /* dK is never atomic: a dK that changes fails */
+    g_calls = 0;
+    g_wobble = 1;
+    cr_assert_eq(fd_run_case(&cf, find(BR_CASE), bes, 2, 2, 3, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    cr_expect_eq(r.be[0].g.repeat_distinct[1], 2);
+    cr_expect(r.be[0].g.spread_elems[1] > 0 && r.be[0].g.spread_ulp[1] > 0);
+    cr_expect(strstr(r.reasons, "wobbly-flash: dk not bitwise identical over 3 runs") != NULL, "%s", r.reasons);
+    fd_case_result_free(&r);
+    /* an atomic dQ may differ between runs: reported, not failed */
+    g_calls = 0;
+    g_wobble = 0;
+    cr_assert_eq(fd_run_case(&cf, find(BR_CASE), bes, 2, 2, 3, &r, err, sizeof err), 0, "%s", err);
+    cr_expect(r.verdict == FD_PASS || r.verdict == FD_MARGINAL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    cr_expect_eq(r.be[0].g.repeat_distinct[0], 2);
+    fd_case_result_free(&r);
+    /* ... unless the policy requires determinism */
+    cf.policy.require_deterministic = 1;
+    g_calls = 0;
+    cr_assert_eq(fd_run_case(&cf, find(BR_CASE), bes, 2, 2, 3, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    cr_expect(strstr(r.reasons, "the policy requires determinism") != NULL, "%s", r.reasons);
+    fd_case_result_free(&r);
+}
+
+/* The case each backward bug shows on. */
+static const char *case_for(const char *bug)
+{
+    if (!strcmp(bug, "bwd_causal_bottom_right")) return TL_CASE;
+    if (!strncmp(bug, "bwd_dropout", 11)) return DROP_CASE;
+    return BR_CASE;
+}
+
+Test(backward, each_injected_backward_bug_is_named)
+{
+    int nbugs = 0;
+    for (const char *const *bug = fd_explain_bugs; *bug; bug++) {
+        if (!fd_explain_bug_is_bwd(*bug)) continue;
+        nbugs++;
+        fd_explain_opts o = {"cpu-flash", *bug, 2};
+        fd_explanation ex;
+        char err[1024];
+        cr_assert_eq(fd_explain_case(&g_cf, find(case_for(*bug)), &o, &ex, err, sizeof err), 0, "%s: %s", *bug, err);
+        cr_expect_eq(ex.verdict, FD_FAIL, "--inject %s: the pipeline fails it: %s", *bug, ex.reasons);
+        cr_assert(ex.grad.active && ex.grad.gross, "%s: gradients far above the budget: %s", *bug, ex.grad.summary);
+        cr_assert(!ex.gross, "%s: the forward is untouched", *bug);
+        const fd_ex_grad *g = &ex.grad;
+        cr_assert(g->best >= 0 && !strcmp(g->hypo[g->best].name, *bug), "--inject %s: best %s", *bug,
+                  g->best >= 0 ? g->hypo[g->best].name : "none");
+        cr_expect(g->hypo[g->best].explains, "%s: %.3g x the limit left", *bug, g->hypo[g->best].residual_ratio);
+        int others = 0;
+        for (int i = 0; i < g->nhypo; i++) others += i != g->best && g->hypo[i].explains;
+        cr_expect_eq(others, 0, "%s: only one hypothesis explains it", *bug);
+        cr_expect(strstr(ex.summary, *bug) != NULL, "the summary names %s: %s", *bug, ex.summary);
+        fd_explanation_free(&ex);
+    }
+    cr_assert_eq(nbugs, 11, "the backward bugs (a new one needs a case here)");
+}
+
+/* Without a bug: the stage budget adds up and every gradient is within its budget. */
+Test(backward, explain_budget_without_bug)
+{
+    fd_explain_opts o = {"cpu-flash", NULL, 2};
+    fd_explanation ex;
+    char err[1024];
+    cr_assert_eq(fd_explain_case(&g_cf, find(DROP_CASE), &o, &ex, err, sizeof err), 0, "%s", err);
+    cr_assert(ex.grad.active && !ex.grad.gross, "%s", ex.grad.summary);
+    for (int t = 0; t < FD_NGRAD; t++) {
+        /* all stages exact is still fed the forward's binary32 LSE: ~1e-7 relative left */
+        cr_expect(ex.grad.allexact[t] < 1e-3 * ex.grad.r_err[t], "%s: all stages exact %g vs replay %g",
+                  fd_grad_names[t], ex.grad.allexact[t], ex.grad.r_err[t]);
+        cr_expect(ex.grad.k_err[t] <= ex.grad.limit[t]);
+    }
+    cr_expect(ex.grad.nparts >= 7);
+    fd_explanation_free(&ex);
+}
+
+Test(backward, explain_refuses_a_backward_bug_on_a_forward_case)
+{
+    char *a[] = {FD_BINARY, "explain", tu_path(TU_SOURCE, "cases/smoke.json"), "--case",
+                 "b1h2k2-q64k64-d32-fp16-none-p0-normal-s1", "--inject", "bwd_dq_scale_missing", NULL};
+    cr_assert_eq(tu_run(a), 2, "%s", g_err);
+    cr_expect(strstr(g_err, "has no backward pass") != NULL, "%s", g_err);
+}
+
+/* text written to DIR/name in a fresh temporary directory (paths kept in a small ring) */
+static const char *tmpfile_with(const char *name, const char *text)
+{
+    static char paths[8][512];
+    static int next;
+    char dir[256];
+    tu_dir(dir, sizeof dir);
+    char *p = paths[next++ % 8];
+    snprintf(p, 512, "%s/%s", dir, name);
+    tu_write(p, text);
+    return p;
+}
+
+static int load_err(const char *json, char *err, size_t len)
+{
+    const char *path = tmpfile_with("bwd_case.json", json);
+    fd_casefile cf;
+    int rc = fd_casefile_load(path, &cf, err, len);
+    if (!rc) fd_casefile_free(&cf);
+    return rc;
+}
+
+Test(backward, case_file_errors_name_the_field)
+{
+    char err[1024];
+    const char *head = "{\"schema\": \"flashdrift-cases/1\", \"name\": \"x\", ";
+    char buf[2048];
+    snprintf(buf, sizeof buf, "%s\"sweeps\": [{\"seqlen\": 64, \"head_dim\": 32, \"backward\": \"yes\"}]}", head);
+    cr_assert_eq(load_err(buf, err, sizeof err), -1);
+    cr_expect(strstr(err, "sweeps[0].backward") && strstr(err, "expected true or false"), "%s", err);
+    snprintf(buf, sizeof buf, "%s\"flash\": {\"dq_mode\": \"racy\"}, \"sweeps\": [{\"seqlen\": 64, \"head_dim\": 32}]}", head);
+    cr_assert_eq(load_err(buf, err, sizeof err), -1);
+    cr_expect(strstr(err, "flash.dq_mode") && strstr(err, "deterministic"), "%s", err);
+    snprintf(buf, sizeof buf, "%s\"policy\": {\"grad_fa_ratio\": {\"dq\": -1}}, \"sweeps\": [{\"seqlen\": 64, \"head_dim\": 32}]}", head);
+    cr_assert_eq(load_err(buf, err, sizeof err), -1);
+    cr_expect(strstr(err, "policy.grad_fa_ratio") != NULL, "%s", err);
+    snprintf(buf, sizeof buf, "%s\"sweeps\": [{\"seqlen\": 64, \"head_dim\": 32, \"backward\": [false, true]}]}", head);
+    fd_casefile cf;
+    cr_assert_eq(fd_casefile_load(tmpfile_with("bwd_ok.json", buf), &cf, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(cf.ncases, 2);
+    cr_expect(!cf.cases[0].backward && cf.cases[1].backward);
+    cr_expect(strstr(cf.cases[1].id, "-bwd") != NULL, "%s", cf.cases[1].id);
+    fd_casefile_free(&cf);
+}
+
+/* gate reads the gradients from report.json: limits per gradient and the FA rule. */
+Test(backward, gate_applies_gradient_rules)
+{
+    char out[256];
+    tu_dir(out, sizeof out);
+    char *run[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/backward.json"), "--backend", "cpu", "--filter",
+                   "q96k160-d32-fp16-causal_br", "--out", out, "--jobs", "2", "--quiet", NULL};
+    const int rr = tu_run(run);
+    cr_assert(rr == 0, "run: %d %s", rr, g_err);
+    char rep[600];
+    snprintf(rep, sizeof rep, "%s/report.json", out);
+    /* FA rule per gradient: the replay passes */
+    const char *ok = tmpfile_with("pol_ok.json", "{\"schema\": \"flashdrift-policy/1\", \"gradients\": {\"fa_ratio\": 2.0, \"atol\": 1e-5}}");
+    char *g1[] = {FD_BINARY, "gate", rep, "--policy", (char *)ok, "--no-baseline", NULL};
+    cr_expect_eq(tu_run(g1), 0, "%s%s", g_out, g_err);
+    /* a dq limit far below the replay's error fails, naming the gradient */
+    const char *tight = tmpfile_with("pol_tight.json", "{\"schema\": \"flashdrift-policy/1\", \"gradients\": "
+                                                  "{\"limits\": {\"fp16\": {\"dq\": {\"max_abs\": 1e-7}}}}}");
+    char *g2[] = {FD_BINARY, "gate", rep, "--policy", (char *)tight, "--no-baseline", NULL};
+    cr_expect_eq(tu_run(g2), 1, "%s%s", g_out, g_err);
+    cr_expect(strstr(g_out, "dq.max_abs") || strstr(g_err, "dq.max_abs"), "%s%s", g_out, g_err);
+    /* an LSE limit has no meaning for a gradient */
+    const char *bad = tmpfile_with("pol_bad.json", "{\"schema\": \"flashdrift-policy/1\", \"gradients\": "
+                                              "{\"limits\": {\"fp16\": {\"dk\": {\"lse_max_abs\": 1}}}}}");
+    char *g3[] = {FD_BINARY, "gate", rep, "--policy", (char *)bad, "--no-baseline", NULL};
+    cr_expect_eq(tu_run(g3), 2, "%s%s", g_out, g_err);
+    cr_expect(strstr(g_err, "gradients.limits.fp16.dk") != NULL, "%s", g_err);
+}
