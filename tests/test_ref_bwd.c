@@ -519,9 +519,11 @@ Test(ref_bwd, decisive_across_precisions, .timeout = 300)
         fd_ref_bwd_info ilo = ref_group(&c, 0, 0, 64, 64, &lo);
         fd_ref_bwd_info ihi = ref_group(&c, 0, 0, 128, 2048, &hi);
         brute_group(&c, 0, 0, 1000, &w);
-        /* A value that is a binary64 midpoint plus e^-(huge gap) (D_i = g0 + M_i with an
-         * exact 54-bit g0) cannot be decided below ~gap/ln2 bits: the reference counts it,
-         * and the 1000-bit brute force gets it wrong (it rounds the tie). So: decided
+        /* A value within e^-(huge gap) of a binary64 midpoint (seed 0x5d0 has one, about
+         * -1.2488371289931644581, a midpoint to the 30 digits printed at 2048 bits; e.g.
+         * D_i = g0 + M_i with an exact 54-bit g0) cannot be decided below ~gap/ln2 bits: the
+         * reference counts it,
+         * and the 1000-bit brute force cannot resolve it (it rounds the tie to even). So: decided
          * values equal the brute force (at most `undecided` values differ), few undecided. */
         size_t nq = (size_t)2 * 6 * 8, nkd = (size_t)7 * 8, nds = (size_t)2 * 6;
         size_t dw = 0, diff = 0;
