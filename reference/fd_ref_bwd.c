@@ -269,6 +269,24 @@ static void iv_fix_zeros(mpfi_ptr x)
     if (mpfr_zero_p(&x->right)) mpfr_set_zero(&x->right, -1);
 }
 
+/* y = exp(a), outward. When a is a point (the usual case: s_ij - s_im is exact), one
+ * mpfr_exp rounded down gives the lower end, and the upper end is the same number when
+ * MPFR says it was exact, else its successor (correct rounding down: lo <= exp(a) <
+ * succ(lo)); this halves the exponentials against mpfi_exp, which computes both ends.
+ * Otherwise mpfi_exp. */
+static void iv_exp_point(mpfi_ptr y, mpfi_srcptr a)
+{
+    if (!mpfr_equal_p(&a->left, &a->right)) {
+        mpfi_exp(y, a);
+        return;
+    }
+    int t = mpfr_exp(&y->left, &a->left, MPFR_RNDD);
+    mpfr_set(&y->right, &y->left, MPFR_RNDN); /* same precision: exact */
+    if (t != 0) mpfr_nextabove(&y->right);
+    iv_fix_zeros(y);
+}
+
+
 /* s = scale * sum_d a_d b_d, exact (FD_BWD_DOT_PREC bits); -1 if it was not (impossible
  * by the bound in fd_ref_dot.h; checked because every later step relies on it). */
 static int dot_exact(mpfr_ptr s, const float *a, const float *b, int D, float scale)
@@ -309,7 +327,7 @@ static int row_intervals(fd_bwdws *w, int h, int i, int n)
     for (int j = 0; j < n; j++) {
         mpfi_set_fr(w->a, w->sx[j]);
         mpfi_sub_fr(w->a, w->a, w->sx[jm]);
-        mpfi_exp(w->e.x[j], w->a); /* rounded outward to P; exp(0) = [1, 1] */
+        iv_exp_point(w->e.x[j], w->a); /* rounded outward to P; exp(0) = [1, 1] */
         mpfi_add(w->L, w->L, w->e.x[j]);
         mpfr_sub(w->x, w->gx[j], w->gx[jm], MPFR_RNDN); /* exact */
         mpfi_set_fr(w->dl.x[j], w->x);
