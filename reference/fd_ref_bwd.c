@@ -5,27 +5,35 @@
  * interval [lo, hi] of P-bit numbers that is guaranteed to contain the exact value:
  * each MPFI operation rounds its lower end down and its upper end up (MPFR's correct
  * directed rounding), so containment holds by induction over the computation, with no
- * hand-derived error bound to get wrong. The computation, per query head h of the group
- * and query row i (all rows: dK and dV need every row), on the visible keys j < n_i:
+ * hand-derived error bound to get wrong. MPFI's own operations are the trusted base
+ * (mpfi_exp, mpfi_div, ...: MPFR's correctly rounded functions at the ends); where this
+ * file writes interval ends itself (iv_addmul_f/_d) it rounds the same way, by hand.
+ * The computation, per query head h of the group and query row i (all rows: dK and dV
+ * need every row), on the visible keys j < n_i (fd_mask_visible_count; masks are
+ * prefixes) and FA2's keep mask (fd_fa2_keep with fd_fa2_threshold, as fd_ref.c):
  *
- *   s_ij  = scale * sum_d q_id k_jd     products of two binary32 are exact binary64
- *                                       (<= 48 bits, exponents in [-298, 256)); the
- *                                       sum and the product by the binary32 scale are
- *                                       interval operations
- *   c_i   = the largest upper end of the s_ij: an exact P-bit number. softmax is
- *           invariant under any constant shift, so exp(s_ij - c_i) / sum_j exp(s_ij - c_i)
- *           is P_ij exactly whatever c_i is; choosing it near the maximum keeps the
- *           exponentials in [0, ~1] (no overflow). LSE_i = c_i + log L_i is never
- *           needed: P_ij = e_ij / L_i below is the same number.
- *   e_ij  = exp(s_ij - c_i)   (mpfi_exp; underflow gives [0, tiny], still an enclosure)
- *   L_i   = sum_j e_ij
- *   r     = 1 / (1 - p)       p the binary64 dropout_p, exact; 1 for p = 0
- *   dP_ij = (sum_d dO_id v_jd) * r when FA2 keeps (i, j), else 0
- *   D_i   = (sum_j e_ij dP_ij) / L_i   (one division: tighter than sum (e/L) dP)
- *   P_ij  = e_ij / L_i
- *   dS_ij = P_ij (dP_ij - D_i)
- *   dQ_i  = scale * sum_j dS_ij k_j                         (listed rows only)
- *   dK_j  = scale * sum_h sum_i dS^h_ij q^h_i,  dV_j = sum_h sum_i (P^h_ij r keep) dO^h_i
+ *   s_ij  = scale q_i . k_j     EXACT (fd_ref_dot_exact at FD_BWD_DOT_PREC bits)
+ *   g_ij  = keep_ij dO_i . v_j  EXACT likewise (0 for dropped keys)
+ *   m     = argmax_j s_ij; softmax is invariant under the shift by s_im, so
+ *   e_ij  = exp(s_ij - s_im)    (the subtraction an interval at FD_BWD_DOT_PREC bits:
+ *                                exact for usual inputs; e_im = exp(0) = [1, 1]; an
+ *                                argument below MPFR's exponent range gives [0, tiny],
+ *                                still an enclosure)
+ *   L_i   = sum_j e_ij,  P_ij = e_ij / L_i   (LSE_i = s_im + log L_i is never needed)
+ *   r     = 1 / (1 - p)         (p the binary64 dropout_p, exact; skipped for p = 0)
+ *   delta_j = g_ij - g_im       EXACT (both on the same 2^-298 grid); dP_ij = r g_ij
+ *   M_i   = (sum_j e_ij delta_j) / L_i = sum_j P_ij delta_j
+ *   D_i   = r (g_im + M_i)                    (= sum_j P_ij dP_ij, as sum_j P_ij = 1)
+ *   dS_ij = r P_ij (delta_j - M_i)            (= P_ij (dP_ij - D_i))
+ *   dQ_i  = scale r sum_j (dS_ij / r) (k_j - k_0)   (listed rows; sum_j dS_ij = 0)
+ *   dK_j  = scale r sum_h sum_i (dS^h_ij / r) q^h_i,  dV_j = r sum_h sum_i P^h_ij keep dO^h_i
+ * The pivot g_im, the centring by k_0 and r applied last are not cosmetic: intervals
+ * cannot see that x - x = 0, so every cancellation that is exact in the mathematics
+ * (one visible key: dS = 0; identical keys or values: dP_ij = D_i; a constant K column:
+ * dQ_id = 0; dropout's r in both dP and D) is arranged to be an exact operation on
+ * exact numbers, giving a point interval, instead of an interval around 0 that no
+ * precision would decide. Exact zeros that the formulation cannot see (e.g. two heads
+ * with the same q and opposite dO: dK = dV = 0) stay undecided and are counted.
  *
  * Decision (sound): a value's interval [lo, hi] contains the truth x. RN (round to
  * nearest binary64, mpfr_get_d with MPFR_RNDN) is monotone, so RN(lo) <= RN(x) <= RN(hi);
@@ -40,8 +48,13 @@
  * at prec_max are counted in info->undecided and returned as RN of their interval's
  * midpoint (the best estimate).
  *
- * Memory: O(Sk) intervals per row plus O((nq + 2 nk) D) accumulators, allocated once
- * per call (mpfi_set_prec between precisions), none in the inner loops. */
+ * Limits (counted, never wrong): a value within e^-(gap) of a binary64 midpoint, gap a
+ * logit gap, needs ~gap/ln 2 bits; weights below MPFR's exponent range (gaps beyond
+ * ~7e8 nats) are enclosed as [0, 2^emin], so values made of them may stay undecided.
+ *
+ * Memory: O(Sk) intervals and exact numbers per row, O((nq + 2 nk) D) accumulators and
+ * Sk D doubles (centred K), allocated once per call (mpfi_set_prec between precisions),
+ * none in the inner loops. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -163,6 +176,7 @@ typedef struct {
     int *qfirst, *qnext; /* listed slots of query row i: qfirst[i], qnext[t], ..., -1 */
     int kmin_listed;     /* smallest listed key row (Sk when none) */
     unsigned char *kept; /* per key of the current row */
+    double *kc;          /* [Sk][D]: k_jd - k_0d, or k_jd for columns where that is inexact */
     /* exact numbers (FD_BWD_DOT_PREC bits), per key of the current row */
     mpfr_t *sx; /* s_ij = scale q_i . k_j */
     mpfr_t *gx; /* keep_ij (dO_i . v_j) */
@@ -210,6 +224,43 @@ static void iv_addmul_f(mpfi_ptr acc, mpfi_srcptr x, float c, mpfr_ptr t)
     mpfr_add(&acc->right, &acc->right, t, MPFR_RNDU);
 }
 
+/* acc += x * c for a binary64 c, outward, as iv_addmul_f (53-bit integer multiplier). */
+static void iv_addmul_d(mpfi_ptr acc, mpfi_srcptr x, double c, mpfr_ptr t)
+{
+    if (!(c < 0.0 || c > 0.0)) return;
+    int ex;
+    double f = frexp(c, &ex);
+    long m = (long)ldexp(f, 53), e = (long)ex - 53; /* c = m 2^e exactly, |m| < 2^53 */
+    mpfr_srcptr lo = m > 0 ? &x->left : &x->right, hi = m > 0 ? &x->right : &x->left;
+    mpfr_mul_si(t, lo, m, MPFR_RNDD);
+    mpfr_mul_2si(t, t, e, MPFR_RNDD);
+    mpfr_add(&acc->left, &acc->left, t, MPFR_RNDD);
+    mpfr_mul_si(t, hi, m, MPFR_RNDU);
+    mpfr_mul_2si(t, t, e, MPFR_RNDU);
+    mpfr_add(&acc->right, &acc->right, t, MPFR_RNDU);
+}
+
+/* *out = a - b when that difference of two binary32 is a binary64 (returns 1), else 0.
+ * Integer arithmetic, no rounding: with a = ma 2^ea, b = mb 2^eb (|m| < 2^24) and
+ * e = min(ea, eb), a - b = (ma 2^(ea-e) - mb 2^(eb-e)) 2^e, exact in int64 when the
+ * shifts are <= 29, a binary64 when that integer is below 2^53 (e >= -149: no underflow). */
+static int f32_diff_exact(float a, float b, double *out)
+{
+    long ma, ea, mb, eb;
+    f32_split(a, &ma, &ea);
+    f32_split(b, &mb, &eb);
+    if (ma == 0 || mb == 0) {
+        *out = (double)a - (double)b; /* one operand is zero: exact */
+        return 1;
+    }
+    long e = ea < eb ? ea : eb;
+    if (ea - e > 29 || eb - e > 29) return 0;
+    int64_t d = (int64_t)ma * ((int64_t)1 << (ea - e)) - (int64_t)mb * ((int64_t)1 << (eb - e));
+    if (d >= ((int64_t)1 << 53) || d <= -((int64_t)1 << 53)) return 0;
+    *out = ldexp((double)d, (int)e);
+    return 1;
+}
+
 /* MPFI's convention for zero ends ([+0, -0]), restored after iv_addmul_f wrote the
  * ends directly (x + (-x) rounded down is -0), before the interval goes back to MPFI. */
 static void iv_fix_zeros(mpfi_ptr x)
@@ -217,6 +268,24 @@ static void iv_fix_zeros(mpfi_ptr x)
     if (mpfr_zero_p(&x->left)) mpfr_set_zero(&x->left, 1);
     if (mpfr_zero_p(&x->right)) mpfr_set_zero(&x->right, -1);
 }
+
+/* y = exp(a), outward. When a is a point (the usual case: s_ij - s_im is exact), one
+ * mpfr_exp rounded down gives the lower end, and the upper end is the same number when
+ * MPFR says it was exact, else its successor (correct rounding down: lo <= exp(a) <
+ * succ(lo)); this halves the exponentials against mpfi_exp, which computes both ends.
+ * Otherwise mpfi_exp. */
+static void iv_exp_point(mpfi_ptr y, mpfi_srcptr a)
+{
+    if (!mpfr_equal_p(&a->left, &a->right)) {
+        mpfi_exp(y, a);
+        return;
+    }
+    int t = mpfr_exp(&y->left, &a->left, MPFR_RNDD);
+    mpfr_set(&y->right, &y->left, MPFR_RNDN); /* same precision: exact */
+    if (t != 0) mpfr_nextabove(&y->right);
+    iv_fix_zeros(y);
+}
+
 
 /* s = scale * sum_d a_d b_d, exact (FD_BWD_DOT_PREC bits); -1 if it was not (impossible
  * by the bound in fd_ref_dot.h; checked because every later step relies on it). */
@@ -258,7 +327,7 @@ static int row_intervals(fd_bwdws *w, int h, int i, int n)
     for (int j = 0; j < n; j++) {
         mpfi_set_fr(w->a, w->sx[j]);
         mpfi_sub_fr(w->a, w->a, w->sx[jm]);
-        mpfi_exp(w->e.x[j], w->a); /* rounded outward to P; exp(0) = [1, 1] */
+        iv_exp_point(w->e.x[j], w->a); /* rounded outward to P; exp(0) = [1, 1] */
         mpfi_add(w->L, w->L, w->e.x[j]);
         mpfr_sub(w->x, w->gx[j], w->gx[jm], MPFR_RNDN); /* exact */
         mpfi_set_fr(w->dl.x[j], w->x);
@@ -279,7 +348,12 @@ static int row_intervals(fd_bwdws *w, int h, int i, int n)
     return 0;
 }
 
-/* dQ of row i (head h_in_group hh) into every listed slot of row i; returns undecided. */
+/* dQ of row i (head h_in_group hh) into every listed slot of row i; returns undecided.
+ * sum_j dS_ij = sum_j P_ij (dP_ij - D_i) = D_i - D_i = 0 over the visible keys, so
+ * dQ_i = scale sum_j dS_ij (k_j - c) for any constant vector c; with c = k_0 (key 0 is
+ * visible from every row that sees a key: the masks are prefixes), a column where K is
+ * constant gives an exact 0 instead of an interval around 0 that no precision decides,
+ * and near-equal keys lose their common part before the sum. */
 static int row_dq(fd_bwdws *w, int hh, int i, int n, double *dq, double *dsum)
 {
     const int D = w->D;
@@ -287,8 +361,8 @@ static int row_dq(fd_bwdws *w, int hh, int i, int n, double *dq, double *dsum)
     for (int d = 0; d < D; d++) mpfi_set_ui(w->dqa.x[d], 0);
     for (int j = 0; j < n; j++) {
         if (mpfi_is_zero(w->ds.x[j])) continue;
-        const float *kj = w->k + fd_kv_index(w->p, w->b, j, w->hk, 0);
-        for (int d = 0; d < D; d++) iv_addmul_f(w->dqa.x[d], w->ds.x[j], kj[d], w->tr);
+        const double *kj = w->kc + (size_t)j * (size_t)D;
+        for (int d = 0; d < D; d++) iv_addmul_d(w->dqa.x[d], w->ds.x[j], kj[d], w->tr);
     }
     for (int d = 0; d < D; d++) {
         mpfi_ptr acc = w->dqa.x[d];
@@ -518,6 +592,7 @@ static void ws_free(fd_bwdws *w)
     free(w->qfirst);
     free(w->qnext);
     free(w->kept);
+    free(w->kc);
     free(w->ok_dq);
     free(w->ok_dk);
     free(w->ok_dv);
@@ -551,11 +626,12 @@ static int ws_alloc(fd_bwdws *w)
     w->qfirst = malloc((size_t)p->seqlen_q * sizeof(int));
     w->qnext = malloc(((size_t)w->nq + 1) * sizeof(int));
     w->kept = malloc(Sk);
+    w->kc = malloc(Sk * D * sizeof(double) + 1);
     w->ok_dq = calloc(nqs * D + 1, 1);
     w->ok_dk = calloc(nkd + 1, 1);
     w->ok_dv = calloc(nkd + 1, 1);
     w->ok_ds = calloc(nqs + 1, 1);
-    if (!w->qfirst || !w->qnext || !w->kept || !w->ok_dq || !w->ok_dk || !w->ok_dv ||
+    if (!w->qfirst || !w->qnext || !w->kept || !w->kc || !w->ok_dq || !w->ok_dk || !w->ok_dv ||
         !w->ok_ds)
         return -1;
     if (iv_alloc(&w->e, Sk) || iv_alloc(&w->dl, Sk) ||
@@ -566,6 +642,16 @@ static int ws_alloc(fd_bwdws *w)
     for (int t = w->nq - 1; t >= 0; t--) { /* slots of a row in ascending order */
         w->qnext[t] = w->qfirst[w->qrows[t]];
         w->qfirst[w->qrows[t]] = t;
+    }
+    for (size_t d = 0; d < D; d++) { /* the centred K columns (see row_dq) */
+        const float k0 = w->k[fd_kv_index(p, w->b, 0, w->hk, (int)d)];
+        int exact = 1;
+        for (size_t j = 0; j < Sk && exact; j++)
+            exact = f32_diff_exact(w->k[fd_kv_index(p, w->b, (int)j, w->hk, (int)d)], k0,
+                                   &w->kc[j * D + d]);
+        if (!exact)
+            for (size_t j = 0; j < Sk; j++)
+                w->kc[j * D + d] = (double)w->k[fd_kv_index(p, w->b, (int)j, w->hk, (int)d)];
     }
     w->kmin_listed = p->seqlen_k;
     for (int t = 0; t < w->nk; t++)

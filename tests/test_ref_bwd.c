@@ -2,7 +2,8 @@
  *
  * Closed forms first (one visible key, identical keys, dO = 0, keys no row sees), then
  * seeded random groups against an independent brute force (plain MPFR at 1000 bits,
- * naive loops, the textbook formulas with P normalised first and D = sum P dP, keep mask
+ * naive loops, the textbook formulas with P normalised first, D = sum P dP and
+ * dP_j - D = sum_k P_k (dP_j - dP_k), keep mask
  * from fd_fa2_keep), the dsum = dO . O consistency with the forward reference, listed
  * subsets against the full call, an adversarial group (huge logits, cancellation in
  * dP - D) that must be decided correctly or counted undecided, and bad arguments.
@@ -151,7 +152,8 @@ static fd_ref_bwd_info ref_group(const bcase *c, int b, int hk, int prec0, int p
 static double rnd(mpfr_srcptr x) { return mpfr_zero_p(x) ? 0.0 : mpfr_get_d(x, MPFR_RNDN); }
 
 /* The brute force: MPFR at W bits, naive loops, the textbook order (P_ij normalised
- * first, D_i = sum_j P_ij dP_ij), no intervals, no error bound. Its relative error is
+ * first, D_i = sum_j P_ij dP_ij, dS from pairwise differences: O(n^2) per row), no
+ * intervals, no error bound. Its relative error is
  * ~2^-(W-20) per value barring catastrophic cancellation, far below a binary64 ulp. */
 static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
 {
@@ -160,11 +162,12 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
     const int drop = p->dropout_p > 0.0;
     const uint8_t thr = fd_fa2_threshold(p->dropout_p);
     mpfr_t *s = malloc((size_t)sk * sizeof(mpfr_t)), *dP = malloc((size_t)sk * sizeof(mpfr_t));
+    mpfr_t *dS = malloc((size_t)sk * sizeof(mpfr_t));
     mpfr_t *dka = malloc((size_t)sk * (size_t)D * sizeof(mpfr_t));
     mpfr_t *dva = malloc((size_t)sk * (size_t)D * sizeof(mpfr_t));
     unsigned char *keep = malloc((size_t)sk);
-    cr_assert(s && dP && dka && dva && keep);
-    for (int j = 0; j < sk; j++) mpfr_inits2(W, s[j], dP[j], (mpfr_ptr)0);
+    cr_assert(s && dP && dS && dka && dva && keep);
+    for (int j = 0; j < sk; j++) mpfr_inits2(W, s[j], dP[j], dS[j], (mpfr_ptr)0);
     for (int x = 0; x < sk * D; x++) {
         mpfr_inits2(W, dka[x], dva[x], (mpfr_ptr)0);
         mpfr_set_zero(dka[x], 1);
@@ -226,10 +229,20 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
                 mpfr_add(Dv, Dv, x, MPFR_RNDN);
             }
             r->dsum[hh * sq + i] = rnd(Dv);
-            for (int j = 0; j < n; j++) { /* dP[j] := dS_ij */
-                mpfr_sub(dP[j], dP[j], Dv, MPFR_RNDN);
-                mpfr_mul(dP[j], dP[j], s[j], MPFR_RNDN);
+            /* dS_ij = P_ij (dP_ij - D_i) with dP_ij - D_i = sum_k P_ik (dP_ij - dP_ik)
+             * (sum_k P_ik = 1): written out, so that when one key dominates and the others'
+             * weights are below 2^-1000 (P_im rounds to 1) dS_im keeps its tiny true value
+             * and sign instead of a rounding residue; dS[j] := dS_ij */
+            for (int j = 0; j < n; j++) {
+                mpfr_set_zero(acc, 1);
+                for (int k2 = 0; k2 < n; k2++) {
+                    mpfr_sub(x, dP[j], dP[k2], MPFR_RNDN);
+                    mpfr_mul(x, x, s[k2], MPFR_RNDN);
+                    mpfr_add(acc, acc, x, MPFR_RNDN);
+                }
+                mpfr_mul(dS[j], acc, s[j], MPFR_RNDN);
             }
+            for (int j = 0; j < n; j++) mpfr_set(dP[j], dS[j], MPFR_RNDN);
             for (int d = 0; d < D; d++) {
                 mpfr_set_zero(acc, 1);
                 for (int j = 0; j < n; j++) {
@@ -259,23 +272,28 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
         r->dv[t] = rnd(dva[t]);
         mpfr_clears(dka[t], dva[t], (mpfr_ptr)0);
     }
-    for (int j = 0; j < sk; j++) mpfr_clears(s[j], dP[j], (mpfr_ptr)0);
+    for (int j = 0; j < sk; j++) mpfr_clears(s[j], dP[j], dS[j], (mpfr_ptr)0);
     mpfr_clears(x, y, m, l, Dv, rr, sc, acc, (mpfr_ptr)0);
     free(s);
     free(dP);
+    free(dS);
     free(dka);
     free(dva);
     free(keep);
 }
 
+static int zero_sign_free;
+static int is_zero(double x) { return !(x < 0.0 || x > 0.0); }
 static void expect_same(const char *what, uint64_t seed, const char *name, size_t idx, double got,
                         double want)
 {
+    if (zero_sign_free && is_zero(want) && same_bits(got, 0.0)) return;
     cr_expect(same_bits(got, want), "%s: seed %#llx %s[%zu]: got %.17g (%a), expected %.17g (%a)",
               what, (unsigned long long)seed, name, idx, got, got, want, want);
 }
 
-/* Every value of got equals want bit for bit. */
+/* Every value of got equals want bit for bit; with zero_sign_free, a brute-force zero of
+ * either sign also accepts +0 (see the adversarial test). */
 static void expect_all_same(const char *what, uint64_t seed, const bres *got, const bres *want)
 {
     size_t nq = (size_t)got->group * (size_t)got->sq, nk = (size_t)got->sk * (size_t)got->D;
@@ -475,6 +493,65 @@ Test(ref_bwd, equals_brute_force, .timeout = 300)
     }
 }
 
+/* Decisiveness across precisions: fp32 inputs with binary exponents spread over
+ * [-8, 8] (logit gaps up to ~1e6 nats: weights far below binary64's range, within
+ * MPFR's; gaps beyond ~7e8 would underflow MPFR itself, see docs/reference.md). A run confined to
+ * 64 bits may leave values undecided, but every value it decides equals the default run's
+ * (prec0 = 128 up to 2048), whose decided values equal the brute force. */
+Test(ref_bwd, decisive_across_precisions, .timeout = 300)
+{
+    for (int k = 0; k < 3; k++) {
+        uint64_t seed = UINT64_C(0x5d0) + (uint64_t)k;
+        uint64_t st = seed;
+        bcase c;
+        bcase_alloc(&c, make_problem(1, 2, 1, 6, 7, 8, FD_DT_FP32, k == 1 ? FD_MASK_CAUSAL_BR : FD_MASK_NONE,
+                                     k == 2 ? 0.2 : 0.0));
+        bcase_random(&c, seed, 1.0);
+        float *arrs[2] = {c.q, c.k};
+        size_t lens[2] = {fd_q_numel(&c.p), fd_kv_numel(&c.p)};
+        for (int a = 0; a < 2; a++)
+            for (size_t x = 0; x < lens[a]; x++)
+                arrs[a][x] = ldexpf(arrs[a][x], (int)(rng_next(&st) % 17u) - 8);
+        bres lo, hi, w;
+        bres_alloc(&lo, &c.p);
+        bres_alloc(&hi, &c.p);
+        bres_alloc(&w, &c.p);
+        fd_ref_bwd_info ilo = ref_group(&c, 0, 0, 64, 64, &lo);
+        fd_ref_bwd_info ihi = ref_group(&c, 0, 0, 128, 2048, &hi);
+        brute_group(&c, 0, 0, 1000, &w);
+        /* A value within e^-(huge gap) of a binary64 midpoint (seed 0x5d0 has one, about
+         * -1.2488371289931644581, a midpoint to the 30 digits printed at 2048 bits; e.g.
+         * D_i = g0 + M_i with an exact 54-bit g0) cannot be decided below ~gap/ln2 bits: the
+         * reference counts it,
+         * and the 1000-bit brute force cannot resolve it (it rounds the tie to even). So: decided
+         * values equal the brute force (at most `undecided` values differ), few undecided. */
+        size_t nq = (size_t)2 * 6 * 8, nkd = (size_t)7 * 8, nds = (size_t)2 * 6;
+        size_t dw = 0, diff = 0;
+        for (size_t x = 0; x < nq; x++) dw += !same_bits(hi.dq[x], w.dq[x]);
+        for (size_t x = 0; x < nkd; x++)
+            dw += (size_t)(!same_bits(hi.dk[x], w.dk[x]) + !same_bits(hi.dv[x], w.dv[x]));
+        for (size_t x = 0; x < nds; x++) dw += !same_bits(hi.dsum[x], w.dsum[x]);
+        cr_expect(dw <= (size_t)ihi.undecided, "seed %#llx: %zu differ from the brute force, %d "
+                  "undecided", (unsigned long long)seed, dw, ihi.undecided);
+        cr_expect(ihi.undecided <= 2, "seed %#llx: %d undecided", (unsigned long long)seed,
+                  ihi.undecided);
+        for (size_t x = 0; x < nq; x++) diff += !same_bits(lo.dq[x], hi.dq[x]);
+        for (size_t x = 0; x < nkd; x++)
+            diff += (size_t)(!same_bits(lo.dk[x], hi.dk[x]) + !same_bits(lo.dv[x], hi.dv[x]));
+        for (size_t x = 0; x < nds; x++) diff += !same_bits(lo.dsum[x], hi.dsum[x]);
+        cr_expect(diff <= (size_t)ilo.undecided + (size_t)ihi.undecided,
+                  "seed %#llx: 64 bits: %zu differ, %d undecided", (unsigned long long)seed, diff,
+                  ilo.undecided);
+        cr_log_info("spread seed %#llx: 64 bits: %d undecided, %zu differ; default: %d undecided, "
+                    "prec_used %d, %zu differ from the brute force", (unsigned long long)seed,
+                    ilo.undecided, diff, ihi.undecided, ihi.prec_used, dw);
+        bres_free(&lo);
+        bres_free(&hi);
+        bres_free(&w);
+        bcase_free(&c);
+    }
+}
+
 /* Listing a subset (out of order, a duplicate) gives the same values as the full call. */
 Test(ref_bwd, listed_subsets_equal_the_full_call)
 {
@@ -549,7 +626,8 @@ Test(ref_bwd, dsum_is_dout_dot_o)
 
 /* Huge logits (|s| ~ 1e4, spread ~ 1e4 between keys), two near-tied dominant keys whose
  * V rows differ in one bit (dP_i0 - D_i cancels to ~2^-24 relative), a key ~ 745 below
- * (weight ~ e^-745, the binary64 underflow edge), and dropout. Decided values must equal
+ * (weight ~ e^-745, the binary64 underflow edge), a constant K column (dQ there is 0
+ * exactly, decided thanks to the centring in row_dq), and dropout. Decided values must equal
  * a 4000-bit brute force; undecided ones are only counted. At prec_max = 128 some values
  * may be undecided; at the default prec_max none should be. */
 Test(ref_bwd, adversarial_is_decided_or_counted_never_wrong, .timeout = 300)
@@ -571,6 +649,7 @@ Test(ref_bwd, adversarial_is_decided_or_counted_never_wrong, .timeout = 300)
             c.k[fd_kv_index(&c.p, 0, j, 0, d)] = d == 0 ? k0[j] : (float)rng_normal(&s);
             c.v[fd_kv_index(&c.p, 0, j, 0, d)] = (float)rng_normal(&s);
         }
+    for (int j = 0; j < sk; j++) c.k[fd_kv_index(&c.p, 0, j, 0, 3)] = 0.375f; /* constant column */
     for (int d = 0; d < D; d++) { /* v_1 = v_0 but for one bit */
         float v0 = c.v[fd_kv_index(&c.p, 0, 0, 0, d)];
         c.v[fd_kv_index(&c.p, 0, 1, 0, d)] = d == 1 ? nextafterf(v0, INFINITY) : v0;
@@ -593,9 +672,13 @@ Test(ref_bwd, adversarial_is_decided_or_counted_never_wrong, .timeout = 300)
                                       r.dk, r.dv, r.dsum, &info, err, sizeof err),
                      0, "%s", err);
         /* an undecided value may be anything; count the decided mismatches: there must be
-         * none, and the undecided count bounds the values allowed to differ */
+         * none, and the undecided count bounds the values allowed to differ. The constant K
+         * column's dQ is exactly 0 (+0 here); the 4000-bit brute force computes it as
+         * ~2^-4000 noise, whose binary64 rounding is a zero of either sign: any brute zero
+         * accepts +0 there. */
         size_t nq = (size_t)2 * (size_t)sq, nkd = (size_t)sk * (size_t)D, diff = 0;
-        for (size_t x = 0; x < nq * (size_t)D; x++) diff += !same_bits(r.dq[x], w.dq[x]);
+        for (size_t x = 0; x < nq * (size_t)D; x++)
+            diff += !same_bits(r.dq[x], w.dq[x]) && !(is_zero(w.dq[x]) && same_bits(r.dq[x], 0.0));
         for (size_t x = 0; x < nkd; x++) diff += (size_t)(!same_bits(r.dk[x], w.dk[x]) + !same_bits(r.dv[x], w.dv[x]));
         for (size_t x = 0; x < nq; x++) diff += !same_bits(r.dsum[x], w.dsum[x]);
         cr_expect(diff <= (size_t)info.undecided,
@@ -603,7 +686,9 @@ Test(ref_bwd, adversarial_is_decided_or_counted_never_wrong, .timeout = 300)
                   diff, info.undecided);
         if (pmax[t] == 2048) {
             cr_expect_eq(info.undecided, 0, "prec_max 2048: %d undecided", info.undecided);
+            zero_sign_free = 1;
             expect_all_same("adversarial", 0xad7ull, &r, &w);
+            zero_sign_free = 0;
         }
         cr_log_info("adversarial prec_max %d: %d undecided, prec_used %d, %zu differ", pmax[t],
                     info.undecided, info.prec_used, diff);
@@ -611,6 +696,45 @@ Test(ref_bwd, adversarial_is_decided_or_counted_never_wrong, .timeout = 300)
         free(kr);
         bres_free(&r);
     }
+    bres_free(&w);
+    bcase_free(&c);
+}
+
+/* An exact zero that interval arithmetic cannot see: two query heads with the same q
+ * and opposite dO have dS^1 = -dS^0 and the same P, so dK = dV = 0 exactly, while each
+ * head's intervals are computed separately and their sum straddles 0 at every precision.
+ * Those 2 sk D values must be counted undecided (at prec_max, with prec_used = prec_max);
+ * dQ and dsum are decided and equal the brute force. */
+Test(ref_bwd, symmetric_exact_zero_is_counted_undecided, .timeout = 120)
+{
+    const int sq = 3, sk = 4, D = 8;
+    bcase c;
+    bcase_alloc(&c, make_problem(1, 2, 1, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
+    bcase_random(&c, 0x5e7ull, 1.0);
+    for (int i = 0; i < sq; i++)
+        for (int d = 0; d < D; d++) {
+            c.q[fd_q_index(&c.p, 0, i, 1, d)] = c.q[fd_q_index(&c.p, 0, i, 0, d)];
+            c.dout[fd_q_index(&c.p, 0, i, 1, d)] = -c.dout[fd_q_index(&c.p, 0, i, 0, d)];
+        }
+    bres r, w;
+    bres_alloc(&r, &c.p);
+    bres_alloc(&w, &c.p);
+    fd_ref_bwd_info info = ref_group(&c, 0, 0, 128, 512, &r);
+    brute_group(&c, 0, 0, 1000, &w);
+    cr_expect_eq(info.undecided, 2 * sk * D, "undecided %d, expected %d (dK and dV)", info.undecided,
+                 2 * sk * D);
+    cr_expect_eq(info.prec_used, 512);
+    for (size_t x = 0; x < (size_t)(2 * sq * D); x++) expect_same("symmetric", 0x5e7, "dq", x, r.dq[x], w.dq[x]);
+    for (size_t x = 0; x < (size_t)(2 * sq); x++)
+        expect_same("symmetric", 0x5e7, "dsum", x, r.dsum[x], w.dsum[x]);
+    for (size_t x = 0; x < (size_t)(sk * D); x++) {
+        /* the brute force adds the heads' terms in sequence: its 0 carries ~2^-1000 noise */
+        cr_expect(fabs(w.dk[x]) < 1e-250 && fabs(w.dv[x]) < 1e-250, "brute dk %a dv %a [%zu]",
+                  w.dk[x], w.dv[x], x);
+        cr_expect(fabs(r.dk[x]) < 1e-100 && fabs(r.dv[x]) < 1e-100, "estimate dk %a dv %a", r.dk[x],
+                  r.dv[x]);
+    }
+    bres_free(&r);
     bres_free(&w);
     bcase_free(&c);
 }
