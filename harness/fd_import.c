@@ -53,14 +53,22 @@ static tens *tlist_find(tlist *l, const char *name)
     return NULL;
 }
 
-/* q, k, v, out_X, lse_X, dmask_X with X of [A-Za-z0-9_-], 1..48 chars. */
+/* Gradient tensors: dq_X, dk_X, dv_X. Returns 0, 1, 2 (q, k, v) or -1. */
+static int grad_kind(const char *s)
+{
+    if (s[0] != 'd' || !s[1] || s[2] != '_') return -1;
+    return s[1] == 'q' ? 0 : s[1] == 'k' ? 1 : s[1] == 'v' ? 2 : -1;
+}
+
+/* q, k, v, do, out_X, lse_X, dmask_X, dq_X, dk_X, dv_X with X of [A-Za-z0-9_-], 1..48 chars. */
 static int valid_tensor_name(const char *s)
 {
-    if (!strcmp(s, "q") || !strcmp(s, "k") || !strcmp(s, "v")) return 1;
+    if (!strcmp(s, "q") || !strcmp(s, "k") || !strcmp(s, "v") || !strcmp(s, "do")) return 1;
     const char *x = NULL;
     if (!strncmp(s, "out_", 4)) x = s + 4;
     else if (!strncmp(s, "lse_", 4)) x = s + 4;
     else if (!strncmp(s, "dmask_", 6)) x = s + 6;
+    else if (grad_kind(s) >= 0) x = s + 3;
     if (!x || !*x || strlen(x) > 48) return 0;
     for (; *x; x++)
         if (!((*x >= 'a' && *x <= 'z') || (*x >= 'A' && *x <= 'Z') || (*x >= '0' && *x <= '9') ||
@@ -69,8 +77,8 @@ static int valid_tensor_name(const char *s)
     return 1;
 }
 
-static const char *name_rule = "expected q, k, v, out_NAME, lse_NAME or dmask_NAME, NAME of letters, "
-                               "digits, '_' and '-'";
+static const char *name_rule = "expected q, k, v, do, out_NAME, lse_NAME, dmask_NAME, dq_NAME, dk_NAME or "
+                               "dv_NAME, NAME of letters, digits, '_' and '-'";
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -173,6 +181,13 @@ static int st_meta(const char *path, const json_t *m, json_t **meta, char *err, 
                 return -1;
             }
             json_object_set_new(*meta, key, j);
+        } else if (!strcmp(key, "deterministic")) {
+            if (strcmp(s, "true") && strcmp(s, "false")) {
+                snprintf(err, errlen, "%s: __metadata__.deterministic: expected \"true\" or \"false\", got \"%s\"",
+                         path, s);
+                return -1;
+            }
+            json_object_set_new(*meta, key, json_boolean(!strcmp(s, "true")));
         } else {
             json_object_set_new(*meta, key, json_string(s));
         }
@@ -350,12 +365,16 @@ void fd_bundle_given(const fd_bundle *b, int skip, int only_standard, fd_given *
     g->q = b->q;
     g->k = b->k;
     g->v = b->v;
+    g->dout = b->dout;
     for (int i = 0; i < b->nout && g->nout < FD_MAX_BACKENDS; i++) {
         if (i == skip || (only_standard && b->out[i].be.role != FD_ROLE_STANDARD)) continue;
         g->out[g->nout].be = &b->out[i].be;
         g->out[g->nout].o = b->out[i].o;
         g->out[g->nout].lse = b->out[i].lse;
         g->out[g->nout].keep = b->out[i].keep;
+        g->out[g->nout].dq = b->out[i].dq;
+        g->out[g->nout].dk = b->out[i].dk;
+        g->out[g->nout].dv = b->out[i].dv;
         g->nout++;
     }
 }
@@ -384,11 +403,13 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
 
 void fd_bundle_free(fd_bundle *b)
 {
-    free(b->q); free(b->k); free(b->v);
-    b->q = b->k = b->v = NULL;
+    free(b->q); free(b->k); free(b->v); free(b->dout);
+    b->q = b->k = b->v = b->dout = NULL;
     for (int i = 0; i < b->nout; i++) {
         free(b->out[i].o); free(b->out[i].lse); free(b->out[i].keep);
+        free(b->out[i].dq); free(b->out[i].dk); free(b->out[i].dv);
         b->out[i].o = b->out[i].lse = NULL;
+        b->out[i].dq = b->out[i].dk = b->out[i].dv = NULL;
         b->out[i].keep = NULL;
     }
     b->nout = 0;
@@ -397,7 +418,7 @@ void fd_bundle_free(fd_bundle *b)
 }
 
 static const char *const meta_keys[] = {"layout", "mask", "dtype", "scale", "dropout_p", "seed",
-                                         "offset", "roles", "info", "format", NULL};
+                                         "offset", "roles", "info", "format", "deterministic", NULL};
 
 /* What meta.json (or __metadata__) declares before any tensor is read. */
 typedef struct {
@@ -411,6 +432,7 @@ static int check_types(fd_jctx *cx, tlist *l, const bmeta *m);
 static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist *l, fd_bundle *b,
                          const tens **q_out);
 static int bundle_outputs(fd_jctx *cx, const json_t *meta, const tens *tq, tlist *l, fd_bundle *b);
+static int bundle_grads(fd_jctx *cx, const tens *tq, tlist *l, fd_bundle *b);
 
 int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
 {
@@ -446,7 +468,7 @@ int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen)
     bmeta m;
     const tens *tq = NULL;
     if (bundle_meta(&cx, meta, b, &m) || check_types(&cx, &l, &m) || bundle_inputs(&cx, meta, &m, &l, b, &tq) ||
-        bundle_outputs(&cx, meta, tq, &l, b))
+        bundle_outputs(&cx, meta, tq, &l, b) || bundle_grads(&cx, tq, &l, b))
         goto out;
     b->info = json_incref(json_object_get(meta, "info"));
     rc = 0;
@@ -471,7 +493,7 @@ static int bundle_meta(fd_jctx *cx, const json_t *meta, fd_bundle *b, bmeta *m)
         for (int i = 0; meta_keys[i]; i++) ok |= !strcmp(key, meta_keys[i]);
         if (!ok) {
             snprintf(cx->err, cx->errlen, "%s: unknown key \"%s\" (expected layout, mask, dtype, scale, dropout_p, "
-                                          "seed, offset, roles, info, format)", cx->file, key);
+                                          "seed, offset, roles, info, format, deterministic)", cx->file, key);
             return -1;
         }
     }
@@ -489,6 +511,13 @@ static int bundle_meta(fd_jctx *cx, const json_t *meta, fd_bundle *b, bmeta *m)
     else if (!strcmp(mask, "causal") || !strcmp(mask, "causal_tl")) p->mask = FD_MASK_CAUSAL_TL;
     else if (!strcmp(mask, "causal_br")) p->mask = FD_MASK_CAUSAL_BR;
     else return fd_jfail(cx, "mask", "\"%s\" is not one of \"none\", \"causal\", \"causal_tl\", \"causal_br\"", mask);
+    json_t *jdet = json_object_get(meta, "deterministic");
+    if (jdet) {
+        if (!json_is_boolean(jdet))
+            return fd_jfail(cx, "deterministic", "expected true or false (torch.are_deterministic_algorithms_enabled())");
+        b->has_deterministic = 1;
+        b->deterministic = json_is_true(jdet);
+    }
     m->has_dt = 0;
     m->dt = FD_DT_FP32;
     json_t *jdt = json_object_get(meta, "dtype");
@@ -735,6 +764,88 @@ oom:
     return -1;
 }
 
+/* The output gradient `do` (q's shape and dtype, finite: the reference takes it as an
+ * input) and each output's gradients dq_NAME, dk_NAME, dv_NAME (shapes of q, k, v, q's
+ * dtype; all three or none; each needs out_NAME and do). */
+static int bundle_grads(fd_jctx *cx, const tens *tq, tlist *l, fd_bundle *b)
+{
+    char *err = cx->err;
+    const size_t errlen = cx->errlen;
+    static const char *const gname[3] = {"dq", "dk", "dv"};
+    const tens *tk = tlist_find(l, "k");
+    const tens *tdo = tlist_find(l, "do");
+    char s1[160], s2[160];
+    const char *lay = b->bhsd ? "batch, heads, seqlen_q, dim" : "batch, seqlen_q, heads, dim";
+    if (tdo) {
+        if (!shape_is(&tdo->a, 4, tq->a.shape)) {
+            fd_shape_str(tdo->a.ndim, tdo->a.shape, s1, sizeof s1);
+            fd_shape_str(4, tq->a.shape, s2, sizeof s2);
+            snprintf(err, errlen, "%s: output gradient of shape %s, expected q's %s (%s)", tdo->label, s1, s2, lay);
+            return -1;
+        }
+        if (tdo->a.type != tq->a.type) {
+            snprintf(err, errlen, "%s: output gradient of dtype %s, expected q's %s", tdo->label,
+                     fd_atype_name(tdo->a.type), fd_atype_name(tq->a.type));
+            return -1;
+        }
+        if (check_finite(tdo, err, errlen)) return -1;
+        if (!(b->dout = to_bshd(&tdo->a, b->bhsd))) goto oom;
+    }
+    const tens *seen[FD_MAX_BACKENDS][3];
+    memset(seen, 0, sizeof seen);
+    for (int i = 0; i < l->n; i++) {
+        const tens *t = &l->t[i];
+        const int g = grad_kind(t->name);
+        if (g < 0) continue;
+        const char *nm = t->name + 3;
+        int oi = -1;
+        for (int j = 0; j < b->nout; j++)
+            if (!strcmp(b->out[j].name, nm)) oi = j;
+        if (oi < 0) {
+            snprintf(err, errlen, "%s: gradient of no output (no tensor out_%s)", t->label, nm);
+            return -1;
+        }
+        if (!tdo) {
+            snprintf(err, errlen, "%s: a gradient needs the output gradient it was computed for: expected tensor do "
+                                  "(like q) in the bundle", t->label);
+            return -1;
+        }
+        const tens *like = g == 0 ? tq : tk;
+        if (!shape_is(&t->a, 4, like->a.shape)) {
+            fd_shape_str(t->a.ndim, t->a.shape, s1, sizeof s1);
+            fd_shape_str(4, like->a.shape, s2, sizeof s2);
+            snprintf(err, errlen, "%s: shape %s, expected %s's %s", t->label, s1, g == 0 ? "q" : g == 1 ? "k" : "v", s2);
+            return -1;
+        }
+        if (t->a.type != tq->a.type) {
+            snprintf(err, errlen, "%s: dtype %s, expected the bundle's %s", t->label, fd_atype_name(t->a.type),
+                     fd_atype_name(tq->a.type));
+            return -1;
+        }
+        seen[oi][g] = t;
+        float *x = to_bshd(&t->a, b->bhsd);
+        if (!x) goto oom;
+        fd_import_output *o = &b->out[oi];
+        if (g == 0) o->dq = x;
+        else if (g == 1) o->dk = x;
+        else o->dv = x;
+    }
+    for (int j = 0; j < b->nout; j++) {
+        const tens *any = seen[j][0] ? seen[j][0] : seen[j][1] ? seen[j][1] : seen[j][2];
+        if (!any) continue;
+        for (int g = 0; g < 3; g++)
+            if (!seen[j][g]) {
+                snprintf(err, errlen, "%s: no %s_%s beside it (expected dq_%s, dk_%s and dv_%s together, or none)",
+                         any->label, gname[g], b->out[j].name, b->out[j].name, b->out[j].name, b->out[j].name);
+                return -1;
+            }
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "%s: out of memory", b->path);
+    return -1;
+}
+
 /* ---- writing ---- */
 
 static int make_array(fd_array *a, fd_atype t, int nd, const int64_t *shape, const float *src, int bhsd,
@@ -767,7 +878,7 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
 {
     const fd_problem *p = &b->prob;
     const fd_atype at = p->dtype == FD_DT_FP16 ? FD_AT_F16 : p->dtype == FD_DT_BF16 ? FD_AT_BF16 : FD_AT_F32;
-    enum { MAXT = 3 + 3 * FD_MAX_BACKENDS };
+    enum { MAXT = 4 + 6 * FD_MAX_BACKENDS };
     fd_array arr[MAXT];
     char names[MAXT][64];
     const fd_array *ap[MAXT];
@@ -784,6 +895,10 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
     snprintf(names[n++], 64, "k");
     if (make_array(&arr[n], at, 4, ks, b->v, bhsd, err, errlen)) goto out;
     snprintf(names[n++], 64, "v");
+    if (b->dout) {
+        if (make_array(&arr[n], at, 4, qs, b->dout, bhsd, err, errlen)) goto out;
+        snprintf(names[n++], 64, "do");
+    }
     for (int i = 0; i < b->nout; i++) {
         const fd_import_output *o = &b->out[i];
         if (make_array(&arr[n], at, 4, qs, o->o, bhsd, err, errlen)) goto out;
@@ -796,6 +911,12 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
             if (fd_array_alloc(&arr[n], FD_AT_U8, 4, ms, err, errlen)) goto out;
             memcpy(arr[n].data, o->keep, arr[n].numel);
             snprintf(names[n++], 64, "dmask_%s", o->name);
+        }
+        const float *gr[3] = {o->dq, o->dk, o->dv};
+        for (int g = 0; g < 3; g++) {
+            if (!gr[g]) continue;
+            if (make_array(&arr[n], at, 4, g == 0 ? qs : ks, gr[g], bhsd, err, errlen)) goto out;
+            snprintf(names[n++], 64, "%s_%s", g == 0 ? "dq" : g == 1 ? "dk" : "dv", o->name);
         }
     }
     for (int i = 0; i < n; i++) {
@@ -826,6 +947,7 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
             json_object_set_new(meta, "info", json_string(s ? s : "null"));
             free(s);
         }
+        if (b->has_deterministic) json_object_set_new(meta, "deterministic", json_string(b->deterministic ? "true" : "false"));
         json_decref(roles);
         rc = fd_st_write_file(path, np, ap, n, meta, err, errlen);
         json_decref(meta);
@@ -837,6 +959,7 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
     json_object_set_new(meta, "offset", json_string(of));
     json_object_set_new(meta, "roles", roles);
     if (b->info) json_object_set(meta, "info", b->info);
+    if (b->has_deterministic) json_object_set_new(meta, "deterministic", json_boolean(b->deterministic));
     if (mkdir(path, 0755) && errno != EEXIST) {
         snprintf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
         json_decref(meta);

@@ -6,12 +6,16 @@
  * file (the same names; meta in "__metadata__", string values). Tensors: q, k, v
  * (required), out_NAME (an output of path NAME, any number up to FD_MAX_BACKENDS),
  * lse_NAME ([b][h][s_q] fp32), dmask_NAME (the dropout mask path NAME applied,
- * [b][h][s_q][s_k] uint8/bool, 1 = kept). Meta: layout "bshd" or "bhsd" (required,
+ * [b][h][s_q][s_k] uint8/bool, 1 = kept), do (the output gradient, like q) and per
+ * output dq_NAME, dk_NAME, dv_NAME (its gradients for do: like q, k, v, the bundle's
+ * dtype; all three or none; they need do and out_NAME). Meta: layout "bshd" or "bhsd" (required,
  * never guessed), mask "none" | "causal" (= "causal_tl", PyTorch is_causal) |
  * "causal_br" (required), dtype (required for npy '<u2', which then means bf16),
  * scale (default 1/sqrt(d) as a float), dropout_p (default 0), seed and offset (FA2
  * Philox; required when dropout_p > 0), roles ({NAME: "flash" | "standard"}; default:
- * standard when NAME contains math, eager, standard or ref, else flash), info (free).
+ * standard when NAME contains math, eager, standard or ref, else flash), info (free),
+ * deterministic (true/false: torch.are_deterministic_algorithms_enabled() when the
+ * gradients were made; has_deterministic says whether it was given).
  *
  * fd_bundle_load validates everything (shapes agree, dtypes agree and are supported,
  * q/k/v finite) and converts tensors to fd_problem's layouts (floats holding the exact
@@ -45,6 +49,8 @@ typedef struct fd_bundle {
     int nout;
     fd_import_output out[FD_MAX_BACKENDS];
     json_t *info;        /* meta "info" (or NULL) */
+    int has_deterministic; /* meta "deterministic" was given: */
+    int deterministic;     /* torch.are_deterministic_algorithms_enabled() when the bundle was made */
 } fd_bundle;
 
 int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen);

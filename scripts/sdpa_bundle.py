@@ -17,11 +17,19 @@ layout "bhsd" (SDPA's own), bf16 as '<u2' with meta dtype bf16.
           the eager formula with the flash kernel's own mask (other backends draw other
           random numbers, so their outputs are not comparable and are not written).
 
+With --backward it also draws an output gradient dO (torch.randn on the GPU, seeded
+from the input seed, in the dtype), writes it as do.npy, and for every output it wrote
+the autograd gradients of that very forward call, torch.autograd.grad(out, (q, k, v), dO),
+as dq_NAME, dk_NAME, dv_NAME (the dtype, bhsd), plus meta "deterministic"
+(torch.are_deterministic_algorithms_enabled()). A backend whose backward fails keeps its
+output, loses its gradients, and says why in info.notes.
+
 Inputs are generated (torch.randn on the GPU from --seed) or loaded (--load DIR: a
 bundle's q.npy, k.npy, v.npy in bhsd). Needs torch and numpy.
 
   python3 scripts/sdpa_bundle.py --out bundles                       # the default shapes
   python3 scripts/sdpa_bundle.py --out b --seqlens 113 --head-dims 64 --dtypes fp16 --dropout 0.1
+  python3 scripts/sdpa_bundle.py --out g --backward                  # with dO and the gradients
   build/flashdrift check --tensors bundles --out out/sdpa
 """
 import argparse
@@ -37,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 MASK64 = (1 << 64) - 1
+# dO's generator seed: the input seed plus this, so that dO differs from q, k, v.
+DOUT_SEED_DELTA = 0x5EED_D0
 
 
 def npy_save(path, arr):
@@ -104,6 +114,13 @@ def one(args, B, H, S, D, dt, causal, p, gen_seed, outdir):
         g = torch.Generator(device=dev)
         g.manual_seed(gen_seed)
         q, k, v = (torch.randn(B, H, S, D, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+    dout = None
+    if args.backward:
+        # leaves for autograd: every forward below records its graph back to them
+        q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
+        gd = torch.Generator(device=dev)
+        gd.manual_seed(gen_seed + DOUT_SEED_DELTA)
+        dout = torch.randn(q.shape, generator=gd, device=dev, dtype=torch.float32).to(q.dtype)
     scale = 1.0 / math.sqrt(D)
     scale_f32 = float(np.float32(scale))
     outs, info = {}, {"torch": torch.__version__, "cuda": torch.version.cuda,
@@ -143,6 +160,15 @@ def one(args, B, H, S, D, dt, causal, p, gen_seed, outdir):
             info["notes"].append(f"math unavailable: {type(e).__name__}: {e}")
         oe, le = eager(q, k, v, scale, causal)
         outs["eager"] = (oe, le)
+    grads = {}
+    if args.backward:
+        meta["deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
+        info["dout_seed"] = gen_seed + DOUT_SEED_DELTA
+        for n, tup in outs.items():
+            try:
+                grads[n] = torch.autograd.grad(tup[0], (q, k, v), grad_outputs=dout)
+            except Exception as e:  # noqa: BLE001 - the output stays, without gradients
+                info["notes"].append(f"{n} backward unavailable: {type(e).__name__}: {e}")
     meta["info"] = info
     if not outs:
         print(f"{name}: no output from any backend: {info['notes']}", flush=True)
@@ -156,6 +182,11 @@ def one(args, B, H, S, D, dt, causal, p, gen_seed, outdir):
             npy_save(os.path.join(path, f"lse_{n}.npy"), to_np(tup[1]))
         if len(tup) > 2:
             npy_save(os.path.join(path, f"dmask_{n}.npy"), to_np(tup[2]))
+        if n in grads:
+            for gn, gt in zip(("dq", "dk", "dv"), grads[n]):
+                npy_save(os.path.join(path, f"{gn}_{n}.npy"), to_np(gt))
+    if dout is not None:
+        npy_save(os.path.join(path, "do.npy"), to_np(dout))
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return path
@@ -198,6 +229,8 @@ def main():
     ap.add_argument("--load", help="read q, k, v (bhsd .npy) from this bundle instead of generating them")
     ap.add_argument("--pack", type=int, default=0, help="also tar.xz the bundles, at most N raw bytes per archive")
     ap.add_argument("--pack-dir", help="where the archives go (default: --out)")
+    ap.add_argument("--backward", action="store_true",
+                    help="also draw dO (do.npy) and write each output's autograd gradients dq/dk/dv_NAME")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("sdpa_bundle.py: no CUDA device")

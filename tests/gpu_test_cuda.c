@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fd_cpu_bwd.h"
 #include "fd_cuda.h"
 #include "fd_dtype.h"
 #include "fd_exp2.h"
@@ -318,6 +319,79 @@ Test(gpu_cuda, flash_bitwise_deterministic)
               (double)t.ms_median, (double)t.ms_min, t.repeats);
     free(o0); free(l0); free(o); free(l);
     free_case(&c);
+}
+
+/* Relative l2 distance of a from b (b != 0). */
+static double rel_l2_f(const float *a, const float *b, size_t n)
+{
+    double se = 0.0, sr = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double e = (double)a[i] - (double)b[i];
+        se += e * e;
+        sr += (double)b[i] * (double)b[i];
+    }
+    return sr > 0.0 ? sqrt(se / sr) : sqrt(se);
+}
+
+/* cuda-standard backward against fd_cpu_standard_backward (the same arithmetic; cuBLAS
+ * orders its fp32 sums its own way and the softmax sums by a tree, so a few values round
+ * the other way by an ulp of the dtype, and such a flip in P or dS moves the gradients
+ * downstream by about that much). Bound on the relative l2 distance: 2u (u = 2^-11
+ * fp16, 2^-8 bf16; fp32: 2^-16 for the cancellation in dP - D); a wrong GEMM transpose,
+ * scale, mask, dropout or GQA sum is off by O(1). Every output written (NaN-poisoned),
+ * rows with no visible key give dQ = 0, and the timing covers the repeats. */
+Test(gpu_cuda, standard_backward_vs_cpu)
+{
+    SKIP_WITHOUT_GPU();
+    static const struct { int B, H, Hk, sq, sk, d; fd_dtype dt; fd_mask_kind mask; double p; } bs[] = {
+        {2, 4, 2, 70, 50, 64, FD_DT_FP16, FD_MASK_NONE, 0.0},
+        {1, 4, 2, 70, 50, 64, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0},
+        {1, 4, 2, 90, 40, 32, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.2},
+        {1, 4, 4, 33, 130, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.2},
+        {2, 4, 1, 64, 64, 64, FD_DT_BF16, FD_MASK_NONE, 0.2},
+        {1, 2, 2, 48, 80, 64, FD_DT_FP32, FD_MASK_CAUSAL_TL, 0.0},
+    };
+    for (size_t si = 0; si < sizeof bs / sizeof bs[0]; si++) {
+        tcase c;
+        make_case(&c, bs[si].B, bs[si].H, bs[si].Hk, bs[si].sq, bs[si].sk, bs[si].d, bs[si].dt, bs[si].mask,
+                  bs[si].p, 300 + si);
+        const fd_problem *p = &c.p;
+        const size_t nq = fd_q_numel(p), nk = fd_kv_numel(p);
+        float *dout = malloc(sizeof(float) * nq);
+        cr_assert_not_null(dout);
+        for (size_t i = 0; i < nq; i++) dout[i] = nrand(p->dtype);
+        float *cq = poisoned(nq), *ck = poisoned(nk), *cv = poisoned(nk);
+        float *gq = poisoned(nq), *gk = poisoned(nk), *gv = poisoned(nk);
+        char err[512] = "";
+        cr_assert_eq(fd_cpu_standard_backward(p, FD_ACC_SEQ, c.q, c.k, c.v, dout, cq, ck, cv, err, sizeof err), 0,
+                     "case %zu cpu: %s", si, err);
+        fd_cuda_timing tm;
+        cr_assert_eq(fd_cuda_standard_backward(p, 2, c.q, c.k, c.v, dout, gq, gk, gv, &tm, err, sizeof err), 0,
+                     "case %zu cuda: %s", si, err);
+        size_t nan = 0;
+        for (size_t i = 0; i < nq; i++) nan += isnan(gq[i]) ? 1u : 0u;
+        for (size_t i = 0; i < nk; i++) nan += (isnan(gk[i]) ? 1u : 0u) + (isnan(gv[i]) ? 1u : 0u);
+        cr_expect_eq(nan, 0, "case %zu: %zu NaN or unwritten gradient entries", si, nan);
+        const double u = p->dtype == FD_DT_FP16 ? 0x1p-11 : p->dtype == FD_DT_BF16 ? 0x1p-8 : 0x1p-17;
+        const double eq = rel_l2_f(gq, cq, nq), ek = rel_l2_f(gk, ck, nk), ev = rel_l2_f(gv, cv, nk);
+        cr_log_info("case %zu (%s d%d %dx%d mask %d p %.2f): rel l2 vs cpu dQ %.3e dK %.3e dV %.3e (u %.3e), %.3f ms",
+                    si, fd_dtype_name(p->dtype), p->head_dim, p->seqlen_q, p->seqlen_k, (int)p->mask, p->dropout_p,
+                    eq, ek, ev, u, (double)tm.ms_median);
+        cr_expect(eq <= 2 * u && ek <= 2 * u && ev <= 2 * u,
+                  "case %zu: cuda-standard backward vs cpu rel l2 dQ %.3e dK %.3e dV %.3e above 2u = %.3e", si, eq, ek,
+                  ev, 2 * u);
+        for (int b = 0; b < p->batch; b++)
+            for (int h = 0; h < p->heads; h++)
+                for (int i = 0; i < p->seqlen_q; i++)
+                    if (fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k) == 0)
+                        for (int d = 0; d < p->head_dim; d++)
+                            cr_expect(fd_eqf(gq[fd_q_index(p, b, i, h, d)], 0.0f),
+                                      "case %zu: row %d has no visible key, dQ must be 0", si, i);
+        cr_expect(tm.repeats == 2 && tm.ms_min > 0.0f && tm.ms_min <= tm.ms_median, "case %zu: timing %d %g %g", si,
+                  tm.repeats, (double)tm.ms_min, (double)tm.ms_median);
+        free(dout); free(cq); free(ck); free(cv); free(gq); free(gk); free(gv);
+        free_case(&c);
+    }
 }
 
 /* Rejections happen before any launch and need no GPU. */

@@ -477,6 +477,159 @@ Test(bundle, bad_bundles)
 #undef FRESH
 }
 
+/* Gives b an output gradient and, for each of its outputs, dq/dk/dv; deterministic as given. */
+static void add_grads(fd_bundle *b, int deterministic)
+{
+    const fd_problem *p = &b->prob;
+    const fd_dtype t = p->dtype;
+    b->dout = malloc(sizeof(float) * fd_q_numel(p));
+    for (size_t i = 0; i < fd_q_numel(p); i++) b->dout[i] = spread(t, i + 11);
+    for (int o = 0; o < b->nout; o++) {
+        fd_import_output *io = &b->out[o];
+        io->dq = malloc(sizeof(float) * fd_q_numel(p));
+        io->dk = malloc(sizeof(float) * fd_kv_numel(p));
+        io->dv = malloc(sizeof(float) * fd_kv_numel(p));
+        for (size_t i = 0; i < fd_q_numel(p); i++) io->dq[i] = spread(t, i + 20 + (size_t)o);
+        for (size_t i = 0; i < fd_kv_numel(p); i++) io->dk[i] = spread(t, i + 30 + (size_t)o);
+        for (size_t i = 0; i < fd_kv_numel(p); i++) io->dv[i] = spread(t, i + 40 + (size_t)o);
+        io->dq[1] = NAN; /* gradients are outputs: they may hold NaN */
+    }
+    b->has_deterministic = 1;
+    b->deterministic = deterministic;
+}
+
+Test(bundle, round_trip_with_gradients)
+{
+    tu_dir(tmpdir, sizeof tmpdir);
+    for (int t = 0; t < 3; t++)
+        for (int bhsd = 0; bhsd < 2; bhsd++)
+            for (int st = 0; st < 2; st++) {
+                fd_bundle w, r;
+                make_bundle(&w, (fd_dtype)t, 2, 4, 2, 5, 7, 3, 2);
+                add_grads(&w, (t + st) % 2);
+                char p[512], err[1024];
+                snprintf(p, sizeof p, "%s/g_%d_%d%s", tmpdir, t, bhsd, st ? ".safetensors" : "");
+                cr_assert_eq(fd_bundle_write(&w, p, st, bhsd, err, sizeof err), 0, "%s", err);
+                cr_assert_eq(fd_bundle_load(p, &r, err, sizeof err), 0, "%s", err);
+                const fd_problem *a = &w.prob;
+                cr_assert_not_null(r.dout, "do not loaded (dtype %d bhsd %d st %d)", t, bhsd, st);
+                cr_expect(same_bits(w.dout, r.dout, fd_q_numel(a)), "do differs (dtype %d bhsd %d st %d)", t, bhsd, st);
+                cr_expect_eq(r.has_deterministic, 1);
+                cr_expect_eq(r.deterministic, (t + st) % 2, "deterministic not kept (st %d)", st);
+                cr_assert_eq(r.nout, 2);
+                for (int o = 0; o < 2; o++) {
+                    cr_assert(r.out[o].dq && r.out[o].dk && r.out[o].dv, "gradients of %s not loaded", r.out[o].name);
+                    cr_expect(same_bits(w.out[o].dq, r.out[o].dq, fd_q_numel(a)), "dq %d differs (dtype %d bhsd %d st %d)",
+                              o, t, bhsd, st);
+                    cr_expect(same_bits(w.out[o].dk, r.out[o].dk, fd_kv_numel(a)), "dk %d differs", o);
+                    cr_expect(same_bits(w.out[o].dv, r.out[o].dv, fd_kv_numel(a)), "dv %d differs", o);
+                }
+                fd_given g;
+                fd_bundle_given(&r, 0, 0, &g);
+                cr_expect(g.dout == r.dout && g.nout == 1 && g.out[0].dq == r.out[1].dq && g.out[0].dk == r.out[1].dk &&
+                              g.out[0].dv == r.out[1].dv,
+                          "fd_bundle_given does not pass the gradients through");
+                fd_bundle_free(&w);
+                fd_bundle_free(&r);
+            }
+    /* a bundle without gradients has none, and no deterministic flag */
+    fd_bundle w, r;
+    make_bundle(&w, FD_DT_FP16, 1, 2, 1, 3, 4, 2, 1);
+    char p[512], err[1024];
+    snprintf(p, sizeof p, "%s/nograd", tmpdir);
+    cr_assert_eq(fd_bundle_write(&w, p, 0, 0, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_bundle_load(p, &r, err, sizeof err), 0, "%s", err);
+    cr_expect(!r.dout && !r.out[0].dq && !r.out[0].dk && !r.out[0].dv && !r.has_deterministic);
+    fd_given g;
+    fd_bundle_given(&r, -1, 0, &g);
+    cr_expect(!g.dout && !g.out[0].dq);
+    fd_bundle_free(&w);
+    fd_bundle_free(&r);
+}
+
+/* A valid npy bundle with gradients (q (1, 3, 2, 2), k and v (1, 4, 1, 2), fp16). */
+static void good_grad_dir(const char *dir, int safetensors)
+{
+    fd_bundle w;
+    char err[1024];
+    make_bundle(&w, FD_DT_FP16, 1, 2, 1, 3, 4, 2, 2);
+    add_grads(&w, 1);
+    cr_assert_eq(fd_bundle_write(&w, dir, safetensors, 0, err, sizeof err), 0, "%s", err);
+    fd_bundle_free(&w);
+}
+
+Test(bundle, bad_gradients)
+{
+    tu_dir(tmpdir, sizeof tmpdir);
+    char d[600], p[1200];
+    int n = 0;
+#define FRESH() do { snprintf(d, sizeof d, "%s/g%d", tmpdir, n++); good_grad_dir(d, 0); } while (0)
+    const int64_t q_shape[4] = {1, 3, 2, 2}, q_bad[4] = {1, 3, 2, 3};
+    FRESH();
+    {
+        fd_bundle r;
+        char err[1024];
+        cr_assert_eq(fd_bundle_load(d, &r, err, sizeof err), 0, "the good bundle: %s", err);
+        fd_bundle_free(&r);
+    }
+    /* a gradient without do */
+    FRESH();
+    snprintf(p, sizeof p, "%s/do.npy", d);
+    unlink(p);
+    expect_load_error(d, "dk_flash.npy: a gradient needs the output gradient it was computed for: expected tensor do");
+    /* do of the wrong shape, of the wrong dtype, not finite */
+    FRESH();
+    tu_npy_fill(d, "do", FD_AT_F16, 4, q_bad, 1.0f);
+    expect_load_error(d, "do.npy: output gradient of shape (1, 3, 2, 3), expected q's (1, 3, 2, 2)");
+    FRESH();
+    tu_npy_fill(d, "do", FD_AT_F32, 4, q_shape, 1.0f);
+    expect_load_error(d, "do.npy: output gradient of dtype fp32, expected q's fp16");
+    FRESH();
+    tu_npy_fill(d, "do", FD_AT_F16, 4, q_shape, NAN);
+    expect_load_error(d, "do.npy: 12 NaN and 0 Inf input values");
+    /* only some of dq/dk/dv */
+    FRESH();
+    snprintf(p, sizeof p, "%s/dv_math.npy", d);
+    unlink(p);
+    expect_load_error(d, "dq_math.npy: no dv_math beside it (expected dq_math, dk_math and dv_math together, or none)");
+    FRESH();
+    snprintf(p, sizeof p, "%s/dq_flash.npy", d);
+    unlink(p);
+    expect_load_error(d, "dk_flash.npy: no dq_flash beside it");
+    /* a gradient with no out_NAME */
+    FRESH();
+    tu_npy_fill(d, "dq_nobody", FD_AT_F16, 4, q_shape, 0.0f);
+    expect_load_error(d, "dq_nobody.npy: gradient of no output (no tensor out_nobody)");
+    /* gradients of the wrong shape or dtype */
+    FRESH();
+    tu_npy_fill(d, "dk_flash", FD_AT_F16, 4, q_shape, 0.0f);
+    expect_load_error(d, "dk_flash.npy: shape (1, 3, 2, 2), expected k's (1, 4, 1, 2)");
+    FRESH();
+    tu_npy_fill(d, "dq_flash", FD_AT_F32, 4, q_shape, 0.0f);
+    expect_load_error(d, "dq_flash.npy: dtype fp32, expected the bundle's fp16");
+    /* an unknown gradient-like name */
+    FRESH();
+    tu_npy_fill(d, "dx_flash", FD_AT_F16, 4, q_shape, 0.0f);
+    expect_load_error(d, "dx_flash.npy: unexpected tensor file");
+    /* deterministic must be a boolean */
+    FRESH();
+    snprintf(p, sizeof p, "%s/meta.json", d);
+    tu_write(p, "{\"layout\": \"bshd\", \"mask\": \"none\", \"deterministic\": \"yes\"}");
+    expect_load_error(d, "meta.json: deterministic: expected true or false");
+    /* safetensors: the file and the tensor named */
+    fd_bundle w;
+    char err[1024];
+    make_bundle(&w, FD_DT_BF16, 1, 2, 1, 3, 4, 2, 2);
+    add_grads(&w, 0);
+    free(w.dout);
+    w.dout = NULL;
+    snprintf(p, sizeof p, "%s/nodo.safetensors", tmpdir);
+    cr_assert_eq(fd_bundle_write(&w, p, 1, 1, err, sizeof err), 0, "%s", err);
+    expect_load_error(p, "nodo.safetensors: tensor dk_flash: a gradient needs the output gradient");
+    fd_bundle_free(&w);
+#undef FRESH
+}
+
 /* A bundle whose flash output is the reference rounded to the dtype and whose mask is
  * FA2's: PASS; with one mask bit flipped: FAIL naming the disagreement. */
 Test(bundle, exact_output_passes_and_mask_agreement)

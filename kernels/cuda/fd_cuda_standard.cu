@@ -219,3 +219,276 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
     FD_CU(cudaMemcpy(lse, dl.p, dl.bytes, cudaMemcpyDeviceToHost));
     return 0;
 }
+
+/* The backward (fd_cpu_standard_backward's arithmetic): per chunk of (batch, head) pairs,
+ *   S = Q K^T (cuBLAS, fp32 out); P = round(softmax(S * scale)) and Pd = round(keep ? P * rp
+ *   : 0) (softmax_fwd_rows: the forward's softmax_rows arithmetic, rows with no visible
+ *   key P = Pd = 0); dV_h = Pd^T dO (cuBLAS, fp32 out); dPd = dO V^T (cuBLAS, fp32 out,
+ *   into S's workspace); softmax_bwd_rows: dP = keep ? round(dPd) * rp : 0 (fp32),
+ *   D = sum_j P dP (block tree reduction), dS = round((P (dP - D)) * scale) into Pd's
+ *   workspace; dQ = dS K and dK_h = dS^T Q (cuBLAS, fp32 out). dQ is rounded into the
+ *   output; dK_h, dV_h are rounded and added in fp32 to per-kv-head accumulators, the
+ *   group's query heads in ascending order (chunks run in ascending (batch, head) order
+ *   and gqa_accum walks a chunk's heads in order), and rounded once at the end. */
+namespace {
+
+__device__ __forceinline__ float ld_elem(const void *p, size_t i, int dt)
+{
+    if (dt == FD_DT_FP32) return static_cast<const float *>(p)[i];
+    if (dt == FD_DT_FP16) return fd_f16_bits_to_f32(static_cast<const uint16_t *>(p)[i]);
+    return fd_bf16_bits_to_f32(static_cast<const uint16_t *>(p)[i]);
+}
+
+__device__ __forceinline__ float rnd(float x, int dt)
+{
+    return dt == FD_DT_FP32 ? x : fd_round_to_dtype(x, (fd_dtype)dt);
+}
+
+__device__ __forceinline__ bool bwd_keep(const StdParams &p, int b, int h, int i, int j)
+{
+    return fd_fa2_dropout_byte(p.seed, p.offset, p.H, b, h, i, j) <= p.thr;
+}
+
+/* Visible keys of row i: 0..nv-1 (the masks are prefixes). */
+__device__ __forceinline__ long bwd_nvis(const StdParams &p, int i)
+{
+    const long diag = p.mask == FD_MASK_CAUSAL_BR ? (long)p.sk - p.sq : 0;
+    return p.mask == FD_MASK_NONE ? p.sk : min((long)p.sk, max(0L, (long)i + diag + 1));
+}
+
+/* One block per row of S (fp32) -> P (dtype, undropped) and Pd (dtype, dropped). */
+__global__ void softmax_fwd_rows(const float *S, void *Pm, void *Pdm, StdParams p, int bh0)
+{
+    __shared__ float red[32];
+    const int row = blockIdx.x;
+    const int i = row % p.sq, bh = bh0 + row / p.sq;
+    const int b = bh / p.H, h = bh % p.H;
+    const float *s = S + (size_t)row * p.sk;
+    const long nv = bwd_nvis(p, i);
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < nv; j += blockDim.x) mx = fmaxf(mx, __fmul_rn(s[j], p.scale));
+    for (int w = 16; w >= 1; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mx = fmaxf(mx, red[w]);
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < nv; j += blockDim.x) sum = __fadd_rn(sum, expf(__fsub_rn(__fmul_rn(s[j], p.scale), mx)));
+    for (int w = 16; w >= 1; w >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, w));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) sum = __fadd_rn(sum, red[w]);
+    const size_t prow = (size_t)row * p.sk;
+    for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
+        float pr = 0.0f, pd = 0.0f;
+        if (j < nv) {
+            pr = rnd(__fdiv_rn(expf(__fsub_rn(__fmul_rn(s[j], p.scale), mx)), sum), p.dtype);
+            pd = pr;
+            if (p.dropout) pd = rnd(bwd_keep(p, b, h, i, j) ? __fmul_rn(pr, p.rp) : 0.0f, p.dtype);
+        }
+        st_elem(Pm, prow + j, p.dtype, pr);
+        st_elem(Pdm, prow + j, p.dtype, pd);
+    }
+}
+
+/* One block per row: dPd (fp32, in S's workspace) and P (dtype) -> dS (dtype). dP is
+ * kept in place of dPd between the two passes (each thread its own columns). */
+__global__ void softmax_bwd_rows(float *dPd, const void *Pm, void *dSm, StdParams p, int bh0)
+{
+    __shared__ float red[32];
+    const int row = blockIdx.x;
+    const int i = row % p.sq, bh = bh0 + row / p.sq;
+    const int b = bh / p.H, h = bh % p.H;
+    float *dp = dPd + (size_t)row * p.sk;
+    const size_t prow = (size_t)row * p.sk;
+    float acc = 0.0f;
+    for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
+        float x = rnd(dp[j], p.dtype);
+        if (p.dropout) x = bwd_keep(p, b, h, i, j) ? __fmul_rn(x, p.rp) : 0.0f;
+        dp[j] = x;
+        acc = __fadd_rn(acc, __fmul_rn(ld_elem(Pm, prow + j, p.dtype), x));
+    }
+    for (int w = 16; w >= 1; w >>= 1) acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, w));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    float D = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) D = __fadd_rn(D, red[w]);
+    for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
+        const float pj = ld_elem(Pm, prow + j, p.dtype);
+        st_elem(dSm, prow + j, p.dtype, rnd(__fmul_rn(__fmul_rn(pj, __fsub_rn(dp[j], D)), p.scale), p.dtype));
+    }
+}
+
+/* Per-head [bh - bh0][sk][d] fp32 gradients, rounded to the dtype, added to the kv head's
+ * fp32 accumulator [B][sk][Hk][d]; each accumulator element takes the chunk's heads of
+ * its group in ascending order (no two threads write one element). */
+__global__ void gqa_accum(const float *g, float *acc, StdParams p, int bh0, int nbh)
+{
+    const int group = p.H / p.Hk;
+    const size_t n = (size_t)p.B * p.sk * p.Hk * p.d;
+    for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(x % p.d);
+        size_t r = x / p.d;
+        const int hk = (int)(r % p.Hk);
+        r /= p.Hk;
+        const int j = (int)(r % p.sk);
+        const int b = (int)(r / p.sk);
+        float a = acc[x];
+        for (int gi = 0; gi < group; gi++) {
+            const int bh = b * p.H + hk * group + gi;
+            if (bh < bh0 || bh >= bh0 + nbh) continue;
+            a = __fadd_rn(a, rnd(g[((size_t)(bh - bh0) * p.sk + j) * p.d + c], p.dtype));
+        }
+        acc[x] = a;
+    }
+}
+
+/* fp32 [n] -> dtype [n], rounded. */
+__global__ void round_out(const float *src, void *dst, size_t n, int dt)
+{
+    for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (size_t)gridDim.x * blockDim.x)
+        st_elem(dst, x, dt, src[x]);
+}
+
+} // namespace
+
+extern "C" int fd_cuda_standard_backward(const fd_problem *p, int repeats, const float *q,
+                                         const float *k, const float *v, const float *dout,
+                                         float *dq, float *dk, float *dv, fd_cuda_timing *tm,
+                                         char *err, size_t errlen)
+{
+    if (fd_cu_check_problem(p, err, errlen)) return -1;
+    if (!q || !k || !v || !dout || !dq || !dk || !dv) FD_FAIL("null tensor argument");
+    if (repeats < 0 || repeats > 100000) FD_FAIL("repeats %d out of range", repeats);
+    if (fd_cuda_device_count() <= 0) FD_FAIL("no CUDA device");
+    const int B = p->batch, H = p->heads, Hk = p->kv_heads, sq = p->seqlen_q, sk = p->seqlen_k, d = p->head_dim;
+    const int dt = (int)p->dtype;
+    const size_t es = p->dtype == FD_DT_FP32 ? 4 : 2;
+    const size_t nkv = (size_t)B * sk * Hk * d;
+    fd_dbuf gq, gk, gv, gdo, gdq, gdk, gdv, accK, accV;
+    if (fd_cu_upload(gq, q, B, sq, H, d, d, p->dtype, "Q", err, errlen)) return -1;
+    if (fd_cu_upload(gk, k, B, sk, Hk, d, d, p->dtype, "K", err, errlen)) return -1;
+    if (fd_cu_upload(gv, v, B, sk, Hk, d, d, p->dtype, "V", err, errlen)) return -1;
+    if (fd_cu_upload(gdo, dout, B, sq, H, d, d, p->dtype, "dO", err, errlen)) return -1;
+    if (fd_dalloc(gdq, (size_t)B * sq * H * d * es, "dQ", err, errlen)) return -1;
+    if (fd_dalloc(gdk, nkv * es, "dK", err, errlen)) return -1;
+    if (fd_dalloc(gdv, nkv * es, "dV", err, errlen)) return -1;
+    if (fd_dalloc(accK, nkv * 4, "dK fp32 GQA accumulator", err, errlen)) return -1;
+    if (fd_dalloc(accV, nkv * 4, "dV fp32 GQA accumulator", err, errlen)) return -1;
+    FD_CU(cudaMemset(gdq.p, 0xff, gdq.bytes));
+    FD_CU(cudaMemset(gdk.p, 0xff, gdk.bytes));
+    FD_CU(cudaMemset(gdv.p, 0xff, gdv.bytes));
+
+    /* Per (batch, head): S/dP (fp32), P and Pd/dS (dtype), gathered Q, dO, K, V (dtype),
+     * dQ, dK, dV (fp32). */
+    const size_t per_bh = (size_t)sq * sk * (4 + 2 * es) + (2 * (size_t)sq + 2 * (size_t)sk) * d * es +
+                          ((size_t)sq + 2 * (size_t)sk) * d * 4;
+    size_t fr = 0, tot = 0;
+    FD_CU(cudaMemGetInfo(&fr, &tot));
+    size_t budget = fr / 2;
+    if (budget > ((size_t)8 << 30)) budget = (size_t)8 << 30;
+    int nbh = (int)std::min<size_t>((size_t)B * H, budget / per_bh);
+    if (nbh < 1)
+        FD_FAIL("out of device memory: one (batch, head) of the standard backward needs %zu bytes (S and P are %d x %d), %zu free",
+                per_bh, sq, sk, fr);
+    fd_dbuf wS, wP, wPd, wQ, wDO, wK, wV, wdQ, wdK, wdV;
+    if (fd_dalloc(wS, (size_t)nbh * sq * sk * 4, "standard backward S/dP workspace", err, errlen)) return -1;
+    if (fd_dalloc(wP, (size_t)nbh * sq * sk * es, "standard backward P workspace", err, errlen)) return -1;
+    if (fd_dalloc(wPd, (size_t)nbh * sq * sk * es, "standard backward Pd/dS workspace", err, errlen)) return -1;
+    if (fd_dalloc(wQ, (size_t)nbh * sq * d * es, "gathered Q", err, errlen)) return -1;
+    if (fd_dalloc(wDO, (size_t)nbh * sq * d * es, "gathered dO", err, errlen)) return -1;
+    if (fd_dalloc(wK, (size_t)nbh * sk * d * es, "gathered K", err, errlen)) return -1;
+    if (fd_dalloc(wV, (size_t)nbh * sk * d * es, "gathered V", err, errlen)) return -1;
+    if (fd_dalloc(wdQ, (size_t)nbh * sq * d * 4, "standard backward dQ workspace", err, errlen)) return -1;
+    if (fd_dalloc(wdK, (size_t)nbh * sk * d * 4, "standard backward dK workspace", err, errlen)) return -1;
+    if (fd_dalloc(wdV, (size_t)nbh * sk * d * 4, "standard backward dV workspace", err, errlen)) return -1;
+    /* As the forward: cuBLAS's sm_90 stores are invisible to initcheck; zero its outputs once. */
+    FD_CU(cudaMemset(wS.p, 0, wS.bytes));
+    FD_CU(cudaMemset(wdQ.p, 0, wdQ.bytes));
+    FD_CU(cudaMemset(wdK.p, 0, wdK.bytes));
+    FD_CU(cudaMemset(wdV.p, 0, wdV.bytes));
+
+    Cublas cb;
+    FD_CUBLAS(cublasCreate(&cb.h));
+    FD_CUBLAS(cublasSetMathMode(cb.h, CUBLAS_PEDANTIC_MATH)); /* no TF32, no reduced-precision reductions */
+    const cudaDataType_t ct = p->dtype == FD_DT_FP16 ? CUDA_R_16F : p->dtype == FD_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+
+    StdParams sp;
+    sp.B = B; sp.H = H; sp.Hk = Hk; sp.sq = sq; sp.sk = sk; sp.d = d; sp.mask = (int)p->mask; sp.dtype = dt;
+    sp.dropout = p->dropout_p > 0.0; sp.scale = p->softmax_scale;
+    sp.rp = (float)(1.0 / (1.0 - p->dropout_p)); /* as fd_cpu_standard_backward takes it */
+    sp.thr = fd_fa2_threshold(p->dropout_p);
+    sp.seed = p->seed; sp.offset = p->offset;
+
+    auto run_once = [&]() -> int {
+        const float one = 1.0f, zero = 0.0f;
+        FD_CU(cudaMemsetAsync(accK.p, 0, accK.bytes));
+        FD_CU(cudaMemsetAsync(accV.p, 0, accV.bytes));
+        for (int bh0 = 0; bh0 < B * H; bh0 += nbh) {
+            const int n = std::min(nbh, B * H - bh0);
+            gather_heads<<<1024, 256>>>(gq.p, wQ.p, sq, H, H, d, bh0, n, dt);
+            FD_LAUNCH_CHECK();
+            gather_heads<<<1024, 256>>>(gdo.p, wDO.p, sq, H, H, d, bh0, n, dt);
+            FD_LAUNCH_CHECK();
+            gather_heads<<<1024, 256>>>(gk.p, wK.p, sk, Hk, H, d, bh0, n, dt);
+            FD_LAUNCH_CHECK();
+            gather_heads<<<1024, 256>>>(gv.p, wV.p, sk, Hk, H, d, bh0, n, dt);
+            FD_LAUNCH_CHECK();
+            /* S^T (col-major sk x sq) = K (col-major d x sk)^T * Q (col-major d x sq). */
+            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, &one,
+                                                 wK.p, ct, d, (long long)sk * d, wQ.p, ct, d,
+                                                 (long long)sq * d, &zero, wS.p, CUDA_R_32F, sk,
+                                                 (long long)sq * sk, n, CUBLAS_COMPUTE_32F,
+                                                 CUBLAS_GEMM_DEFAULT));
+            softmax_fwd_rows<<<(unsigned)((size_t)n * sq), 256>>>(wS.as<float>(), wP.p, wPd.p, sp, bh0);
+            FD_LAUNCH_CHECK();
+            /* dV^T (col-major d x sk) = dO^T (col-major d x sq) * Pd (row-major sq x sk). */
+            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_N, CUBLAS_OP_T, d, sk, sq, &one,
+                                                 wDO.p, ct, d, (long long)sq * d, wPd.p, ct, sk,
+                                                 (long long)sq * sk, &zero, wdV.p, CUDA_R_32F, d,
+                                                 (long long)sk * d, n, CUBLAS_COMPUTE_32F,
+                                                 CUBLAS_GEMM_DEFAULT));
+            /* dPd^T (col-major sk x sq) = V (col-major d x sk)^T * dO (col-major d x sq). */
+            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, &one,
+                                                 wV.p, ct, d, (long long)sk * d, wDO.p, ct, d,
+                                                 (long long)sq * d, &zero, wS.p, CUDA_R_32F, sk,
+                                                 (long long)sq * sk, n, CUBLAS_COMPUTE_32F,
+                                                 CUBLAS_GEMM_DEFAULT));
+            softmax_bwd_rows<<<(unsigned)((size_t)n * sq), 256>>>(wS.as<float>(), wP.p, wPd.p, sp, bh0);
+            FD_LAUNCH_CHECK();
+            /* dQ^T (col-major d x sq) = K (col-major d x sk) * dS^T (col-major sk x sq). */
+            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_N, CUBLAS_OP_N, d, sq, sk, &one,
+                                                 wK.p, ct, d, (long long)sk * d, wPd.p, ct, sk,
+                                                 (long long)sq * sk, &zero, wdQ.p, CUDA_R_32F, d,
+                                                 (long long)sq * d, n, CUBLAS_COMPUTE_32F,
+                                                 CUBLAS_GEMM_DEFAULT));
+            /* dK^T (col-major d x sk) = Q^T (col-major d x sq) * dS (row-major sq x sk). */
+            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_N, CUBLAS_OP_T, d, sk, sq, &one,
+                                                 wQ.p, ct, d, (long long)sq * d, wPd.p, ct, sk,
+                                                 (long long)sq * sk, &zero, wdK.p, CUDA_R_32F, d,
+                                                 (long long)sk * d, n, CUBLAS_COMPUTE_32F,
+                                                 CUBLAS_GEMM_DEFAULT));
+            scatter_out<<<1024, 256>>>(wdQ.as<float>(), gdq.p, sp, bh0, n);
+            FD_LAUNCH_CHECK();
+            gqa_accum<<<1024, 256>>>(wdK.as<float>(), accK.as<float>(), sp, bh0, n);
+            FD_LAUNCH_CHECK();
+            gqa_accum<<<1024, 256>>>(wdV.as<float>(), accV.as<float>(), sp, bh0, n);
+            FD_LAUNCH_CHECK();
+        }
+        round_out<<<1024, 256>>>(accK.as<float>(), gdk.p, nkv, dt);
+        FD_LAUNCH_CHECK();
+        round_out<<<1024, 256>>>(accV.as<float>(), gdv.p, nkv, dt);
+        FD_LAUNCH_CHECK();
+        return 0;
+    };
+    if (run_once()) return -1;
+    FD_CU(cudaDeviceSynchronize());
+    if (fd_time_repeats(repeats, run_once, tm, err, errlen)) return -1;
+    FD_CU(cudaDeviceSynchronize());
+    if (fd_cu_download_o(dq, gdq, B, sq, H, d, d, p->dtype, err, errlen)) return -1;
+    if (fd_cu_download_o(dk, gdk, B, sk, Hk, d, d, p->dtype, err, errlen)) return -1;
+    if (fd_cu_download_o(dv, gdv, B, sk, Hk, d, d, p->dtype, err, errlen)) return -1;
+    return 0;
+}
