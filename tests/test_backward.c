@@ -16,6 +16,8 @@
 #include "fd_dtype.h"
 #include "fd_explain.h"
 #include "fd_gate.h"
+#include "fd_import.h"
+#include "fd_inputs.h"
 #include "fd_run.h"
 #include "fd_run_import.h"
 #include "fd_test_util.h"
@@ -305,4 +307,82 @@ Test(backward, gate_applies_gradient_rules)
     char *g3[] = {FD_BINARY, "gate", rep, "--policy", (char *)bad, "--no-baseline", NULL};
     cr_expect_eq(tu_run(g3), 2, "%s%s", g_out, g_err);
     cr_expect(strstr(g_err, "gradients.limits.fp16.dk") != NULL, "%s", g_err);
+}
+
+/* Imported gradients: a bundle with do and dq/dk/dv per output is judged by check and
+ * explained by explain --tensors; a gradient tensor missing is bad input (exit 2). */
+static void write_grad_bundle(const char *path, int swap, int drop_dk)
+{
+    const fd_case *c = find(BR_CASE);
+    const fd_problem *p = &c->prob;
+    fd_bundle b;
+    memset(&b, 0, sizeof b);
+    b.prob = *p;
+    char err[512];
+    cr_assert_eq(fd_inputs_make(c, &b.q, &b.k, &b.v, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fd_inputs_make_dout(c, &b.dout, err, sizeof err), 0, "%s", err);
+    float *lse = malloc(sizeof(float) * fd_lse_numel(p));
+    cr_assert(lse);
+    for (int t = 0; t < 2; t++) {
+        fd_import_output *io = &b.out[t];
+        snprintf(io->name, sizeof io->name, t == 0 ? "flash" : "eager");
+        io->be.name = io->name;
+        io->be.family = "import";
+        io->be.role = t == 0 ? FD_ROLE_FLASH : FD_ROLE_STANDARD;
+        io->o = malloc(sizeof(float) * fd_q_numel(p));
+        io->dq = malloc(sizeof(float) * fd_q_numel(p));
+        io->dk = malloc(sizeof(float) * fd_kv_numel(p));
+        io->dv = malloc(sizeof(float) * fd_kv_numel(p));
+        cr_assert(io->o && io->dq && io->dk && io->dv);
+        if (t == 0) {
+            cr_assert_eq(fd_cpu_flash_forward(p, &g_cf.flash, b.q, b.k, b.v, NULL, 0, io->o, lse, err, sizeof err), 0);
+            cr_assert_eq(fd_cpu_flash_backward(p, &g_cf.flash, &g_cf.bwd, b.q, b.k, b.v, io->o, lse, b.dout, io->dq,
+                                               swap ? io->dv : io->dk, swap ? io->dk : io->dv, err, sizeof err), 0, "%s", err);
+        } else {
+            cr_assert_eq(fd_cpu_standard_forward(p, FD_ACC_TC16, b.q, b.k, b.v, NULL, p->seqlen_q, io->o, lse, err,
+                                                 sizeof err), 0, "%s", err);
+            cr_assert_eq(fd_cpu_standard_backward(p, FD_ACC_TC16, b.q, b.k, b.v, b.dout, io->dq, io->dk, io->dv, err,
+                                                  sizeof err), 0, "%s", err);
+        }
+    }
+    b.nout = 2;
+    if (drop_dk) {
+        free(b.out[0].dk);
+        b.out[0].dk = NULL;
+    }
+    free(lse);
+    cr_assert_eq(fd_bundle_write(&b, path, 0, 0, err, sizeof err), 0, "%s", err);
+    fd_bundle_free(&b);
+}
+
+Test(backward, imported_gradients_are_judged_and_explained)
+{
+    char dir[256], good[320], bad[320], half[320];
+    tu_dir(dir, sizeof dir);
+    snprintf(good, sizeof good, "%s/good", dir);
+    snprintf(bad, sizeof bad, "%s/swapped", dir);
+    snprintf(half, sizeof half, "%s/half", dir);
+    write_grad_bundle(good, 0, 0);
+    write_grad_bundle(bad, 1, 0);
+    char *c1[] = {FD_BINARY, "check", "--tensors", good, "--out", dir, "--jobs", "2", "--quiet", NULL};
+    cr_expect_eq(tu_run(c1), 0, "correct gradients pass: %s%s", g_out, g_err);
+    char rep[400];
+    snprintf(rep, sizeof rep, "%s/report.json", dir);
+    json_error_t je;
+    json_t *r = json_load_file(rep, 0, &je);
+    cr_assert_not_null(r);
+    const json_t *g = json_object_get(json_object_get(json_object_get(json_array_get(json_object_get(r, "cases"), 0),
+                                                                       "backends"), "flash"), "grad");
+    cr_expect(json_is_true(json_object_get(g, "measured")), "the flash gradients were measured");
+    cr_expect(json_is_number(json_object_get(json_object_get(g, "dq"), "fa_ratio")), "judged against eager's");
+    json_decref(r);
+    char *c2[] = {FD_BINARY, "check", "--tensors", bad, "--out", dir, "--jobs", "2", "--quiet", NULL};
+    cr_expect_eq(tu_run(c2), 1, "swapped dK/dV fail: %s%s", g_out, g_err);
+    char *e2[] = {FD_BINARY, "explain", "--tensors", bad, "--out", dir, NULL};
+    cr_expect_eq(tu_run(e2), 1, "%s", g_err);
+    cr_expect(strstr(g_out, "-> bwd_dk_dv_swapped") != NULL, "explain --tensors names the bug:\n%s", g_out);
+    write_grad_bundle(half, 0, 1);
+    char *c3[] = {FD_BINARY, "check", "--tensors", half, "--out", dir, "--jobs", "2", "--quiet", NULL};
+    cr_expect_eq(tu_run(c3), 2, "dq and dv without dk: bad input: %s", g_err);
+    cr_expect(strstr(g_err, "dk_flash") != NULL, "the message names the missing tensor: %s", g_err);
 }
