@@ -1,6 +1,9 @@
-/* fd_cmd_bench.c: `flashdrift bench`: forward throughput of cuda-flash and cuda-standard.
+/* fd_cmd_bench.c: `flashdrift bench`: throughput of cuda-flash and cuda-standard.
  *
- * flashdrift bench [--csv FILE] [--repeats N] [--max-n N]
+ * flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]
+ * --backward adds the backward pass of each (cuda-flash-bwd: dQ by atomicAdd; -bwd-det:
+ * the deterministic dQ, skipped where its per-key-tile buffers do not fit; counted as 2.5x
+ * the forward's FLOPs, as FlashAttention's benchmarks count the backward).
  * Shapes: B = 4, H = 16, N in {1024, 4096, 16384} (up to --max-n), d in {64, 128}, fp16
  * and bf16, causal (top-left, seqlen_q = seqlen_k) and not. Inputs N(0,1) rounded to the
  * dtype; CUDA events around the kernels only (no transfers), one warm-up, median of the
@@ -13,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fd_bwd.h"
 #include "fd_cmds.h"
 #include "fd_dtype.h"
 #include "fd_opt.h"
@@ -26,9 +30,10 @@
 int fd_cmd_bench(int argc, char **argv)
 {
     const char *csv = NULL;
-    int reps = 10, maxn = 16384;
-    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN };
+    int reps = 10, maxn = 16384, bwd = 0;
+    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN, OPT_BWD };
     static const struct option lo[] = {{"csv", required_argument, NULL, OPT_CSV},
+                                       {"backward", no_argument, NULL, OPT_BWD},
                                        {"repeats", required_argument, NULL, OPT_REPEATS},
                                        {"max-n", required_argument, NULL, OPT_MAXN},
                                        {NULL, 0, NULL, 0}};
@@ -42,6 +47,10 @@ int fd_cmd_bench(int argc, char **argv)
             csv = g.arg;
             continue;
         }
+        if (c == OPT_BWD) {
+            bwd = 1;
+            continue;
+        }
         char *end;
         long v = strtol(g.arg, &end, 10);
         if (!*g.arg || *end || v < 1 || v > 1000000)
@@ -50,7 +59,7 @@ int fd_cmd_bench(int argc, char **argv)
         else maxn = (int)v;
     }
 #ifndef FD_HAVE_CUDA
-    (void)csv; (void)reps; (void)maxn;
+    (void)csv; (void)reps; (void)maxn; (void)bwd;
     fprintf(stderr, "flashdrift: bench times the CUDA backends; this build has none (no nvcc at build time)\n");
     return FD_EXIT_USAGE;
 #else
@@ -79,20 +88,24 @@ int fd_cmd_bench(int argc, char **argv)
             const int d = ds[di];
             const size_t n = (size_t)B * (size_t)N * (size_t)H * (size_t)d;
             float *x[3], *o = malloc(n * sizeof(float)), *l = malloc((size_t)B * (size_t)H * (size_t)N * sizeof(float));
+            float *gr[4] = {NULL, NULL, NULL, NULL}; /* dO, dQ, dK, dV */
+            int oom = 0;
+            for (int t = 0; t < 4 && bwd; t++) oom |= !(gr[t] = malloc(n * sizeof(float)));
             for (int t = 0; t < 3; t++) x[t] = malloc(n * sizeof(float));
-            if (!o || !l || !x[0] || !x[1] || !x[2]) {
+            if (oom || !o || !l || !x[0] || !x[1] || !x[2]) {
                 fprintf(stderr, "flashdrift: bench: out of host memory for N=%d d=%d\n", N, d);
                 if (f) fd_doc_discard(&doc);
                 return FD_EXIT_INTERNAL;
             }
             for (int dt = 0; dt < 2; dt++) {
                 const fd_dtype t = dt ? FD_DT_BF16 : FD_DT_FP16;
-                for (int a = 0; a < 3; a++)
+                for (int a = 0; a < 3 + bwd; a++)
                     for (size_t e = 0; e < n; e++) {
                         fd_u32x4 c = {{(uint32_t)e, (uint32_t)(e >> 32), (uint32_t)a, 7u}};
                         fd_u32x4 r = fd_philox4x32(c, 2026u, 11u, 10);
                         double u1 = ((double)(r.v[0] >> 8) + 1.0) / 16777217.0, u2 = (double)(r.v[1] >> 8) / 16777216.0;
-                        x[a][e] = fd_round_to_dtype((float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)), t);
+                        float *dst = a < 3 ? x[a] : gr[0];
+                        dst[e] = fd_round_to_dtype((float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)), t);
                     }
                 for (int causal = 0; causal < 2; causal++) {
                     fd_problem p;
@@ -102,26 +115,45 @@ int fd_cmd_bench(int argc, char **argv)
                     p.mask = causal ? FD_MASK_CAUSAL_TL : FD_MASK_NONE;
                     p.softmax_scale = (float)(1.0 / sqrt((double)d));
                     const double flops = 4.0 * B * H * (double)N * N * d * (causal ? 0.5 : 1.0);
-                    for (int be = 0; be < 2; be++) {
+                    /* forward flash, forward standard; then (--backward) flash atomic, flash
+                     * deterministic and standard backward, from the flash forward's O and LSE */
+                    for (int be = 0; be < (bwd ? 5 : 2); be++) {
                         char err[512] = "";
                         fd_cuda_timing tm = {0, 0, 0};
                         int rc;
-                        const char *bn = be ? "cuda-standard" : "cuda-flash";
-                        if (!be) {
-                            fd_cuda_cfg cfg;
-                            fd_cuda_cfg_default(&cfg);
-                            cfg.repeats = reps;
+                        static const char *const names[] = {"cuda-flash", "cuda-standard", "cuda-flash-bwd",
+                                                            "cuda-flash-bwd-det", "cuda-standard-bwd"};
+                        const char *bn = names[be];
+                        fd_cuda_cfg cfg;
+                        fd_cuda_cfg_default(&cfg);
+                        cfg.repeats = reps;
+                        fd_bwd_cfg bc;
+                        fd_bwd_cfg_default(&bc);
+                        bc.dq_mode = be == 3 ? FD_DQ_DETERMINISTIC : FD_DQ_ATOMIC;
+                        if (be == 0) {
                             rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, &tm, err, sizeof err);
-                        } else {
+                        } else if (be == 1) {
                             rc = fd_cuda_standard_forward(&p, N >= 16384 ? 3 : reps, x[0], x[1], x[2], o, l, &tm, err, sizeof err);
+                            /* the backward below reads the flash forward's O and LSE */
+                            if (!rc && bwd) {
+                                cfg.repeats = 0;
+                                rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, NULL, err, sizeof err);
+                            }
+                        } else if (be < 4) {
+                            rc = fd_cuda_flash_backward(&p, &cfg, &bc, x[0], x[1], x[2], o, l, gr[0], gr[1], gr[2], gr[3],
+                                                        &tm, err, sizeof err);
+                        } else {
+                            rc = fd_cuda_standard_backward(&p, N >= 16384 ? 3 : reps, x[0], x[1], x[2], gr[0], gr[1], gr[2],
+                                                           gr[3], &tm, err, sizeof err);
                         }
                         const char *dn = fd_dtype_name(t);
                         if (rc) {
                             printf("%s %s N=%d d=%d: %s\n", bn, dn, N, d, err);
-                            fails++;
+                            /* the deterministic dQ's buffers may not fit: a limit, not a failure */
+                            if (be != 3) fails++;
                             continue;
                         }
-                        const double tf = flops / ((double)tm.ms_median * 1e-3) / 1e12;
+                        const double tf = (be >= 2 ? 2.5 : 1.0) * flops / ((double)tm.ms_median * 1e-3) / 1e12;
                         printf("%-14s %-5s %6d %4d %6d %10.3f %8.1f\n", bn, dn, N, d, causal, (double)tm.ms_median, tf);
                         if (f) fprintf(f, "%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.2f\n", bn, dn, B, H, N, d, causal,
                                        (double)tm.ms_median, (double)tm.ms_min, tf);
@@ -130,6 +162,7 @@ int fd_cmd_bench(int argc, char **argv)
                 }
             }
             for (int t = 0; t < 3; t++) free(x[t]);
+            for (int t = 0; t < 4; t++) free(gr[t]);
             free(o); free(l);
         }
     }

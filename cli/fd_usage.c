@@ -13,7 +13,9 @@
     "  --jobs N           threads, 1..1024 (default: the online CPUs)\n"                                \
     "  --filter S         only the cases whose id contains S\n"                                         \
     "  --repeat N         run each case's backends N times (1..64); outputs that are not bitwise\n"     \
-    "                     identical fail the case\n"                                                    \
+    "                     identical fail the case; backward cases: dK, dV (and a deterministic\n"      \
+    "                     dQ) likewise, an atomic dQ's spread is measured (fails only under\n"        \
+    "                     the policy's require_deterministic)\n"                                      \
     "  --resume           continue an interrupted run from DIR/cases.partial.jsonl\n"                   \
     "  --explain MODE     attribute the error of the FAIL cases (fail, default), of every case\n"       \
     "                     (all) or of none (none), as `explain` does\n"                                 \
@@ -137,13 +139,16 @@ static const struct {
      "exit: 0 all pass, 1 a bundle failed or could not be judged (UNJUDGED), 2 usage or input\n"
      "error (nothing written), 3 internal error, 130/143 interrupted (SIGINT/SIGTERM).\n"},
     {"bench",
-     "flashdrift bench [--csv FILE] [--repeats N] [--max-n N]\n",
-     "forward throughput of cuda-flash and cuda-standard (docs/benchmarks.md)",
+     "flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]\n",
+     "throughput of cuda-flash and cuda-standard (docs/benchmarks.md)",
      "Needs a CUDA build and a GPU.\n\n"
      "options:\n"
      "  --csv FILE         also write the table as CSV\n"
      "  --repeats N        timed repeats per shape (default 10)\n"
-     "  --max-n N          largest sequence length (default 16384)\n\n"
+     "  --max-n N          largest sequence length (default 16384)\n"
+     "  --backward         also the backward pass: cuda-flash-bwd (atomic dQ), cuda-flash-bwd-det\n"
+     "                     (deterministic dQ; skipped where its buffers do not fit) and\n"
+     "                     cuda-standard-bwd, counted as 2.5x the forward's FLOPs\n\n"
      "exit: 0, 2 no GPU or usage error, 3 a kernel failed.\n"},
     {"list",
      "flashdrift list CASEFILE\n",

@@ -2,17 +2,40 @@
 """Times torch.nn.functional.scaled_dot_product_attention restricted to the flash
 backend on the shapes of kernels/cuda/fd_bench.cu: B=4, H=16, N in {1024, 4096, 16384},
 d in {64, 128}, fp16/bf16, causal and not. CUDA events, warm-up, median of repeats.
-Usage: bench_torch.py [out.csv] [repeats] [maxN]"""
+With --backward also the backward pass (torch.autograd.grad of the flash SDPA output
+for a given dO, the forward not timed), counted as 2.5x the forward's FLOPs as
+`flashdrift bench --backward` counts it.
+Usage: bench_torch.py [--backward] [out.csv] [repeats] [maxN]"""
 import sys
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 
 
+def timed(fn, reps):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        e0 = torch.cuda.Event(enable_timing=True)
+        e1 = torch.cuda.Event(enable_timing=True)
+        e0.record()
+        fn()
+        e1.record()
+        e1.synchronize()
+        ts.append(e0.elapsed_time(e1))
+    ts.sort()
+    med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+    return med, ts[0]
+
+
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else "bench_torch.csv"
-    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-    maxn = int(sys.argv[3]) if len(sys.argv) > 3 else 16384
+    args = [a for a in sys.argv[1:] if a != "--backward"]
+    backward = len(args) != len(sys.argv) - 1
+    out = args[0] if len(args) > 0 else "bench_torch.csv"
+    reps = int(args[1]) if len(args) > 1 else 10
+    maxn = int(args[2]) if len(args) > 2 else 16384
     dev = torch.cuda.get_device_name(0)
     B, H = 4, 16
     rows = []
@@ -46,6 +69,16 @@ def main():
                     tf = flops / (med * 1e-3) / 1e12
                     rows.append(("torch-flash", dn, B, H, N, d, causal, med, ts[0], tf))
                     print(f"{'torch-flash':14s} {dn:5s} {N:6d} {d:4d} {causal:6d} {med:10.3f} {tf:8.1f}", flush=True)
+                    if backward:
+                        qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+                        do = torch.randn_like(q)
+                        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                            out_t = F.scaled_dot_product_attention(qg, kg, vg, is_causal=bool(causal))
+                            med_b, min_b = timed(lambda: torch.autograd.grad(out_t, (qg, kg, vg), do, retain_graph=True), reps)
+                        tf_b = 2.5 * flops / (med_b * 1e-3) / 1e12
+                        rows.append(("torch-flash-bwd", dn, B, H, N, d, causal, med_b, min_b, tf_b))
+                        print(f"{'torch-flash-bwd':14s} {dn:5s} {N:6d} {d:4d} {causal:6d} {med_b:10.3f} {tf_b:8.1f}", flush=True)
+                        del qg, kg, vg, do, out_t
     with open(out, "w") as f:
         f.write(f"# {dev}, torch {torch.__version__}\n")
         f.write("backend,dtype,B,H,N,d,causal,ms_median,ms_min,tflops\n")
