@@ -366,7 +366,23 @@ int fd_explain_grads(const fd_casefile *cf, const fd_problem *p, const float *q,
         const double r = g->budget[t] > 0 ? g->k_err[t] / g->budget[t] : 0.0;
         if (r > wr) { wr = r; worst = t; }
     }
-    if (!g->gross) {
+    int over = -1; /* a gradient above FlashAttention's rule, though within the flash budget */
+    for (int t = 0; t < FD_NGRAD && !g->gross; t++)
+        if (g->k_err[t] > cf->policy.grad_fa_ratio[t] * g->std_err[t] + cf->policy.atol &&
+            (over < 0 || g->k_err[t] / fmax(g->std_err[t], 1e-300) > g->k_err[over] / fmax(g->std_err[over], 1e-300)))
+            over = t;
+    if (over >= 0) {
+        int top = -1;
+        for (int i = 0; i < g->nparts; i++)
+            if (top < 0 || g->part[i].share[over] > g->part[top].share[over]) top = i;
+        snprintf(g->summary, sizeof g->summary,
+                 "gradients: rounding, but more than FlashAttention's rule allows: %s max abs error %.3g is %.2fx "
+                 "standard attention's %.3g (rule: %g x), yet within the flash algorithm's own rounding budget "
+                 "(replay %.3g); its largest part: %s (%.0f%% of the replay's error)",
+                 fd_grad_names[over], g->k_err[over], g->k_err[over] / g->std_err[over], g->std_err[over],
+                 cf->policy.grad_fa_ratio[over], g->r_err[over], top >= 0 ? g->part[top].name : "-",
+                 top >= 0 ? 100.0 * g->part[top].share[over] : 0.0);
+    } else if (!g->gross) {
         snprintf(g->summary, sizeof g->summary,
                  "gradients: rounding and accumulation order only: max abs errors dq %.3g, dk %.3g, dv %.3g within "
                  "the limits %.3g, %.3g, %.3g (replay %.3g, %.3g, %.3g; standard %.3g, %.3g, %.3g)%s",

@@ -454,6 +454,8 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
             snprintf(err, errlen, "out of memory computing metrics for case %s", c->id);
             goto out;
         }
+        if (!go) br->m.ms = ms > 0.0 ? ms : 1e3 * (fd_now_s() - tb);
+        /* the backward pass, on this backend's own forward outputs (timed apart) */
         if (c->backward) {
             const int gi = t - nbe;
             const int hasg = go && given->out[gi].dq;
@@ -462,7 +464,6 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
                                err, errlen))
                 goto out;
         }
-        if (!go) br->m.ms = ms > 0.0 ? ms : 1e3 * (fd_now_s() - tb);
         if (!go && ms > 0.0 && !strcmp(br->be->family, "cuda")) {
             /* the GPU computes every row: 2 flops per multiply-add in QK^T and in PV */
             double pairs = 0.0;

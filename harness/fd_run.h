@@ -129,7 +129,7 @@ typedef struct fd_bwd_result {
     int ref_undecided, ref_prec_max;
     double ref_seconds;
     /* the replay's order model: dQ of the first flash kernel replayed with its partials
-     * added in descending and two shuffled orders, against ascending: elements that
+     * added in descending and a shuffled order, against ascending: elements that
      * differ and the largest difference in ulps of the dtype */
     int order_checked;
     long order_elems, order_differ;

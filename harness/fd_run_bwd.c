@@ -201,9 +201,8 @@ static int order_model(const fd_casefile *cf, const fd_case *c, const float *q, 
         snprintf(err, errlen, "out of memory for the dQ order model");
         goto out;
     }
-    static const struct { fd_dq_order o; uint64_t seed; } orders[] = {
-        {FD_DQ_ORDER_DESC, 0}, {FD_DQ_ORDER_SHUFFLE, 1}, {FD_DQ_ORDER_SHUFFLE, 2}};
-    for (int t = 0; t < 3; t++) {
+    static const struct { fd_dq_order o; uint64_t seed; } orders[] = {{FD_DQ_ORDER_DESC, 0}, {FD_DQ_ORDER_SHUFFLE, 1}};
+    for (int t = 0; t < 2; t++) {
         fd_bwd_cfg bc = cf->bwd;
         bc.dq_mode = FD_DQ_ATOMIC;
         bc.dq_order = orders[t].o;
@@ -329,7 +328,10 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
                 gr->replay_identical[g] = gr->replay_elems[g] - d;
             }
         }
-        if (!res->bwd.order_checked &&
+        /* one key tile: there is no order to change */
+        int br_, bc_ = cf->bwd.bc;
+        if (!bc_) fd_bwd_tile_default(p->head_dim, &br_, &bc_);
+        if (!res->bwd.order_checked && p->seqlen_k > bc_ &&
             order_model(cf, c, q, k, v, o, lse, dout, buf[1][0], res, err, errlen))
             goto out;
     }
