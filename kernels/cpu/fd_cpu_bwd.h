@@ -51,7 +51,8 @@
  * arithmetic (S = Q K^T fp32, scale, mask, fp32 softmax, P cast to the dtype, dropout
  * P * keep * (1/(1-p)) in fp32 and cast, O = P V): dV = Pd^T dO and dPd = dO V^T as dtype
  * GEMMs (fp32 accumulate under `order`, result rounded to the dtype), dP = dPd * keep *
- * (1/(1-p)) in fp32, softmax backward in fp32 dS = P (dP - sum_j P dP) (D from P and dP,
+ * (1/(1-p)) rounded to the dtype (dropout's backward, as eager's dropout returns it),
+ * softmax backward in fp32 dS = P (dP - sum_j P dP) (D from P and dP,
  * not from O), dS *= scale, cast to the dtype, dQ = dS K and dK = dS^T Q as dtype GEMMs.
  * GQA: dK/dV summed in fp32 over the group's heads in ascending order, then rounded.
  *

@@ -7,7 +7,8 @@
  * rp = (float)(1 / (1 - p)) as the forward takes it. Then, per (batch, query head):
  *   dV_h  = round_dtype(Pd^T dO)        fd_dot_acc_dt(order) over the query rows i
  *   dPd   = round_dtype(dO V^T)         fd_dot_acc_dt(order) over d
- *   dP_ij = keep ? dPd_ij * rp : 0      binary32, not rounded to the dtype
+ *   dP_ij = keep ? round_dtype(dPd_ij * rp) : 0   dropout's backward, in the dtype as
+ *                                       PyTorch's eager dropout returns it
  *   D_i   = sum_j P_ij * dP_ij          binary32, j ascending, multiply then add
  *   dS_ij = round_dtype((P_ij * (dP_ij - D_i)) * scale)
  *   dQ    = round_dtype(dS K)           fd_dot_acc_dt(order) over the keys j
@@ -120,7 +121,7 @@ int fd_cpu_standard_backward(const fd_problem *p, fd_accum_model order, const fl
                     for (int j = 0; j < sk; j++) {
                         const float *vj = v + fd_kv_index(p, b, j, hk, 0);
                         float x = fd_round_to_dtype(fd_dot_acc_dt(order, doi, 1, vj, 1, D, 0.0f, dt), dt);
-                        if (dropout) x = keep[(size_t)i * (size_t)sk + (size_t)j] ? x * rp : 0.0f;
+                        if (dropout) x = keep[(size_t)i * (size_t)sk + (size_t)j] ? fd_round_to_dtype(x * rp, dt) : 0.0f;
                         dPi[j] = x;
                     }
                     float di = 0.0f;

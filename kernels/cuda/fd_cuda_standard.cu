@@ -224,7 +224,8 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
  *   S = Q K^T (cuBLAS, fp32 out); P = round(softmax(S * scale)) and Pd = round(keep ? P * rp
  *   : 0) (softmax_fwd_rows: the forward's softmax_rows arithmetic, rows with no visible
  *   key P = Pd = 0); dV_h = Pd^T dO (cuBLAS, fp32 out); dPd = dO V^T (cuBLAS, fp32 out,
- *   into S's workspace); softmax_bwd_rows: dP = keep ? round(dPd) * rp : 0 (fp32),
+ *   into S's workspace); softmax_bwd_rows: dP = keep ? round(round(dPd) * rp) : 0 (dropout's
+ *   backward in the dtype, as PyTorch's eager dropout returns it),
  *   D = sum_j P dP (block tree reduction), dS = round((P (dP - D)) * scale) into Pd's
  *   workspace; dQ = dS K and dK_h = dS^T Q (cuBLAS, fp32 out). dQ is rounded into the
  *   output; dK_h, dV_h are rounded and added in fp32 to per-kv-head accumulators, the
@@ -306,7 +307,7 @@ __global__ void softmax_bwd_rows(float *dPd, const void *Pm, void *dSm, StdParam
     float acc = 0.0f;
     for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
         float x = rnd(dp[j], p.dtype);
-        if (p.dropout) x = bwd_keep(p, b, h, i, j) ? __fmul_rn(x, p.rp) : 0.0f;
+        if (p.dropout) x = bwd_keep(p, b, h, i, j) ? rnd(__fmul_rn(x, p.rp), p.dtype) : 0.0f;
         dp[j] = x;
         acc = __fadd_rn(acc, __fmul_rn(ld_elem(Pm, prow + j, p.dtype), x));
     }
