@@ -172,7 +172,10 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     FD_CU(cudaMemset(gdkh.p, 0xff, gdkh.bytes));
     FD_CU(cudaMemset(gdvh.p, 0xff, gdvh.bytes));
 
-    const float pk = p->dropout_p > 0.0 ? (float)(1.0 - p->dropout_p) : 1.0f;
+    /* FA2's params (flash_api.cpp), as the forward and the replay take them: p_dropout =
+     * 1.f - p in binary32, rp = 1.f / p_dropout, scale_softmax_log2 = scale * M_LOG2E as a
+     * double product stored as float, scale_softmax_rp_dropout = rp * scale (binary32). */
+    const float pk = p->dropout_p > 0.0 ? 1.0f - (float)p->dropout_p : 1.0f;
     const float rp = p->dropout_p > 0.0 ? 1.0f / pk : 1.0f;
     BwdParams P;
     memset(&P, 0, sizeof P);
@@ -181,7 +184,7 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     P.dq_acc = gacc.as<float>(); P.dk_h = gdkh.as<float>(); P.dv_h = gdvh.as<float>();
     P.B = B; P.H = H; P.Hk = Hk; P.sq = sq; P.sk = sk; P.d = d; P.dp = dp; P.h_per_kv = H / Hk;
     P.mask = (int)p->mask;
-    P.scale_log2 = p->softmax_scale * kLog2e; /* binary32 product (fd_bwd.h) */
+    P.scale_log2 = (float)((double)p->softmax_scale * 1.4426950408889634073599246810018921);
     P.rp = rp;
     P.srp = rp * p->softmax_scale;
     P.dropout = p->dropout_p > 0.0;
