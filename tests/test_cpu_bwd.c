@@ -193,7 +193,7 @@ static void default_cfgs(fd_flash_cfg *f, fd_bwd_cfg *c)
 
 typedef struct { float *dq, *dk, *dv; } grads;
 
-static grads run_bwd(const bwd_in *x, const fd_bwd_cfg *bc)
+static grads run_bwd_f(const bwd_in *x, const fd_flash_cfg *fcfg, const fd_bwd_cfg *bc)
 {
     const fd_problem *p = &x->c.prob;
     grads g;
@@ -202,11 +202,14 @@ static grads run_bwd(const bwd_in *x, const fd_bwd_cfg *bc)
     g.dv = malloc(sizeof(float) * fd_kv_numel(p));
     fd_flash_cfg fc;
     fd_flash_cfg_default(&fc);
+    if (fcfg) fc = *fcfg;
     char err[256];
     cr_assert(fd_cpu_flash_backward(p, &fc, bc, x->q, x->k, x->v, x->o, x->lse, x->dout, g.dq, g.dk,
                                     g.dv, err, sizeof err) == 0, "%s", err);
     return g;
 }
+
+static grads run_bwd(const bwd_in *x, const fd_bwd_cfg *bc) { return run_bwd_f(x, NULL, bc); }
 
 static void free_g(grads *g) { free(g->dq); free(g->dk); free(g->dv); }
 
@@ -225,13 +228,16 @@ static double check_close(const char *what, const char *id, const float *got, co
     return worst;
 }
 
-/* Every term of the gradient is perturbed by a few roundings to the dtype (u = 2^-11 fp16,
- * 2^-8 bf16): P rounded before dV (u/2), dS rounded (u/2), D from the rounded O (whose
- * own error is P's rounding and O's rounding: u/2 each of the terms of O), the output
- * rounding (u/2 of the value), and binary32 accumulation and the fp32 LSE (2^-20 or
- * less); below the dtype's smallest normal the roundings are absolute (see ref_backward). The bound sums the absolute values of all those terms, so the error stays
- * below about 2u times it; 4u leaves margin, and a missing scale, a wrong mask or a
- * mis-summed GQA head is off by O(1) times the bound. */
+/* Every term of the gradient is perturbed by roundings to the dtype, each at most
+ * u = 2^-11 (fp16) or 2^-8 (bf16) relative (half an ulp): P rounded before dV, dS
+ * rounded, D from the rounded O (itself from P rounded and O rounded: u of each term of
+ * O), the output rounding (u of the value, at most u of the bound); binary32
+ * accumulation and the fp32 LSE add 2^-20 or less; below the dtype's smallest normal the
+ * roundings are absolute (see ref_backward). The bound sums the absolute values of all
+ * those terms, so the error stays below about 2u times it (measured: up to 1.85u for
+ * dV, 0.6u for dQ and dK on these cases, cr_log_info with --verbose); 4u leaves margin,
+ * and a missing scale, a wrong mask or a mis-summed GQA head is off by O(1) times the
+ * bound. */
 static double tol_for(fd_dtype t)
 {
     return t == FD_DT_FP16 ? 4 * 0x1p-11 : t == FD_DT_BF16 ? 4 * 0x1p-8 : 0x1p-18;
@@ -253,9 +259,11 @@ static void check_grad(fd_case c, int br, int bc)
     cfg.bc = bc;
     grads g = run_bwd(&x, &cfg);
     const double tol = tol_for(p->dtype);
-    check_close("dq", c.id, g.dq, dq, bq, nq, tol);
-    check_close("dk", c.id, g.dk, dk, bk, nkv, tol);
-    check_close("dv", c.id, g.dv, dv, bv, nkv, tol);
+    const double wq = check_close("dq", c.id, g.dq, dq, bq, nq, tol);
+    const double wk = check_close("dk", c.id, g.dk, dk, bk, nkv, tol);
+    const double wv = check_close("dv", c.id, g.dv, dv, bv, nkv, tol);
+    cr_log_info("%s: worst error / bound in units of u: dq %.3f dk %.3f dv %.3f (limit 4)", c.id,
+                wq / tol * 4, wk / tol * 4, wv / tol * 4);
     /* rows that see no key: dQ exactly 0 */
     for (int b = 0; b < p->batch; b++)
         for (int h = 0; h < p->heads; h++)
@@ -294,6 +302,21 @@ Test(cpu_bwd, close_to_binary64_gqa_dropout_head_dims)
     check_grad(mk(1, 1, 1, 20, 30, 16, FD_DT_FP32, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 13), 32, 16);
 }
 
+Test(cpu_bwd, exp2_mode_is_used)
+{
+    bwd_in x = mk_in(mk(1, 2, 2, 100, 120, 64, FD_DT_FP32, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 15));
+    const fd_problem *p = &x.c.prob;
+    fd_flash_cfg fc;
+    fd_flash_cfg_default(&fc);
+    fc.exp2_mode = FD_EXP2_PORTABLE;
+    fd_bwd_cfg c;
+    fd_bwd_cfg_default(&c);
+    grads a = run_bwd(&x, &c), b = run_bwd_f(&x, &fc, &c);
+    cr_assert(memcmp(a.dq, b.dq, sizeof(float) * fd_q_numel(p)) != 0,
+              "fp32 gradients see the last bit of P: libm and portable exp2 must differ somewhere");
+    free_g(&a); free_g(&b); free_in(&x);
+}
+
 Test(cpu_bwd, default_tile_follows_head_dim)
 {
     int br, bc;
@@ -326,7 +349,7 @@ static double ulp_dt(double x, fd_dtype t)
 
 Test(cpu_bwd, dq_orders)
 {
-    bwd_in x = mk_in(mk(1, 2, 1, 200, 300, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.1, FD_DIST_NORMAL, 20));
+    bwd_in x = mk_in(mk(1, 2, 1, 130, 200, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.1, FD_DIST_NORMAL, 20));
     const fd_problem *p = &x.c.prob;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
     fd_bwd_cfg det, asc, desc, sh, sh2;
@@ -385,15 +408,16 @@ Test(cpu_bwd, dq_orders)
 }
 
 /* stages with exact = 0 reproduce the float kernel */
-static void check_stages_zero(fd_case c, const fd_bwd_cfg *cfg)
+static void check_stages_zero(fd_case c, const fd_bwd_cfg *cfg, fd_exp2_mode e2)
 {
     bwd_in x = mk_in(c);
     const fd_problem *p = &x.c.prob;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
-    grads g = run_bwd(&x, cfg);
-    double *dq = malloc(sizeof(double) * nq), *dk = malloc(sizeof(double) * nkv), *dv = malloc(sizeof(double) * nkv);
     fd_flash_cfg fc;
     fd_flash_cfg_default(&fc);
+    fc.exp2_mode = e2;
+    grads g = run_bwd_f(&x, &fc, cfg);
+    double *dq = malloc(sizeof(double) * nq), *dk = malloc(sizeof(double) * nkv), *dv = malloc(sizeof(double) * nkv);
     char err[256];
     cr_assert(fd_cpu_flash_bwd_stages(p, &fc, cfg, 0u, x.q, x.k, x.v, x.o, x.lse, x.dout, x.o_x, dq, dk, dv,
                                       err, sizeof err) == 0, "%s", err);
@@ -413,13 +437,13 @@ Test(cpu_bwd, stages_zero_is_the_kernel)
 {
     fd_bwd_cfg c;
     fd_bwd_cfg_default(&c);
-    check_stages_zero(mk(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 30), &c);
-    check_stages_zero(mk(1, 2, 1, 90, 50, 32, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 31), &c);
-    check_stages_zero(mk(1, 2, 2, 30, 40, 24, FD_DT_FP32, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 32), &c);
+    check_stages_zero(mk(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 30), &c, FD_EXP2_LIBM);
+    check_stages_zero(mk(1, 2, 1, 90, 50, 32, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 31), &c, FD_EXP2_PORTABLE);
+    check_stages_zero(mk(1, 2, 2, 30, 40, 24, FD_DT_FP32, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 32), &c, FD_EXP2_LIBM);
     c.dq_order = FD_DQ_ORDER_SHUFFLE;
     c.order_seed = 5;
     c.bugs = FD_BWD_BUG_DQ_NOSCALE | FD_BWD_BUG_SWAP_DKDV | FD_BWD_BUG_NO_GQA_SUM;
-    check_stages_zero(mk(1, 4, 2, 100, 130, 64, FD_DT_FP16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 33), &c);
+    check_stages_zero(mk(1, 4, 2, 100, 130, 64, FD_DT_FP16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 33), &c, FD_EXP2_PORTABLE);
 }
 
 /* FD_BSTAGE_ALL: everything in binary64 from the given inputs. The kernel's inputs o and

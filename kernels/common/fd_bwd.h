@@ -39,6 +39,46 @@
  *     gradient is g = 0.0f; g += dX_h for the group's heads in ascending order; rounded
  *     to the dtype once. Rows with no visible key give dQ = 0; keys no row sees give 0.
  *
+ * Precisions (where the text above leaves a choice; each is FA2's flash_bwd_kernel.h /
+ * flash_api.cpp reading, and the CPU replay, kernels/cpu/fd_cpu_flash_bwd.c, does this):
+ *  - Constants: pk = 1.0f - (float)p (FA2's p_dropout = 1.f - p_dropout, p a float; the
+ *    forward's keep), rp = 1.0f / pk, srp = rp * scale, binary32. scale_log2 is FA2's
+ *    scale_softmax_log2, the float of the double product: (float)((double)scale *
+ *    M_LOG2E), the same float the forward replay uses; not the binary32 product of
+ *    scale and (float)M_LOG2E. lse2_i = lse_i * (float)M_LOG2E is a binary32 product.
+ *  - P_ij = 0, without computing S_ij, when (i, j) is not visible or lse_i is not finite
+ *    (+Inf: a row with no key; NaN). Otherwise exp2f (FD_EXP2_LIBM) or fd_exp2_portable
+ *    (FD_EXP2_PORTABLE) of the one fmaf, as cfg->exp2_mode says.
+ *  - kept = p == 0 || fd_fa2_keep(seed, offset, fd_fa2_threshold(p), heads, b, h, i, j),
+ *    h the query head: the forward's mask for the same element.
+ *  - dP_ij and dS_ij are computed for every existing (i < s_q, j < s_k) pair of a visited
+ *    tile pair, visible or not (the MMA computes them all): a masked pair has P = 0 and
+ *    dS = P * (...) = +-0 (NaN only if dP - D' is not finite). The subtraction dP - D'
+ *    and the product are separate binary32 operations (no fma). Rows beyond s_q and keys
+ *    beyond s_k do not exist: they are the zero padding of the TC16 blocks.
+ *  - Query tile m visits key tile n iff some row of m sees some key of n; the masks are
+ *    prefixes, so m visits n = 0 .. ceil(nv / bc) - 1, nv the visible key count of m's
+ *    last row (FA2's m_block_min / n_block_max). A pair that is not visited adds nothing
+ *    (no dQ partial, no dK/dV step).
+ *  - The dK/dV accumulators chain the unscaled products (dSr q, Pv dO) over the query
+ *    tiles m in descending order; the dQ partial and the chain are fd_dot_acc_dt with
+ *    FD_ACC_TC16 and the dtype (16 terms per block from the tile's first row / key).
+ *  - dQ order, FD_DQ_ORDER_SHUFFLE: query tile t = (b * heads + h) * ceil(s_q / br) + m
+ *    has perm = (0, 1, ..., cnt - 1) over its cnt visited key tiles, shuffled by
+ *    Fisher-Yates from the end: for a = cnt - 1 down to 1, j = splitmix64(&s) % (a + 1),
+ *    swap perm[a] and perm[j], with s = order_seed + 0x9E3779B97F4A7C15 * t and
+ *    splitmix64 the standard one (s += 0x9E3779B97F4A7C15; z = s; z = (z ^ z >> 30) *
+ *    0xBF58476D1CE4E5B9; z = (z ^ z >> 27) * 0x94D049BB133111EB; return z ^ z >> 31).
+ *    The partials are added as acc = ((0.0f + part(perm[0])) + part(perm[1])) + ...
+ *    FD_DQ_DETERMINISTIC ignores dq_order (ascending).
+ *  - Bugs: DQ_NOSCALE dQ = round(acc * rp); DK_NOSCALE dK_h = acc_dk * rp; NO_GQA_SUM
+ *    g = 0.0f + dX_h0, h0 = hk * (heads / kv_heads) the group's first query head;
+ *    SWAP_DKDV writes the final (rounded) dK into dv and dV into dk. They combine.
+ *  - Tiles: br and bc positive multiples of 16; (0, 0) is fd_bwd_tile_default.
+ *  - fp32 inputs (CPU replay only; the CUDA kernel takes fp16/bf16): every TC16 product
+ *    is an FD_ACC_SEQ fmaf chain in the same order and from the same accumulator, and
+ *    rounding to the dtype is the identity.
+ *
  * Bugs (fd_bwd_cfg.bugs) are deliberate departures used by `explain` and the tests to
  * model what a broken kernel computes; 0 in every kernel under test. */
 #ifndef FD_BWD_H

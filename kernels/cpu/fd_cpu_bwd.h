@@ -9,11 +9,43 @@
  * layouts (dq like q, dk/dv like k), floats holding exact dtype values. Every element of
  * dq, dk, dv is written.
  *
+ * The replay (kernels/cpu/fd_cpu_flash_bwd.c; fd_bwd.h's steps and its "Precisions"):
+ * per (batch, query head): D' from dO and o; then query tiles m from the last to the
+ * first, each against the key tiles n it sees: S, P from lse, dP, dS, Pv and dSr for the
+ * pair, the dK/dV chains of the tile's keys, and the dQ partial of (m, n); when m's key
+ * tiles are done its partials are added in the dQ order and dQ is scaled and rounded.
+ * (The kernel runs n outside and m inside; every key's chain sees the same m in the same
+ * order either way.) Then the head's dK, dV are scaled and added to its kv head's sums
+ * (heads ascending), rounded at the end. Bugs (bcfg->bugs) as fd_bwd.h defines them.
+ * Tiles: bcfg->br, bc (0, 0: fd_bwd_tile_default(head_dim)), positive multiples of 16.
+ * fp32 inputs are accepted (the CUDA kernel takes fp16/bf16 only): every TC16 product
+ * becomes an FD_ACC_SEQ fmaf chain in the same order, rounding to the dtype the identity.
+ * Cost: about 5 s_q s_k d / 16 TC16 block evaluations per head (less under a causal
+ * mask); single-threaded.
+ *
  * fd_cpu_flash_bwd_stages: the replay with the stages in `exact` computed in binary64
  * (exact = 0: the same values as fd_cpu_flash_backward, as doubles). o_exact (optional,
  * [b][s_q][h][d] binary64, e.g. the reference's O) is what FD_BSTAGE_D takes D from;
  * when NULL, FD_BSTAGE_D computes D in binary64 from the rounded o. With FD_BSTAGE_OUT
  * the outputs are not rounded to the dtype. Used by attribution.
+ * The stages (a stage not in `exact` keeps the kernel's binary32 arithmetic and rounds
+ * to binary32, and to the dtype, exactly where the kernel does; an exact stage feeding
+ * one that is not hands it its value rounded to binary32):
+ *   P       S = the exact dot q_i . k_j (products exact in binary64, summed in long
+ *           double, rounded once) and P = exp(S scale - lse_i) in binary64, from the
+ *           given (binary32) lse;
+ *   PROUND  Pv = P o Z, not rounded to the dtype before dV;
+ *   DP      dP = the exact dot dO_i . v_j;
+ *   D       D = the exact dot dO_i . o_i (o_exact when given), times (1 - p) in binary64;
+ *   DSROUND dS = P (dP - D) in binary64, not rounded to the dtype;
+ *   DQACC   dQ partials (binary64 sums of binary64 products) and their sum in binary64;
+ *   DKDV    dK/dV chains and the GQA sum in binary64;
+ *   OUT     final scales scale / (1 - p) and 1 / (1 - p) in binary64, no rounding.
+ * With FD_BSTAGE_ALL and o_exact the result is the binary64 gradient of the formulas
+ * with P = exp(scale S - lse) from the lse given (to about 1e-12 of the sum of the
+ * terms' magnitudes; tests/test_cpu_bwd.c): lse is binary32, so it differs from the
+ * true gradient by the rounding of the LSE (about 1e-7 relative) unless the caller's
+ * lse is exact.
  *
  * fd_cpu_standard_backward: eager attention's autograd for fd_cpu_standard_forward's
  * arithmetic (S = Q K^T fp32, scale, mask, fp32 softmax, P cast to the dtype, dropout
