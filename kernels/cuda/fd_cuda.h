@@ -68,7 +68,27 @@ int fd_cuda_splitkv_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const f
 /* The backward pass (fd_bwd.h's contract: bit-identical to fd_cpu_flash_backward in
  * deterministic mode). o and lse: the forward's outputs (host, every row); dout: the
  * output gradient; dq like q, dk/dv like k. bcfg->dq_mode picks atomicAdd (default) or
- * the per-key-tile buffers summed in order; bcfg->br/bc 0 take fd_bwd_tile_default. */
+ * the per-key-tile buffers summed in order; bcfg->br/bc 0 take fd_bwd_tile_default.
+ *
+ * fd_cuda_flash_backward (fd_cuda_flash_bwd.cu): fp16/bf16 on mma.sync m16n8k16, ldmatrix,
+ *   cp.async. A prepass gives D'_i (fmaf chain over d from 0 of dO*O, times 1.f - p when
+ *   p > 0) and lse_i * (float)M_LOG2E. The main kernel: one CTA (4 warps) per (key tile
+ *   n of bc keys, batch, query head), K_n/V_n in shared memory, the query tiles (64 rows)
+ *   that see a key of tile n from the last to the first; S and dP = chained mma blocks
+ *   over the head dim from 0 (only 16-chunks holding real columns); P =
+ *   exp2(fmaf(S, scale_log2, -lse2)) for visible entries of rows with finite LSE, else
+ *   0; FA2 Philox dropout exactly as the forward; dS = P * (dP - D') or P * (-D')
+ *   (dropped), binary32; Pv = round(kept ? P : 0), dSr = round(dS); dV += Pv^T dO and
+ *   dK += dSr^T Q chained over the tile's rows in ascending 16-row blocks onto register
+ *   accumulators kept across query tiles; dQ partial = dSr K chained over the tile's keys
+ *   from 0, atomicAdd (atomic mode) or stored per key tile (deterministic mode, then
+ *   added from 0.0f in ascending key-tile order over the tiles that visited the row's
+ *   query tile). dQ = round(acc * srp); dK_h = acc * srp, dV_h = acc * rp per query head,
+ *   summed over the GQA group from 0.0f in ascending head order, rounded once.
+ *   scale_log2 = (float)((double)scale * M_LOG2E), pk = 1.f - (float)p, rp = 1.f / pk,
+ *   srp = rp * scale, as FA2. Tiles (br, bc): (64, 64) for head_dim <= 128, (64, 32)
+ *   for head_dim 33..256. Rejected (-1, err): fp32 inputs, p_fp32, other tiles, bugs.
+ *   Atomic mode: dK/dV as deterministic bit for bit, dQ may differ by the fp32 order. */
 struct fd_bwd_cfg;
 int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cfg, const struct fd_bwd_cfg *bcfg,
                            const float *q, const float *k, const float *v, const float *o,

@@ -1,0 +1,338 @@
+/* fd_cuda_flash_bwd_kernel.cuh: the FlashAttention-2 style backward kernel (internal to
+ * kernels/cuda), instantiated per dtype in fd_cuda_flash_bwd_f16.cu / _bf16.cu; the host
+ * side and the small kernels (D', dQ sum, GQA sum) are in fd_cuda_flash_bwd.cu.
+ * Numerics: kernels/common/fd_bwd.h's contract, step by step; design: docs/cuda.md
+ * ("Backward kernel").
+ *
+ * One CTA (4 warps) owns key tile n (BC keys) of one (batch, query head): K_n and V_n sit
+ * in shared memory; the query tiles m (BR = 64 rows) that see a key of tile n are visited
+ * from the last to the first, Q_m and dO_m double buffered by cp.async. Per tile:
+ *   S = Q K^T and dP = dO V^T (warp w: rows 16w..16w+15, mma chains over the head dim
+ *   from 0, only the 16-chunks that hold real head-dim columns); P, dS elementwise in
+ *   binary32 (contract step 3); Pv and dSr rounded to the dtype into shared memory;
+ *   dV += Pv^T dO and dK += dSr^T Q (warp: one 16-key block and a slice of the head dim;
+ *   mma chains over the tile's rows, ascending, only the 16-chunks holding real rows);
+ *   dQ partial = dSr K (warp: its 16 rows; mma chain over the tile's keys from 0, only
+ *   chunks holding real keys), atomicAdd into dq_accum or stored in the key tile's own
+ *   buffer. dK/dV stay in registers across query tiles; at the end dK * srp and dV * rp
+ *   are written per query head in binary32 (the GQA sum is a later kernel). */
+#ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
+#define FD_CUDA_FLASH_BWD_KERNEL_CUH
+#include "fd_cuda_flash_kernel.cuh"
+
+namespace fd_flash {
+
+struct BwdParams {
+    const void *q, *k, *v, *dout;   /* dtype, [B][S][H(k)][dp] */
+    const float *lse2, *dpre;       /* [B][H][Sq]: lse * log2(e), D' (fd_bwd.h steps 1, 2) */
+    float *dq_acc;                  /* atomic: [B][Sq][H][dp]; deterministic: [ntn][B][Sq][H][dp] */
+    float *dk_h, *dv_h;             /* [B][Sk][H][dp]: per query head dK * srp, dV * rp */
+    int B, H, Hk, sq, sk, d, dp, h_per_kv;
+    int mask;
+    float scale_log2, srp, rp;
+    int dropout;
+    uint32_t thr;
+    uint64_t seed, offset;
+    int exp2_mode;
+    int deterministic;
+    int ntn; /* number of key tiles */
+};
+
+/* First query row that sees a key of the tile starting at key n0 (sq when none does):
+ * the masks are prefixes, row i sees keys 0 .. i + diag. */
+__host__ __device__ __forceinline__ int bwd_first_row(int mask, int sq, int sk, int n0)
+{
+    if (mask == FD_MASK_NONE) return 0;
+    const long diag = mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0;
+    long i0 = (long)n0 - diag;
+    if (i0 < 0) i0 = 0;
+    if (i0 > sq) i0 = sq;
+    return (int)i0;
+}
+
+template <int D, int BC> struct BwdTraits {
+    static constexpr int BR = 64, NW = 4, NT = 128;
+    static constexpr int KB = BC / 16;           /* 16-key blocks of the tile */
+    static constexpr int DS = NW / KB;           /* head-dim slices per key block */
+    static constexpr int DW = D / DS;            /* head-dim columns a warp accumulates */
+    static constexpr int NDW = DW / 8;           /* its n-atoms */
+    static_assert(KB * DS == NW, "warps must cover the key blocks");
+    static_assert(DW % 16 == 0, "head-dim slice must be a multiple of 16");
+    static constexpr size_t SMEM = (size_t)(2 * BC * D + 4 * BR * D + 2 * BR * BC) * 2;
+};
+
+template <typename T, int D, int BC>
+__global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
+{
+    using TR = BwdTraits<D, BC>;
+    constexpr int BR = TR::BR;
+    constexpr int NA = BC / 8;  /* n-atoms of S per warp */
+    constexpr int ND = D / 8;   /* n-atoms of a dQ row */
+    constexpr int NDW = TR::NDW;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T *sK = reinterpret_cast<T *>(smem_raw);
+    T *sV = sK + BC * D;
+    T *sQ = sV + BC * D;        /* 2 stages */
+    T *sdO = sQ + 2 * BR * D;   /* 2 stages */
+    T *sP = sdO + 2 * BR * D;   /* [BR][BC] swizzled: Pv (dtype, dropout-zeroed) */
+    T *sdS = sP + BR * BC;      /* [BR][BC] swizzled: dSr */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3, mi8 = lane >> 3;
+    const int n_block = blockIdx.x, bh = blockIdx.y;
+    const int b = bh / P.H, h = bh % P.H, hk = h / P.h_per_kv;
+    const int sq = P.sq, sk = P.sk;
+    const int n0 = n_block * BC;
+    const int vk = min(BC, sk - n0);                 /* real keys of the tile */
+    const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0;
+
+    const T *gQ = static_cast<const T *>(P.q) + (size_t)b * sq * P.H * P.dp;
+    const T *gdO = static_cast<const T *>(P.dout) + (size_t)b * sq * P.H * P.dp;
+    const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
+    const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
+    const float *lse2 = P.lse2 + (size_t)bh * sq;
+    const float *dpre = P.dpre + (size_t)bh * sq;
+
+    const int m_hi = (sq + BR - 1) / BR;
+    const int m_lo = bwd_first_row(P.mask, sq, sk, n0) / BR;
+
+    /* Warp's dK/dV slice: keys kb*16.., head-dim columns dbase.. */
+    const int kb = warp % TR::KB, dbase = (warp / TR::KB) * TR::DW;
+    float acc_dk[NDW][4], acc_dv[NDW][4];
+#pragma unroll
+    for (int a = 0; a < NDW; a++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc_dk[a][e] = acc_dv[a][e] = 0.0f;
+
+    const int dch = (P.d + 15) / 16; /* 16-chunks of the head dim holding real columns */
+    const float sl2 = P.scale_log2;
+    const uint64_t rng_off = P.offset + ((uint64_t)b * P.H + h) * 32u + lane;
+
+    if (m_lo < m_hi) {
+        load_tile<T, D, BC, 128>(sK, gK, n0, sk, P.Hk, hk, P.dp, tid);
+        load_tile<T, D, BC, 128>(sV, gV, n0, sk, P.Hk, hk, P.dp, tid);
+        load_tile<T, D, BR, 128>(sQ, gQ, (m_hi - 1) * BR, sq, P.H, h, P.dp, tid);
+        load_tile<T, D, BR, 128>(sdO, gdO, (m_hi - 1) * BR, sq, P.H, h, P.dp, tid);
+        cp_async_commit();
+    }
+    int stage = 0;
+    for (int m = m_hi - 1; m >= m_lo; m--, stage ^= 1) {
+        if (m - 1 >= m_lo) {
+            load_tile<T, D, BR, 128>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            load_tile<T, D, BR, 128>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const T *cQ = sQ + stage * BR * D;
+        const T *cdO = sdO + stage * BR * D;
+        const int m0 = m * BR;
+        const int vr = min(BR, sq - m0); /* real rows of the tile */
+
+        /* S = Q K^T, dP = dO V^T: warp rows 16 warp .. +15, chains over the head dim. */
+        float s[NA][4], dp[NA][4];
+#pragma unroll
+        for (int a = 0; a < NA; a++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[a][e] = dp[a][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            if (kk >= dch) break;
+            uint32_t aq[4], ao[4];
+            const int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+            ldsm_x4(aq, smem_u32(cQ + swz<D>(row, col)));
+            ldsm_x4(ao, smem_u32(cdO + swz<D>(row, col)));
+#pragma unroll
+            for (int np = 0; np < NA / 2; np++) {
+                uint32_t bk[4], bv[4];
+                const int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), c2 = kk * 16 + (mi8 & 1) * 8;
+                ldsm_x4(bk, smem_u32(sK + swz<D>(key, c2)));
+                ldsm_x4(bv, smem_u32(sV + swz<D>(key, c2)));
+                DT<T>::mma(s[2 * np], aq, bk);
+                DT<T>::mma(s[2 * np + 1], aq, bk + 2);
+                DT<T>::mma(dp[2 * np], ao, bv);
+                DT<T>::mma(dp[2 * np + 1], ao, bv + 2);
+            }
+        }
+
+        /* P, dS (binary32, contract step 3), Pv and dSr to shared memory in the dtype. */
+        const int row_base = m0 + warp * 16;
+        float l2[2], dd[2];
+        bool rok[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = row_base + g + 8 * r;
+            rok[r] = i < sq;
+            l2[r] = rok[r] ? lse2[i] : INFINITY;
+            dd[r] = rok[r] ? dpre[i] : 0.0f;
+        }
+        uint32_t keepbits[NA]; /* bit e of atom a: element kept by dropout */
+#pragma unroll
+        for (int a = 0; a < NA; a++) keepbits[a] = 0xfu;
+        if (P.dropout) {
+#pragma unroll
+            for (int cb = 0; cb < BC / 32; cb++) {
+                const uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
+                                     ((uint64_t)(uint32_t)((n0 + cb * 32) >> 5) << 32);
+                const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
+#pragma unroll
+                for (int a4 = 0; a4 < 4; a4++) {
+                    uint32_t kb4 = 0;
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
+                    keepbits[cb * 4 + a4] = kb4;
+                }
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < NA; a++) {
+            float pv[4], ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1;
+                const int i = row_base + g + 8 * r, j = n0 + a * 8 + 2 * t + (e & 1);
+                const bool inr = rok[r] && j < sk;
+                const bool vis = inr && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                const bool kept = (keepbits[a] >> e) & 1u;
+                float pe = 0.0f;
+                if (vis && isfinite(l2[r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[a][e], sl2, -l2[r]));
+                float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[a][e], dd[r])) : __fmul_rn(pe, -dd[r]);
+                if (!inr) dse = 0.0f;
+                pv[e] = kept ? pe : 0.0f;
+                ds[e] = dse;
+            }
+            const int rl = warp * 16 + g, cl = a * 8 + 2 * t;
+            *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
+            *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
+            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = DT<T>::pack(ds[0], ds[1]);
+            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
+        }
+        __syncthreads();
+
+        /* dV += Pv^T dO, dK += dSr^T Q: chains over the tile's rows, 16 at a time. */
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) {
+            if (kk * 16 >= vr) break;
+            uint32_t ap[4], as[4];
+            const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = kb * 16 + (mi8 & 1) * 8;
+            ldsm_x4_t(ap, smem_u32(sP + swz<BC>(prow, pcol)));
+            ldsm_x4_t(as, smem_u32(sdS + swz<BC>(prow, pcol)));
+#pragma unroll
+            for (int np = 0; np < NDW / 2; np++) {
+                uint32_t bo[4], bq[4];
+                const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
+                ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
+                ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
+                DT<T>::mma(acc_dv[2 * np], ap, bo);
+                DT<T>::mma(acc_dv[2 * np + 1], ap, bo + 2);
+                DT<T>::mma(acc_dk[2 * np], as, bq);
+                DT<T>::mma(acc_dk[2 * np + 1], as, bq + 2);
+            }
+        }
+
+        /* dQ partial = dSr K: warp rows, chain over the tile's keys from 0. */
+        {
+            constexpr int KC = BC / 16;
+            uint32_t ad[KC][4];
+#pragma unroll
+            for (int kk = 0; kk < KC; kk++) {
+                const int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                ldsm_x4(ad[kk], smem_u32(sdS + swz<BC>(row, col)));
+            }
+            const int i0 = row_base + g, i1 = i0 + 8;
+            float *base = P.dq_acc;
+            if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
+            float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
+            float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
+#pragma unroll
+            for (int np = 0; np < ND / 2; np++) {
+                float c[2][4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) c[0][e] = c[1][e] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < KC; kk++) {
+                    if (kk * 16 >= vk) break;
+                    uint32_t bk[4];
+                    const int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
+                    ldsm_x4_t(bk, smem_u32(sK + swz<D>(key, col)));
+                    DT<T>::mma(c[0], ad[kk], bk);
+                    DT<T>::mma(c[1], ad[kk], bk + 2);
+                }
+#pragma unroll
+                for (int x = 0; x < 2; x++) {
+                    const int dcol = np * 16 + x * 8 + 2 * t;
+                    if (P.deterministic) {
+                        if (i0 < sq) *reinterpret_cast<float2 *>(q0 + dcol) = make_float2(c[x][0], c[x][1]);
+                        if (i1 < sq) *reinterpret_cast<float2 *>(q1 + dcol) = make_float2(c[x][2], c[x][3]);
+                    } else {
+                        if (i0 < sq) { atomicAdd(q0 + dcol, c[x][0]); atomicAdd(q0 + dcol + 1, c[x][1]); }
+                        if (i1 < sq) { atomicAdd(q1 + dcol, c[x][2]); atomicAdd(q1 + dcol + 1, c[x][3]); }
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* sP/sdS and this stage are rewritten next iteration */
+    }
+    cp_async_wait<0>();
+
+    /* Epilogue: per query head dK * srp, dV * rp in binary32 (step 5's dX_h). */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = n0 + kb * 16 + g + 8 * r;
+        if (j >= sk) continue;
+        float *dk = P.dk_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
+        float *dv = P.dv_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
+#pragma unroll
+        for (int a = 0; a < NDW; a++) {
+            const int c = a * 8 + 2 * t;
+            *reinterpret_cast<float2 *>(dk + c) =
+                make_float2(__fmul_rn(acc_dk[a][2 * r], P.srp), __fmul_rn(acc_dk[a][2 * r + 1], P.srp));
+            *reinterpret_cast<float2 *>(dv + c) =
+                make_float2(__fmul_rn(acc_dv[a][2 * r], P.rp), __fmul_rn(acc_dv[a][2 * r + 1], P.rp));
+        }
+    }
+}
+
+template <typename T, int D, int BC>
+int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
+{
+    auto kern = flash_bwd_kernel<T, D, BC>;
+    const size_t smem = BwdTraits<D, BC>::SMEM;
+    FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)P.ntn, (unsigned)(P.B * P.H));
+    kern<<<grid, 128, smem, st>>>(P);
+    FD_LAUNCH_CHECK();
+    return 0;
+}
+
+template <typename T>
+int bwd_launch_t(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t errlen)
+{
+    if (bc == 64) {
+        switch (P.dp) {
+        case 32: return bwd_launch_variant<T, 32, 64>(P, st, err, errlen);
+        case 64: return bwd_launch_variant<T, 64, 64>(P, st, err, errlen);
+        case 96: return bwd_launch_variant<T, 96, 64>(P, st, err, errlen);
+        case 128: return bwd_launch_variant<T, 128, 64>(P, st, err, errlen);
+        default: break;
+        }
+    } else if (bc == 32) {
+        switch (P.dp) {
+        case 64: return bwd_launch_variant<T, 64, 32>(P, st, err, errlen);
+        case 128: return bwd_launch_variant<T, 128, 32>(P, st, err, errlen);
+        case 256: return bwd_launch_variant<T, 256, 32>(P, st, err, errlen);
+        default: break;
+        }
+    }
+    FD_FAIL("backward tile (64, %d) with padded head_dim %d not compiled: supported (br, bc) = "
+            "(64, 64) for head_dim <= 128, (64, 32) for head_dim 33..256 (padded 64, 128, 256)",
+            bc, P.dp);
+    return -1;
+}
+
+int bwd_launch_f16(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t errlen);
+int bwd_launch_bf16(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t errlen);
+
+} // namespace fd_flash
+#endif
