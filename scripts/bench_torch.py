@@ -51,23 +51,10 @@ def main():
                 v = torch.randn(B, N, H, d, device="cuda", dtype=dt).transpose(1, 2)
                 for causal in (0, 1):
                     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                        for _ in range(3):
-                            F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
-                        torch.cuda.synchronize()
-                        ts = []
-                        for _ in range(reps):
-                            e0 = torch.cuda.Event(enable_timing=True)
-                            e1 = torch.cuda.Event(enable_timing=True)
-                            e0.record()
-                            F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
-                            e1.record()
-                            e1.synchronize()
-                            ts.append(e0.elapsed_time(e1))
-                    ts.sort()
-                    med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+                        med, t_min = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), reps)
                     flops = 4.0 * B * H * N * N * d * (0.5 if causal else 1.0)
                     tf = flops / (med * 1e-3) / 1e12
-                    rows.append(("torch-flash", dn, B, H, N, d, causal, med, ts[0], tf))
+                    rows.append(("torch-flash", dn, B, H, N, d, causal, med, t_min, tf))
                     print(f"{'torch-flash':14s} {dn:5s} {N:6d} {d:4d} {causal:6d} {med:10.3f} {tf:8.1f}", flush=True)
                     if backward:
                         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))

@@ -121,6 +121,17 @@ __global__ void scatter_out(const float *Of, void *O, StdParams p, int bh0, int 
     }
 }
 
+/* C (column-major m x n, ldc = m, fp32) = op(A) op(B) for `count` strided batches, A and B
+ * in the dtype ct, fp32 compute: every GEMM of standard attention, forward and backward. */
+static cublasStatus_t gemm_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                   const void *A, int lda, long long sa, const void *B, int ldb, long long sb,
+                                   void *C, long long sc, int count, cudaDataType_t ct)
+{
+    const float one = 1.0f, zero = 0.0f;
+    return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &one, A, ct, lda, sa, B, ct, ldb, sb, &zero, C, CUDA_R_32F,
+                                      m, sc, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
 struct Cublas {
     cublasHandle_t h = nullptr;
     ~Cublas() { if (h) cublasDestroy(h); }
@@ -184,7 +195,6 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
     sp.seed = p->seed; sp.offset = p->offset;
 
     auto run_once = [&]() -> int {
-        const float one = 1.0f, zero = 0.0f;
         for (int bh0 = 0; bh0 < B * H; bh0 += nbh) {
             const int n = std::min(nbh, B * H - bh0);
             gather_heads<<<1024, 256>>>(dq.p, wQ.p, sq, H, H, d, bh0, n, dt);
@@ -194,19 +204,11 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
             gather_heads<<<1024, 256>>>(dv.p, wV.p, sk, Hk, H, d, bh0, n, dt);
             FD_LAUNCH_CHECK();
             /* S^T (col-major sk x sq) = K (col-major d x sk)^T * Q (col-major d x sq). */
-            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, &one,
-                                                 wK.p, ct, d, (long long)sk * d, wQ.p, ct, d,
-                                                 (long long)sq * d, &zero, wS.p, CUDA_R_32F, sk,
-                                                 (long long)sq * sk, n, CUBLAS_COMPUTE_32F,
-                                                 CUBLAS_GEMM_DEFAULT));
+            FD_CUBLAS(gemm_batched(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, wK.p, d, (long long)sk * d, wQ.p, d, (long long)sq * d, wS.p, (long long)sq * sk, n, ct));
             softmax_rows<<<(unsigned)((size_t)n * sq), 256>>>(wS.as<float>(), wP.p, dl.as<float>(), sp, bh0);
             FD_LAUNCH_CHECK();
             /* O^T (col-major d x sq) = V (col-major d x sk) * P^T (col-major sk x sq). */
-            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_N, CUBLAS_OP_N, d, sq, sk, &one,
-                                                 wV.p, ct, d, (long long)sk * d, wP.p, ct, sk,
-                                                 (long long)sq * sk, &zero, wO.p, CUDA_R_32F, d,
-                                                 (long long)sq * d, n, CUBLAS_COMPUTE_32F,
-                                                 CUBLAS_GEMM_DEFAULT));
+            FD_CUBLAS(gemm_batched(cb.h, CUBLAS_OP_N, CUBLAS_OP_N, d, sq, sk, wV.p, d, (long long)sk * d, wP.p, sk, (long long)sq * sk, wO.p, (long long)sq * d, n, ct));
             scatter_out<<<1024, 256>>>(wO.as<float>(), dO.p, sp, bh0, n);
             FD_LAUNCH_CHECK();
         }
@@ -424,7 +426,6 @@ extern "C" int fd_cuda_standard_backward(const fd_problem *p, int repeats, const
     sp.seed = p->seed; sp.offset = p->offset;
 
     auto run_once = [&]() -> int {
-        const float one = 1.0f, zero = 0.0f;
         FD_CU(cudaMemsetAsync(accK.p, 0, accK.bytes));
         FD_CU(cudaMemsetAsync(accV.p, 0, accV.bytes));
         for (int bh0 = 0; bh0 < B * H; bh0 += nbh) {
@@ -438,39 +439,19 @@ extern "C" int fd_cuda_standard_backward(const fd_problem *p, int repeats, const
             gather_heads<<<1024, 256>>>(gv.p, wV.p, sk, Hk, H, d, bh0, n, dt);
             FD_LAUNCH_CHECK();
             /* S^T (col-major sk x sq) = K (col-major d x sk)^T * Q (col-major d x sq). */
-            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, &one,
-                                                 wK.p, ct, d, (long long)sk * d, wQ.p, ct, d,
-                                                 (long long)sq * d, &zero, wS.p, CUDA_R_32F, sk,
-                                                 (long long)sq * sk, n, CUBLAS_COMPUTE_32F,
-                                                 CUBLAS_GEMM_DEFAULT));
+            FD_CUBLAS(gemm_batched(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, wK.p, d, (long long)sk * d, wQ.p, d, (long long)sq * d, wS.p, (long long)sq * sk, n, ct));
             softmax_fwd_rows<<<(unsigned)((size_t)n * sq), 256>>>(wS.as<float>(), wP.p, wPd.p, sp, bh0);
             FD_LAUNCH_CHECK();
             /* dV^T (col-major d x sk) = dO^T (col-major d x sq) * Pd (row-major sq x sk). */
-            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_N, CUBLAS_OP_T, d, sk, sq, &one,
-                                                 wDO.p, ct, d, (long long)sq * d, wPd.p, ct, sk,
-                                                 (long long)sq * sk, &zero, wdV.p, CUDA_R_32F, d,
-                                                 (long long)sk * d, n, CUBLAS_COMPUTE_32F,
-                                                 CUBLAS_GEMM_DEFAULT));
+            FD_CUBLAS(gemm_batched(cb.h, CUBLAS_OP_N, CUBLAS_OP_T, d, sk, sq, wDO.p, d, (long long)sq * d, wPd.p, sk, (long long)sq * sk, wdV.p, (long long)sk * d, n, ct));
             /* dPd^T (col-major sk x sq) = V (col-major d x sk)^T * dO (col-major d x sq). */
-            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, &one,
-                                                 wV.p, ct, d, (long long)sk * d, wDO.p, ct, d,
-                                                 (long long)sq * d, &zero, wS.p, CUDA_R_32F, sk,
-                                                 (long long)sq * sk, n, CUBLAS_COMPUTE_32F,
-                                                 CUBLAS_GEMM_DEFAULT));
+            FD_CUBLAS(gemm_batched(cb.h, CUBLAS_OP_T, CUBLAS_OP_N, sk, sq, d, wV.p, d, (long long)sk * d, wDO.p, d, (long long)sq * d, wS.p, (long long)sq * sk, n, ct));
             softmax_bwd_rows<<<(unsigned)((size_t)n * sq), 256>>>(wS.as<float>(), wP.p, wPd.p, sp, bh0);
             FD_LAUNCH_CHECK();
             /* dQ^T (col-major d x sq) = K (col-major d x sk) * dS^T (col-major sk x sq). */
-            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_N, CUBLAS_OP_N, d, sq, sk, &one,
-                                                 wK.p, ct, d, (long long)sk * d, wPd.p, ct, sk,
-                                                 (long long)sq * sk, &zero, wdQ.p, CUDA_R_32F, d,
-                                                 (long long)sq * d, n, CUBLAS_COMPUTE_32F,
-                                                 CUBLAS_GEMM_DEFAULT));
+            FD_CUBLAS(gemm_batched(cb.h, CUBLAS_OP_N, CUBLAS_OP_N, d, sq, sk, wK.p, d, (long long)sk * d, wPd.p, sk, (long long)sq * sk, wdQ.p, (long long)sq * d, n, ct));
             /* dK^T (col-major d x sk) = Q^T (col-major d x sq) * dS (row-major sq x sk). */
-            FD_CUBLAS(cublasGemmStridedBatchedEx(cb.h, CUBLAS_OP_N, CUBLAS_OP_T, d, sk, sq, &one,
-                                                 wQ.p, ct, d, (long long)sq * d, wPd.p, ct, sk,
-                                                 (long long)sq * sk, &zero, wdK.p, CUDA_R_32F, d,
-                                                 (long long)sk * d, n, CUBLAS_COMPUTE_32F,
-                                                 CUBLAS_GEMM_DEFAULT));
+            FD_CUBLAS(gemm_batched(cb.h, CUBLAS_OP_N, CUBLAS_OP_T, d, sk, sq, wQ.p, d, (long long)sq * d, wPd.p, sk, (long long)sq * sk, wdK.p, (long long)sk * d, n, ct));
             scatter_out<<<1024, 256>>>(wdQ.as<float>(), gdq.p, sp, bh0, n);
             FD_LAUNCH_CHECK();
             gqa_accum<<<1024, 256>>>(wdK.as<float>(), accK.as<float>(), sp, bh0, n);
