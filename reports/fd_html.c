@@ -200,9 +200,9 @@ static int run_gnuplot(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-static const char *const plot_files[] = {"seq.svg", "ulp.svg", "keep.svg", "base.svg", "expl.svg", "seq.dat",
-                                         "ulp.dat", "keep.dat", "base.dat", "expl.dat", "plots.gp", "gnuplot.log",
-                                         NULL};
+static const char *const plot_files[] = {"seq.svg", "ulp.svg", "keep.svg", "base.svg", "expl.svg", "grad.svg",
+                                         "seq.dat", "ulp.dat", "keep.dat", "base.dat", "expl.dat", "grad.dat",
+                                         "plots.gp", "gnuplot.log", NULL};
 
 static void cleanup(const char *dir)
 {
@@ -461,7 +461,58 @@ static void explain_section(FILE *f, const ex_item *it, int n)
 
 /* Writes the data files and the script; flags which plots exist; common as in
  * write_explain_plot. */
-static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[5], char *common,
+/* Backward cases: per backend and gradient, the error fields, the rule's ratio, the run-to-run
+ * spread and the replay's match (as summary.md's "Gradients"). */
+static void grad_table(FILE *f, const json_t *report)
+{
+    size_t i;
+    json_t *c;
+    int n = 0;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        if (!json_is_object(json_object_get(c, "backward"))) continue;
+        if (!n++)
+            fprintf(f, "<h2>Gradients</h2>\n<table><tr><th>case</th><th>backend</th><th>grad</th><th>max abs</th>"
+                       "<th>rel l2</th><th>max ulp</th><th>flash/std</th><th>run-to-run ulps</th><th>replay match</th></tr>\n");
+        const char *key;
+        json_t *b;
+        int first = 1;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            const json_t *g = json_object_get(b, "grad");
+            if (!json_is_object(g)) continue;
+            static const char *const gn[3] = {"dq", "dk", "dv"};
+            const int measured = json_is_true(json_object_get(g, "measured"));
+            for (int t = 0; t < (measured ? 3 : 1); t++) {
+                fprintf(f, "<tr><td>");
+                if (first) html_esc(f, str(c, "id"));
+                first = 0;
+                fprintf(f, "</td><td>");
+                html_esc(f, key);
+                if (!measured) {
+                    fprintf(f, "</td><td colspan=\"7\">not measured: ");
+                    html_esc(f, str(g, "note"));
+                    fprintf(f, "</td></tr>\n");
+                    continue;
+                }
+                const json_t *e = json_object_get(g, gn[t]);
+                fprintf(f, "</td><td>%s</td>", gn[t]);
+                static const char *const cols[] = {"max_abs", "rel_l2", "max_ulp", "fa_ratio", NULL};
+                for (int k = 0; cols[k]; k++) {
+                    fprintf(f, "<td>");
+                    num(f, json_object_get(e, cols[k]));
+                    fprintf(f, "</td>");
+                }
+                fprintf(f, "<td>");
+                num(f, json_object_get(json_object_get(e, "repeat"), "max_ulp_spread"));
+                fprintf(f, "</td><td>");
+                num(f, json_object_get(json_object_get(e, "replay"), "match_rate"));
+                fprintf(f, "</td></tr>\n");
+            }
+        }
+    }
+    if (n) fprintf(f, "</table>\n");
+}
+
+static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[6], char *common,
                        size_t clen)
 {
     FILE *gp = open_in(dir, "plots.gp");
@@ -618,6 +669,43 @@ static int write_plots(const json_t *report, const json_t *baseline, const char 
     const int nit = report_ex_items(report, items, MAX_EX_BARS);
     have[4] = write_explain_plot(gp, dir, items, nit, common, clen);
     if (have[4] < 0) { fclose(gp); return -1; }
+    /* 6. backward cases: FlashAttention's ratio per gradient (flash / its standard), one
+     * point per case and flash backend, against the policy's factor */
+    d = open_in(dir, "grad.dat");
+    if (!d) { fclose(gp); return -1; }
+    static const char *const gn[3] = {"dq", "dk", "dv"};
+    int ng = 0;
+    for (int g = 0; g < 3; g++) {
+        int x = 0;
+        fprintf(d, "\"%s\"\n", gn[g]);
+        json_array_foreach(cases, i, c) {
+            if (!json_is_object(json_object_get(c, "backward"))) continue;
+            x++;
+            const char *key;
+            json_t *b;
+            json_object_foreach(json_object_get(c, "backends"), key, b) {
+                const double y = fd_json_number(json_object_get(json_object_get(json_object_get(b, "grad"), gn[g]), "fa_ratio"));
+                if (!(y >= 0) || isinf(y)) continue;
+                fprintf(d, "%d %.17g\n", x, y);
+                ng++;
+            }
+        }
+        fprintf(d, "\n\n");
+    }
+    fclose(d);
+    have[5] = ng > 0;
+    if (have[5]) {
+        const double rule = fd_json_number(json_object_get(json_object_get(json_object_get(report, "policy"), "grad_fa_ratio"), "dq"));
+        plot_head(gp, 430, "grad.svg");
+        fprintf(gp, "set grid\nset key outside right top\n"
+                    "set title 'Backward: flash max abs error over standard attention, per gradient'\n"
+                    "set xlabel 'backward case (report order)'\nset ylabel 'flash / standard'\nset yrange [0:*]\n"
+                    "plot 'grad.dat' index 0 using 1:2 with points pt 7 ps 0.9 title columnheader(1), "
+                    "'grad.dat' index 1 using 1:2 with points pt 5 ps 0.8 title columnheader(1), "
+                    "'grad.dat' index 2 using 1:2 with points pt 9 ps 0.9 title columnheader(1)");
+        if (rule > 0) fprintf(gp, ", %.17g with lines dt 2 lw 2 title 'policy factor (dq)'", gp_num(rule));
+        fprintf(gp, "\n");
+    }
     fprintf(gp, "set output\n");
     fclose(gp);
     return 0;
@@ -768,7 +856,7 @@ int fd_render_html(const json_t *report, const json_t *baseline, const json_t *d
         snprintf(err, errlen, "cannot create a temporary directory for the plots: %s", strerror(errno));
         return -1;
     }
-    int have[5] = {0, 0, 0, 0, 0};
+    int have[6] = {0, 0, 0, 0, 0, 0};
     char common[256];
     if (write_plots(report, baseline, dir, have, common, sizeof common)) {
         snprintf(err, errlen, "%s: cannot write plot data: %s", dir, strerror(errno));
@@ -820,6 +908,7 @@ int fd_render_html(const json_t *report, const json_t *baseline, const json_t *d
     if (have[4])
         embed(f, dir, "expl.svg", "Error budget of the explained cases: stage shares stacked, interaction beside",
               common);
+    if (have[5]) embed(f, dir, "grad.svg", "Backward: FlashAttention's ratio per gradient (dq, dk, dv)", "");
     fprintf(f, "</div>\n");
     cleanup(dir);
     if (baseline && diff) baseline_section(f, diff);
@@ -858,6 +947,7 @@ int fd_render_html(const json_t *report, const json_t *baseline, const json_t *d
         }
     }
     fprintf(f, "</table>\n");
+    grad_table(f, report);
     {
         static ex_item items[MAX_EX_BARS];
         explain_section(f, items, report_ex_items(report, items, MAX_EX_BARS));
