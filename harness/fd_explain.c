@@ -21,7 +21,7 @@ const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "
                                        /* backward (a case with "backward": true) */
                                        "bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
                                        "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
-                                       "bwd_dropout_seed_plus_one", "bwd_d_zero", "bwd_lse_other_head",
+                                       "bwd_dropout_seed_plus_one", "bwd_dropout_offset_plus_one", "bwd_d_zero", "bwd_lse_other_head",
                                        "bwd_gqa_sum_missing", "bwd_dk_dv_swapped", NULL};
 
 const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask)

@@ -15,7 +15,7 @@
 /* The backward bugs explain can inject and name (the tail of fd_explain_bugs). */
 static const char *const bwd_bugs[] = {"bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
                                        "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
-                                       "bwd_dropout_seed_plus_one", "bwd_d_zero", "bwd_lse_other_head",
+                                       "bwd_dropout_seed_plus_one", "bwd_dropout_offset_plus_one", "bwd_d_zero", "bwd_lse_other_head",
                                        "bwd_gqa_sum_missing", "bwd_dk_dv_swapped", NULL};
 
 int fd_explain_bug_is_bwd(const char *bug)
@@ -36,7 +36,7 @@ const char *fd_explain_bwd_noop(const fd_problem *p, const char *bug)
         return "its backward mask would not change (no bottom-right mask, or seqlen_q = seqlen_k)";
     if (!strcmp(bug, "bwd_causal_bottom_right") && (p->mask != FD_MASK_CAUSAL_TL || square))
         return "its backward mask would not change (no top-left mask, or seqlen_q = seqlen_k)";
-    if ((!strcmp(bug, "bwd_dropout_missing") || !strcmp(bug, "bwd_dropout_seed_plus_one")) && !(p->dropout_p > 0.0))
+    if (!strncmp(bug, "bwd_dropout", 11) && !(p->dropout_p > 0.0))
         return "it has no dropout (p = 0)";
     if (!strcmp(bug, "bwd_lse_other_head") && p->heads * p->batch < 2) return "it has one (batch, head)";
     if (!strcmp(bug, "bwd_gqa_sum_missing") && p->heads == p->kv_heads) return "it has no GQA (heads = kv_heads)";
@@ -63,6 +63,7 @@ static int bug_mod(const fd_problem *p, const char *bug, bwd_mod *m)
     else if (!strcmp(bug, "bwd_mask_missing")) m->p.mask = FD_MASK_NONE;
     else if (!strcmp(bug, "bwd_dropout_missing")) m->p.dropout_p = 0.0;
     else if (!strcmp(bug, "bwd_dropout_seed_plus_one")) m->p.seed += 1;
+    else if (!strcmp(bug, "bwd_dropout_offset_plus_one")) m->p.offset += 1;
     else if (!strcmp(bug, "bwd_d_zero")) m->o_zero = 1;
     else if (!strcmp(bug, "bwd_lse_other_head")) m->lse_roll = 1;
     else if (!strcmp(bug, "bwd_gqa_sum_missing")) m->flags = FD_BWD_BUG_NO_GQA_SUM;
@@ -197,6 +198,7 @@ static const char *bug_what(const char *bug)
         {"bwd_mask_missing", "causal mask not applied in the backward pass"},
         {"bwd_dropout_missing", "dropout mask not reapplied in the backward pass"},
         {"bwd_dropout_seed_plus_one", "backward dropout mask regenerated with seed + 1"},
+        {"bwd_dropout_offset_plus_one", "backward dropout mask regenerated with Philox offset + 1"},
         {"bwd_d_zero", "D = rowsum(dO o O) not computed (taken as 0): D from a different O"},
         {"bwd_lse_other_head", "P recomputed from the LSE of another (batch, head): LSE of another call"},
         {"bwd_gqa_sum_missing", "GQA reduction missing: dK, dV of a kv head from its first query head only"},

@@ -8,7 +8,8 @@ directory bundle: meta.json and q, k, v, out_NAME (+ lse_NAME, dmask_NAME) .npy 
 layout "bhsd" (SDPA's own), bf16 as '<u2' with meta dtype bf16.
 
   p == 0: out_flash + lse_flash (aten._scaled_dot_product_flash_attention, the kernel
-          SDPA's flash backend calls), out_efficient + lse_efficient, out_math (SDPA with
+          SDPA's flash backend calls), out_efficient + lse_efficient, out_cudnn (SDPA with
+          the cuDNN backend, where PyTorch has it; no LSE), out_math (SDPA with
           the math backend), out_eager (+ lse_eager): QK^T in the dtype, softmax in fp32,
           P cast to the dtype, PV in the dtype, as frameworks run attention eagerly.
   p > 0:  out_flash, lse_flash and dmask_flash from the flash op with
@@ -153,6 +154,12 @@ def one(args, B, H, S, D, dt, causal, p, gen_seed, outdir):
             outs["efficient"] = (r[0], r[1][:, :, :S].float())
         except Exception as e:  # noqa: BLE001
             info["notes"].append(f"efficient unavailable: {type(e).__name__}: {e}")
+        try:
+            # cuDNN's fused attention (SDPA's cuDNN backend; no LSE through this API)
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+                outs["cudnn"] = (F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale), None)
+        except Exception as e:  # noqa: BLE001
+            info["notes"].append(f"cudnn unavailable: {type(e).__name__}: {e}")
         try:
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
                 outs["math"] = (F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale), None)
