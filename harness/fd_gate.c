@@ -421,10 +421,13 @@ static int eval_gradients(const fd_gate_policy *p, fd_gate_result *g, int ci, co
     const int flash = fd_report_backend_is_flash(name, b);
     const int measured_g = json_is_true(json_object_get(gr, "measured"));
     const char *mode = json_string_value(json_object_get(json_object_get(c, "backward"), "dq_mode"));
-    const json_t *s = flash ? standard_of(name, c) : NULL;
-    const json_t *sg = s ? json_object_get(s, "grad") : NULL;
     for (int gi = 0; gi < 3; gi++) {
         const json_t *e = measured_g ? json_object_get(gr, grad_keys[gi]) : NULL;
+        /* the standard gradients the run compared with (a computed one when the standard
+         * output came without gradients), else the output's standard */
+        const char *fb = json_string_value(json_object_get(e, "fa_baseline"));
+        const json_t *s = !flash ? NULL : fb ? json_object_get(json_object_get(c, "backends"), fb) : standard_of(name, c);
+        const json_t *sg = s ? json_object_get(s, "grad") : NULL;
         for (int m = 0; m < FD_GM_N; m++) {
             const double lim = p->grad_limit[t][gi][m] >= 0 ? p->grad_limit[t][gi][m] : p->grad_limit[3][gi][m];
             double x;

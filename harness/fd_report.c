@@ -124,7 +124,7 @@ static json_t *grad_json(const fd_case_result *r, const fd_backend_result *b)
         if (g->fa_ratio[t] >= 0) {
             json_object_set_new(e, "fa_ratio", fd_json_num(g->fa_ratio[t]));
             json_object_set_new(e, "fa_limit", fd_json_num(g->fa_limit[t]));
-            json_object_set_new(e, "fa_baseline", json_string(r->be[b->baseline].be->name));
+            json_object_set_new(e, "fa_baseline", json_string(r->be[g->baseline].be->name));
         }
         if (g->repeat_runs > 1)
             json_object_set_new(e, "repeat", json_pack("{s:i, s:i, s:b, s:I, s:o}", "runs", g->repeat_runs,

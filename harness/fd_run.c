@@ -393,9 +393,13 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
             /* Nothing passes unjudged: a flash output without a standard output of its own
              * family (or a supplied one) gets standard attention computed here. */
             const fd_backend_result *need = NULL;
-            for (int u = 0; u < res->nbe && !need; u++)
-                if (res->be[u].ok && res->be[u].be->role == FD_ROLE_FLASH && baseline_of(res, &res->be[u]) < 0)
-                    need = &res->be[u];
+            for (int u = 0; u < res->nbe && !need; u++) {
+                const fd_backend_result *f = &res->be[u];
+                if (!f->ok || f->be->role != FD_ROLE_FLASH) continue;
+                const int bl = baseline_of(res, f);
+                /* likewise flash gradients whose standard output came without gradients */
+                if (bl < 0 || (f->g.measured && !res->be[bl].g.measured)) need = f;
+            }
             if (!need || !(br->be = computed_standard(need->be->family))) break;
             br->origin = FD_ORIGIN_COMPUTED;
         }

@@ -64,6 +64,8 @@ typedef struct fd_grad_result {
     char note[160];            /* why not measured, or why the backward failed */
     fd_metrics m[FD_NGRAD];    /* against the exact gradients (dk/dv: per kv head, key rows) */
     double fa_ratio[FD_NGRAD]; /* flash only: max abs error / its baseline's; < 0 n/a */
+    int baseline;              /* flash: the standard result its gradients were compared with, or -1
+                                * (the output's baseline when it has gradients, else a computed one) */
     double fa_limit[FD_NGRAD];
     double ms, tflops;         /* backward time; GPU: 2.5 x the forward's flops / median time */
     /* --repeat: runs, distinct hashes per gradient, elements that differed from the first

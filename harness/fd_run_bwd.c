@@ -350,9 +350,17 @@ void fd_bwd_fa_rule(const fd_policy *po, fd_case_result *res)
     for (int t = 0; t < res->nbe; t++) {
         fd_backend_result *f = &res->be[t];
         for (int g = 0; g < FD_NGRAD; g++) f->g.fa_ratio[g] = -1.0;
-        if (!f->ok || !f->g.measured || f->be->role != FD_ROLE_FLASH || f->baseline < 0) continue;
-        const fd_backend_result *s = &res->be[f->baseline];
-        if (!s->g.measured) continue;
+        f->g.baseline = -1;
+        if (!f->ok || !f->g.measured || f->be->role != FD_ROLE_FLASH) continue;
+        /* the output's baseline when it has gradients, else standard gradients computed here */
+        int u = f->baseline >= 0 && res->be[f->baseline].g.measured ? f->baseline : -1;
+        for (int w = 0; w < res->nbe && u < 0; w++)
+            if (res->be[w].ok && res->be[w].be->role == FD_ROLE_STANDARD && res->be[w].origin == FD_ORIGIN_COMPUTED &&
+                res->be[w].g.measured)
+                u = w;
+        if (u < 0) continue;
+        f->g.baseline = u;
+        const fd_backend_result *s = &res->be[u];
         for (int g = 0; g < FD_NGRAD; g++) {
             const double se = s->g.m[g].max_abs, fe = f->g.m[g].max_abs;
             f->g.fa_limit[g] = po->grad_fa_ratio[g] * se + po->atol;
@@ -401,7 +409,7 @@ int fd_bwd_judge(const fd_policy *po, fd_case_result *r, const fd_backend_result
         }
         if (b->be->role != FD_ROLE_FLASH || gr->fa_ratio[g] < 0) continue;
         rules++;
-        const fd_backend_result *s = &r->be[b->baseline];
+        const fd_backend_result *s = &r->be[gr->baseline];
         if (m->max_abs > gr->fa_limit[g]) {
             fd_worsen(v, FD_FAIL);
             fd_add_reason(r, "%s: %s max_abs %.3g > %g x standard (%s, %.3g) + %g = %.3g", b->be->name,

@@ -311,7 +311,7 @@ Test(backward, gate_applies_gradient_rules)
 
 /* Imported gradients: a bundle with do and dq/dk/dv per output is judged by check and
  * explained by explain --tensors; a gradient tensor missing is bad input (exit 2). */
-static void write_grad_bundle(const char *path, int swap, int drop_dk)
+static void write_grad_bundle(const char *path, int swap, int drop_dk, int eager_grads)
 {
     const fd_case *c = find(BR_CASE);
     const fd_problem *p = &c->prob;
@@ -346,6 +346,12 @@ static void write_grad_bundle(const char *path, int swap, int drop_dk)
         }
     }
     b.nout = 2;
+    if (!eager_grads)
+        for (int t = 0; t < 3; t++) {
+            float **g = t == 0 ? &b.out[1].dq : t == 1 ? &b.out[1].dk : &b.out[1].dv;
+            free(*g);
+            *g = NULL;
+        }
     if (drop_dk) {
         free(b.out[0].dk);
         b.out[0].dk = NULL;
@@ -362,8 +368,8 @@ Test(backward, imported_gradients_are_judged_and_explained)
     snprintf(good, sizeof good, "%s/good", dir);
     snprintf(bad, sizeof bad, "%s/swapped", dir);
     snprintf(half, sizeof half, "%s/half", dir);
-    write_grad_bundle(good, 0, 0);
-    write_grad_bundle(bad, 1, 0);
+    write_grad_bundle(good, 0, 0, 1);
+    write_grad_bundle(bad, 1, 0, 1);
     char *c1[] = {FD_BINARY, "check", "--tensors", good, "--out", dir, "--jobs", "2", "--quiet", NULL};
     cr_expect_eq(tu_run(c1), 0, "correct gradients pass: %s%s", g_out, g_err);
     char rep[400];
@@ -381,8 +387,33 @@ Test(backward, imported_gradients_are_judged_and_explained)
     char *e2[] = {FD_BINARY, "explain", "--tensors", bad, "--out", dir, NULL};
     cr_expect_eq(tu_run(e2), 1, "%s", g_err);
     cr_expect(strstr(g_out, "-> bwd_dk_dv_swapped") != NULL, "explain --tensors names the bug:\n%s", g_out);
-    write_grad_bundle(half, 0, 1);
+    write_grad_bundle(half, 0, 1, 1);
     char *c3[] = {FD_BINARY, "check", "--tensors", half, "--out", dir, "--jobs", "2", "--quiet", NULL};
     cr_expect_eq(tu_run(c3), 2, "dq and dv without dk: bad input: %s", g_err);
     cr_expect(strstr(g_err, "dk_flash") != NULL, "the message names the missing tensor: %s", g_err);
+}
+
+/* Flash gradients beside a standard output without gradients: judged against standard
+ * gradients computed here (origin "computed"), never left unjudged; gate agrees. */
+Test(backward, flash_gradients_beside_a_standard_without_them_get_a_computed_baseline)
+{
+    char dir[256], path[320], rep[400];
+    tu_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/eager_no_grads", dir);
+    write_grad_bundle(path, 0, 0, 0);
+    char *c1[] = {FD_BINARY, "check", "--tensors", path, "--out", dir, "--jobs", "2", "--quiet", NULL};
+    cr_expect_eq(tu_run(c1), 0, "%s%s", g_out, g_err);
+    snprintf(rep, sizeof rep, "%s/report.json", dir);
+    json_error_t je;
+    json_t *r = json_load_file(rep, 0, &je);
+    cr_assert_not_null(r);
+    const json_t *bes = json_object_get(json_array_get(json_object_get(r, "cases"), 0), "backends");
+    const json_t *dq = json_object_get(json_object_get(json_object_get(bes, "flash"), "grad"), "dq");
+    cr_expect_str_eq(json_string_value(json_object_get(dq, "fa_baseline")), "cpu-standard");
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(bes, "cpu-standard"), "origin")), "computed");
+    cr_expect(json_is_false(json_object_get(json_object_get(json_object_get(bes, "eager"), "grad"), "measured")));
+    json_decref(r);
+    const char *pol = tmpfile_with("pol.json", "{\"schema\": \"flashdrift-policy/1\", \"gradients\": {\"fa_ratio\": 3}}");
+    char *g1[] = {FD_BINARY, "gate", rep, "--policy", (char *)pol, "--no-baseline", NULL};
+    cr_expect_eq(tu_run(g1), 0, "gate judges against the same computed baseline: %s%s", g_out, g_err);
 }
