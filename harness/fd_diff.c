@@ -96,30 +96,46 @@ static int diff_backend(const json_t *bo, const json_t *bn, json_t *out, double 
         if (!oko && okn) return ST_BETTER;
         return ST_CHANGED;
     }
-    const int ident = !strcmp(str(bo, "output_hash"), str(bn, "output_hash"));
-    json_object_set_new(out, "identical", json_boolean(ident));
+    /* the output, then the gradients of backward cases ("dq.max_abs", ...) when both
+     * runs measured them: a gradient that moved is a move of the backend */
+    int ident = !strcmp(str(bo, "output_hash"), str(bn, "output_hash"));
     json_object_set_new(out, "old_hash", json_string(str(bo, "output_hash")));
     json_object_set_new(out, "new_hash", json_string(str(bn, "output_hash")));
     json_t *ms = json_object();
     int worse = 0, better = 0;
-    for (int m = 0; fd_report_metrics[m]; m++) {
-        const double a = fd_json_number(json_object_get(bo, fd_report_metrics[m]));
-        const double b = fd_json_number(json_object_get(bn, fd_report_metrics[m]));
-        const int same = (isnan(a) && isnan(b)) || !(a < b || a > b);
-        if (same) continue;
-        double rel;
-        if (isnan(a) || isnan(b)) rel = NAN;
-        else if (a > 0) rel = (b - a) / a;
-        else rel = b > a ? (double)INFINITY : -1.0;
-        const int w = (isnan(b) && !isnan(a)) || b > a;
-        worse |= w;
-        better |= !w;
-        if (w && !(rel <= *score)) *score = isnan(rel) ? (double)INFINITY : rel;
-        json_t *mj = json_pack("{s:o, s:o, s:o}", "old", fd_json_num(a), "new", fd_json_num(b), "rel", fd_json_num(rel));
-        if (!strcmp(fd_report_metrics[m], "max_ulp") || !strcmp(fd_report_metrics[m], "p99_ulp"))
-            json_object_set_new(mj, "ulps", fd_json_num(b - a));
-        json_object_set_new(ms, fd_report_metrics[m], mj);
+    static const char *const grads[] = {NULL, "dq", "dk", "dv"};
+    for (int g = 0; g < 4; g++) {
+        const json_t *eo = bo, *en = bn;
+        if (g) {
+            const json_t *go = json_object_get(bo, "grad"), *gn = json_object_get(bn, "grad");
+            if (!json_is_true(json_object_get(go, "measured")) || !json_is_true(json_object_get(gn, "measured"))) break;
+            eo = json_object_get(go, grads[g]);
+            en = json_object_get(gn, grads[g]);
+            ident &= !strcmp(str(eo, "hash"), str(en, "hash"));
+        }
+        for (int m = 0; fd_report_metrics[m]; m++) {
+            if (g && !strcmp(fd_report_metrics[m], "lse_max_abs")) continue;
+            const double a = fd_json_number(json_object_get(eo, fd_report_metrics[m]));
+            const double b = fd_json_number(json_object_get(en, fd_report_metrics[m]));
+            const int same = (isnan(a) && isnan(b)) || !(a < b || a > b);
+            if (same) continue;
+            double rel;
+            if (isnan(a) || isnan(b)) rel = NAN;
+            else if (a > 0) rel = (b - a) / a;
+            else rel = b > a ? (double)INFINITY : -1.0;
+            const int w = (isnan(b) && !isnan(a)) || b > a;
+            worse |= w;
+            better |= !w;
+            if (w && !(rel <= *score)) *score = isnan(rel) ? (double)INFINITY : rel;
+            json_t *mj = json_pack("{s:o, s:o, s:o}", "old", fd_json_num(a), "new", fd_json_num(b), "rel", fd_json_num(rel));
+            if (!strcmp(fd_report_metrics[m], "max_ulp") || !strcmp(fd_report_metrics[m], "p99_ulp"))
+                json_object_set_new(mj, "ulps", fd_json_num(b - a));
+            char name[32];
+            snprintf(name, sizeof name, "%s%s%s", g ? grads[g] : "", g ? "." : "", fd_report_metrics[m]);
+            json_object_set_new(ms, name, mj);
+        }
     }
+    json_object_set_new(out, "identical", json_boolean(ident));
     json_object_set_new(out, "metrics", ms);
     if (worse) return ST_WORSE;
     if (better) return ST_BETTER;

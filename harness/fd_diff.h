@@ -1,8 +1,9 @@
 /* fd_diff.h: comparing two reports case by case (`flashdrift diff`, the HTML baseline view).
  *
  * Cases are matched by id, backends by name. Per case: the metrics that moved (relative
- * change; for max_ulp and p99_ulp also the change in ulps), whether the outputs are
- * bitwise identical (equal output_hash on every backend), the verdicts, and a status:
+ * change; for max_ulp and p99_ulp also the change in ulps; a backward case's gradients as
+ * "dq.max_abs" and so on, when both runs measured them), whether the outputs are
+ * bitwise identical (equal output_hash on every backend, and equal gradient hashes), the verdicts, and a status:
  * new_failure, worse (a metric grew or the verdict got worse), only_old, only_new,
  * fixed, better, changed (hashes differ, metrics equal, or backends differ), identical.
  * Beside the cases, "changes" lists what differs between the two runs themselves: each

@@ -417,3 +417,30 @@ Test(backward, flash_gradients_beside_a_standard_without_them_get_a_computed_bas
     char *g1[] = {FD_BINARY, "gate", rep, "--policy", (char *)pol, "--no-baseline", NULL};
     cr_expect_eq(tu_run(g1), 0, "gate judges against the same computed baseline: %s%s", g_out, g_err);
 }
+
+/* diff: a gradient that grew between two runs is a regression, named dq.max_abs. */
+Test(backward, diff_reports_gradient_moves)
+{
+    char out[256], oldp[320], newp[320];
+    tu_dir(out, sizeof out);
+    char *run[] = {FD_BINARY, "run", tu_path(TU_SOURCE, "cases/backward.json"), "--backend", "cpu", "--filter",
+                   "q96k160-d32-fp16-causal_br", "--out", out, "--jobs", "2", "--quiet", NULL};
+    cr_assert_eq(tu_run(run), 0, "%s", g_err);
+    snprintf(oldp, sizeof oldp, "%s/report.json", out);
+    snprintf(newp, sizeof newp, "%s/new.json", out);
+    json_error_t je;
+    json_t *r = json_load_file(oldp, 0, &je);
+    cr_assert_not_null(r);
+    json_t *dq = json_object_get(json_object_get(json_object_get(json_object_get(
+                     json_array_get(json_object_get(r, "cases"), 0), "backends"), "cpu-flash"), "grad"), "dq");
+    cr_assert_not_null(dq);
+    json_object_set_new(dq, "max_abs", json_real(2.0 * json_number_value(json_object_get(dq, "max_abs"))));
+    json_object_set_new(dq, "hash", json_string("0000000000000000"));
+    cr_assert_eq(json_dump_file(r, newp, 0), 0);
+    json_decref(r);
+    char *d1[] = {FD_BINARY, "diff", oldp, newp, "--fail-on-regression", NULL};
+    cr_expect_eq(tu_run(d1), 1, "%s%s", g_out, g_err);
+    cr_expect(strstr(g_out, "dq.max_abs") != NULL, "%s", g_out);
+    char *d2[] = {FD_BINARY, "diff", oldp, oldp, "--fail-on-regression", NULL};
+    cr_expect_eq(tu_run(d2), 0, "%s%s", g_out, g_err);
+}
