@@ -161,11 +161,15 @@ static int parse_baseline(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
         char path[64];
         snprintf(path, sizeof path, "baseline.metrics[%zu]", i);
         const char *s = json_string_value(e);
-        int m = s ? metric_index(s) : -1;
-        if (m < 0)
-            return fd_jfail(cx, path, "expected one of max_abs, max_rel, rel_l2, max_ulp, p99_ulp, lse_max_abs%s%s",
-                            s ? ", got " : "", s ? s : "");
-        p->base_metric[m] = 1;
+        /* a gradient's metric: "dq.max_abs" (no LSE for gradients) */
+        int gi = 0;
+        for (int t = 0; s && t < 3; t++)
+            if (!strncmp(s, grad_keys[t], 2) && s[2] == '.') gi = t + 1;
+        int m = s ? metric_index(gi ? s + 3 : s) : -1;
+        if (m < 0 || (gi && m == FD_GM_LSE_MAX_ABS))
+            return fd_jfail(cx, path, "expected one of max_abs, max_rel, rel_l2, max_ulp, p99_ulp, lse_max_abs, or a "
+                            "gradient's dq.NAME, dk.NAME, dv.NAME (no lse_max_abs)%s%s", s ? ", got " : "", s ? s : "");
+        p->base_metric[gi][m] = 1;
     }
     if ((f = json_object_get(j, "factor"))) {
         if (fd_jget_num(cx, "baseline.factor", f, &p->base_factor)) return -1;
@@ -177,11 +181,12 @@ static int parse_baseline(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
     if (p->base_factor < 0 && p->base_ulps < 0)
         return fd_jfail(cx, "baseline", "expected \"factor\" and/or \"ulps\" (how much worse a case may get)");
     int ulp_any = 0, other_any = 0;
-    for (int m = 0; m < FD_GM_N; m++) {
-        if (!p->base_metric[m]) continue;
-        if (is_ulp_metric(m)) ulp_any = 1;
-        else other_any = 1;
-    }
+    for (int gi = 0; gi < 4; gi++)
+        for (int m = 0; m < FD_GM_N; m++) {
+            if (!p->base_metric[gi][m]) continue;
+            if (is_ulp_metric(m)) ulp_any = 1;
+            else other_any = 1;
+        }
     if (other_any && p->base_factor < 0)
         return fd_jfail(cx, "baseline", "\"ulps\" only covers max_ulp and p99_ulp: the other metrics listed need \"factor\"");
     (void)ulp_any;
@@ -566,10 +571,16 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
     if (p->base_on && base_case) {
         const json_t *bb = json_object_get(json_object_get(base_case, "backends"), name);
         if (bb && json_is_true(json_object_get(bb, "ok"))) {
-            for (int m = 0; m < FD_GM_N; m++) {
-                if (!p->base_metric[m]) continue;
+            for (int k = 0; k < 4 * FD_GM_N; k++) {
+                const int gi = k / FD_GM_N, m = k % FD_GM_N;
+                if (!p->base_metric[gi][m]) continue;
+                /* a gradient's metric where both runs measured the gradients */
+                const json_t *eb = gi ? json_object_get(json_object_get(bb, "grad"), grad_keys[gi - 1]) : bb;
+                const json_t *ec = gi ? json_object_get(json_object_get(b, "grad"), grad_keys[gi - 1]) : b;
+                char mname[32];
+                snprintf(mname, sizeof mname, "%s%s%s", gi ? grad_keys[gi - 1] : "", gi ? "." : "", fd_gate_metric_names[m]);
                 double x0, x;
-                if (!measured(bb, fd_gate_metric_names[m], &x0) || !measured(b, fd_gate_metric_names[m], &x)) continue;
+                if (!eb || !ec || !measured(eb, fd_gate_metric_names[m], &x0) || !measured(ec, fd_gate_metric_names[m], &x)) continue;
                 double lim = -1.0;
                 if (p->base_factor >= 0) lim = p->base_factor * x0 + p->base_abs;
                 if (p->base_ulps >= 0 && is_ulp_metric(m) && x0 + p->base_ulps > lim) lim = x0 + p->base_ulps;
@@ -578,9 +589,8 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
                 nmeasured++;
                 if (!(x <= lim)) {
                     worsen(v, FD_FAIL);
-                    TRY(add_item(g, ci, name, fd_gate_metric_names[m], x, lim, FD_FAIL,
-                                 "%s %s %.4g > %.4g (baseline %.4g: worse than allowed)", name,
-                                 fd_gate_metric_names[m], x, lim, x0));
+                    TRY(add_item(g, ci, name, mname, x, lim, FD_FAIL,
+                                 "%s %s %.4g > %.4g (baseline %.4g: worse than allowed)", name, mname, x, lim, x0));
                 }
             }
         }

@@ -31,7 +31,8 @@ typedef struct fd_gate_policy {
     double keep_sigma;          /* <= 0: off */
     int keep_nominal;           /* z against 1 - p instead of the byte threshold's probability */
     int base_on;                /* a baseline rule is present */
-    int base_metric[FD_GM_N];   /* metrics the baseline rule covers */
+    int base_metric[4][FD_GM_N]; /* metrics the baseline rule covers: [0] the output's,
+                                  * [1..3] dq, dk, dv's ("dq.max_abs", ...) */
     double base_factor;         /* current <= factor x baseline (+ base_abs); < 0: not set */
     double base_abs;
     double base_ulps;           /* ulp metrics: current <= baseline + ulps; < 0: not set */

@@ -443,4 +443,17 @@ Test(backward, diff_reports_gradient_moves)
     cr_expect(strstr(g_out, "dq.max_abs") != NULL, "%s", g_out);
     char *d2[] = {FD_BINARY, "diff", oldp, oldp, "--fail-on-regression", NULL};
     cr_expect_eq(tu_run(d2), 0, "%s%s", g_out, g_err);
+    /* gate's baseline rule over a gradient's metric */
+    const char *pol = tmpfile_with("pol_base.json", "{\"schema\": \"flashdrift-policy/1\", \"baseline\": "
+                                                  "{\"metrics\": [\"max_abs\", \"dq.max_abs\"], \"factor\": 1.25}}");
+    char *g1[] = {FD_BINARY, "gate", newp, "--policy", (char *)pol, "--baseline", oldp, NULL};
+    cr_expect_eq(tu_run(g1), 1, "dq doubled against the baseline: %s%s", g_out, g_err);
+    cr_expect(strstr(g_out, "dq.max_abs") || strstr(g_err, "dq.max_abs"), "%s%s", g_out, g_err);
+    char *g2[] = {FD_BINARY, "gate", oldp, "--policy", (char *)pol, "--baseline", oldp, NULL};
+    cr_expect_eq(tu_run(g2), 0, "%s%s", g_out, g_err);
+    const char *bad = tmpfile_with("pol_base_bad.json", "{\"schema\": \"flashdrift-policy/1\", \"baseline\": "
+                                                        "{\"metrics\": [\"dq.lse_max_abs\"], \"factor\": 1.25}}");
+    char *g3[] = {FD_BINARY, "gate", oldp, "--policy", (char *)bad, "--baseline", oldp, NULL};
+    cr_expect_eq(tu_run(g3), 2, "%s", g_err);
+    cr_expect(strstr(g_err, "baseline.metrics[0]") != NULL, "%s", g_err);
 }

@@ -41,7 +41,7 @@ Test(policy, parses_every_field)
     cr_assert_float_eq(p.limit[3][FD_GM_REL_L2], 1e-2, 1e-18);
     cr_assert(p.limit[1][FD_GM_MAX_ABS] < 0, "bf16 max_abs unset");
     cr_assert_float_eq(p.fa_ratio, 2.0, 0);
-    cr_assert(p.base_on && p.base_metric[FD_GM_MAX_ABS] && p.base_metric[FD_GM_P99_ULP] && !p.base_metric[FD_GM_REL_L2]);
+    cr_assert(p.base_on && p.base_metric[0][FD_GM_MAX_ABS] && p.base_metric[0][FD_GM_P99_ULP] && !p.base_metric[0][FD_GM_REL_L2]);
     fd_gate_policy q;
     parse_policy("{\"schema\": \"flashdrift-policy/1\"}", &q, 1, err, sizeof err);
     cr_assert(q.limit[0][FD_GM_MAX_ABS] < 0 && q.fa_ratio <= 0 && !q.base_on, "an empty policy gates nothing but errors");
