@@ -457,3 +457,25 @@ Test(backward, diff_reports_gradient_moves)
     cr_expect_eq(tu_run(g3), 2, "%s", g_err);
     cr_expect(strstr(g_err, "baseline.metrics[0]") != NULL, "%s", g_err);
 }
+
+/* Real PyTorch gradients (H200, tests/data/pytorch-h200-bwd): judged PASS; the flash
+ * output's dK and dV exchanged fails, and explain names the swap. */
+Test(backward, pytorch_h200_gradients)
+{
+    char *c1[] = {FD_BINARY, "check", "--tensors", tu_path(TU_DATA, "pytorch-h200-bwd"), "--out", NULL, "--jobs", "2",
+                  "--quiet", NULL};
+    char out[256], bad[320], cmd[1200];
+    tu_dir(out, sizeof out);
+    c1[5] = out;
+    cr_expect_eq(tu_run(c1), 0, "the PyTorch gradients pass: %s%s", g_out, g_err);
+    snprintf(bad, sizeof bad, "%s/swapped", out);
+    snprintf(cmd, sizeof cmd, "cp -r '%s/b1_h2_s113_d64_bf16_full_p0' '%s' && mv '%s/dk_flash.npy' '%s/t.npy' && "
+                              "mv '%s/dv_flash.npy' '%s/dk_flash.npy' && mv '%s/t.npy' '%s/dv_flash.npy'",
+             tu_path(TU_DATA, "pytorch-h200-bwd"), bad, bad, bad, bad, bad, bad, bad);
+    cr_assert_eq(system(cmd), 0);
+    char *c2[] = {FD_BINARY, "check", "--tensors", bad, "--out", out, "--jobs", "2", "--quiet", NULL};
+    cr_expect_eq(tu_run(c2), 1, "%s%s", g_out, g_err);
+    char *e2[] = {FD_BINARY, "explain", "--tensors", bad, "--output", "flash", NULL};
+    cr_expect_eq(tu_run(e2), 1, "%s", g_err);
+    cr_expect(strstr(g_out, "-> bwd_dk_dv_swapped") != NULL, "%s", g_out);
+}
