@@ -486,25 +486,8 @@ static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
         po->require_deterministic = json_is_true(f);
     }
     /* one number for the three gradients, or {"dq": A, "dk": B, "dv": C} */
-    if ((f = json_object_get(j, "grad_fa_ratio"))) {
-        static const char *const gk[] = {"dq", "dk", "dv", NULL};
-        if (json_is_number(f)) {
-            double r = json_number_value(f);
-            po->grad_fa_ratio[0] = po->grad_fa_ratio[1] = po->grad_fa_ratio[2] = r;
-        } else if (json_is_object(f)) {
-            if (fd_jcheck_keys(cx, "policy.grad_fa_ratio", f, gk)) return -1;
-            for (int t = 0; t < 3; t++) {
-                json_t *u = json_object_get(f, gk[t]);
-                char p[64];
-                snprintf(p, sizeof p, "policy.grad_fa_ratio.%s", gk[t]);
-                if (u && fd_jget_num(cx, p, u, &po->grad_fa_ratio[t])) return -1;
-            }
-        } else {
-            return fd_jfail(cx, "policy.grad_fa_ratio", "expected a number or {\"dq\": N, \"dk\": N, \"dv\": N}, got %s", fd_jtype(f));
-        }
-        for (int t = 0; t < 3; t++)
-            if (!(po->grad_fa_ratio[t] > 0)) return fd_jfail(cx, "policy.grad_fa_ratio", "expected positive numbers");
-    }
+    if ((f = json_object_get(j, "grad_fa_ratio")) && fd_jget_per_grad(cx, "policy.grad_fa_ratio", f, po->grad_fa_ratio))
+        return -1;
     if ((f = json_object_get(j, "max_ulp"))) {
         static const char *const dk[] = {"fp16", "bf16", "fp32", NULL};
         if (!json_is_object(f)) return fd_jfail(cx, "policy.max_ulp", "expected an object {\"fp16\": N, ...}");

@@ -96,23 +96,8 @@ static int parse_gradients(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
             }
         }
     }
-    if ((f = json_object_get(j, "fa_ratio"))) {
-        if (json_is_number(f)) {
-            p->grad_fa_ratio[0] = p->grad_fa_ratio[1] = p->grad_fa_ratio[2] = json_number_value(f);
-        } else if (json_is_object(f)) {
-            if (fd_jcheck_keys(cx, "gradients.fa_ratio", f, grad_keys)) return -1;
-            for (int gi = 0; gi < 3; gi++) {
-                const json_t *v = json_object_get(f, grad_keys[gi]);
-                char gp[64];
-                snprintf(gp, sizeof gp, "gradients.fa_ratio.%s", grad_keys[gi]);
-                if (v && fd_jget_num(cx, gp, v, &p->grad_fa_ratio[gi])) return -1;
-            }
-        } else {
-            return fd_jfail(cx, "gradients.fa_ratio", "expected a number or {\"dq\": K, \"dk\": K, \"dv\": K}, got %s", fd_jtype(f));
-        }
-        for (int gi = 0; gi < 3; gi++)
-            if (!(p->grad_fa_ratio[gi] >= 0)) return fd_jfail(cx, "gradients.fa_ratio", "expected positive numbers");
-    }
+    if ((f = json_object_get(j, "fa_ratio")) && fd_jget_per_grad(cx, "gradients.fa_ratio", f, p->grad_fa_ratio))
+        return -1;
     if ((f = json_object_get(j, "atol")) && get_nonneg(cx, "gradients.atol", f, &p->grad_atol)) return -1;
     if ((f = json_object_get(j, "require_deterministic")) &&
         get_bool(cx, "gradients.require_deterministic", f, &p->require_deterministic))

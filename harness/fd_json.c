@@ -74,6 +74,27 @@ int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out)
     return fd_jfail(cx, path, "expected a number (or \"inf\", \"-inf\", \"nan\"), got %s", fd_jtype(j));
 }
 
+int fd_jget_per_grad(fd_jctx *cx, const char *path, const json_t *j, double out[3])
+{
+    static const char *const gk[] = {"dq", "dk", "dv", NULL};
+    if (json_is_number(j)) {
+        out[0] = out[1] = out[2] = json_number_value(j);
+    } else if (json_is_object(j)) {
+        if (fd_jcheck_keys(cx, path, j, gk)) return -1;
+        for (int t = 0; t < 3; t++) {
+            const json_t *u = json_object_get(j, gk[t]);
+            char p[256];
+            snprintf(p, sizeof p, "%s.%s", path, gk[t]);
+            if (u && fd_jget_num(cx, p, u, &out[t])) return -1;
+        }
+    } else {
+        return fd_jfail(cx, path, "expected a number or {\"dq\": N, \"dk\": N, \"dv\": N}, got %s", fd_jtype(j));
+    }
+    for (int t = 0; t < 3; t++)
+        if (!(out[t] > 0)) return fd_jfail(cx, path, "expected positive numbers, got %g", out[t]);
+    return 0;
+}
+
 json_t *fd_jload(const char *path, char *err, size_t errlen)
 {
     json_error_t je;

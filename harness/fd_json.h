@@ -31,5 +31,8 @@ int fd_jget_rnum(fd_jctx *cx, const char *path, const json_t *j, double *out);
 /* Loads a file with duplicate keys rejected; NULL with err on failure. The file is opened
  * with fd_open_input (fd_file.h): a directory or a FIFO is an error, never a hang; errno
  * is ENOENT when the file is missing. */
+/* A value per gradient: one number for dq, dk and dv, or {"dq": A, "dk": B, "dv": C} (keys
+ * left out keep out[]'s values); each must be > 0. */
+int fd_jget_per_grad(fd_jctx *cx, const char *path, const json_t *j, double out[3]);
 json_t *fd_jload(const char *path, char *err, size_t errlen);
 #endif
