@@ -109,6 +109,10 @@ static int bwd_cuda_flash(const fd_casefile *cf, const fd_case *c, const float *
                           const float *v, const float *o, const float *lse, const float *dout, float *dq,
                           float *dk, float *dv, double *ms, char *err, size_t errlen)
 {
+    if (c->prob.dtype == FD_DT_FP32) {
+        snprintf(err, errlen, "cuda-flash's backward runs fp16 and bf16 on tensor cores, not fp32");
+        return 1;
+    }
     fd_cuda_cfg g;
     fd_cuda_timing t = {0, 0, 0};
     cuda_cfg(cf, &g);

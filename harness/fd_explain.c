@@ -368,8 +368,9 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
             kg[1] = malloc(nkv * sizeof(float));
             kg[2] = malloc(nkv * sizeof(float));
             if (!kg[0] || !kg[1] || !kg[2]) FD_FAIL_OOM();
-            if (fd_explain_kernel_grads(cf, c, be, inject, q, k, v, of, lf, dout, kg[0], kg[1], kg[2], err, errlen))
-                goto out;
+            const int kr = fd_explain_kernel_grads(cf, c, be, inject, q, k, v, of, lf, dout, kg[0], kg[1], kg[2], err, errlen);
+            if (kr > 0) rc = FD_EX_EUSAGE; /* the backend's backward does not apply to this case */
+            if (kr) goto out;
             gq = kg[0]; gk = kg[1]; gv = kg[2];
         }
     } else {

@@ -159,7 +159,7 @@ int fd_explain_kernel_grads(const fd_casefile *cf, const fd_case *c, const fd_ba
                     memcpy(kx + fd_kv_index(&ce.prob, b, j, h, 0), k + fd_kv_index(p, b, j, h / G, 0), sizeof(float) * (size_t)D);
                     memcpy(vx + fd_kv_index(&ce.prob, b, j, h, 0), v + fd_kv_index(p, b, j, h / G, 0), sizeof(float) * (size_t)D);
                 }
-        if (be->run_bwd(cf, &ce, q, kx, vx, om, lm, dout, dq, dkx, dvx, &ms, err, errlen)) goto out;
+        if ((rc = be->run_bwd(cf, &ce, q, kx, vx, om, lm, dout, dq, dkx, dvx, &ms, err, errlen))) goto out;
         for (int b = 0; b < p->batch; b++)
             for (int j = 0; j < p->seqlen_k; j++)
                 for (int hk = 0; hk < p->kv_heads; hk++) {
@@ -169,7 +169,7 @@ int fd_explain_kernel_grads(const fd_casefile *cf, const fd_case *c, const fd_ba
         rc = 0;
         goto out;
     }
-    if (be->run_bwd(cf, &cm, q, k, v, om, lm, dout, dq, dk, dv, &ms, err, errlen)) goto out;
+    if ((rc = be->run_bwd(cf, &cm, q, k, v, om, lm, dout, dq, dk, dv, &ms, err, errlen))) goto out;
     if (m.flags == FD_BWD_BUG_SWAP_DKDV) {
         for (size_t i = 0; i < fd_kv_numel(p); i++) {
             const float t = dk[i];

@@ -49,7 +49,9 @@ typedef struct fd_backend {
     int (*supports)(const fd_case *c, char *why, size_t len);
     /* Optional (NULL: the backend has no backward pass; its gradients are not measured):
      * the backward pass from the backend's own forward outputs o and lse (every row) and
-     * the output gradient dout; dq like q, dk and dv like k. */
+     * the output gradient dout; dq like q, dk and dv like k. Returns 0, -1 with err (the
+     * backward failed: the backend fails the case), or 1 with err saying why the backward
+     * does not apply to this case (its gradients are not measured). */
     int (*run_bwd)(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                    const float *v, const float *o, const float *lse, const float *dout, float *dq,
                    float *dk, float *dv, double *ms, char *err, size_t errlen);

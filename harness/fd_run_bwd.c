@@ -257,7 +257,12 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
     if (!gdq) {
         double ms = 0.0;
         const double t0 = fd_now_s();
-        if (run_kernel_bwd(cf, c, br->be, q, k, v, o, lse, dout, buf[0], &ms, gr->note, sizeof gr->note)) {
+        const int rb = run_kernel_bwd(cf, c, br->be, q, k, v, o, lse, dout, buf[0], &ms, gr->note, sizeof gr->note);
+        if (rb > 0) { /* the backward does not apply here: not measured, said in the note */
+            rc = 0;
+            goto out;
+        }
+        if (rb) {
             rc = 0; /* recorded: the backward failed */
             br->ok = 0;
             snprintf(br->error, sizeof br->error, "backward: %s", gr->note);
