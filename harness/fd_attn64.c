@@ -27,6 +27,17 @@ double *fd_to_f64(const float *x, size_t n)
     return y;
 }
 
+double fd_max_abs_diff(const double *a, const double *b, size_t n)
+{
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs(a[i] - b[i]);
+        if (isnan(e)) return INFINITY;
+        if (e > m) m = e;
+    }
+    return m;
+}
+
 static int visible(const fd_problem *p, const fd_attn_variant *va, int i, int j)
 {
     long lim;

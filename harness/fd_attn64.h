@@ -38,4 +38,6 @@ int fd_attn64_condition(const fd_problem *p, const double *q, const double *k, c
 
 /* Copies a float tensor into a new double array (NULL when out of memory). */
 double *fd_to_f64(const float *x, size_t n);
+/* max |a_i - b_i| over n values; +Inf when any difference is NaN. */
+double fd_max_abs_diff(const double *a, const double *b, size_t n);
 #endif

@@ -92,16 +92,6 @@ static int cmp_dbl(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static double max_abs_diff(const double *a, const double *b, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs(a[i] - b[i]);
-        if (isnan(e)) return INFINITY;
-        if (e > m) m = e;
-    }
-    return m;
-}
 static double l2_diff(const double *a, const double *b, size_t n)
 {
     double s = 0.0;
@@ -209,9 +199,9 @@ static int add_variant(fd_explanation *ex, const char *name, const double *out, 
     if (ex->nvar >= FD_EX_MAX_VARIANTS) return 0;
     fd_ex_variant *v = &ex->var[ex->nvar++];
     snprintf(v->name, sizeof v->name, "%s", name);
-    v->max_abs_vs_base = max_abs_diff(out, base, n);
+    v->max_abs_vs_base = fd_max_abs_diff(out, base, n);
     v->l2_vs_base = l2_diff(out, base, n);
-    v->err_max_abs = max_abs_diff(out, ref, n);
+    v->err_max_abs = fd_max_abs_diff(out, ref, n);
     v->identical = fd_eq(v->max_abs_vs_base, 0.0);
     if (v->max_abs_vs_base > ex->order_spread_max_abs) ex->order_spread_max_abs = v->max_abs_vs_base;
     return 0;
@@ -224,7 +214,7 @@ static void add_hypo(fd_explanation *ex, const char *name, const char *what, con
     fd_ex_hypo *h = &ex->hypo[ex->nhypo++];
     snprintf(h->name, sizeof h->name, "%s", name);
     snprintf(h->what, sizeof h->what, "%s", what);
-    h->residual_max_abs = max_abs_diff(kout, cand, n);
+    h->residual_max_abs = fd_max_abs_diff(kout, cand, n);
     h->explains = h->residual_max_abs <= ex->hypo_limit;
 }
 
@@ -414,7 +404,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     ex->ref_max_abs = 0.0;
     for (size_t i = 0; i < n; i++) ex->ref_max_abs = fmax(ex->ref_max_abs, fabs(ref[i]));
     const double refl2 = l2(ref, n);
-    ex->k_err_max_abs = max_abs_diff(kout, ref, n);
+    ex->k_err_max_abs = fd_max_abs_diff(kout, ref, n);
     ex->k_err_l2 = refl2 > 0 ? l2_diff(kout, ref, n) / refl2 : l2_diff(kout, ref, n);
 
     /* 3. the replay's error budget by stage */
@@ -422,7 +412,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     if (fd_cpu_flash_stages(p, cfg, 0u, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
     gather_d(&ck, full, base);
     for (size_t i = 0; i < n; i++) e[i] = base[i] - ref[i];
-    ex->r_err_max_abs = max_abs_diff(base, ref, n);
+    ex->r_err_max_abs = fd_max_abs_diff(base, ref, n);
     ex->r_err_l2 = refl2 > 0 ? l2_diff(base, ref, n) / refl2 : 0.0;
     ex->replay_mismatches = 0;
     for (size_t i = 0; i < n; i++)
@@ -466,7 +456,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     }
     if (fd_cpu_flash_stages(p, cfg, FD_STAGE_ALL, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
     gather_d(&ck, full, tmp);
-    ex->allexact_max_abs = max_abs_diff(tmp, ref, n);
+    ex->allexact_max_abs = fd_max_abs_diff(tmp, ref, n);
     {
         double dot = 0.0, s2 = 0.0;
         for (size_t i = 0; i < n; i++) {
@@ -492,7 +482,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         }
         if (!r1) {
             gather_d(&ck, o2, acc);
-            ex->input_rounding_max_abs = max_abs_diff(tmp, acc, n);
+            ex->input_rounding_max_abs = fd_max_abs_diff(tmp, acc, n);
             ex->input_rounding_l2 = refl2 > 0 ? l2_diff(tmp, acc, n) / refl2 : 0.0;
         }
         free(o2);
@@ -544,8 +534,8 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
             sf += ef * ef; se += es * es; sfs += ef * es;
             sd += (base[i] - tmp[i]) * (base[i] - tmp[i]);
         }
-        ex->std_err_max_abs = max_abs_diff(tmp, ref, n);
-        ex->flash_std_diff_max_abs = max_abs_diff(tmp, base, n);
+        ex->std_err_max_abs = fd_max_abs_diff(tmp, ref, n);
+        ex->flash_std_diff_max_abs = fd_max_abs_diff(tmp, base, n);
         ex->flash_std_diff_l2 = sqrt(sd);
         ex->flash_err_l2_abs = sqrt(sf);
         ex->std_err_l2_abs = sqrt(se);

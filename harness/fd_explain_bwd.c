@@ -209,16 +209,6 @@ static const char *bug_what(const char *bug)
     return "";
 }
 
-static double max_abs_diff(const double *a, const double *b, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs(a[i] - b[i]);
-        if (d > m || isnan(d)) m = isnan(d) ? (double)INFINITY : d;
-    }
-    return m;
-}
-
 #define OOM()                                   \
     do {                                        \
         snprintf(err, errlen, "out of memory"); \
@@ -257,7 +247,7 @@ int fd_explain_grads(const fd_casefile *cf, const fd_problem *p, const float *q,
         e[t] = malloc((n[t] ? n[t] : 1) * sizeof(double));
         if (!fg[t] || !dg[t] || !kout[t] || !base[t] || !fin[t] || !e[t]) OOM();
         fd_bwd_gather(jr, t, kg[t], NULL, kout[t]);
-        g->k_err[t] = max_abs_diff(kout[t], ref[t], n[t]);
+        g->k_err[t] = fd_max_abs_diff(kout[t], ref[t], n[t]);
     }
     /* the replay's own forward (every row), the outputs its backward reads */
     const fd_flash_cfg *fc = &cf->flash;
@@ -275,7 +265,7 @@ int fd_explain_grads(const fd_casefile *cf, const fd_problem *p, const float *q,
     if (fd_cpu_flash_bwd_stages(p, fc, &cf->bwd, 0u, q, k, v, o, lse, dout, oex, dg[0], dg[1], dg[2], err, errlen)) goto out;
     for (int t = 0; t < FD_NGRAD; t++) {
         fd_bwd_gather(jr, t, NULL, dg[t], base[t]);
-        g->r_err[t] = max_abs_diff(base[t], ref[t], n[t]);
+        g->r_err[t] = fd_max_abs_diff(base[t], ref[t], n[t]);
         for (size_t i = 0; i < n[t]; i++) e[t][i] = base[t][i] - ref[t][i];
     }
     if (fd_cpu_flash_bwd_stages(p, fc, &cf->bwd, FD_BSTAGE_OUT, q, k, v, o, lse, dout, oex, dg[0], dg[1], dg[2], err, errlen)) goto out;
@@ -315,7 +305,7 @@ int fd_explain_grads(const fd_casefile *cf, const fd_problem *p, const float *q,
     if (fd_cpu_flash_bwd_stages(p, fc, &cf->bwd, FD_BSTAGE_ALL, q, k, v, o, lse, dout, oex, dg[0], dg[1], dg[2], err, errlen)) goto out;
     for (int t = 0; t < FD_NGRAD; t++) {
         fd_bwd_gather(jr, t, NULL, dg[t], tmp);
-        g->allexact[t] = max_abs_diff(tmp, ref[t], n[t]);
+        g->allexact[t] = fd_max_abs_diff(tmp, ref[t], n[t]);
     }
     /* standard attention's autograd: the other half of the rounding budget */
     if (fd_cpu_standard_backward(p, fc->qk_order, q, k, v, dout, fg[0], fg[1], fg[2], err, errlen)) goto out;
@@ -323,7 +313,7 @@ int fd_explain_grads(const fd_casefile *cf, const fd_problem *p, const float *q,
         fd_bwd_gather(jr, t, fg[t], NULL, tmp);
         for (size_t i = 0; i < n[t]; i++)
             if (isnan(tmp[i])) tmp[i] = ref[t][i]; /* rows eager attention leaves NaN by design */
-        g->std_err[t] = max_abs_diff(tmp, ref[t], n[t]);
+        g->std_err[t] = fd_max_abs_diff(tmp, ref[t], n[t]);
         g->budget[t] = fmax(g->r_err[t], g->std_err[t]);
         g->limit[t] = cf->policy.grad_fa_ratio[t] * g->budget[t] + cf->policy.atol;
         if (!(g->k_err[t] <= g->limit[t])) g->gross = 1;
@@ -352,7 +342,7 @@ int fd_explain_grads(const fd_casefile *cf, const fd_problem *p, const float *q,
             snprintf(h->what, sizeof h->what, "%s", bug_what(bwd_bugs[b]));
             for (int t = 0; t < FD_NGRAD; t++) {
                 fd_bwd_gather(jr, t, fg[t], NULL, tmp);
-                const double r = max_abs_diff(kout[t], tmp, n[t]);
+                const double r = fd_max_abs_diff(kout[t], tmp, n[t]);
                 h->residual_max_abs = fmax(h->residual_max_abs, r);
                 const double ratio = g->hypo_limit[t] > 0 ? r / g->hypo_limit[t] : (r > 0 ? (double)INFINITY : 0.0);
                 h->residual_ratio = fmax(h->residual_ratio, ratio);

@@ -127,7 +127,7 @@ int fd_ref_thread_safe(void) { return mpfr_buildopt_tls_p() != 0; }
 
 void fd_ref_thread_cleanup(void) { mpfr_free_cache(); }
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
+void fd_ref_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
     if (!err || errlen == 0) return;
     va_list ap;
@@ -665,14 +665,14 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
                size_t errlen)
 {
     if (!p || !q || !k || !v || !o) {
-        seterr(err, errlen, "fd_ref_row: NULL argument (problem %p, q %p, k %p, v %p, o %p)",
+        fd_ref_seterr(err, errlen, "fd_ref_row: NULL argument (problem %p, q %p, k %p, v %p, o %p)",
                (const void *)p, (const void *)q, (const void *)k, (const void *)v, (void *)o);
         return -1;
     }
     if (p->batch <= 0 || p->heads <= 0 || p->kv_heads <= 0 || p->seqlen_q <= 0 ||
         p->seqlen_k <= 0 || p->head_dim <= 0 || p->head_dim > FD_HEAD_DIM_LIMIT ||
         p->heads % p->kv_heads != 0) {
-        seterr(err, errlen,
+        fd_ref_seterr(err, errlen,
                "fd_ref_row: bad shape batch=%d heads=%d kv_heads=%d seqlen_q=%d seqlen_k=%d "
                "head_dim=%d (all > 0, heads a multiple of kv_heads, head_dim <= %d)",
                p->batch, p->heads, p->kv_heads, p->seqlen_q, p->seqlen_k, p->head_dim,
@@ -680,34 +680,34 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
         return -1;
     }
     if (b < 0 || b >= p->batch || h < 0 || h >= p->heads || i < 0 || i >= p->seqlen_q) {
-        seterr(err, errlen,
+        fd_ref_seterr(err, errlen,
                "fd_ref_row: row out of range: b=%d (batch %d), h=%d (heads %d), i=%d (seqlen_q %d)",
                b, p->batch, h, p->heads, i, p->seqlen_q);
         return -1;
     }
     if ((unsigned)p->mask > (unsigned)FD_MASK_CAUSAL_BR || (unsigned)p->dtype > (unsigned)FD_DT_FP32) {
-        seterr(err, errlen, "fd_ref_row: bad mask %d or dtype %d", (int)p->mask, (int)p->dtype);
+        fd_ref_seterr(err, errlen, "fd_ref_row: bad mask %d or dtype %d", (int)p->mask, (int)p->dtype);
         return -1;
     }
     if (!(p->dropout_p >= 0.0 && p->dropout_p < 1.0)) {
-        seterr(err, errlen, "fd_ref_row: dropout_p = %g (%a) is not in [0, 1)", p->dropout_p,
+        fd_ref_seterr(err, errlen, "fd_ref_row: dropout_p = %g (%a) is not in [0, 1)", p->dropout_p,
                p->dropout_p);
         return -1;
     }
     if (!isfinite(p->softmax_scale)) {
-        seterr(err, errlen, "fd_ref_row: softmax_scale is not finite (%a)", (double)p->softmax_scale);
+        fd_ref_seterr(err, errlen, "fd_ref_row: softmax_scale is not finite (%a)", (double)p->softmax_scale);
         return -1;
     }
     fd_ref_opts dflt;
     fd_ref_opts_default(&dflt);
     if (!opt) opt = &dflt;
     if (opt->prec0 < 64 || opt->prec_max < opt->prec0 || opt->prec_max > FD_PREC_LIMIT) {
-        seterr(err, errlen, "fd_ref_row: bad precisions prec0=%d prec_max=%d (need 64 <= prec0 <= "
+        fd_ref_seterr(err, errlen, "fd_ref_row: bad precisions prec0=%d prec_max=%d (need 64 <= prec0 <= "
                "prec_max <= %d)", opt->prec0, opt->prec_max, FD_PREC_LIMIT);
         return -1;
     }
     if (mpfr_get_emin() > -(1L << 20) || mpfr_get_emax() < (1L << 20)) {
-        seterr(err, errlen, "fd_ref_row: MPFR exponent range [%ld, %ld] is too narrow (someone "
+        fd_ref_seterr(err, errlen, "fd_ref_row: MPFR exponent range [%ld, %ld] is too narrow (someone "
                "changed it with mpfr_set_emin/emax in this thread)",
                (long)mpfr_get_emin(), (long)mpfr_get_emax());
         return -1;
@@ -741,11 +741,11 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     ws.kx = malloc((size_t)n * sizeof(long));
     int rc = -1;
     if (!ws.krow || !ws.kept || !ws.B || !ws.w || !ws.wk || !ws.knz || !ws.kx) {
-        seterr(err, errlen, "fd_ref_row: out of memory for %d keys", n);
+        fd_ref_seterr(err, errlen, "fd_ref_row: out of memory for %d keys", n);
         goto out;
     }
     if (!all_finite(ws.qrow, D)) {
-        seterr(err, errlen, "fd_ref_row: non-finite q in row b=%d i=%d h=%d", b, i, h);
+        fd_ref_seterr(err, errlen, "fd_ref_row: non-finite q in row b=%d i=%d h=%d", b, i, h);
         goto out;
     }
     const int drop = p->dropout_p > 0.0;
@@ -753,7 +753,7 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     for (int j = 0; j < n; j++) {
         ws.krow[j] = k + fd_kv_index(p, b, j, hk, 0);
         if (!all_finite(ws.krow[j], D) || !all_finite(v + fd_kv_index(p, b, j, hk, 0), D)) {
-            seterr(err, errlen, "fd_ref_row: non-finite k or v at b=%d key %d kv head %d", b, j, hk);
+            fd_ref_seterr(err, errlen, "fd_ref_row: non-finite k or v at b=%d key %d kv head %d", b, j, hk);
             goto out;
         }
         if (!drop || fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, i, j))
@@ -763,7 +763,7 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     /* V of the kept keys, transposed once so that the per-d loops run contiguously. */
     ws.vcol = malloc(((size_t)ws.nkept * (size_t)D + 1) * sizeof(float));
     if (!ws.vcol) {
-        seterr(err, errlen, "fd_ref_row: out of memory for %d x %d values of V", ws.nkept, D);
+        fd_ref_seterr(err, errlen, "fd_ref_row: out of memory for %d x %d values of V", ws.nkept, D);
         goto out;
     }
     ws.ymin = LONG_MAX;
@@ -789,7 +789,7 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
         if (P > opt->prec_max) P = opt->prec_max;
         int u = row_at(&ws, (mpfr_prec_t)P, P == opt->prec0, o, &inf.lse);
         if (u < 0) {
-            seterr(err, errlen, "fd_ref_row: out of memory at precision %ld (%d keys)", P, n);
+            fd_ref_seterr(err, errlen, "fd_ref_row: out of memory at precision %ld (%d keys)", P, n);
             goto out;
         }
         inf.undecided = u;

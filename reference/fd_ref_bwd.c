@@ -72,15 +72,6 @@
 #define FD_BWD_PREC_LIMIT 65536
 #define FD_BWD_HEAD_DIM_LIMIT 65536
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---------------------------------------------------------------------------------
  * Intervals on one allocation: an array of n mpfi_t. */
 typedef struct {
@@ -485,14 +476,14 @@ static int check_args(const fd_problem *p, const float *q, const float *k, const
                       double *dv, char *err, size_t errlen)
 {
     if (!p || !q || !k || !v || !dout || !opt) {
-        seterr(err, errlen, "fd_ref_bwd_group: NULL argument (problem, q, k, v, dout must be "
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: NULL argument (problem, q, k, v, dout must be "
                "non-NULL)");
         return -1;
     }
     if (p->batch <= 0 || p->heads <= 0 || p->kv_heads <= 0 || p->seqlen_q <= 0 ||
         p->seqlen_k <= 0 || p->head_dim <= 0 || p->head_dim > FD_BWD_HEAD_DIM_LIMIT ||
         p->heads % p->kv_heads != 0) {
-        seterr(err, errlen,
+        fd_ref_seterr(err, errlen,
                "fd_ref_bwd_group: bad shape batch=%d heads=%d kv_heads=%d seqlen_q=%d "
                "seqlen_k=%d head_dim=%d (all > 0, heads a multiple of kv_heads, head_dim <= %d)",
                p->batch, p->heads, p->kv_heads, p->seqlen_q, p->seqlen_k, p->head_dim,
@@ -500,44 +491,44 @@ static int check_args(const fd_problem *p, const float *q, const float *k, const
         return -1;
     }
     if (b < 0 || b >= p->batch || hk < 0 || hk >= p->kv_heads) {
-        seterr(err, errlen, "fd_ref_bwd_group: group out of range: b=%d (batch %d), hk=%d "
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: group out of range: b=%d (batch %d), hk=%d "
                "(kv_heads %d)", b, p->batch, hk, p->kv_heads);
         return -1;
     }
     if ((unsigned)p->mask > (unsigned)FD_MASK_CAUSAL_BR ||
         (unsigned)p->dtype > (unsigned)FD_DT_FP32) {
-        seterr(err, errlen, "fd_ref_bwd_group: bad mask %d or dtype %d", (int)p->mask,
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: bad mask %d or dtype %d", (int)p->mask,
                (int)p->dtype);
         return -1;
     }
     if (!(p->dropout_p >= 0.0 && p->dropout_p < 1.0)) {
-        seterr(err, errlen, "fd_ref_bwd_group: dropout_p = %g is not in [0, 1)", p->dropout_p);
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: dropout_p = %g is not in [0, 1)", p->dropout_p);
         return -1;
     }
     if (!isfinite(p->softmax_scale)) {
-        seterr(err, errlen, "fd_ref_bwd_group: softmax_scale is not finite (%a)",
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: softmax_scale is not finite (%a)",
                (double)p->softmax_scale);
         return -1;
     }
     if (nq < 0 || nk < 0 || (nq > 0 && (!qrows || !dq)) || (nk > 0 && (!krows || !dk || !dv))) {
-        seterr(err, errlen, "fd_ref_bwd_group: bad row lists nq=%d nk=%d (need counts >= 0 and "
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: bad row lists nq=%d nk=%d (need counts >= 0 and "
                "non-NULL qrows/dq, krows/dk/dv when the count is > 0)", nq, nk);
         return -1;
     }
     for (int t = 0; t < nq; t++)
         if (qrows[t] < 0 || qrows[t] >= p->seqlen_q) {
-            seterr(err, errlen, "fd_ref_bwd_group: qrows[%d] = %d, expected 0 <= row < %d", t,
+            fd_ref_seterr(err, errlen, "fd_ref_bwd_group: qrows[%d] = %d, expected 0 <= row < %d", t,
                    qrows[t], p->seqlen_q);
             return -1;
         }
     for (int t = 0; t < nk; t++)
         if (krows[t] < 0 || krows[t] >= p->seqlen_k) {
-            seterr(err, errlen, "fd_ref_bwd_group: krows[%d] = %d, expected 0 <= row < %d", t,
+            fd_ref_seterr(err, errlen, "fd_ref_bwd_group: krows[%d] = %d, expected 0 <= row < %d", t,
                    krows[t], p->seqlen_k);
             return -1;
         }
     if (opt->prec0 < 64 || opt->prec_max < opt->prec0 || opt->prec_max > FD_BWD_PREC_LIMIT) {
-        seterr(err, errlen, "fd_ref_bwd_group: bad precisions prec0=%d prec_max=%d (need 64 <= "
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: bad precisions prec0=%d prec_max=%d (need 64 <= "
                "prec0 <= prec_max <= %d)", opt->prec0, opt->prec_max, FD_BWD_PREC_LIMIT);
         return -1;
     }
@@ -547,7 +538,7 @@ static int check_args(const fd_problem *p, const float *q, const float *k, const
         for (int hh = 0; hh < group; hh++) {
             size_t x = fd_q_index(p, b, i, hk * group + hh, 0);
             if (!all_finite(q + x, (size_t)D) || !all_finite(dout + x, (size_t)D)) {
-                seterr(err, errlen, "fd_ref_bwd_group: non-finite q or dout at b=%d row %d "
+                fd_ref_seterr(err, errlen, "fd_ref_bwd_group: non-finite q or dout at b=%d row %d "
                        "head %d, expected finite values", b, i, hk * group + hh);
                 return -1;
             }
@@ -555,7 +546,7 @@ static int check_args(const fd_problem *p, const float *q, const float *k, const
     for (int j = 0; j < p->seqlen_k; j++) {
         size_t x = fd_kv_index(p, b, j, hk, 0);
         if (!all_finite(k + x, (size_t)D) || !all_finite(v + x, (size_t)D)) {
-            seterr(err, errlen, "fd_ref_bwd_group: non-finite k or v at b=%d key %d kv head %d, "
+            fd_ref_seterr(err, errlen, "fd_ref_bwd_group: non-finite k or v at b=%d key %d kv head %d, "
                    "expected finite values", b, j, hk);
             return -1;
         }
@@ -688,7 +679,7 @@ int fd_ref_bwd_group(const fd_problem *p, const float *q, const float *k, const 
     w.drop = p->dropout_p > 0.0;
     int rc = -1;
     if (ws_alloc(&w)) {
-        seterr(err, errlen, "fd_ref_bwd_group: out of memory for %d keys, %d query rows x %d "
+        fd_ref_seterr(err, errlen, "fd_ref_bwd_group: out of memory for %d keys, %d query rows x %d "
                "heads, %d key rows, head_dim %d", p->seqlen_k, nq, w.group, nk, w.D);
         goto out;
     }
@@ -697,7 +688,7 @@ int fd_ref_bwd_group(const fd_problem *p, const float *q, const float *k, const 
         if (P > opt->prec_max) P = opt->prec_max;
         inf.undecided = group_at(&w, (mpfr_prec_t)P, dq, dk, dv, dsum);
         if (inf.undecided < 0) {
-            seterr(err, errlen, "fd_ref_bwd_group: internal error: a dot product of b=%d kv head "
+            fd_ref_seterr(err, errlen, "fd_ref_bwd_group: internal error: a dot product of b=%d kv head "
                    "%d was not exact at %d bits, expected exact", b, hk, FD_BWD_DOT_PREC);
             goto out;
         }

@@ -1,8 +1,13 @@
-/* fd_ref_dot.h: the forward reference's exact dot product, shared with the backward
- * reference (internal to reference/; it needs mpfr.h, which fd_ref.h does not). */
+/* fd_ref_dot.h: what the forward reference shares with the backward reference: the exact
+ * dot product and the error message helper (internal to reference/; it needs mpfr.h,
+ * which fd_ref.h does not). */
 #ifndef FD_REF_DOT_H
 #define FD_REF_DOT_H
+#include <stddef.h>
 #include <mpfr.h>
+
+/* err = the formatted message (nothing when err is NULL or errlen 0). */
+void fd_ref_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* s = RN(scale * sum_d a_d b_d) at s's precision, a, b, scale finite binary32,
  * 0 < D <= 65536; returns MPFR's ternary value (0: exact). The sum is formed exactly in
