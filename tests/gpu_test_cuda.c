@@ -20,6 +20,7 @@
 #include "fd_exp2.h"
 #include "fd_philox.h"
 #include "fd_problem.h"
+#include "fd_test_problem.h"
 
 #define SKIP_WITHOUT_GPU()                                                     \
     do {                                                                       \
@@ -33,13 +34,7 @@ typedef struct {
 } tcase;
 
 static uint64_t rng_state;
-static double urand(void) /* xorshift64*, uniform in [0, 1) */
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (double)((rng_state * 2685821657736338717ull) >> 11) * 0x1.0p-53;
-}
+static double urand(void) { return tu_urand(&rng_state); }
 static float nrand(fd_dtype dt) /* roughly normal, rounded to the dtype */
 {
     double s = urand() + urand() + urand() + urand() - 2.0;

@@ -11,22 +11,7 @@
 #include "fd_dtype.h"
 #include "fd_inputs.h"
 #include "fd_philox.h"
-
-static fd_case mk(int B, int H, int Hk, int sq, int sk, int D, fd_dtype dt, fd_mask_kind mask, double p,
-                  fd_dist dist, uint64_t seed)
-{
-    fd_case c;
-    memset(&c, 0, sizeof c);
-    fd_problem *pr = &c.prob;
-    pr->batch = B; pr->heads = H; pr->kv_heads = Hk; pr->seqlen_q = sq; pr->seqlen_k = sk;
-    pr->head_dim = D; pr->dtype = dt; pr->mask = mask; pr->dropout_p = p;
-    pr->softmax_scale = (float)(1.0 / sqrt((double)D));
-    pr->seed = seed; pr->offset = 0;
-    c.dist = dist;
-    c.input_seed = seed;
-    fd_case_make_id(&c, c.id, sizeof c.id);
-    return c;
-}
+#include "fd_test_problem.h"
 
 /* One problem with its inputs, the kernel's forward (o, lse) and the binary64 forward. */
 typedef struct {
@@ -282,29 +267,29 @@ Test(cpu_bwd, close_to_binary64_masks_and_dtypes)
     const fd_mask_kind ms[] = {FD_MASK_NONE, FD_MASK_CAUSAL_TL, FD_MASK_CAUSAL_BR};
     for (int a = 0; a < 2; a++)
         for (int m = 0; m < 3; m++) {
-            check_grad(mk(1, 2, 2, 75, 140, 64, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 3), 0, 0);
+            check_grad(tu_mk_case(1, 2, 2, 75, 140, 64, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 3), 0, 0);
             /* s_q > s_k: the first rows see no key under causal_br */
-            check_grad(mk(1, 2, 1, 150, 70, 32, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 4), 0, 0);
+            check_grad(tu_mk_case(1, 2, 1, 150, 70, 32, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 4), 0, 0);
         }
 }
 
 Test(cpu_bwd, close_to_binary64_gqa_dropout_head_dims)
 {
-    check_grad(mk(2, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 5), 0, 0);
-    check_grad(mk(1, 4, 2, 96, 80, 32, FD_DT_BF16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 6), 0, 0);
-    check_grad(mk(1, 2, 1, 64, 64, 96, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, FD_DIST_NORMAL, 7), 0, 0);
-    check_grad(mk(1, 1, 1, 40, 72, 40, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.1, FD_DIST_NORMAL, 8), 0, 0);
-    check_grad(mk(1, 2, 1, 48, 70, 256, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 9), 0, 0);
-    check_grad(mk(1, 2, 2, 50, 50, 256, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.17, FD_DIST_NORMAL, 10), 0, 0);
-    check_grad(mk(1, 2, 2, 60, 60, 32, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_LARGE_LOGIT, 11), 0, 0);
+    check_grad(tu_mk_case(2, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 5), 0, 0);
+    check_grad(tu_mk_case(1, 4, 2, 96, 80, 32, FD_DT_BF16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 6), 0, 0);
+    check_grad(tu_mk_case(1, 2, 1, 64, 64, 96, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, FD_DIST_NORMAL, 7), 0, 0);
+    check_grad(tu_mk_case(1, 1, 1, 40, 72, 40, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.1, FD_DIST_NORMAL, 8), 0, 0);
+    check_grad(tu_mk_case(1, 2, 1, 48, 70, 256, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 9), 0, 0);
+    check_grad(tu_mk_case(1, 2, 2, 50, 50, 256, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.17, FD_DIST_NORMAL, 10), 0, 0);
+    check_grad(tu_mk_case(1, 2, 2, 60, 60, 32, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_LARGE_LOGIT, 11), 0, 0);
     /* other tiles: the same bound */
-    check_grad(mk(1, 2, 1, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.17, FD_DIST_NORMAL, 12), 16, 32);
-    check_grad(mk(1, 1, 1, 20, 30, 16, FD_DT_FP32, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 13), 32, 16);
+    check_grad(tu_mk_case(1, 2, 1, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.17, FD_DIST_NORMAL, 12), 16, 32);
+    check_grad(tu_mk_case(1, 1, 1, 20, 30, 16, FD_DT_FP32, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 13), 32, 16);
 }
 
 Test(cpu_bwd, exp2_mode_is_used)
 {
-    bwd_in x = mk_in(mk(1, 2, 2, 100, 120, 64, FD_DT_FP32, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 15));
+    bwd_in x = mk_in(tu_mk_case(1, 2, 2, 100, 120, 64, FD_DT_FP32, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 15));
     const fd_problem *p = &x.c.prob;
     fd_flash_cfg fc;
     fd_flash_cfg_default(&fc);
@@ -325,7 +310,7 @@ Test(cpu_bwd, default_tile_follows_head_dim)
     fd_bwd_tile_default(256, &br, &bc);
     cr_assert(br == 64 && bc == 32);
     /* bc = 32 for d = 256 must give what an explicit (64, 32) gives */
-    bwd_in x = mk_in(mk(1, 1, 1, 70, 100, 256, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 14));
+    bwd_in x = mk_in(tu_mk_case(1, 1, 1, 70, 100, 256, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 14));
     fd_bwd_cfg c0, c1;
     fd_bwd_cfg_default(&c0);
     fd_bwd_cfg_default(&c1);
@@ -349,7 +334,7 @@ static double ulp_dt(double x, fd_dtype t)
 
 Test(cpu_bwd, dq_orders)
 {
-    bwd_in x = mk_in(mk(1, 2, 1, 130, 200, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.1, FD_DIST_NORMAL, 20));
+    bwd_in x = mk_in(tu_mk_case(1, 2, 1, 130, 200, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.1, FD_DIST_NORMAL, 20));
     const fd_problem *p = &x.c.prob;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
     fd_bwd_cfg det, asc, desc, sh, sh2;
@@ -437,13 +422,13 @@ Test(cpu_bwd, stages_zero_is_the_kernel)
 {
     fd_bwd_cfg c;
     fd_bwd_cfg_default(&c);
-    check_stages_zero(mk(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 30), &c, FD_EXP2_LIBM);
-    check_stages_zero(mk(1, 2, 1, 90, 50, 32, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 31), &c, FD_EXP2_PORTABLE);
-    check_stages_zero(mk(1, 2, 2, 30, 40, 24, FD_DT_FP32, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 32), &c, FD_EXP2_LIBM);
+    check_stages_zero(tu_mk_case(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 30), &c, FD_EXP2_LIBM);
+    check_stages_zero(tu_mk_case(1, 2, 1, 90, 50, 32, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 31), &c, FD_EXP2_PORTABLE);
+    check_stages_zero(tu_mk_case(1, 2, 2, 30, 40, 24, FD_DT_FP32, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 32), &c, FD_EXP2_LIBM);
     c.dq_order = FD_DQ_ORDER_SHUFFLE;
     c.order_seed = 5;
     c.bugs = FD_BWD_BUG_DQ_NOSCALE | FD_BWD_BUG_SWAP_DKDV | FD_BWD_BUG_NO_GQA_SUM;
-    check_stages_zero(mk(1, 4, 2, 100, 130, 64, FD_DT_FP16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 33), &c, FD_EXP2_PORTABLE);
+    check_stages_zero(tu_mk_case(1, 4, 2, 100, 130, 64, FD_DT_FP16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 33), &c, FD_EXP2_PORTABLE);
 }
 
 /* FD_BSTAGE_ALL: everything in binary64 from the given inputs. The kernel's inputs o and
@@ -453,9 +438,9 @@ Test(cpu_bwd, stages_zero_is_the_kernel)
  * true gradient (exact LSE) they differ by the binary32 rounding of the LSE only. */
 Test(cpu_bwd, stages_all_is_binary64)
 {
-    const fd_case cs[] = {mk(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 40),
-                          mk(1, 2, 1, 90, 50, 40, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 41),
-                          mk(1, 2, 2, 40, 40, 256, FD_DT_FP16, FD_MASK_NONE, 0.1, FD_DIST_NORMAL, 42)};
+    const fd_case cs[] = {tu_mk_case(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 40),
+                          tu_mk_case(1, 2, 1, 90, 50, 40, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 41),
+                          tu_mk_case(1, 2, 2, 40, 40, 256, FD_DT_FP16, FD_MASK_NONE, 0.1, FD_DIST_NORMAL, 42)};
     for (int t = 0; t < 3; t++) {
         bwd_in x = mk_in(cs[t]);
         const fd_problem *p = &x.c.prob;
@@ -502,7 +487,7 @@ Test(cpu_bwd, stages_all_is_binary64)
 /* Each stage alone changes the result (it is wired), and keeps it close to the kernel. */
 Test(cpu_bwd, each_stage_changes_something)
 {
-    bwd_in x = mk_in(mk(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 45));
+    bwd_in x = mk_in(tu_mk_case(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.17, FD_DIST_NORMAL, 45));
     const fd_problem *p = &x.c.prob;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
     double *q0 = malloc(sizeof(double) * nq), *k0 = malloc(sizeof(double) * nkv), *v0 = malloc(sizeof(double) * nkv);
@@ -527,7 +512,7 @@ Test(cpu_bwd, each_stage_changes_something)
 
 Test(cpu_bwd, bugs)
 {
-    bwd_in x = mk_in(mk(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, FD_DIST_NORMAL, 50));
+    bwd_in x = mk_in(tu_mk_case(1, 4, 2, 70, 90, 64, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, FD_DIST_NORMAL, 50));
     const fd_problem *p = &x.c.prob;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
     fd_bwd_cfg c;
@@ -608,7 +593,7 @@ Test(cpu_bwd, bugs)
  * binary64 forward on a tiny fp32 problem, and the fp32 kernel agrees with both. */
 Test(cpu_bwd, finite_differences)
 {
-    bwd_in x = mk_in(mk(1, 2, 1, 9, 12, 16, FD_DT_FP32, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 60));
+    bwd_in x = mk_in(tu_mk_case(1, 2, 1, 9, 12, 16, FD_DT_FP32, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 60));
     const fd_problem *p = &x.c.prob;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
     double *rq = malloc(sizeof(double) * nq), *rk = malloc(sizeof(double) * nkv), *rv = malloc(sizeof(double) * nkv);
@@ -648,7 +633,7 @@ Test(cpu_bwd, finite_differences)
 
 Test(cpu_bwd, rejects_bad_arguments)
 {
-    fd_case c = mk(1, 3, 2, 8, 8, 16, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 1);
+    fd_case c = tu_mk_case(1, 3, 2, 8, 8, 16, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 1);
     float x[3 * 8 * 16] = {0}, g[3 * 8 * 16], l[24] = {0};
     char err[256] = "";
     fd_flash_cfg fc;

@@ -10,22 +10,7 @@
 #include "fd_dtype.h"
 #include "fd_inputs.h"
 #include "fd_ref.h"
-
-static fd_case mk(int B, int H, int Hk, int sq, int sk, int D, fd_dtype dt, fd_mask_kind mask, double p,
-                  fd_dist dist, uint64_t seed)
-{
-    fd_case c;
-    memset(&c, 0, sizeof c);
-    fd_problem *pr = &c.prob;
-    pr->batch = B; pr->heads = H; pr->kv_heads = Hk; pr->seqlen_q = sq; pr->seqlen_k = sk;
-    pr->head_dim = D; pr->dtype = dt; pr->mask = mask; pr->dropout_p = p;
-    pr->softmax_scale = (float)(1.0 / sqrt((double)D));
-    pr->seed = seed; pr->offset = 0;
-    c.dist = dist;
-    c.input_seed = seed;
-    fd_case_make_id(&c, c.id, sizeof c.id);
-    return c;
-}
+#include "fd_test_problem.h"
 
 /* Relative l2 error of o against the reference over all rows; also checks empty rows. */
 static double rel_l2_vs_ref(const fd_problem *p, const float *q, const float *k, const float *v,
@@ -81,19 +66,19 @@ Test(cpu_flash, within_bound_each_dtype_and_mask)
     const fd_dtype dts[] = {FD_DT_FP16, FD_DT_BF16, FD_DT_FP32};
     const fd_mask_kind ms[] = {FD_MASK_NONE, FD_MASK_CAUSAL_TL, FD_MASK_CAUSAL_BR};
     for (int a = 0; a < 3; a++)
-        for (int m = 0; m < 3; m++) check_case(mk(1, 2, 1, 37, 75, 24, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 3));
+        for (int m = 0; m < 3; m++) check_case(tu_mk_case(1, 2, 1, 37, 75, 24, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 3));
 }
 
 Test(cpu_flash, within_bound_with_dropout_and_hard_inputs)
 {
-    check_case(mk(2, 2, 2, 40, 40, 16, FD_DT_FP16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 5));
-    check_case(mk(1, 2, 2, 40, 40, 16, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_OUTLIER_ROWS, 6));
-    check_case(mk(1, 2, 2, 33, 65, 32, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_LARGE_LOGIT, 7));
+    check_case(tu_mk_case(2, 2, 2, 40, 40, 16, FD_DT_FP16, FD_MASK_NONE, 0.17, FD_DIST_NORMAL, 5));
+    check_case(tu_mk_case(1, 2, 2, 40, 40, 16, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_OUTLIER_ROWS, 6));
+    check_case(tu_mk_case(1, 2, 2, 33, 65, 32, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_LARGE_LOGIT, 7));
 }
 
 Test(cpu_flash, empty_rows_are_zero_with_infinite_lse)
 {
-    fd_case c = mk(1, 1, 1, 50, 20, 16, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 9);
+    fd_case c = tu_mk_case(1, 1, 1, 50, 20, 16, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 9);
     const fd_problem *p = &c.prob;
     float *q, *k, *v;
     char err[256];
@@ -116,7 +101,7 @@ Test(cpu_flash, empty_rows_are_zero_with_infinite_lse)
 
 Test(cpu_flash, row_subset_gives_the_same_bits)
 {
-    fd_case c = mk(1, 2, 1, 70, 90, 24, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 10);
+    fd_case c = tu_mk_case(1, 2, 1, 70, 90, 24, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 10);
     const fd_problem *p = &c.prob;
     float *q, *k, *v;
     char err[256];
@@ -142,7 +127,7 @@ Test(cpu_flash, tile_size_changes_order_not_accuracy)
 {
     /* Different bc visits keys in another order: results may differ in the last bits,
      * but both stay within the bound and a single tile equals bc >= seqlen_k. */
-    fd_case c = mk(1, 1, 1, 16, 200, 32, FD_DT_FP32, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 12);
+    fd_case c = tu_mk_case(1, 1, 1, 16, 200, 32, FD_DT_FP32, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 12);
     const fd_problem *p = &c.prob;
     float *q, *k, *v;
     char err[256];
@@ -168,7 +153,7 @@ Test(cpu_flash, tile_size_changes_order_not_accuracy)
 
 Test(cpu_flash, rejects_bad_problems)
 {
-    fd_case c = mk(1, 3, 2, 8, 8, 8, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 1);
+    fd_case c = tu_mk_case(1, 3, 2, 8, 8, 8, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 1);
     float x[3 * 8 * 8] = {0}, o[3 * 8 * 8], l[24];
     char err[256] = "";
     fd_flash_cfg cfg;

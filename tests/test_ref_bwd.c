@@ -22,6 +22,7 @@
 #include "fd_problem.h"
 #include "fd_ref.h"
 #include "fd_ref_bwd.h"
+#include "fd_test_problem.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -49,26 +50,6 @@ static int same_bits(double a, double b)
     memcpy(&x, &a, 8);
     memcpy(&y, &b, 8);
     return x == y;
-}
-
-static fd_problem make_problem(int batch, int heads, int kv_heads, int sq, int sk, int d,
-                               fd_dtype t, fd_mask_kind mask, double dropout)
-{
-    fd_problem p;
-    memset(&p, 0, sizeof p);
-    p.batch = batch;
-    p.heads = heads;
-    p.kv_heads = kv_heads;
-    p.seqlen_q = sq;
-    p.seqlen_k = sk;
-    p.head_dim = d;
-    p.dtype = t;
-    p.mask = mask;
-    p.softmax_scale = (float)(1.0 / sqrt((double)d));
-    p.dropout_p = dropout;
-    p.seed = 0x1234abcd5678ull;
-    p.offset = 96;
-    return p;
 }
 
 typedef struct {
@@ -311,7 +292,7 @@ static void expect_all_same(const char *what, uint64_t seed, const bres *got, co
 Test(ref_bwd, one_visible_key_gives_zero_dq_dk_and_summed_dv)
 {
     bcase c;
-    bcase_alloc(&c, make_problem(1, 4, 2, 1, 1, 8, FD_DT_FP16, FD_MASK_NONE, 0.0));
+    bcase_alloc(&c, tu_make_problem(1, 4, 2, 1, 1, 8, FD_DT_FP16, FD_MASK_NONE, 0.0));
     bcase_random(&c, 0x0e1ull, 1.0);
     for (int hk = 0; hk < 2; hk++) {
         bres r;
@@ -352,7 +333,7 @@ Test(ref_bwd, one_visible_key_gives_zero_dq_dk_and_summed_dv)
 Test(ref_bwd, causal_row_with_one_key_has_zero_dq)
 {
     bcase c;
-    bcase_alloc(&c, make_problem(1, 2, 1, 5, 5, 16, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.2));
+    bcase_alloc(&c, tu_make_problem(1, 2, 1, 5, 5, 16, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.2));
     bcase_random(&c, 0x0e2ull, 1.0);
     bres r;
     bres_alloc(&r, &c.p);
@@ -372,7 +353,7 @@ Test(ref_bwd, identical_keys_give_uniform_p)
 {
     const int sq = 5, sk = 4, D = 16;
     bcase c;
-    bcase_alloc(&c, make_problem(1, 2, 1, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
+    bcase_alloc(&c, tu_make_problem(1, 2, 1, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
     bcase_random(&c, 0x0e3ull, 1.0);
     for (int j = 1; j < sk; j++)
         for (int d = 0; d < D; d++) {
@@ -412,7 +393,7 @@ Test(ref_bwd, identical_keys_give_uniform_p)
 Test(ref_bwd, zero_dout_gives_all_zero)
 {
     bcase c;
-    bcase_alloc(&c, make_problem(2, 4, 2, 7, 4, 8, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.2));
+    bcase_alloc(&c, tu_make_problem(2, 4, 2, 7, 4, 8, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.2));
     bcase_random(&c, 0x0e4ull, 1.0);
     memset(c.dout, 0, fd_q_numel(&c.p) * sizeof(float));
     bres r;
@@ -434,7 +415,7 @@ Test(ref_bwd, zero_dout_gives_all_zero)
 Test(ref_bwd, keys_no_row_sees_give_zero)
 {
     bcase c;
-    bcase_alloc(&c, make_problem(1, 2, 2, 3, 6, 8, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0));
+    bcase_alloc(&c, tu_make_problem(1, 2, 2, 3, 6, 8, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0));
     bcase_random(&c, 0x0e5ull, 1.0);
     bres r;
     bres_alloc(&r, &c.p);
@@ -474,7 +455,7 @@ Test(ref_bwd, equals_brute_force, .timeout = 300)
         const rcfg *g = &random_cfgs[ci];
         uint64_t seed = 0xb00ull + ci;
         bcase c;
-        bcase_alloc(&c, make_problem(2, g->heads, g->kv_heads, g->sq, g->sk, 16, g->t, g->mask, g->p));
+        bcase_alloc(&c, tu_make_problem(2, g->heads, g->kv_heads, g->sq, g->sk, 16, g->t, g->mask, g->p));
         bcase_random(&c, seed, 1.5);
         for (int hk = 0; hk < g->kv_heads; hk++) {
             bres r, w;
@@ -504,7 +485,7 @@ Test(ref_bwd, decisive_across_precisions, .timeout = 300)
         uint64_t seed = UINT64_C(0x5d0) + (uint64_t)k;
         uint64_t st = seed;
         bcase c;
-        bcase_alloc(&c, make_problem(1, 2, 1, 6, 7, 8, FD_DT_FP32, k == 1 ? FD_MASK_CAUSAL_BR : FD_MASK_NONE,
+        bcase_alloc(&c, tu_make_problem(1, 2, 1, 6, 7, 8, FD_DT_FP32, k == 1 ? FD_MASK_CAUSAL_BR : FD_MASK_NONE,
                                      k == 2 ? 0.2 : 0.0));
         bcase_random(&c, seed, 1.0);
         float *arrs[2] = {c.q, c.k};
@@ -556,7 +537,7 @@ Test(ref_bwd, decisive_across_precisions, .timeout = 300)
 Test(ref_bwd, listed_subsets_equal_the_full_call)
 {
     bcase c;
-    bcase_alloc(&c, make_problem(1, 4, 2, 8, 8, 8, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.2));
+    bcase_alloc(&c, tu_make_problem(1, 4, 2, 8, 8, 8, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.2));
     bcase_random(&c, 0x5b5ull, 1.0);
     bres full;
     bres_alloc(&full, &c.p);
@@ -595,7 +576,7 @@ Test(ref_bwd, listed_subsets_equal_the_full_call)
 Test(ref_bwd, dsum_is_dout_dot_o)
 {
     bcase c;
-    bcase_alloc(&c, make_problem(1, 4, 2, 9, 12, 16, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.2));
+    bcase_alloc(&c, tu_make_problem(1, 4, 2, 9, 12, 16, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.2));
     bcase_random(&c, 0xd5ull, 1.0);
     for (int hk = 0; hk < 2; hk++) {
         bres r;
@@ -634,7 +615,7 @@ Test(ref_bwd, adversarial_is_decided_or_counted_never_wrong, .timeout = 300)
 {
     const int sq = 4, sk = 6, D = 4;
     bcase c;
-    bcase_alloc(&c, make_problem(1, 2, 1, sq, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.2));
+    bcase_alloc(&c, tu_make_problem(1, 2, 1, sq, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.2));
     c.p.softmax_scale = 0.5f;
     uint64_t s = 0xad7ull;
     for (size_t x = 0; x < fd_q_numel(&c.p); x++) c.dout[x] = (float)rng_normal(&s);
@@ -709,7 +690,7 @@ Test(ref_bwd, symmetric_exact_zero_is_counted_undecided, .timeout = 120)
 {
     const int sq = 3, sk = 4, D = 8;
     bcase c;
-    bcase_alloc(&c, make_problem(1, 2, 1, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
+    bcase_alloc(&c, tu_make_problem(1, 2, 1, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
     bcase_random(&c, 0x5e7ull, 1.0);
     for (int i = 0; i < sq; i++)
         for (int d = 0; d < D; d++) {
@@ -744,7 +725,7 @@ Test(ref_bwd, symmetric_exact_zero_is_counted_undecided, .timeout = 120)
 Test(ref_bwd, bad_arguments_give_minus_one_and_a_message)
 {
     bcase c;
-    bcase_alloc(&c, make_problem(2, 4, 2, 3, 5, 8, FD_DT_FP16, FD_MASK_NONE, 0.0));
+    bcase_alloc(&c, tu_make_problem(2, 4, 2, 3, 5, 8, FD_DT_FP16, FD_MASK_NONE, 0.0));
     bcase_random(&c, 0xbadull, 1.0);
     const fd_problem *p = &c.p;
     int qr[1] = {0}, kr[1] = {0};

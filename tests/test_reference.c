@@ -18,6 +18,7 @@
 #include "fd_philox.h"
 #include "fd_problem.h"
 #include "fd_ref.h"
+#include "fd_test_problem.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -54,26 +55,6 @@ typedef struct {
     fd_problem p;
     float *q, *k, *v;
 } tcase;
-
-static fd_problem make_problem(int batch, int heads, int kv_heads, int sq, int sk, int d, fd_dtype t,
-                               fd_mask_kind mask, double dropout)
-{
-    fd_problem p;
-    memset(&p, 0, sizeof p);
-    p.batch = batch;
-    p.heads = heads;
-    p.kv_heads = kv_heads;
-    p.seqlen_q = sq;
-    p.seqlen_k = sk;
-    p.head_dim = d;
-    p.dtype = t;
-    p.mask = mask;
-    p.softmax_scale = (float)(1.0 / sqrt((double)d));
-    p.dropout_p = dropout;
-    p.seed = 0x1234abcd5678ull;
-    p.offset = 96;
-    return p;
-}
 
 static void tcase_alloc(tcase *c, fd_problem p)
 {
@@ -212,7 +193,7 @@ Test(reference, identical_keys_give_mean_of_v)
             const int D = dims[a], sk = 37;
             uint64_t seed = 0x5eed0000ull + (uint64_t)(a * 3 + t);
             tcase c;
-            tcase_alloc(&c, make_problem(1, 1, 1, 1, sk, D, dts[t], FD_MASK_NONE, 0.0));
+            tcase_alloc(&c, tu_make_problem(1, 1, 1, 1, sk, D, dts[t], FD_MASK_NONE, 0.0));
             tcase_random(&c, seed, 1.0, 0);
             for (int j = 1; j < sk; j++) memcpy(c.k + (size_t)j * (size_t)D, c.k, (size_t)D * sizeof(float));
             double o[128], lse;
@@ -252,7 +233,7 @@ Test(reference, dominant_logit_gives_its_v_row)
         const int D = 64, sk = 50, star = 17;
         uint64_t seed = 0xd0117ull + t, s = seed;
         tcase c;
-        tcase_alloc(&c, make_problem(1, 1, 1, 1, sk, D, dts[t], FD_MASK_NONE, 0.0));
+        tcase_alloc(&c, tu_make_problem(1, 1, 1, 1, sk, D, dts[t], FD_MASK_NONE, 0.0));
         for (int d = 0; d < D; d++) c.q[d] = (rng_next(&s) & 1) ? 1.0f : -1.0f;
         for (size_t x = 0; x < fd_kv_numel(&c.p); x++) {
             c.k[x] = fd_round_to_dtype((float)(rng_unit(&s) - 0.5), dts[t]);
@@ -281,7 +262,7 @@ Test(reference, all_masked_rows_give_zero_and_inf)
 {
     const int sq = 8, sk = 4, D = 32;
     tcase c;
-    tcase_alloc(&c, make_problem(1, 2, 2, sq, sk, D, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0));
+    tcase_alloc(&c, tu_make_problem(1, 2, 2, sq, sk, D, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0));
     tcase_random(&c, 0xa11ull, 1.0, 0);
     for (int h = 0; h < 2; h++) {
         for (int i = 0; i < sq - sk; i++) {
@@ -314,7 +295,7 @@ Test(reference, causal_tl_and_br_visible_sets)
     const uint64_t seed = 0xca05a1ull;
     for (int mk = 1; mk <= 2; mk++) {
         tcase c;
-        tcase_alloc(&c, make_problem(1, 1, 1, sq, sk, D, FD_DT_BF16, (fd_mask_kind)mk, 0.0));
+        tcase_alloc(&c, tu_make_problem(1, 1, 1, sq, sk, D, FD_DT_BF16, (fd_mask_kind)mk, 0.0));
         tcase_random(&c, seed, 1.0, 0);
         for (int i = 0; i < sq; i++) {
             double o[24], bo[24], blse;
@@ -330,8 +311,8 @@ Test(reference, causal_tl_and_br_visible_sets)
     }
     /* square: identical */
     tcase a, b;
-    tcase_alloc(&a, make_problem(1, 1, 1, 9, 9, D, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0));
-    tcase_alloc(&b, make_problem(1, 1, 1, 9, 9, D, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0));
+    tcase_alloc(&a, tu_make_problem(1, 1, 1, 9, 9, D, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0));
+    tcase_alloc(&b, tu_make_problem(1, 1, 1, 9, 9, D, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0));
     tcase_random(&a, seed, 1.0, 0);
     tcase_random(&b, seed, 1.0, 0);
     for (int i = 0; i < 9; i++) {
@@ -355,13 +336,13 @@ Test(reference, gqa_picks_the_right_kv_head)
     for (size_t a = 0; a < 3; a++) {
         const int Hk = hkvs[a];
         tcase c;
-        tcase_alloc(&c, make_problem(2, H, Hk, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
+        tcase_alloc(&c, tu_make_problem(2, H, Hk, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
         tcase_random(&c, seed + (uint64_t)a, 1.0, 0);
         for (int b = 0; b < 2; b++) {
             for (int h = 0; h < H; h++) {
                 int hk = h / (H / Hk);
                 tcase one;
-                tcase_alloc(&one, make_problem(1, 1, 1, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
+                tcase_alloc(&one, tu_make_problem(1, 1, 1, sq, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
                 for (int i = 0; i < sq; i++)
                     memcpy(one.q + (size_t)i * (size_t)D, c.q + fd_q_index(&c.p, b, i, h, 0), (size_t)D * sizeof(float));
                 for (int j = 0; j < sk; j++) {
@@ -387,7 +368,7 @@ Test(reference, exact_cancellation_is_decided)
 {
     const int sk = 2, D = 8;
     tcase c;
-    tcase_alloc(&c, make_problem(1, 1, 1, 1, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
+    tcase_alloc(&c, tu_make_problem(1, 1, 1, 1, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
     tcase_random(&c, 0xcafeull, 1.0, 0);
     memcpy(c.k + D, c.k, (size_t)D * sizeof(float));
     for (int d = 0; d < D; d++) c.v[D + d] = -c.v[d];
@@ -409,7 +390,7 @@ Test(reference, regression_dominant_key_with_truncated_others_is_decided)
     const int D = 64, sk = 30, star = 4;
     uint64_t seed = 0x7a11ull, s = seed;
     tcase c;
-    tcase_alloc(&c, make_problem(1, 1, 1, 1, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.0));
+    tcase_alloc(&c, tu_make_problem(1, 1, 1, 1, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.0));
     for (int d = 0; d < D; d++) c.q[d] = (rng_next(&s) & 1) ? 1.0f : -1.0f;
     for (size_t x = 0; x < fd_kv_numel(&c.p); x++) {
         c.k[x] = (float)(rng_unit(&s) - 0.5);
@@ -438,7 +419,7 @@ Test(reference, regression_dominant_key_dropped_gives_signed_tiny_o)
     const int D = 24, sk = 64;
     uint64_t seed = 0xd40bull, s = seed;
     tcase c;
-    tcase_alloc(&c, make_problem(1, 1, 1, 1, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.5));
+    tcase_alloc(&c, tu_make_problem(1, 1, 1, 1, sk, D, FD_DT_FP32, FD_MASK_NONE, 0.5));
     unsigned char *keep = keep_mask(&c.p, 0, 0, 0);
     int star = -1, star2 = -1; /* two dropped keys: exact weight 1 and an inexact one */
     for (int j = 0; j < sk && star2 < 0; j++)
@@ -493,7 +474,7 @@ Test(reference, decisive_across_precisions, .timeout = 120)
         const int sq = 6, sk = 150, D = 64;
         uint64_t seed = 0xdec1de00ull + a;
         tcase c;
-        tcase_alloc(&c, make_problem(2, 4, 2, sq, sk, D, r->t, r->mask, r->dropout));
+        tcase_alloc(&c, tu_make_problem(2, 4, 2, sq, sk, D, r->t, r->mask, r->dropout));
         tcase_random(&c, seed, r->sd, r->spread);
         for (int b = 0; b < 2; b++)
             for (int h = 0; h < 4; h += 3)
@@ -520,7 +501,7 @@ Test(reference, equals_brute_force, .timeout = 120)
         const int sq = 4, sk = 40, D = 32;
         uint64_t seed = 0xb207e0ull + a;
         tcase c;
-        tcase_alloc(&c, make_problem(1, 2, 1, sq, sk, D, r->t, r->mask, r->dropout));
+        tcase_alloc(&c, tu_make_problem(1, 2, 1, sq, sk, D, r->t, r->mask, r->dropout));
         tcase_random(&c, seed, r->sd, r->spread);
         for (int h = 0; h < 2; h++)
             for (int i = 0; i < sq; i++) {
@@ -547,8 +528,8 @@ Test(reference, dropout_matches_explicit_mask)
     for (size_t a = 0; a < 4; a++) {
         uint64_t seed = 0xd509ull + a;
         tcase c, c0;
-        tcase_alloc(&c, make_problem(2, 3, 3, 2, sk, D, FD_DT_FP16, FD_MASK_NONE, ps[a]));
-        tcase_alloc(&c0, make_problem(2, 3, 3, 2, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
+        tcase_alloc(&c, tu_make_problem(2, 3, 3, 2, sk, D, FD_DT_FP16, FD_MASK_NONE, ps[a]));
+        tcase_alloc(&c0, tu_make_problem(2, 3, 3, 2, sk, D, FD_DT_FP16, FD_MASK_NONE, 0.0));
         tcase_random(&c, seed, 1.0, 0);
         tcase_random(&c0, seed, 1.0, 0);
         for (int b = 0; b < 2; b++)
@@ -579,7 +560,7 @@ Test(reference, threads_give_the_same_bits, .timeout = 120)
     cr_assert(fd_ref_thread_safe(), "this MPFR is not thread-safe (mpfr_buildopt_tls_p() == 0)");
     const int sq = 16, sk = 64, D = 32;
     tcase c;
-    tcase_alloc(&c, make_problem(1, 2, 2, sq, sk, D, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.1));
+    tcase_alloc(&c, tu_make_problem(1, 2, 2, sq, sk, D, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.1));
     tcase_random(&c, 0x7d5ull, 1.0, 0);
     const int nrow = 2 * sq;
     double *ser = malloc(sizeof(double) * (size_t)(nrow * (D + 1)));
@@ -623,7 +604,7 @@ static void expect_fail(const fd_problem *p, const float *q, const float *k, con
 Test(reference, bad_arguments_give_minus_one_and_a_message)
 {
     tcase c;
-    tcase_alloc(&c, make_problem(2, 4, 2, 3, 5, 8, FD_DT_FP16, FD_MASK_NONE, 0.0));
+    tcase_alloc(&c, tu_make_problem(2, 4, 2, 3, 5, 8, FD_DT_FP16, FD_MASK_NONE, 0.0));
     tcase_random(&c, 0xbadull, 1.0, 0);
     double o[8];
     const fd_problem *p = &c.p;

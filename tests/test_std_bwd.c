@@ -10,22 +10,7 @@
 #include "fd_dtype.h"
 #include "fd_inputs.h"
 #include "fd_philox.h"
-
-static fd_case mk(int B, int H, int Hk, int sq, int sk, int D, fd_dtype dt, fd_mask_kind mask, double p,
-                  uint64_t seed)
-{
-    fd_case c;
-    memset(&c, 0, sizeof c);
-    fd_problem *pr = &c.prob;
-    pr->batch = B; pr->heads = H; pr->kv_heads = Hk; pr->seqlen_q = sq; pr->seqlen_k = sk;
-    pr->head_dim = D; pr->dtype = dt; pr->mask = mask; pr->dropout_p = p;
-    pr->softmax_scale = (float)(1.0 / sqrt((double)D));
-    pr->seed = seed; pr->offset = 0;
-    c.dist = FD_DIST_NORMAL;
-    c.input_seed = seed;
-    fd_case_make_id(&c, c.id, sizeof c.id);
-    return c;
-}
+#include "fd_test_problem.h"
 
 /* dO: the Q of the same shape drawn from another seed (exact dtype values). */
 static float *make_dout(const fd_case *c)
@@ -170,8 +155,8 @@ Test(std_bwd, close_to_binary64_each_dtype_and_mask)
     const fd_mask_kind ms[] = {FD_MASK_NONE, FD_MASK_CAUSAL_TL, FD_MASK_CAUSAL_BR};
     for (int a = 0; a < 2; a++)
         for (int m = 0; m < 3; m++) {
-            check_case(mk(1, 4, 2, 37, 29, 24, dts[a], ms[m], 0.0, 11), FD_ACC_SEQ); /* sq > sk */
-            check_case(mk(2, 4, 2, 21, 45, 16, dts[a], ms[m], 0.0, 12), FD_ACC_TC16); /* sq < sk */
+            check_case(tu_mk_case(1, 4, 2, 37, 29, 24, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 11), FD_ACC_SEQ); /* sq > sk */
+            check_case(tu_mk_case(2, 4, 2, 21, 45, 16, dts[a], ms[m], 0.0, FD_DIST_NORMAL, 12), FD_ACC_TC16); /* sq < sk */
         }
 }
 
@@ -181,14 +166,14 @@ Test(std_bwd, close_to_binary64_with_dropout)
     const fd_mask_kind ms[] = {FD_MASK_NONE, FD_MASK_CAUSAL_TL, FD_MASK_CAUSAL_BR};
     for (int a = 0; a < 2; a++)
         for (int m = 0; m < 3; m++) {
-            check_case(mk(1, 4, 2, 40, 33, 32, dts[a], ms[m], 0.2, 21), FD_ACC_TC16);
-            check_case(mk(1, 4, 4, 19, 50, 16, dts[a], ms[m], 0.2, 22), FD_ACC_SEQ);
+            check_case(tu_mk_case(1, 4, 2, 40, 33, 32, dts[a], ms[m], 0.2, FD_DIST_NORMAL, 21), FD_ACC_TC16);
+            check_case(tu_mk_case(1, 4, 4, 19, 50, 16, dts[a], ms[m], 0.2, FD_DIST_NORMAL, 22), FD_ACC_SEQ);
         }
 }
 
 Test(std_bwd, zero_output_gradient_gives_zeros)
 {
-    fd_case c = mk(1, 4, 2, 30, 20, 16, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.2, 31);
+    fd_case c = tu_mk_case(1, 4, 2, 30, 20, 16, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.2, FD_DIST_NORMAL, 31);
     const fd_problem *p = &c.prob;
     float *q, *k, *v;
     char err[256];
@@ -213,7 +198,7 @@ Test(std_bwd, zero_output_gradient_gives_zeros)
  * dQ is the same bits. */
 static void check_gqa(fd_dtype dt, fd_mask_kind mask, double dp, fd_accum_model order)
 {
-    fd_case c = mk(2, 4, 2, 26, 35, 16, dt, mask, dp, 41);
+    fd_case c = tu_mk_case(2, 4, 2, 26, 35, 16, dt, mask, dp, FD_DIST_NORMAL, 41);
     const fd_problem *p = &c.prob;
     float *q, *k, *v;
     char err[256];
@@ -265,7 +250,7 @@ Test(std_bwd, gqa_sum_is_the_sum_over_expanded_heads)
 
 Test(std_bwd, bad_arguments_fail_with_a_message)
 {
-    fd_case c = mk(1, 3, 2, 8, 8, 16, FD_DT_FP16, FD_MASK_NONE, 0.0, 51);
+    fd_case c = tu_mk_case(1, 3, 2, 8, 8, 16, FD_DT_FP16, FD_MASK_NONE, 0.0, FD_DIST_NORMAL, 51);
     float x[8 * 3 * 16] = {0}, y[8 * 3 * 16];
     char err[256] = "";
     cr_assert(fd_cpu_standard_backward(&c.prob, FD_ACC_SEQ, x, x, x, x, y, y, y, err, sizeof err) == -1);
