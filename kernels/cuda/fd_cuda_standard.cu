@@ -64,6 +64,33 @@ __global__ void gather_heads(const void *src, void *dst, int S, int Hs, int H, i
     }
 }
 
+
+/* The row's max and sum of exp(s_j * scale - max) over its nv visible keys, for every
+ * thread of the block (max by warp shuffles then over the warps' partials in red[], the
+ * sum likewise, in binary32): the softmax both the forward and the backward's recompute
+ * take, so that the two compute the same P. */
+__device__ __forceinline__ void row_max_sum(const float *s, long nv, float scale, float *red, float *mx_out,
+                                            float *sum_out)
+{
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < nv; j += blockDim.x) mx = fmaxf(mx, __fmul_rn(s[j], scale));
+    for (int w = 16; w >= 1; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mx = fmaxf(mx, red[w]);
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < nv; j += blockDim.x) sum = __fadd_rn(sum, expf(__fsub_rn(__fmul_rn(s[j], scale), mx)));
+    for (int w = 16; w >= 1; w >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, w));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) sum = __fadd_rn(sum, red[w]);
+    *mx_out = mx;
+    *sum_out = sum;
+}
+
 /* One block per row of S (fp32) -> P (dtype) and LSE. */
 __global__ void softmax_rows(const float *S, void *Pm, float *lse, StdParams p, int bh0)
 {
@@ -74,21 +101,8 @@ __global__ void softmax_rows(const float *S, void *Pm, float *lse, StdParams p, 
     const float *s = S + (size_t)row * p.sk;
     const long diag = p.mask == FD_MASK_CAUSAL_BR ? (long)p.sk - p.sq : 0;
     const long nv = p.mask == FD_MASK_NONE ? p.sk : min((long)p.sk, max(0L, (long)i + diag + 1));
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < nv; j += blockDim.x) mx = fmaxf(mx, __fmul_rn(s[j], p.scale));
-    for (int w = 16; w >= 1; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mx = fmaxf(mx, red[w]);
-    __syncthreads();
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < nv; j += blockDim.x) sum = __fadd_rn(sum, expf(__fsub_rn(__fmul_rn(s[j], p.scale), mx)));
-    for (int w = 16; w >= 1; w >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, w));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    sum = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) sum = __fadd_rn(sum, red[w]);
+    float mx, sum;
+    row_max_sum(s, nv, p.scale, red, &mx, &sum);
     const bool empty = nv == 0;
     const size_t prow = (size_t)row * p.sk;
     for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
@@ -268,21 +282,8 @@ __global__ void softmax_fwd_rows(const float *S, void *Pm, void *Pdm, StdParams 
     const int b = bh / p.H, h = bh % p.H;
     const float *s = S + (size_t)row * p.sk;
     const long nv = bwd_nvis(p, i);
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < nv; j += blockDim.x) mx = fmaxf(mx, __fmul_rn(s[j], p.scale));
-    for (int w = 16; w >= 1; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mx = fmaxf(mx, red[w]);
-    __syncthreads();
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < nv; j += blockDim.x) sum = __fadd_rn(sum, expf(__fsub_rn(__fmul_rn(s[j], p.scale), mx)));
-    for (int w = 16; w >= 1; w >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, w));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    sum = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) sum = __fadd_rn(sum, red[w]);
+    float mx, sum;
+    row_max_sum(s, nv, p.scale, red, &mx, &sum);
     const size_t prow = (size_t)row * p.sk;
     for (int j = threadIdx.x; j < p.sk; j += blockDim.x) {
         float pr = 0.0f, pd = 0.0f;
