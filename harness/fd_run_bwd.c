@@ -316,15 +316,24 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
         }
     }
     /* A flash kernel: the replay on its own forward outputs (the GPU kernel's bits in
-     * deterministic mode), and the dQ order model of the replay. */
-    if (!gdq && br->be->role == FD_ROLE_FLASH && lse &&
-        (!strcmp(br->be->name, "cuda-flash") || !strcmp(br->be->name, "cpu-flash"))) {
-        fd_bwd_cfg bc = cf->bwd;
-        bc.dq_mode = FD_DQ_DETERMINISTIC;
-        if (fd_cpu_flash_backward(p, &cf->flash, &bc, q, k, v, o, lse, dout, buf[1][0], buf[1][1], buf[1][2],
-                                  err, errlen))
-            goto out;
-        if (!strcmp(br->be->name, "cuda-flash")) {
+     * deterministic mode), and the dQ order model of the replay (more than one key tile,
+     * first flash kernel of the case). cpu-flash adding its partials in ascending order
+     * is that replay already: it is not run twice. */
+    const int is_cuda = !strcmp(br->be->name, "cuda-flash");
+    if (!gdq && br->be->role == FD_ROLE_FLASH && lse && (is_cuda || !strcmp(br->be->name, "cpu-flash"))) {
+        int br_, bc_ = cf->bwd.bc;
+        if (!bc_) fd_bwd_tile_default(p->head_dim, &br_, &bc_);
+        const int need_order = !res->bwd.order_checked && p->seqlen_k > bc_;
+        const int kernel_is_replay =
+            !is_cuda && (cf->bwd.dq_mode == FD_DQ_DETERMINISTIC || cf->bwd.dq_order == FD_DQ_ORDER_ASC);
+        if (is_cuda || (need_order && !kernel_is_replay)) {
+            fd_bwd_cfg bc = cf->bwd;
+            bc.dq_mode = FD_DQ_DETERMINISTIC;
+            if (fd_cpu_flash_backward(p, &cf->flash, &bc, q, k, v, o, lse, dout, buf[1][0], buf[1][1], buf[1][2],
+                                      err, errlen))
+                goto out;
+        }
+        if (is_cuda) {
             gr->replay_checked = 1;
             for (int g = 0; g < FD_NGRAD; g++) {
                 long d = 0;
@@ -333,11 +342,8 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
                 gr->replay_identical[g] = gr->replay_elems[g] - d;
             }
         }
-        /* one key tile: there is no order to change */
-        int br_, bc_ = cf->bwd.bc;
-        if (!bc_) fd_bwd_tile_default(p->head_dim, &br_, &bc_);
-        if (!res->bwd.order_checked && p->seqlen_k > bc_ &&
-            order_model(cf, c, q, k, v, o, lse, dout, buf[1][0], res, err, errlen))
+        if (need_order &&
+            order_model(cf, c, q, k, v, o, lse, dout, kernel_is_replay ? grad[0] : buf[1][0], res, err, errlen))
             goto out;
     }
     rc = 0;
