@@ -37,6 +37,7 @@ void fd_policy_default(fd_policy *p)
     p->keep_sigma = 5.0;
     p->grad_fa_ratio[0] = p->grad_fa_ratio[1] = p->grad_fa_ratio[2] = 3.0; /* FlashAttention's tests */
     p->require_deterministic = 0;
+    p->standard_ratio = 8.0; /* PyTorch's eager output: up to 4.9x the computed standard's error (docs/import.md) */
 }
 
 typedef fd_jctx fd_ctx;
@@ -468,7 +469,7 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
 static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
 {
     static const char *const keys[] = {"fa_ratio", "atol", "max_ulp", "max_lse_abs", "marginal",
-                                       "keep_sigma", "grad_fa_ratio", "require_deterministic", NULL};
+                                       "keep_sigma", "grad_fa_ratio", "require_deterministic", "standard_ratio", NULL};
     if (!json_is_object(j)) return fd_jfail(cx, "policy", "expected an object, got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, "policy", j, keys)) return -1;
     json_t *f;
@@ -477,7 +478,10 @@ static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
     if ((f = json_object_get(j, "max_lse_abs")) && fd_jget_num(cx, "policy.max_lse_abs", f, &po->max_lse_abs)) return -1;
     if ((f = json_object_get(j, "marginal")) && fd_jget_num(cx, "policy.marginal", f, &po->marginal)) return -1;
     if ((f = json_object_get(j, "keep_sigma")) && fd_jget_num(cx, "policy.keep_sigma", f, &po->keep_sigma)) return -1;
+    if ((f = json_object_get(j, "standard_ratio")) && fd_jget_num(cx, "policy.standard_ratio", f, &po->standard_ratio))
+        return -1;
     if (po->fa_ratio <= 0) return fd_jfail(cx, "policy.fa_ratio", "expected a positive number");
+    if (!(po->standard_ratio > 0)) return fd_jfail(cx, "policy.standard_ratio", "expected a positive number");
     if (po->atol < 0) return fd_jfail(cx, "policy.atol", "expected a number >= 0");
     if (!(po->marginal > 0 && po->marginal <= 1)) return fd_jfail(cx, "policy.marginal", "expected a number in (0, 1]");
     if (po->keep_sigma <= 0) return fd_jfail(cx, "policy.keep_sigma", "expected a positive number");

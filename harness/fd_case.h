@@ -31,6 +31,8 @@ typedef struct fd_policy {
     double marginal;        /* a metric above marginal * limit makes PASS MARGINAL */
     double keep_sigma;      /* |z| of the keep rate against the byte threshold's probability */
     double grad_fa_ratio[3];    /* dq, dk, dv: flash gradient max abs error <= ratio * standard's + atol */
+    double standard_ratio;      /* a supplied standard output (and its gradients): max abs error <=
+                                 * standard_ratio * the computed standard's + atol */
     int require_deterministic;  /* backward cases: gradients must be bitwise identical over --repeat */
 } fd_policy;
 

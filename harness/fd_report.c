@@ -86,6 +86,7 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
                                                         "dk", fd_json_num(po->grad_fa_ratio[1]), "dv",
                                                         fd_json_num(po->grad_fa_ratio[2])));
     json_object_set_new(pol, "require_deterministic", json_boolean(po->require_deterministic));
+    json_object_set_new(pol, "standard_ratio", fd_json_num(po->standard_ratio));
     return root;
 }
 

@@ -43,6 +43,23 @@ static void judge(const fd_policy *po, fd_case_result *r)
                           b->repeat_distinct, b->repeat_failed ? " and failed runs" : "", b->repeat_runs);
         }
         fd_bwd_judge(po, r, b, &v);
+        if (fd_supplied_standard(b)) {
+            /* someone else's standard attention: the standard rule, when it could be applied */
+            if (b->fa_ratio < 0) continue;
+            flash_ok++;
+            const fd_backend_result *s = &r->be[b->baseline];
+            if (b->m.nan_count || b->m.inf_count) {
+                fd_worsen(&v, FD_FAIL);
+                fd_add_reason(r, "%s: %ld NaN and %ld Inf outputs", b->be->name, b->m.nan_count, b->m.inf_count);
+            }
+            if (b->m.max_abs > b->fa_limit) {
+                fd_worsen(&v, FD_FAIL);
+                fd_add_reason(r, "%s (standard): max_abs %.3g > %g x computed standard (%s, %.3g) + %g = %.3g",
+                              b->be->name, b->m.max_abs, po->standard_ratio, s->be->name, s->m.max_abs, po->atol,
+                              b->fa_limit);
+            }
+            continue;
+        }
         if (b->be->role != FD_ROLE_FLASH) continue;
         flash_ok++;
         int rules = 0;
@@ -95,7 +112,7 @@ static void judge(const fd_policy *po, fd_case_result *r)
     }
     if (!flash_ok && !failed) {
         fd_worsen(&v, FD_UNJUDGED);
-        fd_add_reason(r, "no flash output to judge (only standard outputs, or every flash backend skipped)");
+        fd_add_reason(r, "no flash output to judge (only standard kernels, or every flash backend skipped)");
     }
     if (r->drop.active && r->drop.total > 0 && fabs(r->drop.z_threshold) > po->keep_sigma) {
         fd_worsen(&v, FD_FAIL);
@@ -154,19 +171,32 @@ static int baseline_of(const fd_case_result *res, const fd_backend_result *f)
     return -1;
 }
 
+/* The computed standard result, or -1. */
+static int computed_of(const fd_case_result *res)
+{
+    for (int u = 0; u < res->nbe; u++)
+        if (res->be[u].ok && res->be[u].origin == FD_ORIGIN_COMPUTED && res->be[u].be->role == FD_ROLE_STANDARD)
+            return u;
+    return -1;
+}
+
 /* FlashAttention's rule: flash max abs error <= fa_ratio x its baseline's + atol (off
- * when fa_ratio <= 0, which case files refuse but a caller of the engine may set). */
+ * when fa_ratio <= 0, which case files refuse but a caller of the engine may set); and
+ * the standard rule: a supplied standard output (someone else's eager attention) max abs
+ * error <= standard_ratio x the computed standard's + atol. */
 static void apply_fa_rule(const fd_policy *po, fd_case_result *res)
 {
     for (int t = 0; t < res->nbe; t++) {
         fd_backend_result *f = &res->be[t];
         f->baseline = -1;
-        if (!(po->fa_ratio > 0) || !f->ok || f->be->role != FD_ROLE_FLASH) continue;
-        const int u = baseline_of(res, f);
+        const int sup = fd_supplied_standard(f);
+        if (!f->ok || (sup ? !(po->standard_ratio > 0) : (!(po->fa_ratio > 0) || f->be->role != FD_ROLE_FLASH)))
+            continue;
+        const int u = sup ? computed_of(res) : baseline_of(res, f);
         if (u < 0) continue;
         const fd_backend_result *s = &res->be[u];
         f->baseline = u;
-        f->fa_limit = po->fa_ratio * s->m.max_abs + po->atol;
+        f->fa_limit = (sup ? po->standard_ratio : po->fa_ratio) * s->m.max_abs + po->atol;
         f->fa_ratio = s->m.max_abs > 0 ? f->m.max_abs / s->m.max_abs
                                        : (f->m.max_abs > 0 ? (double)INFINITY : 1.0);
     }
@@ -400,6 +430,9 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
                 /* likewise flash gradients whose standard output came without gradients */
                 if (bl < 0 || (f->g.measured && !res->be[bl].g.measured)) need = f;
             }
+            /* and supplied standard outputs: judged against the computed one (standard rule) */
+            for (int u = 0; u < res->nbe && !need; u++)
+                if (res->be[u].ok && fd_supplied_standard(&res->be[u])) need = &res->be[u];
             if (!need || !(br->be = computed_standard(need->be->family))) break;
             br->origin = FD_ORIGIN_COMPUTED;
         }

@@ -122,6 +122,13 @@ typedef struct fd_backend_result {
     fd_grad_result g;            /* backward cases */
 } fd_backend_result;
 
+/* A standard output someone else supplied (imported eager attention): judged by the
+ * policy's standard rule against the computed standard, not used unjudged. */
+static inline int fd_supplied_standard(const fd_backend_result *b)
+{
+    return b->origin == FD_ORIGIN_GIVEN && b->be->role == FD_ROLE_STANDARD;
+}
+
 /* The backward part of a case result. */
 typedef struct fd_bwd_result {
     int active;

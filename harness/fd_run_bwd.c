@@ -362,9 +362,11 @@ void fd_bwd_fa_rule(const fd_policy *po, fd_case_result *res)
         fd_backend_result *f = &res->be[t];
         for (int g = 0; g < FD_NGRAD; g++) f->g.fa_ratio[g] = -1.0;
         f->g.baseline = -1;
-        if (!f->ok || !f->g.measured || f->be->role != FD_ROLE_FLASH) continue;
-        /* the output's baseline when it has gradients, else standard gradients computed here */
-        int u = f->baseline >= 0 && res->be[f->baseline].g.measured ? f->baseline : -1;
+        const int sup = fd_supplied_standard(f);
+        if (!f->ok || !f->g.measured || (f->be->role != FD_ROLE_FLASH && !sup)) continue;
+        /* the output's baseline when it has gradients, else standard gradients computed here
+         * (always for a supplied standard output: the standard rule) */
+        int u = !sup && f->baseline >= 0 && res->be[f->baseline].g.measured ? f->baseline : -1;
         for (int w = 0; w < res->nbe && u < 0; w++)
             if (res->be[w].ok && res->be[w].be->role == FD_ROLE_STANDARD && res->be[w].origin == FD_ORIGIN_COMPUTED &&
                 res->be[w].g.measured)
@@ -374,7 +376,7 @@ void fd_bwd_fa_rule(const fd_policy *po, fd_case_result *res)
         const fd_backend_result *s = &res->be[u];
         for (int g = 0; g < FD_NGRAD; g++) {
             const double se = s->g.m[g].max_abs, fe = f->g.m[g].max_abs;
-            f->g.fa_limit[g] = po->grad_fa_ratio[g] * se + po->atol;
+            f->g.fa_limit[g] = (sup ? po->standard_ratio : po->grad_fa_ratio[g]) * se + po->atol;
             f->g.fa_ratio[g] = se > 0 ? fe / se : (fe > 0 ? (double)INFINITY : 1.0);
         }
     }
@@ -418,15 +420,17 @@ int fd_bwd_judge(const fd_policy *po, fd_case_result *r, const fd_backend_result
             fd_add_reason(r, "%s: %s matches the replay in %ld of %ld elements", b->be->name, fd_grad_names[g],
                           gr->replay_identical[g], gr->replay_elems[g]);
         }
-        if (b->be->role != FD_ROLE_FLASH || gr->fa_ratio[g] < 0) continue;
+        const int sup = fd_supplied_standard(b);
+        if ((b->be->role != FD_ROLE_FLASH && !sup) || gr->fa_ratio[g] < 0) continue;
         rules++;
         const fd_backend_result *s = &r->be[gr->baseline];
         if (m->max_abs > gr->fa_limit[g]) {
             fd_worsen(v, FD_FAIL);
-            fd_add_reason(r, "%s: %s max_abs %.3g > %g x standard (%s, %.3g) + %g = %.3g", b->be->name,
-                          fd_grad_names[g], m->max_abs, po->grad_fa_ratio[g], s->be->name, s->g.m[g].max_abs,
-                          po->atol, gr->fa_limit[g]);
-        } else if (m->max_abs > po->marginal * gr->fa_limit[g]) {
+            fd_add_reason(r, "%s: %s max_abs %.3g > %g x %s (%s, %.3g) + %g = %.3g", b->be->name, fd_grad_names[g],
+                          m->max_abs, sup ? po->standard_ratio : po->grad_fa_ratio[g],
+                          sup ? "computed standard" : "standard", s->be->name, s->g.m[g].max_abs, po->atol,
+                          gr->fa_limit[g]);
+        } else if (!sup && m->max_abs > po->marginal * gr->fa_limit[g]) {
             fd_worsen(v, FD_MARGINAL);
             fd_add_reason(r, "%s: %s max_abs %.3g above %g of the limit %.3g", b->be->name, fd_grad_names[g],
                           m->max_abs, po->marginal, gr->fa_limit[g]);

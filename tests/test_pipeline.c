@@ -1,7 +1,8 @@
 /* test_pipeline.c: the one judging pipeline (harness/fd_run.h), case by case.
  *
  * Nothing passes unjudged: a flash kernel alone is compared with a computed standard
- * baseline (and its rounding budget is recorded); standard outputs alone are UNJUDGED;
+ * baseline (and its rounding budget is recorded); standard kernels alone are UNJUDGED;
+ * a supplied standard output is judged by the standard rule against the computed one;
  * a flash output no rule can judge is UNJUDGED; an LSE that was not given is not
  * measured and never judged, even under an LSE limit; --repeat fails a kernel whose
  * outputs change between runs. Each verdict path gets a right and a wrong input. */
@@ -152,8 +153,10 @@ Test(pipeline, flash_with_no_rule_is_unjudged)
     char err[512];
     cr_assert_eq(fd_run_case_given(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
     cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
-    cr_expect_eq(r.nbe, 2, "a supplied standard: nothing computed");
-    cr_expect_eq(r.be[0].baseline, 1);
+    cr_expect_eq(r.nbe, 3, "a supplied standard is judged against a computed one");
+    cr_expect_eq(r.be[0].baseline, 1, "flash against the supplied standard");
+    cr_expect_eq(r.be[1].baseline, 2, "the supplied standard against the computed one");
+    cr_expect_eq(r.be[2].origin, FD_ORIGIN_COMPUTED);
     fd_case_result_free(&r);
     /* a policy with no rule for the output (the engine's callers may switch FlashAttention's
      * rule off; no ulp limit): the same correct output is UNJUDGED, never PASS */
@@ -170,6 +173,35 @@ Test(pipeline, flash_with_no_rule_is_unjudged)
     fd_case_result_free(&r);
     free(o);
     free(lse);
+}
+
+Test(pipeline, supplied_standard_gets_the_standard_rule)
+{
+    /* someone else's eager attention alone: judged against the computed standard */
+    fd_backend std = {"given-eager", "import", FD_ROLE_STANDARD, NULL, NULL, NULL, NULL};
+    float *lse, *o = replay_output(1.0, &lse);
+    fd_given g;
+    memset(&g, 0, sizeof g);
+    g.nout = 1;
+    g.out[0].be = &std;
+    g.out[0].o = o;
+    fd_case_result r;
+    char err[512];
+    cr_assert_eq(fd_run_case_given(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    cr_assert_eq(r.nbe, 2);
+    cr_expect_eq(r.be[1].origin, FD_ORIGIN_COMPUTED);
+    cr_expect_eq(r.be[0].baseline, 1);
+    cr_expect(r.be[0].fa_limit > 0 && r.be[0].fa_ratio >= 0);
+    fd_case_result_free(&r);
+    /* a standard output with a bug (scale missing on the output: 1.5x) fails */
+    float *lse2, *bad = replay_output(1.5, &lse2);
+    g.out[0].o = bad;
+    cr_assert_eq(fd_run_case_given(&g_cf, &g_case, NULL, 0, &g, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    cr_expect(strstr(r.reasons, "given-eager (standard): max_abs") != NULL, "%s", r.reasons);
+    fd_case_result_free(&r);
+    free(o); free(lse); free(bad); free(lse2);
 }
 
 /* A kernel whose output changes from run to run (a race, atomics in a varying order). */
