@@ -37,7 +37,7 @@ void fd_policy_default(fd_policy *p)
     p->keep_sigma = 5.0;
     p->grad_fa_ratio[0] = p->grad_fa_ratio[1] = p->grad_fa_ratio[2] = 3.0; /* FlashAttention's tests */
     p->require_deterministic = 0;
-    p->standard_ratio = 8.0; /* PyTorch's eager output: up to 4.9x the computed standard's error (docs/import.md) */
+    p->standard_ratio = 8.0; /* PyTorch's eager output: up to 4.4x the computed standard's error (docs/import.md) */
 }
 
 typedef fd_jctx fd_ctx;
