@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fd_capture.h"
 #include "fd_cmds.h"
 #include "fd_import.h"
 #include "fd_opt.h"
@@ -46,6 +47,105 @@ static int append_import_md(const json_t *report, const char *md, char *err, siz
         }
     }
     return fd_doc_commit(&doc, err, errlen);
+}
+
+static const char *jstr(const json_t *j, const char *k)
+{
+    const char *s = json_string_value(json_object_get(j, k));
+    return s ? s : "";
+}
+
+/* summary.md: the training step, call by call, and the first call beyond rounding. */
+static int append_capture_md(const json_t *cap, const char *md, char *err, size_t errlen)
+{
+    fd_doc doc;
+    if (fd_doc_open(&doc, md, err, errlen)) return -1;
+    FILE *f = doc.f;
+    FILE *in = fopen(md, "r");
+    if (in) {
+        char blk[4096];
+        size_t n;
+        while ((n = fread(blk, 1, sizeof blk, in)) > 0) fwrite(blk, 1, n, f);
+        fclose(in);
+    }
+    fprintf(f, "\n## Training step: ");
+    fd_md_text(f, jstr(cap, "model"));
+    fprintf(f, " (");
+    fd_md_text(f, jstr(cap, "label"));
+    fprintf(f, "), loss %.9g\n\n", fd_json_number(json_object_get(cap, "loss")));
+    const json_t *first = json_object_get(cap, "first_beyond_rounding");
+    if (json_is_object(first)) {
+        fprintf(f, "**First call beyond rounding: call %lld, ", json_integer_value(json_object_get(first, "index")));
+        fd_md_text(f, jstr(first, "module"));
+        fprintf(f, " (%s).** ", jstr(first, "verdict"));
+        const json_t *ex = json_object_get(first, "explanation");
+        if (json_is_string(ex)) fd_md_text(f, json_string_value(ex));
+        else if (json_is_object(ex)) {
+            fprintf(f, "Hypothesis `");
+            fd_md_text(f, jstr(ex, "hypothesis"));
+            fprintf(f, "`: ");
+            fd_md_text(f, jstr(ex, "what"));
+        } else
+            fd_md_text(f, jstr(first, "reasons"));
+        fprintf(f, "\n\n");
+    } else {
+        fprintf(f, "Every captured attention call is within rounding of the exact result.\n\n");
+    }
+    fprintf(f, "| call | module | op | verdict | max abs | ratio | gradients | consumed as |\n"
+               "| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(cap, "calls"), i, e) {
+        fprintf(f, "| %lld | ", json_integer_value(json_object_get(e, "index")));
+        fd_md_text(f, jstr(e, "module"));
+        fprintf(f, " | ");
+        fd_md_text(f, jstr(e, "op"));
+        fprintf(f, " | %s", jstr(e, "verdict"));
+        if (json_object_get(e, "not_measured")) {
+            fprintf(f, ": ");
+            fd_md_text(f, jstr(e, "not_measured"));
+            fprintf(f, " | - | - | - | - |\n");
+            continue;
+        }
+        const json_t *ma = json_object_get(e, "max_abs"), *ra = json_object_get(e, "ratio");
+        fprintf(f, " | %.3g | ", fd_json_number(ma));
+        if (json_is_null(ra) || !ra) fprintf(f, "-");
+        else fprintf(f, "%.3g", fd_json_number(ra));
+        fprintf(f, " | %s | %s |\n", json_is_true(json_object_get(e, "gradients")) ? "judged" : "-",
+                json_is_string(json_object_get(e, "consumed")) ? jstr(e, "consumed") : "-");
+    }
+    return fd_doc_commit(&doc, err, errlen);
+}
+
+/* stdout: one line for the step and one for its first call beyond rounding. */
+static void print_capture(const json_t *cap)
+{
+    const json_t *first = json_object_get(cap, "first_beyond_rounding");
+    char b1[300], b2[300];
+    printf("capture %s (%s): %lld calls; ", fd_md(jstr(cap, "model"), b1, sizeof b1), fd_md(jstr(cap, "label"), b2, sizeof b2),
+           json_integer_value(json_object_get(cap, "calls_total")));
+    if (!json_is_object(first)) {
+        printf("every captured attention call is within rounding\n");
+        return;
+    }
+    const json_t *ex = json_object_get(first, "explanation");
+    printf("first call beyond rounding: call %lld %s (%s)", json_integer_value(json_object_get(first, "index")),
+           fd_md(jstr(first, "module"), b1, sizeof b1), jstr(first, "verdict"));
+    if (json_is_string(ex)) printf(": %s", json_string_value(ex));
+    else if (json_is_object(ex)) printf(": %s: %s", fd_md(jstr(ex, "hypothesis"), b1, sizeof b1), fd_md(jstr(ex, "what"), b2, sizeof b2));
+    printf("\n");
+}
+
+/* A captured step: report.json gets the "capture" object (fd_capture_report), rewritten
+ * atomically, and summary.md its section (appended by append_capture_md). */
+static int capture_section(const fd_capture *cap, json_t *report, const char *out, char *err, size_t errlen)
+{
+    json_object_set_new(report, "capture", fd_capture_report(cap, report));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/report.json", out);
+    if (fd_write_json_atomic(path, report, err, errlen)) return -1;
+    snprintf(path, sizeof path, "%s/summary.md", out);
+    return append_capture_md(json_object_get(report, "capture"), path, err, errlen);
 }
 
 int fd_cmd_check(int argc, char **argv)
@@ -87,13 +187,27 @@ int fd_cmd_check(int argc, char **argv)
     char err[2048];
     char **paths = NULL;
     int np = 0;
-    if (fd_bundle_list(tensors, &paths, &np, err, sizeof err)) {
+    /* a captured training step (capture.json): its bundles in call order, each checked
+     * against its index entry */
+    fd_capture cap;
+    const int is_cap = fd_capture_is(tensors);
+    if (is_cap) {
+        if (fd_capture_load(tensors, &cap, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            return FD_EXIT_USAGE;
+        }
+        if (fd_capture_paths(&cap, &paths, &np)) {
+            fprintf(stderr, "flashdrift: out of memory\n");
+            fd_capture_free(&cap);
+            return FD_EXIT_INTERNAL;
+        }
+    } else if (fd_bundle_list(tensors, &paths, &np, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }
     /* Validate every bundle first: input errors exit 2 before anything is written. */
     int rc = FD_EXIT_PASS;
-    for (int i = 0; i < np && rc == FD_EXIT_PASS; i++) {
+    for (int i = 0, call = 0; i < np && rc == FD_EXIT_PASS; i++) {
         fd_bundle b;
         if (fd_bundle_load(paths[i], &b, err, sizeof err)) {
             fprintf(stderr, "flashdrift: %s\n", err);
@@ -103,12 +217,21 @@ int fd_cmd_check(int argc, char **argv)
                 fprintf(stderr, "flashdrift: %s: no output to check (expected at least one out_NAME tensor)\n", paths[i]);
                 rc = FD_EXIT_USAGE;
             }
+            if (is_cap) {
+                while (!cap.calls[call].bundle[0]) call++;
+                if (rc == FD_EXIT_PASS && fd_capture_check_bundle(&cap, call, &b, err, sizeof err)) {
+                    fprintf(stderr, "flashdrift: %s\n", err);
+                    rc = FD_EXIT_USAGE;
+                }
+                call++;
+            }
             fd_bundle_free(&b);
         }
     }
     if (rc != FD_EXIT_PASS) {
         for (int i = 0; i < np; i++) free(paths[i]);
         free(paths);
+        if (is_cap) fd_capture_free(&cap);
         return rc;
     }
     fd_casefile cf;
@@ -121,6 +244,10 @@ int fd_cmd_check(int argc, char **argv)
     json_t *report = NULL;
     rc = fd_run_and_write_cf(&cf, &o, &report);
     fd_casefile_free(&cf);
+    if (report && is_cap && capture_section(&cap, report, o.out, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        rc = FD_EXIT_INTERNAL;
+    }
     if (report) {
         char md[4200];
         snprintf(md, sizeof md, "%s/summary.md", o.out);
@@ -137,6 +264,8 @@ int fd_cmd_check(int argc, char **argv)
                    o.out);
         }
     }
+    if (report && is_cap && !o.quiet) print_capture(json_object_get(report, "capture"));
     json_decref(report);
+    if (is_cap) fd_capture_free(&cap);
     return rc;
 }

@@ -60,7 +60,7 @@ static int grad_kind(const char *s)
     return s[1] == 'q' ? 0 : s[1] == 'k' ? 1 : s[1] == 'v' ? 2 : -1;
 }
 
-/* q, k, v, do, out_X, lse_X, dmask_X, dq_X, dk_X, dv_X with X of [A-Za-z0-9_-], 1..48 chars. */
+/* q, k, v, do, out_X, lse_X, dmask_X, used_X, dq_X, dk_X, dv_X with X of [A-Za-z0-9_-], 1..48 chars. */
 static int valid_tensor_name(const char *s)
 {
     if (!strcmp(s, "q") || !strcmp(s, "k") || !strcmp(s, "v") || !strcmp(s, "do")) return 1;
@@ -68,6 +68,7 @@ static int valid_tensor_name(const char *s)
     if (!strncmp(s, "out_", 4)) x = s + 4;
     else if (!strncmp(s, "lse_", 4)) x = s + 4;
     else if (!strncmp(s, "dmask_", 6)) x = s + 6;
+    else if (!strncmp(s, "used_", 5)) x = s + 5;
     else if (grad_kind(s) >= 0) x = s + 3;
     if (!x || !*x || strlen(x) > 48) return 0;
     for (; *x; x++)
@@ -77,8 +78,8 @@ static int valid_tensor_name(const char *s)
     return 1;
 }
 
-static const char *name_rule = "expected q, k, v, do, out_NAME, lse_NAME, dmask_NAME, dq_NAME, dk_NAME or "
-                               "dv_NAME, NAME of letters, digits, '_' and '-'";
+static const char *name_rule = "expected q, k, v, do, out_NAME, lse_NAME, dmask_NAME, used_NAME, dq_NAME, "
+                               "dk_NAME or dv_NAME, NAME of letters, digits, '_' and '-'";
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -407,7 +408,8 @@ void fd_bundle_free(fd_bundle *b)
     b->q = b->k = b->v = b->dout = NULL;
     for (int i = 0; i < b->nout; i++) {
         free(b->out[i].o); free(b->out[i].lse); free(b->out[i].keep);
-        free(b->out[i].dq); free(b->out[i].dk); free(b->out[i].dv);
+        free(b->out[i].dq); free(b->out[i].dk); free(b->out[i].dv); free(b->out[i].used);
+        b->out[i].used = NULL;
         b->out[i].o = b->out[i].lse = NULL;
         b->out[i].dq = b->out[i].dk = b->out[i].dv = NULL;
         b->out[i].keep = NULL;
@@ -729,6 +731,31 @@ static int bundle_outputs(fd_jctx *cx, const json_t *meta, const tens *tq, tlist
     }
     for (int i = 0; i < l->n; i++) {
         tens *t = &l->t[i];
+        if (strncmp(t->name, "used_", 5)) continue;
+        fd_import_output *o = NULL;
+        for (int j = 0; j < b->nout; j++)
+            if (!strcmp(b->out[j].name, t->name + 5)) o = &b->out[j];
+        if (!o) {
+            snprintf(err, errlen, "%s: belongs to no output (no tensor out_%s)", t->label, t->name + 5);
+            return -1;
+        }
+        const int64_t want[3] = {p->batch, p->seqlen_q, (int64_t)p->heads * p->head_dim};
+        if (!shape_is(&t->a, 3, want)) {
+            fd_shape_str(t->a.ndim, t->a.shape, s1, sizeof s1);
+            fd_shape_str(3, want, s2, sizeof s2);
+            snprintf(err, errlen, "%s: shape %s, expected %s (batch, seqlen_q, heads x dim)", t->label, s1, s2);
+            return -1;
+        }
+        if (t->a.type != tq->a.type) {
+            snprintf(err, errlen, "%s: dtype %s disagrees with q's %s", t->label, fd_atype_name(t->a.type),
+                     fd_atype_name(tq->a.type));
+            return -1;
+        }
+        if (!(o->used = malloc(sizeof(float) * t->a.numel))) goto oom;
+        for (size_t x = 0; x < t->a.numel; x++) o->used[x] = fd_array_get_f32(&t->a, x);
+    }
+    for (int i = 0; i < l->n; i++) {
+        tens *t = &l->t[i];
         const int is_lse = !strncmp(t->name, "lse_", 4), is_mask = !strncmp(t->name, "dmask_", 6);
         if (!is_lse && !is_mask) continue;
         const char *nm = t->name + (is_lse ? 4 : 6);
@@ -878,7 +905,7 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
 {
     const fd_problem *p = &b->prob;
     const fd_atype at = p->dtype == FD_DT_FP16 ? FD_AT_F16 : p->dtype == FD_DT_BF16 ? FD_AT_BF16 : FD_AT_F32;
-    enum { MAXT = 4 + 6 * FD_MAX_BACKENDS };
+    enum { MAXT = 4 + 7 * FD_MAX_BACKENDS };
     fd_array arr[MAXT];
     char names[MAXT][64];
     const fd_array *ap[MAXT];
@@ -911,6 +938,11 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
             if (fd_array_alloc(&arr[n], FD_AT_U8, 4, ms, err, errlen)) goto out;
             memcpy(arr[n].data, o->keep, arr[n].numel);
             snprintf(names[n++], 64, "dmask_%s", o->name);
+        }
+        if (o->used) {
+            const int64_t us[3] = {p->batch, p->seqlen_q, (int64_t)p->heads * p->head_dim};
+            if (make_array(&arr[n], at, 3, us, o->used, 0, err, errlen)) goto out;
+            snprintf(names[n++], 64, "used_%s", o->name);
         }
         const float *gr[3] = {o->dq, o->dk, o->dv};
         for (int g = 0; g < 3; g++) {

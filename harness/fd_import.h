@@ -15,7 +15,8 @@
  * Philox; required when dropout_p > 0), roles ({NAME: "flash" | "standard"}; default:
  * standard when NAME contains math, eager, standard or ref, else flash), info (free),
  * deterministic (true/false: torch.are_deterministic_algorithms_enabled() when the
- * gradients were made; has_deterministic says whether it was given).
+ * gradients were made; has_deterministic says whether it was given). used_NAME (captures:
+ * the output as the model consumed it, (batch, seqlen_q, heads x dim), the dtype).
  *
  * fd_bundle_load validates everything (shapes agree, dtypes agree and are supported,
  * q/k/v finite) and converts tensors to fd_problem's layouts (floats holding the exact
@@ -36,6 +37,8 @@ typedef struct fd_import_output {
     float *lse;     /* [b][h][s_q], or NULL */
     uint8_t *keep;  /* [b][h][s_q][s_k], 1 kept, or NULL */
     float *dq, *dk, *dv; /* dq_NAME, dk_NAME, dv_NAME (like q, k, v; all three or none), or NULL */
+    float *used;    /* used_NAME: the output as the model consumed it, [b][s_q][h * d] as stored
+                     * (captures, docs/capture-format.md), or NULL */
 } fd_import_output;
 
 typedef struct fd_bundle {

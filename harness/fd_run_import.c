@@ -44,6 +44,43 @@ static json_t *pair_json(const fd_problem *p, const fd_import_output *a, const f
                      (json_int_t)n, "nonfinite", (json_int_t)nonfinite);
 }
 
+/* How the model consumed an output (used_NAME, [b][s][h * d]): with its heads merged after
+ * the transpose from (b, h, s, d) (o's own [b][s][h][d] order: correct), or reshaped without
+ * it (the flat (b, h, s, d) order read as (b, s, h * d): the layout bug), or neither. A FAIL
+ * only when the wrong reading matches every element; "other" is reported, not judged. */
+static json_t *used_json(const fd_problem *p, const fd_import_output *a, fd_case_result *res)
+{
+    const size_t H = (size_t)p->heads, S = (size_t)p->seqlen_q, D = (size_t)p->head_dim;
+    const size_t per = S * H * D, n = (size_t)p->batch * per;
+    long same_merged = 0, same_raw = 0;
+    double max_abs = 0.0, se = 0.0, sr = 0.0;
+    for (size_t x = 0; x < n; x++) {
+        const size_t bb = x / per, f = x % per;
+        const size_t hh = f / (S * D), ss = (f / D) % S, dd = f % D;
+        const float u = a->used[x], m = a->o[x], r = a->o[((bb * S + ss) * H + hh) * D + dd];
+        same_merged += fd_f32_bits(u) == fd_f32_bits(m);
+        same_raw += fd_f32_bits(u) == fd_f32_bits(r);
+        const double d = fabs((double)u - (double)m);
+        if (d > max_abs || isnan(d)) max_abs = d;
+        se += d * d;
+        sr += (double)m * (double)m;
+    }
+    const char *layout = (size_t)same_merged == n ? "merged" : (size_t)same_raw == n ? "heads_not_transposed" : "other";
+    if (!strcmp(layout, "heads_not_transposed")) {
+        fd_worsen(&res->verdict, FD_FAIL);
+        fd_add_reason(res, "%s: the model consumed the output with its heads merged without the transpose: "
+                           "used_%s is the (b, h, s, d) output reshaped to (b, s, h x d) in all %zu elements",
+                      a->name, a->name, n);
+    } else if (!strcmp(layout, "other")) {
+        fd_add_reason(res, "%s: used_%s matches no reading of the output (%ld of %zu elements as merged heads); "
+                           "not judged", a->name, a->name, same_merged, n);
+    }
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:o, s:o}", "output", a->name, "layout", layout, "elements",
+                     (json_int_t)n, "identical_merged", (json_int_t)same_merged, "identical_unmerged",
+                     (json_int_t)same_raw, "max_abs_vs_merged", fd_json_num(max_abs), "rel_l2_vs_merged",
+                     fd_json_num(sr > 0.0 ? sqrt(se / sr) : sqrt(se)));
+}
+
 static void bundle_release(void *p)
 {
     fd_bundle_free(p);
@@ -97,6 +134,11 @@ static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_bac
         for (int b = a + 1; b < bd->nout; b++)
             json_array_append_new(pairs, pair_json(&bd->prob, &bd->out[a], &bd->out[b]));
     json_object_set_new(x, "pairs", pairs);
+    json_t *used = json_array();
+    for (int t = 0; t < bd->nout; t++)
+        if (bd->out[t].used) json_array_append_new(used, used_json(&bd->prob, &bd->out[t], res));
+    if (json_array_size(used)) json_object_set_new(x, "used", used);
+    else json_decref(used);
     res->extra = x;
     return 0;
 }
