@@ -148,42 +148,10 @@ static int capture_section(const fd_capture *cap, json_t *report, const char *ou
     return append_capture_md(json_object_get(report, "capture"), path, err, errlen);
 }
 
-int fd_cmd_check(int argc, char **argv)
+int fd_check_tensors(const char *tensors, int rows, const fd_run_opts *op, json_t **report_out)
 {
-    const char *tensors = NULL;
-    int rows = 32;
-    fd_run_opts o;
-    fd_run_opts_default(&o);
-    o.out = "out/check";
-    o.backend = "import";
-    enum { OPT_TENSORS = FD_OPT_CMD, OPT_ROWS };
-    static const struct option lo[] = {{"tensors", required_argument, NULL, OPT_TENSORS},
-                                       {"rows-per-head", required_argument, NULL, OPT_ROWS},
-                                       {NULL, 0, NULL, 0}};
-    fd_getopt g;
-    if (fd_getopt_init(&g, "check", argc, argv, fd_run_longopts, lo)) return FD_EXIT_USAGE;
-    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
-        char *end = NULL;
-        long v;
-        switch (c) {
-        case FD_OPT_HELP: return FD_EXIT_PASS;
-        case FD_OPT_ERROR: return FD_EXIT_USAGE;
-        case FD_OPT_POSITIONAL:
-            return fd_usage_error("check", "unexpected argument '%s' (the bundles go after --tensors)", g.arg);
-        case OPT_TENSORS: tensors = g.arg; break;
-        case OPT_ROWS:
-            v = strtol(g.arg, &end, 10);
-            if (!*g.arg || *end || v < 0 || v > (1L << 20))
-                return fd_usage_error("check", "--rows-per-head expects an integer >= 0 (0: every row), got '%s'", g.arg);
-            rows = (int)v;
-            break;
-        case FD_OPT_RUN_BACKEND:
-            return fd_usage_error("check", "--backend does not apply: check judges the outputs the bundles give");
-        default:
-            if (fd_run_option("check", c, g.arg, &o)) return FD_EXIT_USAGE;
-        }
-    }
-    if (!tensors) return fd_usage_error("check", "--tensors PATH is required");
+    fd_run_opts o = *op;
+    if (report_out) *report_out = NULL;
     char err[2048];
     char **paths = NULL;
     int np = 0;
@@ -239,19 +207,20 @@ int fd_cmd_check(int argc, char **argv)
     if (cf.ncases != np) {
         fprintf(stderr, "flashdrift: out of memory\n");
         fd_casefile_free(&cf);
+        if (is_cap) fd_capture_free(&cap);
         return FD_EXIT_INTERNAL;
     }
     json_t *report = NULL;
     rc = fd_run_and_write_cf(&cf, &o, &report);
     fd_casefile_free(&cf);
-    if (report && is_cap && capture_section(&cap, report, o.out, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        rc = FD_EXIT_INTERNAL;
-    }
     if (report) {
         char md[4200];
         snprintf(md, sizeof md, "%s/summary.md", o.out);
         if (append_import_md(report, md, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: %s\n", err);
+            rc = FD_EXIT_INTERNAL;
+        }
+        if (is_cap && capture_section(&cap, report, o.out, err, sizeof err)) {
             fprintf(stderr, "flashdrift: %s\n", err);
             rc = FD_EXIT_INTERNAL;
         }
@@ -264,8 +233,51 @@ int fd_cmd_check(int argc, char **argv)
                    o.out);
         }
     }
-    if (report && is_cap && !o.quiet) print_capture(json_object_get(report, "capture"));
-    json_decref(report);
     if (is_cap) fd_capture_free(&cap);
+    if (report_out) *report_out = report;
+    else json_decref(report);
+    return rc;
+}
+
+int fd_cmd_check(int argc, char **argv)
+{
+    const char *tensors = NULL;
+    int rows = 32;
+    fd_run_opts o;
+    fd_run_opts_default(&o);
+    o.out = "out/check";
+    o.backend = "import";
+    enum { OPT_TENSORS = FD_OPT_CMD, OPT_ROWS };
+    static const struct option lo[] = {{"tensors", required_argument, NULL, OPT_TENSORS},
+                                       {"rows-per-head", required_argument, NULL, OPT_ROWS},
+                                       {NULL, 0, NULL, 0}};
+    fd_getopt g;
+    if (fd_getopt_init(&g, "check", argc, argv, fd_run_longopts, lo)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        char *end = NULL;
+        long v;
+        switch (c) {
+        case FD_OPT_HELP: return FD_EXIT_PASS;
+        case FD_OPT_ERROR: return FD_EXIT_USAGE;
+        case FD_OPT_POSITIONAL:
+            return fd_usage_error("check", "unexpected argument '%s' (the bundles go after --tensors)", g.arg);
+        case OPT_TENSORS: tensors = g.arg; break;
+        case OPT_ROWS:
+            v = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || v < 0 || v > (1L << 20))
+                return fd_usage_error("check", "--rows-per-head expects an integer >= 0 (0: every row), got '%s'", g.arg);
+            rows = (int)v;
+            break;
+        case FD_OPT_RUN_BACKEND:
+            return fd_usage_error("check", "--backend does not apply: check judges the outputs the bundles give");
+        default:
+            if (fd_run_option("check", c, g.arg, &o)) return FD_EXIT_USAGE;
+        }
+    }
+    if (!tensors) return fd_usage_error("check", "--tensors PATH is required");
+    json_t *report = NULL;
+    const int rc = fd_check_tensors(tensors, rows, &o, &report);
+    if (report && json_object_get(report, "capture") && !o.quiet) print_capture(json_object_get(report, "capture"));
+    json_decref(report);
     return rc;
 }

@@ -7,6 +7,7 @@
 #define FD_CMDS_H
 #include <stddef.h>
 #include <stdio.h>
+#include <jansson.h>
 
 enum {
     FD_EXIT_PASS = 0,
@@ -32,6 +33,13 @@ int fd_cmd_explain(int argc, char **argv);
 int fd_cmd_bench(int argc, char **argv);
 /* flashdrift check --tensors PATH: imported tensors (fd_import.h); fd_cmd_check.c. */
 int fd_cmd_check(int argc, char **argv);
+/* check's work for one PATH (a bundle, a directory of bundles, or a captured step) with
+ * the run options o (o->out: where report.json and summary.md go): returns check's exit
+ * code and, when report is not NULL, the report (caller frees; NULL when none was made). */
+struct fd_run_opts;
+int fd_check_tensors(const char *tensors, int rows, const struct fd_run_opts *o, json_t **report);
+/* flashdrift compare RUN_A RUN_B: two captures of one step; fd_cmd_compare.c. */
+int fd_cmd_compare(int argc, char **argv);
 /* Creates DIR (and parents) and checks it is a writable directory. */
 int fd_mkdir_p(const char *path, char *err, size_t errlen);
 #endif

@@ -119,7 +119,8 @@ static const struct {
      "                        [--resume] [--repeat N] [--explain fail|all|none] [--quiet]\n",
      "judges tensors dumped by another kernel with the run's pipeline (docs/import.md)",
      "Judges tensors dumped by another kernel (a directory with meta.json and .npy files, a\n"
-     ".safetensors file, or a directory of such bundles) with the same pipeline and run loop\n"
+     ".safetensors file, a directory of such bundles, or a captured training step: a directory\n"
+     "with capture.json, judged call by call, docs/loss-mismatch.md) with the same pipeline and run loop\n"
      "as `run`: the MPFR reference on the bundle's exact inputs, every supplied output against\n"
      "it; each flash output against a supplied standard output or, when none is supplied,\n"
      "against standard attention of the same dtype computed from the same inputs\n"
@@ -138,6 +139,33 @@ static const struct {
      "  --quiet            no progress\n\n"
      "exit: 0 all pass, 1 a bundle failed or could not be judged (UNJUDGED), 2 usage or input\n"
      "error (nothing written), 3 internal error, 130/143 interrupted (SIGINT/SIGTERM).\n"},
+    {"compare",
+     "flashdrift compare RUN_A RUN_B [--out DIR] [--jobs N] [--rows-per-head N] [--gain G]\n"
+     "                        [--floor-ulps U] [--quiet]\n",
+     "two captures of one training step, call by call (docs/loss-mismatch.md)",
+     "RUN_A and RUN_B are captures of the same step of the same model (scripts/\n"
+     "flashdrift_capture.py, docs/capture-format.md) with two attention implementations. Each\n"
+     "run is first judged as `check --tensors RUN` judges it (DIR/a, DIR/b). Then, per call:\n"
+     "how far the call's inputs differ (identical; propagated: within G x the largest relative\n"
+     "difference of any earlier call's inputs or outputs + U units of roundoff; or differing:\n"
+     "the difference arose outside attention, before the call), how far the outputs differ,\n"
+     "split exactly into the part the exact attention of the two inputs makes and the calls'\n"
+     "own errors, beside the accumulation-order spread, and the call's first-order share of\n"
+     "the loss difference <dO, O_a - O_b>. The verdict names the earliest event: a call judged\n"
+     "wrong, an output consumed in the wrong layout, inputs differing beyond propagation.\n"
+     "Writes DIR/compare.json and DIR/compare.md (default DIR: out/compare); the verdict line\n"
+     "and the table go to stdout.\n\n"
+     "options:\n"
+     "  --out DIR          where the reports go (default out/compare)\n"
+     "  --jobs N           threads, 1..1024\n"
+     "  --rows-per-head N  query rows checked against the MPFR reference per (batch, head),\n"
+     "                     0 = all (default 32)\n"
+     "  --gain G           the propagation threshold's gain (default 16)\n"
+     "  --floor-ulps U     its floor, in units of roundoff of the dtype (default 4)\n"
+     "  --quiet            no progress\n\n"
+     "exit: 0 attention is exact up to rounding in both runs (whatever else differs), 1 a call\n"
+     "is wrong or its output misused in either run, 2 usage or input error (a missing tensor, a\n"
+     "mismatched shape, two runs of different models; nothing written), 3 internal error.\n"},
     {"bench",
      "flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]\n",
      "throughput of cuda-flash and cuda-standard (docs/benchmarks.md)",

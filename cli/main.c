@@ -23,6 +23,7 @@ static const struct {
     {"explain", fd_cmd_explain},
     {"bench", fd_cmd_bench},
     {"check", fd_cmd_check},
+    {"compare", fd_cmd_compare},
 };
 
 int main(int argc, char **argv)
