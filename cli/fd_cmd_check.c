@@ -148,25 +148,25 @@ static int capture_section(const fd_capture *cap, json_t *report, const char *ou
     return append_capture_md(json_object_get(report, "capture"), path, err, errlen);
 }
 
-int fd_check_tensors(const char *tensors, int rows, const fd_run_opts *op, json_t **report_out)
+/* PATH's bundles (a captured step's in call order, loaded into *cap when cap is not NULL),
+ * every one loaded and validated (and checked against its index entry): FD_EXIT_PASS with
+ * *paths, or the exit code after printing why (nothing allocated is left). */
+int fd_check_list(const char *tensors, fd_capture *cap, char ***paths_out, int *np_out)
 {
-    fd_run_opts o = *op;
-    if (report_out) *report_out = NULL;
     char err[2048];
     char **paths = NULL;
     int np = 0;
-    /* a captured training step (capture.json): its bundles in call order, each checked
-     * against its index entry */
-    fd_capture cap;
-    const int is_cap = fd_capture_is(tensors);
+    const int is_cap = cap != NULL;
+    *paths_out = NULL;
+    *np_out = 0;
     if (is_cap) {
-        if (fd_capture_load(tensors, &cap, err, sizeof err)) {
+        if (fd_capture_load(tensors, cap, err, sizeof err)) {
             fprintf(stderr, "flashdrift: %s\n", err);
             return FD_EXIT_USAGE;
         }
-        if (fd_capture_paths(&cap, &paths, &np)) {
+        if (fd_capture_paths(cap, &paths, &np)) {
             fprintf(stderr, "flashdrift: out of memory\n");
-            fd_capture_free(&cap);
+            fd_capture_free(cap);
             return FD_EXIT_INTERNAL;
         }
     } else if (fd_bundle_list(tensors, &paths, &np, err, sizeof err)) {
@@ -186,8 +186,8 @@ int fd_check_tensors(const char *tensors, int rows, const fd_run_opts *op, json_
                 rc = FD_EXIT_USAGE;
             }
             if (is_cap) {
-                while (!cap.calls[call].bundle[0]) call++;
-                if (rc == FD_EXIT_PASS && fd_capture_check_bundle(&cap, call, &b, err, sizeof err)) {
+                while (!cap->calls[call].bundle[0]) call++;
+                if (rc == FD_EXIT_PASS && fd_capture_check_bundle(cap, call, &b, err, sizeof err)) {
                     fprintf(stderr, "flashdrift: %s\n", err);
                     rc = FD_EXIT_USAGE;
                 }
@@ -199,9 +199,25 @@ int fd_check_tensors(const char *tensors, int rows, const fd_run_opts *op, json_
     if (rc != FD_EXIT_PASS) {
         for (int i = 0; i < np; i++) free(paths[i]);
         free(paths);
-        if (is_cap) fd_capture_free(&cap);
+        if (is_cap) fd_capture_free(cap);
         return rc;
     }
+    *paths_out = paths;
+    *np_out = np;
+    return FD_EXIT_PASS;
+}
+
+int fd_check_tensors(const char *tensors, int rows, const fd_run_opts *op, json_t **report_out)
+{
+    fd_run_opts o = *op;
+    if (report_out) *report_out = NULL;
+    char err[2048];
+    char **paths = NULL;
+    int np = 0;
+    fd_capture cap;
+    const int is_cap = fd_capture_is(tensors);
+    int rc = fd_check_list(tensors, is_cap ? &cap : NULL, &paths, &np);
+    if (rc != FD_EXIT_PASS) return rc;
     fd_casefile cf;
     fd_casefile_bundles(&cf, tensors, paths, np, rows);
     if (cf.ncases != np) {

@@ -178,7 +178,19 @@ int fd_cmd_compare(int argc, char **argv)
         rc = FD_EXIT_USAGE;
         goto out;
     }
-    /* each run judged as check judges it; check validates every bundle before writing */
+    /* every bundle of both runs validated before anything is written */
+    for (int w = 0; w < 2 && rc == FD_EXIT_PASS; w++) {
+        fd_capture tmp;
+        char **paths = NULL;
+        int np = 0;
+        rc = fd_check_list(run[w], &tmp, &paths, &np);
+        if (rc != FD_EXIT_PASS) break;
+        for (int i = 0; i < np; i++) free(paths[i]);
+        free(paths);
+        fd_capture_free(&tmp);
+    }
+    if (rc != FD_EXIT_PASS) goto out;
+    /* each run judged as check judges it */
     json_t *rep[2] = {NULL, NULL};
     char dir[2][4200];
     for (int w = 0; w < 2 && rc == FD_EXIT_PASS; w++) {

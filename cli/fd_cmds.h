@@ -37,6 +37,11 @@ int fd_cmd_check(int argc, char **argv);
  * the run options o (o->out: where report.json and summary.md go): returns check's exit
  * code and, when report is not NULL, the report (caller frees; NULL when none was made). */
 struct fd_run_opts;
+struct fd_capture;
+/* check's validation of PATH before anything is written (fd_cmd_check.c): the bundles, or a
+ * captured step (cap not NULL: loaded into *cap, its bundles checked against the index);
+ * 0 with the paths, else the exit code, reported on stderr. */
+int fd_check_list(const char *tensors, struct fd_capture *cap, char ***paths, int *np);
 int fd_check_tensors(const char *tensors, int rows, const struct fd_run_opts *o, json_t **report);
 /* flashdrift compare RUN_A RUN_B: two captures of one step; fd_cmd_compare.c. */
 int fd_cmd_compare(int argc, char **argv);
