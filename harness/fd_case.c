@@ -21,6 +21,10 @@ const char *fd_dist_name(fd_dist d)
     case FD_DIST_LARGE_LOGIT: return "large_logit";
     case FD_DIST_OUTLIER_ROWS: return "outlier_rows";
     case FD_DIST_GIVEN: return "given";
+    case FD_DIST_TIED_MAX: return "tied_max";
+    case FD_DIST_SINK: return "sink";
+    case FD_DIST_LARGE_OFFSET: return "large_offset";
+    case FD_DIST_LOW_RANK: return "low_rank";
     }
     return "?";
 }
@@ -134,13 +138,13 @@ static int e_dist(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 {
     const char *s = json_string_value(j);
     fd_dist *o = out;
-    for (int d = 0; d <= FD_DIST_OUTLIER_ROWS; d++)
-        if (s && !strcmp(s, fd_dist_name((fd_dist)d))) {
+    for (int d = 0; d < FD_NDISTS; d++)
+        if (d != FD_DIST_GIVEN && s && !strcmp(s, fd_dist_name((fd_dist)d))) {
             o[idx] = (fd_dist)d;
             return 0;
         }
-    return fd_jfail(cx, path, "expected \"normal\", \"uniform\", \"large_logit\" or \"outlier_rows\"%s%s",
-                s ? ", got " : "", s ? s : "");
+    return fd_jfail(cx, path, "expected \"normal\", \"uniform\", \"large_logit\", \"outlier_rows\", \"tied_max\", "
+                "\"sink\", \"large_offset\" or \"low_rank\"%s%s", s ? ", got " : "", s ? s : "");
 }
 static int e_bool(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
 {
@@ -413,7 +417,7 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
 {
     static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", "splits",
-                                       "dq_mode", "dq_order", NULL};
+                                       "dq_mode", "dq_order", "o_round", NULL};
     if (!json_is_object(j)) return fd_jfail(cx, "flash", "expected an object, got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, "flash", j, keys)) return -1;
     json_t *f;
@@ -449,6 +453,12 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
     if ((f = json_object_get(j, "p_fp32"))) {
         if (!json_is_boolean(f)) return fd_jfail(cx, "flash.p_fp32", "expected true or false");
         fc->p_fp32 = json_is_true(f);
+    }
+    if ((f = json_object_get(j, "o_round"))) {
+        const char *s = json_string_value(f);
+        if (s && !strcmp(s, "nearest")) fc->o_round_up = 0;
+        else if (s && !strcmp(s, "up")) fc->o_round_up = 1;
+        else return fd_jfail(cx, "flash.o_round", "expected \"nearest\" or \"up\" (a planted bias of the CPU replay)");
     }
     if ((f = json_object_get(j, "dq_mode"))) {
         const char *s = json_string_value(f);
@@ -519,7 +529,7 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
     json_t *root = fd_jload(path, err, errlen);
     if (!root) return -1;
     static const char *const keys[] = {"schema", "name", "description", "sweeps", "exclude",
-                                       "rows_per_head", "flash", "policy", NULL};
+                                       "rows_per_head", "flash", "policy", "bias_seeds", "bias_alpha", NULL};
     int rc = -1, cap = 0;
     fd_excl *ex = NULL;
     if (!json_is_object(root)) { fd_jfail(&cx, "(top)", "expected an object, got %s", fd_jtype(root)); goto out; }
@@ -540,6 +550,23 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
         long v = 0;
         if (get_int(&cx, "rows_per_head", f, 0, 1L << 20, &v)) goto out;
         cf->rows_per_head = (int)v;
+    }
+    cf->bias_alpha = 1e-3;
+    if ((f = json_object_get(root, "bias_seeds"))) {
+        long v = 0;
+        if (get_int(&cx, "bias_seeds", f, 0, 4096, &v)) goto out;
+        if (v != 0 && v < 16) {
+            fd_jfail(&cx, "bias_seeds", "expected 0 (off) or 16..4096 input seeds, got %ld", v);
+            goto out;
+        }
+        cf->bias_seeds = (int)v;
+    }
+    if ((f = json_object_get(root, "bias_alpha"))) {
+        if (fd_jget_num(&cx, "bias_alpha", f, &cf->bias_alpha)) goto out;
+        if (!(cf->bias_alpha > 0 && cf->bias_alpha < 0.5)) {
+            fd_jfail(&cx, "bias_alpha", "expected a family-wise false-alarm rate in (0, 0.5), got %g", cf->bias_alpha);
+            goto out;
+        }
     }
     if ((f = json_object_get(root, "flash")) && parse_flash(&cx, f, &cf->flash, &cf->bwd)) goto out;
     if ((f = json_object_get(root, "policy")) && parse_policy(&cx, f, &cf->policy)) goto out;

@@ -20,8 +20,14 @@ typedef enum {
     FD_DIST_UNIFORM = 1,     /* U(-1, 1) */
     FD_DIST_LARGE_LOGIT = 2, /* q, k ~ N(0, 16): logits of order 16 * sqrt(d) / sqrt(d) */
     FD_DIST_OUTLIER_ROWS = 3, /* N(0, 1) with every 17th row of Q and K scaled by 24 */
-    FD_DIST_GIVEN = 4        /* imported: the inputs are given (a bundle), not generated */
+    FD_DIST_GIVEN = 4,       /* imported: the inputs are given (a bundle), not generated */
+    /* families that provoke systematic rounding bias (issue 12; docs/case-files.md): */
+    FD_DIST_TIED_MAX = 5,    /* keys j % 37 < 2 are one row (B, 0, ..): every row's max logit tied */
+    FD_DIST_SINK = 6,        /* key 0 is (B, 0, ..) and Q's column 0 is 1: key 0 dominates every row */
+    FD_DIST_LARGE_OFFSET = 7, /* Q's and K's column 0 are 32: a common offset 1024 in every raw logit */
+    FD_DIST_LOW_RANK = 8     /* Q and K from one rank-4 basis per kv head, K with 0.1 noise */
 } fd_dist;
+#define FD_NDISTS 9
 
 typedef struct fd_policy {
     double fa_ratio;        /* flash max abs error <= fa_ratio * standard's + atol */
@@ -51,6 +57,8 @@ typedef struct fd_casefile {
     char name[128];
     char description[512];
     int rows_per_head;      /* query rows checked against the reference per (batch, head); 0: all */
+    int bias_seeds;         /* the bias stage: input seeds per case (0 off, else >= 16; fd_run_bias.h) */
+    double bias_alpha;      /* its family-wise false-alarm rate per case (default 1e-3) */
     fd_flash_cfg flash;
     fd_bwd_cfg bwd;         /* the flash backward's knobs: dQ mode and (replay) order */
     fd_policy policy;

@@ -187,7 +187,7 @@ static int parse_baseline(fd_jctx *cx, const json_t *j, fd_gate_policy *p)
 int fd_gate_policy_parse(const char *file, const json_t *root, fd_gate_policy *p, char *err, size_t errlen)
 {
     static const char *const keys[] = {"schema", "description", "backends", "limits", "gradients", "fa_rule", "marginal",
-                                       "fail_on_marginal", "fail_on_undecided", "dropout", "baseline", NULL};
+                                       "fail_on_marginal", "fail_on_undecided", "dropout", "baseline", "fail_on_bias", NULL};
     fd_jctx cx = {file, err, errlen};
     memset(p, 0, sizeof *p);
     snprintf(p->path, sizeof p->path, "%s", file);
@@ -228,6 +228,7 @@ int fd_gate_policy_parse(const char *file, const json_t *root, fd_gate_policy *p
     }
     if ((f = json_object_get(root, "fail_on_marginal")) && get_bool(&cx, "fail_on_marginal", f, &p->fail_on_marginal)) return -1;
     if ((f = json_object_get(root, "fail_on_undecided")) && get_bool(&cx, "fail_on_undecided", f, &p->fail_on_undecided)) return -1;
+    if ((f = json_object_get(root, "fail_on_bias")) && get_bool(&cx, "fail_on_bias", f, &p->fail_on_bias)) return -1;
     if ((f = json_object_get(root, "dropout"))) {
         static const char *const dk[] = {"keep_sigma", "against", NULL};
         if (!json_is_object(f)) return fd_jfail(&cx, "dropout", "expected {\"keep_sigma\": S, \"against\": \"threshold\"}, got %s", fd_jtype(f));
@@ -544,6 +545,22 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
                              "%s max_abs %.4g above %g of the FlashAttention limit %.4g", name, x, p->marginal, lim));
             }
         }
+    }
+    /* the bias stage: reported; a failure only under fail_on_bias (not measured: nothing) */
+    const json_t *z = json_object_get(b, "bias");
+    if (p->fail_on_bias && fd_report_backend_is_flash(name, b) && json_is_true(json_object_get(z, "measured")) &&
+        json_is_string(json_object_get(z, "verdict")) && !strcmp(json_string_value(json_object_get(z, "verdict")), "biased")) {
+        const double zc = fd_json_number(json_object_get(z, "worst_column_z"));
+        const double zr = fd_json_number(json_object_get(z, "worst_row_z"));
+        const double th = fd_json_number(json_object_get(z, "threshold"));
+        const double w = fabs(zc) > fabs(zr) ? zc : zr;
+        worsen(v, FD_FAIL);
+        TRY(add_item(g, ci, name, "bias", w, th, FD_FAIL,
+                     "%s biased: t %.3g (column %lld: %.3g, row %lld: %.3g) beyond %.3g over %lld seeds, mean/rms %.3g",
+                     name, w, (long long)json_integer_value(json_object_get(z, "worst_column")), zc,
+                     (long long)json_integer_value(json_object_get(z, "worst_row")), zr, th,
+                     (long long)json_integer_value(json_object_get(z, "seeds")),
+                     fd_json_number(json_object_get(z, "mean_over_rms"))));
     }
     const json_t *rep = json_object_get(b, "repeat");
     if (rep && json_is_false(json_object_get(rep, "identical"))) {

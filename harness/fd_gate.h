@@ -43,6 +43,7 @@ typedef struct fd_gate_policy {
     double grad_limit[4][3][FD_GM_N];
     double grad_fa_ratio[3], grad_atol;
     int require_deterministic;
+    int fail_on_bias;           /* a flash output the bias stage found biased fails (default: reported only) */
 } fd_gate_policy;
 
 typedef struct fd_gate_item {

@@ -25,7 +25,11 @@ static double draw(uint64_t seed, uint32_t tensor, uint64_t idx, fd_dist dist, i
     double u1 = u53(r.v[0], r.v[1]), u2 = u53(r.v[2], r.v[3]);
     if (dist == FD_DIST_UNIFORM) return 2.0 * u1 - 1.0;
     double z = sqrt(-2.0 * log(u1)) * cos(FD_TWO_PI * u2);
-    if (tensor >= 2) return z; /* V (and dO) are always N(0, 1) */
+    /* V of the structured families has mean 1: with V symmetric about 0 round-to-nearest
+     * is odd in V (V -> -V flips O, the reference and every rounding), so the mean signed
+     * error is exactly 0 and no bias can show; Qiu and Yao's bias needs values of one sign */
+    if (tensor == 2 && dist >= FD_DIST_TIED_MAX) return 1.0 + z;
+    if (tensor >= 2) return z; /* V (and dO) N(0, 1) */
     if (dist == FD_DIST_LARGE_LOGIT) return 4.0 * z;
     if (dist == FD_DIST_OUTLIER_ROWS && row % 17 == 5) return 24.0 * z;
     return z;
@@ -56,6 +60,70 @@ static int fill(const fd_case *c, float **out, double **outd, uint32_t tensor, i
     return 0;
 }
 
+/* The structured families (FD_DIST_TIED_MAX and after) reshape N(0, 1) draws in binary64
+ * before the one rounding to the dtype. B = 6 sqrt(d) + 2: with Q's column 0 at 1 the
+ * special keys' logit is B exactly (1 * B plus zero products: exact in any order), about 6
+ * standard deviations above the other keys' N(0, d) logits, so they are the row max yet
+ * the other keys keep non-negligible probabilities (e^-6 and more). */
+static int shape_family(const fd_case *c, double *q, double *k, char *err, size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    const int D = p->head_dim;
+    const double B = 6.0 * sqrt((double)D) + 2.0;
+    if (c->dist == FD_DIST_TIED_MAX || c->dist == FD_DIST_SINK || c->dist == FD_DIST_LARGE_OFFSET) {
+        const double q0 = c->dist == FD_DIST_LARGE_OFFSET ? 32.0 : 1.0;
+        for (int b = 0; b < p->batch; b++)
+            for (int i = 0; i < p->seqlen_q; i++)
+                for (int h = 0; h < p->heads; h++) q[fd_q_index(p, b, i, h, 0)] = q0;
+        for (int b = 0; b < p->batch; b++)
+            for (int j = 0; j < p->seqlen_k; j++)
+                for (int h = 0; h < p->kv_heads; h++) {
+                    double *kj = k + fd_kv_index(p, b, j, h, 0);
+                    if (c->dist == FD_DIST_LARGE_OFFSET) {
+                        kj[0] = 32.0;
+                    } else if (c->dist == FD_DIST_TIED_MAX ? j % 37 < 2 : j == 0) {
+                        kj[0] = B;
+                        for (int d = 1; d < D; d++) kj[d] = 0.0;
+                    }
+                }
+        return 0;
+    }
+    if (c->dist != FD_DIST_LOW_RANK) return 0;
+    /* Q = A_q W, K = A_k W + 0.1 N with W [kv_heads][r][D] ~ N(0, 1) (tensor id 4) and the
+     * coefficients N(0, 1/r) (tensor ids 5, 6): entries of Q and K are about N(0, 1), and
+     * query and key rows of one kv head lie near one r-dimensional subspace. */
+    const int r = D < 4 ? D : 4;
+    const size_t nw = (size_t)p->kv_heads * (size_t)r * (size_t)D;
+    double *w = malloc(sizeof(double) * nw);
+    if (!w) {
+        snprintf(err, errlen, "out of memory for the low-rank basis of case %s", c->id);
+        return -1;
+    }
+    for (size_t e = 0; e < nw; e++) w[e] = draw(c->input_seed, 4, e, FD_DIST_NORMAL, 0);
+    const double cs = 1.0 / sqrt((double)r);
+    for (int t = 0; t < 2; t++) {
+        const int rows = t ? p->seqlen_k : p->seqlen_q, nh = t ? p->kv_heads : p->heads;
+        double *x = t ? k : q;
+        for (int b = 0; b < p->batch; b++)
+            for (int i = 0; i < rows; i++)
+                for (int h = 0; h < nh; h++) {
+                    const int hk = t ? h : fd_kv_head(p, h);
+                    const size_t base = t ? fd_kv_index(p, b, i, h, 0) : fd_q_index(p, b, i, h, 0);
+                    double a[4];
+                    for (int u = 0; u < r; u++)
+                        a[u] = cs * draw(c->input_seed, (uint32_t)(5 + t), base / (size_t)D * 4 + (size_t)u,
+                                         FD_DIST_NORMAL, 0);
+                    for (int d = 0; d < D; d++) {
+                        double s = t ? 0.1 * x[base + (size_t)d] : 0.0;
+                        for (int u = 0; u < r; u++) s += a[u] * w[((size_t)hk * (size_t)r + (size_t)u) * (size_t)D + (size_t)d];
+                        x[base + (size_t)d] = s;
+                    }
+                }
+    }
+    free(w);
+    return 0;
+}
+
 int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **v, char *err,
                              size_t errlen)
 {
@@ -63,7 +131,7 @@ int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **
     *q = *k = *v = NULL;
     if (fill(c, NULL, q, 0, p->seqlen_q, p->heads, err, errlen) ||
         fill(c, NULL, k, 1, p->seqlen_k, p->kv_heads, err, errlen) ||
-        fill(c, NULL, v, 2, p->seqlen_k, p->kv_heads, err, errlen)) {
+        fill(c, NULL, v, 2, p->seqlen_k, p->kv_heads, err, errlen) || shape_family(c, *q, *k, err, errlen)) {
         free(*q); free(*k); free(*v);
         *q = *k = *v = NULL;
         return -1;
@@ -71,15 +139,40 @@ int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **
     return 0;
 }
 
+/* Rounds n binary64 values once to the dtype into a new float tensor. */
+static float *round_all(const double *x, size_t n, fd_dtype dt)
+{
+    float *f = malloc(sizeof(float) * (n ? n : 1));
+    if (f)
+        for (size_t e = 0; e < n; e++) f[e] = fd_round_to_dtype((float)x[e], dt);
+    return f;
+}
+
 int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err, size_t errlen)
 {
     const fd_problem *p = &c->prob;
     *q = *k = *v = NULL;
-    if (fill(c, q, NULL, 0, p->seqlen_q, p->heads, err, errlen) ||
-        fill(c, k, NULL, 1, p->seqlen_k, p->kv_heads, err, errlen) ||
-        fill(c, v, NULL, 2, p->seqlen_k, p->kv_heads, err, errlen)) {
+    if (c->dist < FD_DIST_TIED_MAX) {
+        if (fill(c, q, NULL, 0, p->seqlen_q, p->heads, err, errlen) ||
+            fill(c, k, NULL, 1, p->seqlen_k, p->kv_heads, err, errlen) ||
+            fill(c, v, NULL, 2, p->seqlen_k, p->kv_heads, err, errlen)) {
+            free(*q); free(*k); free(*v);
+            *q = *k = *v = NULL;
+            return -1;
+        }
+        return 0;
+    }
+    /* the structured families: shaped in binary64, then rounded once */
+    double *qd, *kd, *vd;
+    if (fd_inputs_make_unrounded(c, &qd, &kd, &vd, err, errlen)) return -1;
+    *q = round_all(qd, fd_q_numel(p), p->dtype);
+    *k = round_all(kd, fd_kv_numel(p), p->dtype);
+    *v = round_all(vd, fd_kv_numel(p), p->dtype);
+    free(qd); free(kd); free(vd);
+    if (!*q || !*k || !*v) {
         free(*q); free(*k); free(*v);
         *q = *k = *v = NULL;
+        snprintf(err, errlen, "out of memory allocating inputs for case %s", c->id);
         return -1;
     }
     return 0;

@@ -4,7 +4,9 @@
  * seed (counter = element index, tensor id), maps them to the case's distribution in
  * binary64 and rounds each value once to the dtype (round to nearest even), so every
  * backend and the reference see the same bits. Deterministic across runs and machines
- * that share a libm (the normal draws use log, sqrt and cos).
+ * that share a libm (the normal draws use log, sqrt and cos). The structured families
+ * (tied_max, sink, large_offset, low_rank) reshape the binary64 draws first (fd_case.h,
+ * docs/case-files.md) and round once after.
  *
  * fd_sample_rows picks the query rows checked against the reference: all rows when
  * seqlen_q <= max_rows (or max_rows == 0); otherwise the first and last rows, the rows

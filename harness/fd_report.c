@@ -87,6 +87,10 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
                                                         fd_json_num(po->grad_fa_ratio[2])));
     json_object_set_new(pol, "require_deterministic", json_boolean(po->require_deterministic));
     json_object_set_new(pol, "standard_ratio", fd_json_num(po->standard_ratio));
+    json_object_set_new(json_object_get(root, "flash_config"), "o_round", json_string(fc->o_round_up ? "up" : "nearest"));
+    json_t *cfj = json_object_get(root, "case_file");
+    json_object_set_new(cfj, "bias_seeds", json_integer(cf->bias_seeds));
+    json_object_set_new(cfj, "bias_alpha", fd_json_num(cf->bias_alpha));
     return root;
 }
 
@@ -142,12 +146,30 @@ static json_t *grad_json(const fd_case_result *r, const fd_backend_result *b)
     return j;
 }
 
+/* The bias stage's result of one backend (fd_run_bias.h). */
+static json_t *bias_json(const fd_bias_result *z)
+{
+    if (!z->measured) return json_pack("{s:b, s:s}", "measured", 0, "note", z->note);
+    return json_pack("{s:b, s:i, s:i, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:s}",
+                     "measured", 1, "seeds", z->seeds, "tests", z->tests, "statistic", "t", "alpha",
+                     fd_json_num(z->alpha), "threshold", fd_json_num(z->threshold), "worst_column_z",
+                     fd_json_num(z->worst_col_z), "worst_column", z->worst_col >= 0 ? json_integer(z->worst_col) : json_null(),
+                     "worst_row_z", fd_json_num(z->worst_row_z), "worst_row",
+                     z->worst_row >= 0 ? json_integer(z->worst_row) : json_null(), "mean_error",
+                     fd_json_num(z->mean_err), "rms_error", fd_json_num(z->rms_err), "mean_over_rms",
+                     fd_json_num(z->mean_over_rms), "elements", (json_int_t)z->elements,
+                     "verdict", z->biased ? "biased" : "unbiased");
+}
+
 static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
 {
     const char *role = b->be->role == FD_ROLE_FLASH ? "flash" : "standard";
-    if (!b->ok)
-        return json_pack("{s:b, s:s, s:s, s:s}", "ok", 0, "error", b->error, "role", role, "origin",
-                         fd_origin_names[b->origin]);
+    if (!b->ok) {
+        json_t *j = json_pack("{s:b, s:s, s:s, s:s}", "ok", 0, "error", b->error, "role", role, "origin",
+                              fd_origin_names[b->origin]);
+        if (r->bias_active) json_object_set_new(j, "bias", bias_json(&b->bias));
+        return j;
+    }
     const fd_metrics *m = &b->m;
     json_t *j = json_pack("{s:b}", "ok", 1);
     json_t *ef = error_fields_new(m);
@@ -165,6 +187,7 @@ static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
     }
     if (m->tflops > 0) json_object_set_new(j, "tflops", fd_json_num(m->tflops));
     if (r->bwd.active) json_object_set_new(j, "grad", grad_json(r, b));
+    if (r->bias_active) json_object_set_new(j, "bias", bias_json(&b->bias));
     char hx[20];
     snprintf(hx, sizeof hx, "%016llx", (unsigned long long)m->hash);
     json_object_set_new(j, "output_hash", json_string(hx));
@@ -229,6 +252,7 @@ json_t *fd_report_case_json(const fd_case_result *r)
                                                    "max_abs", fd_json_num(isnan(r->budget_replay) ? r->budget_standard
                                                                           : fmax(r->budget_standard, r->budget_replay))));
     if (r->extra) json_object_set(j, "import", (json_t *)r->extra);
+    if (r->bias_active) json_object_set_new(j, "bias_seconds", fd_json_num(r->bias_seconds));
     if (r->bwd.active) {
         const fd_bwd_result *w = &r->bwd;
         json_t *kr = json_array();

@@ -14,6 +14,7 @@
 #include "fd_philox.h"
 #include "fd_ref.h"
 #include "fd_run.h"
+#include "fd_run_bias.h"
 #include "fd_run_bwd.h"
 
 static const char *origin_word(fd_origin o)
@@ -312,9 +313,9 @@ static int check_mask(const fd_casefile *cf, const fd_case *c, const fd_backend 
 
 /* The outputs of one backend into o and lse: a kernel run, or a copy of given outputs
  * (lse NULL when none was given). */
-static int obtain(const fd_casefile *cf, const fd_case *c, const fd_backend *be, const float *given_o,
-                  const float *given_lse, const float *q, const float *k, const float *v, const int *rows,
-                  int nrows, float *o, float **lse, double *ms, char *err, size_t errlen)
+int fd_backend_obtain(const fd_casefile *cf, const fd_case *c, const fd_backend *be, const float *given_o,
+                      const float *given_lse, const float *q, const float *k, const float *v, const int *rows,
+                      int nrows, float *o, float **lse, double *ms, char *err, size_t errlen)
 {
     const fd_problem *p = &c->prob;
     if (given_o) {
@@ -444,7 +445,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
         double ms = 0.0;
         float *lse = lsebuf;
         const double tb = fd_now_s();
-        if (obtain(cf, c, br->be, go, gl, q, k, v, frows, nfrows, o, &lse, &ms, br->error, sizeof br->error))
+        if (fd_backend_obtain(cf, c, br->be, go, gl, q, k, v, frows, nfrows, o, &lse, &ms, br->error, sizeof br->error))
             continue;
         br->ok = 1;
         if (fd_metrics_compute(p, res->rows, nrows, nvis, res->ref_o, res->ref_lse, o, lse,
@@ -486,7 +487,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
             for (int rr = 1; rr < repeat && !fd_interrupted; rr++) {
                 float *l2 = lsebuf;
                 char e2[256];
-                if (obtain(cf, c, br->be, NULL, NULL, q, k, v, frows, nfrows, o, &l2, &ms, e2, sizeof e2)) {
+                if (fd_backend_obtain(cf, c, br->be, NULL, NULL, q, k, v, frows, nfrows, o, &l2, &ms, e2, sizeof e2)) {
                     br->repeat_failed++;
                     continue;
                 }
@@ -523,7 +524,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
         char e2[256];
         fd_metrics m;
         if (isnan(res->budget_replay) && rb &&
-            !obtain(cf, c, rb, NULL, NULL, q, k, v, frows, nfrows, o, &lse, &ms, e2, sizeof e2) &&
+            !fd_backend_obtain(cf, c, rb, NULL, NULL, q, k, v, frows, nfrows, o, &lse, &ms, e2, sizeof e2) &&
             !fd_metrics_compute(p, res->rows, nrows, nvis, res->ref_o, res->ref_lse, o, lse, 0, &m))
             res->budget_replay = m.max_abs;
         break;
@@ -547,6 +548,8 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
                         }
                     }
     }
+    /* the bias stage: the kernels again on the case's bias seeds (fd_run_bias.h) */
+    if (cf->bias_seeds > 0 && fd_bias_stage(cf, c, given && given->q, jobs, res, err, errlen)) goto out;
     apply_fa_rule(&cf->policy, res);
     fd_bwd_fa_rule(&cf->policy, res);
     fd_dropout_stats_compute(p, res->rows, nrows, nvis, &res->drop);

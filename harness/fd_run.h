@@ -9,7 +9,10 @@
  * a supplied standard output, else with standard attention the harness computes itself
  * from the same inputs, origin "computed", together with the replay's rounding budget)
  * -> rules (FlashAttention's relative rule, ulp and LSE limits, the applied dropout mask
- * against the regenerated one, keep-rate statistics) -> verdict. A metric that was not
+ * against the regenerated one, keep-rate statistics) -> verdict. With the case file's
+ * bias_seeds the bias stage (fd_run_bias.h) runs the kernels again on that many input seeds
+ * and tests the mean signed error per column and row; it is reported, and gated only by a
+ * gate policy's fail_on_bias. A metric that was not
  * measured (no LSE given, no mask given) is never compared with a limit. A case where no
  * rule could be applied to a flash output is UNJUDGED, never PASS. */
 #ifndef FD_RUN_H
@@ -91,6 +94,21 @@ int fd_gpu_present(void);
 /* "name, sm_XY, driver N" of GPU 0; -1 when there is none. */
 int fd_gpu_describe(char *buf, size_t len);
 
+/* The bias stage (fd_run_bias.h): the signed error of one backend over the case's bias
+ * seeds, tested per output column and per checked row. */
+typedef struct fd_bias_result {
+    int measured;              /* 0: not measured (note says why) */
+    char note[128];
+    int seeds, tests;          /* input seeds; t-tests over all measured backends of the case */
+    double alpha, threshold;   /* family-wise false-alarm rate; |t| above threshold is biased */
+    double worst_col_z, worst_row_z; /* the largest |t| (signed) per column and per row */
+    int worst_col, worst_row;  /* head-dim index and query row of those, -1 if none */
+    double mean_over_rms;      /* mean signed error / rms error over every element and seed */
+    double mean_err, rms_err;
+    long elements;             /* errors pooled over all seeds */
+    int biased;
+} fd_bias_result;
+
 typedef struct fd_dropout_stats {
     int active;
     int threshold;          /* floor((1 - p) * 255) */
@@ -120,6 +138,7 @@ typedef struct fd_backend_result {
     int mm_b, mm_h, mm_i, mm_j;  /* first mismatch */
     char mask_explained[160];    /* seed/offset that would explain a mismatching mask, if found */
     fd_grad_result g;            /* backward cases */
+    fd_bias_result bias;         /* the bias stage (case files with bias_seeds) */
 } fd_backend_result;
 
 /* A standard output someone else supplied (imported eager attention): judged by the
@@ -176,6 +195,8 @@ typedef struct fd_case_result {
     int nmis;                    /* listed mismatches (at most FD_MAX_MISLIST) */
     struct { int b, h, i, d; float kernel, replay; } mis[16];
     fd_bwd_result bwd;
+    int bias_active;             /* the bias stage ran (bias_seeds > 0) */
+    double bias_seconds;
     fd_verdict verdict;
     char reasons[1024];
 } fd_case_result;
@@ -212,6 +233,11 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
 double fd_now_s(void);
 void fd_add_reason(fd_case_result *r, const char *fmt, ...);
 void fd_worsen(fd_verdict *v, fd_verdict w); /* FAIL > UNJUDGED > UNDECIDED > MARGINAL > PASS */
+/* The outputs of one backend into o and lse: a kernel run (o and lse poisoned with NaN
+ * first), or a copy of given outputs (*lse set to NULL when none was given). */
+int fd_backend_obtain(const fd_casefile *cf, const fd_case *c, const fd_backend *be, const float *given_o,
+                      const float *given_lse, const float *q, const float *k, const float *v, const int *rows,
+                      int nrows, float *o, float **lse, double *ms, char *err, size_t errlen);
 /* Keep-rate statistics of the FA2 mask over the visible elements of the listed rows. */
 void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
                               fd_dropout_stats *s);

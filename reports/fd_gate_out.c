@@ -240,6 +240,18 @@ int fd_gate_junit(const json_t *gate, const char *path, char *err, size_t errlen
             } else {
                 snprintf(out + strlen(out), sizeof out - strlen(out), "\nerror: %s", str(b, "error"));
             }
+            const json_t *z = json_object_get(b, "bias");
+            if (json_is_true(json_object_get(z, "measured"))) {
+                char m[3][32];
+                num(m[0], sizeof m[0], fd_json_number(json_object_get(z, "worst_column_z")));
+                num(m[1], sizeof m[1], fd_json_number(json_object_get(z, "worst_row_z")));
+                num(m[2], sizeof m[2], fd_json_number(json_object_get(z, "threshold")));
+                snprintf(out + strlen(out), sizeof out - strlen(out),
+                         "\nbias %s over %lld seeds: worst column t %s, worst row t %s, threshold %s", str(z, "verdict"),
+                         (long long)json_integer_value(json_object_get(z, "seeds")), m[0], m[1], m[2]);
+            } else if (json_is_object(z)) {
+                snprintf(out + strlen(out), sizeof out - strlen(out), "\nbias not measured: %s", str(z, "note"));
+            }
             fprintf(f, "      <system-out>");
             xml_esc(f, out);
             fprintf(f, "</system-out>\n    </testcase>\n");

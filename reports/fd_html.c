@@ -512,6 +512,51 @@ static void grad_table(FILE *f, const json_t *report)
     if (n) fprintf(f, "</table>\n");
 }
 
+/* The bias stage: per backend, the worst column and row t against the threshold (as
+ * summary.md's "Systematic bias"), biased outputs first. */
+static void bias_table(FILE *f, const json_t *report)
+{
+    int n = 0;
+    for (int part = 0; part < 2; part++) {
+        size_t i;
+        json_t *c;
+        json_array_foreach(json_object_get(report, "cases"), i, c) {
+            const char *key;
+            json_t *b;
+            json_object_foreach(json_object_get(c, "backends"), key, b) {
+                const json_t *z = json_object_get(b, "bias");
+                if (!json_is_object(z)) continue;
+                const int biased = json_is_true(json_object_get(z, "measured")) && !strcmp(str(z, "verdict"), "biased");
+                if (biased != !part) continue;
+                if (!n++)
+                    fprintf(f, "<h2>Systematic bias</h2>\n<table><tr><th>case</th><th>backend</th><th>verdict</th>"
+                               "<th>seeds</th><th>worst column t</th><th>column</th><th>worst row t</th><th>row</th>"
+                               "<th>threshold</th><th>mean/rms</th></tr>\n");
+                fprintf(f, "<tr><td>");
+                html_esc(f, str(c, "id"));
+                fprintf(f, "</td><td>");
+                html_esc(f, key);
+                if (!json_is_true(json_object_get(z, "measured"))) {
+                    fprintf(f, "</td><td colspan=\"8\">not measured: ");
+                    html_esc(f, str(z, "note"));
+                    fprintf(f, "</td></tr>\n");
+                    continue;
+                }
+                fprintf(f, "</td><td>%s</td>", biased ? "<b>biased</b>" : "unbiased");
+                static const char *const cols[] = {"seeds", "worst_column_z", "worst_column", "worst_row_z", "worst_row",
+                                                   "threshold", "mean_over_rms", NULL};
+                for (int k = 0; cols[k]; k++) {
+                    fprintf(f, "<td>");
+                    num(f, json_object_get(z, cols[k]));
+                    fprintf(f, "</td>");
+                }
+                fprintf(f, "</tr>\n");
+            }
+        }
+    }
+    if (n) fprintf(f, "</table>\n");
+}
+
 static int write_plots(const json_t *report, const json_t *baseline, const char *dir, int have[6], char *common,
                        size_t clen)
 {
@@ -948,6 +993,7 @@ int fd_render_html(const json_t *report, const json_t *baseline, const json_t *d
     }
     fprintf(f, "</table>\n");
     grad_table(f, report);
+    bias_table(f, report);
     {
         static ex_item items[MAX_EX_BARS];
         explain_section(f, items, report_ex_items(report, items, MAX_EX_BARS));

@@ -127,6 +127,56 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
             }
         }
     }
+    /* The bias stage (bias_seeds): biased outputs first, then the unbiased ones */
+    int nbias = 0;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const char *key;
+        json_t *b;
+        json_object_foreach(json_object_get(c, "backends"), key, b) nbias += json_is_object(json_object_get(b, "bias"));
+    }
+    if (nbias) {
+        fprintf(f, "\n## Systematic bias\n\nThe mean signed error (O - exact) per output column and per checked row "
+                   "over the case's bias seeds, each a t-test of the per-seed means against 0 with a Bonferroni "
+                   "threshold for a family-wise false-alarm rate *alpha* per case. *col t (c)*: the largest |t| over "
+                   "columns and its column; *row t (r)*: the same over rows; *mean/rms*: mean signed error over the "
+                   "rms error.\n");
+        static const char *const heads[3] = {"Biased", "Unbiased", "Not measured"};
+        for (int part = 0; part < 3; part++) {
+            int n = 0;
+            json_array_foreach(json_object_get(report, "cases"), i, c) {
+                const char *key;
+                json_t *b;
+                json_object_foreach(json_object_get(c, "backends"), key, b) {
+                    const json_t *z = json_object_get(b, "bias");
+                    if (!json_is_object(z)) continue;
+                    const int meas = json_is_true(json_object_get(z, "measured"));
+                    const int biased = meas && !strcmp(s_of(z, "verdict"), "biased");
+                    if ((part == 0 && !biased) || (part == 1 && (!meas || biased)) || (part == 2 && meas)) continue;
+                    if (!n++) {
+                        fprintf(f, "\n### %s\n\n", heads[part]);
+                        if (part < 2)
+                            fprintf(f, "| case | backend | seeds | col t (c) | row t (r) | threshold | mean/rms |\n"
+                                       "|---|---|---|---|---|---|---|\n");
+                    }
+                    if (part == 2) {
+                        fprintf(f, "- `%s` %s: %s\n", fd_md(s_of(c, "id"), m1, sizeof m1), fd_md(key, m3, sizeof m3),
+                                fd_md(s_of(z, "note"), m4, sizeof m4));
+                        continue;
+                    }
+                    fprintf(f, "| %s | %s | %lld | ", fd_md(s_of(c, "id"), m1, sizeof m1), fd_md(key, m3, sizeof m3),
+                            json_integer_value(json_object_get(z, "seeds")));
+                    num(f, json_object_get(z, "worst_column_z"));
+                    fprintf(f, " (%lld) | ", json_integer_value(json_object_get(z, "worst_column")));
+                    num(f, json_object_get(z, "worst_row_z"));
+                    fprintf(f, " (%lld) | ", json_integer_value(json_object_get(z, "worst_row")));
+                    num(f, json_object_get(z, "threshold"));
+                    fprintf(f, " | ");
+                    num(f, json_object_get(z, "mean_over_rms"));
+                    fprintf(f, " |\n");
+                }
+            }
+        }
+    }
     int nreason = 0;
     json_array_foreach(json_object_get(report, "cases"), i, c) {
         const char *r = s_of(c, "reasons");

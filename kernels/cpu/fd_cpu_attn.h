@@ -50,6 +50,8 @@ typedef struct fd_flash_cfg {
     int p_fp32;                /* 1: P stays binary32 before PV (the P-precision knob) */
     fd_rowsum_order rowsum;    /* order of the row sum (default FD_ROWSUM_FA2) */
     int splits;                /* split-KV backends: number of K/V chunks (default 4) */
+    int o_round_up;            /* planted bias (CPU replay only, a test of the bias detector):
+                                * 1 rounds the output toward +Inf instead of to nearest */
 } fd_flash_cfg;
 
 void fd_flash_cfg_default(fd_flash_cfg *cfg);

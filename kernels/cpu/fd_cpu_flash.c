@@ -29,6 +29,22 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg)
     cfg->p_fp32 = 0;
     cfg->rowsum = FD_ROWSUM_FA2;
     cfg->splits = 4;
+    cfg->o_round_up = 0;
+}
+
+/* x rounded to the dtype toward +Inf: the planted bias of fd_flash_cfg.o_round_up. */
+static float round_up_dtype(double x, fd_dtype t)
+{
+    float r = (float)x;
+    if ((double)r < x) r = nextafterf(r, INFINITY);
+    const float n = fd_round_to_dtype(r, t);
+    if (t == FD_DT_FP32 || !(n < r) || isnan(n) || isinf(n)) return n;
+    if (t == FD_DT_BF16) { /* next bf16 up: one unit in the upper 16 bits, toward +Inf */
+        const uint32_t u = fd_f32_bits(n);
+        return fd_bits_f32(n >= 0.0f ? u + 0x10000u : u - 0x10000u);
+    }
+    const uint16_t h = fd_f32_to_f16_bits(n);
+    return fd_f16_bits_to_f32((uint16_t)(n >= 0.0f ? h + 1u : h - 1u));
 }
 
 static float fexp2(fd_exp2_mode m, float x)
@@ -249,7 +265,8 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                     const float inv = empty ? 1.0f : 1.0f / (float)l;
                     const float sc = xds ? (float)((double)inv * rp_d) : inv * rp;
                     for (int d = 0; d < D; d++)
-                        oi[d] = (double)fd_round_to_dtype((float)acc[d] * sc, p->dtype);
+                        oi[d] = cfg->o_round_up ? (double)round_up_dtype((double)(float)acc[d] * (double)sc, p->dtype)
+                                                : (double)fd_round_to_dtype((float)acc[d] * sc, p->dtype);
                 }
                 lse[fd_lse_index(p, b, h, i)] =
                     empty ? (double)INFINITY
