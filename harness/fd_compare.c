@@ -316,8 +316,9 @@ json_t *fd_compare_runs(const fd_capture *a, const fd_capture *b, const json_t *
         snprintf(head, sizeof head, "%s", json_string_value(json_object_get(json_array_get(events, 0), "text")));
     } else if (loss_calls) {
         snprintf(head, sizeof head, "attention is exact up to rounding in both runs and every difference in the calls' "
-                 "inputs is propagated rounding; the calls' own rounding accounts for %.3g of the loss difference %.3g "
-                 "(first order)", sum_own, dl);
+                 "inputs is propagated rounding: the loss difference %.3g is rounding; the calls' own rounding accounts "
+                 "for %.3g of it to first order, the rest is the rounding of the model's other operations on inputs that "
+                 "differ by propagated rounding", dl, sum_own);
     } else {
         snprintf(head, sizeof head, "attention is exact up to rounding in both runs and every difference in the calls' "
                  "inputs is propagated rounding");

@@ -9,7 +9,7 @@
 #include "fd_test_util.h"
 
 /* The commands flashdrift has; cross-checked against `flashdrift --help` below. */
-static const char *const commands[] = {"run", "list", "gate", "diff", "baseline", "html", "explain", "bench", "check", NULL};
+static const char *const commands[] = {"run", "list", "gate", "diff", "baseline", "html", "explain", "bench", "check", "compare", NULL};
 
 static const char *tiny =
     "{\"schema\": \"flashdrift-cases/1\", \"name\": \"tiny\", \"rows_per_head\": 8,\n"
