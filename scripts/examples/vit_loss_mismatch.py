@@ -26,8 +26,9 @@ scenario.
 
   --capture DIR      capture the FIRST step (identical parameters in every scenario) into
                      DIR (scripts/flashdrift_capture.py), with info.losses = every step's
-                     loss, info.overhead_s = (step with capture and writing) - (step
-                     without), step_s, seed, config
+                     loss, info.overhead_s = (forward + backward with capture and writing)
+                     - (without), medians of three timed steps each on copies of the model
+                     after a warm-up (step_s, step_capture_s), seed, config
   --seeds A-B        run seeds A..B one after the other (capturing into DIR-sK)
   --check-observe    run the first step three times from the same state: twice without
                      capture (is the step deterministic?) and once with; report whether
@@ -339,19 +340,25 @@ def train(a, c, scenario, seed, device, capture_dir):
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if capture_dir is not None:
         cap = new_capture(capture_dir, model, scenario, info, a.params, a.overwrite)
-        # the step without capture, timed on copies (one warm-up, then the median of three)
-        plain = []
-        for i in range(4):
-            m = copy.deepcopy(model)
-            _, t = timed_step(m, batches[0], device, a.dtype, c["vocab"])
-            if i:
-                plain.append(t)
-            del m
-        t_plain = sorted(plain)[1]
+        # the overhead, on copies of the model: one warm-up, then three steps without and
+        # three with capture (written to a temporary folder), alternating; medians
+        plain, captured = [], []
+        tmp = tempfile.mkdtemp(prefix="fd-overhead-")
+        try:
+            for i in range(4):
+                _, t = timed_step(copy.deepcopy(model), batches[0], device, a.dtype, c["vocab"])
+                if i:
+                    plain.append(t)
+                    m = copy.deepcopy(model)
+                    tc = new_capture(os.path.join(tmp, f"r{i}"), m, scenario, {}, a.params)
+                    captured.append(timed_step(m, batches[0], device, a.dtype, c["vocab"], tc)[1])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        t_plain, t_cap = sorted(plain)[1], sorted(captured)[1]
     losses = []
     for i, b in enumerate(batches):
         if i == 0 and cap is not None:
-            loss, t_cap = timed_step(model, b, device, a.dtype, c["vocab"], cap)
+            loss = step(model, b, device, a.dtype, c["vocab"], cap)
         else:
             loss = step(model, b, device, a.dtype, c["vocab"])
         opt.step()
