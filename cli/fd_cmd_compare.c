@@ -56,6 +56,23 @@ static void write_md(FILE *f, const json_t *cmp, int md)
                    "(first order, %lld calls with gradients).\n\n",
                 jnum(L, "difference", NULL), jnum(L, "attention_own", NULL),
                 json_integer_value(json_object_get(L, "calls_with_gradients")));
+        const json_t *pg = json_object_get(L, "param_grads");
+        if (json_is_object(pg) && json_object_get(pg, "by_rel_l2")) {
+            fprintf(f, "Parameter gradients (params.safetensors of both runs): %lld tensors, rel l2 of the difference "
+                       "over all %.3g; the largest:\n\n| parameter | rel l2 | max abs | identical |\n| --- | --- | --- | --- |\n",
+                    json_integer_value(json_object_get(pg, "tensors")), jnum(pg, "rel_l2_all", NULL));
+            size_t k;
+            json_t *t;
+            json_array_foreach(json_object_get(pg, "by_rel_l2"), k, t) {
+                if (k == 10) break;
+                fprintf(f, "| ");
+                fd_md_text(f, jstr(t, "name"));
+                fprintf(f, " | %.3g | %.3g | %lld / %lld |\n", jnum(t, "rel_l2", NULL), jnum(t, "max_abs", NULL),
+                        json_integer_value(json_object_get(t, "identical")),
+                        json_integer_value(json_object_get(t, "elements")));
+            }
+            fprintf(f, "\n");
+        }
         fprintf(f, "| call | module | verdict a | verdict b | inputs | input rel l2 | threshold | output diff max abs "
                    "| from inputs | own errors | order spread | own / spread | loss share (own) |\n"
                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");

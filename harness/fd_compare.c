@@ -9,6 +9,8 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_out.h"
+#include "fd_safetensors.h"
+#include <sys/stat.h>
 
 void fd_compare_opts_default(fd_compare_opts *o)
 {
@@ -172,6 +174,64 @@ static char *where_before(const fd_capture *a, int i, char *buf, size_t len)
     return buf;
 }
 
+static int by_rel_desc(const void *x, const void *y)
+{
+    const double a = json_number_value(json_object_get(*(json_t *const *)x, "rel_l2"));
+    const double b = json_number_value(json_object_get(*(json_t *const *)y, "rel_l2"));
+    return (a < b) - (a > b);
+}
+
+/* The parameters' gradients of the two runs (RUN/params.safetensors in both), tensor by
+ * tensor: null when either run has none; an object with why when they cannot be read. */
+static json_t *param_grads(const fd_capture *a, const fd_capture *b)
+{
+    char pa[1200], pb[1200], err[1024];
+    struct stat st;
+    snprintf(pa, sizeof pa, "%s/params.safetensors", a->path);
+    snprintf(pb, sizeof pb, "%s/params.safetensors", b->path);
+    if (stat(pa, &st) || stat(pb, &st)) return json_null();
+    fd_st_file fa, fb;
+    memset(&fa, 0, sizeof fa);
+    memset(&fb, 0, sizeof fb);
+    if (fd_st_read_file(pa, &fa, err, sizeof err) || fd_st_read_file(pb, &fb, err, sizeof err)) {
+        fd_st_free(&fa);
+        return json_pack("{s:s}", "not_measured", err);
+    }
+    json_t *list = json_array(), *unmatched = json_array();
+    dstat all = {0};
+    for (int i = 0; i < fa.n; i++) {
+        const fd_array *x = &fa.t[i].a, *y = fd_st_find(&fb, fa.t[i].name);
+        const int ok_t = x->type == FD_AT_F32 || x->type == FD_AT_F16 || x->type == FD_AT_BF16;
+        if (!y || y->numel != x->numel || y->type != x->type || !ok_t) {
+            json_array_append_new(unmatched, json_string(fa.t[i].name));
+            continue;
+        }
+        dstat d = {0};
+        for (size_t e = 0; e < x->numel; e++) {
+            const float u = fd_array_get_f32(x, e), w = fd_array_get_f32(y, e);
+            dstat_add(&d, u, w, fd_f32_bits(u) == fd_f32_bits(w));
+            dstat_add(&all, u, w, 0);
+        }
+        json_t *j = dstat_json(&d);
+        json_object_set_new(j, "name", json_string(fa.t[i].name));
+        json_array_append_new(list, j);
+    }
+    for (int i = 0; i < fb.n; i++)
+        if (!fd_st_find(&fa, fb.t[i].name)) json_array_append_new(unmatched, json_string(fb.t[i].name));
+    fd_st_free(&fa);
+    fd_st_free(&fb);
+    const size_t n = json_array_size(list);
+    json_t **v = malloc(sizeof(json_t *) * (n ? n : 1));
+    for (size_t i = 0; v && i < n; i++) v[i] = json_incref(json_array_get(list, i));
+    if (v) qsort(v, n, sizeof *v, by_rel_desc);
+    json_t *sorted = json_array();
+    for (size_t i = 0; v && i < n; i++) json_array_append_new(sorted, v[i]);
+    free(v);
+    json_decref(list);
+    return json_pack("{s:I, s:o, s:o, s:o}", "tensors", (json_int_t)n, "rel_l2_all", fd_json_num(dstat_rel(&all)),
+                     "by_rel_l2", sorted, "unmatched", unmatched);
+}
+
 json_t *fd_compare_runs(const fd_capture *a, const fd_capture *b, const json_t *rep_a, const json_t *rep_b,
                         const fd_compare_opts *o, int *wrong, char *err, size_t errlen)
 {
@@ -328,6 +388,7 @@ json_t *fd_compare_runs(const fd_capture *a, const fd_capture *b, const json_t *
                              "attention_own", fd_json_num(sum_own), "from_inputs_sum", fd_json_num(sum_prop),
                              "total_sum", fd_json_num(sum_total));
     json_object_set_new(loss, "attention_own_fraction", fd_json_num(fabs(dl) > 0.0 && loss_calls ? sum_own / dl : (double)NAN));
+    json_object_set_new(loss, "param_grads", param_grads(a, b));
     return json_pack("{s:{s:s, s:s, s:s}, s:{s:s, s:s, s:s}, s:s, s:{s:o, s:o}, s:s, s:b, s:o, s:o, s:o}", "a", "run",
                      a->path, "label", a->label, "model", a->model, "b", "run", b->path, "label", b->label, "model",
                      b->model, "format", "flashdrift-compare-1", "threshold", "gain", fd_json_num(o->gain),

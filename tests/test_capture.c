@@ -134,6 +134,10 @@ Test(capture, compare_rounding_only)
         cr_expect(fabs(t - s) <= 1e-9 * (fabs(t) + 1e-12), "call %zu: %g vs %g", i, t, s);
     }
     cr_expect(json_is_number(json_object_get(json_object_get(c, "loss"), "attention_own")));
+    /* both runs captured their parameters' gradients: compared tensor by tensor */
+    const json_t *pg = json_object_get(json_object_get(c, "loss"), "param_grads");
+    cr_expect(json_integer_value(json_object_get(pg, "tensors")) > 0, "parameter gradients compared");
+    cr_expect_eq(json_array_size(json_object_get(pg, "unmatched")), 0);
     json_decref(r);
     struct stat st;
     char p[4200];
