@@ -39,6 +39,9 @@ static int get_str(fd_jctx *cx, const char *path, const json_t *j, char *out, si
     const char *s = json_string_value(j);
     if (!s) return fd_jfail(cx, path, "expected a string, got %s", fd_jtype(j));
     if (strlen(s) >= len) return fd_jfail(cx, path, "longer than %zu characters", len - 1);
+    for (const unsigned char *x = (const unsigned char *)s; *x; x++)
+        if (*x < 0x20 || *x == 0x7f) /* printed to terminals and reports: no control characters */
+            return fd_jfail(cx, path, "a control character (0x%02x) in the text", *x);
     snprintf(out, len, "%s", s);
     return 0;
 }
