@@ -210,7 +210,7 @@ static int write_line(FILE *f, const json_t *j)
 }
 
 /* The first flash output that ran on a judged case (a kernel in --backend order, or a
- * given output in report order), or NULL. */
+ * given output in report order), else the first given standard output, or NULL. */
 static const char *explain_backend(const fd_backend *const *bes, int nbe, const json_t *cj)
 {
     const json_t *bj = json_object_get(cj, "backends");
@@ -225,6 +225,11 @@ static const char *explain_backend(const fd_backend *const *bes, int nbe, const 
         if (json_is_true(json_object_get(b, "ok")) && role && !strcmp(role, "flash") && origin &&
             !strcmp(origin, "given"))
             return name;
+    }
+    /* else a supplied standard output (imported eager attention, judged by the standard rule) */
+    json_object_foreach((json_t *)bj, name, b) {
+        const char *origin = json_string_value(json_object_get(b, "origin"));
+        if (json_is_true(json_object_get(b, "ok")) && origin && !strcmp(origin, "given")) return name;
     }
     return NULL;
 }
