@@ -179,40 +179,60 @@ Test(capture, compare_difference_before_attention)
     json_decref(r);
 }
 
-/* Call 1's output stored with its (b, s, h, d) buffer read as (b, h, s, d): a wrong call. */
-Test(capture, compare_wrong_call)
+/* A copy of a capture whose call 1 output is stored with its (b, s, h, d) buffer read as
+ * (b, h, s, d): a wrong call (the model consumed what it got: used_NAME is dropped). */
+static char *plant_layout_bug(const char *scenario, char *dir, size_t len)
 {
-    char dir[2048], out[2048], err[1024], p[2300];
-    copy_of("sdpa", dir, sizeof dir);
+    char err[1024], p[2300];
+    copy_of(scenario, dir, len);
     snprintf(p, sizeof p, "%s/call-0001", dir);
     fd_bundle b;
     cr_assert_eq(fd_bundle_load(p, &b, err, sizeof err), 0, "%s", err);
     const fd_problem *pr = &b.prob;
     const size_t n = fd_q_numel(pr);
     float *o = b.out[0].o, *t = malloc(sizeof(float) * n);
-    const int B = pr->batch, S = pr->seqlen_q, H = pr->heads, D = pr->head_dim;
-    for (int bb = 0; bb < B; bb++) /* flat (b, s, h, d) read as (b, h, s, d) */
-        for (int s = 0; s < S; s++)
-            for (int h = 0; h < H; h++)
-                for (int d = 0; d < D; d++)
-                    t[(((size_t)bb * (size_t)S + (size_t)s) * (size_t)H + (size_t)h) * (size_t)D + (size_t)d] =
-                        o[(((size_t)bb * (size_t)H + (size_t)h) * (size_t)S + (size_t)s) * (size_t)D + (size_t)d];
+    const size_t B = (size_t)pr->batch, S = (size_t)pr->seqlen_q, H = (size_t)pr->heads, D = (size_t)pr->head_dim;
+    for (size_t bb = 0; bb < B; bb++)
+        for (size_t s = 0; s < S; s++)
+            for (size_t h = 0; h < H; h++)
+                for (size_t d = 0; d < D; d++) t[((bb * S + s) * H + h) * D + d] = o[((bb * H + h) * S + s) * D + d];
     memcpy(o, t, sizeof(float) * n);
     free(t);
-    free(b.out[0].used); /* the model consumed what it got: no misuse on top */
+    free(b.out[0].used);
     b.out[0].used = NULL;
-    char rm[2400];
-    snprintf(rm, sizeof rm, "%s", p);
-    char *argv[] = {"/bin/rm", "-r", rm, NULL};
+    char *argv[] = {"/bin/rm", "-r", p, NULL};
     cr_assert_eq(tu_run(argv), 0);
     cr_assert_eq(fd_bundle_write(&b, p, 0, b.bhsd, err, sizeof err), 0, "%s", err);
     fd_bundle_free(&b);
+    return dir;
+}
+
+Test(capture, compare_wrong_call)
+{
+    char dir[2048], out[2048];
+    plant_layout_bug("sdpa", dir, sizeof dir);
     tu_dir(out, sizeof out);
     cr_assert_eq(fd("compare", cap("eager"), dir, "--out", out, "--quiet"), 1, "%s%s", g_out, g_err);
     cr_expect(strstr(g_out, "attention call 1") != NULL && strstr(g_out, "is wrong in run b") != NULL, "%s", g_out);
     tu_dir(out, sizeof out);
     cr_assert_eq(fd("check", "--tensors", dir, "--out", out, NULL), 1, "%s%s", g_out, g_err);
     cr_expect(strstr(g_out, "first call beyond rounding: call 1") != NULL, "%s", g_out);
+}
+
+/* A wrong eager call: judged by the standard rule, explained on its own output. */
+Test(capture, wrong_eager_call_is_explained)
+{
+    char dir[2048], out[2048];
+    plant_layout_bug("eager", dir, sizeof dir);
+    tu_dir(out, sizeof out);
+    cr_assert_eq(fd("check", "--tensors", dir, "--out", out, "--quiet"), 1, "%s%s", g_out, g_err);
+    json_t *r = load(out, "report.json");
+    const json_t *first = json_object_get(json_object_get(r, "capture"), "first_beyond_rounding");
+    cr_assert(json_is_object(first));
+    cr_expect_eq(json_integer_value(json_object_get(first, "index")), 1);
+    const char *h = json_string_value(json_object_get(json_object_get(first, "explanation"), "hypothesis"));
+    cr_expect(h && !strncmp(h, "layout_", 7), "a layout hypothesis names it: %s", h ? h : "(none)");
+    json_decref(r);
 }
 
 static void expect_usage_error(const char *what, const char *run_a, const char *run_b, const char *needle)
