@@ -13,9 +13,11 @@
  *   dV += Pv^T dO and dK += dSr^T Q (warp: one 16-key block and a slice of the head dim;
  *   mma chains over the tile's rows, ascending, only the 16-chunks holding real rows);
  *   dQ partial = dSr K (warp: its 16 rows; mma chain over the tile's keys from 0, only
- *   chunks holding real keys), atomicAdd into dq_accum or stored in the key tile's own
- *   buffer. dK/dV stay in registers across query tiles; at the end dK * srp and dV * rp
- *   are written per query head in binary32 (the GQA sum is a later kernel). */
+ *   chunks holding real keys), added into dq_accum by 16-byte vector atomicAdds (four
+ *   consecutive columns of a row per lane after a swap with the neighbouring lane) or
+ *   stored likewise in the key tile's own buffer. dK/dV stay in registers across query
+ *   tiles; at the end dK * srp and dV * rp are written per query head in binary32 (the
+ *   GQA sum is a later kernel). */
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
@@ -48,6 +50,18 @@ __host__ __device__ __forceinline__ int bwd_first_row(int mask, int sq, int sk, 
     if (i0 < 0) i0 = 0;
     if (i0 > sq) i0 = sq;
     return (int)i0;
+}
+
+/* Four binary32 atomic adds, one per element (sm_90's vector atomicAdd is element-wise:
+ * each element's add is atomic on its own, as four scalar atomicAdds). */
+__device__ __forceinline__ void atomic_add4(float4 *p, float4 v)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(p, v);
+#else
+    float *f = reinterpret_cast<float *>(p);
+    atomicAdd(f, v.x); atomicAdd(f + 1, v.y); atomicAdd(f + 2, v.z); atomicAdd(f + 3, v.w);
+#endif
 }
 
 template <int D, int BC> struct BwdTraits {
@@ -259,15 +273,22 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
                     DT<T>::mma(c[0], ad[kk], bk);
                     DT<T>::mma(c[1], ad[kk], bk + 2);
                 }
+                /* Lanes t and t ^ 1 swap halves so that each holds four consecutive
+                 * columns of one row (even t: row i0, odd t: row i1, columns from
+                 * 2 (t & ~1)): one 16-byte store or vector atomicAdd per atom, each
+                 * element still one binary32 add (the vector atom is element-wise). */
+                const bool odd = t & 1;
 #pragma unroll
                 for (int x = 0; x < 2; x++) {
-                    const int dcol = np * 16 + x * 8 + 2 * t;
-                    if (P.deterministic) {
-                        if (i0 < sq) *reinterpret_cast<float2 *>(q0 + dcol) = make_float2(c[x][0], c[x][1]);
-                        if (i1 < sq) *reinterpret_cast<float2 *>(q1 + dcol) = make_float2(c[x][2], c[x][3]);
-                    } else {
-                        if (i0 < sq) { atomicAdd(q0 + dcol, c[x][0]); atomicAdd(q0 + dcol + 1, c[x][1]); }
-                        if (i1 < sq) { atomicAdd(q1 + dcol, c[x][2]); atomicAdd(q1 + dcol + 1, c[x][3]); }
+                    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[x][0] : c[x][2], 1);
+                    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[x][1] : c[x][3], 1);
+                    const float4 v = odd ? make_float4(r0, r1, c[x][2], c[x][3])
+                                         : make_float4(c[x][0], c[x][1], r0, r1);
+                    const int dcol = np * 16 + x * 8 + 2 * (t & ~1);
+                    float4 *dst = reinterpret_cast<float4 *>((odd ? q1 : q0) + dcol);
+                    if ((odd ? i1 : i0) < sq) {
+                        if (P.deterministic) *dst = v;
+                        else atomic_add4(dst, v);
                     }
                 }
             }
