@@ -131,17 +131,32 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
     }
     int stage = 0;
     for (int m = m_hi - 1; m >= m_lo; m--, stage ^= 1) {
+        const int m0 = m * BR;
+        const int vr = min(BR, sq - m0); /* real rows of the tile */
+        const int row_base = m0 + warp * 16;
+        /* lse2 and D' of the warp's rows, loaded before the wait so that their latency
+         * overlaps it and the MMAs below. */
+        float l2[2], dd[2];
+        bool rok[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = row_base + g + 8 * r;
+            rok[r] = i < sq;
+            l2[r] = rok[r] ? lse2[i] : INFINITY;
+            dd[r] = rok[r] ? dpre[i] : 0.0f;
+        }
+        /* One barrier both publishes tile m (and, the first time, K_n, V_n) and closes the
+         * previous tile: every warp is past its reads of the other stage and of sP/sdS, so
+         * the prefetch below and this tile's sP/sdS stores may overwrite them. */
+        cp_async_wait<0>();
+        __syncthreads();
         if (m - 1 >= m_lo) {
             load_tile<T, D, BR, 128>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
             load_tile<T, D, BR, 128>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            cp_async_commit();
         }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
         const T *cQ = sQ + stage * BR * D;
         const T *cdO = sdO + stage * BR * D;
-        const int m0 = m * BR;
-        const int vr = min(BR, sq - m0); /* real rows of the tile */
 
         /* S = Q K^T, dP = dO V^T: warp rows 16 warp .. +15, chains over the head dim. */
         float s[NA][4], dp[NA][4];
@@ -169,17 +184,8 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
             }
         }
 
-        /* P, dS (binary32, contract step 3), Pv and dSr to shared memory in the dtype. */
-        const int row_base = m0 + warp * 16;
-        float l2[2], dd[2];
-        bool rok[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int i = row_base + g + 8 * r;
-            rok[r] = i < sq;
-            l2[r] = rok[r] ? lse2[i] : INFINITY;
-            dd[r] = rok[r] ? dpre[i] : 0.0f;
-        }
+        /* P, dS (binary32, contract step 3); Pv and dSr rounded to the dtype into shared
+         * memory (the transposed A operands of dV and dK), dSr also kept in registers. */
         uint32_t keepbits[NA]; /* bit e of atom a: element kept by dropout */
 #pragma unroll
         for (int a = 0; a < NA; a++) keepbits[a] = 0xfu;
@@ -199,6 +205,9 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
                 }
             }
         }
+        /* dsr[a][r]: the dtype pair (columns a*8 + 2t, +1) of row g + 8r: the same bits the
+         * lane wrote to sdS, and in the accumulator layout an mma A fragment takes. */
+        uint32_t dsr[NA][2];
 #pragma unroll
         for (int a = 0; a < NA; a++) {
             float pv[4], ds[4];
@@ -216,44 +225,21 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
                 pv[e] = kept ? pe : 0.0f;
                 ds[e] = dse;
             }
+            dsr[a][0] = DT<T>::pack(ds[0], ds[1]);
+            dsr[a][1] = DT<T>::pack(ds[2], ds[3]);
             const int rl = warp * 16 + g, cl = a * 8 + 2 * t;
             *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
             *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
-            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = DT<T>::pack(ds[0], ds[1]);
-            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
-        }
-        __syncthreads();
-
-        /* dV += Pv^T dO, dK += dSr^T Q: chains over the tile's rows, 16 at a time. */
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; kk++) {
-            if (kk * 16 >= vr) break;
-            uint32_t ap[4], as[4];
-            const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = kb * 16 + (mi8 & 1) * 8;
-            ldsm_x4_t(ap, smem_u32(sP + swz<BC>(prow, pcol)));
-            ldsm_x4_t(as, smem_u32(sdS + swz<BC>(prow, pcol)));
-#pragma unroll
-            for (int np = 0; np < NDW / 2; np++) {
-                uint32_t bo[4], bq[4];
-                const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
-                ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
-                ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
-                DT<T>::mma(acc_dv[2 * np], ap, bo);
-                DT<T>::mma(acc_dv[2 * np + 1], ap, bo + 2);
-                DT<T>::mma(acc_dk[2 * np], as, bq);
-                DT<T>::mma(acc_dk[2 * np + 1], as, bq + 2);
-            }
+            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = dsr[a][0];
+            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = dsr[a][1];
         }
 
-        /* dQ partial = dSr K: warp rows, chain over the tile's keys from 0. */
+        /* dQ partial = dSr K: warp rows, chain over the tile's keys from 0. It needs only
+         * the warp's own dSr (registers: for keys kk*16.., the A fragment {rows g, g+8} x
+         * {columns 2t, 8+2t} is dsr[2kk][0], dsr[2kk][1], dsr[2kk+1][0], dsr[2kk+1][1],
+         * what ldmatrix of sdS returned) and K_n, so it runs before the barrier. */
         {
             constexpr int KC = BC / 16;
-            uint32_t ad[KC][4];
-#pragma unroll
-            for (int kk = 0; kk < KC; kk++) {
-                const int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-                ldsm_x4(ad[kk], smem_u32(sdS + swz<BC>(row, col)));
-            }
             const int i0 = row_base + g, i1 = i0 + 8;
             float *base = P.dq_acc;
             if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
@@ -267,11 +253,12 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
 #pragma unroll
                 for (int kk = 0; kk < KC; kk++) {
                     if (kk * 16 >= vk) break;
+                    const uint32_t ad[4] = {dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0], dsr[2 * kk + 1][1]};
                     uint32_t bk[4];
                     const int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
                     ldsm_x4_t(bk, smem_u32(sK + swz<D>(key, col)));
-                    DT<T>::mma(c[0], ad[kk], bk);
-                    DT<T>::mma(c[1], ad[kk], bk + 2);
+                    DT<T>::mma(c[0], ad, bk);
+                    DT<T>::mma(c[1], ad, bk + 2);
                 }
                 /* Lanes t and t ^ 1 swap halves so that each holds four consecutive
                  * columns of one row (even t: row i0, odd t: row i1, columns from
@@ -293,7 +280,29 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
                 }
             }
         }
-        __syncthreads(); /* sP/sdS and this stage are rewritten next iteration */
+        __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
+
+        /* dV += Pv^T dO, dK += dSr^T Q: chains over the tile's rows, 16 at a time. */
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) {
+            if (kk * 16 >= vr) break;
+            uint32_t ap[4], as[4];
+            const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = kb * 16 + (mi8 & 1) * 8;
+            ldsm_x4_t(ap, smem_u32(sP + swz<BC>(prow, pcol)));
+            ldsm_x4_t(as, smem_u32(sdS + swz<BC>(prow, pcol)));
+#pragma unroll
+            for (int np = 0; np < NDW / 2; np++) {
+                uint32_t bo[4], bq[4];
+                const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
+                ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
+                ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
+                DT<T>::mma(acc_dv[2 * np], ap, bo);
+                DT<T>::mma(acc_dv[2 * np + 1], ap, bo + 2);
+                DT<T>::mma(acc_dk[2 * np], as, bq);
+                DT<T>::mma(acc_dk[2 * np + 1], as, bq + 2);
+            }
+        }
+        /* no barrier here: the next tile's first barrier closes this one */
     }
     cp_async_wait<0>();
 
