@@ -21,6 +21,7 @@
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
+#include <type_traits>
 
 namespace fd_flash {
 
@@ -155,153 +156,164 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
             load_tile<T, D, BR, 128>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
             cp_async_commit();
         }
-        const T *cQ = sQ + stage * BR * D;
-        const T *cdO = sdO + stage * BR * D;
+        /* The tile's work, compiled twice: FULL (every row, key and head-dim chunk real:
+         * all tiles but the last query tile and the last key tile when sq, sk are not
+         * multiples of the tile, or head_dim below the padded dim) has no data-dependent
+         * exits in its unrolled loops, so the compiler may interleave loads and mma chains
+         * freely; the general version skips the chunks with no real row / key / column.
+         * Both run the same mma chains in the same order on the same operands. */
+        auto tile = [&](auto full_tag) {
+            constexpr bool FULL = decltype(full_tag)::value;
+            const T *cQ = sQ + stage * BR * D;
+            const T *cdO = sdO + stage * BR * D;
 
-        /* S = Q K^T, dP = dO V^T: warp rows 16 warp .. +15, chains over the head dim. */
-        float s[NA][4], dp[NA][4];
+            /* S = Q K^T, dP = dO V^T: warp rows 16 warp .. +15, chains over the head dim. */
+            float s[NA][4], dp[NA][4];
 #pragma unroll
-        for (int a = 0; a < NA; a++)
+            for (int a = 0; a < NA; a++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) s[a][e] = dp[a][e] = 0.0f;
+                for (int e = 0; e < 4; e++) s[a][e] = dp[a][e] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            if (kk >= dch) break;
-            uint32_t aq[4], ao[4];
-            const int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-            ldsm_x4(aq, smem_u32(cQ + swz<D>(row, col)));
-            ldsm_x4(ao, smem_u32(cdO + swz<D>(row, col)));
+            for (int kk = 0; kk < D / 16; kk++) {
+                if (!FULL && kk >= dch) break;
+                uint32_t aq[4], ao[4];
+                const int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                ldsm_x4(aq, smem_u32(cQ + swz<D>(row, col)));
+                ldsm_x4(ao, smem_u32(cdO + swz<D>(row, col)));
 #pragma unroll
-            for (int np = 0; np < NA / 2; np++) {
-                uint32_t bk[4], bv[4];
-                const int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), c2 = kk * 16 + (mi8 & 1) * 8;
-                ldsm_x4(bk, smem_u32(sK + swz<D>(key, c2)));
-                ldsm_x4(bv, smem_u32(sV + swz<D>(key, c2)));
-                DT<T>::mma(s[2 * np], aq, bk);
-                DT<T>::mma(s[2 * np + 1], aq, bk + 2);
-                DT<T>::mma(dp[2 * np], ao, bv);
-                DT<T>::mma(dp[2 * np + 1], ao, bv + 2);
-            }
-        }
-
-        /* P, dS (binary32, contract step 3); Pv and dSr rounded to the dtype into shared
-         * memory (the transposed A operands of dV and dK), dSr also kept in registers. */
-        uint32_t keepbits[NA]; /* bit e of atom a: element kept by dropout */
-#pragma unroll
-        for (int a = 0; a < NA; a++) keepbits[a] = 0xfu;
-        if (P.dropout) {
-#pragma unroll
-            for (int cb = 0; cb < BC / 32; cb++) {
-                const uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
-                                     ((uint64_t)(uint32_t)((n0 + cb * 32) >> 5) << 32);
-                const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
-#pragma unroll
-                for (int a4 = 0; a4 < 4; a4++) {
-                    uint32_t kb4 = 0;
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
-                    keepbits[cb * 4 + a4] = kb4;
+                for (int np = 0; np < NA / 2; np++) {
+                    uint32_t bk[4], bv[4];
+                    const int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), c2 = kk * 16 + (mi8 & 1) * 8;
+                    ldsm_x4(bk, smem_u32(sK + swz<D>(key, c2)));
+                    ldsm_x4(bv, smem_u32(sV + swz<D>(key, c2)));
+                    DT<T>::mma(s[2 * np], aq, bk);
+                    DT<T>::mma(s[2 * np + 1], aq, bk + 2);
+                    DT<T>::mma(dp[2 * np], ao, bv);
+                    DT<T>::mma(dp[2 * np + 1], ao, bv + 2);
                 }
             }
-        }
-        /* dsr[a][r]: the dtype pair (columns a*8 + 2t, +1) of row g + 8r: the same bits the
-         * lane wrote to sdS, and in the accumulator layout an mma A fragment takes. */
-        uint32_t dsr[NA][2];
-#pragma unroll
-        for (int a = 0; a < NA; a++) {
-            float pv[4], ds[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1;
-                const int i = row_base + g + 8 * r, j = n0 + a * 8 + 2 * t + (e & 1);
-                const bool inr = rok[r] && j < sk;
-                const bool vis = inr && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
-                const bool kept = (keepbits[a] >> e) & 1u;
-                float pe = 0.0f;
-                if (vis && isfinite(l2[r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[a][e], sl2, -l2[r]));
-                float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[a][e], dd[r])) : __fmul_rn(pe, -dd[r]);
-                if (!inr) dse = 0.0f;
-                pv[e] = kept ? pe : 0.0f;
-                ds[e] = dse;
-            }
-            dsr[a][0] = DT<T>::pack(ds[0], ds[1]);
-            dsr[a][1] = DT<T>::pack(ds[2], ds[3]);
-            const int rl = warp * 16 + g, cl = a * 8 + 2 * t;
-            *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
-            *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
-            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = dsr[a][0];
-            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = dsr[a][1];
-        }
 
-        /* dQ partial = dSr K: warp rows, chain over the tile's keys from 0. It needs only
-         * the warp's own dSr (registers: for keys kk*16.., the A fragment {rows g, g+8} x
-         * {columns 2t, 8+2t} is dsr[2kk][0], dsr[2kk][1], dsr[2kk+1][0], dsr[2kk+1][1],
-         * what ldmatrix of sdS returned) and K_n, so it runs before the barrier. */
-        {
-            constexpr int KC = BC / 16;
-            const int i0 = row_base + g, i1 = i0 + 8;
-            float *base = P.dq_acc;
-            if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
-            float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
-            float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
+            /* P, dS (binary32, contract step 3); Pv and dSr rounded to the dtype into shared
+             * memory (the transposed A operands of dV and dK), dSr also kept in registers. */
+            uint32_t keepbits[NA]; /* bit e of atom a: element kept by dropout */
 #pragma unroll
-            for (int np = 0; np < ND / 2; np++) {
-                float c[2][4];
+            for (int a = 0; a < NA; a++) keepbits[a] = 0xfu;
+            if (P.dropout) {
 #pragma unroll
-                for (int e = 0; e < 4; e++) c[0][e] = c[1][e] = 0.0f;
+                for (int cb = 0; cb < BC / 32; cb++) {
+                    const uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
+                                         ((uint64_t)(uint32_t)((n0 + cb * 32) >> 5) << 32);
+                    const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
 #pragma unroll
-                for (int kk = 0; kk < KC; kk++) {
-                    if (kk * 16 >= vk) break;
-                    const uint32_t ad[4] = {dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0], dsr[2 * kk + 1][1]};
-                    uint32_t bk[4];
-                    const int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
-                    ldsm_x4_t(bk, smem_u32(sK + swz<D>(key, col)));
-                    DT<T>::mma(c[0], ad, bk);
-                    DT<T>::mma(c[1], ad, bk + 2);
-                }
-                /* Lanes t and t ^ 1 swap halves so that each holds four consecutive
-                 * columns of one row (even t: row i0, odd t: row i1, columns from
-                 * 2 (t & ~1)): one 16-byte store or vector atomicAdd per atom, each
-                 * element still one binary32 add (the vector atom is element-wise). */
-                const bool odd = t & 1;
+                    for (int a4 = 0; a4 < 4; a4++) {
+                        uint32_t kb4 = 0;
 #pragma unroll
-                for (int x = 0; x < 2; x++) {
-                    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[x][0] : c[x][2], 1);
-                    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[x][1] : c[x][3], 1);
-                    const float4 v = odd ? make_float4(r0, r1, c[x][2], c[x][3])
-                                         : make_float4(c[x][0], c[x][1], r0, r1);
-                    const int dcol = np * 16 + x * 8 + 2 * (t & ~1);
-                    float4 *dst = reinterpret_cast<float4 *>((odd ? q1 : q0) + dcol);
-                    if ((odd ? i1 : i0) < sq) {
-                        if (P.deterministic) *dst = v;
-                        else atomic_add4(dst, v);
+                        for (int e = 0; e < 4; e++)
+                            if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
+                        keepbits[cb * 4 + a4] = kb4;
                     }
                 }
             }
-        }
-        __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
-
-        /* dV += Pv^T dO, dK += dSr^T Q: chains over the tile's rows, 16 at a time. */
+            /* dsr[a][r]: the dtype pair (columns a*8 + 2t, +1) of row g + 8r: the same bits the
+             * lane wrote to sdS, and in the accumulator layout an mma A fragment takes. */
+            uint32_t dsr[NA][2];
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; kk++) {
-            if (kk * 16 >= vr) break;
-            uint32_t ap[4], as[4];
-            const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = kb * 16 + (mi8 & 1) * 8;
-            ldsm_x4_t(ap, smem_u32(sP + swz<BC>(prow, pcol)));
-            ldsm_x4_t(as, smem_u32(sdS + swz<BC>(prow, pcol)));
+            for (int a = 0; a < NA; a++) {
+                float pv[4], ds[4];
 #pragma unroll
-            for (int np = 0; np < NDW / 2; np++) {
-                uint32_t bo[4], bq[4];
-                const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
-                ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
-                ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
-                DT<T>::mma(acc_dv[2 * np], ap, bo);
-                DT<T>::mma(acc_dv[2 * np + 1], ap, bo + 2);
-                DT<T>::mma(acc_dk[2 * np], as, bq);
-                DT<T>::mma(acc_dk[2 * np + 1], as, bq + 2);
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    const int i = row_base + g + 8 * r, j = n0 + a * 8 + 2 * t + (e & 1);
+                    const bool inr = rok[r] && j < sk;
+                    const bool vis = inr && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                    const bool kept = (keepbits[a] >> e) & 1u;
+                    float pe = 0.0f;
+                    if (vis && isfinite(l2[r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[a][e], sl2, -l2[r]));
+                    float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[a][e], dd[r])) : __fmul_rn(pe, -dd[r]);
+                    if (!inr) dse = 0.0f;
+                    pv[e] = kept ? pe : 0.0f;
+                    ds[e] = dse;
+                }
+                dsr[a][0] = DT<T>::pack(ds[0], ds[1]);
+                dsr[a][1] = DT<T>::pack(ds[2], ds[3]);
+                const int rl = warp * 16 + g, cl = a * 8 + 2 * t;
+                *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
+                *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
+                *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = dsr[a][0];
+                *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = dsr[a][1];
             }
-        }
+
+            /* dQ partial = dSr K: warp rows, chain over the tile's keys from 0. It needs only
+             * the warp's own dSr (registers: for keys kk*16.., the A fragment {rows g, g+8} x
+             * {columns 2t, 8+2t} is dsr[2kk][0], dsr[2kk][1], dsr[2kk+1][0], dsr[2kk+1][1],
+             * what ldmatrix of sdS returned) and K_n, so it runs before the barrier. */
+            {
+                constexpr int KC = BC / 16;
+                const int i0 = row_base + g, i1 = i0 + 8;
+                float *base = P.dq_acc;
+                if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
+                float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
+                float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
+#pragma unroll
+                for (int np = 0; np < ND / 2; np++) {
+                    float c[2][4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) c[0][e] = c[1][e] = 0.0f;
+#pragma unroll
+                    for (int kk = 0; kk < KC; kk++) {
+                        if (!FULL && kk * 16 >= vk) break;
+                        const uint32_t ad[4] = {dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0], dsr[2 * kk + 1][1]};
+                        uint32_t bk[4];
+                        const int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
+                        ldsm_x4_t(bk, smem_u32(sK + swz<D>(key, col)));
+                        DT<T>::mma(c[0], ad, bk);
+                        DT<T>::mma(c[1], ad, bk + 2);
+                    }
+                    /* Lanes t and t ^ 1 swap halves so that each holds four consecutive
+                     * columns of one row (even t: row i0, odd t: row i1, columns from
+                     * 2 (t & ~1)): one 16-byte store or vector atomicAdd per atom, each
+                     * element still one binary32 add (the vector atom is element-wise). */
+                    const bool odd = t & 1;
+#pragma unroll
+                    for (int x = 0; x < 2; x++) {
+                        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[x][0] : c[x][2], 1);
+                        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[x][1] : c[x][3], 1);
+                        const float4 v = odd ? make_float4(r0, r1, c[x][2], c[x][3])
+                                             : make_float4(c[x][0], c[x][1], r0, r1);
+                        const int dcol = np * 16 + x * 8 + 2 * (t & ~1);
+                        float4 *dst = reinterpret_cast<float4 *>((odd ? q1 : q0) + dcol);
+                        if ((odd ? i1 : i0) < sq) {
+                            if (P.deterministic) *dst = v;
+                            else atomic_add4(dst, v);
+                        }
+                    }
+                }
+            }
+            __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
+
+            /* dV += Pv^T dO, dK += dSr^T Q: chains over the tile's rows, 16 at a time. */
+#pragma unroll
+            for (int kk = 0; kk < BR / 16; kk++) {
+                if (!FULL && kk * 16 >= vr) break;
+                uint32_t ap[4], as[4];
+                const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = kb * 16 + (mi8 & 1) * 8;
+                ldsm_x4_t(ap, smem_u32(sP + swz<BC>(prow, pcol)));
+                ldsm_x4_t(as, smem_u32(sdS + swz<BC>(prow, pcol)));
+#pragma unroll
+                for (int np = 0; np < NDW / 2; np++) {
+                    uint32_t bo[4], bq[4];
+                    const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
+                    ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
+                    ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
+                    DT<T>::mma(acc_dv[2 * np], ap, bo);
+                    DT<T>::mma(acc_dv[2 * np + 1], ap, bo + 2);
+                    DT<T>::mma(acc_dk[2 * np], as, bq);
+                    DT<T>::mma(acc_dk[2 * np + 1], as, bq + 2);
+                }
+            }
+        };
+        if (vr == BR && vk == BC && dch * 16 == D) tile(std::true_type());
+        else tile(std::false_type());
         /* no barrier here: the next tile's first barrier closes this one */
     }
     cp_async_wait<0>();
