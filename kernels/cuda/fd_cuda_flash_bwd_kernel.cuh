@@ -342,6 +342,11 @@ int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t er
     auto kern = flash_bwd_kernel<T, D, BC>;
     const size_t smem = BwdTraits<D, BC>::SMEM;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    /* All of L1 as shared memory (the kernel reads global memory through cp.async.cg, which
+     * bypasses L1): two CTAs of up to 113 KB (d <= 128: 112 KB + 1 KB reserved each) fit
+     * an SM's 228 KB, as their registers do (<= 255 x 128 threads each). A hint only. */
+    FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               (int)cudaSharedmemCarveoutMaxShared));
     dim3 grid((unsigned)P.ntn, (unsigned)(P.B * P.H));
     kern<<<grid, 128, smem, st>>>(P);
     FD_LAUNCH_CHECK();
