@@ -10,7 +10,7 @@
  *   S = Q K^T and dP = dO V^T (warp w: rows 16w..16w+15, mma chains over the head dim
  *   from 0, only the 16-chunks that hold real head-dim columns); P, dS elementwise in
  *   binary32 (contract step 3); Pv and dSr rounded to the dtype into shared memory;
- *   dV += Pv^T dO and dK += dSr^T Q (warp: one 16-key block and a slice of the head dim;
+ *   dV += Pv^T dO and dK += dSr^T Q (warp: two 16-key blocks and a slice of the head dim;
  *   mma chains over the tile's rows, ascending, only the 16-chunks holding real rows);
  *   dQ partial = dSr K (warp: its 16 rows; mma chain over the tile's keys from 0, only
  *   chunks holding real keys), added into dq_accum by 16-byte vector atomicAdds (four
@@ -68,10 +68,15 @@ __device__ __forceinline__ void atomic_add4(float4 *p, float4 v)
 template <int D, int BC> struct BwdTraits {
     static constexpr int BR = 64, NW = 4, NT = 128;
     static constexpr int KB = BC / 16;           /* 16-key blocks of the tile */
-    static constexpr int DS = NW / KB;           /* head-dim slices per key block */
+    /* dK/dV: a warp owns KBW key blocks and a DW-column slice of the head dim, so that an
+     * ldmatrix of dO / Q feeds KBW mmas (per 16 rows: 2 KBW + DW / 8 fragment loads for
+     * KBW DW / 4 mmas; bc 64: 2 key groups x 2 slices, bc 32: 1 x 4). */
+    static constexpr int KBW = 2;                /* key blocks per warp */
+    static constexpr int KG = KB / KBW;          /* key groups */
+    static constexpr int DS = NW / KG;           /* head-dim slices per key group */
     static constexpr int DW = D / DS;            /* head-dim columns a warp accumulates */
     static constexpr int NDW = DW / 8;           /* its n-atoms */
-    static_assert(KB * DS == NW, "warps must cover the key blocks");
+    static_assert(KB % KBW == 0 && KG * DS == NW, "warps must cover the key blocks");
     static_assert(DW % 16 == 0, "head-dim slice must be a multiple of 16");
     static constexpr size_t SMEM = (size_t)(2 * BC * D + 4 * BR * D + 2 * BR * BC) * 2;
 };
@@ -111,13 +116,16 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
     const int m_hi = (sq + BR - 1) / BR;
     const int m_lo = bwd_first_row(P.mask, sq, sk, n0) / BR;
 
-    /* Warp's dK/dV slice: keys kb*16.., head-dim columns dbase.. */
-    const int kb = warp % TR::KB, dbase = (warp / TR::KB) * TR::DW;
-    float acc_dk[NDW][4], acc_dv[NDW][4];
+    /* Warp's dK/dV slice: keys kb0*16 .. (kb0 + KBW)*16 - 1, head-dim columns dbase.. */
+    constexpr int KBW = TR::KBW;
+    const int kb0 = (warp % TR::KG) * KBW, dbase = (warp / TR::KG) * TR::DW;
+    float acc_dk[KBW][NDW][4], acc_dv[KBW][NDW][4];
 #pragma unroll
-    for (int a = 0; a < NDW; a++)
+    for (int x = 0; x < KBW; x++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc_dk[a][e] = acc_dv[a][e] = 0.0f;
+        for (int a = 0; a < NDW; a++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc_dk[x][a][e] = acc_dv[x][a][e] = 0.0f;
 
     const int dch = (P.d + 15) / 16; /* 16-chunks of the head dim holding real columns */
     const float sl2 = P.scale_log2;
@@ -295,20 +303,26 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
 #pragma unroll
             for (int kk = 0; kk < BR / 16; kk++) {
                 if (!FULL && kk * 16 >= vr) break;
-                uint32_t ap[4], as[4];
-                const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = kb * 16 + (mi8 & 1) * 8;
-                ldsm_x4_t(ap, smem_u32(sP + swz<BC>(prow, pcol)));
-                ldsm_x4_t(as, smem_u32(sdS + swz<BC>(prow, pcol)));
+                uint32_t ap[KBW][4], as[KBW][4];
+#pragma unroll
+                for (int x = 0; x < KBW; x++) {
+                    const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = (kb0 + x) * 16 + (mi8 & 1) * 8;
+                    ldsm_x4_t(ap[x], smem_u32(sP + swz<BC>(prow, pcol)));
+                    ldsm_x4_t(as[x], smem_u32(sdS + swz<BC>(prow, pcol)));
+                }
 #pragma unroll
                 for (int np = 0; np < NDW / 2; np++) {
                     uint32_t bo[4], bq[4];
                     const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
                     ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
                     ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
-                    DT<T>::mma(acc_dv[2 * np], ap, bo);
-                    DT<T>::mma(acc_dv[2 * np + 1], ap, bo + 2);
-                    DT<T>::mma(acc_dk[2 * np], as, bq);
-                    DT<T>::mma(acc_dk[2 * np + 1], as, bq + 2);
+#pragma unroll
+                    for (int x = 0; x < KBW; x++) {
+                        DT<T>::mma(acc_dv[x][2 * np], ap[x], bo);
+                        DT<T>::mma(acc_dv[x][2 * np + 1], ap[x], bo + 2);
+                        DT<T>::mma(acc_dk[x][2 * np], as[x], bq);
+                        DT<T>::mma(acc_dk[x][2 * np + 1], as[x], bq + 2);
+                    }
                 }
             }
         };
@@ -320,18 +334,20 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
 
     /* Epilogue: per query head dK * srp, dV * rp in binary32 (step 5's dX_h). */
 #pragma unroll
+    for (int x = 0; x < KBW; x++)
+#pragma unroll
     for (int r = 0; r < 2; r++) {
-        const int j = n0 + kb * 16 + g + 8 * r;
+        const int j = n0 + (kb0 + x) * 16 + g + 8 * r;
         if (j >= sk) continue;
         float *dk = P.dk_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
         float *dv = P.dv_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
 #pragma unroll
         for (int a = 0; a < NDW; a++) {
             const int c = a * 8 + 2 * t;
-            *reinterpret_cast<float2 *>(dk + c) =
-                make_float2(__fmul_rn(acc_dk[a][2 * r], P.srp), __fmul_rn(acc_dk[a][2 * r + 1], P.srp));
-            *reinterpret_cast<float2 *>(dv + c) =
-                make_float2(__fmul_rn(acc_dv[a][2 * r], P.rp), __fmul_rn(acc_dv[a][2 * r + 1], P.rp));
+            *reinterpret_cast<float2 *>(dk + c) = make_float2(__fmul_rn(acc_dk[x][a][2 * r], P.srp),
+                                                              __fmul_rn(acc_dk[x][a][2 * r + 1], P.srp));
+            *reinterpret_cast<float2 *>(dv + c) = make_float2(__fmul_rn(acc_dv[x][a][2 * r], P.rp),
+                                                              __fmul_rn(acc_dv[x][a][2 * r + 1], P.rp));
         }
     }
 }
