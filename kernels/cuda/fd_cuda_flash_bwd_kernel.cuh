@@ -9,15 +9,16 @@
  * from the last to the first, Q_m and dO_m double buffered by cp.async. Per tile:
  *   S = Q K^T and dP = dO V^T (warp w: rows 16w..16w+15, mma chains over the head dim
  *   from 0, only the 16-chunks that hold real head-dim columns); P, dS elementwise in
- *   binary32 (contract step 3); Pv and dSr rounded to the dtype into shared memory;
- *   dV += Pv^T dO and dK += dSr^T Q (warp: two 16-key blocks and a slice of the head dim;
- *   mma chains over the tile's rows, ascending, only the 16-chunks holding real rows);
- *   dQ partial = dSr K (warp: its 16 rows; mma chain over the tile's keys from 0, only
- *   chunks holding real keys), added into dq_accum by 16-byte vector atomicAdds (four
- *   consecutive columns of a row per lane after a swap with the neighbouring lane) or
- *   stored likewise in the key tile's own buffer. dK/dV stay in registers across query
- *   tiles; at the end dK * srp and dV * rp are written per query head in binary32 (the
- *   GQA sum is a later kernel). */
+ *   binary32 (contract step 3); Pv and dSr rounded to the dtype into shared memory, dSr
+ *   also kept in registers; dQ partial = dSr K (warp: its 16 rows, A from registers;
+ *   mma chain over the tile's keys from 0, only chunks holding real keys), added into
+ *   dq_accum by 16-byte vector atomicAdds (four consecutive columns of a row per lane
+ *   after a swap with the neighbouring lane) or stored likewise in the key tile's own
+ *   buffer; one barrier; dV += Pv^T dO and dK += dSr^T Q (warp: two 16-key blocks and a
+ *   slice of the head dim; mma chains over the tile's rows, ascending, only the
+ *   16-chunks holding real rows). The next tile's opening barrier closes the tile. dK/dV
+ *   stay in registers across query tiles; at the end dK * srp and dV * rp are written
+ *   per query head in binary32 (the GQA sum is a later kernel). */
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
