@@ -80,10 +80,13 @@ template <int D, int BC> struct BwdTraits {
     static_assert(KB % KBW == 0 && KG * DS == NW, "warps must cover the key blocks");
     static_assert(DW % 16 == 0, "head-dim slice must be a multiple of 16");
     static constexpr size_t SMEM = (size_t)(2 * BC * D + 4 * BR * D + 2 * BR * BC) * 2;
+    /* CTAs an SM should hold: 3 (12 warps, <= 168 registers a thread) where three CTAs'
+     * shared memory fits (head dim <= 64), else 2 (what 255 registers allow). */
+    static constexpr int MINB = D <= 64 ? 3 : 2;
 };
 
 template <typename T, int D, int BC>
-__global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
+__global__ void __launch_bounds__(128, BwdTraits<D, BC>::MINB) flash_bwd_kernel(const BwdParams P)
 {
     using TR = BwdTraits<D, BC>;
     constexpr int BR = TR::BR;
