@@ -9,16 +9,20 @@
  * from the last to the first, Q_m and dO_m double buffered by cp.async. Per tile:
  *   S = Q K^T and dP = dO V^T (warp w: rows 16w..16w+15, mma chains over the head dim
  *   from 0, only the 16-chunks that hold real head-dim columns); P, dS elementwise in
- *   binary32 (contract step 3); Pv and dSr rounded to the dtype into shared memory;
- *   dV += Pv^T dO and dK += dSr^T Q (warp: one 16-key block and a slice of the head dim;
- *   mma chains over the tile's rows, ascending, only the 16-chunks holding real rows);
- *   dQ partial = dSr K (warp: its 16 rows; mma chain over the tile's keys from 0, only
- *   chunks holding real keys), atomicAdd into dq_accum or stored in the key tile's own
- *   buffer. dK/dV stay in registers across query tiles; at the end dK * srp and dV * rp
- *   are written per query head in binary32 (the GQA sum is a later kernel). */
+ *   binary32 (contract step 3); Pv and dSr rounded to the dtype into shared memory, dSr
+ *   also kept in registers; dQ partial = dSr K (warp: its 16 rows, A from registers;
+ *   mma chain over the tile's keys from 0, only chunks holding real keys), added into
+ *   dq_accum by 16-byte vector atomicAdds (four consecutive columns of a row per lane
+ *   after a swap with the neighbouring lane) or stored likewise in the key tile's own
+ *   buffer; one barrier; dV += Pv^T dO and dK += dSr^T Q (warp: two 16-key blocks and a
+ *   slice of the head dim; mma chains over the tile's rows, ascending, only the
+ *   16-chunks holding real rows). The next tile's opening barrier closes the tile. dK/dV
+ *   stay in registers across query tiles; at the end dK * srp and dV * rp are written
+ *   per query head in binary32 (the GQA sum is a later kernel). */
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
+#include <type_traits>
 
 namespace fd_flash {
 
@@ -50,19 +54,39 @@ __host__ __device__ __forceinline__ int bwd_first_row(int mask, int sq, int sk, 
     return (int)i0;
 }
 
+/* Four binary32 atomic adds, one per element (sm_90's vector atomicAdd is element-wise:
+ * each element's add is atomic on its own, as four scalar atomicAdds). */
+__device__ __forceinline__ void atomic_add4(float4 *p, float4 v)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(p, v);
+#else
+    float *f = reinterpret_cast<float *>(p);
+    atomicAdd(f, v.x); atomicAdd(f + 1, v.y); atomicAdd(f + 2, v.z); atomicAdd(f + 3, v.w);
+#endif
+}
+
 template <int D, int BC> struct BwdTraits {
     static constexpr int BR = 64, NW = 4, NT = 128;
     static constexpr int KB = BC / 16;           /* 16-key blocks of the tile */
-    static constexpr int DS = NW / KB;           /* head-dim slices per key block */
+    /* dK/dV: a warp owns KBW key blocks and a DW-column slice of the head dim, so that an
+     * ldmatrix of dO / Q feeds KBW mmas (per 16 rows: 2 KBW + DW / 8 fragment loads for
+     * KBW DW / 4 mmas; bc 64: 2 key groups x 2 slices, bc 32: 1 x 4). */
+    static constexpr int KBW = 2;                /* key blocks per warp */
+    static constexpr int KG = KB / KBW;          /* key groups */
+    static constexpr int DS = NW / KG;           /* head-dim slices per key group */
     static constexpr int DW = D / DS;            /* head-dim columns a warp accumulates */
     static constexpr int NDW = DW / 8;           /* its n-atoms */
-    static_assert(KB * DS == NW, "warps must cover the key blocks");
+    static_assert(KB % KBW == 0 && KG * DS == NW, "warps must cover the key blocks");
     static_assert(DW % 16 == 0, "head-dim slice must be a multiple of 16");
     static constexpr size_t SMEM = (size_t)(2 * BC * D + 4 * BR * D + 2 * BR * BC) * 2;
+    /* CTAs an SM should hold: 3 (12 warps, <= 168 registers a thread) where three CTAs'
+     * shared memory fits (head dim <= 64), else 2 (what 255 registers allow). */
+    static constexpr int MINB = D <= 64 ? 3 : 2;
 };
 
 template <typename T, int D, int BC>
-__global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
+__global__ void __launch_bounds__(128, BwdTraits<D, BC>::MINB) flash_bwd_kernel(const BwdParams P)
 {
     using TR = BwdTraits<D, BC>;
     constexpr int BR = TR::BR;
@@ -96,13 +120,16 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
     const int m_hi = (sq + BR - 1) / BR;
     const int m_lo = bwd_first_row(P.mask, sq, sk, n0) / BR;
 
-    /* Warp's dK/dV slice: keys kb*16.., head-dim columns dbase.. */
-    const int kb = warp % TR::KB, dbase = (warp / TR::KB) * TR::DW;
-    float acc_dk[NDW][4], acc_dv[NDW][4];
+    /* Warp's dK/dV slice: keys kb0*16 .. (kb0 + KBW)*16 - 1, head-dim columns dbase.. */
+    constexpr int KBW = TR::KBW;
+    const int kb0 = (warp % TR::KG) * KBW, dbase = (warp / TR::KG) * TR::DW;
+    float acc_dk[KBW][NDW][4], acc_dv[KBW][NDW][4];
 #pragma unroll
-    for (int a = 0; a < NDW; a++)
+    for (int x = 0; x < KBW; x++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc_dk[a][e] = acc_dv[a][e] = 0.0f;
+        for (int a = 0; a < NDW; a++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc_dk[x][a][e] = acc_dv[x][a][e] = 0.0f;
 
     const int dch = (P.d + 15) / 16; /* 16-chunks of the head dim holding real columns */
     const float sl2 = P.scale_log2;
@@ -117,46 +144,11 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
     }
     int stage = 0;
     for (int m = m_hi - 1; m >= m_lo; m--, stage ^= 1) {
-        if (m - 1 >= m_lo) {
-            load_tile<T, D, BR, 128>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
-            load_tile<T, D, BR, 128>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        const T *cQ = sQ + stage * BR * D;
-        const T *cdO = sdO + stage * BR * D;
         const int m0 = m * BR;
         const int vr = min(BR, sq - m0); /* real rows of the tile */
-
-        /* S = Q K^T, dP = dO V^T: warp rows 16 warp .. +15, chains over the head dim. */
-        float s[NA][4], dp[NA][4];
-#pragma unroll
-        for (int a = 0; a < NA; a++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[a][e] = dp[a][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            if (kk >= dch) break;
-            uint32_t aq[4], ao[4];
-            const int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-            ldsm_x4(aq, smem_u32(cQ + swz<D>(row, col)));
-            ldsm_x4(ao, smem_u32(cdO + swz<D>(row, col)));
-#pragma unroll
-            for (int np = 0; np < NA / 2; np++) {
-                uint32_t bk[4], bv[4];
-                const int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), c2 = kk * 16 + (mi8 & 1) * 8;
-                ldsm_x4(bk, smem_u32(sK + swz<D>(key, c2)));
-                ldsm_x4(bv, smem_u32(sV + swz<D>(key, c2)));
-                DT<T>::mma(s[2 * np], aq, bk);
-                DT<T>::mma(s[2 * np + 1], aq, bk + 2);
-                DT<T>::mma(dp[2 * np], ao, bv);
-                DT<T>::mma(dp[2 * np + 1], ao, bv + 2);
-            }
-        }
-
-        /* P, dS (binary32, contract step 3), Pv and dSr to shared memory in the dtype. */
         const int row_base = m0 + warp * 16;
+        /* lse2 and D' of the warp's rows, loaded before the wait so that their latency
+         * overlaps it and the MMAs below. */
         float l2[2], dd[2];
         bool rok[2];
 #pragma unroll
@@ -166,130 +158,200 @@ __global__ void __launch_bounds__(128, 1) flash_bwd_kernel(const BwdParams P)
             l2[r] = rok[r] ? lse2[i] : INFINITY;
             dd[r] = rok[r] ? dpre[i] : 0.0f;
         }
-        uint32_t keepbits[NA]; /* bit e of atom a: element kept by dropout */
-#pragma unroll
-        for (int a = 0; a < NA; a++) keepbits[a] = 0xfu;
-        if (P.dropout) {
-#pragma unroll
-            for (int cb = 0; cb < BC / 32; cb++) {
-                const uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
-                                     ((uint64_t)(uint32_t)((n0 + cb * 32) >> 5) << 32);
-                const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
-#pragma unroll
-                for (int a4 = 0; a4 < 4; a4++) {
-                    uint32_t kb4 = 0;
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
-                    keepbits[cb * 4 + a4] = kb4;
-                }
-            }
-        }
-#pragma unroll
-        for (int a = 0; a < NA; a++) {
-            float pv[4], ds[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1;
-                const int i = row_base + g + 8 * r, j = n0 + a * 8 + 2 * t + (e & 1);
-                const bool inr = rok[r] && j < sk;
-                const bool vis = inr && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
-                const bool kept = (keepbits[a] >> e) & 1u;
-                float pe = 0.0f;
-                if (vis && isfinite(l2[r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[a][e], sl2, -l2[r]));
-                float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[a][e], dd[r])) : __fmul_rn(pe, -dd[r]);
-                if (!inr) dse = 0.0f;
-                pv[e] = kept ? pe : 0.0f;
-                ds[e] = dse;
-            }
-            const int rl = warp * 16 + g, cl = a * 8 + 2 * t;
-            *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
-            *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
-            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = DT<T>::pack(ds[0], ds[1]);
-            *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
-        }
+        /* One barrier both publishes tile m (and, the first time, K_n, V_n) and closes the
+         * previous tile: every warp is past its reads of the other stage and of sP/sdS, so
+         * the prefetch below and this tile's sP/sdS stores may overwrite them. */
+        cp_async_wait<0>();
         __syncthreads();
-
-        /* dV += Pv^T dO, dK += dSr^T Q: chains over the tile's rows, 16 at a time. */
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; kk++) {
-            if (kk * 16 >= vr) break;
-            uint32_t ap[4], as[4];
-            const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = kb * 16 + (mi8 & 1) * 8;
-            ldsm_x4_t(ap, smem_u32(sP + swz<BC>(prow, pcol)));
-            ldsm_x4_t(as, smem_u32(sdS + swz<BC>(prow, pcol)));
-#pragma unroll
-            for (int np = 0; np < NDW / 2; np++) {
-                uint32_t bo[4], bq[4];
-                const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
-                ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
-                ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
-                DT<T>::mma(acc_dv[2 * np], ap, bo);
-                DT<T>::mma(acc_dv[2 * np + 1], ap, bo + 2);
-                DT<T>::mma(acc_dk[2 * np], as, bq);
-                DT<T>::mma(acc_dk[2 * np + 1], as, bq + 2);
-            }
+        if (m - 1 >= m_lo) {
+            load_tile<T, D, BR, 128>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            load_tile<T, D, BR, 128>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            cp_async_commit();
         }
+        /* The tile's work, compiled twice: FULL (every row, key and head-dim chunk real:
+         * all tiles but the last query tile and the last key tile when sq, sk are not
+         * multiples of the tile, or head_dim below the padded dim) has no data-dependent
+         * exits in its unrolled loops, so the compiler may interleave loads and mma chains
+         * freely; the general version skips the chunks with no real row / key / column.
+         * Both run the same mma chains in the same order on the same operands. */
+        auto tile = [&](auto full_tag) {
+            constexpr bool FULL = decltype(full_tag)::value;
+            const T *cQ = sQ + stage * BR * D;
+            const T *cdO = sdO + stage * BR * D;
 
-        /* dQ partial = dSr K: warp rows, chain over the tile's keys from 0. */
-        {
-            constexpr int KC = BC / 16;
-            uint32_t ad[KC][4];
+            /* S = Q K^T, dP = dO V^T: warp rows 16 warp .. +15, chains over the head dim. */
+            float s[NA][4], dp[NA][4];
 #pragma unroll
-            for (int kk = 0; kk < KC; kk++) {
+            for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[a][e] = dp[a][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                if (!FULL && kk >= dch) break;
+                uint32_t aq[4], ao[4];
                 const int row = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-                ldsm_x4(ad[kk], smem_u32(sdS + swz<BC>(row, col)));
-            }
-            const int i0 = row_base + g, i1 = i0 + 8;
-            float *base = P.dq_acc;
-            if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
-            float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
-            float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
+                ldsm_x4(aq, smem_u32(cQ + swz<D>(row, col)));
+                ldsm_x4(ao, smem_u32(cdO + swz<D>(row, col)));
 #pragma unroll
-            for (int np = 0; np < ND / 2; np++) {
-                float c[2][4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) c[0][e] = c[1][e] = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < KC; kk++) {
-                    if (kk * 16 >= vk) break;
-                    uint32_t bk[4];
-                    const int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
-                    ldsm_x4_t(bk, smem_u32(sK + swz<D>(key, col)));
-                    DT<T>::mma(c[0], ad[kk], bk);
-                    DT<T>::mma(c[1], ad[kk], bk + 2);
+                for (int np = 0; np < NA / 2; np++) {
+                    uint32_t bk[4], bv[4];
+                    const int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), c2 = kk * 16 + (mi8 & 1) * 8;
+                    ldsm_x4(bk, smem_u32(sK + swz<D>(key, c2)));
+                    ldsm_x4(bv, smem_u32(sV + swz<D>(key, c2)));
+                    DT<T>::mma(s[2 * np], aq, bk);
+                    DT<T>::mma(s[2 * np + 1], aq, bk + 2);
+                    DT<T>::mma(dp[2 * np], ao, bv);
+                    DT<T>::mma(dp[2 * np + 1], ao, bv + 2);
                 }
+            }
+
+            /* P, dS (binary32, contract step 3); Pv and dSr rounded to the dtype into shared
+             * memory (the transposed A operands of dV and dK), dSr also kept in registers. */
+            uint32_t keepbits[NA]; /* bit e of atom a: element kept by dropout */
 #pragma unroll
-                for (int x = 0; x < 2; x++) {
-                    const int dcol = np * 16 + x * 8 + 2 * t;
-                    if (P.deterministic) {
-                        if (i0 < sq) *reinterpret_cast<float2 *>(q0 + dcol) = make_float2(c[x][0], c[x][1]);
-                        if (i1 < sq) *reinterpret_cast<float2 *>(q1 + dcol) = make_float2(c[x][2], c[x][3]);
-                    } else {
-                        if (i0 < sq) { atomicAdd(q0 + dcol, c[x][0]); atomicAdd(q0 + dcol + 1, c[x][1]); }
-                        if (i1 < sq) { atomicAdd(q1 + dcol, c[x][2]); atomicAdd(q1 + dcol + 1, c[x][3]); }
+            for (int a = 0; a < NA; a++) keepbits[a] = 0xfu;
+            if (P.dropout) {
+#pragma unroll
+                for (int cb = 0; cb < BC / 32; cb++) {
+                    const uint64_t sub = (uint64_t)(uint32_t)(row_base >> 4) |
+                                         ((uint64_t)(uint32_t)((n0 + cb * 32) >> 5) << 32);
+                    const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
+#pragma unroll
+                    for (int a4 = 0; a4 < 4; a4++) {
+                        uint32_t kb4 = 0;
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
+                        keepbits[cb * 4 + a4] = kb4;
                     }
                 }
             }
-        }
-        __syncthreads(); /* sP/sdS and this stage are rewritten next iteration */
+            /* dsr[a][r]: the dtype pair (columns a*8 + 2t, +1) of row g + 8r: the same bits the
+             * lane wrote to sdS, and in the accumulator layout an mma A fragment takes. */
+            uint32_t dsr[NA][2];
+#pragma unroll
+            for (int a = 0; a < NA; a++) {
+                float pv[4], ds[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    const int i = row_base + g + 8 * r, j = n0 + a * 8 + 2 * t + (e & 1);
+                    const bool inr = rok[r] && j < sk;
+                    const bool vis = inr && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                    const bool kept = (keepbits[a] >> e) & 1u;
+                    float pe = 0.0f;
+                    if (vis && isfinite(l2[r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[a][e], sl2, -l2[r]));
+                    float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[a][e], dd[r])) : __fmul_rn(pe, -dd[r]);
+                    if (!inr) dse = 0.0f;
+                    pv[e] = kept ? pe : 0.0f;
+                    ds[e] = dse;
+                }
+                dsr[a][0] = DT<T>::pack(ds[0], ds[1]);
+                dsr[a][1] = DT<T>::pack(ds[2], ds[3]);
+                const int rl = warp * 16 + g, cl = a * 8 + 2 * t;
+                *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
+                *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
+                *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = dsr[a][0];
+                *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = dsr[a][1];
+            }
+
+            /* dQ partial = dSr K: warp rows, chain over the tile's keys from 0. It needs only
+             * the warp's own dSr (registers: for keys kk*16.., the A fragment {rows g, g+8} x
+             * {columns 2t, 8+2t} is dsr[2kk][0], dsr[2kk][1], dsr[2kk+1][0], dsr[2kk+1][1],
+             * what ldmatrix of sdS returned) and K_n, so it runs before the barrier. */
+            {
+                constexpr int KC = BC / 16;
+                const int i0 = row_base + g, i1 = i0 + 8;
+                float *base = P.dq_acc;
+                if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
+                float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
+                float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
+#pragma unroll
+                for (int np = 0; np < ND / 2; np++) {
+                    float c[2][4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) c[0][e] = c[1][e] = 0.0f;
+#pragma unroll
+                    for (int kk = 0; kk < KC; kk++) {
+                        if (!FULL && kk * 16 >= vk) break;
+                        const uint32_t ad[4] = {dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0], dsr[2 * kk + 1][1]};
+                        uint32_t bk[4];
+                        const int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
+                        ldsm_x4_t(bk, smem_u32(sK + swz<D>(key, col)));
+                        DT<T>::mma(c[0], ad, bk);
+                        DT<T>::mma(c[1], ad, bk + 2);
+                    }
+                    /* Lanes t and t ^ 1 swap halves so that each holds four consecutive
+                     * columns of one row (even t: row i0, odd t: row i1, columns from
+                     * 2 (t & ~1)): one 16-byte store or vector atomicAdd per atom, each
+                     * element still one binary32 add (the vector atom is element-wise). */
+                    const bool odd = t & 1;
+#pragma unroll
+                    for (int x = 0; x < 2; x++) {
+                        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[x][0] : c[x][2], 1);
+                        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[x][1] : c[x][3], 1);
+                        const float4 v = odd ? make_float4(r0, r1, c[x][2], c[x][3])
+                                             : make_float4(c[x][0], c[x][1], r0, r1);
+                        const int dcol = np * 16 + x * 8 + 2 * (t & ~1);
+                        float4 *dst = reinterpret_cast<float4 *>((odd ? q1 : q0) + dcol);
+                        if ((odd ? i1 : i0) < sq) {
+                            if (P.deterministic) *dst = v;
+                            else atomic_add4(dst, v);
+                        }
+                    }
+                }
+            }
+            __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
+
+            /* dV += Pv^T dO, dK += dSr^T Q: chains over the tile's rows, 16 at a time. */
+#pragma unroll
+            for (int kk = 0; kk < BR / 16; kk++) {
+                if (!FULL && kk * 16 >= vr) break;
+                uint32_t ap[KBW][4], as[KBW][4];
+#pragma unroll
+                for (int x = 0; x < KBW; x++) {
+                    const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = (kb0 + x) * 16 + (mi8 & 1) * 8;
+                    ldsm_x4_t(ap[x], smem_u32(sP + swz<BC>(prow, pcol)));
+                    ldsm_x4_t(as[x], smem_u32(sdS + swz<BC>(prow, pcol)));
+                }
+#pragma unroll
+                for (int np = 0; np < NDW / 2; np++) {
+                    uint32_t bo[4], bq[4];
+                    const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
+                    ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
+                    ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
+#pragma unroll
+                    for (int x = 0; x < KBW; x++) {
+                        DT<T>::mma(acc_dv[x][2 * np], ap[x], bo);
+                        DT<T>::mma(acc_dv[x][2 * np + 1], ap[x], bo + 2);
+                        DT<T>::mma(acc_dk[x][2 * np], as[x], bq);
+                        DT<T>::mma(acc_dk[x][2 * np + 1], as[x], bq + 2);
+                    }
+                }
+            }
+        };
+        if (vr == BR && vk == BC && dch * 16 == D) tile(std::true_type());
+        else tile(std::false_type());
+        /* no barrier here: the next tile's first barrier closes this one */
     }
     cp_async_wait<0>();
 
     /* Epilogue: per query head dK * srp, dV * rp in binary32 (step 5's dX_h). */
 #pragma unroll
+    for (int x = 0; x < KBW; x++)
+#pragma unroll
     for (int r = 0; r < 2; r++) {
-        const int j = n0 + kb * 16 + g + 8 * r;
+        const int j = n0 + (kb0 + x) * 16 + g + 8 * r;
         if (j >= sk) continue;
         float *dk = P.dk_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
         float *dv = P.dv_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
 #pragma unroll
         for (int a = 0; a < NDW; a++) {
             const int c = a * 8 + 2 * t;
-            *reinterpret_cast<float2 *>(dk + c) =
-                make_float2(__fmul_rn(acc_dk[a][2 * r], P.srp), __fmul_rn(acc_dk[a][2 * r + 1], P.srp));
-            *reinterpret_cast<float2 *>(dv + c) =
-                make_float2(__fmul_rn(acc_dv[a][2 * r], P.rp), __fmul_rn(acc_dv[a][2 * r + 1], P.rp));
+            *reinterpret_cast<float2 *>(dk + c) = make_float2(__fmul_rn(acc_dk[x][a][2 * r], P.srp),
+                                                              __fmul_rn(acc_dk[x][a][2 * r + 1], P.srp));
+            *reinterpret_cast<float2 *>(dv + c) = make_float2(__fmul_rn(acc_dv[x][a][2 * r], P.rp),
+                                                              __fmul_rn(acc_dv[x][a][2 * r + 1], P.rp));
         }
     }
 }
@@ -300,6 +362,11 @@ int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t er
     auto kern = flash_bwd_kernel<T, D, BC>;
     const size_t smem = BwdTraits<D, BC>::SMEM;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    /* All of L1 as shared memory (the kernel reads global memory through cp.async.cg, which
+     * bypasses L1): two CTAs of up to 113 KB (d <= 128: 112 KB + 1 KB reserved each) fit
+     * an SM's 228 KB, as their registers do (<= 255 x 128 threads each). A hint only. */
+    FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               (int)cudaSharedmemCarveoutMaxShared));
     dim3 grid((unsigned)P.ntn, (unsigned)(P.B * P.H));
     kern<<<grid, 128, smem, st>>>(P);
     FD_LAUNCH_CHECK();
