@@ -17,19 +17,27 @@
 #include "fd_run.h"
 #include "fd_runfile.h"
 
-/* summary.md gets the imported outputs against each other. */
-static int append_import_md(const json_t *report, const char *md, char *err, size_t errlen)
+/* A new version of summary.md that starts with the current one (fd_doc: written
+ * atomically by fd_doc_commit). */
+static int open_append(fd_doc *doc, const char *md, char *err, size_t errlen)
 {
-    fd_doc doc;
-    if (fd_doc_open(&doc, md, err, errlen)) return -1;
-    FILE *f = doc.f;
+    if (fd_doc_open(doc, md, err, errlen)) return -1;
     FILE *in = fopen(md, "r");
     if (in) {
         char blk[4096];
         size_t n;
-        while ((n = fread(blk, 1, sizeof blk, in)) > 0) fwrite(blk, 1, n, f);
+        while ((n = fread(blk, 1, sizeof blk, in)) > 0) fwrite(blk, 1, n, doc->f);
         fclose(in);
     }
+    return 0;
+}
+
+/* summary.md gets the imported outputs against each other. */
+static int append_import_md(const json_t *report, const char *md, char *err, size_t errlen)
+{
+    fd_doc doc;
+    if (open_append(&doc, md, err, errlen)) return -1;
+    FILE *f = doc.f;
     fprintf(f, "\n## Imported outputs against each other\n\n");
     fprintf(f, "| case | a | b | max abs | rel l2 | max ulp | identical |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     size_t i;
@@ -59,15 +67,8 @@ static const char *jstr(const json_t *j, const char *k)
 static int append_capture_md(const json_t *cap, const char *md, char *err, size_t errlen)
 {
     fd_doc doc;
-    if (fd_doc_open(&doc, md, err, errlen)) return -1;
+    if (open_append(&doc, md, err, errlen)) return -1;
     FILE *f = doc.f;
-    FILE *in = fopen(md, "r");
-    if (in) {
-        char blk[4096];
-        size_t n;
-        while ((n = fread(blk, 1, sizeof blk, in)) > 0) fwrite(blk, 1, n, f);
-        fclose(in);
-    }
     fprintf(f, "\n## Training step: ");
     fd_md_text(f, jstr(cap, "model"));
     fprintf(f, " (");
