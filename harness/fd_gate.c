@@ -608,6 +608,36 @@ oom:
     return -1;
 }
 
+/* A standard output someone else supplied (imported eager attention): the run judged it
+ * by its standard rule (docs/import.md); the gate holds it to that rule's limit, for the
+ * output and each gradient, as the report records them. */
+static int supplied_standard(const json_t *b)
+{
+    const char *role = json_string_value(json_object_get(b, "role"));
+    const char *origin = json_string_value(json_object_get(b, "origin"));
+    return role && origin && !strcmp(role, "standard") && !strcmp(origin, "given") && json_object_get(b, "fa_limit");
+}
+
+static int eval_standard_rule(fd_gate_result *g, int ci, const char *name, const json_t *b, fd_verdict *v)
+{
+    static const char *const parts[] = {NULL, "dq", "dk", "dv"};
+    for (int i = 0; i < 4; i++) {
+        const json_t *m = parts[i] ? json_object_get(json_object_get(b, "grad"), parts[i]) : b;
+        if (!m || !json_object_get(m, "fa_limit")) continue;
+        const double x = fd_json_number(json_object_get(m, "max_abs"));
+        const double lim = fd_json_number(json_object_get(m, "fa_limit"));
+        char metric[40];
+        snprintf(metric, sizeof metric, "%s%sstandard_rule", parts[i] ? parts[i] : "", parts[i] ? "." : "");
+        if (!(x <= lim)) {
+            worsen(v, FD_FAIL);
+            if (add_item(g, ci, name, metric, x, lim, FD_FAIL, "%s%s%s max_abs %.3g > %.3g (the run's standard rule "
+                         "against the computed standard)", name, parts[i] ? " " : "", parts[i] ? parts[i] : "", x, lim))
+                return -1;
+        }
+    }
+    return 0;
+}
+
 int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *baseline,
                  fd_gate_result *g, char *err, size_t errlen)
 {
@@ -629,9 +659,26 @@ int fd_gate_eval(const fd_gate_policy *p, const json_t *report, const json_t *ba
         const char *key;
         json_t *b;
         json_object_foreach(json_object_get(c, "backends"), key, b) {
-            if (!fd_gate_backend_gated(p, key, b)) continue;
-            note_backend(g, key);
-            if (eval_backend(p, g, ci, c, key, b, base_case, &v)) goto oom;
+            if (fd_gate_backend_gated(p, key, b)) {
+                note_backend(g, key);
+                if (eval_backend(p, g, ci, c, key, b, base_case, &v)) goto oom;
+            } else if (!*p->backends && supplied_standard(b)) {
+                note_backend(g, key);
+                if (eval_standard_rule(g, ci, key, b, &v)) goto oom;
+            }
+        }
+        /* An output the model consumed in the wrong layout (a capture's used_NAME): the
+         * run's finding, whatever the metrics of the attention output itself. */
+        size_t ui;
+        json_t *u;
+        json_array_foreach(json_object_get(json_object_get(c, "import"), "used"), ui, u) {
+            const char *lay = json_string_value(json_object_get(u, "layout"));
+            if (!lay || strcmp(lay, "heads_not_transposed")) continue;
+            worsen(&v, FD_FAIL);
+            if (add_item(g, ci, json_string_value(json_object_get(u, "output")), "consumed", NAN, NAN, FD_FAIL,
+                         "output consumed with its heads merged without the transpose (used_%s)",
+                         json_string_value(json_object_get(u, "output"))))
+                goto oom;
         }
         /* The run could apply no rule at all (no standard output, no reference): a failure. */
         if (!strcmp(json_string_value(json_object_get(c, "verdict")), "UNJUDGED")) {

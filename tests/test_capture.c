@@ -235,6 +235,25 @@ Test(capture, wrong_eager_call_is_explained)
     json_decref(r);
 }
 
+/* check, and gate on check's report with the shipped CI policy, agree on every capture */
+Test(capture, gate_agrees_with_check)
+{
+    static const char *const runs[] = {"eager", "sdpa", "flash-reshape-bug", "flash-postln"};
+    char dir[2048];
+    for (int i = 0; i < 5; i++) {
+        const char *run = i < 4 ? cap(runs[i]) : plant_layout_bug("eager", dir, sizeof dir);
+        char out[2048], rep[2200];
+        tu_dir(out, sizeof out);
+        const int crc = fd("check", "--tensors", run, "--out", out, "--quiet");
+        snprintf(rep, sizeof rep, "%s/report.json", out);
+        char pol[2048];
+        snprintf(pol, sizeof pol, "%s", tu_path(TU_SOURCE, "cases/policy-ci.json"));
+        const int grc = fd("gate", rep, "--policy", pol, "--no-baseline", NULL);
+        cr_expect(crc == 0 || crc == 1, "%s: check exit %d", run, crc);
+        cr_expect_eq(grc, crc, "%s: gate exit %d, check exit %d: %s", run, grc, crc, g_err);
+    }
+}
+
 static void expect_usage_error(const char *what, const char *run_a, const char *run_b, const char *needle)
 {
     char out[2048], sub[2100];
