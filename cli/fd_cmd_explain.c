@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fd_capture.h"
 #include "fd_cmds.h"
 #include "fd_explain.h"
 #include "fd_explain_report.h"
@@ -128,7 +129,12 @@ static int explain_tensors(const char *path, const char *only, int rows_per_head
     char err[1024];
     char **paths = NULL;
     int np = 0;
-    if (fd_bundle_list(path, &paths, &np, err, sizeof err)) {
+    if (fd_capture_is(path)) { /* a captured step: its bundles in call order, validated */
+        fd_capture cap;
+        const int lrc = fd_check_list(path, &cap, &paths, &np);
+        if (lrc != FD_EXIT_PASS) return lrc;
+        fd_capture_free(&cap);
+    } else if (fd_bundle_list(path, &paths, &np, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         return FD_EXIT_USAGE;
     }

@@ -236,7 +236,7 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
                     fd_explanation *ex, char *err, size_t errlen)
 {
     if (!c->bundle) {
-        fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        fd_explain_src src = {c->id, &c->prob, c, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
         return fd_explain_run(cf, &src, o, ex, err, errlen);
     }
     fd_bundle *b = malloc(sizeof *b);
@@ -261,7 +261,7 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
         snprintf(id, sizeof id, "%s/%s", c->id, b->out[pick].name);
         fd_explain_src src = {id, &b->prob, NULL, b->q, b->k, b->v, b->out[pick].o, b->out[pick].lse,
                               b->out[pick].name, &beside, b->out[pick].dq ? b->dout : NULL, b->out[pick].dq,
-                              b->out[pick].dk, b->out[pick].dv};
+                              b->out[pick].dk, b->out[pick].dv, b->out[pick].be.role == FD_ROLE_STANDARD};
         fd_explain_opts eo = *o;
         eo.backend = NULL;
         rc = fd_explain_run(cf, &src, &eo, ex, err, errlen);
@@ -372,7 +372,8 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     /* 2. judged by the one pipeline, as a given output beside any supplied standard ones:
      * the verdict run and check give it, and the reference on the same rows */
     {
-        fd_backend kb = {ex->backend, be ? be->family : "import", FD_ROLE_FLASH, NULL, NULL, NULL, NULL};
+        fd_backend kb = {ex->backend, be ? be->family : "import", src->standard ? FD_ROLE_STANDARD : FD_ROLE_FLASH,
+                         NULL, NULL, NULL, NULL};
         fd_given g;
         memset(&g, 0, sizeof g);
         g.q = q;

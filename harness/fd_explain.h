@@ -158,6 +158,8 @@ typedef struct fd_explain_src {
     const fd_given *beside;  /* supplied standard outputs judged beside it (or NULL) */
     const float *dout;       /* backward: the output gradient (NULL: none, or drawn for a case) */
     const float *kernel_dq, *kernel_dk, *kernel_dv; /* given gradients, or NULL */
+    int standard;            /* the output is a supplied standard one (eager attention): judged by
+                              * the standard rule, as check judges it; 0: a flash output */
 } fd_explain_src;
 
 /* The output is first judged by the one pipeline (fd_run_case: the same verdict as run

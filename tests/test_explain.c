@@ -166,7 +166,7 @@ Test(explain, given_tensors_from_a_bundle, .init = load)
     cr_assert(fd_bundle_write(&w, file, 1, 0, err, sizeof err) == 0, "%s", err);
     fd_bundle r;
     cr_assert(fd_bundle_load(file, &r, err, sizeof err) == 0, "%s", err);
-    fd_explain_src src = {"scrambled", &r.prob, NULL, r.q, r.k, r.v, r.out[0].o, NULL, r.out[0].name, NULL, NULL, NULL, NULL, NULL};
+    fd_explain_src src = {"scrambled", &r.prob, NULL, r.q, r.k, r.v, r.out[0].o, NULL, r.out[0].name, NULL, NULL, NULL, NULL, NULL, 0};
     fd_explain_opts opt = {NULL, NULL, 2};
     fd_explanation ex;
     cr_assert(fd_explain_run(&g_cf, &src, &opt, &ex, err, sizeof err) == 0, "%s", err);
