@@ -479,7 +479,8 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
 static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
 {
     static const char *const keys[] = {"fa_ratio", "atol", "max_ulp", "max_lse_abs", "marginal",
-                                       "keep_sigma", "grad_fa_ratio", "require_deterministic", "standard_ratio", NULL};
+                                       "keep_sigma", "grad_fa_ratio", "require_deterministic", "standard_ratio",
+                                       "require_batch_invariance", NULL};
     if (!json_is_object(j)) return fd_jfail(cx, "policy", "expected an object, got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, "policy", j, keys)) return -1;
     json_t *f;
@@ -498,6 +499,10 @@ static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
     if ((f = json_object_get(j, "require_deterministic"))) {
         if (!json_is_boolean(f)) return fd_jfail(cx, "policy.require_deterministic", "expected true or false");
         po->require_deterministic = json_is_true(f);
+    }
+    if ((f = json_object_get(j, "require_batch_invariance"))) {
+        if (!json_is_boolean(f)) return fd_jfail(cx, "policy.require_batch_invariance", "expected true or false");
+        po->require_batch_invariance = json_is_true(f);
     }
     /* one number for the three gradients, or {"dq": A, "dk": B, "dv": C} */
     if ((f = json_object_get(j, "grad_fa_ratio")) && fd_jget_per_grad(cx, "policy.grad_fa_ratio", f, po->grad_fa_ratio))
@@ -529,7 +534,8 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
     json_t *root = fd_jload(path, err, errlen);
     if (!root) return -1;
     static const char *const keys[] = {"schema", "name", "description", "sweeps", "exclude",
-                                       "rows_per_head", "flash", "policy", "bias_seeds", "bias_alpha", NULL};
+                                       "rows_per_head", "flash", "policy", "bias_seeds", "bias_alpha",
+                                       "batch_invariance", NULL};
     int rc = -1, cap = 0;
     fd_excl *ex = NULL;
     if (!json_is_object(root)) { fd_jfail(&cx, "(top)", "expected an object, got %s", fd_jtype(root)); goto out; }
@@ -567,6 +573,10 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
             fd_jfail(&cx, "bias_alpha", "expected a family-wise false-alarm rate in (0, 0.5), got %g", cf->bias_alpha);
             goto out;
         }
+    }
+    if ((f = json_object_get(root, "batch_invariance"))) {
+        if (!json_is_boolean(f)) { fd_jfail(&cx, "batch_invariance", "expected true or false"); goto out; }
+        cf->batch_invariance = json_is_true(f);
     }
     if ((f = json_object_get(root, "flash")) && parse_flash(&cx, f, &cf->flash, &cf->bwd)) goto out;
     if ((f = json_object_get(root, "policy")) && parse_policy(&cx, f, &cf->policy)) goto out;

@@ -37,6 +37,7 @@ typedef struct fd_policy {
     double marginal;        /* a metric above marginal * limit makes PASS MARGINAL */
     double keep_sigma;      /* |z| of the keep rate against the byte threshold's probability */
     double grad_fa_ratio[3];    /* dq, dk, dv: flash gradient max abs error <= ratio * standard's + atol */
+    int require_batch_invariance; /* a kernel whose batch elements alone differ from the batch FAILs */
     double standard_ratio;      /* a supplied standard output (and its gradients): max abs error <=
                                  * standard_ratio * the computed standard's + atol */
     int require_deterministic;  /* backward cases: gradients must be bitwise identical over --repeat */
@@ -59,6 +60,7 @@ typedef struct fd_casefile {
     int rows_per_head;      /* query rows checked against the reference per (batch, head); 0: all */
     int bias_seeds;         /* the bias stage: input seeds per case (0 off, else >= 16; fd_run_bias.h) */
     double bias_alpha;      /* its family-wise false-alarm rate per case (default 1e-3) */
+    int batch_invariance;   /* the batch-invariance stage (fd_run_inv.h) */
     fd_flash_cfg flash;
     fd_bwd_cfg bwd;         /* the flash backward's knobs: dQ mode and (replay) order */
     fd_policy policy;

@@ -91,6 +91,8 @@ json_t *fd_report_new(const fd_casefile *cf, const char *backends, int jobs)
     json_t *cfj = json_object_get(root, "case_file");
     json_object_set_new(cfj, "bias_seeds", json_integer(cf->bias_seeds));
     json_object_set_new(cfj, "bias_alpha", fd_json_num(cf->bias_alpha));
+    json_object_set_new(cfj, "batch_invariance", json_boolean(cf->batch_invariance));
+    json_object_set_new(pol, "require_batch_invariance", json_boolean(po->require_batch_invariance));
     return root;
 }
 
@@ -146,6 +148,20 @@ static json_t *grad_json(const fd_case_result *r, const fd_backend_result *b)
     return j;
 }
 
+/* The batch-invariance stage's result of one backend (fd_run_inv.h). */
+static json_t *inv_json(const fd_inv_result *iv)
+{
+    if (!iv->measured) return json_pack("{s:b, s:s}", "measured", 0, "note", iv->note);
+    json_t *j = json_pack("{s:b, s:i, s:I, s:I, s:o, s:o, s:b}", "measured", 1, "batches", iv->batches, "checked",
+                          (json_int_t)iv->checked, "differ", (json_int_t)iv->differ, "max_abs", fd_json_num(iv->max_abs),
+                          "max_ulp", fd_json_num(iv->max_ulp), "invariant", iv->differ == 0);
+    if (iv->differ)
+        json_object_set_new(j, "first", json_pack("{s:i, s:i, s:i, s:i, s:o, s:o}", "b", iv->first_b, "row", iv->first_i,
+                                                  "h", iv->first_h, "d", iv->first_d, "batched",
+                                                  fd_json_num(iv->first_batched), "alone", fd_json_num(iv->first_alone)));
+    return j;
+}
+
 /* The bias stage's result of one backend (fd_run_bias.h). */
 static json_t *bias_json(const fd_bias_result *z)
 {
@@ -168,6 +184,7 @@ static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
         json_t *j = json_pack("{s:b, s:s, s:s, s:s}", "ok", 0, "error", b->error, "role", role, "origin",
                               fd_origin_names[b->origin]);
         if (r->bias_active) json_object_set_new(j, "bias", bias_json(&b->bias));
+        if (r->inv_active) json_object_set_new(j, "batch_invariance", inv_json(&b->inv));
         return j;
     }
     const fd_metrics *m = &b->m;
@@ -188,6 +205,7 @@ static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
     if (m->tflops > 0) json_object_set_new(j, "tflops", fd_json_num(m->tflops));
     if (r->bwd.active) json_object_set_new(j, "grad", grad_json(r, b));
     if (r->bias_active) json_object_set_new(j, "bias", bias_json(&b->bias));
+    if (r->inv_active) json_object_set_new(j, "batch_invariance", inv_json(&b->inv));
     char hx[20];
     snprintf(hx, sizeof hx, "%016llx", (unsigned long long)m->hash);
     json_object_set_new(j, "output_hash", json_string(hx));

@@ -15,6 +15,7 @@
 #include "fd_ref.h"
 #include "fd_run.h"
 #include "fd_run_bias.h"
+#include "fd_run_inv.h"
 #include "fd_run_bwd.h"
 
 static const char *origin_word(fd_origin o)
@@ -44,6 +45,13 @@ static void judge(const fd_policy *po, fd_case_result *r)
                           b->repeat_distinct, b->repeat_failed ? " and failed runs" : "", b->repeat_runs);
         }
         fd_bwd_judge(po, r, b, &v);
+        if (b->inv.measured && b->inv.differ) {
+            fd_worsen(&v, po->require_batch_invariance ? FD_FAIL : FD_PASS);
+            fd_add_reason(r, "%s: not batch invariant: %ld of %ld elements differ alone vs in the batch (max %.3g, "
+                             "%.3g ulp; first b%d row %d h%d d%d)%s", b->be->name, b->inv.differ, b->inv.checked,
+                          b->inv.max_abs, b->inv.max_ulp, b->inv.first_b, b->inv.first_i, b->inv.first_h,
+                          b->inv.first_d, po->require_batch_invariance ? "; the policy requires invariance" : "");
+        }
         if (fd_supplied_standard(b)) {
             /* someone else's standard attention: the standard rule, when it could be applied */
             if (b->fa_ratio < 0) continue;
@@ -550,6 +558,8 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     }
     /* the bias stage: the kernels again on the case's bias seeds (fd_run_bias.h) */
     if (cf->bias_seeds > 0 && fd_bias_stage(cf, c, given && given->q, jobs, res, err, errlen)) goto out;
+    /* the batch-invariance stage: each batch element alone against the batch (fd_run_inv.h) */
+    if (cf->batch_invariance && fd_inv_stage(cf, c, q, k, v, res, err, errlen)) goto out;
     apply_fa_rule(&cf->policy, res);
     fd_bwd_fa_rule(&cf->policy, res);
     fd_dropout_stats_compute(p, res->rows, nrows, nvis, &res->drop);

@@ -120,6 +120,18 @@ typedef struct fd_dropout_stats {
     double scale_bias;      /* keep_threshold / (1 - p) - 1: relative bias of E[output] */
 } fd_dropout_stats;
 
+/* The batch-invariance stage (fd_run_inv.h): the checked rows of each batch element
+ * run alone against the same rows of the batched run, bit for bit. */
+typedef struct fd_inv_result {
+    int measured;
+    char note[160];            /* why not measured, or why the stage failed */
+    int batches;               /* batch elements run alone */
+    long checked, differ;
+    double max_abs, max_ulp;
+    int first_b, first_i, first_h, first_d;
+    float first_batched, first_alone;
+} fd_inv_result;
+
 typedef struct fd_backend_result {
     const fd_backend *be;
     fd_origin origin;
@@ -139,6 +151,7 @@ typedef struct fd_backend_result {
     char mask_explained[160];    /* seed/offset that would explain a mismatching mask, if found */
     fd_grad_result g;            /* backward cases */
     fd_bias_result bias;         /* the bias stage (case files with bias_seeds) */
+    fd_inv_result inv;           /* the batch-invariance stage (case files with batch_invariance) */
 } fd_backend_result;
 
 /* A standard output someone else supplied (imported eager attention): judged by the
@@ -196,6 +209,7 @@ typedef struct fd_case_result {
     struct { int b, h, i, d; float kernel, replay; } mis[16];
     fd_bwd_result bwd;
     int bias_active;             /* the bias stage ran (bias_seeds > 0) */
+    int inv_active;              /* the batch-invariance stage ran */
     double bias_seconds;
     fd_verdict verdict;
     char reasons[1024];

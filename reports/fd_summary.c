@@ -177,6 +177,31 @@ int fd_render_summary_md(const json_t *report, const char *path, char *err, size
             }
         }
     }
+    /* The batch-invariance stage: per case and kernel, elements alone vs in the batch */
+    int ninv = 0;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        const char *key;
+        json_t *b;
+        json_object_foreach(json_object_get(c, "backends"), key, b) {
+            const json_t *z = json_object_get(b, "batch_invariance");
+            if (!json_is_object(z)) continue;
+            if (!ninv++)
+                fprintf(f, "\n## Batch invariance\n\nEach batch element run alone against the same rows of the "
+                           "batched run, bit for bit.\n\n| case | backend | batches | checked | differ | max abs | max ulp |\n"
+                           "|---|---|---|---|---|---|---|\n");
+            fprintf(f, "| %s | %s | ", fd_md(s_of(c, "id"), m1, sizeof m1), fd_md(key, m3, sizeof m3));
+            if (!json_is_true(json_object_get(z, "measured"))) {
+                fprintf(f, "not measured: %s | | | | |\n", fd_md(s_of(z, "note"), m4, sizeof m4));
+                continue;
+            }
+            fprintf(f, "%lld | %lld | %lld | ", json_integer_value(json_object_get(z, "batches")),
+                    json_integer_value(json_object_get(z, "checked")), json_integer_value(json_object_get(z, "differ")));
+            num(f, json_object_get(z, "max_abs"));
+            fprintf(f, " | ");
+            num(f, json_object_get(z, "max_ulp"));
+            fprintf(f, " |\n");
+        }
+    }
     int nreason = 0;
     json_array_foreach(json_object_get(report, "cases"), i, c) {
         const char *r = s_of(c, "reasons");

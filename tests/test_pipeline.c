@@ -15,6 +15,7 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_inputs.h"
+#include "fd_metrics.h"
 #include "fd_run.h"
 #include "fd_run_import.h"
 
@@ -237,4 +238,60 @@ Test(pipeline, repeat_fails_a_kernel_that_wobbles)
     cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
     cr_expect_eq(r.be[0].repeat_distinct, 1);
     fd_case_result_free(&r);
+}
+
+/* A kernel whose output depends on the batch it runs in: one ulp (of the dtype) more in batch element 1
+ * when it runs beside others (as a GEMM heuristic that picks by batch count can do). */
+static int run_batchy(const fd_casefile *cf, const fd_case *c, const float *q, const float *k, const float *v,
+                      const int *rows, int nrows, float *o, float *lse, double *ms, char *err, size_t errlen)
+{
+    *ms = 0.0;
+    int rc = fd_cpu_flash_forward(&c->prob, &cf->flash, q, k, v, rows, nrows, o, lse, err, errlen);
+    if (c->prob.batch > 1) {
+        const size_t i = fd_q_index(&c->prob, 1, rows[0], 1, 3);
+        o[i] = (float)((double)o[i] + fd_ulp_in_dtype(fabs((double)o[i]), c->prob.dtype)); /* one ulp up */
+    }
+    return rc;
+}
+
+Test(pipeline, batch_invariance_stage)
+{
+    fd_case c3 = g_case;
+    c3.prob.batch = 3;
+    g_cf.batch_invariance = 1;
+    fd_case_result r;
+    char err[512];
+    /* the replay is batch invariant */
+    const fd_backend *det[] = {be("cpu-flash"), be("cpu-standard")};
+    cr_assert_eq(fd_run_case(&g_cf, &c3, det, 2, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.verdict, FD_PASS, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    cr_expect(r.inv_active && r.be[0].inv.measured && r.be[0].inv.batches == 3, "%s", r.be[0].inv.note);
+    cr_expect(r.be[0].inv.checked > 0 && r.be[0].inv.differ == 0);
+    cr_expect(r.be[1].inv.measured && r.be[1].inv.differ == 0);
+    fd_case_result_free(&r);
+    /* a kernel that is not: reported (one element, 1 ulp, where it was planted) */
+    fd_backend bat = {"batchy-flash", "cpu", FD_ROLE_FLASH, run_batchy, NULL, NULL, NULL};
+    const fd_backend *bes[] = {&bat, be("cpu-standard")};
+    cr_assert_eq(fd_run_case(&g_cf, &c3, bes, 2, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.be[0].inv.differ, 1);
+    cr_expect_eq(r.be[0].inv.first_b, 1);
+    cr_expect_eq(r.be[0].inv.first_h, 1);
+    cr_expect_eq(r.be[0].inv.first_d, 3);
+    cr_expect(fabs(r.be[0].inv.max_ulp - 1.0) < 0.51, "%g ulp", r.be[0].inv.max_ulp);
+    cr_expect_eq(r.verdict, FD_PASS, "reported, not failed, by default: %s", r.reasons);
+    cr_expect(strstr(r.reasons, "batchy-flash: not batch invariant: 1 of") != NULL, "%s", r.reasons);
+    fd_case_result_free(&r);
+    /* the policy can require it */
+    g_cf.policy.require_batch_invariance = 1;
+    cr_assert_eq(fd_run_case(&g_cf, &c3, bes, 2, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.verdict, FD_FAIL, "%s: %s", fd_verdict_name(r.verdict), r.reasons);
+    fd_case_result_free(&r);
+    /* dropout: not measured (FA2's mask depends on the batch index) */
+    c3.prob.dropout_p = 0.1;
+    c3.prob.seed = 5;
+    cr_assert_eq(fd_run_case(&g_cf, &c3, det, 2, 2, 1, &r, err, sizeof err), 0, "%s", err);
+    cr_expect(!r.be[0].inv.measured && strstr(r.be[0].inv.note, "dropout"), "%s", r.be[0].inv.note);
+    fd_case_result_free(&r);
+    g_cf.batch_invariance = 0;
+    g_cf.policy.require_batch_invariance = 0;
 }
