@@ -148,8 +148,9 @@ template <int D, int BR, bool GEN> struct KTraits {
     static constexpr int MIN_BLOCKS = MB == 2 ? 2 : 1;
 };
 
-/* GEN = false: the fast path, compiled without dropout, debug output, fp32 P and the
- * portable exp2 (the host sends those cases to GEN = true). Same arithmetic otherwise. */
+/* GEN = false: the fast path, compiled without dropout, debug output, fp32 P, the
+ * portable exp2 and the score modifiers (window, softcap, ALiBi; the host sends those
+ * cases to GEN = true). Same arithmetic otherwise. */
 template <typename T, int D, int BR, int BC, bool GEN>
 __global__ void __launch_bounds__(KTraits<D, BR, GEN>::NT, KTraits<D, BR, GEN>::MIN_BLOCKS)
 flash_fwd_kernel(const FlashParams P)
@@ -173,7 +174,9 @@ flash_fwd_kernel(const FlashParams P)
     const int sq = P.sq, sk = P.sk;
     const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0; /* j <= i + diag */
     const long dbr = (long)sk - sq; /* the window's diagonal: bottom-right, as FA2 */
-    const bool win_r = P.win && P.wr >= 0, win_l = P.win && P.wl >= 0;
+    /* the modifiers only in the GEN variant (the host sends such problems there): the
+     * fast path keeps its registers */
+    const bool win_r = GEN && P.win && P.wr >= 0, win_l = GEN && P.win && P.wl >= 0;
 
     /* K/V tiles [n_lo, n_hi) this CTA visits: up to the last row's right edge, from the
      * first row's left edge (FA2's n_block_max, n_block_min). */
@@ -312,7 +315,7 @@ flash_fwd_kernel(const FlashParams P)
 
         const int j0 = nb * BC;
         /* Softcap, then the ALiBi bias (FA2's order: apply_softcap, then Mask::apply_mask). */
-        if (!fd_eqf(P.cap_in, 0.0f) || P.slope_raw) {
+        if (GEN && (!fd_eqf(P.cap_in, 0.0f) || P.slope_raw)) {
             const float sr = P.slope_raw ? P.slope_raw[h] : 0.0f;
 #pragma unroll
             for (int mi = 0; mi < MB; mi++)
@@ -518,7 +521,7 @@ flash_fwd_kernel(const FlashParams P)
 template <typename T, int D, int BR, int BC>
 int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err, size_t errlen)
 {
-    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode;
+    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode || P.win || P.slope_raw || !fd_eqf(P.cap_in, 0.0f);
     auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
     const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
