@@ -17,6 +17,15 @@ void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va)
     va->p = p->dropout_p;
     va->drop_scale = p->dropout_p > 0.0 ? 1.0 / (1.0 - p->dropout_p) : 1.0;
     va->wrong_axis = 0;
+    va->window = p->window;
+    va->window_left = p->window_left;
+    va->window_right = p->window_right;
+    va->window_left_shift = va->window_right_shift = va->window_top_left = 0;
+    va->softcap = (double)p->softcap;
+    va->softcap_unscaled = 0;
+    va->alibi = p->alibi;
+    va->alibi_sign = 1.0;
+    va->alibi_reversed = va->alibi_scaled = 0;
 }
 
 double *fd_to_f64(const float *x, size_t n)
@@ -40,10 +49,36 @@ double fd_max_abs_diff(const double *a, const double *b, size_t n)
 
 static int visible(const fd_problem *p, const fd_attn_variant *va, int i, int j)
 {
-    long lim;
-    if (va->mask == FD_MASK_NONE) return 1;
-    lim = va->mask == FD_MASK_CAUSAL_TL ? (long)i : (long)i + p->seqlen_k - p->seqlen_q;
-    return (long)j <= lim + va->causal_shift;
+    const long br = (long)i + p->seqlen_k - p->seqlen_q;
+    if (va->mask != FD_MASK_NONE) {
+        const long lim = va->mask == FD_MASK_CAUSAL_TL ? (long)i : br;
+        if ((long)j > lim + va->causal_shift) return 0;
+    }
+    if (va->window) {
+        const long dg = va->window_top_left ? (long)i : br;
+        if (va->window_right >= 0 && (long)j > dg + va->window_right + va->window_right_shift) return 0;
+        if (va->window_left >= 0 && (long)j < dg - va->window_left - va->window_left_shift) return 0;
+    }
+    return 1;
+}
+
+/* The logit of (i, j) from x = q_i . k_j under the variant. */
+static double score(const fd_problem *p, const fd_attn_variant *va, int h, int i, int j, double x)
+{
+    double s;
+    if (va->softcap > 0.0)
+        s = va->softcap_unscaled ? va->scale * va->softcap * tanh(x / va->softcap)
+                                 : va->softcap * tanh(va->scale * x / va->softcap);
+    else
+        s = va->scale * x;
+    if (va->alibi) {
+        const long d = (long)i + p->seqlen_k - p->seqlen_q - j;
+        const double slope = (double)p->alibi_slopes[va->alibi_reversed ? p->heads - 1 - h : h];
+        double bias = -va->alibi_sign * slope * (double)(d < 0 ? -d : d);
+        if (va->alibi_scaled) bias *= va->scale;
+        s += bias;
+    }
+    return s;
 }
 
 static double dot(const double *a, const double *b, int n)
@@ -63,7 +98,7 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
     const double *qi = q + fd_q_index(p, b, i, h, 0);
     double m = -INFINITY, l = 0.0;
     for (int j = 0; j < sk; j++) {
-        w[j] = visible(p, va, i, j) ? va->scale * dot(qi, k + fd_kv_index(p, b, j, hk, 0), D)
+        w[j] = visible(p, va, i, j) ? score(p, va, h, i, j, dot(qi, k + fd_kv_index(p, b, j, hk, 0), D))
                                     : -(double)INFINITY;
         if (w[j] > m) m = w[j];
     }
@@ -110,13 +145,13 @@ int fd_attn64(const fd_problem *p, const fd_attn_variant *va, const double *q, c
                 for (int i = 0; i < sq; i++)
                     for (int j = 0; j < sk; j++)
                         if (visible(p, va, i, j)) {
-                            double s = va->scale * dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D);
+                            double s = score(p, va, h, i, j, dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D));
                             if (s > colmax[j]) colmax[j] = s;
                         }
                 for (int i = 0; i < sq; i++)
                     for (int j = 0; j < sk; j++)
                         if (visible(p, va, i, j))
-                            colsum[j] += exp(va->scale * dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D) - colmax[j]);
+                            colsum[j] += exp(score(p, va, h, i, j, dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D)) - colmax[j]);
             }
             for (int r = 0; r < nrows; r++) {
                 const int i = rows ? rows[r] : r;

@@ -5,7 +5,8 @@
  * binary64 arithmetic (not the MPFR reference: its error, ~1e-15 relative, is far below
  * anything it is used to detect), for the listed query rows of every batch and head,
  * under a variant that may change the scale, the causal alignment and offset, the
- * dropout seed/offset/scale, or normalise over the wrong axis. Inputs are doubles in the
+ * dropout seed/offset/scale, the window (bounds, alignment), softcap and ALiBi, or
+ * normalise over the wrong axis. Inputs are doubles in the
  * fd_problem layouts; o is a full [b][s][h][d] array (only listed rows written). */
 #ifndef FD_ATTN64_H
 #define FD_ATTN64_H
@@ -22,6 +23,17 @@ typedef struct fd_attn_variant {
     double p;           /* dropout probability deciding the threshold */
     double drop_scale;  /* factor on kept values: 1/(1-p) correct, 1 missing, 1/(1-p)^2 twice */
     int wrong_axis;     /* normalise over queries (softmax(dim=-2)) instead of keys */
+    /* FA2's score modifiers (copied from the problem) and their deviations */
+    int window, window_left, window_right;
+    int window_left_shift;  /* +1: the window reaches one key further left, -1 one less */
+    int window_right_shift; /* +1: one key further right, -1 one less */
+    int window_top_left;    /* window aligned top-left (diagonal j = i) instead of bottom-right */
+    double softcap;         /* > 0: c tanh(s / c) on the scaled score s */
+    int softcap_unscaled;   /* the cap applied to the unscaled q.k, then scaled: scale c tanh(q.k / c) */
+    int alibi;              /* add -slope_h |i + sk - sq - j| */
+    double alibi_sign;      /* 1 correct, -1 the slope's sign flipped */
+    int alibi_reversed;     /* slope of head H-1-h instead of h */
+    int alibi_scaled;       /* bias added before the softmax scale (so multiplied by it) */
 } fd_attn_variant;
 
 void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va);

@@ -52,6 +52,16 @@ static int run_cpu_splitkv(const fd_casefile *cf, const fd_case *c, const float 
 }
 
 #ifdef FD_HAVE_CUDA
+/* Backends without the window, softcap and ALiBi skip such cases (not a failure). */
+static int supports_plain(const fd_case *c, char *why, size_t len)
+{
+    if (!fd_problem_has_mods(&c->prob)) return 1;
+    snprintf(why, len, "no window, softcap or ALiBi support (FlashAttention features: cpu-flash, cpu-standard, cuda-flash)");
+    return 0;
+}
+#endif
+
+#ifdef FD_HAVE_CUDA
 #include "fd_cuda.h"
 
 #define FD_CUDA_REPEATS 5
@@ -134,6 +144,7 @@ static int bwd_cuda_standard(const fd_casefile *cf, const fd_case *c, const floa
 
 static int supports_cuda_splitkv(const fd_case *c, char *why, size_t len)
 {
+    if (!supports_plain(c, why, len)) return 0;
     if (c->prob.dtype != FD_DT_FP32) return 1;
     snprintf(why, len, "split-KV runs fp16 and bf16 only (fp32 inputs go through cuda-flash's fp32 path)");
     return 0;
@@ -178,7 +189,7 @@ static const fd_backend fd_backends[] = {
     {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL, NULL, NULL},
 #ifdef FD_HAVE_CUDA
     {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash, NULL, bwd_cuda_flash},
-    {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL, NULL, bwd_cuda_standard},
+    {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL, supports_plain, bwd_cuda_standard},
     {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL, supports_cuda_splitkv, NULL},
 #endif
 };

@@ -182,12 +182,93 @@ typedef struct {
     fd_dist dist[FD_MAX_LIST]; int ndist;
     uint64_t seed[FD_MAX_LIST]; int nseed;
     int bwd[FD_MAX_LIST]; int nbwd;
+    int win[FD_MAX_LIST][3]; int nwin;  /* {on, left, right} */
+    float cap[FD_MAX_LIST]; int ncap;
+    int alibi[FD_MAX_LIST]; int nalibi; /* 0 off, 1 on (standard or the explicit slopes) */
+    float slopes[FD_ALIBI_MAX_HEADS]; int nslopes; /* explicit slopes: "alibi": [s0, s1, ...] */
 } fd_sweep;
+
+/* "window": null (none), a pair [left, right] (-1 unbounded, else >= 0), or a list of
+ * these. A list whose first element is a number is one pair. */
+static int e_window1(fd_ctx *cx, const char *path, json_t *j, int *w)
+{
+    char p[256];
+    if (json_is_null(j)) { w[0] = 0; w[1] = w[2] = -1; return 0; }
+    if (!json_is_array(j) || json_array_size(j) != 2)
+        return fd_jfail(cx, path, "expected a window [left, right] (each -1 for unbounded or >= 0) or null, got %s",
+                        fd_jtype(j));
+    for (int t = 0; t < 2; t++) {
+        long v = 0;
+        snprintf(p, sizeof p, "%s[%d]", path, t);
+        if (!json_is_integer(json_array_get(j, (size_t)t)) ||
+            get_int(cx, p, json_array_get(j, (size_t)t), -1, 1L << 30, &v))
+            return fd_jfail(cx, p, "expected the window's %s size: -1 (unbounded) or an integer >= 0",
+                            t ? "right" : "left");
+        w[1 + t] = (int)v;
+    }
+    w[0] = 1;
+    return 0;
+}
+
+static int get_windows(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
+{
+    char p[256];
+    if (json_is_array(j) && json_array_size(j) > 0 && json_is_number(json_array_get(j, 0))) {
+        s->nwin = 1;
+        return e_window1(cx, path, j, s->win[0]);
+    }
+    if (!json_is_array(j)) {
+        s->nwin = 1;
+        return e_window1(cx, path, j, s->win[0]);
+    }
+    const size_t len = json_array_size(j);
+    if (len == 0) return fd_jfail(cx, path, "expected a non-empty list of windows");
+    if (len > FD_MAX_LIST) return fd_jfail(cx, path, "at most %d values per list", FD_MAX_LIST);
+    for (size_t i = 0; i < len; i++) {
+        snprintf(p, sizeof p, "%s[%zu]", path, i);
+        if (e_window1(cx, p, json_array_get(j, i), s->win[i])) return -1;
+    }
+    s->nwin = (int)len;
+    return 0;
+}
+
+static int e_softcap(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
+{
+    double v = 0.0;
+    if (fd_jget_num(cx, path, j, &v)) return -1;
+    if (!(v >= 0.0 && v <= 1e30)) return fd_jfail(cx, path, "softcap must be a finite number >= 0 (0: none), got %g", v);
+    ((float *)out)[idx] = (float)v;
+    return 0;
+}
+
+/* "alibi": true / false (the standard slopes 2^(-8 (h+1) / heads)), a list of booleans
+ * (a sweep), or a list of numbers (the slopes, one per head). */
+static int get_alibi(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
+{
+    char p[256];
+    if (json_is_array(j) && json_array_size(j) > 0 && json_is_number(json_array_get(j, 0))) {
+        const size_t len = json_array_size(j);
+        if (len > FD_ALIBI_MAX_HEADS) return fd_jfail(cx, path, "at most %d ALiBi slopes", FD_ALIBI_MAX_HEADS);
+        for (size_t i = 0; i < len; i++) {
+            double v = 0.0;
+            snprintf(p, sizeof p, "%s[%zu]", path, i);
+            if (fd_jget_num(cx, p, json_array_get(j, i), &v)) return -1;
+            if (!(fabs(v) <= 1e30)) return fd_jfail(cx, p, "expected a finite slope, got %g", v);
+            s->slopes[i] = (float)v;
+        }
+        s->nslopes = (int)len;
+        s->alibi[0] = 1;
+        s->nalibi = 1;
+        return 0;
+    }
+    return get_list(cx, path, j, e_bool, s->alibi, &s->nalibi);
+}
 
 static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
 {
     static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen", "head_dim", "dtype",
-                                       "mask", "dropout", "dist", "seed", "backward", NULL};
+                                       "mask", "dropout", "dist", "seed", "backward", "window", "softcap",
+                                       "alibi", NULL};
     char p[256];
     if (!json_is_object(j)) return fd_jfail(cx, path, "expected an object (a sweep), got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, path, j, keys)) return -1;
@@ -201,6 +282,9 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     s->dist[0] = FD_DIST_NORMAL; s->ndist = 1;
     s->seed[0] = 0; s->nseed = 1;
     s->bwd[0] = 0; s->nbwd = 1;
+    s->win[0][0] = 0; s->win[0][1] = s->win[0][2] = -1; s->nwin = 1;
+    s->cap[0] = 0.0f; s->ncap = 1;
+    s->alibi[0] = 0; s->nalibi = 1;
 #define FIELD(name, fn, arr, n)                                                              \
     do {                                                                                     \
         json_t *f = json_object_get(j, name);                                                \
@@ -217,8 +301,15 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     FIELD("dist", e_dist, dist, ndist);
     FIELD("seed", e_seed, seed, nseed);
     FIELD("backward", e_bool, bwd, nbwd);
+    FIELD("softcap", e_softcap, cap, ncap);
 #undef FIELD
-    json_t *f = json_object_get(j, "seqlen");
+    json_t *f = json_object_get(j, "window");
+    snprintf(p, sizeof p, "%s.window", path);
+    if (f && get_windows(cx, p, f, s)) return -1;
+    f = json_object_get(j, "alibi");
+    snprintf(p, sizeof p, "%s.alibi", path);
+    if (f && get_alibi(cx, p, f, s)) return -1;
+    f = json_object_get(j, "seqlen");
     snprintf(p, sizeof p, "%s.seqlen", path);
     if (!f) return fd_jfail(cx, path, "missing required field \"seqlen\"");
     if (get_list(cx, p, f, e_seqlen, s->seq, &s->nseq)) return -1;
@@ -293,10 +384,24 @@ void fd_case_make_id(const fd_case *c, char *buf, size_t len)
     snprintf(buf, len, "b%dh%dk%d-q%dk%d-d%d-%s-%s-p%g-%s-s%llu", p->batch, p->heads, p->kv_heads,
              p->seqlen_q, p->seqlen_k, p->head_dim, fd_dtype_name(p->dtype), fd_mask_name(p->mask),
              p->dropout_p, fd_dist_name(c->dist), (unsigned long long)c->input_seed);
-    if (c->backward) {
-        const size_t n = strlen(buf);
-        if (n < len) snprintf(buf + n, len - n, "-bwd");
+    size_t n = strlen(buf);
+    if (p->window && n < len) n += (size_t)snprintf(buf + n, len - n, "-w%d_%d", p->window_left, p->window_right);
+    if (p->softcap > 0.0f && n < len) n += (size_t)snprintf(buf + n, len - n, "-cap%g", (double)p->softcap);
+    if (p->alibi && n < len) {
+        /* the standard slopes: "-alibi"; others: "-alibi" and a hash of their bits */
+        float std[FD_ALIBI_MAX_HEADS];
+        fd_alibi_default_slopes(p->heads, std);
+        uint32_t hsh = 2166136261u;
+        int same = 1;
+        for (int h = 0; h < p->heads && h < FD_ALIBI_MAX_HEADS; h++) {
+            uint32_t u;
+            memcpy(&u, &p->alibi_slopes[h], 4);
+            same &= fd_eqf(p->alibi_slopes[h], std[h]);
+            for (int by = 0; by < 4; by++) hsh = (hsh ^ ((u >> (8 * by)) & 0xffu)) * 16777619u;
+        }
+        n += (size_t)(same ? snprintf(buf + n, len - n, "-alibi") : snprintf(buf + n, len - n, "-alibi%08x", hsh));
     }
+    if (c->backward && n < len) snprintf(buf + n, len - n, "-bwd");
 }
 
 static int sizes_ok(fd_ctx *cx, const char *path, const fd_problem *p)
@@ -363,7 +468,7 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 {
     /* before exclusions and duplicates: lists repeating one value made 64^10 iterations */
     const double combos = (double)s->nbatch * s->nheads * s->nkvh * s->nseq * s->nhd * s->ndt * s->nmask *
-                          s->ndrop * s->ndist * s->nseed * s->nbwd;
+                          s->ndrop * s->ndist * s->nseed * s->nbwd * s->nwin * s->ncap * s->nalibi;
     if (combos > FD_MAX_CASES)
         return fd_jfail(cx, path, "%.0f combinations (at most %d per sweep, before exclusions)", combos,
                         FD_MAX_CASES);
@@ -377,7 +482,10 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
     for (int h = 0; h < s->ndrop; h++)
     for (int i = 0; i < s->ndist; i++)
     for (int k = 0; k < s->nseed; k++)
-    for (int w = 0; w < s->nbwd; w++) {
+    for (int w = 0; w < s->nbwd; w++)
+    for (int wi = 0; wi < s->nwin; wi++)
+    for (int ci = 0; ci < s->ncap; ci++)
+    for (int ai = 0; ai < s->nalibi; ai++) {
         fd_case cs;
         memset(&cs, 0, sizeof cs);
         fd_problem *p = &cs.prob;
@@ -396,8 +504,23 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
         cs.dist = s->dist[i];
         cs.input_seed = s->seed[k];
         cs.backward = s->bwd[w];
+        p->window = s->win[wi][0];
+        p->window_left = s->win[wi][1];
+        p->window_right = s->win[wi][2];
+        p->softcap = s->cap[ci];
+        p->alibi = s->alibi[ai];
         if (p->kv_heads > p->heads) continue; /* kv_heads list larger than this heads value */
         if (sizes_ok(cx, path, p)) return -1;
+        if (p->alibi) {
+            if (p->heads > FD_ALIBI_MAX_HEADS)
+                return fd_jfail(cx, path, "alibi with %d heads: at most %d supported", p->heads, FD_ALIBI_MAX_HEADS);
+            if (s->nslopes && s->nslopes != p->heads)
+                return fd_jfail(cx, path, "alibi: %d slopes given for %d heads (one per head)", s->nslopes, p->heads);
+            if (s->nslopes) memcpy(p->alibi_slopes, s->slopes, sizeof(float) * (size_t)p->heads);
+            else fd_alibi_default_slopes(p->heads, p->alibi_slopes);
+        }
+        if (cs.backward && fd_problem_has_mods(p))
+            return fd_jfail(cx, path, "backward with a window, softcap or ALiBi is not supported yet (forward only)");
         int skip = 0;
         for (int x = 0; x < nex && !skip; x++) skip = excl_match(&ex[x], &cs);
         if (skip) continue;

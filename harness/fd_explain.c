@@ -18,11 +18,89 @@ const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "
                                        "causal_top_left", "causal_bottom_right", "mask_missing",
                                        "dropout_seed_plus_one", "dropout_scale_missing",
                                        "softmax_wrong_axis",
+                                       /* window, ALiBi, softcap (cases with the feature) */
+                                       "window_ignored", "window_left_plus_one", "window_left_minus_one",
+                                       "window_right_plus_one", "window_right_minus_one", "window_top_left",
+                                       "alibi_missing", "alibi_sign_flipped", "alibi_heads_reversed", "alibi_scaled",
+                                       "softcap_missing", "softcap_unscaled",
                                        /* backward (a case with "backward": true) */
                                        "bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
                                        "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
                                        "bwd_dropout_seed_plus_one", "bwd_dropout_offset_plus_one", "bwd_d_zero", "bwd_lse_other_head",
                                        "bwd_gqa_sum_missing", "bwd_dk_dv_swapped", NULL};
+
+/* The hypotheses of the score modifiers: name, what it means. */
+static const struct { const char *name, *what; } mod_hypos[] = {
+    {"window_ignored", "sliding window not applied (the causal mask, if any, kept)"},
+    {"window_left_plus_one", "window reaches one key too far left (left bound off by one)"},
+    {"window_left_minus_one", "window stops one key short on the left (left bound off by one)"},
+    {"window_right_plus_one", "window reaches one key too far right (right bound off by one)"},
+    {"window_right_minus_one", "window stops one key short on the right (right bound off by one)"},
+    {"window_top_left", "window aligned top-left (diagonal j = i) instead of bottom-right (j = i + seqlen_k - seqlen_q, FlashAttention)"},
+    {"alibi_missing", "ALiBi bias not added"},
+    {"alibi_sign_flipped", "ALiBi slope with the wrong sign (+slope |i + sk - sq - j|)"},
+    {"alibi_heads_reversed", "ALiBi slopes in reversed head order"},
+    {"alibi_scaled", "ALiBi bias added before the softmax scale (so multiplied by it)"},
+    {"softcap_missing", "softcap not applied"},
+    {"softcap_unscaled", "softcap applied to the unscaled q.k, the softmax scale after it"},
+};
+#define FD_NMODHYPO ((int)(sizeof mod_hypos / sizeof mod_hypos[0]))
+
+int fd_explain_bug_is_mod(const char *bug)
+{
+    for (int t = 0; bug && t < FD_NMODHYPO; t++)
+        if (!strcmp(bug, mod_hypos[t].name)) return 1;
+    return 0;
+}
+
+/* Sets up va (from the default variant) for hypothesis `name` of mod_hypos on p; returns
+ * 1, or 0 with *why when it cannot apply (it would change nothing), or -1 for a name
+ * that is not one of them. */
+static int mod_hypo_setup(const fd_problem *p, const char *name, fd_attn_variant *va, const char **why)
+{
+    fd_attn_variant_default(p, va);
+    *why = NULL;
+    if (!fd_explain_bug_is_mod(name)) return -1;
+    const int unit_scale = !(p->softmax_scale < 1.0f || p->softmax_scale > 1.0f);
+    if (!strncmp(name, "window_", 7)) {
+        if (!p->window) { *why = "it has no sliding window"; return 0; }
+        if (!strcmp(name, "window_ignored")) { va->window = 0; return 1; }
+        if (!strcmp(name, "window_top_left")) {
+            if (p->seqlen_q == p->seqlen_k) { *why = "seqlen_q = seqlen_k: both alignments are one window"; return 0; }
+            va->window_top_left = 1;
+            return 1;
+        }
+        const int left = !strncmp(name, "window_left", 11), plus = strstr(name, "plus") != NULL;
+        if (left && p->window_left < 0) { *why = "its window is unbounded on the left"; return 0; }
+        if (!left && p->window_right < 0) { *why = "its window is unbounded on the right"; return 0; }
+        if (!left && p->mask != FD_MASK_NONE) { *why = "its right edge is the causal mask's (see causal_off_by_one_*)"; return 0; }
+        if (left) va->window_left_shift = plus ? 1 : -1;
+        else va->window_right_shift = plus ? 1 : -1;
+        return 1;
+    }
+    if (!strncmp(name, "alibi_", 6)) {
+        if (!p->alibi) { *why = "it has no ALiBi"; return 0; }
+        if (!strcmp(name, "alibi_missing")) va->alibi = 0;
+        else if (!strcmp(name, "alibi_sign_flipped")) va->alibi_sign = -1.0;
+        else if (!strcmp(name, "alibi_heads_reversed")) {
+            int pal = 1;
+            for (int h = 0; h < p->heads; h++) pal &= fd_eqf(p->alibi_slopes[h], p->alibi_slopes[p->heads - 1 - h]);
+            if (pal) { *why = "its slopes read the same in reversed head order"; return 0; }
+            va->alibi_reversed = 1;
+        } else {
+            if (unit_scale) { *why = "its softmax scale is 1"; return 0; }
+            va->alibi_scaled = 1;
+        }
+        return 1;
+    }
+    if (!(p->softcap > 0.0f)) { *why = "it has no softcap"; return 0; }
+    if (!strcmp(name, "softcap_missing")) va->softcap = 0.0;
+    else {
+        if (unit_scale) { *why = "its softmax scale is 1"; return 0; }
+        va->softcap_unscaled = 1;
+    }
+    return 1;
+}
 
 const char *fd_explain_bug_renamed(const char *name, fd_mask_kind mask)
 {
@@ -39,6 +117,11 @@ const char *fd_explain_inject_noop(const fd_problem *p, const char *bug)
     const char *now = fd_explain_bug_renamed(bug, p->mask);
     if (now) bug = now;
     if (fd_explain_bug_is_bwd(bug)) return fd_explain_bwd_noop(p, bug);
+    if (fd_explain_bug_is_mod(bug)) {
+        fd_attn_variant va;
+        const char *why;
+        return mod_hypo_setup(p, bug, &va, &why) == 1 ? NULL : why;
+    }
     const int dropout = p->dropout_p > 0.0, square = p->seqlen_q == p->seqlen_k;
     const int unit_scale = !(p->softmax_scale < 1.0f || p->softmax_scale > 1.0f);
     if (!strcmp(bug, "mask_missing") && p->mask == FD_MASK_NONE) return "it has no causal mask";
@@ -160,10 +243,21 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
         free(full); free(fl);
         return rc;
     }
-    if (!strcmp(inject, "softmax_wrong_axis")) {
+    fd_attn_variant vmod;
+    const char *why;
+    const int modh = mod_hypo_setup(p, inject, &vmod, &why);
+    if (modh == 0) {
+        snprintf(err, errlen, "--inject %s: does not apply to this case: %s", inject, why);
+        return -1;
+    }
+    if (!strcmp(inject, "softmax_wrong_axis") || modh == 1) {
+        /* computed in binary64 under the variant, rounded to the dtype */
         fd_attn_variant va;
-        fd_attn_variant_default(p, &va);
-        va.wrong_axis = 1;
+        if (modh == 1) va = vmod;
+        else {
+            fd_attn_variant_default(p, &va);
+            va.wrong_axis = 1;
+        }
         double *od = calloc(fd_q_numel(p), sizeof(double));
         if (!od) {
             snprintf(err, errlen, "out of memory");
@@ -328,7 +422,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     nvis = malloc(sizeof(int) * (size_t)(cap + 16));
     if (!rows || !nvis) FD_FAIL_OOM();
     const int nrows = fd_sample_rows(p, cf->rows_per_head, rows);
-    for (int r = 0; r < nrows; r++) nvis[r] = fd_mask_visible_count(p->mask, rows[r], p->seqlen_q, p->seqlen_k);
+    for (int r = 0; r < nrows; r++) nvis[r] = fd_problem_visible_count(p, rows[r]);
     fd_chk ck = {p, rows, nrows, (size_t)p->batch * (size_t)p->heads * (size_t)nrows * (size_t)p->head_dim};
     const size_t n = ck.n;
     ex->nchecked = (long)n;
@@ -556,7 +650,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
                 for (int r = 0; r < nrows; r++)
                     for (int d = 0; d < p->head_dim; d++, t++) {
                         /* n additions plus one rescaling multiply per tile */
-                        const double nn = (double)nvis[r] + (double)((nvis[r] + cfg->bc - 1) / cfg->bc);
+                        const double nn = (double)nvis[r] + (double)((nvis[r] + cfg->bc - 1) / cfg->bc + (p->window ? 1 : 0));
                         const double u = 0x1p-24, gam = nn * u / (1.0 - nn * u);
                         const double bound = gam * sumabs[t];
                         if (pv && bound > 0) {
@@ -627,6 +721,16 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
                  va.offset = va.offset + (uint64_t)p->batch * (uint64_t)p->heads * 32u);
         }
         HYPO("softmax_wrong_axis", "softmax normalised over queries instead of keys", va.wrong_axis = 1);
+        for (int t = 0; t < FD_NMODHYPO; t++) {
+            const char *why;
+            if (mod_hypo_setup(p, mod_hypos[t].name, &va, &why) != 1) continue;
+            if (fd_attn64(p, &va, qd, kd, vd, rows, nrows, cand, err, errlen)) {
+                free(cand);
+                goto out;
+            }
+            gather_d(&ck, cand, tmp);
+            add_hypo(ex, mod_hypos[t].name, mod_hypos[t].what, tmp, kout, n);
+        }
 #undef HYPO
         /* layouts: need the whole output */
         if ((double)p->batch * p->heads * p->seqlen_q * (double)p->seqlen_k * p->head_dim <= 4e9) {

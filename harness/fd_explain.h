@@ -22,7 +22,7 @@
 
 #define FD_EX_MAX_STAGES 8
 #define FD_EX_MAX_VARIANTS 24
-#define FD_EX_MAX_HYPO 24
+#define FD_EX_MAX_HYPO 40
 
 typedef struct fd_explain_opts {
     const char *backend; /* backend explained (default cpu-flash) */
@@ -124,6 +124,9 @@ typedef struct fd_explanation {
 extern const char *const fd_explain_bugs[];
 /* 1 when bug is one of the backward bugs (names starting bwd_; a case with "backward"). */
 int fd_explain_bug_is_bwd(const char *bug);
+/* 1 for the forward bugs of the window, ALiBi and softcap (they need a case with the
+ * feature: fd_explain_inject_noop says why one does not apply). */
+int fd_explain_bug_is_mod(const char *bug);
 /* The name a bug had in 0.1.0 (layout_bhsd, causal_swap, dropout_seed) -> its name now,
  * on a case with mask `mask` (causal_swap named the other alignment); NULL for any other
  * name. The old names are accepted until the next release (docs/attribution.md). */

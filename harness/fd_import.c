@@ -64,6 +64,7 @@ static int grad_kind(const char *s)
 static int valid_tensor_name(const char *s)
 {
     if (!strcmp(s, "q") || !strcmp(s, "k") || !strcmp(s, "v") || !strcmp(s, "do")) return 1;
+    if (!strcmp(s, "alibi_slopes")) return 1;
     const char *x = NULL;
     if (!strncmp(s, "out_", 4)) x = s + 4;
     else if (!strncmp(s, "lse_", 4)) x = s + 4;
@@ -165,7 +166,7 @@ static int st_meta(const char *path, const json_t *m, json_t **meta, char *err, 
     json_t *val;
     json_object_foreach((json_t *)m, key, val) {
         const char *s = json_string_value(val);
-        if (!strcmp(key, "scale") || !strcmp(key, "dropout_p")) {
+        if (!strcmp(key, "scale") || !strcmp(key, "dropout_p") || !strcmp(key, "softcap")) {
             char *end;
             errno = 0;
             double x = strtod(s, &end);
@@ -174,7 +175,8 @@ static int st_meta(const char *path, const json_t *m, json_t **meta, char *err, 
                 return -1;
             }
             json_object_set_new(*meta, key, json_real(x));
-        } else if (!strcmp(key, "roles") || !strcmp(key, "info")) {
+        } else if (!strcmp(key, "roles") || !strcmp(key, "info") || !strcmp(key, "window") ||
+                   !strcmp(key, "alibi_slopes")) {
             json_error_t je;
             json_t *j = json_loads(s, JSON_REJECT_DUPLICATES, &je);
             if (!j) {
@@ -420,7 +422,8 @@ void fd_bundle_free(fd_bundle *b)
 }
 
 static const char *const meta_keys[] = {"layout", "mask", "dtype", "scale", "dropout_p", "seed",
-                                         "offset", "roles", "info", "format", "deterministic", NULL};
+                                         "offset", "roles", "info", "format", "deterministic", "window",
+                                         "softcap", "alibi_slopes", NULL};
 
 /* What meta.json (or __metadata__) declares before any tensor is read. */
 typedef struct {
@@ -495,7 +498,8 @@ static int bundle_meta(fd_jctx *cx, const json_t *meta, fd_bundle *b, bmeta *m)
         for (int i = 0; meta_keys[i]; i++) ok |= !strcmp(key, meta_keys[i]);
         if (!ok) {
             snprintf(cx->err, cx->errlen, "%s: unknown key \"%s\" (expected layout, mask, dtype, scale, dropout_p, "
-                                          "seed, offset, roles, info, format, deterministic)", cx->file, key);
+                                          "seed, offset, roles, info, format, deterministic, window, softcap, "
+                                          "alibi_slopes)", cx->file, key);
             return -1;
         }
     }
@@ -572,6 +576,79 @@ static int check_types(fd_jctx *cx, tlist *l, const bmeta *m)
             }
         }
     }
+    return 0;
+}
+
+/* The meta fields of the score modifiers that are on (the slopes in the meta, as numbers). */
+static json_t *mods_meta(const fd_problem *p)
+{
+    json_t *m = json_object();
+    if (p->window) json_object_set_new(m, "window", json_pack("[i, i]", p->window_left, p->window_right));
+    if (p->softcap > 0.0f) json_object_set_new(m, "softcap", json_real((double)p->softcap));
+    if (p->alibi) {
+        json_t *a = json_array();
+        for (int h = 0; h < p->heads; h++) json_array_append_new(a, json_real((double)p->alibi_slopes[h]));
+        json_object_set_new(m, "alibi_slopes", a);
+    }
+    return m;
+}
+
+/* FlashAttention's score modifiers of the call: "window": [left, right] (-1 unbounded),
+ * "softcap": c (0 none), ALiBi slopes from the tensor alibi_slopes (heads,) or the meta
+ * list "alibi_slopes" (not both). */
+static int bundle_mods(fd_jctx *cx, const json_t *meta, tlist *l, fd_problem *p)
+{
+    json_t *w = json_object_get(meta, "window");
+    if (w) {
+        json_int_t lr[2];
+        if (!json_is_array(w) || json_array_size(w) != 2 || !json_is_integer(json_array_get(w, 0)) ||
+            !json_is_integer(json_array_get(w, 1)))
+            return fd_jfail(cx, "window", "expected [left, right], two integers (-1: unbounded)");
+        for (int t = 0; t < 2; t++) {
+            lr[t] = json_integer_value(json_array_get(w, (size_t)t));
+            if (lr[t] < -1 || lr[t] > INT_MAX / 2)
+                return fd_jfail(cx, "window", "%s size %lld: expected -1 (unbounded) or an integer >= 0",
+                                t ? "right" : "left", (long long)lr[t]);
+        }
+        p->window = 1;
+        p->window_left = (int)lr[0];
+        p->window_right = (int)lr[1];
+    }
+    double cap = 0.0;
+    int has_cap;
+    if (meta_num(cx, meta, "softcap", &cap, &has_cap)) return -1;
+    if (has_cap && !(cap >= 0.0 && cap < 1e30))
+        return fd_jfail(cx, "softcap", "expected a finite number >= 0 (0: none), got %g", cap);
+    p->softcap = (float)cap;
+    json_t *js = json_object_get(meta, "alibi_slopes");
+    tens *ts = tlist_find(l, "alibi_slopes");
+    if (js && ts) return fd_jfail(cx, "alibi_slopes", "given both as a tensor and in the meta: give one");
+    if (!js && !ts) return 0;
+    if (p->heads > FD_ALIBI_MAX_HEADS)
+        return fd_jfail(cx, "alibi_slopes", "%d heads: ALiBi supports at most %d", p->heads, FD_ALIBI_MAX_HEADS);
+    if (ts) {
+        if (ts->a.ndim != 1 || ts->a.shape[0] != p->heads || ts->a.type != FD_AT_F32) {
+            char sh[160];
+            fd_shape_str(ts->a.ndim, ts->a.shape, sh, sizeof sh);
+            snprintf(cx->err, cx->errlen, "%s: shape %s of %s, expected (%d,) float32: one slope per head",
+                     ts->label, sh, fd_atype_name(ts->a.type), p->heads);
+            return -1;
+        }
+        for (int h = 0; h < p->heads; h++) p->alibi_slopes[h] = fd_array_get_f32(&ts->a, (size_t)h);
+    } else {
+        if (!json_is_array(js) || json_array_size(js) != (size_t)p->heads)
+            return fd_jfail(cx, "alibi_slopes", "expected a list of %d numbers (one slope per head), got %s of %zu",
+                            p->heads, fd_jtype(js), json_is_array(js) ? json_array_size(js) : (size_t)0);
+        for (int h = 0; h < p->heads; h++) {
+            json_t *x = json_array_get(js, (size_t)h);
+            if (!json_is_number(x)) return fd_jfail(cx, "alibi_slopes", "element %d: expected a number", h);
+            p->alibi_slopes[h] = (float)json_number_value(x);
+        }
+    }
+    for (int h = 0; h < p->heads; h++)
+        if (!isfinite(p->alibi_slopes[h]))
+            return fd_jfail(cx, "alibi_slopes", "slope of head %d is not finite", h);
+    p->alibi = 1;
     return 0;
 }
 
@@ -653,6 +730,7 @@ static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist 
         return -1;
     }
     if (check_finite(tq, err, errlen) || check_finite(tk, err, errlen) || check_finite(tv, err, errlen)) return -1;
+    if (bundle_mods(cx, meta, l, p)) return -1;
     b->q = to_bshd(&tq->a, b->bhsd);
     b->k = to_bshd(&tk->a, b->bhsd);
     b->v = to_bshd(&tv->a, b->bhsd);
@@ -803,6 +881,11 @@ static int bundle_grads(fd_jctx *cx, const tens *tq, tlist *l, fd_bundle *b)
     const tens *tdo = tlist_find(l, "do");
     char s1[160], s2[160];
     const char *lay = b->bhsd ? "batch, heads, seqlen_q, dim" : "batch, seqlen_q, heads, dim";
+    if (tdo && fd_problem_has_mods(&b->prob)) {
+        snprintf(err, errlen, "%s: a backward (do) with a window, softcap or ALiBi is not supported yet "
+                              "(the forward is)", tdo->label);
+        return -1;
+    }
     if (tdo) {
         if (!shape_is(&tdo->a, 4, tq->a.shape)) {
             fd_shape_str(tdo->a.ndim, tdo->a.shape, s1, sizeof s1);
@@ -980,6 +1063,15 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
             free(s);
         }
         if (b->has_deterministic) json_object_set_new(meta, "deterministic", json_string(b->deterministic ? "true" : "false"));
+        json_t *mods = mods_meta(p);
+        const char *key;
+        json_t *val;
+        json_object_foreach(mods, key, val) {
+            char *t = json_dumps(val, JSON_COMPACT | JSON_ENCODE_ANY);
+            json_object_set_new(meta, key, json_string(t ? t : "null"));
+            free(t);
+        }
+        json_decref(mods);
         json_decref(roles);
         rc = fd_st_write_file(path, np, ap, n, meta, err, errlen);
         json_decref(meta);
@@ -992,6 +1084,9 @@ int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int b
     json_object_set_new(meta, "roles", roles);
     if (b->info) json_object_set(meta, "info", b->info);
     if (b->has_deterministic) json_object_set_new(meta, "deterministic", json_boolean(b->deterministic));
+    json_t *mods = mods_meta(p);
+    json_object_update(meta, mods);
+    json_decref(mods);
     if (mkdir(path, 0755) && errno != EEXIST) {
         snprintf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
         json_decref(meta);

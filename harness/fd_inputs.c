@@ -198,7 +198,7 @@ int fd_sample_rows(const fd_problem *p, int max_rows, int *rows)
         for (int i = 0; i < sq; i++) rows[i] = i;
         return sq;
     }
-    int cand[16], nc = 0;
+    int cand[20], nc = 0;
     cand[nc++] = 0;
     cand[nc++] = sq - 1;
     if (p->mask == FD_MASK_CAUSAL_BR) {
@@ -208,6 +208,14 @@ int fd_sample_rows(const fd_problem *p, int max_rows, int *rows)
     } else if (p->mask == FD_MASK_CAUSAL_TL) {
         cand[nc++] = sk - 1; /* first row that sees every key */
         cand[nc++] = sk;
+    }
+    if (p->window && p->window_left >= 0) { /* the last row whose window starts at key 0, the next */
+        cand[nc++] = sq - sk + p->window_left;
+        cand[nc++] = sq - sk + p->window_left + 1;
+    }
+    if (p->window && p->window_right >= 0) { /* the first row with a visible key, the last without */
+        cand[nc++] = sq - sk - p->window_right;
+        cand[nc++] = sq - sk - p->window_right - 1;
     }
     static const int tiles[] = {63, 64, 127, 128};
     for (int t = 0; t < 4; t++) cand[nc++] = tiles[t];

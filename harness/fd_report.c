@@ -255,6 +255,14 @@ json_t *fd_report_case_json(const fd_case_result *r)
         fd_json_num(r->seconds));
     if (json_object_size(skipped)) json_object_set_new(j, "skipped_backends", skipped);
     else json_decref(skipped);
+    /* FlashAttention's score modifiers, present only when on (older reports unchanged) */
+    if (p->window) json_object_set_new(j, "window", json_pack("[i, i]", p->window_left, p->window_right));
+    if (p->softcap > 0.0f) json_object_set_new(j, "softcap", fd_json_num((double)p->softcap));
+    if (p->alibi) {
+        json_t *sl = json_array();
+        for (int h = 0; h < p->heads; h++) json_array_append_new(sl, fd_json_num((double)p->alibi_slopes[h]));
+        json_object_set_new(j, "alibi_slopes", sl);
+    }
     /* where the baseline of FlashAttention's rule came from (the first judged flash output's) */
     for (int t = 0; t < r->nbe; t++) {
         const fd_backend_result *f = &r->be[t];

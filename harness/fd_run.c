@@ -140,6 +140,14 @@ static void judge(const fd_policy *po, fd_case_result *r)
     r->verdict = v;
 }
 
+/* First visible key of row i (nvis[r] keys from there: the visible keys are an interval). */
+static int vis_lo(const fd_problem *p, int i)
+{
+    int lo, hi;
+    fd_mask_visible_range(p, i, &lo, &hi);
+    return lo;
+}
+
 void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, const int *nvis,
                              fd_dropout_stats *s)
 {
@@ -151,7 +159,7 @@ void fd_dropout_stats_compute(const fd_problem *p, const int *rows, int nrows, c
     for (int b = 0; b < p->batch; b++)
         for (int h = 0; h < p->heads; h++)
             for (int r = 0; r < nrows; r++)
-                for (int j = 0; j < nvis[r]; j++) {
+                for (int j = vis_lo(p, rows[r]); j < vis_lo(p, rows[r]) + nvis[r]; j++) {
                     s->kept += fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, rows[r], j);
                     s->total++;
                 }
@@ -267,7 +275,7 @@ static void mask_search(const fd_problem *p, const int *rows, int nrows, const i
             for (int b = 0; b < p->batch && n < 4096 && !bad; b++)
                 for (int h = 0; h < p->heads && n < 4096 && !bad; h++)
                     for (int r = 0; r < nrows && n < 4096 && !bad; r++)
-                        for (int j = 0; j < nvis[r] && n < 4096 && !bad; j++, n++) {
+                        for (int j = vis_lo(p, rows[r]); j < vis_lo(p, rows[r]) + nvis[r] && n < 4096 && !bad; j++, n++) {
                             size_t x = (((size_t)b * (size_t)p->heads + (size_t)h) * (size_t)nrows + (size_t)r) * (size_t)p->seqlen_k + (size_t)j;
                             bad = mask[x] != (uint8_t)fd_fa2_keep(seed, off, thr, p->heads, b, h, rows[r], j);
                         }
@@ -306,7 +314,7 @@ static int check_mask(const fd_casefile *cf, const fd_case *c, const fd_backend 
     for (int b = 0; b < p->batch; b++)
         for (int h = 0; h < p->heads; h++)
             for (int r = 0; r < nrows; r++)
-                for (int j = 0; j < nvis[r]; j++) {
+                for (int j = vis_lo(p, rows[r]); j < vis_lo(p, rows[r]) + nvis[r]; j++) {
                     size_t x = (((size_t)b * (size_t)p->heads + (size_t)h) * (size_t)nrows + (size_t)r) * Sk + (size_t)j;
                     br->mask_checked++;
                     if ((mask[x] != 0) != fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, rows[r], j)) {
@@ -385,7 +393,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     res->nrows = fd_sample_rows(p, cf->rows_per_head, res->rows);
     const int nrows = res->nrows;
     for (int r = 0; r < nrows; r++) {
-        nvis[r] = fd_mask_visible_count(p->mask, res->rows[r], p->seqlen_q, p->seqlen_k);
+        nvis[r] = fd_problem_visible_count(p, res->rows[r]);
         if (nvis[r] == 0) res->empty_rows++;
     }
 
@@ -475,7 +483,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
             /* the GPU computes every row: 2 flops per multiply-add in QK^T and in PV */
             double pairs = 0.0;
             for (int i = 0; i < p->seqlen_q; i++)
-                pairs += (double)fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k);
+                pairs += (double)fd_problem_visible_count(p, i);
             br->m.tflops = 4.0 * (double)p->head_dim * pairs * (double)p->batch * (double)p->heads / (ms * 1e-3) / 1e12;
         }
         float **keep = br->origin != FD_ORIGIN_KERNEL ? NULL

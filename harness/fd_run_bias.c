@@ -147,7 +147,7 @@ int fd_bias_stage(const fd_casefile *cf, const fd_case *c, int given_inputs, int
         snprintf(err, errlen, "out of memory for the bias stage of case %s", c->id);
         goto out;
     }
-    for (int r = 0; r < R; r++) nvis[r] = fd_mask_visible_count(p->mask, res->rows[r], p->seqlen_q, p->seqlen_k);
+    for (int r = 0; r < R; r++) nvis[r] = fd_problem_visible_count(p, res->rows[r]);
     for (int s = 0; s < N && na > 0; s++) {
         fd_case cs = *c;
         cs.input_seed = fd_bias_seed(c->input_seed, s);

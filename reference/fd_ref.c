@@ -331,8 +331,8 @@ typedef struct {
     /* the row, fixed for all precisions */
     const fd_problem *p;
     const float *qrow;
-    const float **krow; /* visible keys */
-    int n, D;
+    const float **krow; /* visible keys: key lo + jj is krow[jj] */
+    int n, D, lo, h, i;
     int *kept; /* indices of visible keys kept by dropout */
     int nkept;
     float *vcol; /* V of the kept keys, column-major: vcol[d * nkept + kk] */
@@ -459,6 +459,39 @@ static int numer_sum(fd_rowws *ws, int d, mpfr_ptr N, double *wsum)
     return mpfr_sum(N, ws->t.ptr, (unsigned long)ws->nkept, MPFR_RNDN);
 }
 
+/* The score modifiers on s'_j (the exact s_j = sigma q.k_j rounded, error 2^ES):
+ *   softcap c:  s_j <- c tanh(s_j / c), computed x' = RN(s'/c), y' = RN(tanh x'),
+ *               s' = RN(c y'); with 2^(ec-1) <= c < 2^ec and tanh 1-Lipschitz,
+ *               |s' - c tanh(s/c)| <= 2^ec (2^(ES-ec+1) + hu(x') + hu(y')) + hu(s');
+ *   ALiBi:      s_j <- s_j - slope_h |i + sk - sq - j|; the product is exact (24 + 31
+ *               bits < P), so s' = RN(s' - bias) adds hu(s').
+ * (hu: the half-ulp term of a rounding, 0 when exact.) Returns the new error exponent. */
+static long mods_apply(const fd_rowws *ws, mpfr_ptr s, long ES, int h, int i, int j, mpfr_ptr tmp,
+                       mpfr_prec_t P)
+{
+    const fd_problem *p = ws->p;
+    if (p->softcap > 0.0f) {
+        int ec;
+        (void)frexp((double)p->softcap, &ec); /* c = m 2^ec, m in [1/2, 1) */
+        const int t1 = mpfr_div_d(tmp, s, (double)p->softcap, MPFR_RNDN);
+        long A = ES == FD_NOEXP ? FD_NOEXP : ES - (long)ec + 1;
+        A = exp_add(A, half_ulp_exp(t1, tmp, P));
+        const int t2 = mpfr_tanh(tmp, tmp, MPFR_RNDN);
+        A = exp_add(A, half_ulp_exp(t2, tmp, P));
+        const int t3 = mpfr_mul_d(s, tmp, (double)p->softcap, MPFR_RNDN);
+        ES = A == FD_NOEXP ? FD_NOEXP : A + (long)ec;
+        ES = exp_add(ES, half_ulp_exp(t3, s, P));
+    }
+    if (p->alibi) {
+        const long dd = (long)i + p->seqlen_k - p->seqlen_q - j;
+        mpfr_set_d(tmp, (double)p->alibi_slopes[h], MPFR_RNDN);            /* exact */
+        mpfr_mul_ui(tmp, tmp, (unsigned long)(dd < 0 ? -dd : dd), MPFR_RNDN); /* exact */
+        const int t4 = mpfr_sub(s, s, tmp, MPFR_RNDN);
+        ES = exp_add(ES, half_ulp_exp(t4, s, P));
+    }
+    return ES;
+}
+
 /* Returns the number of undecided outputs (0..D+1), or -1 for no memory. */
 static int row_at(fd_rowws *ws, mpfr_prec_t P, int first, double *o, double *lse)
 {
@@ -485,6 +518,8 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, int first, double *o, double *lse
         int ts = dot_exact(ws->s.x[j], ws->qrow, ws->krow[j], D, ws->sig_m, ws->sig_neg, ws->sig_e,
                            &ws->dot);
         ES[j] = half_ulp_exp(ts, ws->s.x[j], P);
+        if (fd_problem_has_mods(p))
+            ES[j] = mods_apply(ws, ws->s.x[j], ES[j], ws->h, ws->i, ws->lo + j, a, P);
         if (mpfr_cmp(ws->s.x[j], ws->s.x[jm]) > 0) jm = j;
     }
     mpfr_srcptr m = ws->s.x[jm];
@@ -714,7 +749,9 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     }
 
     const int D = p->head_dim;
-    const int n = fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k);
+    if (fd_problem_check_mods(p, err, errlen)) return -1;
+    int lo, hi;
+    const int n = fd_mask_visible_range(p, i, &lo, &hi);
     const int hk = fd_kv_head(p, h);
     fd_ref_row_info inf;
     memset(&inf, 0, sizeof inf);
@@ -731,6 +768,9 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     ws.p = p;
     ws.n = n;
     ws.D = D;
+    ws.lo = lo;
+    ws.h = h;
+    ws.i = i;
     ws.qrow = q + fd_q_index(p, b, i, h, 0);
     ws.krow = malloc((size_t)n * sizeof(float *));
     ws.kept = malloc((size_t)n * sizeof(int));
@@ -750,14 +790,15 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     }
     const int drop = p->dropout_p > 0.0;
     const uint8_t thr = fd_fa2_threshold(p->dropout_p);
-    for (int j = 0; j < n; j++) {
-        ws.krow[j] = k + fd_kv_index(p, b, j, hk, 0);
-        if (!all_finite(ws.krow[j], D) || !all_finite(v + fd_kv_index(p, b, j, hk, 0), D)) {
+    for (int jj = 0; jj < n; jj++) { /* kept[] holds indices into the visible keys */
+        const int j = lo + jj;
+        ws.krow[jj] = k + fd_kv_index(p, b, j, hk, 0);
+        if (!all_finite(ws.krow[jj], D) || !all_finite(v + fd_kv_index(p, b, j, hk, 0), D)) {
             fd_ref_seterr(err, errlen, "fd_ref_row: non-finite k or v at b=%d key %d kv head %d", b, j, hk);
             goto out;
         }
         if (!drop || fd_fa2_keep(p->seed, p->offset, thr, p->heads, b, h, i, j))
-            ws.kept[ws.nkept++] = j;
+            ws.kept[ws.nkept++] = jj;
     }
     inf.nkept = ws.nkept;
     /* V of the kept keys, transposed once so that the per-d loops run contiguously. */
@@ -769,7 +810,7 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     ws.ymin = LONG_MAX;
     ws.ymax = LONG_MIN;
     for (int kk = 0; kk < ws.nkept; kk++) {
-        const float *vr = v + fd_kv_index(p, b, ws.kept[kk], hk, 0);
+        const float *vr = v + fd_kv_index(p, b, lo + ws.kept[kk], hk, 0);
         for (int d = 0; d < D; d++) {
             float x = vr[d];
             ws.vcol[(size_t)d * (size_t)ws.nkept + (size_t)kk] = x;

@@ -2,6 +2,9 @@
  *
  * For query row i of (batch b, head h) it computes, from the exact input values,
  *   s_j = softmax_scale * sum_d q_d k_jd           (softmax_scale: the float in fd_problem)
+ *   s_j <- softcap * tanh(s_j / softcap)           (when softcap > 0; mpfr_tanh)
+ *   s_j <- s_j - slope_h * |i + sk - sq - j|       (with ALiBi; FA2's order: after the cap)
+ *   visible j: the interval of fd_mask_visible_range (causal mask and sliding window)
  *   m   = max over visible j of s_j
  *   l   = sum over visible j of exp(s_j - m)
  *   O_d = sum over visible, kept j of exp(s_j - m) v_jd / ((1 - p) * l)

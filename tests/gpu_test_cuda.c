@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fd_cpu_attn.h"
 #include "fd_cpu_bwd.h"
 #include "fd_cuda.h"
 #include "fd_dtype.h"
@@ -414,4 +415,61 @@ Test(gpu_cuda, unsupported_configs_rejected_clearly)
     cfg.splits = 0;
     cr_expect_eq(fd_cuda_splitkv_forward(&p, &cfg, buf, buf, buf, o, l, NULL, err, sizeof err), -1);
     cr_expect(strstr(err, "splits 0") != NULL, "message: %s", err);
+}
+
+/* Window, ALiBi and softcap (fd_mods.h): cuda-flash with the portable exp2 is the CPU
+ * replay (tensor-core block order for QK^T and PV, FA2's row sum) bit for bit in O, every
+ * row (empty rows included: O = 0, LSE = +Inf); the LSE within CUDA logf's ulp. */
+Test(gpu_cuda, features_replay_bit_identical)
+{
+    SKIP_WITHOUT_GPU();
+    static const struct {
+        int H, Hk, sq, sk, d; fd_dtype dt; fd_mask_kind mask; int win, wl, wr; float cap; int alibi; double p; int br;
+    } fs[] = {
+        {2, 2, 200, 333, 64, FD_DT_FP16, FD_MASK_NONE, 1, 40, 7, 0.0f, 0, 0.0, 128},
+        {2, 1, 333, 200, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 1, 65, 0, 0.0f, 0, 0.0, 64},
+        {2, 2, 150, 150, 64, FD_DT_FP16, FD_MASK_NONE, 1, -1, 3, 0.0f, 0, 0.0, 128},
+        {4, 2, 113, 203, 128, FD_DT_FP16, FD_MASK_NONE, 0, 0, 0, 0.0f, 1, 0.0, 128},
+        {4, 4, 203, 113, 64, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0, 0, 0, 0.0f, 1, 0.0, 64},
+        {2, 2, 128, 256, 128, FD_DT_BF16, FD_MASK_NONE, 0, 0, 0, 30.0f, 0, 0.0, 128},
+        {2, 2, 256, 256, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0, 0, 0, 5.0f, 0, 0.0, 128},
+        {4, 2, 190, 300, 128, FD_DT_FP16, FD_MASK_CAUSAL_BR, 1, 50, 0, 20.0f, 1, 0.1, 128},
+        {4, 4, 300, 190, 64, FD_DT_BF16, FD_MASK_NONE, 1, 30, 30, 50.0f, 1, 0.0, 64},
+    };
+    for (size_t t = 0; t < sizeof fs / sizeof fs[0]; t++) {
+        tcase c;
+        make_case(&c, 1, fs[t].H, fs[t].Hk, fs[t].sq, fs[t].sk, fs[t].d, fs[t].dt, fs[t].mask, fs[t].p, 40 + t);
+        fd_problem *p = &c.p;
+        p->window = fs[t].win; p->window_left = fs[t].wl; p->window_right = fs[t].wr;
+        p->softcap = fs[t].cap; p->alibi = fs[t].alibi;
+        fd_alibi_default_slopes(p->heads, p->alibi_slopes);
+        const size_t nq = fd_q_numel(p), nl = fd_lse_numel(p);
+        float *o = poisoned(nq), *lse = poisoned(nl), *ro = poisoned(nq), *rl = poisoned(nl);
+        fd_cuda_cfg g;
+        fd_cuda_cfg_default(&g);
+        g.br = fs[t].br; g.bc = 64; g.exp2_mode = 1;
+        fd_flash_cfg r;
+        fd_flash_cfg_default(&r);
+        r.br = fs[t].br; r.bc = 64; r.qk_order = FD_ACC_TC16; r.pv_order = FD_ACC_TC16;
+        r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
+        char err[512];
+        cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
+        size_t diff = 0, first = (size_t)-1, ldiff = 0, empty = 0;
+        for (size_t x = 0; x < nq; x++)
+            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x])) { if (!diff++) first = x; }
+        /* LSE: CUDA's logf is within 1 ulp of glibc's, so the LSE may differ by an ulp;
+         * +Inf (empty rows) must agree exactly */
+        for (size_t x = 0; x < nl; x++) {
+            const int both_inf = isinf(lse[x]) && isinf(rl[x]) && lse[x] > 0 && rl[x] > 0;
+            ldiff += !both_inf && !(fabsf(lse[x] - rl[x]) <= 2.0f * fabsf(nextafterf(rl[x], INFINITY) - rl[x]));
+            empty += isinf(rl[x]);
+        }
+        cr_expect_eq(diff, 0, "spec %zu: %zu of %zu O elements differ from the replay; first at %zu: gpu %a, replay %a",
+                     t, diff, nq, first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0);
+        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay by more than an ulp", t, ldiff, nl);
+        (void)empty;
+        free(o); free(lse); free(ro); free(rl);
+        free_case(&c);
+    }
 }

@@ -60,6 +60,7 @@ Test(explain, each_injected_bug_is_named_by_the_hypothesis_of_its_name, .init = 
     int nbugs = 0;
     for (const char *const *bug = fd_explain_bugs; *bug; bug++) {
         if (fd_explain_bug_is_bwd(*bug)) continue; /* tests/test_backward.c */
+        if (fd_explain_bug_is_mod(*bug)) continue; /* tests/test_features.c: cases with the feature */
         nbugs++;
         fd_explain_opts o = {"cpu-flash", *bug, 2};
         fd_explanation ex;
@@ -83,7 +84,7 @@ Test(explain, each_injected_bug_is_named_by_the_hypothesis_of_its_name, .init = 
 Test(explain, cli_inject_name_is_the_hypothesis_name)
 {
     for (const char *const *bug = fd_explain_bugs; *bug; bug++) {
-        if (fd_explain_bug_is_bwd(*bug)) continue;
+        if (fd_explain_bug_is_bwd(*bug) || fd_explain_bug_is_mod(*bug)) continue;
         char *a[] = {FD_BINARY, "explain", tu_path(TU_SOURCE, "cases/smoke.json"), "--case", (char *)case_for(*bug),
                      "--inject", (char *)*bug, "--jobs", "2", NULL};
         cr_assert_eq(tu_run(a), 1, "--inject %s: a bug, exit 1: %s", *bug, g_err);

@@ -1,4 +1,6 @@
-/* fd_common.c: names of the shared enums. */
+/* fd_common.c: names of the shared enums; checks of the score modifiers. */
+#include <math.h>
+#include <stdio.h>
 #include "fd_problem.h"
 
 const char *fd_dtype_name(fd_dtype t)
@@ -19,4 +21,50 @@ const char *fd_mask_name(fd_mask_kind m)
     case FD_MASK_CAUSAL_BR: return "causal_br";
     }
     return "?";
+}
+
+int fd_problem_check_mods(const fd_problem *p, char *err, size_t errlen)
+{
+    if (p->window && (p->window_left < -1 || p->window_right < -1)) {
+        snprintf(err, errlen, "window (%d, %d): each side must be >= 0, or -1 for unbounded",
+                 p->window_left, p->window_right);
+        return -1;
+    }
+    if (!(p->softcap >= 0.0f) || isinf(p->softcap)) {
+        snprintf(err, errlen, "softcap %g: must be finite and >= 0 (0: none)", (double)p->softcap);
+        return -1;
+    }
+    if (p->alibi) {
+        if (p->heads > FD_ALIBI_MAX_HEADS) {
+            snprintf(err, errlen, "ALiBi with %d heads: at most %d supported", p->heads, FD_ALIBI_MAX_HEADS);
+            return -1;
+        }
+        for (int h = 0; h < p->heads; h++)
+            if (!isfinite(p->alibi_slopes[h])) {
+                snprintf(err, errlen, "ALiBi slope of head %d is not finite (%g)", h, (double)p->alibi_slopes[h]);
+                return -1;
+            }
+    }
+    return 0;
+}
+
+void fd_alibi_default_slopes(int heads, float *slopes)
+{
+    /* 2^(-8 (h + 1) / H), the geometric sequence of the ALiBi paper (Press et al.) for
+     * H a power of two, and what FlashAttention's tests use (get_alibi_slopes). */
+    for (int h = 0; h < heads && h < FD_ALIBI_MAX_HEADS; h++)
+        slopes[h] = (float)exp2(-8.0 * (double)(h + 1) / (double)heads);
+}
+
+int fd_problem_describe_mods(const fd_problem *p, char *buf, size_t len)
+{
+    int n = 0;
+    buf[0] = 0;
+    if (p->window)
+        n += snprintf(buf + n, len - (size_t)n, "%swindow (%d, %d)", n ? ", " : "", p->window_left, p->window_right);
+    if (p->softcap > 0.0f && (size_t)n < len)
+        n += snprintf(buf + n, len - (size_t)n, "%ssoftcap %g", n ? ", " : "", (double)p->softcap);
+    if (p->alibi && (size_t)n < len)
+        n += snprintf(buf + n, len - (size_t)n, "%salibi", n ? ", " : "");
+    return n;
 }

@@ -19,6 +19,9 @@ typedef enum {
     FD_MASK_CAUSAL_BR = 2  /* j <= i + seqlen_k - seqlen_q (FlashAttention >= 2.1) */
 } fd_mask_kind;
 
+/* Most heads a problem with ALiBi may have (the slopes live in the problem). */
+#define FD_ALIBI_MAX_HEADS 128
+
 typedef struct fd_problem {
     int batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim;
     fd_dtype dtype;
@@ -26,7 +29,21 @@ typedef struct fd_problem {
     float softmax_scale;   /* the float the kernel receives (1/sqrt(d) rounded to binary32) */
     double dropout_p;      /* probability of dropping, in [0, 1) */
     uint64_t seed, offset; /* FA2 Philox seed and generator offset */
+    /* FlashAttention-2's score modifiers. Every field's zero means "off", so a problem
+     * cleared with memset is plain attention. */
+    int window;                  /* 1: the sliding window (window_left, window_right) applies */
+    int window_left, window_right; /* FA2 window_size: -1 unbounded, else >= 0; bottom-right aligned */
+    float softcap;               /* > 0: s -> softcap * tanh(s / softcap) on the scaled score */
+    int alibi;                   /* 1: bias -alibi_slopes[h] * |i + sk - sq - j| on the scaled score */
+    float alibi_slopes[FD_ALIBI_MAX_HEADS];
 } fd_problem;
+
+/* Does the problem use a window, softcap or ALiBi (the features only the forward
+ * kernels and the reference support so far)? */
+static inline int fd_problem_has_mods(const fd_problem *p)
+{
+    return p->window || p->softcap > 0.0f || p->alibi;
+}
 
 FD_HD int fd_mask_visible(fd_mask_kind mask, int i, int j, int sq, int sk)
 {
@@ -35,7 +52,51 @@ FD_HD int fd_mask_visible(fd_mask_kind mask, int i, int j, int sq, int sk)
     return 1;
 }
 
-/* Number of keys visible from query row i: keys 0..n-1 (the masks are prefixes). */
+/* Visible keys of query row i: the interval [*lo, *hi] (empty when *hi < *lo); returns
+ * its length. FlashAttention-2's rule (mask.h, flash_api.cpp): the causal mask and the
+ * window intersect; with window (wl, wr) key j is visible when
+ *   j >= i + sk - sq - wl (wl >= 0)   and   j <= i + sk - sq + wr (wr >= 0),
+ * -1 meaning unbounded on that side; causal (bottom-right) is the window (-1, 0). */
+FD_HD int fd_vis_range(int mask, int window, int wl, int wr, int i, int sq, int sk, int *lo,
+                       int *hi)
+{
+    const long diag = (long)i + sk - sq;
+    long a = 0, z = (long)sk - 1;
+    if (mask == FD_MASK_CAUSAL_TL && (long)i < z) z = i;
+    if (mask == FD_MASK_CAUSAL_BR && diag < z) z = diag;
+    if (window && wr >= 0 && diag + wr < z) z = diag + wr;
+    if (window && wl >= 0 && diag - wl > a) a = diag - wl;
+    if (z < a) { /* empty: a canonical empty interval inside [0, sk] */
+        *lo = (int)(a < sk ? a : sk);
+        *hi = *lo - 1;
+        return 0;
+    }
+    *lo = (int)a;
+    *hi = (int)z;
+    return (int)(z - a + 1);
+}
+
+static inline int fd_mask_visible_range(const fd_problem *p, int i, int *lo, int *hi)
+{
+    return fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i, p->seqlen_q,
+                        p->seqlen_k, lo, hi);
+}
+
+static inline int fd_problem_visible_count(const fd_problem *p, int i)
+{
+    int lo, hi;
+    return fd_mask_visible_range(p, i, &lo, &hi);
+}
+
+static inline int fd_problem_visible(const fd_problem *p, int i, int j)
+{
+    int lo, hi;
+    fd_mask_visible_range(p, i, &lo, &hi);
+    return j >= lo && j <= hi;
+}
+
+/* Number of keys visible from query row i: keys 0..n-1 (the masks are prefixes).
+ * The causal masks only (the backward pass); with a window use fd_mask_visible_range. */
 FD_HD int fd_mask_visible_count(fd_mask_kind mask, int i, int sq, int sk)
 {
     long n = sk;
@@ -75,4 +136,11 @@ static inline size_t fd_lse_numel(const fd_problem *p)
 }
 const char *fd_dtype_name(fd_dtype t);
 const char *fd_mask_name(fd_mask_kind m);
+/* 0, or -1 with err filled: window sides >= -1, softcap finite >= 0, ALiBi slopes finite
+ * and heads <= FD_ALIBI_MAX_HEADS. */
+int fd_problem_check_mods(const fd_problem *p, char *err, size_t errlen);
+/* The standard ALiBi slopes 2^(-8 (h + 1) / heads), h = 0 .. heads - 1. */
+void fd_alibi_default_slopes(int heads, float *slopes);
+/* "window (l, r), softcap c, alibi" (only what is on); returns the length. */
+int fd_problem_describe_mods(const fd_problem *p, char *buf, size_t len);
 #endif

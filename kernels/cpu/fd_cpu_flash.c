@@ -15,6 +15,7 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_exp2.h"
+#include "fd_mods.h"
 #include "fd_philox.h"
 
 #define FD_LOG2E 1.4426950408889634073599246810018921
@@ -76,7 +77,7 @@ int fd_cpu_check_problem(const fd_problem *p, char *err, size_t errlen)
         snprintf(err, errlen, "dropout p must be in [0, 1), got %g", p->dropout_p);
         return -1;
     }
-    return 0;
+    return fd_problem_check_mods(p, err, errlen);
 }
 
 typedef struct {
@@ -86,6 +87,8 @@ typedef struct {
     fd_accum_model qk, pv;
     float scale_log2;
     double scale_log2_d;
+    float scale_sm;      /* FA2's scale_softmax: softcap when capped, else softmax_scale */
+    float cap_in;        /* FA2's params.softcap = softmax_scale / softcap (0: no cap) */
     int dropout;
     uint8_t thr;
     const float *q, *k, *v;
@@ -93,9 +96,10 @@ typedef struct {
     float *ptf;
 } fd_flash_ctx;
 
-/* One query row over key blocks [nb_lo, nb_hi) visited backwards. Leaves the unnormalised
- * accumulator in acc, the row sum in *l_out and the raw row max in *m_out. */
-static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi, int nv,
+/* One query row over key blocks [nb_lo, nb_hi) visited backwards, keys lo..hi visible.
+ * Leaves the unnormalised accumulator in acc, the row sum in *l_out and the raw row max
+ * in *m_out. */
+static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi, int lo, int hi,
                       double *acc, double *l_out, double *m_out)
 {
     const fd_problem *p = x->p;
@@ -108,6 +112,9 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi
     const size_t kvstride = (size_t)p->kv_heads * (size_t)D;
     const float *qi = x->q + fd_q_index(p, b, i, h, 0);
     double m = -INFINITY, l = 0.0, lp[4] = {0.0, 0.0, 0.0, 0.0};
+    /* ALiBi: FA2 divides the slope by scale_softmax in binary32 (flash_fwd_kernel.h) */
+    const float slope_raw = p->alibi ? p->alibi_slopes[h] / x->scale_sm : 0.0f;
+    const double slope_d = p->alibi ? (double)p->alibi_slopes[h] / (double)x->scale_sm : 0.0;
     for (int d = 0; d < D; d++) acc[d] = 0.0;
     for (int nb = nb_hi - 1; nb >= nb_lo; nb--) {
         const int j0 = nb * bc;
@@ -115,13 +122,18 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi
         for (int c = 0; c < bc; c++) {
             const int j = j0 + c;
             double sv = -INFINITY; /* masked or beyond seqlen_k */
-            if (j < nv) {
+            if (j >= lo && j <= hi) {
                 const float *kj = x->k + fd_kv_index(p, b, j, hk, 0);
+                const int dist = fd_alibi_dist(i, j, p->seqlen_q, sk);
                 if (xqk) {
                     sv = 0.0; /* exact products; a binary64 sum is exact to ~d 2^-53 */
                     for (int d = 0; d < D; d++) sv += (double)qi[d] * (double)kj[d];
+                    /* the modifiers in binary64 too: part of the score stage */
+                    if (p->softcap > 0.0f) sv = tanh(sv * ((double)p->softmax_scale / (double)p->softcap));
+                    sv -= slope_d * (double)dist;
                 } else {
-                    sv = (double)fd_dot_acc_dt(x->qk, qi, 1, kj, 1, D, 0.0f, p->dtype);
+                    const float r = fd_dot_acc_dt(x->qk, qi, 1, kj, 1, D, 0.0f, p->dtype);
+                    sv = (double)fd_mods_score(r, x->cap_in, slope_raw, dist);
                 }
             }
             x->s[c] = sv;
@@ -161,7 +173,7 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi
             double *acc_l = fa2sum ? &lp[(c & 7) >> 1] : &l;
             *acc_l = xsm ? *acc_l + e : (double)((float)*acc_l + (float)e);
             double pv = (x->cfg->p_fp32 || xpr) ? e : (double)fd_round_to_dtype((float)e, p->dtype);
-            if (x->dropout && j0 + c < nv &&
+            if (x->dropout && j0 + c >= lo && j0 + c <= hi &&
                 !fd_fa2_keep(p->seed, p->offset, x->thr, p->heads, b, h, i, j0 + c))
                 pv = 0.0;
             x->pt[c] = pv;
@@ -203,8 +215,11 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
     /* The tensor-core model applies to fp16/bf16 inputs; fp32 accumulates sequentially. */
     x->qk = p->dtype == FD_DT_FP32 ? FD_ACC_SEQ : cfg->qk_order;
     x->pv = (p->dtype == FD_DT_FP32 || cfg->p_fp32) ? FD_ACC_SEQ : cfg->pv_order;
-    /* FA2: params.scale_softmax_log2 = softmax_scale * M_LOG2E (double product, stored as float) */
-    x->scale_log2_d = (double)p->softmax_scale * FD_LOG2E;
+    /* FA2: params.scale_softmax_log2 = scale_softmax * M_LOG2E (double product, stored as
+     * float), scale_softmax the softcap when there is one (fd_mods.h) */
+    x->scale_sm = p->softcap > 0.0f ? p->softcap : p->softmax_scale;
+    x->cap_in = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
+    x->scale_log2_d = (double)x->scale_sm * FD_LOG2E;
     x->scale_log2 = (float)x->scale_log2_d;
     x->dropout = p->dropout_p > 0.0;
     x->thr = fd_fa2_threshold(p->dropout_p);
@@ -231,7 +246,7 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
 {
     fd_flash_ctx x;
     if (ctx_init(&x, p, cfg, exact, q, k, v, err, errlen)) return -1;
-    const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k, bc = cfg->bc;
+    const int D = p->head_dim, sq = p->seqlen_q, bc = cfg->bc;
     const int xfin = !!(exact & FD_STAGE_FINAL), xds = !!(exact & FD_STAGE_DROPSCALE);
     const int xsm = !!(exact & FD_STAGE_SOFTMAX);
     const float rp = x.dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
@@ -248,14 +263,15 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
             for (int r = 0; r < n_rows; r++) {
                 const int i = rows ? rows[r] : r;
                 double *oi = o + fd_q_index(p, b, i, h, 0);
-                const int nv = fd_mask_visible_count(p->mask, i, sq, sk);
+                int lo, hi;
+                const int nv = fd_mask_visible_range(p, i, &lo, &hi);
                 if (nv == 0) {
                     for (int d = 0; d < D; d++) oi[d] = 0.0;
                     lse[fd_lse_index(p, b, h, i)] = INFINITY;
                     continue;
                 }
                 double l, m;
-                flash_row(&x, b, h, i, 0, (nv + bc - 1) / bc, nv, acc, &l, &m);
+                flash_row(&x, b, h, i, lo / bc, hi / bc + 1, lo, hi, acc, &l, &m);
                 const int empty = fd_eq(l, 0.0) || isnan(l);
                 /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
                 if (xfin) {
@@ -270,8 +286,8 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                 }
                 lse[fd_lse_index(p, b, h, i)] =
                     empty ? (double)INFINITY
-                          : (xsm || xfin) ? m * (double)p->softmax_scale + log(l)
-                                          : (double)fmaf((float)m, p->softmax_scale, logf((float)l));
+                          : (xsm || xfin) ? m * (double)x.scale_sm + log(l)
+                                          : (double)fmaf((float)m, x.scale_sm, logf((float)l));
             }
     free(acc);
     ctx_free(&x);
@@ -317,7 +333,7 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
     }
     fd_flash_ctx x;
     if (ctx_init(&x, p, cfg, 0u, q, k, v, err, errlen)) return -1;
-    const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k, bc = cfg->bc;
+    const int D = p->head_dim, sq = p->seqlen_q, bc = cfg->bc;
     const float rp = x.dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
     const int n_rows = rows ? nrows : sq;
     double *acc = malloc(sizeof(double) * (size_t)D);
@@ -334,24 +350,30 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
             for (int r = 0; r < n_rows; r++) {
                 const int i = rows ? rows[r] : r;
                 float *oi = o + fd_q_index(p, b, i, h, 0);
-                const int nv = fd_mask_visible_count(p->mask, i, sq, sk);
+                int lo, hi;
+                const int nv = fd_mask_visible_range(p, i, &lo, &hi);
                 if (nv == 0) {
                     for (int d = 0; d < D; d++) oi[d] = 0.0f;
                     lse[fd_lse_index(p, b, h, i)] = INFINITY;
                     continue;
                 }
-                const int nblocks = (nv + bc - 1) / bc;
+                const int nblocks = hi / bc + 1;
                 const int per = (nblocks + splits - 1) / splits;
                 int ns = 0;
                 for (int sp = 0; sp < splits; sp++) {
-                    const int lo = sp * per, hi = lo + per < nblocks ? lo + per : nblocks;
-                    if (lo >= hi) break;
+                    const int slo = sp * per, shi = slo + per < nblocks ? slo + per : nblocks;
+                    if (slo >= shi) break;
                     double l, m;
-                    flash_row(&x, b, h, i, lo, hi, nv, acc, &l, &m);
+                    if (shi <= lo / bc) { /* a split left of a window: no visible key, weight 0 */
+                        for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = 0.0f;
+                        lacc[ns++] = -INFINITY;
+                        continue;
+                    }
+                    flash_row(&x, b, h, i, slo > lo / bc ? slo : lo / bc, shi, lo, hi, acc, &l, &m);
                     /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
                     const float inv = 1.0f / (float)l, sc = inv * rp;
                     for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;
-                    lacc[ns] = fmaf((float)m, p->softmax_scale, logf((float)l));
+                    lacc[ns] = fmaf((float)m, x.scale_sm, logf((float)l));
                     ns++;
                 }
                 /* combine_attn_seqk_parallel: LSE-weighted sum in fp32 */

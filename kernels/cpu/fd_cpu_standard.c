@@ -4,7 +4,10 @@
  * accumulation, scaled and masked in fp32, softmax in fp32 (max-subtracted expf,
  * sequential sum, division), P cast to the dtype, dropout on the cast P computed in
  * fp32 and cast again, O = P V with fp32 accumulation cast to the dtype. A row with no
- * visible key gives NaN, as softmax over all -inf does in eager frameworks. */
+ * visible key gives NaN, as softmax over all -inf does in eager frameworks.
+ * Score modifiers as eager model code writes them (Gemma 2's softcap, an ALiBi bias
+ * tensor added to the scores): s = (q.k) * scale; s = tanhf(s / softcap) * softcap;
+ * s = s + (-slope * |i + sk - sq - j|) (the bias formed in fp32); then the mask. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,10 +43,17 @@ int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const flo
                 const float *qi = q + fd_q_index(p, b, i, h, 0);
                 float *oi = o + fd_q_index(p, b, i, h, 0);
                 float m = -INFINITY;
+                int vlo, vhi;
+                (void)fd_mask_visible_range(p, i, &vlo, &vhi);
                 for (int j = 0; j < sk; j++) {
                     const float *kj = k + fd_kv_index(p, b, j, hk, 0);
                     float x = fd_dot_acc_dt(order, qi, 1, kj, 1, D, 0.0f, p->dtype) * p->softmax_scale;
-                    if (!fd_mask_visible(p->mask, i, j, sq, sk)) x = -INFINITY;
+                    if (p->softcap > 0.0f) x = tanhf(x / p->softcap) * p->softcap;
+                    if (p->alibi) {
+                        const long dd = (long)i + sk - sq - j;
+                        x = x + -p->alibi_slopes[h] * (float)(dd < 0 ? -dd : dd);
+                    }
+                    if (j < vlo || j > vhi) x = -INFINITY;
                     s[j] = x;
                     if (x > m) m = x;
                 }

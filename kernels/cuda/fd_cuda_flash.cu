@@ -72,24 +72,24 @@ __global__ void __launch_bounds__(128) flash_fwd_fp32_kernel(const FlashParams P
     const float *K = static_cast<const float *>(P.k) + (size_t)b * sk * P.Hk * dp;
     const float *V = static_cast<const float *>(P.v) + (size_t)b * sk * P.Hk * dp;
     float *o = static_cast<float *>(P.o) + (((size_t)b * sq + i) * P.H + h) * dp;
-    const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0;
-    long nv = sk;
-    if (P.mask != FD_MASK_NONE) nv = min((long)sk, max(0L, (long)i + diag + 1));
+    int vlo, vhi;
+    const int nvis = fd_vis_range(P.mask, P.win, P.wl, P.wr, i, sq, sk, &vlo, &vhi);
     constexpr int MAXC = 8; /* dp <= 256 */
     float acc[MAXC];
 #pragma unroll
     for (int c = 0; c < MAXC; c++) acc[c] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    const int nblocks = (int)((nv + 31) / 32);
+    const int nb_hi = nvis ? vhi / 32 + 1 : 0, nb_lo = nvis ? vlo / 32 : 0;
     const float sl2 = P.scale_log2;
-    for (int nb = nblocks - 1; nb >= 0; nb--) {
+    const float sr = P.slope_raw ? P.slope_raw[h] : 0.0f;
+    for (int nb = nb_hi - 1; nb >= nb_lo; nb--) {
         const int j = nb * 32 + lane;
         float s = -INFINITY;
-        if (j < nv) {
+        if (j >= vlo && j <= vhi) {
             const float *kj = K + ((size_t)j * P.Hk + hk) * dp;
             float d0 = 0.0f;
             for (int d = 0; d < dp; d++) d0 = __fmaf_rn(q[d], kj[d], d0);
-            s = d0;
+            s = fd_mods_score(d0, P.cap_in, sr, fd_alibi_dist(i, j, sq, sk));
         }
         float mx = s;
         for (int w = 16; w >= 1; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(128) flash_fwd_fp32_kernel(const FlashParams P
         const float max_scaled = m == -INFINITY ? 0.0f : __fmul_rn(m, sl2);
         float pe = s == -INFINITY ? 0.0f : exp2_mode(P.exp2_mode, __fmaf_rn(s, sl2, -max_scaled));
         float pd = pe;
-        if (P.dropout && j < nv &&
+        if (P.dropout && j >= vlo && j <= vhi &&
             fd_fa2_dropout_byte(P.seed, P.offset, P.H, b, h, i, j) > P.thr)
             pd = 0.0f;
         const int nk = min(32, (int)(sk - nb * 32));
@@ -172,6 +172,10 @@ int fd_cu_check_problem(const fd_problem *p, char *err, size_t errlen)
         FD_FAIL("mask %d unsupported", (int)p->mask);
     if ((long)p->batch * p->heads > 65535)
         FD_FAIL("batch * heads = %ld exceeds the grid limit 65535", (long)p->batch * p->heads);
+    if (p->window && (p->window_left < -1 || p->window_right < -1))
+        FD_FAIL("window (%d, %d): each side must be >= 0, or -1 for unbounded", p->window_left, p->window_right);
+    if (!(p->softcap >= 0.0f) || isinf(p->softcap)) FD_FAIL("softcap %g: must be finite and >= 0", (double)p->softcap);
+    if (p->alibi && p->heads > FD_ALIBI_MAX_HEADS) FD_FAIL("ALiBi with %d heads: at most %d", p->heads, FD_ALIBI_MAX_HEADS);
     return 0;
 }
 
@@ -240,6 +244,7 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
         if (fp32) FD_FAIL("split-KV supports fp16 and bf16 only (fp32 inputs: use flash)");
         if (cfg.splits < 1 || cfg.splits > 128) FD_FAIL("splits %d out of range [1, 128]", cfg.splits);
         if (dmask) FD_FAIL("split-KV has no debug mask output");
+        if (p->window || p->softcap > 0.0f || p->alibi) FD_FAIL("split-KV does not support windows, softcap or ALiBi yet");
     }
     if (dmask && fp32) FD_FAIL("debug mask output needs fp16 or bf16 (the fp32 path has none)");
     int ndev = fd_cuda_device_count();
@@ -262,8 +267,20 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     P.dbg = want_dbg ? ddbg.p : nullptr;
     P.B = B; P.H = H; P.Hk = Hk; P.sq = sq; P.sk = sk; P.dp = dp; P.h_per_kv = H / Hk;
     P.mask = (int)p->mask;
-    P.scale = p->softmax_scale;
-    P.scale_log2 = (float)((double)p->softmax_scale * 1.4426950408889634073599246810018921);
+    /* FA2's folded scales (fd_mods.h): scale_softmax is the softcap when there is one */
+    const float scale_sm = p->softcap > 0.0f ? p->softcap : p->softmax_scale;
+    P.scale = scale_sm;
+    P.scale_log2 = (float)((double)scale_sm * 1.4426950408889634073599246810018921);
+    P.win = p->window ? 1 : 0; P.wl = p->window_left; P.wr = p->window_right;
+    P.cap_in = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
+    fd_dbuf dsl;
+    if (p->alibi) {
+        std::vector<float> raw((size_t)H);
+        for (int h = 0; h < H; h++) raw[(size_t)h] = p->alibi_slopes[h] / scale_sm; /* binary32, as FA2 */
+        if (fd_dalloc(dsl, (size_t)H * 4, "ALiBi slopes", err, errlen)) return -1;
+        FD_CU(cudaMemcpy(dsl.p, raw.data(), (size_t)H * 4, cudaMemcpyHostToDevice));
+        P.slope_raw = dsl.as<float>();
+    }
     P.dropout = p->dropout_p > 0.0;
     P.thr = fd_fa2_threshold(p->dropout_p);
     P.rp = 1.0f / (1.0f - (float)p->dropout_p); /* FA2: rp_dropout = 1.f / (1.f - p) */

@@ -14,6 +14,7 @@
 #include "fd_cuda_util.h"
 #include "fd_dtype.h"
 #include "fd_exp2.h"
+#include "fd_mods.h"
 #include "fd_philox.h"
 
 namespace fd_flash {
@@ -33,6 +34,12 @@ struct FlashParams {
     uint64_t seed, offset;
     int exp2_mode, p_fp32;
     int splits, tiles_per_split; /* splits == 0: plain forward */
+    /* score modifiers (fd_mods.h): window (FA2 window_size, -1 unbounded), the folded
+     * softcap factor softmax_scale / softcap (0: none), ALiBi slopes / scale_softmax per
+     * head (device, or null); scale and scale_log2 above are scale_softmax's */
+    int win, wl, wr;
+    float cap_in;
+    const float *slope_raw;
 };
 
 template <typename T> struct DT;
@@ -141,8 +148,9 @@ template <int D, int BR, bool GEN> struct KTraits {
     static constexpr int MIN_BLOCKS = MB == 2 ? 2 : 1;
 };
 
-/* GEN = false: the fast path, compiled without dropout, debug output, fp32 P and the
- * portable exp2 (the host sends those cases to GEN = true). Same arithmetic otherwise. */
+/* GEN = false: the fast path, compiled without dropout, debug output, fp32 P, the
+ * portable exp2 and the score modifiers (window, softcap, ALiBi; the host sends those
+ * cases to GEN = true). Same arithmetic otherwise. */
 template <typename T, int D, int BR, int BC, bool GEN>
 __global__ void __launch_bounds__(KTraits<D, BR, GEN>::NT, KTraits<D, BR, GEN>::MIN_BLOCKS)
 flash_fwd_kernel(const FlashParams P)
@@ -165,16 +173,26 @@ flash_fwd_kernel(const FlashParams P)
     const int m0 = m_block * BR;
     const int sq = P.sq, sk = P.sk;
     const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0; /* j <= i + diag */
+    const long dbr = (long)sk - sq; /* the window's diagonal: bottom-right, as FA2 */
+    /* the modifiers only in the GEN variant (the host sends such problems there): the
+     * fast path keeps its registers */
+    const bool win_r = GEN && P.win && P.wr >= 0, win_l = GEN && P.win && P.wl >= 0;
 
-    /* K/V tiles [n_lo, n_hi) this CTA visits. */
+    /* K/V tiles [n_lo, n_hi) this CTA visits: up to the last row's right edge, from the
+     * first row's left edge (FA2's n_block_max, n_block_min). */
     int n_hi = (sk + BC - 1) / BC;
-    if (P.mask != FD_MASK_NONE && !(GEN && P.dbg)) {
-        long last_row = (long)min(m0 + BR, sq) - 1;
-        long vis = last_row + diag + 1;
-        if (vis < 0) vis = 0;
-        if (vis < sk) n_hi = (int)((vis + BC - 1) / BC);
-    }
     int n_lo = 0;
+    if (!(GEN && P.dbg)) {
+        const long last_row = (long)min(m0 + BR, sq) - 1;
+        long z = (long)sk - 1;
+        if (P.mask != FD_MASK_NONE) z = min(z, last_row + diag);
+        if (win_r) z = min(z, last_row + dbr + P.wr);
+        n_hi = z < 0 ? 0 : min(n_hi, (int)(z / BC) + 1);
+        if (win_l) {
+            const long a = (long)m0 + dbr - P.wl;
+            if (a > 0) n_lo = (int)min(a / BC, (long)n_hi);
+        }
+    }
     if (P.splits) {
         n_lo = split * P.tiles_per_split;
         n_hi = min(n_hi, n_lo + P.tiles_per_split);
@@ -295,20 +313,38 @@ flash_fwd_kernel(const FlashParams P)
             }
         }
 
-        /* Masking: keys beyond sk, causal diagonal. */
         const int j0 = nb * BC;
+        /* Softcap, then the ALiBi bias (FA2's order: apply_softcap, then Mask::apply_mask). */
+        if (GEN && (!fd_eqf(P.cap_in, 0.0f) || P.slope_raw)) {
+            const float sr = P.slope_raw ? P.slope_raw[h] : 0.0f;
+#pragma unroll
+            for (int mi = 0; mi < MB; mi++)
+#pragma unroll
+            for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int i = warp_row0 + 16 * mi + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
+                    s[mi][a][e] = fd_mods_score(s[mi][a][e], P.cap_in, sr, fd_alibi_dist(i, j, sq, sk));
+                }
+        }
+
+        /* Masking: keys beyond sk, causal diagonal, window edges. */
 #pragma unroll
         for (int mi = 0; mi < MB; mi++) {
             const int row_base = warp_row0 + 16 * mi;
             const bool need_mask = (j0 + BC > sk) ||
-                                   (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)row_base + diag);
+                                   (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)row_base + diag) ||
+                                   (win_r && (long)j0 + BC - 1 > (long)row_base + dbr + P.wr) ||
+                                   (win_l && (long)j0 < (long)row_base + 15 + dbr - P.wl);
             if (need_mask) {
 #pragma unroll
                 for (int a = 0; a < NA; a++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
-                        bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                        bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag) &&
+                                   (!win_r || (long)j <= (long)i + dbr + P.wr) &&
+                                   (!win_l || (long)j >= (long)i + dbr - P.wl);
                         if (!vis) s[mi][a][e] = -INFINITY;
                     }
             }
@@ -485,7 +521,7 @@ flash_fwd_kernel(const FlashParams P)
 template <typename T, int D, int BR, int BC>
 int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err, size_t errlen)
 {
-    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode;
+    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode || P.win || P.slope_raw || !fd_eqf(P.cap_in, 0.0f);
     auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
     const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
