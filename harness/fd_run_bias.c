@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "fd_inputs.h"
+#include "fd_obtain.h"
 #include "fd_run_bias.h"
 
 uint64_t fd_bias_seed(uint64_t seed, int s)

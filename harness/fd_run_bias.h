@@ -16,7 +16,7 @@
  * were given (there are no seeds to vary). */
 #ifndef FD_RUN_BIAS_H
 #define FD_RUN_BIAS_H
-#include "fd_run.h"
+#include "fd_verdict.h"
 
 /* Input seed s (0-based) of the bias stage of a case with input seed `seed`. */
 uint64_t fd_bias_seed(uint64_t seed, int s);

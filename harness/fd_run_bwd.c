@@ -8,6 +8,7 @@
 #include "fd_dtype.h"
 #include "fd_inputs.h"
 #include "fd_ref_bwd.h"
+#include "fd_obtain.h"
 #include "fd_run_bwd.h"
 
 const char *const fd_grad_names[FD_NGRAD] = {"dq", "dk", "dv"};

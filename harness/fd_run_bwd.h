@@ -12,7 +12,7 @@
  *   rule chose, determinism, and "not measured" where a backend has no backward. */
 #ifndef FD_RUN_BWD_H
 #define FD_RUN_BWD_H
-#include "fd_run.h"
+#include "fd_verdict.h"
 
 int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                    const float *v, const float *given_dout, int jobs, fd_case_result *res,

@@ -6,6 +6,7 @@
 
 #include "fd_dtype.h"
 #include "fd_metrics.h"
+#include "fd_obtain.h"
 #include "fd_run_inv.h"
 
 static void one_backend(const fd_casefile *cf, const fd_case *c, const float *q, const float *k, const float *v,

@@ -13,7 +13,7 @@
  * require_batch_invariance makes a difference a FAIL; by default it is reported. */
 #ifndef FD_RUN_INV_H
 #define FD_RUN_INV_H
-#include "fd_run.h"
+#include "fd_verdict.h"
 
 #define FD_INV_MAX_BATCH 8
 

@@ -7,7 +7,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "fd_run.h"
+#include "fd_obtain.h"
+#include "fd_verdict.h"
 
 volatile sig_atomic_t fd_interrupted = 0;
 
