@@ -157,6 +157,11 @@ static const spec det_specs[] = {
     {1, 2, 2, 70, 70, 8, FD_DT_FP16, FD_MASK_NONE, 0.0, 0},
     {1, 4, 2, 130, 190, 200, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.15, 0},
     {2, 4, 4, 333, 333, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, 0},
+    /* the 8-warp bc = 128 kernel on whole tiles (with dropout) and d = 96, and the 4-warp
+     * (64, 64) kernel at d = 128 */
+    {1, 2, 2, 256, 384, 128, FD_DT_FP16, FD_MASK_NONE, 0.1, 128},
+    {1, 2, 2, 128, 256, 96, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, 128},
+    {1, 2, 1, 200, 300, 128, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, 64},
 };
 
 Test(gpu_bwd, deterministic_bitwise_vs_replay, .timeout = 600)

@@ -307,6 +307,10 @@ Test(cpu_bwd, default_tile_follows_head_dim)
     int br, bc;
     fd_bwd_tile_default(64, &br, &bc);
     cr_assert(br == 64 && bc == 64);
+    fd_bwd_tile_default(65, &br, &bc);
+    cr_assert(br == 64 && bc == (FD_BWD_BC128 ? 128 : 64));
+    fd_bwd_tile_default(128, &br, &bc);
+    cr_assert(br == 64 && bc == (FD_BWD_BC128 ? 128 : 64));
     fd_bwd_tile_default(256, &br, &bc);
     cr_assert(br == 64 && bc == 32);
     /* bc = 32 for d = 256 must give what an explicit (64, 32) gives */

@@ -113,10 +113,18 @@ FD_HD void fd_bwd_cfg_default(fd_bwd_cfg *c)
     c->bugs = 0;
 }
 
-/* The tile the CUDA backward kernel uses for head dim d (the replay uses the same). */
+/* FD_BWD_BC128 (default 1): head dims 65..128 take key tiles of 128 (the CUDA kernel's
+ * 8-warp variant); 0 keeps (64, 64) there (the 4-warp kernel). Host and device code must
+ * be built with the same value. */
+#ifndef FD_BWD_BC128
+#define FD_BWD_BC128 1
+#endif
+
+/* The tile the CUDA backward kernel uses for head dim d (the replay uses the same):
+ * (64, 64) for d <= 64, (64, 128) for 64 < d <= 128 (FD_BWD_BC128), (64, 32) above. */
 FD_HD void fd_bwd_tile_default(int d, int *br, int *bc)
 {
     *br = 64;
-    *bc = d > 128 ? 32 : 64;
+    *bc = d > 128 ? 32 : (FD_BWD_BC128 && d > 64) ? 128 : 64;
 }
 #endif

@@ -130,9 +130,10 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     if (bcfg_in) bc = *bcfg_in;
     if (bc.br == 0 && bc.bc == 0) fd_bwd_tile_default(p->head_dim, &bc.br, &bc.bc);
     const int dp = fd_cu_padded_dim(p->head_dim);
-    if (bc.br != 64 || !((bc.bc == 64 && dp <= 128) || (bc.bc == 32 && dp >= 64)))
+    if (bc.br != 64 || !((bc.bc == 64 && dp <= 128) || (bc.bc == 128 && (dp == 96 || dp == 128)) ||
+                         (bc.bc == 32 && dp >= 64)))
         FD_FAIL("cuda-flash backward: tile (%d, %d) unsupported for head_dim %d: supported (br, bc) = "
-                "(64, 64) for head_dim <= 128, (64, 32) for head_dim 33..256",
+                "(64, 64) for head_dim <= 128, (64, 128) for head_dim 65..128, (64, 32) for head_dim 33..256",
                 bc.br, bc.bc, p->head_dim);
     if (bc.dq_mode != FD_DQ_ATOMIC && bc.dq_mode != FD_DQ_DETERMINISTIC)
         FD_FAIL("cuda-flash backward: dq_mode %d unknown", (int)bc.dq_mode);

@@ -18,7 +18,9 @@
  *   slice of the head dim; mma chains over the tile's rows, ascending, only the
  *   16-chunks holding real rows). The next tile's opening barrier closes the tile. dK/dV
  *   stay in registers across query tiles; at the end dK * srp and dV * rp are written
- *   per query head in binary32 (the GQA sum is a later kernel). */
+ *   per query head in binary32 (the GQA sum is a later kernel).
+ * Key tiles of 128 (the default for head dims 65..128) run flash_bwd_kernel8 below: 8
+ * warps, the same per-element arithmetic, dQ's A operand read back from shared memory. */
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
@@ -356,6 +358,376 @@ __global__ void __launch_bounds__(128, BwdTraits<D, BC>::MINB) flash_bwd_kernel(
     }
 }
 
+/* The 8-warp variant for key tiles of BC = 128 (fd_bwd_tile_default for 64 < d <= 128;
+ * FA2's Flash_bwd_kernel_traits<128, 64, 128, 8, 2, 4, 2> layout): twice the keys per
+ * CTA, so each Q_m / dO_m tile loaded feeds 128 keys and there are half as many dQ
+ * partials. Per query tile:
+ *   S = Q K^T, dP = dO V^T: warp (wm, wn) = (warp % 2, warp / 2) takes rows 32 wm .. +31
+ *   (two 16-row blocks) x keys 32 wn .. +31 (four n-atoms), mma chains over the head dim
+ *   as in flash_bwd_kernel; P, dS elementwise, Pv and dSr rounded into sP / sdS; barrier;
+ *   dQ partial = dSr K: warp takes QMB 16-row blocks x QNA n-atoms of the head dim, A by
+ *   ldmatrix of sdS (the same bits the S/dP warps packed), chain over the tile's 128 keys
+ *   from 0 (only chunks holding real keys); 16-byte atomics / stores as above;
+ *   dV += Pv^T dO, dK += dSr^T Q: warp takes two 16-key blocks x D / 2 columns, as above.
+ * Every output element sees the same mma operands, chain order and elementwise math as
+ * in flash_bwd_kernel with bc = 128 (which is what the replay computes). */
+template <int D> struct BwdTraits8 {
+    static constexpr int BR = 64, BC = 128, NW = 8, NT = 256;
+    static constexpr int SMB = 2, SNA = 4;       /* S/dP: 2 row blocks x 4 key atoms a warp */
+    static constexpr int QN = (D / 4) % 16 == 0 ? 4 : 2;  /* dQ: warps along the head dim */
+    static constexpr int QM = NW / QN;           /* dQ: warps along the rows */
+    static constexpr int QMB = BR / 16 / QM;     /* dQ: 16-row blocks a warp */
+    static constexpr int QNA = D / QN / 8;       /* dQ: n-atoms a warp */
+    static constexpr int KBW = 2, KG = BC / 16 / KBW, DS = NW / KG, DW = D / DS, NDW = DW / 8;
+    static_assert(QMB * QM * 16 == BR && QNA * QN * 8 == D && QNA % 2 == 0, "dQ warp layout");
+    static_assert(KG * DS == NW && DW % 16 == 0, "dK/dV warp layout");
+    static constexpr size_t SMEM = (size_t)(2 * BC * D + 4 * BR * D + 2 * BR * BC) * 2;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
+{
+    using TR = BwdTraits8<D>;
+    constexpr int BR = TR::BR, BC = TR::BC, NT = TR::NT;
+    constexpr int SMB = TR::SMB, SNA = TR::SNA, QMB = TR::QMB, QNA = TR::QNA;
+    constexpr int KBW = TR::KBW, NDW = TR::NDW;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T *sK = reinterpret_cast<T *>(smem_raw);
+    T *sV = sK + BC * D;
+    T *sQ = sV + BC * D;        /* 2 stages */
+    T *sdO = sQ + 2 * BR * D;   /* 2 stages */
+    T *sP = sdO + 2 * BR * D;   /* [BR][BC] swizzled: Pv */
+    T *sdS = sP + BR * BC;      /* [BR][BC] swizzled: dSr */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int n_block = blockIdx.x, bh = blockIdx.y;
+    const int b = bh / P.H, h = bh % P.H, hk = h / P.h_per_kv;
+    const int sq = P.sq, sk = P.sk;
+    const int n0 = n_block * BC;
+    const int vk = min(BC, sk - n0);
+    const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0;
+
+    const T *gQ = static_cast<const T *>(P.q) + (size_t)b * sq * P.H * P.dp;
+    const T *gdO = static_cast<const T *>(P.dout) + (size_t)b * sq * P.H * P.dp;
+    const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
+    const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
+    const float *lse2 = P.lse2 + (size_t)bh * sq;
+    const float *dpre = P.dpre + (size_t)bh * sq;
+
+    const int m_hi = (sq + BR - 1) / BR;
+    const int m_lo = bwd_first_row(P.mask, sq, sk, n0) / BR;
+
+    /* S/dP rows (the lse2 / D' loads); the dK/dV slice (the epilogue); the tile's work
+     * recomputes these and the other warp offsets from an opaque copy of tid. */
+    const int srow0 = (warp % 2) * 32;
+    const int kb0 = (warp % TR::KG) * KBW, dbase = (warp / TR::KG) * TR::DW;
+    float acc_dk[KBW][NDW][4], acc_dv[KBW][NDW][4];
+#pragma unroll
+    for (int x = 0; x < KBW; x++)
+#pragma unroll
+        for (int a = 0; a < NDW; a++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc_dk[x][a][e] = acc_dv[x][a][e] = 0.0f;
+
+    const int dch = (P.d + 15) / 16;
+    const float sl2 = P.scale_log2;
+    const uint64_t rng_off = P.offset + ((uint64_t)b * P.H + h) * 32u + lane;
+
+    if (m_lo < m_hi) {
+        load_tile<T, D, BC, NT>(sK, gK, n0, sk, P.Hk, hk, P.dp, tid);
+        load_tile<T, D, BC, NT>(sV, gV, n0, sk, P.Hk, hk, P.dp, tid);
+        load_tile<T, D, BR, NT>(sQ, gQ, (m_hi - 1) * BR, sq, P.H, h, P.dp, tid);
+        load_tile<T, D, BR, NT>(sdO, gdO, (m_hi - 1) * BR, sq, P.H, h, P.dp, tid);
+        cp_async_commit();
+    }
+    int stage = 0;
+    for (int m = m_hi - 1; m >= m_lo; m--, stage ^= 1) {
+        const int m0 = m * BR;
+        const int vr = min(BR, sq - m0);
+        float l2[SMB][2], dd[SMB][2];
+        bool rok[SMB][2];
+#pragma unroll
+        for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int i = m0 + srow0 + mb * 16 + g + 8 * r;
+                rok[mb][r] = i < sq;
+                l2[mb][r] = rok[mb][r] ? lse2[i] : INFINITY;
+                dd[mb][r] = rok[mb][r] ? dpre[i] : 0.0f;
+            }
+        /* publishes tile m (and K_n, V_n) and closes the previous tile, as in flash_bwd_kernel */
+        cp_async_wait<0>();
+        __syncthreads();
+        if (m - 1 >= m_lo) {
+            load_tile<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            load_tile<T, D, BR, NT>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            cp_async_commit();
+        }
+        auto tile = [&](auto full_tag) {
+            constexpr bool FULL = decltype(full_tag)::value;
+            /* The thread's index through an empty asm: the shared-memory offsets below are
+             * computed from it per tile, near their use, instead of being hoisted out of the
+             * query loop as loop invariants (dozens of registers at D = 128). */
+            int tid_o = tid;
+            asm volatile("" : "+r"(tid_o));
+            const int warp = tid_o >> 5, lane = tid_o & 31;
+            const int g = lane >> 2, t = lane & 3, mi8 = lane >> 3;
+            const int srow0 = (warp % 2) * 32, skey0 = (warp / 2) * 32;
+            const int qrow0 = (warp % TR::QM) * QMB * 16, qcol0 = (warp / TR::QM) * QNA * 8;
+            const int kb0 = (warp % TR::KG) * KBW, dbase = (warp / TR::KG) * TR::DW;
+            const T *cQ = sQ + stage * BR * D;
+            const T *cdO = sdO + stage * BR * D;
+
+            /* S = Q K^T (rows srow0 + 16 mb .., keys skey0 .., chain over the head dim from
+             * 0, the same B fragments as flash_bwd_kernel offset by skey0), then P in place
+             * of S, then dP = dO V^T likewise: only one of the two chains' fragments is live
+             * at a time (FA2's order; the chains are independent, so the bits are the same). */
+            float s[SMB][SNA][4];
+#pragma unroll
+            for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+                for (int a = 0; a < SNA; a++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[mb][a][e] = 0.0f;
+            /* unrolled by 2 only (and dP's likewise): fully unrolled, ptxas spills at
+             * D = 128 (172 bytes stored, 484 loaded, with the opaque tid 68 / 88). */
+#pragma unroll 2
+            for (int kk = 0; kk < D / 16; kk++) {
+                if (!FULL && kk >= dch) break;
+                uint32_t aq[SMB][4];
+#pragma unroll
+                for (int mb = 0; mb < SMB; mb++) {
+                    const int row = srow0 + mb * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                    ldsm_x4(aq[mb], smem_u32(cQ + swz<D>(row, col)));
+                }
+#pragma unroll
+                for (int np = 0; np < SNA / 2; np++) {
+                    uint32_t bk[4];
+                    const int key = skey0 + np * 16 + (mi8 >> 1) * 8 + (lane & 7), c2 = kk * 16 + (mi8 & 1) * 8;
+                    ldsm_x4(bk, smem_u32(sK + swz<D>(key, c2)));
+#pragma unroll
+                    for (int mb = 0; mb < SMB; mb++) {
+                        DT<T>::mma(s[mb][2 * np], aq[mb], bk);
+                        DT<T>::mma(s[mb][2 * np + 1], aq[mb], bk + 2);
+                    }
+                }
+            }
+            /* P (flash_bwd_kernel's elementwise step on the warp's 2 x 16 rows and 32 keys),
+             * kept in s; 0 where not visible or lse is not finite. */
+#pragma unroll
+            for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+                for (int a = 0; a < SNA; a++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1;
+                        const int i = m0 + srow0 + mb * 16 + g + 8 * r, j = n0 + skey0 + a * 8 + 2 * t + (e & 1);
+                        const bool vis = rok[mb][r] && j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                        float pe = 0.0f;
+                        if (vis && isfinite(l2[mb][r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[mb][a][e], sl2, -l2[mb][r]));
+                        s[mb][a][e] = pe;
+                    }
+            float dp[SMB][SNA][4];
+#pragma unroll
+            for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+                for (int a = 0; a < SNA; a++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) dp[mb][a][e] = 0.0f;
+#pragma unroll 2
+            for (int kk = 0; kk < D / 16; kk++) {
+                if (!FULL && kk >= dch) break;
+                uint32_t ao[SMB][4];
+#pragma unroll
+                for (int mb = 0; mb < SMB; mb++) {
+                    const int row = srow0 + mb * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                    ldsm_x4(ao[mb], smem_u32(cdO + swz<D>(row, col)));
+                }
+#pragma unroll
+                for (int np = 0; np < SNA / 2; np++) {
+                    uint32_t bv[4];
+                    const int key = skey0 + np * 16 + (mi8 >> 1) * 8 + (lane & 7), c2 = kk * 16 + (mi8 & 1) * 8;
+                    ldsm_x4(bv, smem_u32(sV + swz<D>(key, c2)));
+#pragma unroll
+                    for (int mb = 0; mb < SMB; mb++) {
+                        DT<T>::mma(dp[mb][2 * np], ao[mb], bv);
+                        DT<T>::mma(dp[mb][2 * np + 1], ao[mb], bv + 2);
+                    }
+                }
+            }
+
+            /* dS, Pv, dSr as in flash_bwd_kernel; dropout bits from one Philox call per
+             * 16 x 32 block (the same subsequence / offset and lane mapping). */
+            static_assert(SNA == 4, "one 32-key dropout block a warp");
+            uint32_t keepbits[SMB][SNA];
+#pragma unroll
+            for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+                for (int a = 0; a < SNA; a++) keepbits[mb][a] = 0xfu;
+            if (P.dropout) {
+#pragma unroll
+                for (int mb = 0; mb < SMB; mb++) {
+                    const int rb = m0 + srow0 + mb * 16;
+                    const uint64_t sub = (uint64_t)(uint32_t)(rb >> 4) |
+                                         ((uint64_t)(uint32_t)((n0 + skey0) >> 5) << 32);
+                    const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
+#pragma unroll
+                    for (int a4 = 0; a4 < 4; a4++) {
+                        uint32_t kb4 = 0;
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
+                        keepbits[mb][a4] = kb4;
+                    }
+                }
+            }
+#pragma unroll
+            for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+                for (int a = 0; a < SNA; a++) {
+                    float pv[4], ds[4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1;
+                        const int j = n0 + skey0 + a * 8 + 2 * t + (e & 1);
+                        const bool inr = rok[mb][r] && j < sk;
+                        const bool kept = (keepbits[mb][a] >> e) & 1u;
+                        const float pe = s[mb][a][e];
+                        float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[mb][a][e], dd[mb][r])) : __fmul_rn(pe, -dd[mb][r]);
+                        if (!inr) dse = 0.0f;
+                        pv[e] = kept ? pe : 0.0f;
+                        ds[e] = dse;
+                    }
+                    const int rl = srow0 + mb * 16 + g, cl = skey0 + a * 8 + 2 * t;
+                    *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
+                    *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
+                    *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = DT<T>::pack(ds[0], ds[1]);
+                    *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
+                }
+            __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
+
+            /* dQ partial = dSr K: rows qrow0 + 16 mb .., head-dim atoms qcol0 / 8 ..; chain
+             * over the tile's keys from 0, 16 at a time, only chunks holding real keys. */
+            {
+                float c[QMB][QNA][4];
+#pragma unroll
+                for (int mb = 0; mb < QMB; mb++)
+#pragma unroll
+                    for (int a = 0; a < QNA; a++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) c[mb][a][e] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < BC / 16; kk++) {
+                    if (!FULL && kk * 16 >= vk) break;
+                    uint32_t ad[QMB][4];
+#pragma unroll
+                    for (int mb = 0; mb < QMB; mb++) {
+                        const int row = qrow0 + mb * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+                        ldsm_x4(ad[mb], smem_u32(sdS + swz<BC>(row, col)));
+                    }
+#pragma unroll
+                    for (int np = 0; np < QNA / 2; np++) {
+                        uint32_t bk[4];
+                        const int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = qcol0 + np * 16 + (mi8 >> 1) * 8;
+                        ldsm_x4_t(bk, smem_u32(sK + swz<D>(key, col)));
+#pragma unroll
+                        for (int mb = 0; mb < QMB; mb++) {
+                            DT<T>::mma(c[mb][2 * np], ad[mb], bk);
+                            DT<T>::mma(c[mb][2 * np + 1], ad[mb], bk + 2);
+                        }
+                    }
+                }
+                float *base = P.dq_acc;
+                if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
+                const bool odd = t & 1;
+#pragma unroll
+                for (int mb = 0; mb < QMB; mb++) {
+                    const int i0 = m0 + qrow0 + mb * 16 + g, i1 = i0 + 8;
+                    float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
+                    float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
+                    /* lane pair swap: four consecutive columns of one row per lane */
+#pragma unroll
+                    for (int a = 0; a < QNA; a++) {
+                        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][0] : c[mb][a][2], 1);
+                        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][1] : c[mb][a][3], 1);
+                        const float4 v = odd ? make_float4(r0, r1, c[mb][a][2], c[mb][a][3])
+                                             : make_float4(c[mb][a][0], c[mb][a][1], r0, r1);
+                        const int dcol = qcol0 + a * 8 + 2 * (t & ~1);
+                        float4 *dst = reinterpret_cast<float4 *>((odd ? q1 : q0) + dcol);
+                        if ((odd ? i1 : i0) < sq) {
+                            if (P.deterministic) *dst = v;
+                            else atomic_add4(dst, v);
+                        }
+                    }
+                }
+            }
+
+            /* dV += Pv^T dO, dK += dSr^T Q: as in flash_bwd_kernel. */
+#pragma unroll
+            for (int kk = 0; kk < BR / 16; kk++) {
+                if (!FULL && kk * 16 >= vr) break;
+                uint32_t ap[KBW][4], as[KBW][4];
+#pragma unroll
+                for (int x = 0; x < KBW; x++) {
+                    const int prow = kk * 16 + (mi8 >> 1) * 8 + (lane & 7), pcol = (kb0 + x) * 16 + (mi8 & 1) * 8;
+                    ldsm_x4_t(ap[x], smem_u32(sP + swz<BC>(prow, pcol)));
+                    ldsm_x4_t(as[x], smem_u32(sdS + swz<BC>(prow, pcol)));
+                }
+#pragma unroll
+                for (int np = 0; np < NDW / 2; np++) {
+                    uint32_t bo[4], bq[4];
+                    const int row = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = dbase + np * 16 + (mi8 >> 1) * 8;
+                    ldsm_x4_t(bo, smem_u32(cdO + swz<D>(row, col)));
+                    ldsm_x4_t(bq, smem_u32(cQ + swz<D>(row, col)));
+#pragma unroll
+                    for (int x = 0; x < KBW; x++) {
+                        DT<T>::mma(acc_dv[x][2 * np], ap[x], bo);
+                        DT<T>::mma(acc_dv[x][2 * np + 1], ap[x], bo + 2);
+                        DT<T>::mma(acc_dk[x][2 * np], as[x], bq);
+                        DT<T>::mma(acc_dk[x][2 * np + 1], as[x], bq + 2);
+                    }
+                }
+            }
+        };
+        if (vr == BR && vk == BC && dch * 16 == D) tile(std::true_type());
+        else tile(std::false_type());
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int x = 0; x < KBW; x++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = n0 + (kb0 + x) * 16 + g + 8 * r;
+        if (j >= sk) continue;
+        float *dk = P.dk_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
+        float *dv = P.dv_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
+#pragma unroll
+        for (int a = 0; a < NDW; a++) {
+            const int c = a * 8 + 2 * t;
+            *reinterpret_cast<float2 *>(dk + c) = make_float2(__fmul_rn(acc_dk[x][a][2 * r], P.srp),
+                                                              __fmul_rn(acc_dk[x][a][2 * r + 1], P.srp));
+            *reinterpret_cast<float2 *>(dv + c) = make_float2(__fmul_rn(acc_dv[x][a][2 * r], P.rp),
+                                                              __fmul_rn(acc_dv[x][a][2 * r + 1], P.rp));
+        }
+    }
+}
+
+template <typename T, int D>
+int bwd_launch_variant8(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
+{
+    auto kern = flash_bwd_kernel8<T, D>;
+    const size_t smem = BwdTraits8<D>::SMEM; /* d 128: 160 KB, d 96: 128 KB: one CTA an SM */
+    FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               (int)cudaSharedmemCarveoutMaxShared));
+    dim3 grid((unsigned)P.ntn, (unsigned)(P.B * P.H));
+    kern<<<grid, BwdTraits8<D>::NT, smem, st>>>(P);
+    FD_LAUNCH_CHECK();
+    return 0;
+}
+
 template <typename T, int D, int BC>
 int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
 {
@@ -384,6 +756,12 @@ int bwd_launch_t(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t 
         case 128: return bwd_launch_variant<T, 128, 64>(P, st, err, errlen);
         default: break;
         }
+    } else if (bc == 128) {
+        switch (P.dp) {
+        case 96: return bwd_launch_variant8<T, 96>(P, st, err, errlen);
+        case 128: return bwd_launch_variant8<T, 128>(P, st, err, errlen);
+        default: break;
+        }
     } else if (bc == 32) {
         switch (P.dp) {
         case 64: return bwd_launch_variant<T, 64, 32>(P, st, err, errlen);
@@ -393,7 +771,8 @@ int bwd_launch_t(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t 
         }
     }
     FD_FAIL("backward tile (64, %d) with padded head_dim %d not compiled: supported (br, bc) = "
-            "(64, 64) for head_dim <= 128, (64, 32) for head_dim 33..256 (padded 64, 128, 256)",
+            "(64, 64) for head_dim <= 128, (64, 128) for head_dim 65..128 (padded 96, 128), (64, 32) "
+            "for head_dim 33..256 (padded 64, 128, 256)",
             bc, P.dp);
     return -1;
 }
