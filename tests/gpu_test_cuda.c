@@ -473,3 +473,20 @@ Test(gpu_cuda, features_replay_bit_identical)
         free_case(&c);
     }
 }
+
+/* Out-of-bounds guards (issue 13 item 7): writes outside a guarded buffer are reported
+ * with their side and distance; writes inside it are not. */
+Test(gpu_cuda, guards_report_out_of_bounds_writes)
+{
+    SKIP_WITHOUT_GPU();
+    char err[512];
+    cr_expect_eq(fd_cuda_guard_selftest(0, 1024, err, sizeof err), 0, "in bounds: %s", err);
+    cr_expect_eq(fd_cuda_guard_selftest(0, 1026, err, sizeof err), -1);
+    cr_expect(strstr(err, "past the end of the self-test buffer (4096 bytes): 8 guard bytes changed, the first at byte +0") != NULL,
+              "%s", err);
+    cr_expect_eq(fd_cuda_guard_selftest(1030, 1031, err, sizeof err), -1);
+    cr_expect(strstr(err, "the first at byte +24") != NULL, "%s", err);
+    cr_expect_eq(fd_cuda_guard_selftest(-3, 10, err, sizeof err), -1);
+    cr_expect(strstr(err, "before the start of the self-test buffer: 12 guard bytes changed, the nearest at byte -1 ") != NULL,
+              "%s", err);
+}

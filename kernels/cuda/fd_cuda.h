@@ -99,6 +99,10 @@ int fd_cuda_standard_backward(const fd_problem *p, int repeats, const float *q, 
                               const float *v, const float *dout, float *dq, float *dk, float *dv,
                               fd_cuda_timing *t, char *err, size_t errlen);
 
+/* The out-of-bounds guards (fd_cuda_util.h): a kernel writes x[lo..hi) of a guarded
+ * 1024-float buffer (lo < 0 or hi > 1024 writes outside it); 0 when the guards are intact,
+ * -1 with the guard check's message otherwise. */
+int fd_cuda_guard_selftest(long lo, long hi, char *err, size_t errlen);
 /* out[i] = fd_exp2_portable(x[i]) computed on the device (host/device bit-identity test). */
 int fd_cuda_exp2_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
 /* d[w] = hardware mma.sync m16n8k16 block: c[w] + sum_{i<16} a[16w+i] * b[16w+i], fp16 or

@@ -256,10 +256,10 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     if (fd_cu_upload(dk, k, B, sk, Hk, d, dp, p->dtype, "K", err, errlen)) return -1;
     if (fd_cu_upload(dv, v, B, sk, Hk, d, dp, p->dtype, "V", err, errlen)) return -1;
     const size_t es = fp32 ? 4 : 2;
-    if (fd_dalloc(dO, (size_t)B * sq * H * dp * es, "O", err, errlen)) return -1;
-    if (fd_dalloc(dl, (size_t)B * H * sq * 4, "LSE", err, errlen)) return -1;
+    if (fd_dalloc_guarded(dO, (size_t)B * sq * H * dp * es, "O", err, errlen)) return -1;
+    if (fd_dalloc_guarded(dl, (size_t)B * H * sq * 4, "LSE", err, errlen)) return -1;
     const bool want_dbg = dmask && p->dropout_p > 0.0;
-    if (want_dbg && fd_dalloc(ddbg, (size_t)B * H * sq * sk * 2, "debug mask", err, errlen)) return -1;
+    if (want_dbg && fd_dalloc_guarded(ddbg, (size_t)B * H * sq * sk * 2, "debug mask", err, errlen)) return -1;
 
     FlashParams P;
     memset(&P, 0, sizeof P);
@@ -290,8 +290,8 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
         const int ntiles = (sk + cfg.bc - 1) / cfg.bc;
         P.tiles_per_split = (ntiles + cfg.splits - 1) / cfg.splits;
         P.splits = cfg.splits;
-        if (fd_dalloc(doa, (size_t)cfg.splits * B * H * sq * dp * 4, "split-KV partial O", err, errlen)) return -1;
-        if (fd_dalloc(dla, (size_t)cfg.splits * B * H * sq * 4, "split-KV partial LSE", err, errlen)) return -1;
+        if (fd_dalloc_guarded(doa, (size_t)cfg.splits * B * H * sq * dp * 4, "split-KV partial O", err, errlen)) return -1;
+        if (fd_dalloc_guarded(dla, (size_t)cfg.splits * B * H * sq * 4, "split-KV partial LSE", err, errlen)) return -1;
         P.o_accum = doa.as<float>(); P.lse_accum = dla.as<float>();
     }
     /* Poison: anything the kernels fail to write reads back as NaN. */
@@ -320,6 +320,10 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     if (launch(0)) return -1;
     FD_CU(cudaDeviceSynchronize());
     if (fd_time_repeats(cfg.repeats, [&] { return launch(0); }, tm, err, errlen)) return -1;
+    if (fd_dguard_check(dO, "O", err, errlen) || fd_dguard_check(dl, "LSE", err, errlen) ||
+        fd_dguard_check(ddbg, "the debug mask", err, errlen) || fd_dguard_check(doa, "the split-KV partial O", err, errlen) ||
+        fd_dguard_check(dla, "the split-KV partial LSE", err, errlen))
+        return -1;
     if (fd_cu_download_o(o, dO, B, sq, H, d, dp, p->dtype, err, errlen)) return -1;
     FD_CU(cudaMemcpy(lse, dl.p, dl.bytes, cudaMemcpyDeviceToHost));
     if (dmask) {
@@ -333,6 +337,13 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
         }
     }
     return 0;
+}
+
+/* The guard self-test's kernel: writes 1.0f at x[i] for i in [lo, hi). */
+__global__ void guard_write_kernel(float *x, long lo, long hi)
+{
+    const long i = lo + (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < hi) x[i] = 1.0f;
 }
 
 int exp2_batch(int mode, const float *x, float *out, size_t n, char *err, size_t errlen)
@@ -420,3 +431,18 @@ int fd_cuda_exp2_hw_batch(const float *x, float *out, size_t n, char *err, size_
 }
 
 } /* extern "C" */
+
+extern "C" int fd_cuda_guard_selftest(long lo, long hi, char *err, size_t errlen)
+{
+    if (fd_cuda_device_count() <= 0) FD_FAIL("no CUDA device");
+    const long n = 1024;
+    if (lo < -(long)(FD_GUARD_BYTES / 4) || hi > n + (long)(FD_GUARD_BYTES / 4) || lo >= hi)
+        FD_FAIL("guard self-test: [%ld, %ld) is not within the guards of a %ld-float buffer", lo, hi, n);
+    fd_dbuf b;
+    if (fd_dalloc_guarded(b, (size_t)n * 4, "the self-test buffer", err, errlen)) return -1;
+    const unsigned blocks = (unsigned)((hi - lo + 255) / 256);
+    guard_write_kernel<<<blocks, 256>>>(b.as<float>(), lo, hi);
+    FD_LAUNCH_CHECK();
+    FD_CU(cudaDeviceSynchronize());
+    return fd_dguard_check(b, "the self-test buffer", err, errlen);
+}

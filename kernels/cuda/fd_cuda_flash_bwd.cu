@@ -157,15 +157,15 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     if (fd_cu_upload(gdo, dout, B, sq, H, d, dp, p->dtype, "dO", err, errlen)) return -1;
     if (fd_dalloc(gl, nl * 4, "LSE", err, errlen)) return -1;
     FD_CU(cudaMemcpy(gl.p, lse, nl * 4, cudaMemcpyHostToDevice));
-    if (fd_dalloc(gl2, nl * 4, "LSE * log2(e)", err, errlen)) return -1;
-    if (fd_dalloc(gdp, nl * 4, "D'", err, errlen)) return -1;
-    if (fd_dalloc(gacc, (det ? (size_t)ntn : 1) * nqf * 4,
+    if (fd_dalloc_guarded(gl2, nl * 4, "LSE * log2(e)", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdp, nl * 4, "D'", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gacc, (det ? (size_t)ntn : 1) * nqf * 4,
                   det ? "dQ per-key-tile partials" : "dQ accumulator", err, errlen)) return -1;
-    if (fd_dalloc(gdkh, nkf * 4, "dK per query head", err, errlen)) return -1;
-    if (fd_dalloc(gdvh, nkf * 4, "dV per query head", err, errlen)) return -1;
-    if (fd_dalloc(gdq, nqf * 2, "dQ", err, errlen)) return -1;
-    if (fd_dalloc(gdk, (size_t)B * sk * Hk * dp * 2, "dK", err, errlen)) return -1;
-    if (fd_dalloc(gdv, (size_t)B * sk * Hk * dp * 2, "dV", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdkh, nkf * 4, "dK per query head", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdvh, nkf * 4, "dV per query head", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdq, nqf * 2, "dQ", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdk, (size_t)B * sk * Hk * dp * 2, "dK", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdv, (size_t)B * sk * Hk * dp * 2, "dV", err, errlen)) return -1;
     /* Poison: anything the kernels fail to write reads back as NaN. */
     FD_CU(cudaMemset(gdq.p, 0xff, gdq.bytes));
     FD_CU(cudaMemset(gdk.p, 0xff, gdk.bytes));
@@ -213,6 +213,12 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     FD_CU(cudaDeviceSynchronize());
     if (fd_time_repeats(cfg.repeats, launch, tm, err, errlen)) return -1;
     FD_CU(cudaDeviceSynchronize());
+    if (fd_dguard_check(gl2, "LSE * log2(e)", err, errlen) || fd_dguard_check(gdp, "D'", err, errlen) ||
+        fd_dguard_check(gacc, det ? "the dQ per-key-tile partials" : "the dQ accumulator", err, errlen) ||
+        fd_dguard_check(gdkh, "dK per query head", err, errlen) || fd_dguard_check(gdvh, "dV per query head", err, errlen) ||
+        fd_dguard_check(gdq, "dQ", err, errlen) || fd_dguard_check(gdk, "dK", err, errlen) ||
+        fd_dguard_check(gdv, "dV", err, errlen))
+        return -1;
     if (fd_cu_download_o(dq, gdq, B, sq, H, d, dp, p->dtype, err, errlen)) return -1;
     if (fd_cu_download_o(dk, gdk, B, sk, Hk, d, dp, p->dtype, err, errlen)) return -1;
     if (fd_cu_download_o(dv, gdv, B, sk, Hk, d, dp, p->dtype, err, errlen)) return -1;

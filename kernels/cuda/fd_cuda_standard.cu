@@ -168,8 +168,8 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
     if (fd_cu_upload(dq, q, B, sq, H, d, d, p->dtype, "Q", err, errlen)) return -1;
     if (fd_cu_upload(dk, k, B, sk, Hk, d, d, p->dtype, "K", err, errlen)) return -1;
     if (fd_cu_upload(dv, v, B, sk, Hk, d, d, p->dtype, "V", err, errlen)) return -1;
-    if (fd_dalloc(dO, (size_t)B * sq * H * d * es, "O", err, errlen)) return -1;
-    if (fd_dalloc(dl, (size_t)B * H * sq * 4, "LSE", err, errlen)) return -1;
+    if (fd_dalloc_guarded(dO, (size_t)B * sq * H * d * es, "O", err, errlen)) return -1;
+    if (fd_dalloc_guarded(dl, (size_t)B * H * sq * 4, "LSE", err, errlen)) return -1;
     FD_CU(cudaMemset(dO.p, 0xff, dO.bytes));
     FD_CU(cudaMemset(dl.p, 0xff, dl.bytes));
 
@@ -184,12 +184,12 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
         FD_FAIL("out of device memory: one (batch, head) of standard attention needs %zu bytes (S and P are %d x %d), %zu free",
                 per_bh, sq, sk, fr);
     fd_dbuf wS, wP, wQ, wK, wV, wO;
-    if (fd_dalloc(wS, (size_t)nbh * sq * sk * 4, "standard S workspace", err, errlen)) return -1;
-    if (fd_dalloc(wP, (size_t)nbh * sq * sk * es, "standard P workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wS, (size_t)nbh * sq * sk * 4, "standard S workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wP, (size_t)nbh * sq * sk * es, "standard P workspace", err, errlen)) return -1;
     if (fd_dalloc(wQ, (size_t)nbh * sq * d * es, "gathered Q", err, errlen)) return -1;
     if (fd_dalloc(wK, (size_t)nbh * sk * d * es, "gathered K", err, errlen)) return -1;
     if (fd_dalloc(wV, (size_t)nbh * sk * d * es, "gathered V", err, errlen)) return -1;
-    if (fd_dalloc(wO, (size_t)nbh * sq * d * 4, "standard O workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wO, (size_t)nbh * sq * d * 4, "standard O workspace", err, errlen)) return -1;
     /* compute-sanitizer's initcheck does not see cuBLAS's sm_90 (TMA) stores and flags every
      * read of S and of the PV output (seen 2026-11-21, H200); zero both once so initcheck
      * can judge our kernels. That they are really written is shown by the results. */
@@ -231,6 +231,11 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
     if (run_once()) return -1;
     FD_CU(cudaDeviceSynchronize());
     if (fd_time_repeats(repeats, run_once, tm, err, errlen)) return -1;
+    if (fd_dguard_check(dO, "O", err, errlen) || fd_dguard_check(dl, "LSE", err, errlen) ||
+        fd_dguard_check(wS, "the standard S workspace", err, errlen) ||
+        fd_dguard_check(wP, "the standard P workspace", err, errlen) ||
+        fd_dguard_check(wO, "the standard O workspace", err, errlen))
+        return -1;
     if (fd_cu_download_o(o, dO, B, sq, H, d, d, p->dtype, err, errlen)) return -1;
     FD_CU(cudaMemcpy(lse, dl.p, dl.bytes, cudaMemcpyDeviceToHost));
     return 0;
@@ -376,11 +381,11 @@ extern "C" int fd_cuda_standard_backward(const fd_problem *p, int repeats, const
     if (fd_cu_upload(gk, k, B, sk, Hk, d, d, p->dtype, "K", err, errlen)) return -1;
     if (fd_cu_upload(gv, v, B, sk, Hk, d, d, p->dtype, "V", err, errlen)) return -1;
     if (fd_cu_upload(gdo, dout, B, sq, H, d, d, p->dtype, "dO", err, errlen)) return -1;
-    if (fd_dalloc(gdq, (size_t)B * sq * H * d * es, "dQ", err, errlen)) return -1;
-    if (fd_dalloc(gdk, nkv * es, "dK", err, errlen)) return -1;
-    if (fd_dalloc(gdv, nkv * es, "dV", err, errlen)) return -1;
-    if (fd_dalloc(accK, nkv * 4, "dK fp32 GQA accumulator", err, errlen)) return -1;
-    if (fd_dalloc(accV, nkv * 4, "dV fp32 GQA accumulator", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdq, (size_t)B * sq * H * d * es, "dQ", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdk, nkv * es, "dK", err, errlen)) return -1;
+    if (fd_dalloc_guarded(gdv, nkv * es, "dV", err, errlen)) return -1;
+    if (fd_dalloc_guarded(accK, nkv * 4, "dK fp32 GQA accumulator", err, errlen)) return -1;
+    if (fd_dalloc_guarded(accV, nkv * 4, "dV fp32 GQA accumulator", err, errlen)) return -1;
     FD_CU(cudaMemset(gdq.p, 0xff, gdq.bytes));
     FD_CU(cudaMemset(gdk.p, 0xff, gdk.bytes));
     FD_CU(cudaMemset(gdv.p, 0xff, gdv.bytes));
@@ -398,16 +403,16 @@ extern "C" int fd_cuda_standard_backward(const fd_problem *p, int repeats, const
         FD_FAIL("out of device memory: one (batch, head) of the standard backward needs %zu bytes (S and P are %d x %d), %zu free",
                 per_bh, sq, sk, fr);
     fd_dbuf wS, wP, wPd, wQ, wDO, wK, wV, wdQ, wdK, wdV;
-    if (fd_dalloc(wS, (size_t)nbh * sq * sk * 4, "standard backward S/dP workspace", err, errlen)) return -1;
-    if (fd_dalloc(wP, (size_t)nbh * sq * sk * es, "standard backward P workspace", err, errlen)) return -1;
-    if (fd_dalloc(wPd, (size_t)nbh * sq * sk * es, "standard backward Pd/dS workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wS, (size_t)nbh * sq * sk * 4, "standard backward S/dP workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wP, (size_t)nbh * sq * sk * es, "standard backward P workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wPd, (size_t)nbh * sq * sk * es, "standard backward Pd/dS workspace", err, errlen)) return -1;
     if (fd_dalloc(wQ, (size_t)nbh * sq * d * es, "gathered Q", err, errlen)) return -1;
     if (fd_dalloc(wDO, (size_t)nbh * sq * d * es, "gathered dO", err, errlen)) return -1;
     if (fd_dalloc(wK, (size_t)nbh * sk * d * es, "gathered K", err, errlen)) return -1;
     if (fd_dalloc(wV, (size_t)nbh * sk * d * es, "gathered V", err, errlen)) return -1;
-    if (fd_dalloc(wdQ, (size_t)nbh * sq * d * 4, "standard backward dQ workspace", err, errlen)) return -1;
-    if (fd_dalloc(wdK, (size_t)nbh * sk * d * 4, "standard backward dK workspace", err, errlen)) return -1;
-    if (fd_dalloc(wdV, (size_t)nbh * sk * d * 4, "standard backward dV workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wdQ, (size_t)nbh * sq * d * 4, "standard backward dQ workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wdK, (size_t)nbh * sk * d * 4, "standard backward dK workspace", err, errlen)) return -1;
+    if (fd_dalloc_guarded(wdV, (size_t)nbh * sk * d * 4, "standard backward dV workspace", err, errlen)) return -1;
     /* As the forward: cuBLAS's sm_90 stores are invisible to initcheck; zero its outputs once. */
     FD_CU(cudaMemset(wS.p, 0, wS.bytes));
     FD_CU(cudaMemset(wdQ.p, 0, wdQ.bytes));
@@ -470,6 +475,16 @@ extern "C" int fd_cuda_standard_backward(const fd_problem *p, int repeats, const
     FD_CU(cudaDeviceSynchronize());
     if (fd_time_repeats(repeats, run_once, tm, err, errlen)) return -1;
     FD_CU(cudaDeviceSynchronize());
+    if (fd_dguard_check(gdq, "dQ", err, errlen) || fd_dguard_check(gdk, "dK", err, errlen) ||
+        fd_dguard_check(gdv, "dV", err, errlen) || fd_dguard_check(accK, "the dK GQA accumulator", err, errlen) ||
+        fd_dguard_check(accV, "the dV GQA accumulator", err, errlen) ||
+        fd_dguard_check(wS, "the backward S/dP workspace", err, errlen) ||
+        fd_dguard_check(wP, "the backward P workspace", err, errlen) ||
+        fd_dguard_check(wPd, "the backward Pd/dS workspace", err, errlen) ||
+        fd_dguard_check(wdQ, "the backward dQ workspace", err, errlen) ||
+        fd_dguard_check(wdK, "the backward dK workspace", err, errlen) ||
+        fd_dguard_check(wdV, "the backward dV workspace", err, errlen))
+        return -1;
     if (fd_cu_download_o(dq, gdq, B, sq, H, d, d, p->dtype, err, errlen)) return -1;
     if (fd_cu_download_o(dk, gdk, B, sk, Hk, d, d, p->dtype, err, errlen)) return -1;
     if (fd_cu_download_o(dv, gdv, B, sk, Hk, d, d, p->dtype, err, errlen)) return -1;

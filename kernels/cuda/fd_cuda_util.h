@@ -30,14 +30,17 @@
         return -1;                                                                           \
     } while (0)
 
-/* A device allocation freed on scope exit. */
+/* A device allocation freed on scope exit; a guarded one (fd_dalloc_guarded) lies between
+ * two guard regions of `guard` bytes filled with 0xff, from `base`. */
 struct fd_dbuf {
     void *p = nullptr;
     size_t bytes = 0;
+    void *base = nullptr;
+    size_t guard = 0;
     fd_dbuf() = default;
     fd_dbuf(const fd_dbuf &) = delete;
     fd_dbuf &operator=(const fd_dbuf &) = delete;
-    ~fd_dbuf() { if (p) cudaFree(p); }
+    ~fd_dbuf() { if (base) cudaFree(base); else if (p) cudaFree(p); }
     template <typename X> X *as() const { return static_cast<X *>(p); }
 };
 
@@ -57,6 +60,55 @@ static inline int fd_dalloc(fd_dbuf &b, size_t bytes, const char *what, char *er
         return -1;
     }
     b.bytes = bytes;
+    return 0;
+}
+
+/* Out-of-bounds writes (cuDNN's tests do this): every output and accumulator of the CUDA
+ * backends is allocated between two guard regions of FD_GUARD_BYTES filled with 0xff (a NaN
+ * in fp16, bf16 and fp32), and checked after the kernels by fd_dguard_check: a byte that
+ * changed is a write outside the tensor, reported with its distance from the tensor. A few
+ * KB copied back per buffer: cheap enough for every run. */
+#define FD_GUARD_BYTES 16384
+
+static inline int fd_dalloc_guarded(fd_dbuf &b, size_t bytes, const char *what, char *err, size_t errlen)
+{
+    fd_dbuf raw;
+    if (fd_dalloc(raw, (bytes ? bytes : 16) + 2 * (size_t)FD_GUARD_BYTES, what, err, errlen)) return -1;
+    FD_CU(cudaMemset(raw.p, 0xff, raw.bytes));
+    b.base = raw.p;
+    raw.p = nullptr; /* b owns it now */
+    b.guard = FD_GUARD_BYTES;
+    b.p = static_cast<uint8_t *>(b.base) + FD_GUARD_BYTES;
+    b.bytes = bytes ? bytes : 16;
+    return 0;
+}
+
+/* 0 when both guards of b are intact (or b has none), else -1 with err naming the buffer,
+ * the side, the bytes changed and how far the nearest one lies from the tensor. */
+static inline int fd_dguard_check(const fd_dbuf &b, const char *what, char *err, size_t errlen)
+{
+    if (!b.guard) return 0;
+    std::vector<uint8_t> h(b.guard);
+    for (int side = 0; side < 2; side++) {
+        const uint8_t *src = side == 0 ? static_cast<const uint8_t *>(b.base) : static_cast<const uint8_t *>(b.p) + b.bytes;
+        FD_CU(cudaMemcpy(h.data(), src, b.guard, cudaMemcpyDeviceToHost));
+        size_t changed = 0, nearest = 0;
+        for (size_t i = 0; i < b.guard; i++) {
+            if (h[i] == 0xff) continue;
+            const size_t dist = side == 0 ? b.guard - i : i; /* bytes from the tensor's edge */
+            if (!changed || dist < nearest) nearest = dist;
+            changed++;
+        }
+        if (changed) {
+            if (side == 0)
+                snprintf(err, errlen, "out-of-bounds write before the start of %s: %zu guard bytes changed, the nearest "
+                         "at byte -%zu (before its first byte)", what, changed, nearest);
+            else
+                snprintf(err, errlen, "out-of-bounds write past the end of %s (%zu bytes): %zu guard bytes changed, the "
+                         "first at byte +%zu after its end", what, b.bytes, changed, nearest);
+            return -1;
+        }
+    }
     return 0;
 }
 
