@@ -289,10 +289,12 @@ static int check_mask(const fd_casefile *cf, const fd_case *c, const fd_backend 
 /* The outputs of one backend into o and lse: a kernel run, or a copy of given outputs
  * (lse NULL when none was given). */
 /* The backends of the computed baselines: standard attention of the flash output's
- * family where it has one (cuda), the CPU's otherwise. */
-static const fd_backend *computed_standard(const char *family)
+ * family where it has one (cuda) that supports the case, the CPU's otherwise. */
+static const fd_backend *computed_standard(const char *family, const fd_case *c)
 {
     const fd_backend *b = !strcmp(family, "cuda") ? fd_backend_find("cuda-standard") : NULL;
+    char why[160];
+    if (b && b->supports && !b->supports(c, why, sizeof why)) b = NULL; /* e.g. a window: the CPU's */
     return b ? b : fd_backend_find("cpu-standard");
 }
 
@@ -393,7 +395,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
             /* and supplied standard outputs: judged against the computed one (standard rule) */
             for (int u = 0; u < res->nbe && !need; u++)
                 if (res->be[u].ok && fd_supplied_standard(&res->be[u])) need = &res->be[u];
-            if (!need || !(br->be = computed_standard(need->be->family))) break;
+            if (!need || !(br->be = computed_standard(need->be->family, c))) break;
             br->origin = FD_ORIGIN_COMPUTED;
         }
         res->nbe++;
