@@ -113,11 +113,11 @@ FD_HD void fd_bwd_cfg_default(fd_bwd_cfg *c)
     c->bugs = 0;
 }
 
-/* FD_BWD_BC128 (default 0, the faster on the H200): 1 gives head dims 65..128 key tiles of 128 (the CUDA kernel's
+/* FD_BWD_BC128 (default 1): head dims 65..128 take key tiles of 128 (the CUDA kernel's
  * 8-warp variant); 0 keeps (64, 64) there (the 4-warp kernel). Host and device code must
  * be built with the same value. */
 #ifndef FD_BWD_BC128
-#define FD_BWD_BC128 0
+#define FD_BWD_BC128 1
 #endif
 
 /* The tile the CUDA backward kernel uses for head dim d (the replay uses the same):
