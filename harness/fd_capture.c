@@ -250,7 +250,7 @@ int fd_capture_call_of(const fd_capture *c, const char *id)
     return -1;
 }
 
-static const json_t *case_by_id(const json_t *report, const char *id)
+const json_t *fd_capture_case(const json_t *report, const char *id)
 {
     size_t i;
     json_t *cs;
@@ -261,8 +261,7 @@ static const json_t *case_by_id(const json_t *report, const char *id)
     return NULL;
 }
 
-/* The explanation's best hypothesis that explains, or NULL. */
-static const json_t *best_hypothesis(const json_t *cs)
+const json_t *fd_capture_hypothesis(const json_t *cs)
 {
     size_t i;
     json_t *h;
@@ -271,14 +270,17 @@ static const json_t *best_hypothesis(const json_t *cs)
     return NULL;
 }
 
-/* The consumed layout of the call's output when the case reports one. */
-static const char *used_layout(const json_t *cs)
+const char *fd_capture_consumed(const json_t *cs)
 {
     size_t i;
     json_t *u;
-    json_array_foreach(json_object_get(json_object_get(cs, "import"), "used"), i, u)
-        return json_string_value(json_object_get(u, "layout"));
-    return NULL;
+    const char *first = NULL;
+    json_array_foreach(json_object_get(json_object_get(cs, "import"), "used"), i, u) {
+        const char *l = json_string_value(json_object_get(u, "layout"));
+        if (l && !strcmp(l, "heads_not_transposed")) return l;
+        if (!first) first = l;
+    }
+    return first;
 }
 
 json_t *fd_capture_report(const fd_capture *c, const json_t *report)
@@ -289,7 +291,7 @@ json_t *fd_capture_report(const fd_capture *c, const json_t *report)
         const fd_capture_call *k = &c->calls[i];
         json_t *e = json_pack("{s:i, s:s, s:s}", "index", i, "module", k->module, "op", k->op);
         const char *verdict = "NOT_MEASURED";
-        const json_t *cs = k->bundle[0] ? case_by_id(report, k->bundle) : NULL;
+        const json_t *cs = k->bundle[0] ? fd_capture_case(report, k->bundle) : NULL;
         if (!k->bundle[0]) {
             notcap++;
             json_object_set_new(e, "not_measured", json_string(k->not_captured));
@@ -304,7 +306,7 @@ json_t *fd_capture_report(const fd_capture *c, const json_t *report)
             json_object_set_new(e, "max_abs", json_deep_copy(json_object_get(be, "max_abs") ? json_object_get(be, "max_abs") : json_null()));
             json_object_set_new(e, "ratio", json_deep_copy(json_object_get(be, "fa_ratio") ? json_object_get(be, "fa_ratio") : json_null()));
             json_object_set_new(e, "gradients", json_boolean(json_object_get(be, "grad") != NULL));
-            const char *ul = used_layout(cs);
+            const char *ul = fd_capture_consumed(cs);
             json_object_set_new(e, "consumed", ul ? json_string(ul) : json_null());
             json_object_set_new(e, "reasons", json_deep_copy(json_object_get(cs, "reasons") ? json_object_get(cs, "reasons") : json_string("")));
             for (int v = 0; v < FD_NVERDICTS; v++)
@@ -312,7 +314,7 @@ json_t *fd_capture_report(const fd_capture *c, const json_t *report)
             const int beyond = verdict && (!strcmp(verdict, "FAIL") || !strcmp(verdict, "UNJUDGED"));
             if (beyond && json_is_null(first)) {
                 json_decref(first);
-                const json_t *h = best_hypothesis(cs);
+                const json_t *h = fd_capture_hypothesis(cs);
                 first = json_pack("{s:i, s:s, s:s, s:s, s:O}", "index", i, "case", k->bundle, "module", k->module,
                                   "verdict", verdict, "reasons", json_object_get(e, "reasons"));
                 if (ul && !strcmp(ul, "heads_not_transposed"))

@@ -47,6 +47,13 @@ int fd_capture_paths(const fd_capture *c, char ***paths, int *n);
 int fd_capture_check_bundle(const fd_capture *c, int i, const fd_bundle *b, char *err, size_t errlen);
 /* The call whose bundle has case id `id` (its base name), or -1. */
 int fd_capture_call_of(const fd_capture *c, const char *id);
+/* Reading a check report's case (shared by fd_capture_report and fd_compare.c): the case
+ * with id `id` or NULL; its explanation's best hypothesis that explains, or NULL; how the
+ * model consumed its output ("heads_not_transposed" when any output was so consumed, else
+ * the first output's layout; NULL when no used_NAME was captured). */
+const json_t *fd_capture_case(const json_t *report, const char *id);
+const json_t *fd_capture_hypothesis(const json_t *cs);
+const char *fd_capture_consumed(const json_t *cs);
 /* The "capture" object of a `check` report: per call (in order) its verdict, what was
  * judged and how the model consumed its output; per module; the first call beyond
  * rounding with its reasons and the explanation's best hypothesis. report is the run's. */

@@ -131,39 +131,24 @@ static int order_spread(const fd_bundle *b, const int *rows, dstat *s, char *err
     return rc;
 }
 
-static const json_t *case_of(const json_t *report, const char *id)
-{
-    size_t i;
-    json_t *c;
-    json_array_foreach(json_object_get(report, "cases"), i, c)
-        if (json_string_value(json_object_get(c, "id")) && !strcmp(json_string_value(json_object_get(c, "id")), id))
-            return c;
-    return NULL;
-}
-
 /* The call's judgement in one run: verdict, consumed layout, and what explains a failure. */
 static json_t *judged(const json_t *report, const fd_capture_call *k, int *bad, int *misused)
 {
-    const json_t *c = case_of(report, k->bundle);
+    const json_t *c = fd_capture_case(report, k->bundle);
     *bad = *misused = 0;
     if (!c) return json_pack("{s:s}", "verdict", "NOT_MEASURED");
     const char *v = json_string_value(json_object_get(c, "verdict"));
     json_t *j = json_pack("{s:s, s:O}", "verdict", v ? v : "?", "reasons", json_object_get(c, "reasons"));
     const json_t *be = json_object_get(json_object_get(c, "backends"), k->output);
     if (be) json_object_set(j, "err_max_abs", json_object_get(be, "max_abs"));
-    size_t i;
-    json_t *u;
-    json_array_foreach(json_object_get(json_object_get(c, "import"), "used"), i, u) {
-        json_object_set(j, "consumed", json_object_get(u, "layout"));
-        *misused |= json_string_value(json_object_get(u, "layout")) &&
-                    !strcmp(json_string_value(json_object_get(u, "layout")), "heads_not_transposed");
-    }
+    const char *lay = fd_capture_consumed(c);
+    if (lay) json_object_set_new(j, "consumed", json_string(lay));
+    *misused = lay && !strcmp(lay, "heads_not_transposed");
     *bad = v && (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED")) && !*misused;
-    json_t *h;
-    json_array_foreach(json_object_get(json_object_get(c, "explain"), "hypotheses"), i, h)
-        if (json_is_true(json_object_get(h, "best")) && json_is_true(json_object_get(h, "explains")))
-            json_object_set_new(j, "hypothesis", json_pack("{s:O, s:O}", "name", json_object_get(h, "name"), "what",
-                                                           json_object_get(h, "what")));
+    const json_t *h = fd_capture_hypothesis(c);
+    if (h)
+        json_object_set_new(j, "hypothesis", json_pack("{s:O, s:O}", "name", json_object_get(h, "name"), "what",
+                                                       json_object_get(h, "what")));
     return j;
 }
 
