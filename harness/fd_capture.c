@@ -122,7 +122,7 @@ static int parse_call(fd_jctx *cx, const json_t *j, int i, fd_capture *c)
     snprintf(k->path, sizeof k->path, "%s/%s", c->path, k->bundle);
     struct stat st;
     if (stat(k->path, &st) || !S_ISDIR(st.st_mode))
-        return fd_jfail(cx, f[0] ? p : p, "bundle %s is missing (no directory %s)", k->bundle, k->path);
+        return fd_jfail(cx, p, "bundle %s is missing (no directory %s)", k->bundle, k->path);
     return 0;
 }
 
