@@ -31,7 +31,16 @@ bundle's q.npy, k.npy, v.npy in bhsd). Needs torch and numpy.
   python3 scripts/sdpa_bundle.py --out bundles                       # the default shapes
   python3 scripts/sdpa_bundle.py --out b --seqlens 113 --head-dims 64 --dtypes fp16 --dropout 0.1
   python3 scripts/sdpa_bundle.py --out g --backward                  # with dO and the gradients
+  python3 scripts/sdpa_bundle.py --out f --features window,alibi,softcap,all   # score modifiers
   build/flashdrift check --tensors bundles --out out/sdpa
+
+With --features SET,... it writes, per set (window, window2, alibi, softcap, all: see
+MOD_SETS) and shape, a bundle with the modifiers in meta (window, softcap, alibi_slopes)
+and out_flex (FlexAttention: score_mod for softcap and ALiBi, block_mask for the window
+and the causal mask, compiled on the GPU; role flash, with its LSE), out_efficient_bias
+and out_math_bias (SDPA's efficient and math backends with a float attn_mask holding the
+ALiBi bias and -inf outside the window: what Hugging Face's ALiBi models pass; not for
+softcap) and out_eager (the model-code formula; role standard). Causal is bottom-right.
 """
 import argparse
 import json
@@ -199,6 +208,176 @@ def one(args, B, H, S, D, dt, causal, p, gen_seed, outdir):
     return path
 
 
+# --- FlashAttention-2's score modifiers, as PyTorch users run them ---------------------
+# FlexAttention (torch.nn.attention.flex_attention) calls score_mod on the scaled score
+# s = (q . k) * scale, then masks with block_mask's mask_mod: that is FlashAttention-2's
+# order (softcap and ALiBi after the scale, the window as a mask). The eager formula with
+# the same modifiers is what model code writes (Gemma 2's softcap, an ALiBi bias tensor),
+# and SDPA with a float attn_mask (ALiBi bias + window as -inf) is what Hugging Face's
+# ALiBi models hand to SDPA (its efficient and math backends).
+MOD_SETS = {
+    "window": {"window": (48, 0)},
+    "window2": {"window": (32, 16)},
+    "alibi": {"alibi": True},
+    "softcap": {"softcap": 2.0},
+    "all": {"window": (64, 8), "alibi": True, "softcap": 5.0},
+}
+
+
+def alibi_default_slopes(heads):
+    """2^(-8 (h + 1) / heads) in fp32, as harness/fd_problem's default slopes."""
+    return [float(np.float32(2.0 ** (-8.0 * (h + 1) / heads))) for h in range(heads)]
+
+
+def mod_bias(mods, heads, sq, sk, causal, dev):
+    """(heads, sq, sk) fp32 additive bias: ALiBi -slope * |i + sk - sq - j| and -inf
+    where the window or the causal mask (bottom-right) hides the key; None when neither."""
+    i = torch.arange(sq, device=dev).view(sq, 1)
+    j = torch.arange(sk, device=dev).view(1, sk)
+    diag = i + (sk - sq)
+    vis = torch.ones(sq, sk, dtype=torch.bool, device=dev)
+    if causal:
+        vis &= j <= diag
+    if "window" in mods:
+        wl, wr = mods["window"]
+        if wl >= 0:
+            vis &= j >= diag - wl
+        if wr >= 0:
+            vis &= j <= diag + wr
+    bias = torch.zeros(heads, sq, sk, dtype=torch.float32, device=dev)
+    if mods.get("alibi"):
+        sl = torch.tensor(alibi_default_slopes(heads), dtype=torch.float32, device=dev).view(heads, 1, 1)
+        bias = bias - sl * (diag - j).abs().float()
+    return bias.masked_fill(~vis, float("-inf")), vis
+
+
+def eager_mods(q, k, v, scale, mods, bias):
+    """Model code: scores in the dtype, softcap in the dtype, bias added in fp32,
+    softmax in fp32, P in the dtype."""
+    s = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if mods.get("softcap"):
+        c = mods["softcap"]
+        s = torch.tanh(s / c) * c
+    sf = s.float() + bias
+    lse = torch.logsumexp(sf, dim=-1)
+    return torch.matmul(torch.softmax(sf, dim=-1).to(q.dtype), v), lse
+
+
+def flex_call(q, k, v, scale, mods, causal, dev, compiled):
+    from torch.nn.attention import flex_attention as fa
+    heads, sq, sk = q.shape[1], q.shape[2], k.shape[2]
+    slopes = torch.tensor(alibi_default_slopes(heads), dtype=torch.float32, device=dev)
+    cap = mods.get("softcap", 0.0)
+    # a tensor, not a Python float: torch.compile turns a captured float into a symbol
+    # that flex_attention's score_mod cannot take
+    cap_t = torch.tensor(cap, dtype=torch.float32, device=dev)
+    use_alibi = bool(mods.get("alibi"))
+
+    def score_mod(score, b, h, qi, kj):
+        if cap:
+            score = torch.tanh(score / cap_t) * cap_t
+        if use_alibi:
+            score = score - slopes[h] * (qi + (sk - sq) - kj).abs()
+        return score
+
+    wl, wr = mods.get("window", (-1, -1))
+
+    def mask_mod(b, h, qi, kj):
+        diag = qi + (sk - sq)
+        ok = kj >= 0
+        if causal:
+            ok = ok & (kj <= diag)
+        if wl >= 0:
+            ok = ok & (kj >= diag - wl)
+        if wr >= 0:
+            ok = ok & (kj <= diag + wr)
+        return ok
+
+    bm = fa.create_block_mask(mask_mod, None, None, sq, sk, device=dev)
+    fn = torch.compile(fa.flex_attention) if compiled else fa.flex_attention
+    kw = {"score_mod": score_mod, "block_mask": bm, "scale": scale}
+    try:
+        o, lse = fn(q, k, v, return_aux=fa.AuxRequest(lse=True), **kw)
+        lse = lse.lse if hasattr(lse, "lse") else lse
+    except (AttributeError, TypeError):
+        o, lse = fn(q, k, v, return_lse=True, **kw)
+    return o, lse.float()
+
+
+def one_mods(args, B, H, S, D, dt, causal, modname, gen_seed, outdir):
+    """One bundle with FlashAttention-2's score modifiers: out_flex (FlexAttention, role
+    flash), out_efficient_bias (SDPA's efficient backend with a float mask; no softcap),
+    out_math_bias, out_eager (role standard)."""
+    mods = MOD_SETS[modname]
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dt]
+    name = f"b{B}_h{H}_s{S}_d{D}_{dt}_{'causal' if causal else 'full'}_{modname}"
+    path = os.path.join(outdir, name)
+    os.makedirs(path, exist_ok=True)
+    dev = args.device
+    g = torch.Generator(device=dev)
+    g.manual_seed(gen_seed)
+    q, k, v = (torch.randn(B, H, S, D, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+    dout = None
+    if args.backward:
+        q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
+        gd = torch.Generator(device=dev)
+        gd.manual_seed(gen_seed + DOUT_SEED_DELTA)
+        dout = torch.randn(q.shape, generator=gd, device=dev, dtype=torch.float32).to(q.dtype)
+    scale = float(np.float32(1.0 / math.sqrt(D)))
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "input_seed": gen_seed,
+            "gpu": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "notes": [],
+            "mods": modname}
+    meta = {"format": "flashdrift-bundle-1", "layout": "bhsd", "mask": "causal_br" if causal else "none",
+            "dtype": dt, "scale": scale, "dropout_p": 0.0}
+    if "window" in mods:
+        meta["window"] = list(mods["window"])
+    if mods.get("softcap"):
+        meta["softcap"] = mods["softcap"]
+    if mods.get("alibi"):
+        meta["alibi_slopes"] = alibi_default_slopes(H)
+    bias, _ = mod_bias(mods, H, S, S, causal, dev)
+    outs = {}
+    try:
+        outs["flex"] = flex_call(q, k, v, scale, mods, causal, dev, compiled=(dev == "cuda"))
+    except Exception as e:  # noqa: BLE001 - report and go on
+        info["notes"].append(f"flex unavailable: {type(e).__name__}: {e}")
+    if not mods.get("softcap"):
+        mask = bias.to(dtype).unsqueeze(0).expand(B, H, S, S)
+        for n, be in (("efficient_bias", "EFFICIENT_ATTENTION"), ("math_bias", "MATH")):
+            try:
+                with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, be)):
+                    outs[n] = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), None)
+            except Exception as e:  # noqa: BLE001
+                info["notes"].append(f"{n} unavailable: {type(e).__name__}: {e}")
+        info["bias_dtype"] = dt
+    outs["eager"] = eager_mods(q, k, v, scale, mods, bias.unsqueeze(0))
+    grads = {}
+    if args.backward:
+        meta["deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
+        info["dout_seed"] = gen_seed + DOUT_SEED_DELTA
+        for n, tup in outs.items():
+            try:
+                grads[n] = torch.autograd.grad(tup[0], (q, k, v), grad_outputs=dout)
+            except Exception as e:  # noqa: BLE001
+                info["notes"].append(f"{n} backward unavailable: {type(e).__name__}: {e}")
+    meta["info"] = info
+    meta["roles"] = {n: ("standard" if n.startswith(("math", "eager")) else "flash") for n in outs}
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        npy_save(os.path.join(path, n + ".npy"), to_np(t))
+    for n, (o, lse) in outs.items():
+        npy_save(os.path.join(path, f"out_{n}.npy"), to_np(o))
+        if lse is not None:
+            npy_save(os.path.join(path, f"lse_{n}.npy"), to_np(lse))
+        if n in grads:
+            for gn, gt in zip(("dq", "dk", "dv"), grads[n]):
+                npy_save(os.path.join(path, f"{gn}_{n}.npy"), to_np(gt))
+    if dout is not None:
+        npy_save(os.path.join(path, "do.npy"), to_np(dout))
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return path
+
+
 def pack(dirs, dest, limit):
     """Bundles into dest/bundles_N.tar.xz, each about `limit` bytes after compression
     (estimated: random fp16/bf16 data shrinks little, 0/1 dropout masks about 8x)."""
@@ -238,12 +417,42 @@ def main():
     ap.add_argument("--pack-dir", help="where the archives go (default: --out)")
     ap.add_argument("--backward", action="store_true",
                     help="also draw dO (do.npy) and write each output's autograd gradients dq/dk/dv_NAME")
+    ap.add_argument("--features", default="",
+                    help="comma list of " + ",".join(MOD_SETS) + ": bundles with FlashAttention-2's score "
+                    "modifiers from FlexAttention, SDPA with a float mask and eager code (no dropout)")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                    help="cpu: only with --features (FlexAttention unfused, for trying the script without a GPU)")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
+    for m in filter(None, a.features.split(",")):
+        if m not in MOD_SETS:
+            sys.exit(f"sdpa_bundle.py: --features: unknown set {m!r} (expected {', '.join(MOD_SETS)})")
+    if a.device == "cpu" and not a.features:
+        sys.exit("sdpa_bundle.py: --device cpu works with --features only")
+    if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("sdpa_bundle.py: no CUDA device")
-    print(f"torch {torch.__version__} cuda {torch.version.cuda} on {torch.cuda.get_device_name()}", flush=True)
+    where = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
+    print(f"torch {torch.__version__} cuda {torch.version.cuda} on {where}", flush=True)
     os.makedirs(a.out, exist_ok=True)
     made, n = [], 0
+    if a.features:
+        for S in map(int, a.seqlens.split(",")):
+            for D in map(int, a.head_dims.split(",")):
+                for dt in a.dtypes.split(","):
+                    for c in map(int, a.causal.split(",")):
+                        for m in filter(None, a.features.split(",")):
+                            try:
+                                d = one_mods(a, a.batch, a.heads, S, D, dt, bool(c), m, a.seed + n, a.out)
+                            except Exception:  # noqa: BLE001
+                                traceback.print_exc()
+                                d = None
+                            n += 1
+                            if d:
+                                made.append(d)
+                                print("wrote", d, flush=True)
+        if a.pack:
+            k = pack(made, a.pack_dir or a.out, a.pack)
+            print(f"packed {len(made)} bundles into {k} archives", flush=True)
+        return
     for S in map(int, a.seqlens.split(",")):
         for D in map(int, a.head_dims.split(",")):
             for dt in a.dtypes.split(","):
