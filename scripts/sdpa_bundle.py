@@ -294,6 +294,18 @@ def flex_call(q, k, v, scale, mods, causal, dev, compiled):
         return ok
 
     bm = fa.create_block_mask(mask_mod, None, None, sq, sk, device=dev)
+    if compiled:
+        # Every feature set and shape is a new guard for dynamo; past its recompile limit
+        # (8 by default) flex_attention silently falls back to the unfused eager code, and
+        # the bundle would judge that instead of the fused kernel. Raise the limit and make
+        # hitting it an error, so that out_flex is always the compiled kernel or absent.
+        dc = torch._dynamo.config
+        for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            if hasattr(dc, knob):
+                setattr(dc, knob, max(getattr(dc, knob), 4096))
+        if hasattr(dc, "fail_on_recompile_limit_hit"):
+            dc.fail_on_recompile_limit_hit = True
     fn = torch.compile(fa.flex_attention) if compiled else fa.flex_attention
     kw = {"score_mod": score_mod, "block_mask": bm, "scale": scale}
     try:
@@ -339,6 +351,7 @@ def one_mods(args, B, H, S, D, dt, causal, modname, gen_seed, outdir):
     outs = {}
     try:
         outs["flex"] = flex_call(q, k, v, scale, mods, causal, dev, compiled=(dev == "cuda"))
+        info["flex"] = "compiled" if dev == "cuda" else "unfused"
     except Exception as e:  # noqa: BLE001 - report and go on
         info["notes"].append(f"flex unavailable: {type(e).__name__}: {e}")
     if not mods.get("softcap"):
