@@ -34,6 +34,11 @@ typedef struct fd_attn_variant {
     double alibi_sign;      /* 1 correct, -1 the slope's sign flipped */
     int alibi_reversed;     /* slope of head H-1-h instead of h */
     int alibi_scaled;       /* bias added before the softmax scale (so multiplied by it) */
+    /* variable-length batches (p->varlen) and their deviations */
+    int varlen_leak;        /* no sequence boundaries: the packed batch is one sequence */
+    int varlen_cu_shift;    /* +1 / -1: the inner cu_seqlens_q/k entries off by one */
+    int varlen_pad;         /* each sequence zero-padded to the longest and the pad keys
+                             * attended (eager over a padded batch, the padding mask lost) */
 } fd_attn_variant;
 
 void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va);
