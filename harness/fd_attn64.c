@@ -128,6 +128,24 @@ static double score(const fd_problem *p, const fd_attn_variant *va, int h, int i
     return s;
 }
 
+int fd_attn64_varlen_pad_changes(const fd_problem *p, const fd_attn_variant *va)
+{
+    if (!p->varlen) return 0;
+    fd_attn_variant plain = *va;
+    plain.varlen_pad = 0;
+    int mq, mk;
+    varlen_max(p, &mq, &mk);
+    for (int i = 0; i < p->seqlen_q; i++) {
+        const fd_seq_span s = fd_problem_seq_span(p, i);
+        for (int j = 0; j < mk; j++) {
+            const int padded = visible_local(va, i - s.q0, j, mq, mk);
+            const int own = j < s.sk && visible_local(&plain, i - s.q0, j, s.sq, s.sk);
+            if (padded != own) return 1;
+        }
+    }
+    return 0;
+}
+
 static double dot(const double *a, const double *b, int n)
 {
     double s = 0.0;

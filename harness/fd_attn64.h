@@ -53,6 +53,10 @@ int fd_attn64_condition(const fd_problem *p, const double *q, const double *k, c
                         const int *rows, int nrows, double *sumabs, double *kappa, char *err,
                         size_t errlen);
 
+/* Varlen: does the variant's padded shape (va->varlen_pad) make some row see a pad key,
+ * or see other keys of its own sequence, than p's sequences do? */
+int fd_attn64_varlen_pad_changes(const fd_problem *p, const fd_attn_variant *va);
+
 /* Copies a float tensor into a new double array (NULL when out of memory). */
 double *fd_to_f64(const float *x, size_t n);
 /* max |a_i - b_i| over n values; +Inf when any difference is NaN. */
