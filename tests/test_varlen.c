@@ -16,6 +16,8 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_explain.h"
+#include "fd_import.h"
+#include "fd_npy.h"
 #include "fd_mods.h"
 #include "fd_ref.h"
 #include "fd_test_problem.h"
@@ -355,4 +357,114 @@ Test(varlen, case_file_fields)
     cr_assert(strstr(cf.cases[0].id, "-vl3_") != NULL, "%s", cf.cases[0].id);
     cr_assert(strcmp(cf.cases[0].id, cf.cases[1].id) != 0);
     fd_casefile_free(&cf);
+}
+
+/* Bundles (docs/import.md): packed q, k, v given with batch 1, cu_seqlens_q as an int32
+ * tensor and cu_seqlens_k as a meta list. */
+static void npy_f32(const char *dir, const char *name, const int64_t *shape, const float *x)
+{
+    fd_array a;
+    char err[512], p[1024];
+    cr_assert_eq(fd_array_alloc(&a, FD_AT_F32, 4, shape, err, sizeof err), 0, "%s", err);
+    memcpy(a.data, x, a.numel * 4);
+    snprintf(p, sizeof p, "%s/%s.npy", dir, name);
+    cr_assert_eq(fd_npy_write_file(p, &a, err, sizeof err), 0, "%s", err);
+    fd_array_free(&a);
+}
+
+static void npy_i32(const char *dir, const char *name, int n, const int *x)
+{
+    fd_array a;
+    char err[512], p[1024];
+    const int64_t shape[1] = {n};
+    cr_assert_eq(fd_array_alloc(&a, FD_AT_I32, 1, shape, err, sizeof err), 0, "%s", err);
+    memcpy(a.data, x, (size_t)n * 4);
+    snprintf(p, sizeof p, "%s/%s.npy", dir, name);
+    cr_assert_eq(fd_npy_write_file(p, &a, err, sizeof err), 0, "%s", err);
+    fd_array_free(&a);
+}
+
+/* A bundle of the packed problem p (fp32) whose flash output is cpu-flash's on `as` (p
+ * itself, or p read as one sequence: the leak); meta_extra is appended to the meta. */
+static void varlen_bundle(const char *dir, const fd_problem *p, const fd_problem *as, const char *cu_k_meta)
+{
+    float *q = malloc(sizeof(float) * fd_q_numel(p)), *k = malloc(sizeof(float) * fd_kv_numel(p)),
+          *v = malloc(sizeof(float) * fd_kv_numel(p)), *o = malloc(sizeof(float) * fd_q_numel(p)),
+          *l = malloc(sizeof(float) * fd_lse_numel(p));
+    fill(q, fd_q_numel(p), 41, FD_DT_FP32, 2.0f);
+    fill(k, fd_kv_numel(p), 43, FD_DT_FP32, 1.0f);
+    fill(v, fd_kv_numel(p), 47, FD_DT_FP32, 1.0f);
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    char err[512], path[1024], meta[1024];
+    cr_assert_eq(fd_cpu_flash_forward(as, &cfg, q, k, v, NULL, 0, o, l, err, sizeof err), 0, "%s", err);
+    const int64_t qs[4] = {1, p->seqlen_q, p->heads, p->head_dim}, ks[4] = {1, p->seqlen_k, p->kv_heads, p->head_dim};
+    npy_f32(dir, "q", qs, q);
+    npy_f32(dir, "k", ks, k);
+    npy_f32(dir, "v", ks, v);
+    npy_f32(dir, "out_flash", qs, o);
+    npy_i32(dir, "cu_seqlens_q", p->varlen + 1, p->cu_seqlens_q);
+    snprintf(meta, sizeof meta, "{\"layout\": \"bshd\", \"mask\": \"%s\", \"roles\": {\"flash\": \"flash\"}, \"cu_seqlens_k\": %s}",
+             p->mask == FD_MASK_CAUSAL_BR ? "causal_br" : "none", cu_k_meta);
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    tu_write(path, meta);
+    free(q); free(k); free(v); free(o); free(l);
+}
+
+Test(varlen, bundle_fields_and_check, .timeout = 120)
+{
+    const int lq[3] = {20, 45, 7}, lk[3] = {30, 45, 2};
+    const fd_problem p = packed(3, lq, lk, 2, 1, 16, FD_DT_FP32, FD_MASK_CAUSAL_BR);
+    char dir[512], err[1024];
+    tu_dir(dir, sizeof dir);
+    varlen_bundle(dir, &p, &p, "[0, 30, 75, 77]");
+    fd_bundle b;
+    cr_assert_eq(fd_bundle_load(dir, &b, err, sizeof err), 0, "%s", err);
+    cr_assert(b.prob.varlen == 3 && b.prob.seqlen_q == 72 && b.prob.seqlen_k == 77 && b.prob.batch == 1);
+    cr_assert(b.prob.cu_seqlens_q[2] == 65 && b.prob.cu_seqlens_k[2] == 75);
+    fd_bundle_free(&b);
+    char *a[] = {FD_BINARY, "check", "--tensors", dir, "--rows-per-head", "0", NULL};
+    cr_assert_eq(tu_run(a), 0, "the right varlen output passes: %s\n%s", g_err, g_out);
+    /* the same inputs, the output of the packed batch attended as one causal sequence */
+    fd_problem leak = p;
+    leak.varlen = 0;
+    char dir2[512];
+    tu_dir(dir2, sizeof dir2);
+    varlen_bundle(dir2, &p, &leak, "[0, 30, 75, 77]");
+    char *a2[] = {FD_BINARY, "check", "--tensors", dir2, "--rows-per-head", "0", NULL};
+    cr_assert_eq(tu_run(a2), 1, "the leaking output fails: %s\n%s", g_err, g_out);
+    char *a3[] = {FD_BINARY, "explain", "--tensors", dir2, "--rows-per-head", "0", NULL};
+    tu_run(a3);
+    cr_assert(strstr(g_out, "hypothesis varlen_leak") != NULL, "explain names the leak: %s", g_out);
+
+    /* bad offsets: one line naming the file and the field, exit 2 */
+    static const struct { const char *cu_k, *msg; } bad[] = {
+        {"[1, 30, 75, 77]", "cu_seqlens_k: must start at 0, got 1"},
+        {"[0, 30, 20, 77]", "cu_seqlens_k: must not decrease: entry 1 is 30, entry 2 is 20"},
+        {"[0, 30, 75, 76]", "cu_seqlens_k: must end at the packed length 77, got 76"},
+        {"[0, 30, 77]", "cu_seqlens_k: 3 offsets where cu_seqlens_q has 4"},
+        {"[0, 30.5, 75, 77]", "cu_seqlens_k: element 1: expected an integer"},
+    };
+    for (size_t t = 0; t < sizeof bad / sizeof bad[0]; t++) {
+        char d3[512];
+        tu_dir(d3, sizeof d3);
+        varlen_bundle(d3, &p, &p, bad[t].cu_k);
+        char *a4[] = {FD_BINARY, "check", "--tensors", d3, NULL};
+        cr_assert_eq(tu_run(a4), 2, "%s: exit 2 (%s)", bad[t].cu_k, g_err);
+        cr_assert(strstr(g_err, "meta.json") && strstr(g_err, bad[t].msg), "%s: stderr \"%s\" lacks the file or \"%s\"",
+                  bad[t].cu_k, g_err, bad[t].msg);
+        cr_assert(strchr(g_err, '\n') == g_err + strlen(g_err) - 1, "one line: %s", g_err);
+    }
+    /* cu_seqlens_q of the wrong type */
+    char d5[512], pth[700];
+    tu_dir(d5, sizeof d5);
+    varlen_bundle(d5, &p, &p, "[0, 30, 75, 77]");
+    const int64_t cs[1] = {4};
+    tu_npy_fill(d5, "cu_seqlens_q", FD_AT_F32, 1, cs, 1.0f);
+    cr_assert_eq(fd_bundle_load(d5, &b, err, sizeof err), -1);
+    cr_assert(strstr(err, "cu_seqlens of type fp32 (expected int32 or int64)"), "%s", err);
+    snprintf(pth, sizeof pth, "%s/cu_seqlens_q.npy", d5);
+    cr_assert_eq(remove(pth), 0);
+    cr_assert_eq(fd_bundle_load(d5, &b, err, sizeof err), -1);
+    cr_assert(strstr(err, "cu_seqlens_q: missing"), "%s", err);
 }
