@@ -27,6 +27,7 @@ void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va)
     va->alibi_sign = 1.0;
     va->alibi_reversed = va->alibi_scaled = 0;
     va->varlen_leak = va->varlen_cu_shift = va->varlen_pad = 0;
+    va->varlen_pad_bias = 0.0;
 }
 
 /* The problem whose sequences the variant sees: the inner cu_seqlens entries shifted
@@ -177,7 +178,7 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
         npad = mk - sp.sk;
         for (int t = 0; t < npad; t++)
             if (visible_local(va, i - sp.q0, sp.sk + t, mq, mk)) {
-                const double s = score(p, va, h, i, sp.k0 + sp.sk + t, 0.0);
+                const double s = score(p, va, h, i, sp.k0 + sp.sk + t, 0.0) + va->varlen_pad_bias;
                 if (s > m) m = s;
             }
     }
@@ -190,7 +191,7 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
         l += w[j];
     }
     for (int t = 0; t < npad; t++)
-        if (visible_local(va, i - sp.q0, sp.sk + t, mq, mk)) l += exp(score(p, va, h, i, sp.k0 + sp.sk + t, 0.0) - m);
+        if (visible_local(va, i - sp.q0, sp.sk + t, mq, mk)) l += exp(score(p, va, h, i, sp.k0 + sp.sk + t, 0.0) + va->varlen_pad_bias - m);
     if (!(l > 0.0)) return 0; /* no visible key: 0, as FA2 */
     if (va->wrong_axis) l = 1.0;
     for (int j = 0; j < sk; j++) {

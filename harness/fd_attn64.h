@@ -39,6 +39,8 @@ typedef struct fd_attn_variant {
     int varlen_cu_shift;    /* +1 / -1: the inner cu_seqlens_q/k entries off by one */
     int varlen_pad;         /* each sequence zero-padded to the longest and the pad keys
                              * attended (eager over a padded batch, the padding mask lost) */
+    double varlen_pad_bias; /* varlen_pad: the additive mask on the pad keys' logits (0: lost;
+                             * -1e4 or -FLT_MAX: the mask eager code adds) */
 } fd_attn_variant;
 
 void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va);

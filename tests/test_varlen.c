@@ -17,6 +17,7 @@
 #include "fd_dtype.h"
 #include "fd_explain.h"
 #include "fd_import.h"
+#include "fd_inputs.h"
 #include "fd_npy.h"
 #include "fd_mods.h"
 #include "fd_ref.h"
@@ -467,4 +468,43 @@ Test(varlen, bundle_fields_and_check, .timeout = 120)
     cr_assert_eq(remove(pth), 0);
     cr_assert_eq(fd_bundle_load(d5, &b, err, sizeof err), -1);
     cr_assert(strstr(err, "cu_seqlens_q: missing"), "%s", err);
+}
+
+/* Padding (issue 13: "padding tokens attended vs dropped"): on the valid tokens of the
+ * non-causal cases of cases/varlen.json, eager attention over the batch padded to the
+ * longest sequence (zero K, V pads) differs from varlen by: nothing when its additive mask
+ * is applied (-1e4, HF's old constant, or -FLT_MAX: exp underflows to 0 exactly), by O(1)
+ * when the mask is lost. Measured in binary64 and printed (docs/features.md quotes it). */
+Test(varlen, padding_difference_on_valid_tokens, .init = load, .timeout = 120)
+{
+    int measured = 0;
+    for (int ci = 0; ci < g_cf.ncases; ci++) {
+        const fd_case *c = &g_cf.cases[ci];
+        const fd_problem *p = &c->prob;
+        if (p->mask != FD_MASK_NONE || p->window || p->dtype != FD_DT_FP16) continue;
+        float *q, *k, *v;
+        char err[512];
+        cr_assert_eq(fd_inputs_make(c, &q, &k, &v, err, sizeof err), 0, "%s", err);
+        double *qd = fd_to_f64(q, fd_q_numel(p)), *kd = fd_to_f64(k, fd_kv_numel(p)), *vd = fd_to_f64(v, fd_kv_numel(p));
+        double *o[4];
+        const double bias[4] = {0.0, 0.0, -1e4, -3.4028234663852886e38};
+        for (int t = 0; t < 4; t++) {
+            fd_attn_variant va;
+            fd_attn_variant_default(p, &va);
+            va.varlen_pad = t > 0;
+            va.varlen_pad_bias = bias[t];
+            o[t] = calloc(fd_q_numel(p), sizeof(double));
+            cr_assert_eq(fd_attn64(p, &va, qd, kd, vd, NULL, p->seqlen_q, o[t], err, sizeof err), 0, "%s", err);
+        }
+        double d[4] = {0, 0, 0, 0};
+        for (int t = 1; t < 4; t++) d[t] = fd_max_abs_diff(o[0], o[t], fd_q_numel(p));
+        printf("padding %s: valid tokens max |padded eager - varlen|: mask lost %.4g, additive -1e4 %.4g, -FLT_MAX %.4g\n",
+               c->id, d[1], d[2], d[3]);
+        cr_assert(d[1] > 0.01, "%s: the lost mask shows (%g)", c->id, d[1]);
+        cr_assert(fd_eq(d[2], 0.0) && fd_eq(d[3], 0.0), "%s: the applied mask changes nothing (%g, %g)", c->id, d[2], d[3]);
+        for (int t = 0; t < 4; t++) free(o[t]);
+        free(q); free(k); free(v); free(qd); free(kd); free(vd);
+        measured++;
+    }
+    cr_assert(measured >= 2, "%d non-causal fp16 varlen cases", measured);
 }
