@@ -508,3 +508,73 @@ Test(varlen, padding_difference_on_valid_tokens, .init = load, .timeout = 120)
     }
     cr_assert(measured >= 2, "%d non-causal fp16 varlen cases", measured);
 }
+
+/* Random packed batches (seed printed; FD_VARLEN_SEED overrides it, as MPFR's
+ * GMP_CHECK_RANDOMIZE): 2..8 sequences of 0..150 queries and keys, every mask, a window or
+ * not, ALiBi or not, GQA, both dtypes: the replay of the packed batch is each sequence's
+ * alone, bit for bit. */
+Test(varlen, random_batches_replay_is_each_sequence_alone, .timeout = 120)
+{
+    uint64_t seed = 20261203;
+    const char *env = getenv("FD_VARLEN_SEED");
+    if (env) seed = strtoull(env, NULL, 0);
+    printf("random_batches: seed %llu\n", (unsigned long long)seed);
+    uint64_t st = seed | 1;
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    cfg.qk_order = cfg.pv_order = FD_ACC_TC16;
+    cfg.exp2_mode = FD_EXP2_PORTABLE;
+    long rows = 0, empty = 0;
+    for (int t = 0; t < 12; t++) {
+        shape sh;
+        memset(&sh, 0, sizeof sh);
+        sh.n = 2 + (int)(tu_urand(&st) * 5);
+        for (int s = 0; s < sh.n; s++) {
+            sh.lq[s] = (int)(tu_urand(&st) * 151);
+            sh.lk[s] = tu_urand(&st) < 0.5 ? sh.lq[s] : (int)(tu_urand(&st) * 151);
+        }
+        sh.lq[0] += 1; /* at least one token */
+        sh.lk[0] += 1;
+        sh.mask = (int)(tu_urand(&st) * 3);
+        sh.win = tu_urand(&st) < 0.4;
+        sh.wl = sh.win ? (int)(tu_urand(&st) * 40) - 1 : 0;
+        sh.wr = sh.win ? (int)(tu_urand(&st) * 20) - 1 : 0;
+        sh.alibi = tu_urand(&st) < 0.4;
+        const fd_dtype dt = t % 2 ? FD_DT_BF16 : FD_DT_FP16;
+        cfg.bc = t % 3 ? 64 : 32;
+        fd_problem p = shape_problem(&sh, 4, 64, dt);
+        p.kv_heads = t % 2 ? 2 : 4;
+        float *q = malloc(sizeof(float) * fd_q_numel(&p)), *k = malloc(sizeof(float) * fd_kv_numel(&p)),
+              *v = malloc(sizeof(float) * fd_kv_numel(&p)), *o = malloc(sizeof(float) * fd_q_numel(&p)),
+              *l = malloc(sizeof(float) * fd_lse_numel(&p));
+        fill(q, fd_q_numel(&p), seed + 100 + (uint64_t)t, dt, 2.0f);
+        fill(k, fd_kv_numel(&p), seed + 200 + (uint64_t)t, dt, 1.0f);
+        fill(v, fd_kv_numel(&p), seed + 300 + (uint64_t)t, dt, 1.0f);
+        char err[512];
+        cr_assert_eq(fd_cpu_flash_forward(&p, &cfg, q, k, v, NULL, 0, o, l, err, sizeof err), 0, "seed %llu: %s",
+                     (unsigned long long)seed, err);
+        for (int s = 0; s < p.varlen; s++) {
+            float *qs, *ks, *vs;
+            const fd_problem a = alone(&p, s, q, k, v, &qs, &ks, &vs);
+            if (a.seqlen_q > 0 && a.seqlen_k > 0) {
+                float *oa = malloc(sizeof(float) * fd_q_numel(&a)), *la = malloc(sizeof(float) * fd_lse_numel(&a));
+                cr_assert_eq(fd_cpu_flash_forward(&a, &cfg, qs, ks, vs, NULL, 0, oa, la, err, sizeof err), 0, "%s", err);
+                for (int h = 0; h < p.heads; h++)
+                    for (int i = 0; i < a.seqlen_q; i++, rows++) {
+                        const int pi = p.cu_seqlens_q[s] + i;
+                        empty += isinf(la[fd_lse_index(&a, 0, h, i)]);
+                        cr_assert(fd_f32_bits(l[fd_lse_index(&p, 0, h, pi)]) == fd_f32_bits(la[fd_lse_index(&a, 0, h, i)]),
+                                  "seed %llu batch %d seq %d h %d row %d: LSE", (unsigned long long)seed, t, s, h, i);
+                        for (int d = 0; d < p.head_dim; d++)
+                            cr_assert(fd_f32_bits(o[fd_q_index(&p, 0, pi, h, d)]) == fd_f32_bits(oa[fd_q_index(&a, 0, i, h, d)]),
+                                      "seed %llu batch %d seq %d h %d row %d d %d", (unsigned long long)seed, t, s, h, i, d);
+                    }
+                free(oa); free(la);
+            }
+            free(qs); free(ks); free(vs);
+        }
+        free(q); free(k); free(v); free(o); free(l);
+    }
+    cr_assert(rows > 2000, "seed %llu: %ld rows compared (too few)", (unsigned long long)seed, rows);
+    printf("random_batches: %ld rows, %ld without a visible key\n", rows, empty);
+}
