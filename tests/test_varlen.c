@@ -519,7 +519,7 @@ Test(varlen, random_batches_replay_is_each_sequence_alone, .timeout = 120)
     const char *env = getenv("FD_VARLEN_SEED");
     if (env) seed = strtoull(env, NULL, 0);
     printf("random_batches: seed %llu\n", (unsigned long long)seed);
-    uint64_t st = seed | 1;
+    uint64_t st = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull; /* xorshift: never 0 for these seeds */
     fd_flash_cfg cfg;
     fd_flash_cfg_default(&cfg);
     cfg.qk_order = cfg.pv_order = FD_ACC_TC16;
