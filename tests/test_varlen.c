@@ -435,8 +435,22 @@ Test(varlen, bundle_fields_and_check, .timeout = 120)
     char *a2[] = {FD_BINARY, "check", "--tensors", dir2, "--rows-per-head", "0", NULL};
     cr_assert_eq(tu_run(a2), 1, "the leaking output fails: %s\n%s", g_err, g_out);
     char *a3[] = {FD_BINARY, "explain", "--tensors", dir2, "--rows-per-head", "0", NULL};
-    tu_run(a3);
+    cr_assert_eq(tu_run(a3), 1, "explain: a gross error (%s)", g_err);
     cr_assert(strstr(g_out, "hypothesis varlen_leak") != NULL, "explain names the leak: %s", g_out);
+    /* gate: the check reports of both, under the CI policy */
+    char out1[700], out2[700], rep[800];
+    snprintf(out1, sizeof out1, "%s/chk", dir);
+    snprintf(out2, sizeof out2, "%s/chk", dir2);
+    char *c1[] = {FD_BINARY, "check", "--tensors", dir, "--out", out1, NULL};
+    char *c2[] = {FD_BINARY, "check", "--tensors", dir2, "--out", out2, NULL};
+    cr_assert_eq(tu_run(c1), 0, "%s", g_err);
+    cr_assert_eq(tu_run(c2), 1, "%s", g_err);
+    snprintf(rep, sizeof rep, "%s/report.json", out1);
+    char *g1[] = {FD_BINARY, "gate", rep, "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"), "--no-baseline", NULL};
+    cr_assert_eq(tu_run(g1), 0, "gate passes the right varlen output: %s\n%s", g_err, g_out);
+    snprintf(rep, sizeof rep, "%s/report.json", out2);
+    char *g2[] = {FD_BINARY, "gate", rep, "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"), "--no-baseline", NULL};
+    cr_assert_eq(tu_run(g2), 1, "gate fails the leaking one: %s\n%s", g_err, g_out);
 
     /* bad offsets: one line naming the file and the field, exit 2 */
     static const struct { const char *cu_k, *msg; } bad[] = {
