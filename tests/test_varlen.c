@@ -269,9 +269,11 @@ static void load(void)
     cr_assert(fd_casefile_load(tu_path(TU_SOURCE, "cases/varlen.json"), &g_cf, err, sizeof err) == 0, "%s", err);
 }
 
+static void unload(void) { fd_casefile_free(&g_cf); }
+
 static int is_varlen_bug(const char *b) { return !strncmp(b, "varlen_", 7) || !strncmp(b, "cu_seqlens_", 11); }
 
-Test(varlen, each_injected_varlen_bug_is_named, .init = load, .timeout = 300)
+Test(varlen, each_injected_varlen_bug_is_named, .init = load, .fini = unload, .timeout = 300)
 {
     int nbugs = 0;
     for (const char *const *bug = fd_explain_bugs; *bug; bug++) {
@@ -299,7 +301,7 @@ Test(varlen, each_injected_varlen_bug_is_named, .init = load, .timeout = 300)
 
 /* No bug: a varlen case is rounding and no hypothesis explains it; the pad hypothesis is
  * refused where the causal mask hides the pads (self-attention, equal lengths per sequence). */
-Test(varlen, clean_varlen_case_is_rounding, .init = load, .timeout = 120)
+Test(varlen, clean_varlen_case_is_rounding, .init = load, .fini = unload, .timeout = 120)
 {
     const fd_case *c = &g_cf.cases[0];
     cr_assert(c->prob.varlen == 6);
@@ -489,7 +491,7 @@ Test(varlen, bundle_fields_and_check, .timeout = 120)
  * longest sequence (zero K, V pads) differs from varlen by: nothing when its additive mask
  * is applied (-1e4, HF's old constant, or -FLT_MAX: exp underflows to 0 exactly), by O(1)
  * when the mask is lost. Measured in binary64 and printed (docs/features.md quotes it). */
-Test(varlen, padding_difference_on_valid_tokens, .init = load, .timeout = 120)
+Test(varlen, padding_difference_on_valid_tokens, .init = load, .fini = unload, .timeout = 120)
 {
     int measured = 0;
     for (int ci = 0; ci < g_cf.ncases; ci++) {
