@@ -26,6 +26,38 @@ void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va)
     va->alibi = p->alibi;
     va->alibi_sign = 1.0;
     va->alibi_reversed = va->alibi_scaled = 0;
+    va->varlen_leak = va->varlen_cu_shift = va->varlen_pad = 0;
+    va->varlen_pad_bias = 0.0;
+}
+
+/* The problem whose sequences the variant sees: the inner cu_seqlens entries shifted
+ * (clamped so they stay in order), or one sequence (leak). */
+static void variant_problem(const fd_problem *p, const fd_attn_variant *va, fd_problem *vp)
+{
+    *vp = *p;
+    if (!p->varlen) return;
+    if (va->varlen_leak) {
+        vp->varlen = 0;
+        return;
+    }
+    for (int s = 1; s < p->varlen && va->varlen_cu_shift; s++) {
+        int a = p->cu_seqlens_q[s] + va->varlen_cu_shift, c = p->cu_seqlens_k[s] + va->varlen_cu_shift;
+        a = a < vp->cu_seqlens_q[s - 1] ? vp->cu_seqlens_q[s - 1] : a > p->seqlen_q ? p->seqlen_q : a;
+        c = c < vp->cu_seqlens_k[s - 1] ? vp->cu_seqlens_k[s - 1] : c > p->seqlen_k ? p->seqlen_k : c;
+        vp->cu_seqlens_q[s] = a;
+        vp->cu_seqlens_k[s] = c;
+    }
+}
+
+/* The longest query and key sequence (varlen_pad's padded lengths). */
+static void varlen_max(const fd_problem *p, int *mq, int *mk)
+{
+    *mq = *mk = 0;
+    for (int s = 0; s < p->varlen; s++) {
+        const int a = p->cu_seqlens_q[s + 1] - p->cu_seqlens_q[s], c = p->cu_seqlens_k[s + 1] - p->cu_seqlens_k[s];
+        if (a > *mq) *mq = a;
+        if (c > *mk) *mk = c;
+    }
 }
 
 double *fd_to_f64(const float *x, size_t n)
@@ -47,9 +79,11 @@ double fd_max_abs_diff(const double *a, const double *b, size_t n)
     return m;
 }
 
-static int visible(const fd_problem *p, const fd_attn_variant *va, int i, int j)
+/* Key j (local to the row's sequence, in its padded form: sq, sk the sequence's lengths or
+ * the padded ones) visible from local row i. */
+static int visible_local(const fd_attn_variant *va, int i, int j, int sq, int sk)
 {
-    const long br = (long)i + p->seqlen_k - p->seqlen_q;
+    const long br = (long)i + sk - sq;
     if (va->mask != FD_MASK_NONE) {
         const long lim = va->mask == FD_MASK_CAUSAL_TL ? (long)i : br;
         if ((long)j > lim + va->causal_shift) return 0;
@@ -62,6 +96,17 @@ static int visible(const fd_problem *p, const fd_attn_variant *va, int i, int j)
     return 1;
 }
 
+/* Packed key j visible from packed row i: within the row's sequence (p is the variant's
+ * problem, variant_problem), at the padded lengths under varlen_pad. */
+static int visible(const fd_problem *p, const fd_attn_variant *va, int i, int j)
+{
+    const fd_seq_span s = fd_problem_seq_span(p, i);
+    if (j < s.k0 || j >= s.k0 + s.sk) return 0;
+    int sq = s.sq, sk = s.sk;
+    if (va->varlen_pad && p->varlen) varlen_max(p, &sq, &sk);
+    return visible_local(va, i - s.q0, j - s.k0, sq, sk);
+}
+
 /* The logit of (i, j) from x = q_i . k_j under the variant. */
 static double score(const fd_problem *p, const fd_attn_variant *va, int h, int i, int j, double x)
 {
@@ -72,13 +117,34 @@ static double score(const fd_problem *p, const fd_attn_variant *va, int h, int i
     else
         s = va->scale * x;
     if (va->alibi) {
-        const long d = (long)i + p->seqlen_k - p->seqlen_q - j;
+        const fd_seq_span sp = fd_problem_seq_span(p, i);
+        int sq = sp.sq, sk = sp.sk;
+        if (va->varlen_pad && p->varlen) varlen_max(p, &sq, &sk);
+        const long d = (long)(i - sp.q0) + sk - sq - (j - sp.k0);
         const double slope = (double)p->alibi_slopes[va->alibi_reversed ? p->heads - 1 - h : h];
         double bias = -va->alibi_sign * slope * (double)(d < 0 ? -d : d);
         if (va->alibi_scaled) bias *= va->scale;
         s += bias;
     }
     return s;
+}
+
+int fd_attn64_varlen_pad_changes(const fd_problem *p, const fd_attn_variant *va)
+{
+    if (!p->varlen) return 0;
+    fd_attn_variant plain = *va;
+    plain.varlen_pad = 0;
+    int mq, mk;
+    varlen_max(p, &mq, &mk);
+    for (int i = 0; i < p->seqlen_q; i++) {
+        const fd_seq_span s = fd_problem_seq_span(p, i);
+        for (int j = 0; j < mk; j++) {
+            const int padded = visible_local(va, i - s.q0, j, mq, mk);
+            const int own = j < s.sk && visible_local(&plain, i - s.q0, j, s.sq, s.sk);
+            if (padded != own) return 1;
+        }
+    }
+    return 0;
 }
 
 static double dot(const double *a, const double *b, int n)
@@ -102,6 +168,20 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
                                     : -(double)INFINITY;
         if (w[j] > m) m = w[j];
     }
+    /* varlen_pad: the zero pad keys (K = 0, V = 0) after the row's sequence, up to the
+     * longest, where the padded shape's mask lets the row see them */
+    int npad = 0, mq = 0, mk = 0;
+    fd_seq_span sp = {0, 0, 0, 0};
+    if (va->varlen_pad && p->varlen) {
+        sp = fd_problem_seq_span(p, i);
+        varlen_max(p, &mq, &mk);
+        npad = mk - sp.sk;
+        for (int t = 0; t < npad; t++)
+            if (visible_local(va, i - sp.q0, sp.sk + t, mq, mk)) {
+                const double s = score(p, va, h, i, sp.k0 + sp.sk + t, 0.0) + va->varlen_pad_bias;
+                if (s > m) m = s;
+            }
+    }
     for (int j = 0; j < sk; j++) {
         if (isinf(w[j])) {
             w[j] = 0.0;
@@ -110,6 +190,8 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
         w[j] = va->wrong_axis ? exp(w[j] - colmax[j]) / colsum[j] : exp(w[j] - m);
         l += w[j];
     }
+    for (int t = 0; t < npad; t++)
+        if (visible_local(va, i - sp.q0, sp.sk + t, mq, mk)) l += exp(score(p, va, h, i, sp.k0 + sp.sk + t, 0.0) + va->varlen_pad_bias - m);
     if (!(l > 0.0)) return 0; /* no visible key: 0, as FA2 */
     if (va->wrong_axis) l = 1.0;
     for (int j = 0; j < sk; j++) {
@@ -120,9 +202,12 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
     return 1;
 }
 
-int fd_attn64(const fd_problem *p, const fd_attn_variant *va, const double *q, const double *k,
+int fd_attn64(const fd_problem *p0, const fd_attn_variant *va, const double *q, const double *k,
               const double *v, const int *rows, int nrows, double *o, char *err, size_t errlen)
 {
+    fd_problem vp; /* the sequences the variant sees (varlen) */
+    variant_problem(p0, va, &vp);
+    const fd_problem *p = &vp;
     const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k;
     const uint8_t thr = fd_fa2_threshold(va->p);
     double *w = malloc(sizeof(double) * (size_t)sk);

@@ -34,6 +34,13 @@ typedef struct fd_attn_variant {
     double alibi_sign;      /* 1 correct, -1 the slope's sign flipped */
     int alibi_reversed;     /* slope of head H-1-h instead of h */
     int alibi_scaled;       /* bias added before the softmax scale (so multiplied by it) */
+    /* variable-length batches (p->varlen) and their deviations */
+    int varlen_leak;        /* no sequence boundaries: the packed batch is one sequence */
+    int varlen_cu_shift;    /* +1 / -1: the inner cu_seqlens_q/k entries off by one */
+    int varlen_pad;         /* each sequence zero-padded to the longest and the pad keys
+                             * attended (eager over a padded batch, the padding mask lost) */
+    double varlen_pad_bias; /* varlen_pad: the additive mask on the pad keys' logits (0: lost;
+                             * -1e4 or -FLT_MAX: the mask eager code adds) */
 } fd_attn_variant;
 
 void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va);
@@ -47,6 +54,10 @@ int fd_attn64(const fd_problem *p, const fd_attn_variant *va, const double *q, c
 int fd_attn64_condition(const fd_problem *p, const double *q, const double *k, const double *v,
                         const int *rows, int nrows, double *sumabs, double *kappa, char *err,
                         size_t errlen);
+
+/* Varlen: does the variant's padded shape (va->varlen_pad) make some row see a pad key,
+ * or see other keys of its own sequence, than p's sequences do? */
+int fd_attn64_varlen_pad_changes(const fd_problem *p, const fd_attn_variant *va);
 
 /* Copies a float tensor into a new double array (NULL when out of memory). */
 double *fd_to_f64(const float *x, size_t n);

@@ -56,7 +56,7 @@ static int run_cpu_splitkv(const fd_casefile *cf, const fd_case *c, const float 
 static int supports_plain(const fd_case *c, char *why, size_t len)
 {
     if (!fd_problem_has_mods(&c->prob)) return 1;
-    snprintf(why, len, "no window, softcap or ALiBi support (FlashAttention features: cpu-flash, cpu-standard, cuda-flash)");
+    snprintf(why, len, "no window, softcap, ALiBi or varlen support (FlashAttention features: cpu-flash, cpu-standard, cuda-flash)");
     return 0;
 }
 #endif

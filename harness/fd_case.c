@@ -186,6 +186,9 @@ typedef struct {
     float cap[FD_MAX_LIST]; int ncap;
     int alibi[FD_MAX_LIST]; int nalibi; /* 0 off, 1 on (standard or the explicit slopes) */
     float slopes[FD_ALIBI_MAX_HEADS]; int nslopes; /* explicit slopes: "alibi": [s0, s1, ...] */
+    /* variable-length batches: "seqlens_q" / "seqlens_k", one packed batch per sweep */
+    int nvarlen; /* sequences (0: off) */
+    int cu_q[FD_VARLEN_MAX_SEQS + 1], cu_k[FD_VARLEN_MAX_SEQS + 1];
 } fd_sweep;
 
 /* "window": null (none), a pair [left, right] (-1 unbounded, else >= 0), or a list of
@@ -264,11 +267,31 @@ static int get_alibi(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     return get_list(cx, path, j, e_bool, s->alibi, &s->nalibi);
 }
 
+/* "seqlens_q": [l0, l1, ...] (and "seqlens_k", the same count; default the same lengths):
+ * one packed variable-length batch, its cu_seqlens the running sums from 0. */
+static int get_seqlens(fd_ctx *cx, const char *path, json_t *j, int *cu, int *n)
+{
+    char p[256];
+    if (!json_is_array(j) || json_array_size(j) == 0 || json_array_size(j) > FD_VARLEN_MAX_SEQS)
+        return fd_jfail(cx, path, "expected a list of 1..%d sequence lengths, got %s", FD_VARLEN_MAX_SEQS,
+                        json_is_array(j) ? "a list of another size" : fd_jtype(j));
+    cu[0] = 0;
+    for (size_t i = 0; i < json_array_size(j); i++) {
+        long v = 0;
+        snprintf(p, sizeof p, "%s[%zu]", path, i);
+        if (get_int(cx, p, json_array_get(j, i), 0, 1L << 20, &v)) return -1;
+        cu[i + 1] = cu[i] + (int)v;
+    }
+    *n = (int)json_array_size(j);
+    if (cu[*n] <= 0) return fd_jfail(cx, path, "expected at least one token in the packed batch");
+    return 0;
+}
+
 static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
 {
     static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen", "head_dim", "dtype",
                                        "mask", "dropout", "dist", "seed", "backward", "window", "softcap",
-                                       "alibi", NULL};
+                                       "alibi", "seqlens_q", "seqlens_k", NULL};
     char p[256];
     if (!json_is_object(j)) return fd_jfail(cx, path, "expected an object (a sweep), got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, path, j, keys)) return -1;
@@ -309,6 +332,25 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     f = json_object_get(j, "alibi");
     snprintf(p, sizeof p, "%s.alibi", path);
     if (f && get_alibi(cx, p, f, s)) return -1;
+    json_t *vq = json_object_get(j, "seqlens_q"), *vk = json_object_get(j, "seqlens_k");
+    if (vk && !vq) return fd_jfail(cx, path, "\"seqlens_k\" needs \"seqlens_q\"");
+    if (vq) { /* a packed variable-length batch: batch 1 of the packed totals */
+        int nk = 0;
+        if (json_object_get(j, "seqlen") || json_object_get(j, "batch"))
+            return fd_jfail(cx, path, "\"seqlens_q\" gives the batch and the lengths: no \"seqlen\" or \"batch\" with it");
+        snprintf(p, sizeof p, "%s.seqlens_q", path);
+        if (get_seqlens(cx, p, vq, s->cu_q, &s->nvarlen)) return -1;
+        snprintf(p, sizeof p, "%s.seqlens_k", path);
+        if (vk && get_seqlens(cx, p, vk, s->cu_k, &nk)) return -1;
+        if (!vk) memcpy(s->cu_k, s->cu_q, sizeof s->cu_k);
+        else if (nk != s->nvarlen)
+            return fd_jfail(cx, p, "%d key lengths for %d query lengths (one per sequence)", nk, s->nvarlen);
+        s->seq[0] = s->cu_q[s->nvarlen];
+        s->seq[1] = s->cu_k[s->nvarlen];
+        s->nseq = 1;
+        if (!json_object_get(j, "head_dim")) return fd_jfail(cx, path, "missing required field \"head_dim\"");
+        return 0;
+    }
     f = json_object_get(j, "seqlen");
     snprintf(p, sizeof p, "%s.seqlen", path);
     if (!f) return fd_jfail(cx, path, "missing required field \"seqlen\"");
@@ -400,6 +442,15 @@ void fd_case_make_id(const fd_case *c, char *buf, size_t len)
             for (int by = 0; by < 4; by++) hsh = (hsh ^ ((u >> (8 * by)) & 0xffu)) * 16777619u;
         }
         n += (size_t)(same ? snprintf(buf + n, len - n, "-alibi") : snprintf(buf + n, len - n, "-alibi%08x", hsh));
+    }
+    if (p->varlen && n < len) { /* "-vlN_HASH": N sequences, a hash of the lengths */
+        uint32_t hsh = 2166136261u;
+        for (int s = 0; s <= p->varlen; s++) {
+            const uint32_t u[2] = {(uint32_t)p->cu_seqlens_q[s], (uint32_t)p->cu_seqlens_k[s]};
+            for (int t = 0; t < 2; t++)
+                for (int by = 0; by < 4; by++) hsh = (hsh ^ ((u[t] >> (8 * by)) & 0xffu)) * 16777619u;
+        }
+        n += (size_t)snprintf(buf + n, len - n, "-vl%d_%08x", p->varlen, hsh);
     }
     if (c->backward && n < len) snprintf(buf + n, len - n, "-bwd");
 }
@@ -519,8 +570,15 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
             if (s->nslopes) memcpy(p->alibi_slopes, s->slopes, sizeof(float) * (size_t)p->heads);
             else fd_alibi_default_slopes(p->heads, p->alibi_slopes);
         }
+        if (s->nvarlen) {
+            p->varlen = s->nvarlen;
+            memcpy(p->cu_seqlens_q, s->cu_q, sizeof p->cu_seqlens_q);
+            memcpy(p->cu_seqlens_k, s->cu_k, sizeof p->cu_seqlens_k);
+            if (p->dropout_p > 0.0)
+                return fd_jfail(cx, path, "seqlens_q (varlen) with dropout is not supported");
+        }
         if (cs.backward && fd_problem_has_mods(p))
-            return fd_jfail(cx, path, "backward with a window, softcap or ALiBi is not supported yet (forward only)");
+            return fd_jfail(cx, path, "backward with a window, softcap, ALiBi or varlen is not supported yet (forward only)");
         int skip = 0;
         for (int x = 0; x < nex && !skip; x++) skip = excl_match(&ex[x], &cs);
         if (skip) continue;

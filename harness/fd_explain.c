@@ -23,6 +23,9 @@ const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "
                                        "window_right_plus_one", "window_right_minus_one", "window_top_left",
                                        "alibi_missing", "alibi_sign_flipped", "alibi_heads_reversed", "alibi_scaled",
                                        "softcap_missing", "softcap_unscaled",
+                                       /* variable-length batches (cases with seqlens_q) */
+                                       "varlen_leak", "cu_seqlens_plus_one", "cu_seqlens_minus_one",
+                                       "varlen_pad_attended",
                                        /* backward (a case with "backward": true) */
                                        "bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
                                        "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
@@ -43,6 +46,10 @@ static const struct { const char *name, *what; } mod_hypos[] = {
     {"alibi_scaled", "ALiBi bias added before the softmax scale (so multiplied by it)"},
     {"softcap_missing", "softcap not applied"},
     {"softcap_unscaled", "softcap applied to the unscaled q.k, the softmax scale after it"},
+    {"varlen_leak", "attention leaks across sequence boundaries (the packed batch attended as one sequence, no block-diagonal mask)"},
+    {"cu_seqlens_plus_one", "cu_seqlens off by one: every inner sequence boundary one token later"},
+    {"cu_seqlens_minus_one", "cu_seqlens off by one: every inner sequence boundary one token earlier"},
+    {"varlen_pad_attended", "pad tokens attended: each sequence zero-padded to the longest and the padding mask lost (eager over a padded batch), where varlen drops them"},
 };
 #define FD_NMODHYPO ((int)(sizeof mod_hypos / sizeof mod_hypos[0]))
 
@@ -93,12 +100,40 @@ static int mod_hypo_setup(const fd_problem *p, const char *name, fd_attn_variant
         }
         return 1;
     }
+    if (!strncmp(name, "varlen_", 7) || !strncmp(name, "cu_seqlens_", 11)) {
+        if (!p->varlen) { *why = "it is not a variable-length batch (no seqlens_q)"; return 0; }
+        if (!strcmp(name, "varlen_pad_attended")) {
+            va->varlen_pad = 1;
+            if (!fd_attn64_varlen_pad_changes(p, va)) {
+                *why = "no row sees a pad key or changes its visible keys in the padded shape (equal lengths, or the causal mask hides the pads)";
+                return 0;
+            }
+            return 1;
+        }
+        int nonempty = 0;
+        for (int t = 0; t < p->varlen; t++)
+            nonempty += p->cu_seqlens_q[t + 1] > p->cu_seqlens_q[t] || p->cu_seqlens_k[t + 1] > p->cu_seqlens_k[t];
+        if (nonempty < 2) { *why = "it packs fewer than two non-empty sequences"; return 0; }
+        if (!strcmp(name, "varlen_leak")) va->varlen_leak = 1;
+        else va->varlen_cu_shift = strstr(name, "plus") ? 1 : -1;
+        return 1;
+    }
     if (!(p->softcap > 0.0f)) { *why = "it has no softcap"; return 0; }
     if (!strcmp(name, "softcap_missing")) va->softcap = 0.0;
     else {
         if (unit_scale) { *why = "its softmax scale is 1"; return 0; }
         va->softcap_unscaled = 1;
     }
+    return 1;
+}
+
+/* seqlen_q = seqlen_k (varlen: in every sequence, where the causal alignment lives): the
+ * top-left and bottom-right masks are one. */
+static int all_square(const fd_problem *p)
+{
+    if (!p->varlen) return p->seqlen_q == p->seqlen_k;
+    for (int t = 0; t < p->varlen; t++)
+        if (p->cu_seqlens_q[t + 1] - p->cu_seqlens_q[t] != p->cu_seqlens_k[t + 1] - p->cu_seqlens_k[t]) return 0;
     return 1;
 }
 
@@ -122,7 +157,8 @@ const char *fd_explain_inject_noop(const fd_problem *p, const char *bug)
         const char *why;
         return mod_hypo_setup(p, bug, &va, &why) == 1 ? NULL : why;
     }
-    const int dropout = p->dropout_p > 0.0, square = p->seqlen_q == p->seqlen_k;
+    const int dropout = p->dropout_p > 0.0;
+    const int square = all_square(p);
     const int unit_scale = !(p->softmax_scale < 1.0f || p->softmax_scale > 1.0f);
     if (!strcmp(bug, "mask_missing") && p->mask == FD_MASK_NONE) return "it has no causal mask";
     /* the two alignments are one mask when seqlen_q = seqlen_k */
@@ -700,7 +736,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         HYPO("scale_doubled", "softmax scale applied twice (scale^2)", va.scale = va.scale * va.scale);
         if (p->mask != FD_MASK_NONE) {
             HYPO("mask_missing", "causal mask not applied", va.mask = FD_MASK_NONE);
-            if (p->seqlen_q != p->seqlen_k) {
+            if (!all_square(p)) {
                 if (p->mask == FD_MASK_CAUSAL_BR)
                     HYPO("causal_top_left", "causal mask aligned top-left (PyTorch is_causal) instead of bottom-right (FA >= 2.1)", va.mask = FD_MASK_CAUSAL_TL);
                 else

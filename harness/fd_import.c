@@ -64,7 +64,7 @@ static int grad_kind(const char *s)
 static int valid_tensor_name(const char *s)
 {
     if (!strcmp(s, "q") || !strcmp(s, "k") || !strcmp(s, "v") || !strcmp(s, "do")) return 1;
-    if (!strcmp(s, "alibi_slopes")) return 1;
+    if (!strcmp(s, "alibi_slopes") || !strcmp(s, "cu_seqlens_q") || !strcmp(s, "cu_seqlens_k")) return 1;
     const char *x = NULL;
     if (!strncmp(s, "out_", 4)) x = s + 4;
     else if (!strncmp(s, "lse_", 4)) x = s + 4;
@@ -176,7 +176,7 @@ static int st_meta(const char *path, const json_t *m, json_t **meta, char *err, 
             }
             json_object_set_new(*meta, key, json_real(x));
         } else if (!strcmp(key, "roles") || !strcmp(key, "info") || !strcmp(key, "window") ||
-                   !strcmp(key, "alibi_slopes")) {
+                   !strcmp(key, "alibi_slopes") || !strcmp(key, "cu_seqlens_q") || !strcmp(key, "cu_seqlens_k")) {
             json_error_t je;
             json_t *j = json_loads(s, JSON_REJECT_DUPLICATES, &je);
             if (!j) {
@@ -423,7 +423,7 @@ void fd_bundle_free(fd_bundle *b)
 
 static const char *const meta_keys[] = {"layout", "mask", "dtype", "scale", "dropout_p", "seed",
                                          "offset", "roles", "info", "format", "deterministic", "window",
-                                         "softcap", "alibi_slopes", NULL};
+                                         "softcap", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", NULL};
 
 /* What meta.json (or __metadata__) declares before any tensor is read. */
 typedef struct {
@@ -499,7 +499,7 @@ static int bundle_meta(fd_jctx *cx, const json_t *meta, fd_bundle *b, bmeta *m)
         if (!ok) {
             snprintf(cx->err, cx->errlen, "%s: unknown key \"%s\" (expected layout, mask, dtype, scale, dropout_p, "
                                           "seed, offset, roles, info, format, deterministic, window, softcap, "
-                                          "alibi_slopes)", cx->file, key);
+                                          "alibi_slopes, cu_seqlens_q, cu_seqlens_k)", cx->file, key);
             return -1;
         }
     }
@@ -541,6 +541,14 @@ static int check_types(fd_jctx *cx, tlist *l, const bmeta *m)
     for (int i = 0; i < l->n; i++) {
         tens *t = &l->t[i];
         const int is_mask = !strncmp(t->name, "dmask_", 6), is_lse = !strncmp(t->name, "lse_", 4);
+        if (!strncmp(t->name, "cu_seqlens_", 11)) { /* varlen: integer offsets */
+            if (t->a.type != FD_AT_I32 && t->a.type != FD_AT_I64) {
+                snprintf(cx->err, cx->errlen, "%s: cu_seqlens of type %s (expected int32 or int64)", t->label,
+                         fd_atype_name(t->a.type));
+                return -1;
+            }
+            continue;
+        }
         if (t->a.type == FD_AT_U16 && !is_mask && !is_lse) {
             if (!m->has_dt || m->dt != FD_DT_BF16) {
                 snprintf(cx->err, cx->errlen, "%s: 16-bit unsigned words ('<u2'): %s must say \"dtype\": \"bf16\" "
@@ -590,7 +598,59 @@ static json_t *mods_meta(const fd_problem *p)
         for (int h = 0; h < p->heads; h++) json_array_append_new(a, json_real((double)p->alibi_slopes[h]));
         json_object_set_new(m, "alibi_slopes", a);
     }
+    for (int t = 0; t < 2 && p->varlen; t++) {
+        const int *cu = t ? p->cu_seqlens_k : p->cu_seqlens_q;
+        json_t *a = json_array();
+        for (int x = 0; x <= p->varlen; x++) json_array_append_new(a, json_integer(cu[x]));
+        json_object_set_new(m, t ? "cu_seqlens_k" : "cu_seqlens_q", a);
+    }
     return m;
+}
+
+/* Variable-length batches: cu_seqlens_q and cu_seqlens_k (both or neither), each a tensor
+ * (n + 1,) int32 / int64 or a meta list of integers (not both); q, k, v packed, given with
+ * batch 1 ((1, total, heads, dim) in bshd). Each must start at 0, never decrease and end
+ * at the packed length; no dropout. Errors name the file (or tensor) and the field. */
+static int bundle_varlen(fd_jctx *cx, const json_t *meta, tlist *l, fd_problem *p)
+{
+    static const char *const nm[2] = {"cu_seqlens_q", "cu_seqlens_k"};
+    int given[2];
+    for (int t = 0; t < 2; t++) given[t] = json_object_get(meta, nm[t]) || tlist_find(l, nm[t]);
+    if (!given[0] && !given[1]) return 0;
+    if (!given[0] || !given[1])
+        return fd_jfail(cx, nm[given[0] ? 1 : 0], "missing: a varlen bundle gives cu_seqlens_q and cu_seqlens_k");
+    int n = -1;
+    for (int t = 0; t < 2; t++) {
+        int *cu = t ? p->cu_seqlens_k : p->cu_seqlens_q;
+        const json_t *js = json_object_get(meta, nm[t]);
+        const tens *ts = tlist_find(l, nm[t]);
+        if (js && ts) return fd_jfail(cx, nm[t], "given both as a tensor and in the meta: give one");
+        const size_t len = js ? (json_is_array(js) ? json_array_size(js) : 0) : (ts->a.ndim == 1 ? ts->a.numel : 0);
+        if (len < 2 || len > FD_VARLEN_MAX_SEQS + 1)
+            return fd_jfail(cx, nm[t], "expected a list (or 1-d tensor) of 2..%d offsets (sequences + 1)", FD_VARLEN_MAX_SEQS + 1);
+        if (n >= 0 && (int)len - 1 != n)
+            return fd_jfail(cx, nm[t], "%zu offsets where cu_seqlens_q has %d (one more than the sequences)", len, n + 1);
+        n = (int)len - 1;
+        for (size_t x = 0; x < len; x++) {
+            long long v;
+            if (js) {
+                const json_t *e = json_array_get(js, x);
+                if (!json_is_integer(e)) return fd_jfail(cx, nm[t], "element %zu: expected an integer", x);
+                v = json_integer_value(e);
+            } else {
+                v = (long long)fd_array_get_i64(&ts->a, x);
+            }
+            if (v < 0 || v > INT_MAX / 2) return fd_jfail(cx, nm[t], "element %zu is %lld (expected 0 to %d)", x, v, INT_MAX / 2);
+            cu[x] = (int)v;
+        }
+        char e[200];
+        if (fd_cu_seqlens_check(cu, n, t ? p->seqlen_k : p->seqlen_q, e, sizeof e))
+            return fd_jfail(cx, nm[t], "%s (q, k, v are packed: batch 1, the total length in the sequence dimension)", e);
+    }
+    if (p->batch != 1) return fd_jfail(cx, "cu_seqlens_q", "q, k, v of batch %d: a varlen bundle packs them in batch 1", p->batch);
+    if (p->dropout_p > 0.0) return fd_jfail(cx, "dropout_p", "varlen with dropout is not supported");
+    p->varlen = n;
+    return 0;
 }
 
 /* FlashAttention's score modifiers of the call: "window": [left, right] (-1 unbounded),
@@ -730,7 +790,7 @@ static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist 
         return -1;
     }
     if (check_finite(tq, err, errlen) || check_finite(tk, err, errlen) || check_finite(tv, err, errlen)) return -1;
-    if (bundle_mods(cx, meta, l, p)) return -1;
+    if (bundle_mods(cx, meta, l, p) || bundle_varlen(cx, meta, l, p)) return -1;
     b->q = to_bshd(&tq->a, b->bhsd);
     b->k = to_bshd(&tk->a, b->bhsd);
     b->v = to_bshd(&tv->a, b->bhsd);
@@ -882,7 +942,7 @@ static int bundle_grads(fd_jctx *cx, const tens *tq, tlist *l, fd_bundle *b)
     char s1[160], s2[160];
     const char *lay = b->bhsd ? "batch, heads, seqlen_q, dim" : "batch, seqlen_q, heads, dim";
     if (tdo && fd_problem_has_mods(&b->prob)) {
-        snprintf(err, errlen, "%s: a backward (do) with a window, softcap or ALiBi is not supported yet "
+        snprintf(err, errlen, "%s: a backward (do) with a window, softcap, ALiBi or varlen is not supported yet "
                               "(the forward is)", tdo->label);
         return -1;
     }

@@ -198,7 +198,7 @@ int fd_sample_rows(const fd_problem *p, int max_rows, int *rows)
         for (int i = 0; i < sq; i++) rows[i] = i;
         return sq;
     }
-    int cand[20], nc = 0;
+    int cand[32], nc = 0;
     cand[nc++] = 0;
     cand[nc++] = sq - 1;
     if (p->mask == FD_MASK_CAUSAL_BR) {
@@ -219,6 +219,15 @@ int fd_sample_rows(const fd_problem *p, int max_rows, int *rows)
     }
     static const int tiles[] = {63, 64, 127, 128};
     for (int t = 0; t < 4; t++) cand[nc++] = tiles[t];
+    /* varlen: the first and last row of (the first six) sequences, where the per-sequence
+     * alignment and the boundary with the neighbour show (the cases' seqlen checks above
+     * are for the packed totals) */
+    for (int s = 0, used = 0; s < p->varlen && used < 6; s++)
+        if (p->cu_seqlens_q[s + 1] > p->cu_seqlens_q[s]) {
+            cand[nc++] = p->cu_seqlens_q[s];
+            cand[nc++] = p->cu_seqlens_q[s + 1] - 1;
+            used++;
+        }
     for (int t = 0; t < nc; t++)
         if (cand[t] >= 0 && cand[t] < sq) rows[n++] = cand[t];
     int fixed = n;

@@ -21,6 +21,8 @@ size_t fd_atype_size(fd_atype t)
     case FD_AT_F32: return 4;
     case FD_AT_F64: return 8;
     case FD_AT_U8: case FD_AT_BOOL: return 1;
+    case FD_AT_I32: return 4;
+    case FD_AT_I64: return 8;
     }
     return 0;
 }
@@ -35,6 +37,8 @@ const char *fd_atype_name(fd_atype t)
     case FD_AT_F64: return "fp64";
     case FD_AT_U8: return "uint8";
     case FD_AT_BOOL: return "bool";
+    case FD_AT_I32: return "int32";
+    case FD_AT_I64: return "int64";
     }
     return "?";
 }
@@ -93,6 +97,22 @@ int fd_array_alloc(fd_array *a, fd_atype t, int ndim, const int64_t *shape, char
     return 0;
 }
 
+int64_t fd_array_get_i64(const fd_array *a, size_t i)
+{
+    const uint8_t *p = (const uint8_t *)a->data + i * fd_atype_size(a->type);
+    uint64_t u = 0;
+    switch (a->type) {
+    case FD_AT_I32:
+        u = (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24;
+        return (int64_t)(int32_t)(uint32_t)u;
+    case FD_AT_I64:
+        for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
+        return (int64_t)u;
+    case FD_AT_U8: case FD_AT_BOOL: return (int64_t)p[0];
+    default: return 0;
+    }
+}
+
 float fd_array_get_f32(const fd_array *a, size_t i)
 {
     const uint8_t *p = (const uint8_t *)a->data + i * fd_atype_size(a->type);
@@ -112,6 +132,7 @@ float fd_array_get_f32(const fd_array *a, size_t i)
         return (float)d;
     }
     case FD_AT_U8: case FD_AT_BOOL: return (float)p[0];
+    case FD_AT_I32: case FD_AT_I64: return (float)fd_array_get_i64(a, i);
     }
     return 0.0f;
 }
@@ -212,7 +233,7 @@ static int descr_type(hp *h, const char *d, fd_atype *t)
 {
     static const struct { const char *d; fd_atype t; } known[] = {
         {"<f2", FD_AT_F16}, {"<u2", FD_AT_U16}, {"<f4", FD_AT_F32}, {"<f8", FD_AT_F64},
-        {"|u1", FD_AT_U8}, {"|b1", FD_AT_BOOL},
+        {"|u1", FD_AT_U8}, {"|b1", FD_AT_BOOL}, {"<i4", FD_AT_I32}, {"<i8", FD_AT_I64},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (!strcmp(d, known[i].d)) {
@@ -226,7 +247,7 @@ static int descr_type(hp *h, const char *d, fd_atype *t)
     else
         snprintf(h->err, h->errlen,
                  "npy header: unsupported dtype descr '%s' (expected '<f2', '<u2' (bf16 bits), "
-                 "'<f4', '<f8', '|u1' or '|b1')", d);
+                 "'<f4', '<f8', '|u1', '|b1', '<i4' or '<i8')", d);
     return -1;
 }
 
@@ -407,6 +428,8 @@ static const char *descr_of(fd_atype t)
     case FD_AT_F64: return "<f8";
     case FD_AT_U8: return "|u1";
     case FD_AT_BOOL: return "|b1";
+    case FD_AT_I32: return "<i4";
+    case FD_AT_I64: return "<i8";
     }
     return "?";
 }

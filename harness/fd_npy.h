@@ -24,7 +24,9 @@ typedef enum {
     FD_AT_F32 = 3,
     FD_AT_F64 = 4,
     FD_AT_U8 = 5,
-    FD_AT_BOOL = 6
+    FD_AT_BOOL = 6,
+    FD_AT_I32 = 7,  /* integer tensors: cu_seqlens_q / cu_seqlens_k of varlen bundles */
+    FD_AT_I64 = 8
 } fd_atype;
 
 typedef struct fd_array {
@@ -45,6 +47,8 @@ int64_t fd_shape_numel(int ndim, const int64_t *shape);
 /* "(2, 113, 4, 64)" */
 void fd_shape_str(int ndim, const int64_t *shape, char *buf, size_t len);
 /* Element i as a float (fp16/bf16/fp32 exact; f64 rounded; u8/bool 0 or the value). */
+/* Element i of an integer array (I32, I64, U8, BOOL) as a 64-bit integer; 0 for float types. */
+int64_t fd_array_get_i64(const fd_array *a, size_t i);
 float fd_array_get_f32(const fd_array *a, size_t i);
 
 /* Parses header text (what follows the length field, len bytes). */

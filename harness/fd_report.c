@@ -263,6 +263,12 @@ json_t *fd_report_case_json(const fd_case_result *r)
         for (int h = 0; h < p->heads; h++) json_array_append_new(sl, fd_json_num((double)p->alibi_slopes[h]));
         json_object_set_new(j, "alibi_slopes", sl);
     }
+    for (int t = 0; t < 2 && p->varlen; t++) { /* variable-length batches: the packed offsets */
+        const int *cu = t ? p->cu_seqlens_k : p->cu_seqlens_q;
+        json_t *a = json_array();
+        for (int x = 0; x <= p->varlen; x++) json_array_append_new(a, json_integer(cu[x]));
+        json_object_set_new(j, t ? "cu_seqlens_k" : "cu_seqlens_q", a);
+    }
     /* where the baseline of FlashAttention's rule came from (the first judged flash output's) */
     for (int t = 0; t < r->nbe; t++) {
         const fd_backend_result *f = &r->be[t];

@@ -13,6 +13,7 @@
 static const struct { const char *name; fd_atype t; } st_types[] = {
     {"F16", FD_AT_F16}, {"BF16", FD_AT_BF16}, {"F32", FD_AT_F32}, {"F64", FD_AT_F64},
     {"U8", FD_AT_U8},   {"BOOL", FD_AT_BOOL}, {"U16", FD_AT_U16},
+    {"I32", FD_AT_I32}, {"I64", FD_AT_I64},
 };
 
 void fd_st_free(fd_st_file *f)
@@ -128,7 +129,7 @@ int fd_st_parse(const uint8_t *buf, size_t len, fd_st_file *f, char *err, size_t
                 found = 1;
             }
         if (!found) {
-            snprintf(err, errlen, "tensor \"%s\": unsupported dtype %s (expected F16, BF16, F32, F64, U8 or BOOL)",
+            snprintf(err, errlen, "tensor \"%s\": unsupported dtype %s (expected F16, BF16, F32, F64, U8, BOOL, I32 or I64)",
                      key, json_string_value(dt));
             goto out;
         }

@@ -483,9 +483,9 @@ static long mods_apply(const fd_rowws *ws, mpfr_ptr s, long ES, int h, int i, in
         ES = exp_add(ES, half_ulp_exp(t3, s, P));
     }
     if (p->alibi) {
-        const long dd = (long)i + p->seqlen_k - p->seqlen_q - j;
-        mpfr_set_d(tmp, (double)p->alibi_slopes[h], MPFR_RNDN);            /* exact */
-        mpfr_mul_ui(tmp, tmp, (unsigned long)(dd < 0 ? -dd : dd), MPFR_RNDN); /* exact */
+        const int dd = fd_problem_alibi_dist(p, i, j); /* within the row's sequence (varlen) */
+        mpfr_set_d(tmp, (double)p->alibi_slopes[h], MPFR_RNDN); /* exact */
+        mpfr_mul_ui(tmp, tmp, (unsigned long)dd, MPFR_RNDN);    /* exact */
         const int t4 = mpfr_sub(s, s, tmp, MPFR_RNDN);
         ES = exp_add(ES, half_ulp_exp(t4, s, P));
     }

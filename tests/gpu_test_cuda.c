@@ -474,6 +474,80 @@ Test(gpu_cuda, features_replay_bit_identical)
     }
 }
 
+/* Variable-length batches (issue 13 item 4): cuda-flash on a packed batch (a CTA per
+ * (q tile, head, sequence), tiles from each sequence's start, early exit past its end) is
+ * the CPU replay bit for bit in O on every row (empty sequences, rows without a visible key
+ * and one-token sequences included), the LSE within an ulp; the fp32 path agrees with the
+ * replay to 1e-5; split-KV refuses varlen. */
+Test(gpu_cuda, varlen_replay_bit_identical)
+{
+    SKIP_WITHOUT_GPU();
+    static const struct {
+        int n, lq[6], lk[6], H, Hk, d; fd_dtype dt; fd_mask_kind mask; int win, wl, wr; float cap; int alibi, br;
+    } vs[] = {
+        {6, {37, 130, 1, 64, 0, 90}, {37, 130, 1, 64, 0, 90}, 2, 2, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0, 0, 0, 0.0f, 0, 128},
+        {4, {20, 77, 5, 150}, {60, 40, 5, 200}, 4, 2, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0, 0, 0, 0.0f, 0, 64},
+        {4, {20, 77, 5, 150}, {60, 40, 5, 200}, 4, 2, 32, FD_DT_FP16, FD_MASK_NONE, 0, 0, 0, 0.0f, 0, 128},
+        {3, {100, 70, 33}, {130, 70, 16}, 2, 2, 64, FD_DT_BF16, FD_MASK_NONE, 1, 33, 7, 0.0f, 0, 128},
+        {3, {50, 129, 3}, {50, 129, 3}, 4, 4, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0, 0, 0, 30.0f, 1, 64},
+        {3, {16, 65, 2}, {80, 65, 3}, 2, 1, 96, FD_DT_FP16, FD_MASK_CAUSAL_TL, 1, 20, -1, 0.0f, 1, 128},
+        {3, {40, 3, 70}, {12, 50, 70}, 2, 2, 64, FD_DT_FP32, FD_MASK_CAUSAL_BR, 0, 0, 0, 0.0f, 1, 128},
+    };
+    for (size_t t = 0; t < sizeof vs / sizeof vs[0]; t++) {
+        int tq = 0, tk = 0;
+        for (int s = 0; s < vs[t].n; s++) { tq += vs[t].lq[s]; tk += vs[t].lk[s]; }
+        tcase c;
+        make_case(&c, 1, vs[t].H, vs[t].Hk, tq, tk, vs[t].d, vs[t].dt, vs[t].mask, 0.0, 70 + t);
+        fd_problem *p = &c.p;
+        p->varlen = vs[t].n;
+        for (int s = 0; s < vs[t].n; s++) {
+            p->cu_seqlens_q[s + 1] = p->cu_seqlens_q[s] + vs[t].lq[s];
+            p->cu_seqlens_k[s + 1] = p->cu_seqlens_k[s] + vs[t].lk[s];
+        }
+        p->window = vs[t].win; p->window_left = vs[t].wl; p->window_right = vs[t].wr;
+        p->softcap = vs[t].cap; p->alibi = vs[t].alibi;
+        fd_alibi_default_slopes(p->heads, p->alibi_slopes);
+        const size_t nq = fd_q_numel(p), nl = fd_lse_numel(p);
+        float *o = poisoned(nq), *lse = poisoned(nl), *ro = poisoned(nq), *rl = poisoned(nl);
+        const int fp32 = p->dtype == FD_DT_FP32;
+        fd_cuda_cfg g;
+        fd_cuda_cfg_default(&g);
+        g.br = vs[t].br; g.bc = 64; g.exp2_mode = 1;
+        fd_flash_cfg r;
+        fd_flash_cfg_default(&r);
+        r.br = vs[t].br; r.bc = fp32 ? 32 : 64;
+        r.qk_order = r.pv_order = fp32 ? FD_ACC_SEQ : FD_ACC_TC16;
+        r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = fp32 ? FD_ROWSUM_SEQ : FD_ROWSUM_FA2;
+        char err[512];
+        cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
+        size_t diff = 0, first = (size_t)-1, ldiff = 0;
+        double maxd = 0.0;
+        for (size_t x = 0; x < nq; x++) {
+            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x]) && !diff++) first = x;
+            const double e = fabs((double)o[x] - (double)ro[x]);
+            maxd = e > maxd || isnan(e) ? e : maxd;
+        }
+        for (size_t x = 0; x < nl; x++) {
+            const int both_inf = isinf(lse[x]) && isinf(rl[x]) && lse[x] > 0 && rl[x] > 0;
+            ldiff += !both_inf && !(fabsf(lse[x] - rl[x]) <= 2.0f * fabsf(nextafterf(rl[x], INFINITY) - rl[x]));
+        }
+        if (fp32)
+            cr_expect(maxd <= 1e-5, "spec %zu (fp32): max |gpu - replay| %g", t, maxd);
+        else
+            cr_expect_eq(diff, 0, "spec %zu: %zu of %zu O elements differ from the replay; first at %zu: gpu %a, replay %a",
+                         t, diff, nq, first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0);
+        if (!fp32) cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay by more than an ulp", t, ldiff, nl);
+        if (t == 0) {
+            g.splits = 2;
+            cr_expect_eq(fd_cuda_splitkv_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, err, sizeof err), -1);
+            cr_expect(strstr(err, "varlen") != NULL, "%s", err);
+        }
+        free(o); free(lse); free(ro); free(rl);
+        free_case(&c);
+    }
+}
+
 /* Out-of-bounds guards (issue 13 item 7): writes outside a guarded buffer are reported
  * with their side and distance; writes inside it are not. */
 Test(gpu_cuda, guards_report_out_of_bounds_writes)

@@ -62,7 +62,7 @@ Test(npy_header, rejects_everything_else)
     static const struct { const char *h, *msg; } bad[] = {
         {"{'descr': '>f2', 'fortran_order': False, 'shape': (2,)}\n", "big-endian"},
         {"{'descr': '<f2', 'fortran_order': True, 'shape': (2,)}\n", "Fortran"},
-        {"{'descr': '<i8', 'fortran_order': False, 'shape': (2,)}\n", "unsupported dtype"},
+        {"{'descr': '<i2', 'fortran_order': False, 'shape': (2,)}\n", "unsupported dtype"}, /* <i4, <i8: cu_seqlens */
         {"{'descr': '<f2', 'fortran_order': False, 'shape': (2)}\n", "(n,)"},
         {"{'descr': '<f2', 'fortran_order': False, 'shape': (02,)}\n", "leading zeros"},
         {"{'descr': '<f2', 'fortran_order': False, 'shape': (-2,)}\n", "non-negative"},
@@ -232,7 +232,7 @@ Test(safetensors, good_and_bad)
     cr_expect_eq(fd_st_find(&f, "b")->type, FD_AT_BF16);
     fd_st_free(&f);
     static const struct { const char *json; size_t dlen; const char *msg; } bad[] = {
-        {"{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}", 8, "unsupported dtype I64"},
+        {"{\"a\":{\"dtype\":\"I16\",\"shape\":[1],\"data_offsets\":[0,2]}}", 2, "unsupported dtype I16"}, /* I32, I64: cu_seqlens */
         {"{\"a\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,4]}}", 4, "needs 6"},
         {"{\"a\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 2, "past the data"},
         {"{\"a\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 6, "after the last tensor"},

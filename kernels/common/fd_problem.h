@@ -22,6 +22,11 @@ typedef enum {
 /* Most heads a problem with ALiBi may have (the slopes live in the problem). */
 #define FD_ALIBI_MAX_HEADS 128
 
+/* ---- Variable-length batches (issue 13 item 4): the constants ---- */
+/* Most sequences one packed (varlen) problem may hold (cu_seqlens live in the problem). */
+#define FD_VARLEN_MAX_SEQS 64
+/* ---- end variable-length batches ---- */
+
 typedef struct fd_problem {
     int batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim;
     fd_dtype dtype;
@@ -36,13 +41,25 @@ typedef struct fd_problem {
     float softcap;               /* > 0: s -> softcap * tanh(s / softcap) on the scaled score */
     int alibi;                   /* 1: bias -alibi_slopes[h] * |i + sk - sq - j| on the scaled score */
     float alibi_slopes[FD_ALIBI_MAX_HEADS];
+    /* ---- Variable-length batches (issue 13 item 4), FlashAttention's
+     * flash_attn_varlen_func: varlen > 0 packs that many sequences into a problem of
+     * batch 1 whose seqlen_q / seqlen_k are the packed totals, so the layouts above are
+     * the packed ones (Q, O [total_q][heads][d], K, V [total_k][kv_heads][d], LSE
+     * [heads][total_q], FA2's varlen LSE). Sequence s has the query rows
+     * cu_seqlens_q[s] .. cu_seqlens_q[s + 1] - 1 and the keys cu_seqlens_k[s] ..
+     * cu_seqlens_k[s + 1] - 1; masks, windows and ALiBi distances are aligned per
+     * sequence (bottom-right within it, FA2 >= 2.1); no key of another sequence is
+     * visible. 0: off (a memset problem is not varlen). ---- */
+    int varlen;
+    int cu_seqlens_q[FD_VARLEN_MAX_SEQS + 1], cu_seqlens_k[FD_VARLEN_MAX_SEQS + 1];
+    /* ---- end variable-length batches ---- */
 } fd_problem;
 
-/* Does the problem use a window, softcap or ALiBi (the features only the forward
- * kernels and the reference support so far)? */
+/* Does the problem use a window, softcap, ALiBi or variable-length sequences (the
+ * features only the forward kernels and the reference support so far)? */
 static inline int fd_problem_has_mods(const fd_problem *p)
 {
-    return p->window || p->softcap > 0.0f || p->alibi;
+    return p->window || p->softcap > 0.0f || p->alibi || p->varlen;
 }
 
 FD_HD int fd_mask_visible(fd_mask_kind mask, int i, int j, int sq, int sk)
@@ -76,11 +93,56 @@ FD_HD int fd_vis_range(int mask, int window, int wl, int wr, int i, int sq, int 
     return (int)(z - a + 1);
 }
 
+/* ---- Variable-length batches (issue 13 item 4): per-sequence helpers ---- */
+/* The sequence s of packed row i: cu[s] <= i < cu[s + 1] (the last such s when empty
+ * sequences share the bound); n sequences, cu[0] = 0 <= i < cu[n]. */
+FD_HD int fd_varlen_seq(const int *cu, int n, int i)
+{
+    int a = 0, z = n - 1;
+    while (a < z) { /* the largest s with cu[s] <= i */
+        const int m = (a + z + 1) / 2;
+        if (cu[m] <= i) a = m;
+        else z = m - 1;
+    }
+    return a;
+}
+
+/* The sequence of query row i as (first query row q0, its length sq, first key k0,
+ * its key count sk); without varlen the whole problem (0, seqlen_q, 0, seqlen_k). */
+typedef struct { int q0, sq, k0, sk; } fd_seq_span;
+static inline fd_seq_span fd_problem_seq_span(const fd_problem *p, int i)
+{
+    fd_seq_span r = {0, p->seqlen_q, 0, p->seqlen_k};
+    if (p->varlen > 0) {
+        const int s = fd_varlen_seq(p->cu_seqlens_q, p->varlen, i);
+        r.q0 = p->cu_seqlens_q[s];
+        r.sq = p->cu_seqlens_q[s + 1] - r.q0;
+        r.k0 = p->cu_seqlens_k[s];
+        r.sk = p->cu_seqlens_k[s + 1] - r.k0;
+    }
+    return r;
+}
+
+/* Visible keys of (packed) query row i as packed key indices [*lo, *hi]: the row's own
+ * sequence only, aligned within it. */
 static inline int fd_mask_visible_range(const fd_problem *p, int i, int *lo, int *hi)
 {
-    return fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i, p->seqlen_q,
-                        p->seqlen_k, lo, hi);
+    const fd_seq_span s = fd_problem_seq_span(p, i);
+    const int n = fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i - s.q0,
+                               s.sq, s.sk, lo, hi);
+    *lo += s.k0;
+    *hi += s.k0;
+    return n;
 }
+
+/* |i + sk - sq - j| within the row's sequence (FA2's ALiBi distance). */
+static inline int fd_problem_alibi_dist(const fd_problem *p, int i, int j)
+{
+    const fd_seq_span s = fd_problem_seq_span(p, i);
+    const long d = (long)(i - s.q0) + s.sk - s.sq - (j - s.k0);
+    return (int)(d < 0 ? -d : d);
+}
+/* ---- end variable-length batches ---- */
 
 static inline int fd_problem_visible_count(const fd_problem *p, int i)
 {
@@ -137,8 +199,15 @@ static inline size_t fd_lse_numel(const fd_problem *p)
 const char *fd_dtype_name(fd_dtype t);
 const char *fd_mask_name(fd_mask_kind m);
 /* 0, or -1 with err filled: window sides >= -1, softcap finite >= 0, ALiBi slopes finite
- * and heads <= FD_ALIBI_MAX_HEADS. */
+ * and heads <= FD_ALIBI_MAX_HEADS; varlen: 1..FD_VARLEN_MAX_SEQS sequences, batch 1,
+ * cu_seqlens from 0, non-decreasing, ending at seqlen_q / seqlen_k, no dropout. */
 int fd_problem_check_mods(const fd_problem *p, char *err, size_t errlen);
+/* ---- Variable-length batches (issue 13 item 4) ---- */
+/* cu (n + 1 entries) starts at 0, never decreases and ends at total; else -1 and err
+ * says which ("must start at 0, got 3"). */
+int fd_cu_seqlens_check(const int *cu, int n, int total, char *err, size_t errlen);
+int fd_problem_check_varlen(const fd_problem *p, char *err, size_t errlen);
+/* ---- end variable-length batches ---- */
 /* The standard ALiBi slopes 2^(-8 (h + 1) / heads), h = 0 .. heads - 1. */
 void fd_alibi_default_slopes(int heads, float *slopes);
 /* "window (l, r), softcap c, alibi" (only what is on); returns the length. */

@@ -97,13 +97,15 @@ typedef struct {
 } fd_flash_ctx;
 
 /* One query row over key blocks [nb_lo, nb_hi) visited backwards, keys lo..hi visible.
- * Leaves the unnormalised accumulator in acc, the row sum in *l_out and the raw row max
- * in *m_out. */
-static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi, int lo, int hi,
-                      double *acc, double *l_out, double *m_out)
+ * Key block nb holds keys kb + nb bc .. (up to the sequence's end ke): kb = 0, ke =
+ * seqlen_k, or a varlen sequence's keys (FA2's varlen kernel starts its tiles at the
+ * sequence's first key). Leaves the unnormalised accumulator in acc, the row sum in
+ * *l_out and the raw row max in *m_out. */
+static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int nb_lo, int nb_hi,
+                      int lo, int hi, double *acc, double *l_out, double *m_out)
 {
     const fd_problem *p = x->p;
-    const int D = p->head_dim, sk = p->seqlen_k, bc = x->cfg->bc;
+    const int D = p->head_dim, bc = x->cfg->bc;
     const int hk = fd_kv_head(p, h);
     const unsigned ex = x->exact;
     const int xqk = !!(ex & FD_STAGE_QK), xsm = !!(ex & FD_STAGE_SOFTMAX);
@@ -117,14 +119,14 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi
     const double slope_d = p->alibi ? (double)p->alibi_slopes[h] / (double)x->scale_sm : 0.0;
     for (int d = 0; d < D; d++) acc[d] = 0.0;
     for (int nb = nb_hi - 1; nb >= nb_lo; nb--) {
-        const int j0 = nb * bc;
+        const int j0 = kb + nb * bc;
         double tmax = -INFINITY;
         for (int c = 0; c < bc; c++) {
             const int j = j0 + c;
             double sv = -INFINITY; /* masked or beyond seqlen_k */
             if (j >= lo && j <= hi) {
                 const float *kj = x->k + fd_kv_index(p, b, j, hk, 0);
-                const int dist = fd_alibi_dist(i, j, p->seqlen_q, sk);
+                const int dist = fd_problem_alibi_dist(p, i, j);
                 if (xqk) {
                     sv = 0.0; /* exact products; a binary64 sum is exact to ~d 2^-53 */
                     for (int d = 0; d < D; d++) sv += (double)qi[d] * (double)kj[d];
@@ -179,7 +181,7 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int nb_lo, int nb_hi
             x->pt[c] = pv;
             x->ptf[c] = (float)pv;
         }
-        const int nk = (j0 + bc <= sk) ? bc : sk - j0; /* keys present in memory */
+        const int nk = (j0 + bc <= ke) ? bc : ke - j0; /* keys present in memory */
         for (int d = 0; d < D; d++) {
             const float *vd = x->v + fd_kv_index(p, b, j0, hk, d);
             if (xpv) {
@@ -271,7 +273,9 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                     continue;
                 }
                 double l, m;
-                flash_row(&x, b, h, i, lo / bc, hi / bc + 1, lo, hi, acc, &l, &m);
+                const fd_seq_span sp = fd_problem_seq_span(p, i);
+                flash_row(&x, b, h, i, sp.k0, sp.k0 + sp.sk, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo,
+                          hi, acc, &l, &m);
                 const int empty = fd_eq(l, 0.0) || isnan(l);
                 /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
                 if (xfin) {
@@ -357,19 +361,21 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                     lse[fd_lse_index(p, b, h, i)] = INFINITY;
                     continue;
                 }
-                const int nblocks = hi / bc + 1;
+                const fd_seq_span sq_ = fd_problem_seq_span(p, i);
+                const int kb = sq_.k0, klo = (lo - kb) / bc; /* tiles from the sequence's first key */
+                const int nblocks = (hi - kb) / bc + 1;
                 const int per = (nblocks + splits - 1) / splits;
                 int ns = 0;
                 for (int sp = 0; sp < splits; sp++) {
                     const int slo = sp * per, shi = slo + per < nblocks ? slo + per : nblocks;
                     if (slo >= shi) break;
                     double l, m;
-                    if (shi <= lo / bc) { /* a split left of a window: no visible key, weight 0 */
+                    if (shi <= klo) { /* a split left of a window: no visible key, weight 0 */
                         for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = 0.0f;
                         lacc[ns++] = -INFINITY;
                         continue;
                     }
-                    flash_row(&x, b, h, i, slo > lo / bc ? slo : lo / bc, shi, lo, hi, acc, &l, &m);
+                    flash_row(&x, b, h, i, kb, kb + sq_.sk, slo > klo ? slo : klo, shi, lo, hi, acc, &l, &m);
                     /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
                     const float inv = 1.0f / (float)l, sc = inv * rp;
                     for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;

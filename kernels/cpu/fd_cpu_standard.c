@@ -50,8 +50,8 @@ int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const flo
                     float x = fd_dot_acc_dt(order, qi, 1, kj, 1, D, 0.0f, p->dtype) * p->softmax_scale;
                     if (p->softcap > 0.0f) x = tanhf(x / p->softcap) * p->softcap;
                     if (p->alibi) {
-                        const long dd = (long)i + sk - sq - j;
-                        x = x + -p->alibi_slopes[h] * (float)(dd < 0 ? -dd : dd);
+                        const int dd = fd_problem_alibi_dist(p, i, j); /* per sequence (varlen) */
+                        x = x + -p->alibi_slopes[h] * (float)dd;
                     }
                     if (j < vlo || j > vhi) x = -INFINITY;
                     s[j] = x;

@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <math.h>
 #include <string.h>
+#include <algorithm>
 #include <vector>
 
 #include "fd_cuda.h"
@@ -69,11 +70,22 @@ __global__ void __launch_bounds__(128) flash_fwd_fp32_kernel(const FlashParams P
     if (i >= P.sq) return;
     const int sq = P.sq, sk = P.sk, dp = P.dp;
     const float *q = static_cast<const float *>(P.q) + (((size_t)b * sq + i) * P.H + h) * dp;
-    const float *K = static_cast<const float *>(P.k) + (size_t)b * sk * P.Hk * dp;
-    const float *V = static_cast<const float *>(P.v) + (size_t)b * sk * P.Hk * dp;
     float *o = static_cast<float *>(P.o) + (((size_t)b * sq + i) * P.H + h) * dp;
+    /* varlen (B = 1, the packed totals): row i's sequence, its keys from k0; il, sqs, sks
+     * the row and the lengths within it */
+    int il = i, sqs = sq, sks = sk;
+    size_t k0 = (size_t)b * sk;
+    if (P.cu_q) {
+        const int s = fd_varlen_seq(P.cu_q, P.nseq, i);
+        il = i - P.cu_q[s];
+        sqs = P.cu_q[s + 1] - P.cu_q[s];
+        sks = P.cu_k[s + 1] - P.cu_k[s];
+        k0 = (size_t)P.cu_k[s];
+    }
+    const float *K = static_cast<const float *>(P.k) + k0 * P.Hk * dp;
+    const float *V = static_cast<const float *>(P.v) + k0 * P.Hk * dp;
     int vlo, vhi;
-    const int nvis = fd_vis_range(P.mask, P.win, P.wl, P.wr, i, sq, sk, &vlo, &vhi);
+    const int nvis = fd_vis_range(P.mask, P.win, P.wl, P.wr, il, sqs, sks, &vlo, &vhi);
     constexpr int MAXC = 8; /* dp <= 256 */
     float acc[MAXC];
 #pragma unroll
@@ -89,7 +101,7 @@ __global__ void __launch_bounds__(128) flash_fwd_fp32_kernel(const FlashParams P
             const float *kj = K + ((size_t)j * P.Hk + hk) * dp;
             float d0 = 0.0f;
             for (int d = 0; d < dp; d++) d0 = __fmaf_rn(q[d], kj[d], d0);
-            s = fd_mods_score(d0, P.cap_in, sr, fd_alibi_dist(i, j, sq, sk));
+            s = fd_mods_score(d0, P.cap_in, sr, fd_alibi_dist(il, j, sqs, sks));
         }
         float mx = s;
         for (int w = 16; w >= 1; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
@@ -106,7 +118,7 @@ __global__ void __launch_bounds__(128) flash_fwd_fp32_kernel(const FlashParams P
         if (P.dropout && j >= vlo && j <= vhi &&
             fd_fa2_dropout_byte(P.seed, P.offset, P.H, b, h, i, j) > P.thr)
             pd = 0.0f;
-        const int nk = min(32, (int)(sk - nb * 32));
+        const int nk = min(32, (int)(sks - nb * 32));
         for (int jj = 0; jj < 32; jj++) {
             float pj = __shfl_sync(0xffffffffu, pe, jj);
             float pdj = __shfl_sync(0xffffffffu, pd, jj);
@@ -176,6 +188,21 @@ int fd_cu_check_problem(const fd_problem *p, char *err, size_t errlen)
         FD_FAIL("window (%d, %d): each side must be >= 0, or -1 for unbounded", p->window_left, p->window_right);
     if (!(p->softcap >= 0.0f) || isinf(p->softcap)) FD_FAIL("softcap %g: must be finite and >= 0", (double)p->softcap);
     if (p->alibi && p->heads > FD_ALIBI_MAX_HEADS) FD_FAIL("ALiBi with %d heads: at most %d", p->heads, FD_ALIBI_MAX_HEADS);
+    if (p->varlen) { /* fd_problem_check_varlen's rules (fd_common.c is C; the loop is short) */
+        if (p->varlen < 0 || p->varlen > FD_VARLEN_MAX_SEQS || p->batch != 1)
+            FD_FAIL("varlen: %d sequences in a batch of %d (expected 1..%d packed in batch 1)", p->varlen, p->batch,
+                    FD_VARLEN_MAX_SEQS);
+        const int *cu[2] = {p->cu_seqlens_q, p->cu_seqlens_k};
+        const int tot[2] = {p->seqlen_q, p->seqlen_k};
+        for (int t = 0; t < 2; t++) {
+            if (cu[t][0] != 0 || cu[t][p->varlen] != tot[t])
+                FD_FAIL("cu_seqlens_%c must run from 0 to the packed length %d", t ? 'k' : 'q', tot[t]);
+            for (int s = 0; s < p->varlen; s++)
+                if (cu[t][s + 1] < cu[t][s]) FD_FAIL("cu_seqlens_%c decreases at entry %d", t ? 'k' : 'q', s + 1);
+        }
+        if (p->dropout_p > 0.0) FD_FAIL("varlen with dropout is not supported");
+        if ((long)p->varlen * p->heads > 65535) FD_FAIL("sequences * heads exceeds the grid limit 65535");
+    }
     return 0;
 }
 
@@ -244,7 +271,7 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
         if (fp32) FD_FAIL("split-KV supports fp16 and bf16 only (fp32 inputs: use flash)");
         if (cfg.splits < 1 || cfg.splits > 128) FD_FAIL("splits %d out of range [1, 128]", cfg.splits);
         if (dmask) FD_FAIL("split-KV has no debug mask output");
-        if (p->window || p->softcap > 0.0f || p->alibi) FD_FAIL("split-KV does not support windows, softcap or ALiBi yet");
+        if (fd_problem_has_mods(p)) FD_FAIL("split-KV does not support windows, softcap, ALiBi or varlen yet");
     }
     if (dmask && fp32) FD_FAIL("debug mask output needs fp16 or bf16 (the fp32 path has none)");
     int ndev = fd_cuda_device_count();
@@ -281,6 +308,22 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
         FD_CU(cudaMemcpy(dsl.p, raw.data(), (size_t)H * 4, cudaMemcpyHostToDevice));
         P.slope_raw = dsl.as<float>();
     }
+    fd_dbuf dcuq, dcuk;
+    int max_q = 0, max_k = 0; /* varlen: the longest sequence (the tensor-core kernel's grid) */
+    if (p->varlen) {
+        const size_t nb = (size_t)(p->varlen + 1) * sizeof(int);
+        if (fd_dalloc(dcuq, nb, "cu_seqlens_q", err, errlen) || fd_dalloc(dcuk, nb, "cu_seqlens_k", err, errlen)) return -1;
+        FD_CU(cudaMemcpy(dcuq.p, p->cu_seqlens_q, nb, cudaMemcpyHostToDevice));
+        FD_CU(cudaMemcpy(dcuk.p, p->cu_seqlens_k, nb, cudaMemcpyHostToDevice));
+        P.cu_q = dcuq.as<int>();
+        P.cu_k = dcuk.as<int>();
+        P.total_q = sq;
+        P.nseq = p->varlen;
+        for (int s = 0; s < p->varlen; s++) {
+            max_q = std::max(max_q, p->cu_seqlens_q[s + 1] - p->cu_seqlens_q[s]);
+            max_k = std::max(max_k, p->cu_seqlens_k[s + 1] - p->cu_seqlens_k[s]);
+        }
+    }
     P.dropout = p->dropout_p > 0.0;
     P.thr = fd_fa2_threshold(p->dropout_p);
     P.rp = 1.0f / (1.0f - (float)p->dropout_p); /* FA2: rp_dropout = 1.f / (1.f - p) */
@@ -306,8 +349,14 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
             FD_LAUNCH_CHECK();
             return 0;
         }
-        int rc = p->dtype == FD_DT_FP16 ? launch_f16(P, cfg.br, cfg.bc, st, err, errlen)
-                                        : launch_bf16(P, cfg.br, cfg.bc, st, err, errlen);
+        FlashParams PT = P; /* varlen: a CTA per (q tile, head, sequence), the grid the longest's */
+        if (p->varlen) {
+            PT.B = p->varlen;
+            PT.sq = std::max(max_q, 1);
+            PT.sk = max_k;
+        }
+        int rc = p->dtype == FD_DT_FP16 ? launch_f16(PT, cfg.br, cfg.bc, st, err, errlen)
+                                        : launch_bf16(PT, cfg.br, cfg.bc, st, err, errlen);
         if (rc) return rc;
         if (mode == MODE_SPLIT) {
             dim3 grid((unsigned)sq, (unsigned)(B * H));

@@ -40,6 +40,13 @@ struct FlashParams {
     int win, wl, wr;
     float cap_in;
     const float *slope_raw;
+    /* variable-length batches (fd_problem's varlen): device cu_seqlens_q/k of B sequences
+     * (null: off); Q, O and K, V packed [total][H][dp], LSE [H][total_q]. The tensor-core
+     * kernel then runs a CTA per (q tile, head, sequence), its tiles from the sequence's
+     * first query and key (FA2's varlen kernel), and returns at once past the sequence's
+     * end; sq, sk above are the longest sequence's (the grid). */
+    const int *cu_q, *cu_k;
+    int total_q, nseq;
 };
 
 template <typename T> struct DT;
@@ -171,7 +178,16 @@ flash_fwd_kernel(const FlashParams P)
     const int m_block = blockIdx.x, bh = blockIdx.y, split = blockIdx.z;
     const int b = bh / P.H, h = bh % P.H, hk = h / P.h_per_kv;
     const int m0 = m_block * BR;
-    const int sq = P.sq, sk = P.sk;
+    /* The sequence: plain, batch b of [B][sq]; varlen (GEN only), sequence b of the packed
+     * tensors, its lengths from cu_seqlens. The offsets are the macros below, evaluated
+     * where used, so that the fast path's code (and registers) stay what they were. */
+    const bool vl = GEN && P.cu_q;
+    const int sq = vl ? P.cu_q[b + 1] - P.cu_q[b] : P.sq;
+    const int sk = vl ? P.cu_k[b + 1] - P.cu_k[b] : P.sk;
+#define FD_QOFF (vl ? (size_t)P.cu_q[b] : (size_t)b * sq) /* first row of Q, O */
+#define FD_KOFF (vl ? (size_t)P.cu_k[b] : (size_t)b * sk) /* first row of K, V */
+#define FD_LSE0 (vl ? (size_t)h * P.total_q + (size_t)P.cu_q[b] : ((size_t)b * P.H + h) * sq) /* LSE row 0 */
+    if (vl && m0 >= sq) return; /* past this sequence's end (the grid is the longest's) */
     const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0; /* j <= i + diag */
     const long dbr = (long)sk - sq; /* the window's diagonal: bottom-right, as FA2 */
     /* the modifiers only in the GEN variant (the host sends such problems there): the
@@ -198,9 +214,9 @@ flash_fwd_kernel(const FlashParams P)
         n_hi = min(n_hi, n_lo + P.tiles_per_split);
     }
 
-    const T *gQ = static_cast<const T *>(P.q) + (size_t)b * sq * P.H * P.dp;
-    const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
-    const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
+    const T *gQ = static_cast<const T *>(P.q) + FD_QOFF * P.H * P.dp;
+    const T *gK = static_cast<const T *>(P.k) + FD_KOFF * P.Hk * P.dp;
+    const T *gV = static_cast<const T *>(P.v) + FD_KOFF * P.Hk * P.dp;
 
     /* Row block mi of the warp: rows warp_row0 + 16 mi + (g, g + 8) of the CTA's tile
      * (r = 0 -> row g, r = 1 -> row g + 8). */
@@ -217,13 +233,13 @@ flash_fwd_kernel(const FlashParams P)
                     float *oa = P.o_accum + ((((size_t)split * P.B + b) * P.H + h) * sq + i) * P.dp + d;
                     oa[0] = 0.0f; oa[1] = 0.0f;
                 } else {
-                    T *o = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp + d;
+                    T *o = static_cast<T *>(P.o) + ((FD_QOFF + i) * P.H + h) * P.dp + d;
                     o[0] = DT<T>::from(0.0f); o[1] = DT<T>::from(0.0f);
                 }
             }
             if (t == 0) {
                 if (P.splits) P.lse_accum[(((size_t)split * P.B + b) * P.H + h) * sq + i] = -INFINITY;
-                else P.lse[((size_t)b * P.H + h) * sq + i] = INFINITY;
+                else P.lse[FD_LSE0 + i] = INFINITY;
             }
         }
         return;
@@ -504,7 +520,7 @@ flash_fwd_kernel(const FlashParams P)
                 P.lse_accum[(((size_t)split * P.B + b) * P.H + h) * sq + i] =
                     empty ? -INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
         } else {
-            T *o = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
+            T *o = static_cast<T *>(P.o) + ((FD_QOFF + i) * P.H + h) * P.dp;
 #pragma unroll
             for (int a = 0; a < ND; a++) {
                 int d = a * 8 + 2 * t;
@@ -512,16 +528,20 @@ flash_fwd_kernel(const FlashParams P)
                 *reinterpret_cast<uint32_t *>(o + d) = w;
             }
             if (t == 0)
-                P.lse[((size_t)b * P.H + h) * sq + i] =
-                    empty ? INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
+                P.lse[FD_LSE0 + i] = empty ? INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
         }
     }
 }
 
+#undef FD_QOFF
+#undef FD_KOFF
+#undef FD_LSE0
+
 template <typename T, int D, int BR, int BC>
 int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err, size_t errlen)
 {
-    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode || P.win || P.slope_raw || !fd_eqf(P.cap_in, 0.0f);
+    const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode || P.win || P.slope_raw || !fd_eqf(P.cap_in, 0.0f) ||
+                     P.cu_q;
     auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
     const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));

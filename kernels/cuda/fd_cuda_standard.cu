@@ -158,6 +158,7 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
                                         fd_cuda_timing *tm, char *err, size_t errlen)
 {
     if (fd_cu_check_problem(p, err, errlen)) return -1;
+    if (p->varlen) FD_FAIL("cuda-standard does not support variable-length batches (varlen: cpu-standard)");
     if (!q || !k || !v || !o || !lse) FD_FAIL("null tensor argument");
     if (repeats < 0 || repeats > 100000) FD_FAIL("repeats %d out of range", repeats);
     if (fd_cuda_device_count() <= 0) FD_FAIL("no CUDA device");
@@ -369,6 +370,7 @@ extern "C" int fd_cuda_standard_backward(const fd_problem *p, int repeats, const
                                          char *err, size_t errlen)
 {
     if (fd_cu_check_problem(p, err, errlen)) return -1;
+    if (p->varlen) FD_FAIL("cuda-standard does not support variable-length batches (varlen: cpu-standard)");
     if (!q || !k || !v || !dout || !dq || !dk || !dv) FD_FAIL("null tensor argument");
     if (repeats < 0 || repeats > 100000) FD_FAIL("repeats %d out of range", repeats);
     if (fd_cuda_device_count() <= 0) FD_FAIL("no CUDA device");
