@@ -519,8 +519,6 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
             if (s->nslopes) memcpy(p->alibi_slopes, s->slopes, sizeof(float) * (size_t)p->heads);
             else fd_alibi_default_slopes(p->heads, p->alibi_slopes);
         }
-        if (cs.backward && fd_problem_has_mods(p))
-            return fd_jfail(cx, path, "backward with a window, softcap or ALiBi is not supported yet (forward only)");
         int skip = 0;
         for (int x = 0; x < nex && !skip; x++) skip = excl_match(&ex[x], &cs);
         if (skip) continue;

@@ -881,11 +881,6 @@ static int bundle_grads(fd_jctx *cx, const tens *tq, tlist *l, fd_bundle *b)
     const tens *tdo = tlist_find(l, "do");
     char s1[160], s2[160];
     const char *lay = b->bhsd ? "batch, heads, seqlen_q, dim" : "batch, seqlen_q, heads, dim";
-    if (tdo && fd_problem_has_mods(&b->prob)) {
-        snprintf(err, errlen, "%s: a backward (do) with a window, softcap or ALiBi is not supported yet "
-                              "(the forward is)", tdo->label);
-        return -1;
-    }
     if (tdo) {
         if (!shape_is(&tdo->a, 4, tq->a.shape)) {
             fd_shape_str(tdo->a.ndim, tdo->a.shape, s1, sizeof s1);
