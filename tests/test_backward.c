@@ -26,6 +26,9 @@
 #define TL_CASE "b1h2k1-q96k160-d32-fp16-causal_tl-p0-normal-s21-bwd"
 #define EMPTY_CASE "b1h2k2-q160k96-d32-fp16-causal_br-p0-normal-s21-bwd" /* 64 rows see no key */
 #define DROP_CASE "b1h2k2-q96k96-d64-bf16-none-p0.17-normal-s22-bwd"
+#define CAP_CASE "b1h2k2-q64k64-d64-fp16-none-p0-normal-s34-cap5-bwd"
+#define WIN_CASE "b1h2k2-q96k160-d32-fp16-none-p0-normal-s31-w16_8-bwd"   /* both sides bounded */
+#define ALIBI_CASE "b1h4k2-q96k96-d64-bf16-none-p0-normal-s33-alibi-bwd"
 
 static fd_casefile g_cf;
 
@@ -180,6 +183,9 @@ static const char *case_for(const char *bug)
 {
     if (!strcmp(bug, "bwd_causal_bottom_right")) return TL_CASE;
     if (!strncmp(bug, "bwd_dropout", 11)) return DROP_CASE;
+    if (!strcmp(bug, "bwd_softcap_derivative_missing")) return CAP_CASE;
+    if (!strncmp(bug, "bwd_window", 10)) return WIN_CASE;
+    if (!strcmp(bug, "bwd_alibi_missing")) return ALIBI_CASE;
     return BR_CASE;
 }
 
@@ -206,7 +212,7 @@ Test(backward, each_injected_backward_bug_is_named)
         cr_expect(strstr(ex.summary, *bug) != NULL, "the summary names %s: %s", *bug, ex.summary);
         fd_explanation_free(&ex);
     }
-    cr_assert_eq(nbugs, 12, "the backward bugs (a new one needs a case here)");
+    cr_assert_eq(nbugs, 17, "the backward bugs (a new one needs a case here)");
 }
 
 /* Without a bug: the stage budget adds up and every gradient is within its budget. */
