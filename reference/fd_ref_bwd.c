@@ -9,8 +9,8 @@
  * (mpfi_exp, mpfi_div, ...: MPFR's correctly rounded functions at the ends); where this
  * file writes interval ends itself (iv_addmul_f/_d) it rounds the same way, by hand.
  * The computation, per query head h of the group and query row i (all rows: dK and dV
- * need every row), on the visible keys j < n_i (fd_mask_visible_count; masks are
- * prefixes) and FA2's keep mask (fd_fa2_keep with fd_fa2_threshold, as fd_ref.c):
+ * need every row), on the visible keys lo_i <= j <= hi_i (fd_mask_visible_range: the
+ * causal mask and the window) and FA2's keep mask (fd_fa2_keep with fd_fa2_threshold, as fd_ref.c):
  *
  *   s_ij  = scale q_i . k_j     EXACT (fd_ref_dot_exact at FD_BWD_DOT_PREC bits)
  *   g_ij  = keep_ij dO_i . v_j  EXACT likewise (0 for dropped keys)
@@ -390,8 +390,8 @@ static int row_intervals(fd_bwdws *w, int h, int i, int lo, int hi)
 
 /* dQ of row i (head h_in_group hh) into every listed slot of row i; returns undecided.
  * sum_j dS_ij = sum_j P_ij (dP_ij - D_i) = D_i - D_i = 0 over the visible keys, so
- * dQ_i = scale sum_j dS_ij (k_j - c) for any constant vector c; with c = k_0 (key 0 is
- * visible from every row that sees a key: the masks are prefixes), a column where K is
+ * dQ_i = scale sum_j dS_ij (k_j - c) for any constant vector c (visible or not); with
+ * c = k_0, a column where K is
  * constant gives an exact 0 instead of an interval around 0 that no precision decides,
  * and near-equal keys lose their common part before the sum. */
 static int row_dq(fd_bwdws *w, int hh, int i, int lo, int hi, double *dq, double *dsum)
