@@ -577,8 +577,8 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
             if (p->dropout_p > 0.0)
                 return fd_jfail(cx, path, "seqlens_q (varlen) with dropout is not supported");
         }
-        if (cs.backward && fd_problem_has_mods(p))
-            return fd_jfail(cx, path, "backward with a window, softcap, ALiBi or varlen is not supported yet (forward only)");
+        if (cs.backward && p->varlen)
+            return fd_jfail(cx, path, "backward with varlen (seqlens_q) is not supported yet (forward only)");
         int skip = 0;
         for (int x = 0; x < nex && !skip; x++) skip = excl_match(&ex[x], &cs);
         if (skip) continue;

@@ -30,7 +30,10 @@ const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "
                                        "bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
                                        "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
                                        "bwd_dropout_seed_plus_one", "bwd_dropout_offset_plus_one", "bwd_d_zero", "bwd_lse_other_head",
-                                       "bwd_gqa_sum_missing", "bwd_dk_dv_swapped", NULL};
+                                       "bwd_gqa_sum_missing", "bwd_dk_dv_swapped",
+                                       /* backward with window, ALiBi, softcap */
+                                       "bwd_softcap_derivative_missing", "bwd_window_ignored",
+                                       "bwd_window_left_plus_one", "bwd_window_right_plus_one", "bwd_alibi_missing", NULL};
 
 /* The hypotheses of the score modifiers: name, what it means. */
 static const struct { const char *name, *what; } mod_hypos[] = {

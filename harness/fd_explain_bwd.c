@@ -16,7 +16,9 @@
 static const char *const bwd_bugs[] = {"bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
                                        "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
                                        "bwd_dropout_seed_plus_one", "bwd_dropout_offset_plus_one", "bwd_d_zero", "bwd_lse_other_head",
-                                       "bwd_gqa_sum_missing", "bwd_dk_dv_swapped", NULL};
+                                       "bwd_gqa_sum_missing", "bwd_dk_dv_swapped",
+                                       "bwd_softcap_derivative_missing", "bwd_window_ignored",
+                                       "bwd_window_left_plus_one", "bwd_window_right_plus_one", "bwd_alibi_missing", NULL};
 
 int fd_explain_bug_is_bwd(const char *bug)
 {
@@ -25,8 +27,31 @@ int fd_explain_bug_is_bwd(const char *bug)
     return 0;
 }
 
+/* Does the backward's problem q see other keys than p's on some row? */
+static int vis_differs(const fd_problem *p, const fd_problem *q)
+{
+    for (int i = 0; i < p->seqlen_q; i++) {
+        int a0, a1, b0, b1;
+        const int na = fd_mask_visible_range(p, i, &a0, &a1), nb = fd_mask_visible_range(q, i, &b0, &b1);
+        if (na != nb || (na > 0 && (a0 != b0 || a1 != b1))) return 1;
+    }
+    return 0;
+}
+
 const char *fd_explain_bwd_noop(const fd_problem *p, const char *bug)
 {
+    if (!strcmp(bug, "bwd_softcap_derivative_missing") && !(p->softcap > 0.0f)) return "it has no softcap";
+    if (!strcmp(bug, "bwd_alibi_missing") && !p->alibi) return "it has no ALiBi";
+    if (!strncmp(bug, "bwd_window", 10)) {
+        if (!p->window) return "it has no window";
+        if (!strcmp(bug, "bwd_window_left_plus_one") && p->window_left < 0) return "its window is unbounded on the left";
+        if (!strcmp(bug, "bwd_window_right_plus_one") && p->window_right < 0) return "its window is unbounded on the right";
+        fd_problem q = *p;
+        if (!strcmp(bug, "bwd_window_ignored")) q.window = 0;
+        else if (!strcmp(bug, "bwd_window_left_plus_one")) q.window_left += 1;
+        else if (!strcmp(bug, "bwd_window_right_plus_one")) q.window_right += 1;
+        if (!vis_differs(p, &q)) return "its backward's visible keys would not change";
+    }
     const int square = p->seqlen_q == p->seqlen_k;
     const int unit_scale = !(p->softmax_scale < 1.0f || p->softmax_scale > 1.0f);
     if ((!strcmp(bug, "bwd_dq_scale_missing") || !strcmp(bug, "bwd_dk_scale_missing")) && unit_scale)
@@ -45,7 +70,7 @@ const char *fd_explain_bwd_noop(const fd_problem *p, const char *bug)
 
 /* How a backward bug changes the backward call: the problem, the forward outputs it reads,
  * or the replay's bug flags. */
-typedef struct {
+typedef struct bwd_mod {
     fd_problem p;
     int o_zero;      /* D from O = 0 */
     int lse_roll;    /* LSE of the next (batch, head) */
@@ -68,6 +93,11 @@ static int bug_mod(const fd_problem *p, const char *bug, bwd_mod *m)
     else if (!strcmp(bug, "bwd_lse_other_head")) m->lse_roll = 1;
     else if (!strcmp(bug, "bwd_gqa_sum_missing")) m->flags = FD_BWD_BUG_NO_GQA_SUM;
     else if (!strcmp(bug, "bwd_dk_dv_swapped")) m->flags = FD_BWD_BUG_SWAP_DKDV;
+    else if (!strcmp(bug, "bwd_softcap_derivative_missing")) m->flags = FD_BWD_BUG_NO_DTANH;
+    else if (!strcmp(bug, "bwd_window_ignored")) m->p.window = 0;
+    else if (!strcmp(bug, "bwd_window_left_plus_one")) m->p.window_left += 1;
+    else if (!strcmp(bug, "bwd_window_right_plus_one")) m->p.window_right += 1;
+    else if (!strcmp(bug, "bwd_alibi_missing")) m->p.alibi = 0;
     else return -1;
     return 0;
 }
@@ -169,6 +199,14 @@ int fd_explain_kernel_grads(const fd_casefile *cf, const fd_case *c, const fd_ba
         rc = 0;
         goto out;
     }
+    if (m.flags == FD_BWD_BUG_NO_DTANH) {
+        /* no backend leaves the factor out on request: the replay's gradient without it
+         * stands for the injected kernel's, whatever the backend */
+        fd_bwd_cfg bc = cf->bwd;
+        bc.bugs = m.flags;
+        rc = fd_cpu_flash_backward(&cm.prob, &cf->flash, &bc, q, k, v, om, lm, dout, dq, dk, dv, err, errlen);
+        goto out;
+    }
     if ((rc = be->run_bwd(cf, &cm, q, k, v, om, lm, dout, dq, dk, dv, &ms, err, errlen))) goto out;
     if (m.flags == FD_BWD_BUG_SWAP_DKDV) {
         for (size_t i = 0; i < fd_kv_numel(p); i++) {
@@ -203,6 +241,11 @@ static const char *bug_what(const char *bug)
         {"bwd_lse_other_head", "P recomputed from the LSE of another (batch, head): LSE of another call"},
         {"bwd_gqa_sum_missing", "GQA reduction missing: dK, dV of a kv head from its first query head only"},
         {"bwd_dk_dv_swapped", "dK and dV written to each other's tensor"},
+        {"bwd_softcap_derivative_missing", "softcap's derivative missing in the backward: dS not multiplied by 1 - tanh^2"},
+        {"bwd_window_ignored", "sliding window not applied in the backward pass (the forward's applied)"},
+        {"bwd_window_left_plus_one", "backward window reaches one key further left than the forward's"},
+        {"bwd_window_right_plus_one", "backward window reaches one key further right than the forward's"},
+        {"bwd_alibi_missing", "ALiBi bias missing in the backward's recomputation of P"},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].n, bug)) return t[i].w;

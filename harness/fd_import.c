@@ -941,8 +941,8 @@ static int bundle_grads(fd_jctx *cx, const tens *tq, tlist *l, fd_bundle *b)
     const tens *tdo = tlist_find(l, "do");
     char s1[160], s2[160];
     const char *lay = b->bhsd ? "batch, heads, seqlen_q, dim" : "batch, seqlen_q, heads, dim";
-    if (tdo && fd_problem_has_mods(&b->prob)) {
-        snprintf(err, errlen, "%s: a backward (do) with a window, softcap, ALiBi or varlen is not supported yet "
+    if (tdo && b->prob.varlen) {
+        snprintf(err, errlen, "%s: a backward (do) with varlen (cu_seqlens) is not supported yet "
                               "(the forward is)", tdo->label);
         return -1;
     }

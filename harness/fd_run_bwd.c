@@ -23,11 +23,11 @@ static fd_problem key_view(const fd_problem *p)
     return v;
 }
 
-/* Query rows that see key j (the masks are prefixes of each row). */
+/* Query rows that see key j (the mask and the window). */
 static int rows_seeing(const fd_problem *p, int j)
 {
     int n = 0;
-    for (int i = 0; i < p->seqlen_q; i++) n += fd_mask_visible(p->mask, i, j, p->seqlen_q, p->seqlen_k);
+    for (int i = 0; i < p->seqlen_q; i++) n += fd_problem_visible(p, i, j);
     return n;
 }
 
@@ -52,7 +52,7 @@ static int grad_select(const fd_case_result *res, int g, int role_standard, grad
     s->nvis = malloc(sizeof(int) * (size_t)(s->nrows > 0 ? s->nrows : 1));
     if (!s->nvis) return -1;
     for (int r = 0; r < s->nrows; r++)
-        s->nvis[r] = g == 0 ? fd_mask_visible_count(p->mask, s->rows[r], p->seqlen_q, p->seqlen_k)
+        s->nvis[r] = g == 0 ? fd_problem_visible_count(p, s->rows[r])
                             : rows_seeing(p, s->rows[r]);
     return 0;
 }
@@ -272,7 +272,7 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
         gr->ms = ms > 0.0 ? ms : 1e3 * (fd_now_s() - t0);
         if (ms > 0.0 && !strcmp(br->be->family, "cuda")) {
             double pairs = 0.0;
-            for (int i = 0; i < p->seqlen_q; i++) pairs += (double)fd_mask_visible_count(p->mask, i, p->seqlen_q, p->seqlen_k);
+            for (int i = 0; i < p->seqlen_q; i++) pairs += (double)fd_problem_visible_count(p, i);
             gr->tflops = 2.5 * 4.0 * (double)p->head_dim * pairs * (double)p->batch * (double)p->heads / (ms * 1e-3) / 1e12;
         }
         for (int g = 0; g < FD_NGRAD; g++) grad[g] = buf[0][g];

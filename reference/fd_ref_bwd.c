@@ -9,8 +9,8 @@
  * (mpfi_exp, mpfi_div, ...: MPFR's correctly rounded functions at the ends); where this
  * file writes interval ends itself (iv_addmul_f/_d) it rounds the same way, by hand.
  * The computation, per query head h of the group and query row i (all rows: dK and dV
- * need every row), on the visible keys j < n_i (fd_mask_visible_count; masks are
- * prefixes) and FA2's keep mask (fd_fa2_keep with fd_fa2_threshold, as fd_ref.c):
+ * need every row), on the visible keys lo_i <= j <= hi_i (fd_mask_visible_range: the
+ * causal mask and the window) and FA2's keep mask (fd_fa2_keep with fd_fa2_threshold, as fd_ref.c):
  *
  *   s_ij  = scale q_i . k_j     EXACT (fd_ref_dot_exact at FD_BWD_DOT_PREC bits)
  *   g_ij  = keep_ij dO_i . v_j  EXACT likewise (0 for dropped keys)
@@ -48,6 +48,19 @@
  * at prec_max are counted in info->undecided and returned as RN of their interval's
  * midpoint (the best estimate).
  *
+ * Score modifiers (fd_ref.c's forward semantics). The window: row i's visible keys are
+ * the interval [lo_i, hi_i] of fd_mask_visible_range instead of a prefix; every sum over
+ * j above runs over it, a key's dK/dV over the rows that see it. ALiBi and softcap make
+ * the logit l_ij = c tanh(s_ij / c) - slope_h |i + sk - sq - j| (without the cap: s_ij -
+ * slope_h |.|); the softmax runs on l, and dS above is multiplied by dl/ds = 1 -
+ * tanh^2(s_ij / c) with the cap: the gradient with respect to s (the slopes are
+ * constants: no gradient to them). The logits are intervals at FD_BWD_LOGIT_PREC bits (a
+ * point without the cap: s exact minus slope * dist exact, so the cancellations above
+ * stay exact; with the cap mpfi_tanh at P + 64 bits), the shift c is the largest lower
+ * end (any number is a valid shift), the pivot is the first visible key, and the tanh's
+ * interval gives 1 - tanh^2 by mpfi_sqr / mpfi_ui_sub. With the cap the dQ centring by
+ * k_0 is off: sum_j dS_ij (1 - tanh^2) is not 0.
+ *
  * Limits (counted, never wrong): a value within e^-(gap) of a binary64 midpoint, gap a
  * logit gap, needs ~gap/ln 2 bits; weights below MPFR's exponent range (gaps beyond
  * ~7e8 nats) are enclosed as [0, 2^emin], so values made of them may stay undecided.
@@ -65,6 +78,7 @@
 #include <mpfi.h>
 #include <mpfr.h>
 
+#include "fd_mods.h"
 #include "fd_philox.h"
 #include "fd_ref_bwd.h"
 #include "fd_ref_dot.h"
@@ -157,6 +171,9 @@ static int settle(mpfi_srcptr x, double *dst, unsigned char *ok, mpfr_ptr tmp)
  * equal keys, dP_ij = D_i) into exact zeros instead of intervals around zero that no
  * precision could decide. */
 #define FD_BWD_DOT_PREC 704
+/* Logits with ALiBi and no cap: s (594 bits, a multiple of 2^-447) minus slope * dist (55
+ * bits, a multiple of 2^-149, below 2^159) is a multiple of 2^-447 below 2^400: exact. */
+#define FD_BWD_LOGIT_PREC 1024
 
 typedef struct {
     const fd_problem *p;
@@ -165,7 +182,6 @@ typedef struct {
     const int *qrows, *krows;
     int nq, nk;
     int *qfirst, *qnext; /* listed slots of query row i: qfirst[i], qnext[t], ..., -1 */
-    int kmin_listed;     /* smallest listed key row (Sk when none) */
     unsigned char *kept; /* per key of the current row */
     double *kc;          /* [Sk][D]: k_jd - k_0d, or k_jd for columns where that is inexact */
     /* exact numbers (FD_BWD_DOT_PREC bits), per key of the current row */
@@ -173,6 +189,12 @@ typedef struct {
     mpfr_t *gx; /* keep_ij (dO_i . v_j) */
     mpfr_t x;   /* scratch */
     mpfi_t a;   /* s_ij - s_max, an interval at FD_BWD_DOT_PREC bits */
+    /* ALiBi / softcap (mods): logits l_ij and tanh(s_ij / c), per key of the current row */
+    int mods, capped;
+    fd_iv lg, th;
+    mpfi_t la;      /* l_ij - shift, at the logits' precision */
+    mpfr_t shift;   /* the shift c (the largest lower end of the row's logits) */
+    int *kcum;      /* kcum[j]: listed key rows below j (kcum[Sk] = nk) */
     /* intervals at the working precision P */
     fd_iv e, dl, ds; /* per key of the current row: e then P_ij; delta_j then dV weight; dS/r */
     fd_iv dqa;       /* D accumulators for the current row's dQ */
@@ -294,7 +316,7 @@ static int dot_exact(mpfr_ptr s, const float *a, const float *b, int D, float sc
  * Leaves P_ij in e, the dV weight P_ij keep_ij in dl, dS_ij / r in ds, M_i in M; the
  * factor r is applied once per output (r is an interval unless p = 0, and multiplying
  * it into dP before the subtraction would widen dP - D around its exact zeros). */
-static int row_intervals(fd_bwdws *w, int h, int i, int n)
+static int row_intervals(fd_bwdws *w, int h, int i, int lo, int hi)
 {
     const fd_problem *p = w->p;
     const int D = w->D;
@@ -302,11 +324,28 @@ static int row_intervals(fd_bwdws *w, int h, int i, int n)
     const float *doi = w->dout + fd_q_index(p, w->b, i, h, 0);
     const uint8_t thr = fd_fa2_threshold(p->dropout_p);
 
-    int jm = 0;
-    for (int j = 0; j < n; j++) {
+    int jm = lo;
+    for (int j = lo; j <= hi; j++) {
         const float *kj = w->k + fd_kv_index(p, w->b, j, w->hk, 0);
         if (dot_exact(w->sx[j], qi, kj, D, p->softmax_scale)) return -1;
-        if (mpfr_cmp(w->sx[j], w->sx[jm]) > 0) jm = j;
+        if (w->mods) {
+            /* l = c tanh(s / c) - slope |i + sk - sq - j| */
+            mpfi_ptr l = w->lg.x[j];
+            mpfi_set_fr(l, w->sx[j]);
+            if (w->capped) {
+                mpfi_div_d(l, l, (double)p->softcap);
+                mpfi_tanh(w->th.x[j], l);
+                mpfi_mul_d(l, w->th.x[j], (double)p->softcap);
+            }
+            if (p->alibi) {
+                mpfr_set_d(w->x, (double)p->alibi_slopes[h], MPFR_RNDN); /* exact */
+                mpfr_mul_si(w->x, w->x, fd_alibi_dist(i, j, p->seqlen_q, p->seqlen_k), MPFR_RNDN);
+                mpfi_sub_fr(l, l, w->x); /* slope * dist exact (55 bits) */
+            }
+            if (j == lo || mpfr_cmp(&l->left, w->shift) > 0) mpfr_set(w->shift, &l->left, MPFR_RNDN);
+        } else if (mpfr_cmp(w->sx[j], w->sx[jm]) > 0) {
+            jm = j;
+        }
         w->kept[j] = (unsigned char)(!w->drop || fd_fa2_keep(p->seed, p->offset, thr, p->heads,
                                                               w->b, h, i, j));
         if (!w->kept[j]) mpfr_set_zero(w->gx[j], 1);
@@ -315,10 +354,15 @@ static int row_intervals(fd_bwdws *w, int h, int i, int n)
     }
     mpfi_set_ui(w->L, 0);
     mpfi_set_ui(w->N, 0);
-    for (int j = 0; j < n; j++) {
-        mpfi_set_fr(w->a, w->sx[j]);
-        mpfi_sub_fr(w->a, w->a, w->sx[jm]);
-        iv_exp_point(w->e.x[j], w->a); /* rounded outward to P; exp(0) = [1, 1] */
+    for (int j = lo; j <= hi; j++) {
+        if (w->mods) {
+            mpfi_sub_fr(w->la, w->lg.x[j], w->shift);
+            iv_exp_point(w->e.x[j], w->la);
+        } else {
+            mpfi_set_fr(w->a, w->sx[j]);
+            mpfi_sub_fr(w->a, w->a, w->sx[jm]);
+            iv_exp_point(w->e.x[j], w->a); /* rounded outward to P; exp(0) = [1, 1] */
+        }
         mpfi_add(w->L, w->L, w->e.x[j]);
         mpfr_sub(w->x, w->gx[j], w->gx[jm], MPFR_RNDN); /* exact */
         mpfi_set_fr(w->dl.x[j], w->x);
@@ -326,10 +370,15 @@ static int row_intervals(fd_bwdws *w, int h, int i, int n)
         mpfi_add(w->N, w->N, w->t);
     }
     mpfi_div(w->M, w->N, w->L);
-    for (int j = 0; j < n; j++) {
+    for (int j = lo; j <= hi; j++) {
         mpfi_div(w->e.x[j], w->e.x[j], w->L); /* P_ij */
         mpfi_sub(w->ds.x[j], w->dl.x[j], w->M);
         mpfi_mul(w->ds.x[j], w->ds.x[j], w->e.x[j]);
+        if (w->capped) { /* times dl/ds = 1 - tanh^2(s / c) */
+            mpfi_sqr(w->t, w->th.x[j]);
+            mpfi_ui_sub(w->t, 1, w->t);
+            mpfi_mul(w->ds.x[j], w->ds.x[j], w->t);
+        }
         if (w->kept[j]) mpfi_set(w->dl.x[j], w->e.x[j]);
         else mpfi_set_ui(w->dl.x[j], 0);
     }
@@ -341,16 +390,16 @@ static int row_intervals(fd_bwdws *w, int h, int i, int n)
 
 /* dQ of row i (head h_in_group hh) into every listed slot of row i; returns undecided.
  * sum_j dS_ij = sum_j P_ij (dP_ij - D_i) = D_i - D_i = 0 over the visible keys, so
- * dQ_i = scale sum_j dS_ij (k_j - c) for any constant vector c; with c = k_0 (key 0 is
- * visible from every row that sees a key: the masks are prefixes), a column where K is
+ * dQ_i = scale sum_j dS_ij (k_j - c) for any constant vector c (visible or not); with
+ * c = k_0, a column where K is
  * constant gives an exact 0 instead of an interval around 0 that no precision decides,
  * and near-equal keys lose their common part before the sum. */
-static int row_dq(fd_bwdws *w, int hh, int i, int n, double *dq, double *dsum)
+static int row_dq(fd_bwdws *w, int hh, int i, int lo, int hi, double *dq, double *dsum)
 {
     const int D = w->D;
     int und = 0;
     for (int d = 0; d < D; d++) mpfi_set_ui(w->dqa.x[d], 0);
-    for (int j = 0; j < n; j++) {
+    for (int j = lo; j <= hi; j++) {
         if (mpfi_is_zero(w->ds.x[j])) continue;
         const double *kj = w->kc + (size_t)j * (size_t)D;
         for (int d = 0; d < D; d++) iv_addmul_d(w->dqa.x[d], w->ds.x[j], kj[d], w->tr);
@@ -373,14 +422,14 @@ static int row_dq(fd_bwdws *w, int hh, int i, int n, double *dq, double *dsum)
 }
 
 /* Adds row i's contributions to the listed keys' dK / (scale r) and dV / r. */
-static void row_dkdv(fd_bwdws *w, int h, int i, int n)
+static void row_dkdv(fd_bwdws *w, int h, int i, int lo, int hi)
 {
     const int D = w->D;
     const float *qi = w->q + fd_q_index(w->p, w->b, i, h, 0);
     const float *doi = w->dout + fd_q_index(w->p, w->b, i, h, 0);
     for (int t = 0; t < w->nk; t++) {
         int j = w->krows[t];
-        if (j >= n) continue;
+        if (j < lo || j > hi) continue;
         mpfi_t *dk = w->dka.x + (size_t)t * (size_t)D, *dv = w->dva.x + (size_t)t * (size_t)D;
         if (!mpfi_is_zero(w->ds.x[j]))
             for (int d = 0; d < D; d++) iv_addmul_f(dk[d], w->ds.x[j], qi[d], w->tr);
@@ -405,6 +454,13 @@ static void ws_prec(fd_bwdws *w, mpfr_prec_t P)
     mpfi_set_prec(w->sc, P);
     mpfr_set_prec(w->mid, P);
     mpfr_set_prec(w->tr, P);
+    if (w->mods) {
+        const mpfr_prec_t LP = w->capped ? P + 64 : FD_BWD_LOGIT_PREC;
+        iv_prec(&w->lg, LP);
+        iv_prec(&w->th, LP);
+        mpfi_set_prec(w->la, LP);
+        mpfr_set_prec(w->shift, LP);
+    }
 }
 
 /* The whole group at precision P; returns the number of values still undecided, or -1
@@ -426,7 +482,8 @@ static int group_at(fd_bwdws *w, mpfr_prec_t P, double *dq, double *dk, double *
     for (int hh = 0; hh < w->group; hh++) {
         const int h = w->hk * w->group + hh;
         for (int i = 0; i < Sq; i++) {
-            const int n = fd_mask_visible_count(p->mask, i, Sq, p->seqlen_k);
+            int lo, hi;
+            const int n = fd_mask_visible_range(p, i, &lo, &hi);
             const int listed = w->qfirst[i] >= 0;
             if (n == 0) {
                 /* no visible key: dQ = 0 and D = 0 exactly, nothing for dK, dV */
@@ -441,10 +498,10 @@ static int group_at(fd_bwdws *w, mpfr_prec_t P, double *dq, double *dk, double *
                 }
                 continue;
             }
-            if (!listed && w->kmin_listed >= n) continue; /* this row feeds no output */
-            if (row_intervals(w, h, i, n)) return -1;
-            if (listed) und += row_dq(w, hh, i, n, dq, dsum);
-            row_dkdv(w, h, i, n);
+            if (!listed && w->kcum[hi + 1] == w->kcum[lo]) continue; /* feeds no output */
+            if (row_intervals(w, h, i, lo, hi)) return -1;
+            if (listed) und += row_dq(w, hh, i, lo, hi, dq, dsum);
+            row_dkdv(w, h, i, lo, hi);
         }
     }
     for (size_t x = 0; x < (size_t)w->nk * (size_t)D; x++) {
@@ -505,6 +562,7 @@ static int check_args(const fd_problem *p, const float *q, const float *k, const
         fd_ref_seterr(err, errlen, "fd_ref_bwd_group: dropout_p = %g is not in [0, 1)", p->dropout_p);
         return -1;
     }
+    if (fd_problem_check_mods(p, err, errlen)) return -1;
     if (!isfinite(p->softmax_scale)) {
         fd_ref_seterr(err, errlen, "fd_ref_bwd_group: softmax_scale is not finite (%a)",
                (double)p->softmax_scale);
@@ -571,6 +629,11 @@ static void ws_free(fd_bwdws *w)
     mpfi_clear(w->r);
     mpfi_clear(w->sc);
     mpfi_clear(w->a);
+    iv_free(&w->lg);
+    iv_free(&w->th);
+    mpfi_clear(w->la);
+    mpfr_clear(w->shift);
+    free(w->kcum);
     mpfr_clear(w->mid);
     mpfr_clear(w->tr);
     mpfr_clear(w->x);
@@ -602,6 +665,8 @@ static int ws_alloc(fd_bwdws *w)
     mpfi_init2(w->r, 64);
     mpfi_init2(w->sc, 64);
     mpfi_init2(w->a, FD_BWD_DOT_PREC);
+    mpfi_init2(w->la, FD_BWD_LOGIT_PREC);
+    mpfr_init2(w->shift, FD_BWD_LOGIT_PREC);
     mpfr_init2(w->mid, 64);
     mpfr_init2(w->tr, 64);
     mpfr_init2(w->x, FD_BWD_DOT_PREC);
@@ -625,6 +690,11 @@ static int ws_alloc(fd_bwdws *w)
     if (!w->qfirst || !w->qnext || !w->kept || !w->kc || !w->ok_dq || !w->ok_dk || !w->ok_dv ||
         !w->ok_ds)
         return -1;
+    w->kcum = calloc(Sk + 1, sizeof(int));
+    if (!w->kcum) return -1;
+    for (int t = 0; t < w->nk; t++) w->kcum[w->krows[t] + 1]++;
+    for (size_t j = 0; j < Sk; j++) w->kcum[j + 1] += w->kcum[j];
+    if (iv_alloc(&w->lg, w->mods ? Sk : 0) || iv_alloc(&w->th, w->capped ? Sk : 0)) return -1;
     if (iv_alloc(&w->e, Sk) || iv_alloc(&w->dl, Sk) ||
         iv_alloc(&w->ds, Sk) || iv_alloc(&w->dqa, D) || iv_alloc(&w->dka, nkd) ||
         iv_alloc(&w->dva, nkd))
@@ -636,7 +706,7 @@ static int ws_alloc(fd_bwdws *w)
     }
     for (size_t d = 0; d < D; d++) { /* the centred K columns (see row_dq) */
         const float k0 = w->k[fd_kv_index(p, w->b, 0, w->hk, (int)d)];
-        int exact = 1;
+        int exact = !w->capped; /* the cap: no centring (see the top) */
         for (size_t j = 0; j < Sk && exact; j++)
             exact = f32_diff_exact(w->k[fd_kv_index(p, w->b, (int)j, w->hk, (int)d)], k0,
                                    &w->kc[j * D + d]);
@@ -644,9 +714,6 @@ static int ws_alloc(fd_bwdws *w)
             for (size_t j = 0; j < Sk; j++)
                 w->kc[j * D + d] = (double)w->k[fd_kv_index(p, w->b, (int)j, w->hk, (int)d)];
     }
-    w->kmin_listed = p->seqlen_k;
-    for (int t = 0; t < w->nk; t++)
-        if (w->krows[t] < w->kmin_listed) w->kmin_listed = w->krows[t];
     return 0;
 }
 
@@ -677,6 +744,8 @@ int fd_ref_bwd_group(const fd_problem *p, const float *q, const float *k, const 
     w.krows = krows;
     w.nk = nk;
     w.drop = p->dropout_p > 0.0;
+    w.capped = p->softcap > 0.0f;
+    w.mods = w.capped || p->alibi;
     int rc = -1;
     if (ws_alloc(&w)) {
         fd_ref_seterr(err, errlen, "fd_ref_bwd_group: out of memory for %d keys, %d query rows x %d "

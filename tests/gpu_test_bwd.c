@@ -49,12 +49,25 @@ typedef struct {
     float *q, *k, *v, *o, *lse, *dout;
 } bcase;
 
-static void make_case(bcase *c, const spec *s, uint64_t seed)
+/* Score modifiers of a case (all zero: plain attention). */
+typedef struct {
+    int window, wl, wr;
+    float cap;
+    int alibi;
+} mods;
+
+static void make_case_m(bcase *c, const spec *s, uint64_t seed, const mods *m)
 {
     memset(c, 0, sizeof *c);
     fd_problem *p = &c->p;
     p->batch = s->B; p->heads = s->H; p->kv_heads = s->Hk; p->seqlen_q = s->sq; p->seqlen_k = s->sk;
     p->head_dim = s->d; p->dtype = s->dt; p->mask = s->mask;
+    if (m) {
+        p->window = m->window; p->window_left = m->wl; p->window_right = m->wr;
+        p->softcap = m->cap;
+        p->alibi = m->alibi;
+        if (m->alibi) fd_alibi_default_slopes(p->heads, p->alibi_slopes);
+    }
     p->softmax_scale = (float)(1.0 / sqrt((double)s->d));
     p->dropout_p = s->p; p->seed = 0xbadc0de0ull + seed; p->offset = 64u * seed;
     rng_state = 0x9E3779B97F4A7C15ull ^ (seed * 0x100000001b3ull);
@@ -71,6 +84,8 @@ static void make_case(bcase *c, const spec *s, uint64_t seed)
     cr_assert_eq(fd_cuda_flash_forward(p, &cfg, c->q, c->k, c->v, c->o, c->lse, NULL, NULL, err, sizeof err), 0,
                  "forward: %s", err);
 }
+
+static void make_case(bcase *c, const spec *s, uint64_t seed) { make_case_m(c, s, seed, NULL); }
 
 static void free_case(bcase *c)
 {
@@ -164,6 +179,40 @@ static const spec det_specs[] = {
     {1, 2, 1, 200, 300, 128, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, 64},
 };
 
+/* The score modifiers (window, ALiBi, softcap, together, with dropout, GQA, unequal
+ * lengths, rows and key tiles outside every window) on both kernels: the 4-warp (bc 64,
+ * 32) and the 8-warp bc = 128 one (its softcap factors in shared memory). */
+typedef struct {
+    spec s;
+    mods m;
+} mspec;
+static const mspec mod_specs[] = {
+    {{1, 2, 2, 200, 333, 64, FD_DT_FP16, FD_MASK_NONE, 0.0, 0}, {1, 40, 16, 0.0f, 0}},
+    {{1, 4, 2, 300, 150, 64, FD_DT_BF16, FD_MASK_NONE, 0.0, 0}, {1, 8, 0, 0.0f, 0}},      /* rows with no key */
+    {{1, 2, 1, 190, 400, 32, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.2, 0}, {1, 64, -1, 0.0f, 0}},
+    {{1, 2, 2, 150, 150, 64, FD_DT_FP16, FD_MASK_NONE, 0.0, 0}, {1, -1, 70, 0.0f, 0}},
+    {{1, 4, 2, 160, 160, 64, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, 0}, {0, 0, 0, 0.0f, 1}},
+    {{1, 2, 2, 100, 230, 64, FD_DT_FP16, FD_MASK_NONE, 0.0, 0}, {0, 0, 0, 5.0f, 0}},
+    {{1, 2, 2, 256, 256, 64, FD_DT_BF16, FD_MASK_NONE, 0.15, 0}, {1, 48, 0, 20.0f, 1}},
+    {{1, 2, 2, 130, 200, 128, FD_DT_FP16, FD_MASK_NONE, 0.0, 32}, {1, 30, 30, 30.0f, 1}},
+    /* the 8-warp kernel */
+    {{1, 2, 2, 256, 384, 128, FD_DT_FP16, FD_MASK_NONE, 0.1, 128}, {1, 100, 20, 30.0f, 1}},
+    {{1, 2, 1, 160, 288, 128, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0, 128}, {0, 0, 0, 30.0f, 0}},
+    {{1, 2, 2, 200, 500, 96, FD_DT_BF16, FD_MASK_NONE, 0.0, 128}, {1, 64, 64, 0.0f, 0}},
+    {{1, 4, 2, 128, 256, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, 128}, {0, 0, 0, 0.0f, 1}},
+};
+
+static size_t bitwise_vs_replay(const spec *s, const mods *m, uint64_t seed, const char *what);
+
+Test(gpu_bwd, mods_deterministic_bitwise_vs_replay, .timeout = 600)
+{
+    SKIP_WITHOUT_GPU();
+    size_t total = 0;
+    for (size_t si = 0; si < sizeof mod_specs / sizeof mod_specs[0]; si++)
+        total += bitwise_vs_replay(&mod_specs[si].s, &mod_specs[si].m, 3000 + si, "mods");
+    cr_log_info("bwd mods deterministic: %zu elements compared bitwise", total);
+}
+
 Test(gpu_bwd, deterministic_bitwise_vs_replay, .timeout = 600)
 {
     SKIP_WITHOUT_GPU();
@@ -172,9 +221,20 @@ Test(gpu_bwd, deterministic_bitwise_vs_replay, .timeout = 600)
     const int quick = getenv("FD_BWD_QUICK") != NULL;
     for (size_t si = 0; si < sizeof det_specs / sizeof det_specs[0]; si++) {
         if (quick && si % 3 != 0) continue;
-        const spec *s = &det_specs[si];
+        total += bitwise_vs_replay(&det_specs[si], NULL, 1000 + si, "bwd");
+    }
+    cr_log_info("bwd deterministic: %zu elements compared bitwise", total);
+}
+
+/* One case, deterministic mode: cuda-flash's dQ, dK, dV against the replay bit for bit;
+ * returns the number of elements compared. */
+static size_t bitwise_vs_replay(const spec *s, const mods *m, uint64_t seed, const char *what)
+{
+    size_t total = 0;
+    const size_t si = (size_t)seed;
+    {
         bcase c;
-        make_case(&c, s, 1000 + si);
+        make_case_m(&c, s, seed, m);
         const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
         float *gq = poisoned(nq), *gk = poisoned(nk), *gv = poisoned(nk);
         float *rq = poisoned(nq), *rk = poisoned(nk), *rv = poisoned(nk);
@@ -199,9 +259,11 @@ Test(gpu_bwd, deterministic_bitwise_vs_replay, .timeout = 600)
             long u = ulp_dist(gk[x], rk[x], s->dt); if (u > uk) uk = u;
             u = ulp_dist(gv[x], rv[x], s->dt); if (u > uv) uv = u;
         }
-        cr_log_info("bwd case %zu (%s d%d %dx%d H%d/%d mask %d p %.2f bc %d): %zu elements, mismatches dQ %zu dK %zu dV %zu (max ulp %ld %ld %ld)",
-                    si, fd_dtype_name(s->dt), s->d, s->sq, s->sk, s->H, s->Hk, (int)s->mask, s->p, s->bc,
-                    nq + 2 * nk, bq, bk, bv, uq, uk, uv);
+        char mtxt[128] = "";
+        fd_problem_describe_mods(&c.p, mtxt, sizeof mtxt);
+        cr_log_info("%s case %zu (%s d%d %dx%d H%d/%d mask %d p %.2f bc %d %s): %zu elements, mismatches dQ %zu dK %zu dV %zu (max ulp %ld %ld %ld)",
+                    what, si, fd_dtype_name(s->dt), s->d, s->sq, s->sk, s->H, s->Hk, (int)s->mask, s->p, s->bc,
+                    mtxt, nq + 2 * nk, bq, bk, bv, uq, uk, uv);
         cr_expect_eq(bq, 0, "case %zu: dQ %zu mismatches, first at %zu: gpu %a replay %a", si, bq, fq,
                      bq ? (double)gq[fq] : 0.0, bq ? (double)rq[fq] : 0.0);
         cr_expect_eq(bk, 0, "case %zu: dK %zu mismatches, first at %zu: gpu %a replay %a", si, bk, fk,
@@ -211,7 +273,7 @@ Test(gpu_bwd, deterministic_bitwise_vs_replay, .timeout = 600)
         free(gq); free(gk); free(gv); free(rq); free(rk); free(rv);
         free_case(&c);
     }
-    cr_log_info("bwd deterministic: %zu elements compared bitwise", total);
+    return total;
 }
 
 Test(gpu_bwd, atomic_vs_deterministic_and_spread, .timeout = 600)

@@ -26,6 +26,9 @@
 #define TL_CASE "b1h2k1-q96k160-d32-fp16-causal_tl-p0-normal-s21-bwd"
 #define EMPTY_CASE "b1h2k2-q160k96-d32-fp16-causal_br-p0-normal-s21-bwd" /* 64 rows see no key */
 #define DROP_CASE "b1h2k2-q96k96-d64-bf16-none-p0.17-normal-s22-bwd"
+#define CAP_CASE "b1h2k2-q64k64-d64-fp16-none-p0-normal-s34-cap5-bwd"
+#define WIN_CASE "b1h2k2-q96k160-d32-fp16-none-p0-normal-s31-w16_8-bwd"   /* both sides bounded */
+#define ALIBI_CASE "b1h4k2-q96k96-d64-bf16-none-p0-normal-s33-alibi-bwd"
 
 static fd_casefile g_cf;
 
@@ -180,6 +183,9 @@ static const char *case_for(const char *bug)
 {
     if (!strcmp(bug, "bwd_causal_bottom_right")) return TL_CASE;
     if (!strncmp(bug, "bwd_dropout", 11)) return DROP_CASE;
+    if (!strcmp(bug, "bwd_softcap_derivative_missing")) return CAP_CASE;
+    if (!strncmp(bug, "bwd_window", 10)) return WIN_CASE;
+    if (!strcmp(bug, "bwd_alibi_missing")) return ALIBI_CASE;
     return BR_CASE;
 }
 
@@ -206,7 +212,7 @@ Test(backward, each_injected_backward_bug_is_named)
         cr_expect(strstr(ex.summary, *bug) != NULL, "the summary names %s: %s", *bug, ex.summary);
         fd_explanation_free(&ex);
     }
-    cr_assert_eq(nbugs, 12, "the backward bugs (a new one needs a case here)");
+    cr_assert_eq(nbugs, 17, "the backward bugs (a new one needs a case here)");
 }
 
 /* Without a bug: the stage budget adds up and every gradient is within its budget. */
@@ -311,9 +317,12 @@ Test(backward, gate_applies_gradient_rules)
 
 /* Imported gradients: a bundle with do and dq/dk/dv per output is judged by check and
  * explained by explain --tensors; a gradient tensor missing is bad input (exit 2). */
-static void write_grad_bundle(const char *path, int swap, int drop_dk, int eager_grads)
+static void write_grad_bundle_of(const char *case_id, unsigned bugs, const char *path, int swap, int drop_dk,
+                                 int eager_grads)
 {
-    const fd_case *c = find(BR_CASE);
+    const fd_case *c = find(case_id);
+    fd_bwd_cfg bc = g_cf.bwd;
+    bc.bugs = bugs;
     const fd_problem *p = &c->prob;
     fd_bundle b;
     memset(&b, 0, sizeof b);
@@ -336,7 +345,7 @@ static void write_grad_bundle(const char *path, int swap, int drop_dk, int eager
         cr_assert(io->o && io->dq && io->dk && io->dv);
         if (t == 0) {
             cr_assert_eq(fd_cpu_flash_forward(p, &g_cf.flash, b.q, b.k, b.v, NULL, 0, io->o, lse, err, sizeof err), 0);
-            cr_assert_eq(fd_cpu_flash_backward(p, &g_cf.flash, &g_cf.bwd, b.q, b.k, b.v, io->o, lse, b.dout, io->dq,
+            cr_assert_eq(fd_cpu_flash_backward(p, &g_cf.flash, &bc, b.q, b.k, b.v, io->o, lse, b.dout, io->dq,
                                                swap ? io->dv : io->dk, swap ? io->dk : io->dv, err, sizeof err), 0, "%s", err);
         } else {
             cr_assert_eq(fd_cpu_standard_forward(p, FD_ACC_TC16, b.q, b.k, b.v, NULL, p->seqlen_q, io->o, lse, err,
@@ -359,6 +368,32 @@ static void write_grad_bundle(const char *path, int swap, int drop_dk, int eager
     free(lse);
     cr_assert_eq(fd_bundle_write(&b, path, 0, 0, err, sizeof err), 0, "%s", err);
     fd_bundle_free(&b);
+}
+
+static void write_grad_bundle(const char *path, int swap, int drop_dk, int eager_grads)
+{
+    write_grad_bundle_of(BR_CASE, 0u, path, swap, drop_dk, eager_grads);
+}
+
+/* Imported gradients of a window + softcap + ALiBi call (the bundle carries the
+ * modifiers): the replay's pass, the same without the softcap's derivative fail and
+ * explain --tensors names the bug. */
+#define MODS_CASE "b1h2k2-q128k128-d64-bf16-none-p0-normal-s35-w48_0-cap20-alibi-bwd"
+Test(backward, imported_gradients_with_modifiers_are_judged)
+{
+    char dir[256], good[320], bad[320];
+    tu_dir(dir, sizeof dir);
+    snprintf(good, sizeof good, "%s/good", dir);
+    snprintf(bad, sizeof bad, "%s/nodtanh", dir);
+    write_grad_bundle_of(MODS_CASE, 0u, good, 0, 0, 1);
+    write_grad_bundle_of(MODS_CASE, FD_BWD_BUG_NO_DTANH, bad, 0, 0, 1);
+    char *c1[] = {FD_BINARY, "check", "--tensors", good, "--out", dir, "--jobs", "2", "--quiet", NULL};
+    cr_expect_eq(tu_run(c1), 0, "correct gradients pass: %s%s", g_out, g_err);
+    char *c2[] = {FD_BINARY, "check", "--tensors", bad, "--out", dir, "--jobs", "2", "--quiet", NULL};
+    cr_expect_eq(tu_run(c2), 1, "gradients without the softcap's derivative fail: %s%s", g_out, g_err);
+    char *e2[] = {FD_BINARY, "explain", "--tensors", bad, "--out", dir, NULL};
+    cr_expect_eq(tu_run(e2), 1, "%s", g_err);
+    cr_expect(strstr(g_out, "-> bwd_softcap_derivative_missing") != NULL, "explain --tensors names the bug:\n%s", g_out);
 }
 
 Test(backward, imported_gradients_are_judged_and_explained)

@@ -659,3 +659,53 @@ Test(cpu_bwd, rejects_bad_arguments)
                                       sizeof err) == -1);
     cr_assert(fd_cpu_flash_backward(&c.prob, &fc, &bc, x, x, x, x, l, x, g, g, g, err, sizeof err) == 0, "%s", err);
 }
+
+/* fd_bwd_qtiles (the tile ranges the kernel and the replay share) against a brute force
+ * over every (row, key) pair: every query tile with a visible pair in key tile n is in
+ * [m0, m1), and so are only such tiles (the range is tight: its first and last tile each
+ * hold a visible pair) unless the top-left mask meets a window (rows with an empty
+ * interval may then lie inside). Sizes, masks and windows in a sweep that includes empty
+ * tiles, rows with no key and both orders of unequal lengths. */
+Test(cpu_bwd, qtiles_are_the_visited_tiles)
+{
+    const int sizes[][2] = {{1, 1}, {5, 300}, {300, 5}, {96, 160}, {160, 96}, {128, 128}, {200, 333}, {333, 70}};
+    const int wins[][3] = {{0, -1, -1}, {1, 16, 8}, {1, 40, -1}, {1, -1, 24}, {1, 0, 0}, {1, 200, 3}, {1, 5, 90}};
+    const int tiles[][2] = {{64, 64}, {64, 128}, {64, 32}};
+    long checked = 0;
+    for (size_t a = 0; a < sizeof sizes / sizeof sizes[0]; a++)
+        for (int mask = 0; mask < 3; mask++)
+            for (size_t w = 0; w < sizeof wins / sizeof wins[0]; w++)
+                for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
+                    const int sq = sizes[a][0], sk = sizes[a][1], br = tiles[t][0], bc = tiles[t][1];
+                    const int win = wins[w][0], wl = wins[w][1], wr = wins[w][2];
+                    const int nm = (sq + br - 1) / br, nn = (sk + bc - 1) / bc;
+                    for (int n = 0; n < nn; n++) {
+                        int m0, m1;
+                        fd_bwd_qtiles(mask, win, wl, wr, sq, sk, br, bc, n, &m0, &m1);
+                        int first = -1, last = -1;
+                        for (int m = 0; m < nm; m++) {
+                            int seen = 0;
+                            for (int i = m * br; i < (m + 1) * br && i < sq && !seen; i++) {
+                                int lo, hi;
+                                fd_vis_range(mask, win, wl, wr, i, sq, sk, &lo, &hi);
+                                seen = lo <= hi && hi >= n * bc && lo < (n + 1) * bc;
+                            }
+                            if (seen) {
+                                if (first < 0) first = m;
+                                last = m;
+                                cr_assert(m >= m0 && m < m1, "sq %d sk %d mask %d window %d (%d, %d) tile (%d, %d): "
+                                          "key tile %d sees query tile %d outside [%d, %d)", sq, sk, mask, win, wl, wr,
+                                          br, bc, n, m, m0, m1);
+                            }
+                            checked++;
+                        }
+                        if (!(mask == FD_MASK_CAUSAL_TL && win)) {
+                            if (first < 0) cr_assert(m1 <= m0, "key tile %d: no row sees it, range [%d, %d)", n, m0, m1);
+                            else cr_assert(m0 == first && m1 == last + 1, "sq %d sk %d mask %d window %d (%d, %d) tile "
+                                           "(%d, %d): key tile %d range [%d, %d), visible tiles %d..%d", sq, sk, mask,
+                                           win, wl, wr, br, bc, n, m0, m1, first, last);
+                        }
+                    }
+                }
+    cr_assert(checked > 4000, "only %ld (tile, tile) pairs checked", checked);
+}

@@ -274,7 +274,6 @@ Test(features, case_file_fields)
     expect_case_error("{\"seqlen\": 16, \"head_dim\": 8, \"softcap\": -1}", "softcap must be a finite number >= 0");
     expect_case_error("{\"seqlen\": 16, \"head_dim\": 8, \"heads\": 4, \"alibi\": [0.5, 0.25]}", "2 slopes given for 4 heads");
     expect_case_error("{\"seqlen\": 16, \"head_dim\": 8, \"alibi\": \"yes\"}", "expected true or false");
-    expect_case_error("{\"seqlen\": 16, \"head_dim\": 8, \"softcap\": 30, \"backward\": true}", "backward with a window, softcap, ALiBi");
 
     char dir[512], path[700], err[1024];
     tu_dir(dir, sizeof dir);

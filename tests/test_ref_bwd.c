@@ -18,6 +18,7 @@
 #include <mpfr.h>
 
 #include "fd_dtype.h"
+#include "fd_mods.h"
 #include "fd_philox.h"
 #include "fd_problem.h"
 #include "fd_ref.h"
@@ -143,12 +144,13 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
     const int drop = p->dropout_p > 0.0;
     const uint8_t thr = fd_fa2_threshold(p->dropout_p);
     mpfr_t *s = malloc((size_t)sk * sizeof(mpfr_t)), *dP = malloc((size_t)sk * sizeof(mpfr_t));
-    mpfr_t *dS = malloc((size_t)sk * sizeof(mpfr_t));
+    mpfr_t *dS = malloc((size_t)sk * sizeof(mpfr_t)), *th = malloc((size_t)sk * sizeof(mpfr_t));
     mpfr_t *dka = malloc((size_t)sk * (size_t)D * sizeof(mpfr_t));
     mpfr_t *dva = malloc((size_t)sk * (size_t)D * sizeof(mpfr_t));
     unsigned char *keep = malloc((size_t)sk);
     cr_assert(s && dP && dS && dka && dva && keep);
-    for (int j = 0; j < sk; j++) mpfr_inits2(W, s[j], dP[j], dS[j], (mpfr_ptr)0);
+    cr_assert(th);
+    for (int j = 0; j < sk; j++) mpfr_inits2(W, s[j], dP[j], dS[j], th[j], (mpfr_ptr)0);
     for (int x = 0; x < sk * D; x++) {
         mpfr_inits2(W, dka[x], dva[x], (mpfr_ptr)0);
         mpfr_set_zero(dka[x], 1);
@@ -164,9 +166,8 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
         const int h = hk * group + hh;
         for (int i = 0; i < sq; i++) {
             double *dqi = r->dq + ((size_t)hh * (size_t)sq + (size_t)i) * (size_t)D;
-            int n = 0;
-            for (int j = 0; j < sk; j++)
-                if (fd_mask_visible(p->mask, i, j, sq, sk)) n = j + 1;
+            int lo, hi;
+            const int n = fd_mask_visible_range(p, i, &lo, &hi);
             if (n == 0) {
                 for (int d = 0; d < D; d++) dqi[d] = 0.0;
                 r->dsum[hh * sq + i] = 0.0;
@@ -174,7 +175,7 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
             }
             const float *qi = c->q + fd_q_index(p, b, i, h, 0);
             const float *doi = c->dout + fd_q_index(p, b, i, h, 0);
-            for (int j = 0; j < n; j++) {
+            for (int j = lo; j <= hi; j++) {
                 const float *kj = c->k + fd_kv_index(p, b, j, hk, 0);
                 const float *vj = c->v + fd_kv_index(p, b, j, hk, 0);
                 keep[j] = (unsigned char)(!drop ||
@@ -192,19 +193,29 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
                     mpfr_add(dP[j], dP[j], x, MPFR_RNDN);
                 }
                 mpfr_mul(s[j], s[j], sc, MPFR_RNDN);
+                if (p->softcap > 0.0f) { /* l = c tanh(s / c), th[j] = tanh(s / c) */
+                    mpfr_div_d(th[j], s[j], (double)p->softcap, MPFR_RNDN);
+                    mpfr_tanh(th[j], th[j], MPFR_RNDN);
+                    mpfr_mul_d(s[j], th[j], (double)p->softcap, MPFR_RNDN);
+                }
+                if (p->alibi) {
+                    mpfr_set_flt(x, p->alibi_slopes[h], MPFR_RNDN);
+                    mpfr_mul_si(x, x, fd_alibi_dist(i, j, sq, sk), MPFR_RNDN);
+                    mpfr_sub(s[j], s[j], x, MPFR_RNDN);
+                }
                 if (keep[j]) mpfr_mul(dP[j], dP[j], rr, MPFR_RNDN);
                 else mpfr_set_zero(dP[j], 1);
             }
-            mpfr_set(m, s[0], MPFR_RNDN);
-            for (int j = 1; j < n; j++) mpfr_max(m, m, s[j], MPFR_RNDN);
+            mpfr_set(m, s[lo], MPFR_RNDN);
+            for (int j = lo + 1; j <= hi; j++) mpfr_max(m, m, s[j], MPFR_RNDN);
             mpfr_set_zero(l, 1);
-            for (int j = 0; j < n; j++) {
+            for (int j = lo; j <= hi; j++) {
                 mpfr_sub(s[j], s[j], m, MPFR_RNDN);
                 mpfr_exp(s[j], s[j], MPFR_RNDN);
                 mpfr_add(l, l, s[j], MPFR_RNDN);
             }
             mpfr_set_zero(Dv, 1);
-            for (int j = 0; j < n; j++) {
+            for (int j = lo; j <= hi; j++) {
                 mpfr_div(s[j], s[j], l, MPFR_RNDN); /* P_ij */
                 mpfr_mul(x, s[j], dP[j], MPFR_RNDN);
                 mpfr_add(Dv, Dv, x, MPFR_RNDN);
@@ -214,19 +225,24 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
              * (sum_k P_ik = 1): written out, so that when one key dominates and the others'
              * weights are below 2^-1000 (P_im rounds to 1) dS_im keeps its tiny true value
              * and sign instead of a rounding residue; dS[j] := dS_ij */
-            for (int j = 0; j < n; j++) {
+            for (int j = lo; j <= hi; j++) {
                 mpfr_set_zero(acc, 1);
-                for (int k2 = 0; k2 < n; k2++) {
+                for (int k2 = lo; k2 <= hi; k2++) {
                     mpfr_sub(x, dP[j], dP[k2], MPFR_RNDN);
                     mpfr_mul(x, x, s[k2], MPFR_RNDN);
                     mpfr_add(acc, acc, x, MPFR_RNDN);
                 }
                 mpfr_mul(dS[j], acc, s[j], MPFR_RNDN);
+                if (p->softcap > 0.0f) { /* d l / d s = 1 - tanh^2 */
+                    mpfr_sqr(x, th[j], MPFR_RNDN);
+                    mpfr_ui_sub(x, 1, x, MPFR_RNDN);
+                    mpfr_mul(dS[j], dS[j], x, MPFR_RNDN);
+                }
             }
-            for (int j = 0; j < n; j++) mpfr_set(dP[j], dS[j], MPFR_RNDN);
+            for (int j = lo; j <= hi; j++) mpfr_set(dP[j], dS[j], MPFR_RNDN);
             for (int d = 0; d < D; d++) {
                 mpfr_set_zero(acc, 1);
-                for (int j = 0; j < n; j++) {
+                for (int j = lo; j <= hi; j++) {
                     mpfr_set_flt(x, c->k[fd_kv_index(p, b, j, hk, d)], MPFR_RNDN);
                     mpfr_mul(x, x, dP[j], MPFR_RNDN);
                     mpfr_add(acc, acc, x, MPFR_RNDN);
@@ -234,7 +250,7 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
                 mpfr_mul(acc, acc, sc, MPFR_RNDN);
                 dqi[d] = rnd(acc);
             }
-            for (int j = 0; j < n; j++)
+            for (int j = lo; j <= hi; j++)
                 for (int d = 0; d < D; d++) {
                     mpfr_set_flt(x, qi[d], MPFR_RNDN);
                     mpfr_mul(x, x, dP[j], MPFR_RNDN);
@@ -253,7 +269,8 @@ static void brute_group(const bcase *c, int b, int hk, mpfr_prec_t W, bres *r)
         r->dv[t] = rnd(dva[t]);
         mpfr_clears(dka[t], dva[t], (mpfr_ptr)0);
     }
-    for (int j = 0; j < sk; j++) mpfr_clears(s[j], dP[j], dS[j], (mpfr_ptr)0);
+    for (int j = 0; j < sk; j++) mpfr_clears(s[j], dP[j], dS[j], th[j], (mpfr_ptr)0);
+    free(th);
     mpfr_clears(x, y, m, l, Dv, rr, sc, acc, (mpfr_ptr)0);
     free(s);
     free(dP);
@@ -466,6 +483,60 @@ Test(ref_bwd, equals_brute_force, .timeout = 300)
             brute_group(&c, 1, hk, 1000, &w);
             char what[64];
             snprintf(what, sizeof what, "cfg %zu hk %d", ci, hk);
+            expect_all_same(what, seed, &r, &w);
+            bres_free(&r);
+            bres_free(&w);
+        }
+        bcase_free(&c);
+    }
+}
+
+/* The score modifiers (window, ALiBi, softcap; alone and together, with GQA, dropout and
+ * both orders of unequal lengths) against the brute force at 1000 bits: every value
+ * decided and equal (the brute force's logits and 1 - tanh^2 are plain MPFR). */
+typedef struct {
+    rcfg g;
+    int window, wl, wr;
+    float cap;
+    int alibi;
+} mcfg;
+
+static const mcfg mods_cfgs[] = {
+    {{FD_DT_FP16, FD_MASK_NONE, 4, 2, 9, 9, 0.0}, 1, 2, 1, 0.0f, 0},
+    {{FD_DT_BF16, FD_MASK_CAUSAL_BR, 4, 2, 7, 11, 0.2}, 1, 3, -1, 0.0f, 0},
+    {{FD_DT_FP16, FD_MASK_NONE, 4, 2, 11, 6, 0.0}, 1, 1, 0, 0.0f, 0}, /* rows with no key */
+    {{FD_DT_FP16, FD_MASK_NONE, 4, 2, 9, 9, 0.0}, 0, 0, 0, 0.0f, 1},
+    {{FD_DT_BF16, FD_MASK_CAUSAL_BR, 4, 4, 6, 10, 0.2}, 0, 0, 0, 0.0f, 1},
+    {{FD_DT_FP16, FD_MASK_NONE, 4, 2, 9, 9, 0.0}, 0, 0, 0, 2.0f, 0},
+    {{FD_DT_FP32, FD_MASK_CAUSAL_TL, 2, 1, 8, 8, 0.2}, 0, 0, 0, 5.0f, 0},
+    {{FD_DT_BF16, FD_MASK_CAUSAL_BR, 4, 2, 10, 7, 0.2}, 1, 4, -1, 3.0f, 1},
+};
+
+Test(ref_bwd, mods_equal_brute_force, .timeout = 300)
+{
+    for (size_t ci = 0; ci < sizeof mods_cfgs / sizeof mods_cfgs[0]; ci++) {
+        const mcfg *m = &mods_cfgs[ci];
+        const rcfg *g = &m->g;
+        uint64_t seed = 0xc0dull + ci;
+        bcase c;
+        fd_problem p = tu_make_problem(2, g->heads, g->kv_heads, g->sq, g->sk, 16, g->t, g->mask, g->p);
+        p.window = m->window;
+        p.window_left = m->wl;
+        p.window_right = m->wr;
+        p.softcap = m->cap;
+        p.alibi = m->alibi;
+        if (p.alibi) fd_alibi_default_slopes(p.heads, p.alibi_slopes);
+        bcase_alloc(&c, p);
+        bcase_random(&c, seed, 1.5);
+        for (int hk = 0; hk < g->kv_heads; hk++) {
+            bres r, w;
+            bres_alloc(&r, &c.p);
+            bres_alloc(&w, &c.p);
+            fd_ref_bwd_info info = ref_group(&c, 1, hk, 128, 2048, &r);
+            cr_expect_eq(info.undecided, 0, "mods cfg %zu hk %d: %d undecided", ci, hk, info.undecided);
+            brute_group(&c, 1, hk, 1000, &w);
+            char what[64];
+            snprintf(what, sizeof what, "mods cfg %zu hk %d", ci, hk);
             expect_all_same(what, seed, &r, &w);
             bres_free(&r);
             bres_free(&w);

@@ -79,12 +79,31 @@
  *    is an FD_ACC_SEQ fmaf chain in the same order and from the same accumulator, and
  *    rounding to the dtype is the identity.
  *
+ * Score modifiers (window, ALiBi, softcap; fd_mods.h gives the forward's arithmetic). With
+ * a softcap c the scales fold as in the forward: scale_sm = c, cap_in = scale / c (binary32
+ * division), otherwise scale_sm = scale, cap_in = 0; scale_log2 = (float)((double)scale_sm *
+ * M_LOG2E) and srp = rp * scale_sm. Step 3 becomes, for each pair of a visited tile pair:
+ *       S_ij  as above;  t_ij = fd_tanh_portable(S_ij * cap_in) when capped (else S_ij),
+ *       dth_ij = fmaf(-t, t, 1.0f) * cap_in (FA2's calculate_dtanh, before bias and mask),
+ *       r_ij = fmaf(-slope_h / scale_sm, (float)|i + sk - sq - j|, t_ij) with ALiBi
+ *              (the slope division in binary32, as the forward), else t_ij,
+ *       P_ij  = visible(i, j) && lse_i finite ? exp2(fmaf(r_ij, scale_log2, -lse2_i)) : 0,
+ *       visible: j in fd_vis_range(i) (the window and the causal mask),
+ *       dS_ij = (P_ij * (kept ? dP_ij - D'_i : -D'_i)) * dth_ij when capped (two binary32
+ *              products), before the rounding to the dtype.
+ *     Key tile n visits the query tiles fd_bwd_qtiles gives (FA2's m_block_min from the
+ *     window's right edge, m_block_max from its left edge), from the last to the first;
+ *     a query tile's dQ partials are those of the key tiles visiting it, ascending (an
+ *     interval of tiles); deterministic mode adds exactly those buffers, ascending.
+ *     FD_BWD_BUG_NO_DTANH drops the factor dth.
+ *
  * Bugs (fd_bwd_cfg.bugs) are deliberate departures used by `explain` and the tests to
  * model what a broken kernel computes; 0 in every kernel under test. */
 #ifndef FD_BWD_H
 #define FD_BWD_H
 #include <stdint.h>
 #include "fd_hd.h"
+#include "fd_problem.h"
 
 typedef enum { FD_DQ_ATOMIC = 0, FD_DQ_DETERMINISTIC = 1 } fd_dq_mode;
 /* Order in which the replay adds the per-key-tile dQ partials (step 4). */
@@ -94,6 +113,7 @@ typedef enum { FD_DQ_ORDER_ASC = 0, FD_DQ_ORDER_DESC = 1, FD_DQ_ORDER_SHUFFLE = 
 #define FD_BWD_BUG_DK_NOSCALE 0x02u  /* dK without the softmax scale */
 #define FD_BWD_BUG_NO_GQA_SUM 0x04u  /* dK/dV of a kv head = its first query head's only */
 #define FD_BWD_BUG_SWAP_DKDV 0x08u   /* dK and dV written to each other's tensor */
+#define FD_BWD_BUG_NO_DTANH 0x10u    /* softcap: dS not multiplied by (1 - t^2) params.softcap */
 
 typedef struct fd_bwd_cfg {
     int br, bc;           /* query rows / keys per tile; 0, 0: fd_bwd_tile_default */
@@ -118,6 +138,7 @@ FD_HD void fd_bwd_cfg_default(fd_bwd_cfg *c)
  * be built with the same value. */
 #ifndef FD_BWD_BC128
 #define FD_BWD_BC128 1
+
 #endif
 
 /* The tile the CUDA backward kernel uses for head dim d (the replay uses the same):
@@ -126,5 +147,45 @@ FD_HD void fd_bwd_tile_default(int d, int *br, int *bc)
 {
     *br = 64;
     *bc = d > 128 ? 32 : (FD_BWD_BC128 && d > 64) ? 128 : 64;
+}
+
+/* Query rows [*r0, *r1] (empty when *r1 < *r0) that may see a key of [n0, n1]
+ * (fd_vis_range's masks and window; the visible interval's ends rise with the row):
+ * r0 = the first row whose right edge reaches n0, r1 = the last row whose left edge is
+ * at most n1. Every row that sees a key of [n0, n1] is in it; a row in it sees one unless
+ * its own interval is empty (possible only with the top-left causal mask and a window).
+ * Without a window it is FA2's m_block_min and the whole rest of the query rows. The CUDA
+ * kernel and the replay both visit exactly the query tiles r0 / br .. r1 / br. */
+FD_HD void fd_bwd_row_range(int mask, int window, int wl, int wr, int sq, int sk, int n0, int n1,
+                            int *r0, int *r1)
+{
+    const long diag = (long)sk - sq;
+    long a = 0, z = (long)sq - 1;
+    if (mask == FD_MASK_CAUSAL_TL && (long)n0 > a) a = n0;
+    if (mask == FD_MASK_CAUSAL_BR && (long)n0 - diag > a) a = (long)n0 - diag;
+    if (window && wr >= 0 && (long)n0 - diag - wr > a) a = (long)n0 - diag - wr;
+    if (window && wl >= 0 && (long)n1 - diag + wl < z) z = (long)n1 - diag + wl;
+    if (z < a || n1 < n0) {
+        *r0 = 0;
+        *r1 = -1;
+        return;
+    }
+    *r0 = (int)a;
+    *r1 = (int)z;
+}
+
+/* Query tiles [*m0, *m1) of br rows that key tile n (bc keys) visits. */
+FD_HD void fd_bwd_qtiles(int mask, int window, int wl, int wr, int sq, int sk, int br, int bc,
+                         int n, int *m0, int *m1)
+{
+    const int n0 = n * bc, n1 = (n0 + bc < sk ? n0 + bc : sk) - 1;
+    int r0, r1;
+    fd_bwd_row_range(mask, window, wl, wr, sq, sk, n0, n1, &r0, &r1);
+    if (r1 < r0) {
+        *m0 = *m1 = 0;
+        return;
+    }
+    *m0 = r0 / br;
+    *m1 = r1 / br + 1;
 }
 #endif

@@ -30,6 +30,7 @@
 #include "fd_cpu_bwd.h"
 #include "fd_dtype.h"
 #include "fd_exp2.h"
+#include "fd_mods.h"
 #include "fd_philox.h"
 
 #define FD_LOG2E 1.4426950408889634073599246810018921
@@ -75,6 +76,8 @@ typedef struct {
     uint8_t thr;
     float scale_log2, lse_log2e, pk, rp, srp;
     double scale_d, pk_d, rp_d;
+    float scale_sm, cap_in;    /* FA2's scale_softmax and params.softcap (fd_mods.h) */
+    double scale_sm_d;
     const float *q, *k, *v, *o, *lse, *dout;
     const double *o_exact;
     /* per (b, h) */
@@ -85,6 +88,7 @@ typedef struct {
     double *part;              /* [nn][br][D] dQ partials */
     double *dqacc;             /* [br][D] */
     int *perm;                 /* [nn] */
+    int *tiles;                /* [nn]: the key tiles visiting the current query tile */
     /* per (query tile, key tile) */
     float *KT;                 /* [D][bc] */
     double *PvT_d, *dSrT_d;    /* [bc][br] */
@@ -96,7 +100,7 @@ typedef struct {
 static void ctx_free(fd_bwd_ctx *x)
 {
     free(x->Dd); free(x->acc_dk); free(x->acc_dv); free(x->QT); free(x->dOT);
-    free(x->part); free(x->dqacc); free(x->perm); free(x->KT); free(x->PvT_d);
+    free(x->part); free(x->dqacc); free(x->perm); free(x->tiles); free(x->KT); free(x->PvT_d);
     free(x->dSrT_d); free(x->PvT_f); free(x->dSrT_f); free(x->dSr_d); free(x->dSr_f);
 }
 
@@ -141,12 +145,18 @@ static int ctx_init(fd_bwd_ctx *x, const fd_problem *p, const fd_flash_cfg *fcfg
     /* FA2's params (flash_api.cpp): scale_softmax_log2 = softmax_scale * M_LOG2E (a double
      * product stored as float), p_dropout = 1.f - p, rp_dropout = 1.f / p_dropout,
      * scale_softmax_rp_dropout = rp_dropout * scale_softmax (binary32). */
-    x->scale_log2 = (float)((double)p->softmax_scale * FD_LOG2E);
+    /* With a softcap c FA2 folds the scales (fd_mods.h): scale_softmax = c, params.softcap
+     * = softmax_scale / c; the backward's scale_softmax_log2 and scale_softmax_rp_dropout
+     * are built from that scale_softmax. */
+    x->scale_sm = p->softcap > 0.0f ? p->softcap : p->softmax_scale;
+    x->cap_in = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
+    x->scale_sm_d = (double)x->scale_sm;
+    x->scale_log2 = (float)((double)x->scale_sm * FD_LOG2E);
     x->lse_log2e = (float)FD_LOG2E;
     x->pk = x->dropout ? 1.0f - (float)p->dropout_p : 1.0f;
     x->rp = x->dropout ? 1.0f / x->pk : 1.0f;
-    x->srp = x->dropout ? x->rp * p->softmax_scale : p->softmax_scale;
-    x->scale_d = (double)p->softmax_scale;
+    x->srp = x->dropout ? x->rp * x->scale_sm : x->scale_sm;
+    x->scale_d = (double)x->scale_sm;
     x->pk_d = x->dropout ? 1.0 - p->dropout_p : 1.0;
     x->rp_d = x->dropout ? 1.0 / (1.0 - p->dropout_p) : 1.0;
     x->q = q; x->k = k; x->v = v; x->o = o; x->lse = lse; x->dout = dout;
@@ -160,6 +170,7 @@ static int ctx_init(fd_bwd_ctx *x, const fd_problem *p, const fd_flash_cfg *fcfg
     x->part = malloc(sizeof(double) * (size_t)x->nn * sBR * D);
     x->dqacc = malloc(sizeof(double) * sBR * D);
     x->perm = malloc(sizeof(int) * (size_t)x->nn);
+    x->tiles = malloc(sizeof(int) * (size_t)x->nn);
     x->KT = calloc(D * sBC, sizeof(float));
     x->PvT_d = calloc(sBC * sBR, sizeof(double));
     x->dSrT_d = calloc(sBC * sBR, sizeof(double));
@@ -168,7 +179,7 @@ static int ctx_init(fd_bwd_ctx *x, const fd_problem *p, const fd_flash_cfg *fcfg
     x->dSr_d = calloc(sBR * sBC, sizeof(double));
     x->dSr_f = calloc(sBR * sBC, sizeof(float));
     if (!x->Dd || !x->acc_dk || !x->acc_dv || !x->QT || !x->dOT || !x->part || !x->dqacc ||
-        !x->perm || !x->KT || !x->PvT_d || !x->dSrT_d || !x->PvT_f || !x->dSrT_f || !x->dSr_d ||
+        !x->perm || !x->tiles || !x->KT || !x->PvT_d || !x->dSrT_d || !x->PvT_f || !x->dSrT_f || !x->dSr_d ||
         !x->dSr_f) {
         ctx_free(x);
         memset(x, 0, sizeof *x);
@@ -202,7 +213,7 @@ static void compute_D(fd_bwd_ctx *x, int b, int h)
 
 /* Step 3 for query tile m of (b, h) against key tile n: P, dS, the dK/dV chains of the
  * tile's keys, and the dQ partial into x->part[n]. */
-static void tile_pair(fd_bwd_ctx *x, int b, int h, int m, int n)
+static void tile_pair(fd_bwd_ctx *x, int b, int h, int m, int n, int slot)
 {
     const fd_problem *p = x->p;
     const unsigned ex = x->ex;
@@ -215,6 +226,11 @@ static void tile_pair(fd_bwd_ctx *x, int b, int h, int m, int n)
     const int mr = i0 + br <= sq ? br : sq - i0;
     const int nc = j0 + bc <= sk ? bc : sk - j0;
     const fd_dtype dt = p->dtype;
+    const int nodtanh = !!(x->bcfg->bugs & FD_BWD_BUG_NO_DTANH);
+    /* ALiBi: FA2 divides the slope by scale_softmax in binary32, as the forward */
+    const float slope_raw = p->alibi ? p->alibi_slopes[h] / x->scale_sm : 0.0f;
+    const double slope_d = p->alibi ? (double)p->alibi_slopes[h] / x->scale_sm_d : 0.0;
+    const double capin_d = p->softcap > 0.0f ? (double)p->softmax_scale / (double)p->softcap : 0.0;
 
     /* K^T of the tile for the dQ partials */
     for (int c = 0; c < nc; c++) {
@@ -230,29 +246,50 @@ static void tile_pair(fd_bwd_ctx *x, int b, int h, int m, int n)
         const int lse_ok = isfinite(lsef);
         const float lse2 = lsef * x->lse_log2e;
         const double Dd = x->Dd[i];
+        int vlo, vhi;
+        (void)fd_mask_visible_range(p, i, &vlo, &vhi);
         for (int c = 0; c < nc; c++) {
             const int j = j0 + c;
             const float *kj = x->k + fd_kv_index(p, b, j, hk, 0);
             const float *vj = x->v + fd_kv_index(p, b, j, hk, 0);
-            double P = 0.0;
-            if (lse_ok && fd_mask_visible(p->mask, i, j, sq, sk)) {
-                if (xp) {
-                    double s = xdot_ff(qi, kj, D);
-                    P = exp(s * x->scale_d - (double)lsef);
-                } else {
-                    float s = fd_dot_acc_dt(x->mm, qi, 1, kj, 1, D, 0.0f, dt);
+            const int dist = fd_alibi_dist(i, j, sq, sk);
+            double P = 0.0, dth = 1.0; /* dth: the softcap's derivative factor */
+            if (xp) {
+                /* the modifiers in binary64 too: part of the P stage */
+                double s = xdot_ff(qi, kj, D);
+                if (x->cap_in > 0.0f) {
+                    const double t = tanh(s * capin_d);
+                    dth = (1.0 - t * t) * capin_d;
+                    s = t;
+                }
+                if (lse_ok && j >= vlo && j <= vhi)
+                    P = exp((s - slope_d * (double)dist) * x->scale_d - (double)lsef);
+            } else {
+                float s = fd_dot_acc_dt(x->mm, qi, 1, kj, 1, D, 0.0f, dt);
+                if (x->cap_in > 0.0f) {
+                    /* FA2's calculate_dtanh: (1 - t^2) params.softcap on the capped score,
+                     * before the bias and the mask; 1 - t t one fmaf (nvcc contracts it) */
+                    const float t = fd_tanh_portable(s * x->cap_in);
+                    dth = (double)(fmaf(-t, t, 1.0f) * x->cap_in);
+                    s = t;
+                }
+                if (lse_ok && j >= vlo && j <= vhi) {
+                    if (p->alibi) s = fmaf(-slope_raw, (float)dist, s);
                     P = (double)fexp2(x->fcfg->exp2_mode, fmaf(s, x->scale_log2, -lse2));
                 }
             }
+            if (nodtanh) dth = 1.0;
             const double dP = xdp ? xdot_ff(doi, vj, D)
                                   : (double)fd_dot_acc_dt(x->mm, doi, 1, vj, 1, D, 0.0f, dt);
             const int kept = !x->dropout || fd_fa2_keep(p->seed, p->offset, x->thr, p->heads, b, h, i, j);
             double dS, Pv;
             if (xds) {
-                dS = P * (kept ? dP - Dd : -Dd);
+                dS = P * (kept ? dP - Dd : -Dd) * dth;
             } else {
                 const float Pf = (float)P, dPf = (float)dP, Df = (float)Dd;
-                dS = (double)fd_round_to_dtype(Pf * (kept ? dPf - Df : -Df), dt);
+                float dSf = Pf * (kept ? dPf - Df : -Df);
+                if (x->cap_in > 0.0f && !nodtanh) dSf *= (float)dth;
+                dS = (double)fd_round_to_dtype(dSf, dt);
             }
             if (xpr) Pv = kept ? P : 0.0;
             else Pv = (double)fd_round_to_dtype(kept ? (float)P : 0.0f, dt);
@@ -293,7 +330,7 @@ static void tile_pair(fd_bwd_ctx *x, int b, int h, int m, int n)
     }
 
     /* dQ partial of (m, n): keys ascending, 16 at a time, from 0. */
-    double *part = x->part + (size_t)n * (size_t)br * (size_t)D;
+    double *part = x->part + (size_t)slot * (size_t)br * (size_t)D;
     for (int r = 0; r < mr; r++) {
         const size_t ro = (size_t)r * (size_t)bc;
         for (int d = 0; d < D; d++) {
@@ -362,8 +399,15 @@ static int bwd_run(fd_bwd_ctx *x, double *dq, double *dk, double *dv)
             for (size_t t = 0; t < (size_t)sk * (size_t)D; t++) x->acc_dk[t] = x->acc_dv[t] = 0.0;
             for (int m = x->nm - 1; m >= 0; m--) {
                 const int i0 = m * br, mr = i0 + br <= sq ? br : sq - i0;
-                const int nv = fd_mask_visible_count(p->mask, i0 + mr - 1, sq, sk);
-                const int nt = (nv + bc - 1) / bc; /* key tiles this query tile sees */
+                /* the key tiles that visit this query tile (fd_bwd_qtiles, as the kernel),
+                 * ascending: an interval of tiles */
+                int nt = 0;
+                for (int n = 0; n < x->nn; n++) {
+                    int q0, q1;
+                    fd_bwd_qtiles((int)p->mask, p->window, p->window_left, p->window_right, sq, sk,
+                                  br, bc, n, &q0, &q1);
+                    if (m >= q0 && m < q1) x->tiles[nt++] = n;
+                }
                 if (nt > 0) {
                     for (int r = 0; r < mr; r++) {
                         const float *qi = x->q + fd_q_index(p, b, i0 + r, h, 0);
@@ -373,7 +417,7 @@ static int bwd_run(fd_bwd_ctx *x, double *dq, double *dk, double *dv)
                             x->dOT[(size_t)d * (size_t)br + (size_t)r] = doi[d];
                         }
                     }
-                    for (int n = 0; n < nt; n++) tile_pair(x, b, h, m, n);
+                    for (int t = 0; t < nt; t++) tile_pair(x, b, h, m, x->tiles[t], t);
                 }
                 dq_order(x, b, h, m, nt);
                 for (int r = 0; r < mr; r++)

@@ -19,7 +19,13 @@
  * Rows with no visible key: P = 0 there (PyTorch's _safe_softmax, the reference's and the
  * CUDA forward's convention), so their dQ is 0 and they add nothing to dK/dV. The forward
  * gives NaN for such a row, which would make every dK/dV of the head NaN; a gradient
- * judged against the reference must not. fp32 problems take FD_ACC_SEQ as the forward. */
+ * judged against the reference must not. fp32 problems take FD_ACC_SEQ as the forward.
+ *
+ * Score modifiers, as fd_cpu_standard_forward writes them (s0 = (q.k) * scale; t =
+ * tanhf(s0 / c); s1 = t * c; s2 = s1 + (-slope * dist); the window's mask): the bias has
+ * no gradient to pass but dS, and autograd walks the softcap's ops back in fp32:
+ *   dS_ij = round_dtype((((((P_ij * (dP_ij - D_i)) * c) * (1 - t_ij * t_ij)) / c) * scale)
+ * (mul's backward by c, tanh_backward's grad * (1 - y * y), div's backward by c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,11 +62,13 @@ int fd_cpu_standard_backward(const fd_problem *p, fd_accum_model order, const fl
     float *Pd = malloc(sizeof(float) * nss);  /* dropped P (cast), then dP */
     float *dS = malloc(sizeof(float) * nss);  /* dPd, then dS (cast) */
     float *s = malloc(sizeof(float) * (size_t)sk);
+    const int capped = p->softcap > 0.0f;
+    float *T = capped ? malloc(sizeof(float) * nss) : NULL; /* tanh outputs autograd saves */
     uint8_t *keep = dropout ? malloc(nss) : NULL;
     float *gk = malloc(sizeof(float) * (size_t)sk * (size_t)D); /* fp32 group sums */
     float *gv = malloc(sizeof(float) * (size_t)sk * (size_t)D);
-    if (!P || !Pd || !dS || !s || (dropout && !keep) || !gk || !gv) {
-        free(P); free(Pd); free(dS); free(s); free(keep); free(gk); free(gv);
+    if (!P || !Pd || !dS || !s || (dropout && !keep) || !gk || !gv || (capped && !T)) {
+        free(P); free(Pd); free(dS); free(s); free(keep); free(gk); free(gv); free(T);
         snprintf(err, errlen, "standard backward: out of memory (S is %d x %d)", sq, sk);
         return -1;
     }
@@ -75,9 +83,12 @@ int fd_cpu_standard_backward(const fd_problem *p, fd_accum_model order, const fl
                 for (int i = 0; i < sq; i++) {
                     const float *qi = q + fd_q_index(p, b, i, h, 0);
                     float *Pi = P + (size_t)i * (size_t)sk, *Pdi = Pd + (size_t)i * (size_t)sk;
-                    const int nv = fd_mask_visible_count(p->mask, i, sq, sk);
+                    int vlo, vhi;
+                    const int nv = fd_mask_visible_range(p, i, &vlo, &vhi);
                     if (nv == 0) { /* no visible key: P = 0 (see the top) */
                         for (int j = 0; j < sk; j++) Pi[j] = Pdi[j] = 0.0f;
+                        if (capped)
+                            for (int j = 0; j < sk; j++) T[(size_t)i * (size_t)sk + (size_t)j] = 0.0f;
                         if (dropout)
                             for (int j = 0; j < sk; j++) keep[(size_t)i * (size_t)sk + (size_t)j] = 0;
                         continue;
@@ -86,7 +97,16 @@ int fd_cpu_standard_backward(const fd_problem *p, fd_accum_model order, const fl
                     for (int j = 0; j < sk; j++) {
                         const float *kj = k + fd_kv_index(p, b, j, hk, 0);
                         float x = fd_dot_acc_dt(order, qi, 1, kj, 1, D, 0.0f, dt) * scale;
-                        if (!fd_mask_visible(p->mask, i, j, sq, sk)) x = -INFINITY;
+                        if (capped) {
+                            const float t = tanhf(x / p->softcap);
+                            T[(size_t)i * (size_t)sk + (size_t)j] = t;
+                            x = t * p->softcap;
+                        }
+                        if (p->alibi) {
+                            const long dd = (long)i + sk - sq - j;
+                            x = x + -p->alibi_slopes[h] * (float)(dd < 0 ? -dd : dd);
+                        }
+                        if (j < vlo || j > vhi) x = -INFINITY;
                         s[j] = x;
                         if (x > m) m = x;
                     }
@@ -126,7 +146,15 @@ int fd_cpu_standard_backward(const fd_problem *p, fd_accum_model order, const fl
                     }
                     float di = 0.0f;
                     for (int j = 0; j < sk; j++) di += Pi[j] * dPi[j];
-                    for (int j = 0; j < sk; j++) dSi[j] = fd_round_to_dtype((Pi[j] * (dPi[j] - di)) * scale, dt);
+                    if (capped) {
+                        const float *Ti = T + (size_t)i * (size_t)sk;
+                        for (int j = 0; j < sk; j++) {
+                            const float g = (Pi[j] * (dPi[j] - di)) * p->softcap;
+                            dSi[j] = fd_round_to_dtype(((g * (1.0f - Ti[j] * Ti[j])) / p->softcap) * scale, dt);
+                        }
+                    } else {
+                        for (int j = 0; j < sk; j++) dSi[j] = fd_round_to_dtype((Pi[j] * (dPi[j] - di)) * scale, dt);
+                    }
                 }
                 /* dQ = dS K. */
                 for (int i = 0; i < sq; i++)
@@ -149,6 +177,6 @@ int fd_cpu_standard_backward(const fd_problem *p, fd_accum_model order, const fl
                     dv[fd_kv_index(p, b, j, hk, d)] = fd_round_to_dtype(gv[(size_t)j * (size_t)D + (size_t)d], dt);
                 }
         }
-    free(P); free(Pd); free(dS); free(s); free(keep); free(gk); free(gv);
+    free(P); free(Pd); free(dS); free(s); free(keep); free(gk); free(gv); free(T);
     return 0;
 }

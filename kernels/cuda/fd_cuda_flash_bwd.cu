@@ -51,9 +51,12 @@ __global__ void bwd_dq_kernel(const BwdParams P, int bc, T *dq)
         const int m = i / BwdTraits<64, 64>::BR;
         acc = 0.0f;
         for (int nb = 0; nb < P.ntn; nb++) {
-            /* key tiles visiting query tile m are a prefix 0..k (first rows ascend with n) */
-            if (bwd_first_row(P.mask, P.sq, P.sk, nb * bc) / BwdTraits<64, 64>::BR > m) break;
-            acc = __fadd_rn(acc, P.dq_acc[(size_t)nb * n + x]);
+            /* the key tiles visiting query tile m (an interval of tiles, ascending), by the
+             * rule the main kernel and the replay use: only their buffers were written */
+            int q0, q1;
+            fd_bwd_qtiles(P.mask, P.win, P.wl, P.wr, P.sq, P.sk, BwdTraits<64, 64>::BR, bc, nb, &q0, &q1);
+            if (q0 > m) break; /* q0 rises with nb */
+            if (m < q1) acc = __fadd_rn(acc, P.dq_acc[(size_t)nb * n + x]);
         }
     } else {
         acc = P.dq_acc[x];
@@ -185,9 +188,23 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     P.dq_acc = gacc.as<float>(); P.dk_h = gdkh.as<float>(); P.dv_h = gdvh.as<float>();
     P.B = B; P.H = H; P.Hk = Hk; P.sq = sq; P.sk = sk; P.d = d; P.dp = dp; P.h_per_kv = H / Hk;
     P.mask = (int)p->mask;
-    P.scale_log2 = (float)((double)p->softmax_scale * 1.4426950408889634073599246810018921);
+    /* FA2's folded scales (fd_mods.h, fd_bwd.h): scale_softmax is the softcap when there is
+     * one, and scale_softmax_log2 and scale_softmax_rp_dropout are built from it */
+    const float scale_sm = p->softcap > 0.0f ? p->softcap : p->softmax_scale;
+    P.scale_log2 = (float)((double)scale_sm * 1.4426950408889634073599246810018921);
     P.rp = rp;
-    P.srp = rp * p->softmax_scale;
+    P.srp = rp * scale_sm;
+    P.mods = p->window || p->softcap > 0.0f || p->alibi;
+    P.win = p->window ? 1 : 0; P.wl = p->window_left; P.wr = p->window_right;
+    P.cap_in = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
+    fd_dbuf dsl;
+    if (p->alibi) {
+        std::vector<float> raw((size_t)H);
+        for (int h = 0; h < H; h++) raw[(size_t)h] = p->alibi_slopes[h] / scale_sm; /* binary32, as FA2 */
+        if (fd_dalloc(dsl, (size_t)H * 4, "ALiBi slopes", err, errlen)) return -1;
+        FD_CU(cudaMemcpy(dsl.p, raw.data(), (size_t)H * 4, cudaMemcpyHostToDevice));
+        P.slope_raw = dsl.as<float>();
+    }
     P.dropout = p->dropout_p > 0.0;
     P.thr = fd_fa2_threshold(p->dropout_p);
     P.seed = p->seed; P.offset = p->offset;

@@ -24,6 +24,7 @@
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
+#include "fd_bwd.h"
 #include <type_traits>
 
 namespace fd_flash {
@@ -42,18 +43,49 @@ struct BwdParams {
     int exp2_mode;
     int deterministic;
     int ntn; /* number of key tiles */
+    /* Score modifiers (fd_bwd.h "Score modifiers"): mods = any of them is on */
+    int mods;
+    int win, wl, wr;           /* the window (fd_vis_range) */
+    float cap_in;              /* softmax_scale / softcap, 0: no cap */
+    const float *slope_raw;    /* [H] slope / scale_sm (binary32), nullptr: no ALiBi */
 };
 
-/* First query row that sees a key of the tile starting at key n0 (sq when none does):
- * the masks are prefixes, row i sees keys 0 .. i + diag. */
-__host__ __device__ __forceinline__ int bwd_first_row(int mask, int sq, int sk, int n0)
+/* One element's score modifiers (mods problems): the softcap's tanh and FA2's dtanh
+ * factor (1 - t^2) cap_in (one fmaf, one product), then the ALiBi bias; the visibility
+ * from the window and the mask. The replay (fd_cpu_flash_bwd.c tile_pair) computes the
+ * same operations in the same order. */
+__device__ __forceinline__ float bwd_mods(const BwdParams &P, float sv, float sr, int i, int j, bool *vis,
+                                          float *dth)
 {
-    if (mask == FD_MASK_NONE) return 0;
-    const long diag = mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0;
-    long i0 = (long)n0 - diag;
-    if (i0 < 0) i0 = 0;
-    if (i0 > sq) i0 = sq;
-    return (int)i0;
+    if (P.cap_in != 0.0f) {
+        const float tv = fd_tanh_portable(__fmul_rn(sv, P.cap_in));
+        *dth = __fmul_rn(__fmaf_rn(-tv, tv, 1.0f), P.cap_in);
+        sv = tv;
+    }
+    int lo, hi;
+    fd_vis_range(P.mask, P.win, P.wl, P.wr, i, P.sq, P.sk, &lo, &hi);
+    *vis = *vis && j >= lo && j <= hi;
+    if (P.slope_raw && *vis) sv = __fmaf_rn(-sr, (float)fd_alibi_dist(i, j, P.sq, P.sk), sv);
+    return sv;
+}
+
+/* fd_bwd_qtiles for key tile n; without a window (MODS false) in the closed form the
+ * kernels had before the modifiers (the same tiles: the rows from the first that sees key
+ * n * bc to the last, none when that row is past the end), which keeps their registers. */
+template <bool MODS>
+__device__ __forceinline__ void bwd_qtiles(const BwdParams &P, int br, int bc, int n, int *m0, int *m1)
+{
+    if constexpr (MODS) {
+        fd_bwd_qtiles(P.mask, P.win, P.wl, P.wr, P.sq, P.sk, br, bc, n, m0, m1);
+    } else {
+        long r0 = 0;
+        if (P.mask != FD_MASK_NONE) {
+            r0 = (long)n * bc - (P.mask == FD_MASK_CAUSAL_BR ? (long)P.sk - P.sq : 0);
+            if (r0 < 0) r0 = 0;
+        }
+        *m1 = (P.sq + br - 1) / br;
+        *m0 = r0 >= P.sq ? *m1 : (int)(r0 / br);
+    }
 }
 
 /* Four binary32 atomic adds, one per element (sm_90's vector atomicAdd is element-wise:
@@ -87,8 +119,11 @@ template <int D, int BC> struct BwdTraits {
     static constexpr int MINB = D <= 64 ? 3 : 2;
 };
 
-template <typename T, int D, int BC>
-__global__ void __launch_bounds__(128, BwdTraits<D, BC>::MINB) flash_bwd_kernel(const BwdParams P)
+/* MODS: the score modifiers' code is compiled in (the host launches MODS = true for a
+ * window, softcap or ALiBi): the plain instantiation keeps its registers (measured with
+ * ptxas, 2026-12-03: one variant for both spilled 20 bytes at d 64 and 4 at d 128). */
+template <typename T, int D, int BC, bool MODS>
+__global__ void __launch_bounds__(128, MODS ? 2 : BwdTraits<D, BC>::MINB) flash_bwd_kernel(const BwdParams P)
 {
     using TR = BwdTraits<D, BC>;
     constexpr int BR = TR::BR;
@@ -119,8 +154,10 @@ __global__ void __launch_bounds__(128, BwdTraits<D, BC>::MINB) flash_bwd_kernel(
     const float *lse2 = P.lse2 + (size_t)bh * sq;
     const float *dpre = P.dpre + (size_t)bh * sq;
 
-    const int m_hi = (sq + BR - 1) / BR;
-    const int m_lo = bwd_first_row(P.mask, sq, sk, n0) / BR;
+    /* the query tiles that see a key of this tile (fd_bwd_qtiles, as the replay) */
+    int m_lo, m_hi;
+    bwd_qtiles<MODS>(P, BR, BC, n_block, &m_lo, &m_hi);
+    const float sr = MODS && P.slope_raw ? P.slope_raw[h] : 0.0f;
 
     /* Warp's dK/dV slice: keys kb0*16 .. (kb0 + KBW)*16 - 1, head-dim columns dbase.. */
     constexpr int KBW = TR::KBW;
@@ -239,11 +276,15 @@ __global__ void __launch_bounds__(128, BwdTraits<D, BC>::MINB) flash_bwd_kernel(
                     const int r = e >> 1;
                     const int i = row_base + g + 8 * r, j = n0 + a * 8 + 2 * t + (e & 1);
                     const bool inr = rok[r] && j < sk;
-                    const bool vis = inr && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                    bool vis = inr;
+                    float sv = s[a][e], dth = 1.0f;
+                    if constexpr (MODS) sv = bwd_mods(P, sv, sr, i, j, &vis, &dth);
+                    else vis = vis && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
                     const bool kept = (keepbits[a] >> e) & 1u;
                     float pe = 0.0f;
-                    if (vis && isfinite(l2[r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[a][e], sl2, -l2[r]));
+                    if (vis && isfinite(l2[r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(sv, sl2, -l2[r]));
                     float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[a][e], dd[r])) : __fmul_rn(pe, -dd[r]);
+                    if (MODS && P.cap_in != 0.0f) dse = __fmul_rn(dse, dth);
                     if (!inr) dse = 0.0f;
                     pv[e] = kept ? pe : 0.0f;
                     ds[e] = dse;
@@ -382,9 +423,10 @@ template <int D> struct BwdTraits8 {
     static_assert(QMB * QM * 16 == BR && QNA * QN * 8 == D && QNA % 2 == 0, "dQ warp layout");
     static_assert(KG * DS == NW && DW % 16 == 0, "dK/dV warp layout");
     static constexpr size_t SMEM = (size_t)(2 * BC * D + 4 * BR * D + 2 * BR * BC) * 2;
+    static constexpr size_t SMEM_CAP = SMEM + (size_t)BR * BC * 4; /* + sT (softcap) */
 };
 
-template <typename T, int D>
+template <typename T, int D, bool MODS>
 __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
 {
     using TR = BwdTraits8<D>;
@@ -415,8 +457,12 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
     const float *lse2 = P.lse2 + (size_t)bh * sq;
     const float *dpre = P.dpre + (size_t)bh * sq;
 
-    const int m_hi = (sq + BR - 1) / BR;
-    const int m_lo = bwd_first_row(P.mask, sq, sk, n0) / BR;
+    int m_lo, m_hi;
+    bwd_qtiles<MODS>(P, BR, BC, n_block, &m_lo, &m_hi);
+    /* softcap: each thread keeps its elements' dtanh factors between P and dS in its own
+     * slots of sT (32 KB after sdS, allocated only for capped problems; slot
+     * ((mb SNA + a) 4 + e) NT + tid: thread-private, so no barrier) */
+    float *sT = reinterpret_cast<float *>(sdS + BR * BC);
 
     /* S/dP rows (the lse2 / D' loads); the dK/dV slice (the epilogue); the tile's work
      * recomputes these and the other warp offsets from an opaque copy of tid. */
@@ -523,9 +569,17 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                     for (int e = 0; e < 4; e++) {
                         const int r = e >> 1;
                         const int i = m0 + srow0 + mb * 16 + g + 8 * r, j = n0 + skey0 + a * 8 + 2 * t + (e & 1);
-                        const bool vis = rok[mb][r] && j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                        bool vis = rok[mb][r] && j < sk;
+                        float sv = s[mb][a][e];
+                        if constexpr (MODS) {
+                            float dth = 1.0f;
+                            sv = bwd_mods(P, sv, P.slope_raw ? P.slope_raw[h] : 0.0f, i, j, &vis, &dth);
+                            if (P.cap_in != 0.0f) sT[((mb * SNA + a) * 4 + e) * NT + tid_o] = dth;
+                        } else {
+                            vis = vis && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                        }
                         float pe = 0.0f;
-                        if (vis && isfinite(l2[mb][r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[mb][a][e], sl2, -l2[mb][r]));
+                        if (vis && isfinite(l2[mb][r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(sv, sl2, -l2[mb][r]));
                         s[mb][a][e] = pe;
                     }
             float dp[SMB][SNA][4];
@@ -595,6 +649,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                         const bool kept = (keepbits[mb][a] >> e) & 1u;
                         const float pe = s[mb][a][e];
                         float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[mb][a][e], dd[mb][r])) : __fmul_rn(pe, -dd[mb][r]);
+                        if (MODS && P.cap_in != 0.0f) dse = __fmul_rn(dse, sT[((mb * SNA + a) * 4 + e) * NT + tid_o]);
                         if (!inr) dse = 0.0f;
                         pv[e] = kept ? pe : 0.0f;
                         ds[e] = dse;
@@ -714,11 +769,12 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
     }
 }
 
-template <typename T, int D>
-int bwd_launch_variant8(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
+template <typename T, int D, bool MODS>
+int bwd_launch_variant8m(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
 {
-    auto kern = flash_bwd_kernel8<T, D>;
-    const size_t smem = BwdTraits8<D>::SMEM; /* d 128: 160 KB, d 96: 128 KB: one CTA an SM */
+    auto kern = flash_bwd_kernel8<T, D, MODS>;
+    /* d 128: 160 KB, d 96: 128 KB: one CTA an SM; with a softcap 32 KB more (sT) */
+    const size_t smem = P.cap_in != 0.0f ? BwdTraits8<D>::SMEM_CAP : BwdTraits8<D>::SMEM;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
                                (int)cudaSharedmemCarveoutMaxShared));
@@ -728,10 +784,17 @@ int bwd_launch_variant8(const BwdParams &P, cudaStream_t st, char *err, size_t e
     return 0;
 }
 
-template <typename T, int D, int BC>
-int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
+template <typename T, int D>
+int bwd_launch_variant8(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
 {
-    auto kern = flash_bwd_kernel<T, D, BC>;
+    return P.mods ? bwd_launch_variant8m<T, D, true>(P, st, err, errlen)
+                  : bwd_launch_variant8m<T, D, false>(P, st, err, errlen);
+}
+
+template <typename T, int D, int BC, bool MODS>
+int bwd_launch_variantm(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
+{
+    auto kern = flash_bwd_kernel<T, D, BC, MODS>;
     const size_t smem = BwdTraits<D, BC>::SMEM;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     /* All of L1 as shared memory (the kernel reads global memory through cp.async.cg, which
@@ -743,6 +806,13 @@ int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t er
     kern<<<grid, 128, smem, st>>>(P);
     FD_LAUNCH_CHECK();
     return 0;
+}
+
+template <typename T, int D, int BC>
+int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
+{
+    return P.mods ? bwd_launch_variantm<T, D, BC, true>(P, st, err, errlen)
+                  : bwd_launch_variantm<T, D, BC, false>(P, st, err, errlen);
 }
 
 template <typename T>
