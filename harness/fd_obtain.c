@@ -8,6 +8,7 @@
 
 #include "fd_obtain.h"
 #include "fd_ref.h"
+#include "fd_tier.h"
 #include "fd_tier_cpu.h"
 
 int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const float *v,
@@ -98,6 +99,7 @@ int fd_reference_rows_tiered(const fd_problem *p, const float *q, const float *k
     const int D = p->head_dim;
     const double t0 = fd_now_s();
     st->tier = fd_reftier_resolve(tier);
+    if (tier == FD_REFTIER_AUTO && st->tier == FD_REFTIER_GPU && D > FD_TB_HEAD_DIM_MAX) st->tier = FD_REFTIER_CPU;
     st->values = ntask * (D + 1);
     st->values_tier = st->values_mpfr = st->rows_tier = st->rows_mpfr = 0;
     st->seconds_tier = st->seconds_mpfr = 0.0;
