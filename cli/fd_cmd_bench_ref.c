@@ -243,7 +243,7 @@ int fd_bench_reference(int argc, char **argv)
     /* MPFR, one thread: 2 rows of each of the 4 heads */
     for (int r = 0; r < 2; r++) rows[r] = r * 1000 + 17;
     if (measure(&bo, "mpfr", &c.prob, q, k, v, rows, 2, 1, FD_REFTIER_MPFR)) rc = FD_EXIT_INTERNAL;
-    const int nr = jobs > 1 ? jobs : 2;
+    const int nr = 2 * jobs;
     for (int r = 0; r < nr; r++) rows[r] = (int)(((long)r * 2048) / nr);
     if (jobs > 1 && measure(&bo, "mpfr", &c.prob, q, k, v, rows, nr, jobs, FD_REFTIER_MPFR)) rc = FD_EXIT_INTERNAL;
     for (int r = 0; r < 2048; r++) rows[r] = r;

@@ -275,10 +275,12 @@ FD_HD int fd_tb_emin(int dtype) { return dtype == FD_DT_FP16 ? -14 : -126; }
 
 /* The whole row, sequentially (the CPU tier; the GPU tier runs the same steps with lanes
  * over keys and over d). o: D doubles; dO: 2 D doubles of scratch, on return dO[0..D)
- * are the bounds of o; ok: D + 1 flags (O_0..O_{D-1}, LSE), 1 = decided. Returns the number of decided values.
+ * are the bounds of o; ok: D + 1 flags (O_0..O_{D-1}, LSE), 1 = decided; sbuf: NULL, or
+ * 2 n doubles where pass 1 keeps the logits and their bounds for pass 2 (the same values
+ * as recomputing them). Returns the number of decided values.
  * A row with no visible key: O = +0, LSE = +Inf, all decided (exact, as fd_ref_row). */
 FD_HD int fd_tb_row_compute(const fd_tb_row *w, int dtype, double *o, double *dO, double *lse,
-                            double *dlse, unsigned char *ok)
+                            double *dlse, unsigned char *ok, double *sbuf)
 {
     const int D = w->D;
     if (w->n == 0) {
@@ -299,6 +301,10 @@ FD_HD int fd_tb_row_compute(const fd_tb_row *w, int dtype, double *o, double *dO
         double s, ds;
         if (!fd_tb_logit(w, j, &s, &ds)) return 0;
         if (s > m) m = s;
+        if (sbuf) {
+            sbuf[2 * (j - w->lo)] = s;
+            sbuf[2 * (j - w->lo) + 1] = ds;
+        }
     }
     /* pass 2: weights; L over visible keys, N over kept keys (o holds N', dO its a, r) */
     fd_tb_acc L;
@@ -311,7 +317,12 @@ FD_HD int fd_tb_row_compute(const fd_tb_row *w, int dtype, double *o, double *dO
     for (int d = 0; d < 2 * D; d++) Na[d] = 0.0;
     for (int j = w->lo; j <= w->hi; j++) {
         double s, ds, e, be;
-        if (!fd_tb_logit(w, j, &s, &ds)) return 0;
+        if (sbuf) {
+            s = sbuf[2 * (j - w->lo)];
+            ds = sbuf[2 * (j - w->lo) + 1];
+        } else if (!fd_tb_logit(w, j, &s, &ds)) {
+            return 0;
+        }
         if (!fd_tb_weight(s, ds, m, &e, &be)) return 0;
         fd_tb_acc_add(&L, e, be);
         if (!fd_tb_kept(w, j)) continue;

@@ -47,18 +47,19 @@ int fd_tier_cpu_rows_bounds(const fd_problem *p, const float *q, const float *k,
     {
         double *scratch = malloc(sizeof(double) * 2 * (size_t)D);
         unsigned char *ok = malloc((size_t)D + 1);
-        if (!scratch || !ok) {
+        double *sbuf = malloc(sizeof(double) * 2 * (size_t)p->seqlen_k);
+        if (!scratch || !ok || !sbuf) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 4)
         for (long t = 0; t < ntask; t++) {
-            if (!scratch || !ok) continue;
+            if (!scratch || !ok || !sbuf) continue;
             const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
             fd_tb_row w;
             fd_tb_row_init(&w, p, q, k, v, b, h, rows[r]);
             double *o = ref_o + (size_t)t * (size_t)D, dl = 0.0;
-            const int n = fd_tb_row_compute(&w, (int)p->dtype, o, scratch, &ref_lse[t], &dl, ok);
+            const int n = fd_tb_row_compute(&w, (int)p->dtype, o, scratch, &ref_lse[t], &dl, ok, sbuf);
             nd += n;
             row_ok[t] = (unsigned char)(n == D + 1);
             if (bound) memcpy(bound + (size_t)t * (size_t)D, scratch, sizeof(double) * (size_t)D);
@@ -67,6 +68,7 @@ int fd_tier_cpu_rows_bounds(const fd_problem *p, const float *q, const float *k,
         }
         free(scratch);
         free(ok);
+        free(sbuf);
     }
     if (failed) {
         snprintf(err, errlen, "binary64 reference tier: out of memory (head_dim %d)", D);
