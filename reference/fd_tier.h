@@ -262,7 +262,8 @@ FD_HD int fd_tb_decide(double x, double dx, int prec, int emin)
     const double ax = fabs(x);
     const double lo = FD_TB_MUL(FD_TB_SUB(ax, dx), 1.0 - 0x1p-51);
     const double hi = FD_TB_MUL(FD_TB_ADD(ax, dx), 1.0 + 0x1p-51);
-    if (!(lo > 0.0)) return 0;
+    /* lo > 0: the sign is known; above 2^-1000 every rounding here is relative (normal) */
+    if (!(lo > 0x1p-1000) || !isfinite(hi)) return 0;
     const double U = fd_tb_ulp_dtype(lo, prec, emin);
     if (!fd_eq(U, fd_tb_ulp_dtype(hi, prec, emin))) return 0;
     const double gap = fd_tb_up(FD_TB_ADD(dx, FD_TB_MUL(FD_TB_U, hi)));
