@@ -138,14 +138,27 @@ FD_HD int fd_tb_kept(const fd_tb_row *w, int j)
  *        tanh is 1-Lipschitz: ds <- ds + c (u |x'| + 2Ku |t'|) + u |s'|.
  *   ALiBi: b' = RN(slope dist) (<= 55 bits: may round), s' = RN(s' - b'):
  *        ds <- ds + u |b'| + u |s'|. */
+/* The dot product of step 1 alone: *acc = q.k in binary64, *r = sum |partial| (so that
+ * |acc - q.k| <= u r). The GPU tier runs it for several rows per key. */
+FD_HD void fd_tb_dot_step(double *acc, double *r, double qd, double kd)
+{
+    *acc = FD_TB_ADD(*acc, FD_TB_MUL(qd, kd));
+    *r = FD_TB_ADD(*r, fabs(*acc));
+}
+
+/* The rest of step 1 from the dot product (acc, r). */
+FD_HD int fd_tb_logit_finish(const fd_tb_row *w, int j, double acc, double r, double *s, double *ds);
+
 FD_HD int fd_tb_logit(const fd_tb_row *w, int j, double *s, double *ds)
 {
     const float *kr = w->k + (long)j * w->kstride;
     double acc = 0.0, r = 0.0;
-    for (int d = 0; d < w->D; d++) {
-        acc = FD_TB_ADD(acc, FD_TB_MUL((double)w->q[d], (double)kr[d]));
-        r = FD_TB_ADD(r, fabs(acc));
-    }
+    for (int d = 0; d < w->D; d++) fd_tb_dot_step(&acc, &r, (double)w->q[d], (double)kr[d]);
+    return fd_tb_logit_finish(w, j, acc, r, s, ds);
+}
+
+FD_HD int fd_tb_logit_finish(const fd_tb_row *w, int j, double acc, double r, double *s, double *ds)
+{
     double x = FD_TB_MUL(w->sigma, acc);
     double e = FD_TB_ADD(FD_TB_MUL(fabs(w->sigma), FD_TB_MUL(FD_TB_U, r)), FD_TB_MUL(FD_TB_U, fabs(x)));
     if (w->cap > 0.0) {

@@ -5,7 +5,8 @@
  * problem (cancellation in P V, tied maxima, a huge logit): a row the GPU tier decides
  * must agree with MPFR's correctly rounded values to 1/1000 ulp of the output dtype (O)
  * and of binary32 (LSE), with the same dtype ulp; a row both tiers decide must agree
- * between them to 2/1000 ulp. */
+ * between them to 2/1000 ulp. Both GPU kernels (4 rows per warp, the default at head_dim
+ * <= 128, and one row per warp, FD_TIER_GPU_ROWS=1) are checked. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -102,6 +103,17 @@ Test(gpu_tier, smoke_and_features_agree_with_mpfr, .timeout = 900)
     printf("gpu tier: %ld rows, %ld decided whole on the GPU, %ld on the CPU; %ld O values compared with MPFR\n",
            tl.rows, tl.rows_gpu, tl.rows_cpu, tl.values);
     cr_assert_gt(tl.rows_gpu * 10, tl.rows * 8, "the GPU tier decided only %ld of %ld rows", tl.rows_gpu, tl.rows);
+}
+
+Test(gpu_tier, one_row_per_warp_kernel_agrees_with_mpfr, .timeout = 900)
+{
+    SKIP_WITHOUT_GPU();
+    /* the default kernel takes 4 rows per warp at head_dim <= 128; this asks for the other */
+    setenv("FD_TIER_GPU_ROWS", "1", 1);
+    gtally tl = {0};
+    check_casefile("cases/features.json", &tl);
+    printf("gpu tier, one row per warp: %ld rows, %ld decided whole on the GPU\n", tl.rows, tl.rows_gpu);
+    cr_assert_gt(tl.rows_gpu * 10, tl.rows * 8);
 }
 
 Test(gpu_tier, adversarial_rows)
