@@ -250,6 +250,11 @@ int fd_bench_reference(int argc, char **argv)
     if (measure(&bo, "tiered cpu", &c.prob, q, k, v, rows, 512, 1, FD_REFTIER_CPU)) rc = FD_EXIT_INTERNAL;
     if (jobs > 1 && measure(&bo, "tiered cpu", &c.prob, q, k, v, rows, 2048, jobs, FD_REFTIER_CPU)) rc = FD_EXIT_INTERNAL;
     if (gpu && measure(&bo, "tiered gpu", &c.prob, q, k, v, rows, 2048, jobs, FD_REFTIER_GPU)) rc = FD_EXIT_INTERNAL;
+    if (gpu) { /* the kernel with one row per warp, for comparison (reference/fd_tier_gpu.cu) */
+        setenv("FD_TIER_GPU_ROWS", "1", 1);
+        if (measure(&bo, "tiered gpu, 1 row/warp", &c.prob, q, k, v, rows, 2048, jobs, FD_REFTIER_GPU)) rc = FD_EXIT_INTERNAL;
+        unsetenv("FD_TIER_GPU_ROWS");
+    }
     if (!gpu) emit(&bo, "| tiered gpu | - | - | - | - | no GPU in this run | - | - |\n");
     free(q);
     free(k);
