@@ -37,6 +37,8 @@ int fd_cmd_bench(int argc, char **argv)
                                        {"repeats", required_argument, NULL, OPT_REPEATS},
                                        {"max-n", required_argument, NULL, OPT_MAXN},
                                        {NULL, 0, NULL, 0}};
+    for (int a = 0; a < argc; a++)
+        if (!strcmp(argv[a], "--reference")) return fd_bench_reference(argc, argv);
     fd_getopt g;
     if (fd_getopt_init(&g, "bench", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
     for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {

@@ -304,6 +304,11 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
 {
     memset(out, 0, sizeof *out);
     *report_out = NULL;
+    /* --reference and --reference-budget override the case file's (a shallow copy) */
+    fd_casefile cfo = *cf;
+    if (o->reference) (void)fd_reftier_parse(o->reference, &cfo.reference);
+    if (o->reference_budget >= 0.0) cfo.reference_budget = o->reference_budget;
+    cf = &cfo;
     int nmatch = 0;
     for (int i = 0; i < cf->ncases; i++) nmatch += !o->filter || strstr(cf->cases[i].id, o->filter);
     if (!nmatch) { /* running nothing is not a pass */
@@ -551,6 +556,8 @@ const struct option fd_run_longopts[] = {
     {"quiet", no_argument, NULL, FD_OPT_RUN_QUIET},
     {"resume", no_argument, NULL, FD_OPT_RUN_RESUME},
     {"explain", required_argument, NULL, FD_OPT_RUN_EXPLAIN},
+    {"reference", required_argument, NULL, FD_OPT_RUN_REFERENCE},
+    {"reference-budget", required_argument, NULL, FD_OPT_RUN_REFERENCE_BUDGET},
     {NULL, 0, NULL, 0},
 };
 
@@ -576,6 +583,25 @@ int fd_run_option(const char *cmd, int opt, const char *arg, fd_run_opts *o)
         else o->repeat = (int)v;
         return 0;
     }
+    case FD_OPT_RUN_REFERENCE: {
+        fd_reftier t;
+        if (fd_reftier_parse(arg, &t)) {
+            fd_usage_error(cmd, "--reference expects auto, cpu, gpu or mpfr, got '%s'", arg);
+            return -1;
+        }
+        o->reference = arg;
+        return 0;
+    }
+    case FD_OPT_RUN_REFERENCE_BUDGET: {
+        char *end = NULL;
+        const double v = strtod(arg, &end);
+        if (!*arg || *end || !(v >= 0.0 && v <= 1e6)) {
+            fd_usage_error(cmd, "--reference-budget expects seconds in [0, 1e6], got '%s'", arg);
+            return -1;
+        }
+        o->reference_budget = v;
+        return 0;
+    }
     case FD_OPT_RUN_EXPLAIN:
         if (!strcmp(arg, "fail")) o->explain = FD_EXPLAIN_FAIL;
         else if (!strcmp(arg, "all")) o->explain = FD_EXPLAIN_ALL;
@@ -598,6 +624,8 @@ void fd_run_opts_default(fd_run_opts *o)
     o->jobs = (int)sysconf(_SC_NPROCESSORS_ONLN);
     o->repeat = 1;
     o->explain = FD_EXPLAIN_FAIL;
+    o->reference = NULL;
+    o->reference_budget = -1.0;
 }
 
 /* Runs a loaded case file and writes the outputs; returns an exit code as

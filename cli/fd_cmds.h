@@ -31,6 +31,9 @@ int fd_cmd_html(int argc, char **argv);
 int fd_cmd_explain(int argc, char **argv);
 /* flashdrift bench: GPU throughput table; fd_cmd_bench.c. */
 int fd_cmd_bench(int argc, char **argv);
+/* flashdrift bench --reference: the reference tiers' certified outputs per second;
+ * fd_cmd_bench_ref.c (fd_cmd_bench hands over when --reference is given). */
+int fd_bench_reference(int argc, char **argv);
 /* flashdrift check --tensors PATH: imported tensors (fd_import.h); fd_cmd_check.c. */
 int fd_cmd_check(int argc, char **argv);
 /* check's work for one PATH (a bundle, a directory of bundles, or a captured step) with

@@ -33,6 +33,8 @@ typedef struct fd_run_opts {
     int repeat;          /* >= 1: runs per case for the determinism check */
     int resume;          /* continue from out/cases.partial.jsonl */
     fd_explain_mode explain; /* default FD_EXPLAIN_FAIL */
+    const char *reference;   /* --reference: auto, cpu, gpu, mpfr; NULL: the case file's */
+    double reference_budget; /* --reference-budget seconds; < 0: the case file's */
 } fd_run_opts;
 
 typedef struct fd_run_outcome {
@@ -62,7 +64,8 @@ void fd_run_opts_default(fd_run_opts *o);
  * beside its own table, and hands the vals that come back to fd_run_option. */
 enum {
     FD_OPT_RUN_OUT = FD_OPT_RUN, FD_OPT_RUN_BACKEND, FD_OPT_RUN_FILTER, FD_OPT_RUN_JOBS,
-    FD_OPT_RUN_REPEAT, FD_OPT_RUN_QUIET, FD_OPT_RUN_RESUME, FD_OPT_RUN_EXPLAIN
+    FD_OPT_RUN_REPEAT, FD_OPT_RUN_QUIET, FD_OPT_RUN_RESUME, FD_OPT_RUN_EXPLAIN, FD_OPT_RUN_REFERENCE,
+    FD_OPT_RUN_REFERENCE_BUDGET
 };
 extern const struct option fd_run_longopts[];
 /* Applies run option opt (a val of fd_run_longopts) with its value arg: 0 done, 1 not a run

@@ -19,7 +19,13 @@
     "  --resume           continue an interrupted run from DIR/cases.partial.jsonl\n"                   \
     "  --explain MODE     attribute the error of the FAIL cases (fail, default), of every case\n"       \
     "                     (all) or of none (none), as `explain` does\n"                                 \
-    "  --quiet            no progress, backends line or totals line\n"
+    "  --quiet            no progress, backends line or totals line\n"                             \
+    "  --reference T      auto (default: the binary64 tier on the GPU when present, else on\n"     \
+    "                     the CPU, MPFR for the rows it leaves undecided), cpu, gpu, or mpfr\n"     \
+    "                     (MPFR for every row: correctly rounded binary64)\n"                       \
+    "  --reference-budget S  check every query row when the estimated reference time of a\n"      \
+    "                     case is at most S seconds (default 2), else the case file's sample;\n"   \
+    "                     0: always the sample\n"
 
 #define PROGRESS                                                                                        \
     "Progress goes to stderr: on a terminal a bar with elapsed time and an ETA weighted by\n"           \
@@ -167,7 +173,9 @@ static const struct {
      "is wrong or its output misused in either run, 2 usage or input error (a missing tensor, a\n"
      "mismatched shape, two runs of different models; nothing written), 3 internal error.\n"},
     {"bench",
-     "flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]\n",
+     "flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]\n"
+     "flashdrift bench --reference [--jobs N] [--full] [--markdown FILE]\n"
+     "flashdrift bench --reference --cases FILE [--tier T] [--reference-budget S] [--jobs N]\n",
      "throughput of cuda-flash and cuda-standard (docs/benchmarks.md)",
      "Needs a CUDA build and a GPU.\n\n"
      "options:\n"
@@ -177,6 +185,12 @@ static const struct {
      "  --backward         also the backward pass: cuda-flash-bwd (atomic dQ), cuda-flash-bwd-det\n"
      "                     (deterministic dQ; skipped where its buffers do not fit) and\n"
      "                     cuda-standard-bwd, counted as 2.5x the forward's FLOPs\n\n"
+     "--reference: certified outputs per second of the reference tiers side by side (MPFR on\n"
+     "one and N threads, the binary64 tier on the CPU and, where present, the GPU), as Markdown\n"
+     "table rows; runs without a GPU. --full adds every element of B4 H16 N4096 d128 fp16,\n"
+     "causal and not (GPU tier, slow on the CPU); --jobs N threads (default: the online CPUs).\n"
+     "--cases FILE: the reference stage alone over FILE's cases, rows as a run picks them:\n"
+     "values decided by the tier, MPFR calls made and avoided.\n\n"
      "exit: 0, 2 no GPU or usage error, 3 a kernel failed.\n"},
     {"list",
      "flashdrift list CASEFILE\n",

@@ -702,6 +702,27 @@ static int parse_policy(fd_ctx *cx, json_t *j, fd_policy *po)
     return 0;
 }
 
+const char *fd_reftier_name(fd_reftier t)
+{
+    switch (t) {
+    case FD_REFTIER_MPFR: return "mpfr";
+    case FD_REFTIER_CPU: return "cpu";
+    case FD_REFTIER_GPU: return "gpu";
+    default: return "auto";
+    }
+}
+
+int fd_reftier_parse(const char *s, fd_reftier *t)
+{
+    static const fd_reftier all[] = {FD_REFTIER_AUTO, FD_REFTIER_MPFR, FD_REFTIER_CPU, FD_REFTIER_GPU};
+    for (int i = 0; i < 4; i++)
+        if (s && !strcmp(s, fd_reftier_name(all[i]))) {
+            *t = all[i];
+            return 0;
+        }
+    return -1;
+}
+
 int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen)
 {
     fd_ctx cx = {path, err, errlen};
@@ -711,12 +732,14 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
     fd_bwd_cfg_default(&cf->bwd);
     fd_policy_default(&cf->policy);
     cf->rows_per_head = 32;
+    cf->reference = FD_REFTIER_AUTO;
+    cf->reference_budget = FD_REFERENCE_BUDGET_DEFAULT;
     /* not a regular file (a directory, a FIFO) is an error here, never a hang */
     json_t *root = fd_jload(path, err, errlen);
     if (!root) return -1;
     static const char *const keys[] = {"schema", "name", "description", "sweeps", "exclude",
                                        "rows_per_head", "flash", "policy", "bias_seeds", "bias_alpha",
-                                       "batch_invariance", NULL};
+                                       "batch_invariance", "reference", "reference_budget", NULL};
     int rc = -1, cap = 0;
     fd_excl *ex = NULL;
     if (!json_is_object(root)) { fd_jfail(&cx, "(top)", "expected an object, got %s", fd_jtype(root)); goto out; }
@@ -737,6 +760,19 @@ int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen
         long v = 0;
         if (get_int(&cx, "rows_per_head", f, 0, 1L << 20, &v)) goto out;
         cf->rows_per_head = (int)v;
+    }
+    if ((f = json_object_get(root, "reference"))) {
+        if (!json_is_string(f) || fd_reftier_parse(json_string_value(f), &cf->reference)) {
+            fd_jfail(&cx, "reference", "expected \"auto\", \"mpfr\", \"cpu\" or \"gpu\"");
+            goto out;
+        }
+    }
+    if ((f = json_object_get(root, "reference_budget"))) {
+        if (fd_jget_num(&cx, "reference_budget", f, &cf->reference_budget)) goto out;
+        if (!(cf->reference_budget >= 0.0 && cf->reference_budget <= 1e6)) {
+            fd_jfail(&cx, "reference_budget", "expected seconds in [0, 1e6], got %g", cf->reference_budget);
+            goto out;
+        }
     }
     cf->bias_alpha = 1e-3;
     if ((f = json_object_get(root, "bias_seeds"))) {

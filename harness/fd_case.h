@@ -53,11 +53,20 @@ typedef struct fd_case {
                              * by the case file), or NULL: inputs from the seeds */
 } fd_case;
 
+/* Which reference computes the checked rows (docs/reference.md): the binary64 tier with
+ * rigorous bounds on the GPU (gpu) or the CPU (cpu), MPFR for the rows it leaves undecided;
+ * auto = gpu when built and a GPU is present, else cpu; mpfr = MPFR for every row. */
+typedef enum { FD_REFTIER_AUTO = 0, FD_REFTIER_MPFR = 1, FD_REFTIER_CPU = 2, FD_REFTIER_GPU = 3 } fd_reftier;
+#define FD_REFERENCE_BUDGET_DEFAULT 2.0 /* seconds of estimated reference time per case */
+
 typedef struct fd_casefile {
     char path[1024];
     char name[128];
     char description[512];
     int rows_per_head;      /* query rows checked against the reference per (batch, head); 0: all */
+    fd_reftier reference;   /* "reference": auto (default), mpfr, cpu, gpu; --reference */
+    double reference_budget; /* "reference_budget" seconds (default 2): every row when the estimated
+                              * reference time is under it, else rows_per_head sampled; 0: always sampled */
     int bias_seeds;         /* the bias stage: input seeds per case (0 off, else >= 16; fd_run_bias.h) */
     double bias_alpha;      /* its family-wise false-alarm rate per case (default 1e-3) */
     int batch_invariance;   /* the batch-invariance stage (fd_run_inv.h) */
@@ -70,6 +79,9 @@ typedef struct fd_casefile {
 } fd_casefile;
 
 const char *fd_dist_name(fd_dist d);
+const char *fd_reftier_name(fd_reftier t);
+/* "auto", "mpfr", "cpu", "gpu" -> 0 and *t; -1 otherwise. */
+int fd_reftier_parse(const char *s, fd_reftier *t);
 void fd_policy_default(fd_policy *p);
 /* Loads and expands; 0 ok, -1 with err ("FILE: PATH: expected ..."). */
 int fd_casefile_load(const char *path, fd_casefile *cf, char *err, size_t errlen);

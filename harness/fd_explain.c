@@ -8,6 +8,7 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_explain.h"
+#include "fd_obtain.h"
 #include "fd_explain_bwd.h"
 #include "fd_import.h"
 #include "fd_inputs.h"
@@ -456,11 +457,13 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     }
     const float *q = c ? qo : src->q, *k = c ? ko : src->k, *v = c ? vo : src->v;
     const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
-    int cap = (cf->rows_per_head <= 0 || p->seqlen_q <= cf->rows_per_head) ? p->seqlen_q : cf->rows_per_head + 16;
+    /* the rows the judging pipeline checks (fd_run.c): every row under the reference budget */
+    const int rph = fd_reference_rows_per_head(cf, p, o->jobs, NULL);
+    int cap = (rph <= 0 || p->seqlen_q <= rph) ? p->seqlen_q : rph + 16;
     rows = malloc(sizeof(int) * (size_t)(cap + 16));
     nvis = malloc(sizeof(int) * (size_t)(cap + 16));
     if (!rows || !nvis) FD_FAIL_OOM();
-    const int nrows = fd_sample_rows(p, cf->rows_per_head, rows);
+    const int nrows = fd_sample_rows(p, rph, rows);
     for (int r = 0; r < nrows; r++) nvis[r] = fd_problem_visible_count(p, rows[r]);
     fd_chk ck = {p, rows, nrows, (size_t)p->batch * (size_t)p->heads * (size_t)nrows * (size_t)p->head_dim};
     const size_t n = ck.n;

@@ -389,6 +389,7 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
     snprintf(cf->name, sizeof cf->name, "check");
     snprintf(cf->description, sizeof cf->description, "imported tensors (flashdrift check --tensors)");
     cf->rows_per_head = rows_per_head;
+    cf->reference_budget = FD_REFERENCE_BUDGET_DEFAULT;
     fd_flash_cfg_default(&cf->flash);
     cf->flash.qk_order = cf->flash.pv_order = FD_ACC_TC16;
     fd_policy_default(&cf->policy);

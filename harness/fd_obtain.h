@@ -17,4 +17,22 @@ int fd_backend_obtain(const fd_casefile *cf, const fd_case *c, const fd_backend 
 int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const float *v,
                       const int *rows, int nrows, int jobs, double *ref_o, double *ref_lse,
                       int *undecided, int *precmax, char *err, size_t errlen);
+/* The same through the reference tiers (docs/reference.md): tier FD_REFTIER_AUTO runs the
+ * binary64 tier on the GPU when built and present, else on the CPU; FD_REFTIER_CPU / _GPU
+ * force one (GPU without a GPU: an error); every row with a value the tier leaves undecided
+ * is recomputed by fd_ref_row (MPFR), and FD_REFTIER_MPFR runs MPFR on every row. Values
+ * of rows taken from the tier are known to 1/1000 ulp of the output dtype (not correctly
+ * rounded binary64). st (may be NULL) receives the counts. */
+int fd_reference_rows_tiered(const fd_problem *p, const float *q, const float *k, const float *v,
+                             const int *rows, int nrows, int jobs, fd_reftier tier, double *ref_o,
+                             double *ref_lse, int *undecided, int *precmax, fd_ref_stats *st, char *err,
+                             size_t errlen);
+/* The estimated seconds of the reference for the listed rows of every (batch, head) with
+ * `jobs` threads: visible keys x head_dim x a per-tier cost (docs/reference.md). */
+double fd_reference_estimate(const fd_problem *p, const int *rows, int nrows, int jobs, fd_reftier tier);
+/* The tier AUTO resolves to here (GPU when built and present, else CPU). */
+fd_reftier fd_reftier_resolve(fd_reftier t);
+/* Rows per head for a case under cf's budget: 0 (every row) when the estimate for every
+ * row is at most cf->reference_budget, else cf->rows_per_head; *estimate_s receives it. */
+int fd_reference_rows_per_head(const fd_casefile *cf, const fd_problem *p, int jobs, double *estimate_s);
 #endif

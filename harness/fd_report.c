@@ -255,6 +255,21 @@ json_t *fd_report_case_json(const fd_case_result *r)
         fd_json_num(r->seconds));
     if (json_object_size(skipped)) json_object_set_new(j, "skipped_backends", skipped);
     else json_decref(skipped);
+    /* the reference tiers (docs/reference.md): who decided what, all rows or a sample */
+    json_t *rf = json_object_get(j, "reference");
+    if (rf && r->ref.values > 0) {
+        const fd_ref_stats *st = &r->ref;
+        json_object_set_new(rf, "tier", json_string(fd_reftier_name(st->tier)));
+        json_object_set_new(rf, "rows", json_string(st->all_rows ? "all" : "sampled"));
+        json_object_set_new(rf, "estimate_seconds", fd_json_num(st->estimate_s));
+        json_object_set_new(rf, "values", json_integer((json_int_t)st->values));
+        json_object_set_new(rf, "values_tier", json_integer((json_int_t)st->values_tier));
+        json_object_set_new(rf, "values_mpfr", json_integer((json_int_t)st->values_mpfr));
+        json_object_set_new(rf, "mpfr_calls", json_integer((json_int_t)st->rows_mpfr));
+        json_object_set_new(rf, "mpfr_calls_avoided", json_integer((json_int_t)st->rows_tier));
+        json_object_set_new(rf, "seconds_tier", fd_json_num(st->seconds_tier));
+        json_object_set_new(rf, "seconds_mpfr", fd_json_num(st->seconds_mpfr));
+    }
     /* FlashAttention's score modifiers, present only when on (older reports unchanged) */
     if (p->window) json_object_set_new(j, "window", json_pack("[i, i]", p->window_left, p->window_right));
     if (p->softcap > 0.0f) json_object_set_new(j, "softcap", fd_json_num((double)p->softcap));

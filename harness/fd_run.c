@@ -317,8 +317,10 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     if (!(given && given->q) && fd_inputs_make(c, &qg, &kg, &vg, err, errlen)) return -1;
     const float *q = qg ? qg : given->q, *k = qg ? kg : given->k, *v = qg ? vg : given->v;
     const int D = p->head_dim;
-    int cap = (cf->rows_per_head <= 0 || p->seqlen_q <= cf->rows_per_head) ? p->seqlen_q
-                                                                          : cf->rows_per_head + 16;
+    /* every row when the reference's estimated time is under the budget, else sampled */
+    double ref_est = 0.0;
+    const int rph = fd_reference_rows_per_head(cf, p, jobs, &ref_est);
+    int cap = (rph <= 0 || p->seqlen_q <= rph) ? p->seqlen_q : rph + 16;
     res->rows = malloc(sizeof(int) * (size_t)(cap + 16));
     int *nvis = malloc(sizeof(int) * (size_t)(cap + 16));
     const size_t nbhr = (size_t)p->batch * (size_t)p->heads * (size_t)(cap + 16);
@@ -335,7 +337,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
         snprintf(err, errlen, "out of memory for case %s", c->id);
         goto out;
     }
-    res->nrows = fd_sample_rows(p, cf->rows_per_head, res->rows);
+    res->nrows = fd_sample_rows(p, rph, res->rows);
     const int nrows = res->nrows;
     for (int r = 0; r < nrows; r++) {
         nvis[r] = fd_problem_visible_count(p, res->rows[r]);
@@ -345,8 +347,10 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     /* The reference, one row per task. */
     int undecided = 0, precmax = 0;
     const double tr = fd_now_s();
-    int rrc = fd_reference_rows(p, q, k, v, res->rows, nrows, jobs, res->ref_o, res->ref_lse, &undecided,
-                                &precmax, err, errlen);
+    int rrc = fd_reference_rows_tiered(p, q, k, v, res->rows, nrows, jobs, cf->reference, res->ref_o,
+                                       res->ref_lse, &undecided, &precmax, &res->ref, err, errlen);
+    res->ref.all_rows = nrows == p->seqlen_q;
+    res->ref.estimate_s = ref_est;
     res->ref_seconds = fd_now_s() - tr;
     if (rrc) goto out;
     res->ref_undecided = undecided;

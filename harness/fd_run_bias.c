@@ -155,7 +155,10 @@ int fd_bias_stage(const fd_casefile *cf, const fd_case *c, int given_inputs, int
         float *q, *k, *v;
         if (fd_inputs_make(&cs, &q, &k, &v, err, errlen)) goto out;
         int und = 0, pmax = 0;
-        int rrc = fd_reference_rows(p, q, k, v, res->rows, R, jobs, ref_o, ref_lse, &und, &pmax, err, errlen);
+        /* the case's reference tiers, as the main stage (values to 1/1000 dtype ulp: far below
+         * the biases this stage resolves), so checking every row stays affordable */
+        int rrc = fd_reference_rows_tiered(p, q, k, v, res->rows, R, jobs, cf->reference, ref_o, ref_lse, &und, &pmax,
+                                           NULL, err, errlen);
         for (int a = 0; a < na && !rrc; a++) {
             fd_backend_result *b = &res->be[ac[a].idx];
             float *lse = lsebuf;

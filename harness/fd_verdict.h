@@ -141,6 +141,20 @@ static inline int fd_supplied_standard(const fd_backend_result *b)
     return b->origin == FD_ORIGIN_GIVEN && b->be->role == FD_ROLE_STANDARD;
 }
 
+/* What the reference stage did for a case: the tier that ran first ("gpu", "cpu" or
+ * "mpfr"), the values it decided, and the rows (= MPFR calls) sent to MPFR. */
+typedef struct fd_ref_stats {
+    fd_reftier tier;         /* the tier used: FD_REFTIER_GPU, _CPU or _MPFR (never AUTO) */
+    int all_rows;            /* 1: every query row checked (the budget allowed it) */
+    double estimate_s;       /* the estimated reference time that chose the rows */
+    long values;             /* values computed (rows x (head_dim + 1)) */
+    long values_tier;        /* values decided by the binary64 tier (in rows taken from it) */
+    long values_mpfr;        /* values from MPFR (rows with an undecided value) */
+    long rows_tier;          /* rows taken whole from the tier: MPFR calls avoided */
+    long rows_mpfr;          /* MPFR calls made */
+    double seconds_tier, seconds_mpfr;
+} fd_ref_stats;
+
 /* The backward part of a case result. */
 typedef struct fd_bwd_result {
     int active;
@@ -164,6 +178,7 @@ typedef struct fd_case_result {
     int nrows;
     int *rows;
     int ref_undecided, ref_prec_max;
+    fd_ref_stats ref;       /* which reference tier decided what (fd_obtain.h) */
     long empty_rows;        /* checked rows with no visible key */
     double ref_seconds, seconds;
     int nbe;

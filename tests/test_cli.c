@@ -58,7 +58,16 @@ Test(cli, run_writes_a_complete_report)
     cr_assert(json_object_get(json_object_get(c0, "backends"), "cpu-standard"));
     json_t *rows = json_object_get(c0, "rows_checked");
     size_t nr = json_array_size(rows);
-    cr_assert(nr >= 2 && nr <= 8, "24 query rows, 8 sampled per head: got %zu", nr);
+    /* 24 query rows: far under the default reference budget, so every row is checked */
+    cr_assert_eq(nr, 24, "24 query rows, every one checked under the budget: got %zu", nr);
+    json_t *ref = json_object_get(c0, "reference");
+    cr_assert_str_eq(json_string_value(json_object_get(ref, "rows")), "all");
+    const char *tier = json_string_value(json_object_get(ref, "tier"));
+    cr_assert(tier && (!strcmp(tier, "cpu") || !strcmp(tier, "gpu")), "auto: a binary64 tier, got %s", tier);
+    cr_assert_eq(json_integer_value(json_object_get(ref, "mpfr_calls")) +
+                     json_integer_value(json_object_get(ref, "mpfr_calls_avoided")),
+                 json_integer_value(json_object_get(json_object_get(c0, "shape"), "batch")) *
+                     json_integer_value(json_object_get(json_object_get(c0, "shape"), "heads")) * 24);
     cr_assert_eq(json_integer_value(json_array_get(rows, 0)), 0, "first row always checked");
     cr_assert_eq(json_integer_value(json_array_get(rows, nr - 1)), 23, "last row always checked");
     json_t *c1 = json_array_get(cases, 1); /* p = 0.17 */
@@ -68,6 +77,37 @@ Test(cli, run_writes_a_complete_report)
     snprintf(rp, sizeof rp, "%s/summary.md", out);
     char *md = tu_slurp(rp);
     cr_assert(md && strstr(md, "| case | verdict |"), "summary.md has the table");
+}
+
+Test(cli, reference_options_choose_tier_and_rows)
+{
+    char dir[64], cf[128], out[128], rp[160];
+    tu_dir(dir, sizeof dir);
+    snprintf(cf, sizeof cf, "%s/tiny.json", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    tu_write(cf, tiny);
+    char *a[] = {FD_BINARY, "run", cf, "--out", out, "--backend", "cpu", "--jobs", "2", "--reference", "mpfr",
+                 "--reference-budget", "0", "--quiet", NULL};
+    int rc = tu_run(a);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, g_err);
+    snprintf(rp, sizeof rp, "%s/report.json", out);
+    json_error_t je;
+    json_t *r = json_load_file(rp, 0, &je);
+    cr_assert(r, "report.json unreadable: %s", je.text);
+    json_t *c0 = json_array_get(json_object_get(r, "cases"), 0);
+    const size_t nr = json_array_size(json_object_get(c0, "rows_checked"));
+    cr_assert(nr >= 2 && nr <= 8, "budget 0: 24 query rows, 8 sampled per head: got %zu", nr);
+    json_t *ref = json_object_get(c0, "reference");
+    cr_assert_str_eq(json_string_value(json_object_get(ref, "rows")), "sampled");
+    cr_assert_str_eq(json_string_value(json_object_get(ref, "tier")), "mpfr");
+    cr_assert_eq(json_integer_value(json_object_get(ref, "mpfr_calls_avoided")), 0);
+    json_decref(r);
+    char *b1[] = {FD_BINARY, "run", cf, "--out", out, "--reference", "exact", NULL};
+    cr_assert_eq(tu_run(b1), 2);
+    cr_assert(strstr(g_err, "--reference expects auto, cpu, gpu or mpfr"), "%s", g_err);
+    char *b2[] = {FD_BINARY, "run", cf, "--out", out, "--reference-budget", "-1", NULL};
+    cr_assert_eq(tu_run(b2), 2);
+    cr_assert(strstr(g_err, "--reference-budget"), "%s", g_err);
 }
 
 Test(cli, bad_input_overwrites_nothing)

@@ -1,0 +1,304 @@
+/* fd_cmd_bench_ref.c: `flashdrift bench --reference`: certified outputs per second of the
+ * reference tiers, side by side in one run (docs/benchmarks.md, "Reference").
+ *
+ * flashdrift bench --reference [--jobs N] [--full] [--markdown FILE]
+ * Shape S = B 1, H 4, N 2048, d 128, fp16, no mask, N(0, 1) inputs:
+ *   mpfr-1       fd_reference_rows (MPFR), one thread, 8 rows of one head;
+ *   mpfr-N       the same on N threads, 4 N rows spread over the heads;
+ *   tier-cpu-1   fd_reference_rows_tiered, CPU tier, one thread, every row of one head;
+ *   tier-cpu-N   the same on N threads, every row of every head;
+ *   tier-gpu     the GPU tier (when built and a GPU is present), every row of every head.
+ * The tiered lines include their MPFR fallback. An output is one value (O or LSE) returned
+ * decided: the MPFR lines count every value (correctly rounded), the tiered ones too (each
+ * decided by the tier, or by MPFR for the rows it sent there).
+ * --full (GPU only, or forced with --full on the CPU: slow): every element of
+ * B 4, H 16, N 4096, d 128 fp16, without mask and causal (top-left): wall time of the
+ * tiered reference (GPU tier + MPFR for the undecided rows, N threads).
+ * --cases FILE: instead, the reference stage alone over a case file's cases, rows as the
+ * run would choose them (--reference-budget, default 2 s) and the tier of --reference
+ * (default auto): values, decided by the tier, MPFR calls made and avoided, seconds.
+ * Markdown rows go to stdout and, with --markdown FILE, to FILE. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_cmds.h"
+#include "fd_case.h"
+#include "fd_inputs.h"
+#include "fd_obtain.h"
+#include "fd_opt.h"
+#include "fd_run.h"
+#include "fd_runfile.h"
+#include "fd_tier_cpu.h"
+
+typedef struct {
+    FILE *md;
+} bench_out;
+
+static void emit(bench_out *bo, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+static void emit(bench_out *bo, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+    if (bo->md) {
+        va_start(ap, fmt);
+        vfprintf(bo->md, fmt, ap);
+        va_end(ap);
+        fflush(bo->md);
+    }
+}
+
+static fd_case mk_case(int B, int H, int N, int D, fd_mask_kind mask)
+{
+    fd_case c;
+    memset(&c, 0, sizeof c);
+    fd_problem *p = &c.prob;
+    p->batch = B;
+    p->heads = H;
+    p->kv_heads = H;
+    p->seqlen_q = N;
+    p->seqlen_k = N;
+    p->head_dim = D;
+    p->dtype = FD_DT_FP16;
+    p->mask = mask;
+    p->softmax_scale = (float)(1.0 / sqrt((double)D));
+    c.dist = FD_DIST_NORMAL;
+    c.input_seed = 1;
+    fd_case_make_id(&c, c.id, sizeof c.id);
+    return c;
+}
+
+/* One line: tier t on `nrows` rows (rows[]) of problem p, `jobs` threads. */
+static int measure(bench_out *bo, const char *name, const fd_problem *p, const float *q, const float *k,
+                   const float *v, const int *rows, int nrows, int jobs, fd_reftier t)
+{
+    const long ntask = (long)p->batch * p->heads * nrows;
+    const int D = p->head_dim;
+    double *o = malloc(sizeof(double) * (size_t)ntask * (size_t)D), *l = malloc(sizeof(double) * (size_t)ntask);
+    if (!o || !l) {
+        free(o);
+        free(l);
+        fprintf(stderr, "flashdrift: bench: out of memory\n");
+        return -1;
+    }
+    char err[512];
+    int und = 0, pm = 0;
+    fd_ref_stats st;
+    memset(&st, 0, sizeof st);
+    const double t0 = fd_now_s();
+    int rc = t == FD_REFTIER_MPFR
+                 ? fd_reference_rows(p, q, k, v, rows, nrows, jobs, o, l, &und, &pm, err, sizeof err)
+                 : fd_reference_rows_tiered(p, q, k, v, rows, nrows, jobs, t, o, l, &und, &pm, &st, err, sizeof err);
+    const double dt = fd_now_s() - t0;
+    free(o);
+    free(l);
+    if (rc) {
+        fprintf(stderr, "flashdrift: bench: %s: %s\n", name, err);
+        return -1;
+    }
+    const long values = ntask * (D + 1);
+    if (t == FD_REFTIER_MPFR) {
+        emit(bo, "| %s | %d | %ld | %.3f | %.3g | all MPFR | %ld | - |\n", name, jobs, values, dt,
+             (double)values / dt, ntask);
+    } else {
+        emit(bo, "| %s | %d | %ld | %.3f | %.3g | %.4f%% | %ld | %ld |\n", name, jobs, values, dt,
+             (double)values / dt, 100.0 * (double)st.values_tier / (double)values, st.rows_mpfr, st.rows_tier);
+    }
+    return 0;
+}
+
+/* The reference stage over every case of a case file (see the header). */
+static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tier, double budget)
+{
+    fd_casefile cf;
+    char err[1024];
+    if (fd_casefile_load(path, &cf, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: bench: %s\n", err);
+        return FD_EXIT_USAGE;
+    }
+    cf.reference = tier;
+    if (budget >= 0.0) cf.reference_budget = budget;
+    long values = 0, vtier = 0, calls = 0, avoided = 0, allc = 0, rows_total = 0;
+    double ttier = 0.0, tmpfr = 0.0;
+    const double t0 = fd_now_s();
+    int rc = FD_EXIT_PASS;
+    fd_reftier used = fd_reftier_resolve(tier);
+    for (int ci = 0; ci < cf.ncases && rc == FD_EXIT_PASS; ci++) {
+        const fd_case *c = &cf.cases[ci];
+        const fd_problem *p = &c->prob;
+        float *q = NULL, *k = NULL, *v = NULL;
+        const int rph = fd_reference_rows_per_head(&cf, p, jobs, NULL);
+        int *rows = malloc(sizeof(int) * (size_t)(p->seqlen_q + 64));
+        const int nrows = rows ? fd_sample_rows(p, rph, rows) : 0;
+        const long ntask = (long)p->batch * p->heads * nrows;
+        double *o = malloc(sizeof(double) * (size_t)(ntask > 0 ? ntask : 1) * (size_t)p->head_dim);
+        double *l = malloc(sizeof(double) * (size_t)(ntask > 0 ? ntask : 1));
+        int und = 0, pm = 0;
+        fd_ref_stats st;
+        if (!rows || !o || !l || fd_inputs_make(c, &q, &k, &v, err, sizeof err) ||
+            fd_reference_rows_tiered(p, q, k, v, rows, nrows, jobs, tier, o, l, &und, &pm, &st, err, sizeof err)) {
+            fprintf(stderr, "flashdrift: bench: case %s: %s\n", c->id, rows && o && l ? err : "out of memory");
+            rc = FD_EXIT_INTERNAL;
+        } else {
+            values += st.values;
+            vtier += st.values_tier;
+            calls += st.rows_mpfr;
+            avoided += st.rows_tier;
+            ttier += st.seconds_tier;
+            tmpfr += st.seconds_mpfr;
+            allc += nrows == p->seqlen_q;
+            rows_total += ntask;
+            used = st.tier;
+        }
+        free(rows); free(o); free(l); free(q); free(k); free(v);
+    }
+    const double dt = fd_now_s() - t0;
+    emit(bo, "| case file | reference | threads | cases (every row) | rows | values | decided by the binary64 tier | "
+             "MPFR calls | MPFR calls avoided | seconds (tier + MPFR) |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    emit(bo, "| %s | %s | %d | %d (%ld) | %ld | %ld | %.4f%% | %ld | %ld | %.1f (%.1f + %.1f) |\n", cf.name,
+         fd_reftier_name(used), jobs, cf.ncases, allc, rows_total, values,
+         values ? 100.0 * (double)vtier / (double)values : 0.0, calls, avoided, dt, ttier, tmpfr);
+    fd_casefile_free(&cf);
+    return rc;
+}
+
+int fd_bench_reference(int argc, char **argv)
+{
+    int jobs = 1, full = 0;
+    const char *md = NULL;
+    const char *cases = NULL;
+    fd_reftier tier = FD_REFTIER_AUTO;
+    double budget = -1.0;
+    enum { OPT_REF = FD_OPT_CMD, OPT_JOBS, OPT_FULL, OPT_MD, OPT_CASES, OPT_TIER, OPT_BUDGET };
+    static const struct option lo[] = {{"reference", no_argument, NULL, OPT_REF},
+                                       {"cases", required_argument, NULL, OPT_CASES},
+                                       {"tier", required_argument, NULL, OPT_TIER},
+                                       {"reference-budget", required_argument, NULL, OPT_BUDGET},
+                                       {"jobs", required_argument, NULL, OPT_JOBS},
+                                       {"full", no_argument, NULL, OPT_FULL},
+                                       {"markdown", required_argument, NULL, OPT_MD},
+                                       {NULL, 0, NULL, 0}};
+    fd_run_opts dflt;
+    fd_run_opts_default(&dflt);
+    jobs = dflt.jobs;
+    fd_getopt g;
+    if (fd_getopt_init(&g, "bench", argc, argv, lo, NULL)) return FD_EXIT_USAGE;
+    for (int c; (c = fd_getopt_next(&g)) != FD_OPT_END;) {
+        if (c == FD_OPT_HELP) return FD_EXIT_PASS;
+        if (c == FD_OPT_ERROR) return FD_EXIT_USAGE;
+        if (c == FD_OPT_POSITIONAL) return fd_usage_error("bench", "unexpected argument %s", g.arg);
+        if (c == OPT_FULL) full = 1;
+        else if (c == OPT_MD) md = g.arg;
+        else if (c == OPT_CASES) cases = g.arg;
+        else if (c == OPT_TIER) {
+            if (fd_reftier_parse(g.arg, &tier)) return fd_usage_error("bench", "--tier expects auto, cpu, gpu or mpfr, got '%s'", g.arg);
+        } else if (c == OPT_BUDGET) {
+            char *end;
+            budget = strtod(g.arg, &end);
+            if (!*g.arg || *end || !(budget >= 0.0 && budget <= 1e6))
+                return fd_usage_error("bench", "--reference-budget expects seconds in [0, 1e6], got '%s'", g.arg);
+        }
+        else if (c == OPT_JOBS) {
+            char *end;
+            long x = strtol(g.arg, &end, 10);
+            if (!*g.arg || *end || x < 1 || x > 1024) return fd_usage_error("bench", "--jobs expects 1..1024, got '%s'", g.arg);
+            jobs = (int)x;
+        }
+    }
+    bench_out bo = {NULL};
+    if (md && !(bo.md = fopen(md, "w"))) {
+        fprintf(stderr, "flashdrift: bench: cannot write %s\n", md);
+        return FD_EXIT_USAGE;
+    }
+    if (cases) {
+        const int r = bench_cases(&bo, cases, jobs, tier, budget);
+        if (bo.md) fclose(bo.md);
+        return r;
+    }
+    const int gpu = fd_tier_gpu_available();
+    int rc = FD_EXIT_PASS;
+    char err[512];
+    fd_case c = mk_case(1, 4, 2048, 128, FD_MASK_NONE);
+    float *q = NULL, *k = NULL, *v = NULL;
+    int *rows = malloc(sizeof(int) * 4096);
+    if (!rows || fd_inputs_make(&c, &q, &k, &v, err, sizeof err)) {
+        fprintf(stderr, "flashdrift: bench: %s\n", rows ? err : "out of memory");
+        free(rows);
+        if (bo.md) fclose(bo.md);
+        return FD_EXIT_INTERNAL;
+    }
+    emit(&bo, "Shape B 1, H 4, N 2048, d 128, fp16, no mask, N(0,1) inputs; outputs = O values and LSEs.\n\n");
+    emit(&bo, "| reference | threads | outputs | seconds | outputs/s | decided by the binary64 tier | MPFR calls | MPFR calls avoided |\n");
+    emit(&bo, "|---|---|---|---|---|---|---|---|\n");
+    /* MPFR, one thread: 2 rows of each of the 4 heads */
+    for (int r = 0; r < 2; r++) rows[r] = r * 1000 + 17;
+    if (measure(&bo, "mpfr", &c.prob, q, k, v, rows, 2, 1, FD_REFTIER_MPFR)) rc = FD_EXIT_INTERNAL;
+    const int nr = 2 * jobs;
+    for (int r = 0; r < nr; r++) rows[r] = (int)(((long)r * 2048) / nr);
+    if (jobs > 1 && measure(&bo, "mpfr", &c.prob, q, k, v, rows, nr, jobs, FD_REFTIER_MPFR)) rc = FD_EXIT_INTERNAL;
+    for (int r = 0; r < 2048; r++) rows[r] = r;
+    if (measure(&bo, "tiered cpu", &c.prob, q, k, v, rows, 512, 1, FD_REFTIER_CPU)) rc = FD_EXIT_INTERNAL;
+    if (jobs > 1 && measure(&bo, "tiered cpu", &c.prob, q, k, v, rows, 2048, jobs, FD_REFTIER_CPU)) rc = FD_EXIT_INTERNAL;
+    if (gpu && measure(&bo, "tiered gpu", &c.prob, q, k, v, rows, 2048, jobs, FD_REFTIER_GPU)) rc = FD_EXIT_INTERNAL;
+    if (gpu) { /* the kernel with one row per warp, for comparison (reference/fd_tier_gpu.cu) */
+        setenv("FD_TIER_GPU_ROWS", "1", 1);
+        if (measure(&bo, "tiered gpu, 1 row/warp", &c.prob, q, k, v, rows, 2048, jobs, FD_REFTIER_GPU)) rc = FD_EXIT_INTERNAL;
+        unsetenv("FD_TIER_GPU_ROWS");
+    }
+    if (!gpu) emit(&bo, "| tiered gpu | - | - | - | - | no GPU in this run | - | - |\n");
+    free(q);
+    free(k);
+    free(v);
+    if (full) {
+        emit(&bo, "\nEvery element of B 4, H 16, N 4096, d 128, fp16 (%s tier, then MPFR on %d threads for the rows it "
+                  "leaves undecided):\n\n", gpu ? "GPU" : "CPU", jobs);
+        emit(&bo, "| mask | outputs | seconds | outputs/s | decided by the binary64 tier | MPFR calls | MPFR calls avoided |\n");
+        emit(&bo, "|---|---|---|---|---|---|---|\n");
+        for (int m = 0; m < 2 && rc == FD_EXIT_PASS; m++) {
+            fd_case big = mk_case(4, 16, 4096, 128, m ? FD_MASK_CAUSAL_TL : FD_MASK_NONE);
+            if (fd_inputs_make(&big, &q, &k, &v, err, sizeof err)) {
+                fprintf(stderr, "flashdrift: bench: %s\n", err);
+                rc = FD_EXIT_INTERNAL;
+                break;
+            }
+            int *all = malloc(sizeof(int) * 4096);
+            for (int r = 0; all && r < 4096; r++) all[r] = r;
+            const long ntask = 4L * 16 * 4096;
+            double *o = malloc(sizeof(double) * (size_t)ntask * 128), *l = malloc(sizeof(double) * (size_t)ntask);
+            int und = 0, pm = 0;
+            fd_ref_stats st;
+            const double t0 = fd_now_s();
+            if (!all || !o || !l ||
+                fd_reference_rows_tiered(&big.prob, q, k, v, all, 4096, jobs, gpu ? FD_REFTIER_GPU : FD_REFTIER_CPU, o,
+                                         l, &und, &pm, &st, err, sizeof err)) {
+                fprintf(stderr, "flashdrift: bench: full %s: %s\n", m ? "causal" : "no mask", all && o && l ? err : "out of memory");
+                rc = FD_EXIT_INTERNAL;
+            } else {
+                const double dt = fd_now_s() - t0;
+                emit(&bo, "| %s | %ld | %.2f (tier %.2f, MPFR %.2f) | %.3g | %.4f%% | %ld | %ld |\n",
+                     m ? "causal (top-left)" : "none", st.values, dt, st.seconds_tier, st.seconds_mpfr,
+                     (double)st.values / dt, 100.0 * (double)st.values_tier / (double)st.values, st.rows_mpfr,
+                     st.rows_tier);
+            }
+            free(all);
+            free(o);
+            free(l);
+            free(q);
+            free(k);
+            free(v);
+        }
+    }
+    free(rows);
+    if (bo.md) fclose(bo.md);
+    return rc;
+}

@@ -1,0 +1,164 @@
+/* gpu_test_tier.c: the GPU reference tier (reference/fd_tier_gpu.cu) against the MPFR
+ * reference and the CPU tier (label gpu; skips where no GPU is present).
+ *
+ * Every row of every case of cases/smoke.json and cases/features.json, and an adversarial
+ * problem (cancellation in P V, tied maxima, a huge logit): a row the GPU tier decides
+ * must agree with MPFR's correctly rounded values to 1/1000 ulp of the output dtype (O)
+ * and of binary32 (LSE), with the same dtype ulp; a row both tiers decide must agree
+ * between them to 2/1000 ulp. Both GPU kernels (4 rows per warp, the default at head_dim
+ * <= 128, and one row per warp, FD_TIER_GPU_ROWS=1) are checked. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_case.h"
+#include "fd_inputs.h"
+#include "fd_obtain.h"
+#include "fd_ref.h"
+#include "fd_test_problem.h"
+#include "fd_test_util.h"
+#include "fd_tier.h"
+#include "fd_tier_cpu.h"
+
+#define SKIP_WITHOUT_GPU()                                                   \
+    do {                                                                     \
+        if (!fd_tier_gpu_available()) cr_skip_test("no CUDA GPU present");  \
+    } while (0)
+
+typedef struct {
+    long rows, rows_gpu, rows_cpu, values;
+} gtally;
+
+static void close_enough(double x, double r, int prec, int emin, const char *what, long t, int d, double tol)
+{
+    if (isinf(r) && isinf(x) && (r > 0) == (x > 0)) return;
+    const double U = fd_tb_ulp_dtype(r, prec, emin);
+    cr_assert(fd_eq(U, fd_tb_ulp_dtype(x, prec, emin)) && fabs(x - r) <= tol * U,
+              "%s: task %ld value %d: %a vs %a (%g dtype ulp apart, allowed %g)", what, t, d, x, r, fabs(x - r) / U, tol);
+}
+
+static void check_rows(const fd_problem *p, const float *q, const float *k, const float *v, const int *rows, int nrows,
+                       const char *what, gtally *tl)
+{
+    const int D = p->head_dim;
+    const long ntask = (long)p->batch * p->heads * nrows;
+    double *og = malloc(sizeof(double) * (size_t)ntask * (size_t)D), *lg = malloc(sizeof(double) * (size_t)ntask);
+    double *oc = malloc(sizeof(double) * (size_t)ntask * (size_t)D), *lc = malloc(sizeof(double) * (size_t)ntask);
+    unsigned char *okg = malloc((size_t)ntask), *okc = malloc((size_t)ntask);
+    double *ro = malloc(sizeof(double) * (size_t)D);
+    cr_assert(og && lg && oc && lc && okg && okc && ro);
+    char err[512];
+    long ndg = 0, ndc = 0;
+    cr_assert_eq(fd_tier_gpu_rows(p, q, k, v, rows, nrows, og, lg, okg, &ndg, err, sizeof err), 0, "%s: %s", what, err);
+    cr_assert_eq(fd_tier_cpu_rows(p, q, k, v, rows, nrows, 4, oc, lc, okc, &ndc, err, sizeof err), 0, "%s: %s", what, err);
+    const int prec = fd_tb_prec((int)p->dtype), emin = fd_tb_emin((int)p->dtype);
+    fd_ref_opts ro_opts;
+    fd_ref_opts_default(&ro_opts);
+    for (long t = 0; t < ntask; t++) {
+        tl->rows++;
+        tl->rows_gpu += okg[t];
+        tl->rows_cpu += okc[t];
+        if (!okg[t]) continue;
+        const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
+        fd_ref_row_info info;
+        cr_assert_eq(fd_ref_row(p, q, k, v, b, h, rows[r], &ro_opts, ro, &info, err, sizeof err), 0, "%s", err);
+        if (info.undecided) continue;
+        for (int d = 0; d < D; d++) {
+            const size_t x = (size_t)t * (size_t)D + (size_t)d;
+            close_enough(og[x], ro[d], prec, emin, what, t, d, 1e-3);
+            if (okc[t]) close_enough(og[x], oc[x], prec, emin, what, t, d, 2e-3);
+            tl->values++;
+        }
+        close_enough(lg[t], info.lse, 24, -126, what, t, D, 1e-3);
+        if (okc[t]) close_enough(lg[t], lc[t], 24, -126, what, t, D, 2e-3);
+    }
+    free(og); free(lg); free(oc); free(lc); free(okg); free(okc); free(ro);
+}
+
+static void check_casefile(const char *rel, gtally *tl)
+{
+    fd_casefile cf;
+    char err[512];
+    cr_assert_eq(fd_casefile_load(tu_path(TU_SOURCE, rel), &cf, err, sizeof err), 0, "%s", err);
+    for (int ci = 0; ci < cf.ncases; ci++) {
+        const fd_case *c = &cf.cases[ci];
+        float *q, *k, *v;
+        cr_assert_eq(fd_inputs_make(c, &q, &k, &v, err, sizeof err), 0, "%s", err);
+        int *rows = malloc(sizeof(int) * (size_t)c->prob.seqlen_q);
+        for (int i = 0; i < c->prob.seqlen_q; i++) rows[i] = i;
+        check_rows(&c->prob, q, k, v, rows, c->prob.seqlen_q, c->id, tl);
+        free(rows); free(q); free(k); free(v);
+    }
+    fd_casefile_free(&cf);
+}
+
+Test(gpu_tier, smoke_and_features_agree_with_mpfr, .timeout = 900)
+{
+    SKIP_WITHOUT_GPU();
+    gtally tl = {0};
+    check_casefile("cases/smoke.json", &tl);
+    check_casefile("cases/features.json", &tl);
+    printf("gpu tier: %ld rows, %ld decided whole on the GPU, %ld on the CPU; %ld O values compared with MPFR\n",
+           tl.rows, tl.rows_gpu, tl.rows_cpu, tl.values);
+    cr_assert_gt(tl.rows_gpu * 10, tl.rows * 8, "the GPU tier decided only %ld of %ld rows", tl.rows_gpu, tl.rows);
+}
+
+Test(gpu_tier, one_row_per_warp_kernel_agrees_with_mpfr, .timeout = 900)
+{
+    SKIP_WITHOUT_GPU();
+    /* the default kernel takes 4 rows per warp at head_dim <= 128; this asks for the other */
+    setenv("FD_TIER_GPU_ROWS", "1", 1);
+    gtally tl = {0};
+    check_casefile("cases/features.json", &tl);
+    printf("gpu tier, one row per warp: %ld rows, %ld decided whole on the GPU\n", tl.rows, tl.rows_gpu);
+    cr_assert_gt(tl.rows_gpu * 10, tl.rows * 8);
+}
+
+Test(gpu_tier, adversarial_rows)
+{
+    SKIP_WITHOUT_GPU();
+    gtally tl = {0};
+    for (int t = 0; t < 3; t++) {
+        fd_problem p = tu_make_problem(1, 2, 1, 48, 96, 32, (fd_dtype)t, FD_MASK_CAUSAL_BR, 0.2);
+        float *q = calloc(fd_q_numel(&p), sizeof(float)), *k = calloc(fd_kv_numel(&p), sizeof(float));
+        float *v = calloc(fd_kv_numel(&p), sizeof(float));
+        uint64_t st = 0xadd5eedull;
+        for (size_t x = 0; x < fd_q_numel(&p); x++) q[x] = (float)(0.25 * (double)(int)(8 * tu_urand(&st)) - 1.0);
+        for (int j = 0; j < 96; j++)
+            for (int d = 0; d < 32; d++) {
+                const size_t x = (size_t)j * 32 + (size_t)d;
+                k[x] = (float)(j % 5 == 0 ? 0.5 : (j == 7 ? 40.0 : 0.125 * (double)((j * 7 + d) % 9) - 0.5));
+                v[x] = (float)((j & 1) ? -1.0 - d / 8.0 : 1.0 + d / 8.0); /* pairs that cancel */
+                if (d == 3) v[x] = (float)(0.5 * tu_urand(&st));
+            }
+        int rows[48];
+        for (int i = 0; i < 48; i++) rows[i] = i;
+        check_rows(&p, q, k, v, rows, 48, "adversarial", &tl);
+        free(q); free(k); free(v);
+    }
+    printf("gpu tier, adversarial: %ld rows, %ld decided on the GPU, %ld on the CPU\n", tl.rows, tl.rows_gpu, tl.rows_cpu);
+}
+
+Test(gpu_tier, pipeline_uses_the_gpu_tier)
+{
+    SKIP_WITHOUT_GPU();
+    fd_case c = tu_mk_case(2, 4, 2, 130, 150, 64, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.1, FD_DIST_NORMAL, 5);
+    const fd_problem *p = &c.prob;
+    float *q, *k, *v;
+    char err[512];
+    cr_assert_eq(fd_inputs_make(&c, &q, &k, &v, err, sizeof err), 0, "%s", err);
+    int rows[130];
+    for (int i = 0; i < 130; i++) rows[i] = i;
+    const long ntask = (long)p->batch * p->heads * 130;
+    double *o = malloc(sizeof(double) * (size_t)ntask * 64), *l = malloc(sizeof(double) * (size_t)ntask);
+    int und = 0, pm = 0;
+    fd_ref_stats st;
+    cr_assert_eq(fd_reference_rows_tiered(p, q, k, v, rows, 130, 4, FD_REFTIER_AUTO, o, l, &und, &pm, &st, err, sizeof err),
+                 0, "%s", err);
+    cr_assert_eq(st.tier, FD_REFTIER_GPU, "auto picks the GPU tier where a GPU is present");
+    cr_assert_eq(st.rows_tier + st.rows_mpfr, ntask);
+    cr_assert_gt(st.rows_tier, 0);
+    free(o); free(l); free(q); free(k); free(v);
+}
