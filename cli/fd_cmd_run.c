@@ -478,15 +478,14 @@ static int is_failed(const json_t *cj)
 }
 
 #ifdef FD_TEST_HOOKS
-/* tests/test_mpi.c: FD_TEST_DIE_AFTER_CASES=N kills rank FD_TEST_DIE_RANK (default the
- * last) with SIGKILL once it has computed N cases: a rank that dies mid-run. */
-static void test_hook_die(int computed, int rank, int nranks)
+/* The test hooks of tests/test_mpi.c (CMake option FD_TEST_HOOKS): rank FD_TEST_RANK (default
+ * the last) behaves as if, after it computed N cases, it was killed (FD_TEST_DIE_AFTER_CASES=N:
+ * SIGKILL, no handler runs) or its disk was full (FD_TEST_NOSPC_AFTER_CASES=N: the Nth case's
+ * journal line fails with ENOSPC). */
+static int test_hook(const char *var, int computed, int rank, int nranks)
 {
-    const char *n = getenv("FD_TEST_DIE_AFTER_CASES"), *r = getenv("FD_TEST_DIE_RANK");
-    if (!n || atoi(n) != computed) return;
-    if ((r ? atoi(r) : nranks - 1) != rank) return;
-    fprintf(stderr, "flashdrift: rank %d: FD_TEST_DIE_AFTER_CASES=%d: killing myself\n", rank, computed);
-    raise(SIGKILL);
+    const char *n = getenv(var), *r = getenv("FD_TEST_RANK");
+    return n && atoi(n) == computed && (r ? atoi(r) : nranks - 1) == rank;
 }
 #endif
 
@@ -663,9 +662,14 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             cj = fd_report_case_json(&res);
             if (wants_explain(o, cj)) fd_progress_clear(&pg);
             explain_into(cf, c, bes, nbe, o, cj);
-            if ((!header_written && write_line(journal, header)) || write_line(journal, cj)) {
+            computed++;
+            int nospc = 0;
+#ifdef FD_TEST_HOOKS
+            nospc = test_hook("FD_TEST_NOSPC_AFTER_CASES", computed, rank, nranks);
+#endif
+            if (nospc || (!header_written && write_line(journal, header)) || write_line(journal, cj)) {
                 jbad = 1;
-                jerrno = errno;
+                jerrno = nospc ? ENOSPC : errno;
             }
             header_written = 1;
             if (is_failed(cj) && rank == 0) { /* rank 0 prints the other ranks' after the merge */
@@ -674,9 +678,10 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             }
             fd_case_result_free(&res);
 #ifdef FD_TEST_HOOKS
-            test_hook_die(++computed, rank, nranks);
-#else
-            (void)computed;
+            if (test_hook("FD_TEST_DIE_AFTER_CASES", computed, rank, nranks)) {
+                fprintf(stderr, "flashdrift: rank %d: FD_TEST_DIE_AFTER_CASES=%d: killing myself\n", rank, computed);
+                raise(SIGKILL);
+            }
 #endif
         }
         got[i] = cj;
@@ -691,6 +696,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             out->status = FD_EXIT_INTERNAL;
         }
     }
+    (void)computed; /* read by the test hooks alone */
     fd_progress_end(&pg);
     /* the journal is the run's only copy until the reports are written: it must be on disk */
     const int jsync = fsync(fileno(journal)) != 0 && errno != EINVAL; /* EINVAL: cannot sync this file */
