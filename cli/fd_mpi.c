@@ -49,7 +49,15 @@ int fd_mpi_init(int *argc, char ***argv, char *err, size_t errlen)
      * when a host has more ranks than GPUs) */
     fd_gpu_select(g_mpi.local_rank);
 #else
-    (void)argc; (void)argv; (void)err; (void)errlen;
+    (void)argc; (void)argv;
+    /* N copies of a one-process flashdrift would each run every case into the same --out */
+    const char *n = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!n) n = getenv("PMI_SIZE");
+    if (launched_by_mpi() && n && atoi(n) > 1) {
+        snprintf(err, errlen, "started as one of %s MPI ranks, but built without MPI (FD_MPI=OFF or no "
+                 "libopenmpi-dev at build time): run it without mpirun, or rebuild (docs/mpi.md)", n);
+        return -2;
+    }
 #endif
     return 0;
 }

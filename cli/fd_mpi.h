@@ -13,7 +13,8 @@
 #define FD_MPI_H
 #include <stddef.h>
 
-/* Called first by main. 0, or -1 with err (MPI_Init failed). */
+/* Called first by main. 0; -1 with err when MPI_Init failed; -2 with err when a binary
+ * built without MPI was started as one of several ranks (each would run every case). */
 int fd_mpi_init(int *argc, char ***argv, char *err, size_t errlen);
 /* Called last by main with this rank's exit code: returns rank 0's (the same on every
  * rank, so that mpirun returns it) and finalizes MPI. */

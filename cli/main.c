@@ -34,9 +34,10 @@ static const struct {
 static int run_command(size_t i, int argc, char **argv)
 {
     char err[256];
-    if (fd_mpi_init(&argc, &argv, err, sizeof err)) {
+    const int init = fd_mpi_init(&argc, &argv, err, sizeof err);
+    if (init) {
         fprintf(stderr, "flashdrift: %s\n", err);
-        return FD_EXIT_INTERNAL;
+        return init == -2 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
     }
     int rc = FD_EXIT_PASS;
     if (fd_commands[i].ranks || fd_mpi_rank() == 0) rc = fd_commands[i].fn(argc - 2, argv + 2);
