@@ -1,11 +1,11 @@
-/* test_mpi.c: `mpirun -np N flashdrift run|gate` (docs/mpi.md). Two and three ranks
+/* test_mpi.c: `mpirun -np N flashdrift run|gate|check` (docs/mpi.md). Two and three ranks
  * (--oversubscribe, CPU backends) write the report of one process apart from the fields
  * that docs/mpi.md lists (created, machine, timings); only rank 0 prints the results and
  * the exit code is rank 0's; a rank killed mid-run (the test hook FD_TEST_DIE_AFTER_CASES)
  * leaves journals from which --resume, with or without mpirun, finishes with every case
  * once; a rank that cannot write its journal (not at all, or from its Nth case: the hook
  * FD_TEST_NOSPC_AFTER_CASES) stops the run with its message and the finished cases are
- * kept. Skipped
+ * kept; `gate` and `check` under mpirun give one process's verdict and report. Skipped
  * where the build has no MPI or mpirun is missing. */
 #include <sys/stat.h>
 
@@ -283,4 +283,41 @@ Test(mpi, a_rank_whose_disk_fills_mid_run_stops_it_and_keeps_every_finished_case
     snprintf(want, sizeof want, "resuming: %d finished cases kept", have);
     cr_expect(strstr(g_err, want), "expected \"%s\": %s", want, g_err);
     expect_same_report(ref, rep, 1);
+}
+
+Test(mpi, gate_and_check_under_mpirun_write_their_outputs_once_with_rank_0s_verdict, .timeout = 180)
+{
+    need_mpi();
+    char dir[64], g1[128], g2[128], j2[160], m2[160], c1[128], c2[128], r1[160], r2[160];
+    tu_dir(dir, sizeof dir);
+    snprintf(g1, sizeof g1, "%s/g1", dir);
+    snprintf(g2, sizeof g2, "%s/g2", dir);
+    snprintf(j2, sizeof j2, "%s/junit.xml", dir);
+    snprintf(m2, sizeof m2, "%s/gate.md", dir);
+    /* gate: the same verdict and summary on stdout once, JUnit and Markdown written */
+    const char *a[] = {"gate", tu_path(TU_SOURCE, "cases/smoke.json"), "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"),
+                       "--no-baseline", "--out", g1, "--backend", "cpu", "--jobs", "1", "--filter", "fp16", NULL};
+    cr_assert_eq(run_np(0, a), 0, "%s", g_err);
+    char one[4096];
+    snprintf(one, sizeof one, "%s", g_out);
+    const char *b[] = {"gate", tu_path(TU_SOURCE, "cases/smoke.json"), "--policy", tu_path(TU_SOURCE, "cases/policy-ci.json"),
+                       "--no-baseline", "--out", g2, "--backend", "cpu", "--jobs", "1", "--filter", "fp16",
+                       "--junit", j2, "--markdown", m2, NULL};
+    cr_assert_eq(run_np(2, b), 0, "%s", g_err);
+    cr_expect_str_eq(g_out, one, "gate's stdout under mpirun -np 2 is one process's");
+    cr_expect(access(j2, F_OK) == 0 && access(m2, F_OK) == 0, "JUnit and Markdown written");
+    snprintf(r1, sizeof r1, "%s/report.json", g1);
+    snprintf(r2, sizeof r2, "%s/report.json", g2);
+    expect_same_report(r1, r2, 2);
+    /* check: two bundles, one per rank */
+    snprintf(c1, sizeof c1, "%s/c1", dir);
+    snprintf(c2, sizeof c2, "%s/c2", dir);
+    const char *c[] = {"check", "--tensors", tu_path(TU_DATA, "pytorch-h200-bwd"), "--out", c1, "--jobs", "1", "--quiet", NULL};
+    cr_assert_eq(run_np(0, c), 0, "%s", g_err);
+    const char *d[] = {"check", "--tensors", tu_path(TU_DATA, "pytorch-h200-bwd"), "--out", c2, "--jobs", "1", NULL};
+    cr_assert_eq(run_np(2, d), 0, "%s", g_err);
+    cr_expect_eq(count(g_out, " bundles: "), 1, "one results line: %s", g_out);
+    snprintf(r1, sizeof r1, "%s/report.json", c1);
+    snprintf(r2, sizeof r2, "%s/report.json", c2);
+    expect_same_report(r1, r2, 2);
 }
