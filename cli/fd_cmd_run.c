@@ -312,7 +312,8 @@ static void journal_path(char *buf, size_t len, const char *out, int rank)
 }
 
 /* The other ranks' journals in dir (cases.partial.rankN.jsonl), whatever the number of
- * ranks that wrote them, sorted; returns the count (names: caller frees), -1 on ENOMEM. */
+ * ranks that wrote them, sorted; returns the count (names: caller frees; out of memory:
+ * the names read so far). */
 static int rank_journals(const char *dir, char ***names)
 {
     *names = NULL;
