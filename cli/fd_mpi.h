@@ -23,6 +23,9 @@ int fd_mpi_rank(void);
 int fd_mpi_size(void);
 /* The rank among the ranks of this host (MPI_Comm_split_type SHARED), 0 without MPI. */
 int fd_mpi_local_rank(void);
+/* Returns when every rank has called it, sleeping while it waits (a barrier that does not
+ * take a core from the ranks still computing). */
+void fd_mpi_wait_all(void);
 /* The largest v over all ranks. */
 int fd_mpi_max(int v);
 /* Rank 0's n bytes at buf to every rank (buf has n bytes on every rank). 0 or -1. */
