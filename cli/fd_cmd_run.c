@@ -478,6 +478,27 @@ static int is_failed(const json_t *cj)
     return v && (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED"));
 }
 
+/* Rank 0, on stderr: the cases each rank ran this time (kept cases left out) and the sum
+ * of their "seconds": the busiest rank sets the wall time. */
+static void say_ranks(json_t *const *got, json_t *const *kept, const int *owner, int ncases, int nranks)
+{
+    fprintf(stderr, "ranks: %d; cases run and busy seconds per rank:", nranks);
+    for (int r = 0; r < nranks && r < 64; r++) {
+        int n = 0;
+        double sec = 0.0;
+        for (int i = 0; i < ncases; i++)
+            if (owner[i] == r && got[i] && !kept[i]) {
+                const json_t *t = json_object_get(got[i], "seconds");
+                if (!json_is_number(t)) continue;
+                n++;
+                sec += json_number_value(t);
+            }
+        fprintf(stderr, " %d:%d/%.1fs", r, n, sec);
+    }
+    if (nranks > 64) fprintf(stderr, " ...");
+    fputc('\n', stderr);
+}
+
 #ifdef FD_TEST_HOOKS
 /* The test hooks of tests/test_mpi.c (CMake option FD_TEST_HOOKS): rank FD_TEST_RANK (default
  * the last) behaves as if, after it computed N cases, it was killed (FD_TEST_DIE_AFTER_CASES=N:
@@ -759,6 +780,7 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             nmerged++;
             if (is_failed(got[i])) say_failed(cf->cases[i].id, got[i]);
         }
+        if (!o->quiet) say_ranks(got, done, owner, cf->ncases, nranks);
         if (out->status != FD_EXIT_PASS && nmerged) {
             /* keep every finished case in rank 0's journal too: a rank that could not write
              * its own loses nothing, and --resume reads one file less */
