@@ -18,6 +18,7 @@
 #include "fd_json.h"
 #include "fd_opt.h"
 #include "fd_out.h"
+#include "fd_mpi.h"
 #include "fd_report.h"
 #include "fd_report_read.h"
 #include "fd_runfile.h"
@@ -156,6 +157,11 @@ int fd_cmd_gate(int argc, char **argv)
             return rc;
         }
     } else {
+        if (fd_mpi_rank() != 0) { /* a report to gate: rank 0's work alone under mpirun */
+            json_decref(probe);
+            json_decref(base);
+            return FD_EXIT_PASS;
+        }
         if (o.repeat > 1 || o.resume || run_opts_given) {
             fprintf(stderr, "flashdrift: %s is a report: --repeat, --resume, --backend, --jobs, --filter, --out and --explain "
                             "need a case file (run it with --repeat to gate on determinism)\n", input);

@@ -1,8 +1,10 @@
 /* fd_cmd_run.c: `flashdrift run` and `flashdrift list` (fd_cmds.h), and the case-file run
  * loop they and `gate` share (fd_runfile.h). */
 #define _XOPEN_SOURCE 700 /* realpath */
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include "fd_file.h"
 #include "fd_html.h"
 #include "fd_json.h"
+#include "fd_mpi.h"
 #include "fd_opt.h"
 #include "fd_out.h"
 #include "fd_progress.h"
@@ -299,6 +302,215 @@ static void say_backends(const char *spec, const char *names)
     fputc('\n', stderr);
 }
 
+/* --- ranks (fd_mpi.h, docs/mpi.md) ------------------------------------------------------ */
+
+/* The journal of one rank in out: rank 0's is cases.partial.jsonl, a one-process run's. */
+static void journal_path(char *buf, size_t len, const char *out, int rank)
+{
+    if (rank == 0) snprintf(buf, len, "%s/cases.partial.jsonl", out);
+    else snprintf(buf, len, "%s/cases.partial.rank%d.jsonl", out, rank);
+}
+
+/* The other ranks' journals in dir (cases.partial.rankN.jsonl), whatever the number of
+ * ranks that wrote them, sorted; returns the count (names: caller frees; out of memory:
+ * the names read so far). */
+static int rank_journals(const char *dir, char ***names)
+{
+    *names = NULL;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0, cap = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        static const char pre[] = "cases.partial.rank", suf[] = ".jsonl";
+        const char *s = e->d_name;
+        if (strncmp(s, pre, sizeof pre - 1)) continue;
+        s += sizeof pre - 1;
+        size_t digits = strspn(s, "0123456789");
+        if (!digits || strcmp(s + digits, suf)) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 8;
+            char **t = realloc(*names, (size_t)cap * sizeof *t);
+            if (!t) break;
+            *names = t;
+        }
+        if (!((*names)[n] = strdup(e->d_name))) break;
+        n++;
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++) /* insertion sort: a handful of names */
+        for (int j = i; j > 0 && strcmp((*names)[j - 1], (*names)[j]) > 0; j--) {
+            char *t = (*names)[j];
+            (*names)[j] = (*names)[j - 1];
+            (*names)[j - 1] = t;
+        }
+    return n;
+}
+
+/* Removes the other ranks' journals in dir (done: their cases are in rank 0's). */
+static void remove_rank_journals(const char *dir)
+{
+    char **names, path[4400];
+    const int n = rank_journals(dir, &names);
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* Which rank runs each case: -1 not run (--filter), 0 for the cases a journal kept (rank 0
+ * reports, and explains them when --explain asks for it), else the longest-processing-
+ * time-first assignment of the pending cases by fd_progress_cost (the ETA's estimate): the
+ * costliest case goes to the rank with the least work so far, the lowest rank on a tie.
+ * The same on every rank (a function of the case file, the filter and the journal). */
+static int assign_cases(const fd_casefile *cf, const fd_run_opts *o, const char *kept, int nranks, int *owner)
+{
+    int *order = malloc((size_t)cf->ncases * sizeof *order);
+    double *cost = malloc((size_t)cf->ncases * sizeof *cost), *load = calloc((size_t)nranks, sizeof *load);
+    if (!order || !cost || !load) {
+        free(order);
+        free(cost);
+        free(load);
+        return -1;
+    }
+    int n = 0;
+    for (int i = 0; i < cf->ncases; i++) {
+        owner[i] = -1;
+        if (o->filter && !strstr(cf->cases[i].id, o->filter)) continue;
+        owner[i] = 0;
+        if (kept[i]) continue;
+        cost[i] = fd_progress_cost(cf, &cf->cases[i]);
+        int j = n++; /* insertion by cost, descending; stable for equal costs */
+        while (j > 0 && cost[order[j - 1]] < cost[i]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+    for (int k = 0; k < n; k++) {
+        int r = 0;
+        for (int q = 1; q < nranks; q++)
+            if (load[q] < load[r]) r = q;
+        owner[order[k]] = r;
+        load[r] += cost[order[k]];
+    }
+    free(order);
+    free(cost);
+    free(load);
+    return 0;
+}
+
+/* One rank's share for rank 0: "STATUS\tMESSAGE\n" then one "INDEX JSON\n" per case it
+ * ran. NULL when out of memory. */
+static char *share_text(int status, const char *msg, json_t *const *got, const int *owner, int rank, int ncases,
+                        size_t *len)
+{
+    size_t cap = 256 + strlen(msg), n = 0;
+    char *t = malloc(cap);
+    if (!t) return NULL;
+    n = (size_t)snprintf(t, cap, "%d\t", status);
+    for (const char *s = msg; *s; s++) t[n++] = *s == '\n' ? ' ' : *s;
+    t[n++] = '\n';
+    for (int i = 0; i < ncases; i++) {
+        if (owner[i] != rank || !got[i]) continue;
+        char *line = json_dumps(got[i], JSON_COMPACT | JSON_REAL_PRECISION(17));
+        const size_t ln = line ? strlen(line) : 0;
+        if (line && n + ln + 32 > cap) {
+            cap = 2 * (n + ln + 32);
+            char *u = realloc(t, cap);
+            if (!u) {
+                free(line);
+                line = NULL;
+            } else t = u;
+        }
+        if (!line) {
+            free(t);
+            return NULL;
+        }
+        n += (size_t)snprintf(t + n, cap - n, "%d ", i);
+        memcpy(t + n, line, ln);
+        n += ln;
+        t[n++] = '\n';
+        free(line);
+    }
+    *len = n;
+    return t;
+}
+
+/* Rank 0: reads rank r's share into got[] (cases) and *status/msg; -1 when it is damaged. */
+static int read_share(const char *t, int r, const fd_casefile *cf, const int *owner, json_t **got, int *status,
+                      char *msg, size_t msglen)
+{
+    char *end;
+    *status = (int)strtol(t, &end, 10);
+    if (*end != '\t') return -1;
+    const char *nl = strchr(end, '\n');
+    if (!nl) return -1;
+    snprintf(msg, msglen, "%.*s", (int)(nl - end - 1), end + 1);
+    for (const char *s = nl + 1; *s;) {
+        const long i = strtol(s, &end, 10);
+        if (*end != ' ' || i < 0 || i >= cf->ncases || owner[i] != r) return -1;
+        nl = strchr(end, '\n');
+        if (!nl) return -1;
+        json_t *j = json_loadb(end + 1, (size_t)(nl - end - 1), JSON_REJECT_DUPLICATES, NULL);
+        if (!j) return -1;
+        json_decref(got[i]);
+        got[i] = j;
+        s = nl + 1;
+    }
+    return 0;
+}
+
+/* One stderr line for a case that failed or could not be judged. */
+static void say_failed(const char *id, const json_t *cj)
+{
+    const char *v = json_string_value(json_object_get(cj, "verdict"));
+    const char *why_not = json_string_value(json_object_get(cj, "reasons"));
+    fprintf(stderr, "%s %s: %s\n", v, id, why_not ? why_not : "(no reasons)");
+    const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
+    if (why) fprintf(stderr, "    explain: %s\n", why);
+}
+
+static int is_failed(const json_t *cj)
+{
+    const char *v = json_string_value(json_object_get(cj, "verdict"));
+    return v && (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED"));
+}
+
+/* Rank 0, on stderr: the cases each rank ran this time (kept cases left out) and the sum
+ * of their "seconds": the busiest rank sets the wall time. */
+static void say_ranks(json_t *const *got, json_t *const *kept, const int *owner, int ncases, int nranks)
+{
+    fprintf(stderr, "ranks: %d; cases run and busy seconds per rank:", nranks);
+    for (int r = 0; r < nranks && r < 64; r++) {
+        int n = 0;
+        double sec = 0.0;
+        for (int i = 0; i < ncases; i++)
+            if (owner[i] == r && got[i] && !kept[i]) {
+                const json_t *t = json_object_get(got[i], "seconds");
+                if (!json_is_number(t)) continue;
+                n++;
+                sec += json_number_value(t);
+            }
+        fprintf(stderr, " %d:%d/%.1fs", r, n, sec);
+    }
+    if (nranks > 64) fprintf(stderr, " ...");
+    fputc('\n', stderr);
+}
+
+#ifdef FD_TEST_HOOKS
+/* The test hooks of tests/test_mpi.c (CMake option FD_TEST_HOOKS): rank FD_TEST_RANK (default
+ * the last) behaves as if, after it computed N cases, it was killed (FD_TEST_DIE_AFTER_CASES=N:
+ * SIGKILL, no handler runs) or its disk was full (FD_TEST_NOSPC_AFTER_CASES=N: the Nth case's
+ * journal line fails with ENOSPC). */
+static int test_hook(const char *var, int computed, int rank, int nranks)
+{
+    const char *n = getenv(var), *r = getenv("FD_TEST_RANK");
+    return n && atoi(n) == computed && (r ? atoi(r) : nranks - 1) == rank;
+}
+#endif
+
 int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report_out,
                     fd_run_outcome *out, char *err, size_t errlen)
 {
@@ -309,6 +521,8 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
     if (o->reference) (void)fd_reftier_parse(o->reference, &cfo.reference);
     if (o->reference_budget >= 0.0) cfo.reference_budget = o->reference_budget;
     cf = &cfo;
+    err[0] = 0;
+    const int rank = fd_mpi_rank(), nranks = fd_mpi_size(), quiet = o->quiet || rank != 0;
     int nmatch = 0;
     for (int i = 0; i < cf->ncases; i++) nmatch += !o->filter || strstr(cf->cases[i].id, o->filter);
     if (!nmatch) { /* running nothing is not a pass */
@@ -334,32 +548,50 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         strncat(names, bes[i]->name, sizeof names - strlen(names) - 1);
     }
     json_t *report = fd_report_new(cf, nbe ? names : o->backend, o->jobs);
+    /* the one field of the machine section a one-process run lacks (docs/mpi.md) */
+    json_object_set_new(json_object_get(report, "machine"), "ranks", json_integer(nranks));
     json_t *header = journal_header(cf, report, o);
-    json_t **done = calloc((size_t)cf->ncases, sizeof *done);
+    json_t **done = calloc((size_t)cf->ncases, sizeof *done), **got = calloc((size_t)cf->ncases, sizeof *got);
+    int *owner = malloc((size_t)cf->ncases * sizeof *owner);
+    char *kept = calloc((size_t)cf->ncases + 1, 1); /* + 1: the status travels in front of the flags */
     char jpath[4200];
-    snprintf(jpath, sizeof jpath, "%s/cases.partial.jsonl", o->out);
+    journal_path(jpath, sizeof jpath, o->out, rank);
     FILE *journal = NULL;
     int header_written = 0;
-    if (!done) {
+    if (!done || !got || !owner || !kept) {
         snprintf(err, errlen, "out of memory");
         out->status = FD_EXIT_INTERNAL;
         goto fail;
     }
-    if (o->resume) {
-        int found = 0;
-        if (fd_journal_read(jpath, cf, header, done, &found, err, errlen)) {
-            out->status = FD_EXIT_USAGE;
-            goto fail;
+    /* Rank 0 reads the journals (its own and the other ranks', of any earlier number of
+     * ranks), merges them into its own and tells every rank which cases are kept. */
+    int st = FD_EXIT_PASS;
+    if (rank == 0 && o->resume) {
+        int found = 0, f = 0;
+        st = fd_journal_read(jpath, cf, header, done, &found, err, errlen) ? FD_EXIT_USAGE : FD_EXIT_PASS;
+        char **rj = NULL;
+        const int nrj = st ? 0 : rank_journals(o->out, &rj);
+        for (int k = 0; k < nrj; k++) {
+            char p[4400];
+            snprintf(p, sizeof p, "%s/%s", o->out, rj[k]);
+            if (!st && fd_journal_read(p, cf, header, done, &f, err, errlen)) st = FD_EXIT_USAGE;
+            found |= f;
+            free(rj[k]);
         }
-        int kept = 0;
-        for (int i = 0; i < cf->ncases; i++) kept += done[i] != NULL;
-        if (!found) fprintf(stderr, "flashdrift: nothing to resume in %s; starting from the first case\n", o->out);
-        else fprintf(stderr, "flashdrift: resuming: %d finished cases kept from %s\n", kept, jpath);
-        /* Rewrite the journal with what is kept (drops a truncated tail), atomically. */
+        free(rj);
+        int nkept = 0;
+        for (int i = 0; i < cf->ncases; i++) nkept += done[i] != NULL;
+        if (!st && !found) fprintf(stderr, "flashdrift: nothing to resume in %s; starting from the first case\n", o->out);
+        else if (!st && !nrj) fprintf(stderr, "flashdrift: resuming: %d finished cases kept from %s\n", nkept, jpath);
+        else if (!st)
+            fprintf(stderr, "flashdrift: resuming: %d finished cases kept from %s and %d other ranks' journals\n",
+                    nkept, jpath, nrj);
+        /* Rewrite rank 0's journal with what is kept (drops a truncated tail), atomically;
+         * then the other ranks' journals are redundant. */
         char tmp[4300];
         snprintf(tmp, sizeof tmp, "%s.tmp", jpath);
-        FILE *t = fopen(tmp, "w");
-        int bad = !t;
+        FILE *t = st ? NULL : fopen(tmp, "w");
+        int bad = !st && !t;
         if (t) {
             bad |= write_line(t, header);
             for (int i = 0; i < cf->ncases; i++)
@@ -372,32 +604,65 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             snprintf(err, errlen, "%s: cannot rewrite the journal: %s (the journal is unchanged)", jpath,
                      strerror(errno));
             unlink(tmp);
+            st = FD_EXIT_INTERNAL;
+        }
+        if (!st) remove_rank_journals(o->out);
+        header_written = 1;
+    } else if (rank == 0) {
+        remove_rank_journals(o->out); /* an earlier run's, of more ranks: not this run's */
+    }
+    if (nranks > 1) {
+        kept[0] = (char)(st == FD_EXIT_PASS ? 0 : st == FD_EXIT_USAGE ? 1 : 2);
+        for (int i = 0; i < cf->ncases; i++) kept[i + 1] = done[i] != NULL;
+        if (fd_mpi_bcast(kept, (size_t)cf->ncases + 1)) {
+            snprintf(err, errlen, "MPI_Bcast failed");
             out->status = FD_EXIT_INTERNAL;
             goto fail;
         }
-        header_written = 1;
+        st = kept[0] == 0 ? FD_EXIT_PASS : kept[0] == 1 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
+        memmove(kept, kept + 1, (size_t)cf->ncases);
+    } else {
+        for (int i = 0; i < cf->ncases; i++) kept[i] = done[i] != NULL;
     }
-    journal = fd_fopen_output(jpath, o->resume, err, errlen);
-    if (!journal) {
-        out->status = FD_EXIT_USAGE;
+    if (st) { /* rank 0 said why */
+        out->status = st;
+        goto fail;
+    }
+    if (assign_cases(cf, o, kept, nranks, owner)) {
+        snprintf(err, errlen, "out of memory");
+        out->status = FD_EXIT_INTERNAL;
+        goto fail;
+    }
+    journal = fd_fopen_output(jpath, rank == 0 && o->resume, err, errlen);
+    st = fd_mpi_max(journal ? FD_EXIT_PASS : FD_EXIT_USAGE);
+    if (st) {
+        if (journal) fclose(journal);
+        if (!journal && nranks > 1) {
+            size_t n = strlen(err);
+            snprintf(err + n, errlen - n, " (rank %d; no case was run)", rank);
+        }
+        out->status = st;
         goto fail;
     }
     fd_signals_catch();
-    if (!o->quiet) say_backends(o->backend, names);
+    if (!quiet) say_backends(o->backend, names);
 
     out->status = FD_EXIT_PASS;
     double cost = 0.0;
+    int mine = 0;
     for (int i = 0; i < cf->ncases; i++)
-        if (!o->filter || strstr(cf->cases[i].id, o->filter)) {
+        if (owner[i] >= 0) {
             out->total++;
+            if (owner[i] != rank) continue;
+            mine++;
             if (!done[i]) cost += fd_progress_cost(cf, &cf->cases[i]);
         }
     fd_progress pg;
-    fd_progress_begin(&pg, !o->quiet, out->total, cost);
-    int jbad = 0, jerrno = 0; /* a journal line could not be written: stop, keeping what is finished */
+    fd_progress_begin(&pg, !quiet, mine, cost); /* rank 0's share under mpirun */
+    int jbad = 0, jerrno = 0, computed = 0; /* a journal line could not be written: stop, keeping what is finished */
     for (int i = 0; i < cf->ncases && !fd_interrupted && !jbad; i++) {
         const fd_case *c = &cf->cases[i];
-        if (o->filter && !strstr(c->id, o->filter)) continue;
+        if (owner[i] != rank) continue;
         json_t *cj;
         if (done[i]) {
             cj = json_incref(done[i]);
@@ -409,14 +674,9 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
                 jbad = 1;
                 jerrno = errno;
             }
-            const char *v = json_string_value(json_object_get(cj, "verdict"));
-            if (!strcmp(v, "FAIL") || !strcmp(v, "UNJUDGED")) {
-                out->nfail++;
+            if (is_failed(cj)) {
                 fd_progress_clear(&pg);
-                const char *why_not = json_string_value(json_object_get(cj, "reasons"));
-                fprintf(stderr, "%s %s: %s\n", v, c->id, why_not ? why_not : "(no reasons in the journal)");
-                const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
-                if (why) fprintf(stderr, "    explain: %s\n", why);
+                say_failed(c->id, cj);
             }
         } else {
             fd_progress_start(&pg, c->id);
@@ -429,21 +689,29 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
             cj = fd_report_case_json(&res);
             if (wants_explain(o, cj)) fd_progress_clear(&pg);
             explain_into(cf, c, bes, nbe, o, cj);
-            if ((!header_written && write_line(journal, header)) || write_line(journal, cj)) {
+            computed++;
+            int nospc = 0;
+#ifdef FD_TEST_HOOKS
+            nospc = test_hook("FD_TEST_NOSPC_AFTER_CASES", computed, rank, nranks);
+#endif
+            if (nospc || (!header_written && write_line(journal, header)) || write_line(journal, cj)) {
                 jbad = 1;
-                jerrno = errno;
+                jerrno = nospc ? ENOSPC : errno;
             }
             header_written = 1;
-            if (res.verdict == FD_FAIL || res.verdict == FD_UNJUDGED) {
-                out->nfail++;
+            if (is_failed(cj) && rank == 0) { /* rank 0 prints the other ranks' after the merge */
                 fd_progress_clear(&pg);
-                fprintf(stderr, "%s %s: %s\n", fd_verdict_name(res.verdict), c->id, res.reasons);
-                const char *why = json_string_value(json_object_get(json_object_get(cj, "explain"), "summary"));
-                if (why) fprintf(stderr, "    explain: %s\n", why);
+                say_failed(c->id, cj);
             }
             fd_case_result_free(&res);
+#ifdef FD_TEST_HOOKS
+            if (test_hook("FD_TEST_DIE_AFTER_CASES", computed, rank, nranks)) {
+                fprintf(stderr, "flashdrift: rank %d: FD_TEST_DIE_AFTER_CASES=%d: killing myself\n", rank, computed);
+                raise(SIGKILL);
+            }
+#endif
         }
-        fd_report_add_case(report, cj);
+        got[i] = cj;
         out->nrun++;
         fd_progress_done(&pg, done[i] ? 0.0 : fd_progress_cost(cf, c), !done[i]);
         if (jbad) {
@@ -451,10 +719,11 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
              * journal stay there for --resume */
             fd_progress_clear(&pg);
             snprintf(err, errlen, "%s: cannot write the journal: %s; stopping after %d of %d cases", jpath,
-                     strerror(jerrno), out->nrun, out->total);
+                     strerror(jerrno), out->nrun, mine);
             out->status = FD_EXIT_INTERNAL;
         }
     }
+    (void)computed; /* read by the test hooks alone */
     fd_progress_end(&pg);
     /* the journal is the run's only copy until the reports are written: it must be on disk */
     const int jsync = fsync(fileno(journal)) != 0 && errno != EINVAL; /* EINVAL: cannot sync this file */
@@ -465,9 +734,88 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
         out->status = FD_EXIT_INTERNAL;
     }
     if (fd_interrupted) out->status = FD_EXIT_INTERRUPTED;
+    if (nranks > 1) {
+        /* Rank 0 merges: every rank's finished cases (whatever its status), and the worst
+         * status with the first failing rank's message. The other ranks stay quiet. */
+        size_t len = 0;
+        char *text = share_text(out->status, err, got, owner, rank, cf->ncases, &len), **all = NULL;
+        if (!text) { /* cannot tell rank 0 anything but the status */
+            text = malloc(16);
+            if (!text) abort();
+            len = (size_t)snprintf(text, 16, "%d\t\n", FD_EXIT_INTERNAL);
+        }
+        char gerr[256];
+        if (fd_mpi_gather_text(text, len, &all, gerr, sizeof gerr)) {
+            free(text);
+            snprintf(err, errlen, "%s", gerr);
+            out->status = FD_EXIT_INTERNAL;
+            goto fail;
+        }
+        free(text);
+        if (rank != 0) {
+            err[0] = 0; /* rank 0 reports it */
+            goto fail;
+        }
+        int worst = out->status, nmerged = 0;
+        if (out->status != FD_EXIT_PASS && out->status != FD_EXIT_INTERRUPTED && err[0]) {
+            char m[1024];
+            snprintf(m, sizeof m, "%s", err);
+            snprintf(err, errlen, "rank 0: %s", m);
+        }
+        for (int r = 1; r < nranks; r++) {
+            int rs;
+            char m[1024];
+            if (read_share(all[r], r, cf, owner, got, &rs, m, sizeof m)) {
+                rs = FD_EXIT_INTERNAL;
+                snprintf(m, sizeof m, "its cases could not be read back");
+            }
+            if (rs > worst || (rs == worst && rs != FD_EXIT_PASS && !err[0])) {
+                if (rs != FD_EXIT_INTERRUPTED) snprintf(err, errlen, "rank %d: %s", r, m);
+                worst = rs;
+            }
+        }
+        for (int r = 0; r < nranks; r++) free(all[r]);
+        free(all);
+        out->status = worst;
+        out->nrun = 0;
+        for (int i = 0; i < cf->ncases; i++) {
+            if (!got[i]) continue;
+            out->nrun++;
+            if (owner[i] == 0) continue;
+            nmerged++;
+            if (is_failed(got[i])) say_failed(cf->cases[i].id, got[i]);
+        }
+        if (!o->quiet) say_ranks(got, done, owner, cf->ncases, nranks);
+        if (out->status != FD_EXIT_PASS && nmerged) {
+            /* keep every finished case in rank 0's journal too: a rank that could not write
+             * its own loses nothing, and --resume reads one file less */
+            char jerrs[1024];
+            FILE *j = fd_fopen_output(jpath, 1, jerrs, sizeof jerrs);
+            int bad = !j;
+            if (j) {
+                if (!header_written) bad |= write_line(j, header);
+                for (int i = 0; i < cf->ncases; i++)
+                    if (got[i] && owner[i] != 0) bad |= write_line(j, got[i]);
+                bad |= fsync(fileno(j)) != 0 && errno != EINVAL;
+                bad |= fclose(j) != 0;
+            }
+            if (bad) fprintf(stderr, "flashdrift: warning: %s: cannot keep the other ranks' cases in it: %s\n", jpath,
+                             j ? strerror(errno) : jerrs);
+        }
+    }
+    out->nfail = 0;
+    for (int i = 0; i < cf->ncases; i++)
+        if (got[i]) {
+            out->nfail += is_failed(got[i]);
+            fd_report_add_case(report, got[i]); /* case-file order, whichever rank ran it */
+            got[i] = NULL;
+        }
     fd_report_finish(report, out->status == FD_EXIT_PASS);
     for (int i = 0; i < cf->ncases; i++) json_decref(done[i]);
     free(done);
+    free(got);
+    free(owner);
+    free(kept);
     json_decref(header);
     *report_out = report;
     if (out->status == FD_EXIT_PASS) return 0;
@@ -476,7 +824,12 @@ int fd_run_casefile(const fd_casefile *cf, const fd_run_opts *o, json_t **report
 fail:
     if (done)
         for (int i = 0; i < cf->ncases; i++) json_decref(done[i]);
+    if (got)
+        for (int i = 0; i < cf->ncases; i++) json_decref(got[i]);
     free(done);
+    free(got);
+    free(owner);
+    free(kept);
     json_decref(header);
     json_decref(report);
     return -1;
@@ -530,6 +883,7 @@ int fd_run_write_outputs(const json_t *report, const char *dir, int quiet, char 
      * would only be mistaken for this one's */
     snprintf(path, sizeof path, "%s/cases.partial.jsonl", dir);
     unlink(path);
+    remove_rank_journals(dir);
     snprintf(path, sizeof path, "%s/report.partial.json", dir);
     unlink(path);
     return 0;
@@ -635,18 +989,18 @@ int fd_run_and_write_cf(const fd_casefile *cf, const fd_run_opts *o, json_t **re
     char err[1024];
     *report_out = NULL;
     const fd_backend *probe[FD_MAX_BACKENDS];
-    if (fd_backends_select(o->backend, probe, err, sizeof err) < 0 || fd_mkdir_p(o->out, err, sizeof err)) {
-        fprintf(stderr, "flashdrift: %s\n", err);
-        return FD_EXIT_USAGE;
-    }
+    const int bad = fd_backends_select(o->backend, probe, err, sizeof err) < 0 || fd_mkdir_p(o->out, err, sizeof err);
+    if (bad) fprintf(stderr, "flashdrift: %s\n", err);
+    if (fd_mpi_max(bad)) return FD_EXIT_USAGE; /* every rank stops when one cannot start */
     json_t *report = NULL;
     fd_run_outcome oc;
     if (fd_run_casefile(cf, o, &report, &oc, err, sizeof err)) {
-        if (oc.status != FD_EXIT_INTERRUPTED) fprintf(stderr, "flashdrift: %s\n", err);
+        if (oc.status != FD_EXIT_INTERRUPTED && err[0]) fprintf(stderr, "flashdrift: %s\n", err);
         if (report) write_partial(report, o->out, &oc);
         json_decref(report);
         return oc.status;
     }
+    if (!report) return oc.status; /* a rank other than 0: rank 0 writes the outputs */
     if (fd_run_write_outputs(report, o->out, o->quiet, err, sizeof err)) {
         fprintf(stderr, "flashdrift: %s\n", err);
         json_decref(report);

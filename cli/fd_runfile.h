@@ -10,7 +10,13 @@
  * makes the case FAIL ("repeat" in each backend's report object). With explain (default: FAIL
  * cases) each judged case is explained (fd_explain_case on the first flash backend that
  * ran) and carries fd_explain_json's object as "explain", or "explain_error" when the
- * explanation failed; cases kept by resume that lack one are explained then. */
+ * explanation failed; cases kept by resume that lack one are explained then.
+ *
+ * Under an MPI launch (fd_mpi.h, docs/mpi.md) the same loop runs on every rank: each runs
+ * the cases assigned to it (by estimated cost, the same assignment on every rank) and
+ * journals them to its own file (rank r > 0: DIR/cases.partial.rankR.jsonl); rank 0 reads
+ * every journal on resume, gathers the finished cases and returns the report; the other
+ * ranks return no report (their outcome's status is their own; main exits with rank 0's). */
 #ifndef FD_RUNFILE_H
 #define FD_RUNFILE_H
 #include <jansson.h>

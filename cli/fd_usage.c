@@ -31,7 +31,9 @@
     "Progress goes to stderr: on a terminal a bar with elapsed time and an ETA weighted by\n"           \
     "case cost; elsewhere (CI logs) a line \"k/n cases, elapsed 1m23s, ETA 2m10s\" when a case\n"       \
     "finishes, at most one every 10 s, and always the last. The run's FAIL lines and\n"              \
-    "diagnostics go to stderr too; results (the totals, gate's verdict lines) to stdout.\n"
+    "diagnostics go to stderr too; results (the totals, gate's verdict lines) to stdout.\n"      \
+    "Under mpirun or srun (a build with MPI) the cases are spread over the ranks, --jobs is\n"     \
+    "per rank, rank 0 writes the outputs and every rank exits with its code (docs/mpi.md).\n"
 
 #define EXIT_RUN                                                                                        \
     "exit: 0 all pass, 1 a case failed, 2 usage or input error, 3 internal error, 130 interrupted\n"   \

@@ -4,27 +4,45 @@
 #include <string.h>
 
 #include "fd_cmds.h"
+#include "fd_mpi.h"
 #include "fd_signal.h"
 
 #ifndef FD_VERSION
 #define FD_VERSION "0.0.0"
 #endif
 
+/* ranks: 1 when the command spreads its cases over MPI ranks (the run loop); the other
+ * commands run on rank 0 alone under mpirun (docs/mpi.md). */
 static const struct {
     const char *name;
     int (*fn)(int argc, char **argv);
+    int ranks;
 } fd_commands[] = {
-    {"run", fd_cmd_run},
-    {"list", fd_cmd_list},
-    {"gate", fd_cmd_gate},
-    {"diff", fd_cmd_diff},
-    {"baseline", fd_cmd_baseline},
-    {"html", fd_cmd_html},
-    {"explain", fd_cmd_explain},
-    {"bench", fd_cmd_bench},
-    {"check", fd_cmd_check},
-    {"compare", fd_cmd_compare},
+    {"run", fd_cmd_run, 1},
+    {"list", fd_cmd_list, 0},
+    {"gate", fd_cmd_gate, 1},
+    {"diff", fd_cmd_diff, 0},
+    {"baseline", fd_cmd_baseline, 0},
+    {"html", fd_cmd_html, 0},
+    {"explain", fd_cmd_explain, 0},
+    {"bench", fd_cmd_bench, 0},
+    {"check", fd_cmd_check, 1},
+    {"compare", fd_cmd_compare, 0},
 };
+
+/* Runs a command on every rank (or rank 0 alone) and returns rank 0's exit code on all. */
+static int run_command(size_t i, int argc, char **argv)
+{
+    char err[256];
+    const int init = fd_mpi_init(&argc, &argv, err, sizeof err);
+    if (init) {
+        fprintf(stderr, "flashdrift: %s\n", err);
+        return init == -2 ? FD_EXIT_USAGE : FD_EXIT_INTERNAL;
+    }
+    int rc = FD_EXIT_PASS;
+    if (fd_commands[i].ranks || fd_mpi_rank() == 0) rc = fd_commands[i].fn(argc - 2, argv + 2);
+    return fd_mpi_finish(rc);
+}
 
 int main(int argc, char **argv)
 {
@@ -42,7 +60,7 @@ int main(int argc, char **argv)
         return FD_EXIT_PASS;
     }
     for (size_t i = 0; i < sizeof fd_commands / sizeof fd_commands[0]; i++)
-        if (!strcmp(argv[1], fd_commands[i].name)) return fd_signal_exit(fd_commands[i].fn(argc - 2, argv + 2));
+        if (!strcmp(argv[1], fd_commands[i].name)) return fd_signal_exit(run_command(i, argc, argv));
     fprintf(stderr, "flashdrift: unknown command \"%s\" (flashdrift --help lists them)\n", argv[1]);
     return FD_EXIT_USAGE;
 }

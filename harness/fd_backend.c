@@ -211,6 +211,16 @@ int fd_gpu_describe(char *buf, size_t len)
     return -1;
 }
 
+int fd_gpu_select(int ordinal)
+{
+#ifdef FD_HAVE_CUDA
+    return fd_cuda_select_device(ordinal);
+#else
+    (void)ordinal;
+    return -1;
+#endif
+}
+
 int fd_gpu_present(void)
 {
 #ifdef FD_HAVE_CUDA

@@ -29,8 +29,12 @@ int fd_backends_select(const char *spec, const fd_backend **out, char *err, size
 const fd_backend *fd_backend_find(const char *name);
 /* 1 when the CUDA backends are built and a GPU is visible. */
 int fd_gpu_present(void);
-/* "name, sm_XY, driver N" of GPU 0; -1 when there is none. */
+/* "name, sm_XY, driver N" of the current GPU (0 unless fd_gpu_select chose another); -1
+ * when there is none. */
 int fd_gpu_describe(char *buf, size_t len);
+/* Makes GPU ordinal % count this process's (an MPI rank's, fd_mpi.h): the device, or -1
+ * when there is no GPU or the build has no CUDA. */
+int fd_gpu_select(int ordinal);
 
 
 void fd_case_result_free(fd_case_result *r);

@@ -46,8 +46,11 @@ typedef struct fd_cuda_timing {
 
 /* Number of CUDA devices; 0 when there is no GPU or no driver (never fails loudly). */
 int fd_cuda_device_count(void);
-/* "gpu name, sm_XY, driver N" of device 0 into buf; 0 or -1. */
+/* "gpu name, sm_XY, driver N" of the current device (0 unless selected) into buf; 0 or -1. */
 int fd_cuda_device_name(char *buf, size_t len);
+/* Makes device ordinal % count current for this process (an MPI rank's GPU); returns the
+ * device, or -1 when there is none. */
+int fd_cuda_select_device(int ordinal);
 void fd_cuda_cfg_default(fd_cuda_cfg *cfg);
 /* Path taken for fp32 inputs, in words. */
 const char *fd_cuda_fp32_path(void);

@@ -426,8 +426,9 @@ int fd_cuda_device_count(void)
 int fd_cuda_device_name(char *buf, size_t len)
 {
     cudaDeviceProp pr;
-    int drv = 0;
-    if (fd_cuda_device_count() <= 0 || cudaGetDeviceProperties(&pr, 0) != cudaSuccess) {
+    int drv = 0, dev = 0;
+    if (fd_cuda_device_count() <= 0 || cudaGetDevice(&dev) != cudaSuccess ||
+        cudaGetDeviceProperties(&pr, dev) != cudaSuccess) {
         cudaGetLastError();
         snprintf(buf, len, "no CUDA device");
         return -1;
@@ -436,6 +437,17 @@ int fd_cuda_device_name(char *buf, size_t len)
     snprintf(buf, len, "%s, sm_%d%d, %d SMs, CUDA driver %d.%d", pr.name, pr.major, pr.minor,
              pr.multiProcessorCount, drv / 1000, (drv % 1000) / 10);
     return 0;
+}
+
+int fd_cuda_select_device(int ordinal)
+{
+    const int n = fd_cuda_device_count();
+    if (n <= 0) return -1;
+    if (cudaSetDevice(ordinal % n) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    return ordinal % n;
 }
 
 void fd_cuda_cfg_default(fd_cuda_cfg *cfg)
