@@ -89,7 +89,8 @@ typedef struct fd_tb_row {
     const float *k, *v;  /* K and V of (b, kv head): key j at k + j * kstride */
     long kstride;
     int D, lo, hi, n;    /* visible keys lo..hi, n of them */
-    int b, h, i, sq, sk, nheads;
+    int b, h, i, sq, sk, nheads; /* i packed; sq, sk of the row's sequence (varlen) */
+    int ai;              /* i - q0 + k0: the ALiBi distance is |ai + sk - sq - j| */
     double sigma, cap, slope; /* cap 0: none; slope 0: no ALiBi */
     int drop;
     uint8_t thr;
@@ -107,13 +108,26 @@ FD_HD void fd_tb_row_init(fd_tb_row *w, const fd_problem *p, const float *q, con
     const size_t base = ((size_t)b * (size_t)p->seqlen_k * (size_t)p->kv_heads + (size_t)hk) * (size_t)D;
     w->k = k + base;
     w->v = v + base;
-    w->n = fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i, p->seqlen_q,
-                        p->seqlen_k, &w->lo, &w->hi);
+    /* the row's sequence (varlen: fd_problem_seq_span's, in FD_HD form); the masks, the
+     * window and the ALiBi distance are those of the sequence alone */
+    int q0 = 0, sq = p->seqlen_q, k0 = 0, sk = p->seqlen_k;
+    if (p->varlen > 0) {
+        const int s = fd_varlen_seq(p->cu_seqlens_q, p->varlen, i);
+        q0 = p->cu_seqlens_q[s];
+        sq = p->cu_seqlens_q[s + 1] - q0;
+        k0 = p->cu_seqlens_k[s];
+        sk = p->cu_seqlens_k[s + 1] - k0;
+    }
+    w->n = fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i - q0, sq, sk,
+                        &w->lo, &w->hi);
+    w->lo += k0;
+    w->hi += k0;
     w->b = b;
     w->h = h;
     w->i = i;
-    w->sq = p->seqlen_q;
-    w->sk = p->seqlen_k;
+    w->ai = i - q0 + k0;
+    w->sq = sq;
+    w->sk = sk;
     w->nheads = p->heads;
     w->sigma = (double)p->softmax_scale;
     w->cap = p->softcap > 0.0f ? (double)p->softcap : 0.0;
@@ -169,7 +183,7 @@ FD_HD int fd_tb_logit_finish(const fd_tb_row *w, int j, double acc, double r, do
         e = FD_TB_ADD(e, FD_TB_MUL(FD_TB_U, fabs(x)));
     }
     if (!fd_eq(w->slope, 0.0)) {
-        const long dd = (long)w->i + w->sk - w->sq - j;
+        const long dd = (long)w->ai + w->sk - w->sq - j; /* packed j: ai holds the k0 shift */
         const double bias = FD_TB_MUL(w->slope, (double)(dd < 0 ? -dd : dd));
         x = FD_TB_SUB(x, bias);
         e = FD_TB_ADD(e, FD_TB_MUL(FD_TB_U, FD_TB_ADD(fabs(bias), fabs(x))));

@@ -58,7 +58,8 @@ static int run_np(int np, const char *const *args)
 }
 
 /* Removes, in place, what may differ between two runs of one case file (docs/mpi.md):
- * "created" and "machine" at the top, and every timing ("seconds", "bias_seconds", "ms")
+ * "created" and "machine" at the top, and every timing ("seconds", "bias_seconds",
+ * "seconds_tier", "seconds_mpfr", "ms")
  * at any depth. */
 static void strip_volatile(json_t *j, int top)
 {
@@ -69,6 +70,8 @@ static void strip_volatile(json_t *j, int top)
         }
         json_object_del(j, "seconds");
         json_object_del(j, "bias_seconds");
+        json_object_del(j, "seconds_tier");
+        json_object_del(j, "seconds_mpfr");
         json_object_del(j, "ms");
         const char *k;
         json_t *v;

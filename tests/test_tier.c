@@ -4,7 +4,7 @@
  * The property checked everywhere: a value the tier decides is within its own stated bound
  * of MPFR's correctly rounded value (|x - r| <= dx + 2^-52 |r|), and within 1/1000 ulp of
  * the output dtype of it, with the same dtype ulp (what the decision promises the metrics).
- * Rows: every row of every case of cases/smoke.json and cases/features.json, the default
+ * Rows: every row of every case of cases/smoke.json, cases/features.json and cases/varlen.json, the default
  * sweep's own sample (cases/default.json, 32 rows per head: 46,080 rows), and
  * adversarial rows (huge logit spreads, cancellation in P V, tied maxima, spread
  * exponents). FD_TIER_SEED overrides the random tests' seed. */
@@ -149,6 +149,16 @@ Test(tier, features_every_value_agrees_with_mpfr, .timeout = 600)
     tally tl = {0};
     check_casefile("cases/features.json", &tl);
     report("features", &tl);
+    cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
+}
+
+Test(tier, varlen_every_value_agrees_with_mpfr, .timeout = 600)
+{
+    /* packed batches: each row sees its own sequence only, ALiBi distances within it (a tier
+     * that attended the packed batch as one sequence passed the leaking kernel) */
+    tally tl = {0};
+    check_casefile("cases/varlen.json", &tl);
+    report("varlen", &tl);
     cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
 }
 
