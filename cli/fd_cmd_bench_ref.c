@@ -20,6 +20,9 @@
  * Markdown rows go to stdout and, with --markdown FILE, to FILE. */
 #include <math.h>
 #include <stdarg.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +216,9 @@ int fd_bench_reference(int argc, char **argv)
             long x = strtol(g.arg, &end, 10);
             if (!*g.arg || *end || x < 1 || x > 1024) return fd_usage_error("bench", "--jobs expects 1..1024, got '%s'", g.arg);
             jobs = (int)x;
+#ifdef _OPENMP
+            omp_set_num_threads(jobs); /* the CPU kernels' OpenMP rows */
+#endif
         }
     }
     bench_out bo = {NULL};

@@ -6,6 +6,9 @@
  *   (each flash output of an imported bundle, or the one named; docs/import.md)
  * Prints the explanation; with --out writes DIR/explain.json and DIR/explain.md. */
 #include <jansson.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,6 +221,9 @@ int fd_cmd_explain(int argc, char **argv)
             if (!*g.arg || *end || v < 1 || v > 1024)
                 return fd_usage_error("explain", "--jobs expects an integer in [1, 1024], got '%s'", g.arg);
             o.jobs = (int)v;
+#ifdef _OPENMP
+            omp_set_num_threads(o.jobs); /* the CPU kernels' OpenMP rows */
+#endif
             break;
         case FD_OPT_POSITIONAL:
             if (file) return fd_usage_error("explain", "one case file or report expected, got also %s", g.arg);

@@ -5,6 +5,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -933,7 +936,12 @@ int fd_run_option(const char *cmd, int opt, const char *arg, fd_run_opts *o)
             fd_usage_error(cmd, "--%s expects an integer in [1, %ld], got '%s'", jobs ? "jobs" : "repeat", hi, arg);
             return -1;
         }
-        if (jobs) o->jobs = (int)v;
+        if (jobs) {
+            o->jobs = (int)v;
+#ifdef _OPENMP
+            omp_set_num_threads(o->jobs); /* the CPU kernels' OpenMP rows, as the reference's */
+#endif
+        }
         else o->repeat = (int)v;
         return 0;
     }

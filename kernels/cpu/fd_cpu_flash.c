@@ -246,56 +246,74 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                         const float *q, const float *k, const float *v, const int *rows,
                         int nrows, double *o, double *lse, char *err, size_t errlen)
 {
-    fd_flash_ctx x;
-    if (ctx_init(&x, p, cfg, exact, q, k, v, err, errlen)) return -1;
     const int D = p->head_dim, sq = p->seqlen_q, bc = cfg->bc;
     const int xfin = !!(exact & FD_STAGE_FINAL), xds = !!(exact & FD_STAGE_DROPSCALE);
     const int xsm = !!(exact & FD_STAGE_SOFTMAX);
-    const float rp = x.dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
-    const double rp_d = x.dropout ? 1.0 / (1.0 - p->dropout_p) : 1.0;
+    const int dropout = p->dropout_p > 0.0;
+    const float rp = dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
+    const double rp_d = dropout ? 1.0 / (1.0 - p->dropout_p) : 1.0;
     const int n_rows = rows ? nrows : sq;
-    double *acc = malloc(sizeof(double) * (size_t)D);
-    if (!acc) {
-        ctx_free(&x);
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    for (int b = 0; b < p->batch; b++)
-        for (int h = 0; h < p->heads; h++)
-            for (int r = 0; r < n_rows; r++) {
-                const int i = rows ? rows[r] : r;
-                double *oi = o + fd_q_index(p, b, i, h, 0);
-                int lo, hi;
-                const int nv = fd_mask_visible_range(p, i, &lo, &hi);
-                if (nv == 0) {
-                    for (int d = 0; d < D; d++) oi[d] = 0.0;
-                    lse[fd_lse_index(p, b, h, i)] = INFINITY;
-                    continue;
-                }
-                double l, m;
-                const fd_seq_span sp = fd_problem_seq_span(p, i);
-                flash_row(&x, b, h, i, sp.k0, sp.k0 + sp.sk, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo,
-                          hi, acc, &l, &m);
-                const int empty = fd_eq(l, 0.0) || isnan(l);
-                /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
-                if (xfin) {
-                    const double sc = (empty ? 1.0 : 1.0 / l) * (xds ? rp_d : (double)rp);
-                    for (int d = 0; d < D; d++) oi[d] = acc[d] * sc;
-                } else {
-                    const float inv = empty ? 1.0f : 1.0f / (float)l;
-                    const float sc = xds ? (float)((double)inv * rp_d) : inv * rp;
-                    for (int d = 0; d < D; d++)
-                        oi[d] = cfg->o_round_up ? (double)round_up_dtype((double)(float)acc[d] * (double)sc, p->dtype)
-                                                : (double)fd_round_to_dtype((float)acc[d] * sc, p->dtype);
-                }
-                lse[fd_lse_index(p, b, h, i)] =
-                    empty ? (double)INFINITY
-                          : (xsm || xfin) ? m * (double)x.scale_sm + log(l)
-                                          : (double)fmaf((float)m, x.scale_sm, logf((float)l));
+    const long ntask = (long)p->batch * p->heads * n_rows;
+    int failed = 0;
+    /* Rows are independent (a row's tiles, in FA2's order, are the row's alone): OpenMP
+     * over (batch, head, row), each thread with its own context and accumulator, so the
+     * bits of a row do not depend on the thread that computes it. */
+#pragma omp parallel reduction(| : failed)
+    {
+        fd_flash_ctx x;
+        double *acc = NULL;
+        char e2[256];
+        int ok = !ctx_init(&x, p, cfg, exact, q, k, v, e2, sizeof e2);
+        if (ok && !(acc = malloc(sizeof(double) * (size_t)D))) {
+            ctx_free(&x);
+            snprintf(e2, sizeof e2, "out of memory");
+            ok = 0;
+        }
+        if (!ok) {
+            failed = 1;
+#pragma omp critical(fd_cpu_flash_err)
+            snprintf(err, errlen, "%s", e2);
+        }
+#pragma omp for schedule(dynamic, 4)
+        for (long t = 0; t < ntask; t++) {
+            if (!ok) continue;
+            const int r = (int)(t % n_rows), h = (int)((t / n_rows) % p->heads), b = (int)(t / n_rows / p->heads);
+            const int i = rows ? rows[r] : r;
+            double *oi = o + fd_q_index(p, b, i, h, 0);
+            int lo, hi;
+            const int nv = fd_mask_visible_range(p, i, &lo, &hi);
+            if (nv == 0) {
+                for (int d = 0; d < D; d++) oi[d] = 0.0;
+                lse[fd_lse_index(p, b, h, i)] = INFINITY;
+                continue;
             }
-    free(acc);
-    ctx_free(&x);
-    return 0;
+            double l, m;
+            const fd_seq_span sp = fd_problem_seq_span(p, i);
+            flash_row(&x, b, h, i, sp.k0, sp.k0 + sp.sk, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo,
+                      hi, acc, &l, &m);
+            const int empty = fd_eq(l, 0.0) || isnan(l);
+            /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
+            if (xfin) {
+                const double sc = (empty ? 1.0 : 1.0 / l) * (xds ? rp_d : (double)rp);
+                for (int d = 0; d < D; d++) oi[d] = acc[d] * sc;
+            } else {
+                const float inv = empty ? 1.0f : 1.0f / (float)l;
+                const float sc = xds ? (float)((double)inv * rp_d) : inv * rp;
+                for (int d = 0; d < D; d++)
+                    oi[d] = cfg->o_round_up ? (double)round_up_dtype((double)(float)acc[d] * (double)sc, p->dtype)
+                                            : (double)fd_round_to_dtype((float)acc[d] * sc, p->dtype);
+            }
+            lse[fd_lse_index(p, b, h, i)] =
+                empty ? (double)INFINITY
+                      : (xsm || xfin) ? m * (double)x.scale_sm + log(l)
+                                      : (double)fmaf((float)m, x.scale_sm, logf((float)l));
+        }
+        if (ok) {
+            free(acc);
+            ctx_free(&x);
+        }
+    }
+    return failed ? -1 : 0;
 }
 
 int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,

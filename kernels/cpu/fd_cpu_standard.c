@@ -30,15 +30,20 @@ int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const flo
     const size_t kvstride = (size_t)p->kv_heads * (size_t)D;
     const int n_rows = rows ? nrows : sq;
     if (p->dtype == FD_DT_FP32) order = FD_ACC_SEQ; /* tensor-core model: fp16/bf16 only */
-    float *s = malloc(sizeof(float) * (size_t)sk);
-    if (!s) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    for (int b = 0; b < p->batch; b++)
-        for (int h = 0; h < p->heads; h++) {
+    /* Rows are independent: OpenMP over (batch, head, row), each thread with its own
+     * score row; the arithmetic of a row is the same whatever thread runs it. */
+    const long ntask = (long)p->batch * p->heads * n_rows;
+    int oom = 0;
+#pragma omp parallel reduction(| : oom)
+    {
+        float *s = malloc(sizeof(float) * (size_t)(sk > 0 ? sk : 1));
+        if (!s) oom = 1;
+#pragma omp for schedule(dynamic, 4)
+        for (long t = 0; t < ntask; t++) {
+            if (!s) continue;
+            const int r = (int)(t % n_rows), h = (int)((t / n_rows) % p->heads), b = (int)(t / n_rows / p->heads);
             const int hk = fd_kv_head(p, h);
-            for (int r = 0; r < n_rows; r++) {
+            {
                 const int i = rows ? rows[r] : r;
                 const float *qi = q + fd_q_index(p, b, i, h, 0);
                 float *oi = o + fd_q_index(p, b, i, h, 0);
@@ -78,6 +83,11 @@ int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const flo
                 lse[fd_lse_index(p, b, h, i)] = m + logf(sum);
             }
         }
-    free(s);
+        free(s);
+    }
+    if (oom) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     return 0;
 }
