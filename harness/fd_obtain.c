@@ -95,21 +95,21 @@ double fd_reference_estimate(const fd_problem *p, const int *rows, int nrows, in
 }
 
 /* Seconds of the CPU kernels that compute the checked rows (the replay and eager attention,
- * the computed baseline: two of them in most runs), single-threaded, for every row: eager
+ * the computed baseline: two of them in most runs), rows over `jobs` threads, for every row: eager
  * attention goes over all seqlen_k keys of a row at 13-70 ns per key x head_dim (measured:
  * cpu-standard, B1 H1 N1024 d128 fp16, 1.8 s on the 2-core dev VM; B1 H4 N1023 d128 bf16
  * with the tensor-core block model and window/ALiBi/softcap, 37 s on the H200's host,
- * 2026-12-03). Without it "every row" made `check` of an imported N = 1023 bundle take a
+ * 2026-12-03, one thread each). Without it "every row" made `check` of an imported N = 1023 bundle take a
  * minute (the reference took 0.1 s). */
-static double cpu_kernels_estimate(const fd_problem *p)
+static double cpu_kernels_estimate(const fd_problem *p, int jobs)
 {
     return 2.0 * (double)p->batch * (double)p->heads * (double)p->seqlen_q * (double)p->seqlen_k *
-           (double)p->head_dim * 40e-9;
+           (double)p->head_dim * 40e-9 / (double)(jobs > 0 ? jobs : 1);
 }
 
 int fd_reference_rows_per_head(const fd_casefile *cf, const fd_problem *p, int jobs, double *estimate_s)
 {
-    const double est = fd_reference_estimate(p, NULL, p->seqlen_q, jobs, cf->reference) + cpu_kernels_estimate(p);
+    const double est = fd_reference_estimate(p, NULL, p->seqlen_q, jobs, cf->reference) + cpu_kernels_estimate(p, jobs);
     if (estimate_s) *estimate_s = est;
     if (cf->reference_budget > 0.0 && est <= cf->reference_budget) return 0;
     return cf->rows_per_head;

@@ -2,6 +2,7 @@
  * reference, and the replay's own invariants. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,6 +122,42 @@ Test(cpu_flash, row_subset_gives_the_same_bits)
                 cr_assert(fd_f32_bits(o1[x]) == fd_f32_bits(o2[x]), "row %d d %d", rows[r], d);
             }
     free(o1); free(o2); free(q); free(k); free(v);
+}
+
+/* The CPU kernels spread rows over OpenMP threads: the bits must not depend on how many. */
+Test(cpu_flash, thread_count_gives_the_same_bits)
+{
+    fd_case c = tu_mk_case(2, 3, 1, 97, 130, 32, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.1, FD_DIST_NORMAL, 14);
+    const fd_problem *p = &c.prob;
+    float *q, *k, *v;
+    char err[256];
+    cr_assert(fd_inputs_make(&c, &q, &k, &v, err, sizeof err) == 0);
+    const size_t n = fd_q_numel(p), nl = fd_lse_numel(p);
+    float *o[2][2], *l[2][2];
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    const int threads[2] = {1, 3};
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(threads[t]);
+        for (int kern = 0; kern < 2; kern++) {
+            o[t][kern] = malloc(n * sizeof(float));
+            l[t][kern] = malloc(nl * sizeof(float));
+            const int rc = kern ? fd_cpu_standard_forward(p, FD_ACC_SEQ, q, k, v, NULL, 0, o[t][kern], l[t][kern],
+                                                          err, sizeof err)
+                                : fd_cpu_flash_forward(p, &cfg, q, k, v, NULL, 0, o[t][kern], l[t][kern], err,
+                                                       sizeof err);
+            cr_assert(rc == 0, "%s", err);
+        }
+    }
+    omp_set_num_threads(omp_get_num_procs());
+    for (int kern = 0; kern < 2; kern++) {
+        cr_assert(memcmp(o[0][kern], o[1][kern], n * sizeof(float)) == 0, "%s: O differs with 1 and 3 threads",
+                  kern ? "cpu-standard" : "cpu-flash");
+        cr_assert(memcmp(l[0][kern], l[1][kern], nl * sizeof(float)) == 0, "%s: LSE differs",
+                  kern ? "cpu-standard" : "cpu-flash");
+        free(o[0][kern]); free(o[1][kern]); free(l[0][kern]); free(l[1][kern]);
+    }
+    free(q); free(k); free(v);
 }
 
 Test(cpu_flash, tile_size_changes_order_not_accuracy)
