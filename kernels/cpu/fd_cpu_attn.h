@@ -49,7 +49,9 @@ typedef struct fd_flash_cfg {
     fd_exp2_mode exp2_mode;    /* libm exp2f (correctly rounded on glibc) or portable */
     int p_fp32;                /* 1: P stays binary32 before PV (the P-precision knob) */
     fd_rowsum_order rowsum;    /* order of the row sum (default FD_ROWSUM_FA2) */
-    int splits;                /* split-KV backends: number of K/V chunks (default 4) */
+    int splits;                /* split-KV backends: number of K/V chunks (default 4); 0: FA2's
+                                * num_splits heuristic (fd_splitkv_heuristic) for sms SMs */
+    int sms;                   /* the SM count the heuristic assumes (default 132, an H200) */
     int o_round_up;            /* planted bias (CPU replay only, a test of the bias detector):
                                 * 1 rounds the output toward +Inf instead of to nearest */
 } fd_flash_cfg;

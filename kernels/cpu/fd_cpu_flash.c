@@ -30,6 +30,7 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg)
     cfg->p_fp32 = 0;
     cfg->rowsum = FD_ROWSUM_FA2;
     cfg->splits = 4;
+    cfg->sms = 132;
     cfg->o_round_up = 0;
 }
 
@@ -94,7 +95,20 @@ typedef struct {
     const float *q, *k, *v;
     double *s, *pt;
     float *ptf;
+    /* paged KV cache: the physical caches (the logical K, V scattered through the block
+     * table, fd_paged_scatter) that K and V are read from, and a V tile gathered from
+     * its pages for the PV products */
+    float *kp, *vp, *vt;
 } fd_flash_ctx;
+
+/* Row j of K (or V) for batch entry b, kv head hk: through the block table when paged. */
+static const float *kv_row(const fd_flash_ctx *x, const float *logical, const float *phys, int b, int j, int hk)
+{
+    const fd_problem *p = x->p;
+    if (p->page_size > 0)
+        return phys + ((size_t)fd_paged_row(p, b, j) * (size_t)p->kv_heads + (size_t)hk) * (size_t)p->head_dim;
+    return logical + fd_kv_index(p, b, j, hk, 0);
+}
 
 /* One query row over key blocks [nb_lo, nb_hi) visited backwards, keys lo..hi visible.
  * Key block nb holds keys kb + nb bc .. (up to the sequence's end ke): kb = 0, ke =
@@ -125,7 +139,7 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
             const int j = j0 + c;
             double sv = -INFINITY; /* masked or beyond seqlen_k */
             if (j >= lo && j <= hi) {
-                const float *kj = x->k + fd_kv_index(p, b, j, hk, 0);
+                const float *kj = kv_row(x, x->k, x->kp, b, j, hk);
                 const int dist = fd_problem_alibi_dist(p, i, j);
                 if (xqk) {
                     sv = 0.0; /* exact products; a binary64 sum is exact to ~d 2^-53 */
@@ -182,14 +196,20 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
             x->ptf[c] = (float)pv;
         }
         const int nk = (j0 + bc <= ke) ? bc : ke - j0; /* keys present in memory */
+        size_t vstride = kvstride;
+        if (p->page_size > 0) { /* the tile's V rows from their pages, [c][d] (the same values) */
+            for (int c = 0; c < nk; c++)
+                memcpy(x->vt + (size_t)c * (size_t)D, kv_row(x, x->v, x->vp, b, j0 + c, hk), sizeof(float) * (size_t)D);
+            vstride = (size_t)D;
+        }
         for (int d = 0; d < D; d++) {
-            const float *vd = x->v + fd_kv_index(p, b, j0, hk, d);
+            const float *vd = p->page_size > 0 ? x->vt + d : x->v + fd_kv_index(p, b, j0, hk, d);
             if (xpv) {
                 double a = acc[d];
-                for (int c = 0; c < nk; c++) a += x->pt[c] * (double)vd[(size_t)c * kvstride];
+                for (int c = 0; c < nk; c++) a += x->pt[c] * (double)vd[(size_t)c * vstride];
                 acc[d] = a;
             } else {
-                acc[d] = (double)fd_dot_acc_dt(x->pv, x->ptf, 1, vd, kvstride, nk, (float)acc[d],
+                acc[d] = (double)fd_dot_acc_dt(x->pv, x->ptf, 1, vd, vstride, nk, (float)acc[d],
                                                p->dtype);
             }
         }
@@ -229,8 +249,19 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
     x->s = malloc(sizeof(double) * (size_t)cfg->bc);
     x->pt = malloc(sizeof(double) * (size_t)cfg->bc);
     x->ptf = malloc(sizeof(float) * (size_t)cfg->bc);
-    if (!x->s || !x->pt || !x->ptf) {
-        free(x->s); free(x->pt); free(x->ptf);
+    int oom = !x->s || !x->pt || !x->ptf;
+    if (!oom && p->page_size > 0) {
+        x->kp = malloc(sizeof(float) * fd_paged_numel(p));
+        x->vp = malloc(sizeof(float) * fd_paged_numel(p));
+        x->vt = malloc(sizeof(float) * (size_t)cfg->bc * (size_t)p->head_dim);
+        oom = !x->kp || !x->vp || !x->vt;
+        if (!oom) {
+            fd_paged_scatter(p, k, x->kp);
+            fd_paged_scatter(p, v, x->vp);
+        }
+    }
+    if (oom) {
+        free(x->s); free(x->pt); free(x->ptf); free(x->kp); free(x->vp); free(x->vt);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -239,7 +270,7 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
 
 static void ctx_free(fd_flash_ctx *x)
 {
-    free(x->s); free(x->pt); free(x->ptf);
+    free(x->s); free(x->pt); free(x->ptf); free(x->kp); free(x->vp); free(x->vt);
 }
 
 int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
@@ -266,7 +297,7 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                 const int i = rows ? rows[r] : r;
                 double *oi = o + fd_q_index(p, b, i, h, 0);
                 int lo, hi;
-                const int nv = fd_mask_visible_range(p, i, &lo, &hi);
+                const int nv = fd_mask_visible_range_b(p, b, i, &lo, &hi);
                 if (nv == 0) {
                     for (int d = 0; d < D; d++) oi[d] = 0.0;
                     lse[fd_lse_index(p, b, h, i)] = INFINITY;
@@ -274,7 +305,9 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                 }
                 double l, m;
                 const fd_seq_span sp = fd_problem_seq_span(p, i);
-                flash_row(&x, b, h, i, sp.k0, sp.k0 + sp.sk, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo,
+                /* keys present: the sequence's (varlen), the entry's cache_seqlens (paged) */
+                const int ke = p->page_size > 0 ? p->cache_seqlens[b] : sp.k0 + sp.sk;
+                flash_row(&x, b, h, i, sp.k0, ke, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo,
                           hi, acc, &l, &m);
                 const int empty = fd_eq(l, 0.0) || isnan(l);
                 /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
@@ -355,7 +388,7 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                 const int i = rows ? rows[r] : r;
                 float *oi = o + fd_q_index(p, b, i, h, 0);
                 int lo, hi;
-                const int nv = fd_mask_visible_range(p, i, &lo, &hi);
+                const int nv = fd_mask_visible_range_b(p, b, i, &lo, &hi);
                 if (nv == 0) {
                     for (int d = 0; d < D; d++) oi[d] = 0.0f;
                     lse[fd_lse_index(p, b, h, i)] = INFINITY;
@@ -364,18 +397,23 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                 const fd_seq_span sq_ = fd_problem_seq_span(p, i);
                 const int kb = sq_.k0, klo = (lo - kb) / bc; /* tiles from the sequence's first key */
                 const int nblocks = (hi - kb) / bc + 1;
-                const int per = (nblocks + splits - 1) / splits;
+                const int paged = p->page_size > 0;
+                const int ke = paged ? p->cache_seqlens[b] : kb + sq_.sk;
+                /* paged (cuda-splitkv's rule): every row of entry b splits the entry's
+                 * ceil(cache_seqlens[b] / bc) tiles alike and every split takes part in the
+                 * combine (an empty one as LSE -inf, O 0); else the row's own tiles */
+                const int per = paged ? ((ke + bc - 1) / bc + splits - 1) / splits : (nblocks + splits - 1) / splits;
                 int ns = 0;
                 for (int sp = 0; sp < splits; sp++) {
                     const int slo = sp * per, shi = slo + per < nblocks ? slo + per : nblocks;
-                    if (slo >= shi) break;
+                    if (slo >= shi && !paged) break;
                     double l, m;
-                    if (shi <= klo) { /* a split left of a window: no visible key, weight 0 */
+                    if (shi <= klo || slo >= shi) { /* no visible key in this split: weight 0 */
                         for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = 0.0f;
                         lacc[ns++] = -INFINITY;
                         continue;
                     }
-                    flash_row(&x, b, h, i, kb, kb + sq_.sk, slo > klo ? slo : klo, shi, lo, hi, acc, &l, &m);
+                    flash_row(&x, b, h, i, kb, ke, slo > klo ? slo : klo, shi, lo, hi, acc, &l, &m);
                     /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
                     const float inv = 1.0f / (float)l, sc = inv * rp;
                     for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;
