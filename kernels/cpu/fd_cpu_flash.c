@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "fd_cpu_attn.h"
@@ -99,6 +100,7 @@ typedef struct {
      * table, fd_paged_scatter) that K and V are read from, and a V tile gathered from
      * its pages for the PV products */
     float *kp, *vp, *vt;
+    int own_pages; /* kp, vp allocated here (scattered from the logical K, V) */
 } fd_flash_ctx;
 
 /* Row j of K (or V) for batch entry b, kv head hk: through the block table when paged. */
@@ -221,8 +223,12 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
     *m_out = m;
 }
 
+static void ctx_free(fd_flash_ctx *x);
+
+/* kc, vc: the physical caches of a paged problem as given (NULL: scattered from k, v). */
 static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
-                    const float *q, const float *k, const float *v, char *err, size_t errlen)
+                    const float *q, const float *k, const float *v, const float *kc, const float *vc, char *err,
+                    size_t errlen)
 {
     memset(x, 0, sizeof *x);
     if (fd_cpu_check_problem(p, err, errlen)) return -1;
@@ -251,18 +257,19 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
     x->ptf = malloc(sizeof(float) * (size_t)cfg->bc);
     int oom = !x->s || !x->pt || !x->ptf;
     if (!oom && p->page_size > 0) {
-        x->kp = malloc(sizeof(float) * fd_paged_numel(p));
-        x->vp = malloc(sizeof(float) * fd_paged_numel(p));
+        x->own_pages = !(kc && vc);
+        x->kp = x->own_pages ? malloc(sizeof(float) * fd_paged_numel(p)) : (float *)(uintptr_t)kc;
+        x->vp = x->own_pages ? malloc(sizeof(float) * fd_paged_numel(p)) : (float *)(uintptr_t)vc;
         x->vt = malloc(sizeof(float) * (size_t)cfg->bc * (size_t)p->head_dim);
-        oom = !x->kp || !x->vp || !x->vt;
-        if (!oom) {
+        oom = !x->kp || !x->vp || !x->vt || (x->own_pages && (!k || !v));
+        if (!oom && x->own_pages) {
             fd_paged_scatter(p, k, x->kp);
             fd_paged_scatter(p, v, x->vp);
         }
     }
     if (oom) {
-        free(x->s); free(x->pt); free(x->ptf); free(x->kp); free(x->vp); free(x->vt);
-        snprintf(err, errlen, "out of memory");
+        ctx_free(x);
+        snprintf(err, errlen, "out of memory (or no K/V)");
         return -1;
     }
     return 0;
@@ -270,15 +277,21 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
 
 static void ctx_free(fd_flash_ctx *x)
 {
-    free(x->s); free(x->pt); free(x->ptf); free(x->kp); free(x->vp); free(x->vt);
+    free(x->s); free(x->pt); free(x->ptf); free(x->vt);
+    if (x->own_pages) {
+        free(x->kp);
+        free(x->vp);
+    }
+    x->s = x->pt = NULL;
+    x->ptf = x->kp = x->vp = x->vt = NULL;
 }
 
-int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
-                        const float *q, const float *k, const float *v, const int *rows,
-                        int nrows, double *o, double *lse, char *err, size_t errlen)
+static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact, const float *q, const float *k,
+                        const float *v, const float *kc, const float *vc, const int *rows, int nrows, double *o,
+                        double *lse, char *err, size_t errlen)
 {
     fd_flash_ctx x;
-    if (ctx_init(&x, p, cfg, exact, q, k, v, err, errlen)) return -1;
+    if (ctx_init(&x, p, cfg, exact, q, k, v, kc, vc, err, errlen)) return -1;
     const int D = p->head_dim, sq = p->seqlen_q, bc = cfg->bc;
     const int xfin = !!(exact & FD_STAGE_FINAL), xds = !!(exact & FD_STAGE_DROPSCALE);
     const int xsm = !!(exact & FD_STAGE_SOFTMAX);
@@ -331,9 +344,16 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
     return 0;
 }
 
-int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,
-                         const float *k, const float *v, const int *rows, int nrows, float *o,
-                         float *lse, char *err, size_t errlen)
+int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
+                        const float *q, const float *k, const float *v, const int *rows,
+                        int nrows, double *o, double *lse, char *err, size_t errlen)
+{
+    return flash_stages(p, cfg, exact, q, k, v, NULL, NULL, rows, nrows, o, lse, err, errlen);
+}
+
+static int flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q, const float *k, const float *v,
+                         const float *kc, const float *vc, const int *rows, int nrows, float *o, float *lse, char *err,
+                         size_t errlen)
 {
     double *od = malloc(sizeof(double) * fd_q_numel(p));
     double *ld = malloc(sizeof(double) * fd_lse_numel(p));
@@ -342,7 +362,7 @@ int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const flo
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int rc = fd_cpu_flash_stages(p, cfg, 0u, q, k, v, rows, nrows, od, ld, err, errlen);
+    int rc = flash_stages(p, cfg, 0u, q, k, v, kc, vc, rows, nrows, od, ld, err, errlen);
     if (!rc) {
         const int n_rows = rows ? nrows : p->seqlen_q;
         for (int b = 0; b < p->batch; b++)
@@ -360,16 +380,34 @@ int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const flo
     return rc;
 }
 
-int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
-                           const float *q, const float *k, const float *v, const int *rows,
-                           int nrows, float *o, float *lse, char *err, size_t errlen)
+int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,
+                         const float *k, const float *v, const int *rows, int nrows, float *o,
+                         float *lse, char *err, size_t errlen)
+{
+    return flash_forward(p, cfg, q, k, v, NULL, NULL, rows, nrows, o, lse, err, errlen);
+}
+
+int fd_cpu_flash_forward_paged(const fd_problem *p, const fd_flash_cfg *cfg, const float *q, const float *kc,
+                               const float *vc, const int *rows, int nrows, float *o, float *lse, char *err,
+                               size_t errlen)
+{
+    if (p->page_size <= 0 || !kc || !vc) {
+        snprintf(err, errlen, "fd_cpu_flash_forward_paged: not a paged problem, or no cache");
+        return -1;
+    }
+    return flash_forward(p, cfg, q, NULL, NULL, kc, vc, rows, nrows, o, lse, err, errlen);
+}
+
+static int splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits, const float *q, const float *k,
+                           const float *v, const float *kc, const float *vc, const int *rows, int nrows, float *o,
+                           float *lse, char *err, size_t errlen)
 {
     if (splits < 1 || splits > 128) {
         snprintf(err, errlen, "split count must be in [1, 128], got %d", splits);
         return -1;
     }
     fd_flash_ctx x;
-    if (ctx_init(&x, p, cfg, 0u, q, k, v, err, errlen)) return -1;
+    if (ctx_init(&x, p, cfg, 0u, q, k, v, kc, vc, err, errlen)) return -1;
     const int D = p->head_dim, sq = p->seqlen_q, bc = cfg->bc;
     const float rp = x.dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
     const int n_rows = rows ? nrows : sq;
@@ -437,4 +475,22 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
     free(acc); free(oacc); free(lacc);
     ctx_free(&x);
     return 0;
+}
+
+int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
+                           const float *q, const float *k, const float *v, const int *rows,
+                           int nrows, float *o, float *lse, char *err, size_t errlen)
+{
+    return splitkv_forward(p, cfg, splits, q, k, v, NULL, NULL, rows, nrows, o, lse, err, errlen);
+}
+
+int fd_cpu_splitkv_forward_paged(const fd_problem *p, const fd_flash_cfg *cfg, int splits, const float *q,
+                                 const float *kc, const float *vc, const int *rows, int nrows, float *o, float *lse,
+                                 char *err, size_t errlen)
+{
+    if (p->page_size <= 0 || !kc || !vc) {
+        snprintf(err, errlen, "fd_cpu_splitkv_forward_paged: not a paged problem, or no cache");
+        return -1;
+    }
+    return splitkv_forward(p, cfg, splits, q, NULL, NULL, kc, vc, rows, nrows, o, lse, err, errlen);
 }
