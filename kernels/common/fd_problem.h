@@ -78,8 +78,8 @@ typedef struct fd_problem {
     /* ---- end paged KV cache ---- */
 } fd_problem;
 
-/* Does the problem use a window, softcap, ALiBi or variable-length sequences (the
- * features only the forward kernels and the reference support so far)? */
+/* Does the problem use a window, softcap, ALiBi, variable-length sequences or a paged KV
+ * cache (the features only the forward kernels and the reference support so far)? */
 static inline int fd_problem_has_mods(const fd_problem *p)
 {
     return p->window || p->softcap > 0.0f || p->alibi || p->varlen || p->page_size > 0;
