@@ -351,6 +351,7 @@ static int parse_paged(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     return 0;
 }
 
+#define FD_TABLE_HDR 6
 /* A paged case's block table, kept by the case file: "shuffled" draws distinct pages of
  * [0, num_pages) from the case seed (splitmix64, Fisher-Yates), "identity" gives entry b
  * the pages b * pages .. , an explicit table is checked (pages in range, distinct: the
@@ -362,15 +363,26 @@ static int paged_table(fd_ctx *cx, const char *path, const fd_sweep *s, fd_probl
     if (p->num_pages < n && s->table_kind != 2)
         return fd_jfail(cx, path, "num_pages %d is fewer than the block table's %d entries (%d entries x %d pages)",
                         p->num_pages, n, p->batch, np);
-    int *t = malloc(sizeof(int) * (size_t)n), *used = calloc((size_t)p->num_pages, sizeof(int));
+    /* a generated table is shared by the cases that would generate the same one (the
+     * header: kind, seed, page size, entries, pages; an explicit table is never shared) */
+    const int hdr[FD_TABLE_HDR] = {s->table_kind, (int)(p->seed & 0x7fffffff), (int)((p->seed >> 31) & 0x7fffffff),
+                                   p->page_size, n, p->num_pages};
+    for (int x = 0; x < cf->ntables && s->table_kind != 2; x++)
+        if (!memcmp(cf->tables[x], hdr, sizeof hdr)) {
+            p->block_table = cf->tables[x] + FD_TABLE_HDR;
+            return 0;
+        }
+    int *th = malloc(sizeof(int) * ((size_t)n + FD_TABLE_HDR)), *used = calloc((size_t)p->num_pages, sizeof(int));
     int **nt = realloc(cf->tables, sizeof(int *) * (size_t)(cf->ntables + 1));
-    if (!t || !used || !nt) {
-        free(t); free(used);
+    if (!th || !used || !nt) {
+        free(th); free(used);
         if (nt) cf->tables = nt;
         return fd_jfail(cx, path, "out of memory");
     }
     cf->tables = nt;
-    cf->tables[cf->ntables++] = t;
+    cf->tables[cf->ntables++] = th;
+    memcpy(th, hdr, sizeof hdr);
+    int *t = th + FD_TABLE_HDR;
     if (s->table_kind == 2) {
         for (int b = 0; b < p->batch; b++) {
             json_t *row = json_array_get(s->table, (size_t)b);
