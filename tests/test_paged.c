@@ -601,3 +601,75 @@ Test(paged, bundle_fields_check_and_explain, .timeout = 120)
     cr_assert_eq(fd_bundle_load(d5, &b, err, sizeof err), -1);
     cr_assert(strstr(err, "cache_seqlens: missing"), "%s", err);
 }
+
+/* Random paged problems (1..5 entries, pages of 1..64 tokens, caches from seqlen_q to the
+ * capacity, GQA, both masks, windows, 1..6 splits; seed printed, FD_PAGED_SEED overrides):
+ * cpu-flash through a shuffled table is each entry alone bit for bit, cpu-splitkv through
+ * it is the identity table's. */
+Test(paged, random_problems_replay_through_the_table, .timeout = 120)
+{
+    const char *env = getenv("FD_PAGED_SEED");
+    uint64_t seed = env ? strtoull(env, NULL, 0) : 20261203u, st = seed * 0x9e3779b97f4a7c15ull + 3;
+    printf("test_paged random_problems_replay_through_the_table: seed %llu (FD_PAGED_SEED overrides)\n",
+           (unsigned long long)seed);
+    static const int pss[] = {1, 3, 16, 64};
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    cfg.qk_order = cfg.pv_order = FD_ACC_TC16;
+    cfg.exp2_mode = FD_EXP2_PORTABLE;
+    cfg.bc = 16;
+    int multi_page_tiles = 0, causal = 0;
+    for (int it = 0; it < 40; it++) {
+        const int B = 1 + (int)(tu_urand(&st) * 5), ps = pss[(int)(tu_urand(&st) * 4)];
+        const int sq = 1 + (int)(tu_urand(&st) * 8), Hk = 1 + (int)(tu_urand(&st) * 2), H = Hk * (1 + (int)(tu_urand(&st) * 2));
+        const int np = (sq + ps - 1) / ps + (int)(tu_urand(&st) * (double)(96 / ps + 1));
+        const int D = 8 << (int)(tu_urand(&st) * 3);
+        int cs[5];
+        for (int b = 0; b < B; b++) cs[b] = sq + (int)(tu_urand(&st) * (double)(np * ps - sq + 1));
+        const int nt = B * np;
+        int *tsh = malloc(sizeof(int) * (size_t)nt), *tid = malloc(sizeof(int) * (size_t)nt);
+        table_make(tsh, nt, seed + (uint64_t)it + 1);
+        table_make(tid, nt, 0);
+        fd_problem ps_ = paged(B, cs, ps, np, tsh, H, Hk, sq, D, it % 2 ? FD_DT_BF16 : FD_DT_FP16,
+                               tu_urand(&st) < 0.5 ? FD_MASK_NONE : FD_MASK_CAUSAL_BR);
+        if (tu_urand(&st) < 0.25) {
+            ps_.window = 1;
+            ps_.window_left = (int)(tu_urand(&st) * 40);
+            ps_.window_right = ps_.mask == FD_MASK_NONE ? (int)(tu_urand(&st) * 5) : 0;
+        }
+        causal += ps_.mask == FD_MASK_CAUSAL_BR;
+        multi_page_tiles += ps < cfg.bc;
+        fd_problem pi = ps_;
+        pi.block_table = tid;
+        const int splits = 1 + (int)(tu_urand(&st) * 6);
+        float *q = malloc(sizeof(float) * fd_q_numel(&ps_)), *k = malloc(sizeof(float) * fd_kv_numel(&ps_)),
+              *v = malloc(sizeof(float) * fd_kv_numel(&ps_));
+        float *o1 = malloc(sizeof(float) * fd_q_numel(&ps_)), *l1 = malloc(sizeof(float) * fd_lse_numel(&ps_));
+        float *o2 = malloc(sizeof(float) * fd_q_numel(&ps_)), *l2 = malloc(sizeof(float) * fd_lse_numel(&ps_));
+        fill(q, fd_q_numel(&ps_), seed + 100 + (uint64_t)it, ps_.dtype, 2.0f);
+        fill(k, fd_kv_numel(&ps_), seed + 200 + (uint64_t)it, ps_.dtype, 1.0f);
+        fill(v, fd_kv_numel(&ps_), seed + 300 + (uint64_t)it, ps_.dtype, 1.0f);
+        replay(&ps_, &cfg, splits, q, k, v, o1, l1);
+        replay(&pi, &cfg, splits, q, k, v, o2, l2);
+        same_bits(&ps_, o1, l1, o2, l2, "random: cpu-splitkv shuffled vs identity", it);
+        replay(&ps_, &cfg, 0, q, k, v, o1, l1);
+        char err[512];
+        for (int b = 0; b < B; b++) {
+            float *qs, *ks, *vs;
+            const fd_problem a = alone(&ps_, b, q, k, v, &qs, &ks, &vs);
+            float *oa = malloc(sizeof(float) * fd_q_numel(&a)), *la = malloc(sizeof(float) * fd_lse_numel(&a));
+            cr_assert_eq(fd_cpu_flash_forward(&a, &cfg, qs, ks, vs, NULL, 0, oa, la, err, sizeof err), 0, "%s", err);
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < sq; i++)
+                    for (int d = 0; d < D; d++)
+                        cr_assert(fd_f32_bits(o1[fd_q_index(&ps_, b, i, h, d)]) == fd_f32_bits(oa[fd_q_index(&a, 0, i, h, d)]),
+                                  "seed %llu problem %d (B %d page %d pages %d cache %d): entry %d h %d row %d d %d: %a vs alone %a",
+                                  (unsigned long long)seed, it, B, ps, np, cs[b], b, h, i, d,
+                                  (double)o1[fd_q_index(&ps_, b, i, h, d)], (double)oa[fd_q_index(&a, 0, i, h, d)]);
+            free(oa); free(la); free(qs); free(ks); free(vs);
+        }
+        free(q); free(k); free(v); free(o1); free(l1); free(o2); free(l2); free(tsh); free(tid);
+    }
+    cr_assert(causal >= 8 && multi_page_tiles >= 10, "too few interesting problems: %d causal, %d with pages smaller than a tile",
+              causal, multi_page_tiles);
+}
