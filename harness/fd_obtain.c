@@ -11,19 +11,22 @@
 #include "fd_tier.h"
 #include "fd_tier_cpu.h"
 
-int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const float *v,
-                      const int *rows, int nrows, int jobs, double *ref_o, double *ref_lse,
+/* MPFR on the tasks t (t = (b * heads + h) * nrows + r) listed in tasks, or on all ntask
+ * of them when tasks is NULL: ref_o/ref_lse at t, undecided values counted, the largest
+ * precision used. */
+static int mpfr_tasks(const fd_problem *p, const float *q, const float *k, const float *v, const int *rows,
+                      int nrows, const long *tasks, long ntask, int jobs, double *ref_o, double *ref_lse,
                       int *undecided_out, int *precmax_out, char *err, size_t errlen)
 {
     fd_ref_opts ro;
     fd_ref_opts_default(&ro);
     const int D = p->head_dim;
-    const long ntask = (long)p->batch * p->heads * nrows;
     int undecided = 0, precmax = 0, failed = 0;
     char ref_err[256] = "";
-#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs) reduction(+ : undecided) reduction(max : precmax)
-    for (long t = 0; t < ntask; t++) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs > 0 ? jobs : 1) reduction(+ : undecided) reduction(max : precmax)
+    for (long x = 0; x < ntask; x++) {
         if (fd_interrupted || failed) continue;
+        const long t = tasks ? tasks[x] : x;
         const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
         fd_ref_row_info info;
         char e2[256];
@@ -52,12 +55,21 @@ int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const
     return 0;
 }
 
+int fd_reference_rows(const fd_problem *p, const float *q, const float *k, const float *v,
+                      const int *rows, int nrows, int jobs, double *ref_o, double *ref_lse,
+                      int *undecided_out, int *precmax_out, char *err, size_t errlen)
+{
+    return mpfr_tasks(p, q, k, v, rows, nrows, NULL, (long)p->batch * p->heads * nrows, jobs, ref_o, ref_lse,
+                      undecided_out, precmax_out, err, errlen);
+}
+
 /* Seconds per (visible key x head_dim) on one core, measured with `flashdrift bench
  * --reference` on the shared 2-core development VM (2026-12-03, B1 H4 N2048 d128 fp16, one
  * thread; load from other builds doubles these at times): MPFR ~35-70 ns (9.6-18.8 ms a
  * row), the binary64 tier on the CPU ~4 ns (1.0 ms a row);
- * the GPU tier (all SMs together, not divided by jobs) a guess of 0.01 ns until measured
- * (scripts/device-reference). Rough on purpose: they only choose every row or a sample. */
+ * the GPU tier (all SMs together, not divided by jobs) 0.01 ns (the H200, 2026-12-03:
+ * 0.012 ns, scripts/device-reference). Rough on purpose: they only choose every row or a
+ * sample. */
 static double tier_cost(fd_reftier t)
 {
     switch (t) {
@@ -82,9 +94,22 @@ double fd_reference_estimate(const fd_problem *p, const int *rows, int nrows, in
     return keys * (double)p->batch * (double)p->heads * (double)p->head_dim * tier_cost(tier) / par;
 }
 
+/* Seconds of the CPU kernels that compute the checked rows (the replay and eager attention,
+ * the computed baseline: two of them in most runs), single-threaded, for every row: eager
+ * attention goes over all seqlen_k keys of a row at 13-70 ns per key x head_dim (measured:
+ * cpu-standard, B1 H1 N1024 d128 fp16, 1.8 s on the 2-core dev VM; B1 H4 N1023 d128 bf16
+ * with the tensor-core block model and window/ALiBi/softcap, 37 s on the H200's host,
+ * 2026-12-03). Without it "every row" made `check` of an imported N = 1023 bundle take a
+ * minute (the reference took 0.1 s). */
+static double cpu_kernels_estimate(const fd_problem *p)
+{
+    return 2.0 * (double)p->batch * (double)p->heads * (double)p->seqlen_q * (double)p->seqlen_k *
+           (double)p->head_dim * 40e-9;
+}
+
 int fd_reference_rows_per_head(const fd_casefile *cf, const fd_problem *p, int jobs, double *estimate_s)
 {
-    const double est = fd_reference_estimate(p, NULL, p->seqlen_q, jobs, cf->reference);
+    const double est = fd_reference_estimate(p, NULL, p->seqlen_q, jobs, cf->reference) + cpu_kernels_estimate(p);
     if (estimate_s) *estimate_s = est;
     if (cf->reference_budget > 0.0 && est <= cf->reference_budget) return 0;
     return cf->rows_per_head;
@@ -139,48 +164,18 @@ int fd_reference_rows_tiered(const fd_problem *p, const float *q, const float *k
     long u = 0;
     for (long t = 0; t < ntask; t++)
         if (!ok[t]) utask[u++] = t;
-    fd_ref_opts ro;
-    fd_ref_opts_default(&ro);
-    int undecided = 0, precmax = 0, failed = 0;
-    char ref_err[256] = "";
     const double t1 = fd_now_s();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs > 0 ? jobs : 1) reduction(+ : undecided) reduction(max : precmax)
-    for (long x = 0; x < nund; x++) {
-        if (fd_interrupted || failed) continue;
-        const long t = utask[x];
-        const int r = (int)(t % nrows), h = (int)((t / nrows) % p->heads), b = (int)(t / nrows / p->heads);
-        fd_ref_row_info info;
-        char e2[256];
-        if (fd_ref_row(p, q, k, v, b, h, rows[r], &ro, ref_o + (size_t)t * (size_t)D, &info, e2, sizeof e2)) {
-#pragma omp critical
-            {
-                failed = 1;
-                snprintf(ref_err, sizeof ref_err, "%s", e2);
-            }
-            continue;
-        }
-        ref_lse[t] = info.lse;
-        undecided += info.undecided;
-        if (info.prec_used > precmax) precmax = info.prec_used;
-    }
+    rc = mpfr_tasks(p, q, k, v, rows, nrows, utask, nund, jobs, ref_o, ref_lse, undecided_out, precmax_out, err,
+                    errlen);
     st->seconds_mpfr = fd_now_s() - t1;
     free(ok);
     free(utask);
-    if (fd_interrupted) {
-        snprintf(err, errlen, "interrupted");
-        return -1;
-    }
-    if (failed) {
-        snprintf(err, errlen, "reference failed: %s", ref_err);
-        return -1;
-    }
+    if (rc) return -1;
     st->rows_mpfr = nund;
     st->rows_tier = ntask - nund;
     st->values_mpfr = nund * (D + 1);
     st->values_tier = st->rows_tier * (D + 1);
     (void)nd; /* decided values of undecided rows: MPFR recomputes the whole row */
-    *undecided_out = undecided;
-    *precmax_out = precmax;
     return 0;
 }
 

@@ -33,6 +33,7 @@ double fd_reference_estimate(const fd_problem *p, const int *rows, int nrows, in
 /* The tier AUTO resolves to here (GPU when built and present, else CPU). */
 fd_reftier fd_reftier_resolve(fd_reftier t);
 /* Rows per head for a case under cf's budget: 0 (every row) when the estimate for every
- * row is at most cf->reference_budget, else cf->rows_per_head; *estimate_s receives it. */
+ * row (the reference's and the CPU kernels' rows) is at most cf->reference_budget, else
+ * cf->rows_per_head; *estimate_s receives it. */
 int fd_reference_rows_per_head(const fd_casefile *cf, const fd_problem *p, int jobs, double *estimate_s);
 #endif

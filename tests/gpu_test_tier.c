@@ -1,7 +1,7 @@
 /* gpu_test_tier.c: the GPU reference tier (reference/fd_tier_gpu.cu) against the MPFR
  * reference and the CPU tier (label gpu; skips where no GPU is present).
  *
- * Every row of every case of cases/smoke.json and cases/features.json, and an adversarial
+ * Every row of every case of cases/smoke.json, cases/features.json and cases/varlen.json, and an adversarial
  * problem (cancellation in P V, tied maxima, a huge logit): a row the GPU tier decides
  * must agree with MPFR's correctly rounded values to 1/1000 ulp of the output dtype (O)
  * and of binary32 (LSE), with the same dtype ulp; a row both tiers decide must agree
@@ -100,6 +100,7 @@ Test(gpu_tier, smoke_and_features_agree_with_mpfr, .timeout = 900)
     gtally tl = {0};
     check_casefile("cases/smoke.json", &tl);
     check_casefile("cases/features.json", &tl);
+    check_casefile("cases/varlen.json", &tl); /* each row sees its own sequence */
     printf("gpu tier: %ld rows, %ld decided whole on the GPU, %ld on the CPU; %ld O values compared with MPFR\n",
            tl.rows, tl.rows_gpu, tl.rows_cpu, tl.values);
     cr_assert_gt(tl.rows_gpu * 10, tl.rows * 8, "the GPU tier decided only %ld of %ld rows", tl.rows_gpu, tl.rows);

@@ -59,7 +59,7 @@ static int run_np(int np, const char *const *args)
 
 /* Removes, in place, what may differ between two runs of one case file (docs/mpi.md):
  * "created" and "machine" at the top, and every timing ("seconds", "bias_seconds",
- * "seconds_tier", "seconds_mpfr", "ms")
+ * "seconds_tier", "seconds_mpfr", "ms", and "tflops", computed from "ms")
  * at any depth. */
 static void strip_volatile(json_t *j, int top)
 {
@@ -72,6 +72,7 @@ static void strip_volatile(json_t *j, int top)
         json_object_del(j, "bias_seconds");
         json_object_del(j, "seconds_tier");
         json_object_del(j, "seconds_mpfr");
+        json_object_del(j, "tflops"); /* from ms: a kernel's speed, not its result */
         json_object_del(j, "ms");
         const char *k;
         json_t *v;

@@ -439,4 +439,16 @@ Test(tier, budget_chooses_all_rows_or_a_sample)
     double e3;
     (void)fd_reference_rows_per_head(&cf, &small.prob, 2, &e3);
     cr_assert_gt(e3, e1, "MPFR is estimated slower than the tier");
+    /* a narrow window: the reference is cheap (73 visible keys a row), but the CPU kernels
+     * compute every key of every checked row (eager attention): sampled */
+    cf.reference = FD_REFTIER_CPU;
+    fd_case win = tu_mk_case(1, 4, 4, 1023, 1023, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, FD_DIST_NORMAL, 1);
+    win.prob.window = 1;
+    win.prob.window_left = 64;
+    win.prob.window_right = 8;
+    const double eref = fd_reference_estimate(&win.prob, NULL, 1023, 2, FD_REFTIER_CPU);
+    double e4;
+    cr_assert_lt(eref, 0.5, "the reference alone is cheap (%g s)", eref);
+    cr_assert_eq(fd_reference_rows_per_head(&cf, &win.prob, 2, &e4), 32,
+                 "the CPU kernels' rows count in the budget (estimate %g s)", e4);
 }
