@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "fd_attn64.h"
 #include "fd_philox.h"
@@ -28,6 +29,9 @@ void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va)
     va->alibi_reversed = va->alibi_scaled = 0;
     va->varlen_leak = va->varlen_cu_shift = va->varlen_pad = 0;
     va->varlen_pad_bias = 0.0;
+    va->paged_page_shift = va->paged_identity = va->paged_stale = va->splitkv_unweighted = 0;
+    va->splits = 1;
+    va->split_bc = 64;
 }
 
 /* The problem whose sequences the variant sees: the inner cu_seqlens entries shifted
@@ -35,6 +39,8 @@ void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va)
 static void variant_problem(const fd_problem *p, const fd_attn_variant *va, fd_problem *vp)
 {
     *vp = *p;
+    if (p->page_size > 0 && va->paged_stale)
+        for (int b = 0; b < p->batch && b < FD_PAGED_MAX_BATCH; b++) vp->cache_seqlens[b] = p->seqlen_k;
     if (!p->varlen) return;
     if (va->varlen_leak) {
         vp->varlen = 0;
@@ -98,8 +104,12 @@ static int visible_local(const fd_attn_variant *va, int i, int j, int sq, int sk
 
 /* Packed key j visible from packed row i: within the row's sequence (p is the variant's
  * problem, variant_problem), at the padded lengths under varlen_pad. */
-static int visible(const fd_problem *p, const fd_attn_variant *va, int i, int j)
+static int visible(const fd_problem *p, const fd_attn_variant *va, int b, int i, int j)
 {
+    if (p->page_size > 0) { /* paged: the entry's keys below cache_seqlens[b] */
+        const int skb = p->cache_seqlens[b];
+        return j < skb && visible_local(va, i, j, p->seqlen_q, skb);
+    }
     const fd_seq_span s = fd_problem_seq_span(p, i);
     if (j < s.k0 || j >= s.k0 + s.sk) return 0;
     int sq = s.sq, sk = s.sk;
@@ -164,7 +174,7 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
     const double *qi = q + fd_q_index(p, b, i, h, 0);
     double m = -INFINITY, l = 0.0;
     for (int j = 0; j < sk; j++) {
-        w[j] = visible(p, va, i, j) ? score(p, va, h, i, j, dot(qi, k + fd_kv_index(p, b, j, hk, 0), D))
+        w[j] = visible(p, va, b, i, j) ? score(p, va, h, i, j, dot(qi, k + fd_kv_index(p, b, j, hk, 0), D))
                                     : -(double)INFINITY;
         if (w[j] > m) m = w[j];
     }
@@ -194,12 +204,64 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
         if (visible_local(va, i - sp.q0, sp.sk + t, mq, mk)) l += exp(score(p, va, h, i, sp.k0 + sp.sk + t, 0.0) + va->varlen_pad_bias - m);
     if (!(l > 0.0)) return 0; /* no visible key: 0, as FA2 */
     if (va->wrong_axis) l = 1.0;
+    if (va->splitkv_unweighted && p->page_size > 0 && va->splits > 1 && va->split_bc > 0) {
+        /* each split's weights renormalised to 1 within it, then 1/n over the n splits that
+         * hold a visible key: the split outputs averaged without their LSE weights */
+        const int bc = va->split_bc, ke = p->cache_seqlens[b];
+        const int per = ((ke + bc - 1) / bc + va->splits - 1) / va->splits;
+        int n = 0;
+        for (int s0 = 0; s0 < sk; s0 += per * bc) {
+            double ms = 0.0;
+            for (int j = s0; j < s0 + per * bc && j < sk; j++) ms += w[j];
+            n += ms > 0.0;
+        }
+        for (int s0 = 0; s0 < sk; s0 += per * bc) {
+            double ms = 0.0;
+            for (int j = s0; j < s0 + per * bc && j < sk; j++) ms += w[j];
+            for (int j = s0; j < s0 + per * bc && j < sk && ms > 0.0; j++) w[j] = w[j] / ms / (double)n;
+        }
+        l = 1.0;
+    }
     for (int j = 0; j < sk; j++) {
         w[j] /= l;
         if (va->dropout && w[j] > 0.0)
             w[j] *= fd_fa2_keep(va->seed, va->offset, thr, p->heads, b, h, i, j) ? va->drop_scale : 0.0;
     }
     return 1;
+}
+
+/* Paged: the logical K, V a kernel sees when it reads entry b's page t from block-table
+ * slot b * pages + t + shift (paged_page_shift, wrapping past the table's end) or from
+ * physical page b * pages + t (paged_identity). Physical row r holds the logical key of
+ * whichever (entry, key) the true table maps there (zeros where none does). */
+static int paged_wrong_pages(const fd_problem *p, const fd_attn_variant *va, const double *k, const double *v,
+                             double **kw, double **vw)
+{
+    const int np = fd_paged_pages(p), ps = p->page_size, nt = p->batch * np;
+    const size_t row = (size_t)p->kv_heads * (size_t)p->head_dim, nkv = fd_kv_numel(p);
+    int *inv = malloc(sizeof(int) * (size_t)p->num_pages); /* physical page -> table slot, -1: none */
+    *kw = calloc(nkv ? nkv : 1, sizeof(double));
+    *vw = calloc(nkv ? nkv : 1, sizeof(double));
+    if (!inv || !*kw || !*vw) {
+        free(inv); free(*kw); free(*vw);
+        *kw = *vw = NULL;
+        return -1;
+    }
+    for (int x = 0; x < p->num_pages; x++) inv[x] = -1;
+    for (int t = nt - 1; t >= 0; t--) inv[p->block_table[t]] = t;
+    for (int b = 0; b < p->batch; b++)
+        for (int j = 0; j < p->seqlen_k; j++) {
+            const int slot = b * np + j / ps;
+            const int page = va->paged_identity ? slot % p->num_pages : p->block_table[(slot + va->paged_page_shift) % nt];
+            const int src = inv[page];
+            if (src < 0) continue;
+            const int jj = (src % np) * ps + j % ps;
+            if (jj >= p->seqlen_k) continue;
+            memcpy(*kw + fd_kv_index(p, b, j, 0, 0), k + fd_kv_index(p, src / np, jj, 0, 0), sizeof(double) * row);
+            memcpy(*vw + fd_kv_index(p, b, j, 0, 0), v + fd_kv_index(p, src / np, jj, 0, 0), sizeof(double) * row);
+        }
+    free(inv);
+    return 0;
 }
 
 int fd_attn64(const fd_problem *p0, const fd_attn_variant *va, const double *q, const double *k,
@@ -209,6 +271,15 @@ int fd_attn64(const fd_problem *p0, const fd_attn_variant *va, const double *q, 
     variant_problem(p0, va, &vp);
     const fd_problem *p = &vp;
     const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k;
+    double *kw = NULL, *vw = NULL; /* paged: K, V as a kernel reading the wrong pages sees them */
+    if (p->page_size > 0 && (va->paged_page_shift || va->paged_identity)) {
+        if (paged_wrong_pages(p, va, k, v, &kw, &vw)) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        k = kw;
+        v = vw;
+    }
     const uint8_t thr = fd_fa2_threshold(va->p);
     double *w = malloc(sizeof(double) * (size_t)sk);
     double *colmax = NULL, *colsum = NULL;
@@ -217,7 +288,7 @@ int fd_attn64(const fd_problem *p0, const fd_attn_variant *va, const double *q, 
         colsum = malloc(sizeof(double) * (size_t)sk);
     }
     if (!w || (va->wrong_axis && (!colmax || !colsum))) {
-        free(w); free(colmax); free(colsum);
+        free(w); free(colmax); free(colsum); free(kw); free(vw);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -229,13 +300,13 @@ int fd_attn64(const fd_problem *p0, const fd_attn_variant *va, const double *q, 
                 for (int j = 0; j < sk; j++) { colmax[j] = -INFINITY; colsum[j] = 0.0; }
                 for (int i = 0; i < sq; i++)
                     for (int j = 0; j < sk; j++)
-                        if (visible(p, va, i, j)) {
+                        if (visible(p, va, b, i, j)) {
                             double s = score(p, va, h, i, j, dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D));
                             if (s > colmax[j]) colmax[j] = s;
                         }
                 for (int i = 0; i < sq; i++)
                     for (int j = 0; j < sk; j++)
-                        if (visible(p, va, i, j))
+                        if (visible(p, va, b, i, j))
                             colsum[j] += exp(score(p, va, h, i, j, dot(q + fd_q_index(p, b, i, h, 0), k + fd_kv_index(p, b, j, hk, 0), D)) - colmax[j]);
             }
             for (int r = 0; r < nrows; r++) {
@@ -250,7 +321,7 @@ int fd_attn64(const fd_problem *p0, const fd_attn_variant *va, const double *q, 
                 }
             }
         }
-    free(w); free(colmax); free(colsum);
+    free(w); free(colmax); free(colsum); free(kw); free(vw);
     return 0;
 }
 

@@ -41,6 +41,18 @@ typedef struct fd_attn_variant {
                              * attended (eager over a padded batch, the padding mask lost) */
     double varlen_pad_bias; /* varlen_pad: the additive mask on the pad keys' logits (0: lost;
                              * -1e4 or -FLT_MAX: the mask eager code adds) */
+    /* paged KV cache (p->page_size > 0) and its deviations */
+    int paged_page_shift;   /* +1: logical page t of an entry read from block-table slot t + 1
+                             * (the flat [batch][pages] table: past a row's end, the next
+                             * row's first page; past the table's end, slot 0) */
+    int paged_identity;     /* the block table ignored: entry b's page t read from physical
+                             * page b * pages + t (identity order) */
+    int paged_stale;        /* cache_seqlens ignored: every key the entry's pages hold
+                             * attended (seqlen_k, the capacity), aligned bottom-right to it */
+    int splitkv_unweighted; /* split-KV partial outputs averaged without their LSE weights
+                             * (each split normalised alone, the mean over the splits with a
+                             * visible key); splits and split_bc as the split-KV backends */
+    int splits, split_bc;
 } fd_attn_variant;
 
 void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va);

@@ -47,8 +47,8 @@ static int run_cpu_splitkv(const fd_casefile *cf, const fd_case *c, const float 
                            float *lse, double *ms, char *err, size_t errlen)
 {
     *ms = 0.0;
-    return fd_cpu_splitkv_forward(&c->prob, &cf->flash, cf->flash.splits, q, k, v, rows, nrows, o,
-                                  lse, err, errlen);
+    return fd_cpu_splitkv_forward(&c->prob, &cf->flash, fd_splitkv_splits(&c->prob, cf->flash.splits, cf->flash.sms),
+                                  q, k, v, rows, nrows, o, lse, err, errlen);
 }
 
 #ifdef FD_HAVE_CUDA
@@ -56,7 +56,16 @@ static int run_cpu_splitkv(const fd_casefile *cf, const fd_case *c, const float 
 static int supports_plain(const fd_case *c, char *why, size_t len)
 {
     if (!fd_problem_has_mods(&c->prob)) return 1;
-    snprintf(why, len, "no window, softcap, ALiBi or varlen support (FlashAttention features: cpu-flash, cpu-standard, cuda-flash)");
+    snprintf(why, len, "no window, softcap, ALiBi, varlen or paged KV support (FlashAttention features: cpu-flash, cpu-standard, cuda-flash; paged: cuda-splitkv)");
+    return 0;
+}
+
+/* cuda-flash: every feature but the paged KV cache (cuda-splitkv reads pages, as FA2's
+ * mha_fwd_kvcache sends paged calls to its split-KV kernel). */
+static int supports_cuda_flash(const fd_case *c, char *why, size_t len)
+{
+    if (c->prob.page_size <= 0) return 1;
+    snprintf(why, len, "no paged KV cache (FA2 runs paged calls on its split-KV kernel: cuda-splitkv)");
     return 0;
 }
 #endif
@@ -110,6 +119,7 @@ static int run_cuda_splitkv(const fd_casefile *cf, const fd_case *c, const float
     fd_cuda_cfg g;
     fd_cuda_timing t = {0, 0, 0};
     cuda_cfg(cf, &g);
+    g.splits = fd_splitkv_splits(&c->prob, cf->flash.splits, cf->flash.sms); /* the replay's choice too */
     int rc = fd_cuda_splitkv_forward(&c->prob, &g, q, k, v, o, lse, &t, err, errlen);
     *ms = (double)t.ms_median;
     return rc;
@@ -144,7 +154,12 @@ static int bwd_cuda_standard(const fd_casefile *cf, const fd_case *c, const floa
 
 static int supports_cuda_splitkv(const fd_case *c, char *why, size_t len)
 {
-    if (!supports_plain(c, why, len)) return 0;
+    fd_problem plain = c->prob; /* the paged KV cache is split-KV's; the other features not yet */
+    plain.page_size = 0;
+    if (fd_problem_has_mods(&plain)) {
+        snprintf(why, len, "no window, softcap, ALiBi or varlen support in split-KV (cpu-flash, cpu-standard, cuda-flash)");
+        return 0;
+    }
     if (c->prob.dtype != FD_DT_FP32) return 1;
     snprintf(why, len, "split-KV runs fp16 and bf16 only (fp32 inputs go through cuda-flash's fp32 path)");
     return 0;
@@ -188,7 +203,7 @@ static const fd_backend fd_backends[] = {
     {"cpu-standard", "cpu", FD_ROLE_STANDARD, run_cpu_standard, NULL, NULL, bwd_cpu_standard},
     {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL, NULL, NULL},
 #ifdef FD_HAVE_CUDA
-    {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash, NULL, bwd_cuda_flash},
+    {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash, supports_cuda_flash, bwd_cuda_flash},
     {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL, supports_plain, bwd_cuda_standard},
     {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL, supports_cuda_splitkv, NULL},
 #endif

@@ -189,6 +189,14 @@ typedef struct {
     /* variable-length batches: "seqlens_q" / "seqlens_k", one packed batch per sweep */
     int nvarlen; /* sequences (0: off) */
     int cu_q[FD_VARLEN_MAX_SEQS + 1], cu_k[FD_VARLEN_MAX_SEQS + 1];
+    /* paged KV cache: "cache_seqlens" (one per batch entry; gives the batch), "page_size"
+     * (an axis), "seqlen_q" (an axis), "pages_per_entry", "num_pages", "block_table" */
+    int npaged;                          /* batch entries (0: off) */
+    int cache[FD_PAGED_MAX_BATCH];
+    int page[FD_MAX_LIST], npage;
+    int pages_per_entry, num_pages;      /* 0: the least that holds the longest cache / the table */
+    int table_kind;                      /* 0 shuffled (the case seed), 1 identity, 2 explicit */
+    json_t *table;                       /* explicit: [[page, ...], ...] one list per entry */
 } fd_sweep;
 
 /* "window": null (none), a pair [left, right] (-1 unbounded, else >= 0), or a list of
@@ -287,11 +295,145 @@ static int get_seqlens(fd_ctx *cx, const char *path, json_t *j, int *cu, int *n)
     return 0;
 }
 
+/* The paged KV cache fields of a sweep (docs/case-files.md). */
+static int parse_paged(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
+{
+    char p[256];
+    json_t *c = json_object_get(j, "cache_seqlens"), *f;
+    if (json_object_get(j, "seqlen") || json_object_get(j, "batch") || json_object_get(j, "seqlens_q"))
+        return fd_jfail(cx, path, "\"cache_seqlens\" gives the batch and the key lengths: no \"seqlen\", \"batch\" or \"seqlens_q\" with it");
+    snprintf(p, sizeof p, "%s.cache_seqlens", path);
+    if (!json_is_array(c) || json_array_size(c) == 0 || json_array_size(c) > FD_PAGED_MAX_BATCH)
+        return fd_jfail(cx, p, "expected a list of 1..%d cache lengths (one per batch entry), got %s", FD_PAGED_MAX_BATCH,
+                        json_is_array(c) ? "a list of another size" : fd_jtype(c));
+    s->npaged = (int)json_array_size(c);
+    for (int b = 0; b < s->npaged; b++) {
+        long v = 0;
+        snprintf(p, sizeof p, "%s.cache_seqlens[%d]", path, b);
+        if (get_int(cx, p, json_array_get(c, (size_t)b), 1, 1L << 20, &v)) return -1;
+        s->cache[b] = (int)v;
+    }
+    s->batch[0] = s->npaged; s->nbatch = 1;
+    snprintf(p, sizeof p, "%s.page_size", path);
+    if (!(f = json_object_get(j, "page_size"))) return fd_jfail(cx, path, "\"cache_seqlens\" needs \"page_size\"");
+    if (get_list(cx, p, f, e_size, s->page, &s->npage)) return -1;
+    int sq[FD_MAX_LIST], nsq = 1;
+    sq[0] = 1;
+    snprintf(p, sizeof p, "%s.seqlen_q", path);
+    if ((f = json_object_get(j, "seqlen_q")) && get_list(cx, p, f, e_size, sq, &nsq)) return -1;
+    for (int t = 0; t < nsq; t++) { s->seq[2 * t] = sq[t]; s->seq[2 * t + 1] = 0; /* the capacity, per page size */ }
+    s->nseq = nsq;
+    long v = 0;
+    snprintf(p, sizeof p, "%s.pages_per_entry", path);
+    if ((f = json_object_get(j, "pages_per_entry"))) {
+        if (get_int(cx, p, f, 1, FD_PAGED_MAX_ENTRIES, &v)) return -1;
+        s->pages_per_entry = (int)v;
+    }
+    snprintf(p, sizeof p, "%s.num_pages", path);
+    if ((f = json_object_get(j, "num_pages"))) {
+        if (get_int(cx, p, f, 1, FD_PAGED_MAX_ENTRIES, &v)) return -1;
+        s->num_pages = (int)v;
+    }
+    snprintf(p, sizeof p, "%s.block_table", path);
+    f = json_object_get(j, "block_table");
+    if (!f || (json_is_string(f) && !strcmp(json_string_value(f), "shuffled"))) s->table_kind = 0;
+    else if (json_is_string(f) && !strcmp(json_string_value(f), "identity")) s->table_kind = 1;
+    else if (json_is_array(f)) {
+        if (json_array_size(f) != (size_t)s->npaged)
+            return fd_jfail(cx, p, "expected one list of pages per batch entry (%d), got %zu lists", s->npaged,
+                            json_array_size(f));
+        if (s->npage != 1) return fd_jfail(cx, p, "an explicit block table needs one page_size, got %d", s->npage);
+        s->table_kind = 2;
+        s->table = f;
+    } else
+        return fd_jfail(cx, p, "expected \"shuffled\", \"identity\" or a list of page lists (one per batch entry)");
+    if (!json_object_get(j, "head_dim")) return fd_jfail(cx, path, "missing required field \"head_dim\"");
+    return 0;
+}
+
+#define FD_TABLE_HDR 6
+/* A paged case's block table, kept by the case file: "shuffled" draws distinct pages of
+ * [0, num_pages) from the case seed (splitmix64, Fisher-Yates), "identity" gives entry b
+ * the pages b * pages .. , an explicit table is checked (pages in range, distinct: the
+ * generated logical K/V is scattered into them). Sets num_pages. */
+static int paged_table(fd_ctx *cx, const char *path, const fd_sweep *s, fd_problem *p, fd_casefile *cf)
+{
+    char q[256];
+    const int np = fd_paged_pages(p), n = p->batch * np;
+    if (p->num_pages < n && s->table_kind != 2)
+        return fd_jfail(cx, path, "num_pages %d is fewer than the block table's %d entries (%d entries x %d pages)",
+                        p->num_pages, n, p->batch, np);
+    /* a generated table is shared by the cases that would generate the same one (the
+     * header: kind, seed, page size, entries, pages; an explicit table is never shared) */
+    const int hdr[FD_TABLE_HDR] = {s->table_kind, (int)(p->seed & 0x7fffffff), (int)((p->seed >> 31) & 0x7fffffff),
+                                   p->page_size, n, p->num_pages};
+    for (int x = 0; x < cf->ntables && s->table_kind != 2; x++)
+        if (!memcmp(cf->tables[x], hdr, sizeof hdr)) {
+            p->block_table = cf->tables[x] + FD_TABLE_HDR;
+            return 0;
+        }
+    int *th = malloc(sizeof(int) * ((size_t)n + FD_TABLE_HDR)), *used = calloc((size_t)p->num_pages, sizeof(int));
+    int **nt = realloc(cf->tables, sizeof(int *) * (size_t)(cf->ntables + 1));
+    if (!th || !used || !nt) {
+        free(th); free(used);
+        if (nt) cf->tables = nt;
+        return fd_jfail(cx, path, "out of memory");
+    }
+    cf->tables = nt;
+    cf->tables[cf->ntables++] = th;
+    memcpy(th, hdr, sizeof hdr);
+    int *t = th + FD_TABLE_HDR;
+    if (s->table_kind == 2) {
+        for (int b = 0; b < p->batch; b++) {
+            json_t *row = json_array_get(s->table, (size_t)b);
+            snprintf(q, sizeof q, "%s.block_table[%d]", path, b);
+            if (!json_is_array(row) || json_array_size(row) != (size_t)np) {
+                free(used);
+                return fd_jfail(cx, q, "expected %d pages (pages_per_entry: seqlen capacity %d / page_size %d), got %s", np,
+                                p->seqlen_k, p->page_size, json_is_array(row) ? "a list of another size" : fd_jtype(row));
+            }
+            for (int x = 0; x < np; x++) {
+                long v = 0;
+                snprintf(q, sizeof q, "%s.block_table[%d][%d]", path, b, x);
+                if (get_int(cx, q, json_array_get(row, (size_t)x), 0, (long)p->num_pages - 1, &v)) {
+                    free(used);
+                    return fd_jfail(cx, q, "expected a page in 0..%d (num_pages %d), got %s", p->num_pages - 1, p->num_pages,
+                                    json_is_integer(json_array_get(row, (size_t)x)) ? "one outside" : "no integer");
+                }
+                if (used[v]++) {
+                    free(used);
+                    return fd_jfail(cx, q, "page %ld appears twice in the block table (generated inputs need distinct pages)", v);
+                }
+                t[b * np + x] = (int)v;
+            }
+        }
+    } else {
+        int *perm = used; /* 0 .. num_pages - 1, shuffled, the first n of them */
+        for (int x = 0; x < p->num_pages; x++) perm[x] = x;
+        if (s->table_kind == 0) {
+            uint64_t st = UINT64_C(0x9e3779b97f4a7c15) ^ (p->seed * UINT64_C(0xbf58476d1ce4e5b9)) ^ ((uint64_t)(unsigned)p->page_size << 32) ^ (uint64_t)(unsigned)n;
+            for (int x = p->num_pages - 1; x > 0; x--) {
+                uint64_t z = (st += UINT64_C(0x9e3779b97f4a7c15));
+                z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+                z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+                z ^= z >> 31;
+                const int y = (int)(z % (uint64_t)(x + 1));
+                const int tmp = perm[x]; perm[x] = perm[y]; perm[y] = tmp;
+            }
+        }
+        memcpy(t, perm, sizeof(int) * (size_t)n);
+    }
+    free(used);
+    p->block_table = t;
+    return 0;
+}
+
 static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
 {
     static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen", "head_dim", "dtype",
                                        "mask", "dropout", "dist", "seed", "backward", "window", "softcap",
-                                       "alibi", "seqlens_q", "seqlens_k", NULL};
+                                       "alibi", "seqlens_q", "seqlens_k", "cache_seqlens", "page_size", "seqlen_q",
+                                       "pages_per_entry", "num_pages", "block_table", NULL};
     char p[256];
     if (!json_is_object(j)) return fd_jfail(cx, path, "expected an object (a sweep), got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, path, j, keys)) return -1;
@@ -332,6 +474,11 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     f = json_object_get(j, "alibi");
     snprintf(p, sizeof p, "%s.alibi", path);
     if (f && get_alibi(cx, p, f, s)) return -1;
+    static const char *const pkeys[] = {"page_size", "seqlen_q", "pages_per_entry", "num_pages", "block_table", NULL};
+    if (json_object_get(j, "cache_seqlens")) return parse_paged(cx, path, j, s);
+    for (int t = 0; pkeys[t]; t++)
+        if (json_object_get(j, pkeys[t]))
+            return fd_jfail(cx, path, "\"%s\" belongs to a paged KV cache: it needs \"cache_seqlens\"", pkeys[t]);
     json_t *vq = json_object_get(j, "seqlens_q"), *vk = json_object_get(j, "seqlens_k");
     if (vk && !vq) return fd_jfail(cx, path, "\"seqlens_k\" needs \"seqlens_q\"");
     if (vq) { /* a packed variable-length batch: batch 1 of the packed totals */
@@ -452,6 +599,15 @@ void fd_case_make_id(const fd_case *c, char *buf, size_t len)
         }
         n += (size_t)snprintf(buf + n, len - n, "-vl%d_%08x", p->varlen, hsh);
     }
+    if (p->page_size > 0 && n < len) { /* "-pgP_HASH": page size, a hash of cache_seqlens and the table */
+        uint32_t hsh = 2166136261u;
+        const int nt = p->block_table ? p->batch * fd_paged_pages(p) : 0;
+        for (int x = 0; x < p->batch + nt + 1; x++) {
+            const uint32_t u = (uint32_t)(x < p->batch ? p->cache_seqlens[x] : x < p->batch + nt ? p->block_table[x - p->batch] : p->num_pages);
+            for (int by = 0; by < 4; by++) hsh = (hsh ^ ((u >> (8 * by)) & 0xffu)) * 16777619u;
+        }
+        n += (size_t)snprintf(buf + n, len - n, "-pg%d_%08x", p->page_size, hsh);
+    }
     if (c->backward && n < len) snprintf(buf + n, len - n, "-bwd");
 }
 
@@ -519,7 +675,8 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 {
     /* before exclusions and duplicates: lists repeating one value made 64^10 iterations */
     const double combos = (double)s->nbatch * s->nheads * s->nkvh * s->nseq * s->nhd * s->ndt * s->nmask *
-                          s->ndrop * s->ndist * s->nseed * s->nbwd * s->nwin * s->ncap * s->nalibi;
+                          s->ndrop * s->ndist * s->nseed * s->nbwd * s->nwin * s->ncap * s->nalibi *
+                          (s->npaged ? s->npage : 1);
     if (combos > FD_MAX_CASES)
         return fd_jfail(cx, path, "%.0f combinations (at most %d per sweep, before exclusions)", combos,
                         FD_MAX_CASES);
@@ -536,7 +693,8 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
     for (int w = 0; w < s->nbwd; w++)
     for (int wi = 0; wi < s->nwin; wi++)
     for (int ci = 0; ci < s->ncap; ci++)
-    for (int ai = 0; ai < s->nalibi; ai++) {
+    for (int ai = 0; ai < s->nalibi; ai++)
+    for (int pi = 0; pi < (s->npaged ? s->npage : 1); pi++) {
         fd_case cs;
         memset(&cs, 0, sizeof cs);
         fd_problem *p = &cs.prob;
@@ -579,6 +737,22 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
         }
         if (cs.backward && p->varlen)
             return fd_jfail(cx, path, "backward with varlen (seqlens_q) is not supported yet (forward only)");
+        if (s->npaged) { /* paged KV cache: the capacity, the table, then fd_problem_check_paged */
+            char e[256];
+            int mx = 0;
+            p->page_size = s->page[pi];
+            memcpy(p->cache_seqlens, s->cache, sizeof p->cache_seqlens);
+            for (int t = 0; t < s->npaged; t++) mx = s->cache[t] > mx ? s->cache[t] : mx;
+            int np = s->pages_per_entry ? s->pages_per_entry : (mx + p->page_size - 1) / p->page_size;
+            if (s->table_kind == 2) np = (int)json_array_size(json_array_get(s->table, 0));
+            if ((double)np * p->page_size > (double)(1 << 20) || (double)np * p->batch > (double)FD_PAGED_MAX_ENTRIES)
+                return fd_jfail(cx, path, "%d pages of %d tokens per entry: too large", np, p->page_size);
+            p->seqlen_k = np * p->page_size;
+            p->num_pages = s->num_pages ? s->num_pages : p->batch * np;
+            if (cs.backward) return fd_jfail(cx, path, "backward with a paged KV cache (cache_seqlens) is not supported (forward only)");
+            if (sizes_ok(cx, path, p) || paged_table(cx, path, s, p, cf)) return -1;
+            if (fd_problem_check_paged(p, e, sizeof e)) return fd_jfail(cx, path, "%s", e);
+        }
         int skip = 0;
         for (int x = 0; x < nex && !skip; x++) skip = excl_match(&ex[x], &cs);
         if (skip) continue;
@@ -597,7 +771,7 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
 
 static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
 {
-    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", "splits",
+    static const char *const keys[] = {"br", "bc", "qk_order", "pv_order", "exp2", "p_fp32", "rowsum", "splits", "sms",
                                        "dq_mode", "dq_order", "o_round", NULL};
     if (!json_is_object(j)) return fd_jfail(cx, "flash", "expected an object, got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, "flash", j, keys)) return -1;
@@ -624,7 +798,8 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
         else if (s && !strcmp(s, "portable")) fc->exp2_mode = FD_EXP2_PORTABLE;
         else return fd_jfail(cx, "flash.exp2", "expected \"libm\" or \"portable\"");
     }
-    if ((f = json_object_get(j, "splits"))) { if (get_int(cx, "flash.splits", f, 1, 128, &v)) return -1; fc->splits = (int)v; }
+    if ((f = json_object_get(j, "splits"))) { if (get_int(cx, "flash.splits", f, 0, 128, &v)) return -1; fc->splits = (int)v; }
+    if ((f = json_object_get(j, "sms"))) { if (get_int(cx, "flash.sms", f, 1, 4096, &v)) return -1; fc->sms = (int)v; }
     if ((f = json_object_get(j, "rowsum"))) {
         const char *s = json_string_value(f);
         if (s && !strcmp(s, "seq")) fc->rowsum = FD_ROWSUM_SEQ;
@@ -839,5 +1014,9 @@ void fd_casefile_free(fd_casefile *cf)
     free(cf->cases);
     cf->cases = NULL;
     cf->ncases = 0;
+    for (int i = 0; i < cf->ntables; i++) free(cf->tables[i]);
+    free(cf->tables);
+    cf->tables = NULL;
+    cf->ntables = 0;
 }
 

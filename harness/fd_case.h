@@ -76,6 +76,8 @@ typedef struct fd_casefile {
     fd_case *cases;
     int ncases;
     char **bundles;         /* fd_casefile_bundles: the paths the cases point into */
+    int **tables;           /* paged KV cache: the block tables the cases point into */
+    int ntables;
 } fd_casefile;
 
 const char *fd_dist_name(fd_dist d);

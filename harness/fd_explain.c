@@ -27,6 +27,9 @@ const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "
                                        /* variable-length batches (cases with seqlens_q) */
                                        "varlen_leak", "cu_seqlens_plus_one", "cu_seqlens_minus_one",
                                        "varlen_pad_attended",
+                                       /* paged KV cache (cases with cache_seqlens) */
+                                       "paged_wrong_page", "paged_table_ignored", "paged_stale_tokens",
+                                       "splitkv_combine_unweighted",
                                        /* backward (a case with "backward": true) */
                                        "bwd_dq_scale_missing", "bwd_dk_scale_missing", "bwd_causal_top_left",
                                        "bwd_causal_bottom_right", "bwd_mask_missing", "bwd_dropout_missing",
@@ -54,6 +57,10 @@ static const struct { const char *name, *what; } mod_hypos[] = {
     {"cu_seqlens_plus_one", "cu_seqlens off by one: every inner sequence boundary one token later"},
     {"cu_seqlens_minus_one", "cu_seqlens off by one: every inner sequence boundary one token earlier"},
     {"varlen_pad_attended", "pad tokens attended: each sequence zero-padded to the longest and the padding mask lost (eager over a padded batch), where varlen drops them"},
+    {"paged_wrong_page", "paged KV cache read through the block table with an off-by-one page index (logical page t from table slot t + 1)"},
+    {"paged_table_ignored", "paged KV cache read in identity page order (entry b's page t from physical page b * pages + t), the block table ignored"},
+    {"paged_stale_tokens", "keys past cache_seqlens attended (stale tokens of the last page and the unused pages: the capacity taken as the length)"},
+    {"splitkv_combine_unweighted", "split-KV partial outputs combined as a plain average, without their LSE weights"},
 };
 #define FD_NMODHYPO ((int)(sizeof mod_hypos / sizeof mod_hypos[0]))
 
@@ -122,6 +129,27 @@ static int mod_hypo_setup(const fd_problem *p, const char *name, fd_attn_variant
         else va->varlen_cu_shift = strstr(name, "plus") ? 1 : -1;
         return 1;
     }
+    if (!strncmp(name, "paged_", 6) || !strncmp(name, "splitkv_", 8)) {
+        if (p->page_size <= 0 || !p->block_table) { *why = "it has no paged KV cache (no cache_seqlens)"; return 0; }
+        const int nt = p->batch * fd_paged_pages(p);
+        if (!strcmp(name, "paged_wrong_page")) {
+            if (nt < 2) { *why = "its block table has one page"; return 0; }
+            va->paged_page_shift = 1;
+        } else if (!strcmp(name, "paged_table_ignored")) {
+            int ident = 1;
+            for (int t = 0; t < nt; t++) ident &= p->block_table[t] == t;
+            if (ident) { *why = "its block table is the identity"; return 0; }
+            va->paged_identity = 1;
+        } else if (!strcmp(name, "paged_stale_tokens")) {
+            int full = 1;
+            for (int b = 0; b < p->batch; b++) full &= p->cache_seqlens[b] == p->seqlen_k;
+            if (full) { *why = "every cache is full (cache_seqlens = pages x page_size)"; return 0; }
+            va->paged_stale = 1;
+        } else {
+            va->splitkv_unweighted = 1; /* the split count: paged_splits() */
+        }
+        return 1;
+    }
     if (!(p->softcap > 0.0f)) { *why = "it has no softcap"; return 0; }
     if (!strcmp(name, "softcap_missing")) va->softcap = 0.0;
     else {
@@ -129,6 +157,24 @@ static int mod_hypo_setup(const fd_problem *p, const char *name, fd_attn_variant
         va->softcap_unscaled = 1;
     }
     return 1;
+}
+
+/* The split-KV backends' split count and tile for splitkv_combine_unweighted; 0 when no
+ * row of p has two splits with a visible key (then the hypothesis changes nothing). */
+static int paged_splits(const fd_casefile *cf, const fd_problem *p, fd_attn_variant *va)
+{
+    va->splits = fd_splitkv_splits(p, cf->flash.splits, cf->flash.sms);
+    va->split_bc = cf->flash.bc;
+    if (va->splits < 2 || p->page_size <= 0) return 0;
+    for (int b = 0; b < p->batch; b++) {
+        const int ke = p->cache_seqlens[b], tiles = (ke + va->split_bc - 1) / va->split_bc;
+        const int per = (tiles + va->splits - 1) / va->splits;
+        for (int i = 0; i < p->seqlen_q; i++) {
+            int lo, hi;
+            if (fd_mask_visible_range_b(p, b, i, &lo, &hi) && lo / va->split_bc / per != hi / va->split_bc / per) return 1;
+        }
+    }
+    return 0;
 }
 
 /* seqlen_q = seqlen_k (varlen: in every sequence, where the causal alignment lives): the
@@ -285,7 +331,11 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
     }
     fd_attn_variant vmod;
     const char *why;
-    const int modh = mod_hypo_setup(p, inject, &vmod, &why);
+    int modh = mod_hypo_setup(p, inject, &vmod, &why);
+    if (modh == 1 && vmod.splitkv_unweighted && !paged_splits(x->cf, p, &vmod)) {
+        why = "no row has two splits with a visible key (flash.splits, or the heuristic's count)";
+        modh = 0;
+    }
     if (modh == 0) {
         snprintf(err, errlen, "--inject %s: does not apply to this case: %s", inject, why);
         return -1;
@@ -766,6 +816,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         for (int t = 0; t < FD_NMODHYPO; t++) {
             const char *why;
             if (mod_hypo_setup(p, mod_hypos[t].name, &va, &why) != 1) continue;
+            if (va.splitkv_unweighted && !paged_splits(cf, p, &va)) continue;
             if (fd_attn64(p, &va, qd, kd, vd, rows, nrows, cand, err, errlen)) {
                 free(cand);
                 goto out;

@@ -65,6 +65,7 @@ static int valid_tensor_name(const char *s)
 {
     if (!strcmp(s, "q") || !strcmp(s, "k") || !strcmp(s, "v") || !strcmp(s, "do")) return 1;
     if (!strcmp(s, "alibi_slopes") || !strcmp(s, "cu_seqlens_q") || !strcmp(s, "cu_seqlens_k")) return 1;
+    if (!strcmp(s, "block_table") || !strcmp(s, "cache_seqlens")) return 1;
     const char *x = NULL;
     if (!strncmp(s, "out_", 4)) x = s + 4;
     else if (!strncmp(s, "lse_", 4)) x = s + 4;
@@ -176,7 +177,8 @@ static int st_meta(const char *path, const json_t *m, json_t **meta, char *err, 
             }
             json_object_set_new(*meta, key, json_real(x));
         } else if (!strcmp(key, "roles") || !strcmp(key, "info") || !strcmp(key, "window") ||
-                   !strcmp(key, "alibi_slopes") || !strcmp(key, "cu_seqlens_q") || !strcmp(key, "cu_seqlens_k")) {
+                   !strcmp(key, "alibi_slopes") || !strcmp(key, "cu_seqlens_q") || !strcmp(key, "cu_seqlens_k") ||
+                   !strcmp(key, "cache_seqlens")) {
             json_error_t je;
             json_t *j = json_loads(s, JSON_REJECT_DUPLICATES, &je);
             if (!j) {
@@ -407,8 +409,10 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
 
 void fd_bundle_free(fd_bundle *b)
 {
-    free(b->q); free(b->k); free(b->v); free(b->dout);
+    free(b->q); free(b->k); free(b->v); free(b->dout); free(b->block_table);
     b->q = b->k = b->v = b->dout = NULL;
+    b->block_table = NULL;
+    b->prob.block_table = NULL;
     for (int i = 0; i < b->nout; i++) {
         free(b->out[i].o); free(b->out[i].lse); free(b->out[i].keep);
         free(b->out[i].dq); free(b->out[i].dk); free(b->out[i].dv); free(b->out[i].used);
@@ -424,7 +428,8 @@ void fd_bundle_free(fd_bundle *b)
 
 static const char *const meta_keys[] = {"layout", "mask", "dtype", "scale", "dropout_p", "seed",
                                          "offset", "roles", "info", "format", "deterministic", "window",
-                                         "softcap", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", NULL};
+                                         "softcap", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "page_size",
+                                         "cache_seqlens", NULL};
 
 /* What meta.json (or __metadata__) declares before any tensor is read. */
 typedef struct {
@@ -500,7 +505,7 @@ static int bundle_meta(fd_jctx *cx, const json_t *meta, fd_bundle *b, bmeta *m)
         if (!ok) {
             snprintf(cx->err, cx->errlen, "%s: unknown key \"%s\" (expected layout, mask, dtype, scale, dropout_p, "
                                           "seed, offset, roles, info, format, deterministic, window, softcap, "
-                                          "alibi_slopes, cu_seqlens_q, cu_seqlens_k)", cx->file, key);
+                                          "alibi_slopes, cu_seqlens_q, cu_seqlens_k, page_size, cache_seqlens)", cx->file, key);
             return -1;
         }
     }
@@ -542,10 +547,11 @@ static int check_types(fd_jctx *cx, tlist *l, const bmeta *m)
     for (int i = 0; i < l->n; i++) {
         tens *t = &l->t[i];
         const int is_mask = !strncmp(t->name, "dmask_", 6), is_lse = !strncmp(t->name, "lse_", 4);
-        if (!strncmp(t->name, "cu_seqlens_", 11)) { /* varlen: integer offsets */
+        if (!strncmp(t->name, "cu_seqlens_", 11) || !strcmp(t->name, "block_table") || !strcmp(t->name, "cache_seqlens")) {
+            /* varlen offsets, the paged KV cache's table and lengths: integers */
             if (t->a.type != FD_AT_I32 && t->a.type != FD_AT_I64) {
-                snprintf(cx->err, cx->errlen, "%s: cu_seqlens of type %s (expected int32 or int64)", t->label,
-                         fd_atype_name(t->a.type));
+                snprintf(cx->err, cx->errlen, "%s: %s of type %s (expected int32 or int64)", t->label,
+                         t->name[0] == 'c' && t->name[1] == 'u' ? "cu_seqlens" : t->name, fd_atype_name(t->a.type));
                 return -1;
             }
             continue;
@@ -654,6 +660,66 @@ static int bundle_varlen(fd_jctx *cx, const json_t *meta, tlist *l, fd_problem *
     return 0;
 }
 
+/* Paged KV cache (flash_attn_with_kvcache): the tensor block_table (batch, pages per
+ * entry) int32 / int64 and cache_seqlens (batch,) as a tensor or a meta list (not both);
+ * k, v the physical cache (num_pages, page_size, kv_heads, d) in the declared layout's
+ * order; meta page_size, if given, must be k's. seqlen_k becomes pages x page_size, the
+ * table is kept by the bundle. Errors name the file (or tensor) and the field. */
+static int bundle_paged(fd_jctx *cx, const json_t *meta, tlist *l, fd_bundle *b)
+{
+    fd_problem *p = &b->prob;
+    const tens *tb = tlist_find(l, "block_table"), *tc = tlist_find(l, "cache_seqlens");
+    const json_t *jc = json_object_get(meta, "cache_seqlens"), *jp = json_object_get(meta, "page_size");
+    if (!tb) {
+        if (tc || jc || jp)
+            return fd_jfail(cx, tc || jc ? "cache_seqlens" : "page_size", "given without block_table: a paged bundle gives "
+                                                                           "block_table, cache_seqlens and k, v as the paged cache");
+        return 0;
+    }
+    if (!tc && !jc) return fd_jfail(cx, "cache_seqlens", "missing: a paged bundle (block_table) gives cache_seqlens");
+    if (tc && jc) return fd_jfail(cx, "cache_seqlens", "given both as a tensor and in the meta: give one");
+    if (jp && (!json_is_integer(jp) || json_integer_value(jp) != p->page_size))
+        return fd_jfail(cx, "page_size", "expected k's page dimension %d (k, v are (num_pages, page_size, kv_heads, d))",
+                        p->page_size);
+    if (tb->a.ndim != 2 || tb->a.shape[0] != p->batch || tb->a.shape[1] < 1)
+        return fd_jfail(cx, "block_table", "expected a 2-d table (batch %d, pages per entry), got %d dimensions%s", p->batch,
+                        tb->a.ndim, tb->a.ndim == 2 ? " of another batch" : "");
+    if (p->batch > FD_PAGED_MAX_BATCH)
+        return fd_jfail(cx, "block_table", "batch %d: at most %d entries", p->batch, FD_PAGED_MAX_BATCH);
+    const size_t len = jc ? (json_is_array(jc) ? json_array_size(jc) : 0) : (tc->a.ndim == 1 ? tc->a.numel : 0);
+    if (len != (size_t)p->batch)
+        return fd_jfail(cx, "cache_seqlens", "expected a list (or 1-d tensor) of %d lengths (one per batch entry)", p->batch);
+    for (size_t x = 0; x < len; x++) {
+        long long v;
+        if (jc) {
+            const json_t *e = json_array_get(jc, x);
+            if (!json_is_integer(e)) return fd_jfail(cx, "cache_seqlens", "element %zu: expected an integer", x);
+            v = json_integer_value(e);
+        } else {
+            v = (long long)fd_array_get_i64(&tc->a, x);
+        }
+        if (v < 0 || v > INT_MAX / 2) return fd_jfail(cx, "cache_seqlens", "element %zu is %lld (expected 0 to %d)", x, v, INT_MAX / 2);
+        p->cache_seqlens[x] = (int)v;
+    }
+    if ((double)tb->a.shape[1] * (double)p->page_size > (double)(INT_MAX / 2) || tb->a.numel > FD_PAGED_MAX_ENTRIES)
+        return fd_jfail(cx, "block_table", "%lld pages per entry of %d tokens: too large", (long long)tb->a.shape[1], p->page_size);
+    p->seqlen_k = (int)tb->a.shape[1] * p->page_size;
+    b->block_table = malloc(sizeof(int) * tb->a.numel);
+    if (!b->block_table) return fd_jfail(cx, "block_table", "out of memory");
+    for (size_t x = 0; x < tb->a.numel; x++) {
+        const long long v = (long long)fd_array_get_i64(&tb->a, x);
+        b->block_table[x] = v < -1 ? -1 : v > INT_MAX ? INT_MAX : (int)v;
+    }
+    p->block_table = b->block_table;
+    for (int x = 0; x < p->batch; x++)
+        if (p->cache_seqlens[x] < p->seqlen_q || p->cache_seqlens[x] > p->seqlen_k)
+            return fd_jfail(cx, "cache_seqlens", "element %d is %d, expected %d..%d (seqlen_q .. pages per entry x page_size)", x,
+                            p->cache_seqlens[x], p->seqlen_q, p->seqlen_k);
+    char e[256];
+    if (fd_problem_check_paged(p, e, sizeof e)) return fd_jfail(cx, "block_table", "%s", e);
+    return 0;
+}
+
 /* FlashAttention's score modifiers of the call: "window": [left, right] (-1 unbounded),
  * "softcap": c (0 none), ALiBi slopes from the tensor alibi_slopes (heads,) or the meta
  * list "alibi_slopes" (not both). */
@@ -749,6 +815,12 @@ static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist 
     p->head_dim = (int)tq->a.shape[3];
     p->seqlen_k = (int)tk->a.shape[sI];
     p->kv_heads = (int)tk->a.shape[hI];
+    /* paged KV cache: k, v are the physical cache (num_pages, page_size, kv_heads, d) */
+    const int paged = tlist_find(l, "block_table") != NULL;
+    if (paged) {
+        p->num_pages = (int)tk->a.shape[0];
+        p->page_size = (int)tk->a.shape[sI];
+    }
     char s1[160], s2[160];
     if (!shape_is(&tv->a, 4, tk->a.shape)) {
         fd_shape_str(4, tk->a.shape, s1, sizeof s1);
@@ -756,7 +828,7 @@ static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist 
         snprintf(err, errlen, "%s: shape %s disagrees with k's %s", tv->label, s2, s1);
         return -1;
     }
-    if (tk->a.shape[0] != p->batch || tk->a.shape[3] != p->head_dim || p->heads % p->kv_heads) {
+    if ((!paged && tk->a.shape[0] != p->batch) || tk->a.shape[3] != p->head_dim || p->heads % p->kv_heads) {
         fd_shape_str(4, tq->a.shape, s1, sizeof s1);
         fd_shape_str(4, tk->a.shape, s2, sizeof s2);
         snprintf(err, errlen, "%s: shape %s disagrees with q's %s in layout %s %s: batch and dim must "
@@ -790,14 +862,39 @@ static int bundle_inputs(fd_jctx *cx, const json_t *meta, const bmeta *m, tlist 
                               "FlashAttention-2's Philox mask from them)", cx->file, dp);
         return -1;
     }
-    if (check_finite(tq, err, errlen) || check_finite(tk, err, errlen) || check_finite(tv, err, errlen)) return -1;
-    if (bundle_mods(cx, meta, l, p) || bundle_varlen(cx, meta, l, p)) return -1;
+    /* paged: only the keys below cache_seqlens must be finite (checked after the gather) */
+    if (check_finite(tq, err, errlen) || (!paged && (check_finite(tk, err, errlen) || check_finite(tv, err, errlen))))
+        return -1;
+    if (bundle_mods(cx, meta, l, p) || bundle_varlen(cx, meta, l, p) || bundle_paged(cx, meta, l, b)) return -1;
     b->q = to_bshd(&tq->a, b->bhsd);
     b->k = to_bshd(&tk->a, b->bhsd);
     b->v = to_bshd(&tv->a, b->bhsd);
     if (!b->q || !b->k || !b->v) {
         snprintf(err, errlen, "%s: out of memory", b->path);
         return -1;
+    }
+    if (paged) { /* the logical K, V gathered through the block table (fd_problem's layout) */
+        float *lk = malloc(sizeof(float) * (fd_kv_numel(p) ? fd_kv_numel(p) : 1));
+        float *lv = malloc(sizeof(float) * (fd_kv_numel(p) ? fd_kv_numel(p) : 1));
+        if (!lk || !lv) {
+            free(lk); free(lv);
+            snprintf(err, errlen, "%s: out of memory", b->path);
+            return -1;
+        }
+        fd_paged_gather(p, b->k, lk);
+        fd_paged_gather(p, b->v, lv);
+        free(b->k); free(b->v);
+        b->k = lk;
+        b->v = lv;
+        const size_t row = (size_t)p->kv_heads * (size_t)p->head_dim;
+        for (int bb = 0; bb < p->batch; bb++)
+            for (int j = 0; j < p->cache_seqlens[bb]; j++)
+                for (size_t x = 0; x < row; x++)
+                    if (!isfinite(lk[fd_kv_index(p, bb, j, 0, 0) + x]) || !isfinite(lv[fd_kv_index(p, bb, j, 0, 0) + x])) {
+                        snprintf(err, errlen, "%s: a non-finite value in key %d of batch entry %d (page %ld, below cache_seqlens)",
+                                 tk->label, j, bb, fd_paged_row(p, bb, j) / p->page_size);
+                        return -1;
+                    }
     }
     *q_out = tq;
     return 0;
@@ -947,6 +1044,11 @@ static int bundle_grads(fd_jctx *cx, const tens *tq, tlist *l, fd_bundle *b)
                               "(the forward is)", tdo->label);
         return -1;
     }
+    if (tdo && b->prob.page_size > 0) {
+        snprintf(err, errlen, "%s: a backward (do) with a paged KV cache (block_table) is not supported (forward only)",
+                 tdo->label);
+        return -1;
+    }
     if (tdo) {
         if (!shape_is(&tdo->a, 4, tq->a.shape)) {
             fd_shape_str(tdo->a.ndim, tdo->a.shape, s1, sizeof s1);
@@ -1047,6 +1149,10 @@ static int make_array(fd_array *a, fd_atype t, int nd, const int64_t *shape, con
 int fd_bundle_write(const fd_bundle *b, const char *path, int safetensors, int bhsd, char *err,
                     size_t errlen)
 {
+    if (b->prob.page_size > 0) { /* the logical K, V would lose the pages: not written yet */
+        snprintf(err, errlen, "%s: writing a paged KV cache bundle is not supported yet", path);
+        return -1;
+    }
     const fd_problem *p = &b->prob;
     const fd_atype at = p->dtype == FD_DT_FP16 ? FD_AT_F16 : p->dtype == FD_DT_BF16 ? FD_AT_BF16 : FD_AT_F32;
     enum { MAXT = 4 + 7 * FD_MAX_BACKENDS };

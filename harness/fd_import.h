@@ -54,6 +54,7 @@ typedef struct fd_bundle {
     json_t *info;        /* meta "info" (or NULL) */
     int has_deterministic; /* meta "deterministic" was given: */
     int deterministic;     /* torch.are_deterministic_algorithms_enabled() when the bundle was made */
+    int *block_table;      /* paged KV cache: the table prob.block_table points into (or NULL) */
 } fd_bundle;
 
 int fd_bundle_load(const char *path, fd_bundle *b, char *err, size_t errlen);

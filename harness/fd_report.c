@@ -284,6 +284,13 @@ json_t *fd_report_case_json(const fd_case_result *r)
         for (int x = 0; x <= p->varlen; x++) json_array_append_new(a, json_integer(cu[x]));
         json_object_set_new(j, t ? "cu_seqlens_k" : "cu_seqlens_q", a);
     }
+    if (p->page_size > 0) { /* paged KV cache: the cache's shape and the split count chosen */
+        json_t *a = json_array();
+        for (int b = 0; b < p->batch && b < FD_PAGED_MAX_BATCH; b++) json_array_append_new(a, json_integer(p->cache_seqlens[b]));
+        json_object_set_new(j, "paged", json_pack("{s:i, s:i, s:i, s:o, s:i}", "page_size", p->page_size, "num_pages",
+                                                  p->num_pages, "pages_per_entry", fd_paged_pages(p), "cache_seqlens", a,
+                                                  "splits", r->splitkv_splits));
+    }
     /* where the baseline of FlashAttention's rule came from (the first judged flash output's) */
     for (int t = 0; t < r->nbe; t++) {
         const fd_backend_result *f = &r->be[t];

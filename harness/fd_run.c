@@ -329,6 +329,10 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     float *o = malloc(sizeof(float) * fd_q_numel(p));
     float *lsebuf = malloc(sizeof(float) * fd_lse_numel(p));
     float *kout = NULL, *rout = NULL; /* checked outputs of cuda-flash and cpu-flash */
+    /* the kernel and its replay: cuda-flash and cpu-flash; a paged case's are cuda-splitkv and
+     * cpu-splitkv (FA2 runs paged calls on its split-KV kernel) */
+    const char *kname = p->page_size > 0 ? "cuda-splitkv" : "cuda-flash";
+    const char *rname = p->page_size > 0 ? "cpu-splitkv" : "cpu-flash";
     float *dout_owned = NULL;
     const float *dout = NULL;
     int *allrows = NULL; /* backward: the forward runs on every row (dK, dV need them all) */
@@ -338,6 +342,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
         goto out;
     }
     res->nrows = fd_sample_rows(p, rph, res->rows);
+    res->splitkv_splits = fd_splitkv_splits(p, cf->flash.splits, cf->flash.sms);
     const int nrows = res->nrows;
     for (int r = 0; r < nrows; r++) {
         nvis[r] = fd_problem_visible_count(p, res->rows[r]);
@@ -436,7 +441,7 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
             br->m.tflops = 4.0 * (double)p->head_dim * pairs * (double)p->batch * (double)p->heads / (ms * 1e-3) / 1e12;
         }
         float **keep = br->origin != FD_ORIGIN_KERNEL ? NULL
-                     : !strcmp(br->be->name, "cuda-flash") ? &kout : !strcmp(br->be->name, "cpu-flash") ? &rout : NULL;
+                     : !strcmp(br->be->name, kname) ? &kout : !strcmp(br->be->name, rname) ? &rout : NULL;
         if (keep && !*keep && (*keep = malloc(sizeof(float) * nbhr * (size_t)D))) {
             size_t x = 0;
             for (int b = 0; b < p->batch; b++)

@@ -28,6 +28,10 @@ static void one_backend(const fd_casefile *cf, const fd_case *c, const float *q,
     const int nb = p->batch < FD_INV_MAX_BATCH ? p->batch : FD_INV_MAX_BATCH;
     for (int b = 0; b < nb && !fd_interrupted; b++) {
         lse = lbuf;
+        if (p->page_size > 0) { /* paged: the entry's cache length and block-table row */
+            cb.prob.cache_seqlens[0] = p->cache_seqlens[b];
+            cb.prob.block_table = p->block_table + (size_t)b * (size_t)fd_paged_pages(p);
+        }
         if (fd_backend_obtain(cf, &cb, br->be, NULL, NULL, q + (size_t)b * qs, k + (size_t)b * ks, v + (size_t)b * ks,
                               res->rows, res->nrows, osub, &lse, &ms, e2, sizeof e2)) {
             snprintf(iv->note, sizeof iv->note, "batch element %d alone failed: %s", b, e2);

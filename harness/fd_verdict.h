@@ -180,6 +180,7 @@ typedef struct fd_case_result {
     int ref_undecided, ref_prec_max;
     fd_ref_stats ref;       /* which reference tier decided what (fd_obtain.h) */
     long empty_rows;        /* checked rows with no visible key */
+    int splitkv_splits;     /* the split count of the split-KV backends (flash.splits or FA2's heuristic) */
     double ref_seconds, seconds;
     int nbe;
     fd_backend_result be[FD_MAX_BACKENDS];

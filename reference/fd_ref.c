@@ -751,7 +751,7 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     const int D = p->head_dim;
     if (fd_problem_check_mods(p, err, errlen)) return -1;
     int lo, hi;
-    const int n = fd_mask_visible_range(p, i, &lo, &hi);
+    const int n = fd_mask_visible_range_b(p, b, i, &lo, &hi);
     const int hk = fd_kv_head(p, h);
     fd_ref_row_info inf;
     memset(&inf, 0, sizeof inf);

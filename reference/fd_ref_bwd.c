@@ -562,6 +562,10 @@ static int check_args(const fd_problem *p, const float *q, const float *k, const
         fd_ref_seterr(err, errlen, "fd_ref_bwd_group: dropout_p = %g is not in [0, 1)", p->dropout_p);
         return -1;
     }
+    if (p->page_size > 0) {
+        fd_ref_seterr(err, errlen, "the backward of a paged KV cache is not supported (forward only)");
+        return -1;
+    }
     if (fd_problem_check_mods(p, err, errlen)) return -1;
     if (!isfinite(p->softmax_scale)) {
         fd_ref_seterr(err, errlen, "fd_ref_bwd_group: softmax_scale is not finite (%a)",

@@ -118,6 +118,7 @@ FD_HD void fd_tb_row_init(fd_tb_row *w, const fd_problem *p, const float *q, con
         k0 = p->cu_seqlens_k[s];
         sk = p->cu_seqlens_k[s + 1] - k0;
     }
+    if (p->page_size > 0) sk = p->cache_seqlens[b]; /* paged: the entry's valid keys (fd_mask_visible_range_b) */
     w->n = fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i - q0, sq, sk,
                         &w->lo, &w->hi);
     w->lo += k0;

@@ -548,6 +548,73 @@ Test(gpu_cuda, varlen_replay_bit_identical)
     }
 }
 
+/* Paged KV cache (issue 13 item 5): cuda-splitkv reading a shuffled block table on the
+ * device (pages of 16 and 256 tokens, entries of various cache_seqlens, seqlen_q 1..16,
+ * GQA, causal bottom-right to cache_seqlens and not, FA2's heuristic split count and a
+ * fixed one) is cpu-splitkv bit for bit in O, the LSE within an ulp; cuda-flash refuses
+ * paged problems (FA2 sends them to its split kernel). */
+Test(gpu_cuda, paged_replay_bit_identical)
+{
+    SKIP_WITHOUT_GPU();
+    static const struct {
+        int B, cs[4], ps, np, H, Hk, sq, d; fd_dtype dt; fd_mask_kind mask; int splits;
+    } vs[] = {
+        {4, {1000, 37, 513, 2048}, 16, 128, 4, 1, 1, 128, FD_DT_FP16, FD_MASK_NONE, 0},
+        {4, {1000, 37, 513, 2048}, 256, 8, 4, 1, 4, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0},
+        {2, {300, 17, 0, 0}, 16, 19, 4, 4, 16, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0},
+        {2, {40, 20, 0, 0}, 16, 3, 2, 2, 2, 32, FD_DT_BF16, FD_MASK_CAUSAL_BR, 3},
+        {1, {1500, 0, 0, 0}, 256, 6, 32, 8, 1, 128, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0},
+        {3, {129, 64, 200, 0}, 32, 7, 2, 1, 5, 96, FD_DT_FP16, FD_MASK_NONE, 5},
+        {2, {700, 65, 0, 0}, 16, 44, 2, 2, 8, 256, FD_DT_BF16, FD_MASK_CAUSAL_BR, 2},
+    };
+    for (size_t t = 0; t < sizeof vs / sizeof vs[0]; t++) {
+        tcase c;
+        make_case(&c, vs[t].B, vs[t].H, vs[t].Hk, vs[t].sq, vs[t].np * vs[t].ps, vs[t].d, vs[t].dt, vs[t].mask, 0.0, 90 + t);
+        fd_problem *p = &c.p;
+        const int nt = vs[t].B * vs[t].np;
+        int *table = malloc(sizeof(int) * (size_t)nt);
+        cr_assert_not_null(table);
+        for (int x = 0; x < nt; x++) table[x] = x;
+        for (int x = nt - 1; x > 0; x--) { /* shuffled */
+            const int y = (int)(urand() * (double)(x + 1));
+            const int z = table[x]; table[x] = table[y]; table[y] = z;
+        }
+        p->page_size = vs[t].ps;
+        p->num_pages = nt;
+        p->block_table = table;
+        for (int b = 0; b < vs[t].B; b++) p->cache_seqlens[b] = vs[t].cs[b];
+        const int splits = fd_splitkv_splits(p, vs[t].splits, 132);
+        const size_t nq = fd_q_numel(p), nl = fd_lse_numel(p);
+        float *o = poisoned(nq), *lse = poisoned(nl), *ro = poisoned(nq), *rl = poisoned(nl);
+        fd_cuda_cfg g;
+        fd_cuda_cfg_default(&g);
+        g.br = 64; g.bc = 64; g.exp2_mode = 1; g.splits = splits;
+        fd_flash_cfg r;
+        fd_flash_cfg_default(&r);
+        r.br = 64; r.bc = 64;
+        r.qk_order = r.pv_order = FD_ACC_TC16;
+        r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
+        char err[512];
+        cr_assert_eq(fd_cuda_splitkv_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        cr_assert_eq(fd_cpu_splitkv_forward(p, &r, splits, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
+        size_t diff = 0, first = (size_t)-1, ldiff = 0;
+        for (size_t x = 0; x < nq; x++)
+            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x]) && !diff++) first = x;
+        for (size_t x = 0; x < nl; x++)
+            ldiff += !(fabsf(lse[x] - rl[x]) <= 2.0f * fabsf(nextafterf(rl[x], INFINITY) - rl[x]));
+        cr_expect_eq(diff, 0, "spec %zu (%d splits): %zu of %zu O elements differ from the replay; first at %zu: gpu %a, replay %a",
+                     t, splits, diff, nq, first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0);
+        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay by more than an ulp", t, ldiff, nl);
+        printf("paged spec %zu: %d splits, %zu O elements, %zu differ\n", t, splits, nq, diff);
+        if (t == 0) {
+            cr_expect_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), -1);
+            cr_expect(strstr(err, "split-KV") != NULL, "%s", err);
+        }
+        free(o); free(lse); free(ro); free(rl); free(table);
+        free_case(&c);
+    }
+}
+
 /* Out-of-bounds guards (issue 13 item 7): writes outside a guarded buffer are reported
  * with their side and distance; writes inside it are not. */
 Test(gpu_cuda, guards_report_out_of_bounds_writes)

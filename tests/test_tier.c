@@ -162,6 +162,16 @@ Test(tier, varlen_every_value_agrees_with_mpfr, .timeout = 600)
     cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
 }
 
+Test(tier, paged_every_value_agrees_with_mpfr, .timeout = 600)
+{
+    /* paged KV caches: each entry's keys below cache_seqlens only, the causal mask aligned to
+     * them (a tier that attended the capacity passed a kernel reading stale tokens) */
+    tally tl = {0};
+    check_casefile("cases/paged.json", &tl);
+    report("paged", &tl);
+    cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
+}
+
 Test(tier, default_sweep_sampled_rows_agree_with_mpfr, .timeout = 900)
 {
     /* the default sweep (249 cases, up to 2048 keys): its own 32-row sample per (batch, head),

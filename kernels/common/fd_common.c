@@ -1,6 +1,7 @@
 /* fd_common.c: names of the shared enums; checks of the score modifiers. */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 #include "fd_problem.h"
 
 const char *fd_dtype_name(fd_dtype t)
@@ -81,6 +82,7 @@ int fd_problem_check_mods(const fd_problem *p, char *err, size_t errlen)
         return -1;
     }
     if (p->varlen && fd_problem_check_varlen(p, err, errlen)) return -1;
+    if (p->page_size && fd_problem_check_paged(p, err, errlen)) return -1;
     if (p->alibi) {
         if (p->heads > FD_ALIBI_MAX_HEADS) {
             snprintf(err, errlen, "ALiBi with %d heads: at most %d supported", p->heads, FD_ALIBI_MAX_HEADS);
@@ -117,3 +119,121 @@ int fd_problem_describe_mods(const fd_problem *p, char *buf, size_t len)
         n += snprintf(buf + n, len - (size_t)n, "%svarlen (%d sequences)", n ? ", " : "", p->varlen);
     return n;
 }
+
+/* ---- Paged KV cache (issue 13 item 5) ---- */
+int fd_problem_check_paged(const fd_problem *p, char *err, size_t errlen)
+{
+    if (p->page_size <= 0) {
+        snprintf(err, errlen, "paged KV cache: page_size must be positive, got %d", p->page_size);
+        return -1;
+    }
+    if (p->batch < 1 || p->batch > FD_PAGED_MAX_BATCH) {
+        snprintf(err, errlen, "paged KV cache: batch %d, expected 1..%d", p->batch, FD_PAGED_MAX_BATCH);
+        return -1;
+    }
+    if (p->varlen || p->dropout_p > 0.0 || p->alibi) {
+        snprintf(err, errlen, "paged KV cache with %s is not supported", p->varlen ? "varlen" : p->alibi ? "ALiBi" : "dropout");
+        return -1;
+    }
+    if (p->mask != FD_MASK_NONE && p->mask != FD_MASK_CAUSAL_BR) {
+        snprintf(err, errlen, "paged KV cache: mask %s unsupported (none or causal_br: FA2 aligns to cache_seqlens)",
+                 fd_mask_name(p->mask));
+        return -1;
+    }
+    const int np = fd_paged_pages(p);
+    if (p->seqlen_k <= 0 || (double)np * p->batch > (double)FD_PAGED_MAX_ENTRIES || p->num_pages < 1 ||
+        p->num_pages > FD_PAGED_MAX_ENTRIES) {
+        snprintf(err, errlen, "paged KV cache: %d pages per entry x %d entries, %d physical pages (at most %d each)", np,
+                 p->batch, p->num_pages, FD_PAGED_MAX_ENTRIES);
+        return -1;
+    }
+    for (int b = 0; b < p->batch; b++)
+        if (p->cache_seqlens[b] < p->seqlen_q || p->cache_seqlens[b] > p->seqlen_k) {
+            snprintf(err, errlen, "cache_seqlens[%d] = %d, expected %d..%d (seqlen_q .. pages x page_size)", b,
+                     p->cache_seqlens[b], p->seqlen_q, p->seqlen_k);
+            return -1;
+        }
+    if (!p->block_table) {
+        snprintf(err, errlen, "paged KV cache without a block table");
+        return -1;
+    }
+    for (int b = 0; b < p->batch; b++)
+        for (int t = 0; t < np; t++) {
+            const int e = p->block_table[(size_t)b * (size_t)np + (size_t)t];
+            if (e < 0 || e >= p->num_pages) {
+                snprintf(err, errlen, "block_table[%d][%d] = %d, expected a page in 0..%d", b, t, e, p->num_pages - 1);
+                return -1;
+            }
+        }
+    return 0;
+}
+
+void fd_paged_scatter(const fd_problem *p, const float *logical, float *phys)
+{
+    const size_t row = (size_t)p->kv_heads * (size_t)p->head_dim;
+    const size_t n = fd_paged_numel(p);
+    for (size_t x = 0; x < n; x++) phys[x] = NAN;
+    for (int b = 0; b < p->batch; b++)
+        for (int j = 0; j < p->seqlen_k; j++)
+            memcpy(phys + (size_t)fd_paged_row(p, b, j) * row, logical + fd_kv_index(p, b, j, 0, 0),
+                   sizeof(float) * row);
+}
+
+void fd_paged_gather(const fd_problem *p, const float *phys, float *logical)
+{
+    const size_t row = (size_t)p->kv_heads * (size_t)p->head_dim;
+    for (int b = 0; b < p->batch; b++)
+        for (int j = 0; j < p->seqlen_k; j++)
+            memcpy(logical + fd_kv_index(p, b, j, 0, 0), phys + (size_t)fd_paged_row(p, b, j) * row,
+                   sizeof(float) * row);
+}
+
+/* FlashAttention-2's num_splits_heuristic (csrc/flash_attn/flash_api.cpp, read 2026-12-03 at
+ * Dao-AILab/flash-attention 0251105; re-implemented): with B = batch x heads x m_blocks
+ * CTAs and S "SMs" (2 x the SM count: 128-thread CTAs), one split when B >= 0.8 S (float);
+ * else for each eligible n in 1..min(128, S, n_blocks) (n = 1, or ceil(n_blocks / n) !=
+ * ceil(n_blocks / (n - 1))) the wave efficiency e(n) = w / ceil(w), w = B n / S (float),
+ * and the smallest eligible n with e(n) >= 0.85 max e (a double comparison). Its inputs as
+ * mha_fwd_kvcache / set_params_splitkv give them: block_n = 256, 128, 64 for head dims
+ * <= 64, <= 128, larger; n_blocks = ceil(seqlen_k / block_n) with seqlen_k the capacity
+ * (pages x page_size); m_blocks = ceil(seqlen_q / 64); and seqlen_q 1 with GQA (no window,
+ * d % 8 == 0, no ALiBi) swapped to seqlen_q = heads / kv_heads, heads = kv_heads. */
+int fd_splitkv_heuristic(const fd_problem *p, int num_sms)
+{
+    int sq = p->seqlen_q, H = p->heads;
+    const int d8 = (p->head_dim + 7) / 8 * 8;
+    const int unbounded = !p->window || (p->window_left < 0 && p->window_right < 0);
+    if (sq == 1 && H > p->kv_heads && unbounded && p->head_dim % 8 == 0 && !p->alibi) {
+        sq = H / p->kv_heads;
+        H = p->kv_heads;
+    }
+    const int block_n = d8 <= 64 ? 256 : d8 <= 128 ? 128 : 64;
+    const int n_blocks = (p->seqlen_k + block_n - 1) / block_n;
+    const int m_blocks = (sq + 63) / 64;
+    const long bhm = (long)p->batch * H * m_blocks;
+    const int S = 2 * (num_sms > 0 ? num_sms : 132);
+    if ((float)bhm >= 0.8f * (float)S) return 1;
+    int mx = 128;
+    if (S < mx) mx = S;
+    if (n_blocks < mx) mx = n_blocks;
+    float eff[129], best = 0.0f;
+    for (int n = 1; n <= mx; n++) {
+        const int ok = n == 1 || (n_blocks + n - 1) / n != (n_blocks + n - 2) / (n - 1);
+        eff[n] = 0.0f;
+        if (!ok) continue;
+        const float w = (float)(bhm * n) / (float)S;
+        eff[n] = w / ceilf(w);
+        if (eff[n] > best) best = eff[n];
+    }
+    for (int n = 1; n <= mx; n++) {
+        const int ok = n == 1 || (n_blocks + n - 1) / n != (n_blocks + n - 2) / (n - 1);
+        if (ok && (double)eff[n] >= 0.85 * (double)best) return n;
+    }
+    return 1;
+}
+
+int fd_splitkv_splits(const fd_problem *p, int cfg_splits, int num_sms)
+{
+    return cfg_splits > 0 ? cfg_splits : fd_splitkv_heuristic(p, num_sms);
+}
+/* ---- end paged KV cache ---- */

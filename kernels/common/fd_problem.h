@@ -27,6 +27,13 @@ typedef enum {
 #define FD_VARLEN_MAX_SEQS 64
 /* ---- end variable-length batches ---- */
 
+/* ---- Paged KV cache (issue 13 item 5): the constants ---- */
+/* Most batch entries of a paged problem (cache_seqlens live in the problem). */
+#define FD_PAGED_MAX_BATCH 64
+/* Most block-table entries (batch x pages per entry) and physical pages. */
+#define FD_PAGED_MAX_ENTRIES (1 << 20)
+/* ---- end paged KV cache ---- */
+
 typedef struct fd_problem {
     int batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim;
     fd_dtype dtype;
@@ -53,14 +60,54 @@ typedef struct fd_problem {
     int varlen;
     int cu_seqlens_q[FD_VARLEN_MAX_SEQS + 1], cu_seqlens_k[FD_VARLEN_MAX_SEQS + 1];
     /* ---- end variable-length batches ---- */
+    /* ---- Paged KV cache (issue 13 item 5), FlashAttention's flash_attn_with_kvcache with
+     * block_table and cache_seqlens: page_size > 0 makes the problem paged. K and V above
+     * stay the *logical* tensors [batch][seqlen_k][kv_heads][d], seqlen_k the capacity
+     * (pages per entry x page_size, fd_paged_pages); the physical cache is [num_pages]
+     * [page_size][kv_heads][d] and logical key j of entry b lives in page
+     * block_table[b * fd_paged_pages(p) + j / page_size], slot j % page_size. The
+     * kernels that consume pages scatter the logical K/V into a physical cache and read
+     * through the table; the reference reads the logical tensors. Keys j >=
+     * cache_seqlens[b] are not attended, whatever the page holds; masks and windows are
+     * bottom-right relative to cache_seqlens[b]. block_table points into storage owned by
+     * the case file or the bundle (a problem copy shares it). 0: off. ---- */
+    int page_size;
+    int num_pages;
+    int cache_seqlens[FD_PAGED_MAX_BATCH];
+    const int *block_table;
+    /* ---- end paged KV cache ---- */
 } fd_problem;
 
-/* Does the problem use a window, softcap, ALiBi or variable-length sequences (the
- * features only the forward kernels and the reference support so far)? */
+/* Does the problem use a window, softcap, ALiBi, variable-length sequences or a paged KV
+ * cache (the features only the forward kernels and the reference support so far)? */
 static inline int fd_problem_has_mods(const fd_problem *p)
 {
-    return p->window || p->softcap > 0.0f || p->alibi || p->varlen;
+    return p->window || p->softcap > 0.0f || p->alibi || p->varlen || p->page_size > 0;
 }
+
+/* ---- Paged KV cache (issue 13 item 5): helpers ---- */
+/* Block-table entries per batch entry: ceil(seqlen_k / page_size). */
+static inline int fd_paged_pages(const fd_problem *p)
+{
+    return p->page_size > 0 ? (p->seqlen_k + p->page_size - 1) / p->page_size : 0;
+}
+/* The physical cache row (page * page_size + slot) of logical key j of entry b. */
+static inline long fd_paged_row(const fd_problem *p, int b, int j)
+{
+    const int pg = p->block_table[(size_t)b * (size_t)fd_paged_pages(p) + (size_t)(j / p->page_size)];
+    return (long)pg * p->page_size + j % p->page_size;
+}
+/* Elements of the physical cache: num_pages x page_size x kv_heads x d. */
+static inline size_t fd_paged_numel(const fd_problem *p)
+{
+    return (size_t)p->num_pages * (size_t)p->page_size * (size_t)p->kv_heads * (size_t)p->head_dim;
+}
+/* Keys of batch entry b that exist: cache_seqlens[b] (paged), else seqlen_k. */
+static inline int fd_problem_keys(const fd_problem *p, int b)
+{
+    return p->page_size > 0 ? p->cache_seqlens[b] : p->seqlen_k;
+}
+/* ---- end paged KV cache ---- */
 
 FD_HD int fd_mask_visible(fd_mask_kind mask, int i, int j, int sq, int sk)
 {
@@ -123,16 +170,31 @@ static inline fd_seq_span fd_problem_seq_span(const fd_problem *p, int i)
     return r;
 }
 
-/* Visible keys of (packed) query row i as packed key indices [*lo, *hi]: the row's own
- * sequence only, aligned within it. */
-static inline int fd_mask_visible_range(const fd_problem *p, int i, int *lo, int *hi)
+/* Visible keys of query row i of batch entry b as (packed) key indices [*lo, *hi]: the
+ * row's own sequence only, aligned within it (varlen); paged: the keys below
+ * cache_seqlens[b], aligned bottom-right to them. */
+static inline int fd_mask_visible_range_b(const fd_problem *p, int b, int i, int *lo, int *hi)
 {
+    if (p->page_size > 0)
+        return fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i, p->seqlen_q,
+                            p->cache_seqlens[b], lo, hi);
     const fd_seq_span s = fd_problem_seq_span(p, i);
     const int n = fd_vis_range((int)p->mask, p->window, p->window_left, p->window_right, i - s.q0,
                                s.sq, s.sk, lo, hi);
     *lo += s.k0;
     *hi += s.k0;
     return n;
+}
+
+/* The same for callers that hold a row but no batch entry (row counts, budgets, cost
+ * estimates): the batch entry whose cache is longest (paged), else any (they agree). */
+static inline int fd_mask_visible_range(const fd_problem *p, int i, int *lo, int *hi)
+{
+    int bb = 0;
+    if (p->page_size > 0)
+        for (int b = 1; b < p->batch && b < FD_PAGED_MAX_BATCH; b++)
+            if (p->cache_seqlens[b] > p->cache_seqlens[bb]) bb = b;
+    return fd_mask_visible_range_b(p, bb, i, lo, hi);
 }
 
 /* |i + sk - sq - j| within the row's sequence (FA2's ALiBi distance). */
@@ -148,6 +210,12 @@ static inline int fd_problem_visible_count(const fd_problem *p, int i)
 {
     int lo, hi;
     return fd_mask_visible_range(p, i, &lo, &hi);
+}
+
+static inline int fd_problem_visible_count_b(const fd_problem *p, int b, int i)
+{
+    int lo, hi;
+    return fd_mask_visible_range_b(p, b, i, &lo, &hi);
 }
 
 static inline int fd_problem_visible(const fd_problem *p, int i, int j)
@@ -208,6 +276,22 @@ int fd_problem_check_mods(const fd_problem *p, char *err, size_t errlen);
 int fd_cu_seqlens_check(const int *cu, int n, int total, char *err, size_t errlen);
 int fd_problem_check_varlen(const fd_problem *p, char *err, size_t errlen);
 /* ---- end variable-length batches ---- */
+/* ---- Paged KV cache (issue 13 item 5) ---- */
+/* page_size >= 1, 1..FD_PAGED_MAX_BATCH entries, seqlen_q <= cache_seqlens[b] <=
+ * seqlen_k, a block table whose entries lie in [0, num_pages), mask none or causal
+ * bottom-right, no dropout, ALiBi or varlen; else -1 and err names what. */
+int fd_problem_check_paged(const fd_problem *p, char *err, size_t errlen);
+/* The logical K or V (fd_kv_index layout) scattered into a physical cache of
+ * fd_paged_numel(p) elements through the block table (slots no entry maps hold NaN). */
+void fd_paged_scatter(const fd_problem *p, const float *logical, float *phys);
+/* The logical K or V gathered from a physical cache through the block table. */
+void fd_paged_gather(const fd_problem *p, const float *phys, float *logical);
+/* FlashAttention-2's num_splits_heuristic (flash_api.cpp), re-implemented: the split count
+ * mha_fwd_kvcache picks for this problem on a GPU of num_sms SMs (1..128). */
+int fd_splitkv_heuristic(const fd_problem *p, int num_sms);
+/* The split count a split-KV backend uses: cfg_splits (>= 1) or, for 0, the heuristic. */
+int fd_splitkv_splits(const fd_problem *p, int cfg_splits, int num_sms);
+/* ---- end paged KV cache ---- */
 /* The standard ALiBi slopes 2^(-8 (h + 1) / heads), h = 0 .. heads - 1. */
 void fd_alibi_default_slopes(int heads, float *slopes);
 /* "window (l, r), softcap c, alibi" (only what is on); returns the length. */

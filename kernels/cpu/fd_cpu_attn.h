@@ -49,7 +49,9 @@ typedef struct fd_flash_cfg {
     fd_exp2_mode exp2_mode;    /* libm exp2f (correctly rounded on glibc) or portable */
     int p_fp32;                /* 1: P stays binary32 before PV (the P-precision knob) */
     fd_rowsum_order rowsum;    /* order of the row sum (default FD_ROWSUM_FA2) */
-    int splits;                /* split-KV backends: number of K/V chunks (default 4) */
+    int splits;                /* split-KV backends: number of K/V chunks (default 4); 0: FA2's
+                                * num_splits heuristic (fd_splitkv_heuristic) for sms SMs */
+    int sms;                   /* the SM count the heuristic assumes (default 132, an H200) */
     int o_round_up;            /* planted bias (CPU replay only, a test of the bias detector):
                                 * 1 rounds the output toward +Inf instead of to nearest */
 } fd_flash_cfg;
@@ -74,6 +76,16 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
 int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
                            const float *q, const float *k, const float *v, const int *rows,
                            int nrows, float *o, float *lse, char *err, size_t errlen);
+/* Paged KV cache (p->page_size > 0): cpu-flash and cpu-splitkv with K and V given as the
+ * physical caches [num_pages][page_size][kv_heads][d] (fd_paged_numel(p) floats each),
+ * read through p->block_table; the logical forms above scatter their K, V into such
+ * caches first (fd_paged_scatter), so both read through the table alike. */
+int fd_cpu_flash_forward_paged(const fd_problem *p, const fd_flash_cfg *cfg, const float *q, const float *kc,
+                               const float *vc, const int *rows, int nrows, float *o, float *lse, char *err,
+                               size_t errlen);
+int fd_cpu_splitkv_forward_paged(const fd_problem *p, const fd_flash_cfg *cfg, int splits, const float *q,
+                                 const float *kc, const float *vc, const int *rows, int nrows, float *o, float *lse,
+                                 char *err, size_t errlen);
 
 int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const float *q,
                             const float *k, const float *v, const int *rows, int nrows,

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "fd_cpu_attn.h"
@@ -30,6 +31,7 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg)
     cfg->p_fp32 = 0;
     cfg->rowsum = FD_ROWSUM_FA2;
     cfg->splits = 4;
+    cfg->sms = 132;
     cfg->o_round_up = 0;
 }
 
@@ -94,7 +96,21 @@ typedef struct {
     const float *q, *k, *v;
     double *s, *pt;
     float *ptf;
+    /* paged KV cache: the physical caches (the logical K, V scattered through the block
+     * table, fd_paged_scatter) that K and V are read from, and a V tile gathered from
+     * its pages for the PV products */
+    float *kp, *vp, *vt;
+    int own_pages; /* kp, vp allocated here (scattered from the logical K, V) */
 } fd_flash_ctx;
+
+/* Row j of K (or V) for batch entry b, kv head hk: through the block table when paged. */
+static const float *kv_row(const fd_flash_ctx *x, const float *logical, const float *phys, int b, int j, int hk)
+{
+    const fd_problem *p = x->p;
+    if (p->page_size > 0)
+        return phys + ((size_t)fd_paged_row(p, b, j) * (size_t)p->kv_heads + (size_t)hk) * (size_t)p->head_dim;
+    return logical + fd_kv_index(p, b, j, hk, 0);
+}
 
 /* One query row over key blocks [nb_lo, nb_hi) visited backwards, keys lo..hi visible.
  * Key block nb holds keys kb + nb bc .. (up to the sequence's end ke): kb = 0, ke =
@@ -125,7 +141,7 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
             const int j = j0 + c;
             double sv = -INFINITY; /* masked or beyond seqlen_k */
             if (j >= lo && j <= hi) {
-                const float *kj = x->k + fd_kv_index(p, b, j, hk, 0);
+                const float *kj = kv_row(x, x->k, x->kp, b, j, hk);
                 const int dist = fd_problem_alibi_dist(p, i, j);
                 if (xqk) {
                     sv = 0.0; /* exact products; a binary64 sum is exact to ~d 2^-53 */
@@ -182,14 +198,20 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
             x->ptf[c] = (float)pv;
         }
         const int nk = (j0 + bc <= ke) ? bc : ke - j0; /* keys present in memory */
+        size_t vstride = kvstride;
+        if (p->page_size > 0) { /* the tile's V rows from their pages, [c][d] (the same values) */
+            for (int c = 0; c < nk; c++)
+                memcpy(x->vt + (size_t)c * (size_t)D, kv_row(x, x->v, x->vp, b, j0 + c, hk), sizeof(float) * (size_t)D);
+            vstride = (size_t)D;
+        }
         for (int d = 0; d < D; d++) {
-            const float *vd = x->v + fd_kv_index(p, b, j0, hk, d);
+            const float *vd = p->page_size > 0 ? x->vt + d : x->v + fd_kv_index(p, b, j0, hk, d);
             if (xpv) {
                 double a = acc[d];
-                for (int c = 0; c < nk; c++) a += x->pt[c] * (double)vd[(size_t)c * kvstride];
+                for (int c = 0; c < nk; c++) a += x->pt[c] * (double)vd[(size_t)c * vstride];
                 acc[d] = a;
             } else {
-                acc[d] = (double)fd_dot_acc_dt(x->pv, x->ptf, 1, vd, kvstride, nk, (float)acc[d],
+                acc[d] = (double)fd_dot_acc_dt(x->pv, x->ptf, 1, vd, vstride, nk, (float)acc[d],
                                                p->dtype);
             }
         }
@@ -201,8 +223,12 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
     *m_out = m;
 }
 
+static void ctx_free(fd_flash_ctx *x);
+
+/* kc, vc: the physical caches of a paged problem as given (NULL: scattered from k, v). */
 static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
-                    const float *q, const float *k, const float *v, char *err, size_t errlen)
+                    const float *q, const float *k, const float *v, const float *kc, const float *vc, char *err,
+                    size_t errlen)
 {
     memset(x, 0, sizeof *x);
     if (fd_cpu_check_problem(p, err, errlen)) return -1;
@@ -229,9 +255,21 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
     x->s = malloc(sizeof(double) * (size_t)cfg->bc);
     x->pt = malloc(sizeof(double) * (size_t)cfg->bc);
     x->ptf = malloc(sizeof(float) * (size_t)cfg->bc);
-    if (!x->s || !x->pt || !x->ptf) {
-        free(x->s); free(x->pt); free(x->ptf);
-        snprintf(err, errlen, "out of memory");
+    int oom = !x->s || !x->pt || !x->ptf;
+    if (!oom && p->page_size > 0) {
+        x->own_pages = !(kc && vc);
+        x->kp = x->own_pages ? malloc(sizeof(float) * fd_paged_numel(p)) : (float *)(uintptr_t)kc;
+        x->vp = x->own_pages ? malloc(sizeof(float) * fd_paged_numel(p)) : (float *)(uintptr_t)vc;
+        x->vt = malloc(sizeof(float) * (size_t)cfg->bc * (size_t)p->head_dim);
+        oom = !x->kp || !x->vp || !x->vt || (x->own_pages && (!k || !v));
+        if (!oom && x->own_pages) {
+            fd_paged_scatter(p, k, x->kp);
+            fd_paged_scatter(p, v, x->vp);
+        }
+    }
+    if (oom) {
+        ctx_free(x);
+        snprintf(err, errlen, "out of memory (or no K/V)");
         return -1;
     }
     return 0;
@@ -239,13 +277,20 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
 
 static void ctx_free(fd_flash_ctx *x)
 {
-    free(x->s); free(x->pt); free(x->ptf);
+    free(x->s); free(x->pt); free(x->ptf); free(x->vt);
+    if (x->own_pages) {
+        free(x->kp);
+        free(x->vp);
+    }
+    x->s = x->pt = NULL;
+    x->ptf = x->kp = x->vp = x->vt = NULL;
 }
 
-int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
-                        const float *q, const float *k, const float *v, const int *rows,
-                        int nrows, double *o, double *lse, char *err, size_t errlen)
+static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact, const float *q, const float *k,
+                        const float *v, const float *kc, const float *vc, const int *rows, int nrows, double *o,
+                        double *lse, char *err, size_t errlen)
 {
+    if (fd_cpu_check_problem(p, err, errlen)) return -1; /* before the scatter below */
     const int D = p->head_dim, sq = p->seqlen_q, bc = cfg->bc;
     const int xfin = !!(exact & FD_STAGE_FINAL), xds = !!(exact & FD_STAGE_DROPSCALE);
     const int xsm = !!(exact & FD_STAGE_SOFTMAX);
@@ -255,6 +300,22 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
     const int n_rows = rows ? nrows : sq;
     const long ntask = (long)p->batch * p->heads * n_rows;
     int failed = 0;
+    /* a paged problem without its physical cache: scattered once here, shared read-only */
+    float *kown = NULL, *vown = NULL;
+    if (p->page_size > 0 && !(kc && vc)) {
+        kown = k ? malloc(sizeof(float) * fd_paged_numel(p)) : NULL;
+        vown = v ? malloc(sizeof(float) * fd_paged_numel(p)) : NULL;
+        if (!kown || !vown) {
+            free(kown);
+            free(vown);
+            snprintf(err, errlen, "out of memory (or no K/V)");
+            return -1;
+        }
+        fd_paged_scatter(p, k, kown);
+        fd_paged_scatter(p, v, vown);
+        kc = kown;
+        vc = vown;
+    }
     /* Rows are independent (a row's tiles, in FA2's order, are the row's alone): OpenMP
      * over (batch, head, row), each thread with its own context and accumulator, so the
      * bits of a row do not depend on the thread that computes it. */
@@ -263,7 +324,7 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
         fd_flash_ctx x;
         double *acc = NULL;
         char e2[256];
-        int ok = !ctx_init(&x, p, cfg, exact, q, k, v, e2, sizeof e2);
+        int ok = !ctx_init(&x, p, cfg, exact, q, k, v, kc, vc, e2, sizeof e2);
         if (ok && !(acc = malloc(sizeof(double) * (size_t)D))) {
             ctx_free(&x);
             snprintf(e2, sizeof e2, "out of memory");
@@ -281,7 +342,7 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
             const int i = rows ? rows[r] : r;
             double *oi = o + fd_q_index(p, b, i, h, 0);
             int lo, hi;
-            const int nv = fd_mask_visible_range(p, i, &lo, &hi);
+            const int nv = fd_mask_visible_range_b(p, b, i, &lo, &hi);
             if (nv == 0) {
                 for (int d = 0; d < D; d++) oi[d] = 0.0;
                 lse[fd_lse_index(p, b, h, i)] = INFINITY;
@@ -289,8 +350,9 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
             }
             double l, m;
             const fd_seq_span sp = fd_problem_seq_span(p, i);
-            flash_row(&x, b, h, i, sp.k0, sp.k0 + sp.sk, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo,
-                      hi, acc, &l, &m);
+            /* keys present: the sequence's (varlen), the entry's cache_seqlens (paged) */
+            const int ke = p->page_size > 0 ? p->cache_seqlens[b] : sp.k0 + sp.sk;
+            flash_row(&x, b, h, i, sp.k0, ke, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo, hi, acc, &l, &m);
             const int empty = fd_eq(l, 0.0) || isnan(l);
             /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
             if (xfin) {
@@ -313,12 +375,21 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
             ctx_free(&x);
         }
     }
+    free(kown);
+    free(vown);
     return failed ? -1 : 0;
 }
 
-int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,
-                         const float *k, const float *v, const int *rows, int nrows, float *o,
-                         float *lse, char *err, size_t errlen)
+int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact,
+                        const float *q, const float *k, const float *v, const int *rows,
+                        int nrows, double *o, double *lse, char *err, size_t errlen)
+{
+    return flash_stages(p, cfg, exact, q, k, v, NULL, NULL, rows, nrows, o, lse, err, errlen);
+}
+
+static int flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q, const float *k, const float *v,
+                         const float *kc, const float *vc, const int *rows, int nrows, float *o, float *lse, char *err,
+                         size_t errlen)
 {
     double *od = malloc(sizeof(double) * fd_q_numel(p));
     double *ld = malloc(sizeof(double) * fd_lse_numel(p));
@@ -327,7 +398,7 @@ int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const flo
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int rc = fd_cpu_flash_stages(p, cfg, 0u, q, k, v, rows, nrows, od, ld, err, errlen);
+    int rc = flash_stages(p, cfg, 0u, q, k, v, kc, vc, rows, nrows, od, ld, err, errlen);
     if (!rc) {
         const int n_rows = rows ? nrows : p->seqlen_q;
         for (int b = 0; b < p->batch; b++)
@@ -345,16 +416,34 @@ int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const flo
     return rc;
 }
 
-int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
-                           const float *q, const float *k, const float *v, const int *rows,
-                           int nrows, float *o, float *lse, char *err, size_t errlen)
+int fd_cpu_flash_forward(const fd_problem *p, const fd_flash_cfg *cfg, const float *q,
+                         const float *k, const float *v, const int *rows, int nrows, float *o,
+                         float *lse, char *err, size_t errlen)
+{
+    return flash_forward(p, cfg, q, k, v, NULL, NULL, rows, nrows, o, lse, err, errlen);
+}
+
+int fd_cpu_flash_forward_paged(const fd_problem *p, const fd_flash_cfg *cfg, const float *q, const float *kc,
+                               const float *vc, const int *rows, int nrows, float *o, float *lse, char *err,
+                               size_t errlen)
+{
+    if (p->page_size <= 0 || !kc || !vc) {
+        snprintf(err, errlen, "fd_cpu_flash_forward_paged: not a paged problem, or no cache");
+        return -1;
+    }
+    return flash_forward(p, cfg, q, NULL, NULL, kc, vc, rows, nrows, o, lse, err, errlen);
+}
+
+static int splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits, const float *q, const float *k,
+                           const float *v, const float *kc, const float *vc, const int *rows, int nrows, float *o,
+                           float *lse, char *err, size_t errlen)
 {
     if (splits < 1 || splits > 128) {
         snprintf(err, errlen, "split count must be in [1, 128], got %d", splits);
         return -1;
     }
     fd_flash_ctx x;
-    if (ctx_init(&x, p, cfg, 0u, q, k, v, err, errlen)) return -1;
+    if (ctx_init(&x, p, cfg, 0u, q, k, v, kc, vc, err, errlen)) return -1;
     const int D = p->head_dim, sq = p->seqlen_q, bc = cfg->bc;
     const float rp = x.dropout ? fd_rp_dropout(p->dropout_p) : 1.0f;
     const int n_rows = rows ? nrows : sq;
@@ -373,7 +462,7 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                 const int i = rows ? rows[r] : r;
                 float *oi = o + fd_q_index(p, b, i, h, 0);
                 int lo, hi;
-                const int nv = fd_mask_visible_range(p, i, &lo, &hi);
+                const int nv = fd_mask_visible_range_b(p, b, i, &lo, &hi);
                 if (nv == 0) {
                     for (int d = 0; d < D; d++) oi[d] = 0.0f;
                     lse[fd_lse_index(p, b, h, i)] = INFINITY;
@@ -382,18 +471,23 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                 const fd_seq_span sq_ = fd_problem_seq_span(p, i);
                 const int kb = sq_.k0, klo = (lo - kb) / bc; /* tiles from the sequence's first key */
                 const int nblocks = (hi - kb) / bc + 1;
-                const int per = (nblocks + splits - 1) / splits;
+                const int paged = p->page_size > 0;
+                const int ke = paged ? p->cache_seqlens[b] : kb + sq_.sk;
+                /* paged (cuda-splitkv's rule): every row of entry b splits the entry's
+                 * ceil(cache_seqlens[b] / bc) tiles alike and every split takes part in the
+                 * combine (an empty one as LSE -inf, O 0); else the row's own tiles */
+                const int per = paged ? ((ke + bc - 1) / bc + splits - 1) / splits : (nblocks + splits - 1) / splits;
                 int ns = 0;
                 for (int sp = 0; sp < splits; sp++) {
                     const int slo = sp * per, shi = slo + per < nblocks ? slo + per : nblocks;
-                    if (slo >= shi) break;
+                    if (slo >= shi && !paged) break;
                     double l, m;
-                    if (shi <= klo) { /* a split left of a window: no visible key, weight 0 */
+                    if (shi <= klo || slo >= shi) { /* no visible key in this split: weight 0 */
                         for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = 0.0f;
                         lacc[ns++] = -INFINITY;
                         continue;
                     }
-                    flash_row(&x, b, h, i, kb, kb + sq_.sk, slo > klo ? slo : klo, shi, lo, hi, acc, &l, &m);
+                    flash_row(&x, b, h, i, kb, ke, slo > klo ? slo : klo, shi, lo, hi, acc, &l, &m);
                     /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
                     const float inv = 1.0f / (float)l, sc = inv * rp;
                     for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;
@@ -417,4 +511,22 @@ int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
     free(acc); free(oacc); free(lacc);
     ctx_free(&x);
     return 0;
+}
+
+int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
+                           const float *q, const float *k, const float *v, const int *rows,
+                           int nrows, float *o, float *lse, char *err, size_t errlen)
+{
+    return splitkv_forward(p, cfg, splits, q, k, v, NULL, NULL, rows, nrows, o, lse, err, errlen);
+}
+
+int fd_cpu_splitkv_forward_paged(const fd_problem *p, const fd_flash_cfg *cfg, int splits, const float *q,
+                                 const float *kc, const float *vc, const int *rows, int nrows, float *o, float *lse,
+                                 char *err, size_t errlen)
+{
+    if (p->page_size <= 0 || !kc || !vc) {
+        snprintf(err, errlen, "fd_cpu_splitkv_forward_paged: not a paged problem, or no cache");
+        return -1;
+    }
+    return splitkv_forward(p, cfg, splits, q, NULL, NULL, kc, vc, rows, nrows, o, lse, err, errlen);
 }

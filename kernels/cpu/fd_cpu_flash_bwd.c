@@ -115,6 +115,10 @@ static int ctx_init(fd_bwd_ctx *x, const fd_problem *p, const fd_flash_cfg *fcfg
         return -1;
     }
     if (fd_cpu_check_problem(p, err, errlen)) return -1;
+    if (p->page_size > 0) {
+        snprintf(err, errlen, "the backward of a paged KV cache is not supported (forward only)");
+        return -1;
+    }
     if (p->dtype != FD_DT_FP16 && p->dtype != FD_DT_BF16 && p->dtype != FD_DT_FP32) {
         snprintf(err, errlen, "backward: unknown dtype %d", (int)p->dtype);
         return -1;

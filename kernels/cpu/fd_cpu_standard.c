@@ -49,7 +49,7 @@ int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const flo
                 float *oi = o + fd_q_index(p, b, i, h, 0);
                 float m = -INFINITY;
                 int vlo, vhi;
-                (void)fd_mask_visible_range(p, i, &vlo, &vhi);
+                (void)fd_mask_visible_range_b(p, b, i, &vlo, &vhi);
                 for (int j = 0; j < sk; j++) {
                     const float *kj = k + fd_kv_index(p, b, j, hk, 0);
                     float x = fd_dot_acc_dt(order, qi, 1, kj, 1, D, 0.0f, p->dtype) * p->softmax_scale;

@@ -42,6 +42,10 @@ int fd_cpu_standard_backward(const fd_problem *p, fd_accum_model order, const fl
                              float *dk, float *dv, char *err, size_t errlen)
 {
     if (fd_cpu_check_problem(p, err, errlen)) return -1;
+    if (p->page_size > 0) {
+        snprintf(err, errlen, "the backward of a paged KV cache is not supported (forward only)");
+        return -1;
+    }
     if (!q || !k || !v || !dout || !dq || !dk || !dv) {
         snprintf(err, errlen, "standard backward: null tensor argument");
         return -1;

@@ -203,6 +203,23 @@ int fd_cu_check_problem(const fd_problem *p, char *err, size_t errlen)
         if (p->dropout_p > 0.0) FD_FAIL("varlen with dropout is not supported");
         if ((long)p->varlen * p->heads > 65535) FD_FAIL("sequences * heads exceeds the grid limit 65535");
     }
+    if (p->page_size) { /* fd_problem_check_paged's rules (fd_common.c is C) */
+        if (p->page_size < 0) FD_FAIL("paged KV cache: page_size %d must be positive", p->page_size);
+        if (p->batch > FD_PAGED_MAX_BATCH) FD_FAIL("paged KV cache: batch %d, at most %d", p->batch, FD_PAGED_MAX_BATCH);
+        if (p->varlen || p->alibi || p->dropout_p > 0.0) FD_FAIL("paged KV cache with varlen, ALiBi or dropout is not supported");
+        if (p->mask != FD_MASK_NONE && p->mask != FD_MASK_CAUSAL_BR) FD_FAIL("paged KV cache: mask none or causal_br");
+        const int np = fd_paged_pages(p);
+        if (!p->block_table || p->num_pages < 1 || (long)np * p->batch > FD_PAGED_MAX_ENTRIES)
+            FD_FAIL("paged KV cache: no block table, or %d pages x %d entries", np, p->batch);
+        for (int b = 0; b < p->batch; b++) {
+            if (p->cache_seqlens[b] < p->seqlen_q || p->cache_seqlens[b] > p->seqlen_k)
+                FD_FAIL("cache_seqlens[%d] = %d, expected %d..%d", b, p->cache_seqlens[b], p->seqlen_q, p->seqlen_k);
+            for (int t = 0; t < np; t++) {
+                const int e = p->block_table[(size_t)b * np + t];
+                if (e < 0 || e >= p->num_pages) FD_FAIL("block_table[%d][%d] = %d, expected 0..%d", b, t, e, p->num_pages - 1);
+            }
+        }
+    }
     return 0;
 }
 
@@ -271,7 +288,11 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
         if (fp32) FD_FAIL("split-KV supports fp16 and bf16 only (fp32 inputs: use flash)");
         if (cfg.splits < 1 || cfg.splits > 128) FD_FAIL("splits %d out of range [1, 128]", cfg.splits);
         if (dmask) FD_FAIL("split-KV has no debug mask output");
-        if (fd_problem_has_mods(p)) FD_FAIL("split-KV does not support windows, softcap, ALiBi or varlen yet");
+        fd_problem plain = *p; /* the paged KV cache is split-KV's (FA2's kvcache path); the rest not yet */
+        plain.page_size = 0;
+        if (fd_problem_has_mods(&plain)) FD_FAIL("split-KV does not support windows, softcap, ALiBi or varlen yet");
+    } else if (p->page_size > 0) {
+        FD_FAIL("a paged KV cache runs on split-KV (cuda-splitkv), as FA2's mha_fwd_kvcache sends it to its split kernel");
     }
     if (dmask && fp32) FD_FAIL("debug mask output needs fp16 or bf16 (the fp32 path has none)");
     int ndev = fd_cuda_device_count();
@@ -280,8 +301,36 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     const int B = p->batch, H = p->heads, Hk = p->kv_heads, sq = p->seqlen_q, sk = p->seqlen_k, d = p->head_dim;
     fd_dbuf dq, dk, dv, dO, dl, doa, dla, ddbg;
     if (fd_cu_upload(dq, q, B, sq, H, d, dp, p->dtype, "Q", err, errlen)) return -1;
-    if (fd_cu_upload(dk, k, B, sk, Hk, d, dp, p->dtype, "K", err, errlen)) return -1;
-    if (fd_cu_upload(dv, v, B, sk, Hk, d, dp, p->dtype, "V", err, errlen)) return -1;
+    fd_dbuf dbt, dcl;
+    if (p->page_size > 0) {
+        /* the physical cache [num_pages][page][Hk][dp] from the logical K, V (fd_paged_scatter,
+         * zeros in slots no entry maps), guarded like the outputs; the table and the lengths */
+        const size_t row = (size_t)Hk * d, rows = (size_t)p->num_pages * p->page_size;
+        std::vector<float> ck(rows * row, 0.0f), cv(rows * row, 0.0f);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < sk; j++) {
+                const size_t pr = (size_t)fd_paged_row(p, b, j) * row;
+                memcpy(&ck[pr], k + fd_kv_index(p, b, j, 0, 0), sizeof(float) * row);
+                memcpy(&cv[pr], v + fd_kv_index(p, b, j, 0, 0), sizeof(float) * row);
+            }
+        fd_dbuf tk, tv; /* converted to the dtype and padded, then into guarded buffers */
+        if (fd_cu_upload(tk, ck.data(), p->num_pages, p->page_size, Hk, d, dp, p->dtype, "K cache", err, errlen)) return -1;
+        if (fd_cu_upload(tv, cv.data(), p->num_pages, p->page_size, Hk, d, dp, p->dtype, "V cache", err, errlen)) return -1;
+        if (fd_dalloc_guarded(dk, tk.bytes, "the paged K cache", err, errlen) ||
+            fd_dalloc_guarded(dv, tv.bytes, "the paged V cache", err, errlen))
+            return -1;
+        FD_CU(cudaMemcpy(dk.p, tk.p, tk.bytes, cudaMemcpyDeviceToDevice));
+        FD_CU(cudaMemcpy(dv.p, tv.p, tv.bytes, cudaMemcpyDeviceToDevice));
+        const size_t nt = (size_t)B * fd_paged_pages(p);
+        if (fd_dalloc_guarded(dbt, nt * sizeof(int), "the block table", err, errlen) ||
+            fd_dalloc_guarded(dcl, (size_t)B * sizeof(int), "cache_seqlens", err, errlen))
+            return -1;
+        FD_CU(cudaMemcpy(dbt.p, p->block_table, nt * sizeof(int), cudaMemcpyHostToDevice));
+        FD_CU(cudaMemcpy(dcl.p, p->cache_seqlens, (size_t)B * sizeof(int), cudaMemcpyHostToDevice));
+    } else {
+        if (fd_cu_upload(dk, k, B, sk, Hk, d, dp, p->dtype, "K", err, errlen)) return -1;
+        if (fd_cu_upload(dv, v, B, sk, Hk, d, dp, p->dtype, "V", err, errlen)) return -1;
+    }
     const size_t es = fp32 ? 4 : 2;
     if (fd_dalloc_guarded(dO, (size_t)B * sq * H * dp * es, "O", err, errlen)) return -1;
     if (fd_dalloc_guarded(dl, (size_t)B * H * sq * 4, "LSE", err, errlen)) return -1;
@@ -323,6 +372,12 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
             max_q = std::max(max_q, p->cu_seqlens_q[s + 1] - p->cu_seqlens_q[s]);
             max_k = std::max(max_k, p->cu_seqlens_k[s + 1] - p->cu_seqlens_k[s]);
         }
+    }
+    if (p->page_size > 0) {
+        P.bt = dbt.as<int>();
+        P.cache_len = dcl.as<int>();
+        P.page = p->page_size;
+        P.pps = fd_paged_pages(p);
     }
     P.dropout = p->dropout_p > 0.0;
     P.thr = fd_fa2_threshold(p->dropout_p);
@@ -371,7 +426,9 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     if (fd_time_repeats(cfg.repeats, [&] { return launch(0); }, tm, err, errlen)) return -1;
     if (fd_dguard_check(dO, "O", err, errlen) || fd_dguard_check(dl, "LSE", err, errlen) ||
         fd_dguard_check(ddbg, "the debug mask", err, errlen) || fd_dguard_check(doa, "the split-KV partial O", err, errlen) ||
-        fd_dguard_check(dla, "the split-KV partial LSE", err, errlen))
+        fd_dguard_check(dla, "the split-KV partial LSE", err, errlen) || fd_dguard_check(dk, "the paged K cache", err, errlen) ||
+        fd_dguard_check(dv, "the paged V cache", err, errlen) || fd_dguard_check(dbt, "the block table", err, errlen) ||
+        fd_dguard_check(dcl, "cache_seqlens", err, errlen))
         return -1;
     if (fd_cu_download_o(o, dO, B, sq, H, d, dp, p->dtype, err, errlen)) return -1;
     FD_CU(cudaMemcpy(lse, dl.p, dl.bytes, cudaMemcpyDeviceToHost));

@@ -47,6 +47,13 @@ struct FlashParams {
      * end; sq, sk above are the longest sequence's (the grid). */
     const int *cu_q, *cu_k;
     int total_q, nseq;
+    /* paged KV cache (fd_problem's page_size; split-KV, GEN only): device block table
+     * [B][pps] and cache_seqlens [B] (null: off); K and V are then the physical cache
+     * [num_pages][page][Hk][dp] and key j of entry b is row bt[b][j / page] * page + j %
+     * page; entry b has cache_len[b] keys, the masks aligned bottom-right to them. Each
+     * entry's ceil(cache_len[b] / BC) tiles are split alike into `splits` chunks. */
+    const int *bt, *cache_len;
+    int page, pps;
 };
 
 template <typename T> struct DT;
@@ -141,6 +148,25 @@ __device__ __forceinline__ void load_tile(T *sm, const T *g, int r0, int nrows, 
     }
 }
 
+/* The same for K/V rows of a paged cache: logical row gr of the entry whose block-table
+ * row is bt lives in physical row bt[gr / page] * page + gr % page of g ([.][H][dp]);
+ * rows at or past nrows (the entry's cache_seqlens) are zero-filled, their table never
+ * read. */
+template <typename T, int D, int ROWS, int NT>
+__device__ __forceinline__ void load_tile_paged(T *sm, const T *g, int r0, int nrows, int H, int hh, int dp, int tid,
+                                                const int *bt, int page)
+{
+    constexpr int CH = D / 8;
+    for (int idx = tid; idx < ROWS * CH; idx += NT) {
+        int row = idx / CH, ch = idx % CH;
+        int gr = r0 + row;
+        bool ok = gr < nrows;
+        const size_t pr = ok ? (size_t)bt[gr / page] * (size_t)page + (size_t)(gr % page) : 0;
+        const T *src = g + (pr * H + hh) * dp + ch * 8;
+        cp_async16(smem_u32(sm + swz<D>(row, ch * 8)), src, ok ? 16 : 0);
+    }
+}
+
 /* Row blocks of 16 per warp: 2 (32 rows, FA2's d = 64 / 128 layout: each shared K/V
  * fragment feeds four mma ops) on the fast path for head dims 64 and 128, else 1 (d = 32
  * and 96 stay at 16 rows to keep the build time of this file down). Per-row arithmetic
@@ -182,10 +208,11 @@ flash_fwd_kernel(const FlashParams P)
      * tensors, its lengths from cu_seqlens. The offsets are the macros below, evaluated
      * where used, so that the fast path's code (and registers) stay what they were. */
     const bool vl = GEN && P.cu_q;
+    const bool pg = GEN && P.bt; /* paged KV cache: K, V through the block table */
     const int sq = vl ? P.cu_q[b + 1] - P.cu_q[b] : P.sq;
-    const int sk = vl ? P.cu_k[b + 1] - P.cu_k[b] : P.sk;
+    const int sk = vl ? P.cu_k[b + 1] - P.cu_k[b] : pg ? P.cache_len[b] : P.sk;
 #define FD_QOFF (vl ? (size_t)P.cu_q[b] : (size_t)b * sq) /* first row of Q, O */
-#define FD_KOFF (vl ? (size_t)P.cu_k[b] : (size_t)b * sk) /* first row of K, V */
+#define FD_KOFF (vl ? (size_t)P.cu_k[b] : pg ? (size_t)0 : (size_t)b * sk) /* first row of K, V (paged: the cache) */
 #define FD_LSE0 (vl ? (size_t)h * P.total_q + (size_t)P.cu_q[b] : ((size_t)b * P.H + h) * sq) /* LSE row 0 */
     if (vl && m0 >= sq) return; /* past this sequence's end (the grid is the longest's) */
     const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0; /* j <= i + diag */
@@ -209,9 +236,10 @@ flash_fwd_kernel(const FlashParams P)
             if (a > 0) n_lo = (int)min(a / BC, (long)n_hi);
         }
     }
-    if (P.splits) {
-        n_lo = split * P.tiles_per_split;
-        n_hi = min(n_hi, n_lo + P.tiles_per_split);
+    if (P.splits) { /* paged: the entry's own tiles split alike (fd_cpu_splitkv_forward) */
+        const int tps = pg ? ((sk + BC - 1) / BC + P.splits - 1) / P.splits : P.tiles_per_split;
+        n_lo = split * tps;
+        n_hi = min(n_hi, n_lo + tps);
     }
 
     const T *gQ = static_cast<const T *>(P.q) + FD_QOFF * P.H * P.dp;
@@ -245,9 +273,15 @@ flash_fwd_kernel(const FlashParams P)
         return;
     }
 
+    const int *btb = pg ? P.bt + (size_t)b * P.pps : nullptr; /* the entry's block-table row */
     load_tile<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
-    load_tile<T, D, BC, NT>(sK, gK, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid);
-    load_tile<T, D, BC, NT>(sV, gV, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+    if (pg) {
+        load_tile_paged<T, D, BC, NT>(sK, gK, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid, btb, P.page);
+        load_tile_paged<T, D, BC, NT>(sV, gV, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid, btb, P.page);
+    } else {
+        load_tile<T, D, BC, NT>(sK, gK, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+        load_tile<T, D, BC, NT>(sV, gV, (n_hi - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+    }
     cp_async_commit();
 
     float o_acc[MB][ND][4];
@@ -274,8 +308,13 @@ flash_fwd_kernel(const FlashParams P)
     int stage = 0;
     for (int nb = n_hi - 1; nb >= n_lo; nb--, stage ^= 1) {
         if (nb - 1 >= n_lo) {
-            load_tile<T, D, BC, NT>(sK + (stage ^ 1) * BC * D, gK, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid);
-            load_tile<T, D, BC, NT>(sV + (stage ^ 1) * BC * D, gV, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+            if (pg) {
+                load_tile_paged<T, D, BC, NT>(sK + (stage ^ 1) * BC * D, gK, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid, btb, P.page);
+                load_tile_paged<T, D, BC, NT>(sV + (stage ^ 1) * BC * D, gV, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid, btb, P.page);
+            } else {
+                load_tile<T, D, BC, NT>(sK + (stage ^ 1) * BC * D, gK, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+                load_tile<T, D, BC, NT>(sV + (stage ^ 1) * BC * D, gV, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid);
+            }
         }
         cp_async_commit();
         cp_async_wait<1>();
@@ -541,7 +580,7 @@ template <typename T, int D, int BR, int BC>
 int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err, size_t errlen)
 {
     const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode || P.win || P.slope_raw || !fd_eqf(P.cap_in, 0.0f) ||
-                     P.cu_q;
+                     P.cu_q || P.bt;
     auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
     const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
