@@ -391,6 +391,81 @@ def one_mods(args, B, H, S, D, dt, causal, modname, gen_seed, outdir):
     return path
 
 
+def one_varlen(args, H, D, dt, causal, lens, gen_seed, outdir):
+    """One packed variable-length batch (FlashAttention's flash_attn_varlen_func layout):
+    out_njt_NAME from SDPA on nested jagged tensors (torch.nested, layout=torch.jagged)
+    under each SDPA backend that takes them (role flash, except math: standard), out_eager
+    (each sequence alone, the model-code formula; standard), and out_eager_padded (the
+    batch zero-padded to its longest sequence, pad keys masked with -inf in a float mask,
+    the valid rows taken back; standard): what transformers users compare."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dt]
+    dev = args.device
+    total = sum(lens)
+    name = f"varlen{len(lens)}_h{H}_t{total}_d{D}_{dt}_{'causal' if causal else 'full'}"
+    path = os.path.join(outdir, name)
+    os.makedirs(path, exist_ok=True)
+    g = torch.Generator(device=dev)
+    g.manual_seed(gen_seed)
+    q, k, v = (torch.randn(total, H, D, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    offsets = torch.tensor(cu, dtype=torch.int64, device=dev)
+    scale = float(np.float32(1.0 / math.sqrt(D)))
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "input_seed": gen_seed,
+            "gpu": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "notes": [], "seqlens": lens}
+    outs = {}
+    # SDPA on nested jagged tensors: (B, j, H, D) -> (B, H, j, D) for the call
+    nj = [torch.nested.nested_tensor_from_jagged(t, offsets).transpose(1, 2) for t in (q, k, v)]
+    backends = (("flash", "FLASH_ATTENTION"), ("efficient", "EFFICIENT_ATTENTION"), ("math", "MATH"))
+    for n, be in backends:
+        try:
+            with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, be)):
+                o = F.scaled_dot_product_attention(*nj, is_causal=causal, scale=scale)
+            outs["njt_" + n] = o.transpose(1, 2).values()  # (total, H, D), packed
+        except Exception as e:  # noqa: BLE001 - a backend that refuses jagged inputs is noted
+            info["notes"].append(f"njt_{n} unavailable: {type(e).__name__}: {str(e)[:200]}")
+    # eager, each sequence alone
+    eo = torch.empty_like(q)
+    lse = torch.empty(H, total, dtype=torch.float32, device=dev)
+    for s in range(len(lens)):
+        a, z = cu[s], cu[s + 1]
+        if z == a:
+            continue
+        qs, ks, vs = (t[a:z].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        o, l = eager(qs, ks, vs, scale, causal)
+        eo[a:z] = o[0].transpose(0, 1)
+        lse[:, a:z] = l[0]
+    outs["eager"] = eo
+    # eager over the zero-padded batch, the pad keys masked (-inf in a float mask)
+    L = max(lens)
+    pad = lambda t: torch.stack([torch.nn.functional.pad(t[cu[s]:cu[s + 1]], (0, 0, 0, 0, 0, L - lens[s]))
+                                 for s in range(len(lens))]).transpose(1, 2)  # (B, H, L, D)
+    qp, kp, vp = pad(q), pad(k), pad(v)
+    keymask = torch.tensor([[j < n for j in range(L)] for n in lens], device=dev)
+    sc = torch.matmul(qp, kp.transpose(-2, -1)) * scale
+    bias = torch.zeros(len(lens), 1, L, L, device=dev, dtype=torch.float32)
+    bias = bias.masked_fill(~keymask[:, None, None, :], float("-inf"))
+    if causal:
+        bias = bias.masked_fill(torch.ones(L, L, dtype=torch.bool, device=dev).triu(1), float("-inf"))
+    pr = torch.softmax(sc.float() + bias, dim=-1).nan_to_num(0.0).to(dtype)
+    op = torch.matmul(pr, vp).transpose(1, 2)  # (B, L, H, D)
+    outs["eager_padded"] = torch.cat([op[s, :lens[s]] for s in range(len(lens))])
+    meta = {"format": "flashdrift-bundle-1", "layout": "bshd", "mask": "causal_br" if causal else "none",
+            "dtype": dt, "scale": scale, "dropout_p": 0.0, "info": info,
+            "roles": {n: ("flash" if n in ("njt_flash", "njt_efficient") else "standard") for n in outs}}
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        npy_save(os.path.join(path, n + ".npy"), to_np(t.unsqueeze(0)))
+    for n, o in outs.items():
+        npy_save(os.path.join(path, f"out_{n}.npy"), to_np(o.unsqueeze(0)))
+    npy_save(os.path.join(path, "lse_eager.npy"), to_np(lse.unsqueeze(0)))
+    for n in ("cu_seqlens_q", "cu_seqlens_k"):
+        np.save(os.path.join(path, n + ".npy"), np.array(cu, dtype=np.int32))
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return path
+
+
 def pack(dirs, dest, limit):
     """Bundles into dest/bundles_N.tar.xz, each about `limit` bytes after compression
     (estimated: random fp16/bf16 data shrinks little, 0/1 dropout masks about 8x)."""
@@ -433,20 +508,44 @@ def main():
     ap.add_argument("--features", default="",
                     help="comma list of " + ",".join(MOD_SETS) + ": bundles with FlashAttention-2's score "
                     "modifiers from FlexAttention, SDPA with a float mask and eager code (no dropout)")
+    ap.add_argument("--varlen", default="",
+                    help="comma list of sequence lengths: packed variable-length bundles (SDPA on nested "
+                    "jagged tensors, eager per sequence, eager over the padded batch), per head dim, dtype, mask")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="cpu: only with --features (FlexAttention unfused, for trying the script without a GPU)")
     a = ap.parse_args()
     for m in filter(None, a.features.split(",")):
         if m not in MOD_SETS:
             sys.exit(f"sdpa_bundle.py: --features: unknown set {m!r} (expected {', '.join(MOD_SETS)})")
-    if a.device == "cpu" and not a.features:
-        sys.exit("sdpa_bundle.py: --device cpu works with --features only")
+    if a.device == "cpu" and not (a.features or a.varlen):
+        sys.exit("sdpa_bundle.py: --device cpu works with --features or --varlen only")
+    try:
+        lens = [int(x) for x in a.varlen.split(",")] if a.varlen else []
+    except ValueError:
+        sys.exit(f"sdpa_bundle.py: --varlen: expected comma-separated sequence lengths, got {a.varlen!r}")
+    if any(x < 1 for x in lens) or len(lens) > 64:
+        sys.exit("sdpa_bundle.py: --varlen: 1 to 64 lengths, each at least 1")
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("sdpa_bundle.py: no CUDA device")
     where = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
     print(f"torch {torch.__version__} cuda {torch.version.cuda} on {where}", flush=True)
     os.makedirs(a.out, exist_ok=True)
     made, n = [], 0
+    if lens:
+        for D in map(int, a.head_dims.split(",")):
+            for dt in a.dtypes.split(","):
+                for c in map(int, a.causal.split(",")):
+                    try:
+                        d = one_varlen(a, a.heads, D, dt, bool(c), lens, a.seed + n, a.out)
+                    except Exception:  # noqa: BLE001
+                        traceback.print_exc()
+                        d = None
+                    n += 1
+                    if d:
+                        made.append(d)
+                        print("wrote", d, flush=True)
+        if not a.features:
+            return
     if a.features:
         for S in map(int, a.seqlens.split(",")):
             for D in map(int, a.head_dims.split(",")):
