@@ -548,12 +548,28 @@ Test(gpu_cuda, varlen_replay_bit_identical)
     }
 }
 
+/* Ordered distance, in units in the last place of dtype t, between two values of t. */
+static long dtype_ulps(float a, float b, fd_dtype t)
+{
+    const int bf = t == FD_DT_BF16;
+    long ia = bf ? fd_f32_to_bf16_bits(a) : fd_f32_to_f16_bits(a);
+    long ib = bf ? fd_f32_to_bf16_bits(b) : fd_f32_to_f16_bits(b);
+    ia = (ia & 0x8000) ? -(ia & 0x7fff) : ia;
+    ib = (ib & 0x8000) ? -(ib & 0x7fff) : ib;
+    return ia > ib ? ia - ib : ib - ia;
+}
+
 /* Paged KV cache (issue 13 item 5): cuda-splitkv reading a shuffled block table on the
  * device (pages of 16 and 256 tokens, entries of various cache_seqlens, seqlen_q 1..16,
  * GQA, causal bottom-right to cache_seqlens and not, FA2's heuristic split count and a
- * fixed one) is cpu-splitkv bit for bit in O, the LSE within an ulp; cuda-flash refuses
- * paged problems (FA2 sends them to its split kernel). */
-Test(gpu_cuda, paged_replay_bit_identical)
+ * fixed one) against cpu-splitkv: O within one ulp of the dtype, on at most 0.1% of the
+ * elements not bit-identical, the LSE within two binary32 ulps; cuda-flash refuses paged
+ * problems (FA2 sends them to its split kernel). Not bit for bit: the split-KV path (paged
+ * or not) takes each split's LSE with logf and the combine's weights with expf and logf,
+ * CUDA's (up to 1 and 2 ulps off, CUDA C Programming Guide, "Mathematical functions")
+ * against glibc's on the CPU; on the H200 (2026-12-03) 4 of 33,856 O elements here, 1 ulp
+ * each (docs/features.md, "Paged KV cache"). */
+Test(gpu_cuda, paged_replay_within_an_ulp)
 {
     SKIP_WITHOUT_GPU();
     static const struct {
@@ -597,15 +613,27 @@ Test(gpu_cuda, paged_replay_bit_identical)
         char err[512];
         cr_assert_eq(fd_cuda_splitkv_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, err, sizeof err), 0, "%zu: %s", t, err);
         cr_assert_eq(fd_cpu_splitkv_forward(p, &r, splits, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
-        size_t diff = 0, first = (size_t)-1, ldiff = 0;
-        for (size_t x = 0; x < nq; x++)
-            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x]) && !diff++) first = x;
+        size_t diff = 0, first = (size_t)-1, ldiff = 0, nan = 0;
+        long maxu = 0;
+        for (size_t x = 0; x < nq; x++) {
+            if (isnan(o[x]) || isnan(ro[x])) {
+                nan += isnan(o[x]) != isnan(ro[x]);
+                continue;
+            }
+            if (fd_f32_bits(o[x]) == fd_f32_bits(ro[x])) continue;
+            if (!diff++) first = x;
+            const long u = dtype_ulps(o[x], ro[x], vs[t].dt);
+            if (u > maxu) maxu = u;
+        }
         for (size_t x = 0; x < nl; x++)
             ldiff += !(fabsf(lse[x] - rl[x]) <= 2.0f * fabsf(nextafterf(rl[x], INFINITY) - rl[x]));
-        cr_expect_eq(diff, 0, "spec %zu (%d splits): %zu of %zu O elements differ from the replay; first at %zu: gpu %a, replay %a",
-                     t, splits, diff, nq, first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0);
-        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay by more than an ulp", t, ldiff, nl);
-        printf("paged spec %zu: %d splits, %zu O elements, %zu differ\n", t, splits, nq, diff);
+        cr_expect_eq(nan, 0, "spec %zu: %zu O elements NaN on one side only", t, nan);
+        cr_expect(maxu <= 1 && diff * 1000 <= nq,
+                  "spec %zu (%d splits): %zu of %zu O elements differ from the replay, up to %ld ulps; first at %zu: "
+                  "gpu %a, replay %a", t, splits, diff, nq, maxu, first, first < nq ? (double)o[first] : 0.0,
+                  first < nq ? (double)ro[first] : 0.0);
+        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay by more than two ulps", t, ldiff, nl);
+        printf("paged spec %zu: %d splits, %zu O elements, %zu differ (at most %ld ulp)\n", t, splits, nq, diff, maxu);
         if (t == 0) {
             cr_expect_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), -1);
             cr_expect(strstr(err, "split-KV") != NULL, "%s", err);
