@@ -13,6 +13,7 @@
 #include "fd_case.h"
 #include "fd_cpu_attn.h"
 #include "fd_explain.h"
+#include "fd_test_explain.h"
 #include "fd_import.h"
 #include "fd_mods.h"
 #include "fd_ref.h"
@@ -223,16 +224,7 @@ Test(features, each_injected_feature_bug_is_named, .init = load, .timeout = 300)
                 !fd_explain_inject_noop(&g_cf.cases[i].prob, *bug))
                 c = &g_cf.cases[i];
         cr_assert(c, "a case of features.json for %s", *bug);
-        fd_explain_opts o = {"cpu-flash", *bug, 2};
-        fd_explanation ex;
-        char err[1024];
-        cr_assert_eq(fd_explain_case(&g_cf, c, &o, &ex, err, sizeof err), 0, "%s: %s", *bug, err);
-        cr_assert(ex.gross, "%s on %s: far above the rounding budget: %s", *bug, c->id, ex.summary);
-        cr_assert(ex.best >= 0 && !strcmp(ex.hypo[ex.best].name, *bug), "--inject %s on %s: best %s", *bug, c->id,
-                  ex.best >= 0 ? ex.hypo[ex.best].name : "none");
-        cr_assert(ex.hypo[ex.best].explains, "%s: explained (%.3g left, limit %.3g)", *bug,
-                  ex.hypo[ex.best].residual_max_abs, ex.hypo_limit);
-        fd_explanation_free(&ex);
+        tu_expect_bug_named(&g_cf, c, "cpu-flash", *bug);
     }
     cr_assert_eq(nbugs, 12, "the window/ALiBi/softcap bugs");
 }

@@ -16,6 +16,7 @@
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
 #include "fd_explain.h"
+#include "fd_test_explain.h"
 #include "fd_import.h"
 #include "fd_inputs.h"
 #include "fd_npy.h"
@@ -285,16 +286,7 @@ Test(varlen, each_injected_varlen_bug_is_named, .init = load, .fini = unload, .t
             if (g_cf.cases[i].prob.dtype == FD_DT_FP16 && !fd_explain_inject_noop(&g_cf.cases[i].prob, *bug))
                 c = &g_cf.cases[i];
         cr_assert(c, "a case of varlen.json for %s", *bug);
-        fd_explain_opts o = {"cpu-flash", *bug, 2};
-        fd_explanation ex;
-        char err[1024];
-        cr_assert_eq(fd_explain_case(&g_cf, c, &o, &ex, err, sizeof err), 0, "%s: %s", *bug, err);
-        cr_assert(ex.gross, "%s on %s: far above the rounding budget: %s", *bug, c->id, ex.summary);
-        cr_assert(ex.best >= 0 && !strcmp(ex.hypo[ex.best].name, *bug), "--inject %s on %s: best %s", *bug, c->id,
-                  ex.best >= 0 ? ex.hypo[ex.best].name : "none");
-        cr_assert(ex.hypo[ex.best].explains, "%s: explained (%.3g left, limit %.3g)", *bug,
-                  ex.hypo[ex.best].residual_max_abs, ex.hypo_limit);
-        fd_explanation_free(&ex);
+        tu_expect_bug_named(&g_cf, c, "cpu-flash", *bug);
     }
     cr_assert_eq(nbugs, 4, "the varlen bugs");
 }
