@@ -94,7 +94,8 @@ int fd_tier_gpu_rows(const fd_problem *p, const float *q, const float *k, const 
 {
     (void)p; (void)q; (void)k; (void)v; (void)rows; (void)nrows; (void)ref_o; (void)ref_lse;
     (void)row_ok; (void)ndecided;
-    snprintf(err, errlen, "the GPU reference tier is not built (configure with CUDA)");
+    snprintf(err, errlen, "reference tier gpu: this flashdrift is built without CUDA (configure with CUDA, or use "
+                          "--reference auto or cpu; the case file's \"reference\" likewise)");
     return -1;
 }
 #endif
