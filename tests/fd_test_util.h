@@ -120,6 +120,23 @@ static inline void tu_dir(char *dir, size_t len)
     cr_assert(mkdtemp(dir));
 }
 
+#ifdef FD_BINARY
+/* A case file of the one sweep given (JSON text), run through the CLI: exit 2, and one line
+ * on stderr naming the file and containing msg. */
+static inline void tu_expect_case_error(const char *sweep, const char *msg)
+{
+    char dir[512], path[700], text[2048];
+    tu_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/c.json", dir);
+    snprintf(text, sizeof text, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"t\", \"sweeps\": [%s]}", sweep);
+    tu_write(path, text);
+    char *a[] = {FD_BINARY, "run", path, "--backend", "cpu-flash", "--out", dir, NULL};
+    cr_assert_eq(tu_run(a), 2, "%s: exit 2 (stderr %s)", sweep, g_err);
+    cr_assert(strstr(g_err, path) && strstr(g_err, msg), "stderr \"%s\" lacks the file or \"%s\"", g_err, msg);
+    cr_assert(strchr(g_err, '\n') == g_err + strlen(g_err) - 1, "one line: %s", g_err);
+}
+#endif
+
 /* A minimal valid report: cases are added with tu_case. */
 static inline json_t *tu_report(void)
 {

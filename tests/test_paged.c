@@ -403,44 +403,31 @@ Test(paged, clean_paged_case_is_rounding, .init = load, .fini = unload, .timeout
     fd_explanation_free(&ex);
 }
 
-static void expect_case_error(const char *sweep, const char *msg)
-{
-    char dir[512], path[700], text[2048];
-    tu_dir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/c.json", dir);
-    snprintf(text, sizeof text, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"t\", \"sweeps\": [%s]}", sweep);
-    tu_write(path, text);
-    char *a[] = {FD_BINARY, "run", path, "--backend", "cpu-flash", "--out", dir, NULL};
-    cr_assert_eq(tu_run(a), 2, "%s: exit 2 (stderr %s)", sweep, g_err);
-    cr_assert(strstr(g_err, path) && strstr(g_err, msg), "stderr \"%s\" lacks the file or \"%s\"", g_err, msg);
-    cr_assert(strchr(g_err, '\n') == g_err + strlen(g_err) - 1, "one line: %s", g_err);
-}
-
 Test(paged, case_file_fields)
 {
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 0, \"head_dim\": 8}", "sweeps[0].page_size: expected an integer in [1,");
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"head_dim\": 8}", "\"cache_seqlens\" needs \"page_size\"");
-    expect_case_error("{\"cache_seqlens\": [30, -2], \"page_size\": 16, \"head_dim\": 8}", "sweeps[0].cache_seqlens[1]");
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"pages_per_entry\": 1, \"head_dim\": 8}",
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 0, \"head_dim\": 8}", "sweeps[0].page_size: expected an integer in [1,");
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"head_dim\": 8}", "\"cache_seqlens\" needs \"page_size\"");
+    tu_expect_case_error("{\"cache_seqlens\": [30, -2], \"page_size\": 16, \"head_dim\": 8}", "sweeps[0].cache_seqlens[1]");
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"pages_per_entry\": 1, \"head_dim\": 8}",
                       "cache_seqlens[0] = 30, expected 1..16");
-    expect_case_error("{\"cache_seqlens\": [30, 2], \"page_size\": 16, \"seqlen_q\": 4, \"head_dim\": 8}",
+    tu_expect_case_error("{\"cache_seqlens\": [30, 2], \"page_size\": 16, \"seqlen_q\": 4, \"head_dim\": 8}",
                       "cache_seqlens[1] = 2, expected 4..32");
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"num_pages\": 5, \"block_table\": [[0, 5], [1, 2]], \"head_dim\": 8}",
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"num_pages\": 5, \"block_table\": [[0, 5], [1, 2]], \"head_dim\": 8}",
                       "sweeps[0].block_table[0][1]: expected a page in 0..4 (num_pages 5)");
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"block_table\": [[0, 1], [1, 2]], \"head_dim\": 8}",
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"block_table\": [[0, 1], [1, 2]], \"head_dim\": 8}",
                       "sweeps[0].block_table[1][0]: page 1 appears twice");
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"block_table\": [[0, 1, 2], [3]], \"head_dim\": 8}",
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"block_table\": [[0, 1, 2], [3]], \"head_dim\": 8}",
                       "sweeps[0].block_table[1]: expected 3 pages");
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"block_table\": \"random\", \"head_dim\": 8}",
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"block_table\": \"random\", \"head_dim\": 8}",
                       "sweeps[0].block_table: expected \"shuffled\", \"identity\" or a list");
-    expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"num_pages\": 3, \"head_dim\": 8}",
+    tu_expect_case_error("{\"cache_seqlens\": [30, 20], \"page_size\": 16, \"num_pages\": 3, \"head_dim\": 8}",
                       "num_pages 3 is fewer than the block table's 4 entries");
-    expect_case_error("{\"page_size\": 16, \"seqlen\": 8, \"head_dim\": 8}", "\"page_size\" belongs to a paged KV cache");
-    expect_case_error("{\"cache_seqlens\": [30], \"batch\": 2, \"page_size\": 16, \"head_dim\": 8}", "no \"seqlen\", \"batch\"");
-    expect_case_error("{\"cache_seqlens\": [30], \"page_size\": 16, \"head_dim\": 8, \"backward\": true}",
+    tu_expect_case_error("{\"page_size\": 16, \"seqlen\": 8, \"head_dim\": 8}", "\"page_size\" belongs to a paged KV cache");
+    tu_expect_case_error("{\"cache_seqlens\": [30], \"batch\": 2, \"page_size\": 16, \"head_dim\": 8}", "no \"seqlen\", \"batch\"");
+    tu_expect_case_error("{\"cache_seqlens\": [30], \"page_size\": 16, \"head_dim\": 8, \"backward\": true}",
                       "backward with a paged KV cache (cache_seqlens) is not supported");
-    expect_case_error("{\"cache_seqlens\": [30], \"page_size\": 16, \"head_dim\": 8, \"dropout\": 0.1}", "paged KV cache with dropout");
-    expect_case_error("{\"cache_seqlens\": [30], \"page_size\": 16, \"head_dim\": 8, \"mask\": \"causal_tl\"}", "mask causal_tl unsupported");
+    tu_expect_case_error("{\"cache_seqlens\": [30], \"page_size\": 16, \"head_dim\": 8, \"dropout\": 0.1}", "paged KV cache with dropout");
+    tu_expect_case_error("{\"cache_seqlens\": [30], \"page_size\": 16, \"head_dim\": 8, \"mask\": \"causal_tl\"}", "mask causal_tl unsupported");
 
     char dir[512], path[700], err[1024];
     tu_dir(dir, sizeof dir);

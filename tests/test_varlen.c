@@ -313,29 +313,15 @@ Test(varlen, clean_varlen_case_is_rounding, .init = load, .fini = unload, .timeo
     cr_assert(fd_explain_inject_noop(&plain.prob, "varlen_leak") != NULL, "not offered without varlen");
 }
 
-static void expect_case_error(const char *sweep, const char *msg)
-{
-    char dir[512], path[700], text[2048];
-    tu_dir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/c.json", dir);
-    snprintf(text, sizeof text, "{\"schema\": \"flashdrift-cases/1\", \"name\": \"t\", \"sweeps\": [%s]}", sweep);
-    tu_write(path, text);
-    /* through the CLI: one line on stderr naming the file and the field, exit 2 */
-    char *a[] = {FD_BINARY, "run", path, "--backend", "cpu-flash", "--out", dir, NULL};
-    cr_assert_eq(tu_run(a), 2, "%s: exit 2 (stderr %s)", sweep, g_err);
-    cr_assert(strstr(g_err, path) && strstr(g_err, msg), "stderr \"%s\" lacks the file or \"%s\"", g_err, msg);
-    cr_assert(strchr(g_err, '\n') == g_err + strlen(g_err) - 1, "one line: %s", g_err);
-}
-
 Test(varlen, case_file_fields)
 {
-    expect_case_error("{\"seqlens_q\": [3, 4], \"seqlen\": 7, \"head_dim\": 8}", "no \"seqlen\" or \"batch\" with it");
-    expect_case_error("{\"seqlens_q\": [3, 4], \"seqlens_k\": [3], \"head_dim\": 8}", "sweeps[0].seqlens_k: 1 key lengths for 2");
-    expect_case_error("{\"seqlens_q\": [3, -4], \"head_dim\": 8}", "sweeps[0].seqlens_q[1]");
-    expect_case_error("{\"seqlens_q\": [0, 0], \"head_dim\": 8}", "at least one token");
-    expect_case_error("{\"seqlens_k\": [3], \"head_dim\": 8}", "\"seqlens_k\" needs \"seqlens_q\"");
-    expect_case_error("{\"seqlens_q\": [3, 4], \"head_dim\": 8, \"dropout\": 0.1}", "with dropout is not supported");
-    expect_case_error("{\"seqlens_q\": [3, 4], \"head_dim\": 8, \"backward\": true}", "backward with varlen (seqlens_q) is not supported yet");
+    tu_expect_case_error("{\"seqlens_q\": [3, 4], \"seqlen\": 7, \"head_dim\": 8}", "no \"seqlen\" or \"batch\" with it");
+    tu_expect_case_error("{\"seqlens_q\": [3, 4], \"seqlens_k\": [3], \"head_dim\": 8}", "sweeps[0].seqlens_k: 1 key lengths for 2");
+    tu_expect_case_error("{\"seqlens_q\": [3, -4], \"head_dim\": 8}", "sweeps[0].seqlens_q[1]");
+    tu_expect_case_error("{\"seqlens_q\": [0, 0], \"head_dim\": 8}", "at least one token");
+    tu_expect_case_error("{\"seqlens_k\": [3], \"head_dim\": 8}", "\"seqlens_k\" needs \"seqlens_q\"");
+    tu_expect_case_error("{\"seqlens_q\": [3, 4], \"head_dim\": 8, \"dropout\": 0.1}", "with dropout is not supported");
+    tu_expect_case_error("{\"seqlens_q\": [3, 4], \"head_dim\": 8, \"backward\": true}", "backward with varlen (seqlens_q) is not supported yet");
 
     char dir[512], path[700], err[1024];
     tu_dir(dir, sizeof dir);
