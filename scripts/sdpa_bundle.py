@@ -94,6 +94,23 @@ def seed_offset(res):
     return as_u64(r6), as_u64(r7)
 
 
+def draw_qkv(shape, dtype, dev, seed):
+    """q, k, v: torch.randn in fp32 on dev from one generator seeded with seed, in that
+    order, rounded to dtype."""
+    g = torch.Generator(device=dev)
+    g.manual_seed(seed)
+    return tuple(torch.randn(*shape, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+
+
+def autograd_leaves(q, k, v, seed, dev):
+    """q, k, v as autograd leaves (every forward records its graph back to them) and dO:
+    torch.randn from seed + DOUT_SEED_DELTA, in q's dtype."""
+    q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
+    gd = torch.Generator(device=dev)
+    gd.manual_seed(seed + DOUT_SEED_DELTA)
+    return q, k, v, torch.randn(q.shape, generator=gd, device=dev, dtype=torch.float32).to(q.dtype)
+
+
 def eager(q, k, v, scale, causal, keep=None, p=0.0):
     """bhsd inputs; returns (out, lse): QK^T in the dtype, softmax in fp32, P in the dtype."""
     s = torch.matmul(q, k.transpose(-2, -1)) * scale
@@ -121,16 +138,10 @@ def one(args, B, H, S, D, dt, causal, p, gen_seed, outdir):
         if q.dtype == torch.int16 or str(q.dtype) == "torch.uint16":
             q, k, v = (x.view(torch.bfloat16) for x in (q, k, v))
     else:
-        g = torch.Generator(device=dev)
-        g.manual_seed(gen_seed)
-        q, k, v = (torch.randn(B, H, S, D, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+        q, k, v = draw_qkv((B, H, S, D), dtype, dev, gen_seed)
     dout = None
     if args.backward:
-        # leaves for autograd: every forward below records its graph back to them
-        q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
-        gd = torch.Generator(device=dev)
-        gd.manual_seed(gen_seed + DOUT_SEED_DELTA)
-        dout = torch.randn(q.shape, generator=gd, device=dev, dtype=torch.float32).to(q.dtype)
+        q, k, v, dout = autograd_leaves(q, k, v, gen_seed, dev)
     scale = 1.0 / math.sqrt(D)
     scale_f32 = float(np.float32(scale))
     outs, info = {}, {"torch": torch.__version__, "cuda": torch.version.cuda,
@@ -326,15 +337,10 @@ def one_mods(args, B, H, S, D, dt, causal, modname, gen_seed, outdir):
     path = os.path.join(outdir, name)
     os.makedirs(path, exist_ok=True)
     dev = args.device
-    g = torch.Generator(device=dev)
-    g.manual_seed(gen_seed)
-    q, k, v = (torch.randn(B, H, S, D, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+    q, k, v = draw_qkv((B, H, S, D), dtype, dev, gen_seed)
     dout = None
     if args.backward:
-        q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
-        gd = torch.Generator(device=dev)
-        gd.manual_seed(gen_seed + DOUT_SEED_DELTA)
-        dout = torch.randn(q.shape, generator=gd, device=dev, dtype=torch.float32).to(q.dtype)
+        q, k, v, dout = autograd_leaves(q, k, v, gen_seed, dev)
     scale = float(np.float32(1.0 / math.sqrt(D)))
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "input_seed": gen_seed,
             "gpu": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "notes": [],
@@ -404,9 +410,7 @@ def one_varlen(args, H, D, dt, causal, lens, gen_seed, outdir):
     name = f"varlen{len(lens)}_h{H}_t{total}_d{D}_{dt}_{'causal' if causal else 'full'}"
     path = os.path.join(outdir, name)
     os.makedirs(path, exist_ok=True)
-    g = torch.Generator(device=dev)
-    g.manual_seed(gen_seed)
-    q, k, v = (torch.randn(total, H, D, generator=g, device=dev, dtype=torch.float32).to(dtype) for _ in range(3))
+    q, k, v = draw_qkv((total, H, D), dtype, dev, gen_seed)
     cu = [0]
     for n in lens:
         cu.append(cu[-1] + n)
