@@ -135,41 +135,38 @@ static void report(const char *what, const tally *tl)
            tl->equal_bits, tl->rows, tl->rows_decided, tl->mpfr_undecided);
 }
 
-Test(tier, smoke_every_value_agrees_with_mpfr, .timeout = 600)
+/* Every value of every row of the case file's cases against MPFR (check_casefile), and not
+ * vacuous: the tier must decide most values of ordinary inputs. */
+static void every_value_agrees(const char *path, const char *what)
 {
     tally tl = {0};
-    check_casefile("cases/smoke.json", &tl);
-    report("smoke", &tl);
-    /* not vacuous: the tier must decide most values of ordinary inputs */
+    check_casefile(path, &tl);
+    report(what, &tl);
     cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
+}
+
+Test(tier, smoke_every_value_agrees_with_mpfr, .timeout = 600)
+{
+    every_value_agrees("cases/smoke.json", "smoke");
 }
 
 Test(tier, features_every_value_agrees_with_mpfr, .timeout = 600)
 {
-    tally tl = {0};
-    check_casefile("cases/features.json", &tl);
-    report("features", &tl);
-    cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
+    every_value_agrees("cases/features.json", "features");
 }
 
 Test(tier, varlen_every_value_agrees_with_mpfr, .timeout = 600)
 {
     /* packed batches: each row sees its own sequence only, ALiBi distances within it (a tier
      * that attended the packed batch as one sequence passed the leaking kernel) */
-    tally tl = {0};
-    check_casefile("cases/varlen.json", &tl);
-    report("varlen", &tl);
-    cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
+    every_value_agrees("cases/varlen.json", "varlen");
 }
 
 Test(tier, paged_every_value_agrees_with_mpfr, .timeout = 600)
 {
     /* paged KV caches: each entry's keys below cache_seqlens only, the causal mask aligned to
      * them (a tier that attended the capacity passed a kernel reading stale tokens) */
-    tally tl = {0};
-    check_casefile("cases/paged.json", &tl);
-    report("paged", &tl);
-    cr_assert_gt(tl.decided * 10, tl.values * 8, "only %ld of %ld values decided", tl.decided, tl.values);
+    every_value_agrees("cases/paged.json", "paged");
 }
 
 Test(tier, default_sweep_sampled_rows_agree_with_mpfr, .timeout = 900)
