@@ -351,10 +351,7 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     P.cap_in = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
     fd_dbuf dsl;
     if (p->alibi) {
-        std::vector<float> raw((size_t)H);
-        for (int h = 0; h < H; h++) raw[(size_t)h] = p->alibi_slopes[h] / scale_sm; /* binary32, as FA2 */
-        if (fd_dalloc(dsl, (size_t)H * 4, "ALiBi slopes", err, errlen)) return -1;
-        FD_CU(cudaMemcpy(dsl.p, raw.data(), (size_t)H * 4, cudaMemcpyHostToDevice));
+        if (fd_alibi_slopes_upload(p, scale_sm, dsl, err, errlen)) return -1;
         P.slope_raw = dsl.as<float>();
     }
     fd_dbuf dcuq, dcuk;

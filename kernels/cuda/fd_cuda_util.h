@@ -172,4 +172,15 @@ static inline int fd_time_repeats(int repeats, F &&launch, fd_cuda_timing *tm, c
     return 0;
 }
 
+/* FA2's ALiBi slopes as its kernels take them, onto the device: slope / scale_softmax in
+ * binary32, one per head (the kernels have folded scale_softmax into the logits). */
+static inline int fd_alibi_slopes_upload(const fd_problem *p, float scale_sm, fd_dbuf &d, char *err, size_t errlen)
+{
+    std::vector<float> raw((size_t)p->heads);
+    for (int h = 0; h < p->heads; h++) raw[(size_t)h] = p->alibi_slopes[h] / scale_sm;
+    if (fd_dalloc(d, raw.size() * sizeof(float), "ALiBi slopes", err, errlen)) return -1;
+    FD_CU(cudaMemcpy(d.p, raw.data(), raw.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return 0;
+}
+
 #endif
