@@ -3,12 +3,14 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fd_case.h"
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
+#include "fd_exp2.h"
 #include "fd_inputs.h"
 #include "fd_ref.h"
 #include "fd_test_problem.h"
@@ -201,4 +203,46 @@ Test(cpu_flash, rejects_bad_problems)
     c.prob.dropout_p = 1.0;
     cr_assert(fd_cpu_flash_forward(&c.prob, &cfg, x, x, x, NULL, 0, o, l, err, sizeof err) == -1);
     cr_assert(strstr(err, "dropout"), "%s", err);
+}
+
+/* The split-KV combine's portable exp and log (fd_exp2.h): error against binary64 exp and
+ * log over a dense sweep of their whole used range, and the special cases. The bound
+ * asserted (2 ulp) is what the methods guarantee with margin; the measured maximum is
+ * printed (docs/features.md quotes it). */
+static double ulp_err(float got, double want)
+{
+    const float w = (float)want;
+    const double u = fd_f32_bits(w) << 1 == 0 ? 0x1p-149 : fabs((double)nextafterf(fabsf(w), INFINITY) - fabs((double)w));
+    return fabs((double)got - want) / u;
+}
+
+Test(cpu_flash, portable_exp_and_log_are_accurate)
+{
+    double eworst = 0.0, lworst = 0.0;
+    long ecr = 0, lcr = 0, n = 0;
+    for (long i = 0; i <= 4000000; i++, n++) {
+        const float x = (float)(-104.0 + 192.8 * (double)i / 4000000.0); /* [-104, 88.8] */
+        const float e = fd_expf_portable(x);
+        const double ee = ulp_err(e, exp((double)x));
+        if (ee > eworst) eworst = ee;
+        ecr += fd_f32_bits(e) == fd_f32_bits((float)exp((double)x));
+        /* log over 2^-149 .. 2^128 spread by exponent and significand */
+        const float y = ldexpf(1.0f + (float)(i % 8388608) / 8388608.0f, (int)(i % 277) - 149);
+        const float l = fd_logf_portable(y);
+        const double le = ulp_err(l, log((double)y));
+        if (le > lworst) lworst = le;
+        lcr += fd_f32_bits(l) == fd_f32_bits((float)log((double)y));
+    }
+    printf("fd_expf_portable: max %.3f ulp, %.2f%% correctly rounded; fd_logf_portable: max %.3f ulp, "
+           "%.2f%% correctly rounded (%ld arguments each)\n",
+           eworst, 100.0 * (double)ecr / (double)n, lworst, 100.0 * (double)lcr / (double)n, n);
+    cr_expect(eworst <= 2.0, "fd_expf_portable errs by %.3f ulp", eworst);
+    cr_expect(lworst <= 2.0, "fd_logf_portable errs by %.3f ulp", lworst);
+    cr_expect_eq(fd_f32_bits(fd_expf_portable(0.0f)), fd_f32_bits(1.0f));
+    cr_expect_eq(fd_f32_bits(fd_expf_portable(-INFINITY)), 0u);
+    cr_expect(isinf(fd_expf_portable(89.0f)) && isnan(fd_expf_portable(NAN)));
+    cr_expect_eq(fd_f32_bits(fd_logf_portable(1.0f)), 0u);
+    cr_expect(isinf(fd_logf_portable(0.0f)) && fd_logf_portable(0.0f) < 0.0f);
+    cr_expect(isnan(fd_logf_portable(-1.0f)) && isinf(fd_logf_portable(INFINITY)));
+    cr_expect_eq(fd_f32_bits(fd_logf_portable(0x1p-149f)), fd_f32_bits((float)log(0x1p-149)));
 }

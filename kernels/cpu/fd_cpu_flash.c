@@ -368,7 +368,7 @@ static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
             lse[fd_lse_index(p, b, h, i)] =
                 empty ? (double)INFINITY
                       : (xsm || xfin) ? m * (double)x.scale_sm + log(l)
-                                      : (double)fmaf((float)m, x.scale_sm, logf((float)l));
+                                      : (double)fmaf((float)m, x.scale_sm, fd_logf_portable((float)l));
         }
         if (ok) {
             free(acc);
@@ -491,19 +491,19 @@ static int splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                     /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
                     const float inv = 1.0f / (float)l, sc = inv * rp;
                     for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;
-                    lacc[ns] = fmaf((float)m, x.scale_sm, logf((float)l));
+                    lacc[ns] = fmaf((float)m, x.scale_sm, fd_logf_portable((float)l));
                     ns++;
                 }
                 /* combine_attn_seqk_parallel: LSE-weighted sum in fp32 */
                 float lmax = -INFINITY;
                 for (int t = 0; t < ns; t++) lmax = lacc[t] > lmax ? lacc[t] : lmax;
                 float sum = 0.0f;
-                for (int t = 0; t < ns; t++) sum += expf(lacc[t] - lmax);
-                const float lse_all = logf(sum) + lmax;
+                for (int t = 0; t < ns; t++) sum += fd_expf_portable(lacc[t] - lmax);
+                const float lse_all = fd_logf_portable(sum) + lmax;
                 for (int d = 0; d < D; d++) {
                     float a = 0.0f;
                     for (int t = 0; t < ns; t++)
-                        a = fmaf(expf(lacc[t] - lse_all), oacc[(size_t)t * (size_t)D + (size_t)d], a);
+                        a = fmaf(fd_expf_portable(lacc[t] - lse_all), oacc[(size_t)t * (size_t)D + (size_t)d], a);
                     oi[d] = fd_round_to_dtype(a, p->dtype);
                 }
                 lse[fd_lse_index(p, b, h, i)] = lse_all;

@@ -108,6 +108,9 @@ int fd_cuda_standard_backward(const fd_problem *p, int repeats, const float *q, 
 int fd_cuda_guard_selftest(long lo, long hi, char *err, size_t errlen);
 /* out[i] = fd_exp2_portable(x[i]) computed on the device (host/device bit-identity test). */
 int fd_cuda_exp2_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
+/* The same for fd_expf_portable and fd_logf_portable (the split-KV combine's exp and log). */
+int fd_cuda_expf_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
+int fd_cuda_logf_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
 /* d[w] = hardware mma.sync m16n8k16 block: c[w] + sum_{i<16} a[16w+i] * b[16w+i], fp16 or
  * bf16 inputs (exact dtype values), fp32 accumulate (fd_cuda_mma.cu). */
 int fd_cuda_mma_blocks(const float *a, const float *b, const float *c, float *d, int n,

@@ -26,7 +26,9 @@
 
 namespace fd_flash {
 
-/* Split-KV combine: lse = log(sum_s exp(lse_s - max)) + max; O = sum_s exp(lse_s - lse) O_s. */
+/* Split-KV combine: lse = log(sum_s exp(lse_s - max)) + max; O = sum_s exp(lse_s - lse) O_s,
+ * with the portable exp and log of fd_exp2.h (CUDA's expf/logf and glibc's differ in the
+ * last bit on some arguments; these give the replay's bits). */
 template <typename T>
 __global__ void splitkv_combine_kernel(const FlashParams P)
 {
@@ -41,15 +43,16 @@ __global__ void splitkv_combine_kernel(const FlashParams P)
         lse = INFINITY;
     } else {
         float sum = 0.0f;
-        for (int s = 0; s < P.splits; s++) sum = __fadd_rn(sum, expf(__fsub_rn(P.lse_accum[s * plane + row], mx)));
-        lse = __fadd_rn(logf(sum), mx);
+        for (int s = 0; s < P.splits; s++)
+            sum = __fadd_rn(sum, fd_expf_portable(__fsub_rn(P.lse_accum[s * plane + row], mx)));
+        lse = __fadd_rn(fd_logf_portable(sum), mx);
     }
     T *o = static_cast<T *>(P.o) + (((size_t)b * P.sq + i) * P.H + h) * P.dp;
     for (int d = threadIdx.x; d < P.dp; d += blockDim.x) {
         float acc = 0.0f;
         if (mx != -INFINITY)
             for (int s = 0; s < P.splits; s++) {
-                float w = expf(__fsub_rn(P.lse_accum[s * plane + row], lse));
+                float w = fd_expf_portable(__fsub_rn(P.lse_accum[s * plane + row], lse));
                 acc = __fmaf_rn(w, P.o_accum[(s * plane + row) * P.dp + d], acc);
             }
         o[d] = DT<T>::from(acc);
@@ -141,13 +144,15 @@ __global__ void __launch_bounds__(128) flash_fwd_fp32_kernel(const FlashParams P
         int d = lane + 32 * c;
         if (d < dp) o[d] = __fmul_rn(acc[c], fs);
     }
-    if (lane == 0) P.lse[((size_t)b * P.H + h) * sq + i] = empty ? INFINITY : __fmaf_rn(m, P.scale, logf(l));
+    if (lane == 0) P.lse[((size_t)b * P.H + h) * sq + i] = empty ? INFINITY : __fmaf_rn(m, P.scale, fd_logf_portable(l));
 }
 
 __global__ void exp2_batch_kernel(const float *x, float *y, size_t n, int mode)
 {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx < n) y[idx] = mode ? fd_exp2_portable(x[idx]) : exp2f(x[idx]);
+    if (idx < n)
+        y[idx] = mode == 0 ? exp2f(x[idx]) : mode == 1 ? fd_exp2_portable(x[idx])
+               : mode == 2 ? fd_expf_portable(x[idx]) : fd_logf_portable(x[idx]);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -543,6 +548,16 @@ int fd_cuda_exp2_portable_batch(const float *x, float *out, size_t n, char *err,
 int fd_cuda_exp2_hw_batch(const float *x, float *out, size_t n, char *err, size_t errlen)
 {
     return exp2_batch(0, x, out, n, err, errlen);
+}
+
+int fd_cuda_expf_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen)
+{
+    return exp2_batch(2, x, out, n, err, errlen);
+}
+
+int fd_cuda_logf_portable_batch(const float *x, float *out, size_t n, char *err, size_t errlen)
+{
+    return exp2_batch(3, x, out, n, err, errlen);
 }
 
 } /* extern "C" */

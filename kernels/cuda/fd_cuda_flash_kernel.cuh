@@ -557,7 +557,7 @@ flash_fwd_kernel(const FlashParams P)
             }
             if (t == 0)
                 P.lse_accum[(((size_t)split * P.B + b) * P.H + h) * sq + i] =
-                    empty ? -INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
+                    empty ? -INFINITY : __fmaf_rn(m_run[mi][r], P.scale, fd_logf_portable(l));
         } else {
             T *o = static_cast<T *>(P.o) + ((FD_QOFF + i) * P.H + h) * P.dp;
 #pragma unroll
@@ -567,7 +567,7 @@ flash_fwd_kernel(const FlashParams P)
                 *reinterpret_cast<uint32_t *>(o + d) = w;
             }
             if (t == 0)
-                P.lse[FD_LSE0 + i] = empty ? INFINITY : __fmaf_rn(m_run[mi][r], P.scale, logf(l));
+                P.lse[FD_LSE0 + i] = empty ? INFINITY : __fmaf_rn(m_run[mi][r], P.scale, fd_logf_portable(l));
         }
     }
 }
