@@ -174,7 +174,9 @@ static inline void pf_gen(int fi, int k, int ik, int cat, float *a, float *b, fl
  * multiple of 2^(E - F) (F = 25: FD_ACC_TC16); the sum normalised and rounded to 24 bits,
  * toward zero (rn = 0) or to nearest even (rn = 1). cmode = 1: the products alone are
  * aligned and truncated to F fraction bits of their largest exponent, then added to c
- * with one rounding of the exact sum (c outside the block's alignment). Longer k chains
+ * with one rounding of the exact sum (c outside the block's alignment); cmode = 2: the
+ * alignment exponent includes c's, the products are truncated to it, c enters whole, one
+ * final rounding (only the products lose bits). Longer k chains
  * blocks of nb in K order through c. */
 typedef struct {
     int nb, F, rn, cmode;
@@ -226,6 +228,16 @@ static inline float pf_block(const float *a, const float *b, int n, float c, int
         if (!cz) s += trunc(ldexp((double)c, -q));
         return pf_round24(ldexp(s, q), m->rn);
     }
+    if (m->cmode == 2) { /* c takes part in E but enters untruncated; one final rounding */
+        if (!cz && pf_expo(c, -126) > E) {
+            E = pf_expo(c, -126);
+            const int q2 = E - m->F;
+            s = 0.0;
+            for (int i = 0; i < np; i++) s += trunc(ldexp(p[i], -q2));
+            return pf_round24((double)((long double)c + (long double)ldexp(s, q2)), m->rn);
+        }
+        return pf_round24((double)((long double)c + (long double)ldexp(s, q)), m->rn);
+    }
     /* cmode 1: c + S with one rounding; S = s 2^q is exact, c + S needs care: both are
      * multiples of 2^min(q, ulp(c)); the spread may exceed 53 bits, so round via long
      * double when it does not fit (a rare case, good enough for a candidate). */
@@ -240,7 +252,7 @@ static inline float pf_dot(const float *a, const float *b, int k, float c, int e
 }
 
 /* The candidates for an instruction of K = ik: nb in {ik/4, ik/2, ik} (at least 4), F from
- * 23 to 27 (16-bit inputs) or 10 to 27 (FP8), RZ/RN, cmode 0 (and 1 for FP8). */
+ * 23 to 27 (16-bit inputs) or 10 to 27 (FP8), RZ/RN, cmode 0 and 2 (and 1 for FP8). */
 static inline int pf_models(int fi, int ik, pf_model *out, int cap)
 {
     int n = 0;
@@ -248,11 +260,13 @@ static inline int pf_models(int fi, int ik, pf_model *out, int cap)
     for (int nb = ik / 4 < 4 ? 4 : ik / 4; nb <= ik; nb *= 2)
         for (int F = fp8 ? 10 : 23; F <= 27; F++)
             for (int rn = 0; rn < 2; rn++)
-                for (int cm = 0; cm <= fp8; cm++) {
+                for (int cm = 0; cm <= 2; cm++) {
+                    if (cm == 1 && !fp8) continue;
                     if (n >= cap) return n;
                     pf_model *m = &out[n++];
                     m->nb = nb; m->F = F; m->rn = rn; m->cmode = cm;
-                    snprintf(m->name, sizeof m->name, "b%d-F%d-%s%s", nb, F, rn ? "rn" : "rz", cm ? "-csep" : "");
+                    snprintf(m->name, sizeof m->name, "b%d-F%d-%s%s", nb, F, rn ? "rn" : "rz",
+                             cm == 1 ? "-csep" : cm == 2 ? "-cwhole" : "");
                 }
     return n;
 }
@@ -312,10 +326,11 @@ static inline int pf_cmp_score(const void *x, const void *y)
 
 static inline int pf_judge(const pf_set *s, FILE *f, int *best_count, char *best_name, size_t best_len)
 {
-    pf_model ms[256];
-    const int nm = pf_models(s->fi, s->ik, ms, 256);
-    pf_score sc[256];
-    int percat[256][PF_NCAT];
+    enum { CAP = 512 };
+    static pf_model ms[CAP];
+    static pf_score sc[CAP];
+    static int percat[CAP][PF_NCAT];
+    const int nm = pf_models(s->fi, s->ik, ms, CAP);
     int catn[PF_NCAT] = {0};
     memset(percat, 0, sizeof percat);
     for (int j = 0; j < nm; j++) { sc[j].count = 0; sc[j].idx = j; }
@@ -385,6 +400,9 @@ static inline int pf_selfcheck_ok(const float *a, const float *b, const float *c
 /* ---- running the hardware -------------------------------------------------------------- */
 static inline int pf_run(pf_set *s, char *err, size_t len)
 {
+    if (s->fi < PF_E4M3 && s->instr[0] == 'm')
+        return fd_cuda_mma16_chain_blocks(s->a, s->b, s->c, s->d, s->n, s->k,
+                                          s->fi == PF_BF16 ? FD_DT_BF16 : FD_DT_FP16, err, len);
     if (s->fi < PF_E4M3)
         return fd_cuda_wgmma_blocks(s->a, s->b, s->c, s->d, s->n, s->k,
                                     s->fi == PF_BF16 ? FD_DT_BF16 : FD_DT_FP16, err, len);

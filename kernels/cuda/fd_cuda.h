@@ -118,10 +118,14 @@ int fd_cuda_mma_blocks(const float *a, const float *b, const float *c, float *d,
  * instructions chained through the same fp32 accumulator in K order. Inputs must be exact
  * values of the input format (else -1).
  *   fd_cuda_wgmma_blocks: wgmma m64n8k16 fp16/bf16 (t), k a multiple of 16, at most 256;
+ *   fd_cuda_mma16_chain_blocks: mma.sync m16n8k16 fp16/bf16 chained, k a multiple of 16
+ *     (the control beside wgmma: FD_ACC_TC16 holds for it);
  *   fd_cuda_mma_fp8_blocks: mma.sync m16n8k32 e4m3 (e5m2 = 0) or e5m2, k a multiple of 32;
  *   fd_cuda_wgmma_fp8_blocks: wgmma m64n8k32 e4m3/e5m2, k a multiple of 32, at most 512. */
 int fd_cuda_wgmma_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
                          fd_dtype t, char *err, size_t errlen);
+int fd_cuda_mma16_chain_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
+                               fd_dtype t, char *err, size_t errlen);
 int fd_cuda_mma_fp8_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
                            int e5m2, char *err, size_t errlen);
 int fd_cuda_wgmma_fp8_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,

@@ -28,7 +28,8 @@
  * mma.sync m16n8k32 e4m3/e5m2 (one warp per dot product): lane = 4 g + t; A registers
  * a0 (row g, k 4t..4t+3), a1 (row g+8), a2 (row g, k 16+4t..), a3 (row g+8, k 16+4t..),
  * one byte per element, lowest k in the lowest byte; B b0 (k 4t..4t+3, column g), b1
- * (k 16+4t..); C/D as m16n8k16 (c0: row g, column 2t).
+ * (k 16+4t..); C/D as m16n8k16 (c0: row g, column 2t). The same kernel chains mma.sync
+ * m16n8k16 fp16/bf16 (fd_cuda_mma16_chain_blocks) as the control on the wgmma inputs.
  *
  * Inputs arrive as floats that must be exact values of the input format; the host encodes
  * them (fd_probe_f32_to_fp8 below, local to the probe) and fails on an inexact one. */
@@ -161,18 +162,22 @@ static __global__ void __launch_bounds__(128) wgmma_block_kernel(const uint8_t *
     if (tid == 0) d[w] = d0;
 }
 
-/* mma.sync m16n8k32 FP8, chained over k / 32 instructions through the registers. */
-template <int E5M2>
-static __global__ void mma_fp8_kernel(const uint8_t *x, const uint8_t *y, const float *c, float *d,
-                                      int n, int k)
+/* mma.sync chained over k through the registers, one warp per dot product: KIND 0/1
+ * m16n8k16 fp16/bf16, 2/3 m16n8k32 e4m3/e5m2. Both take 32 bytes of K per instruction
+ * and place them alike: register a0 holds bytes 4t..4t+3 of row g (elements 2t, 2t+1 of
+ * a 16-bit row, 4t..4t+3 of an 8-bit row; the lowest element in the lowest bits), a2
+ * bytes 16+4t..16+4t+3; b0/b1 the same bytes of column g. */
+template <int KIND>
+static __global__ void mma_chain_kernel(const uint8_t *x, const uint8_t *y, const float *c, float *d,
+                                        int n, int rowbytes)
 {
     const int w = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     const int lane = (int)(threadIdx.x & 31);
     if (w >= n) return; /* whole warps exit together */
     const int g = lane >> 2, t = lane & 3;
-    const uint8_t *xw = x + (size_t)w * k, *yw = y + (size_t)w * k;
+    const uint8_t *xw = x + (size_t)w * rowbytes, *yw = y + (size_t)w * rowbytes;
     float c0 = lane == 0 ? c[w] : 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
-    for (int s = 0; s < k; s += 32) {
+    for (int s = 0; s < rowbytes; s += 32) {
         uint32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0;
         if (g == 0) {
             for (int i = 0; i < 4; i++) {
@@ -183,18 +188,16 @@ static __global__ void mma_fp8_kernel(const uint8_t *x, const uint8_t *y, const 
             }
         }
         float d0, d1, d2, d3;
-        if (E5M2)
-            asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e5m2.e5m2.f32 {%0,%1,%2,%3}, "
-                         "{%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
-                         : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
-                         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c0), "f"(c1),
-                           "f"(c2), "f"(c3));
-        else
-            asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, "
-                         "{%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
-                         : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
-                         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c0), "f"(c1),
-                           "f"(c2), "f"(c3));
+#define FD_MMA_ASM(INSTR)                                                                        \
+    asm volatile(INSTR " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"           \
+                 : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)                                        \
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c0), "f"(c1),       \
+                   "f"(c2), "f"(c3))
+        if (KIND == 0) FD_MMA_ASM("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32");
+        else if (KIND == 1) FD_MMA_ASM("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32");
+        else if (KIND == 2) FD_MMA_ASM("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32");
+        else FD_MMA_ASM("mma.sync.aligned.m16n8k32.row.col.f32.e5m2.e5m2.f32");
+#undef FD_MMA_ASM
         c0 = d0; c1 = d1; c2 = d2; c3 = d3;
     }
     if (lane == 0) d[w] = c0;
@@ -264,8 +267,13 @@ static int run_blocks(const float *a, const float *b, const float *c, float *d, 
     } else {
         const int threads = 256, warps = threads / 32;
         const unsigned blocks = (unsigned)((n + warps - 1) / warps);
-        if (kind == 3) mma_fp8_kernel<1><<<blocks, threads>>>(px, py, pc, pd, n, k);
-        else mma_fp8_kernel<0><<<blocks, threads>>>(px, py, pc, pd, n, k);
+        const int rb = k * (kind < 2 ? 2 : 1);
+        switch (kind) {
+        case 0: mma_chain_kernel<0><<<blocks, threads>>>(px, py, pc, pd, n, rb); break;
+        case 1: mma_chain_kernel<1><<<blocks, threads>>>(px, py, pc, pd, n, rb); break;
+        case 2: mma_chain_kernel<2><<<blocks, threads>>>(px, py, pc, pd, n, rb); break;
+        default: mma_chain_kernel<3><<<blocks, threads>>>(px, py, pc, pd, n, rb); break;
+        }
     }
     FD_LAUNCH_CHECK();
     FD_CU(cudaDeviceSynchronize());
@@ -279,6 +287,13 @@ extern "C" int fd_cuda_wgmma_blocks(const float *a, const float *b, const float 
 {
     if (t != FD_DT_FP16 && t != FD_DT_BF16) FD_FAIL("fd_cuda_wgmma_blocks: fp16 or bf16 only");
     return run_blocks(a, b, c, d, n, k, t == FD_DT_BF16 ? 1 : 0, 1, "fd_cuda_wgmma_blocks", err, errlen);
+}
+
+extern "C" int fd_cuda_mma16_chain_blocks(const float *a, const float *b, const float *c, float *d, int n,
+                                          int k, fd_dtype t, char *err, size_t errlen)
+{
+    if (t != FD_DT_FP16 && t != FD_DT_BF16) FD_FAIL("fd_cuda_mma16_chain_blocks: fp16 or bf16 only");
+    return run_blocks(a, b, c, d, n, k, t == FD_DT_BF16 ? 1 : 0, 0, "fd_cuda_mma16_chain_blocks", err, errlen);
 }
 
 extern "C" int fd_cuda_mma_fp8_blocks(const float *a, const float *b, const float *c, float *d, int n,
