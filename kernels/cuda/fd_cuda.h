@@ -131,7 +131,7 @@ int fd_cuda_mma_fp8_blocks(const float *a, const float *b, const float *c, float
 int fd_cuda_wgmma_fp8_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
                              int e5m2, char *err, size_t errlen);
 /* 0 (default): shared-memory descriptor LBO = K-direction core-matrix offset, SBO = M/N
- * direction (CUTLASS's reading); 1: the two swapped (memory placed to match). */
+ * direction (CUTLASS's reading); 1: the two fields swapped, the memory unchanged. */
 void fd_cuda_probe_set_layout(int layout);
 /* Number of CUDA devices (0 when none or no driver); "name, sm_XY, driver N" of device 0
  * into buf. Needs only the probe library. */

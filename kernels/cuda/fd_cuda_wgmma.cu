@@ -19,9 +19,9 @@
  * at 256 mb + 128 kb (LBO = 128, SBO = 256), B's at 128 kb. Descriptor bits (PTX ISA,
  * "Matrix Descriptor Format"): 0-13 start address >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4,
  * 49-51 base offset (0: no swizzle), 62-63 layout type (0: no swizzle).
- * fd_cuda_probe_set_layout(1) swaps the roles of LBO and SBO (memory placed accordingly),
- * in case the hardware reads them the other way round: the dump tool's self-check tries 0
- * first, then 1.
+ * fd_cuda_probe_set_layout(1) swaps the two fields (LBO = 256, SBO = 128; the memory stays
+ * as it is), right if the hardware reads them the other way round: the dump tool's
+ * self-check tries 0 first, then 1.
  * D fragment of m64n8 f32 (4 registers per thread): warp w of the group holds rows
  * 16 w .. 16 w + 15 as mma.sync m16n8 does, so D[0][0] is thread 0's first register.
  *
@@ -111,10 +111,13 @@ static __global__ void __launch_bounds__(128) wgmma_block_kernel(const uint8_t *
     constexpr int esize = KIND < 2 ? 2 : 1;
     const int w = (int)blockIdx.x, tid = (int)threadIdx.x;
     const int rowbytes = k * esize, steps = rowbytes / 32;
-    /* K-direction and M-direction core-matrix strides in bytes, as the descriptor will
-     * say (layout 0: LBO = K stride 128, SBO = M stride 256; layout 1: LBO = 256 is the M
-     * stride, SBO = 128 the K stride -- the memory follows the chosen reading). */
-    const uint32_t kst = layout == 0 ? 128u : 256u, mst = layout == 0 ? 256u : 128u;
+    /* Memory: core matrix (mb, kb) of a tile at 256 mb + 128 kb bytes (K stride 128, M/N
+     * stride 256), in both layouts; only the descriptor's fields differ: layout 0 says
+     * LBO = 128 (K stride), SBO = 256 (M stride), as CUTLASS reads them; layout 1 says
+     * LBO = 256, SBO = 128, right if the hardware took LBO as the M stride. Only row 0 of
+     * A and of B^T is non-zero, so under the wrong reading the second 16 bytes of K come
+     * from a zero row and the self-check's integer sums come out wrong. */
+    const uint32_t kst = 128u;
     for (int i = tid; i < (int)sizeof sa / 16; i += 128) reinterpret_cast<uint4 *>(sa)[i] = make_uint4(0, 0, 0, 0);
     for (int i = tid; i < (int)sizeof sb / 16; i += 128) reinterpret_cast<uint4 *>(sb)[i] = make_uint4(0, 0, 0, 0);
     __syncthreads();
@@ -125,7 +128,6 @@ static __global__ void __launch_bounds__(128) wgmma_block_kernel(const uint8_t *
         sa[s * FD_WG_ATILE + kb * kst + byte] = xw[j];
         sb[s * FD_WG_BTILE + kb * kst + byte] = yw[j];
     }
-    (void)mst;
     /* generic-proxy writes to shared memory -> visible to the async proxy (wgmma) */
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
