@@ -115,6 +115,30 @@ int fd_cuda_logf_portable_batch(const float *x, float *out, size_t n, char *err,
  * bf16 inputs (exact dtype values), fp32 accumulate (fd_cuda_mma.cu). */
 int fd_cuda_mma_blocks(const float *a, const float *b, const float *c, float *d, int n,
                        fd_dtype t, char *err, size_t errlen);
+/* Tensor-core probes (fd_cuda_wgmma.cu, target fd_cuda_probe, sm_90a; fail cleanly on any
+ * other GPU): d[w] = c[w] + sum_{i<k} a[k w + i] b[k w + i] computed by the hardware as one
+ * dot product (A's row 0, B's column 0, C[0][0] = c, all else 0), k split into consecutive
+ * instructions chained through the same fp32 accumulator in K order. Inputs must be exact
+ * values of the input format (else -1).
+ *   fd_cuda_wgmma_blocks: wgmma m64n8k16 fp16/bf16 (t), k a multiple of 16, at most 256;
+ *   fd_cuda_mma16_chain_blocks: mma.sync m16n8k16 fp16/bf16 chained, k a multiple of 16
+ *     (the control beside wgmma: FD_ACC_TC16 holds for it);
+ *   fd_cuda_mma_fp8_blocks: mma.sync m16n8k32 e4m3 (e5m2 = 0) or e5m2, k a multiple of 32;
+ *   fd_cuda_wgmma_fp8_blocks: wgmma m64n8k32 e4m3/e5m2, k a multiple of 32, at most 512. */
+int fd_cuda_wgmma_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
+                         fd_dtype t, char *err, size_t errlen);
+int fd_cuda_mma16_chain_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
+                               fd_dtype t, char *err, size_t errlen);
+int fd_cuda_mma_fp8_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
+                           int e5m2, char *err, size_t errlen);
+int fd_cuda_wgmma_fp8_blocks(const float *a, const float *b, const float *c, float *d, int n, int k,
+                             int e5m2, char *err, size_t errlen);
+/* 0 (default): shared-memory descriptor LBO = K-direction core-matrix offset, SBO = M/N
+ * direction (CUTLASS's reading); 1: the two fields swapped, the memory unchanged. */
+void fd_cuda_probe_set_layout(int layout);
+/* Number of CUDA devices (0 when none or no driver); "name, sm_XY, driver N" of device 0
+ * into buf. Needs only the probe library. */
+int fd_cuda_probe_device(char *buf, size_t len);
 /* out[i] = exp2f(x[i]) on the device (the hardware ex2.approx.f32 path). */
 int fd_cuda_exp2_hw_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
 
