@@ -5,8 +5,8 @@
  * The property checked everywhere: a gradient value the tier decides is within its own
  * stated bound of MPFR's correctly rounded value (|x - r| <= dx + 2^-52 |r|), and within
  * 1/1000 ulp of the dtype of it with the same dtype ulp (what the decision promises the
- * metrics). Values: the checked rows of every case of cases/backward.json (the run's own
- * samples: rows_per_head query rows and key rows), and adversarial problems (a large logit
+ * metrics). Values: the checked rows of every backward case of cases/backward.json and
+ * cases/default.json (the run's own samples: rows_per_head query rows and key rows), and adversarial problems (a large logit
  * spread, dP = D cancellation, dropout, GQA, causal, window, ALiBi, softcap). Each test also
  * counts the decided fraction and fails when the tier decides too little (a tier that
  * decided nothing would pass the property vacuously). FD_TIER_SEED overrides the seeds. */
@@ -186,6 +186,16 @@ Test(tier_bwd, backward_every_decided_value_agrees_with_mpfr, .timeout = 1800)
     check_casefile("cases/backward.json", &tl);
     report("backward.json", &tl);
     /* not vacuous: ordinary gradients are mostly decided (measured: see docs/reference.md) */
+    cr_assert_gt(tl.decided * 10, tl.values * 7, "only %ld of %ld values decided", tl.decided, tl.values);
+}
+
+Test(tier_bwd, default_backward_cases_agree_with_mpfr, .timeout = 1800)
+{
+    /* the default sweep's 16 backward cases (200 x 320, head_dim 64 and 128, GQA, dropout,
+     * causal), on the run's own samples (32 query rows and key rows per head) */
+    btally tl = {0};
+    check_casefile("cases/default.json", &tl);
+    report("default.json (backward cases)", &tl);
     cr_assert_gt(tl.decided * 10, tl.values * 7, "only %ld of %ld values decided", tl.decided, tl.values);
 }
 
