@@ -22,14 +22,10 @@
 #include "fd_obtain.h"
 #include "fd_ref_bwd.h"
 #include "fd_test_problem.h"
+#include "fd_test_tier_bwd.h"
 #include "fd_test_util.h"
 #include "fd_tier_bwd.h"
 #include "fd_tier_cpu.h"
-
-typedef struct {
-    long values, decided, equal_bits, groups, groups_mpfr_undecided, zeros;
-    long vq, dq, vk, dk, vv, dv; /* per gradient */
-} btally;
 
 static uint64_t seed_from_env(uint64_t dflt)
 {
@@ -38,126 +34,7 @@ static uint64_t seed_from_env(uint64_t dflt)
     return x ? x : dflt;
 }
 
-/* MPFR for every group of p into [b][h][r][d] / [b][hk][t][d] (2 threads); und[g]: the
- * group's undecided count. */
-static void mpfr_all(const fd_problem *p, const float *q, const float *k, const float *v, const float *dout,
-                     const int *qrows, int nq, const int *krows, int nk, double *mq, double *mk, double *mv, int *und)
-{
-    const int D = p->head_dim, G = p->heads / p->kv_heads;
-    const long ng = (long)p->batch * p->kv_heads;
-    int fail = 0;
-    fd_ref_opts ro;
-    fd_ref_opts_default(&ro);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(2) reduction(| : fail)
-    for (long g = 0; g < ng; g++) {
-        fd_ref_bwd_info info = {0, 0};
-        char e2[256];
-        fail |= fd_ref_bwd_group(p, q, k, v, dout, (int)(g / p->kv_heads), (int)(g % p->kv_heads), qrows, nq, krows,
-                                 nk, &ro, mq + (size_t)g * (size_t)G * (size_t)nq * (size_t)D,
-                                 mk + (size_t)g * (size_t)nk * (size_t)D, mv + (size_t)g * (size_t)nk * (size_t)D,
-                                 NULL, &info, e2, sizeof e2) != 0;
-        und[g] = info.undecided;
-    }
-    cr_assert_eq(fail, 0, "the MPFR backward reference failed");
-}
-
-/* One value: decided -> within its bound of MPFR and 1/1000 dtype ulp, same ulp. */
-static void agree(double x, double dx, double r, int prec, int emin, const char *what, const char *g, long t, int d)
-{
-    const double gap = fabs(x - r);
-    cr_assert(gap <= dx + ldexp(fabs(r), -52),
-              "%s: %s task %ld d %d: tier %a (bound %a) vs MPFR %a: off by %a, beyond its bound", what, g, t, d, x, dx,
-              r, gap);
-    const double U = fd_tb_ulp_dtype(r, prec, emin);
-    cr_assert(fd_eq(U, fd_tb_ulp_dtype(x, prec, emin)) && gap <= U / 1000.0,
-              "%s: %s task %ld d %d: tier %a vs MPFR %a: %g dtype ulp apart (decided means <= 1/1000)", what, g, t, d,
-              x, r, gap / U);
-}
-
-/* The tier with bounds on the listed rows of p, MPFR on the same, the property on every
- * decided value of every group MPFR decided whole. */
-static void check_bwd(const fd_problem *p, const float *q, const float *k, const float *v, const float *dout,
-                      const int *qrows, int nq, const int *krows, int nk, const char *what, btally *tl)
-{
-    const int D = p->head_dim, G = p->heads / p->kv_heads;
-    const long ng = (long)p->batch * p->kv_heads;
-    const size_t nqv = (size_t)ng * (size_t)G * (size_t)nq * (size_t)D, nkv = (size_t)ng * (size_t)nk * (size_t)D;
-    fd_tier_bwd_out o;
-    memset(&o, 0, sizeof o);
-    o.dq = malloc(sizeof(double) * (nqv + 1));
-    o.dk = malloc(sizeof(double) * (nkv + 1));
-    o.dv = malloc(sizeof(double) * (nkv + 1));
-    o.bdq = malloc(sizeof(double) * (nqv + 1));
-    o.bdk = malloc(sizeof(double) * (nkv + 1));
-    o.bdv = malloc(sizeof(double) * (nkv + 1));
-    o.okq = malloc(nqv + 1);
-    o.okk = malloc(nkv + 1);
-    o.okv = malloc(nkv + 1);
-    double *mq = malloc(sizeof(double) * (nqv + 1)), *mk = malloc(sizeof(double) * (nkv + 1)),
-           *mv = malloc(sizeof(double) * (nkv + 1));
-    int *und = malloc(sizeof(int) * (size_t)ng);
-    cr_assert(o.dq && o.dk && o.dv && o.bdq && o.bdk && o.bdv && o.okq && o.okk && o.okv && mq && mk && mv && und);
-    char err[256];
-    cr_assert_eq(fd_tier_bwd_cpu(p, q, k, v, dout, qrows, nq, krows, nk, 2, &o, err, sizeof err), 0, "%s: %s", what,
-                 err);
-    mpfr_all(p, q, k, v, dout, qrows, nq, krows, nk, mq, mk, mv, und);
-    const int prec = fd_tb_prec((int)p->dtype), emin = fd_tb_emin((int)p->dtype);
-    long cnt = 0;
-    for (long g = 0; g < ng; g++) {
-        tl->groups++;
-        if (und[g]) tl->groups_mpfr_undecided++;
-        for (int which = 0; which < 3; which++) {
-            const size_t per = which == 0 ? (size_t)G * (size_t)nq * (size_t)D : (size_t)nk * (size_t)D;
-            const double *x = which == 0 ? o.dq : which == 1 ? o.dk : o.dv;
-            const double *bx = which == 0 ? o.bdq : which == 1 ? o.bdk : o.bdv;
-            const unsigned char *ok = which == 0 ? o.okq : which == 1 ? o.okk : o.okv;
-            const double *m = which == 0 ? mq : which == 1 ? mk : mv;
-            long *vals = which == 0 ? &tl->vq : which == 1 ? &tl->vk : &tl->vv;
-            long *decs = which == 0 ? &tl->dq : which == 1 ? &tl->dk : &tl->dv;
-            for (size_t e = (size_t)g * per; e < (size_t)(g + 1) * per; e++) {
-                tl->values++;
-                (*vals)++;
-                cnt += ok[e];
-                if (!ok[e]) continue;
-                tl->decided++;
-                (*decs)++;
-                if (fd_eq(x[e], 0.0)) tl->zeros++;
-                if (und[g]) continue; /* MPFR's values of that group are estimates */
-                uint64_t ux, ur;
-                memcpy(&ux, &x[e], 8);
-                memcpy(&ur, &m[e], 8);
-                tl->equal_bits += ux == ur;
-                agree(x[e], bx[e], m[e], prec, emin, what, which == 0 ? "dQ" : which == 1 ? "dK" : "dV",
-                      (long)(e / (size_t)D), (int)(e % (size_t)D));
-            }
-        }
-    }
-    cr_assert_eq(cnt, o.ndecided, "%s: the tier counted %ld decided values, its flags say %ld", what, o.ndecided, cnt);
-    free(o.dq); free(o.dk); free(o.dv); free(o.bdq); free(o.bdk); free(o.bdv); free(o.okq); free(o.okk); free(o.okv);
-    free(mq); free(mk); free(mv); free(und);
-}
-
-static void report(const char *what, const btally *tl)
-{
-    printf("%s: %ld gradient values, %ld decided by the tier (%.1f%%: dQ %.1f%%, dK %.1f%%, dV %.1f%%), %ld of them "
-           "exact zeros, %ld equal to MPFR's bits; %ld groups, %ld left undecided by MPFR\n",
-           what, tl->values, tl->decided, 100.0 * (double)tl->decided / (double)(tl->values ? tl->values : 1),
-           100.0 * (double)tl->dq / (double)(tl->vq ? tl->vq : 1), 100.0 * (double)tl->dk / (double)(tl->vk ? tl->vk : 1),
-           100.0 * (double)tl->dv / (double)(tl->vv ? tl->vv : 1), tl->zeros, tl->equal_bits, tl->groups,
-           tl->groups_mpfr_undecided);
-    fflush(stdout);
-}
-
-/* The key rows the backward stage checks: sampled as query rows are, on the keys' view. */
-static int key_rows(const fd_problem *p, int rph, int *krows)
-{
-    fd_problem kv = *p;
-    kv.seqlen_q = p->seqlen_k;
-    kv.heads = p->kv_heads;
-    return fd_sample_rows(&kv, rph, krows);
-}
-
-static void check_casefile(const char *rel, btally *tl)
+static void check_casefile(const char *rel, tu_btally *tl)
 {
     fd_casefile cf;
     char err[512];
@@ -172,8 +49,8 @@ static void check_casefile(const char *rel, btally *tl)
         cr_assert_eq(fd_inputs_make_dout(c, &dout, err, sizeof err), 0, "%s", err);
         int *qr = malloc(sizeof(int) * (size_t)(c->prob.seqlen_q + 64)), *kr = malloc(sizeof(int) * (size_t)(c->prob.seqlen_k + 64));
         cr_assert(qr && kr);
-        const int nq = fd_sample_rows(&c->prob, cf.rows_per_head, qr), nk = key_rows(&c->prob, cf.rows_per_head, kr);
-        check_bwd(&c->prob, q, k, v, dout, qr, nq, kr, nk, c->id, tl);
+        const int nq = fd_sample_rows(&c->prob, cf.rows_per_head, qr), nk = tu_key_rows(&c->prob, cf.rows_per_head, kr);
+        tu_check_bwd(tu_bwd_tier_cpu, &c->prob, q, k, v, dout, qr, nq, kr, nk, c->id, tl, NULL);
         free(qr); free(kr); free(q); free(k); free(v); free(dout);
     }
     cr_assert_gt(ncase, 0, "%s has no backward case", rel);
@@ -182,9 +59,9 @@ static void check_casefile(const char *rel, btally *tl)
 
 Test(tier_bwd, backward_every_decided_value_agrees_with_mpfr, .timeout = 1800)
 {
-    btally tl = {0};
+    tu_btally tl = {0};
     check_casefile("cases/backward.json", &tl);
-    report("backward.json", &tl);
+    tu_bwd_report("backward.json", &tl);
     /* not vacuous: ordinary gradients are mostly decided (measured: see docs/reference.md) */
     cr_assert_gt(tl.decided * 10, tl.values * 7, "only %ld of %ld values decided", tl.decided, tl.values);
 }
@@ -193,9 +70,9 @@ Test(tier_bwd, default_backward_cases_agree_with_mpfr, .timeout = 1800)
 {
     /* the default sweep's 16 backward cases (200 x 320, head_dim 64 and 128, GQA, dropout,
      * causal), on the run's own samples (32 query rows and key rows per head) */
-    btally tl = {0};
+    tu_btally tl = {0};
     check_casefile("cases/default.json", &tl);
-    report("default.json (backward cases)", &tl);
+    tu_bwd_report("default.json (backward cases)", &tl);
     cr_assert_gt(tl.decided * 10, tl.values * 7, "only %ld of %ld values decided", tl.decided, tl.values);
 }
 
@@ -242,13 +119,13 @@ static void badv_fill(badv *a, uint64_t *st, double qs, double ks, double vs, do
 }
 
 /* every query row and every key row */
-static void badv_check(badv *a, const char *what, btally *tl)
+static void badv_check(badv *a, const char *what, tu_btally *tl)
 {
     int *qr = malloc(sizeof(int) * (size_t)a->p.seqlen_q), *kr = malloc(sizeof(int) * (size_t)a->p.seqlen_k);
     cr_assert(qr && kr);
     for (int i = 0; i < a->p.seqlen_q; i++) qr[i] = i;
     for (int j = 0; j < a->p.seqlen_k; j++) kr[j] = j;
-    check_bwd(&a->p, a->q, a->k, a->v, a->dout, qr, a->p.seqlen_q, kr, a->p.seqlen_k, what, tl);
+    tu_check_bwd(tu_bwd_tier_cpu, &a->p, a->q, a->k, a->v, a->dout, qr, a->p.seqlen_q, kr, a->p.seqlen_k, what, tl, NULL);
     free(qr); free(kr); free(a->q); free(a->k); free(a->v); free(a->dout);
 }
 
@@ -258,7 +135,7 @@ Test(tier_bwd, adversarial_large_logit_spread_gqa_causal, .timeout = 600)
      * or are truncated (weight 0, bound 2^-1000); GQA 4 heads over 2, causal bottom-right
      * with sq > sk (rows with no key: dQ = 0 exactly), each dtype */
     uint64_t st = seed_from_env(0xb5eed1ull);
-    btally tl = {0};
+    tu_btally tl = {0};
     for (int t = 0; t < 3; t++) {
         badv a = badv_make(4, 2, 40, 32, 16, (fd_dtype)t, FD_MASK_CAUSAL_BR, 0.0);
         badv_fill(&a, &st, 1.0, 1.0, 1.0, 1.0);
@@ -266,7 +143,7 @@ Test(tier_bwd, adversarial_large_logit_spread_gqa_causal, .timeout = 600)
         a.p.softmax_scale = 8.0f;
         badv_check(&a, "large spread", &tl);
     }
-    report("large spread", &tl);
+    tu_bwd_report("large spread", &tl);
     cr_assert_gt(tl.zeros, 0, "rows with no key or one key give exact zeros the tier must decide");
     cr_assert_gt(tl.decided * 2, tl.values);
 }
@@ -276,7 +153,7 @@ Test(tier_bwd, adversarial_dp_equals_d_cancellation, .timeout = 600)
     /* identical values in most keys: dP_ij = D_i for them (dS = 0 exactly in the mathematics,
      * the tier's enclosure straddles 0: undecided, never wrong); a few keys differ by one ulp */
     uint64_t st = seed_from_env(0xcafe5ull);
-    btally tl = {0};
+    tu_btally tl = {0};
     for (int t = 0; t < 2; t++) {
         badv a = badv_make(2, 1, 24, 48, 16, (fd_dtype)t, FD_MASK_NONE, 0.0);
         badv_fill(&a, &st, 1.0, 1.0, 1.0, 1.0);
@@ -288,7 +165,7 @@ Test(tier_bwd, adversarial_dp_equals_d_cancellation, .timeout = 600)
             }
         badv_check(&a, "dP = D", &tl);
     }
-    report("dP = D", &tl);
+    tu_bwd_report("dP = D", &tl);
     cr_assert_lt(tl.decided, tl.values, "the cancellation should leave values to MPFR");
     cr_assert_gt(tl.decided, 0);
 }
@@ -298,7 +175,7 @@ Test(tier_bwd, adversarial_dropout_window_alibi_softcap, .timeout = 600)
     /* dropout 0.3 (keep/(1-p), dropped keys in dS), a window (both sides), ALiBi and softcap
      * (dl/ds = 1 - tanh^2, keys deep in the cap's saturation), GQA, fp32 spread exponents */
     uint64_t st = seed_from_env(0xd0d0ull);
-    btally tl = {0};
+    tu_btally tl = {0};
     for (int t = 0; t < 3; t++) {
         badv a = badv_make(4, 2, 48, 64, 24, (fd_dtype)t, FD_MASK_CAUSAL_BR, 0.3);
         badv_fill(&a, &st, 3.0, 3.0, 1.0, 1.0);
@@ -312,7 +189,7 @@ Test(tier_bwd, adversarial_dropout_window_alibi_softcap, .timeout = 600)
         fd_alibi_default_slopes(a.p.heads, a.p.alibi_slopes);
         badv_check(&a, "dropout + mods", &tl);
     }
-    report("dropout + mods", &tl);
+    tu_bwd_report("dropout + mods", &tl);
     cr_assert_gt(tl.decided * 2, tl.values);
 }
 
