@@ -8,6 +8,9 @@
  *   tier-cpu-1   fd_reference_rows_tiered, CPU tier, one thread, every row of one head;
  *   tier-cpu-N   the same on N threads, every row of every head;
  *   tier-gpu     the GPU tier (when built and a GPU is present), every row of every head.
+ * Then the backward (fd_reference_bwd_tiered), H 2 over 1 kv head, N 512, d 128, fp16, every
+ * query and key row: MPFR and the CPU tier on one group with one thread and on `jobs` groups
+ * (B = jobs) with N threads, the GPU tier on the latter; outputs = dQ, dK, dV values.
  * The tiered lines include their MPFR fallback. An output is one value (O or LSE) returned
  * decided: the MPFR lines count every value (correctly rounded), the tiered ones too (each
  * decided by the tier, or by MPFR for the rows it sent there).
@@ -118,6 +121,69 @@ static int measure(bench_out *bo, const char *name, const fd_problem *p, const f
              (double)values / dt, 100.0 * (double)st.values_tier / (double)values, st.rows_mpfr, st.rows_tier);
     }
     return 0;
+}
+
+/* One backward line: the backward reference (fd_reference_bwd_tiered) of every query row and
+ * every key row of case c through tier t on `jobs` threads; outputs = dQ, dK, dV values. */
+static int measure_bwd(bench_out *bo, const char *name, const fd_case *c, int jobs, fd_reftier t)
+{
+    const fd_problem *p = &c->prob;
+    const size_t nqv = fd_q_numel(p), nkv = fd_kv_numel(p);
+    float *q = NULL, *k = NULL, *v = NULL, *dout = NULL;
+    double *dq = malloc(sizeof(double) * nqv), *dk = malloc(sizeof(double) * nkv), *dv = malloc(sizeof(double) * nkv);
+    int *qr = malloc(sizeof(int) * (size_t)p->seqlen_q), *kr = malloc(sizeof(int) * (size_t)p->seqlen_k);
+    char err[512] = "out of memory";
+    int und = 0, pm = 0, rc = -1;
+    fd_ref_stats st;
+    memset(&st, 0, sizeof st);
+    if (dq && dk && dv && qr && kr && !fd_inputs_make(c, &q, &k, &v, err, sizeof err) &&
+        !fd_inputs_make_dout(c, &dout, err, sizeof err)) {
+        for (int i = 0; i < p->seqlen_q; i++) qr[i] = i;
+        for (int j = 0; j < p->seqlen_k; j++) kr[j] = j;
+        const double t0 = fd_now_s();
+        rc = fd_reference_bwd_tiered(p, q, k, v, dout, qr, p->seqlen_q, kr, p->seqlen_k, jobs, t, dq, dk, dv, &und,
+                                     &pm, &st, err, sizeof err);
+        const double dt = fd_now_s() - t0;
+        if (!rc)
+            emit(bo, "| %s | B %d, %d groups | %d | %ld | %.3f | %.3g | %.4f%% | %ld | %ld |\n", name, p->batch,
+                 p->batch * p->kv_heads, jobs, st.values, dt, (double)st.values / dt,
+                 100.0 * (double)st.values_tier / (double)st.values, st.rows_mpfr, st.rows_tier);
+    }
+    if (rc) fprintf(stderr, "flashdrift: bench: %s: %s\n", name, err);
+    free(q); free(k); free(v); free(dout); free(dq); free(dk); free(dv); free(qr); free(kr);
+    return rc;
+}
+
+/* The backward lines (docs/benchmarks.md, "Reference"): B x (H 2 over 1 kv head), N 512,
+ * d 128, fp16, no mask; one group for the one-thread lines, `jobs` groups (B = jobs) for the
+ * others (MPFR runs one group per thread). */
+static int bench_backward(bench_out *bo, int jobs, int gpu)
+{
+    int rc = 0;
+    emit(bo, "\nBackward: H 2 over 1 kv head (GQA), N 512, d 128, fp16, no mask, N(0,1) inputs and dO; every query "
+             "and key row; outputs = dQ, dK and dV values.\n\n");
+    emit(bo, "| reference | problem | threads | outputs | seconds | outputs/s | decided by the binary64 tier | MPFR calls "
+             "(groups) | MPFR calls avoided |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (int big = 0; big < 2; big++) {
+        const int B = big ? jobs : 1, th = big ? jobs : 1;
+        if (big && jobs == 1) break;
+        fd_case c = mk_case(B, 2, 512, 128, FD_MASK_NONE);
+        c.prob.kv_heads = 1;
+        c.backward = 1;
+        fd_case_make_id(&c, c.id, sizeof c.id);
+        rc |= measure_bwd(bo, "backward mpfr", &c, th, FD_REFTIER_MPFR);
+        rc |= measure_bwd(bo, "backward tiered cpu", &c, th, FD_REFTIER_CPU);
+    }
+    if (gpu) {
+        fd_case c = mk_case(jobs, 2, 512, 128, FD_MASK_NONE);
+        c.prob.kv_heads = 1;
+        c.backward = 1;
+        fd_case_make_id(&c, c.id, sizeof c.id);
+        rc |= measure_bwd(bo, "backward tiered gpu", &c, jobs, FD_REFTIER_GPU);
+    } else {
+        emit(bo, "| backward tiered gpu | - | - | - | - | - | no GPU in this run | - | - |\n");
+    }
+    return rc;
 }
 
 /* The reference stage over every case of a case file (see the header). */
@@ -262,6 +328,7 @@ int fd_bench_reference(int argc, char **argv)
         unsetenv("FD_TIER_GPU_ROWS");
     }
     if (!gpu) emit(&bo, "| tiered gpu | - | - | - | - | no GPU in this run | - | - |\n");
+    if (bench_backward(&bo, jobs, gpu)) rc = FD_EXIT_INTERNAL;
     free(q);
     free(k);
     free(v);
