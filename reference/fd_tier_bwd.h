@@ -215,7 +215,7 @@ FD_HD int fd_tbw_row_dq(const fd_tb_row *w, const float *dorow, const fd_tbw_sta
     long nterm = 0;
     for (int d = 0; d < 3 * D; d++) acc[d] = 0.0;
     const int centre = !(w->cap > 0.0);
-    const float *kc = w->k + (long)w->lo * w->kstride;
+    const float *kc = w->n > 0 ? w->k + (long)w->lo * w->kstride : w->k;
     int good = st->ok;
     for (int j = w->lo; good && j <= w->hi && st->n > 1; j++) {
         fd_tbw_key x, *kx = kbuf ? &kbuf[j - w->lo] : &x;
