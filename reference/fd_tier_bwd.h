@@ -204,14 +204,17 @@ FD_HD int fd_tbw_final(const fd_tb_acc *a, long nterm, double c1, double r, doub
     return fd_tb_decide(y, b, fd_tb_prec(dtype), fd_tb_emin(dtype));
 }
 
-/* Step B6 for dQ of one row: acc[0..3D) scratch (s, a, r per column); writes dq[d], its bound
- * bdq[d] (may be NULL) and ok[d]; returns the number decided. The centring key c = lo (any
- * constant vector: sum_j y_j = 0 over the visible keys) is used only without the cap; its
- * difference k_jd - k_cd is rounded (<= u |kc'|) and bounded as such. */
+/* Step B6 for dQ of one row, columns d0 <= d < d1 (the GPU splits a row's columns over
+ * threads; the CPU takes 0, D): acc[0..3 (d1 - d0)) scratch (s, a, r per column); writes
+ * dq[d], its bound bdq[d] (may be NULL) and ok[d] for those d; returns the number decided.
+ * The centring key c = lo (any constant vector: sum_j y_j = 0 over the visible keys) is used
+ * only without the cap; its difference k_jd - k_cd is rounded (<= u |kc'|) and bounded as
+ * such. */
 FD_HD int fd_tbw_row_dq(const fd_tb_row *w, const float *dorow, const fd_tbw_stat *st, fd_tbw_key *kbuf,
-                        double r, double dr, int dtype, double *acc, double *dq, double *bdq, unsigned char *ok)
+                        double r, double dr, int dtype, int d0, int d1, double *acc, double *dq, double *bdq,
+                        unsigned char *ok)
 {
-    const int D = w->D;
+    const int D = d1 - d0;
     long nterm = 0;
     for (int d = 0; d < 3 * D; d++) acc[d] = 0.0;
     const int centre = !(w->cap > 0.0);
@@ -226,9 +229,9 @@ FD_HD int fd_tbw_row_dq(const fd_tb_row *w, const float *dorow, const fd_tbw_sta
         nterm++;
         const float *kr = w->k + (long)j * w->kstride;
         for (int d = 0; d < D; d++) {
-            double kv = (double)kr[d], dk = 0.0;
+            double kv = (double)kr[d0 + d], dk = 0.0;
             if (centre) {
-                kv = FD_TB_SUB(kv, (double)kc[d]);
+                kv = FD_TB_SUB(kv, (double)kc[d0 + d]);
                 dk = FD_TB_MUL(FD_TB_U, fabs(kv));
             }
             double bt;
@@ -247,24 +250,24 @@ FD_HD int fd_tbw_row_dq(const fd_tb_row *w, const float *dorow, const fd_tbw_sta
         int o = 0;
         if (good) o = fd_tbw_final(&A, nterm, w->sigma, r, dr, dtype, &x, &dx);
         else x = A.s;
-        dq[d] = x;
-        if (bdq) bdq[d] = dx;
-        ok[d] = (unsigned char)o;
+        dq[d0 + d] = x;
+        if (bdq) bdq[d0 + d] = dx;
+        ok[d0 + d] = (unsigned char)o;
         nd += o;
     }
     return nd;
 }
 
-/* Step B6 for dK and dV of key j of group (b, hk): every query head of the group, every row
- * i that sees j (stat [hh][i], seqlen_q rows per head), y_ij q_i into dK and P_ij dO_i (kept)
- * into dV. acc[0..6D) scratch; writes dk[d], dv[d], the bounds (may be NULL) and the flags;
- * returns the number decided. */
+/* Step B6 for dK and dV of key j of group (b, hk), columns d0 <= d < d1: every query head of
+ * the group, every row i that sees j (stat [hh][i], seqlen_q rows per head), y_ij q_i into dK
+ * and P_ij dO_i (kept) into dV. acc[0..6 (d1 - d0)) scratch; writes dk[d], dv[d], the bounds
+ * (may be NULL) and the flags for those d; returns the number decided. */
 FD_HD int fd_tbw_key_dkdv(const fd_problem *p, const float *q, const float *k, const float *v, const float *dout,
-                          int b, int hk, int j, const fd_tbw_stat *stat, double r, double dr, double *acc,
-                          double *dk, double *dv, double *bdk, double *bdv, unsigned char *okk,
+                          int b, int hk, int j, const fd_tbw_stat *stat, double r, double dr, int d0, int d1,
+                          double *acc, double *dk, double *dv, double *bdk, double *bdv, unsigned char *okk,
                           unsigned char *okv)
 {
-    const int D = p->head_dim, G = p->heads / p->kv_heads, Sq = p->seqlen_q;
+    const int D = d1 - d0, G = p->heads / p->kv_heads, Sq = p->seqlen_q;
     double *ka = acc, *va = acc + 3 * D;
     for (int d = 0; d < 6 * D; d++) acc[d] = 0.0;
     long nk = 0, nv = 0;
@@ -294,7 +297,7 @@ FD_HD int fd_tbw_key_dkdv(const fd_problem *p, const float *q, const float *k, c
             for (int d = 0; d < D; d++) {
                 double bt, t;
                 if (addk) {
-                    t = fd_tbw_mul(y, dy, (double)w.q[d], 0.0, &bt);
+                    t = fd_tbw_mul(y, dy, (double)w.q[d0 + d], 0.0, &bt);
                     fd_tb_acc A = {ka[d], ka[D + d], ka[2 * D + d]};
                     fd_tb_acc_add(&A, t, bt);
                     ka[d] = A.s;
@@ -302,7 +305,7 @@ FD_HD int fd_tbw_key_dkdv(const fd_problem *p, const float *q, const float *k, c
                     ka[2 * D + d] = A.r;
                 }
                 if (x.kept) {
-                    t = fd_tbw_mul(P, dP, (double)dorow[d], 0.0, &bt);
+                    t = fd_tbw_mul(P, dP, (double)dorow[d0 + d], 0.0, &bt);
                     fd_tb_acc A = {va[d], va[D + d], va[2 * D + d]};
                     fd_tb_acc_add(&A, t, bt);
                     va[d] = A.s;
@@ -316,18 +319,18 @@ FD_HD int fd_tbw_key_dkdv(const fd_problem *p, const float *q, const float *k, c
     int nd = 0;
     for (int d = 0; d < D; d++) {
         const fd_tb_acc A = {ka[d], ka[D + d], ka[2 * D + d]}, B = {va[d], va[D + d], va[2 * D + d]};
-        double x1 = A.s, d1 = (double)INFINITY, x2 = B.s, d2 = (double)INFINITY;
+        double x1 = A.s, e1 = (double)INFINITY, x2 = B.s, e2 = (double)INFINITY;
         int o1 = 0, o2 = 0;
         if (good) {
-            o1 = fd_tbw_final(&A, nk, sigma, r, dr, (int)p->dtype, &x1, &d1);
-            o2 = fd_tbw_final(&B, nv, 1.0, r, dr, (int)p->dtype, &x2, &d2);
+            o1 = fd_tbw_final(&A, nk, sigma, r, dr, (int)p->dtype, &x1, &e1);
+            o2 = fd_tbw_final(&B, nv, 1.0, r, dr, (int)p->dtype, &x2, &e2);
         }
-        dk[d] = x1;
-        dv[d] = x2;
-        if (bdk) bdk[d] = d1;
-        if (bdv) bdv[d] = d2;
-        okk[d] = (unsigned char)o1;
-        okv[d] = (unsigned char)o2;
+        dk[d0 + d] = x1;
+        dv[d0 + d] = x2;
+        if (bdk) bdk[d0 + d] = e1;
+        if (bdv) bdv[d0 + d] = e2;
+        okk[d0 + d] = (unsigned char)o1;
+        okv[d0 + d] = (unsigned char)o2;
         nd += o1 + o2;
     }
     return nd;

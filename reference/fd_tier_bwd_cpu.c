@@ -90,7 +90,7 @@ int fd_tier_bwd_cpu(const fd_problem *p, const float *q, const float *k, const f
             fd_tb_row_init(&w, p, q, k, v, b, h, qrows[x]);
             const size_t o = (size_t)t * (size_t)D;
             nd += fd_tbw_row_dq(&w, dout + (w.q - q), &stat[((long)b * H + h) * Sq + qrows[x]], NULL, r, dr,
-                                (int)p->dtype, acc, out->dq + o, out->bdq ? out->bdq + o : NULL, out->okq + o);
+                                (int)p->dtype, 0, D, acc, out->dq + o, out->bdq ? out->bdq + o : NULL, out->okq + o);
         }
 #pragma omp for schedule(dynamic, 1)
         for (long t = 0; t < ntk; t++) {
@@ -98,7 +98,7 @@ int fd_tier_bwd_cpu(const fd_problem *p, const float *q, const float *k, const f
             const int x = (int)(t % nk), hk = (int)((t / nk) % Hk), b = (int)(t / nk / Hk);
             const size_t o = (size_t)t * (size_t)D;
             nd += fd_tbw_key_dkdv(p, q, k, v, dout, b, hk, krows[x], &stat[((long)b * H + (long)hk * G) * Sq], r, dr,
-                                  acc, out->dk + o, out->dv + o, out->bdk ? out->bdk + o : NULL,
+                                  0, D, acc, out->dk + o, out->dv + o, out->bdk ? out->bdk + o : NULL,
                                   out->bdv ? out->bdv + o : NULL, out->okk + o, out->okv + o);
         }
         free(kbuf);

@@ -1,16 +1,19 @@
 /* fd_tier_bwd_gpu.cu: the backward binary64 tier on the GPU (contract in fd_tier_cpu.h).
  *
  * The same bounded steps as the CPU tier (reference/fd_tier_bwd.h, compiled for the device
- * with __dmul_rn and friends and --fmad=false), one thread per task in three launches:
- *   1. the statistics (m, L, M) of every row of every (batch, head), keys evaluated again in
- *      each of the three passes (no per-thread key buffer);
- *   2. dQ of each listed (batch, head, query row);
- *   3. dK and dV of each listed (batch, kv head, key row), over the group's heads and rows.
- * The sums run in the CPU tier's order; only exp, log and tanh (CUDA's libdevice instead of
+ * with __dmul_rn and friends and --fmad=false), in three launches:
+ *   1. the statistics (m, L, M) of every row of every (batch, head), a thread per row, keys
+ *      evaluated again in each of the three passes (no per-thread key buffer);
+ *   2. dQ of each listed (batch, head, query row), a thread per row and block of
+ *      FD_TBG_COLS columns (each thread evaluates the row's keys, accumulates its columns);
+ *   3. dK and dV of each listed (batch, kv head, key row) over the group's heads and rows, a
+ *      thread per key and block of FD_TBG_COLS columns likewise.
+ * Every sum runs in the CPU tier's order; only exp, log and tanh (CUDA's libdevice instead of
  * glibc) may make the two tiers' values differ in the last bits; each is within its own
- * bound of the truth. One thread per task is the simple form (the accumulators, 3 or 6
- * head_dim doubles, live in local memory); a warp per task as in the forward GPU tier is the
- * next step if it is too slow. */
+ * bound of the truth. Simple on purpose (no GPU was at hand to tune it): the accumulators
+ * (3 or 6 x 32 doubles) live in local memory, and the keys' dot products are repeated per
+ * column block; a warp per task with lanes over the columns, as in the forward GPU tier, is
+ * the next step if it is too slow. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +25,7 @@
 #include "fd_tier_cpu.h"
 
 #define FD_TBG_THREADS 64
+#define FD_TBG_COLS 32 /* columns per thread in launches 2 and 3 */
 
 __global__ void __launch_bounds__(FD_TBG_THREADS)
 fd_tier_bwd_stat_kernel(fd_problem p, const float *__restrict__ q, const float *__restrict__ k,
@@ -46,16 +50,17 @@ fd_tier_bwd_dq_kernel(fd_problem p, const float *__restrict__ q, const float *__
                       double *__restrict__ dq, double *__restrict__ bdq, unsigned char *__restrict__ okq,
                       unsigned long long *__restrict__ ndec)
 {
-    const long t = (long)blockIdx.x * FD_TBG_THREADS + (long)threadIdx.x;
+    const int H = p.heads, D = p.head_dim, nc = (D + FD_TBG_COLS - 1) / FD_TBG_COLS;
+    const long tc = (long)blockIdx.x * FD_TBG_THREADS + (long)threadIdx.x, t = tc / nc;
     if (t >= ntq) return;
-    const int H = p.heads, D = p.head_dim;
+    const int d0 = (int)(tc % nc) * FD_TBG_COLS, d1 = min(D, d0 + FD_TBG_COLS);
     const int x = (int)(t % nq), h = (int)((t / nq) % H), b = (int)(t / nq / H);
-    double acc[3 * FD_TB_HEAD_DIM_MAX];
+    double acc[3 * FD_TBG_COLS];
     fd_tb_row w;
     fd_tb_row_init(&w, &p, q, k, v, b, h, qrows[x]);
     const size_t o = (size_t)t * (size_t)D;
     const int n = fd_tbw_row_dq(&w, dout + (w.q - q), &stat[((long)b * H + h) * p.seqlen_q + qrows[x]],
-                                (fd_tbw_key *)0, r, dr, (int)p.dtype, acc, dq + o, bdq + o, okq + o);
+                                (fd_tbw_key *)0, r, dr, (int)p.dtype, d0, d1, acc, dq + o, bdq + o, okq + o);
     atomicAdd(ndec, (unsigned long long)n);
 }
 
@@ -67,14 +72,15 @@ fd_tier_bwd_dkdv_kernel(fd_problem p, const float *__restrict__ q, const float *
                         double *__restrict__ bdv, unsigned char *__restrict__ okk, unsigned char *__restrict__ okv,
                         unsigned long long *__restrict__ ndec)
 {
-    const long t = (long)blockIdx.x * FD_TBG_THREADS + (long)threadIdx.x;
+    const int H = p.heads, Hk = p.kv_heads, G = H / Hk, D = p.head_dim, nc = (D + FD_TBG_COLS - 1) / FD_TBG_COLS;
+    const long tc = (long)blockIdx.x * FD_TBG_THREADS + (long)threadIdx.x, t = tc / nc;
     if (t >= ntk) return;
-    const int H = p.heads, Hk = p.kv_heads, G = H / Hk, D = p.head_dim;
+    const int d0 = (int)(tc % nc) * FD_TBG_COLS, d1 = min(D, d0 + FD_TBG_COLS);
     const int x = (int)(t % nk), hk = (int)((t / nk) % Hk), b = (int)(t / nk / Hk);
-    double acc[6 * FD_TB_HEAD_DIM_MAX];
+    double acc[6 * FD_TBG_COLS];
     const size_t o = (size_t)t * (size_t)D;
     const int n = fd_tbw_key_dkdv(&p, q, k, v, dout, b, hk, krows[x], &stat[((long)b * H + (long)hk * G) * p.seqlen_q],
-                                  r, dr, acc, dk + o, dv + o, bdk + o, bdv + o, okk + o, okv + o);
+                                  r, dr, d0, d1, acc, dk + o, dv + o, bdk + o, bdv + o, okk + o, okv + o);
     atomicAdd(ndec, (unsigned long long)n);
 }
 
@@ -91,7 +97,8 @@ extern "C" int fd_tier_bwd_gpu(const fd_problem *p, const float *q, const float 
     const int D = p->head_dim, H = p->heads, Hk = p->kv_heads;
     const long nstat = (long)p->batch * H * p->seqlen_q, ntq = (long)p->batch * H * nq,
                ntk = (long)p->batch * Hk * nk;
-    if (blocks_of(nstat) > 0x7fffffffL || blocks_of(ntq) > 0x7fffffffL || blocks_of(ntk) > 0x7fffffffL)
+    const long nc = (D + FD_TBG_COLS - 1) / FD_TBG_COLS;
+    if (blocks_of(nstat) > 0x7fffffffL || blocks_of(ntq * nc) > 0x7fffffffL || blocks_of(ntk * nc) > 0x7fffffffL)
         FD_FAIL("GPU backward reference tier: %ld rows is too many for one launch", nstat);
     const size_t nqe = fd_q_numel(p), nkv = fd_kv_numel(p);
     const size_t nqv = (size_t)ntq * (size_t)D, nkvv = (size_t)ntk * (size_t)D;
@@ -127,14 +134,14 @@ extern "C" int fd_tier_bwd_gpu(const fd_problem *p, const float *q, const float 
         *p, dq_in.as<float>(), dk_in.as<float>(), dv_in.as<float>(), ddo.as<float>(), nstat, dstat.as<fd_tbw_stat>());
     FD_LAUNCH_CHECK();
     if (ntq > 0) {
-        fd_tier_bwd_dq_kernel<<<(unsigned)blocks_of(ntq), FD_TBG_THREADS>>>(
+        fd_tier_bwd_dq_kernel<<<(unsigned)blocks_of(ntq * nc), FD_TBG_THREADS>>>(
             *p, dq_in.as<float>(), dk_in.as<float>(), dv_in.as<float>(), ddo.as<float>(), dqr.as<int>(), nq, ntq,
             dstat.as<fd_tbw_stat>(), r, dr, ddq.as<double>(), dbq.as<double>(), dokq.as<unsigned char>(),
             dcnt.as<unsigned long long>());
         FD_LAUNCH_CHECK();
     }
     if (ntk > 0) {
-        fd_tier_bwd_dkdv_kernel<<<(unsigned)blocks_of(ntk), FD_TBG_THREADS>>>(
+        fd_tier_bwd_dkdv_kernel<<<(unsigned)blocks_of(ntk * nc), FD_TBG_THREADS>>>(
             *p, dq_in.as<float>(), dk_in.as<float>(), dv_in.as<float>(), ddo.as<float>(), dkr.as<int>(), nk, ntk,
             dstat.as<fd_tbw_stat>(), r, dr, ddk.as<double>(), ddv.as<double>(), dbk.as<double>(), dbv.as<double>(),
             dokk.as<unsigned char>(), dokv.as<unsigned char>(), dcnt.as<unsigned long long>());
