@@ -354,8 +354,9 @@ int fd_reference_bwd_tiered(const fd_problem *p, const float *q, const float *k,
         if (any) und[nund++] = g;
     }
     const double t1 = fd_now_s();
-    rc = mpfr_bwd_groups(p, q, k, v, dout, qrows, nq, krows, nk, und, nund, qsel, ksel, jobs, dq, dk, dv,
-                         undecided_out, precmax_out, &nval, err, errlen);
+    if (nund > 0)
+        rc = mpfr_bwd_groups(p, q, k, v, dout, qrows, nq, krows, nk, und, nund, qsel, ksel, jobs, dq, dk, dv,
+                             undecided_out, precmax_out, &nval, err, errlen);
     st->seconds_mpfr = fd_now_s() - t1;
     if (rc) goto out;
     st->rows_mpfr = nund;
