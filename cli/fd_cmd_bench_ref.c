@@ -19,7 +19,8 @@
  * tiered reference (GPU tier + MPFR for the undecided rows, N threads).
  * --cases FILE: instead, the reference stage alone over a case file's cases, rows as the
  * run would choose them (--reference-budget, default 2 s) and the tier of --reference
- * (default auto): values, decided by the tier, MPFR calls made and avoided, seconds.
+ * (default auto): values, decided by the tier, MPFR calls made and avoided, seconds; and the
+ * backward reference of its backward cases (the rows a run checks) likewise.
  * Markdown rows go to stdout and, with --markdown FILE, to FILE. */
 #include <math.h>
 #include <stdarg.h>
@@ -36,6 +37,7 @@
 #include "fd_obtain.h"
 #include "fd_opt.h"
 #include "fd_run.h"
+#include "fd_run_bwd.h"
 #include "fd_runfile.h"
 #include "fd_tier_cpu.h"
 
@@ -186,6 +188,48 @@ static int bench_backward(bench_out *bo, int jobs, int gpu)
     return rc;
 }
 
+/* The backward reference stage's totals over a case file's backward cases. */
+typedef struct {
+    int cases;
+    fd_reftier tier;
+    long values, vtier, calls, avoided;
+    double ttier, tmpfr, tmax;
+} bwd_sum;
+
+/* The backward reference of a backward case on the rows a run checks (the forward's query
+ * rows, fd_bwd_sample_key_rows's key rows), added to *bw. */
+static int bench_case_bwd(const fd_case *c, const fd_casefile *cf, const float *q, const float *k, const float *v,
+                          const int *rows, int nrows, int jobs, fd_reftier tier, bwd_sum *bw, char *err, size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    const size_t D = (size_t)p->head_dim;
+    float *dout = NULL;
+    int *kr = malloc(sizeof(int) * (size_t)(p->seqlen_k + 64));
+    const int nk = kr ? fd_bwd_sample_key_rows(p, cf->rows_per_head, kr) : 0;
+    double *dq = malloc(sizeof(double) * ((size_t)p->batch * (size_t)p->heads * (size_t)nrows * D + 1));
+    double *dk = malloc(sizeof(double) * ((size_t)p->batch * (size_t)p->kv_heads * (size_t)nk * D + 1));
+    double *dv = malloc(sizeof(double) * ((size_t)p->batch * (size_t)p->kv_heads * (size_t)nk * D + 1));
+    int und = 0, pm = 0, rc = -1;
+    fd_ref_stats st;
+    if (!kr || !dq || !dk || !dv) snprintf(err, errlen, "out of memory");
+    else if (!fd_inputs_make_dout(c, &dout, err, errlen))
+        rc = fd_reference_bwd_tiered(p, q, k, v, dout, rows, nrows, kr, nk, jobs, tier, dq, dk, dv, &und, &pm, &st,
+                                     err, errlen);
+    if (!rc) {
+        bw->cases++;
+        bw->tier = st.tier;
+        bw->values += st.values;
+        bw->vtier += st.values_tier;
+        bw->calls += st.rows_mpfr;
+        bw->avoided += st.rows_tier;
+        bw->ttier += st.seconds_tier;
+        bw->tmpfr += st.seconds_mpfr;
+        if (st.seconds_tier + st.seconds_mpfr > bw->tmax) bw->tmax = st.seconds_tier + st.seconds_mpfr;
+    }
+    free(dout); free(kr); free(dq); free(dk); free(dv);
+    return rc;
+}
+
 /* The reference stage over every case of a case file (see the header). */
 static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tier, double budget)
 {
@@ -199,6 +243,9 @@ static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tie
     if (budget >= 0.0) cf.reference_budget = budget;
     long values = 0, vtier = 0, calls = 0, avoided = 0, allc = 0, rows_total = 0;
     double ttier = 0.0, tmpfr = 0.0;
+    bwd_sum bw;
+    memset(&bw, 0, sizeof bw);
+    bw.tier = fd_reftier_resolve(tier);
     const double t0 = fd_now_s();
     int rc = FD_EXIT_PASS;
     fd_reftier used = fd_reftier_resolve(tier);
@@ -228,6 +275,10 @@ static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tie
             allc += nrows == p->seqlen_q;
             rows_total += ntask;
             used = st.tier;
+            if (c->backward && bench_case_bwd(c, &cf, q, k, v, rows, nrows, jobs, tier, &bw, err, sizeof err)) {
+                fprintf(stderr, "flashdrift: bench: case %s (backward): %s\n", c->id, err);
+                rc = FD_EXIT_INTERNAL;
+            }
         }
         free(rows); free(o); free(l); free(q); free(k); free(v);
     }
@@ -237,6 +288,15 @@ static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tie
     emit(bo, "| %s | %s | %d | %d (%ld) | %ld | %ld | %.4f%% | %ld | %ld | %.1f (%.1f + %.1f) |\n", cf.name,
          fd_reftier_name(used), jobs, cf.ncases, allc, rows_total, values,
          values ? 100.0 * (double)vtier / (double)values : 0.0, calls, avoided, dt, ttier, tmpfr);
+    if (bw.cases > 0) {
+        emit(bo, "\n| case file | backward reference | threads | backward cases | values (dQ, dK, dV) | decided by the "
+                 "binary64 tier | MPFR calls (groups) | MPFR calls avoided | seconds (tier + MPFR) | slowest case |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|\n");
+        emit(bo, "| %s | %s | %d | %d | %ld | %.4f%% | %ld | %ld | %.2f (%.2f + %.2f) | %.2f |\n", cf.name,
+             fd_reftier_name(bw.tier), jobs, bw.cases, bw.values,
+             bw.values ? 100.0 * (double)bw.vtier / (double)bw.values : 0.0, bw.calls, bw.avoided,
+             bw.ttier + bw.tmpfr, bw.ttier, bw.tmpfr, bw.tmax);
+    }
     fd_casefile_free(&cf);
     return rc;
 }

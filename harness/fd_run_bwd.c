@@ -56,6 +56,12 @@ static int grad_select(const fd_case_result *res, int g, int role_standard, grad
     return 0;
 }
 
+int fd_bwd_sample_key_rows(const fd_problem *p, int rows_per_head, int *krows)
+{
+    const fd_problem kv = key_view(p);
+    return fd_sample_rows(&kv, rows_per_head, krows);
+}
+
 int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                    const float *v, const float *given_dout, int jobs, fd_case_result *res,
                    float **dout_owned, const float **dout, char *err, size_t errlen)
@@ -73,7 +79,6 @@ int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, cons
         *dout = *dout_owned;
     }
     /* key rows: sampled as query rows are, on the case seen from the keys */
-    const fd_problem kv = key_view(p);
     const int cap = (cf->rows_per_head <= 0 || p->seqlen_k <= cf->rows_per_head) ? p->seqlen_k
                                                                                : cf->rows_per_head + 16;
     bw->krows = malloc(sizeof(int) * (size_t)(cap + 16));
@@ -86,7 +91,7 @@ int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, cons
         snprintf(err, errlen, "out of memory for the backward reference of case %s", c->id);
         return -1;
     }
-    bw->nkrows = fd_sample_rows(&kv, cf->rows_per_head, bw->krows);
+    bw->nkrows = fd_bwd_sample_key_rows(p, cf->rows_per_head, bw->krows);
     const int nkr = bw->nkrows, nqr = res->nrows;
 
     int undecided = 0, precmax = 0;

@@ -14,6 +14,7 @@
 
 #include "fd_inputs.h"
 #include "fd_ref_bwd.h"
+#include "fd_run_bwd.h"
 #include "fd_tier_bwd.h"
 #include "fd_tier_cpu.h"
 
@@ -161,13 +162,5 @@ static inline void tu_bwd_report(const char *what, const tu_btally *tl)
     fflush(stdout);
 }
 
-/* The key rows the backward stage checks: sampled as query rows are, on the keys' view. */
-static inline int tu_key_rows(const fd_problem *p, int rph, int *krows)
-{
-    fd_problem kv = *p;
-    kv.seqlen_q = p->seqlen_k;
-    kv.heads = p->kv_heads;
-    return fd_sample_rows(&kv, rph, krows);
-}
 
 #endif

@@ -194,7 +194,7 @@ Test(gpu_tier, backward_agrees_with_mpfr_and_the_cpu_tier, .timeout = 1800)
         cr_assert_eq(fd_inputs_make_dout(c, &dout, err, sizeof err), 0, "%s", err);
         int *qr = malloc(sizeof(int) * (size_t)(p->seqlen_q + 64)), *kr = malloc(sizeof(int) * (size_t)(p->seqlen_k + 64));
         cr_assert(qr && kr);
-        const int nq = fd_sample_rows(p, cf.rows_per_head, qr), nk = tu_key_rows(p, cf.rows_per_head, kr);
+        const int nq = fd_sample_rows(p, cf.rows_per_head, qr), nk = fd_bwd_sample_key_rows(p, cf.rows_per_head, kr);
         fd_tier_bwd_out g, h;
         tu_check_bwd(bwd_tier_gpu, p, q, k, v, dout, qr, nq, kr, nk, c->id, &tl, &g);
         const size_t nqv = (size_t)p->batch * (size_t)p->heads * (size_t)nq * (size_t)p->head_dim;

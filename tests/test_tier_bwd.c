@@ -49,7 +49,7 @@ static void check_casefile(const char *rel, tu_btally *tl)
         cr_assert_eq(fd_inputs_make_dout(c, &dout, err, sizeof err), 0, "%s", err);
         int *qr = malloc(sizeof(int) * (size_t)(c->prob.seqlen_q + 64)), *kr = malloc(sizeof(int) * (size_t)(c->prob.seqlen_k + 64));
         cr_assert(qr && kr);
-        const int nq = fd_sample_rows(&c->prob, cf.rows_per_head, qr), nk = tu_key_rows(&c->prob, cf.rows_per_head, kr);
+        const int nq = fd_sample_rows(&c->prob, cf.rows_per_head, qr), nk = fd_bwd_sample_key_rows(&c->prob, cf.rows_per_head, kr);
         tu_check_bwd(tu_bwd_tier_cpu, &c->prob, q, k, v, dout, qr, nq, kr, nk, c->id, tl, NULL);
         free(qr); free(kr); free(q); free(k); free(v); free(dout);
     }
