@@ -204,6 +204,40 @@ FD_HD int fd_tbw_final(const fd_tb_acc *a, long nterm, double c1, double r, doub
     return fd_tb_decide(y, b, fd_tb_prec(dtype), fd_tb_emin(dtype));
 }
 
+/* B3 and B5 for the pair (row w, key j) from the row's statistics: P_ij, y_ij with their
+ * bounds, and whether the key is kept. Returns 0 when a value could not be bounded. */
+FD_HD int fd_tbw_pair(const fd_tb_row *w, const float *dorow, const fd_tbw_stat *st, int j, double *P, double *dP,
+                      double *y, double *dy, int *kept)
+{
+    fd_tbw_key x;
+    if (!fd_tbw_key_eval(w, dorow, j, &x) || !fd_tbw_prob(st, &x, P, dP) || !fd_tbw_dsr(st, &x, w->cap, *P, *dP, y, dy))
+        return 0;
+    *kept = x.kept;
+    return 1;
+}
+
+/* B6, one dQ term of column d: A += RN(y kc'), kc' = RN(k_d - kc_d) (centre; <= u |kc'|) or
+ * k_d (exact), by the product rule. */
+FD_HD void fd_tbw_dq_add(fd_tb_acc *A, double y, double dy, float kd, float kcd, int centre)
+{
+    double kv = (double)kd, dk = 0.0;
+    if (centre) {
+        kv = FD_TB_SUB(kv, (double)kcd);
+        dk = FD_TB_MUL(FD_TB_U, fabs(kv));
+    }
+    double bt;
+    const double t = fd_tbw_mul(y, dy, kv, dk, &bt);
+    fd_tb_acc_add(A, t, bt);
+}
+
+/* B6, one dK or dV term: A += RN(x c) for an exact input c (q_d, dO_d). */
+FD_HD void fd_tbw_exact_add(fd_tb_acc *A, double x, double dx, float c)
+{
+    double bt;
+    const double t = fd_tbw_mul(x, dx, (double)c, 0.0, &bt);
+    fd_tb_acc_add(A, t, bt);
+}
+
 /* Step B6 for dQ of one row, columns d0 <= d < d1 (the GPU splits a row's columns over
  * threads; the CPU takes 0, D): acc[0..3 (d1 - d0)) scratch (s, a, r per column); writes
  * dq[d], its bound bdq[d] (may be NULL) and ok[d] for those d; returns the number decided.
@@ -229,15 +263,8 @@ FD_HD int fd_tbw_row_dq(const fd_tb_row *w, const float *dorow, const fd_tbw_sta
         nterm++;
         const float *kr = w->k + (long)j * w->kstride;
         for (int d = 0; d < D; d++) {
-            double kv = (double)kr[d0 + d], dk = 0.0;
-            if (centre) {
-                kv = FD_TB_SUB(kv, (double)kc[d0 + d]);
-                dk = FD_TB_MUL(FD_TB_U, fabs(kv));
-            }
-            double bt;
-            const double t = fd_tbw_mul(y, dy, kv, dk, &bt);
             fd_tb_acc A = {acc[d], acc[D + d], acc[2 * D + d]};
-            fd_tb_acc_add(&A, t, bt);
+            fd_tbw_dq_add(&A, y, dy, kr[d0 + d], kc[d0 + d], centre);
             acc[d] = A.s;
             acc[D + d] = A.a;
             acc[2 * D + d] = A.r;
@@ -284,30 +311,26 @@ FD_HD int fd_tbw_key_dkdv(const fd_problem *p, const float *q, const float *k, c
             fd_tb_row w;
             fd_tb_row_init(&w, p, q, k, v, b, h, i);
             const float *dorow = dout + (w.q - q);
-            fd_tbw_key x;
             double P, dP, y, dy;
-            if (!fd_tbw_key_eval(&w, dorow, j, &x) || !fd_tbw_prob(st, &x, &P, &dP) ||
-                !fd_tbw_dsr(st, &x, w.cap, P, dP, &y, &dy)) {
+            int kept;
+            if (!fd_tbw_pair(&w, dorow, st, j, &P, &dP, &y, &dy, &kept)) {
                 good = 0;
                 break;
             }
             const int addk = !(fd_eq(y, 0.0) && fd_eq(dy, 0.0));
             nk += addk;
-            nv += x.kept;
+            nv += kept;
             for (int d = 0; d < D; d++) {
-                double bt, t;
                 if (addk) {
-                    t = fd_tbw_mul(y, dy, (double)w.q[d0 + d], 0.0, &bt);
                     fd_tb_acc A = {ka[d], ka[D + d], ka[2 * D + d]};
-                    fd_tb_acc_add(&A, t, bt);
+                    fd_tbw_exact_add(&A, y, dy, w.q[d0 + d]);
                     ka[d] = A.s;
                     ka[D + d] = A.a;
                     ka[2 * D + d] = A.r;
                 }
-                if (x.kept) {
-                    t = fd_tbw_mul(P, dP, (double)dorow[d0 + d], 0.0, &bt);
+                if (kept) {
                     fd_tb_acc A = {va[d], va[D + d], va[2 * D + d]};
-                    fd_tb_acc_add(&A, t, bt);
+                    fd_tbw_exact_add(&A, P, dP, dorow[d0 + d]);
                     va[d] = A.s;
                     va[D + d] = A.a;
                     va[2 * D + d] = A.r;

@@ -9,7 +9,8 @@
  * <= 128, and one row per warp, FD_TIER_GPU_ROWS=1) are checked.
  * The backward tier (reference/fd_tier_bwd_gpu.cu): every backward case of cases/backward.json
  * (the run's samples), every decided gradient value against MPFR (fd_test_tier_bwd.h's
- * property) and against the CPU backward tier where both decide (2/1000 ulp); the backward
+ * property) and against the CPU backward tier where both decide (2/1000 ulp), with the warp
+ * kernels (the default) and the thread kernels (FD_TIER_GPU_BWD_SIMPLE=1); the backward
  * stage with --reference auto uses the GPU tier. */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -177,9 +178,8 @@ static int bwd_tier_gpu(const fd_problem *p, const float *q, const float *k, con
     return fd_tier_bwd_gpu(p, q, k, v, dout, qrows, nq, krows, nk, out, err, errlen);
 }
 
-Test(gpu_tier, backward_agrees_with_mpfr_and_the_cpu_tier, .timeout = 1800)
+static void backward_casefile_check(void)
 {
-    SKIP_WITHOUT_GPU();
     fd_casefile cf;
     char err[512];
     cr_assert_eq(fd_casefile_load(tu_path(TU_SOURCE, "cases/backward.json"), &cf, err, sizeof err), 0, "%s", err);
@@ -220,6 +220,19 @@ Test(gpu_tier, backward_agrees_with_mpfr_and_the_cpu_tier, .timeout = 1800)
     printf("gpu backward tier: %ld values decided by both tiers agree to 2/1000 ulp\n", both);
     cr_assert_gt(tl.decided * 10, tl.values * 7, "the GPU backward tier decided only %ld of %ld values", tl.decided,
                  tl.values);
+}
+
+Test(gpu_tier, backward_agrees_with_mpfr_and_the_cpu_tier, .timeout = 1800)
+{
+    SKIP_WITHOUT_GPU();
+    backward_casefile_check(); /* the warp kernels (the default) */
+}
+
+Test(gpu_tier, backward_thread_kernels_agree_with_mpfr_and_the_cpu_tier, .timeout = 1800)
+{
+    SKIP_WITHOUT_GPU();
+    setenv("FD_TIER_GPU_BWD_SIMPLE", "1", 1); /* the thread-per-task kernels */
+    backward_casefile_check();
 }
 
 Test(gpu_tier, backward_stage_uses_the_gpu_tier, .timeout = 300)
