@@ -182,6 +182,9 @@ static int bench_backward(bench_out *bo, int jobs, int gpu)
         c.backward = 1;
         fd_case_make_id(&c, c.id, sizeof c.id);
         rc |= measure_bwd(bo, "backward tiered gpu", &c, jobs, FD_REFTIER_GPU);
+        setenv("FD_TIER_GPU_BWD_SIMPLE", "1", 1); /* the thread kernels, for comparison */
+        rc |= measure_bwd(bo, "backward tiered gpu, thread kernels", &c, jobs, FD_REFTIER_GPU);
+        unsetenv("FD_TIER_GPU_BWD_SIMPLE");
     } else {
         emit(bo, "| backward tiered gpu | - | - | - | - | - | no GPU in this run | - | - |\n");
     }
