@@ -10,8 +10,8 @@
  * The backward tier (reference/fd_tier_bwd_gpu.cu): every backward case of cases/backward.json
  * (the run's samples), every decided gradient value against MPFR (fd_test_tier_bwd.h's
  * property) and against the CPU backward tier where both decide (2/1000 ulp), with the warp
- * kernels (the default) and the thread kernels (FD_TIER_GPU_BWD_SIMPLE=1); the backward
- * stage with --reference auto uses the GPU tier. */
+ * kernels (the default) and the thread kernels (FD_TIER_GPU_BWD_SIMPLE=1), which must give
+ * the same bits; the backward stage with --reference auto uses the GPU tier. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -233,6 +233,59 @@ Test(gpu_tier, backward_thread_kernels_agree_with_mpfr_and_the_cpu_tier, .timeou
     SKIP_WITHOUT_GPU();
     setenv("FD_TIER_GPU_BWD_SIMPLE", "1", 1); /* the thread-per-task kernels */
     backward_casefile_check();
+}
+
+/* Both GPU forms add every term in the CPU tier's order with the same device libm, so their
+ * outputs must be the same bits: flags everywhere, values and bounds where decided (a warp
+ * kernel that broadcast a key's scalars out of order, or from the wrong lane, fails this even
+ * where the result stays within its bound). */
+Test(gpu_tier, backward_warp_and_thread_kernels_same_bits, .timeout = 900)
+{
+    SKIP_WITHOUT_GPU();
+    fd_casefile cf;
+    char err[512];
+    cr_assert_eq(fd_casefile_load(tu_path(TU_SOURCE, "cases/backward.json"), &cf, err, sizeof err), 0, "%s", err);
+    long same = 0;
+    for (int ci = 0; ci < cf.ncases; ci++) {
+        const fd_case *c = &cf.cases[ci];
+        const fd_problem *p = &c->prob;
+        if (!c->backward) continue;
+        float *q, *k, *v, *dout;
+        cr_assert_eq(fd_inputs_make(c, &q, &k, &v, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(fd_inputs_make_dout(c, &dout, err, sizeof err), 0, "%s", err);
+        int *qr = malloc(sizeof(int) * (size_t)(p->seqlen_q + 64)), *kr = malloc(sizeof(int) * (size_t)(p->seqlen_k + 64));
+        cr_assert(qr && kr);
+        const int nq = fd_sample_rows(p, cf.rows_per_head, qr), nk = fd_bwd_sample_key_rows(p, cf.rows_per_head, kr);
+        const size_t nqv = (size_t)p->batch * (size_t)p->heads * (size_t)nq * (size_t)p->head_dim;
+        const size_t nkv = (size_t)p->batch * (size_t)p->kv_heads * (size_t)nk * (size_t)p->head_dim;
+        fd_tier_bwd_out a = tu_bwd_out_alloc(nqv, nkv), t = tu_bwd_out_alloc(nqv, nkv);
+        unsetenv("FD_TIER_GPU_BWD_SIMPLE");
+        cr_assert_eq(fd_tier_bwd_gpu(p, q, k, v, dout, qr, nq, kr, nk, &a, err, sizeof err), 0, "%s", err);
+        setenv("FD_TIER_GPU_BWD_SIMPLE", "1", 1);
+        cr_assert_eq(fd_tier_bwd_gpu(p, q, k, v, dout, qr, nq, kr, nk, &t, err, sizeof err), 0, "%s", err);
+        unsetenv("FD_TIER_GPU_BWD_SIMPLE");
+        cr_assert_eq(a.ndecided, t.ndecided, "%s: warp kernels decided %ld values, thread kernels %ld", c->id,
+                     a.ndecided, t.ndecided);
+        for (int w = 0; w < 3; w++) {
+            const double *xa = w == 0 ? a.dq : w == 1 ? a.dk : a.dv, *xt = w == 0 ? t.dq : w == 1 ? t.dk : t.dv;
+            const double *ba = w == 0 ? a.bdq : w == 1 ? a.bdk : a.bdv, *bt = w == 0 ? t.bdq : w == 1 ? t.bdk : t.bdv;
+            const unsigned char *oa = w == 0 ? a.okq : w == 1 ? a.okk : a.okv, *ot = w == 0 ? t.okq : w == 1 ? t.okk : t.okv;
+            for (size_t e = 0; e < (w ? nkv : nqv); e++) {
+                cr_assert_eq(oa[e], ot[e], "%s: gradient %d element %zu decided by one GPU form only", c->id, w, e);
+                if (!oa[e]) continue;
+                cr_assert(!memcmp(&xa[e], &xt[e], 8) && !memcmp(&ba[e], &bt[e], 8),
+                          "%s: gradient %d element %zu: warp %a (bound %a), thread %a (bound %a)", c->id, w, e, xa[e],
+                          ba[e], xt[e], bt[e]);
+                same++;
+            }
+        }
+        tu_bwd_out_free(&a);
+        tu_bwd_out_free(&t);
+        free(qr); free(kr); free(q); free(k); free(v); free(dout);
+    }
+    fd_casefile_free(&cf);
+    printf("gpu backward tier: %ld decided values, the same bits from the warp and the thread kernels\n", same);
+    cr_assert_gt(same, 0);
 }
 
 Test(gpu_tier, backward_stage_uses_the_gpu_tier, .timeout = 300)
