@@ -8,6 +8,9 @@
  *   tier-cpu-1   fd_reference_rows_tiered, CPU tier, one thread, every row of one head;
  *   tier-cpu-N   the same on N threads, every row of every head;
  *   tier-gpu     the GPU tier (when built and a GPU is present), every row of every head.
+ * Then the backward (fd_reference_bwd_tiered), H 2 over 1 kv head, N 512, d 128, fp16, every
+ * query and key row: MPFR and the CPU tier on one group with one thread and on `jobs` groups
+ * (B = jobs) with N threads, the GPU tier on the latter; outputs = dQ, dK, dV values.
  * The tiered lines include their MPFR fallback. An output is one value (O or LSE) returned
  * decided: the MPFR lines count every value (correctly rounded), the tiered ones too (each
  * decided by the tier, or by MPFR for the rows it sent there).
@@ -16,7 +19,8 @@
  * tiered reference (GPU tier + MPFR for the undecided rows, N threads).
  * --cases FILE: instead, the reference stage alone over a case file's cases, rows as the
  * run would choose them (--reference-budget, default 2 s) and the tier of --reference
- * (default auto): values, decided by the tier, MPFR calls made and avoided, seconds.
+ * (default auto): values, decided by the tier, MPFR calls made and avoided, seconds; and the
+ * backward reference of its backward cases (the rows a run checks) likewise.
  * Markdown rows go to stdout and, with --markdown FILE, to FILE. */
 #include <math.h>
 #include <stdarg.h>
@@ -33,6 +37,7 @@
 #include "fd_obtain.h"
 #include "fd_opt.h"
 #include "fd_run.h"
+#include "fd_run_bwd.h"
 #include "fd_runfile.h"
 #include "fd_tier_cpu.h"
 
@@ -120,6 +125,114 @@ static int measure(bench_out *bo, const char *name, const fd_problem *p, const f
     return 0;
 }
 
+/* One backward line: the backward reference (fd_reference_bwd_tiered) of every query row and
+ * every key row of case c through tier t on `jobs` threads; outputs = dQ, dK, dV values. */
+static int measure_bwd(bench_out *bo, const char *name, const fd_case *c, int jobs, fd_reftier t)
+{
+    const fd_problem *p = &c->prob;
+    const size_t nqv = fd_q_numel(p), nkv = fd_kv_numel(p);
+    float *q = NULL, *k = NULL, *v = NULL, *dout = NULL;
+    double *dq = malloc(sizeof(double) * nqv), *dk = malloc(sizeof(double) * nkv), *dv = malloc(sizeof(double) * nkv);
+    int *qr = malloc(sizeof(int) * (size_t)p->seqlen_q), *kr = malloc(sizeof(int) * (size_t)p->seqlen_k);
+    char err[512] = "out of memory";
+    int und = 0, pm = 0, rc = -1;
+    fd_ref_stats st;
+    memset(&st, 0, sizeof st);
+    if (dq && dk && dv && qr && kr && !fd_inputs_make(c, &q, &k, &v, err, sizeof err) &&
+        !fd_inputs_make_dout(c, &dout, err, sizeof err)) {
+        for (int i = 0; i < p->seqlen_q; i++) qr[i] = i;
+        for (int j = 0; j < p->seqlen_k; j++) kr[j] = j;
+        const double t0 = fd_now_s();
+        rc = fd_reference_bwd_tiered(p, q, k, v, dout, qr, p->seqlen_q, kr, p->seqlen_k, jobs, t, dq, dk, dv, &und,
+                                     &pm, &st, err, sizeof err);
+        const double dt = fd_now_s() - t0;
+        if (!rc)
+            emit(bo, "| %s | B %d, %d groups | %d | %ld | %.3f | %.3g | %.4f%% | %ld | %ld |\n", name, p->batch,
+                 p->batch * p->kv_heads, jobs, st.values, dt, (double)st.values / dt,
+                 100.0 * (double)st.values_tier / (double)st.values, st.rows_mpfr, st.rows_tier);
+    }
+    if (rc) fprintf(stderr, "flashdrift: bench: %s: %s\n", name, err);
+    free(q); free(k); free(v); free(dout); free(dq); free(dk); free(dv); free(qr); free(kr);
+    return rc;
+}
+
+/* The backward lines (docs/benchmarks.md, "Reference"): B x (H 2 over 1 kv head), N 512,
+ * d 128, fp16, no mask; one group for the one-thread lines, `jobs` groups (B = jobs) for the
+ * others (MPFR runs one group per thread). */
+static int bench_backward(bench_out *bo, int jobs, int gpu)
+{
+    int rc = 0;
+    emit(bo, "\nBackward: H 2 over 1 kv head (GQA), N 512, d 128, fp16, no mask, N(0,1) inputs and dO; every query "
+             "and key row; outputs = dQ, dK and dV values.\n\n");
+    emit(bo, "| reference | problem | threads | outputs | seconds | outputs/s | decided by the binary64 tier | MPFR calls "
+             "(groups) | MPFR calls avoided |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (int big = 0; big < 2; big++) {
+        const int B = big ? jobs : 1, th = big ? jobs : 1;
+        if (big && jobs == 1) break;
+        fd_case c = mk_case(B, 2, 512, 128, FD_MASK_NONE);
+        c.prob.kv_heads = 1;
+        c.backward = 1;
+        fd_case_make_id(&c, c.id, sizeof c.id);
+        rc |= measure_bwd(bo, "backward mpfr", &c, th, FD_REFTIER_MPFR);
+        rc |= measure_bwd(bo, "backward tiered cpu", &c, th, FD_REFTIER_CPU);
+    }
+    if (gpu) {
+        fd_case c = mk_case(jobs, 2, 512, 128, FD_MASK_NONE);
+        c.prob.kv_heads = 1;
+        c.backward = 1;
+        fd_case_make_id(&c, c.id, sizeof c.id);
+        rc |= measure_bwd(bo, "backward tiered gpu", &c, jobs, FD_REFTIER_GPU);
+        setenv("FD_TIER_GPU_BWD_SIMPLE", "1", 1); /* the thread kernels, for comparison */
+        rc |= measure_bwd(bo, "backward tiered gpu, thread kernels", &c, jobs, FD_REFTIER_GPU);
+        unsetenv("FD_TIER_GPU_BWD_SIMPLE");
+    } else {
+        emit(bo, "| backward tiered gpu | - | - | - | - | - | no GPU in this run | - | - |\n");
+    }
+    return rc;
+}
+
+/* The backward reference stage's totals over a case file's backward cases. */
+typedef struct {
+    int cases;
+    fd_reftier tier;
+    long values, vtier, calls, avoided;
+    double ttier, tmpfr, tmax;
+} bwd_sum;
+
+/* The backward reference of a backward case on the rows a run checks (the forward's query
+ * rows, fd_bwd_sample_key_rows's key rows), added to *bw. */
+static int bench_case_bwd(const fd_case *c, const fd_casefile *cf, const float *q, const float *k, const float *v,
+                          const int *rows, int nrows, int jobs, fd_reftier tier, bwd_sum *bw, char *err, size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    const size_t D = (size_t)p->head_dim;
+    float *dout = NULL;
+    int *kr = malloc(sizeof(int) * (size_t)(p->seqlen_k + 64));
+    const int nk = kr ? fd_bwd_sample_key_rows(p, cf->rows_per_head, kr) : 0;
+    double *dq = malloc(sizeof(double) * ((size_t)p->batch * (size_t)p->heads * (size_t)nrows * D + 1));
+    double *dk = malloc(sizeof(double) * ((size_t)p->batch * (size_t)p->kv_heads * (size_t)nk * D + 1));
+    double *dv = malloc(sizeof(double) * ((size_t)p->batch * (size_t)p->kv_heads * (size_t)nk * D + 1));
+    int und = 0, pm = 0, rc = -1;
+    fd_ref_stats st;
+    if (!kr || !dq || !dk || !dv) snprintf(err, errlen, "out of memory");
+    else if (!fd_inputs_make_dout(c, &dout, err, errlen))
+        rc = fd_reference_bwd_tiered(p, q, k, v, dout, rows, nrows, kr, nk, jobs, tier, dq, dk, dv, &und, &pm, &st,
+                                     err, errlen);
+    if (!rc) {
+        bw->cases++;
+        bw->tier = st.tier;
+        bw->values += st.values;
+        bw->vtier += st.values_tier;
+        bw->calls += st.rows_mpfr;
+        bw->avoided += st.rows_tier;
+        bw->ttier += st.seconds_tier;
+        bw->tmpfr += st.seconds_mpfr;
+        if (st.seconds_tier + st.seconds_mpfr > bw->tmax) bw->tmax = st.seconds_tier + st.seconds_mpfr;
+    }
+    free(dout); free(kr); free(dq); free(dk); free(dv);
+    return rc;
+}
+
 /* The reference stage over every case of a case file (see the header). */
 static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tier, double budget)
 {
@@ -133,6 +246,9 @@ static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tie
     if (budget >= 0.0) cf.reference_budget = budget;
     long values = 0, vtier = 0, calls = 0, avoided = 0, allc = 0, rows_total = 0;
     double ttier = 0.0, tmpfr = 0.0;
+    bwd_sum bw;
+    memset(&bw, 0, sizeof bw);
+    bw.tier = fd_reftier_resolve(tier);
     const double t0 = fd_now_s();
     int rc = FD_EXIT_PASS;
     fd_reftier used = fd_reftier_resolve(tier);
@@ -162,6 +278,10 @@ static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tie
             allc += nrows == p->seqlen_q;
             rows_total += ntask;
             used = st.tier;
+            if (c->backward && bench_case_bwd(c, &cf, q, k, v, rows, nrows, jobs, tier, &bw, err, sizeof err)) {
+                fprintf(stderr, "flashdrift: bench: case %s (backward): %s\n", c->id, err);
+                rc = FD_EXIT_INTERNAL;
+            }
         }
         free(rows); free(o); free(l); free(q); free(k); free(v);
     }
@@ -171,6 +291,15 @@ static int bench_cases(bench_out *bo, const char *path, int jobs, fd_reftier tie
     emit(bo, "| %s | %s | %d | %d (%ld) | %ld | %ld | %.4f%% | %ld | %ld | %.1f (%.1f + %.1f) |\n", cf.name,
          fd_reftier_name(used), jobs, cf.ncases, allc, rows_total, values,
          values ? 100.0 * (double)vtier / (double)values : 0.0, calls, avoided, dt, ttier, tmpfr);
+    if (bw.cases > 0) {
+        emit(bo, "\n| case file | backward reference | threads | backward cases | values (dQ, dK, dV) | decided by the "
+                 "binary64 tier | MPFR calls (groups) | MPFR calls avoided | seconds (tier + MPFR) | slowest case |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|\n");
+        emit(bo, "| %s | %s | %d | %d | %ld | %.4f%% | %ld | %ld | %.2f (%.2f + %.2f) | %.2f |\n", cf.name,
+             fd_reftier_name(bw.tier), jobs, bw.cases, bw.values,
+             bw.values ? 100.0 * (double)bw.vtier / (double)bw.values : 0.0, bw.calls, bw.avoided,
+             bw.ttier + bw.tmpfr, bw.ttier, bw.tmpfr, bw.tmax);
+    }
     fd_casefile_free(&cf);
     return rc;
 }
@@ -262,6 +391,7 @@ int fd_bench_reference(int argc, char **argv)
         unsetenv("FD_TIER_GPU_ROWS");
     }
     if (!gpu) emit(&bo, "| tiered gpu | - | - | - | - | no GPU in this run | - | - |\n");
+    if (bench_backward(&bo, jobs, gpu)) rc = FD_EXIT_INTERNAL;
     free(q);
     free(k);
     free(v);

@@ -22,7 +22,8 @@
     "  --quiet            no progress, backends line or totals line\n"                             \
     "  --reference T      auto (default: the binary64 tier on the GPU when present, else on\n"     \
     "                     the CPU, MPFR for the rows it leaves undecided), cpu, gpu, or mpfr\n"     \
-    "                     (MPFR for every row: correctly rounded binary64)\n"                       \
+    "                     (MPFR for every row: correctly rounded binary64); the backward's\n"      \
+    "                     gradients likewise (MPFR per (batch, kv head) group left undecided)\n"  \
     "  --reference-budget S  check every query row when the estimated reference time of a\n"      \
     "                     case is at most S seconds (default 2), else the case file's sample;\n"   \
     "                     0: always the sample\n"

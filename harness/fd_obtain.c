@@ -8,6 +8,7 @@
 
 #include "fd_obtain.h"
 #include "fd_ref.h"
+#include "fd_ref_bwd.h"
 #include "fd_tier.h"
 #include "fd_tier_cpu.h"
 
@@ -195,3 +196,179 @@ int fd_backend_obtain(const fd_casefile *cf, const fd_case *c, const fd_backend 
     return be->run(cf, c, q, k, v, rows, nrows, o, *lse, ms, err, errlen);
 }
 
+
+/* MPFR (fd_ref_bwd_group) on the groups listed in groups (ngr of them; NULL: every group),
+ * each on the query-row slots with qsel[g * nq + x] set and the key-row slots with
+ * ksel[g * nk + x] set (NULL: every slot), into dq [b][h][x][d] and dk, dv [b][hk][x][d] at
+ * those slots. *nvalues receives the values recomputed. */
+static int mpfr_bwd_groups(const fd_problem *p, const float *q, const float *k, const float *v, const float *dout,
+                           const int *qrows, int nq, const int *krows, int nk, const long *groups, long ngr,
+                           const unsigned char *qsel, const unsigned char *ksel, int jobs, double *dq, double *dk,
+                           double *dv, int *undecided_out, int *precmax_out, long *nvalues, char *err, size_t errlen)
+{
+    fd_ref_opts ro;
+    fd_ref_opts_default(&ro);
+    const int D = p->head_dim, G = p->heads / p->kv_heads;
+    int undecided = 0, precmax = 0, failed = 0;
+    long nval = 0;
+    char ref_err[256] = "";
+#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs > 0 ? jobs : 1) reduction(+ : undecided, nval) reduction(max : precmax)
+    for (long x = 0; x < ngr; x++) {
+        if (fd_interrupted || failed) continue;
+        const long t = groups ? groups[x] : x;
+        const int b = (int)(t / p->kv_heads), hk = (int)(t % p->kv_heads);
+        int *qs = malloc(sizeof(int) * (size_t)(nq + 1) * 2), *ks = malloc(sizeof(int) * (size_t)(nk + 1) * 2);
+        double *gq = malloc(sizeof(double) * ((size_t)G * (size_t)nq * (size_t)D + 1));
+        double *gk = malloc(sizeof(double) * ((size_t)nk * (size_t)D + 1));
+        double *gv = malloc(sizeof(double) * ((size_t)nk * (size_t)D + 1));
+        char e2[256] = "out of memory";
+        fd_ref_bwd_info info = {0, 0};
+        int bad = !qs || !ks || !gq || !gk || !gv;
+        int sq = 0, sk = 0; /* the chosen slots: rows in qs[0..sq), their slots in qs[nq + 1 + ..] */
+        if (!bad) {
+            for (int r = 0; r < nq; r++)
+                if (!qsel || qsel[t * nq + r]) {
+                    qs[sq] = qrows[r];
+                    qs[nq + 1 + sq++] = r;
+                }
+            for (int r = 0; r < nk; r++)
+                if (!ksel || ksel[t * nk + r]) {
+                    ks[sk] = krows[r];
+                    ks[nk + 1 + sk++] = r;
+                }
+            bad = fd_ref_bwd_group(p, q, k, v, dout, b, hk, qs, sq, ks, sk, &ro, gq, gk, gv, NULL, &info, e2,
+                                   sizeof e2);
+        }
+        if (bad) {
+#pragma omp critical
+            {
+                failed = 1;
+                snprintf(ref_err, sizeof ref_err, "%s", e2);
+            }
+        } else {
+            /* [h_in_group][slot][d] into [b][h][r][d]; [slot][d] into [b][hk][r][d] */
+            for (int g = 0; g < G; g++)
+                for (int y = 0; y < sq; y++)
+                    memcpy(dq + ((((size_t)b * (size_t)p->heads + (size_t)(hk * G + g)) * (size_t)nq +
+                                  (size_t)qs[nq + 1 + y]) * (size_t)D),
+                           gq + ((size_t)g * (size_t)sq + (size_t)y) * (size_t)D, sizeof(double) * (size_t)D);
+            for (int y = 0; y < sk; y++) {
+                const size_t o = ((size_t)t * (size_t)nk + (size_t)ks[nk + 1 + y]) * (size_t)D;
+                memcpy(dk + o, gk + (size_t)y * (size_t)D, sizeof(double) * (size_t)D);
+                memcpy(dv + o, gv + (size_t)y * (size_t)D, sizeof(double) * (size_t)D);
+            }
+            nval += ((long)G * sq + 2L * sk) * D;
+            undecided += info.undecided;
+            if (info.prec_used > precmax) precmax = info.prec_used;
+        }
+        free(qs);
+        free(ks);
+        free(gq);
+        free(gk);
+        free(gv);
+    }
+    *undecided_out = undecided;
+    *precmax_out = precmax;
+    *nvalues = nval;
+    if (fd_interrupted) {
+        snprintf(err, errlen, "interrupted");
+        return -1;
+    }
+    if (failed) {
+        snprintf(err, errlen, "backward reference failed: %s", ref_err);
+        return -1;
+    }
+    return 0;
+}
+
+int fd_reference_bwd_tiered(const fd_problem *p, const float *q, const float *k, const float *v, const float *dout,
+                            const int *qrows, int nq, const int *krows, int nk, int jobs, fd_reftier tier,
+                            double *dq, double *dk, double *dv, int *undecided_out, int *precmax_out,
+                            fd_ref_stats *st, char *err, size_t errlen)
+{
+    fd_ref_stats s0;
+    if (!st) st = &s0;
+    const int D = p->head_dim, G = p->heads / p->kv_heads;
+    const long ngroups = (long)p->batch * p->kv_heads;
+    const size_t nqv = (size_t)p->batch * (size_t)p->heads * (size_t)nq * (size_t)D;
+    const size_t nkv = (size_t)ngroups * (size_t)nk * (size_t)D;
+    const double t0 = fd_now_s();
+    memset(st, 0, sizeof *st);
+    st->tier = fd_reftier_resolve(tier);
+    if (tier == FD_REFTIER_AUTO && st->tier == FD_REFTIER_GPU && D > FD_TB_HEAD_DIM_MAX) st->tier = FD_REFTIER_CPU;
+    st->values = (long)(nqv + 2 * nkv);
+    *undecided_out = *precmax_out = 0;
+    long nval = 0;
+    if (st->tier != FD_REFTIER_MPFR && (p->varlen > 0 || p->page_size > 0)) st->tier = FD_REFTIER_MPFR; /* declined */
+    if (st->tier == FD_REFTIER_MPFR) {
+        const int rc = mpfr_bwd_groups(p, q, k, v, dout, qrows, nq, krows, nk, NULL, ngroups, NULL, NULL, jobs, dq,
+                                       dk, dv, undecided_out, precmax_out, &nval, err, errlen);
+        st->values_mpfr = nval;
+        st->rows_mpfr = ngroups;
+        st->seconds_mpfr = fd_now_s() - t0;
+        return rc;
+    }
+    fd_tier_bwd_out to;
+    memset(&to, 0, sizeof to);
+    to.dq = dq;
+    to.dk = dk;
+    to.dv = dv;
+    to.okq = malloc(nqv + 1);
+    to.okk = malloc(nkv + 1);
+    to.okv = malloc(nkv + 1);
+    unsigned char *qsel = calloc((size_t)ngroups * (size_t)nq + 1, 1), *ksel = calloc((size_t)ngroups * (size_t)nk + 1, 1);
+    long *und = malloc(sizeof(long) * (size_t)(ngroups + 1));
+    int rc = -1;
+    if (!to.okq || !to.okk || !to.okv || !qsel || !ksel || !und) {
+        snprintf(err, errlen, "out of memory for the backward reference tier");
+        goto out;
+    }
+    rc = st->tier == FD_REFTIER_GPU ? fd_tier_bwd_gpu(p, q, k, v, dout, qrows, nq, krows, nk, &to, err, errlen)
+                                    : fd_tier_bwd_cpu(p, q, k, v, dout, qrows, nq, krows, nk, jobs, &to, err, errlen);
+    st->seconds_tier = fd_now_s() - t0;
+    if (rc) goto out;
+    /* The query-row slots (any head of the group) and key-row slots with an undecided value
+     * go to MPFR, one call per group that has any. */
+    long nund = 0;
+    for (long g = 0; g < ngroups; g++) {
+        int any = 0;
+        for (int hh = 0; hh < G; hh++)
+            for (int x = 0; x < nq; x++) {
+                const size_t o = (((size_t)g * (size_t)G + (size_t)hh) * (size_t)nq + (size_t)x) * (size_t)D;
+                for (int d = 0; d < D; d++)
+                    if (!to.okq[o + (size_t)d]) {
+                        qsel[g * nq + x] = 1;
+                        any = 1;
+                        break;
+                    }
+            }
+        for (int x = 0; x < nk; x++) {
+            const size_t o = ((size_t)g * (size_t)nk + (size_t)x) * (size_t)D;
+            for (int d = 0; d < D; d++)
+                if (!to.okk[o + (size_t)d] || !to.okv[o + (size_t)d]) {
+                    ksel[g * nk + x] = 1;
+                    any = 1;
+                    break;
+                }
+        }
+        if (any) und[nund++] = g;
+    }
+    const double t1 = fd_now_s();
+    if (nund > 0)
+        rc = mpfr_bwd_groups(p, q, k, v, dout, qrows, nq, krows, nk, und, nund, qsel, ksel, jobs, dq, dk, dv,
+                             undecided_out, precmax_out, &nval, err, errlen);
+    st->seconds_mpfr = fd_now_s() - t1;
+    if (rc) goto out;
+    st->rows_mpfr = nund;
+    st->rows_tier = ngroups - nund;
+    st->values_mpfr = nval;
+    st->values_tier = st->values - nval;
+out:
+    free(to.okq);
+    free(to.okk);
+    free(to.okv);
+    free(qsel);
+    free(ksel);
+    free(und);
+    return rc;
+}

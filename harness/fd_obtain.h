@@ -27,6 +27,17 @@ int fd_reference_rows_tiered(const fd_problem *p, const float *q, const float *k
                              const int *rows, int nrows, int jobs, fd_reftier tier, double *ref_o,
                              double *ref_lse, int *undecided, int *precmax, fd_ref_stats *st, char *err,
                              size_t errlen);
+/* The backward reference (dQ of the listed query rows, dK and dV of the listed key rows, every
+ * (batch, kv head) group; dq [b][h][r][d], dk, dv [b][hk][t][d]) through the same tiers: the
+ * binary64 backward tier (fd_tier_bwd.h) on the GPU or the CPU, then fd_ref_bwd_group (MPFR)
+ * once per group that has an undecided value, on the query-row and key-row slots holding
+ * one (varlen and paged problems: MPFR for all). st: values = gradient values, values_tier
+ * / values_mpfr who gave them, rows_mpfr = MPFR calls (groups), rows_tier = groups taken
+ * whole from the tier. */
+int fd_reference_bwd_tiered(const fd_problem *p, const float *q, const float *k, const float *v, const float *dout,
+                            const int *qrows, int nq, const int *krows, int nk, int jobs, fd_reftier tier,
+                            double *dq, double *dk, double *dv, int *undecided, int *precmax, fd_ref_stats *st,
+                            char *err, size_t errlen);
 /* The estimated seconds of the reference for the listed rows of every (batch, head) with
  * `jobs` threads: visible keys x head_dim x a per-tier cost (docs/reference.md). */
 double fd_reference_estimate(const fd_problem *p, const int *rows, int nrows, int jobs, fd_reftier tier);

@@ -230,6 +230,24 @@ static json_t *metrics_json(const fd_case_result *r, const fd_backend_result *b)
     return j;
 }
 
+/* The reference tiers' counts (docs/reference.md) into a reference object: the forward's
+ * (mpfr_calls: rows) and the backward's (mpfr_calls: (batch, kv head) groups). */
+static void ref_stats_json(json_t *rf, const fd_ref_stats *st, int sampling)
+{
+    json_object_set_new(rf, "tier", json_string(fd_reftier_name(st->tier)));
+    if (sampling) { /* the forward's: every row or a sample, and the estimate that chose */
+        json_object_set_new(rf, "rows", json_string(st->all_rows ? "all" : "sampled"));
+        json_object_set_new(rf, "estimate_seconds", fd_json_num(st->estimate_s));
+    }
+    json_object_set_new(rf, "values", json_integer((json_int_t)st->values));
+    json_object_set_new(rf, "values_tier", json_integer((json_int_t)st->values_tier));
+    json_object_set_new(rf, "values_mpfr", json_integer((json_int_t)st->values_mpfr));
+    json_object_set_new(rf, "mpfr_calls", json_integer((json_int_t)st->rows_mpfr));
+    json_object_set_new(rf, "mpfr_calls_avoided", json_integer((json_int_t)st->rows_tier));
+    json_object_set_new(rf, "seconds_tier", fd_json_num(st->seconds_tier));
+    json_object_set_new(rf, "seconds_mpfr", fd_json_num(st->seconds_mpfr));
+}
+
 json_t *fd_report_case_json(const fd_case_result *r)
 {
     const fd_problem *p = &r->c.prob;
@@ -257,19 +275,7 @@ json_t *fd_report_case_json(const fd_case_result *r)
     else json_decref(skipped);
     /* the reference tiers (docs/reference.md): who decided what, all rows or a sample */
     json_t *rf = json_object_get(j, "reference");
-    if (rf && r->ref.values > 0) {
-        const fd_ref_stats *st = &r->ref;
-        json_object_set_new(rf, "tier", json_string(fd_reftier_name(st->tier)));
-        json_object_set_new(rf, "rows", json_string(st->all_rows ? "all" : "sampled"));
-        json_object_set_new(rf, "estimate_seconds", fd_json_num(st->estimate_s));
-        json_object_set_new(rf, "values", json_integer((json_int_t)st->values));
-        json_object_set_new(rf, "values_tier", json_integer((json_int_t)st->values_tier));
-        json_object_set_new(rf, "values_mpfr", json_integer((json_int_t)st->values_mpfr));
-        json_object_set_new(rf, "mpfr_calls", json_integer((json_int_t)st->rows_mpfr));
-        json_object_set_new(rf, "mpfr_calls_avoided", json_integer((json_int_t)st->rows_tier));
-        json_object_set_new(rf, "seconds_tier", fd_json_num(st->seconds_tier));
-        json_object_set_new(rf, "seconds_mpfr", fd_json_num(st->seconds_mpfr));
-    }
+    if (rf && r->ref.values > 0) ref_stats_json(rf, &r->ref, 1);
     /* FlashAttention's score modifiers, present only when on (older reports unchanged) */
     if (p->window) json_object_set_new(j, "window", json_pack("[i, i]", p->window_left, p->window_right));
     if (p->softcap > 0.0f) json_object_set_new(j, "softcap", fd_json_num((double)p->softcap));
@@ -315,6 +321,8 @@ json_t *fd_report_case_json(const fd_case_result *r)
                                w->dq_mode == FD_DQ_DETERMINISTIC ? "deterministic" : "atomic", "key_rows_checked", kr,
                                "reference", "undecided", w->ref_undecided, "max_precision", w->ref_prec_max,
                                "seconds", fd_json_num(w->ref_seconds));
+        json_t *bref = json_object_get(bj, "reference");
+        if (bref && w->ref.values > 0) ref_stats_json(bref, &w->ref, 0);
         if (w->order_checked)
             json_object_set_new(bj, "dq_order_model",
                                 json_pack("{s:s, s:I, s:I, s:o}", "orders", "desc, shuffle(1) vs asc",

@@ -7,7 +7,6 @@
 #include "fd_cpu_bwd.h"
 #include "fd_dtype.h"
 #include "fd_inputs.h"
-#include "fd_ref_bwd.h"
 #include "fd_obtain.h"
 #include "fd_run_bwd.h"
 
@@ -57,13 +56,19 @@ static int grad_select(const fd_case_result *res, int g, int role_standard, grad
     return 0;
 }
 
+int fd_bwd_sample_key_rows(const fd_problem *p, int rows_per_head, int *krows)
+{
+    const fd_problem kv = key_view(p);
+    return fd_sample_rows(&kv, rows_per_head, krows);
+}
+
 int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                    const float *v, const float *given_dout, int jobs, fd_case_result *res,
                    float **dout_owned, const float **dout, char *err, size_t errlen)
 {
     const fd_problem *p = &c->prob;
     fd_bwd_result *bw = &res->bwd;
-    const int D = p->head_dim, G = p->heads / p->kv_heads;
+    const int D = p->head_dim;
     bw->active = 1;
     bw->dq_mode = cf->bwd.dq_mode;
     *dout_owned = NULL;
@@ -74,7 +79,6 @@ int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, cons
         *dout = *dout_owned;
     }
     /* key rows: sampled as query rows are, on the case seen from the keys */
-    const fd_problem kv = key_view(p);
     const int cap = (cf->rows_per_head <= 0 || p->seqlen_k <= cf->rows_per_head) ? p->seqlen_k
                                                                                : cf->rows_per_head + 16;
     bw->krows = malloc(sizeof(int) * (size_t)(cap + 16));
@@ -87,56 +91,18 @@ int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, cons
         snprintf(err, errlen, "out of memory for the backward reference of case %s", c->id);
         return -1;
     }
-    bw->nkrows = fd_sample_rows(&kv, cf->rows_per_head, bw->krows);
+    bw->nkrows = fd_bwd_sample_key_rows(p, cf->rows_per_head, bw->krows);
     const int nkr = bw->nkrows, nqr = res->nrows;
 
-    fd_ref_opts ro;
-    fd_ref_opts_default(&ro);
-    const long ngroups = (long)p->batch * p->kv_heads;
-    int undecided = 0, precmax = 0, failed = 0;
-    char ref_err[256] = "";
+    int undecided = 0, precmax = 0;
     const double t0 = fd_now_s();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs) reduction(+ : undecided) reduction(max : precmax)
-    for (long t = 0; t < ngroups; t++) {
-        if (fd_interrupted || failed) continue;
-        const int b = (int)(t / p->kv_heads), hk = (int)(t % p->kv_heads);
-        double *dq = malloc(sizeof(double) * (size_t)G * (size_t)(nqr ? nqr : 1) * (size_t)D);
-        char e2[256] = "out of memory";
-        fd_ref_bwd_info info = {0, 0};
-        int bad = !dq;
-        if (!bad)
-            bad = fd_ref_bwd_group(p, q, k, v, *dout, b, hk, res->rows, nqr, bw->krows, nkr, &ro, dq,
-                                   bw->ref_dk + (size_t)t * (size_t)nkr * (size_t)D,
-                                   bw->ref_dv + (size_t)t * (size_t)nkr * (size_t)D, NULL, &info, e2, sizeof e2);
-        if (bad) {
-#pragma omp critical
-            {
-                failed = 1;
-                snprintf(ref_err, sizeof ref_err, "%s", e2);
-            }
-            free(dq);
-            continue;
-        }
-        /* [h_in_group][r][d] into [b][h][r][d] */
-        for (int g = 0; g < G; g++)
-            memcpy(bw->ref_dq + (((size_t)b * (size_t)p->heads + (size_t)(hk * G + g)) * (size_t)nqr) * (size_t)D,
-                   dq + (size_t)g * (size_t)nqr * (size_t)D, sizeof(double) * (size_t)nqr * (size_t)D);
-        free(dq);
-        undecided += info.undecided;
-        if (info.prec_used > precmax) precmax = info.prec_used;
-    }
+    const int rc = fd_reference_bwd_tiered(p, q, k, v, *dout, res->rows, nqr, bw->krows, nkr, jobs, cf->reference,
+                                           bw->ref_dq, bw->ref_dk, bw->ref_dv, &undecided, &precmax, &bw->ref, err,
+                                           errlen);
     bw->ref_seconds = fd_now_s() - t0;
     bw->ref_undecided = undecided;
     bw->ref_prec_max = precmax;
-    if (fd_interrupted) {
-        snprintf(err, errlen, "interrupted");
-        return -1;
-    }
-    if (failed) {
-        snprintf(err, errlen, "backward reference failed: %s", ref_err);
-        return -1;
-    }
-    return 0;
+    return rc;
 }
 
 /* Checked elements of gradient g where a and b differ, and the largest difference in

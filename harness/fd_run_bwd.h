@@ -14,6 +14,9 @@
 #define FD_RUN_BWD_H
 #include "fd_verdict.h"
 
+/* The checked key rows of a backward case: sampled as query rows are (fd_sample_rows), on the
+ * case seen from the keys; krows needs room for min(seqlen_k, rows_per_head + 16) + 16. */
+int fd_bwd_sample_key_rows(const fd_problem *p, int rows_per_head, int *krows);
 int fd_bwd_prepare(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                    const float *v, const float *given_dout, int jobs, fd_case_result *res,
                    float **dout_owned, const float **dout, char *err, size_t errlen);

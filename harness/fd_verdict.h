@@ -165,6 +165,7 @@ typedef struct fd_bwd_result {
     double *ref_dq, *ref_dk, *ref_dv;
     int ref_undecided, ref_prec_max;
     double ref_seconds;
+    fd_ref_stats ref;            /* which reference tier decided which gradient values */
     /* the replay's order model: dQ of the first flash kernel replayed with its partials
      * added in descending and a shuffled order, against ascending: elements that
      * differ and the largest difference in ulps of the dtype */

@@ -163,6 +163,10 @@ FD_HD void fd_tb_dot_step(double *acc, double *r, double qd, double kd)
 
 /* The rest of step 1 from the dot product (acc, r). */
 FD_HD int fd_tb_logit_finish(const fd_tb_row *w, int j, double acc, double r, double *s, double *ds);
+/* The same, also giving (when tc is not NULL) the softcap's t' = tanh(x') and a bound *dtc on
+ * |t' - tanh(s / c)| (the backward's dl/ds = 1 - t^2 needs it; both 0 without the cap). */
+FD_HD int fd_tb_logit_finish_t(const fd_tb_row *w, int j, double acc, double r, double *s, double *ds,
+                               double *tc, double *dtc);
 
 FD_HD int fd_tb_logit(const fd_tb_row *w, int j, double *s, double *ds)
 {
@@ -172,15 +176,23 @@ FD_HD int fd_tb_logit(const fd_tb_row *w, int j, double *s, double *ds)
     return fd_tb_logit_finish(w, j, acc, r, s, ds);
 }
 
-FD_HD int fd_tb_logit_finish(const fd_tb_row *w, int j, double acc, double r, double *s, double *ds)
+FD_HD int fd_tb_logit_finish_t(const fd_tb_row *w, int j, double acc, double r, double *s, double *ds,
+                               double *tc, double *dtc)
 {
     double x = FD_TB_MUL(w->sigma, acc);
     double e = FD_TB_ADD(FD_TB_MUL(fabs(w->sigma), FD_TB_MUL(FD_TB_U, r)), FD_TB_MUL(FD_TB_U, fabs(x)));
+    if (tc) *tc = *dtc = 0.0;
     if (w->cap > 0.0) {
         const double xc = FD_TB_DIV(x, w->cap);
         const double t = tanh(xc);
+        /* |xc' - s/c| <= e/c + u |xc'|; tanh is 1-Lipschitz; tanh itself within K ulp */
+        const double et = FD_TB_ADD(FD_TB_MUL(FD_TB_U, fabs(xc)), FD_TB_MUL(FD_TB_LIBM, fabs(t)));
+        if (tc) {
+            *tc = t;
+            *dtc = fd_tb_up(FD_TB_ADD(FD_TB_DIV(e, w->cap), et));
+        }
         x = FD_TB_MUL(w->cap, t);
-        e = FD_TB_ADD(e, FD_TB_MUL(w->cap, FD_TB_ADD(FD_TB_MUL(FD_TB_U, fabs(xc)), FD_TB_MUL(FD_TB_LIBM, fabs(t)))));
+        e = FD_TB_ADD(e, FD_TB_MUL(w->cap, et));
         e = FD_TB_ADD(e, FD_TB_MUL(FD_TB_U, fabs(x)));
     }
     if (!fd_eq(w->slope, 0.0)) {
@@ -192,6 +204,11 @@ FD_HD int fd_tb_logit_finish(const fd_tb_row *w, int j, double acc, double r, do
     *s = x;
     *ds = fd_tb_up(e);
     return isfinite(x) && isfinite(e);
+}
+
+FD_HD int fd_tb_logit_finish(const fd_tb_row *w, int j, double acc, double r, double *s, double *ds)
+{
+    return fd_tb_logit_finish_t(w, j, acc, r, s, ds, (double *)0, (double *)0);
 }
 
 /* Step 2, the weight e'_j = exp(RN(s'_j - m')) and a bound *be on |e'_j - exp(s_j - m')|.

@@ -18,7 +18,10 @@
 #include "fd_gate.h"
 #include "fd_import.h"
 #include "fd_inputs.h"
+#include "fd_report.h"
+#include "fd_metrics.h"
 #include "fd_run.h"
+#include "fd_run_bwd.h"
 #include "fd_run_import.h"
 #include "fd_test_util.h"
 
@@ -77,6 +80,50 @@ Test(backward, ci_cases_pass_on_the_replay_and_standard)
             cr_expect_eq(r.be[0].g.m[g].nan_count, 0);
         }
         fd_case_result_free(&r);
+    }
+}
+
+/* The backward's reference stage honours the case file's reference tier: the CPU binary64
+ * tier gives the exact gradients to 1/1000 ulp of the dtype of MPFR's (GQA causal, rows with
+ * no key, softcap), its counts add up, and the report's backward.reference says so. */
+Test(backward, reference_tiers_give_mpfrs_gradients)
+{
+    const char *ids[] = {BR_CASE, EMPTY_CASE, CAP_CASE};
+    const fd_backend *bes[] = {be("cpu-flash")};
+    for (int t = 0; t < 3; t++) {
+        fd_case_result r[2];
+        char err[512];
+        const fd_reftier saved = g_cf.reference;
+        for (int w = 0; w < 2; w++) {
+            g_cf.reference = w ? FD_REFTIER_CPU : FD_REFTIER_MPFR;
+            cr_assert_eq(fd_run_case(&g_cf, find(ids[t]), bes, 1, 2, 1, &r[w], err, sizeof err), 0, "%s", err);
+        }
+        g_cf.reference = saved;
+        const fd_ref_stats *sm = &r[0].bwd.ref, *st = &r[1].bwd.ref;
+        cr_assert_eq(sm->tier, FD_REFTIER_MPFR);
+        cr_assert_eq(st->tier, FD_REFTIER_CPU);
+        cr_assert_eq(sm->values_mpfr, sm->values);
+        cr_assert_eq(st->values, sm->values);
+        cr_assert_eq(st->values_tier + st->values_mpfr, st->values);
+        cr_assert_gt(st->values_tier, st->values / 2, "%s: the tier decided %ld of %ld", ids[t], st->values_tier,
+                     st->values);
+        const fd_dtype dt = find(ids[t])->prob.dtype;
+        for (int g = 0; g < FD_NGRAD; g++) {
+            const double *a = g == 0 ? r[0].bwd.ref_dq : g == 1 ? r[0].bwd.ref_dk : r[0].bwd.ref_dv;
+            const double *b = g == 0 ? r[1].bwd.ref_dq : g == 1 ? r[1].bwd.ref_dk : r[1].bwd.ref_dv;
+            const size_t n = fd_bwd_count(&r[0], g);
+            for (size_t x = 0; x < n; x++)
+                cr_assert(fabs(a[x] - b[x]) <= fd_ulp_in_dtype(a[x], dt) / 1000.0,
+                          "%s %s element %zu: MPFR %a, tiered %a", ids[t], fd_grad_names[g], x, a[x], b[x]);
+        }
+        json_t *j = fd_report_case_json(&r[1]);
+        json_t *rf = json_object_get(json_object_get(j, "backward"), "reference");
+        cr_assert_str_eq(json_string_value(json_object_get(rf, "tier")), "cpu");
+        cr_assert_eq(json_integer_value(json_object_get(rf, "values_tier")), st->values_tier);
+        cr_assert_eq(json_integer_value(json_object_get(rf, "mpfr_calls")), st->rows_mpfr);
+        json_decref(j);
+        fd_case_result_free(&r[0]);
+        fd_case_result_free(&r[1]);
     }
 }
 
