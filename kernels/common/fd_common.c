@@ -10,6 +10,8 @@ const char *fd_dtype_name(fd_dtype t)
     case FD_DT_FP16: return "fp16";
     case FD_DT_BF16: return "bf16";
     case FD_DT_FP32: return "fp32";
+    case FD_DT_E4M3: return "e4m3";
+    case FD_DT_E5M2: return "e5m2";
     }
     return "?";
 }
@@ -70,8 +72,35 @@ int fd_problem_check_varlen(const fd_problem *p, char *err, size_t errlen)
 }
 /* ---- end variable-length batches ---- */
 
+/* ---- FP8 (issue 15 item 4) ---- */
+int fd_problem_check_fp8(const fd_problem *p, char *err, size_t errlen)
+{
+    const float ds[3] = {p->q_descale, p->k_descale, p->v_descale};
+    static const char *const nm[3] = {"q_descale", "k_descale", "v_descale"};
+    for (int t = 0; t < 3; t++) {
+        if (!fd_dtype_is_fp8(p->dtype) && !(fd_eqf(ds[t], 0.0f) || fd_eqf(ds[t], 1.0f))) {
+            snprintf(err, errlen, "%s %g: descale factors apply to FP8 dtypes (e4m3, e5m2) only, got dtype %s",
+                     nm[t], (double)ds[t], fd_dtype_name(p->dtype));
+            return -1;
+        }
+        if (!(ds[t] >= 0.0f) || isinf(ds[t])) {
+            snprintf(err, errlen, "%s %g: expected a finite number > 0 (0: 1)", nm[t], (double)ds[t]);
+            return -1;
+        }
+    }
+    if (fd_dtype_is_fp8(p->dtype) &&
+        (p->dropout_p > 0.0 || p->window || p->softcap > 0.0f || p->alibi || p->varlen || p->page_size > 0)) {
+        snprintf(err, errlen, "dtype %s: dropout, window, softcap, alibi, varlen and paged KV are not modelled "
+                 "for FP8 (expected plain attention, causal or not)", fd_dtype_name(p->dtype));
+        return -1;
+    }
+    return 0;
+}
+/* ---- end FP8 ---- */
+
 int fd_problem_check_mods(const fd_problem *p, char *err, size_t errlen)
 {
+    if (fd_problem_check_fp8(p, err, errlen)) return -1;
     if (p->window && (p->window_left < -1 || p->window_right < -1)) {
         snprintf(err, errlen, "window (%d, %d): each side must be >= 0, or -1 for unbounded",
                  p->window_left, p->window_right);

@@ -11,7 +11,13 @@
 #include <stdint.h>
 #include "fd_hd.h"
 
-typedef enum { FD_DT_FP16 = 0, FD_DT_BF16 = 1, FD_DT_FP32 = 2 } fd_dtype;
+/* FD_DT_E4M3 / FD_DT_E5M2: FP8 inputs (issue 15 item 4, docs/fp8.md): Q, K, V hold the
+ * exact values of FP8 codes and the problem's per-tensor descale factors give the
+ * dequantised values (x * x_descale); the output is bfloat16 (fd_out_dtype), as
+ * FlashAttention-3's FP8 forward writes it. */
+typedef enum { FD_DT_FP16 = 0, FD_DT_BF16 = 1, FD_DT_FP32 = 2, FD_DT_E4M3 = 3, FD_DT_E5M2 = 4 } fd_dtype;
+#define FD_NDTYPES 5
+FD_HD int fd_dtype_is_fp8(fd_dtype t) { return t == FD_DT_E4M3 || t == FD_DT_E5M2; }
 
 typedef enum {
     FD_MASK_NONE = 0,
@@ -76,7 +82,21 @@ typedef struct fd_problem {
     int cache_seqlens[FD_PAGED_MAX_BATCH];
     const int *block_table;
     /* ---- end paged KV cache ---- */
+    /* ---- FP8 (issue 15 item 4): per-tensor descale factors, FlashAttention-3's q_descale,
+     * k_descale, v_descale (one float per tensor). The dequantised inputs are Q q_descale,
+     * K k_descale, V v_descale; fd_descale() reads 0 (a memset problem) as 1. Only FP8
+     * dtypes use them (fd_problem_check_fp8). ---- */
+    float q_descale, k_descale, v_descale;
+    /* ---- end FP8 ---- */
 } fd_problem;
+
+/* ---- FP8 (issue 15 item 4): helpers ---- */
+/* A descale factor as the kernels use it: 0 (unset) means 1. */
+FD_HD float fd_descale(float d) { return d > 0.0f ? d : 1.0f; }
+/* The dtype of O: bfloat16 for FP8 inputs (FlashAttention-3: "For FP8 input, output must
+ * have dtype BF16"), else the input dtype. Metrics count ulps of this dtype. */
+FD_HD fd_dtype fd_out_dtype(fd_dtype t) { return fd_dtype_is_fp8(t) ? FD_DT_BF16 : t; }
+/* ---- end FP8 ---- */
 
 /* Does the problem use a window, softcap, ALiBi, variable-length sequences or a paged KV
  * cache (the features only the forward kernels and the reference support so far)? */
@@ -292,6 +312,12 @@ int fd_splitkv_heuristic(const fd_problem *p, int num_sms);
 /* The split count a split-KV backend uses: cfg_splits (>= 1) or, for 0, the heuristic. */
 int fd_splitkv_splits(const fd_problem *p, int cfg_splits, int num_sms);
 /* ---- end paged KV cache ---- */
+/* ---- FP8 (issue 15 item 4) ---- */
+/* FP8 problems: descales finite and > 0 (0: 1), no dropout, softcap, ALiBi, window,
+ * varlen or paged KV (not modelled for FP8 yet); non-FP8 problems: descales 0 or 1.
+ * 0, or -1 with err naming the field and what was expected. */
+int fd_problem_check_fp8(const fd_problem *p, char *err, size_t errlen);
+/* ---- end FP8 ---- */
 /* The standard ALiBi slopes 2^(-8 (h + 1) / heads), h = 0 .. heads - 1. */
 void fd_alibi_default_slopes(int heads, float *slopes);
 /* "window (l, r), softcap c, alibi" (only what is on); returns the length. */
