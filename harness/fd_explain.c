@@ -354,7 +354,7 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
             return -1;
         }
         int rc = fd_attn64(p, &va, qd, kd, vd, x->rows, x->nrows, od, err, errlen);
-        for (size_t f = 0; !rc && f < fd_q_numel(p); f++) o[f] = fd_round_to_dtype((float)od[f], p->dtype);
+        for (size_t f = 0; !rc && f < fd_q_numel(p); f++) o[f] = fd_round_to_dtype((float)od[f], fd_out_dtype(p->dtype));
         free(od);
         return rc;
     }
@@ -373,7 +373,7 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
     int rc = run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
     if (!rc && post_scale)
         for (size_t f = 0; f < fd_q_numel(p); f++)
-            if (!isnan(o[f])) o[f] = fd_round_to_dtype(o[f] * (float)(1.0 - p->dropout_p), p->dtype);
+            if (!isnan(o[f])) o[f] = fd_round_to_dtype(o[f] * (float)(1.0 - p->dropout_p), fd_out_dtype(p->dtype));
     return rc;
 }
 
@@ -773,7 +773,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         double kmax = 0.0;
         for (size_t i = 0; i < n; i++)
             if (isfinite(kout[i])) kmax = fmax(kmax, fabs(kout[i]));
-        ex->hypo_limit = fmax(ex->limit, 2.0 * fd_ulp_in_dtype(kmax, p->dtype));
+        ex->hypo_limit = fmax(ex->limit, 2.0 * fd_ulp_in_dtype(kmax, fd_out_dtype(p->dtype)));
         fd_attn_variant va;
         double *cand = malloc(nq * sizeof(double));
         if (!cand) FD_FAIL_OOM();
