@@ -270,6 +270,12 @@ json_t *fd_report_case_json(const fd_case_result *r)
         json_object_set_new(rf, "seconds_tier", fd_json_num(st->seconds_tier));
         json_object_set_new(rf, "seconds_mpfr", fd_json_num(st->seconds_mpfr));
     }
+    /* FP8 (issue 15 item 4): the descales and the output dtype, present only for FP8 cases */
+    if (fd_dtype_is_fp8(p->dtype))
+        json_object_set_new(j, "fp8", json_pack("{s:o, s:o, s:o, s:s, s:s}", "q_descale", fd_json_num((double)fd_descale(p->q_descale)),
+                                                "k_descale", fd_json_num((double)fd_descale(p->k_descale)), "v_descale",
+                                                fd_json_num((double)fd_descale(p->v_descale)), "descale",
+                                                r->c.fp8_unit_descale ? "one" : "amax", "out_dtype", "bf16"));
     /* FlashAttention's score modifiers, present only when on (older reports unchanged) */
     if (p->window) json_object_set_new(j, "window", json_pack("[i, i]", p->window_left, p->window_right));
     if (p->softcap > 0.0f) json_object_set_new(j, "softcap", fd_json_num((double)p->softcap));
