@@ -2,6 +2,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
+#include "fd_dtype.h"
 #include "fd_problem.h"
 
 const char *fd_dtype_name(fd_dtype t)
@@ -94,6 +96,28 @@ int fd_problem_check_fp8(const fd_problem *p, char *err, size_t errlen)
                  "for FP8 (expected plain attention, causal or not)", fd_dtype_name(p->dtype));
         return -1;
     }
+    return 0;
+}
+
+int fd_fp8_dequant_bf16(const fd_problem *p, const float *q, const float *k, const float *v, fd_problem *pb,
+                        float **qb, float **kb, float **vb)
+{
+    const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
+    *pb = *p;
+    pb->dtype = FD_DT_BF16;
+    pb->q_descale = pb->k_descale = pb->v_descale = 0.0f;
+    *qb = malloc(sizeof(float) * (nq ? nq : 1));
+    *kb = malloc(sizeof(float) * (nkv ? nkv : 1));
+    *vb = malloc(sizeof(float) * (nkv ? nkv : 1));
+    if (!*qb || !*kb || !*vb) {
+        free(*qb); free(*kb); free(*vb);
+        *qb = *kb = *vb = NULL;
+        return -1;
+    }
+    const float dq = fd_descale(p->q_descale), dk = fd_descale(p->k_descale), dv = fd_descale(p->v_descale);
+    for (size_t e = 0; e < nq; e++) (*qb)[e] = fd_round_to_dtype(q[e] * dq, FD_DT_BF16);
+    for (size_t e = 0; e < nkv; e++) (*kb)[e] = fd_round_to_dtype(k[e] * dk, FD_DT_BF16);
+    for (size_t e = 0; e < nkv; e++) (*vb)[e] = fd_round_to_dtype(v[e] * dv, FD_DT_BF16);
     return 0;
 }
 /* ---- end FP8 ---- */

@@ -33,7 +33,7 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg)
     cfg->splits = 4;
     cfg->sms = 132;
     cfg->o_round_up = 0;
-    cfg->fp8_max_offset = 8;
+    cfg->fp8_max_offset = FD_FP8_MAX_OFFSET;
 }
 
 /* x rounded to the dtype toward +Inf: the planted bias of fd_flash_cfg.o_round_up. */
@@ -102,6 +102,7 @@ typedef struct {
     const float *q, *k, *v;
     double *s, *pt;
     float *ptf;
+    float *pperm, *vperm; /* FP8: P and a V column of a tile in the kernel's k order */
     /* paged KV cache: the physical caches (the logical K, V scattered through the block
      * table, fd_paged_scatter) that K and V are read from, and a V tile gathered from
      * its pages for the PV products */
@@ -224,10 +225,18 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
                 for (int c = 0; c < nk; c++) a += x->pt[c] * (double)vd[(size_t)c * vstride];
                 acc[d] = a;
             } else if (x->fp8 && x->pv != FD_ACC_SEQ) {
-                /* the FP8 mma: P (e4m3; binary32 when P is not rounded) times V (the dtype) */
+                /* the FP8 mma: P (e4m3; binary32 when P is not rounded) times V (the dtype), the
+                 * keys of each 32-key chunk in the kernel's k order (fd_fp8_pv_key; keys past
+                 * nk are the kernel's zero padding) */
                 const fd_tc_fp8_params prm = FD_TC_FP8_DEFAULT;
-                acc[d] = (double)fd_dot_tc_fp8(&prm, x->ptf, 1, (x->cfg->p_fp32 || xpr) ? FD_DT_FP32 : FD_DT_E4M3, vd,
-                                               vstride, p->dtype, nk, (float)acc[d]);
+                const int np = (nk + 31) / 32 * 32;
+                for (int c = 0; c < np; c++) {
+                    const int key = (c & ~31) + fd_fp8_pv_key(c & 31);
+                    x->pperm[c] = key < nk ? x->ptf[key] : 0.0f;
+                    x->vperm[c] = key < nk ? vd[(size_t)key * vstride] : 0.0f;
+                }
+                acc[d] = (double)fd_dot_tc_fp8(&prm, x->pperm, 1, (x->cfg->p_fp32 || xpr) ? FD_DT_FP32 : FD_DT_E4M3,
+                                               x->vperm, 1, p->dtype, np, (float)acc[d]);
             } else {
                 acc[d] = (double)fd_dot_acc_dt(x->pv, x->ptf, 1, vd, vstride, nk, (float)acc[d],
                                                p->dtype);
@@ -272,7 +281,7 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
         /* FA3 (flash_fwd_kernel_sm90.h): softmax_scale_log2 *= q_descale * k_descale, in
          * binary32, the descale product first */
         const float qd = fd_descale(p->q_descale), kd = fd_descale(p->k_descale);
-        x->scale_log2 = x->scale_log2 * (qd * kd);
+        x->scale_log2 = fd_fp8_scale_log2(p);
         x->scale_log2_d = (double)p->softmax_scale * (double)qd * (double)kd * FD_LOG2E;
         x->max_off = (float)cfg->fp8_max_offset;
         x->vds = fd_descale(p->v_descale);
@@ -284,7 +293,9 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
     x->s = malloc(sizeof(double) * (size_t)cfg->bc);
     x->pt = malloc(sizeof(double) * (size_t)cfg->bc);
     x->ptf = malloc(sizeof(float) * (size_t)cfg->bc);
-    int oom = !x->s || !x->pt || !x->ptf;
+    x->pperm = malloc(sizeof(float) * (size_t)(cfg->bc + 32));
+    x->vperm = malloc(sizeof(float) * (size_t)(cfg->bc + 32));
+    int oom = !x->s || !x->pt || !x->ptf || !x->pperm || !x->vperm;
     if (!oom && p->page_size > 0) {
         x->own_pages = !(kc && vc);
         x->kp = x->own_pages ? malloc(sizeof(float) * fd_paged_numel(p)) : (float *)(uintptr_t)kc;
@@ -306,13 +317,13 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
 
 static void ctx_free(fd_flash_ctx *x)
 {
-    free(x->s); free(x->pt); free(x->ptf); free(x->vt);
+    free(x->s); free(x->pt); free(x->ptf); free(x->vt); free(x->pperm); free(x->vperm);
     if (x->own_pages) {
         free(x->kp);
         free(x->vp);
     }
     x->s = x->pt = NULL;
-    x->ptf = x->kp = x->vp = x->vt = NULL;
+    x->ptf = x->kp = x->vp = x->vt = x->pperm = x->vperm = NULL;
 }
 
 static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact, const float *q, const float *k,
@@ -400,7 +411,7 @@ static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                 lse[fd_lse_index(p, b, h, i)] =
                     empty ? (double)INFINITY
                           : (xsm || xfin) ? m * x.scale_log2_d * 0.69314718055994530942 + log(l) - (double)x.max_off * 0.69314718055994530942
-                                          : (double)fmaf((float)m, x.scale_lse, logf((float)l * exp2f(-x.max_off)));
+                                          : (double)fmaf((float)m, x.scale_lse, logf((float)l * ldexpf(1.0f, -cfg->fp8_max_offset)));
             else
             lse[fd_lse_index(p, b, h, i)] =
                 empty ? (double)INFINITY
@@ -528,7 +539,7 @@ static int splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                     /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
                     const float inv = 1.0f / (float)l, sc = x.fp8 ? inv * x.vds : inv * rp;
                     for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;
-                    lacc[ns] = x.fp8 ? fmaf((float)m, x.scale_lse, logf((float)l * exp2f(-x.max_off)))
+                    lacc[ns] = x.fp8 ? fmaf((float)m, x.scale_lse, logf((float)l * ldexpf(1.0f, -cfg->fp8_max_offset)))
                                      : fmaf((float)m, x.scale_sm, logf((float)l));
                     ns++;
                 }

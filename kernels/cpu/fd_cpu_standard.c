@@ -29,23 +29,15 @@ int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const flo
                             float *o, float *lse, char *err, size_t errlen)
 {
     if (fd_cpu_check_problem(p, err, errlen)) return -1;
-    if (fd_dtype_is_fp8(p->dtype)) {
-        fd_problem pb = *p;
-        pb.dtype = FD_DT_BF16;
-        pb.q_descale = pb.k_descale = pb.v_descale = 0.0f;
-        const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
-        float *qb = malloc(sizeof(float) * nq), *kb = malloc(sizeof(float) * nkv), *vb = malloc(sizeof(float) * nkv);
-        int rc = -1;
-        if (qb && kb && vb) {
-            const float dq = fd_descale(p->q_descale), dk = fd_descale(p->k_descale), dv = fd_descale(p->v_descale);
-            for (size_t e = 0; e < nq; e++) qb[e] = fd_round_to_dtype(q[e] * dq, FD_DT_BF16);
-            for (size_t e = 0; e < nkv; e++) kb[e] = fd_round_to_dtype(k[e] * dk, FD_DT_BF16);
-            for (size_t e = 0; e < nkv; e++) vb[e] = fd_round_to_dtype(v[e] * dv, FD_DT_BF16);
-            rc = fd_cpu_standard_forward(&pb, order == FD_ACC_TC_FP8 ? FD_ACC_TC16 : order, qb, kb, vb, rows, nrows,
-                                         o, lse, err, errlen);
-        } else {
+    if (fd_dtype_is_fp8(p->dtype)) { /* eager bf16 attention on the dequantised inputs */
+        fd_problem pb;
+        float *qb, *kb, *vb;
+        if (fd_fp8_dequant_bf16(p, q, k, v, &pb, &qb, &kb, &vb)) {
             snprintf(err, errlen, "out of memory");
+            return -1;
         }
+        const int rc = fd_cpu_standard_forward(&pb, order == FD_ACC_TC_FP8 ? FD_ACC_TC16 : order, qb, kb, vb, rows,
+                                               nrows, o, lse, err, errlen);
         free(qb); free(kb); free(vb);
         return rc;
     }
