@@ -820,7 +820,7 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
             char p[64];
             snprintf(p, sizeof p, "flash.%s", names[t]);
             if (!json_is_string(f) || fd_accum_parse(json_string_value(f), dst[t]))
-                return fd_jfail(cx, p, "expected \"seq\" or \"tc16\"");
+                return fd_jfail(cx, p, "expected \"seq\", \"tc16\" or \"tc_fp8\"");
         }
     if ((f = json_object_get(j, "exp2"))) {
         const char *s = json_string_value(f);

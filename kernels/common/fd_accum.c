@@ -257,9 +257,10 @@ float fd_dot_acc(fd_accum_model m, const float *a, size_t sa, const float *b, si
 float fd_dot_acc_dt(fd_accum_model m, const float *a, size_t sa, const float *b, size_t sb,
                     int n, float c, fd_dtype t)
 {
-    if (m == FD_ACC_TC16 && !fd_dtype_is_fp8(t)) return fd_dot_tc16(a, sa, b, sb, n, c, fd_dtype_emin(t));
-    if (m == FD_ACC_TC_FP8 || (m == FD_ACC_TC16 && fd_dtype_is_fp8(t))) {
-        /* FP8 inputs: the FP8 block model (tc16 names "the tensor-core order" in case files) */
+    /* the tensor-core order of the inputs' format: tc16 and tc_fp8 both name it in case
+     * files (the FP8 block model for FP8 inputs, TC16's for fp16 / bf16) */
+    if (m != FD_ACC_SEQ && !fd_dtype_is_fp8(t)) return fd_dot_tc16(a, sa, b, sb, n, c, fd_dtype_emin(t));
+    if (m != FD_ACC_SEQ) {
         const fd_tc_fp8_params prm = FD_TC_FP8_DEFAULT;
         return fd_dot_tc_fp8(&prm, a, sa, t, b, sb, t, n, c);
     }
