@@ -407,16 +407,14 @@ static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                     oi[d] = cfg->o_round_up ? (double)round_up_dtype((double)(float)acc[d] * (double)sc, odt)
                                             : (double)fd_round_to_dtype((float)acc[d] * sc, odt);
             }
-            if (x.fp8) /* FA3: row_max * (softmax_scale_log2 * ln 2) + log(sum / 2^Max_offset) */
-                lse[fd_lse_index(p, b, h, i)] =
-                    empty ? (double)INFINITY
-                          : (xsm || xfin) ? m * x.scale_log2_d * 0.69314718055994530942 + log(l) - (double)x.max_off * 0.69314718055994530942
-                                          : (double)fmaf((float)m, x.scale_lse, logf((float)l * ldexpf(1.0f, -cfg->fp8_max_offset)));
+            double lv;
+            if (empty) lv = (double)INFINITY;
+            else if (x.fp8) /* FA3: row_max * (softmax_scale_log2 * ln 2) + log(sum / 2^Max_offset) */
+                lv = (xsm || xfin) ? (m * x.scale_log2_d - (double)x.max_off) * 0.69314718055994530942 + log(l)
+                                   : (double)fmaf((float)m, x.scale_lse, logf((float)l * ldexpf(1.0f, -cfg->fp8_max_offset)));
             else
-            lse[fd_lse_index(p, b, h, i)] =
-                empty ? (double)INFINITY
-                      : (xsm || xfin) ? m * (double)x.scale_sm + log(l)
-                                      : (double)fmaf((float)m, x.scale_sm, logf((float)l));
+                lv = (xsm || xfin) ? m * (double)x.scale_sm + log(l) : (double)fmaf((float)m, x.scale_sm, logf((float)l));
+            lse[fd_lse_index(p, b, h, i)] = lv;
         }
         if (ok) {
             free(acc);
