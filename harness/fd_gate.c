@@ -515,7 +515,7 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
             continue;
         }
         nmeasured++;
-        const char *src = p->limit[t][m] >= 0 ? dt : "default";
+        const char *src = p->limit[t][m] < 0 ? "default" : t < 3 && strcmp(dt, dtype_keys[t]) ? "bf16 (FP8 output)" : dt;
         if (!(x <= lim)) {
             worsen(v, FD_FAIL);
             TRY(add_item(g, ci, name, fd_gate_metric_names[m], x, lim, FD_FAIL, "%s %s %.4g > %.4g (%s limit)",

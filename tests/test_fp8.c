@@ -442,6 +442,19 @@ Test(fp8, fp8_sweep_passes_on_the_cpu, .timeout = 300)
     cr_assert(f8 && json_real_value(json_object_get(f8, "q_descale")) > 0.0, "report.json records the descales");
     cr_assert_str_eq(json_string_value(json_object_get(f8, "out_dtype")), "bf16");
     cr_assert_str_eq(json_string_value(json_object_get(json_object_get(c0, "reference"), "tier")), "mpfr");
+    /* the gate: the FP8 policy passes the run; a flash output 10x worse on one case fails it */
+    char *g[] = {FD_BINARY, "gate", rp, "--policy", tu_path(TU_SOURCE, "cases/policy-fp8.json"), NULL};
+    cr_assert_eq(tu_run(g), 0, "gate with cases/policy-fp8.json: %s\n%s", g_err, g_out);
+    json_t *fb = json_object_get(json_object_get(c0, "backends"), "cpu-flash");
+    json_object_set_new(fb, "max_abs", json_real(10.0 * json_real_value(json_object_get(fb, "max_abs"))));
+    char bad[800];
+    snprintf(bad, sizeof bad, "%s/bad.json", out);
+    tu_save(r, bad);
+    char *g2[] = {FD_BINARY, "gate", bad, "--policy", tu_path(TU_SOURCE, "cases/policy-fp8.json"), NULL};
+    cr_assert_eq(tu_run(g2), 1, "a 10x worse FP8 output fails the gate: %s\n%s", g_err, g_out);
+    const char *said = strstr(g_out, "bf16 (FP8 output) limit") ? g_out : g_err;
+    cr_assert(strstr(said, json_string_value(json_object_get(c0, "id"))) && strstr(said, "bf16 (FP8 output) limit"),
+              "the failing case and the limit it broke: %s\n%s", g_out, g_err);
     json_decref(r);
 }
 
