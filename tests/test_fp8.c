@@ -8,7 +8,8 @@
  * the folder is absent. The per-tensor quantisation of the inputs. The MPFR reference of
  * an FP8 problem: bit-identical to the reference of the dequantised fp32 problem where
  * dequantising is exact, and within 1e-12 of binary64 attention otherwise. The replay:
- * bf16 outputs, P cast to e4m3 dominates its error budget. cases/fp8.json on the CPU.
+ * FA3's FP8 formulas written out on one tile, bit for bit; bf16 outputs, P cast to e4m3
+ * dominates its error budget. cases/fp8.json on the CPU, and gated.
  * Every FP8 hypothesis injected and named first. Case-file errors, exit 2. */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -423,6 +424,64 @@ Test(fp8, replay_writes_bf16_and_p_cast_to_e4m3_dominates_the_budget, .init = lo
     cr_assert(ex.part[pr].share > 0.5, "P's cast carries most of the error: share %g", ex.part[pr].share);
     cr_assert(ex.input_rounding_max_abs > 0.0, "quantising Q, K, V moves the exact output (input rounding)");
     fd_explanation_free(&ex);
+}
+
+/* FlashAttention-3's FP8 forward written out plainly for one K/V tile (no rescaling, no
+ * quad sums), from the formulas of hopper/softmax.h, against the replay with one 64-key
+ * tile, sequential sums and libm's exp2: the replay's FP8 scaling, P cast, v_descale and
+ * LSE, element by element. */
+Test(fp8, replay_is_fa3s_fp8_formulas_on_one_tile)
+{
+    fd_problem p = tu_make_problem(1, 1, 1, 5, 64, 64, FD_DT_E4M3, FD_MASK_NONE, 0.0);
+    p.offset = 0;
+    const size_t nq = fd_q_numel(&p), nkv = fd_kv_numel(&p);
+    float *q = malloc(sizeof(float) * nq), *k = malloc(sizeof(float) * nkv), *v = malloc(sizeof(float) * nkv);
+    float *o = malloc(sizeof(float) * nq), *l = malloc(sizeof(float) * fd_lse_numel(&p));
+    cr_assert(q && k && v && o && l);
+    fill_e4m3(q, nq, 11, 448.0f);
+    fill_e4m3(k, nkv, 12, 448.0f);
+    fill_e4m3(v, nkv, 13, 448.0f);
+    p.q_descale = 2.9f / 448.0f;
+    p.k_descale = 3.3f / 448.0f;
+    p.v_descale = 1.7f / 448.0f;
+    fd_flash_cfg cfg;
+    fd_flash_cfg_default(&cfg);
+    cfg.bc = 64;
+    cfg.rowsum = FD_ROWSUM_SEQ;
+    char err[512];
+    cr_assert(fd_cpu_flash_forward(&p, &cfg, q, k, v, NULL, 0, o, l, err, sizeof err) == 0, "%s", err);
+    const float sl2 = (float)((double)p.softmax_scale * 1.4426950408889634073599246810018921) * (p.q_descale * p.k_descale);
+    int n8 = 0;
+    for (int i = 0; i < 5; i++) {
+        float sv[64], pe[64], m = -INFINITY, sum = 0.0f;
+        for (int j = 0; j < 64; j++) {
+            float a = 0.0f;
+            for (int d = 0; d < 64; d++) a = fmaf(q[fd_q_index(&p, 0, i, 0, d)], k[fd_kv_index(&p, 0, j, 0, d)], a);
+            sv[j] = a;
+            m = fmaxf(m, a);
+        }
+        const float max_scaled = fmaf(m, sl2, -8.0f); /* max * scale - Max_offset */
+        for (int j = 0; j < 64; j++) {
+            pe[j] = exp2f(fmaf(sv[j], sl2, -max_scaled)); /* in [0, 256] */
+            sum += pe[j];
+            n8 += pe[j] > 1.0f;
+            pe[j] = fd_round_fp8(pe[j], FD_DT_E4M3, FD_FP8_SATFINITE);
+        }
+        const float fs = (1.0f / sum) * p.v_descale; /* finalize(v_descale) */
+        for (int d = 0; d < 64; d++) {
+            float a = 0.0f;
+            for (int j = 0; j < 64; j++) a = fmaf(pe[j], v[fd_kv_index(&p, 0, j, 0, d)], a);
+            const float want = fd_round_to_dtype(a * fs, FD_DT_BF16);
+            const float got = o[fd_q_index(&p, 0, i, 0, d)];
+            cr_assert(fd_f32_bits(got) == fd_f32_bits(want), "row %d d %d: replay %a, FA3's formulas %a", i, d, (double)got,
+                      (double)want);
+        }
+        const float lse = fmaf(m, sl2 * (float)0.69314718055994530942, logf(sum * 0x1p-8f));
+        cr_assert(fd_f32_bits(l[fd_lse_index(&p, 0, 0, i)]) == fd_f32_bits(lse), "row %d LSE: replay %a, want %a", i,
+                  (double)l[fd_lse_index(&p, 0, 0, i)], (double)lse);
+    }
+    cr_assert(n8 > 5, "P above 1 (the 2^8 range in use): %d", n8);
+    free(q); free(k); free(v); free(o); free(l);
 }
 
 Test(fp8, fp8_sweep_passes_on_the_cpu, .timeout = 300)
