@@ -10,6 +10,11 @@
 void fd_attn_variant_default(const fd_problem *p, fd_attn_variant *va)
 {
     va->scale = (double)p->softmax_scale;
+    va->v_scale = 1.0;
+    if (fd_dtype_is_fp8(p->dtype)) { /* FP8: the dequantised inputs (docs/fp8.md) */
+        va->scale *= (double)fd_descale(p->q_descale) * (double)fd_descale(p->k_descale);
+        va->v_scale = (double)fd_descale(p->v_descale);
+    }
     va->mask = p->mask;
     va->causal_shift = 0;
     va->dropout = p->dropout_p > 0.0;
@@ -223,7 +228,7 @@ static int row_weights(const fd_problem *p, const fd_attn_variant *va, const dou
         l = 1.0;
     }
     for (int j = 0; j < sk; j++) {
-        w[j] /= l;
+        w[j] = w[j] / l * va->v_scale; /* v_scale: FP8's v_descale (1 otherwise: exact) */
         if (va->dropout && w[j] > 0.0)
             w[j] *= fd_fa2_keep(va->seed, va->offset, thr, p->heads, b, h, i, j) ? va->drop_scale : 0.0;
     }

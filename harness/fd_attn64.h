@@ -15,7 +15,8 @@
 #include "fd_problem.h"
 
 typedef struct fd_attn_variant {
-    double scale;       /* softmax scale applied to Q K^T */
+    double scale;       /* softmax scale applied to Q K^T (FP8: times q_descale k_descale) */
+    double v_scale;     /* factor on V: FP8's v_descale (1 otherwise) */
     fd_mask_kind mask;
     int causal_shift;   /* added to the causal limit: +1 sees one key more, -1 one less */
     int dropout;        /* apply the FA2 mask */

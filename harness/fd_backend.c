@@ -64,6 +64,10 @@ static int supports_plain(const fd_case *c, char *why, size_t len)
  * mha_fwd_kvcache sends paged calls to its split-KV kernel). */
 static int supports_cuda_flash(const fd_case *c, char *why, size_t len)
 {
+    if (fd_dtype_is_fp8(c->prob.dtype) && c->prob.head_dim != 64 && c->prob.head_dim != 128) {
+        snprintf(why, len, "the FP8 kernel runs head_dim 64 and 128 (cpu-flash replays every head_dim)");
+        return 0;
+    }
     if (c->prob.page_size <= 0) return 1;
     snprintf(why, len, "no paged KV cache (FA2 runs paged calls on its split-KV kernel: cuda-splitkv)");
     return 0;
@@ -158,6 +162,10 @@ static int supports_cuda_splitkv(const fd_case *c, char *why, size_t len)
     plain.page_size = 0;
     if (fd_problem_has_mods(&plain)) {
         snprintf(why, len, "no window, softcap, ALiBi or varlen support in split-KV (cpu-flash, cpu-standard, cuda-flash)");
+        return 0;
+    }
+    if (fd_dtype_is_fp8(c->prob.dtype)) {
+        snprintf(why, len, "no FP8 split-KV kernel (cpu-splitkv replays FP8 split-KV)");
         return 0;
     }
     if (c->prob.dtype != FD_DT_FP32) return 1;

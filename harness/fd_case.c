@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "fd_case.h"
+#include "fd_inputs.h"
 #include "fd_json.h"
 
 #define FD_MAX_LIST 64
@@ -121,7 +122,9 @@ static int e_dtype(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
     if (s && !strcmp(s, "fp16")) o[idx] = FD_DT_FP16;
     else if (s && !strcmp(s, "bf16")) o[idx] = FD_DT_BF16;
     else if (s && !strcmp(s, "fp32")) o[idx] = FD_DT_FP32;
-    else return fd_jfail(cx, path, "expected \"fp16\", \"bf16\" or \"fp32\"%s%s", s ? ", got " : "", s ? s : "");
+    else if (s && !strcmp(s, "e4m3")) o[idx] = FD_DT_E4M3;
+    else if (s && !strcmp(s, "e5m2")) o[idx] = FD_DT_E5M2;
+    else return fd_jfail(cx, path, "expected \"fp16\", \"bf16\", \"fp32\", \"e4m3\" or \"e5m2\"%s%s", s ? ", got " : "", s ? s : "");
     return 0;
 }
 static int e_mask(fd_ctx *cx, const char *path, json_t *j, void *out, int idx)
@@ -197,6 +200,7 @@ typedef struct {
     int pages_per_entry, num_pages;      /* 0: the least that holds the longest cache / the table */
     int table_kind;                      /* 0 shuffled (the case seed), 1 identity, 2 explicit */
     json_t *table;                       /* explicit: [[page, ...], ...] one list per entry */
+    int fp8_unit;                        /* "fp8_descale": "one" (1), "amax" (0, the default) */
 } fd_sweep;
 
 /* "window": null (none), a pair [left, right] (-1 unbounded, else >= 0), or a list of
@@ -433,7 +437,7 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     static const char *const keys[] = {"batch", "heads", "kv_heads", "seqlen", "head_dim", "dtype",
                                        "mask", "dropout", "dist", "seed", "backward", "window", "softcap",
                                        "alibi", "seqlens_q", "seqlens_k", "cache_seqlens", "page_size", "seqlen_q",
-                                       "pages_per_entry", "num_pages", "block_table", NULL};
+                                       "pages_per_entry", "num_pages", "block_table", "fp8_descale", NULL};
     char p[256];
     if (!json_is_object(j)) return fd_jfail(cx, path, "expected an object (a sweep), got %s", fd_jtype(j));
     if (fd_jcheck_keys(cx, path, j, keys)) return -1;
@@ -468,6 +472,19 @@ static int parse_sweep(fd_ctx *cx, const char *path, json_t *j, fd_sweep *s)
     FIELD("backward", e_bool, bwd, nbwd);
     FIELD("softcap", e_softcap, cap, ncap);
 #undef FIELD
+    /* FP8: how the per-tensor descales are chosen (docs/fp8.md) */
+    json_t *fds = json_object_get(j, "fp8_descale");
+    if (fds) {
+        const char *v = json_string_value(fds);
+        snprintf(p, sizeof p, "%s.fp8_descale", path);
+        if (v && !strcmp(v, "amax")) s->fp8_unit = 0;
+        else if (v && !strcmp(v, "one")) s->fp8_unit = 1;
+        else return fd_jfail(cx, p, "expected \"amax\" (descale = amax / FP8 max, per tensor) or \"one\"%s%s",
+                             v ? ", got " : "", v ? v : "");
+        int any8 = 0;
+        for (int t = 0; t < s->ndt; t++) any8 |= fd_dtype_is_fp8(s->dt[t]);
+        if (!any8) return fd_jfail(cx, p, "applies to FP8 dtypes (\"e4m3\", \"e5m2\") only; this sweep has none");
+    }
     json_t *f = json_object_get(j, "window");
     snprintf(p, sizeof p, "%s.window", path);
     if (f && get_windows(cx, p, f, s)) return -1;
@@ -576,6 +593,7 @@ void fd_case_make_id(const fd_case *c, char *buf, size_t len)
     size_t n = strlen(buf);
     if (p->window && n < len) n += (size_t)snprintf(buf + n, len - n, "-w%d_%d", p->window_left, p->window_right);
     if (p->softcap > 0.0f && n < len) n += (size_t)snprintf(buf + n, len - n, "-cap%g", (double)p->softcap);
+    if (fd_dtype_is_fp8(p->dtype) && c->fp8_unit_descale && n < len) n += (size_t)snprintf(buf + n, len - n, "-ds1");
     if (p->alibi && n < len) {
         /* the standard slopes: "-alibi"; others: "-alibi" and a hash of their bits */
         float std[FD_ALIBI_MAX_HEADS];
@@ -735,6 +753,13 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
             if (p->dropout_p > 0.0)
                 return fd_jfail(cx, path, "seqlens_q (varlen) with dropout is not supported");
         }
+        if (fd_dtype_is_fp8(p->dtype)) { /* FP8 (issue 15 item 4): forward, plain or causal */
+            char e[256];
+            if (cs.backward)
+                return fd_jfail(cx, path, "dtype %s with backward: the FP8 path is forward only", fd_dtype_name(p->dtype));
+            cs.fp8_unit_descale = s->fp8_unit;
+            if (fd_problem_check_fp8(p, e, sizeof e)) return fd_jfail(cx, path, "%s", e);
+        }
         if (cs.backward && p->varlen)
             return fd_jfail(cx, path, "backward with varlen (seqlens_q) is not supported yet (forward only)");
         if (s->npaged) { /* paged KV cache: the capacity, the table, then fd_problem_check_paged */
@@ -757,6 +782,11 @@ static int expand(fd_ctx *cx, const char *path, const fd_sweep *s, const fd_excl
         for (int x = 0; x < nex && !skip; x++) skip = excl_match(&ex[x], &cs);
         if (skip) continue;
         fd_case_make_id(&cs, cs.id, sizeof cs.id);
+        if (fd_dtype_is_fp8(p->dtype)) { /* the descales come from the drawn inputs (amax) */
+            char e[256];
+            if (fd_inputs_fp8_descales(&cs, &p->q_descale, &p->k_descale, &p->v_descale, e, sizeof e))
+                return fd_jfail(cx, path, "%s", e);
+        }
         if (cf->ncases >= FD_DEDUPE_AT && dedupe(cx, path, cf)) return -1;
         if (cf->ncases == *cap) {
             *cap = *cap ? 2 * *cap : 64;
@@ -790,7 +820,7 @@ static int parse_flash(fd_ctx *cx, json_t *j, fd_flash_cfg *fc, fd_bwd_cfg *bc)
             char p[64];
             snprintf(p, sizeof p, "flash.%s", names[t]);
             if (!json_is_string(f) || fd_accum_parse(json_string_value(f), dst[t]))
-                return fd_jfail(cx, p, "expected \"seq\" or \"tc16\"");
+                return fd_jfail(cx, p, "expected \"seq\", \"tc16\" or \"tc_fp8\"");
         }
     if ((f = json_object_get(j, "exp2"))) {
         const char *s = json_string_value(f);

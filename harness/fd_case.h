@@ -49,6 +49,8 @@ typedef struct fd_case {
     fd_dist dist;
     uint64_t input_seed;
     int backward;           /* 1: the backward pass too (dO drawn from the case's seeds, or given) */
+    int fp8_unit_descale;   /* FP8 dtypes: 1 quantises with descale 1 ("fp8_descale": "one"),
+                             * 0 with amax / FP8 max per tensor (fd_inputs.h) */
     const char *bundle;     /* imported tensors: the bundle holding inputs and outputs (owned
                              * by the case file), or NULL: inputs from the seeds */
 } fd_case;

@@ -37,7 +37,60 @@ const char *const fd_explain_bugs[] = {"layout_bhsd_as_bshd", "scale_missing", "
                                        "bwd_gqa_sum_missing", "bwd_dk_dv_swapped",
                                        /* backward with window, ALiBi, softcap */
                                        "bwd_softcap_derivative_missing", "bwd_window_ignored",
-                                       "bwd_window_left_plus_one", "bwd_window_right_plus_one", "bwd_alibi_missing", NULL};
+                                       "bwd_window_left_plus_one", "bwd_window_right_plus_one", "bwd_alibi_missing",
+                                       /* FP8 (cases of dtype e4m3 / e5m2) */
+                                       "fp8_qk_descale_missing", "fp8_qk_descale_twice", "fp8_v_descale_missing",
+                                       "fp8_v_descale_twice", "fp8_p_unscaled", "fp8_p_saturated", NULL};
+
+/* ---- FP8 (issue 15 item 4): the FP8 hypotheses, their injection and candidates ----
+ * Each is played on the backend with the problem's descales or the flash knob
+ * fp8_max_offset (FlashAttention-3's Max_offset) changed, and predicted by the replay
+ * with the same change: only the replay models the cast of P to e4m3, and a missing
+ * v_descale multiplies the kernel's own FP8 rounding error by 1 / v_descale (~100), so a
+ * binary64 prediction would leave that amplified rounding as its residual. The generic
+ * hypotheses (scale_missing, ...) stay binary64 (fd_attn64, descales included). */
+static const struct { const char *name, *what; } fp8_hypos[] = {
+    {"fp8_qk_descale_missing", "q_descale and k_descale not applied to the scores (S = Q8 K8^T softmax_scale)"},
+    {"fp8_qk_descale_twice", "q_descale and k_descale applied twice (S scaled by (q_descale k_descale)^2)"},
+    {"fp8_v_descale_missing", "v_descale not applied to the output (O from V8 instead of V8 v_descale)"},
+    {"fp8_v_descale_twice", "v_descale applied twice (O scaled by v_descale^2)"},
+    {"fp8_p_unscaled", "P cast to e4m3 in [0, 1], without FlashAttention-3's 2^8 rescaling (Max_offset 0): "
+                       "probabilities below 2^-6 lose bits in e4m3's subnormals, below 2^-10 vanish"},
+    {"fp8_p_saturated", "P scaled by 2^9 (Max_offset 9) before the e4m3 cast: every P above 448 saturates "
+                        "at 448, so the dominant keys lose weight"},
+};
+#define FD_NFP8HYPO ((int)(sizeof fp8_hypos / sizeof fp8_hypos[0]))
+
+int fd_explain_bug_is_fp8(const char *bug)
+{
+    for (int t = 0; bug && t < FD_NFP8HYPO; t++)
+        if (!strcmp(bug, fp8_hypos[t].name)) return 1;
+    return 0;
+}
+
+/* Why FP8 bug `bug` changes nothing on p (NULL: it applies). */
+static const char *fp8_noop(const fd_problem *p, const char *bug)
+{
+    if (!fd_dtype_is_fp8(p->dtype)) return "it is not an FP8 case (dtype e4m3 or e5m2)";
+    const float qk = fd_descale(p->q_descale) * fd_descale(p->k_descale);
+    if (!strncmp(bug, "fp8_qk_", 7) && !(qk < 1.0f || qk > 1.0f)) return "its q_descale k_descale is 1";
+    if (!strncmp(bug, "fp8_v_", 6) && !(fd_descale(p->v_descale) < 1.0f || fd_descale(p->v_descale) > 1.0f))
+        return "its v_descale is 1";
+    return NULL;
+}
+
+/* The problem and flash knobs of a kernel with FP8 bug `bug`. */
+static void fp8_bug_setup(const char *bug, fd_problem *p, fd_flash_cfg *cfg)
+{
+    const float qd = fd_descale(p->q_descale), kd = fd_descale(p->k_descale), vd = fd_descale(p->v_descale);
+    if (!strcmp(bug, "fp8_qk_descale_missing")) p->q_descale = p->k_descale = 1.0f;
+    else if (!strcmp(bug, "fp8_qk_descale_twice")) { p->q_descale = qd * qd; p->k_descale = kd * kd; }
+    else if (!strcmp(bug, "fp8_v_descale_missing")) p->v_descale = 1.0f;
+    else if (!strcmp(bug, "fp8_v_descale_twice")) p->v_descale = vd * vd;
+    else if (!strcmp(bug, "fp8_p_unscaled")) cfg->fp8_max_offset = 0;
+    else if (!strcmp(bug, "fp8_p_saturated")) cfg->fp8_max_offset = 9;
+}
+/* ---- end FP8 ---- */
 
 /* The hypotheses of the score modifiers: name, what it means. */
 static const struct { const char *name, *what; } mod_hypos[] = {
@@ -202,6 +255,7 @@ const char *fd_explain_inject_noop(const fd_problem *p, const char *bug)
     const char *now = fd_explain_bug_renamed(bug, p->mask);
     if (now) bug = now;
     if (fd_explain_bug_is_bwd(bug)) return fd_explain_bwd_noop(p, bug);
+    if (fd_explain_bug_is_fp8(bug)) return fp8_noop(p, bug);
     if (fd_explain_bug_is_mod(bug)) {
         fd_attn_variant va;
         const char *why;
@@ -329,6 +383,13 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
         free(full); free(fl);
         return rc;
     }
+    if (fd_explain_bug_is_fp8(inject)) { /* the backend with the bug's descales or knobs */
+        fd_casefile cf8 = *x->cf;
+        fp8_bug_setup(inject, p, &cf8.flash);
+        fd_kctx x8 = *x;
+        x8.cf = &cf8;
+        return run_backend(&x8, &c, x->rows, x->nrows, o, lse, err, errlen);
+    }
     fd_attn_variant vmod;
     const char *why;
     int modh = mod_hypo_setup(p, inject, &vmod, &why);
@@ -354,7 +415,7 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
             return -1;
         }
         int rc = fd_attn64(p, &va, qd, kd, vd, x->rows, x->nrows, od, err, errlen);
-        for (size_t f = 0; !rc && f < fd_q_numel(p); f++) o[f] = fd_round_to_dtype((float)od[f], p->dtype);
+        for (size_t f = 0; !rc && f < fd_q_numel(p); f++) o[f] = fd_round_to_dtype((float)od[f], fd_out_dtype(p->dtype));
         free(od);
         return rc;
     }
@@ -373,7 +434,7 @@ static int kernel_output(const fd_kctx *x, const char *inject, const double *qd,
     int rc = run_backend(x, &c, x->rows, x->nrows, o, lse, err, errlen);
     if (!rc && post_scale)
         for (size_t f = 0; f < fd_q_numel(p); f++)
-            if (!isnan(o[f])) o[f] = fd_round_to_dtype(o[f] * (float)(1.0 - p->dropout_p), p->dtype);
+            if (!isnan(o[f])) o[f] = fd_round_to_dtype(o[f] * (float)(1.0 - p->dropout_p), fd_out_dtype(p->dtype));
     return rc;
 }
 
@@ -615,6 +676,9 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         {FD_STAGE_PV, "PV accumulation"},
         {FD_STAGE_DROPSCALE, "dropout scale 1/(1-p) in fp32"},
     };
+    /* FP8 (issue 15 item 4): the same stages under their FP8 names; the quantisation of
+     * Q, K, V is input rounding (below), not a kernel stage */
+    const int fp8 = fd_dtype_is_fp8(p->dtype);
     for (int s = -1; s < (int)(sizeof stages / sizeof stages[0]); s++) {
         if (s >= 0 && stages[s].bit == FD_STAGE_DROPSCALE && !(p->dropout_p > 0.0)) continue;
         if (s >= 0 && stages[s].bit == FD_STAGE_PROUND && (p->dtype == FD_DT_FP32 || cfg->p_fp32)) continue;
@@ -623,10 +687,14 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         if (!pt->diff) FD_FAIL_OOM();
         ex->nparts++;
         if (s < 0) {
-            snprintf(pt->name, sizeof pt->name, "final normalisation and output rounding");
+            snprintf(pt->name, sizeof pt->name, "%s",
+                     fp8 ? "final normalisation (1/l, v_descale) and bf16 output rounding" : "final normalisation and output rounding");
             for (size_t i = 0; i < n; i++) pt->diff[i] = base[i] - fin[i];
         } else {
-            snprintf(pt->name, sizeof pt->name, "%s", stages[s].name);
+            const char *nm8 = stages[s].bit == FD_STAGE_QK ? "QK^T accumulation (FP8 tensor-core model)"
+                              : stages[s].bit == FD_STAGE_PROUND ? "rounding of P to e4m3 (FP8)"
+                              : stages[s].bit == FD_STAGE_PV ? "PV accumulation (FP8 tensor-core model)" : stages[s].name;
+            snprintf(pt->name, sizeof pt->name, "%s", fp8 ? nm8 : stages[s].name);
             if (fd_cpu_flash_stages(p, cfg, FD_STAGE_FINAL | stages[s].bit, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
             gather_d(&ck, full, tmp);
             for (size_t i = 0; i < n; i++) pt->diff[i] = fin[i] - tmp[i];
@@ -734,7 +802,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     {
         const fd_ex_part *pv = NULL;
         for (int t = 0; t < ex->nparts; t++)
-            if (!strcmp(ex->part[t].name, "PV accumulation")) pv = &ex->part[t];
+            if (!strncmp(ex->part[t].name, "PV accumulation", 15)) pv = &ex->part[t];
         size_t t = 0, nk = 0;
         double *ks = tmp;
         for (int b = 0; b < p->batch; b++)
@@ -773,7 +841,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         double kmax = 0.0;
         for (size_t i = 0; i < n; i++)
             if (isfinite(kout[i])) kmax = fmax(kmax, fabs(kout[i]));
-        ex->hypo_limit = fmax(ex->limit, 2.0 * fd_ulp_in_dtype(kmax, p->dtype));
+        ex->hypo_limit = fmax(ex->limit, 2.0 * fd_ulp_in_dtype(kmax, fd_out_dtype(p->dtype)));
         fd_attn_variant va;
         double *cand = malloc(nq * sizeof(double));
         if (!cand) FD_FAIL_OOM();
@@ -788,8 +856,9 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
         gather_d(&ck, cand, tmp);                                                      \
         add_hypo(ex, NAME, WHAT, tmp, kout, n);                                        \
     } while (0)
-        HYPO("scale_missing", "softmax scale not applied (scale 1)", va.scale = 1.0);
-        HYPO("scale_doubled", "softmax scale applied twice (scale^2)", va.scale = va.scale * va.scale);
+        /* FP8: va.scale holds the descales too; these two change the softmax scale alone */
+        HYPO("scale_missing", "softmax scale not applied (scale 1)", va.scale = va.scale / (double)p->softmax_scale);
+        HYPO("scale_doubled", "softmax scale applied twice (scale^2)", va.scale = va.scale * (double)p->softmax_scale);
         if (p->mask != FD_MASK_NONE) {
             HYPO("mask_missing", "causal mask not applied", va.mask = FD_MASK_NONE);
             if (!all_square(p)) {
@@ -813,6 +882,23 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
                  va.offset = va.offset + (uint64_t)p->batch * (uint64_t)p->heads * 32u);
         }
         HYPO("softmax_wrong_axis", "softmax normalised over queries instead of keys", va.wrong_axis = 1);
+        if (fd_dtype_is_fp8(p->dtype)) { /* FP8 (issue 15 item 4) */
+            for (int t = 0; t < FD_NFP8HYPO; t++) {
+                const char *nm = fp8_hypos[t].name;
+                if (fp8_noop(p, nm)) continue;
+                { /* the replay with the bug's descales or Max_offset */
+                    fd_problem pb = *p;
+                    fd_flash_cfg cb = *cfg;
+                    fp8_bug_setup(nm, &pb, &cb);
+                    if (fd_cpu_flash_forward(&pb, &cb, q, k, v, rows, nrows, of, lf, err, errlen)) {
+                        free(cand);
+                        goto out;
+                    }
+                    gather_f(&ck, of, tmp);
+                    add_hypo(ex, nm, fp8_hypos[t].what, tmp, kout, n);
+                }
+            }
+        }
         for (int t = 0; t < FD_NMODHYPO; t++) {
             const char *why;
             if (mod_hypo_setup(p, mod_hypos[t].name, &va, &why) != 1) continue;

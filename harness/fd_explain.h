@@ -127,6 +127,9 @@ int fd_explain_bug_is_bwd(const char *bug);
 /* 1 for the forward bugs of the window, ALiBi and softcap (they need a case with the
  * feature: fd_explain_inject_noop says why one does not apply). */
 int fd_explain_bug_is_mod(const char *bug);
+/* Is bug one of the FP8 hypotheses (fp8_*: descales missing or twice, P unscaled or
+ * saturating; cases of dtype e4m3 / e5m2 only)? */
+int fd_explain_bug_is_fp8(const char *bug);
 /* The name a bug had in 0.1.0 (layout_bhsd, causal_swap, dropout_seed) -> its name now,
  * on a case with mask `mask` (causal_swap named the other alignment); NULL for any other
  * name. The old names are accepted until the next release (docs/attribution.md). */

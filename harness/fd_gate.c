@@ -344,6 +344,8 @@ static int add_item(fd_gate_result *g, int ci, const char *be, const char *metri
 
 static int dtype_index(const char *s)
 {
+    /* FP8 inputs write bf16 outputs: their limits are bf16's (fd_out_dtype) */
+    if (s && (!strcmp(s, "e4m3") || !strcmp(s, "e5m2"))) return 1;
     for (int t = 0; t < 3; t++)
         if (!strcmp(s, dtype_keys[t])) return t;
     return 3;
@@ -513,7 +515,7 @@ static int eval_backend(const fd_gate_policy *p, fd_gate_result *g, int ci, cons
             continue;
         }
         nmeasured++;
-        const char *src = p->limit[t][m] >= 0 ? dt : "default";
+        const char *src = p->limit[t][m] < 0 ? "default" : t < 3 && strcmp(dt, dtype_keys[t]) ? "bf16 (FP8 output)" : dt;
         if (!(x <= lim)) {
             worsen(v, FD_FAIL);
             TRY(add_item(g, ci, name, fd_gate_metric_names[m], x, lim, FD_FAIL, "%s %s %.4g > %.4g (%s limit)",

@@ -124,8 +124,8 @@ static int shape_family(const fd_case *c, double *q, double *k, char *err, size_
     return 0;
 }
 
-int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **v, char *err,
-                             size_t errlen)
+/* The draws in binary64 (and shaped by the family), before any rounding or scaling. */
+static int draws(const fd_case *c, double **q, double **k, double **v, char *err, size_t errlen)
 {
     const fd_problem *p = &c->prob;
     *q = *k = *v = NULL;
@@ -135,6 +135,63 @@ int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **
         free(*q); free(*k); free(*v);
         *q = *k = *v = NULL;
         return -1;
+    }
+    return 0;
+}
+
+/* ---- FP8 (issue 15 item 4): per-tensor quantisation as FP8 users do it ----
+ * For each tensor x (binary32 values xf = (float) draw): amax = max |xf|; scale =
+ * 448 / amax (e5m2: 57344 / amax) and descale = amax / 448, both in binary32 (two
+ * separate divisions, as torch code computes them: scale * descale is 1 only to within
+ * an ulp); x8 = fp8(xf * scale) with one binary32 product and the saturating cast
+ * (|xf * scale| <= max (1 + 2^-23) rounds to at most max, so torch's non-saturating cast
+ * would give the same codes). amax = 0 takes scale = descale = 1. With "fp8_descale":
+ * "one" both are 1: x8 = fp8(xf) (values beyond the max saturate). */
+static void fp8_scales(const double *x, size_t n, fd_dtype t, int unit, float *scale, float *descale)
+{
+    float amax = 0.0f;
+    for (size_t e = 0; e < n; e++) amax = fmaxf(amax, fabsf((float)x[e]));
+    *scale = *descale = 1.0f;
+    if (unit || !(amax > 0.0f) || isinf(amax)) return;
+    *scale = fd_fp8_max(t) / amax;
+    *descale = amax / fd_fp8_max(t);
+}
+
+int fd_inputs_fp8_descales(const fd_case *c, float *qd, float *kd, float *vd, char *err, size_t errlen)
+{
+    const fd_problem *p = &c->prob;
+    double *x[3];
+    float sc, *out[3] = {qd, kd, vd};
+    if (!fd_dtype_is_fp8(p->dtype)) {
+        *qd = *kd = *vd = 0.0f;
+        return 0;
+    }
+    if (draws(c, &x[0], &x[1], &x[2], err, errlen)) return -1;
+    const size_t n[3] = {fd_q_numel(p), fd_kv_numel(p), fd_kv_numel(p)};
+    for (int t = 0; t < 3; t++) fp8_scales(x[t], n[t], p->dtype, c->fp8_unit_descale, &sc, out[t]);
+    free(x[0]); free(x[1]); free(x[2]);
+    return 0;
+}
+
+/* x (n draws) quantised in place to the values before the cast (xf * scale, binary64
+ * holds the binary32 product exactly enough: it is the exact product of two floats) */
+static void fp8_prescale(double *x, size_t n, fd_dtype t, int unit)
+{
+    float sc, ds;
+    fp8_scales(x, n, t, unit, &sc, &ds);
+    for (size_t e = 0; e < n; e++) x[e] = (double)((float)x[e] * sc);
+}
+/* ---- end FP8 ---- */
+
+int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **v, char *err,
+                             size_t errlen)
+{
+    if (draws(c, q, k, v, err, errlen)) return -1;
+    const fd_problem *p = &c->prob;
+    if (fd_dtype_is_fp8(p->dtype)) { /* FP8: the scaled values before the cast */
+        fp8_prescale(*q, fd_q_numel(p), p->dtype, c->fp8_unit_descale);
+        fp8_prescale(*k, fd_kv_numel(p), p->dtype, c->fp8_unit_descale);
+        fp8_prescale(*v, fd_kv_numel(p), p->dtype, c->fp8_unit_descale);
     }
     return 0;
 }
@@ -152,7 +209,7 @@ int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err,
 {
     const fd_problem *p = &c->prob;
     *q = *k = *v = NULL;
-    if (c->dist < FD_DIST_TIED_MAX) {
+    if (c->dist < FD_DIST_TIED_MAX && !fd_dtype_is_fp8(p->dtype)) {
         if (fill(c, q, NULL, 0, p->seqlen_q, p->heads, err, errlen) ||
             fill(c, k, NULL, 1, p->seqlen_k, p->kv_heads, err, errlen) ||
             fill(c, v, NULL, 2, p->seqlen_k, p->kv_heads, err, errlen)) {
@@ -162,7 +219,8 @@ int fd_inputs_make(const fd_case *c, float **q, float **k, float **v, char *err,
         }
         return 0;
     }
-    /* the structured families: shaped in binary64, then rounded once */
+    /* the structured families: shaped in binary64, then rounded once; FP8: scaled per
+     * tensor (in binary32), then rounded once */
     double *qd, *kd, *vd;
     if (fd_inputs_make_unrounded(c, &qd, &kd, &vd, err, errlen)) return -1;
     *q = round_all(qd, fd_q_numel(p), p->dtype);

@@ -26,6 +26,10 @@ int fd_inputs_make_unrounded(const fd_case *c, double **q, double **k, double **
 /* The output gradient dO of a backward case (layout and dtype of Q): tensor id 3, N(0, 1),
  * or U(-1, 1) for the uniform distribution (like V). */
 int fd_inputs_make_dout(const fd_case *c, float **dout, char *err, size_t errlen);
+/* FP8 dtypes: the per-tensor descale factors of the case's inputs (amax / FP8 max in
+ * binary32, or 1 with fp8_unit_descale); 0, 0, 0 for other dtypes. The case expansion
+ * stores them in the problem (fd_case.c). */
+int fd_inputs_fp8_descales(const fd_case *c, float *qd, float *kd, float *vd, char *err, size_t errlen);
 /* rows must hold max(max_rows, 16) + 16 ints (or seqlen_q when max_rows == 0); returns the count. */
 int fd_sample_rows(const fd_problem *p, int max_rows, int *rows);
 #endif

@@ -92,7 +92,7 @@ int fd_metrics_compute(const fd_problem *p, const int *rows, int nrows, const in
                     if (!fd_eq(ref, 0.0) && ae / fabs(ref) > m->max_rel) m->max_rel = ae / fabs(ref);
                     se += ae * ae;
                     sr += ref * ref;
-                    ulps[nu++] = ae / fd_ulp_in_dtype(ref, p->dtype);
+                    ulps[nu++] = ae / fd_ulp_in_dtype(ref, fd_out_dtype(p->dtype));
                 }
             }
     m->hash = fd_output_hash(p, rows, nrows, nvis, skip_empty, o, lse);

@@ -88,7 +88,7 @@ fd_reftier fd_reftier_resolve(fd_reftier t)
 
 double fd_reference_estimate(const fd_problem *p, const int *rows, int nrows, int jobs, fd_reftier tier)
 {
-    tier = fd_reftier_resolve(tier);
+    tier = fd_dtype_is_fp8(p->dtype) ? FD_REFTIER_MPFR : fd_reftier_resolve(tier); /* FP8: MPFR only */
     double keys = 0.0;
     for (int r = 0; r < nrows; r++) keys += (double)fd_problem_visible_count(p, rows ? rows[r] : r);
     const double par = tier == FD_REFTIER_GPU ? 1.0 : (double)(jobs > 0 ? jobs : 1);
@@ -128,6 +128,9 @@ int fd_reference_rows_tiered(const fd_problem *p, const float *q, const float *k
     const double t0 = fd_now_s();
     st->tier = fd_reftier_resolve(tier);
     if (tier == FD_REFTIER_AUTO && st->tier == FD_REFTIER_GPU && D > FD_TB_HEAD_DIM_MAX) st->tier = FD_REFTIER_CPU;
+    /* FP8 (issue 15 item 4): the binary64 tier takes sigma as one binary32 and O without
+     * v_descale; the descales are modelled in MPFR only (fd_ref.c), so FP8 rows go there */
+    if (fd_dtype_is_fp8(p->dtype)) st->tier = FD_REFTIER_MPFR;
     st->values = ntask * (D + 1);
     st->values_tier = st->values_mpfr = st->rows_tier = st->rows_mpfr = 0;
     st->seconds_tier = st->seconds_mpfr = 0.0;

@@ -276,6 +276,12 @@ json_t *fd_report_case_json(const fd_case_result *r)
     /* the reference tiers (docs/reference.md): who decided what, all rows or a sample */
     json_t *rf = json_object_get(j, "reference");
     if (rf && r->ref.values > 0) ref_stats_json(rf, &r->ref, 1);
+    /* FP8 (issue 15 item 4): the descales and the output dtype, present only for FP8 cases */
+    if (fd_dtype_is_fp8(p->dtype))
+        json_object_set_new(j, "fp8", json_pack("{s:o, s:o, s:o, s:s, s:s}", "q_descale", fd_json_num((double)fd_descale(p->q_descale)),
+                                                "k_descale", fd_json_num((double)fd_descale(p->k_descale)), "v_descale",
+                                                fd_json_num((double)fd_descale(p->v_descale)), "descale",
+                                                r->c.fp8_unit_descale ? "one" : "amax", "out_dtype", "bf16"));
     /* FlashAttention's score modifiers, present only when on (older reports unchanged) */
     if (p->window) json_object_set_new(j, "window", json_pack("[i, i]", p->window_left, p->window_right));
     if (p->softcap > 0.0f) json_object_set_new(j, "softcap", fd_json_num((double)p->softcap));

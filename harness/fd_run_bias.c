@@ -152,12 +152,14 @@ int fd_bias_stage(const fd_casefile *cf, const fd_case *c, int given_inputs, int
     for (int s = 0; s < N && na > 0; s++) {
         fd_case cs = *c;
         cs.input_seed = fd_bias_seed(c->input_seed, s);
+        /* FP8: this seed's inputs have their own amax, so their own descales */
+        if (fd_inputs_fp8_descales(&cs, &cs.prob.q_descale, &cs.prob.k_descale, &cs.prob.v_descale, err, errlen)) goto out;
         float *q, *k, *v;
         if (fd_inputs_make(&cs, &q, &k, &v, err, errlen)) goto out;
         int und = 0, pmax = 0;
         /* the case's reference tiers, as the main stage (values to 1/1000 dtype ulp: far below
          * the biases this stage resolves), so checking every row stays affordable */
-        int rrc = fd_reference_rows_tiered(p, q, k, v, res->rows, R, jobs, cf->reference, ref_o, ref_lse, &und, &pmax,
+        int rrc = fd_reference_rows_tiered(&cs.prob, q, k, v, res->rows, R, jobs, cf->reference, ref_o, ref_lse, &und, &pmax,
                                            NULL, err, errlen);
         for (int a = 0; a < na && !rrc; a++) {
             fd_backend_result *b = &res->be[ac[a].idx];

@@ -21,6 +21,11 @@
  *                                    products when the exponents span > 131072 bits),
  *                                    rounded once
  *   th'  = RN(1 - p),  D' = RN(th' L'),  O'_d = RN(N'_d / D')
+ *          FP8 inputs (issue 15 item 4): sigma = softmax_scale q_descale k_descale,
+ *          formed exactly (72 bits, two limb multiplies), still the only rounding of
+ *          s_j; th' = RN(1 / v_descale) (FP8 problems have no dropout), bounded below
+ *          like RN(1 - p). So the reference is the exact attention of the exactly
+ *          dequantised inputs x8 x_descale.
  *   LSE' = RN(m' + RN(log L'))
  *
  * Error bound (rigorous; every term below is an upper bound).
@@ -200,13 +205,15 @@ static void f32_split(float x, long *m, long *e)
 
 typedef struct {
     int64_t acc[FD_ACC_LIMBS];
-    mp_limb_t limb[FD_ACC_LIMBS / 2 + 2];
+    mp_limb_t limb[FD_ACC_LIMBS / 2 + 3];
 } fd_dotacc;
 
-/* s = RN(sigma * sum_d q_d k_d) at s's precision, sigma = (sig_neg ? -1 : 1) sig_m 2^sig_e;
+/* s = RN(sigma * sum_d q_d k_d) at s's precision, sigma = (sig_neg ? -1 : 1) sig_m sig_m2 2^sig_e
+ * (sig_m2: the FP8 descale product q_descale k_descale's integer significand, < 2^48, 1 when
+ * not FP8: sigma is then the exact product of three binary32 numbers, formed exactly);
  * returns the ternary value. The accumulator holds 32-bit digits in int64 lanes so that
  * carries are deferred (each lane takes < 2^33 per term, D <= 2^16 terms). */
-static int dot_exact(mpfr_ptr s, const float *q, const float *k, int D, mp_limb_t sig_m,
+static int dot_exact(mpfr_ptr s, const float *q, const float *k, int D, mp_limb_t sig_m, mp_limb_t sig_m2,
                      int sig_neg, long sig_e, fd_dotacc *a)
 {
     int64_t *acc = a->acc;
@@ -252,6 +259,10 @@ static int dot_exact(mpfr_ptr s, const float *q, const float *k, int D, mp_limb_
         a->limb[nl++] = (mp_limb_t)acc[i] | ((mp_limb_t)(i + 1 <= top ? acc[i + 1] : 0) << 32);
     a->limb[nl] = mpn_mul_1(a->limb, a->limb, nl, sig_m);
     nl++;
+    if (sig_m2 != 1) { /* FP8: the descale product, exactly (one more limb) */
+        a->limb[nl] = mpn_mul_1(a->limb, a->limb, nl, sig_m2);
+        nl++;
+    }
     while (nl > 0 && a->limb[nl - 1] == 0) nl--;
     if (nl == 0) {
         mpfr_set_zero(s, 1);
@@ -267,7 +278,7 @@ int fd_ref_dot_exact(mpfr_ptr s, const float *a, const float *b, int D, float sc
     fd_dotacc acc;
     long sm, se;
     f32_split(scale, &sm, &se);
-    return dot_exact(s, a, b, D, (mp_limb_t)(sm < 0 ? -sm : sm), sm < 0, se, &acc);
+    return dot_exact(s, a, b, D, (mp_limb_t)(sm < 0 ? -sm : sm), 1, sm < 0, se, &acc);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -337,7 +348,7 @@ typedef struct {
     int nkept;
     float *vcol; /* V of the kept keys, column-major: vcol[d * nkept + kk] */
     long ymin, ymax; /* exponent range of the nonzero vcol as M 2^y, |M| < 2^24 */
-    mp_limb_t sig_m;
+    mp_limb_t sig_m, sig_m2; /* sig_m2: FP8 descale product (1: none) */
     int sig_neg;
     long sig_e;
     /* per precision */
@@ -515,7 +526,7 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, int first, double *o, double *lse
     int jm = 0;
     long *ES = ws->B; /* reuse: error exponent of s'_j, overwritten by beta below */
     for (int j = 0; j < n; j++) {
-        int ts = dot_exact(ws->s.x[j], ws->qrow, ws->krow[j], D, ws->sig_m, ws->sig_neg, ws->sig_e,
+        int ts = dot_exact(ws->s.x[j], ws->qrow, ws->krow[j], D, ws->sig_m, ws->sig_m2, ws->sig_neg, ws->sig_e,
                            &ws->dot);
         ES[j] = half_ulp_exp(ts, ws->s.x[j], P);
         if (fd_problem_has_mods(p))
@@ -582,6 +593,12 @@ static int row_at(fd_rowws *ws, mpfr_prec_t P, int first, double *o, double *lse
     /* th' = RN(1 - p), D' = RN(th' L'), dD. */
     mpfr_set_d(pm, p->dropout_p, MPFR_RNDN); /* exact */
     int tth = mpfr_ui_sub(th, 1, pm, MPFR_RNDN);
+    if (fd_dtype_is_fp8(p->dtype)) {
+        /* FP8: O = v_descale N / L, i.e. th = 1 / v_descale (no dropout on FP8 problems),
+         * one rounding with its ternary: the bound below (dth) covers it */
+        mpfr_set_flt(pm, fd_descale(p->v_descale), MPFR_RNDN); /* exact */
+        tth = mpfr_ui_div(th, 1, pm, MPFR_RNDN);
+    }
     mpfr_set_zero(dth, 1);
     bnd_add_pow2(dth, half_ulp_exp(tth, th, P), bt2);
     int tD = mpfr_mul(Dn, th, L, MPFR_RNDN);
@@ -720,7 +737,7 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
                b, p->batch, h, p->heads, i, p->seqlen_q);
         return -1;
     }
-    if ((unsigned)p->mask > (unsigned)FD_MASK_CAUSAL_BR || (unsigned)p->dtype > (unsigned)FD_DT_FP32) {
+    if ((unsigned)p->mask > (unsigned)FD_MASK_CAUSAL_BR || (unsigned)p->dtype > (unsigned)FD_DT_E5M2) {
         fd_ref_seterr(err, errlen, "fd_ref_row: bad mask %d or dtype %d", (int)p->mask, (int)p->dtype);
         return -1;
     }
@@ -825,6 +842,14 @@ int fd_ref_row(const fd_problem *p, const float *q, const float *k, const float 
     f32_split(p->softmax_scale, &sm, &ws.sig_e);
     ws.sig_neg = sm < 0;
     ws.sig_m = (mp_limb_t)(sm < 0 ? -sm : sm);
+    ws.sig_m2 = 1;
+    if (fd_dtype_is_fp8(p->dtype)) { /* sigma = softmax_scale q_descale k_descale, exactly */
+        long qm, qe, km, ke;
+        f32_split(fd_descale(p->q_descale), &qm, &qe);
+        f32_split(fd_descale(p->k_descale), &km, &ke);
+        ws.sig_m2 = (mp_limb_t)qm * (mp_limb_t)km;
+        ws.sig_e += qe + ke;
+    }
 
     for (long P = opt->prec0;; P *= 2) {
         if (P > opt->prec_max) P = opt->prec_max;

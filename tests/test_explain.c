@@ -61,6 +61,7 @@ Test(explain, each_injected_bug_is_named_by_the_hypothesis_of_its_name, .init = 
     for (const char *const *bug = fd_explain_bugs; *bug; bug++) {
         if (fd_explain_bug_is_bwd(*bug)) continue; /* tests/test_backward.c */
         if (fd_explain_bug_is_mod(*bug)) continue; /* tests/test_features.c: cases with the feature */
+        if (fd_explain_bug_is_fp8(*bug)) continue; /* tests/test_fp8.c: FP8 cases */
         nbugs++;
         fd_explain_opts o = {"cpu-flash", *bug, 2};
         fd_explanation ex;
@@ -84,7 +85,7 @@ Test(explain, each_injected_bug_is_named_by_the_hypothesis_of_its_name, .init = 
 Test(explain, cli_inject_name_is_the_hypothesis_name)
 {
     for (const char *const *bug = fd_explain_bugs; *bug; bug++) {
-        if (fd_explain_bug_is_bwd(*bug) || fd_explain_bug_is_mod(*bug)) continue;
+        if (fd_explain_bug_is_bwd(*bug) || fd_explain_bug_is_mod(*bug) || fd_explain_bug_is_fp8(*bug)) continue;
         char *a[] = {FD_BINARY, "explain", tu_path(TU_SOURCE, "cases/smoke.json"), "--case", (char *)case_for(*bug),
                      "--inject", (char *)*bug, "--jobs", "2", NULL};
         cr_assert_eq(tu_run(a), 1, "--inject %s: a bug, exit 1: %s", *bug, g_err);

@@ -43,6 +43,7 @@ const char *fd_accum_name(fd_accum_model m)
     switch (m) {
     case FD_ACC_SEQ: return "seq";
     case FD_ACC_TC16: return "tc16";
+    case FD_ACC_TC_FP8: return "tc_fp8";
     }
     return "?";
 }
@@ -52,6 +53,7 @@ int fd_accum_parse(const char *s, fd_accum_model *out)
     if (s == NULL) return -1;
     if (strcmp(s, "seq") == 0) { if (out) *out = FD_ACC_SEQ; return 0; }
     if (strcmp(s, "tc16") == 0) { if (out) *out = FD_ACC_TC16; return 0; }
+    if (strcmp(s, "tc_fp8") == 0) { if (out) *out = FD_ACC_TC_FP8; return 0; }
     return -1;
 }
 
@@ -60,7 +62,10 @@ int fd_accum_parse(const char *s, fd_accum_model *out)
 typedef struct {
     int extra_bits;        /* alignment bits beyond 23 fraction bits: 2 on H100 */
     int normalise_products; /* 1: products in [1, 2) (exponent + 1 when >= 2): not H100 */
+    int out_bits;          /* significant bits of the result, truncated: 24 (0 reads as 24) */
+    int emin_b;            /* b's format minimum exponent when it differs from a's (0: same) */
 } fd_tc_params;
+#define FD_TC_MAX_TERMS 64
 
 /* |x| = m * 2^(e - 23), 0 < m < 2^24, e >= emin_in. x finite and non-zero. */
 static void fd_split(float x, int emin_in, uint64_t *m, int *e)
@@ -92,8 +97,9 @@ static float fd_nan32(void) { return fd_bits_f32(0x7fffffffu); }
 static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t sb, int n,
                                float c, int emin_in, fd_tc_params prm)
 {
-    uint64_t pm[16];
-    int pe[16], pa[16], ps[16]; /* value exponent, alignment exponent, sign */
+    uint64_t pm[FD_TC_MAX_TERMS];
+    int pe[FD_TC_MAX_TERMS], pa[FD_TC_MAX_TERMS], ps[FD_TC_MAX_TERMS]; /* value exponent, alignment exponent, sign */
+    const int emin_b = prm.emin_b ? prm.emin_b : emin_in;
     int np = 0;
     int pos_inf = 0, neg_inf = 0;
 
@@ -115,13 +121,13 @@ static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t
     if (neg_inf) return fd_bits_f32(0xff800000u);
 
     /* Exact products, in [1, 4) * 2^46 at exponent e_a + e_b (step 1). */
-    for (int i = 0; i < n && i < 16; i++) {
+    for (int i = 0; i < n && i < FD_TC_MAX_TERMS; i++) {
         float x = a[(size_t)i * sa], y = b[(size_t)i * sb];
         if ((fd_f32_bits(x) << 1) == 0 || (fd_f32_bits(y) << 1) == 0) continue;
         uint64_t mx, my;
         int ex, ey;
         fd_split(x, emin_in, &mx, &ex);
-        fd_split(y, emin_in, &my, &ey);
+        fd_split(y, emin_b, &my, &ey);
         pm[np] = mx * my;
         pe[np] = ex + ey;
         /* Normalising a product in [2, 4) moves only its exponent for the alignment: the
@@ -170,13 +176,18 @@ static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t
     int k = 0; /* s in [2^k, 2^(k+1)) */
     while ((s >> (unsigned)k) > 1u) k++;
     int ex = q + k;                      /* exponent of the result before truncation */
-    int u = ex - 23 < -149 ? -149 : ex - 23; /* exponent of the result's last bit */
+    const int ob = prm.out_bits > 0 && prm.out_bits < 24 ? prm.out_bits : 24;
+    int u = ex - (ob - 1) < -149 ? -149 : ex - (ob - 1); /* exponent of the result's last bit kept */
     uint64_t m;
     if (u >= q) {
         int sh = u - q;
         m = sh >= 64 ? 0u : s >> (unsigned)sh;
     } else {
         m = s << (unsigned)(q - u); /* q - u <= 23 - k: m < 2^24 */
+    }
+    if (ob < 24) { /* back to binary32 units: 2^(ex - 23) when normal, 2^-149 when subnormal */
+        if (ex >= -126) m <<= (unsigned)(24 - ob);
+        else m <<= (unsigned)(u + 149);
     }
     if (m == 0) return fd_bits_f32(sign); /* truncated below the smallest subnormal */
     if (m < ((uint64_t)1 << 23)) return fd_bits_f32(sign | (uint32_t)m); /* subnormal */
@@ -200,7 +211,7 @@ static int fd_block_emin(const float *a, size_t sa, const float *b, size_t sb, i
     return -126;
 }
 
-static const fd_tc_params fd_tc_h100 = {2, 0};
+static const fd_tc_params fd_tc_h100 = {2, 0, 24, 0};
 #define FD_EMIN_GUESS 1 /* fd_dot_tc16: guess the input format per block */
 
 float fd_tc16_block(const float *a, const float *b, float c)
@@ -233,6 +244,10 @@ float fd_dot_acc(fd_accum_model m, const float *a, size_t sa, const float *b, si
                  float c)
 {
     if (m == FD_ACC_TC16) return fd_dot_tc16(a, sa, b, sb, n, c, FD_EMIN_GUESS);
+    if (m == FD_ACC_TC_FP8) { /* no dtype given: e4m3 (use fd_dot_acc_dt) */
+        const fd_tc_fp8_params prm = FD_TC_FP8_DEFAULT;
+        return fd_dot_tc_fp8(&prm, a, sa, FD_DT_E4M3, b, sb, FD_DT_E4M3, n, c);
+    }
     for (int i = 0; i < n; i++) c = fmaf(a[(size_t)i * sa], b[(size_t)i * sb], c);
     return c;
 }
@@ -242,6 +257,51 @@ float fd_dot_acc(fd_accum_model m, const float *a, size_t sa, const float *b, si
 float fd_dot_acc_dt(fd_accum_model m, const float *a, size_t sa, const float *b, size_t sb,
                     int n, float c, fd_dtype t)
 {
-    if (m == FD_ACC_TC16) return fd_dot_tc16(a, sa, b, sb, n, c, fd_dtype_emin(t));
-    return fd_dot_acc(m, a, sa, b, sb, n, c);
+    /* the tensor-core order of the inputs' format: tc16 and tc_fp8 both name it in case
+     * files (the FP8 block model for FP8 inputs, TC16's for fp16 / bf16) */
+    if (m != FD_ACC_SEQ && !fd_dtype_is_fp8(t)) return fd_dot_tc16(a, sa, b, sb, n, c, fd_dtype_emin(t));
+    if (m != FD_ACC_SEQ) {
+        const fd_tc_fp8_params prm = FD_TC_FP8_DEFAULT;
+        return fd_dot_tc_fp8(&prm, a, sa, t, b, sb, t, n, c);
+    }
+    for (int i = 0; i < n; i++) c = fmaf(a[(size_t)i * sa], b[(size_t)i * sb], c);
+    return c;
 }
+
+/* ---- FP8 (issue 15 item 4) ----
+ * The FP8 block FMA reuses fd_tc_block_model: products of FP8 values are exact (at most
+ * 4 x 4 significant bits) and the model's integer bounds hold for up to 64 terms (64
+ * product terms below 2^(frac_bits + 2) units plus c below 2^(frac_bits + 1) stay below
+ * 2^(frac_bits + 9) <= 2^41 for frac_bits <= 32). frac_bits = 23 + extra_bits. */
+fd_tc_fp8_params fd_tc_fp8_default(void)
+{
+    const fd_tc_fp8_params d = FD_TC_FP8_DEFAULT;
+    return d;
+}
+
+float fd_tc_fp8_block(const fd_tc_fp8_params *prm, const float *a, size_t sa, fd_dtype ta, const float *b,
+                      size_t sb, fd_dtype tb, int n, float c)
+{
+    fd_tc_params tp = {prm->frac_bits - 23, 0, prm->out_bits, fd_dtype_emin(tb)};
+    return fd_tc_block_model(a, sa, b, sb, n, c, fd_dtype_emin(ta), tp);
+}
+
+float fd_dot_tc_fp8(const fd_tc_fp8_params *prm, const float *a, size_t sa, fd_dtype ta, const float *b,
+                    size_t sb, fd_dtype tb, int n, float c)
+{
+    const int blk = prm->block >= 1 && prm->block <= FD_TC_MAX_TERMS ? prm->block : 32;
+    float part = prm->promote > 0 ? 0.0f : c; /* the tensor core's accumulator */
+    int since = 0;
+    for (int k = 0; k < n; k += blk) {
+        const int len = n - k < blk ? n - k : blk;
+        part = fd_tc_fp8_block(prm, a + (size_t)k * sa, sa, ta, b + (size_t)k * sb, sb, tb, len, part);
+        since += len;
+        if (prm->promote > 0 && (since >= prm->promote || k + len >= n)) {
+            c = c + part; /* the CUDA-core fp32 add, round to nearest */
+            part = 0.0f;
+            since = 0;
+        }
+    }
+    return prm->promote > 0 ? c : part;
+}
+/* ---- end FP8 ---- */

@@ -2,6 +2,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
+#include "fd_dtype.h"
 #include "fd_problem.h"
 
 const char *fd_dtype_name(fd_dtype t)
@@ -10,6 +12,8 @@ const char *fd_dtype_name(fd_dtype t)
     case FD_DT_FP16: return "fp16";
     case FD_DT_BF16: return "bf16";
     case FD_DT_FP32: return "fp32";
+    case FD_DT_E4M3: return "e4m3";
+    case FD_DT_E5M2: return "e5m2";
     }
     return "?";
 }
@@ -70,8 +74,57 @@ int fd_problem_check_varlen(const fd_problem *p, char *err, size_t errlen)
 }
 /* ---- end variable-length batches ---- */
 
+/* ---- FP8 (issue 15 item 4) ---- */
+int fd_problem_check_fp8(const fd_problem *p, char *err, size_t errlen)
+{
+    const float ds[3] = {p->q_descale, p->k_descale, p->v_descale};
+    static const char *const nm[3] = {"q_descale", "k_descale", "v_descale"};
+    for (int t = 0; t < 3; t++) {
+        if (!fd_dtype_is_fp8(p->dtype) && !(fd_eqf(ds[t], 0.0f) || fd_eqf(ds[t], 1.0f))) {
+            snprintf(err, errlen, "%s %g: descale factors apply to FP8 dtypes (e4m3, e5m2) only, got dtype %s",
+                     nm[t], (double)ds[t], fd_dtype_name(p->dtype));
+            return -1;
+        }
+        if (!(ds[t] >= 0.0f) || isinf(ds[t])) {
+            snprintf(err, errlen, "%s %g: expected a finite number > 0 (0: 1)", nm[t], (double)ds[t]);
+            return -1;
+        }
+    }
+    if (fd_dtype_is_fp8(p->dtype) &&
+        (p->dropout_p > 0.0 || p->window || p->softcap > 0.0f || p->alibi || p->varlen || p->page_size > 0)) {
+        snprintf(err, errlen, "dtype %s: dropout, window, softcap, alibi, varlen and paged KV are not modelled "
+                 "for FP8 (expected plain attention, causal or not)", fd_dtype_name(p->dtype));
+        return -1;
+    }
+    return 0;
+}
+
+int fd_fp8_dequant_bf16(const fd_problem *p, const float *q, const float *k, const float *v, fd_problem *pb,
+                        float **qb, float **kb, float **vb)
+{
+    const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
+    *pb = *p;
+    pb->dtype = FD_DT_BF16;
+    pb->q_descale = pb->k_descale = pb->v_descale = 0.0f;
+    *qb = malloc(sizeof(float) * (nq ? nq : 1));
+    *kb = malloc(sizeof(float) * (nkv ? nkv : 1));
+    *vb = malloc(sizeof(float) * (nkv ? nkv : 1));
+    if (!*qb || !*kb || !*vb) {
+        free(*qb); free(*kb); free(*vb);
+        *qb = *kb = *vb = NULL;
+        return -1;
+    }
+    const float dq = fd_descale(p->q_descale), dk = fd_descale(p->k_descale), dv = fd_descale(p->v_descale);
+    for (size_t e = 0; e < nq; e++) (*qb)[e] = fd_round_to_dtype(q[e] * dq, FD_DT_BF16);
+    for (size_t e = 0; e < nkv; e++) (*kb)[e] = fd_round_to_dtype(k[e] * dk, FD_DT_BF16);
+    for (size_t e = 0; e < nkv; e++) (*vb)[e] = fd_round_to_dtype(v[e] * dv, FD_DT_BF16);
+    return 0;
+}
+/* ---- end FP8 ---- */
+
 int fd_problem_check_mods(const fd_problem *p, char *err, size_t errlen)
 {
+    if (fd_problem_check_fp8(p, err, errlen)) return -1;
     if (p->window && (p->window_left < -1 || p->window_right < -1)) {
         snprintf(err, errlen, "window (%d, %d): each side must be >= 0, or -1 for unbounded",
                  p->window_left, p->window_right);

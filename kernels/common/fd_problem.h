@@ -11,7 +11,13 @@
 #include <stdint.h>
 #include "fd_hd.h"
 
-typedef enum { FD_DT_FP16 = 0, FD_DT_BF16 = 1, FD_DT_FP32 = 2 } fd_dtype;
+/* FD_DT_E4M3 / FD_DT_E5M2: FP8 inputs (issue 15 item 4, docs/fp8.md): Q, K, V hold the
+ * exact values of FP8 codes and the problem's per-tensor descale factors give the
+ * dequantised values (x * x_descale); the output is bfloat16 (fd_out_dtype), as
+ * FlashAttention-3's FP8 forward writes it. */
+typedef enum { FD_DT_FP16 = 0, FD_DT_BF16 = 1, FD_DT_FP32 = 2, FD_DT_E4M3 = 3, FD_DT_E5M2 = 4 } fd_dtype;
+#define FD_NDTYPES 5
+FD_HD int fd_dtype_is_fp8(fd_dtype t) { return t == FD_DT_E4M3 || t == FD_DT_E5M2; }
 
 typedef enum {
     FD_MASK_NONE = 0,
@@ -76,7 +82,39 @@ typedef struct fd_problem {
     int cache_seqlens[FD_PAGED_MAX_BATCH];
     const int *block_table;
     /* ---- end paged KV cache ---- */
+    /* ---- FP8 (issue 15 item 4): per-tensor descale factors, FlashAttention-3's q_descale,
+     * k_descale, v_descale (one float per tensor). The dequantised inputs are Q q_descale,
+     * K k_descale, V v_descale; fd_descale() reads 0 (a memset problem) as 1. Only FP8
+     * dtypes use them (fd_problem_check_fp8). ---- */
+    float q_descale, k_descale, v_descale;
+    /* ---- end FP8 ---- */
 } fd_problem;
+
+/* ---- FP8 (issue 15 item 4): helpers ---- */
+/* A descale factor as the kernels use it: 0 (unset) means 1. */
+FD_HD float fd_descale(float d) { return d > 0.0f ? d : 1.0f; }
+/* The dtype of O: bfloat16 for FP8 inputs (FlashAttention-3: "For FP8 input, output must
+ * have dtype BF16"), else the input dtype. Metrics count ulps of this dtype. */
+FD_HD fd_dtype fd_out_dtype(fd_dtype t) { return fd_dtype_is_fp8(t) ? FD_DT_BF16 : t; }
+/* FlashAttention-3's FP8 softmax_scale_log2 (flash_fwd_kernel_sm90.h): the binary32
+ * (float)(softmax_scale log2 e) times (q_descale k_descale), the descale product rounded
+ * first; the replay and the CUDA host code both take it from here. */
+static inline float fd_fp8_scale_log2(const fd_problem *p)
+{
+    const float sl2 = (float)((double)p->softmax_scale * 1.4426950408889634073599246810018921);
+    return sl2 * (fd_descale(p->q_descale) * fd_descale(p->k_descale));
+}
+/* The FP8 kernel's k order inside each 32-key chunk of the PV product (the m16n8k32 A
+ * fragment filled straight from the S accumulator, kernels/cuda/fd_cuda_flash_fp8.cu):
+ * position p holds key fd_fp8_pv_key(p); the replay sums in the same order. */
+FD_HD int fd_fp8_pv_key(int p)
+{
+    const int t = (p & 15) >> 2, i = p & 3;
+    return 16 * (p >> 4) + (i < 2 ? 2 * t + i : 8 + 2 * t + i - 2);
+}
+/* FA3's Max_offset: P = exp2(s scale_log2 - (m scale_log2 - 8)) lies in [0, 256]. */
+#define FD_FP8_MAX_OFFSET 8
+/* ---- end FP8 ---- */
 
 /* Does the problem use a window, softcap, ALiBi, variable-length sequences or a paged KV
  * cache (the features only the forward kernels and the reference support so far)? */
@@ -264,6 +302,9 @@ static inline size_t fd_lse_numel(const fd_problem *p)
 {
     return (size_t)p->batch * (size_t)p->heads * (size_t)p->seqlen_q;
 }
+#ifdef __cplusplus /* the C functions of fd_common.c, callable from the CUDA host code */
+extern "C" {
+#endif
 const char *fd_dtype_name(fd_dtype t);
 const char *fd_mask_name(fd_mask_kind m);
 /* 0, or -1 with err filled: window sides >= -1, softcap finite >= 0, ALiBi slopes finite
@@ -292,8 +333,23 @@ int fd_splitkv_heuristic(const fd_problem *p, int num_sms);
 /* The split count a split-KV backend uses: cfg_splits (>= 1) or, for 0, the heuristic. */
 int fd_splitkv_splits(const fd_problem *p, int cfg_splits, int num_sms);
 /* ---- end paged KV cache ---- */
+/* ---- FP8 (issue 15 item 4) ---- */
+/* FP8 problems: descales finite and > 0 (0: 1), no dropout, softcap, ALiBi, window,
+ * varlen or paged KV (not modelled for FP8 yet); non-FP8 problems: descales 0 or 1.
+ * 0, or -1 with err naming the field and what was expected. */
+int fd_problem_check_fp8(const fd_problem *p, char *err, size_t errlen);
+/* Standard attention's view of an FP8 problem (cpu-standard, cuda-standard): the inputs
+ * dequantised to bfloat16, x8.to(bfloat16) * x_descale (one binary32 product rounded to
+ * bf16), into new arrays *qb, *kb, *vb (free them), and *pb the bf16 problem without
+ * descales. 0, or -1 when out of memory (nothing allocated then). */
+int fd_fp8_dequant_bf16(const fd_problem *p, const float *q, const float *k, const float *v, fd_problem *pb,
+                        float **qb, float **kb, float **vb);
+/* ---- end FP8 ---- */
 /* The standard ALiBi slopes 2^(-8 (h + 1) / heads), h = 0 .. heads - 1. */
 void fd_alibi_default_slopes(int heads, float *slopes);
 /* "window (l, r), softcap c, alibi" (only what is on); returns the length. */
 int fd_problem_describe_mods(const fd_problem *p, char *buf, size_t len);
+#ifdef __cplusplus
+}
+#endif
 #endif

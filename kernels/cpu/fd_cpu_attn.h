@@ -10,6 +10,16 @@
  * O *= (1 / l) * (1 / (1 - p)) and rounded to the dtype; LSE = m * scale + log(l) in
  * fp32 (+Inf for rows with no visible key, whose O is 0, as FA2 writes them).
  *
+ * FP8 inputs (FD_DT_E4M3 / FD_DT_E5M2; issue 15 item 4; docs/fp8.md) follow
+ * FlashAttention-3's FP8 forward (hopper/flash_fwd_kernel_sm90.h, softmax.h): S = Q K^T of
+ * the FP8 values under the FP8 tensor-core model (qk_order tc16 or tc_fp8: FD_ACC_TC_FP8;
+ * seq: fmaf chain); scale_log2 = (float)(softmax_scale log2 e) * (q_descale * k_descale) in
+ * binary32; P = exp2(fmaf(s, scale_log2, -fmaf(m, scale_log2, -8))) in [0, 256] (Max_offset
+ * 8, cfg->fp8_max_offset); l sums the fp32 P; P cast to e4m3 (round to nearest even,
+ * saturating at 448) whatever the input format; O += P V under the FP8 model (P e4m3, V
+ * the input format); O = O * ((1 / l) * v_descale) rounded to bfloat16; LSE = fmaf(m,
+ * scale_log2 ln 2, logf(l 2^-8)).
+ *
  * fd_cpu_standard_forward is standard attention as eager frameworks run it:
  * S = Q K^T (fp32 accumulate), S *= scale, mask, softmax in fp32 (max-subtracted expf,
  * sequential sum, divide), P cast to the dtype, dropout (P * keep * (1/(1-p)) in fp32,
@@ -54,6 +64,9 @@ typedef struct fd_flash_cfg {
     int sms;                   /* the SM count the heuristic assumes (default 132, an H200) */
     int o_round_up;            /* planted bias (CPU replay only, a test of the bias detector):
                                 * 1 rounds the output toward +Inf instead of to nearest */
+    int fp8_max_offset;        /* FP8: FA3's Max_offset (default 8: P in [0, 256]); 0 leaves P
+                                * in [0, 1] (the "P not rescaled" bug), 9 makes the largest P
+                                * saturate at 448 (the "P saturating" bug) */
 } fd_flash_cfg;
 
 void fd_flash_cfg_default(fd_flash_cfg *cfg);

@@ -33,6 +33,7 @@ void fd_flash_cfg_default(fd_flash_cfg *cfg)
     cfg->splits = 4;
     cfg->sms = 132;
     cfg->o_round_up = 0;
+    cfg->fp8_max_offset = FD_FP8_MAX_OFFSET;
 }
 
 /* x rounded to the dtype toward +Inf: the planted bias of fd_flash_cfg.o_round_up. */
@@ -93,9 +94,15 @@ typedef struct {
     float cap_in;        /* FA2's params.softcap = softmax_scale / softcap (0: no cap) */
     int dropout;
     uint8_t thr;
+    /* FP8 (issue 15 item 4): FlashAttention-3's scaling (see fd_cpu_attn.h) */
+    int fp8;
+    float max_off;       /* FA3's Max_offset: P = exp2(s scale - (m scale - 8)) in [0, 256] */
+    float vds;           /* v_descale, folded into the final 1/l */
+    float scale_lse;     /* softmax_scale_log2 (descales included) * ln 2, for the LSE */
     const float *q, *k, *v;
     double *s, *pt;
     float *ptf;
+    float *pperm, *vperm; /* FP8: P and a V column of a tile in the kernel's k order */
     /* paged KV cache: the physical caches (the logical K, V scattered through the block
      * table, fd_paged_scatter) that K and V are read from, and a V tile gathered from
      * its pages for the PV products */
@@ -178,8 +185,12 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
             for (int d = 0; d < D; d++)
                 acc[d] = xpv ? acc[d] * sc : (double)((float)acc[d] * (float)sc);
         }
-        const double msd = m_inf ? 0.0 : m * x->scale_log2_d;
-        const float msf = m_inf ? 0.0f : (float)m * x->scale_log2;
+        double msd = m_inf ? 0.0 : m * x->scale_log2_d;
+        float msf = m_inf ? 0.0f : (float)m * x->scale_log2;
+        if (x->fp8 && !m_inf) { /* FA3: max * scale - Max_offset, one FFMA */
+            msd -= (double)x->max_off;
+            msf = fmaf((float)m, x->scale_log2, -x->max_off);
+        }
         for (int c = 0; c < bc; c++) {
             const double sv = x->s[c];
             double e;
@@ -190,7 +201,10 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
             /* row sum from the fp32 P, before rounding and dropout */
             double *acc_l = fa2sum ? &lp[(c & 7) >> 1] : &l;
             *acc_l = xsm ? *acc_l + e : (double)((float)*acc_l + (float)e);
-            double pv = (x->cfg->p_fp32 || xpr) ? e : (double)fd_round_to_dtype((float)e, p->dtype);
+            /* P to the dtype; FP8: to e4m3 with the saturating cast (cutlass / cvt.rn.satfinite) */
+            double pv = (x->cfg->p_fp32 || xpr) ? e
+                        : x->fp8 ? (double)fd_round_fp8((float)e, FD_DT_E4M3, FD_FP8_SATFINITE)
+                                 : (double)fd_round_to_dtype((float)e, p->dtype);
             if (x->dropout && j0 + c >= lo && j0 + c <= hi &&
                 !fd_fa2_keep(p->seed, p->offset, x->thr, p->heads, b, h, i, j0 + c))
                 pv = 0.0;
@@ -210,6 +224,19 @@ static void flash_row(fd_flash_ctx *x, int b, int h, int i, int kb, int ke, int 
                 double a = acc[d];
                 for (int c = 0; c < nk; c++) a += x->pt[c] * (double)vd[(size_t)c * vstride];
                 acc[d] = a;
+            } else if (x->fp8 && x->pv != FD_ACC_SEQ) {
+                /* the FP8 mma: P (e4m3; binary32 when P is not rounded) times V (the dtype), the
+                 * keys of each 32-key chunk in the kernel's k order (fd_fp8_pv_key; keys past
+                 * nk are the kernel's zero padding) */
+                const fd_tc_fp8_params prm = FD_TC_FP8_DEFAULT;
+                const int np = (nk + 31) / 32 * 32;
+                for (int c = 0; c < np; c++) {
+                    const int key = (c & ~31) + fd_fp8_pv_key(c & 31);
+                    x->pperm[c] = key < nk ? x->ptf[key] : 0.0f;
+                    x->vperm[c] = key < nk ? vd[(size_t)key * vstride] : 0.0f;
+                }
+                acc[d] = (double)fd_dot_tc_fp8(&prm, x->pperm, 1, (x->cfg->p_fp32 || xpr) ? FD_DT_FP32 : FD_DT_E4M3,
+                                               x->vperm, 1, p->dtype, np, (float)acc[d]);
             } else {
                 acc[d] = (double)fd_dot_acc_dt(x->pv, x->ptf, 1, vd, vstride, nk, (float)acc[d],
                                                p->dtype);
@@ -249,13 +276,26 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
     x->cap_in = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
     x->scale_log2_d = (double)x->scale_sm * FD_LOG2E;
     x->scale_log2 = (float)x->scale_log2_d;
+    x->fp8 = fd_dtype_is_fp8(p->dtype);
+    if (x->fp8) {
+        /* FA3 (flash_fwd_kernel_sm90.h): softmax_scale_log2 *= q_descale * k_descale, in
+         * binary32, the descale product first */
+        const float qd = fd_descale(p->q_descale), kd = fd_descale(p->k_descale);
+        x->scale_log2 = fd_fp8_scale_log2(p);
+        x->scale_log2_d = (double)p->softmax_scale * (double)qd * (double)kd * FD_LOG2E;
+        x->max_off = (float)cfg->fp8_max_offset;
+        x->vds = fd_descale(p->v_descale);
+        x->scale_lse = x->scale_log2 * (float)0.69314718055994530942; /* softmax_scale_log2 * float(M_LN2) */
+    }
     x->dropout = p->dropout_p > 0.0;
     x->thr = fd_fa2_threshold(p->dropout_p);
     x->q = q; x->k = k; x->v = v;
     x->s = malloc(sizeof(double) * (size_t)cfg->bc);
     x->pt = malloc(sizeof(double) * (size_t)cfg->bc);
     x->ptf = malloc(sizeof(float) * (size_t)cfg->bc);
-    int oom = !x->s || !x->pt || !x->ptf;
+    x->pperm = malloc(sizeof(float) * (size_t)(cfg->bc + 32));
+    x->vperm = malloc(sizeof(float) * (size_t)(cfg->bc + 32));
+    int oom = !x->s || !x->pt || !x->ptf || !x->pperm || !x->vperm;
     if (!oom && p->page_size > 0) {
         x->own_pages = !(kc && vc);
         x->kp = x->own_pages ? malloc(sizeof(float) * fd_paged_numel(p)) : (float *)(uintptr_t)kc;
@@ -277,13 +317,13 @@ static int ctx_init(fd_flash_ctx *x, const fd_problem *p, const fd_flash_cfg *cf
 
 static void ctx_free(fd_flash_ctx *x)
 {
-    free(x->s); free(x->pt); free(x->ptf); free(x->vt);
+    free(x->s); free(x->pt); free(x->ptf); free(x->vt); free(x->pperm); free(x->vperm);
     if (x->own_pages) {
         free(x->kp);
         free(x->vp);
     }
     x->s = x->pt = NULL;
-    x->ptf = x->kp = x->vp = x->vt = NULL;
+    x->ptf = x->kp = x->vp = x->vt = x->pperm = x->vperm = NULL;
 }
 
 static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned exact, const float *q, const float *k,
@@ -355,20 +395,26 @@ static int flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
             flash_row(&x, b, h, i, sp.k0, ke, (lo - sp.k0) / bc, (hi - sp.k0) / bc + 1, lo, hi, acc, &l, &m);
             const int empty = fd_eq(l, 0.0) || isnan(l);
             /* normalize_softmax_lse: one reciprocal, the dropout scale folded in */
+            const fd_dtype odt = fd_out_dtype(p->dtype);
             if (xfin) {
-                const double sc = (empty ? 1.0 : 1.0 / l) * (xds ? rp_d : (double)rp);
+                const double sc = (empty ? 1.0 : 1.0 / l) * (xds ? rp_d : (double)rp) * (x.fp8 ? (double)x.vds : 1.0);
                 for (int d = 0; d < D; d++) oi[d] = acc[d] * sc;
             } else {
                 const float inv = empty ? 1.0f : 1.0f / (float)l;
-                const float sc = xds ? (float)((double)inv * rp_d) : inv * rp;
+                /* FA3 FP8: finalize(v_descale) gives inv_sum * v_descale */
+                const float sc = x.fp8 ? inv * x.vds : xds ? (float)((double)inv * rp_d) : inv * rp;
                 for (int d = 0; d < D; d++)
-                    oi[d] = cfg->o_round_up ? (double)round_up_dtype((double)(float)acc[d] * (double)sc, p->dtype)
-                                            : (double)fd_round_to_dtype((float)acc[d] * sc, p->dtype);
+                    oi[d] = cfg->o_round_up ? (double)round_up_dtype((double)(float)acc[d] * (double)sc, odt)
+                                            : (double)fd_round_to_dtype((float)acc[d] * sc, odt);
             }
-            lse[fd_lse_index(p, b, h, i)] =
-                empty ? (double)INFINITY
-                      : (xsm || xfin) ? m * (double)x.scale_sm + log(l)
-                                      : (double)fmaf((float)m, x.scale_sm, fd_logf_portable((float)l));
+            double lv;
+            if (empty) lv = (double)INFINITY;
+            else if (x.fp8) /* FA3: row_max * (softmax_scale_log2 * ln 2) + log(sum / 2^Max_offset) */
+                lv = (xsm || xfin) ? (m * x.scale_log2_d - (double)x.max_off) * 0.69314718055994530942 + log(l)
+                                   : (double)fmaf((float)m, x.scale_lse, fd_logf_portable((float)l * ldexpf(1.0f, -cfg->fp8_max_offset)));
+            else
+                lv = (xsm || xfin) ? m * (double)x.scale_sm + log(l) : (double)fmaf((float)m, x.scale_sm, fd_logf_portable((float)l));
+            lse[fd_lse_index(p, b, h, i)] = lv;
         }
         if (ok) {
             free(acc);
@@ -489,9 +535,10 @@ static int splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                     }
                     flash_row(&x, b, h, i, kb, ke, slo > klo ? slo : klo, shi, lo, hi, acc, &l, &m);
                     /* each split writes O_i = acc / l (fp32, dropout scale folded in) and LSE_i */
-                    const float inv = 1.0f / (float)l, sc = inv * rp;
+                    const float inv = 1.0f / (float)l, sc = x.fp8 ? inv * x.vds : inv * rp;
                     for (int d = 0; d < D; d++) oacc[(size_t)ns * (size_t)D + (size_t)d] = (float)acc[d] * sc;
-                    lacc[ns] = fmaf((float)m, x.scale_sm, fd_logf_portable((float)l));
+                    lacc[ns] = x.fp8 ? fmaf((float)m, x.scale_lse, fd_logf_portable((float)l * ldexpf(1.0f, -cfg->fp8_max_offset)))
+                                     : fmaf((float)m, x.scale_sm, fd_logf_portable((float)l));
                     ns++;
                 }
                 /* combine_attn_seqk_parallel: LSE-weighted sum in fp32 */
@@ -504,7 +551,7 @@ static int splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                     float a = 0.0f;
                     for (int t = 0; t < ns; t++)
                         a = fmaf(fd_expf_portable(lacc[t] - lse_all), oacc[(size_t)t * (size_t)D + (size_t)d], a);
-                    oi[d] = fd_round_to_dtype(a, p->dtype);
+                    oi[d] = fd_round_to_dtype(a, fd_out_dtype(p->dtype));
                 }
                 lse[fd_lse_index(p, b, h, i)] = lse_all;
             }

@@ -7,7 +7,13 @@
  * visible key gives NaN, as softmax over all -inf does in eager frameworks.
  * Score modifiers as eager model code writes them (Gemma 2's softcap, an ALiBi bias
  * tensor added to the scores): s = (q.k) * scale; s = tanhf(s / softcap) * softcap;
- * s = s + (-slope * |i + sk - sq - j|) (the bias formed in fp32); then the mask. */
+ * s = s + (-slope * |i + sk - sq - j|) (the bias formed in fp32); then the mask.
+ *
+ * FP8 inputs: "standard" is what a user without an FP8 attention kernel runs: the
+ * inputs dequantised to bfloat16 (x8.to(bfloat16) * x_descale, one binary32 product
+ * rounded to bfloat16: torch's bf16 tensor times a float scalar) and eager bfloat16
+ * attention on them (P cast to bf16, bf16 output) -- the baseline of FlashAttention's
+ * relative rule for the FP8 kernel (docs/fp8.md). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +29,18 @@ int fd_cpu_standard_forward(const fd_problem *p, fd_accum_model order, const flo
                             float *o, float *lse, char *err, size_t errlen)
 {
     if (fd_cpu_check_problem(p, err, errlen)) return -1;
+    if (fd_dtype_is_fp8(p->dtype)) { /* eager bf16 attention on the dequantised inputs */
+        fd_problem pb;
+        float *qb, *kb, *vb;
+        if (fd_fp8_dequant_bf16(p, q, k, v, &pb, &qb, &kb, &vb)) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        const int rc = fd_cpu_standard_forward(&pb, order == FD_ACC_TC_FP8 ? FD_ACC_TC16 : order, qb, kb, vb, rows,
+                                               nrows, o, lse, err, errlen);
+        free(qb); free(kb); free(vb);
+        return rc;
+    }
     const int D = p->head_dim, sq = p->seqlen_q, sk = p->seqlen_k;
     const int dropout = p->dropout_p > 0.0;
     const uint8_t thr = fd_fa2_threshold(p->dropout_p);

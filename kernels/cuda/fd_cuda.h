@@ -13,7 +13,13 @@
  *   The row sum l is FA2's: each of the 4 threads of a quad keeps a partial sum over its
  *   columns {8a + 2t, 8a + 2t + 1} of each tile (a ascending, 2t before 2t+1), partial
  *   sums rescaled with O, combined once at the end as (l0 + l2) + (l1 + l3).
- *   fp32 inputs take fd_cuda_fp32_path() instead (no tensor cores).
+ *   fp32 inputs take fd_cuda_fp32_path() instead (no tensor cores); FP8 inputs (e4m3,
+ *   e5m2) take fd_cuda_flash_fp8_forward.
+ * fd_cuda_flash_fp8_forward (fd_cuda_flash_fp8.cu): the FP8 forward, mma.sync m16n8k32
+ *   e4m3/e5m2 (sm_89+) with FlashAttention-3's FP8 scaling, bf16 output; bit for bit the
+ *   FP8 path of fd_cpu_flash_forward when the FP8 tensor-core model is right (numerics in
+ *   the .cu file's header and docs/fp8.md). Head dim 64 or 128, no mask or causal, key
+ *   tile 64; -1 with err on anything else and on GPUs below sm_89.
  * fd_cuda_standard_forward: eager attention through cuBLAS (see fd_cpu_standard_forward).
  * fd_cuda_splitkv_forward: flash-decoding; `splits` chunks of K/V tiles, partial O (fp32)
  *   and LSE per chunk, LSE-weighted combine, then rounding to the dtype.
@@ -61,6 +67,11 @@ const char *fd_cuda_fp32_path(void);
 int fd_cuda_flash_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const float *q,
                           const float *k, const float *v, float *o, float *lse, uint8_t *dmask,
                           fd_cuda_timing *t, char *err, size_t errlen);
+int fd_cuda_flash_fp8_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const float *q, const float *k,
+                              const float *v, float *o, float *lse, fd_cuda_timing *t, char *err, size_t errlen);
+/* out[i] = the FP8 code of x[i] by the device's cvt.rn.satfinite.{e4m3,e5m2}x2.f32, two at a
+ * time as the FP8 kernel converts P (low byte = first value); sm_89+. */
+int fd_cuda_fp8_cvt_batch(const float *x, uint8_t *out, size_t n, fd_dtype t, char *err, size_t errlen);
 int fd_cuda_standard_forward(const fd_problem *p, int repeats, const float *q, const float *k,
                              const float *v, float *o, float *lse, fd_cuda_timing *t, char *err,
                              size_t errlen);

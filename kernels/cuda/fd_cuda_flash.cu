@@ -530,6 +530,10 @@ int fd_cuda_flash_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const flo
                           const float *k, const float *v, float *o, float *lse, uint8_t *dmask,
                           fd_cuda_timing *t, char *err, size_t errlen)
 {
+    if (p && fd_dtype_is_fp8(p->dtype)) { /* FP8: its own kernel (fd_cuda_flash_fp8.cu) */
+        if (dmask) FD_FAIL("FP8 flash: no debug mask output (FP8 problems have no dropout)");
+        return fd_cuda_flash_fp8_forward(p, cfg, q, k, v, o, lse, t, err, errlen);
+    }
     return run_flash(MODE_FLASH, p, cfg, q, k, v, o, lse, dmask, t, err, errlen);
 }
 

@@ -12,6 +12,7 @@
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <vector>
 
@@ -157,6 +158,15 @@ extern "C" int fd_cuda_standard_forward(const fd_problem *p, int repeats, const 
                                         const float *k, const float *v, float *o, float *lse,
                                         fd_cuda_timing *tm, char *err, size_t errlen)
 {
+    if (p && q && k && v && fd_dtype_is_fp8(p->dtype)) { /* eager bf16 on the dequantised inputs (docs/fp8.md) */
+        fd_problem pb;
+        float *qb, *kb, *vb;
+        if (fd_problem_check_fp8(p, err, errlen)) return -1;
+        if (fd_fp8_dequant_bf16(p, q, k, v, &pb, &qb, &kb, &vb)) FD_FAIL("out of memory dequantising FP8 inputs");
+        const int rc = fd_cuda_standard_forward(&pb, repeats, qb, kb, vb, o, lse, tm, err, errlen);
+        free(qb); free(kb); free(vb);
+        return rc;
+    }
     if (fd_cu_check_problem(p, err, errlen)) return -1;
     if (p->varlen) FD_FAIL("cuda-standard does not support variable-length batches (varlen: cpu-standard)");
     if (!q || !k || !v || !o || !lse) FD_FAIL("null tensor argument");
