@@ -8,6 +8,7 @@
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -234,4 +235,18 @@ static inline char *tu_slurp(const char *path)
     fclose(f);
     return buf;
 }
+
+/* x rounded to nearest (even) in dtype t straight from binary64 (fp16 with its subnormal
+ * step 2^-24, bf16 at its 8 bits; no overflow handling: for moderate test values). */
+static inline float tu_rnd_dtype(double x, fd_dtype t)
+{
+    if (t == FD_DT_FP32) return (float)x;
+    const int p = t == FD_DT_FP16 ? 11 : 8;
+    int e;
+    (void)frexp(x, &e);
+    if (t == FD_DT_FP16 && e < -13) e = -13;
+    const double sc = ldexp(1.0, p - e);
+    return (float)(nearbyint(x * sc) / sc);
+}
+
 #endif

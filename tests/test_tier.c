@@ -196,17 +196,6 @@ static adv adv_make(int sq, int sk, int D, fd_dtype t, fd_mask_kind mask, double
     return a;
 }
 
-static float rnd_dtype(double x, fd_dtype t)
-{
-    if (t == FD_DT_FP32) return (float)x;
-    const int p = t == FD_DT_FP16 ? 11 : 8;
-    int e;
-    (void)frexp(x, &e);
-    if (t == FD_DT_FP16 && e < -13) e = -13;
-    const double sc = ldexp(1.0, p - e);
-    return (float)(nearbyint(x * sc) / sc);
-}
-
 static void adv_check(adv *a, const char *what, tally *tl)
 {
     int *rows = malloc(sizeof(int) * (size_t)a->p.seqlen_q);
@@ -224,11 +213,11 @@ Test(tier, adversarial_huge_logit_spread)
     for (int t = 0; t < 3; t++) {
         const fd_dtype dt = (fd_dtype)t;
         adv a = adv_make(24, 80, 16, dt, FD_MASK_NONE, 0.0);
-        for (size_t x = 0; x < fd_q_numel(&a.p); x++) a.q[x] = rnd_dtype(tu_urand(&st) * 2 - 1, dt);
+        for (size_t x = 0; x < fd_q_numel(&a.p); x++) a.q[x] = tu_rnd_dtype(tu_urand(&st) * 2 - 1, dt);
         for (size_t x = 0; x < fd_kv_numel(&a.p); x++) {
             const double big = (x / 16) % 7 == 0 ? 400.0 : 1.0;
-            a.k[x] = rnd_dtype(big * (tu_urand(&st) * 2 - 1), dt);
-            a.v[x] = rnd_dtype(ldexp(tu_urand(&st) * 2 - 1, (int)(tu_urand(&st) * 16) - 8), dt);
+            a.k[x] = tu_rnd_dtype(big * (tu_urand(&st) * 2 - 1), dt);
+            a.v[x] = tu_rnd_dtype(ldexp(tu_urand(&st) * 2 - 1, (int)(tu_urand(&st) * 16) - 8), dt);
         }
         a.p.softmax_scale = 8.0f;
         adv_check(&a, "huge spread", &tl);
@@ -251,8 +240,8 @@ Test(tier, adversarial_cancellation_in_pv)
                 double x = s * (1.0 + d / 8.0);
                 if (d == 1 && j == 6) x = nextafterf((float)x, 2.0f);
                 if (d == 2) x = s * 1000.0 + (j == 3 ? 0.5 : 0.0);
-                a.v[(size_t)j * 8 + (size_t)d] = rnd_dtype(x, dt);
-                a.k[(size_t)j * 8 + (size_t)d] = rnd_dtype(0.25 * (d + 1) * (j % 3), dt);
+                a.v[(size_t)j * 8 + (size_t)d] = tu_rnd_dtype(x, dt);
+                a.k[(size_t)j * 8 + (size_t)d] = tu_rnd_dtype(0.25 * (d + 1) * (j % 3), dt);
             }
         adv_check(&a, "cancellation", &tl);
     }
@@ -269,12 +258,12 @@ Test(tier, adversarial_tied_maxima)
     for (int t = 0; t < 3; t++) {
         const fd_dtype dt = (fd_dtype)t;
         adv a = adv_make(32, 96, 32, dt, FD_MASK_CAUSAL_BR, 0.2);
-        for (size_t x = 0; x < fd_q_numel(&a.p); x++) a.q[x] = rnd_dtype(tu_urand(&st) * 2 - 1, dt);
+        for (size_t x = 0; x < fd_q_numel(&a.p); x++) a.q[x] = tu_rnd_dtype(tu_urand(&st) * 2 - 1, dt);
         for (int j = 0; j < 96; j++)
             for (int d = 0; d < 32; d++) {
                 const int src = j % 5 == 0 ? 0 : j; /* every 5th key equals key 0 */
-                a.k[(size_t)j * 32 + (size_t)d] = rnd_dtype(2.0 * sin(1.0 + src * 0.37 + d * 1.1), dt);
-                a.v[(size_t)j * 32 + (size_t)d] = rnd_dtype(tu_urand(&st) * 2 - 1, dt);
+                a.k[(size_t)j * 32 + (size_t)d] = tu_rnd_dtype(2.0 * sin(1.0 + src * 0.37 + d * 1.1), dt);
+                a.v[(size_t)j * 32 + (size_t)d] = tu_rnd_dtype(tu_urand(&st) * 2 - 1, dt);
             }
         adv_check(&a, "tied maxima", &tl);
     }

@@ -94,27 +94,16 @@ static badv badv_make(int H, int Hk, int sq, int sk, int D, fd_dtype t, fd_mask_
     return a;
 }
 
-static float rnd_dtype(double x, fd_dtype t)
-{
-    if (t == FD_DT_FP32) return (float)x;
-    const int p = t == FD_DT_FP16 ? 11 : 8;
-    int e;
-    (void)frexp(x, &e);
-    if (t == FD_DT_FP16 && e < -13) e = -13;
-    const double sc = ldexp(1.0, p - e);
-    return (float)(nearbyint(x * sc) / sc);
-}
-
 static void badv_fill(badv *a, uint64_t *st, double qs, double ks, double vs, double ds)
 {
     const fd_dtype t = a->p.dtype;
     for (size_t x = 0; x < fd_q_numel(&a->p); x++) {
-        a->q[x] = rnd_dtype(qs * (tu_urand(st) * 2 - 1), t);
-        a->dout[x] = rnd_dtype(ds * (tu_urand(st) * 2 - 1), t);
+        a->q[x] = tu_rnd_dtype(qs * (tu_urand(st) * 2 - 1), t);
+        a->dout[x] = tu_rnd_dtype(ds * (tu_urand(st) * 2 - 1), t);
     }
     for (size_t x = 0; x < fd_kv_numel(&a->p); x++) {
-        a->k[x] = rnd_dtype(ks * (tu_urand(st) * 2 - 1), t);
-        a->v[x] = rnd_dtype(vs * (tu_urand(st) * 2 - 1), t);
+        a->k[x] = tu_rnd_dtype(ks * (tu_urand(st) * 2 - 1), t);
+        a->v[x] = tu_rnd_dtype(vs * (tu_urand(st) * 2 - 1), t);
     }
 }
 
@@ -139,7 +128,7 @@ Test(tier_bwd, adversarial_large_logit_spread_gqa_causal, .timeout = 600)
     for (int t = 0; t < 3; t++) {
         badv a = badv_make(4, 2, 40, 32, 16, (fd_dtype)t, FD_MASK_CAUSAL_BR, 0.0);
         badv_fill(&a, &st, 1.0, 1.0, 1.0, 1.0);
-        for (size_t x = 0; x < fd_kv_numel(&a.p); x += 48) a.k[x] = rnd_dtype(40.0 * (tu_urand(&st) * 2 - 1), (fd_dtype)t);
+        for (size_t x = 0; x < fd_kv_numel(&a.p); x += 48) a.k[x] = tu_rnd_dtype(40.0 * (tu_urand(&st) * 2 - 1), (fd_dtype)t);
         a.p.softmax_scale = 8.0f;
         badv_check(&a, "large spread", &tl);
     }
