@@ -1,11 +1,11 @@
 /* test_fp8.c: the FP8 attention forward (issue 15 item 4, docs/fp8.md) on the CPU.
  *
  * The FP8 tensor-core block model (FD_ACC_TC_FP8): each parameter changes a crafted
- * result the way the model says, and, when stored hardware results exist
- * (tests/data/tensor-core-fp8-h200, or the folder FD_TC_FP8_DATA names, in the
- * tensor-core-h100 format with K words per line), the default parameters reproduce every
- * one of them (the test says which parameters fit best when they do not); skipped when
- * the folder is absent. The per-tensor quantisation of the inputs. The MPFR reference of
+ * result the way the model says, and the measured H200 models (FD_TC_FP8_MMA_SM90 = the
+ * default, FD_TC_FP8_WGMMA_SM90) reproduce every stored hardware result
+ * (tests/data/tensor-core-h200, or the folder FD_TC_FP8_DATA names, in the
+ * tensor-core-h100 format with K words per line; the test says which parameters fit best
+ * when they do not); FD_ACC_TC16 reproduces the H200's wgmma fp16/bf16. The per-tensor quantisation of the inputs. The MPFR reference of
  * an FP8 problem: bit-identical to the reference of the dequantised fp32 problem where
  * dequantising is exact, and within 1e-12 of binary64 attention otherwise. The replay:
  * FA3's FP8 formulas written out on one tile, bit for bit; bf16 outputs, P cast to e4m3
