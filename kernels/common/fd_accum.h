@@ -16,15 +16,17 @@
  *                 2026-12-03, scripts/device-probe; tests/data/tensor-core-h200,
  *                 docs/tensor-cores.md), bit for bit on every stored block:
  *   FD_TC_FP8_MMA_SM90 (= FD_TC_FP8_DEFAULT; mma.sync.m16n8k32.row.col.f32.e4m3/e5m2):
- *                 one instruction gives the results of two fp16 HMMA m16n8k16 block
- *                 FMAs (as if ptxas lowered it to fp16 HMMAs; SASS not inspected) (FD_ACC_TC16's: exact products, alignment to
- *                 the largest exponent with 25 fraction bits truncated, 24-bit result
- *                 truncated) over the instruction's k indices, the first over the k with
- *                 k mod 4 in {0, 1} (16 terms), the second over k mod 4 in {2, 3}, the
- *                 first starting from +0 (NOT from c), the second from the first's result;
- *                 then c is added with one binary32 add rounded to nearest even:
- *                   d = RN(c + TC16(P_hi, TC16(P_lo, 0))).
+ *                 one instruction gives the results of two fp16 HMMA m16n8k16 block FMAs
+ *                 (as if ptxas lowered it to fp16 HMMAs; SASS not inspected), each
+ *                 FD_ACC_TC16's (exact products, alignment to the largest exponent with
+ *                 25 fraction bits truncated, late normalisation, 24-bit result
+ *                 truncated), over the instruction's k indices: the first over the k with
+ *                 k mod 4 in {0, 1} (16 terms) starting from +0 (NOT from c), the second
+ *                 over k mod 4 in {2, 3} starting from the first's result; then c is added
+ *                 with one binary32 add rounded to nearest even:
+ *                   d = RN(c + TC16(P_hi, TC16(P_lo, +0))).
  *                 mma.sync e4m3 and e5m2, K = 32, 64, 128: 14000 of 14000 blocks.
+ *                 (e4m3 subnormals placed at -6 or at fp16's -14: the data agree with both.)
  *   FD_TC_FP8_WGMMA_SM90 (wgmma.mma_async m64nNk32 .e4m3/.e5m2, fp32 accumulator): one
  *                 block FMA of all 32 products and c: exact products at exponent
  *                 e_a + e_b (unnormalised significands in [1, 4), FP8 subnormals at the
@@ -32,7 +34,8 @@
  *                 and c, every term (c included) truncated toward zero to a multiple of
  *                 2^(E - 13), the exact sum of those normalised and truncated to 14
  *                 significant bits (round toward zero). wgmma e4m3 and e5m2, K = 32 to
- *                 512 (chained wgmma, K = 32 each): 16400 of 16400 blocks.
+ *                 512 (chained wgmma, K = 32 each): 16400 of 16400 blocks. (A result
+ *                 below 2^-126 keeps 14 bits from its own exponent here: not measured.)
  *                 Both FD_TC_FP8_* keep promote = 0 (the hardware chains); promote N > 0
  *                 restarts the tensor-core accumulator every N terms and adds each partial
  *                 to an fp32 register with one RN add (DeepSeek-V3's promotion).
