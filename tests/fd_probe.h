@@ -334,8 +334,12 @@ static inline int pf_judge(const pf_set *s, FILE *f, int *best_count, char *best
     int catn[PF_NCAT] = {0};
     memset(percat, 0, sizeof percat);
     for (int j = 0; j < nm; j++) { sc[j].count = 0; sc[j].idx = j; }
-    int lib = 0, seq = 0, one = 0;
+    int lib = 0, seq = 0, one = 0, lib8 = 0;
     const int emin = pf_emin_in(s->fi);
+    /* FP8 sets: the library's measured model of the set's instruction (fd_accum.h) */
+    const int fp8 = s->fi >= PF_E4M3;
+    const fd_dtype t8 = s->fi == PF_E5M2 ? FD_DT_E5M2 : FD_DT_E4M3;
+    const fd_tc_fp8_params m8 = s->instr[0] == 'w' ? fd_tc_fp8_wgmma() : fd_tc_fp8_default();
     for (int i = 0; i < s->n; i++) {
         const float *a = s->a + (size_t)i * (size_t)s->k, *b = s->b + (size_t)i * (size_t)s->k;
         const float c = s->c[i], d = s->d[i];
@@ -346,13 +350,16 @@ static inline int pf_judge(const pf_set *s, FILE *f, int *best_count, char *best
         long double x = c;
         for (int q = 0; q < s->k; q++) x += (long double)a[q] * (long double)b[q];
         one += pf_same((float)x, d);
+        if (fp8) lib8 += pf_same(fd_dot_tc_fp8(&m8, a, 1, t8, b, 1, t8, s->k, c), d);
         for (int j = 0; j < nm; j++)
             if (pf_same(pf_dot(a, b, s->k, c, emin, &ms[j]), d)) { sc[j].count++; percat[j][s->cat[i]]++; }
     }
     qsort(sc, (size_t)nm, sizeof sc[0], pf_cmp_score);
     char nmbuf[64];
     pf_set_name(s, nmbuf, sizeof nmbuf);
-    fprintf(f, "%s: %d blocks; FD_ACC_TC16 %d, sequential fmaf %d, one rounding %d\n", nmbuf, s->n, lib, seq, one);
+    fprintf(f, "%s: %d blocks; FD_ACC_TC16 %d, sequential fmaf %d, one rounding %d", nmbuf, s->n, lib, seq, one);
+    if (fp8) fprintf(f, ", %s %d", s->instr[0] == 'w' ? "FD_TC_FP8_WGMMA_SM90" : "FD_TC_FP8_MMA_SM90", lib8);
+    fprintf(f, "\n");
     fprintf(f, "  best candidates (per category:");
     for (int c = 0; c < PF_NCAT; c++) if (catn[c]) fprintf(f, " %s/%d", pf_cat_names[c], catn[c]);
     fprintf(f, ")\n");

@@ -1,11 +1,11 @@
 /* test_fp8.c: the FP8 attention forward (issue 15 item 4, docs/fp8.md) on the CPU.
  *
  * The FP8 tensor-core block model (FD_ACC_TC_FP8): each parameter changes a crafted
- * result the way the model says, and, when stored hardware results exist
- * (tests/data/tensor-core-fp8-h200, or the folder FD_TC_FP8_DATA names, in the
- * tensor-core-h100 format with K words per line), the default parameters reproduce every
- * one of them (the test says which parameters fit best when they do not); skipped when
- * the folder is absent. The per-tensor quantisation of the inputs. The MPFR reference of
+ * result the way the model says, and the measured H200 models (FD_TC_FP8_MMA_SM90 = the
+ * default, FD_TC_FP8_WGMMA_SM90) reproduce every stored hardware result
+ * (tests/data/tensor-core-h200, or the folder FD_TC_FP8_DATA names, in the
+ * tensor-core-h100 format with K words per line; the test says which parameters fit best
+ * when they do not); FD_ACC_TC16 reproduces the H200's wgmma fp16/bf16. The per-tensor quantisation of the inputs. The MPFR reference of
  * an FP8 problem: bit-identical to the reference of the dequantised fp32 problem where
  * dequantising is exact, and within 1e-12 of binary64 attention otherwise. The replay:
  * FA3's FP8 formulas written out on one tile, bit for bit; bf16 outputs, P cast to e4m3
@@ -60,15 +60,72 @@ Test(fp8, block_model_exact_when_nothing_is_shifted_out)
     const fd_tc_fp8_params d = fd_tc_fp8_default();
     const float got = fd_dot_tc_fp8(&d, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.5f);
     cr_assert(fd_eq((double)got, want + 0.5), "exact sum: got %a, want %a", (double)got, want + 0.5);
-    cr_assert(d.block == 32 && d.frac_bits == 25 && d.out_bits == 24 && d.promote == 0,
-              "the unmeasured default is TC16's model with 32-term blocks");
+    cr_assert(d.block == 32 && d.frac_bits == 25 && d.out_bits == 24 && d.promote == 0 && d.hmma_pairs == 1,
+              "the default is the measured sm_90 mma.sync model (two TC16 sub-blocks, c added RN)");
+    const fd_tc_fp8_params w = fd_tc_fp8_wgmma();
+    cr_assert(w.block == 32 && w.frac_bits == 13 && w.out_bits == 14 && w.promote == 0 && w.hmma_pairs == 0,
+              "the measured wgmma model: one block, 13 alignment fraction bits, 14-bit result");
+}
+
+/* The parametric single block FMA (c aligned with the products), for the parameter tests. */
+static fd_tc_fp8_params plain(void)
+{
+    fd_tc_fp8_params p = fd_tc_fp8_default();
+    p.hmma_pairs = 0;
+    return p;
+}
+
+Test(fp8, mma_sync_is_two_tc16_sub_blocks_by_k_pairs_then_c_rounded_to_nearest)
+{
+    /* 2^10 (32 x 32) and eight products 2^-16 (2^-8 x 2^-8). Small ones at k mod 4 in
+     * {0, 1}: the first sub-block sums them exactly (2^-13), the second adds 2^10: 2^10 +
+     * 2^-13 (24 bits). Small ones at k mod 4 in {2, 3} behind the 2^10 (unit 2^-15): each
+     * truncated to 0. */
+    float a[32], b[32];
+    static const int lo[8] = {4, 5, 8, 9, 12, 13, 16, 17}, hi[8] = {2, 3, 6, 7, 10, 11, 14, 15};
+    const fd_tc_fp8_params m = fd_tc_fp8_default(), w = fd_tc_fp8_wgmma(), one = plain();
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < 32; i++) a[i] = b[i] = 0.0f;
+        a[pass ? 0 : 2] = b[pass ? 0 : 2] = 32.0f;
+        for (int i = 0; i < 8; i++) a[pass ? hi[i] : lo[i]] = b[pass ? hi[i] : lo[i]] = 0x1p-8f;
+        const float got = fd_tc_fp8_block(&m, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f);
+        cr_assert(fd_eqf(got, pass ? 1024.0f : 1024.0f + 0x1p-13f), "pass %d: %a", pass, (double)got);
+        cr_assert(fd_eqf(fd_tc_fp8_block(&one, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f), 1024.0f));
+        cr_assert(fd_eqf(fd_tc_fp8_block(&w, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f), 1024.0f));
+    }
+    /* c = 256 joins by one RN add: 3 2^-17 (3 2^-9 x 2^-8, e4m3 subnormals) is 0.75 ulp:
+     * 256 + 2^-15. Aligned with c (the plain block: unit 2^-17 then truncated to 24 bits;
+     * wgmma: unit 2^-5) it is lost. */
+    for (int i = 0; i < 32; i++) a[i] = b[i] = 0.0f;
+    a[0] = 3.0f * 0x1p-9f;
+    b[0] = 0x1p-8f;
+    cr_assert(fd_eqf(fd_tc_fp8_block(&m, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 256.0f), 256.0f + 0x1p-15f));
+    cr_assert(fd_eqf(fd_tc_fp8_block(&one, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 256.0f), 256.0f));
+    cr_assert(fd_eqf(fd_tc_fp8_block(&w, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 256.0f), 256.0f));
+}
+
+Test(fp8, wgmma_keeps_13_fraction_bits_and_a_14_bit_result)
+{
+    /* 2^10 and 2^-3 (2^-1 x 2^-2): 2^-3 = 2^(10 - 13) is kept, 2^-4 is not */
+    float a[32], b[32];
+    for (int i = 0; i < 32; i++) a[i] = b[i] = 0.0f;
+    a[0] = b[0] = 32.0f;
+    a[1] = 0.5f;
+    b[1] = 0.25f;
+    const fd_tc_fp8_params w = fd_tc_fp8_wgmma();
+    cr_assert(fd_eqf(fd_tc_fp8_block(&w, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f), 1024.0f + 0.125f));
+    b[1] = 0.125f;
+    cr_assert(fd_eqf(fd_tc_fp8_block(&w, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f), 1024.0f));
+    /* a carry: c = 1024 + 0.125 + 2^10 -> 2^11 + 2^-3 needs 15 bits, truncated to 14: 2048 */
+    b[1] = 0.25f;
+    cr_assert(fd_eqf(fd_tc_fp8_block(&w, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 1024.0f), 2048.0f));
 }
 
 Test(fp8, block_size_decides_what_is_truncated)
 {
     float a[32], b[32];
     crafted(a, b, 31);
-    fd_tc_fp8_params p = fd_tc_fp8_default();
+    fd_tc_fp8_params p = plain();
     /* one 32-term block: aligned to 2^10 with 25 fraction bits (unit 2^-15), every 2^-17 is
      * truncated away */
     const float one = fd_dot_tc_fp8(&p, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f);
@@ -89,19 +146,19 @@ Test(fp8, alignment_bits_and_output_bits_and_promotion)
     for (int i = 0; i < 64; i++) a[i] = b[i] = 0.0f;
     a[0] = 32.0f; b[0] = 32.0f;       /* 2^10 */
     a[1] = 0x1p-7f; b[1] = 0x1p-6f;   /* 2^-13: kept with 25 fraction bits at 2^10, not with 13 */
-    fd_tc_fp8_params p = fd_tc_fp8_default();
+    fd_tc_fp8_params p = plain();
     cr_assert(fd_eqf(fd_tc_fp8_block(&p, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f), 1024.0f + 0x1p-13f));
     p.frac_bits = 13; /* DeepSeek-V3's "about 14 bits" */
     cr_assert(fd_eqf(fd_tc_fp8_block(&p, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f), 1024.0f));
     /* the result truncated to 22 bits: 2^10 + 2^-13 needs 24 */
-    p = fd_tc_fp8_default();
+    p = plain();
     p.out_bits = 22;
     cr_assert(fd_eqf(fd_tc_fp8_block(&p, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 32, 0.0f), 1024.0f));
     /* promotion every 32 terms: each 32-term partial starts at 0 and is added to the fp32
      * register with one rounding to nearest. Block 2 holds six products 2^-16: chained
      * behind the 2^10 of block 1 (unit 2^-15) each is truncated to 0; promoted, block 2 sums
      * them exactly (3 2^-15, 0.75 of an ulp of 2^10) and RN(2^10 + 3 2^-15) = 2^10 + 2^-13. */
-    p = fd_tc_fp8_default();
+    p = plain();
     a[1] = b[1] = 0.0f;
     for (int i = 40; i < 46; i++) a[i] = b[i] = 0x1p-8f;
     const float chained = fd_dot_tc_fp8(&p, a, 1, FD_DT_E4M3, b, 1, FD_DT_E4M3, 64, 0.0f);
@@ -123,10 +180,10 @@ Test(fp8, e5m2_and_mixed_formats_place_subnormals_at_their_own_exponent)
     cr_assert(fd_eqf(fd_tc_fp8_block(&p, pa, 1, FD_DT_E4M3, vb, 1, FD_DT_E5M2, 1, 0.0f), 0x1p-25f));
 }
 
-/* ---- stored hardware results (not yet measured: skipped when absent) ---- */
+/* ---- stored hardware results (tests/data/tensor-core-h200, measured on the H200) ---- */
 
-#define HW_MAX 20000
-#define HW_K 64
+#define HW_MAX 4000
+#define HW_K 512
 
 typedef struct {
     float a[HW_MAX][HW_K], b[HW_MAX][HW_K], c[HW_MAX];
@@ -152,12 +209,13 @@ static int find_file(const char *dir, const char *prefix, const char *with, char
     return found;
 }
 
-/* Rows of K hex words (binary32 encodings of FP8 values); K from the first line. */
+/* Rows of K hex words (binary32 encodings of exact FP8 / fp16 / bf16 values); K from the
+ * first line. */
 static int read_hex(const char *path, float (*x)[HW_K], int *k)
 {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
-    char line[4096];
+    static char line[HW_K * 12];
     int n = 0;
     while (n < HW_MAX && fgets(line, sizeof line, f)) {
         int kk = 0;
@@ -183,6 +241,27 @@ static int read_bits(const char *path, uint32_t *x)
     return n;
 }
 
+/* Loads a set: inputs (a_*, b_*, c_*fp32) from `in` (the mma.sync folder: the wgmma sets
+ * share its inputs), results (d_*fp32) from `out`. Returns 0, or -1 when `out` is absent. */
+static int hw_load(hw_data *h, const char *in, const char *out)
+{
+    char pa[1400], pb[1400], pc[1400], pd[1400];
+    DIR *probe = opendir(out);
+    if (!probe) return -1;
+    closedir(probe);
+    cr_assert(!find_file(in, "a_", NULL, pa, sizeof pa) && !find_file(in, "b_", NULL, pb, sizeof pb) &&
+                  !find_file(in, "c_", "fp32", pc, sizeof pc) && !find_file(out, "d_", "fp32", pd, sizeof pd),
+              "%s / %s: a_*.txt, b_*.txt, c_*fp32.txt and d_*fp32.txt", in, out);
+    static uint32_t cb[HW_MAX];
+    int kb = 0;
+    h->k = 0;
+    h->n = read_hex(pa, h->a, &h->k);
+    cr_assert(h->n > 0 && read_hex(pb, h->b, &kb) == h->n && kb == h->k, "%s: a and b rows", in);
+    cr_assert(read_bits(pc, cb) == h->n && read_bits(pd, h->d) == h->n, "%s / %s: c and d rows", in, out);
+    for (int i = 0; i < h->n; i++) h->c[i] = fd_bits_f32(cb[i]);
+    return 0;
+}
+
 static int hw_matches(const hw_data *h, const fd_tc_fp8_params *p, fd_dtype t, int *first_bad)
 {
     int ok = 0;
@@ -195,67 +274,90 @@ static int hw_matches(const hw_data *h, const fd_tc_fp8_params *p, fd_dtype t, i
     return ok;
 }
 
-Test(fp8, model_reproduces_stored_hardware_results, .timeout = 600)
+/* The stored sets (tests/data/tensor-core-h200, or the folder FD_TC_FP8_DATA names under
+ * tests/data, same layout: <instr>-<fmt>-k<K>/; a wgmma folder without a_*.txt takes the
+ * inputs of the mma folder of the same format and K). Every block must be reproduced bit
+ * for bit by the library model of its instruction: FD_TC_FP8_MMA_SM90 (= the default) for
+ * mma.sync, FD_TC_FP8_WGMMA_SM90 for wgmma. On a miss the test searches the parametric
+ * family and says which parameters fit best. */
+Test(fp8, model_reproduces_stored_hardware_results, .timeout = 900)
 {
     const char *folder = getenv("FD_TC_FP8_DATA");
     char rel[256];
-    snprintf(rel, sizeof rel, "%s", folder && *folder ? folder : "tensor-core-fp8-h200");
+    snprintf(rel, sizeof rel, "%s", folder && *folder ? folder : "tensor-core-h200");
     char root[1024];
     snprintf(root, sizeof root, "%s", tu_path(TU_DATA, rel));
     DIR *probe = opendir(root);
-    if (!probe) cr_skip_test("no stored FP8 tensor-core results in %s (the FP8 model is unmeasured)", root);
+    cr_assert(probe, "no stored FP8 tensor-core results in %s", root);
     closedir(probe);
     static hw_data h;
-    static const struct { const char *dir; fd_dtype t; } fmt[] = {{"e4m3", FD_DT_E4M3}, {"e5m2", FD_DT_E5M2}};
-    int sets = 0;
-    for (int f = 0; f < 2; f++) {
-        char dir[1200], pa[1400], pb[1400], pc[1400], pd[1400];
-        snprintf(dir, sizeof dir, "%s/%s", root, fmt[f].dir);
-        if (find_file(dir, "a_", NULL, pa, sizeof pa)) continue;
-        cr_assert(!find_file(dir, "b_", NULL, pb, sizeof pb) && !find_file(dir, "c_", "fp32", pc, sizeof pc) &&
-                      !find_file(dir, "d_", "fp32", pd, sizeof pd),
-                  "%s: a_*.txt without b_*.txt, c_*fp32.txt and d_*fp32.txt", dir);
-        int kb = 0;
-        uint32_t *cb = malloc(sizeof(uint32_t) * HW_MAX);
-        cr_assert(cb);
-        h.k = 0;
-        h.n = read_hex(pa, h.a, &h.k);
-        cr_assert(h.n > 0 && read_hex(pb, h.b, &kb) == h.n && kb == h.k, "%s: a and b rows", dir);
-        cr_assert(read_bits(pc, cb) == h.n && read_bits(pd, h.d) == h.n, "%s: c and d rows", dir);
-        for (int i = 0; i < h.n; i++) h.c[i] = fd_bits_f32(cb[i]);
-        free(cb);
-        for (int i = 0; i < h.n; i++)
-            for (int k = 0; k < h.k; k++)
-                cr_assert(fd_eqf(fd_round_fp8(h.a[i][k], fmt[f].t, FD_FP8_SATFINITE), h.a[i][k]) &&
-                              fd_eqf(fd_round_fp8(h.b[i][k], fmt[f].t, FD_FP8_SATFINITE), h.b[i][k]),
-                          "%s row %d term %d: not %s values", dir, i, k, fmt[f].dir);
-        const fd_tc_fp8_params d = fd_tc_fp8_default();
-        int bad;
-        const int ok = hw_matches(&h, &d, fmt[f].t, &bad);
-        if (ok != h.n) { /* say which parameters would fit, for FD_TC_FP8_DEFAULT */
-            fd_tc_fp8_params best = d, q;
-            int bestok = ok, qbad;
-            static const int blocks[] = {8, 16, 32}, outs[] = {24, 23, 22, 20, 16, 14};
-            for (int bi = 0; bi < 3; bi++)
-                for (int fb = 10; fb <= 27; fb++)
-                    for (int oi = 0; oi < 6; oi++) {
-                        q.block = blocks[bi];
-                        q.frac_bits = fb;
-                        q.out_bits = outs[oi];
-                        q.promote = 0;
-                        const int m = hw_matches(&h, &q, fmt[f].t, &qbad);
-                        if (m > bestok) { bestok = m; best = q; }
-                    }
-            cr_assert_fail("%s (%d results, K = %d): the default FP8 model {block %d, frac_bits %d, out_bits %d} "
-                    "reproduces %d (first miss: row %d, c %a, hardware %a); best fit {block %d, frac_bits %d, "
-                    "out_bits %d} reproduces %d: update FD_TC_FP8_DEFAULT (fd_accum.h) and docs/fp8.md",
-                    dir, h.n, h.k, d.block, d.frac_bits, d.out_bits, ok, bad, (double)h.c[bad],
-                    (double)fd_bits_f32(h.d[bad]), best.block, best.frac_bits, best.out_bits, bestok);
-        }
-        sets++;
-    }
-    cr_assert(sets > 0, "%s holds neither e4m3/ nor e5m2/ with a_*.txt", root);
+    static const struct { const char *fmt; fd_dtype t; } fmt[] = {{"e4m3", FD_DT_E4M3}, {"e5m2", FD_DT_E5M2}};
+    static const int ks[] = {32, 64, 128, 256, 512};
+    int sets = 0, blocks = 0;
+    for (int w = 0; w < 2; w++)
+        for (int f = 0; f < 2; f++)
+            for (int ki = 0; ki < 5; ki++) {
+                char in[1200], out[1200], tmp[1400];
+                snprintf(out, sizeof out, "%s/%s-%s-k%d", root, w ? "wgmma" : "mma", fmt[f].fmt, ks[ki]);
+                snprintf(in, sizeof in, "%s", out);
+                if (find_file(out, "a_", NULL, tmp, sizeof tmp))
+                    snprintf(in, sizeof in, "%s/mma-%s-k%d", root, fmt[f].fmt, ks[ki]);
+                if (hw_load(&h, in, out)) continue;
+                for (int i = 0; i < h.n; i++)
+                    for (int k = 0; k < h.k; k++)
+                        cr_assert(fd_eqf(fd_round_fp8(h.a[i][k], fmt[f].t, FD_FP8_SATFINITE), h.a[i][k]) &&
+                                      fd_eqf(fd_round_fp8(h.b[i][k], fmt[f].t, FD_FP8_SATFINITE), h.b[i][k]),
+                                  "%s row %d term %d: not %s values", in, i, k, fmt[f].fmt);
+                const fd_tc_fp8_params d = w ? fd_tc_fp8_wgmma() : fd_tc_fp8_default();
+                int bad;
+                const int ok = hw_matches(&h, &d, fmt[f].t, &bad);
+                if (ok != h.n) { /* say which parameters would fit */
+                    fd_tc_fp8_params best = d, q;
+                    int bestok = ok, qbad;
+                    static const int outs[] = {24, 23, 22, 20, 16, 15, 14, 13};
+                    for (int hp = 0; hp < 2; hp++)
+                        for (int fb = 10; fb <= 27; fb++)
+                            for (int oi = 0; oi < 8; oi++) {
+                                q = (fd_tc_fp8_params){32, fb, outs[oi], 0, hp};
+                                const int m = hw_matches(&h, &q, fmt[f].t, &qbad);
+                                if (m > bestok) { bestok = m; best = q; }
+                            }
+                    cr_assert_fail("%s (%d results, K = %d): the library model {frac_bits %d, out_bits %d, "
+                                   "hmma_pairs %d} reproduces %d (first miss: row %d, c %a, hardware %a); best "
+                                   "fit {frac_bits %d, out_bits %d, hmma_pairs %d} reproduces %d: update "
+                                   "FD_TC_FP8_MMA_SM90 / FD_TC_FP8_WGMMA_SM90 (fd_accum.h) and docs/tensor-cores.md",
+                                   out, h.n, h.k, d.frac_bits, d.out_bits, d.hmma_pairs, ok, bad, (double)h.c[bad],
+                                   (double)fd_bits_f32(h.d[bad]), best.frac_bits, best.out_bits, best.hmma_pairs,
+                                   bestok);
+                }
+                sets++;
+                blocks += h.n;
+            }
+    cr_log_info("%s: %d sets, %d blocks, every one reproduced", root, sets, blocks);
+    cr_assert(sets > 0, "%s holds no <mma|wgmma>-<e4m3|e5m2>-k<K>/ set", root);
+    if (!(folder && *folder)) /* the stored sets: both instructions, both formats, chains */
+        cr_assert(sets >= 8, "%s: %d sets (%d blocks), expected the 8 stored ones", root, sets, blocks);
 }
+
+/* The fp16 / bf16 wgmma (m64n8k16 chained to K = 64) on the H200 is FD_ACC_TC16, block
+ * for block (stored: the first 400 blocks of each set of the probe). */
+static void wgmma16(const char *dir, fd_dtype t)
+{
+    static hw_data h;
+    char path[1200];
+    snprintf(path, sizeof path, "%s", tu_path(TU_DATA, dir));
+    cr_assert(!hw_load(&h, path, path), "%s missing", path);
+    cr_assert_eq(h.k, 64);
+    int ok = 0, bad = -1;
+    for (int i = 0; i < h.n; i++) {
+        const float got = fd_dot_acc_dt(FD_ACC_TC16, h.a[i], 1, h.b[i], 1, h.k, h.c[i], t);
+        if (fd_f32_bits(got) == h.d[i]) ok++;
+        else if (bad < 0) bad = i;
+    }
+    cr_assert_eq(ok, h.n, "%s: FD_ACC_TC16 reproduces %d of %d (first miss: row %d)", dir, ok, h.n, bad);
+}
+Test(fp8, tc16_reproduces_h200_wgmma_fp16_k64) { wgmma16("tensor-core-h200/wgmma-fp16-k64", FD_DT_FP16); }
+Test(fp8, tc16_reproduces_h200_wgmma_bf16_k64) { wgmma16("tensor-core-h200/wgmma-bf16-k64", FD_DT_BF16); }
 
 /* ---- inputs, reference, replay ---- */
 

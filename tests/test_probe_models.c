@@ -79,3 +79,54 @@ Test(probe_models, generated_values_are_exact)
         }
     }
 }
+
+/* The probe's table on the stored H200 FP8 sets (tests/data/tensor-core-h200): the
+ * library's measured model of each instruction reproduces every block, and pf_judge says
+ * so on the set's line (what models.txt prints on the next device run). */
+static int read_words(const char *path, float *x, size_t cap, int hex)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char w[64];
+    int n = 0;
+    while ((size_t)n < cap && fscanf(f, "%63s", w) == 1)
+        x[n++] = fd_bits_f32((uint32_t)strtoul(w, NULL, hex ? 16 : 2));
+    fclose(f);
+    return n;
+}
+
+static void judge_stored(const char *instr, const char *fmt, int fi)
+{
+    enum { N = 4000, K = 32 };
+    pf_set s;
+    memset(&s, 0, sizeof s);
+    s.instr = instr; s.fi = fi; s.k = K; s.ik = 32; s.n = N;
+    s.a = calloc((size_t)N * K, sizeof(float)); s.b = calloc((size_t)N * K, sizeof(float));
+    s.c = calloc(N, sizeof(float)); s.d = calloc(N, sizeof(float)); s.cat = calloc(N, 1);
+    cr_assert(s.a && s.b && s.c && s.d && s.cat);
+    char rel[256];
+    snprintf(rel, sizeof rel, "tensor-core-h200/mma-%s-k32/a_H200_%s.txt", fmt, fmt);
+    cr_assert_eq(read_words(tu_path(TU_DATA, rel), s.a, (size_t)N * K, 1), N * K, "%s", rel);
+    snprintf(rel, sizeof rel, "tensor-core-h200/mma-%s-k32/b_H200_%s.txt", fmt, fmt);
+    cr_assert_eq(read_words(tu_path(TU_DATA, rel), s.b, (size_t)N * K, 1), N * K, "%s", rel);
+    snprintf(rel, sizeof rel, "tensor-core-h200/mma-%s-k32/c_H200_fp32.txt", fmt);
+    cr_assert_eq(read_words(tu_path(TU_DATA, rel), s.c, N, 0), N, "%s", rel);
+    snprintf(rel, sizeof rel, "tensor-core-h200/%s-%s-k32/d_H200_fp32.txt", instr, fmt);
+    cr_assert_eq(read_words(tu_path(TU_DATA, rel), s.d, N, 0), N, "%s", rel);
+    for (int i = 0; i < N; i++) s.cat[i] = (unsigned char)(i % PF_NCAT);
+    FILE *f = tmpfile();
+    cr_assert(f);
+    int best;
+    char bname[64];
+    pf_judge(&s, f, &best, bname, sizeof bname);
+    rewind(f);
+    char line[512] = "";
+    cr_assert(fgets(line, sizeof line, f));
+    fclose(f);
+    char want[96];
+    snprintf(want, sizeof want, "%s %d\n", instr[0] == 'w' ? "FD_TC_FP8_WGMMA_SM90" : "FD_TC_FP8_MMA_SM90", N);
+    cr_assert(strstr(line, want), "%s-%s-k32: %s", instr, fmt, line);
+    pf_set_free(&s);
+}
+Test(probe_models, h200_mma_e4m3_measured_model, .timeout = 300) { judge_stored("mma", "e4m3", PF_E4M3); }
+Test(probe_models, h200_wgmma_e5m2_measured_model, .timeout = 300) { judge_stored("wgmma", "e5m2", PF_E5M2); }

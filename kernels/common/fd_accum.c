@@ -272,10 +272,41 @@ float fd_dot_acc_dt(fd_accum_model m, const float *a, size_t sa, const float *b,
  * The FP8 block FMA reuses fd_tc_block_model: products of FP8 values are exact (at most
  * 4 x 4 significant bits) and the model's integer bounds hold for up to 64 terms (64
  * product terms below 2^(frac_bits + 2) units plus c below 2^(frac_bits + 1) stay below
- * 2^(frac_bits + 9) <= 2^41 for frac_bits <= 32). frac_bits = 23 + extra_bits. */
+ * 2^(frac_bits + 9) <= 2^41 for frac_bits <= 32). frac_bits = 23 + extra_bits; the
+ * wgmma model's 13 is extra_bits = -10 (shifts of at least 33 for products, 10 for c). */
 fd_tc_fp8_params fd_tc_fp8_default(void)
 {
     const fd_tc_fp8_params d = FD_TC_FP8_DEFAULT;
+    return d;
+}
+
+fd_tc_fp8_params fd_tc_fp8_wgmma(void)
+{
+    const fd_tc_fp8_params d = FD_TC_FP8_WGMMA_SM90;
+    return d;
+}
+
+/* sm_90 mma.sync m16n8k32 (FD_TC_FP8_MMA_SM90): two 16-term sub-blocks of the
+ * instruction's k indices, k mod 4 in {0, 1} first, then k mod 4 in {2, 3}, each the
+ * block FMA with prm's bits, the first from +0 and the second from the first's result;
+ * then c joins with one binary32 add, rounded to nearest even. Terms past n are zero
+ * padding (no part in a block FMA). */
+static float fd_tc_fp8_hmma_pairs(const fd_tc_params tp, const float *a, size_t sa, int emin_a, const float *b,
+                                  size_t sb, int n, float c)
+{
+    float x[FD_TC_MAX_TERMS], y[FD_TC_MAX_TERMS];
+    float t = 0.0f;
+    for (int h = 0; h < 2; h++) {
+        int m = 0;
+        for (int i = 0; i < n && i < FD_TC_MAX_TERMS; i++)
+            if (((i >> 1) & 1) == h) {
+                x[m] = a[(size_t)i * sa];
+                y[m] = b[(size_t)i * sb];
+                m++;
+            }
+        t = fd_tc_block_model(x, 1, y, 1, m, t, emin_a, tp);
+    }
+    volatile float d = c + t; /* the fp32 add (FADD, RN); volatile: no contraction */
     return d;
 }
 
@@ -283,6 +314,7 @@ float fd_tc_fp8_block(const fd_tc_fp8_params *prm, const float *a, size_t sa, fd
                       size_t sb, fd_dtype tb, int n, float c)
 {
     fd_tc_params tp = {prm->frac_bits - 23, 0, prm->out_bits, fd_dtype_emin(tb)};
+    if (prm->hmma_pairs) return fd_tc_fp8_hmma_pairs(tp, a, sa, fd_dtype_emin(ta), b, sb, n, c);
     return fd_tc_block_model(a, sa, b, sb, n, c, fd_dtype_emin(ta), tp);
 }
 

@@ -9,17 +9,36 @@
  *                 fraction bits (truncated), late normalisation, result truncated to
  *                 24 bits (round toward zero); a short last block is padded with zeros.
  *                 Reproduces every result in tests/data/tensor-core-h100.
- *   FD_ACC_TC_FP8: the FP8 tensor-core dot (mma.sync m16n8k32 .e4m3/.e5m2, fp32
- *                 accumulate) as the same block FMA, generalised by fd_tc_fp8_params:
- *                 `block` terms per block (32: the instruction's K), `frac_bits` fraction
- *                 bits kept at the alignment exponent (truncated), the block result
- *                 truncated to `out_bits` significant bits, and `promote`: 0 chains the
- *                 blocks through the fp32 accumulator (as mma.sync does), N > 0 restarts
- *                 the tensor-core accumulator at 0 every N terms and adds each partial sum
- *                 to an fp32 register with one round-to-nearest add (DeepSeek-V3's
- *                 promotion). NOT YET MEASURED: the default (FD_TC_FP8_DEFAULT) is the
- *                 TC16 model with 32-term blocks; tests/test_accum_fp8.c fits it to
- *                 hardware data when tests/data/tensor-core-fp8-h200 exists.
+ *   FD_ACC_TC_FP8: the FP8 tensor-core dot (e4m3/e5m2 inputs, fp32 accumulate), one
+ *                 instruction of K = 32 per block, chained in K order through the fp32
+ *                 accumulator (d of one instruction = c of the next), as fd_tc_fp8_params
+ *                 says. MEASURED on an NVIDIA H200 (sm_90, driver 580.159.04, CUDA 13.0,
+ *                 2026-12-03, scripts/device-probe; tests/data/tensor-core-h200,
+ *                 docs/tensor-cores.md), bit for bit on every stored block:
+ *   FD_TC_FP8_MMA_SM90 (= FD_TC_FP8_DEFAULT; mma.sync.m16n8k32.row.col.f32.e4m3/e5m2):
+ *                 one instruction gives the results of two fp16 HMMA m16n8k16 block FMAs
+ *                 (as if ptxas lowered it to fp16 HMMAs; SASS not inspected), each
+ *                 FD_ACC_TC16's (exact products, alignment to the largest exponent with
+ *                 25 fraction bits truncated, late normalisation, 24-bit result
+ *                 truncated), over the instruction's k indices: the first over the k with
+ *                 k mod 4 in {0, 1} (16 terms) starting from +0 (NOT from c), the second
+ *                 over k mod 4 in {2, 3} starting from the first's result; then c is added
+ *                 with one binary32 add rounded to nearest even:
+ *                   d = RN(c + TC16(P_hi, TC16(P_lo, +0))).
+ *                 mma.sync e4m3 and e5m2, K = 32, 64, 128: 14000 of 14000 blocks.
+ *                 (e4m3 subnormals placed at -6 or at fp16's -14: the data agree with both.)
+ *   FD_TC_FP8_WGMMA_SM90 (wgmma.mma_async m64nNk32 .e4m3/.e5m2, fp32 accumulator): one
+ *                 block FMA of all 32 products and c: exact products at exponent
+ *                 e_a + e_b (unnormalised significands in [1, 4), FP8 subnormals at the
+ *                 format's minimum exponent), E = the largest exponent of the products
+ *                 and c, every term (c included) truncated toward zero to a multiple of
+ *                 2^(E - 13), the exact sum of those normalised and truncated to 14
+ *                 significant bits (round toward zero). wgmma e4m3 and e5m2, K = 32 to
+ *                 512 (chained wgmma, K = 32 each): 16400 of 16400 blocks. (A result
+ *                 below 2^-126 keeps 14 bits from its own exponent here: not measured.)
+ *                 Both FD_TC_FP8_* keep promote = 0 (the hardware chains); promote N > 0
+ *                 restarts the tensor-core accumulator every N terms and adds each partial
+ *                 to an fp32 register with one RN add (DeepSeek-V3's promotion).
  * Inputs of FD_ACC_TC16 must be exact fp16 or bf16 values, of FD_ACC_TC_FP8 exact FP8. */
 #ifndef FD_ACCUM_H
 #define FD_ACCUM_H
@@ -30,15 +49,24 @@ typedef enum { FD_ACC_SEQ = 0, FD_ACC_TC16 = 1, FD_ACC_TC_FP8 = 2 } fd_accum_mod
 
 /* ---- FP8 (issue 15 item 4): the FP8 block-FMA model's parameters, in one place ---- */
 typedef struct fd_tc_fp8_params {
-    int block;     /* terms per block FMA (1..64); 32 = m16n8k32's K */
+    int block;     /* terms per block FMA (1..64); 32 = m16n8k32's / wgmma's K */
     int frac_bits; /* fraction bits kept at the alignment exponent (TC16: 23 + 2 = 25) */
-    int out_bits;  /* significant bits of a block's result, truncated (24: binary32) */
+    int out_bits;  /* significant bits of a (sub-)block's result, truncated (24: binary32) */
     int promote;   /* 0: chain blocks in the fp32 accumulator; N > 0: promote every N terms */
+    int hmma_pairs; /* 1: sm_90 mma.sync: a block is two sub-blocks (k mod 4 < 2, then
+                     * k mod 4 >= 2) chained from +0, then RN(c + result); 0: one block FMA
+                     * with c aligned with the products (wgmma) */
 } fd_tc_fp8_params;
-/* The assumed H100/H200 parameters until the hardware says otherwise (not measured). */
-#define FD_TC_FP8_DEFAULT {32, 25, 24, 0}
+/* Measured on the H200 (see above). */
+#define FD_TC_FP8_MMA_SM90 {32, 25, 24, 0, 1}
+#define FD_TC_FP8_WGMMA_SM90 {32, 13, 14, 0, 0}
+/* The model of the FP8 kernels' instruction: the cuda-flash FP8 kernel uses mma.sync
+ * m16n8k32 (QK^T chained over the head dim, PV over the keys). */
+#define FD_TC_FP8_DEFAULT FD_TC_FP8_MMA_SM90
+fd_tc_fp8_params fd_tc_fp8_wgmma(void);
 fd_tc_fp8_params fd_tc_fp8_default(void);
-/* One FP8 block: c + sum_{i<n} a[i*sa] b[i*sb] (n <= prm->block) with the inputs' FP8
+/* One FP8 block (one instruction): c + sum_{i<n} a[i*sa] b[i*sb] (n <= prm->block; terms
+ * past n are the instruction's zero padding) with the inputs' FP8
  * formats given (ta, tb: FD_DT_E4M3 or FD_DT_E5M2, which place subnormals). */
 float fd_tc_fp8_block(const fd_tc_fp8_params *prm, const float *a, size_t sa, fd_dtype ta, const float *b,
                       size_t sb, fd_dtype tb, int n, float c);
