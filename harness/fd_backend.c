@@ -88,6 +88,7 @@ static void cuda_cfg(const fd_casefile *cf, fd_cuda_cfg *g)
     g->p_fp32 = cf->flash.p_fp32;
     g->splits = cf->flash.splits;
     g->repeats = FD_CUDA_REPEATS;
+    g->fp8_max_offset = cf->flash.fp8_max_offset;
 }
 
 /* The GPU computes every row; the harness compares the checked ones. */

@@ -666,6 +666,9 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
     for (size_t i = 0; i < n; i++)
         ex->replay_mismatches += fd_f32_bits((float)base[i]) != fd_f32_bits((float)kout[i]);
     ex->replay_matches_kernel = ex->replay_mismatches == 0;
+    if (inject && !fd_explain_bug_is_bwd(inject) && ex->replay_matches_kernel)
+        fprintf(stderr, "flashdrift explain: warning: --inject %s left %s's output bit-identical to the "
+                        "bug-free replay: the backend may not apply this bug\n", inject, be->name);
     const double ee = l2(e, n) * l2(e, n);
     if (fd_cpu_flash_stages(p, cfg, FD_STAGE_FINAL, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
     gather_d(&ck, full, fin);

@@ -43,6 +43,8 @@ typedef struct fd_cuda_cfg {
     int p_fp32;     /* 1: O += P V with P kept in binary32, by fp32 FMAs (see docs/cuda.md) */
     int splits;     /* split-KV only: number of K/V chunks (>= 1) */
     int repeats;    /* timed runs after one warm-up; 0: run once, untimed */
+    int fp8_max_offset; /* FP8: FlashAttention-3's Max_offset, P scaled by 2^it before the e4m3
+                         * cast (default FD_FP8_MAX_OFFSET; explain's fp8_p_* bugs change it) */
 } fd_cuda_cfg;
 
 typedef struct fd_cuda_timing {

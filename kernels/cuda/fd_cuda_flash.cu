@@ -517,6 +517,7 @@ void fd_cuda_cfg_default(fd_cuda_cfg *cfg)
     cfg->p_fp32 = 0;
     cfg->splits = 1;
     cfg->repeats = 0;
+    cfg->fp8_max_offset = FD_FP8_MAX_OFFSET;
 }
 
 const char *fd_cuda_fp32_path(void)

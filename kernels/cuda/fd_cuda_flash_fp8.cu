@@ -377,8 +377,10 @@ extern "C" int fd_cuda_flash_fp8_forward(const fd_problem *p, const fd_cuda_cfg 
     P.scale_log2 = fd_fp8_scale_log2(p);
     P.scale_lse = P.scale_log2 * (float)0.69314718055994530942; /* FA3: softmax_scale_log2 * float(M_LN2) */
     P.v_descale = fd_descale(p->v_descale);
-    P.max_off = (float)FD_FP8_MAX_OFFSET;
-    P.lsum_scale = ldexpf(1.0f, -FD_FP8_MAX_OFFSET);
+    if (cfg.fp8_max_offset < 0 || cfg.fp8_max_offset > 16)
+        FD_FAIL("cuda-flash FP8: Max_offset %d outside 0..16", cfg.fp8_max_offset);
+    P.max_off = (float)cfg.fp8_max_offset;
+    P.lsum_scale = ldexpf(1.0f, -cfg.fp8_max_offset);
     const bool e5 = p->dtype == FD_DT_E5M2;
     if (dispatch(P, D, e5, 0, err, errlen)) return -1;
     FD_CU(cudaDeviceSynchronize());
