@@ -1,4 +1,5 @@
-/* fd_cmd_bench.c: `flashdrift bench`: throughput of cuda-flash and cuda-standard.
+/* fd_cmd_bench.c: `flashdrift bench`: throughput of cuda-flash, cuda-flash-sm90 (the Hopper
+ * kernel; skipped on other GPUs) and cuda-standard.
  *
  * flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]
  * --backward adds the backward pass of each (cuda-flash-bwd: dQ by atomicAdd; -bwd-det:
@@ -119,29 +120,30 @@ int fd_cmd_bench(int argc, char **argv)
                     const double flops = 4.0 * B * H * (double)N * N * d * (causal ? 0.5 : 1.0);
                     /* forward flash, forward standard; then (--backward) flash atomic, flash
                      * deterministic and standard backward, from the flash forward's O and LSE */
-                    for (int be = 0; be < (bwd ? 5 : 2); be++) {
+                    for (int be = 0; be < (bwd ? 6 : 3); be++) {
                         char err[512] = "";
                         fd_cuda_timing tm = {0, 0, 0};
                         int rc;
-                        static const char *const names[] = {"cuda-flash", "cuda-standard", "cuda-flash-bwd",
-                                                            "cuda-flash-bwd-det", "cuda-standard-bwd"};
+                        static const char *const names[] = {"cuda-flash", "cuda-flash-sm90", "cuda-standard",
+                                                            "cuda-flash-bwd", "cuda-flash-bwd-det", "cuda-standard-bwd"};
                         const char *bn = names[be];
                         fd_cuda_cfg cfg;
                         fd_cuda_cfg_default(&cfg);
                         cfg.repeats = reps;
                         fd_bwd_cfg bc;
                         fd_bwd_cfg_default(&bc);
-                        bc.dq_mode = be == 3 ? FD_DQ_DETERMINISTIC : FD_DQ_ATOMIC;
-                        if (be == 0) {
+                        bc.dq_mode = be == 4 ? FD_DQ_DETERMINISTIC : FD_DQ_ATOMIC;
+                        cfg.impl = be == 1 ? FD_CUDA_IMPL_WGMMA : FD_CUDA_IMPL_MMA;
+                        if (be <= 1) {
                             rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, &tm, err, sizeof err);
-                        } else if (be == 1) {
+                        } else if (be == 2) {
                             rc = fd_cuda_standard_forward(&p, N >= 16384 ? 3 : reps, x[0], x[1], x[2], o, l, &tm, err, sizeof err);
                             /* the backward below reads the flash forward's O and LSE */
                             if (!rc && bwd) {
                                 cfg.repeats = 0;
                                 rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, NULL, err, sizeof err);
                             }
-                        } else if (be < 4) {
+                        } else if (be < 5) {
                             rc = fd_cuda_flash_backward(&p, &cfg, &bc, x[0], x[1], x[2], o, l, gr[0], gr[1], gr[2], gr[3],
                                                         &tm, err, sizeof err);
                         } else {
@@ -151,11 +153,12 @@ int fd_cmd_bench(int argc, char **argv)
                         const char *dn = fd_dtype_name(t);
                         if (rc) {
                             printf("%s %s N=%d d=%d: %s\n", bn, dn, N, d, err);
-                            /* the deterministic dQ's buffers may not fit: a limit, not a failure */
-                            if (be != 3) fails++;
+                            /* the deterministic dQ's buffers may not fit, the Hopper kernel needs
+                             * an sm_90 GPU: limits, not failures */
+                            if (be != 4 && !(be == 1 && strstr(err, "needs an sm_90"))) fails++;
                             continue;
                         }
-                        const double tf = (be >= 2 ? 2.5 : 1.0) * flops / ((double)tm.ms_median * 1e-3) / 1e12;
+                        const double tf = (be >= 3 ? 2.5 : 1.0) * flops / ((double)tm.ms_median * 1e-3) / 1e12;
                         printf("%-14s %-5s %6d %4d %6d %10.3f %8.1f\n", bn, dn, N, d, causal, (double)tm.ms_median, tf);
                         if (f) fprintf(f, "%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.2f\n", bn, dn, B, H, N, d, causal,
                                        (double)tm.ms_median, (double)tm.ms_min, tf);

@@ -105,6 +105,34 @@ static int run_cuda_flash(const fd_casefile *cf, const fd_case *c, const float *
     return rc;
 }
 
+/* The Hopper kernel (wgmma): cuda-flash's numerics, so the same replay (fd_cuda.h). */
+static int run_cuda_flash_sm90(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                               const float *v, const int *rows, int nrows, float *o, float *lse,
+                               double *ms, char *err, size_t errlen)
+{
+    (void)rows; (void)nrows;
+    fd_cuda_cfg g;
+    fd_cuda_timing t = {0, 0, 0};
+    cuda_cfg(cf, &g);
+    g.impl = FD_CUDA_IMPL_WGMMA;
+    int rc = fd_cuda_flash_forward(&c->prob, &g, q, k, v, o, lse, NULL, &t, err, errlen);
+    *ms = (double)t.ms_median;
+    return rc;
+}
+
+/* Problems the Hopper kernel does not run are skipped with the reason; the case file's knobs
+ * it lacks (fp32 P, a key tile other than 64) fail the call with the reason. */
+static int supports_cuda_flash_sm90(const fd_case *c, char *why, size_t len)
+{
+    if (!fd_cuda_sm90_supports(&c->prob, NULL, why, len)) return 0;
+    char name[256] = "";
+    if (fd_cuda_device_count() > 0 && (fd_cuda_device_name(name, sizeof name) || !strstr(name, "sm_90"))) {
+        snprintf(why, len, "cuda-flash-sm90 needs an sm_90 GPU (wgmma), this is %s", name);
+        return 0;
+    }
+    return 1;
+}
+
 static int run_cuda_standard(const fd_casefile *cf, const fd_case *c, const float *q,
                              const float *k, const float *v, const int *rows, int nrows, float *o,
                              float *lse, double *ms, char *err, size_t errlen)
@@ -213,6 +241,7 @@ static const fd_backend fd_backends[] = {
     {"cpu-splitkv", "cpu", FD_ROLE_FLASH, run_cpu_splitkv, NULL, NULL, NULL},
 #ifdef FD_HAVE_CUDA
     {"cuda-flash", "cuda", FD_ROLE_FLASH, run_cuda_flash, mask_cuda_flash, supports_cuda_flash, bwd_cuda_flash},
+    {"cuda-flash-sm90", "cuda", FD_ROLE_FLASH, run_cuda_flash_sm90, NULL, supports_cuda_flash_sm90, NULL},
     {"cuda-standard", "cuda", FD_ROLE_STANDARD, run_cuda_standard, NULL, supports_plain, bwd_cuda_standard},
     {"cuda-splitkv", "cuda", FD_ROLE_FLASH, run_cuda_splitkv, NULL, supports_cuda_splitkv, NULL},
 #endif

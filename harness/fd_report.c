@@ -343,10 +343,9 @@ json_t *fd_report_case_json(const fd_case_result *r)
                                                  r->mis[t].h, "row", r->mis[t].i, "d", r->mis[t].d, "kernel",
                                                  fd_json_num((double)r->mis[t].kernel), "replay",
                                                  fd_json_num((double)r->mis[t].replay)));
-        const int paged = p->page_size > 0; /* fd_run.c compares the split-KV pair there */
         json_object_set_new(j, "replay", json_pack("{s:s, s:s, s:I, s:I, s:o, s:o}", "kernel",
-                                                   paged ? "cuda-splitkv" : "cuda-flash", "replay",
-                                                   paged ? "cpu-splitkv" : "cpu-flash", "elements", (json_int_t)r->replay_elems,
+                                                   r->replay_kernel ? r->replay_kernel : "cuda-flash", "replay",
+                                                   r->replay_name ? r->replay_name : "cpu-flash", "elements", (json_int_t)r->replay_elems,
                                                    "identical", (json_int_t)r->replay_identical, "match_rate",
                                                    fd_json_num(r->replay_elems ? (double)r->replay_identical / (double)r->replay_elems : 1.0),
                                                    "mismatches", mis));

@@ -328,11 +328,22 @@ int fd_run_case_given(const fd_casefile *cf, const fd_case *c, const fd_backend 
     res->ref_lse = malloc(sizeof(double) * nbhr);
     float *o = malloc(sizeof(float) * fd_q_numel(p));
     float *lsebuf = malloc(sizeof(float) * fd_lse_numel(p));
-    float *kout = NULL, *rout = NULL; /* checked outputs of cuda-flash and cpu-flash */
-    /* the kernel and its replay: cuda-flash and cpu-flash; a paged case's are cuda-splitkv and
-     * cpu-splitkv (FA2 runs paged calls on its split-KV kernel) */
+    float *kout = NULL, *rout = NULL; /* checked outputs of the kernel and its replay */
+    /* the kernel and its replay: cuda-flash (cuda-flash-sm90 when cuda-flash does not run) and
+     * cpu-flash; a paged case's are cuda-splitkv and cpu-splitkv (FA2 runs paged calls on its
+     * split-KV kernel) */
     const char *kname = p->page_size > 0 ? "cuda-splitkv" : "cuda-flash";
     const char *rname = p->page_size > 0 ? "cpu-splitkv" : "cpu-flash";
+    if (p->page_size <= 0) { /* the Hopper kernel has the same replay: compared when cuda-flash did not run */
+        int mma = 0, sm90 = 0;
+        for (int t = 0; t < nbe; t++) {
+            mma |= !strcmp(bes[t]->name, "cuda-flash");
+            sm90 |= !strcmp(bes[t]->name, "cuda-flash-sm90");
+        }
+        if (sm90 && !mma) kname = "cuda-flash-sm90";
+    }
+    res->replay_kernel = kname;
+    res->replay_name = rname;
     float *dout_owned = NULL;
     const float *dout = NULL;
     int *allrows = NULL; /* backward: the forward runs on every row (dK, dV need them all) */

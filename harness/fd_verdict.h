@@ -200,7 +200,10 @@ typedef struct fd_case_result {
     void *owned;
     void (*owned_free)(void *);
     /* a GPU flash kernel against its CPU replay, bit for bit, on the checked elements */
-    int replay_checked;          /* both cuda-flash and cpu-flash ran */
+    int replay_checked;          /* both the kernel and its replay ran */
+    const char *replay_kernel, *replay_name; /* the pair compared (static strings): cuda-flash (or,
+                                  * when it did not run, cuda-flash-sm90) and cpu-flash;
+                                  * cuda-splitkv and cpu-splitkv for a paged case */
     long replay_elems, replay_identical;
     int nmis;                    /* listed mismatches (at most FD_MAX_MISLIST) */
     struct { int b, h, i, d; float kernel, replay; } mis[16];

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Times torch.nn.functional.scaled_dot_product_attention restricted to the flash
-backend on the shapes of kernels/cuda/fd_bench.cu: B=4, H=16, N in {1024, 4096, 16384},
+backend (FlashAttention-2's kernels) and, in the same run, to the cuDNN backend (rows
+"torch-cudnn"; skipped with a message where PyTorch refuses it) on the shapes of kernels/cuda/fd_bench.cu: B=4, H=16, N in {1024, 4096, 16384},
 d in {64, 128}, fp16/bf16, causal and not. CUDA events, warm-up, median of repeats.
 With --backward also the backward pass (torch.autograd.grad of the flash SDPA output
 for a given dO, the forward not timed), counted as 2.5x the forward's FLOPs as
@@ -56,6 +57,14 @@ def main():
                     tf = flops / (med * 1e-3) / 1e12
                     rows.append(("torch-flash", dn, B, H, N, d, causal, med, t_min, tf))
                     print(f"{'torch-flash':14s} {dn:5s} {N:6d} {d:4d} {causal:6d} {med:10.3f} {tf:8.1f}", flush=True)
+                    try:
+                        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                            med_c, min_c = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), reps)
+                        tf_c = flops / (med_c * 1e-3) / 1e12
+                        rows.append(("torch-cudnn", dn, B, H, N, d, causal, med_c, min_c, tf_c))
+                        print(f"{'torch-cudnn':14s} {dn:5s} {N:6d} {d:4d} {causal:6d} {med_c:10.3f} {tf_c:8.1f}", flush=True)
+                    except RuntimeError as e:  # no cuDNN SDPA for this shape or build
+                        print(f"torch-cudnn {dn} {N} {d} {causal}: skipped ({str(e).splitlines()[0][:120]})", flush=True)
                     if backward:
                         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
                         do = torch.randn_like(q)

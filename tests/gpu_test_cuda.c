@@ -445,6 +445,91 @@ Test(gpu_cuda, unsupported_configs_rejected_clearly)
     cfg.splits = 0;
     cr_expect_eq(fd_cuda_splitkv_forward(&p, &cfg, buf, buf, buf, o, l, NULL, err, sizeof err), -1);
     cr_expect(strstr(err, "splits 0") != NULL, "message: %s", err);
+    /* the Hopper kernel declines what it does not run, before any device work */
+    fd_cuda_cfg_default(&cfg);
+    cfg.impl = FD_CUDA_IMPL_WGMMA;
+    p.dropout_p = 0.1;
+    cr_expect_eq(fd_cuda_flash_forward(&p, &cfg, buf, buf, buf, o, l, NULL, NULL, err, sizeof err), -1);
+    cr_expect(strstr(err, "cuda-flash-sm90") && strstr(err, "no dropout"), "message: %s", err);
+    p.dropout_p = 0.0; p.softcap = 30.0f;
+    cr_expect_eq(fd_cuda_flash_forward(&p, &cfg, buf, buf, buf, o, l, NULL, NULL, err, sizeof err), -1);
+    cr_expect(strstr(err, "softcap") != NULL, "message: %s", err);
+    char why[160];
+    p.softcap = 0.0f; p.dtype = FD_DT_FP32;
+    cr_expect_eq(fd_cuda_sm90_supports(&p, NULL, why, sizeof why), 0);
+    cr_expect(strstr(why, "fp16 and bf16 only") != NULL, "why: %s", why);
+    p.dtype = FD_DT_BF16;
+    cr_expect_eq(fd_cuda_sm90_supports(&p, NULL, why, sizeof why), 1);
+}
+
+/* The Hopper kernel (cuda-flash-sm90, wgmma; issue 15 items 2 and 3): with the portable
+ * exp2 it is the CPU replay bit for bit (tensor-core block order, FA2's row sum: no new
+ * model), O and LSE on every row, rows without a visible key included; with the hardware
+ * exp2 it is cuda-flash's mma.sync kernel bit for bit. Skips without an sm_90 GPU. When O
+ * differs, the run is repeated with V's descriptor fields swapped (FD_SM90_VDESC=swap) and
+ * the message says whether that reading matches. */
+Test(gpu_cuda, sm90_replay_bit_identical)
+{
+    SKIP_WITHOUT_GPU();
+    char name[256] = "";
+    if (fd_cuda_device_name(name, sizeof name) || !strstr(name, "sm_90")) cr_skip_test("not an sm_90 GPU: %s", name);
+    static const struct {
+        int B, H, Hk, sq, sk, d; fd_dtype dt; fd_mask_kind mask;
+    } fs[] = {
+        {2, 4, 2, 640, 640, 128, FD_DT_FP16, FD_MASK_NONE},
+        {1, 2, 2, 333, 517, 64, FD_DT_BF16, FD_MASK_CAUSAL_TL},
+        {1, 4, 1, 517, 333, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR},
+        {1, 2, 2, 64, 64, 64, FD_DT_FP16, FD_MASK_NONE},
+        {2, 2, 2, 200, 900, 128, FD_DT_FP16, FD_MASK_CAUSAL_BR},
+        {1, 2, 2, 1, 300, 128, FD_DT_FP16, FD_MASK_NONE},
+        {1, 2, 2, 300, 100, 96, FD_DT_BF16, FD_MASK_CAUSAL_BR}, /* rows without a key; d 96 -> 128 */
+        {1, 3, 3, 257, 129, 40, FD_DT_FP16, FD_MASK_CAUSAL_TL}, /* d 40 -> 64 */
+    };
+    for (size_t t = 0; t < sizeof fs / sizeof fs[0]; t++) {
+        tcase c;
+        make_case(&c, fs[t].B, fs[t].H, fs[t].Hk, fs[t].sq, fs[t].sk, fs[t].d, fs[t].dt, fs[t].mask, 0.0, 70 + t);
+        const fd_problem *p = &c.p;
+        const size_t nq = fd_q_numel(p), nl = fd_lse_numel(p);
+        float *o = poisoned(nq), *lse = poisoned(nl), *ro = poisoned(nq), *rl = poisoned(nl);
+        fd_cuda_cfg g;
+        fd_cuda_cfg_default(&g);
+        g.impl = FD_CUDA_IMPL_WGMMA; g.exp2_mode = 1;
+        fd_flash_cfg r;
+        fd_flash_cfg_default(&r);
+        r.br = 128; r.bc = 64; r.qk_order = FD_ACC_TC16; r.pv_order = FD_ACC_TC16;
+        r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
+        char err[512];
+        cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
+        size_t diff = 0, first = (size_t)-1, ldiff = 0;
+        for (size_t x = 0; x < nq; x++)
+            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x])) { if (!diff++) first = x; }
+        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
+        size_t sdiff = 0;
+        if (diff) { /* the other reading of V's descriptor, for the message */
+            setenv("FD_SM90_VDESC", "swap", 1);
+            float *o2 = poisoned(nq), *l2 = poisoned(nl);
+            if (!fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o2, l2, NULL, NULL, err, sizeof err))
+                for (size_t x = 0; x < nq; x++) sdiff += fd_f32_bits(o2[x]) != fd_f32_bits(ro[x]);
+            unsetenv("FD_SM90_VDESC");
+            free(o2); free(l2);
+        }
+        cr_expect_eq(diff, 0, "spec %zu: %zu of %zu O elements differ from the replay; first at %zu: gpu %a, replay %a "
+                     "(with V's LBO/SBO swapped: %zu differ)", t, diff, nq, first,
+                     first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0, sdiff);
+        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay", t, ldiff, nl);
+        /* hardware exp2: the mma.sync kernel's bits */
+        g.exp2_mode = 0;
+        cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        g.impl = FD_CUDA_IMPL_MMA;
+        cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, ro, rl, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        diff = ldiff = 0;
+        for (size_t x = 0; x < nq; x++) diff += fd_f32_bits(o[x]) != fd_f32_bits(ro[x]);
+        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
+        cr_expect_eq(diff + ldiff, 0, "spec %zu, hardware exp2: %zu O and %zu LSE values differ from cuda-flash's", t, diff, ldiff);
+        free(o); free(lse); free(ro); free(rl);
+        free_case(&c);
+    }
 }
 
 /* Window, ALiBi and softcap (fd_mods.h): cuda-flash with the portable exp2 is the CPU

@@ -20,6 +20,9 @@
  *   FP8 path of fd_cpu_flash_forward when the FP8 tensor-core model is right (numerics in
  *   the .cu file's header and docs/fp8.md). Head dim 64 or 128, no mask or causal, key
  *   tile 64; -1 with err on anything else and on GPUs below sm_89.
+ * With cfg->impl = FD_CUDA_IMPL_WGMMA, fd_cuda_flash_forward runs the Hopper kernel
+ *   (fd_cuda_flash_sm90.cu: wgmma, two warpgroups, the softmax overlapped with the PV
+ *   product) on the same numerics, bit for bit the mma.sync kernel's and the replay's.
  * fd_cuda_standard_forward: eager attention through cuBLAS (see fd_cpu_standard_forward).
  * fd_cuda_splitkv_forward: flash-decoding; `splits` chunks of K/V tiles, partial O (fp32)
  *   and LSE per chunk, LSE-weighted combine, then rounding to the dtype.
@@ -37,8 +40,15 @@
 extern "C" {
 #endif
 
+/* fd_cuda_cfg.impl: which forward kernel fd_cuda_flash_forward runs. */
+enum { FD_CUDA_IMPL_MMA = 0, FD_CUDA_IMPL_WGMMA = 1 };
+
 typedef struct fd_cuda_cfg {
     int br, bc;     /* tile: (64, 64), (128, 64) or (128, 32); 0, 0 picks the default */
+    int impl;       /* FD_CUDA_IMPL_MMA (cuda-flash, mma.sync) or FD_CUDA_IMPL_WGMMA (cuda-flash-sm90:
+                     * the Hopper kernel, fd_cuda_flash_sm90.cu; sm_90 only; fp16/bf16, head dim
+                     * <= 128 padded to 64 or 128, no dropout, window, softcap, ALiBi, varlen, debug
+                     * mask or fp32 P; key tile 64; the same numerics) */
     int exp2_mode;  /* 0: hardware exp2f (ex2.approx.f32), 1: fd_exp2_portable */
     int p_fp32;     /* 1: O += P V with P kept in binary32, by fp32 FMAs (see docs/cuda.md) */
     int splits;     /* split-KV only: number of K/V chunks (>= 1) */
@@ -60,6 +70,9 @@ int fd_cuda_device_name(char *buf, size_t len);
  * device, or -1 when there is none. */
 int fd_cuda_select_device(int ordinal);
 void fd_cuda_cfg_default(fd_cuda_cfg *cfg);
+/* 1 when cuda-flash-sm90's kernel runs problem p under cfg (NULL: the defaults), else 0 with
+ * the reason in why; needs no GPU (the device check comes at the call). */
+int fd_cuda_sm90_supports(const fd_problem *p, const fd_cuda_cfg *cfg, char *why, size_t len);
 /* Path taken for fp32 inputs, in words. */
 const char *fd_cuda_fp32_path(void);
 

@@ -288,6 +288,14 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
         FD_FAIL("tile %dx%d unsupported: supported (br, bc) = (64, 64), (128, 64)", cfg.br, cfg.bc);
     if (cfg.exp2_mode != 0 && cfg.exp2_mode != 1) FD_FAIL("exp2_mode %d unsupported (0 hw, 1 portable)", cfg.exp2_mode);
     if (cfg.repeats < 0 || cfg.repeats > 100000) FD_FAIL("repeats %d out of range", cfg.repeats);
+    if (cfg.impl != FD_CUDA_IMPL_MMA && cfg.impl != FD_CUDA_IMPL_WGMMA) FD_FAIL("impl %d unsupported (0 mma.sync, 1 wgmma)", cfg.impl);
+    const bool sm90 = cfg.impl == FD_CUDA_IMPL_WGMMA;
+    if (sm90) {
+        char why[160];
+        if (mode == MODE_SPLIT) FD_FAIL("cuda-flash-sm90 has no split-KV kernel");
+        if (dmask) FD_FAIL("cuda-flash-sm90 has no debug mask output");
+        if (!fd_cuda_sm90_supports(p, &cfg, why, sizeof why)) FD_FAIL("%s", why);
+    }
     const bool fp32 = p->dtype == FD_DT_FP32;
     if (mode == MODE_SPLIT) {
         if (fp32) FD_FAIL("split-KV supports fp16 and bf16 only (fp32 inputs: use flash)");
@@ -302,6 +310,7 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     if (dmask && fp32) FD_FAIL("debug mask output needs fp16 or bf16 (the fp32 path has none)");
     int ndev = fd_cuda_device_count();
     if (ndev <= 0) FD_FAIL("no CUDA device");
+    if (sm90 && sm90_supported(err, errlen)) return -1;
 
     const int B = p->batch, H = p->heads, Hk = p->kv_heads, sq = p->seqlen_q, sk = p->seqlen_k, d = p->head_dim;
     fd_dbuf dq, dk, dv, dO, dl, doa, dla, ddbg;
@@ -412,8 +421,9 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
             PT.sq = std::max(max_q, 1);
             PT.sk = max_k;
         }
-        int rc = p->dtype == FD_DT_FP16 ? launch_f16(PT, cfg.br, cfg.bc, st, err, errlen)
-                                        : launch_bf16(PT, cfg.br, cfg.bc, st, err, errlen);
+        int rc = sm90                      ? launch_sm90(PT, p->dtype == FD_DT_BF16, st, err, errlen)
+                 : p->dtype == FD_DT_FP16 ? launch_f16(PT, cfg.br, cfg.bc, st, err, errlen)
+                                          : launch_bf16(PT, cfg.br, cfg.bc, st, err, errlen);
         if (rc) return rc;
         if (mode == MODE_SPLIT) {
             dim3 grid((unsigned)sq, (unsigned)(B * H));
@@ -518,6 +528,21 @@ void fd_cuda_cfg_default(fd_cuda_cfg *cfg)
     cfg->splits = 1;
     cfg->repeats = 0;
     cfg->fp8_max_offset = FD_FP8_MAX_OFFSET;
+    cfg->impl = FD_CUDA_IMPL_MMA;
+}
+
+int fd_cuda_sm90_supports(const fd_problem *p, const fd_cuda_cfg *cfg, char *why, size_t len)
+{
+    const char *no = NULL;
+    if (p->dtype != FD_DT_FP16 && p->dtype != FD_DT_BF16) no = "fp16 and bf16 only (fp32 and FP8 run on cuda-flash)";
+    else if (p->head_dim > 128) no = "head_dim up to 128 (padded to 64 or 128)";
+    else if (p->dropout_p > 0.0) no = "no dropout";
+    else if (fd_problem_has_mods(p) || p->page_size > 0) no = "no window, softcap, ALiBi, varlen or paged KV cache";
+    else if (cfg && cfg->p_fp32) no = "P in the dtype only (no fp32 P)";
+    else if (cfg && cfg->bc != 64 && cfg->bc != 0) no = "key tile 64 only";
+    if (!no) return 1;
+    snprintf(why, len, "cuda-flash-sm90 (the Hopper kernel): %s", no);
+    return 0;
 }
 
 const char *fd_cuda_fp32_path(void)
@@ -533,6 +558,7 @@ int fd_cuda_flash_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const flo
 {
     if (p && fd_dtype_is_fp8(p->dtype)) { /* FP8: its own kernel (fd_cuda_flash_fp8.cu) */
         if (dmask) FD_FAIL("FP8 flash: no debug mask output (FP8 problems have no dropout)");
+        if (cfg && cfg->impl == FD_CUDA_IMPL_WGMMA) FD_FAIL("cuda-flash-sm90 has no FP8 kernel (cuda-flash runs FP8)");
         return fd_cuda_flash_fp8_forward(p, cfg, q, k, v, o, lse, t, err, errlen);
     }
     return run_flash(MODE_FLASH, p, cfg, q, k, v, o, lse, dmask, t, err, errlen);

@@ -618,6 +618,11 @@ int launch_t(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, s
 /* Defined in fd_cuda_flash_f16.cu / fd_cuda_flash_bf16.cu: launch_t for one dtype. */
 int launch_f16(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, size_t errlen);
 int launch_bf16(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, size_t errlen);
+/* Defined in fd_cuda_flash_sm90.cu (library fd_cuda_sm90, sm_90a): the Hopper (wgmma)
+ * kernel of cuda-flash-sm90, fast-path problems only (run_flash checks); sm90_supported
+ * fails unless the current device is sm_90. */
+int launch_sm90(const FlashParams &P, int is_bf16, cudaStream_t st, char *err, size_t errlen);
+int sm90_supported(char *err, size_t errlen);
 
 } // namespace fd_flash
 #endif

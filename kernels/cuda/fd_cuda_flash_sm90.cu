@@ -1,0 +1,344 @@
+/* fd_cuda_flash_sm90.cu: the Hopper forward kernel of backend cuda-flash-sm90 (issue 15,
+ * item 2): wgmma with operands in shared memory, fp16/bf16, head dims 64 and 128, no mask or
+ * causal (top-left, bottom-right), GQA. Compiled for sm_90a only (wgmma is arch-specific):
+ * library fd_cuda_sm90, linked into fd_cuda; run_flash (fd_cuda_flash.cu) calls launch_sm90
+ * when fd_cuda_cfg.impl is FD_CUDA_IMPL_WGMMA.
+ *
+ * Numerics: exactly cuda-flash's fast path, hence fd_cpu_flash_forward's (fd_cuda.h), so the
+ * replay reproduces it bit for bit with no new model:
+ *  - wgmma m64nNk16 computes each output element as mma.sync m16n8k16 does (FD_ACC_TC16;
+ *    measured on the H200 for chains of K 16..256, docs/evidence/h200-probe), and the 16-term
+ *    blocks are chained in the same order from the same start: S = Q K^T over the head dim
+ *    from c = +0 in 16-column blocks, O += P V over the tile's keys in 16-key blocks onto the
+ *    rescaled O;
+ *  - the accumulator fragment of wgmma m64nN is, for warp w of the warpgroup, mma.sync
+ *    m16n8's fragment of rows 16 w..16 w + 15 repeated per 8 columns: each thread owns the
+ *    same columns {8a + 2t, 8a + 2t + 1} of each key tile, so the per-thread row sums, the
+ *    quad reduction and every binary32 operation of the softmax are cuda-flash's code;
+ *  - key tiles of 64 from the last visible one down (FA2's order, the replay's bc = 64);
+ *  - exp2: the hardware exp2f (ex2.approx.f32) as cuda-flash's fast path, or the portable
+ *    exp2 (fd_cuda_cfg.exp2_mode = 1) whose bits the replay computes on the host.
+ * Scheduling (none of it changes an operation or its order): a CTA of two warpgroups (128
+ * query rows, 64 each); Q and three stages of K/V tiles in shared memory, loaded by cp.async
+ * one tile ahead of use; per tile, S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}
+ * (FlashAttention-3's intra-warpgroup overlap), the softmax of S_j runs while the PV product
+ * is in flight, and O is rescaled by tile j's factor once PV completes: the same sequence
+ * O *= f_{j-1}, O += P_{j-1} V_{j-1}, O *= f_j, ... as cuda-flash.
+ * Shared-memory layout (no swizzle, descriptor layout type 0): a [rows][D] tile is stored as
+ * 8 x 8 core matrices of 128 contiguous bytes, the one of (rows 8r.., columns 8c..) at byte
+ * 16 D r + 128 c. Q and K are K-major operands (LBO = 128, the next 8 columns; SBO = 16 D,
+ * the next 8 rows), as the probe verified (fd_cuda_wgmma.cu); V is the transposed (MN-major)
+ * B operand of O += P V: LBO = 16 D (the next 8 keys), SBO = 128 (the next 8 head-dim
+ * columns), CUTLASS's reading for MN-major without swizzle (launch_sm90 can swap the two,
+ * FD_SM90_VDESC=swap, for the GPU test's check of that reading). */
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fd_cuda_flash_kernel.cuh"
+#include "fd_wgmma_ops.cuh"
+
+namespace fd_sm90 {
+
+using fd_flash::DT;
+using fd_flash::FlashParams;
+using fd_flash::cp_async16;
+using fd_flash::cp_async_commit;
+using fd_flash::smem_u32;
+
+constexpr int BC = 64;       /* key tile: the replay's bc */
+constexpr int NWG = 2;       /* consumer warpgroups per CTA */
+constexpr int BR = 64 * NWG; /* query rows per CTA */
+constexpr int NT = 128 * NWG;
+constexpr int STAGES = 3;    /* K/V tiles resident: in use by S, by PV, and loading */
+
+template <int D> constexpr size_t smem_bytes() { return (size_t)(BR + 2 * STAGES * BC) * D * 2; }
+
+/* Byte offset of the 16-byte chunk (row, ch) (columns 8 ch..8 ch + 7) of an interleaved
+ * [rows][D] tile. */
+template <int D> __device__ __forceinline__ uint32_t il_off(int row, int ch)
+{
+    return (uint32_t)((row >> 3) * (16 * D) + ch * 128 + (row & 7) * 16);
+}
+
+/* Rows [r0, r0 + ROWS) of a [.][H][dp] tensor (head hh) into an interleaved tile; rows at or
+ * past nrows zero-filled. Index order: row mod 8 fastest, then the chunk, then the 8-row
+ * group, so a warp's 32 copies fill 512 contiguous bytes (no bank conflict) and read 64
+ * contiguous bytes of 8 rows (whole 32-byte sectors). */
+template <typename T, int D, int ROWS>
+__device__ __forceinline__ void load_il(uint32_t sbase, const T *g, int r0, int nrows, int H, int hh, int dp, int tid)
+{
+    constexpr int CH = D / 8;
+#pragma unroll 4
+    for (int idx = tid; idx < ROWS * CH; idx += NT) {
+        const int rl = idx & 7, ch = (idx >> 3) % CH, rg = (idx >> 3) / CH;
+        const int row = rg * 8 + rl, gr = r0 + row;
+        const bool ok = gr < nrows;
+        const T *src = g + ((size_t)(ok ? gr : 0) * H + hh) * dp + ch * 8;
+        cp_async16(sbase + il_off<D>(row, ch), src, ok ? 16 : 0);
+    }
+}
+
+/* Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format"): start address, LBO
+ * and SBO in 16-byte units, base offset 0, layout type 0 (no swizzle). */
+__device__ __forceinline__ uint64_t desc(uint32_t saddr, uint32_t lbo, uint32_t sbo)
+{
+    return (uint64_t)((saddr >> 4) & 0x3fffu) | ((uint64_t)((lbo >> 4) & 0x3fffu) << 16) |
+           ((uint64_t)((sbo >> 4) & 0x3fffu) << 32);
+}
+
+template <int N> __device__ __forceinline__ void fence_u32(uint32_t *r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/* PORT: fd_exp2_portable (host and device give the same bits: the replay's exp2) instead of
+ * the hardware exp2f (ex2.approx.f32, cuda-flash's fast path). */
+template <typename T, int D, bool PORT>
+__global__ void __launch_bounds__(NT, 1) flash_fwd_sm90_kernel(const FlashParams P, uint32_t v_lbo, uint32_t v_sbo)
+{
+    constexpr int NA = BC / 8; /* 8-column atoms of S */
+    constexpr int ND = D / 8;  /* 8-column atoms of O */
+    constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const uint32_t sQ = smem_u32(smem_raw), sK = sQ + QB, sV = sK + STAGES * KB;
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int m_block = blockIdx.x, bh = blockIdx.y;
+    const int b = bh / P.H, h = bh % P.H, hk = h / P.h_per_kv;
+    const int sq = P.sq, sk = P.sk, m0 = m_block * BR;
+    const long diag = P.mask == FD_MASK_CAUSAL_BR ? (long)sk - sq : 0; /* j <= i + diag */
+    /* rows of this thread: warp_row0 + g and + 8 (the warp's 16 rows of the warpgroup's 64) */
+    const int warp_row0 = m0 + wg * 64 + warp * 16;
+
+    /* K/V tiles [0, n_hi) up to the CTA's last row's right edge (FA2's n_block_max) */
+    int n_hi = (sk + BC - 1) / BC;
+    {
+        const long last_row = (long)min(m0 + BR, sq) - 1;
+        long z = (long)sk - 1;
+        if (P.mask != FD_MASK_NONE) z = min(z, last_row + diag);
+        n_hi = z < 0 ? 0 : min(n_hi, (int)(z / BC) + 1);
+    }
+    if (n_hi <= 0) { /* no visible key for any row of this CTA */
+        for (int r = 0; r < 2; r++) {
+            const int i = warp_row0 + g + 8 * r;
+            if (i >= sq) continue;
+            T *o = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
+            for (int a = 0; a < ND; a++) {
+                o[a * 8 + 2 * t] = DT<T>::from(0.0f);
+                o[a * 8 + 2 * t + 1] = DT<T>::from(0.0f);
+            }
+            if (t == 0) P.lse[((size_t)b * P.H + h) * sq + i] = INFINITY;
+        }
+        return;
+    }
+
+    const T *gQ = static_cast<const T *>(P.q) + (size_t)b * sq * P.H * P.dp;
+    const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
+    const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
+    /* iteration it visits tile n_hi - 1 - it, resident in stage it % STAGES */
+    auto load_kv = [&](int it) {
+        const int nb = n_hi - 1 - it;
+        const uint32_t st = (uint32_t)(it % STAGES) * KB;
+        load_il<T, D, BC>(sK + st, gK, nb * BC, sk, P.Hk, hk, P.dp, tid);
+        load_il<T, D, BC>(sV + st, gV, nb * BC, sk, P.Hk, hk, P.dp, tid);
+    };
+    load_il<T, D, BR>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
+    load_kv(0);
+    cp_async_commit();
+    if (n_hi > 1) load_kv(1);
+    cp_async_commit(); /* always one group per tile ahead, empty or not: the waits count on it */
+
+    const uint32_t qa = sQ + (uint32_t)wg * (64 * 16 * D / 8); /* the warpgroup's 64 rows */
+    constexpr uint32_t KLBO = 128, KSBO = 16 * D;
+
+    float o[ND * 4], s[NA * 4];
+    uint32_t pk[NA * 2]; /* P in the dtype: atom a, row g (2a) and row g + 8 (2a + 1) */
+#pragma unroll
+    for (int x = 0; x < ND * 4; x++) o[x] = 0.0f;
+#pragma unroll
+    for (int x = 0; x < NA * 2; x++) pk[x] = 0u;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}, sc[2] = {1.0f, 1.0f};
+    const float sl2 = P.scale_log2;
+
+    for (int it = 0; it < n_hi; it++) {
+        const int nb = n_hi - 1 - it;
+        const uint32_t st = (uint32_t)(it % STAGES) * KB;
+        cp_wait<1>(); /* tile it (and Q) landed; tile it + 1 may still be in flight */
+        fence_proxy_async();
+        __syncthreads();
+
+        /* S = Q K^T: 16-column blocks of the head dim from c = +0 */
+#pragma unroll
+        for (int x = 0; x < NA * 4; x++) s[x] = 0.0f;
+        fd_sm90::fence_regs<NA * 4>(s);
+        fd_sm90::fence_regs<ND * 4>(o);
+        fd_sm90::wg_arrive();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            Wgmma<T, BC>::ss(s, desc(qa + kk * 256, KLBO, KSBO), desc(sK + st + kk * 256, KLBO, KSBO));
+        fd_sm90::wg_commit();
+        /* O += P V of the previous tile, 16-key blocks in key order (tile 0: none) */
+        if (it > 0) {
+            const uint32_t pv = sV + (uint32_t)((it - 1) % STAGES) * KB;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+                const uint32_t af[4] = {pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]};
+                Wgmma<T, D>::rs(o, af, desc(pv + kk * (32 * D), v_lbo, v_sbo));
+            }
+        }
+        fd_sm90::wg_commit();
+        fd_sm90::wg_wait<1>(); /* S done; PV may run on */
+        fd_sm90::fence_regs<NA * 4>(s);
+
+        /* Masking: keys beyond sk, the causal diagonal. */
+        const int j0 = nb * BC;
+        const bool need_mask = (j0 + BC > sk) || (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)warp_row0 + diag);
+        if (need_mask) {
+#pragma unroll
+            for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = warp_row0 + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
+                    const bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                    if (!vis) s[4 * a + e] = -INFINITY;
+                }
+        }
+        /* Online softmax, cuda-flash's (FA2's softmax_rescale_o), the O rescale deferred. */
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = m_run[r];
+#pragma unroll
+            for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * r], s[4 * a + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            const float m_prev = m_run[r];
+            m_run[r] = mx;
+            const float m_cur = mx == -INFINITY ? 0.0f : mx;
+            sc[r] = fd_flash::exp2_mode(PORT, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
+            float l = __fmul_rn(l_run[r], sc[r]);
+            const float max_scaled = mx == -INFINITY ? 0.0f : __fmul_rn(mx, sl2);
+#pragma unroll
+            for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float pe = fd_flash::exp2_mode(PORT, __fmaf_rn(s[4 * a + 2 * r + e], sl2, -max_scaled));
+                    s[4 * a + 2 * r + e] = pe;
+                    l = __fadd_rn(l, pe);
+                }
+            l_run[r] = l;
+        }
+
+        fd_sm90::wg_wait<0>(); /* PV of the previous tile done: O, pk and that V stage free */
+        fd_sm90::fence_regs<ND * 4>(o);
+        fence_u32<NA * 2>(pk);
+        /* x * 1.0f == x: the rescale is skipped when no row of the warp moved its max */
+        if (__any_sync(0xffffffffu, sc[0] != 1.0f || sc[1] != 1.0f)) {
+#pragma unroll
+            for (int a = 0; a < ND; a++) {
+                o[4 * a] = __fmul_rn(o[4 * a], sc[0]);
+                o[4 * a + 1] = __fmul_rn(o[4 * a + 1], sc[0]);
+                o[4 * a + 2] = __fmul_rn(o[4 * a + 2], sc[1]);
+                o[4 * a + 3] = __fmul_rn(o[4 * a + 3], sc[1]);
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < NA; a++) {
+            pk[2 * a] = DT<T>::pack(s[4 * a], s[4 * a + 1]);
+            pk[2 * a + 1] = DT<T>::pack(s[4 * a + 2], s[4 * a + 3]);
+        }
+        /* every warpgroup is past tile it - 1 (K long done, V just now): its stage takes
+         * tile it + 2 */
+        __syncthreads();
+        if (it + 2 < n_hi) load_kv(it + 2);
+        cp_async_commit();
+    }
+    /* O += P V of the last tile */
+    {
+        const uint32_t pv = sV + (uint32_t)((n_hi - 1) % STAGES) * KB;
+        fd_sm90::fence_regs<ND * 4>(o);
+        fd_sm90::wg_arrive();
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            const uint32_t af[4] = {pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]};
+            Wgmma<T, D>::rs(o, af, desc(pv + kk * (32 * D), v_lbo, v_sbo));
+        }
+        fd_sm90::wg_commit();
+        fd_sm90::wg_wait<0>();
+        fd_sm90::fence_regs<ND * 4>(o);
+        fence_u32<NA * 2>(pk);
+    }
+    cp_wait<0>();
+
+    /* normalize_softmax_lse: quad sum (l0 + l2) + (l1 + l3), one reciprocal (cuda-flash's) */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = l_run[r];
+        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
+        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
+        const bool empty = (l == 0.0f || l != l);
+        const float inv = empty ? 1.0f : __frcp_rn(l);
+        const int i = warp_row0 + g + 8 * r;
+        if (i >= sq) continue;
+        T *op = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
+#pragma unroll
+        for (int a = 0; a < ND; a++) {
+            const uint32_t w = DT<T>::pack(__fmul_rn(o[4 * a + 2 * r], inv), __fmul_rn(o[4 * a + 2 * r + 1], inv));
+            *reinterpret_cast<uint32_t *>(op + a * 8 + 2 * t) = w;
+        }
+        if (t == 0)
+            P.lse[((size_t)b * P.H + h) * sq + i] = empty ? INFINITY : __fmaf_rn(m_run[r], P.scale, fd_logf_portable(l));
+    }
+}
+
+template <typename T, int D> int launch(const FlashParams &P, uint32_t vl, uint32_t vs, cudaStream_t st, char *err, size_t errlen)
+{
+    const size_t sm = smem_bytes<D>();
+    auto kern = P.exp2_mode ? flash_fwd_sm90_kernel<T, D, true> : flash_fwd_sm90_kernel<T, D, false>;
+    FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    dim3 grid((unsigned)((P.sq + BR - 1) / BR), (unsigned)(P.B * P.H));
+    kern<<<grid, NT, sm, st>>>(P, vl, vs);
+    FD_LAUNCH_CHECK();
+    return 0;
+}
+
+} // namespace fd_sm90
+
+namespace fd_flash {
+
+int sm90_supported(char *err, size_t errlen)
+{
+    int dev = 0;
+    cudaDeviceProp pr;
+    FD_CU(cudaGetDevice(&dev));
+    FD_CU(cudaGetDeviceProperties(&pr, dev));
+    if (pr.major != 9 || pr.minor != 0)
+        FD_FAIL("cuda-flash-sm90 needs an sm_90 GPU (wgmma; built for sm_90a), this one is sm_%d%d", pr.major, pr.minor);
+    return 0;
+}
+
+int launch_sm90(const FlashParams &P, int is_bf16, cudaStream_t st, char *err, size_t errlen)
+{
+    /* V's descriptor: LBO = the 8-key step (16 dp bytes), SBO = the 8-column step (128);
+     * FD_SM90_VDESC=swap swaps the two (the GPU test's check of CUTLASS's MN-major reading) */
+    const char *sw = getenv("FD_SM90_VDESC");
+    const bool swap = sw && !strcmp(sw, "swap");
+    const uint32_t l = 16u * (uint32_t)P.dp, s = 128u;
+    const uint32_t vl = swap ? s : l, vs = swap ? l : s;
+    if (P.dp == 64) return is_bf16 ? fd_sm90::launch<__nv_bfloat16, 64>(P, vl, vs, st, err, errlen)
+                                   : fd_sm90::launch<__half, 64>(P, vl, vs, st, err, errlen);
+    if (P.dp == 128) return is_bf16 ? fd_sm90::launch<__nv_bfloat16, 128>(P, vl, vs, st, err, errlen)
+                                    : fd_sm90::launch<__half, 128>(P, vl, vs, st, err, errlen);
+    FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported (64 and 128)", P.dp);
+    return -1;
+}
+
+} // namespace fd_flash
