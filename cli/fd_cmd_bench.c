@@ -1,7 +1,10 @@
 /* fd_cmd_bench.c: `flashdrift bench`: throughput of cuda-flash, cuda-flash-sm90 (the Hopper
  * kernel; skipped on other GPUs) and cuda-standard.
  *
- * flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]
+ * flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward] [--only LIST]
+ * Kernels: cuda-flash, cuda-flash-sm90 (key tile 64), cuda-flash-sm90-bc128 (key tile 128),
+ * cuda-standard; with --backward cuda-flash-bwd, -bwd-det, cuda-standard-bwd; --only LIST
+ * (comma-separated) times those alone.
  * --backward adds the backward pass of each (cuda-flash-bwd: dQ by atomicAdd; -bwd-det:
  * the deterministic dQ, skipped where its per-key-tile buffers do not fit; counted as 2.5x
  * the forward's FLOPs, as FlashAttention's benchmarks count the backward).
@@ -32,8 +35,15 @@ int fd_cmd_bench(int argc, char **argv)
 {
     const char *csv = NULL;
     int reps = 10, maxn = 16384, bwd = 0;
-    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN, OPT_BWD };
+    /* the timed kernels, in order; --only picks some */
+    static const char *const names[] = {"cuda-flash", "cuda-flash-sm90", "cuda-flash-sm90-bc128", "cuda-standard",
+                                        "cuda-flash-bwd", "cuda-flash-bwd-det", "cuda-standard-bwd"};
+    enum { NB = (int)(sizeof names / sizeof names[0]), FWD = 4 };
+    int pick[NB];
+    for (int t = 0; t < NB; t++) pick[t] = 1;
+    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN, OPT_BWD, OPT_ONLY };
     static const struct option lo[] = {{"csv", required_argument, NULL, OPT_CSV},
+                                       {"only", required_argument, NULL, OPT_ONLY},
                                        {"backward", no_argument, NULL, OPT_BWD},
                                        {"repeats", required_argument, NULL, OPT_REPEATS},
                                        {"max-n", required_argument, NULL, OPT_MAXN},
@@ -52,6 +62,21 @@ int fd_cmd_bench(int argc, char **argv)
         }
         if (c == OPT_BWD) {
             bwd = 1;
+            continue;
+        }
+        if (c == OPT_ONLY) { /* comma-separated names of the list above */
+            for (int t = 0; t < NB; t++) pick[t] = 0;
+            for (const char *x = g.arg; *x;) {
+                const size_t n = strcspn(x, ",");
+                int hit = 0;
+                for (int t = 0; t < NB; t++)
+                    if (strlen(names[t]) == n && !strncmp(names[t], x, n)) hit = pick[t] = 1;
+                if (!hit)
+                    return fd_usage_error("bench", "--only: unknown kernel '%.*s' (expected a comma-separated list of "
+                                          "cuda-flash, cuda-flash-sm90, cuda-flash-sm90-bc128, cuda-standard, "
+                                          "cuda-flash-bwd, cuda-flash-bwd-det, cuda-standard-bwd)", (int)(n > 64 ? 64 : n), x);
+                x += n + (x[n] == ',');
+            }
             continue;
         }
         char *end;
@@ -120,30 +145,38 @@ int fd_cmd_bench(int argc, char **argv)
                     const double flops = 4.0 * B * H * (double)N * N * d * (causal ? 0.5 : 1.0);
                     /* forward flash, forward standard; then (--backward) flash atomic, flash
                      * deterministic and standard backward, from the flash forward's O and LSE */
-                    for (int be = 0; be < (bwd ? 6 : 3); be++) {
+                    int have_fwd = 0; /* the flash forward's O and LSE, read by the backward */
+                    for (int be = 0; be < (bwd ? NB : FWD); be++) {
+                        if (!pick[be]) continue;
                         char err[512] = "";
                         fd_cuda_timing tm = {0, 0, 0};
                         int rc;
-                        static const char *const names[] = {"cuda-flash", "cuda-flash-sm90", "cuda-standard",
-                                                            "cuda-flash-bwd", "cuda-flash-bwd-det", "cuda-standard-bwd"};
                         const char *bn = names[be];
                         fd_cuda_cfg cfg;
                         fd_cuda_cfg_default(&cfg);
                         cfg.repeats = reps;
                         fd_bwd_cfg bc;
                         fd_bwd_cfg_default(&bc);
-                        bc.dq_mode = be == 4 ? FD_DQ_DETERMINISTIC : FD_DQ_ATOMIC;
-                        cfg.impl = be == 1 ? FD_CUDA_IMPL_WGMMA : FD_CUDA_IMPL_MMA;
-                        if (be <= 1) {
-                            rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, &tm, err, sizeof err);
-                        } else if (be == 2) {
-                            rc = fd_cuda_standard_forward(&p, N >= 16384 ? 3 : reps, x[0], x[1], x[2], o, l, &tm, err, sizeof err);
-                            /* the backward below reads the flash forward's O and LSE */
-                            if (!rc && bwd) {
-                                cfg.repeats = 0;
-                                rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, NULL, err, sizeof err);
+                        bc.dq_mode = be == 5 ? FD_DQ_DETERMINISTIC : FD_DQ_ATOMIC;
+                        cfg.impl = be == 1 || be == 2 ? FD_CUDA_IMPL_WGMMA : FD_CUDA_IMPL_MMA;
+                        if (be == 2) cfg.bc = 128;
+                        if (be >= FWD && !have_fwd) { /* the backward reads the flash forward's O and LSE */
+                            cfg.repeats = 0;
+                            if (fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, NULL, err, sizeof err)) {
+                                printf("%s %s N=%d d=%d: the forward for the backward: %s\n", bn, fd_dtype_name(t), N, d, err);
+                                fails++;
+                                break;
                             }
-                        } else if (be < 5) {
+                            have_fwd = 1;
+                            cfg.repeats = reps;
+                        }
+                        if (be <= 2) {
+                            rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, &tm, err, sizeof err);
+                            have_fwd = be == 0 && !rc; /* the Hopper kernel's is the same, but O is rewritten below */
+                        } else if (be == 3) {
+                            rc = fd_cuda_standard_forward(&p, N >= 16384 ? 3 : reps, x[0], x[1], x[2], o, l, &tm, err, sizeof err);
+                            have_fwd = 0; /* o and l now hold standard attention's */
+                        } else if (be < 6) {
                             rc = fd_cuda_flash_backward(&p, &cfg, &bc, x[0], x[1], x[2], o, l, gr[0], gr[1], gr[2], gr[3],
                                                         &tm, err, sizeof err);
                         } else {
@@ -155,10 +188,10 @@ int fd_cmd_bench(int argc, char **argv)
                             printf("%s %s N=%d d=%d: %s\n", bn, dn, N, d, err);
                             /* the deterministic dQ's buffers may not fit, the Hopper kernel needs
                              * an sm_90 GPU: limits, not failures */
-                            if (be != 4 && !(be == 1 && strstr(err, "needs an sm_90"))) fails++;
+                            if (be != 5 && !((be == 1 || be == 2) && strstr(err, "needs an sm_90"))) fails++;
                             continue;
                         }
-                        const double tf = (be >= 3 ? 2.5 : 1.0) * flops / ((double)tm.ms_median * 1e-3) / 1e12;
+                        const double tf = (be >= FWD ? 2.5 : 1.0) * flops / ((double)tm.ms_median * 1e-3) / 1e12;
                         printf("%-14s %-5s %6d %4d %6d %10.3f %8.1f\n", bn, dn, N, d, causal, (double)tm.ms_median, tf);
                         if (f) fprintf(f, "%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.2f\n", bn, dn, B, H, N, d, causal,
                                        (double)tm.ms_median, (double)tm.ms_min, tf);

@@ -176,10 +176,10 @@ static const struct {
      "is wrong or its output misused in either run, 2 usage or input error (a missing tensor, a\n"
      "mismatched shape, two runs of different models; nothing written), 3 internal error.\n"},
     {"bench",
-     "flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward]\n"
+     "flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward] [--only LIST]\n"
      "flashdrift bench --reference [--jobs N] [--full] [--markdown FILE]\n"
      "flashdrift bench --reference --cases FILE [--tier T] [--reference-budget S] [--jobs N]\n",
-     "throughput of cuda-flash and cuda-standard (docs/benchmarks.md)",
+     "throughput of cuda-flash, cuda-flash-sm90 and cuda-standard (docs/benchmarks.md)",
      "Needs a CUDA build and a GPU.\n\n"
      "options:\n"
      "  --csv FILE         also write the table as CSV\n"
@@ -187,7 +187,11 @@ static const struct {
      "  --max-n N          largest sequence length (default 16384)\n"
      "  --backward         also the backward pass: cuda-flash-bwd (atomic dQ), cuda-flash-bwd-det\n"
      "                     (deterministic dQ; skipped where its buffers do not fit) and\n"
-     "                     cuda-standard-bwd, counted as 2.5x the forward's FLOPs\n\n"
+     "                     cuda-standard-bwd, counted as 2.5x the forward's FLOPs\n"
+     "  --only LIST        time only these (comma-separated): cuda-flash, cuda-flash-sm90 (the\n"
+     "                     Hopper kernel, key tile 64; skipped on other GPUs),\n"
+     "                     cuda-flash-sm90-bc128 (key tile 128), cuda-standard, and the\n"
+     "                     backward's three\n\n"
      "--reference: certified outputs per second of the reference tiers side by side (MPFR on\n"
      "one and N threads, the binary64 tier on the CPU and, where present, the GPU), as Markdown\n"
      "table rows; runs without a GPU. --full adds every element of B4 H16 N4096 d128 fp16,\n"

@@ -464,8 +464,9 @@ Test(gpu_cuda, unsupported_configs_rejected_clearly)
 
 /* The Hopper kernel (cuda-flash-sm90, wgmma; issue 15 items 2 and 3): with the portable
  * exp2 it is the CPU replay bit for bit (tensor-core block order, FA2's row sum: no new
- * model), O and LSE on every row, rows without a visible key included; with the hardware
- * exp2 it is cuda-flash's mma.sync kernel bit for bit. Skips without an sm_90 GPU. When O
+ * model), O and LSE on every row, rows without a visible key included, for key tiles 64
+ * (two and three warpgroups) and 128 (the replay with bc = 128); with the hardware exp2 and
+ * key tile 64 it is cuda-flash's mma.sync kernel bit for bit. Skips without an sm_90 GPU. When O
  * differs, the run is repeated with V's descriptor fields swapped (FD_SM90_VDESC=swap) and
  * the message says whether that reading matches. */
 Test(gpu_cuda, sm90_replay_bit_identical)
@@ -492,38 +493,46 @@ Test(gpu_cuda, sm90_replay_bit_identical)
         const size_t nq = fd_q_numel(p), nl = fd_lse_numel(p);
         float *o = poisoned(nq), *lse = poisoned(nl), *ro = poisoned(nq), *rl = poisoned(nl);
         fd_cuda_cfg g;
-        fd_cuda_cfg_default(&g);
-        g.impl = FD_CUDA_IMPL_WGMMA; g.exp2_mode = 1;
-        fd_flash_cfg r;
-        fd_flash_cfg_default(&r);
-        r.br = 128; r.bc = 64; r.qk_order = FD_ACC_TC16; r.pv_order = FD_ACC_TC16;
-        r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
         char err[512];
-        cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
-        cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
-        size_t diff = 0, first = (size_t)-1, ldiff = 0;
-        for (size_t x = 0; x < nq; x++)
-            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x])) { if (!diff++) first = x; }
-        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
-        size_t sdiff = 0;
-        if (diff) { /* the other reading of V's descriptor, for the message */
-            setenv("FD_SM90_VDESC", "swap", 1);
-            float *o2 = poisoned(nq), *l2 = poisoned(nl);
-            if (!fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o2, l2, NULL, NULL, err, sizeof err))
-                for (size_t x = 0; x < nq; x++) sdiff += fd_f32_bits(o2[x]) != fd_f32_bits(ro[x]);
-            unsetenv("FD_SM90_VDESC");
-            free(o2); free(l2);
+        /* the shapes: key tile 64 with two and three warpgroups, key tile 128 */
+        static const struct { int bc; const char *wg; } vs[] = {{64, "2"}, {64, "3"}, {128, "2"}};
+        for (size_t u = 0; u < sizeof vs / sizeof vs[0]; u++) {
+            fd_cuda_cfg_default(&g);
+            g.impl = FD_CUDA_IMPL_WGMMA; g.exp2_mode = 1; g.bc = vs[u].bc;
+            fd_flash_cfg r;
+            fd_flash_cfg_default(&r);
+            r.br = 128; r.bc = vs[u].bc; r.qk_order = FD_ACC_TC16; r.pv_order = FD_ACC_TC16;
+            r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
+            setenv("FD_SM90_WG", vs[u].wg, 1);
+            cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+            cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
+            size_t diff = 0, first = (size_t)-1, ldiff = 0;
+            for (size_t x = 0; x < nq; x++)
+                if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x])) { if (!diff++) first = x; }
+            for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
+            size_t sdiff = 0;
+            if (diff) { /* the other reading of V's descriptor, for the message */
+                setenv("FD_SM90_VDESC", "swap", 1);
+                float *o2 = poisoned(nq), *l2 = poisoned(nl);
+                if (!fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o2, l2, NULL, NULL, err, sizeof err))
+                    for (size_t x = 0; x < nq; x++) sdiff += fd_f32_bits(o2[x]) != fd_f32_bits(ro[x]);
+                unsetenv("FD_SM90_VDESC");
+                free(o2); free(l2);
+            }
+            unsetenv("FD_SM90_WG");
+            cr_expect_eq(diff, 0, "spec %zu, bc %d, %s warpgroups: %zu of %zu O elements differ from the replay; first at "
+                         "%zu: gpu %a, replay %a (with V's LBO/SBO swapped: %zu differ)", t, vs[u].bc, vs[u].wg, diff, nq,
+                         first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0, sdiff);
+            cr_expect_eq(ldiff, 0, "spec %zu, bc %d, %s warpgroups: %zu of %zu LSE values differ from the replay", t,
+                         vs[u].bc, vs[u].wg, ldiff, nl);
         }
-        cr_expect_eq(diff, 0, "spec %zu: %zu of %zu O elements differ from the replay; first at %zu: gpu %a, replay %a "
-                     "(with V's LBO/SBO swapped: %zu differ)", t, diff, nq, first,
-                     first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0, sdiff);
-        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay", t, ldiff, nl);
+        g.bc = 64;
         /* hardware exp2: the mma.sync kernel's bits */
         g.exp2_mode = 0;
         cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
         g.impl = FD_CUDA_IMPL_MMA;
         cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, ro, rl, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
-        diff = ldiff = 0;
+        size_t diff = 0, ldiff = 0;
         for (size_t x = 0; x < nq; x++) diff += fd_f32_bits(o[x]) != fd_f32_bits(ro[x]);
         for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
         cr_expect_eq(diff + ldiff, 0, "spec %zu, hardware exp2: %zu O and %zu LSE values differ from cuda-flash's", t, diff, ldiff);

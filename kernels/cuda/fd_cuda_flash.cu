@@ -284,8 +284,12 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     if (cfg_in) cfg = *cfg_in;
     const int dp = fd_cu_padded_dim(p->head_dim);
     if (cfg.br == 0 && cfg.bc == 0) { cfg.br = 128; cfg.bc = 64; }
-    if (!((cfg.br == 64 && cfg.bc == 64) || (cfg.br == 128 && cfg.bc == 64)))
-        FD_FAIL("tile %dx%d unsupported: supported (br, bc) = (64, 64), (128, 64)", cfg.br, cfg.bc);
+    if (cfg.impl == FD_CUDA_IMPL_WGMMA && cfg.bc == 128 && (cfg.br == 64 || cfg.br == 128)) {
+        /* the Hopper kernel's key tile 128 (its rows per CTA are its own: no numerical effect) */
+    } else if (!((cfg.br == 64 && cfg.bc == 64) || (cfg.br == 128 && cfg.bc == 64))) {
+        FD_FAIL("tile %dx%d unsupported: supported (br, bc) = (64, 64), (128, 64)%s", cfg.br, cfg.bc,
+                cfg.impl == FD_CUDA_IMPL_WGMMA ? ", and (64 or 128, 128) on cuda-flash-sm90" : "");
+    }
     if (cfg.exp2_mode != 0 && cfg.exp2_mode != 1) FD_FAIL("exp2_mode %d unsupported (0 hw, 1 portable)", cfg.exp2_mode);
     if (cfg.repeats < 0 || cfg.repeats > 100000) FD_FAIL("repeats %d out of range", cfg.repeats);
     if (cfg.impl != FD_CUDA_IMPL_MMA && cfg.impl != FD_CUDA_IMPL_WGMMA) FD_FAIL("impl %d unsupported (0 mma.sync, 1 wgmma)", cfg.impl);
@@ -421,7 +425,7 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
             PT.sq = std::max(max_q, 1);
             PT.sk = max_k;
         }
-        int rc = sm90                      ? launch_sm90(PT, p->dtype == FD_DT_BF16, st, err, errlen)
+        int rc = sm90                      ? launch_sm90(PT, p->dtype == FD_DT_BF16, cfg.bc, st, err, errlen)
                  : p->dtype == FD_DT_FP16 ? launch_f16(PT, cfg.br, cfg.bc, st, err, errlen)
                                           : launch_bf16(PT, cfg.br, cfg.bc, st, err, errlen);
         if (rc) return rc;
@@ -539,7 +543,7 @@ int fd_cuda_sm90_supports(const fd_problem *p, const fd_cuda_cfg *cfg, char *why
     else if (p->dropout_p > 0.0) no = "no dropout";
     else if (fd_problem_has_mods(p) || p->page_size > 0) no = "no window, softcap, ALiBi, varlen or paged KV cache";
     else if (cfg && cfg->p_fp32) no = "P in the dtype only (no fp32 P)";
-    else if (cfg && cfg->bc != 64 && cfg->bc != 0) no = "key tile 64 only";
+    else if (cfg && cfg->bc != 64 && cfg->bc != 128 && cfg->bc != 0) no = "key tile 64 or 128 only";
     if (!no) return 1;
     snprintf(why, len, "cuda-flash-sm90 (the Hopper kernel): %s", no);
     return 0;

@@ -621,7 +621,7 @@ int launch_bf16(const FlashParams &P, int br, int bc, cudaStream_t st, char *err
 /* Defined in fd_cuda_flash_sm90.cu (library fd_cuda_sm90, sm_90a): the Hopper (wgmma)
  * kernel of cuda-flash-sm90, fast-path problems only (run_flash checks); sm90_supported
  * fails unless the current device is sm_90. */
-int launch_sm90(const FlashParams &P, int is_bf16, cudaStream_t st, char *err, size_t errlen);
+int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char *err, size_t errlen);
 int sm90_supported(char *err, size_t errlen);
 
 } // namespace fd_flash

@@ -15,11 +15,12 @@
  *    m16n8's fragment of rows 16 w..16 w + 15 repeated per 8 columns: each thread owns the
  *    same columns {8a + 2t, 8a + 2t + 1} of each key tile, so the per-thread row sums, the
  *    quad reduction and every binary32 operation of the softmax are cuda-flash's code;
- *  - key tiles of 64 from the last visible one down (FA2's order, the replay's bc = 64);
+ *  - key tiles from the last visible one down (FA2's order), of the replay's bc;
  *  - exp2: the hardware exp2f (ex2.approx.f32) as cuda-flash's fast path, or the portable
  *    exp2 (fd_cuda_cfg.exp2_mode = 1) whose bits the replay computes on the host.
+ * Key tiles of 64 (the replay's default) or 128 (fd_cuda_cfg.bc; the replay takes the same bc).
  * Scheduling (none of it changes an operation or its order): a CTA of two warpgroups (128
- * query rows, 64 each); Q and three stages of K/V tiles in shared memory, loaded by cp.async
+ * query rows, 64 each; three with FD_SM90_WG=3 and key tile 64); Q and three stages of K/V tiles in shared memory, loaded by cp.async
  * one tile ahead of use; per tile, S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}
  * (FlashAttention-3's intra-warpgroup overlap), the softmax of S_j runs while the PV product
  * is in flight, and O is rescaled by tile j's factor once PV completes: the same sequence
@@ -49,13 +50,11 @@ using fd_flash::cp_async16;
 using fd_flash::cp_async_commit;
 using fd_flash::smem_u32;
 
-constexpr int BC = 64;       /* key tile: the replay's bc */
-constexpr int NWG = 2;       /* consumer warpgroups per CTA */
-constexpr int BR = 64 * NWG; /* query rows per CTA */
-constexpr int NT = 128 * NWG;
-constexpr int STAGES = 3;    /* K/V tiles resident: in use by S, by PV, and loading */
+/* Compile-time shape: key tile BC (the replay's bc: 64 or 128), NWG warpgroups of 64 query
+ * rows each (2 or 3: scheduling only). */
+constexpr int STAGES = 3; /* K/V tiles resident: in use by S, by PV, and loading */
 
-template <int D> constexpr size_t smem_bytes() { return (size_t)(BR + 2 * STAGES * BC) * D * 2; }
+template <int D, int BC, int NWG> constexpr size_t smem_bytes() { return (size_t)(64 * NWG + 2 * STAGES * BC) * D * 2; }
 
 /* Byte offset of the 16-byte chunk (row, ch) (columns 8 ch..8 ch + 7) of an interleaved
  * [rows][D] tile. */
@@ -68,7 +67,7 @@ template <int D> __device__ __forceinline__ uint32_t il_off(int row, int ch)
  * past nrows zero-filled. Index order: row mod 8 fastest, then the chunk, then the 8-row
  * group, so a warp's 32 copies fill 512 contiguous bytes (no bank conflict) and read 64
  * contiguous bytes of 8 rows (whole 32-byte sectors). */
-template <typename T, int D, int ROWS>
+template <typename T, int D, int ROWS, int NT>
 __device__ __forceinline__ void load_il(uint32_t sbase, const T *g, int r0, int nrows, int H, int hh, int dp, int tid)
 {
     constexpr int CH = D / 8;
@@ -101,9 +100,10 @@ template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.as
 
 /* PORT: fd_exp2_portable (host and device give the same bits: the replay's exp2) instead of
  * the hardware exp2f (ex2.approx.f32, cuda-flash's fast path). */
-template <typename T, int D, bool PORT>
-__global__ void __launch_bounds__(NT, 1) flash_fwd_sm90_kernel(const FlashParams P, uint32_t v_lbo, uint32_t v_sbo)
+template <typename T, int D, int BC, int NWG, bool PORT>
+__global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const FlashParams P, uint32_t v_lbo, uint32_t v_sbo)
 {
+    constexpr int BR = 64 * NWG, NT = 128 * NWG;
     constexpr int NA = BC / 8; /* 8-column atoms of S */
     constexpr int ND = D / 8;  /* 8-column atoms of O */
     constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
@@ -148,10 +148,10 @@ __global__ void __launch_bounds__(NT, 1) flash_fwd_sm90_kernel(const FlashParams
     auto load_kv = [&](int it) {
         const int nb = n_hi - 1 - it;
         const uint32_t st = (uint32_t)(it % STAGES) * KB;
-        load_il<T, D, BC>(sK + st, gK, nb * BC, sk, P.Hk, hk, P.dp, tid);
-        load_il<T, D, BC>(sV + st, gV, nb * BC, sk, P.Hk, hk, P.dp, tid);
+        load_il<T, D, BC, NT>(sK + st, gK, nb * BC, sk, P.Hk, hk, P.dp, tid);
+        load_il<T, D, BC, NT>(sV + st, gV, nb * BC, sk, P.Hk, hk, P.dp, tid);
     };
-    load_il<T, D, BR>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
+    load_il<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
     load_kv(0);
     cp_async_commit();
     if (n_hi > 1) load_kv(1);
@@ -299,13 +299,15 @@ __global__ void __launch_bounds__(NT, 1) flash_fwd_sm90_kernel(const FlashParams
     }
 }
 
-template <typename T, int D> int launch(const FlashParams &P, uint32_t vl, uint32_t vs, cudaStream_t st, char *err, size_t errlen)
+template <typename T, int D, int BC, int NWG>
+int launch_shape(const FlashParams &P, uint32_t vl, uint32_t vs, cudaStream_t st, char *err, size_t errlen)
 {
-    const size_t sm = smem_bytes<D>();
-    auto kern = P.exp2_mode ? flash_fwd_sm90_kernel<T, D, true> : flash_fwd_sm90_kernel<T, D, false>;
+    constexpr size_t sm = smem_bytes<D, BC, NWG>();
+    static_assert(sm <= 227 * 1024, "shared memory of the tile");
+    auto kern = P.exp2_mode ? flash_fwd_sm90_kernel<T, D, BC, NWG, true> : flash_fwd_sm90_kernel<T, D, BC, NWG, false>;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
-    dim3 grid((unsigned)((P.sq + BR - 1) / BR), (unsigned)(P.B * P.H));
-    kern<<<grid, NT, sm, st>>>(P, vl, vs);
+    dim3 grid((unsigned)((P.sq + 64 * NWG - 1) / (64 * NWG)), (unsigned)(P.B * P.H));
+    kern<<<grid, 128 * NWG, sm, st>>>(P, vl, vs);
     FD_LAUNCH_CHECK();
     return 0;
 }
@@ -325,7 +327,7 @@ int sm90_supported(char *err, size_t errlen)
     return 0;
 }
 
-int launch_sm90(const FlashParams &P, int is_bf16, cudaStream_t st, char *err, size_t errlen)
+int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char *err, size_t errlen)
 {
     /* V's descriptor: LBO = the 8-key step (16 dp bytes), SBO = the 8-column step (128);
      * FD_SM90_VDESC=swap swaps the two (the GPU test's check of CUTLASS's MN-major reading) */
@@ -333,11 +335,25 @@ int launch_sm90(const FlashParams &P, int is_bf16, cudaStream_t st, char *err, s
     const bool swap = sw && !strcmp(sw, "swap");
     const uint32_t l = 16u * (uint32_t)P.dp, s = 128u;
     const uint32_t vl = swap ? s : l, vs = swap ? l : s;
-    if (P.dp == 64) return is_bf16 ? fd_sm90::launch<__nv_bfloat16, 64>(P, vl, vs, st, err, errlen)
-                                   : fd_sm90::launch<__half, 64>(P, vl, vs, st, err, errlen);
-    if (P.dp == 128) return is_bf16 ? fd_sm90::launch<__nv_bfloat16, 128>(P, vl, vs, st, err, errlen)
-                                    : fd_sm90::launch<__half, 128>(P, vl, vs, st, err, errlen);
-    FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported (64 and 128)", P.dp);
+    /* warpgroups per CTA: 2, or 3 with FD_SM90_WG=3 (key tile 64 only: shared memory) */
+    const char *wgs = getenv("FD_SM90_WG");
+    const int nwg = wgs && !strcmp(wgs, "3") ? 3 : 2;
+    if (bc != 64 && bc != 128) FD_FAIL("cuda-flash-sm90: key tile %d unsupported (64 or 128)", bc);
+    if (nwg == 3 && bc != 64) FD_FAIL("cuda-flash-sm90: three warpgroups need the key tile 64");
+    if (P.dp != 64 && P.dp != 128) FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported (64 and 128)", P.dp);
+#define FD_SM90_CASE(TT, DD, BB, WW)                                                             \
+    if (P.dp == DD && bc == BB && nwg == WW) return fd_sm90::launch_shape<TT, DD, BB, WW>(P, vl, vs, st, err, errlen);
+#define FD_SM90_T(TT)                                                                            \
+    FD_SM90_CASE(TT, 64, 64, 2) FD_SM90_CASE(TT, 64, 64, 3) FD_SM90_CASE(TT, 64, 128, 2)        \
+    FD_SM90_CASE(TT, 128, 64, 2) FD_SM90_CASE(TT, 128, 64, 3) FD_SM90_CASE(TT, 128, 128, 2)
+    if (is_bf16) {
+        FD_SM90_T(__nv_bfloat16)
+    } else {
+        FD_SM90_T(__half)
+    }
+#undef FD_SM90_T
+#undef FD_SM90_CASE
+    FD_FAIL("internal: cuda-flash-sm90 shape d %d, bc %d, %d warpgroups", P.dp, bc, nwg);
     return -1;
 }
 
