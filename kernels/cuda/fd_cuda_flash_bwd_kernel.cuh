@@ -438,9 +438,39 @@ template <int D> struct BwdTraits8 {
  *    step's for such an element (vis, inr and kept are all true there);
  *  - FULL tiles store / add their dQ partials without the per-row test and with the dQ
  *    mode picked once (the same float4 to the same address);
- *  - causal problems launch the key tiles heaviest first (bwd_kfirst8).
+ *  - causal problems launch the key tiles heaviest first (bwd_kfirst8);
+ *  - the Q / dO prefetch steps its addresses (load_tile_step: load_tile's copies) where
+ *    the head dim allows it (d = 128).
  * So the bits are the same; all other tiles and every mma chain run the code of
  * FAST = false unchanged. */
+/* load_tile's copies when every thread keeps one 16-byte chunk column in every step (NT a
+ * multiple of the D / 8 chunks of a row) and the steps are whole multiples of 8 rows (the
+ * swizzle's row & 7 then does not change from step to step): thread tid copies chunk
+ * tid % CH of rows tid / CH + k RS, k = 0, 1, ..., exactly load_tile's (idx = tid + k NT),
+ * to the same swizzled places, with the global and shared addresses stepped by a constant
+ * instead of recomputed per copy. Rows at or past nrows are zero-filled from row 0's
+ * address, as load_tile does. */
+template <int D, int ROWS, int NT> __host__ __device__ constexpr bool load_tile_steps()
+{
+    return NT % (D / 8) == 0 && (NT / (D / 8)) % 8 == 0 && ROWS % (NT / (D / 8)) == 0;
+}
+template <typename T, int D, int ROWS, int NT>
+__device__ __forceinline__ void load_tile_step(T *sm, const T *g, int r0, int nrows, int H, int hh, int dp, int tid)
+{
+    constexpr int CH = D / 8, RS = NT / CH; /* RS rows a step */
+    static_assert(load_tile_steps<D, ROWS, NT>(), "load_tile_step: steps must keep the chunk column and swizzle");
+    const int row = tid / CH, ch = tid % CH;
+    const size_t gstep = (size_t)RS * H * dp;
+    const T *src = g + ((size_t)(r0 + row) * H + hh) * dp + ch * 8;
+    const T *src0 = g + (size_t)hh * dp + ch * 8;
+    const uint32_t dst = smem_u32(sm + swz<D>(row, ch * 8));
+#pragma unroll
+    for (int k = 0; k < ROWS / RS; k++) {
+        const bool ok = r0 + row + k * RS < nrows;
+        cp_async16(dst + (uint32_t)(k * RS * D * (int)sizeof(T)), ok ? src + k * gstep : src0, ok ? 16 : 0);
+    }
+}
+
 /* The grid order of flash_bwd_kernel8 (kernel and launch agree through this one rule):
  * FAST and a causal mask put the key tile in blockIdx.y (at most 65535 of them, else the
  * old order). Causal key tile n sees fewer query tiles the larger n is; blocks are
@@ -534,8 +564,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
         cp_async_wait<0>();
         __syncthreads();
         if (m - 1 >= m_lo) {
-            load_tile<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
-            load_tile<T, D, BR, NT>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            if constexpr (FAST && load_tile_steps<D, BR, NT>()) {
+                load_tile_step<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+                load_tile_step<T, D, BR, NT>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            } else {
+                load_tile<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+                load_tile<T, D, BR, NT>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            }
             cp_async_commit();
         }
         auto tile = [&](auto full_tag) {
