@@ -20,7 +20,8 @@
  *   stay in registers across query tiles; at the end dK * srp and dV * rp are written
  *   per query head in binary32 (the GQA sum is a later kernel).
  * Key tiles of 128 (the default for head dims 65..128) run flash_bwd_kernel8 below: 8
- * warps, the same per-element arithmetic, dQ's A operand read back from shared memory. */
+ * warps, the same per-element arithmetic, dQ's A operand read back from shared memory;
+ * FD_BWD_VARIANT picks its FAST instantiation (new, default) or the one before (old). */
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
@@ -430,19 +431,6 @@ template <int D> struct BwdTraits8 {
     static constexpr size_t SMEM_CAP = SMEM + (size_t)BR * BC * 4; /* + sT (softcap) */
 };
 
-/* FAST (FD_BWD_VARIANT=new, docs/cuda.md "Backward pipelining"; MODS false only):
- *  - interior tiles whose every element is visible and kept (FULL, no dropout, no mask or
- *    a tile wholly on the visible side of the causal diagonal) take a straight-line P / dS
- *    step: no per-element index, mask, dropout-bit or range tests, the exp2 mode hoisted
- *    out of the element loop. Every value is the same binary32 expression as the general
- *    step's for such an element (vis, inr and kept are all true there);
- *  - FULL tiles store / add their dQ partials without the per-row test and with the dQ
- *    mode picked once (the same float4 to the same address);
- *  - causal problems launch the key tiles heaviest first (bwd_kfirst8);
- *  - the Q / dO prefetch steps its addresses (load_tile_step: load_tile's copies) where
- *    the head dim allows it (d = 128).
- * So the bits are the same; all other tiles and every mma chain run the code of
- * FAST = false unchanged. */
 /* load_tile's copies when every thread keeps one 16-byte chunk column in every step (NT a
  * multiple of the D / 8 chunks of a row) and the steps are whole multiples of 8 rows (the
  * swizzle's row & 7 then does not change from step to step): thread tid copies chunk
@@ -480,6 +468,19 @@ template <bool FAST> __host__ __device__ __forceinline__ bool bwd_kfirst8(const 
     return FAST && P.mask != FD_MASK_NONE && P.ntn <= 65535;
 }
 
+/* FAST (FD_BWD_VARIANT=new, docs/cuda.md "Backward pipelining"; MODS false only):
+ *  - interior tiles whose every element is visible and kept (FULL, no dropout, no mask or
+ *    a tile wholly on the visible side of the causal diagonal) take a straight-line P / dS
+ *    step: no per-element index, mask, dropout-bit or range tests, the exp2 mode hoisted
+ *    out of the element loop. Every value is the same binary32 expression as the general
+ *    step's for such an element (vis, inr and kept are all true there);
+ *  - FULL tiles store / add their dQ partials without the per-row test and with the dQ
+ *    mode picked once (the same float4 to the same address);
+ *  - causal problems launch the key tiles heaviest first (bwd_kfirst8);
+ *  - the Q / dO prefetch steps its addresses (load_tile_step: load_tile's copies) where
+ *    the head dim allows it (d = 128).
+ * So the bits are the same; all other tiles and every mma chain run the code of
+ * FAST = false unchanged. */
 template <typename T, int D, bool MODS, bool FAST = false>
 __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
 {
