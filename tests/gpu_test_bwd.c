@@ -8,7 +8,9 @@
  *    40, 64, 72, 128, 256; both tiles), every element written (outputs poisoned);
  *  - atomic mode: dK/dV bitwise equal to deterministic mode, dQ within a few ulps of it;
  *    the spread over repeated runs is reported (logged), not asserted;
- *  - rejections: fp32, unsupported tiles, bugs != 0. */
+ *  - both main-kernel variants (FD_BWD_VARIANT old / new) bit-identical to the replay and
+ *    to each other (hardware exp2 too), their times logged;
+ *  - rejections: fp32, unsupported tiles, bugs != 0, an unknown FD_BWD_VARIANT. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
@@ -276,6 +278,108 @@ static size_t bitwise_vs_replay(const spec *s, const mods *m, uint64_t seed, con
     return total;
 }
 
+/* FD_BWD_VARIANT: the old main kernel and the new one (the bc = 128 kernel's fast
+ * elementwise step on tiles whose every element is visible and kept) against the replay
+ * bit for bit, each; then the two variants against each other with the hardware exp2
+ * (deterministic: every output; atomic: dK, dV) and their times logged. The cases put
+ * every tile on the fast step (whole tiles, no mask), some of them (causal: the tiles
+ * below the diagonal; partial tiles; head_dim 120 padded to 128) or none (dropout). */
+static const spec variant_specs[] = {
+    {1, 2, 2, 256, 512, 128, FD_DT_FP16, FD_MASK_NONE, 0.0, 128},
+    {1, 2, 1, 512, 512, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 128},
+    {2, 2, 2, 320, 256, 96, FD_DT_FP16, FD_MASK_CAUSAL_BR, 0.0, 128},
+    {1, 4, 2, 256, 640, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, 128},
+    {1, 2, 2, 200, 300, 128, FD_DT_BF16, FD_MASK_NONE, 0.0, 0},
+    {1, 2, 2, 256, 256, 120, FD_DT_FP16, FD_MASK_NONE, 0.0, 0},
+    {1, 2, 2, 256, 256, 128, FD_DT_FP16, FD_MASK_NONE, 0.1, 128},
+};
+
+static void set_variant(const char *v)
+{
+    cr_assert_eq(setenv("FD_BWD_VARIANT", v, 1), 0);
+}
+
+static void run_gpu_hw(const bcase *c, fd_dq_mode mode, int bc, int repeats, float *dq, float *dk, float *dv,
+                       fd_cuda_timing *tm)
+{
+    fd_cuda_cfg cfg;
+    fd_cuda_cfg_default(&cfg);
+    cfg.exp2_mode = 0;
+    cfg.repeats = repeats;
+    fd_bwd_cfg b;
+    fd_bwd_cfg_default(&b);
+    b.dq_mode = mode;
+    if (bc) { b.br = 64; b.bc = bc; }
+    char err[512] = "";
+    cr_assert_eq(fd_cuda_flash_backward(&c->p, &cfg, &b, c->q, c->k, c->v, c->o, c->lse, c->dout, dq, dk, dv,
+                                        tm, err, sizeof err), 0, "cuda backward: %s", err);
+}
+
+Test(gpu_bwd, variants_old_new_bitwise_vs_replay, .timeout = 600)
+{
+    SKIP_WITHOUT_GPU();
+    static const char *const names[2] = {"old", "new"};
+    size_t total = 0;
+    for (size_t si = 0; si < sizeof variant_specs / sizeof variant_specs[0]; si++) {
+        const spec *s = &variant_specs[si];
+        char what[32];
+        for (int v = 0; v < 2; v++) {
+            set_variant(names[v]);
+            snprintf(what, sizeof what, "variant %s", names[v]);
+            total += bitwise_vs_replay(s, NULL, 5000 + si, what);
+        }
+        /* old against new, hardware exp2 (not the replay's function; the variants' own) */
+        bcase c;
+        make_case(&c, s, 5000 + si);
+        const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
+        float *x[2][3];
+        for (int v = 0; v < 2; v++) {
+            x[v][0] = poisoned(nq); x[v][1] = poisoned(nk); x[v][2] = poisoned(nk);
+            set_variant(names[v]);
+            run_gpu_hw(&c, FD_DQ_DETERMINISTIC, s->bc, 0, x[v][0], x[v][1], x[v][2], NULL);
+        }
+        size_t f;
+        const size_t bq = mismatches(x[1][0], x[0][0], nq, &f), bk = mismatches(x[1][1], x[0][1], nk, &f),
+                     bv = mismatches(x[1][2], x[0][2], nk, &f);
+        cr_expect_eq(bq + bk + bv, 0, "variant case %zu, hardware exp2, deterministic: new differs from old "
+                     "(dQ %zu, dK %zu, dV %zu)", si, bq, bk, bv);
+        for (int v = 0; v < 2; v++) {
+            set_variant(names[v]);
+            run_gpu_hw(&c, FD_DQ_ATOMIC, s->bc, 0, x[v][0], x[v][1], x[v][2], NULL);
+        }
+        cr_expect_eq(mismatches(x[1][1], x[0][1], nk, &f) + mismatches(x[1][2], x[0][2], nk, &f), 0,
+                     "variant case %zu, hardware exp2, atomic: new dK/dV differ from old", si);
+        for (int v = 0; v < 2; v++) { free(x[v][0]); free(x[v][1]); free(x[v][2]); }
+        free_case(&c);
+    }
+    cr_log_info("bwd variants old/new: %zu elements compared bitwise with the replay", total);
+    /* speed, logged only: B2 H16 2048 x 2048 d128, the default tile (bc = 128) */
+    static const spec tsp[] = {
+        {2, 16, 16, 2048, 2048, 128, FD_DT_FP16, FD_MASK_NONE, 0.0, 0},
+        {2, 16, 16, 2048, 2048, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 0},
+    };
+    for (size_t si = 0; si < sizeof tsp / sizeof tsp[0]; si++) {
+        const spec *s = &tsp[si];
+        bcase c;
+        make_case(&c, s, 6000 + si);
+        const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
+        float *dq = poisoned(nq), *dk = poisoned(nk), *dv = poisoned(nk);
+        double fl = 10.0 * s->B * s->H * (double)s->sq * s->sk * s->d;
+        if (s->mask != FD_MASK_NONE) fl *= 0.5;
+        for (int v = 0; v < 2; v++) {
+            fd_cuda_timing ta;
+            set_variant(names[v]);
+            run_gpu_hw(&c, FD_DQ_ATOMIC, 0, 5, dq, dk, dv, &ta);
+            cr_log_info("bwd variant %s timing %s d%d B%d H%d %dx%d mask %d: atomic %.3f ms (%.1f TFLOP/s)",
+                        names[v], fd_dtype_name(s->dt), s->d, s->B, s->H, s->sq, s->sk, (int)s->mask,
+                        (double)ta.ms_median, fl / (double)ta.ms_median * 1e-9);
+        }
+        free(dq); free(dk); free(dv);
+        free_case(&c);
+    }
+    unsetenv("FD_BWD_VARIANT");
+}
+
 Test(gpu_bwd, atomic_vs_deterministic_and_spread, .timeout = 600)
 {
     SKIP_WITHOUT_GPU();
@@ -415,6 +519,11 @@ Test(gpu_bwd, rejections)
     b.bugs = FD_BWD_BUG_SWAP_DKDV;
     cr_expect_eq(fd_cuda_flash_backward(&c.p, NULL, &b, c.q, c.k, c.v, c.o, c.lse, c.dout, dq, dk, dv, NULL,
                                         err, sizeof err), -1);
+    cr_assert_eq(setenv("FD_BWD_VARIANT", "fastest", 1), 0);
+    cr_expect_eq(fd_cuda_flash_backward(&c.p, NULL, NULL, c.q, c.k, c.v, c.o, c.lse, c.dout, dq, dk, dv, NULL,
+                                        err, sizeof err), -1);
+    cr_expect(strstr(err, "FD_BWD_VARIANT") != NULL, "%s", err);
+    unsetenv("FD_BWD_VARIANT");
     fd_problem p32 = c.p;
     p32.dtype = FD_DT_FP32;
     cr_expect_eq(fd_cuda_flash_backward(&p32, NULL, NULL, c.q, c.k, c.v, c.o, c.lse, c.dout, dq, dk, dv, NULL,

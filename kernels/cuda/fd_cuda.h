@@ -117,7 +117,10 @@ int fd_cuda_splitkv_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const f
  *   scale_log2 = (float)((double)scale * M_LOG2E), pk = 1.f - (float)p, rp = 1.f / pk,
  *   srp = rp * scale, as FA2. Tiles (br, bc): (64, 64) for head_dim <= 128, (64, 32)
  *   for head_dim 33..256. Rejected (-1, err): fp32 inputs, p_fp32, other tiles, bugs.
- *   Atomic mode: dK/dV as deterministic bit for bit, dQ may differ by the fp32 order. */
+ *   Atomic mode: dK/dV as deterministic bit for bit, dQ may differ by the fp32 order.
+ *   The environment variable FD_BWD_VARIANT (read per call) picks the bc = 128 kernel's
+ *   variant: "new" (default; unset or empty too) or "old" (docs/cuda.md, "Backward
+ *   pipelining"); the same bits either way; any other value fails the call. */
 struct fd_bwd_cfg;
 int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cfg, const struct fd_bwd_cfg *bcfg,
                            const float *q, const float *k, const float *v, const float *o,

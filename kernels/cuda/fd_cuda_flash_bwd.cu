@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <vector>
 
@@ -144,6 +145,15 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     if (cfg.exp2_mode != 0 && cfg.exp2_mode != 1) FD_FAIL("exp2_mode %d unsupported (0 hw, 1 portable)", cfg.exp2_mode);
     if (cfg.p_fp32) FD_FAIL("cuda-flash backward: p_fp32 unsupported (P is rounded to the dtype per fd_bwd.h)");
     if (cfg.repeats < 0 || cfg.repeats > 100000) FD_FAIL("repeats %d out of range", cfg.repeats);
+    /* FD_BWD_VARIANT (docs/cuda.md, "Backward pipelining"): "new" (or unset) runs the bc = 128
+     * kernel with its fast elementwise step, "old" the kernel as measured before it; the
+     * same bits either way (gpu_test_bwd checks both against the replay). */
+    int variant = FD_BWD_NEW;
+    if (const char *ev = getenv("FD_BWD_VARIANT")) {
+        if (strcmp(ev, "old") == 0) variant = FD_BWD_OLD;
+        else if (strcmp(ev, "new") == 0 || ev[0] == '\0') variant = FD_BWD_NEW;
+        else FD_FAIL("FD_BWD_VARIANT=%s unknown: \"old\" or \"new\"", ev);
+    }
     if (fd_cuda_device_count() <= 0) FD_FAIL("no CUDA device");
 
     const int B = p->batch, H = p->heads, Hk = p->kv_heads, sq = p->seqlen_q, sk = p->seqlen_k, d = p->head_dim;
@@ -217,7 +227,8 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     auto launch = [&]() -> int {
         if (small(0, 0)) return -1;
         if (!det) FD_CU(cudaMemsetAsync(gacc.p, 0, gacc.bytes, 0));
-        int rc = f16 ? bwd_launch_f16(P, bc.bc, 0, err, errlen) : bwd_launch_bf16(P, bc.bc, 0, err, errlen);
+        int rc = f16 ? bwd_launch_f16(P, bc.bc, variant, 0, err, errlen)
+                     : bwd_launch_bf16(P, bc.bc, variant, 0, err, errlen);
         if (rc) return rc;
         if (small(1, 0)) return -1;
         if (small(2, 0)) return -1;

@@ -3,8 +3,8 @@
 #include "fd_cuda_flash_bwd_kernel.cuh"
 
 namespace fd_flash {
-int bwd_launch_bf16(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t errlen)
+int bwd_launch_bf16(const BwdParams &P, int bc, int variant, cudaStream_t st, char *err, size_t errlen)
 {
-    return bwd_launch_t<__nv_bfloat16>(P, bc, st, err, errlen);
+    return bwd_launch_t<__nv_bfloat16>(P, bc, variant, st, err, errlen);
 }
 } // namespace fd_flash

@@ -20,7 +20,8 @@
  *   stay in registers across query tiles; at the end dK * srp and dV * rp are written
  *   per query head in binary32 (the GQA sum is a later kernel).
  * Key tiles of 128 (the default for head dims 65..128) run flash_bwd_kernel8 below: 8
- * warps, the same per-element arithmetic, dQ's A operand read back from shared memory. */
+ * warps, the same per-element arithmetic, dQ's A operand read back from shared memory;
+ * FD_BWD_VARIANT picks its FAST instantiation (new, default) or the one before (old). */
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
@@ -49,6 +50,10 @@ struct BwdParams {
     float cap_in;              /* softmax_scale / softcap, 0: no cap */
     const float *slope_raw;    /* [H] slope / scale_sm (binary32), nullptr: no ALiBi */
 };
+
+/* The main kernel's variant (FD_BWD_VARIANT): the kernel as measured up to 2026-12-03
+ * (old), or with the bc = 128 kernel's fast elementwise step (new). Same bits. */
+enum { FD_BWD_OLD = 0, FD_BWD_NEW = 1 };
 
 /* One element's score modifiers (mods problems): the softcap's tanh and FA2's dtanh
  * factor (1 - t^2) cap_in (one fmaf, one product), then the ALiBi bias; the visibility
@@ -426,7 +431,57 @@ template <int D> struct BwdTraits8 {
     static constexpr size_t SMEM_CAP = SMEM + (size_t)BR * BC * 4; /* + sT (softcap) */
 };
 
-template <typename T, int D, bool MODS>
+/* load_tile's copies when every thread keeps one 16-byte chunk column in every step (NT a
+ * multiple of the D / 8 chunks of a row) and the steps are whole multiples of 8 rows (the
+ * swizzle's row & 7 then does not change from step to step): thread tid copies chunk
+ * tid % CH of rows tid / CH + k RS, k = 0, 1, ..., exactly load_tile's (idx = tid + k NT),
+ * to the same swizzled places, with the global and shared addresses stepped by a constant
+ * instead of recomputed per copy. Rows at or past nrows are zero-filled from row 0's
+ * address, as load_tile does. */
+template <int D, int ROWS, int NT> __host__ __device__ constexpr bool load_tile_steps()
+{
+    return NT % (D / 8) == 0 && (NT / (D / 8)) % 8 == 0 && ROWS % (NT / (D / 8)) == 0;
+}
+template <typename T, int D, int ROWS, int NT>
+__device__ __forceinline__ void load_tile_step(T *sm, const T *g, int r0, int nrows, int H, int hh, int dp, int tid)
+{
+    constexpr int CH = D / 8, RS = NT / CH; /* RS rows a step */
+    static_assert(load_tile_steps<D, ROWS, NT>(), "load_tile_step: steps must keep the chunk column and swizzle");
+    const int row = tid / CH, ch = tid % CH;
+    const size_t gstep = (size_t)RS * H * dp;
+    const T *src = g + ((size_t)(r0 + row) * H + hh) * dp + ch * 8;
+    const T *src0 = g + (size_t)hh * dp + ch * 8;
+    const uint32_t dst = smem_u32(sm + swz<D>(row, ch * 8));
+#pragma unroll
+    for (int k = 0; k < ROWS / RS; k++) {
+        const bool ok = r0 + row + k * RS < nrows;
+        cp_async16(dst + (uint32_t)(k * RS * D * (int)sizeof(T)), ok ? src + k * gstep : src0, ok ? 16 : 0);
+    }
+}
+
+/* The grid order of flash_bwd_kernel8 (kernel and launch agree through this one rule):
+ * FAST and a causal mask put the key tile in blockIdx.y (at most 65535 of them, else the
+ * old order). Causal key tile n sees fewer query tiles the larger n is; blocks are
+ * dispatched in linear order, x fastest, so this starts the longest CTAs first. */
+template <bool FAST> __host__ __device__ __forceinline__ bool bwd_kfirst8(const BwdParams &P)
+{
+    return FAST && P.mask != FD_MASK_NONE && P.ntn <= 65535;
+}
+
+/* FAST (FD_BWD_VARIANT=new, docs/cuda.md "Backward pipelining"; MODS false only):
+ *  - interior tiles whose every element is visible and kept (FULL, no dropout, no mask or
+ *    a tile wholly on the visible side of the causal diagonal) take a straight-line P / dS
+ *    step: no per-element index, mask, dropout-bit or range tests, the exp2 mode hoisted
+ *    out of the element loop. Every value is the same binary32 expression as the general
+ *    step's for such an element (vis, inr and kept are all true there);
+ *  - FULL tiles store / add their dQ partials without the per-row test and with the dQ
+ *    mode picked once (the same float4 to the same address);
+ *  - causal problems launch the key tiles heaviest first (bwd_kfirst8);
+ *  - the Q / dO prefetch steps its addresses (load_tile_step: load_tile's copies) where
+ *    the head dim allows it (d = 128).
+ * So the bits are the same; all other tiles and every mma chain run the code of
+ * FAST = false unchanged. */
+template <typename T, int D, bool MODS, bool FAST = false>
 __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
 {
     using TR = BwdTraits8<D>;
@@ -443,7 +498,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
-    const int n_block = blockIdx.x, bh = blockIdx.y;
+    /* FAST with a causal mask: key tiles in the grid's y, (batch, head) in x, so the CTAs
+     * are dispatched heaviest first (key tile 0 sees the most query tiles) and the last
+     * wave holds the short ones (bwd_kfirst8). The work of each CTA is unchanged. */
+    const bool kfirst = bwd_kfirst8<FAST>(P);
+    const int n_block = kfirst ? blockIdx.y : blockIdx.x, bh = kfirst ? blockIdx.x : blockIdx.y;
     const int b = bh / P.H, h = bh % P.H, hk = h / P.h_per_kv;
     const int sq = P.sq, sk = P.sk;
     const int n0 = n_block * BC;
@@ -506,8 +565,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
         cp_async_wait<0>();
         __syncthreads();
         if (m - 1 >= m_lo) {
-            load_tile<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
-            load_tile<T, D, BR, NT>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            if constexpr (FAST && load_tile_steps<D, BR, NT>()) {
+                load_tile_step<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+                load_tile_step<T, D, BR, NT>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            } else {
+                load_tile<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+                load_tile<T, D, BR, NT>(sdO + (stage ^ 1) * BR * D, gdO, (m - 1) * BR, sq, P.H, h, P.dp, tid);
+            }
             cp_async_commit();
         }
         auto tile = [&](auto full_tag) {
@@ -559,29 +623,61 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                     }
                 }
             }
+            /* FAST: is every element of this tile visible and kept? (FULL: every row < sq and
+             * key < sk; the causal test j <= i + diag holds for all when it holds for the
+             * tile's last key and first row.) A CTA-uniform branch. */
+            bool allvis = false;
+            if constexpr (FAST && FULL && !MODS)
+                allvis = !P.dropout && (P.mask == FD_MASK_NONE || (long)(n0 + BC - 1) <= (long)m0 + diag);
             /* P (flash_bwd_kernel's elementwise step on the warp's 2 x 16 rows and 32 keys),
              * kept in s; 0 where not visible or lse is not finite. */
+            if (allvis) {
+                /* every element visible: pe = exp2(fmaf(s, sl2, -lse2)) where lse2 is finite,
+                 * else 0 (a select: the discarded exp2 of a non-finite argument is never
+                 * used); the exp2 mode picked once, outside the loop */
+                auto p_all = [&](auto port_tag) {
+                    constexpr bool PORT = decltype(port_tag)::value;
 #pragma unroll
-            for (int mb = 0; mb < SMB; mb++)
+                    for (int mb = 0; mb < SMB; mb++)
 #pragma unroll
-                for (int a = 0; a < SNA; a++)
+                        for (int r = 0; r < 2; r++) {
+                            const bool lok = isfinite(l2[mb][r]);
+                            const float nl2 = -l2[mb][r];
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int r = e >> 1;
-                        const int i = m0 + srow0 + mb * 16 + g + 8 * r, j = n0 + skey0 + a * 8 + 2 * t + (e & 1);
-                        bool vis = rok[mb][r] && j < sk;
-                        float sv = s[mb][a][e];
-                        if constexpr (MODS) {
-                            float dth = 1.0f;
-                            sv = bwd_mods(P, sv, P.slope_raw ? P.slope_raw[h] : 0.0f, i, j, &vis, &dth);
-                            if (P.cap_in != 0.0f) sT[((mb * SNA + a) * 4 + e) * NT + tid_o] = dth;
-                        } else {
-                            vis = vis && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                            for (int a = 0; a < SNA; a++)
+#pragma unroll
+                                for (int c = 0; c < 2; c++) {
+                                    const float x = __fmaf_rn(s[mb][a][2 * r + c], sl2, nl2);
+                                    const float ex = PORT ? fd_exp2_portable(x) : exp2f(x);
+                                    s[mb][a][2 * r + c] = lok ? ex : 0.0f;
+                                }
                         }
-                        float pe = 0.0f;
-                        if (vis && isfinite(l2[mb][r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(sv, sl2, -l2[mb][r]));
-                        s[mb][a][e] = pe;
-                    }
+                };
+                if (P.exp2_mode) p_all(std::true_type());
+                else p_all(std::false_type());
+            } else {
+#pragma unroll
+                for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+                    for (int a = 0; a < SNA; a++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int r = e >> 1;
+                            const int i = m0 + srow0 + mb * 16 + g + 8 * r, j = n0 + skey0 + a * 8 + 2 * t + (e & 1);
+                            bool vis = rok[mb][r] && j < sk;
+                            float sv = s[mb][a][e];
+                            if constexpr (MODS) {
+                                float dth = 1.0f;
+                                sv = bwd_mods(P, sv, P.slope_raw ? P.slope_raw[h] : 0.0f, i, j, &vis, &dth);
+                                if (P.cap_in != 0.0f) sT[((mb * SNA + a) * 4 + e) * NT + tid_o] = dth;
+                            } else {
+                                vis = vis && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                            }
+                            float pe = 0.0f;
+                            if (vis && isfinite(l2[mb][r])) pe = exp2_mode(P.exp2_mode, __fmaf_rn(sv, sl2, -l2[mb][r]));
+                            s[mb][a][e] = pe;
+                        }
+            }
             float dp[SMB][SNA][4];
 #pragma unroll
             for (int mb = 0; mb < SMB; mb++)
@@ -614,52 +710,71 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
             /* dS, Pv, dSr as in flash_bwd_kernel; dropout bits from one Philox call per
              * 16 x 32 block (the same subsequence / offset and lane mapping). */
             static_assert(SNA == 4, "one 32-key dropout block a warp");
-            uint32_t keepbits[SMB][SNA];
+            if (allvis) {
+                /* every element visible and kept: dS = P * (dP - D') (the general step with
+                 * kept and inr true), Pv = P */
 #pragma unroll
-            for (int mb = 0; mb < SMB; mb++)
+                for (int mb = 0; mb < SMB; mb++)
 #pragma unroll
-                for (int a = 0; a < SNA; a++) keepbits[mb][a] = 0xfu;
-            if (P.dropout) {
-#pragma unroll
-                for (int mb = 0; mb < SMB; mb++) {
-                    const int rb = m0 + srow0 + mb * 16;
-                    const uint64_t sub = (uint64_t)(uint32_t)(rb >> 4) |
-                                         ((uint64_t)(uint32_t)((n0 + skey0) >> 5) << 32);
-                    const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
-#pragma unroll
-                    for (int a4 = 0; a4 < 4; a4++) {
-                        uint32_t kb4 = 0;
+                    for (int a = 0; a < SNA; a++) {
+                        float ds[4];
 #pragma unroll
                         for (int e = 0; e < 4; e++)
-                            if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
-                        keepbits[mb][a4] = kb4;
+                            ds[e] = __fmul_rn(s[mb][a][e], __fsub_rn(dp[mb][a][e], dd[mb][e >> 1]));
+                        const int rl = srow0 + mb * 16 + g, cl = skey0 + a * 8 + 2 * t;
+                        *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(s[mb][a][0], s[mb][a][1]);
+                        *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(s[mb][a][2], s[mb][a][3]);
+                        *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = DT<T>::pack(ds[0], ds[1]);
+                        *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
+                    }
+            } else {
+                uint32_t keepbits[SMB][SNA];
+#pragma unroll
+                for (int mb = 0; mb < SMB; mb++)
+#pragma unroll
+                    for (int a = 0; a < SNA; a++) keepbits[mb][a] = 0xfu;
+                if (P.dropout) {
+#pragma unroll
+                    for (int mb = 0; mb < SMB; mb++) {
+                        const int rb = m0 + srow0 + mb * 16;
+                        const uint64_t sub = (uint64_t)(uint32_t)(rb >> 4) |
+                                             ((uint64_t)(uint32_t)((n0 + skey0) >> 5) << 32);
+                        const fd_u32x4 rnd = fd_fa2_philox(P.seed, sub, rng_off);
+#pragma unroll
+                        for (int a4 = 0; a4 < 4; a4++) {
+                            uint32_t kb4 = 0;
+#pragma unroll
+                            for (int e = 0; e < 4; e++)
+                                if (((rnd.v[a4] >> (8 * e)) & 0xffu) <= P.thr) kb4 |= 1u << e;
+                            keepbits[mb][a4] = kb4;
+                        }
                     }
                 }
-            }
 #pragma unroll
-            for (int mb = 0; mb < SMB; mb++)
+                for (int mb = 0; mb < SMB; mb++)
 #pragma unroll
-                for (int a = 0; a < SNA; a++) {
-                    float pv[4], ds[4];
+                    for (int a = 0; a < SNA; a++) {
+                        float pv[4], ds[4];
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int r = e >> 1;
-                        const int j = n0 + skey0 + a * 8 + 2 * t + (e & 1);
-                        const bool inr = rok[mb][r] && j < sk;
-                        const bool kept = (keepbits[mb][a] >> e) & 1u;
-                        const float pe = s[mb][a][e];
-                        float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[mb][a][e], dd[mb][r])) : __fmul_rn(pe, -dd[mb][r]);
-                        if (MODS && P.cap_in != 0.0f) dse = __fmul_rn(dse, sT[((mb * SNA + a) * 4 + e) * NT + tid_o]);
-                        if (!inr) dse = 0.0f;
-                        pv[e] = kept ? pe : 0.0f;
-                        ds[e] = dse;
+                        for (int e = 0; e < 4; e++) {
+                            const int r = e >> 1;
+                            const int j = n0 + skey0 + a * 8 + 2 * t + (e & 1);
+                            const bool inr = rok[mb][r] && j < sk;
+                            const bool kept = (keepbits[mb][a] >> e) & 1u;
+                            const float pe = s[mb][a][e];
+                            float dse = kept ? __fmul_rn(pe, __fsub_rn(dp[mb][a][e], dd[mb][r])) : __fmul_rn(pe, -dd[mb][r]);
+                            if (MODS && P.cap_in != 0.0f) dse = __fmul_rn(dse, sT[((mb * SNA + a) * 4 + e) * NT + tid_o]);
+                            if (!inr) dse = 0.0f;
+                            pv[e] = kept ? pe : 0.0f;
+                            ds[e] = dse;
+                        }
+                        const int rl = srow0 + mb * 16 + g, cl = skey0 + a * 8 + 2 * t;
+                        *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
+                        *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
+                        *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = DT<T>::pack(ds[0], ds[1]);
+                        *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
                     }
-                    const int rl = srow0 + mb * 16 + g, cl = skey0 + a * 8 + 2 * t;
-                    *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl, cl)) = DT<T>::pack(pv[0], pv[1]);
-                    *reinterpret_cast<uint32_t *>(sP + swz<BC>(rl + 8, cl)) = DT<T>::pack(pv[2], pv[3]);
-                    *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl, cl)) = DT<T>::pack(ds[0], ds[1]);
-                    *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
-                }
+            } /* !allvis */
             __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
 
             /* dQ partial = dSr K: rows qrow0 + 16 mb .., head-dim atoms qcol0 / 8 ..; chain
@@ -696,23 +811,49 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                 float *base = P.dq_acc;
                 if (P.deterministic) base += (size_t)n_block * P.B * sq * P.H * P.dp;
                 const bool odd = t & 1;
+                if constexpr (FAST && FULL) {
+                    /* FAST, whole tile (every row < sq): one row pointer a lane (row i0 or
+                     * i1 = i0 + 8, as the swap below gives it), no row test, the dQ mode
+                     * picked once; the same float4 to the same address as the general code */
+                    auto put = [&](auto det_tag) {
+                        constexpr bool DET = decltype(det_tag)::value;
 #pragma unroll
-                for (int mb = 0; mb < QMB; mb++) {
-                    const int i0 = m0 + qrow0 + mb * 16 + g, i1 = i0 + 8;
-                    float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
-                    float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
-                    /* lane pair swap: four consecutive columns of one row per lane */
+                        for (int mb = 0; mb < QMB; mb++) {
+                            const int ir = m0 + qrow0 + mb * 16 + g + (odd ? 8 : 0);
+                            float *qr = base + (((size_t)b * sq + ir) * P.H + h) * P.dp + qcol0 + 2 * (t & ~1);
 #pragma unroll
-                    for (int a = 0; a < QNA; a++) {
-                        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][0] : c[mb][a][2], 1);
-                        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][1] : c[mb][a][3], 1);
-                        const float4 v = odd ? make_float4(r0, r1, c[mb][a][2], c[mb][a][3])
-                                             : make_float4(c[mb][a][0], c[mb][a][1], r0, r1);
-                        const int dcol = qcol0 + a * 8 + 2 * (t & ~1);
-                        float4 *dst = reinterpret_cast<float4 *>((odd ? q1 : q0) + dcol);
-                        if ((odd ? i1 : i0) < sq) {
-                            if (P.deterministic) *dst = v;
-                            else atomic_add4(dst, v);
+                            for (int a = 0; a < QNA; a++) {
+                                const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][0] : c[mb][a][2], 1);
+                                const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][1] : c[mb][a][3], 1);
+                                const float4 v = odd ? make_float4(r0, r1, c[mb][a][2], c[mb][a][3])
+                                                     : make_float4(c[mb][a][0], c[mb][a][1], r0, r1);
+                                float4 *dst = reinterpret_cast<float4 *>(qr + a * 8);
+                                if constexpr (DET) *dst = v;
+                                else atomic_add4(dst, v);
+                            }
+                        }
+                    };
+                    if (P.deterministic) put(std::true_type());
+                    else put(std::false_type());
+                } else {
+#pragma unroll
+                    for (int mb = 0; mb < QMB; mb++) {
+                        const int i0 = m0 + qrow0 + mb * 16 + g, i1 = i0 + 8;
+                        float *q0 = base + (((size_t)b * sq + i0) * P.H + h) * P.dp;
+                        float *q1 = base + (((size_t)b * sq + i1) * P.H + h) * P.dp;
+                        /* lane pair swap: four consecutive columns of one row per lane */
+#pragma unroll
+                        for (int a = 0; a < QNA; a++) {
+                            const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][0] : c[mb][a][2], 1);
+                            const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[mb][a][1] : c[mb][a][3], 1);
+                            const float4 v = odd ? make_float4(r0, r1, c[mb][a][2], c[mb][a][3])
+                                                 : make_float4(c[mb][a][0], c[mb][a][1], r0, r1);
+                            const int dcol = qcol0 + a * 8 + 2 * (t & ~1);
+                            float4 *dst = reinterpret_cast<float4 *>((odd ? q1 : q0) + dcol);
+                            if ((odd ? i1 : i0) < sq) {
+                                if (P.deterministic) *dst = v;
+                                else atomic_add4(dst, v);
+                            }
                         }
                     }
                 }
@@ -769,26 +910,31 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
     }
 }
 
-template <typename T, int D, bool MODS>
+template <typename T, int D, bool MODS, bool FAST>
 int bwd_launch_variant8m(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
 {
-    auto kern = flash_bwd_kernel8<T, D, MODS>;
+    auto kern = flash_bwd_kernel8<T, D, MODS, FAST>;
     /* d 128: 160 KB, d 96: 128 KB: one CTA an SM; with a softcap 32 KB more (sT) */
     const size_t smem = P.cap_in != 0.0f ? BwdTraits8<D>::SMEM_CAP : BwdTraits8<D>::SMEM;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
                                (int)cudaSharedmemCarveoutMaxShared));
-    dim3 grid((unsigned)P.ntn, (unsigned)(P.B * P.H));
+    const dim3 grid = bwd_kfirst8<FAST>(P) ? dim3((unsigned)(P.B * P.H), (unsigned)P.ntn)
+                                            : dim3((unsigned)P.ntn, (unsigned)(P.B * P.H));
     kern<<<grid, BwdTraits8<D>::NT, smem, st>>>(P);
     FD_LAUNCH_CHECK();
     return 0;
 }
 
+/* variant: FD_BWD_OLD or FD_BWD_NEW (fd_cuda_flash_bwd.cu reads FD_BWD_VARIANT). The new
+ * variant's fast step exists for problems without score modifiers only; with them both
+ * variants run the same (old) kernel. */
 template <typename T, int D>
-int bwd_launch_variant8(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
+int bwd_launch_variant8(const BwdParams &P, int variant, cudaStream_t st, char *err, size_t errlen)
 {
-    return P.mods ? bwd_launch_variant8m<T, D, true>(P, st, err, errlen)
-                  : bwd_launch_variant8m<T, D, false>(P, st, err, errlen);
+    if (P.mods) return bwd_launch_variant8m<T, D, true, false>(P, st, err, errlen);
+    return variant == FD_BWD_NEW ? bwd_launch_variant8m<T, D, false, true>(P, st, err, errlen)
+                                 : bwd_launch_variant8m<T, D, false, false>(P, st, err, errlen);
 }
 
 template <typename T, int D, int BC, bool MODS>
@@ -816,7 +962,7 @@ int bwd_launch_variant(const BwdParams &P, cudaStream_t st, char *err, size_t er
 }
 
 template <typename T>
-int bwd_launch_t(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t errlen)
+int bwd_launch_t(const BwdParams &P, int bc, int variant, cudaStream_t st, char *err, size_t errlen)
 {
     if (bc == 64) {
         switch (P.dp) {
@@ -828,8 +974,8 @@ int bwd_launch_t(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t 
         }
     } else if (bc == 128) {
         switch (P.dp) {
-        case 96: return bwd_launch_variant8<T, 96>(P, st, err, errlen);
-        case 128: return bwd_launch_variant8<T, 128>(P, st, err, errlen);
+        case 96: return bwd_launch_variant8<T, 96>(P, variant, st, err, errlen);
+        case 128: return bwd_launch_variant8<T, 128>(P, variant, st, err, errlen);
         default: break;
         }
     } else if (bc == 32) {
@@ -847,8 +993,8 @@ int bwd_launch_t(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t 
     return -1;
 }
 
-int bwd_launch_f16(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t errlen);
-int bwd_launch_bf16(const BwdParams &P, int bc, cudaStream_t st, char *err, size_t errlen);
+int bwd_launch_f16(const BwdParams &P, int bc, int variant, cudaStream_t st, char *err, size_t errlen);
+int bwd_launch_bf16(const BwdParams &P, int bc, int variant, cudaStream_t st, char *err, size_t errlen);
 
 } // namespace fd_flash
 #endif
