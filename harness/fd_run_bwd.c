@@ -155,35 +155,29 @@ static int run_kernel_bwd(const fd_casefile *cf, const fd_case *c, const fd_back
     return be->run_bwd(cf, c, q, k, v, o, lse, dout, grad[0], grad[1], grad[2], ms, err, errlen);
 }
 
-/* The replay's dQ with its partials in other orders, against ascending. */
-static int order_model(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
-                       const float *v, const float *o, const float *lse, const float *dout,
-                       const float *asc, fd_case_result *res, char *err, size_t errlen)
+/* The dQ order model: the replay's dQ with its partials in other orders (descending,
+ * shuffled with seed 1), against the ascending dQ asc. */
+#define FD_NORDER 2
+static void order_configs(const fd_casefile *cf, fd_bwd_cfg *oc)
 {
-    const fd_problem *p = &c->prob;
-    float *dq = malloc(sizeof(float) * fd_q_numel(p));
-    float *dk = malloc(sizeof(float) * fd_kv_numel(p)), *dv = malloc(sizeof(float) * fd_kv_numel(p));
-    int rc = -1;
-    if (!dq || !dk || !dv) {
-        snprintf(err, errlen, "out of memory for the dQ order model");
-        goto out;
+    static const struct { fd_dq_order o; uint64_t seed; } orders[FD_NORDER] = {{FD_DQ_ORDER_DESC, 0},
+                                                                            {FD_DQ_ORDER_SHUFFLE, 1}};
+    for (int t = 0; t < FD_NORDER; t++) {
+        oc[t] = cf->bwd;
+        oc[t].dq_mode = FD_DQ_ATOMIC;
+        oc[t].dq_order = orders[t].o;
+        oc[t].order_seed = orders[t].seed;
     }
-    static const struct { fd_dq_order o; uint64_t seed; } orders[] = {{FD_DQ_ORDER_DESC, 0}, {FD_DQ_ORDER_SHUFFLE, 1}};
-    for (int t = 0; t < 2; t++) {
-        fd_bwd_cfg bc = cf->bwd;
-        bc.dq_mode = FD_DQ_ATOMIC;
-        bc.dq_order = orders[t].o;
-        bc.order_seed = orders[t].seed;
-        if (fd_cpu_flash_backward(p, &cf->flash, &bc, q, k, v, o, lse, dout, dq, dk, dv, err, errlen)) goto out;
+}
+
+static void order_model(const float *asc, float *const *odq, fd_case_result *res)
+{
+    for (int t = 0; t < FD_NORDER; t++) {
         long e = 0;
-        spread(res, 0, asc, dq, &e, &res->bwd.order_differ, &res->bwd.order_max_ulp);
+        spread(res, 0, asc, odq[t], &e, &res->bwd.order_differ, &res->bwd.order_max_ulp);
         res->bwd.order_elems += e;
     }
     res->bwd.order_checked = 1;
-    rc = 0;
-out:
-    free(dq); free(dk); free(dv);
-    return rc;
 }
 
 int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *br, const float *q,
@@ -285,7 +279,8 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
     /* A flash kernel: the replay on its own forward outputs (the GPU kernel's bits in
      * deterministic mode), and the dQ order model of the replay (more than one key tile,
      * first flash kernel of the case). cpu-flash adding its partials in ascending order
-     * is that replay already: it is not run twice. */
+     * is that replay already: it is not run twice. One pass of the replay gives both (its
+     * partials added in every order); the order model alone needs no dK/dV. */
     const int is_cuda = !strcmp(br->be->name, "cuda-flash");
     if (!gdq && br->be->role == FD_ROLE_FLASH && lse && (is_cuda || !strcmp(br->be->name, "cpu-flash"))) {
         int br_, bc_ = cf->bwd.bc;
@@ -293,12 +288,24 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
         const int need_order = !res->bwd.order_checked && p->seqlen_k > bc_;
         const int kernel_is_replay =
             !is_cuda && (cf->bwd.dq_mode == FD_DQ_DETERMINISTIC || cf->bwd.dq_order == FD_DQ_ORDER_ASC);
-        if (is_cuda || (need_order && !kernel_is_replay)) {
-            fd_bwd_cfg bc = cf->bwd;
+        if (is_cuda || need_order) {
+            fd_bwd_cfg bc = cf->bwd, oc[FD_NORDER];
             bc.dq_mode = FD_DQ_DETERMINISTIC;
-            if (fd_cpu_flash_backward(p, &cf->flash, &bc, q, k, v, o, lse, dout, buf[1][0], buf[1][1], buf[1][2],
-                                      err, errlen))
-                goto out;
+            order_configs(cf, oc);
+            float *odq[FD_NORDER] = {NULL};
+            const int rdq = is_cuda || !kernel_is_replay; /* the replay's dQ is needed */
+            int orc = 0;
+            for (int t = 0; t < FD_NORDER && need_order; t++)
+                if (!(odq[t] = malloc(sizeof(float) * nq))) orc = -1;
+            if (orc)
+                snprintf(err, errlen, "out of memory for the dQ order model");
+            else
+                orc = fd_cpu_flash_backward_orders(p, &cf->flash, &bc, q, k, v, o, lse, dout, rdq ? buf[1][0] : NULL,
+                                                   is_cuda ? buf[1][1] : NULL, is_cuda ? buf[1][2] : NULL,
+                                                   need_order ? FD_NORDER : 0, oc, odq, err, errlen);
+            if (!orc && need_order) order_model(kernel_is_replay ? grad[0] : buf[1][0], odq, res);
+            for (int t = 0; t < FD_NORDER; t++) free(odq[t]);
+            if (orc) goto out;
         }
         if (is_cuda) {
             gr->replay_checked = 1;
@@ -309,9 +316,6 @@ int fd_bwd_backend(const fd_casefile *cf, const fd_case *c, fd_backend_result *b
                 gr->replay_identical[g] = gr->replay_elems[g] - d;
             }
         }
-        if (need_order &&
-            order_model(cf, c, q, k, v, o, lse, dout, kernel_is_replay ? grad[0] : buf[1][0], res, err, errlen))
-            goto out;
     }
     rc = 0;
     goto out;

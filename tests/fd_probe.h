@@ -20,6 +20,7 @@
 #include "fd_cuda.h"
 #endif
 #include "fd_dtype.h"
+#include "fd_tc_round.h"
 
 /* ---- input formats ------------------------------------------------------------------ */
 enum { PF_FP16 = 0, PF_BF16 = 1, PF_E4M3 = 2, PF_E5M2 = 3 };
@@ -190,21 +191,6 @@ static inline int pf_expo(double x, int emin) /* floor(log2|x|), not below emin;
     return e - 1 < emin ? emin : e - 1;
 }
 
-static inline float pf_round24(double v, int rn) /* v exact in double */
-{
-    if (fpclassify(v) == FP_ZERO) return 0.0f;
-    if (rn) return (float)v; /* C's conversion: to nearest even, subnormals and overflow included */
-    int e;
-    double f = frexp(fabs(v), &e), r;
-    if (e - 1 >= -126) {
-        if (e - 1 > 127) return v > 0.0 ? INFINITY : -INFINITY;
-        r = ldexp(trunc(ldexp(f, 24)), e - 24);
-    } else {
-        r = ldexp(trunc(ldexp(fabs(v), 149)), -149);
-    }
-    return (float)(v < 0.0 ? -r : r);
-}
-
 static inline float pf_block(const float *a, const float *b, int n, float c, int emin_in, const pf_model *m)
 {
     double p[64];
@@ -226,7 +212,7 @@ static inline float pf_block(const float *a, const float *b, int n, float c, int
     for (int i = 0; i < np; i++) s += trunc(ldexp(p[i], -q));
     if (m->cmode == 0) {
         if (!cz) s += trunc(ldexp((double)c, -q));
-        return pf_round24(ldexp(s, q), m->rn);
+        return tc_round24(ldexp(s, q), m->rn);
     }
     if (m->cmode == 2) { /* c takes part in E but enters untruncated; one final rounding */
         if (!cz && pf_expo(c, -126) > E) {
@@ -234,15 +220,15 @@ static inline float pf_block(const float *a, const float *b, int n, float c, int
             const int q2 = E - m->F;
             s = 0.0;
             for (int i = 0; i < np; i++) s += trunc(ldexp(p[i], -q2));
-            return pf_round24((double)((long double)c + (long double)ldexp(s, q2)), m->rn);
+            return tc_round24((double)((long double)c + (long double)ldexp(s, q2)), m->rn);
         }
-        return pf_round24((double)((long double)c + (long double)ldexp(s, q)), m->rn);
+        return tc_round24((double)((long double)c + (long double)ldexp(s, q)), m->rn);
     }
     /* cmode 1: c + S with one rounding; S = s 2^q is exact, c + S needs care: both are
      * multiples of 2^min(q, ulp(c)); the spread may exceed 53 bits, so round via long
      * double when it does not fit (a rare case, good enough for a candidate). */
     long double t = (long double)c + (long double)ldexp(s, q);
-    return pf_round24((double)t, m->rn);
+    return tc_round24((double)t, m->rn);
 }
 
 static inline float pf_dot(const float *a, const float *b, int k, float c, int emin_in, const pf_model *m)

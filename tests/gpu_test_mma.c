@@ -86,7 +86,7 @@ static void judge(const char *what, blocks *B, fd_dtype t)
 static void published_data(const char *dir, fd_dtype t)
 {
     need_gpu();
-    tc_data *d = load(dir);
+    tc_data *d = tc_load(dir);
     blocks B = alloc_blocks(d->n);
     for (int i = 0; i < d->n; i++) {
         memcpy(B.a + 16 * i, d->a[i], sizeof d->a[i]);

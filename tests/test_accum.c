@@ -46,7 +46,7 @@ static int count_indep(const tc_data *d, int emin, int extra, int normalise)
 
 static void check_hardware(const char *dt, fd_dtype t)
 {
-    tc_data *d = load(dt);
+    tc_data *d = tc_load(dt);
     for (int use_dt = 0; use_dt < 2; use_dt++) {
         int first;
         int ok = count_lib(d, t, use_dt, &first);
@@ -72,7 +72,7 @@ Test(tc16_hardware, bf16_all_5000_bit_exact) { check_hardware("bf16", FD_DT_BF16
  * the hardware's parameters matches everything; each variant must miss somewhere. */
 static void check_variants(const char *dt, fd_dtype t)
 {
-    tc_data *d = load(dt);
+    tc_data *d = tc_load(dt);
     int em = fd_dtype_emin(t);
     int right = count_indep(d, em, 2, 0);
     int e1 = count_indep(d, em, 1, 0), e3 = count_indep(d, em, 3, 0);

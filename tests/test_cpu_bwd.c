@@ -396,6 +396,57 @@ Test(cpu_bwd, dq_orders)
     free_in(&x);
 }
 
+/* fd_cpu_flash_backward_orders: one pass gives, bit for bit, the dQ of a separate replay
+ * per order (and the replay's own dq, dk, dv; or dQ orders only, without dK/dV). */
+Test(cpu_bwd, dq_orders_in_one_pass)
+{
+    bwd_in x = mk_in(tu_mk_case(1, 4, 2, 130, 400, 64, FD_DT_FP16, FD_MASK_NONE, 0.1, FD_DIST_NORMAL, 21));
+    const fd_problem *p = &x.c.prob;
+    const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
+    fd_bwd_cfg det, oc[3];
+    fd_bwd_cfg_default(&det);
+    det.dq_mode = FD_DQ_DETERMINISTIC;
+    for (int t = 0; t < 3; t++) fd_bwd_cfg_default(&oc[t]);
+    oc[0].dq_order = FD_DQ_ORDER_DESC;
+    oc[1].dq_order = FD_DQ_ORDER_SHUFFLE;
+    oc[1].order_seed = 1;
+    oc[2].dq_order = FD_DQ_ORDER_SHUFFLE;
+    oc[2].order_seed = 99;
+    grads gd = run_bwd(&x, &det), sep[3];
+    for (int t = 0; t < 3; t++) sep[t] = run_bwd(&x, &oc[t]);
+    fd_flash_cfg fc;
+    fd_flash_cfg_default(&fc);
+    char err[256];
+    float *dq = malloc(sizeof(float) * nq), *dk = malloc(sizeof(float) * nkv), *dv = malloc(sizeof(float) * nkv);
+    float *odq[3];
+    for (int t = 0; t < 3; t++) odq[t] = malloc(sizeof(float) * nq);
+    for (int only = 0; only < 2; only++) { /* with the replay's outputs, then dQ orders only */
+        for (int t = 0; t < 3; t++) memset(odq[t], 0xff, sizeof(float) * nq);
+        cr_assert(fd_cpu_flash_backward_orders(p, &fc, &det, x.q, x.k, x.v, x.o, x.lse, x.dout, only ? NULL : dq,
+                                               only ? NULL : dk, only ? NULL : dv, 3, oc, odq, err, sizeof err) == 0,
+                  "%s", err);
+        if (!only) {
+            cr_assert(memcmp(dq, gd.dq, sizeof(float) * nq) == 0, "the pass's own dq");
+            cr_assert(memcmp(dk, gd.dk, sizeof(float) * nkv) == 0, "the pass's own dk");
+            cr_assert(memcmp(dv, gd.dv, sizeof(float) * nkv) == 0, "the pass's own dv");
+        }
+        for (int t = 0; t < 3; t++)
+            cr_assert(memcmp(odq[t], sep[t].dq, sizeof(float) * nq) == 0, "order %d (dQ only: %d)", t, only);
+    }
+    cr_assert(memcmp(odq[0], gd.dq, sizeof(float) * nq) != 0, "descending differs from ascending somewhere");
+    cr_assert(fd_cpu_flash_backward_orders(p, &fc, &det, x.q, x.k, x.v, x.o, x.lse, x.dout, NULL, NULL, NULL, 0,
+                                           NULL, NULL, err, sizeof err) != 0, "nothing to compute is an error");
+    cr_assert(fd_cpu_flash_backward_orders(p, &fc, &det, x.q, x.k, x.v, x.o, x.lse, x.dout, dq, dk, NULL, 0,
+                                           NULL, NULL, err, sizeof err) != 0, "dk without dv is an error");
+    free(dq); free(dk); free(dv);
+    for (int t = 0; t < 3; t++) {
+        free(odq[t]);
+        free_g(&sep[t]);
+    }
+    free_g(&gd);
+    free_in(&x);
+}
+
 /* stages with exact = 0 reproduce the float kernel */
 static void check_stages_zero(fd_case c, const fd_bwd_cfg *cfg, fd_exp2_mode e2)
 {

@@ -26,6 +26,7 @@
 #include "fd_explain.h"
 #include "fd_inputs.h"
 #include "fd_ref.h"
+#include "fd_tc_data.h"
 #include "fd_test_explain.h"
 #include "fd_test_problem.h"
 #include "fd_test_util.h"
@@ -209,38 +210,6 @@ static int find_file(const char *dir, const char *prefix, const char *with, char
     return found;
 }
 
-/* Rows of K hex words (binary32 encodings of exact FP8 / fp16 / bf16 values); K from the
- * first line. */
-static int read_hex(const char *path, float (*x)[HW_K], int *k)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    static char line[HW_K * 12];
-    int n = 0;
-    while (n < HW_MAX && fgets(line, sizeof line, f)) {
-        int kk = 0;
-        for (char *t = strtok(line, " \t\n"); t && kk < HW_K; t = strtok(NULL, " \t\n"))
-            x[n][kk++] = fd_bits_f32((uint32_t)strtoul(t, NULL, 16));
-        if (kk == 0) continue;
-        if (*k == 0) *k = kk;
-        if (kk != *k) break;
-        n++;
-    }
-    fclose(f);
-    return n;
-}
-
-static int read_bits(const char *path, uint32_t *x)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char s[64];
-    int n = 0;
-    while (n < HW_MAX && fscanf(f, "%63s", s) == 1 && strlen(s) == 32) x[n++] = (uint32_t)strtoul(s, NULL, 2);
-    fclose(f);
-    return n;
-}
-
 /* Loads a set: inputs (a_*, b_*, c_*fp32) from `in` (the mma.sync folder: the wgmma sets
  * share its inputs), results (d_*fp32) from `out`. Returns 0, or -1 when `out` is absent. */
 static int hw_load(hw_data *h, const char *in, const char *out)
@@ -255,9 +224,11 @@ static int hw_load(hw_data *h, const char *in, const char *out)
     static uint32_t cb[HW_MAX];
     int kb = 0;
     h->k = 0;
-    h->n = read_hex(pa, h->a, &h->k);
-    cr_assert(h->n > 0 && read_hex(pb, h->b, &kb) == h->n && kb == h->k, "%s: a and b rows", in);
-    cr_assert(read_bits(pc, cb) == h->n && read_bits(pd, h->d) == h->n, "%s / %s: c and d rows", in, out);
+    h->n = tc_read_hex_rows(pa, &h->a[0][0], HW_MAX, HW_K, &h->k); /* K from the first line */
+    cr_assert(h->n > 0 && tc_read_hex_rows(pb, &h->b[0][0], HW_MAX, HW_K, &kb) == h->n && kb == h->k,
+              "%s: a and b rows", in);
+    cr_assert(tc_read_bit_rows(pc, cb, HW_MAX) == h->n && tc_read_bit_rows(pd, h->d, HW_MAX) == h->n,
+              "%s / %s: c and d rows", in, out);
     for (int i = 0; i < h->n; i++) h->c[i] = fd_bits_f32(cb[i]);
     return 0;
 }

@@ -10,7 +10,7 @@
 
 static void published(const char *dir, int fi)
 {
-    tc_data *d = load(dir);
+    tc_data *d = tc_load(dir);
     const pf_model m = {16, 25, 0, 0, "b16-F25-rz"};
     int ok = 0, first = -1;
     for (int i = 0; i < d->n; i++) {

@@ -93,17 +93,23 @@ static void fd_split(float x, int emin_in, uint64_t *m, int *e)
 
 static float fd_nan32(void) { return fd_bits_f32(0x7fffffffu); }
 
-/* The block FMA with explicit input minimum exponent and model parameters. */
-static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t sb, int n,
-                               float c, int emin_in, fd_tc_params prm)
+/* Index of the highest set bit of s > 0 (s in [2^k, 2^(k+1))). */
+static int fd_top_bit(uint64_t s)
 {
-    uint64_t pm[FD_TC_MAX_TERMS];
-    int pe[FD_TC_MAX_TERMS], pa[FD_TC_MAX_TERMS], ps[FD_TC_MAX_TERMS]; /* value exponent, alignment exponent, sign */
-    const int emin_b = prm.emin_b ? prm.emin_b : emin_in;
-    int np = 0;
-    int pos_inf = 0, neg_inf = 0;
+#if defined(__GNUC__) || defined(__clang__)
+    return 63 - __builtin_clzll(s);
+#else
+    int k = 0;
+    while ((s >> (unsigned)k) > 1u) k++;
+    return k;
+#endif
+}
 
-    /* Specials first. */
+/* The block's special values (a NaN, an Inf among the inputs or c): the result is NaN or
+ * Inf as the header says. Called only when some input or c is not finite. */
+static float fd_tc_block_special(const float *a, size_t sa, const float *b, size_t sb, int n, float c)
+{
+    int pos_inf = 0, neg_inf = 0;
     if (isnan(c)) return fd_nan32();
     if (isinf(c)) { if (c > 0.0f) pos_inf = 1; else neg_inf = 1; }
     for (int i = 0; i < n; i++) {
@@ -117,36 +123,60 @@ static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t
         }
     }
     if (pos_inf && neg_inf) return fd_nan32();
-    if (pos_inf) return fd_bits_f32(0x7f800000u);
-    if (neg_inf) return fd_bits_f32(0xff800000u);
+    return fd_bits_f32(neg_inf ? 0xff800000u : 0x7f800000u);
+}
 
-    /* Exact products, in [1, 4) * 2^46 at exponent e_a + e_b (step 1). */
-    for (int i = 0; i < n && i < FD_TC_MAX_TERMS; i++) {
-        float x = a[(size_t)i * sa], y = b[(size_t)i * sb];
-        if ((fd_f32_bits(x) << 1) == 0 || (fd_f32_bits(y) << 1) == 0) continue;
-        uint64_t mx, my;
-        int ex, ey;
-        fd_split(x, emin_in, &mx, &ex);
-        fd_split(y, emin_b, &my, &ey);
+/* The block FMA with explicit input minimum exponent and model parameters. One pass over
+ * the terms splits them (fd_split's arithmetic, inline) and finds the alignment exponent;
+ * a second shifts and adds. This is the hot loop of every CPU replay (a TC16 block per 16
+ * terms of every dot product), hence written for speed; its results are fixed by
+ * tests/data/tensor-core-h100 and the FP8 data (tests/test_accum.c, test_fp8.c). */
+static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t sb, int n,
+                               float c, int emin_in, fd_tc_params prm)
+{
+    uint64_t pm[FD_TC_MAX_TERMS];
+    int pe[FD_TC_MAX_TERMS], ps[FD_TC_MAX_TERMS]; /* value exponent, sign */
+    const int emin_b = prm.emin_b ? prm.emin_b : emin_in;
+    int np = 0;
+    const int nall = n; /* the specials look at every term, the products at the first 64 */
+    if (n > FD_TC_MAX_TERMS) n = FD_TC_MAX_TERMS;
+    const uint32_t uc = fd_f32_bits(c);
+    if ((uc & 0x7fffffffu) >= 0x7f800000u) return fd_tc_block_special(a, sa, b, sb, nall, c);
+    for (int i = n; i < nall; i++)
+        if (!isfinite(a[(size_t)i * sa]) || !isfinite(b[(size_t)i * sb]))
+            return fd_tc_block_special(a, sa, b, sb, nall, c);
+
+    /* Exact products, in [1, 4) * 2^46 at exponent e_a + e_b (step 1); the alignment
+     * exponent (step 3) as they come. */
+    int E = -133;
+    for (int i = 0; i < n; i++) {
+        const uint32_t ux = fd_f32_bits(a[(size_t)i * sa]), uy = fd_f32_bits(b[(size_t)i * sb]);
+        const uint32_t ax = ux & 0x7fffffffu, ay = uy & 0x7fffffffu;
+        if (ax >= 0x7f800000u || ay >= 0x7f800000u) return fd_tc_block_special(a, sa, b, sb, nall, c);
+        if (ax == 0 || ay == 0) continue; /* zero products take no part */
+        /* fd_split: |x| = m 2^(e - 23), a binary32 subnormal at -126, then below the
+         * format's minimum exponent a smaller significand at that exponent (exact) */
+        uint64_t mx = ax & 0x7fffffu, my = ay & 0x7fffffu;
+        int ex = -126, ey = -126;
+        if (ax >> 23) { mx |= 0x800000u; ex = (int)(ax >> 23) - 127; }
+        if (ay >> 23) { my |= 0x800000u; ey = (int)(ay >> 23) - 127; }
+        if (ex < emin_in) { mx >>= (unsigned)(emin_in - ex); ex = emin_in; }
+        if (ey < emin_b) { my >>= (unsigned)(emin_b - ey); ey = emin_b; }
         pm[np] = mx * my;
         pe[np] = ex + ey;
+        ps[np] = (int)((ux ^ uy) >> 31);
         /* Normalising a product in [2, 4) moves only its exponent for the alignment: the
          * halved significand keeps every bit (at most 21 fraction bits for fp16). */
-        pa[np] = pe[np] + (prm.normalise_products && pm[np] >= ((uint64_t)1 << 47) ? 1 : 0);
-        ps[np] = (signbit(x) ? 1 : 0) ^ (signbit(y) ? 1 : 0);
+        const int pa = pe[np] + (prm.normalise_products && pm[np] >= ((uint64_t)1 << 47) ? 1 : 0);
+        if (pa > E) E = pa;
         np++;
     }
 
-    int have_c = (fd_f32_bits(c) << 1) != 0;
+    int have_c = (uc << 1) != 0;
     uint64_t cm = 0;
     int ce = 0;
     if (have_c) fd_split(c, -126, &cm, &ce);
     if (np == 0 && !have_c) return 0.0f;
-
-    /* Alignment exponent (step 3). */
-    int E = -133;
-    for (int i = 0; i < np; i++)
-        if (pa[i] > E) E = pa[i];
     if (have_c && ce > E) E = ce;
 
     /* Truncated terms in units of 2^(E - 23 - extra_bits) (step 4). A product is
@@ -156,8 +186,8 @@ static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t
     int64_t sum = 0;
     for (int i = 0; i < np; i++) {
         int sh = 23 - prm.extra_bits + (E - pe[i]);
-        uint64_t t = sh >= 64 ? 0u : pm[i] >> (unsigned)sh;
-        sum += ps[i] ? -(int64_t)t : (int64_t)t;
+        const int64_t t = sh >= 64 ? 0 : (int64_t)(pm[i] >> (unsigned)sh), neg = -(int64_t)ps[i];
+        sum += (t ^ neg) - neg; /* -t when negative, without a branch on the (random) sign */
     }
     if (have_c) {
         int sh = (E - ce) - prm.extra_bits;
@@ -165,7 +195,7 @@ static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t
         if (sh >= 64) t = 0u;
         else if (sh >= 0) t = cm >> (unsigned)sh;
         else t = cm << (unsigned)(-sh);
-        sum += signbit(c) ? -(int64_t)t : (int64_t)t;
+        sum += (uc >> 31) ? -(int64_t)t : (int64_t)t;
     }
     if (sum == 0) return 0.0f;
 
@@ -173,8 +203,7 @@ static float fd_tc_block_model(const float *a, size_t sa, const float *b, size_t
     uint32_t sign = sum < 0 ? 0x80000000u : 0u;
     uint64_t s = sum < 0 ? (uint64_t)(-sum) : (uint64_t)sum;
     int q = E - 23 - prm.extra_bits;
-    int k = 0; /* s in [2^k, 2^(k+1)) */
-    while ((s >> (unsigned)k) > 1u) k++;
+    int k = fd_top_bit(s); /* s in [2^k, 2^(k+1)) */
     int ex = q + k;                      /* exponent of the result before truncation */
     const int ob = prm.out_bits > 0 && prm.out_bits < 24 ? prm.out_bits : 24;
     int u = ex - (ob - 1) < -149 ? -149 : ex - (ob - 1); /* exponent of the result's last bit kept */

@@ -78,6 +78,20 @@ int fd_cpu_flash_backward(const fd_problem *p, const fd_flash_cfg *fcfg, const f
                           const float *lse, const float *dout, float *dq, float *dk, float *dv,
                           char *err, size_t errlen);
 
+/* fd_cpu_flash_backward_orders: fd_cpu_flash_backward, and in the same pass its dQ with
+ * the partials added in norder further orders: dq_orders[t] gets, bit for bit, the dq of
+ * fd_cpu_flash_backward with orders[t]'s dq_mode, dq_order and order_seed (the other
+ * fields of orders[t] are not read: the partials, the scales and the bugs are bcfg's).
+ * The partials do not depend on the order, so they are computed once (the dQ order model
+ * of the harness costs one replay's S, dP and dQ partials, not one replay per order).
+ * dq may be NULL (not computed); dk and dv both NULL skip the dK/dV chains (about 2/5 of
+ * the work), which no dQ depends on. */
+int fd_cpu_flash_backward_orders(const fd_problem *p, const fd_flash_cfg *fcfg, const fd_bwd_cfg *bcfg,
+                                 const float *q, const float *k, const float *v, const float *o,
+                                 const float *lse, const float *dout, float *dq, float *dk, float *dv,
+                                 int norder, const fd_bwd_cfg *orders, float *const *dq_orders, char *err,
+                                 size_t errlen);
+
 int fd_cpu_flash_bwd_stages(const fd_problem *p, const fd_flash_cfg *fcfg, const fd_bwd_cfg *bcfg,
                             unsigned exact, const float *q, const float *k, const float *v,
                             const float *o, const float *lse, const float *dout,

@@ -73,6 +73,7 @@ typedef struct {
     fd_accum_model mm; /* TC16 for fp16/bf16, SEQ for fp32 */
     int br, bc, D, nm, nn;
     int dropout;
+    int no_kv;                 /* dQ only: no dK/dV chains (fd_cpu_flash_backward_orders) */
     uint8_t thr;
     float scale_log2, lse_log2e, pk, rp, srp;
     double scale_d, pk_d, rp_d;
@@ -310,7 +311,7 @@ static void tile_pair(fd_bwd_ctx *x, int b, int h, int m, int n, int slot)
 
     /* dV_j += sum_r Pv_rj dO_r, dK_j += sum_r dSr_rj q_r: rows ascending, 16-row blocks
      * chained onto the running accumulator. */
-    for (int c = 0; c < nc; c++) {
+    for (int c = 0; c < nc && !x->no_kv; c++) {
         const size_t co = (size_t)c * (size_t)br;
         double *av = x->acc_dv + (size_t)(j0 + c) * (size_t)D;
         double *ak = x->acc_dk + (size_t)(j0 + c) * (size_t)D;
@@ -351,10 +352,10 @@ static void tile_pair(fd_bwd_ctx *x, int b, int h, int m, int n, int slot)
     }
 }
 
-/* The order in which query tile m of (b, h) adds its nt partials (step 4). */
-static void dq_order(fd_bwd_ctx *x, int b, int h, int m, int nt)
+/* The order in which query tile m of (b, h) adds its nt partials (step 4) under c's dQ
+ * mode, order and seed. */
+static void dq_order(fd_bwd_ctx *x, const fd_bwd_cfg *c, int b, int h, int m, int nt)
 {
-    const fd_bwd_cfg *c = x->bcfg;
     for (int t = 0; t < nt; t++) x->perm[t] = t;
     if (c->dq_mode == FD_DQ_DETERMINISTIC || c->dq_order == FD_DQ_ORDER_ASC) return;
     if (c->dq_order == FD_DQ_ORDER_DESC) {
@@ -373,11 +374,42 @@ static void dq_order(fd_bwd_ctx *x, int b, int h, int m, int nt)
     }
 }
 
-static int bwd_run(fd_bwd_ctx *x, double *dq, double *dk, double *dv)
+/* Step 4 for query tile m of (b, h): its nt partials added in c's dQ order, scaled
+ * (sq_f / sq_d) and rounded into dq. */
+static void dq_add(fd_bwd_ctx *x, const fd_bwd_cfg *c, int b, int h, int m, int mr, int nt, float sq_f,
+                   double sq_d, double *dq)
+{
+    const fd_problem *p = x->p;
+    const int xdq = !!(x->ex & FD_BSTAGE_DQACC), xout = !!(x->ex & FD_BSTAGE_OUT);
+    const int D = x->D, br = x->br, i0 = m * br;
+    dq_order(x, c, b, h, m, nt);
+    for (int r = 0; r < mr; r++)
+        for (int d = 0; d < D; d++) {
+            double a;
+            if (xdq) {
+                a = 0.0;
+                for (int t = 0; t < nt; t++)
+                    a += x->part[((size_t)x->perm[t] * (size_t)br + (size_t)r) * (size_t)D + (size_t)d];
+            } else {
+                float af = 0.0f;
+                for (int t = 0; t < nt; t++)
+                    af += (float)x->part[((size_t)x->perm[t] * (size_t)br + (size_t)r) * (size_t)D + (size_t)d];
+                a = (double)af;
+            }
+            dq[fd_q_index(p, b, i0 + r, h, d)] =
+                xout ? a * sq_d : (double)fd_round_to_dtype((float)a * sq_f, p->dtype);
+        }
+}
+
+/* The replay into dq, dk, dv (x->no_kv: dq only, dk and dv untouched), and its dQ in the
+ * norder further orders of orders[] into dq_orders[]: the partials do not depend on the
+ * order, so they are computed once and added once per order. */
+static int bwd_run(fd_bwd_ctx *x, double *dq, double *dk, double *dv, int norder, const fd_bwd_cfg *orders,
+                   double *const *dq_orders)
 {
     const fd_problem *p = x->p;
     const unsigned ex = x->ex, bugs = x->bcfg->bugs;
-    const int xdq = !!(ex & FD_BSTAGE_DQACC), xkv = !!(ex & FD_BSTAGE_DKDV);
+    const int xkv = !!(ex & FD_BSTAGE_DKDV);
     const int xout = !!(ex & FD_BSTAGE_OUT);
     const int D = x->D, br = x->br, bc = x->bc, sq = p->seqlen_q, sk = p->seqlen_k;
     const int group = p->heads / p->kv_heads;
@@ -423,26 +455,11 @@ static int bwd_run(fd_bwd_ctx *x, double *dq, double *dk, double *dv)
                     }
                     for (int t = 0; t < nt; t++) tile_pair(x, b, h, m, x->tiles[t], t);
                 }
-                dq_order(x, b, h, m, nt);
-                for (int r = 0; r < mr; r++)
-                    for (int d = 0; d < D; d++) {
-                        double a;
-                        if (xdq) {
-                            a = 0.0;
-                            for (int t = 0; t < nt; t++)
-                                a += x->part[((size_t)x->perm[t] * (size_t)br + (size_t)r) * (size_t)D + (size_t)d];
-                        } else {
-                            float af = 0.0f;
-                            for (int t = 0; t < nt; t++)
-                                af += (float)x->part[((size_t)x->perm[t] * (size_t)br + (size_t)r) * (size_t)D + (size_t)d];
-                            a = (double)af;
-                        }
-                        dq[fd_q_index(p, b, i0 + r, h, d)] =
-                            xout ? a * sq_d : (double)fd_round_to_dtype((float)a * sq_f, dt);
-                    }
+                if (dq) dq_add(x, x->bcfg, b, h, m, mr, nt, sq_f, sq_d, dq);
+                for (int t = 0; t < norder; t++) dq_add(x, &orders[t], b, h, m, mr, nt, sq_f, sq_d, dq_orders[t]);
             }
             /* step 5: per-head scales, the group's sum in ascending head order */
-            if ((bugs & FD_BWD_BUG_NO_GQA_SUM) && h % group != 0) continue;
+            if (x->no_kv || ((bugs & FD_BWD_BUG_NO_GQA_SUM) && h % group != 0)) continue;
             for (int j = 0; j < sk; j++)
                 for (int d = 0; d < D; d++) {
                     const size_t a = (size_t)j * (size_t)D + (size_t)d;
@@ -460,7 +477,7 @@ static int bwd_run(fd_bwd_ctx *x, double *dq, double *dk, double *dv)
         }
     double *ok = (bugs & FD_BWD_BUG_SWAP_DKDV) ? dv : dk;
     double *ov = (bugs & FD_BWD_BUG_SWAP_DKDV) ? dk : dv;
-    for (size_t t = 0; t < kvn; t++) {
+    for (size_t t = 0; t < kvn && !x->no_kv; t++) {
         ok[t] = xout ? gk[t] : (double)fd_round_to_dtype((float)gk[t], dt);
         ov[t] = xout ? gv[t] : (double)fd_round_to_dtype((float)gv[t], dt);
     }
@@ -477,8 +494,55 @@ int fd_cpu_flash_bwd_stages(const fd_problem *p, const fd_flash_cfg *fcfg, const
     fd_bwd_ctx x;
     if (ctx_init(&x, p, fcfg, bcfg, exact, q, k, v, o, lse, dout, dq, dk, dv, err, errlen)) return -1;
     x.o_exact = o_exact;
-    int rc = bwd_run(&x, dq, dk, dv);
+    int rc = bwd_run(&x, dq, dk, dv, 0, NULL, NULL);
     if (rc) snprintf(err, errlen, "out of memory");
+    ctx_free(&x);
+    return rc;
+}
+
+int fd_cpu_flash_backward_orders(const fd_problem *p, const fd_flash_cfg *fcfg, const fd_bwd_cfg *bcfg,
+                                 const float *q, const float *k, const float *v, const float *o,
+                                 const float *lse, const float *dout, float *dq, float *dk, float *dv,
+                                 int norder, const fd_bwd_cfg *orders, float *const *dq_orders, char *err,
+                                 size_t errlen)
+{
+    fd_bwd_ctx x;
+    if (norder < 0 || (norder > 0 && (!orders || !dq_orders)) || (!dk != !dv) || (!dq && !dk && !norder)) {
+        snprintf(err, errlen, "backward: bad output arguments (dq %s, dk %s, dv %s, %d dQ orders)",
+                 dq ? "given" : "NULL", dk ? "given" : "NULL", dv ? "given" : "NULL", norder);
+        return -1;
+    }
+    for (int t = 0; t < norder; t++)
+        if (!dq_orders[t] || (orders[t].dq_mode != FD_DQ_ATOMIC && orders[t].dq_mode != FD_DQ_DETERMINISTIC) ||
+            (orders[t].dq_order != FD_DQ_ORDER_ASC && orders[t].dq_order != FD_DQ_ORDER_DESC &&
+             orders[t].dq_order != FD_DQ_ORDER_SHUFFLE)) {
+            snprintf(err, errlen, "backward: dQ order %d: no output or an unknown mode / order", t);
+            return -1;
+        }
+    /* ctx_init checks its tensors for NULL: the outputs left out are not written */
+    const float *any = dq ? dq : dk ? dk : dq_orders[0];
+    if (ctx_init(&x, p, fcfg, bcfg, 0u, q, k, v, o, lse, dout, any, any, any, err, errlen)) return -1;
+    x.no_kv = !dk;
+    const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p), nkd = dk ? nkv : 1;
+    double *dqd = dq ? malloc(sizeof(double) * nq) : NULL;
+    double *dkd = malloc(sizeof(double) * nkd), *dvd = malloc(sizeof(double) * nkd);
+    double **dqo = calloc((size_t)(norder > 0 ? norder : 1), sizeof(double *));
+    int rc = -1, ok = dkd && dvd && dqo && (dqd || !dq);
+    for (int t = 0; ok && t < norder; t++) ok = (dqo[t] = malloc(sizeof(double) * nq)) != NULL;
+    if (ok) rc = bwd_run(&x, dqd, dkd, dvd, norder, orders, dqo);
+    if (rc) {
+        snprintf(err, errlen, "out of memory");
+    } else {
+        for (size_t t = 0; dq && t < nq; t++) dq[t] = (float)dqd[t];
+        for (size_t t = 0; dk && t < nkv; t++) {
+            dk[t] = (float)dkd[t];
+            dv[t] = (float)dvd[t];
+        }
+        for (int u = 0; u < norder; u++)
+            for (size_t t = 0; t < nq; t++) dq_orders[u][t] = (float)dqo[u][t];
+    }
+    for (int t = 0; dqo && t < norder; t++) free(dqo[t]);
+    free(dqo); free(dqd); free(dkd); free(dvd);
     ctx_free(&x);
     return rc;
 }
@@ -488,23 +552,10 @@ int fd_cpu_flash_backward(const fd_problem *p, const fd_flash_cfg *fcfg, const f
                           const float *lse, const float *dout, float *dq, float *dk, float *dv,
                           char *err, size_t errlen)
 {
-    fd_bwd_ctx x;
-    if (ctx_init(&x, p, fcfg, bcfg, 0u, q, k, v, o, lse, dout, dq, dk, dv, err, errlen)) return -1;
-    const size_t nq = fd_q_numel(p), nkv = fd_kv_numel(p);
-    double *dqd = malloc(sizeof(double) * nq);
-    double *dkd = malloc(sizeof(double) * nkv), *dvd = malloc(sizeof(double) * nkv);
-    int rc = -1;
-    if (dqd && dkd && dvd) rc = bwd_run(&x, dqd, dkd, dvd);
-    if (rc) {
-        snprintf(err, errlen, "out of memory");
-    } else {
-        for (size_t t = 0; t < nq; t++) dq[t] = (float)dqd[t];
-        for (size_t t = 0; t < nkv; t++) {
-            dk[t] = (float)dkd[t];
-            dv[t] = (float)dvd[t];
-        }
+    if (!dq || !dk || !dv) {
+        snprintf(err, errlen, "backward: a NULL argument");
+        return -1;
     }
-    free(dqd); free(dkd); free(dvd);
-    ctx_free(&x);
-    return rc;
+    return fd_cpu_flash_backward_orders(p, fcfg, bcfg, q, k, v, o, lse, dout, dq, dk, dv, 0, NULL, NULL, err,
+                                        errlen);
 }
