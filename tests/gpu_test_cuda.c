@@ -465,7 +465,8 @@ Test(gpu_cuda, unsupported_configs_rejected_clearly)
 /* The Hopper kernel (cuda-flash-sm90, wgmma; issue 15 items 2 and 3): with the portable
  * exp2 it is the CPU replay bit for bit (tensor-core block order, FA2's row sum: no new
  * model), O and LSE on every row, rows without a visible key included, for key tiles 64
- * (two and three warpgroups) and 128 (the replay with bc = 128); with the hardware exp2 and
+ * (two and three warpgroups, and S one tile ahead: FD_SM90_PIPE=deep) and 128 (the replay
+ * with bc = 128); with the hardware exp2 and
  * key tile 64 it is cuda-flash's mma.sync kernel bit for bit. Skips without an sm_90 GPU. When O
  * differs, the run is repeated with V's descriptor fields swapped (FD_SM90_VDESC=swap) and
  * the message says whether that reading matches. */
@@ -495,7 +496,8 @@ Test(gpu_cuda, sm90_replay_bit_identical)
         fd_cuda_cfg g;
         char err[512];
         /* the shapes: key tile 64 with two and three warpgroups, key tile 128 */
-        static const struct { int bc; const char *wg; } vs[] = {{64, "2"}, {64, "3"}, {128, "2"}};
+        static const struct { int bc; const char *wg, *pipe; } vs[] = {
+            {64, "2", ""}, {64, "3", ""}, {128, "2", ""}, {64, "2", "deep"}};
         for (size_t u = 0; u < sizeof vs / sizeof vs[0]; u++) {
             fd_cuda_cfg_default(&g);
             g.impl = FD_CUDA_IMPL_WGMMA; g.exp2_mode = 1; g.bc = vs[u].bc;
@@ -504,6 +506,7 @@ Test(gpu_cuda, sm90_replay_bit_identical)
             r.br = 128; r.bc = vs[u].bc; r.qk_order = FD_ACC_TC16; r.pv_order = FD_ACC_TC16;
             r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
             setenv("FD_SM90_WG", vs[u].wg, 1);
+            setenv("FD_SM90_PIPE", vs[u].pipe, 1);
             cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
             cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
             size_t diff = 0, first = (size_t)-1, ldiff = 0;
@@ -520,8 +523,9 @@ Test(gpu_cuda, sm90_replay_bit_identical)
                 free(o2); free(l2);
             }
             unsetenv("FD_SM90_WG");
-            cr_expect_eq(diff, 0, "spec %zu, bc %d, %s warpgroups: %zu of %zu O elements differ from the replay; first at "
-                         "%zu: gpu %a, replay %a (with V's LBO/SBO swapped: %zu differ)", t, vs[u].bc, vs[u].wg, diff, nq,
+            unsetenv("FD_SM90_PIPE");
+            cr_expect_eq(diff, 0, "spec %zu, bc %d, %s warpgroups %s: %zu of %zu O elements differ from the replay; first at "
+                         "%zu: gpu %a, replay %a (with V's LBO/SBO swapped: %zu differ)", t, vs[u].bc, vs[u].wg, vs[u].pipe, diff, nq,
                          first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0, sdiff);
             cr_expect_eq(ldiff, 0, "spec %zu, bc %d, %s warpgroups: %zu of %zu LSE values differ from the replay", t,
                          vs[u].bc, vs[u].wg, ldiff, nl);

@@ -52,9 +52,13 @@ using fd_flash::smem_u32;
 
 /* Compile-time shape: key tile BC (the replay's bc: 64 or 128), NWG warpgroups of 64 query
  * rows each (2 or 3: scheduling only). */
-constexpr int STAGES = 3; /* K/V tiles resident: in use by S, by PV, and loading */
+/* K/V tiles resident: 3 (in use by S, by PV, and loading); DEEP (S one tile ahead): 4 */
+constexpr int stages(bool deep) { return deep ? 4 : 3; }
 
-template <int D, int BC, int NWG> constexpr size_t smem_bytes() { return (size_t)(64 * NWG + 2 * STAGES * BC) * D * 2; }
+template <int D, int BC, int NWG, bool DEEP> constexpr size_t smem_bytes()
+{
+    return (size_t)(64 * NWG + 2 * stages(DEEP) * BC) * D * 2;
+}
 
 /* Byte offset of the 16-byte chunk (row, ch) (columns 8 ch..8 ch + 7) of an interleaved
  * [rows][D] tile. */
@@ -99,16 +103,19 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 /* PORT: fd_exp2_portable (host and device give the same bits: the replay's exp2) instead of
- * the hardware exp2f (ex2.approx.f32, cuda-flash's fast path). */
-template <typename T, int D, int BC, int NWG, bool PORT>
+ * the hardware exp2f (ex2.approx.f32, cuda-flash's fast path). DEEP: S of tile j + 1 is
+ * issued with PV of tile j - 1 before the softmax of tile j (two GEMMs in flight during the
+ * softmax; one more S register set and a fourth K/V stage); the same operations in the same
+ * order either way. */
+template <typename T, int D, int BC, int NWG, bool DEEP, bool PORT>
 __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const FlashParams P, uint32_t v_lbo, uint32_t v_sbo)
 {
-    constexpr int BR = 64 * NWG, NT = 128 * NWG;
+    constexpr int BR = 64 * NWG, NT = 128 * NWG, STG = stages(DEEP);
     constexpr int NA = BC / 8; /* 8-column atoms of S */
     constexpr int ND = D / 8;  /* 8-column atoms of O */
     constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    const uint32_t sQ = smem_u32(smem_raw), sK = sQ + QB, sV = sK + STAGES * KB;
+    const uint32_t sQ = smem_u32(smem_raw), sK = sQ + QB, sV = sK + STG * KB;
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -144,23 +151,27 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     const T *gQ = static_cast<const T *>(P.q) + (size_t)b * sq * P.H * P.dp;
     const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
     const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
-    /* iteration it visits tile n_hi - 1 - it, resident in stage it % STAGES */
+    /* iteration it visits tile n_hi - 1 - it, resident in stage it % STG */
     auto load_kv = [&](int it) {
         const int nb = n_hi - 1 - it;
-        const uint32_t st = (uint32_t)(it % STAGES) * KB;
+        const uint32_t st = (uint32_t)(it % STG) * KB;
         load_il<T, D, BC, NT>(sK + st, gK, nb * BC, sk, P.Hk, hk, P.dp, tid);
         load_il<T, D, BC, NT>(sV + st, gV, nb * BC, sk, P.Hk, hk, P.dp, tid);
     };
     load_il<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
     load_kv(0);
     cp_async_commit();
-    if (n_hi > 1) load_kv(1);
-    cp_async_commit(); /* always one group per tile ahead, empty or not: the waits count on it */
+    /* tiles 1 .. STG - 2 ahead; always one group per tile, empty or not: the waits count on it */
+#pragma unroll
+    for (int x = 1; x <= STG - 2; x++) {
+        if (x < n_hi) load_kv(x);
+        cp_async_commit();
+    }
 
     const uint32_t qa = sQ + (uint32_t)wg * (64 * 16 * D / 8); /* the warpgroup's 64 rows */
     constexpr uint32_t KLBO = 128, KSBO = 16 * D;
 
-    float o[ND * 4], s[NA * 4];
+    float o[ND * 4], s[NA * 4], sn[DEEP ? NA * 4 : 1]; /* sn: the next tile's S (DEEP) */
     uint32_t pk[NA * 2]; /* P in the dtype: atom a, row g (2a) and row g + 8 (2a + 1) */
 #pragma unroll
     for (int x = 0; x < ND * 4; x++) o[x] = 0.0f;
@@ -168,36 +179,64 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     for (int x = 0; x < NA * 2; x++) pk[x] = 0u;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}, sc[2] = {1.0f, 1.0f};
     const float sl2 = P.scale_log2;
+    /* S = Q K^T of tile `it` into d: 16-column blocks of the head dim from c = +0 */
+    auto issue_s = [&](float *d, int it) {
+        const uint32_t kb = sK + (uint32_t)(it % STG) * KB;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            Wgmma<T, BC>::ss(d, desc(qa + kk * 256, KLBO, KSBO), desc(kb + kk * 256, KLBO, KSBO));
+    };
+    /* O += P V of tile `it`: 16-key blocks in key order */
+    auto issue_pv = [&](int it) {
+        const uint32_t pv = sV + (uint32_t)(it % STG) * KB;
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            const uint32_t af[4] = {pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]};
+            Wgmma<T, D>::rs(o, af, desc(pv + kk * (32 * D), v_lbo, v_sbo));
+        }
+    };
+    auto zero_s = [&](float *d) {
+#pragma unroll
+        for (int x = 0; x < NA * 4; x++) d[x] = 0.0f;
+        fd_sm90::fence_regs<NA * 4>(d);
+    };
+    if constexpr (DEEP) { /* S of tile 0 ahead of the loop */
+        cp_wait<STG - 2>();
+        fence_proxy_async();
+        __syncthreads();
+        zero_s(s);
+        fd_sm90::wg_arrive();
+        issue_s(s, 0);
+        fd_sm90::wg_commit();
+        fd_sm90::wg_wait<0>();
+        fd_sm90::fence_regs<NA * 4>(s);
+    }
 
     for (int it = 0; it < n_hi; it++) {
         const int nb = n_hi - 1 - it;
-        const uint32_t st = (uint32_t)(it % STAGES) * KB;
-        cp_wait<1>(); /* tile it (and Q) landed; tile it + 1 may still be in flight */
+        /* the tile S is issued for now (it; DEEP: it + 1) landed, the next may be in flight */
+        cp_wait<1>();
         fence_proxy_async();
         __syncthreads();
-
-        /* S = Q K^T: 16-column blocks of the head dim from c = +0 */
-#pragma unroll
-        for (int x = 0; x < NA * 4; x++) s[x] = 0.0f;
-        fd_sm90::fence_regs<NA * 4>(s);
-        fd_sm90::fence_regs<ND * 4>(o);
-        fd_sm90::wg_arrive();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            Wgmma<T, BC>::ss(s, desc(qa + kk * 256, KLBO, KSBO), desc(sK + st + kk * 256, KLBO, KSBO));
-        fd_sm90::wg_commit();
-        /* O += P V of the previous tile, 16-key blocks in key order (tile 0: none) */
-        if (it > 0) {
-            const uint32_t pv = sV + (uint32_t)((it - 1) % STAGES) * KB;
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) {
-                const uint32_t af[4] = {pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]};
-                Wgmma<T, D>::rs(o, af, desc(pv + kk * (32 * D), v_lbo, v_sbo));
-            }
+        if constexpr (DEEP) { /* S of the next tile and PV of the previous, both in flight
+                               * during this tile's softmax */
+            zero_s(sn);
+            fd_sm90::fence_regs<ND * 4>(o);
+            fd_sm90::wg_arrive();
+            if (it + 1 < n_hi) issue_s(sn, it + 1);
+            if (it > 0) issue_pv(it - 1);
+            fd_sm90::wg_commit();
+        } else { /* S of this tile, then PV of the previous one in flight during the softmax */
+            zero_s(s);
+            fd_sm90::fence_regs<ND * 4>(o);
+            fd_sm90::wg_arrive();
+            issue_s(s, it);
+            fd_sm90::wg_commit();
+            if (it > 0) issue_pv(it - 1);
+            fd_sm90::wg_commit();
+            fd_sm90::wg_wait<1>(); /* S done; PV may run on */
+            fd_sm90::fence_regs<NA * 4>(s);
         }
-        fd_sm90::wg_commit();
-        fd_sm90::wg_wait<1>(); /* S done; PV may run on */
-        fd_sm90::fence_regs<NA * 4>(s);
 
         /* Masking: keys beyond sk, the causal diagonal. */
         const int j0 = nb * BC;
@@ -237,9 +276,10 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
             l_run[r] = l;
         }
 
-        fd_sm90::wg_wait<0>(); /* PV of the previous tile done: O, pk and that V stage free */
+        fd_sm90::wg_wait<0>(); /* PV of the previous tile (and DEEP: S of the next) done */
         fd_sm90::fence_regs<ND * 4>(o);
         fence_u32<NA * 2>(pk);
+        if constexpr (DEEP) fd_sm90::fence_regs<NA * 4>(sn);
         /* x * 1.0f == x: the rescale is skipped when no row of the warp moved its max */
         if (__any_sync(0xffffffffu, sc[0] != 1.0f || sc[1] != 1.0f)) {
 #pragma unroll
@@ -255,27 +295,24 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
             pk[2 * a] = DT<T>::pack(s[4 * a], s[4 * a + 1]);
             pk[2 * a + 1] = DT<T>::pack(s[4 * a + 2], s[4 * a + 3]);
         }
-        /* every warpgroup is past tile it - 1 (K long done, V just now): its stage takes
-         * tile it + 2 */
+        if constexpr (DEEP) {
+#pragma unroll
+            for (int x = 0; x < NA * 4; x++) s[x] = sn[x];
+        }
+        /* every warpgroup is done with tile it - 1 (its K long ago, its V now): that stage
+         * takes tile it + STG - 1 */
         __syncthreads();
-        if (it + 2 < n_hi) load_kv(it + 2);
+        if (it + STG - 1 < n_hi) load_kv(it + STG - 1);
         cp_async_commit();
     }
     /* O += P V of the last tile */
-    {
-        const uint32_t pv = sV + (uint32_t)((n_hi - 1) % STAGES) * KB;
-        fd_sm90::fence_regs<ND * 4>(o);
-        fd_sm90::wg_arrive();
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; kk++) {
-            const uint32_t af[4] = {pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]};
-            Wgmma<T, D>::rs(o, af, desc(pv + kk * (32 * D), v_lbo, v_sbo));
-        }
-        fd_sm90::wg_commit();
-        fd_sm90::wg_wait<0>();
-        fd_sm90::fence_regs<ND * 4>(o);
-        fence_u32<NA * 2>(pk);
-    }
+    fd_sm90::fence_regs<ND * 4>(o);
+    fd_sm90::wg_arrive();
+    issue_pv(n_hi - 1);
+    fd_sm90::wg_commit();
+    fd_sm90::wg_wait<0>();
+    fd_sm90::fence_regs<ND * 4>(o);
+    fence_u32<NA * 2>(pk);
     cp_wait<0>();
 
     /* normalize_softmax_lse: quad sum (l0 + l2) + (l1 + l3), one reciprocal (cuda-flash's) */
@@ -299,12 +336,12 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     }
 }
 
-template <typename T, int D, int BC, int NWG>
+template <typename T, int D, int BC, int NWG, bool DEEP>
 int launch_shape(const FlashParams &P, uint32_t vl, uint32_t vs, cudaStream_t st, char *err, size_t errlen)
 {
-    constexpr size_t sm = smem_bytes<D, BC, NWG>();
+    constexpr size_t sm = smem_bytes<D, BC, NWG, DEEP>();
     static_assert(sm <= 227 * 1024, "shared memory of the tile");
-    auto kern = P.exp2_mode ? flash_fwd_sm90_kernel<T, D, BC, NWG, true> : flash_fwd_sm90_kernel<T, D, BC, NWG, false>;
+    auto kern = P.exp2_mode ? flash_fwd_sm90_kernel<T, D, BC, NWG, DEEP, true> : flash_fwd_sm90_kernel<T, D, BC, NWG, DEEP, false>;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
     dim3 grid((unsigned)((P.sq + 64 * NWG - 1) / (64 * NWG)), (unsigned)(P.B * P.H));
     kern<<<grid, 128 * NWG, sm, st>>>(P, vl, vs);
@@ -338,14 +375,21 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     /* warpgroups per CTA: 2, or 3 with FD_SM90_WG=3 (key tile 64 only: shared memory) */
     const char *wgs = getenv("FD_SM90_WG");
     const int nwg = wgs && !strcmp(wgs, "3") ? 3 : 2;
+    /* S one tile ahead: FD_SM90_PIPE=deep (key tile 64, two warpgroups: registers, shared memory) */
+    const char *pipe = getenv("FD_SM90_PIPE");
+    const bool deep = pipe && !strcmp(pipe, "deep");
     if (bc != 64 && bc != 128) FD_FAIL("cuda-flash-sm90: key tile %d unsupported (64 or 128)", bc);
     if (nwg == 3 && bc != 64) FD_FAIL("cuda-flash-sm90: three warpgroups need the key tile 64");
+    if (deep && (nwg != 2 || bc != 64)) FD_FAIL("cuda-flash-sm90: FD_SM90_PIPE=deep needs two warpgroups and the key tile 64");
     if (P.dp != 64 && P.dp != 128) FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported (64 and 128)", P.dp);
-#define FD_SM90_CASE(TT, DD, BB, WW)                                                             \
-    if (P.dp == DD && bc == BB && nwg == WW) return fd_sm90::launch_shape<TT, DD, BB, WW>(P, vl, vs, st, err, errlen);
+#define FD_SM90_CASE(TT, DD, BB, WW, DEEP)                                                       \
+    if (P.dp == DD && bc == BB && nwg == WW && deep == DEEP)                                     \
+        return fd_sm90::launch_shape<TT, DD, BB, WW, DEEP>(P, vl, vs, st, err, errlen);
 #define FD_SM90_T(TT)                                                                            \
-    FD_SM90_CASE(TT, 64, 64, 2) FD_SM90_CASE(TT, 64, 64, 3) FD_SM90_CASE(TT, 64, 128, 2)        \
-    FD_SM90_CASE(TT, 128, 64, 2) FD_SM90_CASE(TT, 128, 64, 3) FD_SM90_CASE(TT, 128, 128, 2)
+    FD_SM90_CASE(TT, 64, 64, 2, false) FD_SM90_CASE(TT, 64, 64, 3, false)                        \
+    FD_SM90_CASE(TT, 64, 128, 2, false) FD_SM90_CASE(TT, 64, 64, 2, true)                        \
+    FD_SM90_CASE(TT, 128, 64, 2, false) FD_SM90_CASE(TT, 128, 64, 3, false)                      \
+    FD_SM90_CASE(TT, 128, 128, 2, false) FD_SM90_CASE(TT, 128, 64, 2, true)
     if (is_bf16) {
         FD_SM90_T(__nv_bfloat16)
     } else {
