@@ -91,37 +91,39 @@ static void cuda_cfg(const fd_casefile *cf, fd_cuda_cfg *g)
     g->fp8_max_offset = cf->flash.fp8_max_offset;
 }
 
-/* The GPU computes every row; the harness compares the checked ones. */
+/* The GPU computes every row; the harness compares the checked ones. impl: the mma.sync
+ * kernel (cuda-flash) or the Hopper kernel (cuda-flash-sm90: cuda-flash's numerics, so the
+ * same replay; fd_cuda.h). */
+static int run_cuda_flash_impl(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
+                               const float *v, float *o, float *lse, double *ms, int impl, char *err, size_t errlen)
+{
+    fd_cuda_cfg g;
+    fd_cuda_timing t = {0, 0, 0};
+    cuda_cfg(cf, &g);
+    g.impl = impl;
+    int rc = fd_cuda_flash_forward(&c->prob, &g, q, k, v, o, lse, NULL, &t, err, errlen);
+    *ms = (double)t.ms_median;
+    return rc;
+}
+
 static int run_cuda_flash(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                           const float *v, const int *rows, int nrows, float *o, float *lse,
                           double *ms, char *err, size_t errlen)
 {
     (void)rows; (void)nrows;
-    fd_cuda_cfg g;
-    fd_cuda_timing t = {0, 0, 0};
-    cuda_cfg(cf, &g);
-    int rc = fd_cuda_flash_forward(&c->prob, &g, q, k, v, o, lse, NULL, &t, err, errlen);
-    *ms = (double)t.ms_median;
-    return rc;
+    return run_cuda_flash_impl(cf, c, q, k, v, o, lse, ms, FD_CUDA_IMPL_MMA, err, errlen);
 }
 
-/* The Hopper kernel (wgmma): cuda-flash's numerics, so the same replay (fd_cuda.h). */
 static int run_cuda_flash_sm90(const fd_casefile *cf, const fd_case *c, const float *q, const float *k,
                                const float *v, const int *rows, int nrows, float *o, float *lse,
                                double *ms, char *err, size_t errlen)
 {
     (void)rows; (void)nrows;
-    fd_cuda_cfg g;
-    fd_cuda_timing t = {0, 0, 0};
-    cuda_cfg(cf, &g);
-    g.impl = FD_CUDA_IMPL_WGMMA;
-    int rc = fd_cuda_flash_forward(&c->prob, &g, q, k, v, o, lse, NULL, &t, err, errlen);
-    *ms = (double)t.ms_median;
-    return rc;
+    return run_cuda_flash_impl(cf, c, q, k, v, o, lse, ms, FD_CUDA_IMPL_WGMMA, err, errlen);
 }
 
 /* Problems the Hopper kernel does not run are skipped with the reason; the case file's knobs
- * it lacks (fp32 P, a key tile other than 64) fail the call with the reason. */
+ * it lacks (fp32 P) fail the call with the reason. */
 static int supports_cuda_flash_sm90(const fd_case *c, char *why, size_t len)
 {
     if (!fd_cuda_sm90_supports(&c->prob, NULL, why, len)) return 0;
