@@ -505,7 +505,7 @@ Test(gpu_cuda, sm90_replay_bit_identical)
             fd_flash_cfg_default(&r);
             r.br = 128; r.bc = vs[u].bc; r.qk_order = FD_ACC_TC16; r.pv_order = FD_ACC_TC16;
             r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
-            setenv("FD_SM90_WG", vs[u].wg, 1);
+            setenv("FD_SM90_WG", vs[u].wg, 1); /* "2" or "3": every shape explicitly */
             setenv("FD_SM90_PIPE", vs[u].pipe, 1);
             cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
             cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);

@@ -20,7 +20,7 @@
  *    exp2 (fd_cuda_cfg.exp2_mode = 1) whose bits the replay computes on the host.
  * Key tiles of 64 (the replay's default) or 128 (fd_cuda_cfg.bc; the replay takes the same bc).
  * Scheduling (none of it changes an operation or its order): a CTA of two warpgroups (128
- * query rows, 64 each; three with FD_SM90_WG=3 and key tile 64); Q and three stages of K/V tiles in shared memory, loaded by cp.async
+ * query rows, 64 each; three, the default, with key tile 64: FD_SM90_WG=2|3 picks); Q and three stages of K/V tiles in shared memory, loaded by cp.async
  * one tile ahead of use; per tile, S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}
  * (FlashAttention-3's intra-warpgroup overlap), the softmax of S_j runs while the PV product
  * is in flight, and O is rescaled by tile j's factor once PV completes: the same sequence
@@ -68,7 +68,7 @@ template <int D> __device__ __forceinline__ uint32_t il_off(int row, int ch)
 }
 
 /* Rows [r0, r0 + ROWS) of a [.][H][dp] tensor (head hh) into an interleaved tile; rows at or
- * past nrows zero-filled. Index order: row mod 8 fastest, then the chunk, then the 8-row
+ * past nrows and columns at or past dp (<= D) zero-filled. Index order: row mod 8 fastest, then the chunk, then the 8-row
  * group, so a warp's 32 copies fill 512 contiguous bytes (no bank conflict) and read 64
  * contiguous bytes of 8 rows (whole 32-byte sectors). */
 template <typename T, int D, int ROWS, int NT>
@@ -79,8 +79,8 @@ __device__ __forceinline__ void load_il(uint32_t sbase, const T *g, int r0, int 
     for (int idx = tid; idx < ROWS * CH; idx += NT) {
         const int rl = idx & 7, ch = (idx >> 3) % CH, rg = (idx >> 3) / CH;
         const int row = rg * 8 + rl, gr = r0 + row;
-        const bool ok = gr < nrows;
-        const T *src = g + ((size_t)(ok ? gr : 0) * H + hh) * dp + ch * 8;
+        const bool ok = gr < nrows && ch * 8 < dp; /* columns past dp (32 or 96 in D = 64 or 128): zeros */
+        const T *src = g + ((size_t)(ok ? gr : 0) * H + hh) * dp + (ok ? ch * 8 : 0);
         cp_async16(sbase + il_off<D>(row, ch), src, ok ? 16 : 0);
     }
 }
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
             const int i = warp_row0 + g + 8 * r;
             if (i >= sq) continue;
             T *o = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
-            for (int a = 0; a < ND; a++) {
+            for (int a = 0; a < ND && a * 8 < P.dp; a++) {
                 o[a * 8 + 2 * t] = DT<T>::from(0.0f);
                 o[a * 8 + 2 * t + 1] = DT<T>::from(0.0f);
             }
@@ -328,6 +328,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
         T *op = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
 #pragma unroll
         for (int a = 0; a < ND; a++) {
+            if (a * 8 >= P.dp) break; /* the padding of dp 32 / 96 */
             const uint32_t w = DT<T>::pack(__fmul_rn(o[4 * a + 2 * r], inv), __fmul_rn(o[4 * a + 2 * r + 1], inv));
             *reinterpret_cast<uint32_t *>(op + a * 8 + 2 * t) = w;
         }
@@ -372,18 +373,26 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     const bool swap = sw && !strcmp(sw, "swap");
     const uint32_t l = 16u * (uint32_t)P.dp, s = 128u;
     const uint32_t vl = swap ? s : l, vs = swap ? l : s;
-    /* warpgroups per CTA: 2, or 3 with FD_SM90_WG=3 (key tile 64 only: shared memory) */
+    /* warpgroups per CTA: 3 for key tile 64 (faster on the H200: 263 vs 204 TFLOP/s at
+     * N = 4096, d = 128, fp16; docs/benchmarks.md), 2 for key tile 128 (shared memory);
+     * FD_SM90_WG=2 or 3 picks */
     const char *wgs = getenv("FD_SM90_WG");
-    const int nwg = wgs && !strcmp(wgs, "3") ? 3 : 2;
+    int nwg = bc == 64 ? 3 : 2;
+    if (wgs && !strcmp(wgs, "2")) nwg = 2;
+    if (wgs && !strcmp(wgs, "3")) nwg = 3;
     /* S one tile ahead: FD_SM90_PIPE=deep (key tile 64, two warpgroups: registers, shared memory) */
     const char *pipe = getenv("FD_SM90_PIPE");
     const bool deep = pipe && !strcmp(pipe, "deep");
     if (bc != 64 && bc != 128) FD_FAIL("cuda-flash-sm90: key tile %d unsupported (64 or 128)", bc);
     if (nwg == 3 && bc != 64) FD_FAIL("cuda-flash-sm90: three warpgroups need the key tile 64");
+    if (deep && bc == 64 && !wgs) nwg = 2; /* deep: two warpgroups (registers) */
     if (deep && (nwg != 2 || bc != 64)) FD_FAIL("cuda-flash-sm90: FD_SM90_PIPE=deep needs two warpgroups and the key tile 64");
-    if (P.dp != 64 && P.dp != 128) FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported (64 and 128)", P.dp);
+    /* dp 32 and 96 run in the D = 64 and 128 kernels, the extra columns zero: each extra
+     * 16-term block adds exact zeros to S (c + 0 = c), and O's extra columns are not stored */
+    const int dk = P.dp <= 64 ? 64 : 128;
+    if (P.dp != 32 && P.dp != 64 && P.dp != 96 && P.dp != 128) FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported", P.dp);
 #define FD_SM90_CASE(TT, DD, BB, WW, DEEP)                                                       \
-    if (P.dp == DD && bc == BB && nwg == WW && deep == DEEP)                                     \
+    if (dk == DD && bc == BB && nwg == WW && deep == DEEP)                                     \
         return fd_sm90::launch_shape<TT, DD, BB, WW, DEEP>(P, vl, vs, st, err, errlen);
 #define FD_SM90_T(TT)                                                                            \
     FD_SM90_CASE(TT, 64, 64, 2, false) FD_SM90_CASE(TT, 64, 64, 3, false)                        \
