@@ -513,19 +513,19 @@ Test(gpu_cuda, sm90_replay_bit_identical)
             for (size_t x = 0; x < nq; x++)
                 if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x])) { if (!diff++) first = x; }
             for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
-            size_t sdiff = 0;
+            long sdiff = -1; /* -1: the swapped run failed */
             if (diff) { /* the other reading of V's descriptor, for the message */
                 setenv("FD_SM90_VDESC", "swap", 1);
                 float *o2 = poisoned(nq), *l2 = poisoned(nl);
                 if (!fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o2, l2, NULL, NULL, err, sizeof err))
-                    for (size_t x = 0; x < nq; x++) sdiff += fd_f32_bits(o2[x]) != fd_f32_bits(ro[x]);
+                    for (size_t x = sdiff = 0; x < nq; x++) sdiff += fd_f32_bits(o2[x]) != fd_f32_bits(ro[x]);
                 unsetenv("FD_SM90_VDESC");
                 free(o2); free(l2);
             }
             unsetenv("FD_SM90_WG");
             unsetenv("FD_SM90_PIPE");
             cr_expect_eq(diff, 0, "spec %zu, bc %d, %s warpgroups %s: %zu of %zu O elements differ from the replay; first at "
-                         "%zu: gpu %a, replay %a (with V's LBO/SBO swapped: %zu differ)", t, vs[u].bc, vs[u].wg, vs[u].pipe, diff, nq,
+                         "%zu: gpu %a, replay %a (with V's LBO/SBO swapped: %ld differ; -1: that run failed)", t, vs[u].bc, vs[u].wg, vs[u].pipe, diff, nq,
                          first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0, sdiff);
             cr_expect_eq(ldiff, 0, "spec %zu, bc %d, %s warpgroups: %zu of %zu LSE values differ from the replay", t,
                          vs[u].bc, vs[u].wg, ldiff, nl);

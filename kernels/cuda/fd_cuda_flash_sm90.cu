@@ -369,10 +369,7 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
 {
     /* V's descriptor: LBO = the 8-key step (16 dp bytes), SBO = the 8-column step (128);
      * FD_SM90_VDESC=swap swaps the two (the GPU test's check of CUTLASS's MN-major reading) */
-    const char *sw = getenv("FD_SM90_VDESC");
-    const bool swap = sw && !strcmp(sw, "swap");
-    const uint32_t l = 16u * (uint32_t)P.dp, s = 128u;
-    const uint32_t vl = swap ? s : l, vs = swap ? l : s;
+
     /* warpgroups per CTA: 3 for key tile 64 (faster on the H200: 263 vs 204 TFLOP/s at
      * N = 4096, d = 128, fp16; docs/benchmarks.md), 2 for key tile 128 (shared memory);
      * FD_SM90_WG=2 or 3 picks */
@@ -390,6 +387,10 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     /* dp 32 and 96 run in the D = 64 and 128 kernels, the extra columns zero: each extra
      * 16-term block adds exact zeros to S (c + 0 = c), and O's extra columns are not stored */
     const int dk = P.dp <= 64 ? 64 : 128;
+    const char *sw = getenv("FD_SM90_VDESC");
+    const bool swap = sw && !strcmp(sw, "swap");
+    const uint32_t l = 16u * (uint32_t)dk, s = 128u; /* the kernel's D, not dp: the tile's row pitch */
+    const uint32_t vl = swap ? s : l, vs = swap ? l : s;
     if (P.dp != 32 && P.dp != 64 && P.dp != 96 && P.dp != 128) FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported", P.dp);
 #define FD_SM90_CASE(TT, DD, BB, WW, DEEP)                                                       \
     if (dk == DD && bc == BB && nwg == WW && deep == DEEP)                                     \
