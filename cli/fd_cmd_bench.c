@@ -27,6 +27,7 @@
 #include "fd_philox.h"
 #include "fd_out.h"
 #include "fd_run.h"
+#include "fd_signal.h"
 #ifdef FD_HAVE_CUDA
 #include "fd_cuda.h"
 #endif
@@ -108,11 +109,13 @@ int fd_cmd_bench(int argc, char **argv)
     if (f) fprintf(f, "# %s\nbackend,dtype,B,H,N,d,causal,ms_median,ms_min,tflops\n", name);
     printf("device: %s\n%-14s %-5s %6s %4s %6s %10s %8s\n", name, "backend", "dtype", "N", "d", "causal", "ms", "TFLOP/s");
     const int B = 4, H = 16, Ns[] = {1024, 4096, 16384}, ds[] = {64, 128};
-    int fails = 0;
-    for (int ni = 0; ni < 3; ni++) {
+    int fails = 0, rows = 0;
+    /* SIGINT/SIGTERM (a CI step's timeout): stop after the kernel running, keep the rows */
+    fd_signals_catch();
+    for (int ni = 0; ni < 3 && !fd_interrupted; ni++) {
         const int N = Ns[ni];
         if (N > maxn) continue;
-        for (int di = 0; di < 2; di++) {
+        for (int di = 0; di < 2 && !fd_interrupted; di++) {
             const int d = ds[di];
             const size_t n = (size_t)B * (size_t)N * (size_t)H * (size_t)d;
             float *x[3], *o = malloc(n * sizeof(float)), *l = malloc((size_t)B * (size_t)H * (size_t)N * sizeof(float));
@@ -125,7 +128,7 @@ int fd_cmd_bench(int argc, char **argv)
                 if (f) fd_doc_discard(&doc);
                 return FD_EXIT_INTERNAL;
             }
-            for (int dt = 0; dt < 2; dt++) {
+            for (int dt = 0; dt < 2 && !fd_interrupted; dt++) {
                 const fd_dtype t = dt ? FD_DT_BF16 : FD_DT_FP16;
                 for (int a = 0; a < 3 + bwd; a++)
                     for (size_t e = 0; e < n; e++) {
@@ -135,7 +138,7 @@ int fd_cmd_bench(int argc, char **argv)
                         float *dst = a < 3 ? x[a] : gr[0];
                         dst[e] = fd_round_to_dtype((float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)), t);
                     }
-                for (int causal = 0; causal < 2; causal++) {
+                for (int causal = 0; causal < 2 && !fd_interrupted; causal++) {
                     fd_problem p;
                     memset(&p, 0, sizeof p);
                     p.batch = B; p.heads = H; p.kv_heads = H; p.seqlen_q = N; p.seqlen_k = N; p.head_dim = d;
@@ -146,7 +149,7 @@ int fd_cmd_bench(int argc, char **argv)
                     /* forward flash, forward standard; then (--backward) flash atomic, flash
                      * deterministic and standard backward, from the flash forward's O and LSE */
                     int have_fwd = 0; /* the flash forward's O and LSE, read by the backward */
-                    for (int be = 0; be < (bwd ? NB : FWD); be++) {
+                    for (int be = 0; be < (bwd ? NB : FWD) && !fd_interrupted; be++) {
                         if (!pick[be]) continue;
                         char err[512] = "";
                         fd_cuda_timing tm = {0, 0, 0};
@@ -195,6 +198,7 @@ int fd_cmd_bench(int argc, char **argv)
                         printf("%-14s %-5s %6d %4d %6d %10.3f %8.1f\n", bn, dn, N, d, causal, (double)tm.ms_median, tf);
                         if (f) fprintf(f, "%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.2f\n", bn, dn, B, H, N, d, causal,
                                        (double)tm.ms_median, (double)tm.ms_min, tf);
+                        rows++;
                         fflush(stdout);
                     }
                 }
@@ -207,6 +211,10 @@ int fd_cmd_bench(int argc, char **argv)
     if (f && fd_doc_commit(&doc, derr, sizeof derr)) {
         fprintf(stderr, "flashdrift: %s\n", derr);
         return FD_EXIT_INTERNAL;
+    }
+    if (fd_interrupted) {
+        fprintf(stderr, "flashdrift: bench: interrupted after %d rows%s%s\n", rows, csv ? "; they are in " : "", csv ? csv : "");
+        return FD_EXIT_INTERRUPTED;
     }
     return fails ? FD_EXIT_INTERNAL : FD_EXIT_PASS;
 #endif

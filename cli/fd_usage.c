@@ -198,7 +198,8 @@ static const struct {
      "causal and not (GPU tier, slow on the CPU); --jobs N threads (default: the online CPUs).\n"
      "--cases FILE: the reference stage alone over FILE's cases, rows as a run picks them:\n"
      "values decided by the tier, MPFR calls made and avoided.\n\n"
-     "exit: 0, 2 no GPU or usage error, 3 a kernel failed.\n"},
+     "SIGINT/SIGTERM stop it after the kernel running; the CSV keeps the rows measured.\n\n"
+     "exit: 0, 2 no GPU or usage error, 3 a kernel failed, 130 interrupted (SIGINT), 143 (SIGTERM).\n"},
     {"list",
      "flashdrift list CASEFILE\n",
      "prints the expanded cases of CASEFILE, one id per line",
