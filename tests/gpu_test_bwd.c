@@ -120,12 +120,13 @@ static long ulp_dist(float a, float b, fd_dtype dt)
     return labs(ia - ib);
 }
 
-static int run_gpu(const bcase *c, fd_dq_mode mode, int bc, int repeats, float *dq, float *dk, float *dv,
-                   fd_cuda_timing *tm)
+/* cuda-flash's backward on c; exp2: 1 the portable exp2 (the replay's bits), 0 the hardware's. */
+static int run_gpu_exp(const bcase *c, fd_dq_mode mode, int bc, int repeats, int exp2, float *dq, float *dk,
+                       float *dv, fd_cuda_timing *tm)
 {
     fd_cuda_cfg cfg;
     fd_cuda_cfg_default(&cfg);
-    cfg.exp2_mode = 1;
+    cfg.exp2_mode = exp2;
     cfg.repeats = repeats;
     fd_bwd_cfg b;
     fd_bwd_cfg_default(&b);
@@ -136,6 +137,12 @@ static int run_gpu(const bcase *c, fd_dq_mode mode, int bc, int repeats, float *
                                     tm, err, sizeof err);
     cr_assert_eq(rc, 0, "cuda backward: %s", err);
     return rc;
+}
+
+static int run_gpu(const bcase *c, fd_dq_mode mode, int bc, int repeats, float *dq, float *dk, float *dv,
+                   fd_cuda_timing *tm)
+{
+    return run_gpu_exp(c, mode, bc, repeats, 1, dq, dk, dv, tm);
 }
 
 /* Counts bitwise mismatches (NaN anywhere counts). */
@@ -302,17 +309,7 @@ static void set_variant(const char *v)
 static void run_gpu_hw(const bcase *c, fd_dq_mode mode, int bc, int repeats, float *dq, float *dk, float *dv,
                        fd_cuda_timing *tm)
 {
-    fd_cuda_cfg cfg;
-    fd_cuda_cfg_default(&cfg);
-    cfg.exp2_mode = 0;
-    cfg.repeats = repeats;
-    fd_bwd_cfg b;
-    fd_bwd_cfg_default(&b);
-    b.dq_mode = mode;
-    if (bc) { b.br = 64; b.bc = bc; }
-    char err[512] = "";
-    cr_assert_eq(fd_cuda_flash_backward(&c->p, &cfg, &b, c->q, c->k, c->v, c->o, c->lse, c->dout, dq, dk, dv,
-                                        tm, err, sizeof err), 0, "cuda backward: %s", err);
+    (void)run_gpu_exp(c, mode, bc, repeats, 0, dq, dk, dv, tm);
 }
 
 Test(gpu_bwd, variants_old_new_bitwise_vs_replay, .timeout = 600)
