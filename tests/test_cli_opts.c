@@ -163,6 +163,7 @@ Test(cli_opts, a_bad_option_is_one_line_and_exit_2)
         {{"explain", "--tensors", NULL}, "option '--tensors' needs a value"},
         {{"run", "a.json", "b.json", NULL}, "one case file expected, got also b.json"},
         {{"run", NULL}, "a CASEFILE is required"},
+        {{"bench", "--only", "cuda-flash,cuda-flash-sm9", NULL}, "--only: unknown kernel 'cuda-flash-sm9'"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         char *argv[8] = {FD_BINARY};
