@@ -1,6 +1,6 @@
 /* fd_cuda_flash_sm90.cu: the Hopper forward kernel of backend cuda-flash-sm90 (issue 15,
- * item 2): wgmma with operands in shared memory, fp16/bf16, head dims 64 and 128, no mask or
- * causal (top-left, bottom-right), GQA. Compiled for sm_90a only (wgmma is arch-specific):
+ * item 2): wgmma with operands in shared memory, fp16/bf16, head dims 64 and 128 (32 and 96
+ * padded into them with zero columns), no mask or causal (top-left, bottom-right), GQA. Compiled for sm_90a only (wgmma is arch-specific):
  * library fd_cuda_sm90, linked into fd_cuda; run_flash (fd_cuda_flash.cu) calls launch_sm90
  * when fd_cuda_cfg.impl is FD_CUDA_IMPL_WGMMA.
  *
@@ -19,9 +19,10 @@
  *  - exp2: the hardware exp2f (ex2.approx.f32) as cuda-flash's fast path, or the portable
  *    exp2 (fd_cuda_cfg.exp2_mode = 1) whose bits the replay computes on the host.
  * Key tiles of 64 (the replay's default) or 128 (fd_cuda_cfg.bc; the replay takes the same bc).
- * Scheduling (none of it changes an operation or its order): a CTA of two warpgroups (128
- * query rows, 64 each; three, the default, with key tile 64: FD_SM90_WG=2|3 picks); Q and three stages of K/V tiles in shared memory, loaded by cp.async
- * one tile ahead of use; per tile, S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}
+ * Scheduling (none of it changes an operation or its order): a CTA of warpgroups of 64 query
+ * rows each (three with key tile 64, the default; two with key tile 128; FD_SM90_WG=2|3
+ * picks); Q and three stages of K/V tiles in shared memory, loaded by cp.async one tile
+ * ahead of use (four with FD_SM90_PIPE=deep, S one tile further ahead); per tile, S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}
  * (FlashAttention-3's intra-warpgroup overlap), the softmax of S_j runs while the PV product
  * is in flight, and O is rescaled by tile j's factor once PV completes: the same sequence
  * O *= f_{j-1}, O += P_{j-1} V_{j-1}, O *= f_j, ... as cuda-flash.
