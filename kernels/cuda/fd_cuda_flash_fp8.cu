@@ -38,6 +38,7 @@
 #include "fd_cuda_util.h"
 #include "fd_dtype.h"
 #include "fd_exp2.h"
+#include "fd_cuda_flash_kernel.cuh"
 
 namespace fd_fp8 {
 
@@ -242,11 +243,9 @@ __global__ void __launch_bounds__(NT) flash_fwd_fp8_kernel(const Fp8Params P)
     /* finalize: quad sum (l0 + l2) + (l1 + l3), one reciprocal, times v_descale; bf16 out */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        float l = l_run[r];
-        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
-        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
-        const bool empty = (l == 0.0f || l != l);
-        const float inv = empty ? 1.0f : __frcp_rn(l);
+        bool empty;
+        float inv;
+        const float l = fd_flash::quad_row_sum(l_run[r], &empty, &inv);
         const float fs = __fmul_rn(inv, P.v_descale);
         const int i = m0 + r0 + g + 8 * r;
         if (i >= sq) continue;

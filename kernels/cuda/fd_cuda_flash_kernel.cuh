@@ -125,6 +125,19 @@ __device__ __forceinline__ float exp2_mode(int mode, float x)
     return mode ? fd_exp2_portable(x) : exp2f(x);
 }
 
+/* FA2's normalize_softmax_lse for the row of thread quad: the four lanes' partial row sums
+ * combined as (l0 + l2) + (l1 + l3) (the replay's FD_ROWSUM_FA2); *empty for a row with no
+ * visible key (l 0, or NaN), *inv = 1 / l (1 when empty). Returns l. Shared by cuda-flash,
+ * its FP8 kernel and the Hopper kernel. */
+__device__ __forceinline__ float quad_row_sum(float l, bool *empty, float *inv)
+{
+    l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
+    l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
+    *empty = (l == 0.0f || l != l);
+    *inv = *empty ? 1.0f : __frcp_rn(l);
+    return l;
+}
+
 /* Element offset of (row, col) in a [rows][D] tile with swizzled 16-byte chunks. */
 template <int D> __device__ __forceinline__ int swz(int row, int col)
 {
@@ -539,11 +552,9 @@ flash_fwd_kernel(const FlashParams P)
     for (int mi = 0; mi < MB; mi++)
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        float l = l_run[mi][r];
-        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
-        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
-        const bool empty = (l == 0.0f || l != l);
-        const float inv = empty ? 1.0f : __frcp_rn(l);
+        bool empty;
+        float inv;
+        const float l = quad_row_sum(l_run[mi][r], &empty, &inv);
         const float fs = dropout ? __fmul_rn(inv, P.rp) : inv;
         const int i = warp_row0 + 16 * mi + g + 8 * r;
         if (i >= sq) continue;

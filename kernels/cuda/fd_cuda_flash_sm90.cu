@@ -319,11 +319,9 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     /* normalize_softmax_lse: quad sum (l0 + l2) + (l1 + l3), one reciprocal (cuda-flash's) */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        float l = l_run[r];
-        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
-        l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
-        const bool empty = (l == 0.0f || l != l);
-        const float inv = empty ? 1.0f : __frcp_rn(l);
+        bool empty;
+        float inv;
+        const float l = fd_flash::quad_row_sum(l_run[r], &empty, &inv);
         const int i = warp_row0 + g + 8 * r;
         if (i >= sq) continue;
         T *op = static_cast<T *>(P.o) + (((size_t)b * sq + i) * P.H + h) * P.dp;
