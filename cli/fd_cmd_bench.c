@@ -2,6 +2,7 @@
  * kernel; skipped on other GPUs) and cuda-standard.
  *
  * flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward] [--only LIST]
+ *                  [--n LIST] [--d LIST] [--dtype LIST] [--causal LIST]
  * Kernels: cuda-flash, cuda-flash-sm90 (key tile 64), cuda-flash-sm90-bc128 (key tile 128),
  * cuda-standard; with --backward cuda-flash-bwd, -bwd-det, cuda-standard-bwd; --only LIST
  * (comma-separated) times those alone.
@@ -9,7 +10,8 @@
  * the deterministic dQ, skipped where its per-key-tile buffers do not fit; counted as 2.5x
  * the forward's FLOPs, as FlashAttention's benchmarks count the backward).
  * Shapes: B = 4, H = 16, N in {1024, 4096, 16384} (up to --max-n), d in {64, 128}, fp16
- * and bf16, causal (top-left, seqlen_q = seqlen_k) and not. Inputs N(0,1) rounded to the
+ * and bf16, causal (top-left, seqlen_q = seqlen_k) and not; --n, --d, --dtype and --causal
+ * replace those lists (one shape for a profiler, say). Inputs N(0,1) rounded to the
  * dtype; CUDA events around the kernels only (no transfers), one warm-up, median of the
  * repeats (3 for cuda-standard at N = 16384: its N^2 scores make it slow). FLOPs counted
  * as 4 B H N^2 d, halved when causal, as FlashAttention's benchmarks count them.
@@ -32,6 +34,23 @@
 #include "fd_cuda.h"
 #endif
 
+/* a comma-separated list of integers in [lo, hi] into v[0..*nv) (at most max); 0, or a usage
+ * error naming the option and what was expected */
+static int int_list(const char *opt, const char *arg, long lo, long hi, int *v, int *nv, int max)
+{
+    *nv = 0;
+    for (const char *x = arg;;) {
+        char *end;
+        const long k = strtol(x, &end, 10);
+        if (end == x || (*end && *end != ',') || k < lo || k > hi || *nv == max)
+            return fd_usage_error("bench", "--%s expects at most %d comma-separated integers in [%ld, %ld], got '%.64s'",
+                                  opt, max, lo, hi, arg);
+        v[(*nv)++] = (int)k;
+        if (!*end) return 0;
+        x = end + 1;
+    }
+}
+
 int fd_cmd_bench(int argc, char **argv)
 {
     const char *csv = NULL;
@@ -42,8 +61,14 @@ int fd_cmd_bench(int argc, char **argv)
     enum { NB = (int)(sizeof names / sizeof names[0]), FWD = 4 };
     int pick[NB];
     for (int t = 0; t < NB; t++) pick[t] = 1;
-    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN, OPT_BWD, OPT_ONLY };
+    /* the shapes: N, d, dtype (0 fp16, 1 bf16) and causal lists; --n/--d/--dtype/--causal replace them */
+    int Ns[8] = {1024, 4096, 16384}, nN = 3, ds[8] = {64, 128}, nd = 2, dts[2] = {0, 1}, ndt = 2, cs[2] = {0, 1}, nc = 2;
+    enum { OPT_CSV = FD_OPT_CMD, OPT_REPEATS, OPT_MAXN, OPT_BWD, OPT_ONLY, OPT_N, OPT_D, OPT_DTYPE, OPT_CAUSAL };
     static const struct option lo[] = {{"csv", required_argument, NULL, OPT_CSV},
+                                       {"n", required_argument, NULL, OPT_N},
+                                       {"d", required_argument, NULL, OPT_D},
+                                       {"dtype", required_argument, NULL, OPT_DTYPE},
+                                       {"causal", required_argument, NULL, OPT_CAUSAL},
                                        {"only", required_argument, NULL, OPT_ONLY},
                                        {"backward", no_argument, NULL, OPT_BWD},
                                        {"repeats", required_argument, NULL, OPT_REPEATS},
@@ -80,6 +105,25 @@ int fd_cmd_bench(int argc, char **argv)
             }
             continue;
         }
+        if (c == OPT_N || c == OPT_D || c == OPT_CAUSAL) {
+            if (c == OPT_N ? int_list("n", g.arg, 1, 1 << 20, Ns, &nN, 8)
+                           : c == OPT_D ? int_list("d", g.arg, 1, 256, ds, &nd, 8) : int_list("causal", g.arg, 0, 1, cs, &nc, 2))
+                return FD_EXIT_USAGE;
+            continue;
+        }
+        if (c == OPT_DTYPE) { /* fp16, bf16 or both */
+            ndt = 0;
+            for (const char *x = g.arg; *x;) {
+                const size_t n = strcspn(x, ",");
+                const int k = n == 4 && !strncmp(x, "fp16", 4) ? 0 : n == 4 && !strncmp(x, "bf16", 4) ? 1 : -1;
+                if (k < 0 || ndt == 2)
+                    return fd_usage_error("bench", "--dtype expects fp16, bf16 or fp16,bf16, got '%.64s'", g.arg);
+                dts[ndt++] = k;
+                x += n + (x[n] == ',');
+            }
+            if (!ndt) return fd_usage_error("bench", "--dtype expects fp16, bf16 or fp16,bf16, got ''");
+            continue;
+        }
         char *end;
         long v = strtol(g.arg, &end, 10);
         if (!*g.arg || *end || v < 1 || v > 1000000)
@@ -88,7 +132,7 @@ int fd_cmd_bench(int argc, char **argv)
         else maxn = (int)v;
     }
 #ifndef FD_HAVE_CUDA
-    (void)csv; (void)reps; (void)maxn; (void)bwd;
+    (void)csv; (void)reps; (void)maxn; (void)bwd; (void)Ns; (void)ds; (void)dts; (void)cs;
     fprintf(stderr, "flashdrift: bench times the CUDA backends; this build has none (no nvcc at build time)\n");
     return FD_EXIT_USAGE;
 #else
@@ -108,14 +152,14 @@ int fd_cmd_bench(int argc, char **argv)
     FILE *f = doc.f;
     if (f) fprintf(f, "# %s\nbackend,dtype,B,H,N,d,causal,ms_median,ms_min,tflops\n", name);
     printf("device: %s\n%-14s %-5s %6s %4s %6s %10s %8s\n", name, "backend", "dtype", "N", "d", "causal", "ms", "TFLOP/s");
-    const int B = 4, H = 16, Ns[] = {1024, 4096, 16384}, ds[] = {64, 128};
+    const int B = 4, H = 16;
     int fails = 0, rows = 0;
     /* SIGINT/SIGTERM (a CI step's timeout): stop after the kernel running, keep the rows */
     fd_signals_catch();
-    for (int ni = 0; ni < 3 && !fd_interrupted; ni++) {
+    for (int ni = 0; ni < nN && !fd_interrupted; ni++) {
         const int N = Ns[ni];
         if (N > maxn) continue;
-        for (int di = 0; di < 2 && !fd_interrupted; di++) {
+        for (int di = 0; di < nd && !fd_interrupted; di++) {
             const int d = ds[di];
             const size_t n = (size_t)B * (size_t)N * (size_t)H * (size_t)d;
             float *x[3], *o = malloc(n * sizeof(float)), *l = malloc((size_t)B * (size_t)H * (size_t)N * sizeof(float));
@@ -128,8 +172,8 @@ int fd_cmd_bench(int argc, char **argv)
                 if (f) fd_doc_discard(&doc);
                 return FD_EXIT_INTERNAL;
             }
-            for (int dt = 0; dt < 2 && !fd_interrupted; dt++) {
-                const fd_dtype t = dt ? FD_DT_BF16 : FD_DT_FP16;
+            for (int dti = 0; dti < ndt && !fd_interrupted; dti++) {
+                const fd_dtype t = dts[dti] ? FD_DT_BF16 : FD_DT_FP16;
                 for (int a = 0; a < 3 + bwd; a++)
                     for (size_t e = 0; e < n; e++) {
                         fd_u32x4 c = {{(uint32_t)e, (uint32_t)(e >> 32), (uint32_t)a, 7u}};
@@ -138,7 +182,8 @@ int fd_cmd_bench(int argc, char **argv)
                         float *dst = a < 3 ? x[a] : gr[0];
                         dst[e] = fd_round_to_dtype((float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)), t);
                     }
-                for (int causal = 0; causal < 2 && !fd_interrupted; causal++) {
+                for (int ci = 0; ci < nc && !fd_interrupted; ci++) {
+                    const int causal = cs[ci];
                     fd_problem p;
                     memset(&p, 0, sizeof p);
                     p.batch = B; p.heads = H; p.kv_heads = H; p.seqlen_q = N; p.seqlen_k = N; p.head_dim = d;

@@ -177,6 +177,7 @@ static const struct {
      "mismatched shape, two runs of different models; nothing written), 3 internal error.\n"},
     {"bench",
      "flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward] [--only LIST]\n"
+     "                 [--n LIST] [--d LIST] [--dtype LIST] [--causal LIST]\n"
      "flashdrift bench --reference [--jobs N] [--full] [--markdown FILE]\n"
      "flashdrift bench --reference --cases FILE [--tier T] [--reference-budget S] [--jobs N]\n",
      "throughput of cuda-flash, cuda-flash-sm90 and cuda-standard (docs/benchmarks.md)",
@@ -191,7 +192,11 @@ static const struct {
      "  --only LIST        time only these (comma-separated): cuda-flash, cuda-flash-sm90 (the\n"
      "                     Hopper kernel, key tile 64; skipped on other GPUs),\n"
      "                     cuda-flash-sm90-bc128 (key tile 128), cuda-standard, and the\n"
-     "                     backward's three\n\n"
+     "                     backward's three\n"
+     "  --n LIST           sequence lengths (default 1024,4096,16384; --max-n still applies)\n"
+     "  --d LIST           head dims (default 64,128)\n"
+     "  --dtype LIST       fp16, bf16 or fp16,bf16 (default both)\n"
+     "  --causal LIST      0, 1 or 0,1 (default both); B = 4 and H = 16 always\n\n"
      "--reference: certified outputs per second of the reference tiers side by side (MPFR on\n"
      "one and N threads, the binary64 tier on the CPU and, where present, the GPU), as Markdown\n"
      "table rows; runs without a GPU. --full adds every element of B4 H16 N4096 d128 fp16,\n"

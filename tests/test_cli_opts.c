@@ -164,6 +164,10 @@ Test(cli_opts, a_bad_option_is_one_line_and_exit_2)
         {{"run", "a.json", "b.json", NULL}, "one case file expected, got also b.json"},
         {{"run", NULL}, "a CASEFILE is required"},
         {{"bench", "--only", "cuda-flash,cuda-flash-sm9", NULL}, "--only: unknown kernel 'cuda-flash-sm9'"},
+        {{"bench", "--n", "4096,x", NULL}, "--n expects at most 8 comma-separated integers in [1, 1048576], got '4096,x'"},
+        {{"bench", "--d", "0", NULL}, "--d expects at most 8 comma-separated integers in [1, 256]"},
+        {{"bench", "--causal", "2", NULL}, "--causal expects at most 2 comma-separated integers in [0, 1]"},
+        {{"bench", "--dtype", "fp32", NULL}, "--dtype expects fp16, bf16 or fp16,bf16, got 'fp32'"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         char *argv[8] = {FD_BINARY};
