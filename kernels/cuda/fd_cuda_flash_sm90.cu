@@ -33,12 +33,16 @@
  * B operand of O += P V: LBO = 16 D (the next 8 keys), SBO = 128 (the next 8 head-dim
  * columns), CUTLASS's reading for MN-major without swizzle (launch_sm90 can swap the two,
  * FD_SM90_VDESC=swap, for the GPU test's check of that reading). */
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <type_traits>
 
 #include "fd_cuda_flash_kernel.cuh"
 #include "fd_wgmma_ops.cuh"
@@ -56,9 +60,19 @@ using fd_flash::smem_u32;
 /* K/V tiles resident: 3 (in use by S, by PV, and loading); DEEP (S one tile ahead): 4 */
 constexpr int stages(bool deep) { return deep ? 4 : 3; }
 
-template <int D, int BC, int NWG, bool DEEP> constexpr size_t smem_bytes()
+/* TMA: 1024 bytes of slack to align the tiles to the 128-byte swizzle's 1024-byte atoms, and
+ * the mbarriers (a K/V stage's full and empty, Q's) */
+template <int D, int BC, int NWG, bool DEEP, bool TMA> constexpr size_t smem_bytes()
 {
-    return (size_t)(64 * NWG + 2 * stages(DEEP) * BC) * D * 2;
+    return (size_t)(64 * NWG + 2 * stages(DEEP) * BC) * D * 2 + (TMA ? 1024 + 8 * (2 * stages(DEEP) + 1) : 0);
+}
+/* threads of a CTA: the consumer warpgroups, and with TMA a producer warpgroup (one lane
+ * issues the loads; a whole warpgroup so that setmaxnreg can move its registers to the
+ * consumers: 24 for it, consumer_regs for each consumer thread) */
+constexpr int cta_threads(int nwg, bool tma) { return 128 * nwg + (tma ? 128 : 0); }
+constexpr int consumer_regs(int nwg)
+{
+    return ((65536 - 128 * 24) / (128 * nwg) / 8 * 8) > 240 ? 240 : ((65536 - 128 * 24) / (128 * nwg) / 8 * 8);
 }
 
 /* Byte offset of the 16-byte chunk (row, ch) (columns 8 ch..8 ch + 7) of an interleaved
@@ -94,6 +108,51 @@ __device__ __forceinline__ uint64_t desc(uint32_t saddr, uint32_t lbo, uint32_t 
            ((uint64_t)((sbo >> 4) & 0x3fffu) << 32);
 }
 
+/* The same descriptor for the 128-byte swizzle (layout type 1, bits 62-63), the layout a TMA
+ * box of 64 two-byte columns writes with CU_TENSOR_MAP_SWIZZLE_128B. K-major (Q, K): rows of
+ * 128 bytes, 8-row groups SBO = 1024 apart, LBO unused; a 16-column step inside the 128-byte
+ * row moves the start address by 32 bytes. MN-major (V): 8-key groups SBO = 1024 apart, LBO =
+ * the next 64 head-dim columns' panel (PTX ISA, "Matrix Descriptor Format" and the canonical
+ * layouts ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) and ((8,m),(T,2k)):((8T,SBO),(1,T))). */
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr, uint32_t lbo, uint32_t sbo)
+{
+    return desc(saddr, lbo, sbo) | (1ull << 62);
+}
+
+/* mbarrier and TMA (cp.async.bulk.tensor) wrappers (PTX ISA 8.0, sm_90) */
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+/* until the phase of parity `par` of the barrier has completed */
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t par)
+{
+    uint32_t ok;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(ok)
+                     : "r"(bar), "r"(par)
+                     : "memory");
+    } while (!ok);
+}
+/* box at coordinates (c0 column, c1 head, c2 row, c3 batch) of a 4-d tensor map into shared
+ * memory; completes `bytes` of the barrier's transaction count when it lands */
+__device__ __forceinline__ void tma_load4(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, int c3, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+                 : "memory");
+}
+
 template <int N> __device__ __forceinline__ void fence_u32(uint32_t *r)
 {
 #pragma unroll
@@ -108,15 +167,23 @@ template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.as
  * issued with PV of tile j - 1 before the softmax of tile j (two GEMMs in flight during the
  * softmax; one more S register set and a fourth K/V stage); the same operations in the same
  * order either way. */
-template <typename T, int D, int BC, int NWG, bool DEEP, bool PORT>
-__global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const FlashParams P, uint32_t v_lbo, uint32_t v_sbo)
+template <typename T, int D, int BC, int NWG, bool DEEP, bool PORT, bool TMA>
+__global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
+    flash_fwd_sm90_kernel(const FlashParams P, uint32_t v_lbo, uint32_t v_sbo, const __grid_constant__ CUtensorMap tm_q,
+                          const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v)
 {
     constexpr int BR = 64 * NWG, NT = 128 * NWG, STG = stages(DEEP);
     constexpr int NA = BC / 8; /* 8-column atoms of S */
     constexpr int ND = D / 8;  /* 8-column atoms of O */
+    constexpr int NP = D / 64; /* TMA: 64-column panels of a tile */
     constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    const uint32_t sQ = smem_u32(smem_raw), sK = sQ + QB, sV = sK + STG * KB;
+    /* TMA: the tiles 1024-aligned (the swizzle atom), the barriers after them */
+    const uint32_t sbase = TMA ? (smem_u32(smem_raw) + 1023u) & ~1023u : smem_u32(smem_raw);
+    /* TMA barriers: full[s] (the tile's bytes landed), empty[s] (every consumer warp is done
+     * with the tile in stage s), Q's */
+    const uint32_t sQ = sbase, sK = sQ + QB, sV = sK + STG * KB, bars = sV + STG * KB, ebars = bars + 8 * STG,
+                   qbar = ebars + 8 * STG;
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -136,6 +203,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
         n_hi = z < 0 ? 0 : min(n_hi, (int)(z / BC) + 1);
     }
     if (n_hi <= 0) { /* no visible key for any row of this CTA */
+        if (tid >= NT) return; /* TMA: the producer warp */
         for (int r = 0; r < 2; r++) {
             const int i = warp_row0 + g + 8 * r;
             if (i >= sq) continue;
@@ -152,21 +220,68 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     const T *gQ = static_cast<const T *>(P.q) + (size_t)b * sq * P.H * P.dp;
     const T *gK = static_cast<const T *>(P.k) + (size_t)b * sk * P.Hk * P.dp;
     const T *gV = static_cast<const T *>(P.v) + (size_t)b * sk * P.Hk * P.dp;
-    /* iteration it visits tile n_hi - 1 - it, resident in stage it % STG */
+    /* iteration it visits tile n_hi - 1 - it, resident in stage it % STG. TMA: thread 0
+     * issues the boxes (64 columns x BC rows, rows past sk and columns past dp zero-filled,
+     * as load_il fills them) and the stage's barrier counts their bytes. */
     auto load_kv = [&](int it) {
         const int nb = n_hi - 1 - it;
         const uint32_t st = (uint32_t)(it % STG) * KB;
-        load_il<T, D, BC, NT>(sK + st, gK, nb * BC, sk, P.Hk, hk, P.dp, tid);
-        load_il<T, D, BC, NT>(sV + st, gV, nb * BC, sk, P.Hk, hk, P.dp, tid);
-    };
-    load_il<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
-    load_kv(0);
-    cp_async_commit();
-    /* tiles 1 .. STG - 2 ahead; always one group per tile, empty or not: the waits count on it */
+        if constexpr (TMA) { /* the producer lane */
+            const uint32_t bar = bars + 8u * (uint32_t)(it % STG);
+            mbar_expect_tx(bar, 2 * KB);
 #pragma unroll
-    for (int x = 1; x <= STG - 2; x++) {
-        if (x < n_hi) load_kv(x);
+            for (int p = 0; p < NP; p++) {
+                tma_load4(sK + st + (uint32_t)p * (BC * 128), &tm_k, p * 64, hk, nb * BC, b, bar);
+                tma_load4(sV + st + (uint32_t)p * (BC * 128), &tm_v, p * 64, hk, nb * BC, b, bar);
+            }
+        } else {
+            load_il<T, D, BC, NT>(sK + st, gK, nb * BC, sk, P.Hk, hk, P.dp, tid);
+            load_il<T, D, BC, NT>(sV + st, gV, nb * BC, sk, P.Hk, hk, P.dp, tid);
+        }
+    };
+    /* TMA: until tile `it` has landed in its stage (its (it / STG)-th use: that phase's parity) */
+    auto wait_kv = [&](int it) {
+        if constexpr (TMA) mbar_wait(bars + 8u * (uint32_t)(it % STG), (uint32_t)(it / STG) & 1u);
+    };
+    if constexpr (TMA) {
+        /* warp specialisation: the last warp produces (one lane issues Q, then every K/V tile
+         * as soon as its stage is empty), the warpgroups consume; no CTA-wide barrier after
+         * this one, so each warpgroup runs at its own pace */
+        if (tid == 0) {
+            for (int x = 0; x < STG; x++) {
+                mbar_init(bars + 8u * (uint32_t)x, 1);
+                mbar_init(ebars + 8u * (uint32_t)x, 4 * NWG);
+            }
+            mbar_init(qbar, 1);
+            mbar_fence_init();
+        }
+        __syncthreads();
+        if (tid >= NT) {
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+            if (tid == NT) {
+                mbar_expect_tx(qbar, QB);
+#pragma unroll
+                for (int p = 0; p < NP; p++) tma_load4(sQ + (uint32_t)p * (BR * 128), &tm_q, p * 64, h, m0, b, qbar);
+                for (int it = 0; it < n_hi; it++) {
+                    /* the stage's previous tile (it - STG) released: its (it / STG - 1)-th phase */
+                    if (it >= STG) mbar_wait(ebars + 8u * (uint32_t)(it % STG), (uint32_t)(it / STG - 1) & 1u);
+                    load_kv(it);
+                }
+            }
+            return;
+        }
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(consumer_regs(NWG)) : "memory");
+        mbar_wait(qbar, 0);
+    } else {
+        load_il<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
+        load_kv(0);
         cp_async_commit();
+        /* tiles 1 .. STG - 2 ahead; always one group per tile, empty or not: the waits count on it */
+#pragma unroll
+        for (int x = 1; x <= STG - 2; x++) {
+            if (x < n_hi) load_kv(x);
+            cp_async_commit();
+        }
     }
 
     const uint32_t qa = sQ + (uint32_t)wg * (64 * 16 * D / 8); /* the warpgroup's 64 rows */
@@ -184,8 +299,15 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     auto issue_s = [&](float *d, int it) {
         const uint32_t kb = sK + (uint32_t)(it % STG) * KB;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            Wgmma<T, BC>::ss(d, desc(qa + kk * 256, KLBO, KSBO), desc(kb + kk * 256, KLBO, KSBO));
+        for (int kk = 0; kk < D / 16; kk++) {
+            if constexpr (TMA) { /* panel kk / 4, 32 bytes a 16-column step inside it */
+                const uint32_t qs = sQ + (uint32_t)(kk >> 2) * (BR * 128) + (uint32_t)wg * (64 * 128) + (kk & 3) * 32;
+                const uint32_t ks = kb + (uint32_t)(kk >> 2) * (BC * 128) + (kk & 3) * 32;
+                Wgmma<T, BC>::ss(d, desc_sw128(qs, 16, 1024), desc_sw128(ks, 16, 1024));
+            } else {
+                Wgmma<T, BC>::ss(d, desc(qa + kk * 256, KLBO, KSBO), desc(kb + kk * 256, KLBO, KSBO));
+            }
+        }
     };
     /* O += P V of tile `it`: 16-key blocks in key order */
     auto issue_pv = [&](int it) {
@@ -193,7 +315,10 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++) {
             const uint32_t af[4] = {pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]};
-            Wgmma<T, D>::rs(o, af, desc(pv + kk * (32 * D), v_lbo, v_sbo));
+            if constexpr (TMA) /* 16 keys = two 8-key groups of 1024 bytes; panels BC * 128 apart */
+                Wgmma<T, D>::rs(o, af, desc_sw128(pv + kk * 2048, BC * 128, 1024));
+            else
+                Wgmma<T, D>::rs(o, af, desc(pv + kk * (32 * D), v_lbo, v_sbo));
         }
     };
     auto zero_s = [&](float *d) {
@@ -202,9 +327,13 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
         fd_sm90::fence_regs<NA * 4>(d);
     };
     if constexpr (DEEP) { /* S of tile 0 ahead of the loop */
-        cp_wait<STG - 2>();
-        fence_proxy_async();
-        __syncthreads();
+        if constexpr (TMA) {
+            wait_kv(0);
+        } else {
+            cp_wait<STG - 2>();
+            fence_proxy_async();
+            __syncthreads();
+        }
         zero_s(s);
         fd_sm90::wg_arrive();
         issue_s(s, 0);
@@ -216,9 +345,13 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     for (int it = 0; it < n_hi; it++) {
         const int nb = n_hi - 1 - it;
         /* the tile S is issued for now (it; DEEP: it + 1) landed, the next may be in flight */
-        cp_wait<1>();
-        fence_proxy_async();
-        __syncthreads();
+        if constexpr (TMA) {
+            if (!DEEP || it + 1 < n_hi) wait_kv(DEEP ? it + 1 : it);
+        } else {
+            cp_wait<1>();
+            fence_proxy_async();
+            __syncthreads();
+        }
         if constexpr (DEEP) { /* S of the next tile and PV of the previous, both in flight
                                * during this tile's softmax */
             zero_s(sn);
@@ -278,6 +411,9 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
         }
 
         fd_sm90::wg_wait<0>(); /* PV of the previous tile (and DEEP: S of the next) done */
+        /* TMA: this warp is done with tile it - 1 (K long ago, V now): release its stage */
+        if constexpr (TMA)
+            if (it > 0 && lane == 0) mbar_arrive(ebars + 8u * (uint32_t)((it - 1) % STG));
         fd_sm90::fence_regs<ND * 4>(o);
         fence_u32<NA * 2>(pk);
         if constexpr (DEEP) fd_sm90::fence_regs<NA * 4>(sn);
@@ -302,9 +438,11 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
         }
         /* every warpgroup is done with tile it - 1 (its K long ago, its V now): that stage
          * takes tile it + STG - 1 */
-        __syncthreads();
-        if (it + STG - 1 < n_hi) load_kv(it + STG - 1);
-        cp_async_commit();
+        if constexpr (!TMA) {
+            __syncthreads();
+            if (it + STG - 1 < n_hi) load_kv(it + STG - 1);
+            cp_async_commit();
+        }
     }
     /* O += P V of the last tile */
     fd_sm90::fence_regs<ND * 4>(o);
@@ -314,7 +452,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     fd_sm90::wg_wait<0>();
     fd_sm90::fence_regs<ND * 4>(o);
     fence_u32<NA * 2>(pk);
-    cp_wait<0>();
+    if constexpr (!TMA) cp_wait<0>();
 
     /* normalize_softmax_lse: quad sum (l0 + l2) + (l1 + l3), one reciprocal (cuda-flash's) */
 #pragma unroll
@@ -336,15 +474,62 @@ __global__ void __launch_bounds__(128 * NWG, 1) flash_fwd_sm90_kernel(const Flas
     }
 }
 
-template <typename T, int D, int BC, int NWG, bool DEEP>
+/* cuTensorMapEncodeTiled through the runtime (no link against the driver library) */
+static PFN_cuTensorMapEncodeTiled_v12000 encode_fn(char *err, size_t errlen)
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+    if (fn) return fn;
+    void *f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !f) {
+        snprintf(err, errlen, "cuda-flash-sm90: cuTensorMapEncodeTiled not available from the driver (%s)", cudaGetErrorString(e));
+        return nullptr;
+    }
+    fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+    return fn;
+}
+
+/* The tensor map of a [B][S][H][dp] tensor of 2-byte elements: dims (column, head, row,
+ * batch), boxes of 64 columns x `rows` rows of one head, 128-byte swizzle; out-of-range
+ * rows and columns are filled with zeros */
+static int make_map(CUtensorMap *m, const void *g, bool bf16, int B, int S, int H, int dp, int rows, char *err, size_t errlen)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 enc = encode_fn(err, errlen);
+    if (!enc) return -1;
+    const cuuint64_t dim[4] = {(cuuint64_t)dp, (cuuint64_t)H, (cuuint64_t)S, (cuuint64_t)B};
+    const cuuint64_t stride[3] = {(cuuint64_t)dp * 2, (cuuint64_t)H * dp * 2, (cuuint64_t)S * H * dp * 2};
+    const cuuint32_t box[4] = {64, 1, (cuuint32_t)rows, 1}, estr[4] = {1, 1, 1, 1};
+    const CUresult r = enc(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void *>(g), dim,
+                           stride, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        snprintf(err, errlen, "cuda-flash-sm90: cuTensorMapEncodeTiled failed (CUresult %d) for B %d S %d H %d dp %d, %d-row boxes",
+                 (int)r, B, S, H, dp, rows);
+        return -1;
+    }
+    return 0;
+}
+
+template <typename T, int D, int BC, int NWG, bool DEEP, bool TMA>
 int launch_shape(const FlashParams &P, uint32_t vl, uint32_t vs, cudaStream_t st, char *err, size_t errlen)
 {
-    constexpr size_t sm = smem_bytes<D, BC, NWG, DEEP>();
+    constexpr size_t sm = smem_bytes<D, BC, NWG, DEEP, TMA>();
     static_assert(sm <= 227 * 1024, "shared memory of the tile");
-    auto kern = P.exp2_mode ? flash_fwd_sm90_kernel<T, D, BC, NWG, DEEP, true> : flash_fwd_sm90_kernel<T, D, BC, NWG, DEEP, false>;
+    auto kern = P.exp2_mode ? flash_fwd_sm90_kernel<T, D, BC, NWG, DEEP, true, TMA>
+                            : flash_fwd_sm90_kernel<T, D, BC, NWG, DEEP, false, TMA>;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    CUtensorMap tq, tk, tv;
+    memset(&tq, 0, sizeof tq); memset(&tk, 0, sizeof tk); memset(&tv, 0, sizeof tv);
+    if (TMA) {
+        const bool bf = std::is_same<T, __nv_bfloat16>::value;
+        if (make_map(&tq, P.q, bf, P.B, P.sq, P.H, P.dp, 64 * NWG, err, errlen) ||
+            make_map(&tk, P.k, bf, P.B, P.sk, P.Hk, P.dp, BC, err, errlen) ||
+            make_map(&tv, P.v, bf, P.B, P.sk, P.Hk, P.dp, BC, err, errlen))
+            return -1;
+    }
     dim3 grid((unsigned)((P.sq + 64 * NWG - 1) / (64 * NWG)), (unsigned)(P.B * P.H));
-    kern<<<grid, 128 * NWG, sm, st>>>(P, vl, vs);
+    kern<<<grid, cta_threads(NWG, TMA), sm, st>>>(P, vl, vs, tq, tk, tv);
     FD_LAUNCH_CHECK();
     return 0;
 }
@@ -386,6 +571,11 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     /* dp 32 and 96 run in the D = 64 and 128 kernels, the extra columns zero: each extra
      * 16-term block adds exact zeros to S (c + 0 = c), and O's extra columns are not stored */
     const int dk = P.dp <= 64 ? 64 : 128;
+    /* loads: TMA boxes into 128-byte-swizzled tiles, completed on mbarriers (FD_SM90_LOAD=tma),
+     * or every thread's cp.async into the interleaved layout (cpasync) */
+    const char *ld = getenv("FD_SM90_LOAD");
+    if (ld && strcmp(ld, "tma") && strcmp(ld, "cpasync")) FD_FAIL("FD_SM90_LOAD=%s unknown: \"tma\" or \"cpasync\"", ld);
+    const bool tma = ld && !strcmp(ld, "tma");
     const char *sw = getenv("FD_SM90_VDESC");
     const bool swap = sw && !strcmp(sw, "swap");
     const uint32_t l = 16u * (uint32_t)dk, s = 128u; /* the kernel's D, not dp: the tile's row pitch */
@@ -393,7 +583,8 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     if (P.dp != 32 && P.dp != 64 && P.dp != 96 && P.dp != 128) FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported", P.dp);
 #define FD_SM90_CASE(TT, DD, BB, WW, DEEP)                                                       \
     if (dk == DD && bc == BB && nwg == WW && deep == DEEP)                                     \
-        return fd_sm90::launch_shape<TT, DD, BB, WW, DEEP>(P, vl, vs, st, err, errlen);
+        return tma ? fd_sm90::launch_shape<TT, DD, BB, WW, DEEP, true>(P, vl, vs, st, err, errlen)  \
+                   : fd_sm90::launch_shape<TT, DD, BB, WW, DEEP, false>(P, vl, vs, st, err, errlen);
 #define FD_SM90_T(TT)                                                                            \
     FD_SM90_CASE(TT, 64, 64, 2, false) FD_SM90_CASE(TT, 64, 64, 3, false)                        \
     FD_SM90_CASE(TT, 64, 128, 2, false) FD_SM90_CASE(TT, 64, 64, 2, true)                        \
