@@ -10,6 +10,8 @@
  *    the spread over repeated runs is reported (logged), not asserted;
  *  - both main-kernel variants (FD_BWD_VARIANT old / new) bit-identical to the replay and
  *    to each other (hardware exp2 too), their times logged;
+ *  - FD_BWD_VARIANT=bulk against new: atomic dK/dV and every deterministic output bitwise
+ *    equal, atomic dQ within the atomic mode's bound of the deterministic dQ, its time logged;
  *  - rejections: fp32, unsupported tiles, bugs != 0, an unknown FD_BWD_VARIANT. */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -377,6 +379,90 @@ Test(gpu_bwd, variants_old_new_bitwise_vs_replay, .timeout = 600)
     unsetenv("FD_BWD_VARIANT");
 }
 
+/* FD_BWD_VARIANT=bulk (the bc = 128 kernel's atomic-mode dQ partials of whole tiles added by
+ * the TMA unit's bulk reductions from shared memory) against new, hardware exp2, bc = 128:
+ *  - atomic mode: dK/dV bitwise equal (they do not depend on dQ); dQ written everywhere
+ *    (poisoned) and, as for any atomic run (atomic_vs_deterministic_and_spread), within
+ *    4 ulp of the deterministic dQ, for bulk and for new; the bulk-vs-new spread logged;
+ *  - deterministic mode (bulk runs new's code there): every output bitwise equal.
+ * Cases: whole tiles only (1024: every tile takes the bulk path; causal and not; fp16,
+ * bf16; d 96), dropout, GQA, and partial tiles (1000 x 1000: the last query tile and the
+ * last key tile keep the 16-byte atomics, mixed with other CTAs' bulk reductions on the
+ * same rows). */
+Test(gpu_bwd, variant_bulk_vs_new_atomic, .timeout = 600)
+{
+    SKIP_WITHOUT_GPU();
+    static const spec sp[] = {
+        {2, 4, 4, 1024, 1024, 128, FD_DT_FP16, FD_MASK_NONE, 0.0, 128},
+        {2, 4, 4, 1024, 1024, 128, FD_DT_FP16, FD_MASK_CAUSAL_TL, 0.0, 128},
+        {2, 4, 2, 1024, 1024, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR, 0.0, 128},
+        {1, 4, 4, 512, 1024, 96, FD_DT_FP16, FD_MASK_NONE, 0.0, 128},
+        {1, 2, 2, 512, 512, 128, FD_DT_BF16, FD_MASK_NONE, 0.1, 128},
+        {1, 2, 1, 1000, 1000, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 128},
+    };
+    static const char *const names[2] = {"new", "bulk"};
+    for (size_t si = 0; si < sizeof sp / sizeof sp[0]; si++) {
+        const spec *s = &sp[si];
+        bcase c;
+        make_case(&c, s, 8000 + si);
+        const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
+        float *dq[2], *dk[2], *dv[2], *aq[2], *ak[2], *av[2];
+        for (int v = 0; v < 2; v++) {
+            dq[v] = poisoned(nq); dk[v] = poisoned(nk); dv[v] = poisoned(nk);
+            aq[v] = poisoned(nq); ak[v] = poisoned(nk); av[v] = poisoned(nk);
+            set_variant(names[v]);
+            run_gpu_hw(&c, FD_DQ_DETERMINISTIC, s->bc, 0, dq[v], dk[v], dv[v], NULL);
+            run_gpu_hw(&c, FD_DQ_ATOMIC, s->bc, 0, aq[v], ak[v], av[v], NULL);
+        }
+        size_t f;
+        const size_t bq = mismatches(dq[1], dq[0], nq, &f), bk = mismatches(dk[1], dk[0], nk, &f),
+                     bv = mismatches(dv[1], dv[0], nk, &f);
+        cr_expect_eq(bq + bk + bv, 0, "bulk case %zu, deterministic: bulk differs from new (dQ %zu, dK %zu, dV %zu)",
+                     si, bq, bk, bv);
+        const size_t ck = mismatches(ak[1], ak[0], nk, &f), cv = mismatches(av[1], av[0], nk, &f);
+        cr_expect_eq(ck + cv, 0, "bulk case %zu, atomic: dK (%zu) / dV (%zu) differ from new", si, ck, cv);
+        long maxu[2] = {0, 0}, spread = 0;
+        size_t nspread = 0;
+        for (size_t x = 0; x < nq; x++) {
+            for (int v = 0; v < 2; v++) {
+                cr_assert(!isnan(aq[v][x]), "bulk case %zu: variant %s atomic dQ NaN at %zu", si, names[v], x);
+                const long u = ulp_dist(aq[v][x], dq[0][x], s->dt);
+                if (u > maxu[v]) maxu[v] = u;
+            }
+            const long w = ulp_dist(aq[1][x], aq[0][x], s->dt);
+            if (w) nspread++;
+            if (w > spread) spread = w;
+        }
+        cr_log_info("bwd bulk case %zu (%s d%d %dx%d mask %d p %.2f): atomic dQ max %ld ulp (new) / %ld ulp (bulk) from "
+                    "deterministic; bulk vs new %zu of %zu entries differ, max %ld ulp",
+                    si, fd_dtype_name(s->dt), s->d, s->sq, s->sk, (int)s->mask, s->p, maxu[0], maxu[1], nspread, nq,
+                    spread);
+        cr_expect_leq(maxu[1], 4, "bulk case %zu: bulk atomic dQ %ld ulp from deterministic", si, maxu[1]);
+        cr_expect_leq(maxu[0], 4, "bulk case %zu: new atomic dQ %ld ulp from deterministic", si, maxu[0]);
+        for (int v = 0; v < 2; v++) { free(dq[v]); free(dk[v]); free(dv[v]); free(aq[v]); free(ak[v]); free(av[v]); }
+        free_case(&c);
+    }
+    /* speed, logged only (the lead measures with the bench): B2 H16 2048 d128 bf16 causal */
+    {
+        const spec s = {2, 16, 16, 2048, 2048, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 0};
+        bcase c;
+        make_case(&c, &s, 8100);
+        const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
+        float *dq = poisoned(nq), *dk = poisoned(nk), *dv = poisoned(nk);
+        const double fl = 0.5 * 10.0 * s.B * s.H * (double)s.sq * s.sk * s.d;
+        for (int v = 0; v < 2; v++) {
+            fd_cuda_timing ta;
+            set_variant(names[v]);
+            run_gpu_hw(&c, FD_DQ_ATOMIC, 0, 5, dq, dk, dv, &ta);
+            cr_log_info("bwd variant %s timing bf16 d128 B2 H16 2048x2048 causal: atomic %.3f ms (%.1f TFLOP/s)",
+                        names[v], (double)ta.ms_median, fl / (double)ta.ms_median * 1e-9);
+        }
+        free(dq); free(dk); free(dv);
+        free_case(&c);
+    }
+    unsetenv("FD_BWD_VARIANT");
+}
+
 Test(gpu_bwd, atomic_vs_deterministic_and_spread, .timeout = 600)
 {
     SKIP_WITHOUT_GPU();
@@ -520,6 +606,7 @@ Test(gpu_bwd, rejections)
     cr_expect_eq(fd_cuda_flash_backward(&c.p, NULL, NULL, c.q, c.k, c.v, c.o, c.lse, c.dout, dq, dk, dv, NULL,
                                         err, sizeof err), -1);
     cr_expect(strstr(err, "FD_BWD_VARIANT") != NULL, "%s", err);
+    cr_expect(strstr(err, "bulk") != NULL, "%s", err);
     unsetenv("FD_BWD_VARIANT");
     fd_problem p32 = c.p;
     p32.dtype = FD_DT_FP32;

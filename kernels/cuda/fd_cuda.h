@@ -119,8 +119,10 @@ int fd_cuda_splitkv_forward(const fd_problem *p, const fd_cuda_cfg *cfg, const f
  *   for head_dim 33..256. Rejected (-1, err): fp32 inputs, p_fp32, other tiles, bugs.
  *   Atomic mode: dK/dV as deterministic bit for bit, dQ may differ by the fp32 order.
  *   The environment variable FD_BWD_VARIANT (read per call) picks the bc = 128 kernel's
- *   variant: "new" (default; unset or empty too) or "old" (docs/cuda.md, "Backward
- *   pipelining"); the same bits either way; any other value fails the call. */
+ *   variant: "new" (default; unset or empty too), "old" (docs/cuda.md, "Backward
+ *   pipelining"); the same bits either way; or "bulk" (new with the atomic mode's dQ
+ *   partials added by TMA bulk reductions: deterministic mode, dK and dV the same bits,
+ *   atomic dQ within the atomic mode's spread); any other value fails the call. */
 struct fd_bwd_cfg;
 int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cfg, const struct fd_bwd_cfg *bcfg,
                            const float *q, const float *k, const float *v, const float *o,

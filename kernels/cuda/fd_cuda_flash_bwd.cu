@@ -147,12 +147,16 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     if (cfg.repeats < 0 || cfg.repeats > 100000) FD_FAIL("repeats %d out of range", cfg.repeats);
     /* FD_BWD_VARIANT (docs/cuda.md, "Backward pipelining"): "new" (or unset) runs the bc = 128
      * kernel with its fast elementwise step, "old" the kernel as measured before it; the
-     * same bits either way (gpu_test_bwd checks both against the replay). */
+     * same bits either way (gpu_test_bwd checks both against the replay). "bulk": new with
+     * the atomic mode's dQ partials of whole tiles added by the TMA unit's bulk reductions
+     * (not yet measured; gpu_test_bwd checks it against new); the deterministic mode and
+     * the other tiles (bc 32, 64) run new's code. */
     int variant = FD_BWD_NEW;
     if (const char *ev = getenv("FD_BWD_VARIANT")) {
         if (strcmp(ev, "old") == 0) variant = FD_BWD_OLD;
         else if (strcmp(ev, "new") == 0 || ev[0] == '\0') variant = FD_BWD_NEW;
-        else FD_FAIL("FD_BWD_VARIANT=%s unknown: \"old\" or \"new\"", ev);
+        else if (strcmp(ev, "bulk") == 0) variant = FD_BWD_BULK;
+        else FD_FAIL("FD_BWD_VARIANT=%s unknown: \"old\", \"new\" or \"bulk\"", ev);
     }
     if (fd_cuda_device_count() <= 0) FD_FAIL("no CUDA device");
 

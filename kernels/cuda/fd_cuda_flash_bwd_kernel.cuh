@@ -21,7 +21,10 @@
  *   per query head in binary32 (the GQA sum is a later kernel).
  * Key tiles of 128 (the default for head dims 65..128) run flash_bwd_kernel8 below: 8
  * warps, the same per-element arithmetic, dQ's A operand read back from shared memory;
- * FD_BWD_VARIANT picks its FAST instantiation (new, default) or the one before (old). */
+ * FD_BWD_VARIANT picks its FAST instantiation (new, default), the one before (old), or the
+ * FAST one whose atomic-mode dQ partials of whole tiles go through shared memory and the
+ * TMA unit's bulk reduction (cp.reduce.async.bulk ... .add.f32) instead of the lanes'
+ * 16-byte atomics (bulk; not yet measured on the GPU). */
 #ifndef FD_CUDA_FLASH_BWD_KERNEL_CUH
 #define FD_CUDA_FLASH_BWD_KERNEL_CUH
 #include "fd_cuda_flash_kernel.cuh"
@@ -52,8 +55,11 @@ struct BwdParams {
 };
 
 /* The main kernel's variant (FD_BWD_VARIANT): the kernel as measured up to 2026-12-03
- * (old), or with the bc = 128 kernel's fast elementwise step (new). Same bits. */
-enum { FD_BWD_OLD = 0, FD_BWD_NEW = 1 };
+ * (old), or with the bc = 128 kernel's fast elementwise step (new), or new with the atomic
+ * mode's dQ partials of whole tiles added by bulk asynchronous reductions (bulk). Same
+ * bits of every dQ partial, dK and dV; the atomic mode's order of additions into dq_acc
+ * is nondeterministic in all three. */
+enum { FD_BWD_OLD = 0, FD_BWD_NEW = 1, FD_BWD_BULK = 2 };
 
 /* One element's score modifiers (mods problems): the softcap's tanh and FA2's dtanh
  * factor (1 - t^2) cap_in (one fmaf, one product), then the ALiBi bias; the visibility
@@ -429,7 +435,62 @@ template <int D> struct BwdTraits8 {
     static_assert(KG * DS == NW && DW % 16 == 0, "dK/dV warp layout");
     static constexpr size_t SMEM = (size_t)(2 * BC * D + 4 * BR * D + 2 * BR * BC) * 2;
     static constexpr size_t SMEM_CAP = SMEM + (size_t)BR * BC * 4; /* + sT (softcap) */
+    /* BULK: sdQ, the tile's dQ partial in binary32, BR rows of D floats with a row stride
+     * of D + 8 floats (544 bytes at D = 128, 416 at D = 96: every row starts 16-byte
+     * aligned, as cp.reduce.async.bulk requires, and the 32-byte pad puts the 16 lanes of
+     * a half warp's float2 stores (rows g, g + 1, .., columns 2 t) in 32 distinct banks). */
+    static constexpr int SDQ = D + 8;
+    static constexpr size_t SMEM_BULK = SMEM + (size_t)BR * SDQ * 4; /* + sdQ (194 KB at D = 128) */
+    static_assert((SDQ * 4) % 16 == 0 && SMEM % 16 == 0, "sdQ rows must be 16-byte aligned");
+    static_assert(SMEM_BULK <= 227 * 1024, "BULK: shared memory over the 227 KB of an sm_90 CTA");
 };
+
+/* BULK (flash_bwd_kernel8): the TMA unit's bulk asynchronous reduction of `bytes` bytes of
+ * binary32 from shared memory (this CTA's) into global memory, elementwise dst[k] += src[k]
+ * (PTX ISA, cp.reduce.async.bulk: sm_90, PTX ISA 8.0; both addresses 16-byte aligned,
+ * bytes a multiple of 16), in the thread's current bulk async-group (committed below).
+ * The ISA: "The floating point operation .add rounds to the nearest even. The current
+ * implementation of cp.reduce.async.bulk.add.f32 flushes subnormal inputs and results to
+ * sign-preserving zero", i.e. the same rounding and subnormal handling as the 16-byte
+ * atomics (SASS REDG.E.ADD.F32x4.FTZ.RN); each element's reduction is atomic on its own
+ * (".relaxed.gpu" each), as atomicAdd's. The generic address of a cudaMalloc'd buffer is
+ * converted to the global window first (an identity on sm_90, but the operand is .global).
+ * Before sm_90 (no bulk copies): scalar atomicAdds from shared memory, the same sums. */
+__device__ __forceinline__ void bulk_reduce_add_f32(float *gdst, const float *ssrc, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned long long g = (unsigned long long)__cvta_generic_to_global(gdst);
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;"
+                 :: "l"(g), "r"(smem_u32(ssrc)), "r"(bytes) : "memory");
+#else
+    for (uint32_t k = 0; k < bytes / 4; k++) atomicAdd(gdst + k, ssrc[k]);
+#endif
+}
+/* Close the thread's bulk async-group (the reductions issued since the last commit). */
+__device__ __forceinline__ void bulk_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+#endif
+}
+/* Wait until the thread's bulk groups have read their shared-memory sources (READ: the
+ * source may be overwritten afterwards) or have completed entirely, writes included
+ * (!READ). With no group outstanding both return at once. */
+template <bool READ> __device__ __forceinline__ void bulk_wait_all()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (READ) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+    else asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+#endif
+}
+/* Make this thread's generic-proxy writes to shared memory visible to the async proxy
+ * (the bulk reductions' reads), before the barrier that hands them over. */
+__device__ __forceinline__ void fence_proxy_async_smem()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
 
 /* load_tile's copies when every thread keeps one 16-byte chunk column in every step (NT a
  * multiple of the D / 8 chunks of a row) and the steps are whole multiples of 8 rows (the
@@ -480,10 +541,32 @@ template <bool FAST> __host__ __device__ __forceinline__ bool bwd_kfirst8(const 
  *  - the Q / dO prefetch steps its addresses (load_tile_step: load_tile's copies) where
  *    the head dim allows it (d = 128).
  * So the bits are the same; all other tiles and every mma chain run the code of
- * FAST = false unchanged. */
-template <typename T, int D, bool MODS, bool FAST = false>
+ * FAST = false unchanged.
+ *
+ * BULK (FD_BWD_VARIANT=bulk; FAST and MODS false only; not yet measured on the GPU): FAST,
+ * except that in the atomic mode (!P.deterministic) a FULL tile's dQ partial (64 rows x
+ * D binary32) is not added by the lanes' 16-byte atomics but staged in shared memory
+ * (sdQ, after sdS) and added by 64 bulk asynchronous reductions of one row each
+ * (cp.reduce.async.bulk .add.f32, the TMA unit, FA3's way on Hopper): an ncu profile on
+ * the H200 (N 4096, d 128, bf16 causal) put ~10% of the warp stall samples on long
+ * scoreboard waits for registers that were operands of the REDG.E.ADD.F32x4 atomics
+ * (the LSU had not yet accepted them) and ~4% on the barrier after them. Per FULL tile:
+ * every thread stores its accumulators (float2s, conflict-free), fences them to the
+ * async proxy; one barrier; threads 0..63 issue row m0 + tid (< sq on FULL tiles) and
+ * commit; the next query tile's opening barrier is preceded by a wait until those reads
+ * of sdQ are done (wait_group.read), and the kernel's end by a wait for completion.
+ * Every dQ partial has the same bits (the same accumulators, the same RN/FTZ adds); the
+ * order of the additions into dq_acc was nondeterministic and stays so. Tiles that are
+ * not FULL and the deterministic mode run FAST's code.
+ * Caveat (PTX memory model): where some tiles are not FULL (sq % 64, sk % 128 or the
+ * head dim's last 16-chunk), rows of dq_acc receive both generic-proxy atomics (those
+ * tiles) and async-proxy bulk reductions (the FULL tiles of other CTAs); each is atomic
+ * per element, but the model calls operations "morally strong" only within one proxy.
+ * Both are performed at L2 as reductions; gpu_test_bwd checks such a shape against new. */
+template <typename T, int D, bool MODS, bool FAST = false, bool BULK = false>
 __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
 {
+    static_assert(!BULK || (FAST && !MODS), "BULK is a variant of FAST without score modifiers");
     using TR = BwdTraits8<D>;
     constexpr int BR = TR::BR, BC = TR::BC, NT = TR::NT;
     constexpr int SMB = TR::SMB, SNA = TR::SNA, QMB = TR::QMB, QNA = TR::QNA;
@@ -563,6 +646,9 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
             }
         /* publishes tile m (and K_n, V_n) and closes the previous tile, as in flash_bwd_kernel */
         cp_async_wait<0>();
+        /* BULK: the previous tile's bulk reductions (if it issued any) have read sdQ before
+         * this barrier, after which this tile may write it again (no-op for the others) */
+        if constexpr (BULK) bulk_wait_all<true>();
         __syncthreads();
         if (m - 1 >= m_lo) {
             if constexpr (FAST && load_tile_steps<D, BR, NT>()) {
@@ -833,8 +919,40 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                             }
                         }
                     };
-                    if (P.deterministic) put(std::true_type());
-                    else put(std::false_type());
+                    if constexpr (BULK) {
+                        if (P.deterministic) {
+                            put(std::true_type());
+                        } else {
+                            /* BULK, atomic mode: element (row qrow0 + 16 mb + g (+ 8 for
+                             * e >= 2), column qcol0 + 8 a + 2 t (+ 1)) of the partial, the
+                             * mapping the swap above starts from, as float2s into sdQ */
+                            float *sdQ = reinterpret_cast<float *>(sdS + BR * BC);
+#pragma unroll
+                            for (int mb = 0; mb < QMB; mb++) {
+                                float *s0 = sdQ + (qrow0 + mb * 16 + g) * TR::SDQ + qcol0 + 2 * t;
+#pragma unroll
+                                for (int a = 0; a < QNA; a++) {
+                                    *reinterpret_cast<float2 *>(s0 + a * 8) = make_float2(c[mb][a][0], c[mb][a][1]);
+                                    *reinterpret_cast<float2 *>(s0 + 8 * TR::SDQ + a * 8) =
+                                        make_float2(c[mb][a][2], c[mb][a][3]);
+                                }
+                            }
+                            fence_proxy_async_smem();
+                            __syncthreads(); /* sdQ complete, seen by the async proxy */
+                            if (tid_o < BR) {
+                                /* row m0 + tid_o (< sq: FULL), all D = P.dp columns (the dispatch
+                                 * instantiates D = dp), D * 4 bytes: 512 / 384, multiples of 16; the
+                                 * global row starts 16-byte aligned since dp * 4 is a multiple of 16
+                                 * and dq_acc is (cudaMalloc's 256-byte alignment + the 16 KB guard) */
+                                float *gr = base + (((size_t)b * sq + m0 + tid_o) * P.H + h) * P.dp;
+                                bulk_reduce_add_f32(gr, sdQ + tid_o * TR::SDQ, (uint32_t)(D * 4));
+                                bulk_commit();
+                            }
+                        }
+                    } else {
+                        if (P.deterministic) put(std::true_type());
+                        else put(std::false_type());
+                    }
                 } else {
 #pragma unroll
                     for (int mb = 0; mb < QMB; mb++) {
@@ -890,6 +1008,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
         else tile(std::false_type());
     }
     cp_async_wait<0>();
+    /* BULK: no bulk reduction in flight (sdQ read, dq_acc written) when the CTA retires */
+    if constexpr (BULK) bulk_wait_all<false>();
 
 #pragma unroll
     for (int x = 0; x < KBW; x++)
@@ -910,12 +1030,14 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
     }
 }
 
-template <typename T, int D, bool MODS, bool FAST>
+template <typename T, int D, bool MODS, bool FAST, bool BULK = false>
 int bwd_launch_variant8m(const BwdParams &P, cudaStream_t st, char *err, size_t errlen)
 {
-    auto kern = flash_bwd_kernel8<T, D, MODS, FAST>;
-    /* d 128: 160 KB, d 96: 128 KB: one CTA an SM; with a softcap 32 KB more (sT) */
-    const size_t smem = P.cap_in != 0.0f ? BwdTraits8<D>::SMEM_CAP : BwdTraits8<D>::SMEM;
+    auto kern = flash_bwd_kernel8<T, D, MODS, FAST, BULK>;
+    /* d 128: 160 KB, d 96: 128 KB: one CTA an SM; with a softcap 32 KB more (sT); BULK
+     * (never with a softcap: MODS) 34 / 26 KB more (sdQ) */
+    const size_t smem = BULK ? BwdTraits8<D>::SMEM_BULK
+                             : P.cap_in != 0.0f ? BwdTraits8<D>::SMEM_CAP : BwdTraits8<D>::SMEM;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
                                (int)cudaSharedmemCarveoutMaxShared));
@@ -926,13 +1048,14 @@ int bwd_launch_variant8m(const BwdParams &P, cudaStream_t st, char *err, size_t 
     return 0;
 }
 
-/* variant: FD_BWD_OLD or FD_BWD_NEW (fd_cuda_flash_bwd.cu reads FD_BWD_VARIANT). The new
- * variant's fast step exists for problems without score modifiers only; with them both
- * variants run the same (old) kernel. */
+/* variant: FD_BWD_OLD, FD_BWD_NEW or FD_BWD_BULK (fd_cuda_flash_bwd.cu reads
+ * FD_BWD_VARIANT). The new and bulk variants' fast steps exist for problems without score
+ * modifiers only; with them all variants run the same (old) kernel. */
 template <typename T, int D>
 int bwd_launch_variant8(const BwdParams &P, int variant, cudaStream_t st, char *err, size_t errlen)
 {
     if (P.mods) return bwd_launch_variant8m<T, D, true, false>(P, st, err, errlen);
+    if (variant == FD_BWD_BULK) return bwd_launch_variant8m<T, D, false, true, true>(P, st, err, errlen);
     return variant == FD_BWD_NEW ? bwd_launch_variant8m<T, D, false, true>(P, st, err, errlen)
                                  : bwd_launch_variant8m<T, D, false, false>(P, st, err, errlen);
 }
