@@ -486,6 +486,8 @@ Test(gpu_cuda, sm90_replay_bit_identical)
         {1, 2, 2, 1, 300, 128, FD_DT_FP16, FD_MASK_NONE},
         {1, 2, 2, 300, 100, 96, FD_DT_BF16, FD_MASK_CAUSAL_BR}, /* rows without a key; d 96 -> 128 */
         {1, 3, 3, 257, 129, 40, FD_DT_FP16, FD_MASK_CAUSAL_TL}, /* d 40 -> 64 */
+        {1, 4, 2, 300, 333, 256, FD_DT_BF16, FD_MASK_CAUSAL_TL}, /* d 256: one warpgroup */
+        {2, 2, 2, 129, 200, 200, FD_DT_FP16, FD_MASK_NONE},      /* d 200 -> 256 */
     };
     for (size_t t = 0; t < sizeof fs / sizeof fs[0]; t++) {
         tcase c;
@@ -500,6 +502,8 @@ Test(gpu_cuda, sm90_replay_bit_identical)
             {64, "2", "", "cpasync"}, {64, "3", "", "cpasync"}, {128, "2", "", "cpasync"}, {64, "2", "deep", "cpasync"},
             {64, "2", "", "tma"},     {64, "3", "", "tma"},     {128, "2", "", "tma"},     {64, "2", "deep", "tma"}};
         for (size_t u = 0; u < sizeof vs / sizeof vs[0]; u++) {
+            /* head dims above 128: key tile 64, one warpgroup whatever FD_SM90_WG says, no deep */
+            if (fs[t].d > 128 && (vs[u].bc != 64 || *vs[u].pipe)) continue;
             fd_cuda_cfg_default(&g);
             g.impl = FD_CUDA_IMPL_WGMMA; g.exp2_mode = 1; g.bc = vs[u].bc;
             fd_flash_cfg r;

@@ -539,7 +539,7 @@ int fd_cuda_sm90_supports(const fd_problem *p, const fd_cuda_cfg *cfg, char *why
 {
     const char *no = NULL;
     if (p->dtype != FD_DT_FP16 && p->dtype != FD_DT_BF16) no = "fp16 and bf16 only (fp32 and FP8 run on cuda-flash)";
-    else if (p->head_dim > 128) no = "head_dim up to 128 (padded to 64 or 128)";
+    else if (p->head_dim > 128 && cfg && cfg->bc == 128) no = "head_dim above 128 with key tile 64 only (shared memory)";
     else if (p->dropout_p > 0.0) no = "no dropout";
     else if (fd_problem_has_mods(p) || p->page_size > 0) no = "no window, softcap, ALiBi, varlen or paged KV cache";
     else if (cfg && cfg->p_fp32) no = "P in the dtype only (no fp32 P)";

@@ -1,6 +1,7 @@
 /* fd_cuda_flash_sm90.cu: the Hopper forward kernel of backend cuda-flash-sm90 (issue 15,
- * item 2): wgmma with operands in shared memory, fp16/bf16, head dims 64 and 128 (32 and 96
- * padded into them with zero columns), no mask or causal (top-left, bottom-right), GQA. Compiled for sm_90a only (wgmma is arch-specific):
+ * item 2): wgmma with operands in shared memory, fp16/bf16, head dims 64, 128 and 256 (32 and
+ * 96 padded into 64 and 128 with zero columns; 129..256 run as 256), no mask or causal
+ * (top-left, bottom-right), GQA. Compiled for sm_90a only (wgmma is arch-specific):
  * library fd_cuda_sm90, linked into fd_cuda; run_flash (fd_cuda_flash.cu) calls launch_sm90
  * when fd_cuda_cfg.impl is FD_CUDA_IMPL_WGMMA.
  *
@@ -18,15 +19,31 @@
  *  - key tiles from the last visible one down (FA2's order), of the replay's bc;
  *  - exp2: the hardware exp2f (ex2.approx.f32) as cuda-flash's fast path, or the portable
  *    exp2 (fd_cuda_cfg.exp2_mode = 1) whose bits the replay computes on the host.
- * Key tiles of 64 (the replay's default) or 128 (fd_cuda_cfg.bc; the replay takes the same bc).
- * Scheduling (none of it changes an operation or its order): a CTA of warpgroups of 64 query
- * rows each (three with key tile 64, the default; two with key tile 128; FD_SM90_WG=2|3
- * picks); Q and three stages of K/V tiles in shared memory, loaded by cp.async one tile
- * ahead of use (four with FD_SM90_PIPE=deep, S one tile further ahead); per tile, S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}
- * (FlashAttention-3's intra-warpgroup overlap), the softmax of S_j runs while the PV product
- * is in flight, and O is rescaled by tile j's factor once PV completes: the same sequence
- * O *= f_{j-1}, O += P_{j-1} V_{j-1}, O *= f_j, ... as cuda-flash.
- * Shared-memory layout (no swizzle, descriptor layout type 0): a [rows][D] tile is stored as
+ * Key tiles of 64 (the replay's default) or 128 (fd_cuda_cfg.bc; the replay takes the same bc;
+ * head dim 256: 64 only).
+ * Scheduling (none of it changes an operation or its order): consumer warpgroups of 64 query
+ * rows each (three with key tile 64, the default; two with key tile 128; one at head dim 256;
+ * FD_SM90_WG=2|3 picks for head dims up to 128); Q and three stages of K/V tiles in shared
+ * memory (four with FD_SM90_PIPE=deep, S one tile further ahead); per tile, S_j = Q K_j is
+ * issued together with O += P_{j-1} V_{j-1} (FlashAttention-3's intra-warpgroup overlap), the
+ * softmax of S_j runs while the PV product is in flight, and O is rescaled by tile j's factor
+ * once PV completes: the same sequence O *= f_{j-1}, O += P_{j-1} V_{j-1}, O *= f_j, ... as
+ * cuda-flash.
+ * Loads (FD_SM90_LOAD):
+ *  - tma (the default): FlashAttention-3's warp specialisation. A producer warpgroup gives
+ *    its registers to the consumers (setmaxnreg: 24 for it, 240 / 160 for two / three
+ *    consumer warpgroups); one of its lanes issues Q's boxes, then each K/V tile's boxes
+ *    (cp.async.bulk.tensor, 64 columns x the tile's rows of one head, rows past the sequence
+ *    and columns past dp zero-filled) as soon as the stage's empty barrier says every
+ *    consumer warp is done with the tile it held; the boxes complete the stage's full
+ *    barrier (transaction bytes). The consumers wait on full barriers only: no CTA-wide
+ *    barrier in the loop, so each warpgroup runs at its own pace and one's softmax overlaps
+ *    another's products. Layout: the 128-byte swizzle TMA writes (64-column panels of
+ *    128-byte rows, 16-byte chunk c of row r at chunk c ^ (r mod 8), atoms 1024-aligned),
+ *    descriptor layout type 1 (desc_sw128).
+ *  - cpasync: every thread's cp.async into the interleaved layout below, two CTA-wide
+ *    barriers a tile (the kernel before the TMA work; the GPU test runs both).
+ * Interleaved layout (cpasync; no swizzle, descriptor layout type 0): a [rows][D] tile is stored as
  * 8 x 8 core matrices of 128 contiguous bytes, the one of (rows 8r.., columns 8c..) at byte
  * 16 D r + 128 c. Q and K are K-major operands (LBO = 128, the next 8 columns; SBO = 16 D,
  * the next 8 rows), as the probe verified (fd_cuda_wgmma.cu); V is the transposed (MN-major)
@@ -257,7 +274,7 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
         }
         __syncthreads();
         if (tid >= NT) {
-            asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+            if constexpr (NWG > 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
             if (tid == NT) {
                 mbar_expect_tx(qbar, QB);
 #pragma unroll
@@ -270,7 +287,8 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
             }
             return;
         }
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(consumer_regs(NWG)) : "memory");
+        /* one consumer warpgroup (head dim 256) has its 255 registers without the move */
+        if constexpr (NWG > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(consumer_regs(NWG)) : "memory");
         mbar_wait(qbar, 0);
     } else {
         load_il<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
@@ -565,22 +583,34 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     const char *pipe = getenv("FD_SM90_PIPE");
     const bool deep = pipe && !strcmp(pipe, "deep");
     if (bc != 64 && bc != 128) FD_FAIL("cuda-flash-sm90: key tile %d unsupported (64 or 128)", bc);
+    /* head dims 129..256 (dp 256): one consumer warpgroup, key tile 64 (shared memory: Q 32 KB
+     * and three K/V stages of 64 KB), whatever FD_SM90_WG says */
+    const int dk = P.dp <= 64 ? 64 : P.dp <= 128 ? 128 : 256;
+    if (dk == 256) {
+        if (bc != 64) FD_FAIL("cuda-flash-sm90: head_dim above 128 runs key tile 64 only (shared memory), not %d", bc);
+        nwg = 1;
+        wgs = "1";
+    }
     if (nwg == 3 && bc != 64) FD_FAIL("cuda-flash-sm90: three warpgroups need the key tile 64");
+    if (deep && dk == 256) FD_FAIL("cuda-flash-sm90: FD_SM90_PIPE=deep needs head_dim up to 128");
     if (deep && bc == 64 && !wgs) nwg = 2; /* deep: two warpgroups (registers) */
     if (deep && (nwg != 2 || bc != 64)) FD_FAIL("cuda-flash-sm90: FD_SM90_PIPE=deep needs two warpgroups and the key tile 64");
     /* dp 32 and 96 run in the D = 64 and 128 kernels, the extra columns zero: each extra
      * 16-term block adds exact zeros to S (c + 0 = c), and O's extra columns are not stored */
-    const int dk = P.dp <= 64 ? 64 : 128;
-    /* loads: TMA boxes into 128-byte-swizzled tiles, completed on mbarriers (FD_SM90_LOAD=tma),
-     * or every thread's cp.async into the interleaved layout (cpasync) */
+    /* loads: TMA boxes into 128-byte-swizzled tiles, completed on mbarriers, with a producer
+     * warpgroup (the default; FD_SM90_LOAD=tma), or every thread's cp.async into the
+     * interleaved layout with two CTA-wide barriers a tile (FD_SM90_LOAD=cpasync, the kernel
+     * before 2026-12-03's TMA work: 264 against 531 TFLOP/s at N = 4096, d = 128, fp16) */
     const char *ld = getenv("FD_SM90_LOAD");
-    if (ld && strcmp(ld, "tma") && strcmp(ld, "cpasync")) FD_FAIL("FD_SM90_LOAD=%s unknown: \"tma\" or \"cpasync\"", ld);
-    const bool tma = ld && !strcmp(ld, "tma");
+    if (ld && *ld && strcmp(ld, "tma") && strcmp(ld, "cpasync"))
+        FD_FAIL("FD_SM90_LOAD=%s unknown: \"tma\" or \"cpasync\"", ld);
+    const bool tma = !ld || strcmp(ld, "cpasync");
     const char *sw = getenv("FD_SM90_VDESC");
     const bool swap = sw && !strcmp(sw, "swap");
     const uint32_t l = 16u * (uint32_t)dk, s = 128u; /* the kernel's D, not dp: the tile's row pitch */
     const uint32_t vl = swap ? s : l, vs = swap ? l : s;
-    if (P.dp != 32 && P.dp != 64 && P.dp != 96 && P.dp != 128) FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported", P.dp);
+    if (P.dp != 32 && P.dp != 64 && P.dp != 96 && P.dp != 128 && P.dp != 256)
+        FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported", P.dp);
 #define FD_SM90_CASE(TT, DD, BB, WW, DEEP)                                                       \
     if (dk == DD && bc == BB && nwg == WW && deep == DEEP)                                     \
         return tma ? fd_sm90::launch_shape<TT, DD, BB, WW, DEEP, true>(P, vl, vs, st, err, errlen)  \
@@ -589,7 +619,8 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     FD_SM90_CASE(TT, 64, 64, 2, false) FD_SM90_CASE(TT, 64, 64, 3, false)                        \
     FD_SM90_CASE(TT, 64, 128, 2, false) FD_SM90_CASE(TT, 64, 64, 2, true)                        \
     FD_SM90_CASE(TT, 128, 64, 2, false) FD_SM90_CASE(TT, 128, 64, 3, false)                      \
-    FD_SM90_CASE(TT, 128, 128, 2, false) FD_SM90_CASE(TT, 128, 64, 2, true)
+    FD_SM90_CASE(TT, 128, 128, 2, false) FD_SM90_CASE(TT, 128, 64, 2, true)                      \
+    FD_SM90_CASE(TT, 256, 64, 1, false)
     if (is_bf16) {
         FD_SM90_T(__nv_bfloat16)
     } else {
