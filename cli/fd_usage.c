@@ -214,8 +214,9 @@ static const struct {
 
 static const char *const backends_text =
     "backends: cpu-flash, cpu-standard, cpu-splitkv (the CPU replay; 'cpu' runs the first\n"
-    "          two); cuda-flash, cuda-standard, cuda-splitkv ('cuda' runs all three) where\n"
-    "          built with CUDA; 'auto' picks 'cuda' when a GPU is present, else 'cpu'.\n";
+    "          two); cuda-flash, cuda-flash-sm90 (the Hopper kernel), cuda-standard,\n"
+    "          cuda-splitkv where built with CUDA ('cuda' runs them all, cuda-flash-sm90 on an\n"
+    "          sm_90 GPU only); 'auto' picks 'cuda' when a GPU is present, else 'cpu'.\n";
 
 static void print_synopsis(FILE *f, const char *s, int *first)
 {

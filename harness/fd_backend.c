@@ -298,6 +298,12 @@ int fd_backends_select(const char *spec, const fd_backend **out, char *err, size
             return -1;
         }
         spec = "cuda-flash,cuda-standard,cuda-splitkv";
+#ifdef FD_HAVE_CUDA
+        /* an sm_90 GPU also runs the Hopper kernel (the replay checks it as it checks cuda-flash) */
+        char name[256] = "";
+        if (!fd_cuda_device_name(name, sizeof name) && strstr(name, "sm_90"))
+            spec = "cuda-flash,cuda-flash-sm90,cuda-standard,cuda-splitkv";
+#endif
     }
     char buf[256];
     snprintf(buf, sizeof buf, "%s", spec);
