@@ -629,6 +629,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
         load_tile<T, D, BR, NT>(sdO, gdO, (m_hi - 1) * BR, sq, P.H, h, P.dp, tid);
         cp_async_commit();
     }
+    /* BULK: sdQ (after sdS); a dQ partial staged there and not yet issued (bulk_pend, of the
+     * query tile starting at row bulk_m0: CTA-uniform) */
+    float *sdQ = reinterpret_cast<float *>(sdS + BR * BC);
+    bool bulk_pend = false;
+    int bulk_m0 = 0;
     int stage = 0;
     for (int m = m_hi - 1; m >= m_lo; m--, stage ^= 1) {
         const int m0 = m * BR;
@@ -646,10 +651,21 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
             }
         /* publishes tile m (and K_n, V_n) and closes the previous tile, as in flash_bwd_kernel */
         cp_async_wait<0>();
-        /* BULK: the previous tile's bulk reductions (if it issued any) have read sdQ before
-         * this barrier, after which this tile may write it again (no-op for the others) */
-        if constexpr (BULK) bulk_wait_all<true>();
         __syncthreads();
+        /* BULK: the previous tile's dQ partial, staged in sdQ and fenced to the async proxy by
+         * every thread before the barrier above, goes to dq_acc now: one row a thread of the
+         * first 64 (no barrier of its own; its reads of sdQ are waited for before this
+         * tile's mid barrier, after which sdQ is written again) */
+        if constexpr (BULK) {
+            if (bulk_pend) {
+                if (tid < BR) {
+                    bulk_reduce_add_f32(P.dq_acc + (((size_t)b * sq + bulk_m0 + tid) * P.H + h) * P.dp, sdQ + tid * TR::SDQ,
+                                        (uint32_t)(D * 4));
+                    bulk_commit();
+                }
+                bulk_pend = false;
+            }
+        }
         if (m - 1 >= m_lo) {
             if constexpr (FAST && load_tile_steps<D, BR, NT>()) {
                 load_tile_step<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
@@ -861,6 +877,9 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                         *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
                     }
             } /* !allvis */
+            /* BULK: this thread's bulk reductions of the previous partial have read sdQ, which
+             * the dQ step below writes after this barrier (no-op with none outstanding) */
+            if constexpr (BULK) bulk_wait_all<true>();
             __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
 
             /* dQ partial = dSr K: rows qrow0 + 16 mb .., head-dim atoms qcol0 / 8 ..; chain
@@ -926,7 +945,6 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                             /* BULK, atomic mode: element (row qrow0 + 16 mb + g (+ 8 for
                              * e >= 2), column qcol0 + 8 a + 2 t (+ 1)) of the partial, the
                              * mapping the swap above starts from, as float2s into sdQ */
-                            float *sdQ = reinterpret_cast<float *>(sdS + BR * BC);
 #pragma unroll
                             for (int mb = 0; mb < QMB; mb++) {
                                 float *s0 = sdQ + (qrow0 + mb * 16 + g) * TR::SDQ + qcol0 + 2 * t;
@@ -937,17 +955,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                                         make_float2(c[mb][a][2], c[mb][a][3]);
                                 }
                             }
+                            /* issued after the next barrier (the next tile's opening one, or the
+                             * one after the loop): row m0 + tid (< sq: FULL), all D = P.dp
+                             * columns (the dispatch instantiates D = dp), D * 4 bytes: 512 / 384,
+                             * multiples of 16; the global row starts 16-byte aligned since dp * 4
+                             * is a multiple of 16 and dq_acc is (cudaMalloc's 256-byte alignment +
+                             * the 16 KB guard) */
                             fence_proxy_async_smem();
-                            __syncthreads(); /* sdQ complete, seen by the async proxy */
-                            if (tid_o < BR) {
-                                /* row m0 + tid_o (< sq: FULL), all D = P.dp columns (the dispatch
-                                 * instantiates D = dp), D * 4 bytes: 512 / 384, multiples of 16; the
-                                 * global row starts 16-byte aligned since dp * 4 is a multiple of 16
-                                 * and dq_acc is (cudaMalloc's 256-byte alignment + the 16 KB guard) */
-                                float *gr = base + (((size_t)b * sq + m0 + tid_o) * P.H + h) * P.dp;
-                                bulk_reduce_add_f32(gr, sdQ + tid_o * TR::SDQ, (uint32_t)(D * 4));
-                                bulk_commit();
-                            }
+                            bulk_pend = true;
+                            bulk_m0 = m0;
                         }
                     } else {
                         if (P.deterministic) put(std::true_type());
@@ -1008,8 +1024,19 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
         else tile(std::false_type());
     }
     cp_async_wait<0>();
-    /* BULK: no bulk reduction in flight (sdQ read, dq_acc written) when the CTA retires */
-    if constexpr (BULK) bulk_wait_all<false>();
+    /* BULK: the last staged partial, after a barrier; then no bulk reduction in flight (sdQ
+     * read, dq_acc written) when the CTA retires */
+    if constexpr (BULK) {
+        if (bulk_pend) {
+            __syncthreads();
+            if (tid < BR) {
+                bulk_reduce_add_f32(P.dq_acc + (((size_t)b * sq + bulk_m0 + tid) * P.H + h) * P.dp, sdQ + tid * TR::SDQ,
+                                    (uint32_t)(D * 4));
+                bulk_commit();
+            }
+        }
+        bulk_wait_all<false>();
+    }
 
 #pragma unroll
     for (int x = 0; x < KBW; x++)
