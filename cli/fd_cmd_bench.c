@@ -174,14 +174,18 @@ int fd_cmd_bench(int argc, char **argv)
             }
             for (int dti = 0; dti < ndt && !fd_interrupted; dti++) {
                 const fd_dtype t = dts[dti] ? FD_DT_BF16 : FD_DT_FP16;
-                for (int a = 0; a < 3 + bwd; a++)
+                /* element e from its own Philox counter: the same bits on any number of threads
+                 * (OpenMP: N = 16384, d = 256 draws 805 M values a dtype) */
+                for (int a = 0; a < 3 + bwd; a++) {
+                    float *dst = a < 3 ? x[a] : gr[0];
+#pragma omp parallel for schedule(static)
                     for (size_t e = 0; e < n; e++) {
                         fd_u32x4 c = {{(uint32_t)e, (uint32_t)(e >> 32), (uint32_t)a, 7u}};
                         fd_u32x4 r = fd_philox4x32(c, 2026u, 11u, 10);
                         double u1 = ((double)(r.v[0] >> 8) + 1.0) / 16777217.0, u2 = (double)(r.v[1] >> 8) / 16777216.0;
-                        float *dst = a < 3 ? x[a] : gr[0];
                         dst[e] = fd_round_to_dtype((float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)), t);
                     }
+                }
                 for (int ci = 0; ci < nc && !fd_interrupted; ci++) {
                     const int causal = cs[ci];
                     fd_problem p;
