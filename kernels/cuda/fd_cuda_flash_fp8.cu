@@ -195,32 +195,13 @@ __global__ void __launch_bounds__(NT) flash_fwd_fp8_kernel(const Fp8Params P)
         /* online softmax with FA3's FP8 Max_offset */
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            float mx = m_run[r];
-#pragma unroll
-            for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[a][2 * r], s[a][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            const float m_prev = m_run[r];
-            m_run[r] = mx;
-            const float m_cur = mx == -INFINITY ? 0.0f : mx;
-            const float sc = exp2_mode(P.exp2_mode, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
-            l_run[r] = __fmul_rn(l_run[r], sc);
+            const float sc = fd_flash::softmax_row_max<NA>(&s[0][0], r, m_run[r], l_run[r], sl2, P.exp2_mode);
 #pragma unroll
             for (int a = 0; a < ND; a++) {
                 o_acc[a][2 * r] = __fmul_rn(o_acc[a][2 * r], sc);
                 o_acc[a][2 * r + 1] = __fmul_rn(o_acc[a][2 * r + 1], sc);
             }
-            const float max_scaled = mx == -INFINITY ? 0.0f : __fmaf_rn(mx, sl2, -P.max_off);
-            float l = l_run[r];
-#pragma unroll
-            for (int a = 0; a < NA; a++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float pe = exp2_mode(P.exp2_mode, __fmaf_rn(s[a][2 * r + e], sl2, -max_scaled));
-                    s[a][2 * r + e] = pe;
-                    l = __fadd_rn(l, pe);
-                }
-            l_run[r] = l;
+            fd_flash::softmax_row_exp<NA, true>(&s[0][0], r, m_run[r], l_run[r], sl2, P.max_off, P.exp2_mode);
         }
         /* P to e4m3 in the A layout of each 32-key chunk (see the relabelling above); O += P V */
 #pragma unroll

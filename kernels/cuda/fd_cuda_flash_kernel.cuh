@@ -125,6 +125,47 @@ __device__ __forceinline__ float exp2_mode(int mode, float x)
     return mode ? fd_exp2_portable(x) : exp2f(x);
 }
 
+/* FA2's softmax_rescale_o for row half r (row g or g + 8 of the warp's 16) of a row block,
+ * in two steps around the caller's O rescale; shared by cuda-flash, its FP8 kernel and the
+ * Hopper kernel. s holds the row block's scores as NA 8-column atoms of 4 (mma.sync's and
+ * wgmma's accumulator fragment: element e of row half r of atom a at s[4 a + 2 r + e]).
+ * Step 1: the running max over the row's elements and the quad (m_run updated), the
+ * factor sc = exp2((m_prev - m_cur) * sl2) (m_cur 0 for a row with no key yet), l_run *=
+ * sc; returns sc. */
+template <int NA>
+__device__ __forceinline__ float softmax_row_max(const float *s, int r, float &m_run, float &l_run, float sl2, int emode)
+{
+    float mx = m_run;
+#pragma unroll
+    for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * r], s[4 * a + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float m_prev = m_run;
+    m_run = mx;
+    const float m_cur = mx == -INFINITY ? 0.0f : mx;
+    const float sc = exp2_mode(emode, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
+    l_run = __fmul_rn(l_run, sc);
+    return sc;
+}
+/* Step 2: P = exp2(fmaf(s, sl2, -max_scaled)) in place of s, with max_scaled = mx * sl2
+ * (OFF: fmaf(mx, sl2, -off), the FP8 kernel's Max_offset; 0 for a row with no key), and
+ * l_run += P element by element in atom order (the replay's row-sum order). */
+template <int NA, bool OFF>
+__device__ __forceinline__ void softmax_row_exp(float *s, int r, float mx, float &l_run, float sl2, float off, int emode)
+{
+    const float max_scaled = mx == -INFINITY ? 0.0f : (OFF ? __fmaf_rn(mx, sl2, -off) : __fmul_rn(mx, sl2));
+    float l = l_run;
+#pragma unroll
+    for (int a = 0; a < NA; a++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float pe = exp2_mode(emode, __fmaf_rn(s[4 * a + 2 * r + e], sl2, -max_scaled));
+            s[4 * a + 2 * r + e] = pe;
+            l = __fadd_rn(l, pe);
+        }
+    l_run = l;
+}
+
 /* FA2's normalize_softmax_lse for the row of thread quad: the four lanes' partial row sums
  * combined as (l0 + l2) + (l1 + l3) (the replay's FD_ROWSUM_FA2); *empty for a row with no
  * visible key (l 0, or NaN), *inv = 1 / l (1 when empty). Returns l. Shared by cuda-flash,
@@ -423,16 +464,7 @@ flash_fwd_kernel(const FlashParams P)
         for (int mi = 0; mi < MB; mi++)
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            float mx = m_run[mi][r];
-#pragma unroll
-            for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[mi][a][2 * r], s[mi][a][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            const float m_prev = m_run[mi][r];
-            m_run[mi][r] = mx;
-            const float m_cur = mx == -INFINITY ? 0.0f : mx;
-            const float sc = exp2_mode(emode, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
-            l_run[mi][r] = __fmul_rn(l_run[mi][r], sc);
+            const float sc = softmax_row_max<NA>(&s[mi][0][0], r, m_run[mi][r], l_run[mi][r], sl2, emode);
             /* x * 1.0f == x exactly: when no row of the warp moved its max, the O rescale
              * is skipped (bitwise the same result, ND * 2 fewer FMULs per row block). */
             if (__any_sync(0xffffffffu, sc != 1.0f)) {
@@ -442,17 +474,7 @@ flash_fwd_kernel(const FlashParams P)
                     o_acc[mi][a][2 * r + 1] = __fmul_rn(o_acc[mi][a][2 * r + 1], sc);
                 }
             }
-            const float max_scaled = mx == -INFINITY ? 0.0f : __fmul_rn(mx, sl2);
-            float l = l_run[mi][r];
-#pragma unroll
-            for (int a = 0; a < NA; a++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float pe = exp2_mode(emode, __fmaf_rn(s[mi][a][2 * r + e], sl2, -max_scaled));
-                    s[mi][a][2 * r + e] = pe;
-                    l = __fadd_rn(l, pe);
-                }
-            l_run[mi][r] = l;
+            softmax_row_exp<NA, false>(&s[mi][0][0], r, m_run[mi][r], l_run[mi][r], sl2, 0.0f, emode);
         }
 
         /* P to the dtype, dropout, debug output; then O += P V. */

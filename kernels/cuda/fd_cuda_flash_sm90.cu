@@ -406,26 +406,8 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
         /* Online softmax, cuda-flash's (FA2's softmax_rescale_o), the O rescale deferred. */
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            float mx = m_run[r];
-#pragma unroll
-            for (int a = 0; a < NA; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * r], s[4 * a + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            const float m_prev = m_run[r];
-            m_run[r] = mx;
-            const float m_cur = mx == -INFINITY ? 0.0f : mx;
-            sc[r] = fd_flash::exp2_mode(PORT, __fmul_rn(__fsub_rn(m_prev, m_cur), sl2));
-            float l = __fmul_rn(l_run[r], sc[r]);
-            const float max_scaled = mx == -INFINITY ? 0.0f : __fmul_rn(mx, sl2);
-#pragma unroll
-            for (int a = 0; a < NA; a++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float pe = fd_flash::exp2_mode(PORT, __fmaf_rn(s[4 * a + 2 * r + e], sl2, -max_scaled));
-                    s[4 * a + 2 * r + e] = pe;
-                    l = __fadd_rn(l, pe);
-                }
-            l_run[r] = l;
+            sc[r] = fd_flash::softmax_row_max<NA>(s, r, m_run[r], l_run[r], sl2, PORT);
+            fd_flash::softmax_row_exp<NA, false>(s, r, m_run[r], l_run[r], sl2, 0.0f, PORT);
         }
 
         fd_sm90::wg_wait<0>(); /* PV of the previous tile (and DEEP: S of the next) done */
