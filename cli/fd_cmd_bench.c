@@ -54,7 +54,7 @@ static int int_list(const char *opt, const char *arg, long lo, long hi, int *v, 
 int fd_cmd_bench(int argc, char **argv)
 {
     const char *csv = NULL;
-    int reps = 10, maxn = 16384, bwd = 0;
+    int reps = 10, maxn = 16384, bwd = 0, maxn_set = 0, n_set = 0;
     /* the timed kernels, in order; --only picks some */
     static const char *const names[] = {"cuda-flash", "cuda-flash-sm90", "cuda-flash-sm90-bc128", "cuda-standard",
                                         "cuda-flash-bwd", "cuda-flash-bwd-det", "cuda-standard-bwd"};
@@ -105,6 +105,7 @@ int fd_cmd_bench(int argc, char **argv)
             }
             continue;
         }
+        if (c == OPT_N) n_set = 1;
         if (c == OPT_N || c == OPT_D || c == OPT_CAUSAL) {
             if (c == OPT_N ? int_list("n", g.arg, 1, 1 << 20, Ns, &nN, 8)
                            : c == OPT_D ? int_list("d", g.arg, 1, 256, ds, &nd, 8) : int_list("causal", g.arg, 0, 1, cs, &nc, 2))
@@ -129,8 +130,11 @@ int fd_cmd_bench(int argc, char **argv)
         if (!*g.arg || *end || v < 1 || v > 1000000)
             return fd_usage_error("bench", "--%s expects a positive integer, got '%s'", c == OPT_REPEATS ? "repeats" : "max-n", g.arg);
         if (c == OPT_REPEATS) reps = (int)v;
-        else maxn = (int)v;
+        else maxn = (int)v, maxn_set = 1;
     }
+    /* lengths asked for by --n run whatever --max-n's default says; an explicit --max-n
+     * still caps them */
+    if (n_set && !maxn_set) maxn = 1 << 20;
 #ifndef FD_HAVE_CUDA
     (void)csv; (void)reps; (void)maxn; (void)bwd; (void)Ns; (void)ds; (void)dts; (void)cs;
     fprintf(stderr, "flashdrift: bench times the CUDA backends; this build has none (no nvcc at build time)\n");
