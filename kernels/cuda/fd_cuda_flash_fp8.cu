@@ -181,17 +181,7 @@ __global__ void __launch_bounds__(NT) flash_fwd_fp8_kernel(const Fp8Params P)
             }
         }
         /* masking: keys past sk, the causal diagonal */
-        const int row_base = m0 + r0;
-        if (j0 + BC > sk || (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)row_base + diag)) {
-#pragma unroll
-            for (int a = 0; a < NA; a++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int i = row_base + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
-                    const bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
-                    if (!vis) s[a][e] = -INFINITY;
-                }
-        }
+        fd_flash::mask_tile<NA>(&s[0][0], P, m0 + r0, j0, sk, diag, g, t);
         /* online softmax with FA3's FP8 Max_offset */
 #pragma unroll
         for (int r = 0; r < 2; r++) {

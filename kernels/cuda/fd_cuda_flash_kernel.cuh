@@ -125,6 +125,27 @@ __device__ __forceinline__ float exp2_mode(int mode, float x)
     return mode ? fd_exp2_portable(x) : exp2f(x);
 }
 
+/* -inf where a key is not visible (P.mask) in the scores of a row block of 16 (rows row0..row0 + 15;
+ * lane (g, t) holds rows row0 + g and + 8) and key tile j0..j0 + 8 NA - 1, flat as the
+ * softmax steps below take it: keys past sk and, with a causal mask, keys past the diagonal
+ * (j <= i + diag). The whole tile is left alone when every key is visible to every row. For
+ * the kernels without windows (the FP8 and Hopper kernels); cuda-flash's own test adds the
+ * window's edges. */
+template <int NA, typename Prm>
+__device__ __forceinline__ void mask_tile(float *s, const Prm &P, int row0, int j0, int sk, long diag, int g, int t)
+{
+    if (j0 + 8 * NA > sk || (P.mask != FD_MASK_NONE && (long)j0 + 8 * NA - 1 > (long)row0 + diag)) {
+#pragma unroll
+        for (int a = 0; a < NA; a++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = row0 + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
+                const bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
+                if (!vis) s[4 * a + e] = -INFINITY;
+            }
+    }
+}
+
 /* FA2's softmax_rescale_o for row half r (row g or g + 8 of the warp's 16) of a row block,
  * in two steps around the caller's O rescale; shared by cuda-flash, its FP8 kernel and the
  * Hopper kernel. s holds the row block's scores as NA 8-column atoms of 4 (mma.sync's and

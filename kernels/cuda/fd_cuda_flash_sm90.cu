@@ -391,18 +391,7 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
         }
 
         /* Masking: keys beyond sk, the causal diagonal. */
-        const int j0 = nb * BC;
-        const bool need_mask = (j0 + BC > sk) || (P.mask != FD_MASK_NONE && (long)j0 + BC - 1 > (long)warp_row0 + diag);
-        if (need_mask) {
-#pragma unroll
-            for (int a = 0; a < NA; a++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int i = warp_row0 + g + 8 * (e >> 1), j = j0 + a * 8 + 2 * t + (e & 1);
-                    const bool vis = j < sk && (P.mask == FD_MASK_NONE || (long)j <= (long)i + diag);
-                    if (!vis) s[4 * a + e] = -INFINITY;
-                }
-        }
+        fd_flash::mask_tile<NA>(s, P, warp_row0, nb * BC, sk, diag, g, t);
         /* Online softmax, cuda-flash's (FA2's softmax_rescale_o), the O rescale deferred. */
 #pragma unroll
         for (int r = 0; r < 2; r++) {
