@@ -314,6 +314,31 @@ static void run_gpu_hw(const bcase *c, fd_dq_mode mode, int bc, int repeats, flo
     (void)run_gpu_exp(c, mode, bc, repeats, 0, dq, dk, dv, tm);
 }
 
+/* The atomic-mode time of two main-kernel variants (names[0], names[1]) on each spec,
+ * logged only (the bench measures speed); case seeds seed0, seed0 + 1, ... */
+static void log_variant_times(const spec *sp, size_t n, const char *const names[2], int seed0)
+{
+    for (size_t si = 0; si < n; si++) {
+        const spec *s = &sp[si];
+        bcase c;
+        make_case(&c, s, (uint64_t)seed0 + si);
+        const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
+        float *dq = poisoned(nq), *dk = poisoned(nk), *dv = poisoned(nk);
+        double fl = 10.0 * s->B * s->H * (double)s->sq * s->sk * s->d;
+        if (s->mask != FD_MASK_NONE) fl *= 0.5;
+        for (int v = 0; v < 2; v++) {
+            fd_cuda_timing ta;
+            set_variant(names[v]);
+            run_gpu_hw(&c, FD_DQ_ATOMIC, 0, 5, dq, dk, dv, &ta);
+            cr_log_info("bwd variant %s timing %s d%d B%d H%d %dx%d mask %d: atomic %.3f ms (%.1f TFLOP/s)",
+                        names[v], fd_dtype_name(s->dt), s->d, s->B, s->H, s->sq, s->sk, (int)s->mask,
+                        (double)ta.ms_median, fl / (double)ta.ms_median * 1e-9);
+        }
+        free(dq); free(dk); free(dv);
+        free_case(&c);
+    }
+}
+
 Test(gpu_bwd, variants_old_new_bitwise_vs_replay, .timeout = 600)
 {
     SKIP_WITHOUT_GPU();
@@ -357,25 +382,7 @@ Test(gpu_bwd, variants_old_new_bitwise_vs_replay, .timeout = 600)
         {2, 16, 16, 2048, 2048, 128, FD_DT_FP16, FD_MASK_NONE, 0.0, 0},
         {2, 16, 16, 2048, 2048, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 0},
     };
-    for (size_t si = 0; si < sizeof tsp / sizeof tsp[0]; si++) {
-        const spec *s = &tsp[si];
-        bcase c;
-        make_case(&c, s, 6000 + si);
-        const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
-        float *dq = poisoned(nq), *dk = poisoned(nk), *dv = poisoned(nk);
-        double fl = 10.0 * s->B * s->H * (double)s->sq * s->sk * s->d;
-        if (s->mask != FD_MASK_NONE) fl *= 0.5;
-        for (int v = 0; v < 2; v++) {
-            fd_cuda_timing ta;
-            set_variant(names[v]);
-            run_gpu_hw(&c, FD_DQ_ATOMIC, 0, 5, dq, dk, dv, &ta);
-            cr_log_info("bwd variant %s timing %s d%d B%d H%d %dx%d mask %d: atomic %.3f ms (%.1f TFLOP/s)",
-                        names[v], fd_dtype_name(s->dt), s->d, s->B, s->H, s->sq, s->sk, (int)s->mask,
-                        (double)ta.ms_median, fl / (double)ta.ms_median * 1e-9);
-        }
-        free(dq); free(dk); free(dv);
-        free_case(&c);
-    }
+    log_variant_times(tsp, sizeof tsp / sizeof tsp[0], names, 6000);
     unsetenv("FD_BWD_VARIANT");
 }
 
@@ -442,24 +449,9 @@ Test(gpu_bwd, variant_bulk_vs_new_atomic, .timeout = 600)
         for (int v = 0; v < 2; v++) { free(dq[v]); free(dk[v]); free(dv[v]); free(aq[v]); free(ak[v]); free(av[v]); }
         free_case(&c);
     }
-    /* speed, logged only (the lead measures with the bench): B2 H16 2048 d128 bf16 causal */
-    {
-        const spec s = {2, 16, 16, 2048, 2048, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 0};
-        bcase c;
-        make_case(&c, &s, 8100);
-        const size_t nq = fd_q_numel(&c.p), nk = fd_kv_numel(&c.p);
-        float *dq = poisoned(nq), *dk = poisoned(nk), *dv = poisoned(nk);
-        const double fl = 0.5 * 10.0 * s.B * s.H * (double)s.sq * s.sk * s.d;
-        for (int v = 0; v < 2; v++) {
-            fd_cuda_timing ta;
-            set_variant(names[v]);
-            run_gpu_hw(&c, FD_DQ_ATOMIC, 0, 5, dq, dk, dv, &ta);
-            cr_log_info("bwd variant %s timing bf16 d128 B2 H16 2048x2048 causal: atomic %.3f ms (%.1f TFLOP/s)",
-                        names[v], (double)ta.ms_median, fl / (double)ta.ms_median * 1e-9);
-        }
-        free(dq); free(dk); free(dv);
-        free_case(&c);
-    }
+    /* speed, logged only (the bench measures it): B2 H16 2048 d128 bf16 causal */
+    static const spec tsp[] = {{2, 16, 16, 2048, 2048, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL, 0.0, 0}};
+    log_variant_times(tsp, 1, names, 8100);
     unsetenv("FD_BWD_VARIANT");
 }
 
