@@ -634,6 +634,14 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
     float *sdQ = reinterpret_cast<float *>(sdS + BR * BC);
     bool bulk_pend = false;
     int bulk_m0 = 0;
+    /* the staged partial's rows into dq_acc: one row a thread of the first 64, one commit */
+    auto bulk_issue = [&]() {
+        if (tid < BR) {
+            bulk_reduce_add_f32(P.dq_acc + (((size_t)b * sq + bulk_m0 + tid) * P.H + h) * P.dp, sdQ + tid * TR::SDQ,
+                                (uint32_t)(D * 4));
+            bulk_commit();
+        }
+    };
     int stage = 0;
     for (int m = m_hi - 1; m >= m_lo; m--, stage ^= 1) {
         const int m0 = m * BR;
@@ -658,11 +666,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
          * tile's mid barrier, after which sdQ is written again) */
         if constexpr (BULK) {
             if (bulk_pend) {
-                if (tid < BR) {
-                    bulk_reduce_add_f32(P.dq_acc + (((size_t)b * sq + bulk_m0 + tid) * P.H + h) * P.dp, sdQ + tid * TR::SDQ,
-                                        (uint32_t)(D * 4));
-                    bulk_commit();
-                }
+                bulk_issue();
                 bulk_pend = false;
             }
         }
@@ -1029,11 +1033,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
     if constexpr (BULK) {
         if (bulk_pend) {
             __syncthreads();
-            if (tid < BR) {
-                bulk_reduce_add_f32(P.dq_acc + (((size_t)b * sq + bulk_m0 + tid) * P.H + h) * P.dp, sdQ + tid * TR::SDQ,
-                                    (uint32_t)(D * 4));
-                bulk_commit();
-            }
+            bulk_issue();
         }
         bulk_wait_all<false>();
     }

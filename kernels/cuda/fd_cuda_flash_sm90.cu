@@ -87,9 +87,11 @@ template <int D, int BC, int NWG, bool DEEP, bool TMA> constexpr size_t smem_byt
  * issues the loads; a whole warpgroup so that setmaxnreg can move its registers to the
  * consumers: 24 for it, consumer_regs for each consumer thread) */
 constexpr int cta_threads(int nwg, bool tma) { return 128 * nwg + (tma ? 128 : 0); }
+constexpr int producer_regs = 24;
 constexpr int consumer_regs(int nwg)
 {
-    return ((65536 - 128 * 24) / (128 * nwg) / 8 * 8) > 240 ? 240 : ((65536 - 128 * 24) / (128 * nwg) / 8 * 8);
+    const int r = (65536 - 128 * producer_regs) / (128 * nwg) / 8 * 8;
+    return r > 240 ? 240 : r;
 }
 
 /* Byte offset of the 16-byte chunk (row, ch) (columns 8 ch..8 ch + 7) of an interleaved
@@ -274,7 +276,7 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
         }
         __syncthreads();
         if (tid >= NT) {
-            if constexpr (NWG > 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+            if constexpr (NWG > 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(producer_regs) : "memory");
             if (tid == NT) {
                 mbar_expect_tx(qbar, QB);
 #pragma unroll
