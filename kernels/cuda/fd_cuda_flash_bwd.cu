@@ -146,7 +146,7 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     if (cfg.p_fp32) FD_FAIL("cuda-flash backward: p_fp32 unsupported (P is rounded to the dtype per fd_bwd.h)");
     if (cfg.repeats < 0 || cfg.repeats > 100000) FD_FAIL("repeats %d out of range", cfg.repeats);
     /* FD_BWD_VARIANT (docs/cuda.md, "Backward pipelining"): "bulk" (or unset; the default
-     * since 2026-12-03: 240 against 215 TFLOP/s at N = 4096, d = 128, fp16) runs the bc = 128
+     * since 2026-12-03: 239 against 215 TFLOP/s at N = 4096, d = 128, fp16, one run) runs the bc = 128
      * kernel with its fast elementwise step and the atomic mode's dQ partials of whole tiles
      * added by the TMA unit's bulk reductions; "new" the same kernel with the lanes' 16-byte
      * atomics; "old" the kernel as measured before the fast step. The same bits of every dQ

@@ -543,7 +543,7 @@ template <bool FAST> __host__ __device__ __forceinline__ bool bwd_kfirst8(const 
  * So the bits are the same; all other tiles and every mma chain run the code of
  * FAST = false unchanged.
  *
- * BULK (FD_BWD_VARIANT=bulk; FAST and MODS false only; not yet measured on the GPU): FAST,
+ * BULK (FD_BWD_VARIANT=bulk, the default; FAST and MODS false only): FAST,
  * except that in the atomic mode (!P.deterministic) a FULL tile's dQ partial (64 rows x
  * D binary32) is not added by the lanes' 16-byte atomics but staged in shared memory
  * (sdQ, after sdS) and added by 64 bulk asynchronous reductions of one row each
@@ -554,7 +554,9 @@ template <bool FAST> __host__ __device__ __forceinline__ bool bwd_kfirst8(const 
  * every thread stores its accumulators (float2s, conflict-free), fences them to the
  * async proxy; one barrier; threads 0..63 issue row m0 + tid (< sq on FULL tiles) and
  * commit; the next query tile's opening barrier is preceded by a wait until those reads
- * of sdQ are done (wait_group.read), and the kernel's end by a wait for completion.
+ * of sdQ are done (wait_group.read), and the kernel's end by a wait for completion. (The
+ * issue one barrier later, after the next tile's opening one, measured slower on the H200:
+ * 230.7 against 239.1 TFLOP/s at N 4096, d 128, fp16; docs/benchmarks.md.)
  * Every dQ partial has the same bits (the same accumulators, the same RN/FTZ adds); the
  * order of the additions into dq_acc was nondeterministic and stays so. Tiles that are
  * not FULL and the deterministic mode run FAST's code.
@@ -629,19 +631,6 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
         load_tile<T, D, BR, NT>(sdO, gdO, (m_hi - 1) * BR, sq, P.H, h, P.dp, tid);
         cp_async_commit();
     }
-    /* BULK: sdQ (after sdS); a dQ partial staged there and not yet issued (bulk_pend, of the
-     * query tile starting at row bulk_m0: CTA-uniform) */
-    float *sdQ = reinterpret_cast<float *>(sdS + BR * BC);
-    bool bulk_pend = false;
-    int bulk_m0 = 0;
-    /* the staged partial's rows into dq_acc: one row a thread of the first 64, one commit */
-    auto bulk_issue = [&]() {
-        if (tid < BR) {
-            bulk_reduce_add_f32(P.dq_acc + (((size_t)b * sq + bulk_m0 + tid) * P.H + h) * P.dp, sdQ + tid * TR::SDQ,
-                                (uint32_t)(D * 4));
-            bulk_commit();
-        }
-    };
     int stage = 0;
     for (int m = m_hi - 1; m >= m_lo; m--, stage ^= 1) {
         const int m0 = m * BR;
@@ -659,17 +648,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
             }
         /* publishes tile m (and K_n, V_n) and closes the previous tile, as in flash_bwd_kernel */
         cp_async_wait<0>();
+        /* BULK: the previous tile's bulk reductions (if it issued any) have read sdQ before
+         * this barrier, after which this tile may write it again (no-op for the others) */
+        if constexpr (BULK) bulk_wait_all<true>();
         __syncthreads();
-        /* BULK: the previous tile's dQ partial, staged in sdQ and fenced to the async proxy by
-         * every thread before the barrier above, goes to dq_acc now: one row a thread of the
-         * first 64 (no barrier of its own; its reads of sdQ are waited for before this
-         * tile's mid barrier, after which sdQ is written again) */
-        if constexpr (BULK) {
-            if (bulk_pend) {
-                bulk_issue();
-                bulk_pend = false;
-            }
-        }
         if (m - 1 >= m_lo) {
             if constexpr (FAST && load_tile_steps<D, BR, NT>()) {
                 load_tile_step<T, D, BR, NT>(sQ + (stage ^ 1) * BR * D, gQ, (m - 1) * BR, sq, P.H, h, P.dp, tid);
@@ -881,9 +863,6 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                         *reinterpret_cast<uint32_t *>(sdS + swz<BC>(rl + 8, cl)) = DT<T>::pack(ds[2], ds[3]);
                     }
             } /* !allvis */
-            /* BULK: this thread's bulk reductions of the previous partial have read sdQ, which
-             * the dQ step below writes after this barrier (no-op with none outstanding) */
-            if constexpr (BULK) bulk_wait_all<true>();
             __syncthreads(); /* every warp's Pv and dSr are in sP / sdS */
 
             /* dQ partial = dSr K: rows qrow0 + 16 mb .., head-dim atoms qcol0 / 8 ..; chain
@@ -949,6 +928,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                             /* BULK, atomic mode: element (row qrow0 + 16 mb + g (+ 8 for
                              * e >= 2), column qcol0 + 8 a + 2 t (+ 1)) of the partial, the
                              * mapping the swap above starts from, as float2s into sdQ */
+                            float *sdQ = reinterpret_cast<float *>(sdS + BR * BC);
 #pragma unroll
                             for (int mb = 0; mb < QMB; mb++) {
                                 float *s0 = sdQ + (qrow0 + mb * 16 + g) * TR::SDQ + qcol0 + 2 * t;
@@ -959,15 +939,21 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
                                         make_float2(c[mb][a][2], c[mb][a][3]);
                                 }
                             }
-                            /* issued after the next barrier (the next tile's opening one, or the
-                             * one after the loop): row m0 + tid (< sq: FULL), all D = P.dp
-                             * columns (the dispatch instantiates D = dp), D * 4 bytes: 512 / 384,
-                             * multiples of 16; the global row starts 16-byte aligned since dp * 4
-                             * is a multiple of 16 and dq_acc is (cudaMalloc's 256-byte alignment +
-                             * the 16 KB guard) */
                             fence_proxy_async_smem();
-                            bulk_pend = true;
-                            bulk_m0 = m0;
+                            __syncthreads(); /* sdQ complete, seen by the async proxy */
+                            /* one row a thread of the first BR = 64 (warps 0 and 1; the H200
+                             * measured 239.1 TFLOP/s at N 4096, d 128, fp16 against 225.6 with
+                             * the rows spread over lanes 0..7 of all 8 warps, docs/benchmarks.md):
+                             * row m0 + rr (< sq: FULL), all D = P.dp columns (the dispatch
+                             * instantiates D = dp), D * 4 bytes: 512 / 384, multiples of 16; the
+                             * global row starts 16-byte aligned since dp * 4 is a multiple of 16
+                             * and dq_acc is (cudaMalloc's 256-byte alignment + the 16 KB guard) */
+                            if (tid_o < BR) {
+                                const int rr = tid_o;
+                                float *gr = base + (((size_t)b * sq + m0 + rr) * P.H + h) * P.dp;
+                                bulk_reduce_add_f32(gr, sdQ + rr * TR::SDQ, (uint32_t)(D * 4));
+                                bulk_commit();
+                            }
                         }
                     } else {
                         if (P.deterministic) put(std::true_type());
@@ -1028,15 +1014,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
         else tile(std::false_type());
     }
     cp_async_wait<0>();
-    /* BULK: the last staged partial, after a barrier; then no bulk reduction in flight (sdQ
-     * read, dq_acc written) when the CTA retires */
-    if constexpr (BULK) {
-        if (bulk_pend) {
-            __syncthreads();
-            bulk_issue();
-        }
-        bulk_wait_all<false>();
-    }
+    /* BULK: no bulk reduction in flight (sdQ read, dq_acc written) when the CTA retires */
+    if constexpr (BULK) bulk_wait_all<false>();
 
 #pragma unroll
     for (int x = 0; x < KBW; x++)
