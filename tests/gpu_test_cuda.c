@@ -498,9 +498,12 @@ Test(gpu_cuda, sm90_replay_bit_identical)
         fd_cuda_cfg g;
         char err[512];
         /* the shapes: key tile 64 with two and three warpgroups, key tile 128 */
-        static const struct { int bc; const char *wg, *pipe, *ld; } vs[] = {
-            {64, "2", "", "cpasync"}, {64, "3", "", "cpasync"}, {128, "2", "", "cpasync"}, {64, "2", "deep", "cpasync"},
-            {64, "2", "", "tma"},     {64, "3", "", "tma"},     {128, "2", "", "tma"},     {64, "2", "deep", "tma"}};
+        /* TMA: the ping-pong between warpgroups (the default) and each at its own pace (free) */
+        static const struct { int bc; const char *wg, *pipe, *ld, *sched; } vs[] = {
+            {64, "2", "", "cpasync", ""}, {64, "3", "", "cpasync", ""}, {128, "2", "", "cpasync", ""},
+            {64, "2", "deep", "cpasync", ""}, {64, "2", "", "tma", "pingpong"}, {64, "3", "", "tma", "pingpong"},
+            {128, "2", "", "tma", "pingpong"}, {64, "2", "deep", "tma", "pingpong"}, {64, "3", "", "tma", "free"},
+            {128, "2", "", "tma", "free"}};
         for (size_t u = 0; u < sizeof vs / sizeof vs[0]; u++) {
             /* head dims above 128: key tile 64, one warpgroup whatever FD_SM90_WG says, no deep */
             if (fs[t].d > 128 && (vs[u].bc != 64 || *vs[u].pipe)) continue;
@@ -513,6 +516,7 @@ Test(gpu_cuda, sm90_replay_bit_identical)
             setenv("FD_SM90_WG", vs[u].wg, 1); /* "2" or "3": every shape explicitly */
             setenv("FD_SM90_PIPE", vs[u].pipe, 1);
             setenv("FD_SM90_LOAD", vs[u].ld, 1); /* cp.async or TMA with a producer warpgroup */
+            setenv("FD_SM90_SCHED", vs[u].sched, 1);
             cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
             cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
             size_t diff = 0, first = (size_t)-1, ldiff = 0;
@@ -531,8 +535,9 @@ Test(gpu_cuda, sm90_replay_bit_identical)
             unsetenv("FD_SM90_WG");
             unsetenv("FD_SM90_PIPE");
             unsetenv("FD_SM90_LOAD");
-            cr_expect_eq(diff, 0, "spec %zu, bc %d, %s warpgroups %s %s: %zu of %zu O elements differ from the replay; first at "
-                         "%zu: gpu %a, replay %a (with V's LBO/SBO swapped: %ld differ; -1: that run failed)", t, vs[u].bc, vs[u].wg, vs[u].pipe, vs[u].ld, diff, nq,
+            unsetenv("FD_SM90_SCHED");
+            cr_expect_eq(diff, 0, "spec %zu, bc %d, %s warpgroups %s %s %s: %zu of %zu O elements differ from the replay; first at "
+                         "%zu: gpu %a, replay %a (with V's LBO/SBO swapped: %ld differ; -1: that run failed)", t, vs[u].bc, vs[u].wg, vs[u].pipe, vs[u].ld, vs[u].sched, diff, nq,
                          first, first < nq ? (double)o[first] : 0.0, first < nq ? (double)ro[first] : 0.0, sdiff);
             cr_expect_eq(ldiff, 0, "spec %zu, bc %d, %s warpgroups %s: %zu of %zu LSE values differ from the replay", t,
                          vs[u].bc, vs[u].wg, vs[u].ld, ldiff, nl);

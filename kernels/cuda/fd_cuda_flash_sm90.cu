@@ -178,6 +178,13 @@ template <int N> __device__ __forceinline__ void fence_u32(uint32_t *r)
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
 }
 
+/* FlashAttention-3's ping-pong between consumer warpgroups: named barrier 1 + w is warpgroup
+ * w's turn to issue its GEMMs (256 threads: its own 128 wait with bar.sync, the previous
+ * warpgroup's 128 arrive with bar.arrive once they have issued theirs; barrier 0 is
+ * __syncthreads') */
+__device__ __forceinline__ void turn_wait(int wg) { asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wg) : "memory"); }
+__device__ __forceinline__ void turn_pass(int next) { asm volatile("bar.arrive %0, 256;\n" ::"r"(1 + next) : "memory"); }
+
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
@@ -189,7 +196,7 @@ template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.as
 template <typename T, int D, int BC, int NWG, bool DEEP, bool PORT, bool TMA>
 __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
     flash_fwd_sm90_kernel(const FlashParams P, uint32_t v_lbo, uint32_t v_sbo, const __grid_constant__ CUtensorMap tm_q,
-                          const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v)
+                          const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v, int pingpong)
 {
     constexpr int BR = 64 * NWG, NT = 128 * NWG, STG = stages(DEEP);
     constexpr int NA = BC / 8; /* 8-column atoms of S */
@@ -293,6 +300,7 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
         if constexpr (NWG > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(consumer_regs(NWG)) : "memory");
         mbar_wait(qbar, 0);
     } else {
+        (void)pingpong;
         load_il<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
         load_kv(0);
         cp_async_commit();
@@ -305,6 +313,19 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
     }
 
     const uint32_t qa = sQ + (uint32_t)wg * (64 * 16 * D / 8); /* the warpgroup's 64 rows */
+    /* ping-pong (TMA, two or three consumer warpgroups, FD_SM90_SCHED): the warpgroups issue
+     * their GEMMs in turn, 0, 1, (2,) 0, ..., each n_hi + 1 times (DEEP: n_hi + 2) with the
+     * same n_hi (CTA-uniform), so one warpgroup's softmax runs under another's products; the
+     * last warpgroup opens warpgroup 0's first turn and does not pass on its last one, so
+     * every barrier phase completes. Scheduling only: no operation or order changes. */
+    const bool pp = TMA && NWG > 1 && pingpong;
+    if (pp && wg == NWG - 1) turn_pass(0);
+    auto turn_begin = [&]() {
+        if (pp) turn_wait(wg);
+    };
+    auto turn_end = [&](bool last) {
+        if (pp && !(last && wg == NWG - 1)) turn_pass((wg + 1) % NWG);
+    };
     constexpr uint32_t KLBO = 128, KSBO = 16 * D;
 
     float o[ND * 4], s[NA * 4], sn[DEEP ? NA * 4 : 1]; /* sn: the next tile's S (DEEP) */
@@ -355,9 +376,11 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
             __syncthreads();
         }
         zero_s(s);
+        turn_begin();
         fd_sm90::wg_arrive();
         issue_s(s, 0);
         fd_sm90::wg_commit();
+        turn_end(false);
         fd_sm90::wg_wait<0>();
         fd_sm90::fence_regs<NA * 4>(s);
     }
@@ -376,18 +399,22 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
                                * during this tile's softmax */
             zero_s(sn);
             fd_sm90::fence_regs<ND * 4>(o);
+            turn_begin();
             fd_sm90::wg_arrive();
             if (it + 1 < n_hi) issue_s(sn, it + 1);
             if (it > 0) issue_pv(it - 1);
             fd_sm90::wg_commit();
+            turn_end(false);
         } else { /* S of this tile, then PV of the previous one in flight during the softmax */
             zero_s(s);
             fd_sm90::fence_regs<ND * 4>(o);
+            turn_begin();
             fd_sm90::wg_arrive();
             issue_s(s, it);
             fd_sm90::wg_commit();
             if (it > 0) issue_pv(it - 1);
             fd_sm90::wg_commit();
+            turn_end(false);
             fd_sm90::wg_wait<1>(); /* S done; PV may run on */
             fd_sm90::fence_regs<NA * 4>(s);
         }
@@ -437,9 +464,11 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
     }
     /* O += P V of the last tile */
     fd_sm90::fence_regs<ND * 4>(o);
+    turn_begin();
     fd_sm90::wg_arrive();
     issue_pv(n_hi - 1);
     fd_sm90::wg_commit();
+    turn_end(true);
     fd_sm90::wg_wait<0>();
     fd_sm90::fence_regs<ND * 4>(o);
     fence_u32<NA * 2>(pk);
@@ -503,7 +532,7 @@ static int make_map(CUtensorMap *m, const void *g, bool bf16, int B, int S, int 
 }
 
 template <typename T, int D, int BC, int NWG, bool DEEP, bool TMA>
-int launch_shape(const FlashParams &P, uint32_t vl, uint32_t vs, cudaStream_t st, char *err, size_t errlen)
+int launch_shape(const FlashParams &P, uint32_t vl, uint32_t vs, int pp, cudaStream_t st, char *err, size_t errlen)
 {
     constexpr size_t sm = smem_bytes<D, BC, NWG, DEEP, TMA>();
     static_assert(sm <= 227 * 1024, "shared memory of the tile");
@@ -520,7 +549,7 @@ int launch_shape(const FlashParams &P, uint32_t vl, uint32_t vs, cudaStream_t st
             return -1;
     }
     dim3 grid((unsigned)((P.sq + 64 * NWG - 1) / (64 * NWG)), (unsigned)(P.B * P.H));
-    kern<<<grid, cta_threads(NWG, TMA), sm, st>>>(P, vl, vs, tq, tk, tv);
+    kern<<<grid, cta_threads(NWG, TMA), sm, st>>>(P, vl, vs, tq, tk, tv, pp);
     FD_LAUNCH_CHECK();
     return 0;
 }
@@ -578,6 +607,13 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
     if (ld && *ld && strcmp(ld, "tma") && strcmp(ld, "cpasync"))
         FD_FAIL("FD_SM90_LOAD=%s unknown: \"tma\" or \"cpasync\"", ld);
     const bool tma = !ld || strcmp(ld, "cpasync");
+    /* TMA with two or three consumer warpgroups: FlashAttention-3's ping-pong, the warpgroups
+     * issuing their GEMMs in turn (FD_SM90_SCHED=pingpong, the default), or each at its own
+     * pace (free) */
+    const char *sch = getenv("FD_SM90_SCHED");
+    if (sch && *sch && strcmp(sch, "pingpong") && strcmp(sch, "free"))
+        FD_FAIL("FD_SM90_SCHED=%s unknown: \"pingpong\" or \"free\"", sch);
+    const int pp = !sch || strcmp(sch, "free");
     const char *sw = getenv("FD_SM90_VDESC");
     const bool swap = sw && !strcmp(sw, "swap");
     const uint32_t l = 16u * (uint32_t)dk, s = 128u; /* the kernel's D, not dp: the tile's row pitch */
@@ -586,8 +622,8 @@ int launch_sm90(const FlashParams &P, int is_bf16, int bc, cudaStream_t st, char
         FD_FAIL("cuda-flash-sm90: padded head_dim %d unsupported", P.dp);
 #define FD_SM90_CASE(TT, DD, BB, WW, DEEP)                                                       \
     if (dk == DD && bc == BB && nwg == WW && deep == DEEP)                                     \
-        return tma ? fd_sm90::launch_shape<TT, DD, BB, WW, DEEP, true>(P, vl, vs, st, err, errlen)  \
-                   : fd_sm90::launch_shape<TT, DD, BB, WW, DEEP, false>(P, vl, vs, st, err, errlen);
+        return tma ? fd_sm90::launch_shape<TT, DD, BB, WW, DEEP, true>(P, vl, vs, pp, st, err, errlen)  \
+                   : fd_sm90::launch_shape<TT, DD, BB, WW, DEEP, false>(P, vl, vs, pp, st, err, errlen);
 #define FD_SM90_T(TT)                                                                            \
     FD_SM90_CASE(TT, 64, 64, 2, false) FD_SM90_CASE(TT, 64, 64, 3, false)                        \
     FD_SM90_CASE(TT, 64, 128, 2, false) FD_SM90_CASE(TT, 64, 64, 2, true)                        \
