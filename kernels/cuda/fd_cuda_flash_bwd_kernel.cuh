@@ -38,6 +38,8 @@ struct BwdParams {
     const float *lse2, *dpre;       /* [B][H][Sq]: lse * log2(e), D' (fd_bwd.h steps 1, 2) */
     float *dq_acc;                  /* atomic: [B][Sq][H][dp]; deterministic: [ntn][B][Sq][H][dp] */
     float *dk_h, *dv_h;             /* [B][Sk][H][dp]: per query head dK * srp, dV * rp */
+    void *dk_out, *dv_out;          /* one query head a key head: dK, dV in the dtype, [B][Sk][Hk][dp],
+                                     * written by the main kernel (store_dkdv); null with GQA */
     int B, H, Hk, sq, sk, d, dp, h_per_kv;
     int mask;
     float scale_log2, srp, rp;
@@ -60,6 +62,31 @@ struct BwdParams {
  * bits of every dQ partial, dK and dV; the atomic mode's order of additions into dq_acc
  * is nondeterministic in all three. */
 enum { FD_BWD_OLD = 0, FD_BWD_NEW = 1, FD_BWD_BULK = 2 };
+
+/* The epilogue's store of key row j's columns c, c + 1 (c even; row = ((b sk + j) H + h) dp):
+ * dK * srp and dV * rp (step 5's dX_h). With GQA (P.dk_out null) in binary32 per query head
+ * into dk_h / dv_h, which bwd_gqa_kernel sums over the group from 0.0f and rounds once. With
+ * one query head a key head (P.dk_out set) that kernel's result is written here directly, in
+ * the dtype: 0.0f + x (its sum over one head, which turns -0 into +0), rounded once, and
+ * zeros past d, as it writes them: the same bits, and 2 x 4 bytes an element neither
+ * written in binary32 nor read back (the whole dK / dV pass of bwd_gqa_kernel). */
+template <typename T>
+__device__ __forceinline__ void store_dkdv(const BwdParams &P, size_t row, int c, float k0, float k1, float v0,
+                                           float v1)
+{
+    const float dk0 = __fmul_rn(k0, P.srp), dk1 = __fmul_rn(k1, P.srp);
+    const float dv0 = __fmul_rn(v0, P.rp), dv1 = __fmul_rn(v1, P.rp);
+    if (P.dk_out) {
+        const bool in0 = c < P.d, in1 = c + 1 < P.d;
+        *reinterpret_cast<uint32_t *>(static_cast<T *>(P.dk_out) + row + c) =
+            DT<T>::pack(in0 ? __fadd_rn(0.0f, dk0) : 0.0f, in1 ? __fadd_rn(0.0f, dk1) : 0.0f);
+        *reinterpret_cast<uint32_t *>(static_cast<T *>(P.dv_out) + row + c) =
+            DT<T>::pack(in0 ? __fadd_rn(0.0f, dv0) : 0.0f, in1 ? __fadd_rn(0.0f, dv1) : 0.0f);
+    } else {
+        *reinterpret_cast<float2 *>(P.dk_h + row + c) = make_float2(dk0, dk1);
+        *reinterpret_cast<float2 *>(P.dv_h + row + c) = make_float2(dv0, dv1);
+    }
+}
 
 /* One element's score modifiers (mods problems): the softcap's tanh and FA2's dtanh
  * factor (1 - t^2) cap_in (one fmaf, one product), then the ALiBi bias; the visibility
@@ -390,23 +417,18 @@ __global__ void __launch_bounds__(128, MODS ? 2 : BwdTraits<D, BC>::MINB) flash_
     }
     cp_async_wait<0>();
 
-    /* Epilogue: per query head dK * srp, dV * rp in binary32 (step 5's dX_h). */
+    /* Epilogue: per query head dK * srp, dV * rp (step 5's dX_h; store_dkdv). */
 #pragma unroll
     for (int x = 0; x < KBW; x++)
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int j = n0 + (kb0 + x) * 16 + g + 8 * r;
         if (j >= sk) continue;
-        float *dk = P.dk_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
-        float *dv = P.dv_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
+        const size_t row = (((size_t)b * sk + j) * P.H + h) * P.dp;
 #pragma unroll
-        for (int a = 0; a < NDW; a++) {
-            const int c = a * 8 + 2 * t;
-            *reinterpret_cast<float2 *>(dk + c) = make_float2(__fmul_rn(acc_dk[x][a][2 * r], P.srp),
-                                                              __fmul_rn(acc_dk[x][a][2 * r + 1], P.srp));
-            *reinterpret_cast<float2 *>(dv + c) = make_float2(__fmul_rn(acc_dv[x][a][2 * r], P.rp),
-                                                              __fmul_rn(acc_dv[x][a][2 * r + 1], P.rp));
-        }
+        for (int a = 0; a < NDW; a++)
+            store_dkdv<T>(P, row, dbase + a * 8 + 2 * t, acc_dk[x][a][2 * r], acc_dk[x][a][2 * r + 1],
+                          acc_dv[x][a][2 * r], acc_dv[x][a][2 * r + 1]);
     }
 }
 
@@ -1023,16 +1045,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
     for (int r = 0; r < 2; r++) {
         const int j = n0 + (kb0 + x) * 16 + g + 8 * r;
         if (j >= sk) continue;
-        float *dk = P.dk_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
-        float *dv = P.dv_h + (((size_t)b * sk + j) * P.H + h) * P.dp + dbase;
+        const size_t row = (((size_t)b * sk + j) * P.H + h) * P.dp;
 #pragma unroll
-        for (int a = 0; a < NDW; a++) {
-            const int c = a * 8 + 2 * t;
-            *reinterpret_cast<float2 *>(dk + c) = make_float2(__fmul_rn(acc_dk[x][a][2 * r], P.srp),
-                                                              __fmul_rn(acc_dk[x][a][2 * r + 1], P.srp));
-            *reinterpret_cast<float2 *>(dv + c) = make_float2(__fmul_rn(acc_dv[x][a][2 * r], P.rp),
-                                                              __fmul_rn(acc_dv[x][a][2 * r + 1], P.rp));
-        }
+        for (int a = 0; a < NDW; a++)
+            store_dkdv<T>(P, row, dbase + a * 8 + 2 * t, acc_dk[x][a][2 * r], acc_dk[x][a][2 * r + 1],
+                          acc_dv[x][a][2 * r], acc_dv[x][a][2 * r + 1]);
     }
 }
 
