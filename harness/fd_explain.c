@@ -509,7 +509,10 @@ int fd_explain_case(const fd_casefile *cf, const fd_case *c, const fd_explain_op
                               b->out[pick].dk, b->out[pick].dv, b->out[pick].be.role == FD_ROLE_STANDARD};
         fd_explain_opts eo = *o;
         eo.backend = NULL;
-        rc = fd_explain_run(cf, &src, &eo, ex, err, errlen);
+        /* the replay with FlashAttention-2's key tile for the bundle (as check runs it) */
+        fd_casefile cfb;
+        fd_casefile_for_bundle(cf, &b->prob, &cfb);
+        rc = fd_explain_run(&cfb, &src, &eo, ex, err, errlen);
     }
     fd_bundle_free(b);
     free(b);
@@ -657,6 +660,7 @@ int fd_explain_run(const fd_casefile *cf, const fd_explain_src *src, const fd_ex
 
     /* 3. the replay's error budget by stage */
     const fd_flash_cfg *cfg = &cf->flash;
+    ex->replay_bc = cfg->bc;
     if (fd_cpu_flash_stages(p, cfg, 0u, q, k, v, rows, nrows, full, lfull, err, errlen)) goto out;
     gather_d(&ck, full, base);
     for (size_t i = 0; i < n; i++) e[i] = base[i] - ref[i];
@@ -1007,7 +1011,7 @@ json_t *fd_explain_json(const fd_explanation *ex)
                                               fd_json_num(ex->hypo[i].residual_max_abs), "explains",
                                               ex->hypo[i].explains, "best", i == ex->best));
     json_t *j = json_pack(
-        "{s:s, s:s, s:s, s:I, s:s, s:b, s:{s:o, s:o}, s:o, s:o, s:{s:o, s:o, s:o, s:b, s:I}, "
+        "{s:s, s:s, s:s, s:I, s:s, s:b, s:{s:o, s:o}, s:o, s:o, s:{s:o, s:o, s:o, s:b, s:I, s:i}, "
         "s:o, s:{s:o, s:o}, s:o, s:{s:o, s:o, s:o, s:o, s:o}, s:{s:o, s:o, s:o, s:I}, s:o}",
         "case", ex->case_id, "backend", ex->backend, "inject", ex->inject, "checked", (json_int_t)ex->nchecked,
         "summary", ex->summary, "gross", ex->gross, "kernel_error", "max_abs", fd_json_num(ex->k_err_max_abs),
@@ -1015,7 +1019,7 @@ json_t *fd_explain_json(const fd_explanation *ex)
         fd_json_num(ex->limit), "replay", "err_max_abs", fd_json_num(ex->r_err_max_abs), "err_rel_l2",
         fd_json_num(ex->r_err_l2), "all_exact_err_max_abs", fd_json_num(ex->allexact_max_abs),
         "bitwise_equal_to_kernel", ex->replay_matches_kernel, "mismatches", (json_int_t)ex->replay_mismatches,
-        "stages", parts, "input_rounding", "max_abs", fd_json_num(ex->input_rounding_max_abs), "rel_l2",
+        "key_tile", ex->replay_bc, "stages", parts, "input_rounding", "max_abs", fd_json_num(ex->input_rounding_max_abs), "rel_l2",
         fd_json_num(ex->input_rounding_l2), "orders", vars, "flash_vs_standard", "diff_max_abs",
         fd_json_num(ex->flash_std_diff_max_abs), "diff_l2", fd_json_num(ex->flash_std_diff_l2),
         "flash_err_l2", fd_json_num(ex->flash_err_l2_abs), "standard_err_l2", fd_json_num(ex->std_err_l2_abs),

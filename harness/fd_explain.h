@@ -94,6 +94,7 @@ typedef struct fd_explanation {
     /* the replay's budget */
     double r_err_max_abs, r_err_l2, allexact_max_abs;
     int replay_matches_kernel;      /* bitwise, on the checked elements */
+    int replay_bc;                  /* the replay's key tile */
     long replay_mismatches;
     fd_ex_part part[FD_EX_MAX_STAGES];
     int nparts;

@@ -393,7 +393,7 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
     cf->rows_per_head = rows_per_head;
     cf->reference_budget = FD_REFERENCE_BUDGET_DEFAULT;
     fd_flash_cfg_default(&cf->flash);
-    cf->flash.qk_order = cf->flash.pv_order = FD_ACC_TC16;
+    cf->flash.qk_order = cf->flash.pv_order = FD_ACC_TC16; /* the key tile: per bundle, fd_casefile_for_bundle */
     fd_policy_default(&cf->policy);
     cf->bundles = paths;
     cf->cases = calloc((size_t)(n > 0 ? n : 1), sizeof *cf->cases);
@@ -405,6 +405,24 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
         c->dist = FD_DIST_GIVEN;
         c->bundle = paths[i];
     }
+}
+
+int fd_fa2_fwd_key_tile(const fd_problem *p)
+{
+    if (p->page_size > 0) return 0;
+    const int d = p->head_dim, drop = p->dropout_p > 0.0;
+    if (d <= 32) return 128;
+    if (d <= 64) return drop ? 64 : 128;
+    if (d <= 96) return 64;
+    if (d <= 128) return drop ? 32 : 64;
+    return 64;
+}
+
+void fd_casefile_for_bundle(const fd_casefile *cf, const fd_problem *p, fd_casefile *out)
+{
+    *out = *cf;
+    const int bc = fd_fa2_fwd_key_tile(p);
+    if (bc > 0) out->flash.bc = bc;
 }
 
 void fd_bundle_free(fd_bundle *b)

@@ -77,4 +77,16 @@ void fd_bundle_given(const fd_bundle *b, int skip, int only_standard, fd_given *
  * tensor-core order (imported outputs come from GPUs); the policy is the default one.
  * cf->ncases is 0 when out of memory. */
 void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int n, int rows_per_head);
+
+/* FlashAttention-2's forward key tile (kBlockN) for a problem, as its launcher picks it on
+ * sm_80 and sm_90 (csrc/flash_attn/src/flash_fwd_launch_template.h, run_mha_fwd_hdimN, head
+ * dims rounded up to 32, 64, 96, 128, 192, 256): 128 for head dims up to 32, and up to 64
+ * without dropout; 32 for head dims 97..128 with dropout; 64 otherwise. 0 for a paged
+ * problem (FA2 runs its split-KV kernel there, other tiles). */
+int fd_fa2_fwd_key_tile(const fd_problem *p);
+
+/* The case file an imported bundle is replayed with: cf with the replay's key tile set to
+ * FlashAttention-2's for the bundle's problem (fd_fa2_fwd_key_tile; unchanged when that is
+ * 0). *out shares cf's pointers: pass it where cf goes, never free it. */
+void fd_casefile_for_bundle(const fd_casefile *cf, const fd_problem *p, fd_casefile *out);
 #endif

@@ -110,7 +110,10 @@ static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_bac
     fd_given g;
     fd_bundle_given(bd, -1, 0, &g);
     char e2[1024];
-    if (fd_run_case_given(cf, &bc, bes, nbe, &g, jobs, repeat, res, e2, sizeof e2)) {
+    /* the replay with FlashAttention-2's key tile for this bundle's head dim and dropout */
+    fd_casefile cfb;
+    fd_casefile_for_bundle(cf, &bd->prob, &cfb);
+    if (fd_run_case_given(&cfb, &bc, bes, nbe, &g, jobs, repeat, res, e2, sizeof e2)) {
         snprintf(err, errlen, "bundle %s: %s", bd->path, e2);
         bundle_release(bd);
         return -1;
@@ -128,6 +131,7 @@ static int run_bundle_case(const fd_casefile *cf, const fd_case *c, const fd_bac
     json_object_set_new(x, "format", json_string(bd->safetensors ? "safetensors" : "npy"));
     json_object_set_new(x, "layout", json_string(bd->bhsd ? "bhsd" : "bshd"));
     json_object_set_new(x, "outputs", outs);
+    json_object_set_new(x, "replay_key_tile", json_integer(cfb.flash.bc));
     if (bd->info) json_object_set(x, "info", bd->info);
     json_t *pairs = json_array();
     for (int a = 0; a < bd->nout; a++)

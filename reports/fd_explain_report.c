@@ -29,12 +29,16 @@ void fd_explain_text(const json_t *ex, FILE *f)
             str(ex, "case"), str(ex, "backend"), *inject ? ", injected bug: " : "", inject, nchecked);
     fprintf(f, "JUDGED: %s%s%s\n", str(ex, "verdict"), *reasons ? ": " : "", reasons);
     fprintf(f, "VERDICT: %s\n\n", str(ex, "summary"));
+    /* the replay's key tile (explanations written before it was recorded have none) */
+    char tile[40] = "";
+    if (json_object_get(replay, "key_tile")) snprintf(tile, sizeof tile, ", key tile %ld", count(replay, "key_tile"));
     if (json_is_true(json_object_get(replay, "bitwise_equal_to_kernel")))
-        fprintf(f, "Error budget of the flash algorithm (CPU replay, bitwise equal to the kernel's output here),\n"
-                   "each stage made exact alone:\n");
+        fprintf(f, "Error budget of the flash algorithm (CPU replay%s, bitwise equal to the kernel's\n"
+                   "output here), each stage made exact alone:\n", tile);
     else
-        fprintf(f, "Error budget of the flash algorithm (CPU replay; it reproduces %ld of the kernel's %ld outputs\n"
-                   "bit for bit), each stage made exact alone:\n", nchecked - count(replay, "mismatches"), nchecked);
+        fprintf(f, "Error budget of the flash algorithm (CPU replay%s; it reproduces %ld of the kernel's\n"
+                   "%ld outputs bit for bit), each stage made exact alone:\n", tile, nchecked - count(replay, "mismatches"),
+                nchecked);
     fprintf(f, "  %-42s %11s %11s %8s\n", "stage", "max abs", "rel l2", "share");
     /* the stages, then {stage: "interaction"} without a max abs (it is not a stage's part) */
     json_array_foreach(json_object_get(ex, "stages"), i, e) {

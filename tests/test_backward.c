@@ -540,6 +540,37 @@ Test(backward, diff_reports_gradient_moves)
     cr_expect(strstr(g_err, "baseline.metrics[0]") != NULL, "%s", g_err);
 }
 
+/* The replay of an imported FA2 output takes FlashAttention-2's key tile for the bundle's
+ * head dim and dropout (fd_fa2_fwd_key_tile): on the H200 bundles (PyTorch 2.11's flash
+ * SDPA) it is then bitwise equal to FA2's output at d 64 without dropout (tile 128; with
+ * the old fixed tile 64 it reproduced 11575 of 14464), and with dropout p 0.1 (tile 64) it
+ * reproduces 14438 of 14464 (tile 128 would give 13289). */
+Test(backward, pytorch_h200_fa2_key_tile)
+{
+    fd_problem p;
+    memset(&p, 0, sizeof p);
+    static const struct { int d; double drop; int bc; } t[] = {
+        {8, 0.0, 128}, {32, 0.1, 128}, {40, 0.0, 128}, {64, 0.0, 128}, {64, 0.1, 64}, {72, 0.0, 64}, {96, 0.2, 64},
+        {128, 0.0, 64}, {128, 0.1, 32}, {100, 0.1, 32}, {160, 0.0, 64}, {256, 0.1, 64}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        p.head_dim = t[i].d;
+        p.dropout_p = t[i].drop;
+        p.page_size = 0;
+        cr_expect_eq(fd_fa2_fwd_key_tile(&p), t[i].bc, "d %d p %g", t[i].d, t[i].drop);
+    }
+    p.page_size = 256;
+    cr_expect_eq(fd_fa2_fwd_key_tile(&p), 0, "paged: FA2's split-KV kernel");
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/b1_h2_s113_d64_bf16_full_p0", tu_path(TU_DATA, "pytorch-h200-bwd"));
+    char *e1[] = {FD_BINARY, "explain", "--tensors", dir, "--output", "flash", NULL};
+    cr_expect_eq(tu_run(e1), 0, "%s", g_err);
+    cr_expect(strstr(g_out, "(CPU replay, key tile 128, bitwise equal to the kernel's") != NULL, "%s", g_out);
+    snprintf(dir, sizeof dir, "%s/b1_h2_s113_d64_fp16_causal_p0.1", tu_path(TU_DATA, "pytorch-h200-bwd"));
+    char *e2[] = {FD_BINARY, "explain", "--tensors", dir, "--output", "flash", NULL};
+    cr_expect_eq(tu_run(e2), 0, "%s", g_err);
+    cr_expect(strstr(g_out, "(CPU replay, key tile 64; it reproduces 14438 of the kernel's") != NULL, "%s", g_out);
+}
+
 /* Real PyTorch gradients (H200, tests/data/pytorch-h200-bwd): judged PASS; the flash
  * output's dK and dV exchanged fails, and explain names the swap. */
 Test(backward, pytorch_h200_gradients)
