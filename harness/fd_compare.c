@@ -8,6 +8,7 @@
 #include "fd_compare.h"
 #include "fd_cpu_attn.h"
 #include "fd_dtype.h"
+#include "fd_import.h"
 #include "fd_out.h"
 #include "fd_safetensors.h"
 #include <sys/stat.h>
@@ -119,6 +120,8 @@ static int order_spread(const fd_bundle *b, const int *rows, dstat *s, char *err
     fd_flash_cfg cfg;
     fd_flash_cfg_default(&cfg);
     cfg.qk_order = cfg.pv_order = FD_ACC_TC16; /* imported outputs come from GPUs (fd_casefile_bundles) */
+    const int fbc = fd_fa2_fwd_key_tile(p);    /* and FA2's key tile, as check replays them */
+    if (fbc > 0) cfg.bc = fbc;
     int rc = -1;
     if (!of || !os || !lf || !ls) snprintf(err, errlen, "out of memory");
     else if (!fd_cpu_flash_forward(p, &cfg, b->q, b->k, b->v, rows, p->seqlen_q, of, lf, err, errlen) &&
