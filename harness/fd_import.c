@@ -409,7 +409,7 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
 
 int fd_fa2_fwd_key_tile(const fd_problem *p)
 {
-    if (p->page_size > 0) return 0;
+    if (p->page_size > 0 || (p->dtype != FD_DT_FP16 && p->dtype != FD_DT_BF16)) return 0;
     const int d = p->head_dim, drop = p->dropout_p > 0.0;
     if (d <= 32) return 128;
     if (d <= 64) return drop ? 64 : 128;

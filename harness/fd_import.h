@@ -82,7 +82,8 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
  * sm_80 and sm_90 (csrc/flash_attn/src/flash_fwd_launch_template.h, run_mha_fwd_hdimN, head
  * dims rounded up to 32, 64, 96, 128, 192, 256): 128 for head dims up to 32, and up to 64
  * without dropout; 32 for head dims 97..128 with dropout; 64 otherwise. 0 for a paged
- * problem (FA2 runs its split-KV kernel there, other tiles). */
+ * problem (FA2 runs its split-KV kernel there, other tiles) and for dtypes other than fp16
+ * and bf16 (FA2 has no such kernel). */
 int fd_fa2_fwd_key_tile(const fd_problem *p);
 
 /* The case file an imported bundle is replayed with: cf with the replay's key tile set to

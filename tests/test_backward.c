@@ -549,6 +549,7 @@ Test(backward, pytorch_h200_fa2_key_tile)
 {
     fd_problem p;
     memset(&p, 0, sizeof p);
+    p.dtype = FD_DT_FP16;
     static const struct { int d; double drop; int bc; } t[] = {
         {8, 0.0, 128}, {32, 0.1, 128}, {40, 0.0, 128}, {64, 0.0, 128}, {64, 0.1, 64}, {72, 0.0, 64}, {96, 0.2, 64},
         {128, 0.0, 64}, {128, 0.1, 32}, {100, 0.1, 32}, {160, 0.0, 64}, {256, 0.1, 64}};
@@ -558,6 +559,9 @@ Test(backward, pytorch_h200_fa2_key_tile)
         p.page_size = 0;
         cr_expect_eq(fd_fa2_fwd_key_tile(&p), t[i].bc, "d %d p %g", t[i].d, t[i].drop);
     }
+    p.dtype = FD_DT_FP32;
+    cr_expect_eq(fd_fa2_fwd_key_tile(&p), 0, "fp32: no FA2 kernel");
+    p.dtype = FD_DT_BF16;
     p.page_size = 256;
     cr_expect_eq(fd_fa2_fwd_key_tile(&p), 0, "paged: FA2's split-KV kernel");
     char dir[300];
