@@ -179,8 +179,12 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     if (fd_dalloc_guarded(gdp, nl * 4, "D'", err, errlen)) return -1;
     if (fd_dalloc_guarded(gacc, (det ? (size_t)ntn : 1) * nqf * 4,
                   det ? "dQ per-key-tile partials" : "dQ accumulator", err, errlen)) return -1;
-    if (fd_dalloc_guarded(gdkh, nkf * 4, "dK per query head", err, errlen)) return -1;
-    if (fd_dalloc_guarded(gdvh, nkf * 4, "dV per query head", err, errlen)) return -1;
+    /* GQA only: dK / dV per query head in binary32 for bwd_gqa_kernel; with one query head a
+     * key head the main kernel writes dK / dV itself (store_dkdv) and these stay unallocated
+     * (null in BwdParams; fd_dguard_check passes an unallocated buffer) */
+    const bool gqa = H != Hk;
+    if (gqa && fd_dalloc_guarded(gdkh, nkf * 4, "dK per query head", err, errlen)) return -1;
+    if (gqa && fd_dalloc_guarded(gdvh, nkf * 4, "dV per query head", err, errlen)) return -1;
     if (fd_dalloc_guarded(gdq, nqf * 2, "dQ", err, errlen)) return -1;
     if (fd_dalloc_guarded(gdk, (size_t)B * sk * Hk * dp * 2, "dK", err, errlen)) return -1;
     if (fd_dalloc_guarded(gdv, (size_t)B * sk * Hk * dp * 2, "dV", err, errlen)) return -1;
@@ -188,8 +192,10 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     FD_CU(cudaMemset(gdq.p, 0xff, gdq.bytes));
     FD_CU(cudaMemset(gdk.p, 0xff, gdk.bytes));
     FD_CU(cudaMemset(gdv.p, 0xff, gdv.bytes));
-    FD_CU(cudaMemset(gdkh.p, 0xff, gdkh.bytes));
-    FD_CU(cudaMemset(gdvh.p, 0xff, gdvh.bytes));
+    if (gqa) {
+        FD_CU(cudaMemset(gdkh.p, 0xff, gdkh.bytes));
+        FD_CU(cudaMemset(gdvh.p, 0xff, gdvh.bytes));
+    }
 
     /* FA2's params (flash_api.cpp), as the forward and the replay take them: p_dropout =
      * 1.f - p in binary32, rp = 1.f / p_dropout, scale_softmax_log2 = scale * M_LOG2E as a
@@ -203,7 +209,7 @@ extern "C" int fd_cuda_flash_backward(const fd_problem *p, const fd_cuda_cfg *cf
     P.dq_acc = gacc.as<float>(); P.dk_h = gdkh.as<float>(); P.dv_h = gdvh.as<float>();
     /* one query head a key head: the main kernel writes dK, dV in the dtype (store_dkdv), the
      * bits bwd_gqa_kernel would give; with GQA it sums dk_h / dv_h over the group */
-    if (H == Hk) { P.dk_out = gdk.p; P.dv_out = gdv.p; }
+    if (!gqa) { P.dk_out = gdk.p; P.dv_out = gdv.p; }
     P.B = B; P.H = H; P.Hk = Hk; P.sq = sq; P.sk = sk; P.d = d; P.dp = dp; P.h_per_kv = H / Hk;
     P.mask = (int)p->mask;
     /* FA2's folded scales (fd_mods.h, fd_bwd.h): scale_softmax is the softcap when there is
