@@ -300,7 +300,6 @@ __global__ void __launch_bounds__(cta_threads(NWG, TMA), 1)
         if constexpr (NWG > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(consumer_regs(NWG)) : "memory");
         mbar_wait(qbar, 0);
     } else {
-        (void)pingpong;
         load_il<T, D, BR, NT>(sQ, gQ, m0, sq, P.H, h, P.dp, tid);
         load_kv(0);
         cp_async_commit();
