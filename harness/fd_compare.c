@@ -118,10 +118,7 @@ static int order_spread(const fd_bundle *b, const int *rows, dstat *s, char *err
     float *of = malloc(sizeof(float) * nq), *os = malloc(sizeof(float) * nq);
     float *lf = malloc(sizeof(float) * fd_lse_numel(p)), *ls = malloc(sizeof(float) * fd_lse_numel(p));
     fd_flash_cfg cfg;
-    fd_flash_cfg_default(&cfg);
-    cfg.qk_order = cfg.pv_order = FD_ACC_TC16; /* imported outputs come from GPUs (fd_casefile_bundles) */
-    const int fbc = fd_fa2_fwd_key_tile(p);    /* and FA2's key tile, as check replays them */
-    if (fbc > 0) cfg.bc = fbc;
+    fd_import_flash_cfg(p, &cfg); /* as check replays imported outputs */
     int rc = -1;
     if (!of || !os || !lf || !ls) snprintf(err, errlen, "out of memory");
     else if (!fd_cpu_flash_forward(p, &cfg, b->q, b->k, b->v, rows, p->seqlen_q, of, lf, err, errlen) &&

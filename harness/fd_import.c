@@ -392,8 +392,7 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
     snprintf(cf->description, sizeof cf->description, "imported tensors (flashdrift check --tensors)");
     cf->rows_per_head = rows_per_head;
     cf->reference_budget = FD_REFERENCE_BUDGET_DEFAULT;
-    fd_flash_cfg_default(&cf->flash);
-    cf->flash.qk_order = cf->flash.pv_order = FD_ACC_TC16; /* the key tile: per bundle, fd_casefile_for_bundle */
+    fd_import_flash_cfg(NULL, &cf->flash); /* the key tile: per bundle, fd_casefile_for_bundle */
     fd_policy_default(&cf->policy);
     cf->bundles = paths;
     cf->cases = calloc((size_t)(n > 0 ? n : 1), sizeof *cf->cases);
@@ -416,6 +415,14 @@ int fd_fa2_fwd_key_tile(const fd_problem *p)
     if (d <= 96) return 64;
     if (d <= 128) return drop ? 32 : 64;
     return 64;
+}
+
+void fd_import_flash_cfg(const fd_problem *p, fd_flash_cfg *c)
+{
+    fd_flash_cfg_default(c);
+    c->qk_order = c->pv_order = FD_ACC_TC16;
+    const int bc = p ? fd_fa2_fwd_key_tile(p) : 0;
+    if (bc > 0) c->bc = bc;
 }
 
 void fd_casefile_for_bundle(const fd_casefile *cf, const fd_problem *p, fd_casefile *out)

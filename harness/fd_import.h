@@ -86,6 +86,11 @@ void fd_casefile_bundles(fd_casefile *cf, const char *source, char **paths, int 
  * and bf16 (FA2 has no such kernel). */
 int fd_fa2_fwd_key_tile(const fd_problem *p);
 
+/* The replay configuration of imported outputs: the defaults with the tensor-core order
+ * (imported outputs come from GPUs) and, for a problem p (may be NULL), FlashAttention-2's
+ * key tile (fd_fa2_fwd_key_tile, when not 0). */
+void fd_import_flash_cfg(const fd_problem *p, fd_flash_cfg *c);
+
 /* The case file an imported bundle is replayed with: cf with the replay's key tile set to
  * FlashAttention-2's for the bundle's problem (fd_fa2_fwd_key_tile; unchanged when that is
  * 0). *out shares cf's pointers: pass it where cf goes, never free it. */
