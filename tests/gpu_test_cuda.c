@@ -347,6 +347,57 @@ Test(gpu_cuda, flash_bitwise_deterministic)
     free_case(&c);
 }
 
+/* The fast path (no dropout, no modifiers, hardware exp2: the kernel bench times) against the
+ * general kernel (FD_FLASH_GEN=1) on the same problem: O and LSE bit for bit. The general
+ * kernel's arithmetic is the CPU replay's (sweep cases/replay.json, portable exp2); this
+ * ties the timed kernel to it. Head dims 64 and 128 take 32 rows a warp on the fast path,
+ * the others 16; partial tiles, GQA, both causal alignments and rows without a key. */
+Test(gpu_cuda, fast_path_bit_identical_to_general)
+{
+    SKIP_WITHOUT_GPU();
+    static const struct {
+        int B, H, Hk, sq, sk, d, br; fd_dtype dt; fd_mask_kind mask;
+    } fs[] = {
+        {2, 4, 2, 640, 640, 128, 128, FD_DT_FP16, FD_MASK_NONE},
+        {1, 4, 4, 333, 517, 128, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL},
+        {1, 4, 1, 517, 333, 64, 128, FD_DT_FP16, FD_MASK_CAUSAL_BR},
+        {2, 2, 2, 1000, 1000, 64, 128, FD_DT_BF16, FD_MASK_NONE},
+        {1, 2, 2, 300, 100, 128, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR}, /* rows without a key */
+        {1, 2, 2, 200, 300, 64, 64, FD_DT_BF16, FD_MASK_CAUSAL_TL},
+        {1, 2, 2, 129, 257, 32, 128, FD_DT_FP16, FD_MASK_NONE},
+        {1, 2, 1, 77, 1023, 96, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR},
+        {1, 2, 2, 129, 200, 256, 64, FD_DT_FP16, FD_MASK_CAUSAL_TL},
+    };
+    for (size_t t = 0; t < sizeof fs / sizeof fs[0]; t++) {
+        tcase c;
+        make_case(&c, fs[t].B, fs[t].H, fs[t].Hk, fs[t].sq, fs[t].sk, fs[t].d, fs[t].dt, fs[t].mask, 0.0, 90 + t);
+        const size_t nq = fd_q_numel(&c.p), nl = fd_lse_numel(&c.p);
+        float *o = poisoned(nq), *l = poisoned(nl), *go = poisoned(nq), *gl = poisoned(nl);
+        fd_cuda_cfg cfg;
+        fd_cuda_cfg_default(&cfg);
+        cfg.br = fs[t].br; cfg.bc = 64;
+        char err[512] = "";
+        unsetenv("FD_FLASH_GEN");
+        cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, o, l, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        setenv("FD_FLASH_GEN", "1", 1);
+        cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, go, gl, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+        unsetenv("FD_FLASH_GEN");
+        size_t diff = 0, ldiff = 0, first = (size_t)-1, nan = 0;
+        for (size_t x = 0; x < nq; x++) {
+            nan += o[x] != o[x];
+            if (fd_f32_bits(o[x]) != fd_f32_bits(go[x]) && !diff++) first = x;
+        }
+        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(l[x]) != fd_f32_bits(gl[x]);
+        cr_expect_eq(nan, 0, "spec %zu: %zu O values left unwritten (NaN)", t, nan);
+        cr_expect_eq(diff, 0, "spec %zu (d %d, br %d): %zu of %zu O values differ from the general kernel's; first at %zu: "
+                     "fast %a, general %a", t, fs[t].d, fs[t].br, diff, nq, first, first < nq ? (double)o[first] : 0.0,
+                     first < nq ? (double)go[first] : 0.0);
+        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the general kernel's", t, ldiff, nl);
+        free(o); free(l); free(go); free(gl);
+        free_case(&c);
+    }
+}
+
 /* Relative l2 distance of a from b (b != 0). */
 static double rel_l2_f(const float *a, const float *b, size_t n)
 {

@@ -151,7 +151,7 @@ __global__ void exp2_batch_kernel(const float *x, float *y, size_t n, int mode)
 {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < n)
-        y[idx] = mode == 0 ? exp2f(x[idx]) : mode == 1 ? fd_exp2_portable(x[idx])
+        y[idx] = mode == 0 ? exp2_hw(x[idx]) : mode == 1 ? fd_exp2_portable(x[idx])
                : mode == 2 ? fd_expf_portable(x[idx]) : fd_logf_portable(x[idx]);
 }
 

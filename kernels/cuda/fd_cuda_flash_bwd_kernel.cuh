@@ -758,7 +758,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel8(const BwdParams P)
 #pragma unroll
                                 for (int c = 0; c < 2; c++) {
                                     const float x = __fmaf_rn(s[mb][a][2 * r + c], sl2, nl2);
-                                    const float ex = PORT ? fd_exp2_portable(x) : exp2f(x);
+                                    const float ex = PORT ? fd_exp2_portable(x) : exp2_hw(x);
                                     s[mb][a][2 * r + c] = lok ? ex : 0.0f;
                                 }
                         }

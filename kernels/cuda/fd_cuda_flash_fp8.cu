@@ -94,7 +94,7 @@ template <bool E5> __device__ __forceinline__ uint32_t cvt2(float lo, float hi)
     return (uint32_t)r;
 }
 
-__device__ __forceinline__ float exp2_mode(int mode, float x) { return mode ? fd_exp2_portable(x) : exp2f(x); }
+__device__ __forceinline__ float exp2_mode(int mode, float x) { return mode ? fd_exp2_portable(x) : fd_flash::exp2_hw(x); }
 
 __device__ __forceinline__ uint32_t ld32(const uint8_t *p) { return *reinterpret_cast<const uint32_t *>(p); }
 

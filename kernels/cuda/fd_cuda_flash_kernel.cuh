@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fd_cuda.h"
@@ -120,9 +121,21 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/* The hardware exp2: FlashAttention-2's own op. FA2 builds with --use_fast_math, so its
+ * exp2f is ex2.approx.ftz.f32, one MUFU.EX2; without ftz (plain exp2f here) ptxas adds a
+ * range test and two predicated multiplies per element to produce subnormal results. The
+ * two differ only where 2^x is below 2^-126 (ftz gives +0); written as PTX, not through
+ * a fast-math flag, so nothing else in the build changes. */
+__device__ __forceinline__ float exp2_hw(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ float exp2_mode(int mode, float x)
 {
-    return mode ? fd_exp2_portable(x) : exp2f(x);
+    return mode ? fd_exp2_portable(x) : exp2_hw(x);
 }
 
 /* -inf where a key is not visible (P.mask) in the scores of a row block of 16 (rows row0..row0 + 15;
@@ -208,18 +221,46 @@ template <int D> __device__ __forceinline__ int swz(int row, int col)
     return row * D + ((((col >> 3) ^ (row & M))) << 3) + (col & 7);
 }
 
-/* Copies rows [r0, r0 + ROWS) of a [.][H][dp] tensor (head hh) into a swizzled tile. */
+/* Copies rows [r0, r0 + ROWS) of a [.][H][dp] tensor (head hh) into a swizzled tile.
+ * When the CTA's threads cover whole rows (NT a multiple of the D / 8 chunks of a row),
+ * thread tid always copies chunk tid % CH of rows tid / CH + RS i (RS = NT / CH): its
+ * global pointer and shared address are set up once and step by constants (the swizzle's
+ * row bits do not change when RS is a multiple of 8 rows, or of 4 when M is 3), and a
+ * whole tile skips the row test. Same bytes to the same places as the loop below. */
 template <typename T, int D, int ROWS, int NT>
 __device__ __forceinline__ void load_tile(T *sm, const T *g, int r0, int nrows, int H, int hh,
                                           int dp, int tid)
 {
     constexpr int CH = D / 8;
-    for (int idx = tid; idx < ROWS * CH; idx += NT) {
-        int row = idx / CH, ch = idx % CH;
-        int gr = r0 + row;
-        bool ok = gr < nrows;
-        const T *src = g + ((size_t)(ok ? gr : 0) * H + hh) * dp + ch * 8;
-        cp_async16(smem_u32(sm + swz<D>(row, ch * 8)), src, ok ? 16 : 0);
+    if constexpr (NT % CH == 0 && ROWS % (NT / CH) == 0) {
+        constexpr int RS = NT / CH, NI = ROWS / RS;
+        constexpr bool FIXED = RS % ((CH % 8 == 0) ? 8 : 4) == 0;
+        const int ch = tid % CH, rt = tid / CH;
+        const size_t step = (size_t)RS * H * dp;
+        const T *src = g + ((size_t)(r0 + rt) * H + hh) * dp + ch * 8;
+        const uint32_t dst = smem_u32(sm + swz<D>(rt, ch * 8));
+        if (r0 + ROWS <= nrows) {
+#pragma unroll
+            for (int i = 0; i < NI; i++)
+                cp_async16(FIXED ? dst + (uint32_t)(i * RS * D * sizeof(T)) : smem_u32(sm + swz<D>(rt + RS * i, ch * 8)),
+                           src + i * step, 16);
+        } else {
+            const T *g0 = g + (size_t)hh * dp + ch * 8; /* a valid address for the zero-fills */
+#pragma unroll
+            for (int i = 0; i < NI; i++) {
+                const bool ok = r0 + rt + RS * i < nrows;
+                cp_async16(FIXED ? dst + (uint32_t)(i * RS * D * sizeof(T)) : smem_u32(sm + swz<D>(rt + RS * i, ch * 8)),
+                           ok ? src + i * step : g0, ok ? 16 : 0);
+            }
+        }
+    } else {
+        for (int idx = tid; idx < ROWS * CH; idx += NT) {
+            int row = idx / CH, ch = idx % CH;
+            int gr = r0 + row;
+            bool ok = gr < nrows;
+            const T *src = g + ((size_t)(ok ? gr : 0) * H + hh) * dp + ch * 8;
+            cp_async16(smem_u32(sm + swz<D>(row, ch * 8)), src, ok ? 16 : 0);
+        }
     }
 }
 
@@ -265,7 +306,7 @@ flash_fwd_kernel(const FlashParams P)
 {
     constexpr int MB = KTraits<D, BR, GEN>::MB;
     constexpr int NT = KTraits<D, BR, GEN>::NT;
-    constexpr bool Q_IN_REGS = MB * D <= 128;
+    constexpr bool Q_IN_REGS = MB * D <= 128 && BC <= 64; /* key tile 128: S takes the registers */
     constexpr int NA = BC / 8; /* n-atoms of S per warp row block */
     constexpr int ND = D / 8;  /* n-atoms of O */
     extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -380,6 +421,20 @@ flash_fwd_kernel(const FlashParams P)
     void *const dbg = GEN ? P.dbg : nullptr;
     const uint64_t rng_off = P.offset + ((uint64_t)b * P.H + h) * 32u + lane;
 
+    /* ldmatrix addresses (bytes). Every row a lane reads has row & M == lane & M (the
+     * swizzle's row bits, see swz), and chunk 2 kk + c (c = 0, 1) of such a row sits at
+     * chunk (2 kk) ^ (c ^ (lane & M)): so each lane's address is a fixed row part plus
+     * ((kk << 5) ^ x) with x = (c ^ (lane & M)) << 4 its own, and the rest constants. */
+    constexpr uint32_t RB = D * sizeof(T), TILE_B = BC * RB; /* bytes a row, a K or V stage */
+    constexpr int SWM = ((D / 8) % 8 == 0) ? 7 : 3;
+    const int l8 = lane >> 3;
+    const uint32_t q_a = smem_u32(sQ) + (uint32_t)(warp * 16 * MB + (lane & 15)) * RB;
+    const uint32_t q_x = (uint32_t)(((lane >> 4) ^ (lane & SWM)) << 4);
+    const uint32_t k_a = smem_u32(sK) + (uint32_t)((l8 >> 1) * 8 + (lane & 7)) * RB;
+    const uint32_t k_x = (uint32_t)(((l8 & 1) ^ (lane & SWM)) << 4);
+    const uint32_t v_a = smem_u32(sV) + (uint32_t)((l8 & 1) * 8 + (lane & 7)) * RB;
+    const uint32_t v_x = (uint32_t)(((l8 >> 1) ^ (lane & SWM)) << 4);
+
     int stage = 0;
     for (int nb = n_hi - 1; nb >= n_lo; nb--, stage ^= 1) {
         if (nb - 1 >= n_lo) {
@@ -394,18 +449,15 @@ flash_fwd_kernel(const FlashParams P)
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        const T *cK = sK + stage * BC * D;
         const T *cV = sV + stage * BC * D;
+        const uint32_t ck_a = k_a + (uint32_t)stage * TILE_B, cv_a = v_a + (uint32_t)stage * TILE_B;
 
         if constexpr (Q_IN_REGS) {
             if (nb == n_hi - 1)
 #pragma unroll
             for (int mi = 0; mi < MB; mi++)
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                int row = warp * 16 * MB + mi * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-                ldsm_x4(qf[mi][kk], smem_u32(sQ + swz<D>(row, col)));
-            }
+            for (int kk = 0; kk < D / 16; kk++) ldsm_x4(qf[mi][kk], q_a + mi * 16 * RB + ((kk << 5) ^ q_x));
         }
 
         /* S = Q K^T, 16-term blocks in head-dim order from 0. */
@@ -425,16 +477,14 @@ flash_fwd_kernel(const FlashParams P)
 #pragma unroll
                     for (int e = 0; e < 4; e++) af[mi][e] = qf[mi][kk][e];
                 } else {
-                    int row = warp * 16 * MB + mi * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-                    ldsm_x4(af[mi], smem_u32(sQ + swz<D>(row, col)));
+                    ldsm_x4(af[mi], q_a + mi * 16 * RB + ((kk << 5) ^ q_x));
                 }
             }
+            const uint32_t kaddr = ck_a + ((kk << 5) ^ k_x);
 #pragma unroll
             for (int np = 0; np < NA / 2; np++) {
                 uint32_t bf[4];
-                int mi8 = lane >> 3;
-                int key = np * 16 + (mi8 >> 1) * 8 + (lane & 7), col = kk * 16 + (mi8 & 1) * 8;
-                ldsm_x4(bf, smem_u32(cK + swz<D>(key, col)));
+                ldsm_x4(bf, kaddr + np * 16 * RB);
 #pragma unroll
                 for (int mi = 0; mi < MB; mi++) {
                     DT<T>::mma(s[mi][2 * np], af[mi], bf);
@@ -549,9 +599,7 @@ flash_fwd_kernel(const FlashParams P)
 #pragma unroll
                 for (int np = 0; np < ND / 2; np++) {
                     uint32_t bf[4];
-                    int mi8 = lane >> 3;
-                    int key = kk * 16 + (mi8 & 1) * 8 + (lane & 7), col = np * 16 + (mi8 >> 1) * 8;
-                    ldsm_x4_t(bf, smem_u32(cV + swz<D>(key, col)));
+                    ldsm_x4_t(bf, cv_a + kk * 16 * RB + ((np << 5) ^ v_x));
 #pragma unroll
                     for (int mi = 0; mi < MB; mi++) {
                         uint32_t af[4] = {pk[mi][2 * kk][0], pk[mi][2 * kk][1], pk[mi][2 * kk + 1][0],
@@ -633,8 +681,11 @@ flash_fwd_kernel(const FlashParams P)
 template <typename T, int D, int BR, int BC>
 int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err, size_t errlen)
 {
+    /* FD_FLASH_GEN=1 sends every problem to the general kernel (tests: the fast path's bits
+     * against the general kernel's, whose arithmetic the replay checks) */
+    const char *force = getenv("FD_FLASH_GEN");
     const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode || P.win || P.slope_raw || !fd_eqf(P.cap_in, 0.0f) ||
-                     P.cu_q || P.bt;
+                     P.cu_q || P.bt || (force && !strcmp(force, "1"));
     auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
     const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
