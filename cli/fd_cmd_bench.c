@@ -3,8 +3,9 @@
  *
  * flashdrift bench [--csv FILE] [--repeats N] [--max-n N] [--backward] [--only LIST]
  *                  [--n LIST] [--d LIST] [--dtype LIST] [--causal LIST]
- * Kernels: cuda-flash, cuda-flash-sm90 (key tile 64), cuda-flash-sm90-bc128 (key tile 128),
- * cuda-standard; with --backward cuda-flash-bwd, -bwd-det, cuda-standard-bwd; --only LIST
+ * Kernels: cuda-flash (key tile 64), cuda-flash-bc128 (key tile 128, FlashAttention-2's own
+ * at head dims 33..64 without dropout; timed at those head dims only), cuda-flash-sm90 (key
+ * tile 64), cuda-flash-sm90-bc128 (key tile 128), cuda-standard; with --backward cuda-flash-bwd, -bwd-det, cuda-standard-bwd; --only LIST
  * (comma-separated) times those alone.
  * --backward adds the backward pass of each (cuda-flash-bwd: dQ by atomicAdd; -bwd-det:
  * the deterministic dQ, skipped where its per-key-tile buffers do not fit; counted as 2.5x
@@ -56,9 +57,9 @@ int fd_cmd_bench(int argc, char **argv)
     const char *csv = NULL;
     int reps = 10, maxn = 16384, bwd = 0, maxn_set = 0, n_set = 0;
     /* the timed kernels, in order; --only picks some */
-    static const char *const names[] = {"cuda-flash", "cuda-flash-sm90", "cuda-flash-sm90-bc128", "cuda-standard",
-                                        "cuda-flash-bwd", "cuda-flash-bwd-det", "cuda-standard-bwd"};
-    enum { NB = (int)(sizeof names / sizeof names[0]), FWD = 4 };
+    enum { K_FLASH, K_FLASH128, K_SM90, K_SM90_128, K_STD, K_BWD, K_BWD_DET, K_STD_BWD, NB, FWD = K_BWD };
+    static const char *const names[NB] = {"cuda-flash", "cuda-flash-bc128", "cuda-flash-sm90", "cuda-flash-sm90-bc128",
+                                          "cuda-standard", "cuda-flash-bwd", "cuda-flash-bwd-det", "cuda-standard-bwd"};
     int pick[NB];
     for (int t = 0; t < NB; t++) pick[t] = 1;
     /* the shapes: N, d, dtype (0 fp16, 1 bf16) and causal lists; --n/--d/--dtype/--causal replace them */
@@ -99,7 +100,7 @@ int fd_cmd_bench(int argc, char **argv)
                     if (strlen(names[t]) == n && !strncmp(names[t], x, n)) hit = pick[t] = 1;
                 if (!hit)
                     return fd_usage_error("bench", "--only: unknown kernel '%.*s' (expected a comma-separated list of "
-                                          "cuda-flash, cuda-flash-sm90, cuda-flash-sm90-bc128, cuda-standard, "
+                                          "cuda-flash, cuda-flash-bc128, cuda-flash-sm90, cuda-flash-sm90-bc128, cuda-standard, "
                                           "cuda-flash-bwd, cuda-flash-bwd-det, cuda-standard-bwd)", (int)(n > 64 ? 64 : n), x);
                 x += n + (x[n] == ',');
             }
@@ -213,9 +214,12 @@ int fd_cmd_bench(int argc, char **argv)
                         cfg.repeats = reps;
                         fd_bwd_cfg bc;
                         fd_bwd_cfg_default(&bc);
-                        bc.dq_mode = be == 5 ? FD_DQ_DETERMINISTIC : FD_DQ_ATOMIC;
-                        cfg.impl = be == 1 || be == 2 ? FD_CUDA_IMPL_WGMMA : FD_CUDA_IMPL_MMA;
-                        if (be == 2) cfg.bc = 128;
+                        /* cuda-flash's key tile 128 exists at padded head dim 64 only */
+                        if (be == K_FLASH128 && !(d > 32 && d <= 64)) continue;
+                        const int sm90 = be == K_SM90 || be == K_SM90_128;
+                        bc.dq_mode = be == K_BWD_DET ? FD_DQ_DETERMINISTIC : FD_DQ_ATOMIC;
+                        cfg.impl = sm90 ? FD_CUDA_IMPL_WGMMA : FD_CUDA_IMPL_MMA;
+                        if (be == K_SM90_128 || be == K_FLASH128) cfg.bc = 128;
                         if (be >= FWD && !have_fwd) { /* the backward reads the flash forward's O and LSE */
                             cfg.repeats = 0;
                             if (fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, NULL, err, sizeof err)) {
@@ -226,13 +230,13 @@ int fd_cmd_bench(int argc, char **argv)
                             have_fwd = 1;
                             cfg.repeats = reps;
                         }
-                        if (be <= 2) {
+                        if (be < K_STD) {
                             rc = fd_cuda_flash_forward(&p, &cfg, x[0], x[1], x[2], o, l, NULL, &tm, err, sizeof err);
-                            have_fwd = be == 0 && !rc; /* the Hopper kernel's is the same, but O is rewritten below */
-                        } else if (be == 3) {
+                            have_fwd = be == K_FLASH && !rc; /* the others' are the same, but O is rewritten below */
+                        } else if (be == K_STD) {
                             rc = fd_cuda_standard_forward(&p, N >= 16384 ? 3 : reps, x[0], x[1], x[2], o, l, &tm, err, sizeof err);
                             have_fwd = 0; /* o and l now hold standard attention's */
-                        } else if (be < 6) {
+                        } else if (be < K_STD_BWD) {
                             rc = fd_cuda_flash_backward(&p, &cfg, &bc, x[0], x[1], x[2], o, l, gr[0], gr[1], gr[2], gr[3],
                                                         &tm, err, sizeof err);
                         } else {
@@ -244,7 +248,7 @@ int fd_cmd_bench(int argc, char **argv)
                             printf("%s %s N=%d d=%d: %s\n", bn, dn, N, d, err);
                             /* the deterministic dQ's buffers may not fit, the Hopper kernel needs
                              * an sm_90 GPU: limits, not failures */
-                            if (be != 5 && !((be == 1 || be == 2) && strstr(err, "needs an sm_90"))) fails++;
+                            if (be != K_BWD_DET && !(sm90 && strstr(err, "needs an sm_90"))) fails++;
                             continue;
                         }
                         const double tf = (be >= FWD ? 2.5 : 1.0) * flops / ((double)tm.ms_median * 1e-3) / 1e12;

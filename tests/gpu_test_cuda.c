@@ -356,17 +356,21 @@ Test(gpu_cuda, fast_path_bit_identical_to_general)
 {
     SKIP_WITHOUT_GPU();
     static const struct {
-        int B, H, Hk, sq, sk, d, br; fd_dtype dt; fd_mask_kind mask;
+        int B, H, Hk, sq, sk, d, br, bc; fd_dtype dt; fd_mask_kind mask;
     } fs[] = {
-        {2, 4, 2, 640, 640, 128, 128, FD_DT_FP16, FD_MASK_NONE},
-        {1, 4, 4, 333, 517, 128, 128, FD_DT_BF16, FD_MASK_CAUSAL_TL},
-        {1, 4, 1, 517, 333, 64, 128, FD_DT_FP16, FD_MASK_CAUSAL_BR},
-        {2, 2, 2, 1000, 1000, 64, 128, FD_DT_BF16, FD_MASK_NONE},
-        {1, 2, 2, 300, 100, 128, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR}, /* rows without a key */
-        {1, 2, 2, 200, 300, 64, 64, FD_DT_BF16, FD_MASK_CAUSAL_TL},
-        {1, 2, 2, 129, 257, 32, 128, FD_DT_FP16, FD_MASK_NONE},
-        {1, 2, 1, 77, 1023, 96, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR},
-        {1, 2, 2, 129, 200, 256, 64, FD_DT_FP16, FD_MASK_CAUSAL_TL},
+        {2, 4, 2, 640, 640, 128, 128, 64, FD_DT_FP16, FD_MASK_NONE},
+        {1, 4, 4, 333, 517, 128, 128, 64, FD_DT_BF16, FD_MASK_CAUSAL_TL},
+        {1, 4, 1, 517, 333, 64, 128, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR},
+        {2, 2, 2, 1000, 1000, 64, 128, 64, FD_DT_BF16, FD_MASK_NONE},
+        {1, 2, 2, 300, 100, 128, 64, 64, FD_DT_FP16, FD_MASK_CAUSAL_BR}, /* rows without a key */
+        {1, 2, 2, 200, 300, 64, 64, 64, FD_DT_BF16, FD_MASK_CAUSAL_TL},
+        {1, 2, 2, 129, 257, 32, 128, 64, FD_DT_FP16, FD_MASK_NONE},
+        {1, 2, 1, 77, 1023, 96, 128, 64, FD_DT_BF16, FD_MASK_CAUSAL_BR},
+        {1, 2, 2, 129, 200, 256, 64, 64, FD_DT_FP16, FD_MASK_CAUSAL_TL},
+        /* key tile 128 (FA2's at head dim 64) */
+        {2, 4, 2, 640, 700, 64, 128, 128, FD_DT_FP16, FD_MASK_NONE},
+        {1, 4, 4, 517, 333, 64, 128, 128, FD_DT_BF16, FD_MASK_CAUSAL_BR},
+        {1, 2, 2, 300, 1000, 40, 128, 128, FD_DT_FP16, FD_MASK_CAUSAL_TL},
     };
     for (size_t t = 0; t < sizeof fs / sizeof fs[0]; t++) {
         tcase c;
@@ -375,7 +379,7 @@ Test(gpu_cuda, fast_path_bit_identical_to_general)
         float *o = poisoned(nq), *l = poisoned(nl), *go = poisoned(nq), *gl = poisoned(nl);
         fd_cuda_cfg cfg;
         fd_cuda_cfg_default(&cfg);
-        cfg.br = fs[t].br; cfg.bc = 64;
+        cfg.br = fs[t].br; cfg.bc = fs[t].bc;
         char err[512] = "";
         unsetenv("FD_FLASH_GEN");
         cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, o, l, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
@@ -389,11 +393,63 @@ Test(gpu_cuda, fast_path_bit_identical_to_general)
         }
         for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(l[x]) != fd_f32_bits(gl[x]);
         cr_expect_eq(nan, 0, "spec %zu: %zu O values left unwritten (NaN)", t, nan);
-        cr_expect_eq(diff, 0, "spec %zu (d %d, br %d): %zu of %zu O values differ from the general kernel's; first at %zu: "
-                     "fast %a, general %a", t, fs[t].d, fs[t].br, diff, nq, first, first < nq ? (double)o[first] : 0.0,
+        cr_expect_eq(diff, 0, "spec %zu (d %d, %dx%d): %zu of %zu O values differ from the general kernel's; first at %zu: "
+                     "fast %a, general %a", t, fs[t].d, fs[t].br, fs[t].bc, diff, nq, first, first < nq ? (double)o[first] : 0.0,
                      first < nq ? (double)go[first] : 0.0);
         cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the general kernel's", t, ldiff, nl);
         free(o); free(l); free(go); free(gl);
+        free_case(&c);
+    }
+}
+
+/* FA2's tile at head dim 64 without dropout, 128 x 128 (cuda-flash's br 128, bc 128; what
+ * `flashdrift bench` times as cuda-flash-bc128): with the portable exp2 the CPU replay with
+ * bc = 128 reproduces O and LSE bit for bit (the key tile sets which keys are summed before
+ * each rescale; the replay models it). Head dims 33..64, both causal alignments, GQA,
+ * partial tiles, rows without a visible key, split-KV. */
+Test(gpu_cuda, key_tile_128_replay_bit_identical)
+{
+    SKIP_WITHOUT_GPU();
+    static const struct {
+        int B, H, Hk, sq, sk, d, splits; fd_dtype dt; fd_mask_kind mask;
+    } fs[] = {
+        {2, 4, 2, 640, 700, 64, 1, FD_DT_FP16, FD_MASK_NONE},
+        {1, 4, 4, 517, 333, 64, 1, FD_DT_BF16, FD_MASK_CAUSAL_BR}, /* rows without a key */
+        {1, 2, 2, 300, 1000, 40, 1, FD_DT_FP16, FD_MASK_CAUSAL_TL},
+        {1, 3, 1, 129, 129, 59, 1, FD_DT_BF16, FD_MASK_NONE},
+        {1, 2, 2, 200, 900, 64, 3, FD_DT_FP16, FD_MASK_CAUSAL_BR},   /* split-KV */
+    };
+    for (size_t t = 0; t < sizeof fs / sizeof fs[0]; t++) {
+        tcase c;
+        make_case(&c, fs[t].B, fs[t].H, fs[t].Hk, fs[t].sq, fs[t].sk, fs[t].d, fs[t].dt, fs[t].mask, 0.0, 110 + t);
+        const fd_problem *p = &c.p;
+        const size_t nq = fd_q_numel(p), nl = fd_lse_numel(p);
+        float *o = poisoned(nq), *lse = poisoned(nl), *ro = poisoned(nq), *rl = poisoned(nl);
+        fd_cuda_cfg g;
+        fd_cuda_cfg_default(&g);
+        g.br = 128; g.bc = 128; g.exp2_mode = 1; g.splits = fs[t].splits;
+        fd_flash_cfg r;
+        fd_flash_cfg_default(&r);
+        r.br = 128; r.bc = 128; r.qk_order = FD_ACC_TC16; r.pv_order = FD_ACC_TC16;
+        r.exp2_mode = FD_EXP2_PORTABLE; r.rowsum = FD_ROWSUM_FA2;
+        char err[512] = "";
+        if (fs[t].splits > 1) {
+            cr_assert_eq(fd_cuda_splitkv_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+            cr_assert_eq(fd_cpu_splitkv_forward(p, &r, fs[t].splits, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s",
+                         t, err);
+        } else {
+            cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
+            cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
+        }
+        size_t diff = 0, ldiff = 0, first = (size_t)-1;
+        for (size_t x = 0; x < nq; x++)
+            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x]) && !diff++) first = x;
+        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
+        cr_expect_eq(diff, 0, "spec %zu (d %d): %zu of %zu O values differ from the replay with bc 128; first at %zu: gpu %a, "
+                     "replay %a", t, fs[t].d, diff, nq, first, first < nq ? (double)o[first] : 0.0,
+                     first < nq ? (double)ro[first] : 0.0);
+        cr_expect_eq(ldiff, 0, "spec %zu: %zu of %zu LSE values differ from the replay with bc 128", t, ldiff, nl);
+        free(o); free(lse); free(ro); free(rl);
         free_case(&c);
     }
 }

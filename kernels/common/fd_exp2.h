@@ -5,7 +5,8 @@
  * or library call can change it: fmaf is explicit, the lone multiply is __fmul_rn on
  * the device (so nvcc cannot fuse it with a caller's add after inlining) and a plain
  * multiply on the host (the project compiles C with -ffp-contract=off). Denormals are
- * kept on both sides (the CUDA build never enables fast math or ftz).
+ * kept on both sides (the CUDA build never enables fast math or ftz; the kernels' hardware
+ * exp2, ex2.approx.ftz.f32, is a separate path written as PTX).
  *
  * Method: n = rint(x) by the 1.5*2^23 trick (ties to even), r = x - n exactly
  * (|r| <= 0.5); 2^r by a degree-6 minimax polynomial in Horner form with fmaf

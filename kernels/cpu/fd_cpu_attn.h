@@ -84,7 +84,10 @@ int fd_cpu_flash_stages(const fd_problem *p, const fd_flash_cfg *cfg, unsigned e
                         int nrows, double *o, double *lse, char *err, size_t errlen);
 
 /* Split-KV (flash-decoding) replay: keys split into `splits` contiguous chunks (each a
- * multiple of bc), each chunk runs the flash replay and yields (O_i, LSE_i) in fp32;
+ * multiple of bc; every row of a sequence splits the sequence's ceil(seqlen_k / bc) tiles
+ * alike, whatever its mask leaves it: FA2's n_blocks_per_split, and cuda-splitkv's; a
+ * paged entry its ceil(cache_seqlens / bc)), each chunk runs the flash replay and yields
+ * (O_i, LSE_i) in fp32;
  * the combine weights each by exp(LSE_i - max LSE) in fp32 (as FA2's combine kernel). */
 int fd_cpu_splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int splits,
                            const float *q, const float *k, const float *v, const int *rows,

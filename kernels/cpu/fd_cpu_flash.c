@@ -519,10 +519,14 @@ static int splitkv_forward(const fd_problem *p, const fd_flash_cfg *cfg, int spl
                 const int nblocks = (hi - kb) / bc + 1;
                 const int paged = p->page_size > 0;
                 const int ke = paged ? p->cache_seqlens[b] : kb + sq_.sk;
-                /* paged (cuda-splitkv's rule): every row of entry b splits the entry's
-                 * ceil(cache_seqlens[b] / bc) tiles alike and every split takes part in the
-                 * combine (an empty one as LSE -inf, O 0); else the row's own tiles */
-                const int per = paged ? ((ke + bc - 1) / bc + splits - 1) / splits : (nblocks + splits - 1) / splits;
+                /* FA2's n_blocks_per_split (flash_fwd_kernel.h, and cuda-splitkv's rule): every
+                 * row splits its sequence's ceil(seqlen_k / bc) tiles alike (paged: the
+                 * entry's ceil(cache_seqlens[b] / bc)), whatever the mask leaves it; a split
+                 * past the row's last visible tile adds LSE -inf, O 0 to the combine, which
+                 * changes no bit, so it is left out here (paged: kept, as before). Until
+                 * 2026-12-03 a causal row split its own visible tiles, which is not FA2's
+                 * chunking (gpu_test_cuda's key_tile_128_replay_bit_identical found it). */
+                const int per = (((paged ? ke : ke - kb) + bc - 1) / bc + splits - 1) / splits;
                 int ns = 0;
                 for (int sp = 0; sp < splits; sp++) {
                     const int slo = sp * per, shi = slo + per < nblocks ? slo + per : nblocks;

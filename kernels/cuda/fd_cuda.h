@@ -44,12 +44,13 @@ extern "C" {
 enum { FD_CUDA_IMPL_MMA = 0, FD_CUDA_IMPL_WGMMA = 1 };
 
 typedef struct fd_cuda_cfg {
-    int br, bc;     /* tile: (64, 64), (128, 64) or (128, 32); 0, 0 picks the default */
+    int br, bc;     /* tile: (64, 64), (128, 64); (128, 128) at padded head dim 64 (FA2's tile there);
+                     * cuda-flash-sm90: bc 64 or 128; 0, 0 picks the default (128, 64) */
     int impl;       /* FD_CUDA_IMPL_MMA (cuda-flash, mma.sync) or FD_CUDA_IMPL_WGMMA (cuda-flash-sm90:
                      * the Hopper kernel, fd_cuda_flash_sm90.cu; sm_90 only; fp16/bf16, head dim
                      * <= 128 padded to 64 or 128, no dropout, window, softcap, ALiBi, varlen, debug
                      * mask or fp32 P; key tile 64; the same numerics) */
-    int exp2_mode;  /* 0: hardware exp2f (ex2.approx.f32), 1: fd_exp2_portable */
+    int exp2_mode;  /* 0: hardware exp2 (ex2.approx.ftz.f32, FA2's), 1: fd_exp2_portable */
     int p_fp32;     /* 1: O += P V with P kept in binary32, by fp32 FMAs (see docs/cuda.md) */
     int splits;     /* split-KV only: number of K/V chunks (>= 1) */
     int repeats;    /* timed runs after one warm-up; 0: run once, untimed */
@@ -170,7 +171,7 @@ void fd_cuda_probe_set_layout(int layout);
 /* Number of CUDA devices (0 when none or no driver); "name, sm_XY, driver N" of device 0
  * into buf. Needs only the probe library. */
 int fd_cuda_probe_device(char *buf, size_t len);
-/* out[i] = exp2f(x[i]) on the device (the hardware ex2.approx.f32 path). */
+/* out[i] = the kernels' hardware exp2 of x[i] on the device (ex2.approx.ftz.f32). */
 int fd_cuda_exp2_hw_batch(const float *x, float *out, size_t n, char *err, size_t errlen);
 
 #ifdef __cplusplus

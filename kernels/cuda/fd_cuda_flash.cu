@@ -286,9 +286,12 @@ int run_flash(Mode mode, const fd_problem *p, const fd_cuda_cfg *cfg_in, const f
     if (cfg.br == 0 && cfg.bc == 0) { cfg.br = 128; cfg.bc = 64; }
     if (cfg.impl == FD_CUDA_IMPL_WGMMA && cfg.bc == 128 && (cfg.br == 64 || cfg.br == 128)) {
         /* the Hopper kernel's key tile 128 (its rows per CTA are its own: no numerical effect) */
+    } else if (cfg.impl == FD_CUDA_IMPL_MMA && cfg.br == 128 && cfg.bc == 128 && dp == 64) {
+        /* FA2's own tile at head dim 64 without dropout (any problem runs it) */
     } else if (!((cfg.br == 64 && cfg.bc == 64) || (cfg.br == 128 && cfg.bc == 64))) {
         FD_FAIL("tile %dx%d unsupported: supported (br, bc) = (64, 64), (128, 64)%s", cfg.br, cfg.bc,
-                cfg.impl == FD_CUDA_IMPL_WGMMA ? ", and (64 or 128, 128) on cuda-flash-sm90" : "");
+                cfg.impl == FD_CUDA_IMPL_WGMMA ? ", and (64 or 128, 128) on cuda-flash-sm90"
+                                               : ", and (128, 128) at head dims 33..64");
     }
     if (cfg.exp2_mode != 0 && cfg.exp2_mode != 1) FD_FAIL("exp2_mode %d unsupported (0 hw, 1 portable)", cfg.exp2_mode);
     if (cfg.repeats < 0 || cfg.repeats > 100000) FD_FAIL("repeats %d out of range", cfg.repeats);

@@ -299,8 +299,13 @@ template <int D, int BR, bool GEN> struct KTraits {
 
 /* GEN = false: the fast path, compiled without dropout, debug output, fp32 P, the
  * portable exp2 and the score modifiers (window, softcap, ALiBi; the host sends those
- * cases to GEN = true). Same arithmetic otherwise. */
-template <typename T, int D, int BR, int BC, bool GEN>
+ * cases to GEN = true). Same arithmetic otherwise.
+ * SCHED: the schedule, which no value depends on. 0, the default: one barrier a key tile
+ * (FA2's way, below), and the CTAs of a (batch, head) take their query tiles last first,
+ * so the longest causal ones start first. Bit 0 set: two barriers a tile; bit 1 set:
+ * query tiles in launch order. Variants 1-3 exist for the fast path at head dims 64 and
+ * 128 only, for measurements (FD_FLASH_SCHED, launch_variant). */
+template <typename T, int D, int BR, int BC, bool GEN, int SCHED = 0>
 __global__ void __launch_bounds__(KTraits<D, BR, GEN>::NT, KTraits<D, BR, GEN>::MIN_BLOCKS)
 flash_fwd_kernel(const FlashParams P)
 {
@@ -317,7 +322,7 @@ flash_fwd_kernel(const FlashParams P)
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
-    const int m_block = blockIdx.x, bh = blockIdx.y, split = blockIdx.z;
+    const int m_block = (SCHED & 2) ? (int)blockIdx.x : (int)gridDim.x - 1 - (int)blockIdx.x, bh = blockIdx.y, split = blockIdx.z;
     const int b = bh / P.H, h = bh % P.H, hk = h / P.h_per_kv;
     const int m0 = m_block * BR;
     /* The sequence: plain, batch b of [B][sq]; varlen (GEN only), sequence b of the packed
@@ -435,8 +440,13 @@ flash_fwd_kernel(const FlashParams P)
     const uint32_t v_a = smem_u32(sV) + (uint32_t)((l8 & 1) * 8 + (lane & 7)) * RB;
     const uint32_t v_x = (uint32_t)(((l8 >> 1) ^ (lane & SWM)) << 4);
 
+    /* The next tile's K and V go to the other stage. One barrier (FA2's way): wait for this
+     * tile, barrier (every warp is then also done with the other stage), issue the copy.
+     * Two barriers (SCHED bit 0): the copy is issued first, then this tile is waited for,
+     * and a closing barrier frees the stage for the next copy. */
+    constexpr bool one_sync = !(SCHED & 1);
     int stage = 0;
-    for (int nb = n_hi - 1; nb >= n_lo; nb--, stage ^= 1) {
+    auto prefetch = [&](int nb) {
         if (nb - 1 >= n_lo) {
             if (pg) {
                 load_tile_paged<T, D, BC, NT>(sK + (stage ^ 1) * BC * D, gK, (nb - 1) * BC, sk, P.Hk, hk, P.dp, tid, btb, P.page);
@@ -447,8 +457,17 @@ flash_fwd_kernel(const FlashParams P)
             }
         }
         cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+    };
+    for (int nb = n_hi - 1; nb >= n_lo; nb--, stage ^= 1) {
+        if (one_sync) {
+            cp_async_wait<0>();
+            __syncthreads();
+            prefetch(nb);
+        } else {
+            prefetch(nb);
+            cp_async_wait<1>();
+            __syncthreads();
+        }
         const T *cV = sV + stage * BC * D;
         const uint32_t ck_a = k_a + (uint32_t)stage * TILE_B, cv_a = v_a + (uint32_t)stage * TILE_B;
 
@@ -634,7 +653,7 @@ flash_fwd_kernel(const FlashParams P)
             }
             }
         }
-        __syncthreads(); /* this stage is refilled by the next iteration's prefetch */
+        if (!one_sync) __syncthreads(); /* this stage is refilled by the next iteration's prefetch */
     }
     cp_async_wait<0>();
 
@@ -687,6 +706,13 @@ int launch_variant(const FlashParams &P, size_t smem, cudaStream_t st, char *err
     const bool gen = P.dropout || P.dbg || P.p_fp32 || P.exp2_mode || P.win || P.slope_raw || !fd_eqf(P.cap_in, 0.0f) ||
                      P.cu_q || P.bt || (force && !strcmp(force, "1"));
     auto kern = gen ? flash_fwd_kernel<T, D, BR, BC, true> : flash_fwd_kernel<T, D, BR, BC, false>;
+    if constexpr ((D == 64 || D == 128) && BC == 64) { /* FD_FLASH_SCHED=1..3: the fast path's other schedules */
+        const char *e = getenv("FD_FLASH_SCHED");
+        const int sched = e && e[0] >= '1' && e[0] <= '3' && !e[1] ? e[0] - '0' : 0;
+        if (!gen && sched == 1) kern = flash_fwd_kernel<T, D, BR, BC, false, 1>;
+        if (!gen && sched == 2) kern = flash_fwd_kernel<T, D, BR, BC, false, 2>;
+        if (!gen && sched == 3) kern = flash_fwd_kernel<T, D, BR, BC, false, 3>;
+    }
     const int nt = gen ? KTraits<D, BR, true>::NT : KTraits<D, BR, false>::NT;
     FD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((unsigned)((P.sq + BR - 1) / BR), (unsigned)(P.B * P.H), (unsigned)(P.splits ? P.splits : 1));
@@ -702,7 +728,10 @@ int launch_d(const FlashParams &P, int br, int bc, cudaStream_t st, char *err, s
                       (P.p_fp32 ? (size_t)(br / 16) * 16 * bc * sizeof(float) : 0);
     if (br == 64 && bc == 64) return launch_variant<T, D, 64, 64>(P, sm, st, err, errlen);
     if (br == 128 && bc == 64) return launch_variant<T, D, 128, 64>(P, sm, st, err, errlen);
-    FD_FAIL("tile %dx%d unsupported: supported (br, bc) = (64, 64), (128, 64)", br, bc);
+    /* FA2's tile at head dim 64 without dropout (flash_fwd_launch_template.h): 128 x 128 */
+    if constexpr (D == 64)
+        if (br == 128 && bc == 128) return launch_variant<T, D, 128, 128>(P, sm, st, err, errlen);
+    FD_FAIL("tile %dx%d unsupported: supported (br, bc) = (64, 64), (128, 64), and (128, 128) at padded head dim 64", br, bc);
     return -1;
 }
 

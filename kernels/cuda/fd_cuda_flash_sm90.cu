@@ -17,7 +17,7 @@
  *    same columns {8a + 2t, 8a + 2t + 1} of each key tile, so the per-thread row sums, the
  *    quad reduction and every binary32 operation of the softmax are cuda-flash's code;
  *  - key tiles from the last visible one down (FA2's order), of the replay's bc;
- *  - exp2: the hardware exp2f (ex2.approx.f32) as cuda-flash's fast path, or the portable
+ *  - exp2: the hardware exp2 (ex2.approx.ftz.f32) as cuda-flash's fast path, or the portable
  *    exp2 (fd_cuda_cfg.exp2_mode = 1) whose bits the replay computes on the host.
  * Key tiles of 64 (the replay's default) or 128 (fd_cuda_cfg.bc; the replay takes the same bc;
  * head dim 256: 64 only).
@@ -189,7 +189,7 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 /* PORT: fd_exp2_portable (host and device give the same bits: the replay's exp2) instead of
- * the hardware exp2f (ex2.approx.f32, cuda-flash's fast path). DEEP: S of tile j + 1 is
+ * the hardware exp2 (ex2.approx.ftz.f32, cuda-flash's fast path). DEEP: S of tile j + 1 is
  * issued with PV of tile j - 1 before the softmax of tile j (two GEMMs in flight during the
  * softmax; one more S register set and a fourth K/V stage); the same operations in the same
  * order either way. */
