@@ -103,6 +103,17 @@ static void free_case(tcase *c)
     free(c->q); free(c->k); free(c->v); free(c->ro); free(c->rl);
 }
 
+/* How many of a[0..n) differ from b[0..n) bit for bit; *first (when not NULL) the first
+ * such index, (size_t)-1 when none. */
+static size_t bits_differ(const float *a, const float *b, size_t n, size_t *first)
+{
+    size_t d = 0;
+    if (first) *first = (size_t)-1;
+    for (size_t x = 0; x < n; x++)
+        if (fd_f32_bits(a[x]) != fd_f32_bits(b[x]) && !d++ && first) *first = x;
+    return d;
+}
+
 static float *poisoned(size_t n)
 {
     float *x = malloc(sizeof(float) * n);
@@ -386,12 +397,9 @@ Test(gpu_cuda, fast_path_bit_identical_to_general)
         setenv("FD_FLASH_GEN", "1", 1);
         cr_assert_eq(fd_cuda_flash_forward(&c.p, &cfg, c.q, c.k, c.v, go, gl, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
         unsetenv("FD_FLASH_GEN");
-        size_t diff = 0, ldiff = 0, first = (size_t)-1, nan = 0;
-        for (size_t x = 0; x < nq; x++) {
-            nan += o[x] != o[x];
-            if (fd_f32_bits(o[x]) != fd_f32_bits(go[x]) && !diff++) first = x;
-        }
-        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(l[x]) != fd_f32_bits(gl[x]);
+        size_t first, nan = 0;
+        for (size_t x = 0; x < nq; x++) nan += o[x] != o[x];
+        const size_t diff = bits_differ(o, go, nq, &first), ldiff = bits_differ(l, gl, nl, NULL);
         cr_expect_eq(nan, 0, "spec %zu: %zu O values left unwritten (NaN)", t, nan);
         cr_expect_eq(diff, 0, "spec %zu (d %d, %dx%d): %zu of %zu O values differ from the general kernel's; first at %zu: "
                      "fast %a, general %a", t, fs[t].d, fs[t].br, fs[t].bc, diff, nq, first, first < nq ? (double)o[first] : 0.0,
@@ -441,10 +449,8 @@ Test(gpu_cuda, key_tile_128_replay_bit_identical)
             cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
             cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
         }
-        size_t diff = 0, ldiff = 0, first = (size_t)-1;
-        for (size_t x = 0; x < nq; x++)
-            if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x]) && !diff++) first = x;
-        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
+        size_t first;
+        const size_t diff = bits_differ(o, ro, nq, &first), ldiff = bits_differ(lse, rl, nl, NULL);
         cr_expect_eq(diff, 0, "spec %zu (d %d): %zu of %zu O values differ from the replay with bc 128; first at %zu: gpu %a, "
                      "replay %a", t, fs[t].d, diff, nq, first, first < nq ? (double)o[first] : 0.0,
                      first < nq ? (double)ro[first] : 0.0);
@@ -626,16 +632,14 @@ Test(gpu_cuda, sm90_replay_bit_identical)
             setenv("FD_SM90_SCHED", vs[u].sched, 1);
             cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
             cr_assert_eq(fd_cpu_flash_forward(p, &r, c.q, c.k, c.v, NULL, 0, ro, rl, err, sizeof err), 0, "%zu: %s", t, err);
-            size_t diff = 0, first = (size_t)-1, ldiff = 0;
-            for (size_t x = 0; x < nq; x++)
-                if (fd_f32_bits(o[x]) != fd_f32_bits(ro[x])) { if (!diff++) first = x; }
-            for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
+            size_t first;
+            const size_t diff = bits_differ(o, ro, nq, &first), ldiff = bits_differ(lse, rl, nl, NULL);
             long sdiff = -1; /* -1: the swapped run failed */
             if (diff) { /* the other reading of V's descriptor, for the message */
                 setenv("FD_SM90_VDESC", "swap", 1);
                 float *o2 = poisoned(nq), *l2 = poisoned(nl);
                 if (!fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o2, l2, NULL, NULL, err, sizeof err))
-                    for (size_t x = sdiff = 0; x < nq; x++) sdiff += fd_f32_bits(o2[x]) != fd_f32_bits(ro[x]);
+                    sdiff = (long)bits_differ(o2, ro, nq, NULL);
                 unsetenv("FD_SM90_VDESC");
                 free(o2); free(l2);
             }
@@ -655,9 +659,7 @@ Test(gpu_cuda, sm90_replay_bit_identical)
         cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, o, lse, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
         g.impl = FD_CUDA_IMPL_MMA;
         cr_assert_eq(fd_cuda_flash_forward(p, &g, c.q, c.k, c.v, ro, rl, NULL, NULL, err, sizeof err), 0, "%zu: %s", t, err);
-        size_t diff = 0, ldiff = 0;
-        for (size_t x = 0; x < nq; x++) diff += fd_f32_bits(o[x]) != fd_f32_bits(ro[x]);
-        for (size_t x = 0; x < nl; x++) ldiff += fd_f32_bits(lse[x]) != fd_f32_bits(rl[x]);
+        const size_t diff = bits_differ(o, ro, nq, NULL), ldiff = bits_differ(lse, rl, nl, NULL);
         cr_expect_eq(diff + ldiff, 0, "spec %zu, hardware exp2: %zu O and %zu LSE values differ from cuda-flash's", t, diff, ldiff);
         free(o); free(lse); free(ro); free(rl);
         free_case(&c);

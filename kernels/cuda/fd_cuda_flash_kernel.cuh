@@ -121,11 +121,11 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-/* The hardware exp2: FlashAttention-2's own op. FA2 builds with --use_fast_math, so its
- * exp2f is ex2.approx.ftz.f32, one MUFU.EX2; without ftz (plain exp2f here) ptxas adds a
- * range test and two predicated multiplies per element to produce subnormal results. The
- * two differ only where 2^x is below 2^-126 (ftz gives +0); written as PTX, not through
- * a fast-math flag, so nothing else in the build changes. */
+/* The hardware exp2: the instruction FlashAttention-2's exp2f compiles to in its build,
+ * ex2.approx.ftz.f32, one MUFU.EX2; without ftz (plain exp2f) ptxas adds a range test and
+ * two predicated multiplies per element to produce subnormal results. The two differ only
+ * where 2^x is below 2^-126 (ftz gives +0). One instruction written as PTX: this build
+ * sets no compiler option that changes floating point (kernels/cuda/CMakeLists.txt). */
 __device__ __forceinline__ float exp2_hw(float x)
 {
     float y;
@@ -239,18 +239,18 @@ __device__ __forceinline__ void load_tile(T *sm, const T *g, int r0, int nrows, 
         const size_t step = (size_t)RS * H * dp;
         const T *src = g + ((size_t)(r0 + rt) * H + hh) * dp + ch * 8;
         const uint32_t dst = smem_u32(sm + swz<D>(rt, ch * 8));
+        auto dst_at = [&](int i) {
+            return FIXED ? dst + (uint32_t)(i * RS * D * sizeof(T)) : smem_u32(sm + swz<D>(rt + RS * i, ch * 8));
+        };
         if (r0 + ROWS <= nrows) {
 #pragma unroll
-            for (int i = 0; i < NI; i++)
-                cp_async16(FIXED ? dst + (uint32_t)(i * RS * D * sizeof(T)) : smem_u32(sm + swz<D>(rt + RS * i, ch * 8)),
-                           src + i * step, 16);
+            for (int i = 0; i < NI; i++) cp_async16(dst_at(i), src + i * step, 16);
         } else {
             const T *g0 = g + (size_t)hh * dp + ch * 8; /* a valid address for the zero-fills */
 #pragma unroll
             for (int i = 0; i < NI; i++) {
                 const bool ok = r0 + rt + RS * i < nrows;
-                cp_async16(FIXED ? dst + (uint32_t)(i * RS * D * sizeof(T)) : smem_u32(sm + swz<D>(rt + RS * i, ch * 8)),
-                           ok ? src + i * step : g0, ok ? 16 : 0);
+                cp_async16(dst_at(i), ok ? src + i * step : g0, ok ? 16 : 0);
             }
         }
     } else {
